@@ -1,0 +1,33 @@
+"""triows: a real-time WebSocket pub/sub server and library built on Trio.
+
+Embed it::
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(triows.serve, triows.Config(port=8080))
+        await server.publish("news", {"headline": "hello"})
+"""
+
+from ._config import Authenticate, Authorize, Config, Rejected
+from ._core.auth import Action, Principal
+from ._core.outbox import SlowConsumerPolicy
+from ._server import Server, serve
+from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics
+from ._transport import HandshakeRequest
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action",
+    "Authenticate",
+    "Authorize",
+    "ChannelStatistics",
+    "Config",
+    "ConnectionStatistics",
+    "HandshakeRequest",
+    "Principal",
+    "Rejected",
+    "Server",
+    "ServerStatistics",
+    "SlowConsumerPolicy",
+    "serve",
+]

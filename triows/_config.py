@@ -1,0 +1,131 @@
+"""Server configuration: one frozen object, validated where it is built.
+
+Every limit has a default that is safe to expose on a network; ``attrs.evolve(config, ...)``
+makes variants. The CLI builds the same object from flags and ``TRIOWS_*`` variables, so an
+embedded server and ``python -m triows`` cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+
+from ._core.auth import Action, Principal
+from ._core.names import first_match
+from ._core.outbox import SlowConsumerPolicy
+from ._transport import HandshakeRequest
+
+#: ``authenticate(request)``: return a Principal to accept, ``None`` to refuse with 401, or raise
+#: :class:`Rejected` for another status. May be a coroutine function.
+Authenticate = Callable[[HandshakeRequest], "Principal | None | Awaitable[Principal | None]"]
+#: ``authorize(principal, action, channel)``: truthy to allow. May be a coroutine function.
+Authorize = Callable[[Principal, Action, str], "bool | Awaitable[bool]"]
+
+
+def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+def _not_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{attribute.name} must be 0 or a positive number, got {value!r}")
+
+
+def _int_at_least(minimum: int) -> Callable[[Any, attrs.Attribute[Any], int], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{attribute.name} must be an integer of at least {minimum}, "
+                             f"got {value!r}")
+
+    return check
+
+
+def _port(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"port must be an integer from 0 to 65535, got {value!r}")
+
+
+def _path(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and (not value.startswith("/") or "?" in value):
+        raise ValueError(f"path must start with '/' and hold no query, got {value!r}")
+
+
+def _secret(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and len(value) < 16:
+        # HS256 with a short secret can be brute-forced offline from one captured token.
+        raise ValueError("jwt_secret must be at least 16 characters")
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    return tuple(o.rstrip("/") for o in value)
+
+
+def _policy_rules(value: Any) -> tuple[tuple[str, SlowConsumerPolicy], ...]:
+    return tuple((str(pattern), SlowConsumerPolicy(policy)) for pattern, policy in value)
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Everything ``serve()`` needs. See ``docs/configuration.md`` for each field."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8080, validator=_port)
+    #: Only this URL path is served (other paths get 404); ``None`` serves any path.
+    path: str | None = attrs.field(default=None, validator=_path)
+    jwt_secret: str | None = attrs.field(default=None, repr=False, validator=_secret)
+    #: Origins allowed to connect (e.g. ``https://app.example``); empty allows every origin.
+    allow_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
+    max_connections: int = attrs.field(default=10_000, validator=_int_at_least(1))
+    #: Largest incoming message in bytes; a bigger one closes the connection with 1009.
+    max_message_size: int = attrs.field(default=64 * 1024, validator=_int_at_least(64))
+    max_subscriptions: int = attrs.field(default=100, validator=_int_at_least(1))
+    heartbeat_interval: float = attrs.field(default=25.0, validator=_positive)
+    heartbeat_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Close connections that hold no subscription and sent nothing for this long; 0 = never.
+    idle_timeout: float = attrs.field(default=300.0, validator=_not_negative)
+    #: Frames a subscriber may have waiting for its socket before its slow-consumer policy acts.
+    outbox_size: int = attrs.field(default=1024, validator=_int_at_least(1))
+    slow_consumer: SlowConsumerPolicy = attrs.field(
+        default=SlowConsumerPolicy.DISCONNECT, converter=SlowConsumerPolicy
+    )
+    #: ``(glob, policy)`` rules; the first match gives a channel its own slow-consumer policy.
+    channel_policies: tuple[tuple[str, SlowConsumerPolicy], ...] = attrs.field(
+        default=(), converter=_policy_rules
+    )
+    #: How long a ``block`` publisher waits for one subscriber before disconnecting it (1013).
+    block_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: Requests a connection may have waiting while an earlier one is served; more get 429.
+    inbox_size: int = attrs.field(default=32, validator=_int_at_least(1))
+    #: Time for a client to complete the HTTP upgrade (and for ``authenticate`` to answer).
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Time for the closing handshake of one connection.
+    close_timeout: float = attrs.field(default=5.0, validator=_positive)
+    shutdown_timeout: float = attrs.field(default=10.0, validator=_not_negative)
+    #: Shown to clients in ``welcome`` and ``pong``; random when not set.
+    server_id: str | None = None
+    authenticate: Authenticate | None = attrs.field(default=None, eq=False, repr=False)
+    authorize: Authorize | None = attrs.field(default=None, eq=False, repr=False)
+
+    def policy_for(self, channel: str) -> SlowConsumerPolicy:
+        return first_match(self.channel_policies, channel, self.slow_consumer)
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Browsers always send ``Origin``; other clients usually do not and are allowed."""
+        if not self.allow_origins or origin is None or "*" in self.allow_origins:
+            return True
+        return origin.rstrip("/") in self.allow_origins
+
+
+class Rejected(Exception):  # noqa: N818 - it is a verdict, not a failure
+    """Raise from ``authenticate`` to refuse a handshake with ``status`` (e.g. 403)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        if not 400 <= status <= 599:
+            raise ValueError("a rejection status must be a 4xx or 5xx code")
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason

@@ -1,0 +1,387 @@
+"""One client connection: its task tree, its outbox and what it asks of the server.
+
+Task tree (all in the connection's own nursery; the first to end cancels the rest)::
+
+    reader     drains the socket into a bounded inbox, always (see _transport.LIBRARY_QUEUE)
+    requests   serves the inbox in order: subscribe, publish, ... (may wait: hooks, backpressure)
+    writer     the only task that *waits* to send data; sends queued frames in batches
+    heartbeat  pings every interval; no pong within the timeout closes with 1011
+    expiry     (with auth) closes with 1008 when the token expires, unless refreshed
+
+Data frames reach the socket two ways, never out of order: :meth:`Connection.deliver` writes a
+ready frame at once when nothing is queued and the socket has room (no task switch, no copy),
+and otherwise queues it for the writer. Whatever ends the connection, ``run()`` leaves the hub
+clean and says goodbye with a close code, within a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._core import protocol
+from ._core.auth import Action, AuthError, Principal
+from ._core.frames import text_frame
+from ._core.hub import SubscriptionLimitError
+from ._core.outbox import DropCounter, Outbox, SlowConsumerPolicy, Verdict
+from ._core.protocol import ProtocolError
+from ._transport import Closed, WebSocket
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+log = logging.getLogger("triows.connection")
+
+#: Largest single write of queued frames; keeps one slow socket from pinning a huge buffer.
+WRITE_BATCH = 64 * 1024
+#: Without ``Server.aclose()`` (plain cancellation) a connection still gets this long to say 1001.
+CANCELLED_GOODBYE = 1.0
+
+NORMAL = 1000
+GOING_AWAY = 1001
+POLICY = 1008
+TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013
+
+
+class Connection:
+    __slots__ = (
+        "_close_deadline",
+        "_drain",
+        "_expiry_scope",
+        "_inbox_recv",
+        "_inbox_send",
+        "_room",
+        "_scope",
+        "_server",
+        "_writer_wakeup",
+        "client_id",
+        "close_code",
+        "close_reason",
+        "closed_by_server",
+        "connected_at",
+        "frames_in",
+        "frames_out",
+        "last_activity",
+        "outbox",
+        "principal",
+        "remote",
+        "ws",
+    )
+
+    def __init__(
+        self, *, server: Server, ws: WebSocket, principal: Principal, remote: str, client_id: str
+    ) -> None:
+        config = server.config
+        self._server = server
+        self.ws = ws
+        self.principal = principal
+        self.remote = remote
+        self.client_id = client_id
+        self.outbox = Outbox(config.outbox_size)
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[protocol.Request](
+            config.inbox_size
+        )
+        self._writer_wakeup = trio.Event()
+        self._room: trio.Event | None = None
+        self._scope = trio.CancelScope()
+        self._expiry_scope: trio.CancelScope | None = None
+        self._drain = False
+        self._close_deadline: float | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.closed_by_server = False
+        now = trio.current_time()
+        self.connected_at = now
+        self.last_activity = now
+        self.frames_in = 0
+        self.frames_out = 0
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.client_id} user={self.principal.user_id!r} {self.remote}>"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        config = self._server.config
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    for task in (self._read, self._serve_requests, self._write, self._heartbeat):
+                        nursery.start_soon(self._until_first_ends, task)
+                    if self._server.auth_enabled:
+                        nursery.start_soon(self._until_first_ends, self._watch_expiry)
+                    await self.reply(protocol.welcome_frame(
+                        self.client_id, self._server.now_ms(), self._server.server_id,
+                        config.heartbeat_interval,
+                    ))
+        except* Exception as group:
+            # A bug in our request handling must cost this client its connection, never the
+            # server. Cancelled is a BaseException and passes.
+            log.error("connection %s failed", self.client_id, exc_info=group)
+            self.close(INTERNAL_ERROR, "Internal error")
+        finally:
+            self._server.forget(self)
+            await self._say_goodbye()
+
+    async def _until_first_ends(self, task: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await task()
+        finally:
+            self._scope.cancel()
+
+    def close(self, code: int, reason: str, *, drain: bool = False,
+              deadline: float | None = None) -> None:
+        """Ask the connection to end with ``code``; the first reason given wins."""
+        if self.close_code is None:
+            self.close_code, self.close_reason, self._drain = code, reason, drain
+            self.closed_by_server = True
+            self._close_deadline = (
+                deadline if deadline is not None
+                else trio.current_time() + self._server.config.close_timeout
+            )
+            self._server.count_close(code)
+        self._scope.cancel()
+
+    async def _say_goodbye(self) -> None:
+        # Shielded, because a cancelled server still owes its clients a close frame; bounded,
+        # because a peer that does not answer must not hold shutdown up.
+        deadline = self._close_deadline
+        if deadline is None:  # cancelled from outside, or the peer left first
+            deadline = trio.current_time() + CANCELLED_GOODBYE
+        with trio.move_on_at(deadline) as scope:
+            scope.shield = True
+            try:
+                if self._drain:
+                    while self.outbox and self.ws.is_open:
+                        await self.ws.send_queued(lambda: self.outbox.take(WRITE_BATCH))
+                code = self.close_code if self.close_code is not None else GOING_AWAY
+                reason = self.close_reason or "Server shutting down"
+                await self.ws.close(code, reason)
+            except Closed:
+                pass
+        self.outbox.clear()
+        if self._room is not None:
+            self._room.set()
+
+    # -- sending: the hot path -------------------------------------------------------------------
+
+    def deliver(self, frame: bytes, policy: SlowConsumerPolicy, counter: DropCounter) -> bool:
+        """Hand a broadcast frame to this subscriber without waiting.
+
+        Returns False only under the ``block`` policy when the outbox went over capacity: the
+        publisher must then wait in :meth:`wait_for_room`.
+        """
+        if self.close_code is not None:
+            return True
+        self.frames_out += 1
+        outbox = self.outbox
+        if not outbox:
+            written = self.ws.write_nowait(frame)
+            if written == len(frame):
+                return True
+            if written:
+                outbox.push_front(memoryview(frame)[written:])
+                self._writer_wakeup.set()
+                return True
+        verdict = outbox.offer(frame, policy, counter)
+        if verdict is Verdict.QUEUED:
+            self._writer_wakeup.set()
+            return True
+        if verdict is Verdict.OVER:
+            self._writer_wakeup.set()
+            return False
+        if verdict is Verdict.DISCONNECT:
+            self._server.count_slow_consumer()
+            self.close(TRY_AGAIN_LATER, "Slow consumer")
+        return True
+
+    def _send_reply_nowait(self, frame: bytes) -> Verdict:
+        if not self.outbox:
+            written = self.ws.write_nowait(frame)
+            if written == len(frame):
+                return Verdict.QUEUED
+            if written:
+                self.outbox.push_front(memoryview(frame)[written:])
+                self._writer_wakeup.set()
+                return Verdict.QUEUED
+        verdict = self.outbox.offer_reply(frame)
+        self._writer_wakeup.set()
+        return verdict
+
+    async def reply(self, frame: dict[str, object]) -> None:
+        """Send a reply to this client, waiting (boundedly) while its outbox is over capacity."""
+        if self.close_code is not None:
+            return
+        self.frames_out += 1
+        if self._send_reply_nowait(text_frame(protocol.encode(frame))) is Verdict.OVER:
+            with trio.move_on_after(self._server.config.block_timeout) as scope:
+                await self.wait_for_room()
+            if scope.cancelled_caught:
+                self._server.count_slow_consumer()
+                self.close(TRY_AGAIN_LATER, "Slow consumer: replies are not being read")
+
+    def reply_nowait(self, frame: dict[str, object]) -> None:
+        """A reply from the reader, which must never wait; a client that lets its replies pile
+        up beyond its outbox while sending more is not reading and is closed with 1013."""
+        if self.close_code is not None:
+            return
+        self.frames_out += 1
+        if self._send_reply_nowait(text_frame(protocol.encode(frame))) is Verdict.OVER:
+            self._server.count_slow_consumer()
+            self.close(TRY_AGAIN_LATER, "Slow consumer: replies are not being read")
+
+    async def wait_for_room(self) -> None:
+        while len(self.outbox) >= self.outbox.capacity and self.close_code is None:
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+
+    async def _write(self) -> None:
+        config = self._server.config
+        write_timeout = config.heartbeat_interval + config.heartbeat_timeout
+        outbox = self.outbox
+        while True:
+            if not outbox:
+                self._writer_wakeup = trio.Event()
+                await self._writer_wakeup.wait()
+                continue
+            try:
+                with trio.fail_after(write_timeout):
+                    await self.ws.send_queued(lambda: outbox.take(WRITE_BATCH))
+            except trio.TooSlowError:
+                self._server.count_slow_consumer()
+                self.close(TRY_AGAIN_LATER, "Slow consumer: write timed out")
+                return
+            except Closed:
+                return
+            if self._room is not None and outbox.has_room:
+                self._room.set()
+                self._room = None
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                raw = await self.ws.receive()
+            except Closed as closed:
+                if closed.code == TOO_BIG:  # trio-websocket closed it for us
+                    self.close(TOO_BIG, closed.reason or "Message too big")
+                elif self.close_code is None:
+                    self.close_code = closed.code if closed.code is not None else 1006
+                    self.close_reason = closed.reason or ""
+                return
+            self.frames_in += 1
+            self.last_activity = trio.current_time()
+            try:
+                request = protocol.parse_request(raw)
+            except ProtocolError as exc:
+                self.reply_nowait(protocol.error_frame(exc.code, exc.message, exc.request_id))
+                continue
+            try:
+                self._inbox_send.send_nowait(request)
+            except trio.WouldBlock:
+                self.reply_nowait(protocol.error_frame(
+                    protocol.TOO_MANY, "too many requests in flight; wait for replies", request.id
+                ))
+
+    async def _serve_requests(self) -> None:
+        async for request in self._inbox_recv:
+            try:
+                await self._serve(request)
+            except ProtocolError as exc:
+                await self.reply(protocol.error_frame(exc.code, exc.message, exc.request_id))
+            except Exception:
+                log.exception("request %s from %s failed", type(request).__name__, self.client_id)
+                await self.reply(protocol.error_frame(
+                    protocol.INTERNAL, "internal error", request.id
+                ))
+
+    async def _serve(self, request: protocol.Request) -> None:
+        server = self._server
+        match request:
+            case protocol.Publish(channel=channel, data=data, id=request_id):
+                await server.authorize(self.principal, Action.PUBLISH, channel, request_id)
+                seq = await server.publish_from(self, channel, data, request_id)
+                if request_id is not None:
+                    await self.reply({"type": "ack", "id": request_id, "seq": seq})
+            case protocol.Subscribe(channel=channel, id=request_id):
+                await server.authorize(self.principal, Action.SUBSCRIBE, channel, request_id)
+                try:
+                    state = server.hub.subscribe(self, channel)
+                except SubscriptionLimitError as exc:
+                    raise ProtocolError(protocol.TOO_MANY, str(exc), request_id) from None
+                reply: dict[str, object] = {
+                    "type": "subscribed", "channel": channel, "seq": state.seq, "epoch": state.epoch,
+                }
+                if request.since is not None:
+                    resume = server.hub.resume(state, request.since, request.epoch)
+                    reply["recovered"] = resume.recovered
+                    if resume.gap is not None:
+                        reply["gap"] = list(resume.gap)
+                await self.reply(protocol.with_id(reply, request_id))
+            case protocol.Unsubscribe(channel=channel, id=request_id):
+                server.hub.unsubscribe(self, channel)
+                await self.reply(protocol.with_id(
+                    {"type": "unsubscribed", "channel": channel}, request_id
+                ))
+            case protocol.Ping(id=request_id):
+                await self.reply(protocol.with_id(
+                    {"type": "pong", "serverTime": server.now_ms(), "serverId": server.server_id},
+                    request_id,
+                ))
+            case protocol.Refresh(token=token, id=request_id):
+                await self._refresh(token, request_id)
+
+    # -- liveness and expiry --------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        config = self._server.config
+        pings = 0
+        while True:
+            await trio.sleep(config.heartbeat_interval)
+            pings += 1
+            try:
+                with trio.fail_after(config.heartbeat_timeout):
+                    # trio-websocket never wakes a ping when the connection closes: the
+                    # timeout is what ends this wait in that case too.
+                    await self.ws.ping(pings.to_bytes(8, "big"))
+            except trio.TooSlowError:
+                self.close(INTERNAL_ERROR, "Heartbeat timeout")
+                return
+            except Closed:
+                return
+
+    def _expiry_deadline(self) -> float:
+        expires_at = self.principal.expires_at
+        if expires_at is None:
+            return float("inf")
+        return trio.current_time() + (expires_at - self._server.wall_clock())
+
+    async def _watch_expiry(self) -> None:
+        with trio.CancelScope(deadline=self._expiry_deadline()) as self._expiry_scope:
+            await trio.sleep_forever()
+        self.close(POLICY, "Token expired")
+
+    async def _refresh(self, token: str, request_id: protocol.RequestId | None) -> None:
+        secret = self._server.config.jwt_secret
+        if secret is None:
+            raise ProtocolError(protocol.BAD_REQUEST, "token refresh needs JWT auth", request_id)
+        try:
+            principal = self._server.verify_token(token)
+        except AuthError as exc:
+            raise ProtocolError(protocol.UNAUTHORIZED, str(exc), request_id) from None
+        if principal.user_id != self.principal.user_id:
+            raise ProtocolError(protocol.UNAUTHORIZED, "token is for another user", request_id)
+        self.principal = principal
+        if self._expiry_scope is not None:
+            self._expiry_scope.deadline = self._expiry_deadline()
+        await self.reply(protocol.with_id(
+            {"type": "refreshed", "exp": principal.expires_at}, request_id
+        ))
+

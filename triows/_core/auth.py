@@ -1,0 +1,96 @@
+"""Who a connection is, and what its token lets it do.
+
+Tokens are HS256 JWTs. The clock is an argument (``now``, unix seconds) so that expiry is
+checked exactly the same way in tests and in production. Error messages never contain the
+token: they end up in logs and in replies.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import jwt
+
+from .names import PatternSet
+
+
+class Action(enum.StrEnum):
+    SUBSCRIBE = "subscribe"
+    PUBLISH = "publish"
+
+
+class AuthError(Exception):
+    """The token is missing, malformed, badly signed, expired or has wrong claims."""
+
+
+def _patterns(value: Iterable[str] | PatternSet | None) -> PatternSet | None:
+    if value is None or isinstance(value, PatternSet):
+        return value
+    return PatternSet(value)
+
+
+@attrs.frozen(kw_only=True)
+class Principal:
+    """The authenticated identity of a connection.
+
+    ``channels`` / ``publish`` restrict subscribing / publishing to channels matching one of
+    their glob patterns; ``None`` means no restriction from the token (the application's
+    ``authorize`` hook may still refuse).
+    """
+
+    user_id: str | None = None
+    expires_at: float | None = None
+    channels: PatternSet | None = attrs.field(default=None, converter=_patterns)
+    publish: PatternSet | None = attrs.field(default=None, converter=_patterns)
+    claims: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def may(self, action: Action, channel: str) -> bool:
+        patterns = self.channels if action is Action.SUBSCRIBE else self.publish
+        return patterns is None or patterns.matches(channel)
+
+
+ANONYMOUS = Principal()
+
+
+def _pattern_claim(claims: dict[str, Any], name: str) -> list[str] | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise AuthError(f"claim '{name}' must be a list of strings")
+    return value
+
+
+def verify_token(token: str, secret: str, *, now: float) -> Principal:
+    """Check an HS256 token and turn its claims into a :class:`Principal`.
+
+    ``alg`` is pinned to HS256: a token that names another algorithm (``none`` included) is
+    refused rather than trusted.
+    """
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=["HS256"], options={"verify_exp": False, "verify_aud": False}
+        )
+    except jwt.InvalidTokenError as exc:
+        raise AuthError(f"invalid token: {type(exc).__name__}") from None
+    if not isinstance(claims, dict):
+        raise AuthError("invalid token: claims are not an object")
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise AuthError("token has no 'sub' claim")
+    exp = claims.get("exp")
+    if exp is not None:
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise AuthError("claim 'exp' must be a number")
+        if exp <= now:
+            raise AuthError("token expired")
+    return Principal(
+        user_id=sub,
+        expires_at=None if exp is None else float(exp),
+        channels=_pattern_claim(claims, "channels"),
+        publish=_pattern_claim(claims, "publish"),
+        claims=claims,
+    )

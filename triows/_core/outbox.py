@@ -1,0 +1,136 @@
+"""A subscriber's outbox: the frames its socket could not take yet, and what happens when full.
+
+The shell writes a frame straight into the socket when nothing is queued and the socket has
+room; only the rest lands here. Capacity counts frames, and a broadcast frame is one ``bytes``
+object shared by every outbox that holds it, so memory is bounded by ``capacity`` distinct
+frames per connection whatever the fan-out.
+
+Rules when an outbox is full (the policy is the channel's, see :class:`SlowConsumerPolicy`):
+
+========== ============================================================================
+block      queue it anyway (over capacity by one frame per waiting publisher); the
+           publisher waits until the outbox is below capacity again, or disconnects the
+           subscriber when its block timeout passes
+drop_oldest evict the oldest queued frame of a dropping channel, then queue the new one
+drop_newest discard the new frame
+disconnect close the subscriber's connection (1013); it can resume from history
+========== ============================================================================
+
+Replies to the connection's own requests are never dropped: they are queued and the
+connection's own request loop waits for room, which slows only the client that asked.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import Protocol
+
+
+class SlowConsumerPolicy(enum.StrEnum):
+    BLOCK = "block"
+    DROP_OLDEST = "drop_oldest"
+    DROP_NEWEST = "drop_newest"
+    DISCONNECT = "disconnect"
+
+
+class Verdict(enum.Enum):
+    QUEUED = "queued"
+    #: Queued over capacity: the caller must wait for room (block policy, replies).
+    OVER = "over"
+    DROPPED = "dropped"
+    DISCONNECT = "disconnect"
+
+
+class DropCounter(Protocol):
+    """Where a dropped frame is counted besides the outbox: its channel's statistics."""
+
+    dropped: int
+
+
+_DROPPABLE = (SlowConsumerPolicy.DROP_OLDEST, SlowConsumerPolicy.DROP_NEWEST)
+
+
+class Outbox:
+    __slots__ = ("_entries", "capacity", "dropped", "queued_bytes")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("outbox capacity must be at least 1")
+        self.capacity = capacity
+        self._entries: deque[tuple[bytes | memoryview, SlowConsumerPolicy | None,
+                                   DropCounter | None]] = deque()
+        self.dropped = 0
+        self.queued_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def has_room(self) -> bool:
+        return len(self._entries) < self.capacity
+
+    def offer(
+        self, frame: bytes, policy: SlowConsumerPolicy, counter: DropCounter | None = None
+    ) -> Verdict:
+        """Queue a broadcast frame, applying ``policy`` when the outbox is full."""
+        if len(self._entries) < self.capacity:
+            self._append(frame, policy, counter)
+            return Verdict.QUEUED
+        if policy is SlowConsumerPolicy.BLOCK:
+            self._append(frame, policy, counter)
+            return Verdict.OVER
+        if policy is SlowConsumerPolicy.DISCONNECT:
+            return Verdict.DISCONNECT
+        if policy is SlowConsumerPolicy.DROP_OLDEST and self._evict_oldest_droppable():
+            self._append(frame, policy, counter)
+            return Verdict.QUEUED
+        self._count_drop(counter)
+        return Verdict.DROPPED
+
+    def offer_reply(self, frame: bytes) -> Verdict:
+        """Queue a reply; never dropped. ``OVER`` tells the request loop to wait for room."""
+        self._append(frame, None, None)
+        return Verdict.QUEUED if len(self._entries) <= self.capacity else Verdict.OVER
+
+    def push_front(self, rest: memoryview) -> None:
+        """Put back the unwritten tail of a frame: it must go out before anything else."""
+        self._entries.appendleft((rest, None, None))
+        self.queued_bytes += len(rest)
+
+    def take(self, max_bytes: int) -> list[bytes | memoryview]:
+        """Pop frames to write in one go (at least one, then up to ``max_bytes`` in total)."""
+        batch: list[bytes | memoryview] = []
+        size = 0
+        entries = self._entries
+        while entries and (not batch or size + len(entries[0][0]) <= max_bytes):
+            frame = entries.popleft()[0]
+            batch.append(frame)
+            size += len(frame)
+        self.queued_bytes -= size
+        return batch
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.queued_bytes = 0
+
+    def _append(
+        self, frame: bytes | memoryview, policy: SlowConsumerPolicy | None,
+        counter: DropCounter | None,
+    ) -> None:
+        self._entries.append((frame, policy, counter))
+        self.queued_bytes += len(frame)
+
+    def _evict_oldest_droppable(self) -> bool:
+        for index, (frame, policy, counter) in enumerate(self._entries):
+            if policy in _DROPPABLE:
+                del self._entries[index]
+                self.queued_bytes -= len(frame)
+                self._count_drop(counter)
+                return True
+        return False
+
+    def _count_drop(self, counter: DropCounter | None) -> None:
+        self.dropped += 1
+        if counter is not None:
+            counter.dropped += 1

@@ -1,0 +1,282 @@
+"""Protocol v1 codec: turn client frames into typed requests and replies into JSON text.
+
+Rules of this file:
+
+- Parsing never raises anything but :class:`ProtocolError`, whatever bytes arrive. Every
+  rejection carries the error code the client sees (400, 413) and the request ``id`` when one
+  could be read, so a bad frame costs the client one ``error`` reply and never its connection.
+- Values are checked here once, so the rest of the server can trust a :data:`Request`.
+- Output is compact JSON with finite numbers only: a client in any language can parse it.
+
+No I/O and no clock: the shell passes timestamps in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Final
+
+import attrs
+
+from .names import ChannelNameError, validate_channel
+
+#: Largest integer every JSON client (JavaScript included) represents exactly.
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+#: Deepest nesting accepted in ``data``; deeper structures are a parser-bomb, not a message.
+MAX_DEPTH: Final = 32
+MAX_ID_LENGTH: Final = 128
+MAX_TOKEN_LENGTH: Final = 8192
+MAX_EPOCH_LENGTH: Final = 64
+
+BAD_REQUEST: Final = 400
+UNAUTHORIZED: Final = 401
+FORBIDDEN: Final = 403
+TOO_LARGE: Final = 413
+TOO_MANY: Final = 429
+INTERNAL: Final = 500
+UNAVAILABLE: Final = 503
+
+RequestId = str | int
+
+
+class ProtocolError(Exception):
+    """A client frame that cannot be served; becomes an ``error`` reply, not a disconnect."""
+
+    def __init__(self, code: int, message: str, request_id: RequestId | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@attrs.frozen(kw_only=True)
+class Subscribe:
+    channel: str
+    id: RequestId | None = None
+    since: int | None = None
+    epoch: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Unsubscribe:
+    channel: str
+    id: RequestId | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Publish:
+    channel: str
+    data: Any
+    id: RequestId | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Ping:
+    id: RequestId | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Refresh:
+    token: str
+    id: RequestId | None = None
+
+
+Request = Subscribe | Unsubscribe | Publish | Ping | Refresh
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Iterative depth check: a recursive one is exactly what a deep document would crash."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _request_id(frame: dict[str, Any]) -> RequestId | None:
+    raw = frame.get("id")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise ProtocolError(BAD_REQUEST, "'id' must be a string or an integer")
+    if isinstance(raw, int) and abs(raw) > MAX_SAFE_INTEGER:
+        raise ProtocolError(BAD_REQUEST, "'id' is outside the safe integer range")
+    if isinstance(raw, str) and not 0 < len(raw) <= MAX_ID_LENGTH:
+        raise ProtocolError(BAD_REQUEST, f"'id' must be 1 to {MAX_ID_LENGTH} characters")
+    return raw
+
+
+def _channel(frame: dict[str, Any], request_id: RequestId | None) -> str:
+    if "channel" not in frame:
+        raise ProtocolError(BAD_REQUEST, "missing field 'channel'", request_id)
+    try:
+        return validate_channel(frame["channel"])
+    except ChannelNameError as exc:
+        raise ProtocolError(BAD_REQUEST, str(exc), request_id) from None
+
+
+def _optional_int(frame: dict[str, Any], key: str, request_id: RequestId | None) -> int | None:
+    value = frame.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SAFE_INTEGER:
+        raise ProtocolError(
+            BAD_REQUEST, f"'{key}' must be an integer from 0 to {MAX_SAFE_INTEGER}", request_id
+        )
+    return value
+
+
+def _optional_str(
+    frame: dict[str, Any], key: str, limit: int, request_id: RequestId | None
+) -> str | None:
+    value = frame.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise ProtocolError(BAD_REQUEST, f"'{key}' must be a string of 1 to {limit} characters",
+                            request_id)
+    return value
+
+
+def parse_request(raw: str | bytes) -> Request:
+    """Decode and validate one client frame.
+
+    Binary frames are refused: the protocol is JSON text so that a browser needs no codec.
+    Unknown fields are ignored so that newer clients can talk to this server.
+    """
+    if isinstance(raw, bytes | bytearray):
+        raise ProtocolError(BAD_REQUEST, "binary frames are not supported; send JSON text")
+    try:
+        frame = _decoder.decode(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(BAD_REQUEST, f"not valid JSON: {_short(exc)}") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError(BAD_REQUEST, "a frame must be a JSON object")
+    request_id = _request_id(frame)
+    kind = frame.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(BAD_REQUEST, "missing or non-string field 'type'", request_id)
+    if kind == "publish":
+        channel = _channel(frame, request_id)
+        if "data" not in frame:
+            raise ProtocolError(BAD_REQUEST, "missing field 'data'", request_id)
+        data = frame["data"]
+        if _depth_exceeds(data, MAX_DEPTH):
+            raise ProtocolError(BAD_REQUEST, f"'data' is nested deeper than {MAX_DEPTH} levels",
+                                request_id)
+        return Publish(channel=channel, data=data, id=request_id)
+    if kind == "subscribe":
+        channel = _channel(frame, request_id)
+        since = _optional_int(frame, "since", request_id)
+        epoch = _optional_str(frame, "epoch", MAX_EPOCH_LENGTH, request_id)
+        return Subscribe(channel=channel, id=request_id, since=since, epoch=epoch)
+    if kind == "unsubscribe":
+        return Unsubscribe(channel=_channel(frame, request_id), id=request_id)
+    if kind == "ping":
+        return Ping(id=request_id)
+    if kind == "refresh":
+        token = _optional_str(frame, "token", MAX_TOKEN_LENGTH, request_id)
+        if token is None:
+            raise ProtocolError(BAD_REQUEST, "missing field 'token'", request_id)
+        return Refresh(token=token, id=request_id)
+    raise ProtocolError(BAD_REQUEST, f"unknown type {_short(kind)!r}", request_id)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ascii_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, ready to be framed.
+
+    JSON lets a client send a lone surrogate escape (``"\\ud800"``), which has no UTF-8 form;
+    such a frame falls back to ASCII escapes instead of failing, so any value that was accepted
+    can be delivered.
+    """
+    text = _encoder.encode(frame)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _ascii_encoder.encode(frame).encode("ascii")
+
+
+def with_id(frame: dict[str, Any], request_id: RequestId | None) -> dict[str, Any]:
+    """Echo the request id in a reply, as the contract promises, only when there was one."""
+    if request_id is not None:
+        frame["id"] = request_id
+    return frame
+
+
+def error_frame(code: int, message: str, request_id: RequestId | None = None) -> dict[str, Any]:
+    return with_id({"type": "error", "code": code, "message": message}, request_id)
+
+
+def welcome_frame(
+    client_id: str, timestamp_ms: int, server_id: str, heartbeat: float
+) -> dict[str, Any]:
+    return {
+        "type": "welcome",
+        "data": {
+            "clientId": client_id,
+            "timestamp": timestamp_ms,
+            "serverId": server_id,
+            "heartbeat": heartbeat,
+        },
+    }
+
+
+def encode_value(value: Any) -> bytes:
+    """The JSON of a published ``data`` value, encoded once per broadcast."""
+    return encode(value)  # type: ignore[arg-type]  # any JSON value, not only objects
+
+
+def message_payload(
+    *,
+    channel: str,
+    data_json: bytes,
+    sender: str | None,
+    timestamp_ms: int,
+    seq: int,
+    message_id: str,
+) -> bytes:
+    """The ``message`` frame, spliced from parts instead of re-encoding ``data``.
+
+    Equal to ``encode({"type": "message", "channel": ..., "data": ..., ...})`` (a test holds
+    it to that); channel names and message ids are validated ASCII that JSON leaves as is.
+    """
+    return b"".join((
+        b'{"type":"message","channel":"', channel.encode("ascii"),
+        b'","data":', data_json,
+        b',"from":', encode(sender),  # type: ignore[arg-type]
+        b',"timestamp":', str(timestamp_ms).encode("ascii"),
+        b',"seq":', str(seq).encode("ascii"),
+        b',"id":"', message_id.encode("ascii"), b'"}',
+    ))

@@ -1,0 +1,413 @@
+"""``serve()`` and the ``Server`` handle: listeners, handshakes, fan-out, shutdown.
+
+Task tree::
+
+    serve()                       root nursery
+    ├─ supervisor                 idle sweeper, statistics sampler (triows._supervisor)
+    └─ connections nursery
+       ├─ accept loop             inside its own cancel scope, so it can stop alone
+       └─ one task per stream     handshake, then Connection.run() (triows._connection)
+
+``Server.aclose()`` stops the accept loop, asks every connection to drain and close with 1001
+by one shared deadline, cancels whatever is left at that deadline, then stops the supervisor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ._config import Config, Rejected
+from ._connection import GOING_AWAY, Connection
+from ._core import protocol
+from ._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
+from ._core.frames import text_frame
+from ._core.hub import Hub
+from ._core.names import ChannelNameError, validate_channel
+from ._core.outbox import SlowConsumerPolicy
+from ._core.protocol import ProtocolError
+from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics
+from ._supervisor import run_supervisor
+from ._transport import HandshakeRequest, PendingHandshake, serve_streams
+
+log = logging.getLogger("triows.server")
+
+#: Room kept in ``max_message_size`` for the envelope of a ``message`` frame around ``data``.
+ENVELOPE_ALLOWANCE = 1024
+
+
+class Server:
+    """A running triows server; get one from ``await nursery.start(triows.serve, config)``."""
+
+    def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.wall_clock = wall_clock
+        self.server_id = config.server_id or secrets.token_hex(4)
+        self.hub: Hub[Connection] = Hub(
+            epoch_prefix=secrets.token_hex(4),
+            max_subscriptions=config.max_subscriptions,
+            policy_for=config.policy_for,
+        )
+        self.auth_enabled = config.jwt_secret is not None or config.authenticate is not None
+        self.listeners: list[trio.abc.Listener[Any]] = []
+        self._connections: dict[Connection, None] = {}
+        self._handshaking = 0
+        self._closing = False
+        self._accept_scope = trio.CancelScope()
+        self._connections_nursery: trio.Nursery | None = None
+        self._stopped = trio.Event()
+        self._population_changed = trio.Event()
+        self._started_at = trio.current_time()
+        self._max_data = config.max_message_size - ENVELOPE_ALLOWANCE
+        # Counters; rates are sampled by the supervisor.
+        self.connections_total = 0
+        self.published = 0
+        self.delivered = 0
+        self.slow_consumer_disconnects = 0
+        self._dropped_by_gone = 0
+        self._rejected: Counter[int] = Counter()
+        self._closed_by_server: Counter[int] = Counter()
+        self.publish_rate = 0.0
+        self.delivery_rate = 0.0
+
+    # -- public API -----------------------------------------------------------------------------
+
+    async def publish(self, channel: str, data: Any, *, sender: str | None = None) -> int:
+        """Publish from application code; returns the message's sequence number.
+
+        Waits only for subscribers of ``block`` channels whose outbox is full (at most
+        ``block_timeout``; those still full then are disconnected with 1013).
+        """
+        seq, blocked = self._broadcast(self._checked_channel(channel), data, None, sender)
+        await self._wait_for_blocked(blocked)
+        return seq
+
+    def publish_nowait(self, channel: str, data: Any, *, sender: str | None = None) -> int:
+        """Like :meth:`publish`, but raises ``trio.WouldBlock`` (and publishes nothing) when a
+        ``block`` subscriber has no room."""
+        channel = self._checked_channel(channel)
+        state = self.hub.channel(channel)
+        if state is not None and state.policy is SlowConsumerPolicy.BLOCK and any(
+            not member.outbox.has_room for member in state.members
+        ):
+            raise trio.WouldBlock
+        return self._broadcast(channel, data, None, sender)[0]
+
+    def statistics(self) -> ServerStatistics:
+        connections = self._connections
+        return ServerStatistics(
+            server_id=self.server_id,
+            uptime=trio.current_time() - self._started_at,
+            connections=len(connections),
+            connections_total=self.connections_total,
+            rejected=dict(self._rejected),
+            closed_by_server=dict(self._closed_by_server),
+            channels=self.hub.channel_count,
+            subscriptions=self.hub.subscription_count,
+            published=self.published,
+            delivered=self.delivered,
+            dropped=self._dropped_by_gone + sum(c.outbox.dropped for c in connections),
+            slow_consumer_disconnects=self.slow_consumer_disconnects,
+            queued_frames=sum(len(c.outbox) for c in connections),
+            queued_bytes=sum(c.outbox.queued_bytes for c in connections),
+            publish_rate=self.publish_rate,
+            delivery_rate=self.delivery_rate,
+        )
+
+    def channel_statistics(self) -> tuple[ChannelStatistics, ...]:
+        return tuple(
+            ChannelStatistics(
+                name=state.name, epoch=state.epoch, seq=state.seq,
+                subscribers=len(state.members), published=state.published,
+                delivered=state.delivered, dropped=state.dropped, policy=str(state.policy),
+            )
+            for state in self.hub.channels()
+        )
+
+    def connection_statistics(self) -> tuple[ConnectionStatistics, ...]:
+        now = trio.current_time()
+        return tuple(
+            ConnectionStatistics(
+                client_id=c.client_id, user_id=c.principal.user_id, remote=c.remote,
+                connected_for=now - c.connected_at,
+                subscriptions=tuple(self.hub.channels_of(c)),
+                frames_in=c.frames_in, frames_out=c.frames_out, queued_frames=len(c.outbox),
+                queued_bytes=c.outbox.queued_bytes, dropped=c.outbox.dropped,
+            )
+            for c in self._connections
+        )
+
+    @property
+    def port(self) -> int:
+        """The TCP port of the first listener (useful with ``port=0``)."""
+        for listener in self.listeners:
+            socket = getattr(listener, "socket", None)
+            if socket is not None:
+                return int(socket.getsockname()[1])
+        raise RuntimeError("this server has no TCP listener")
+
+    async def aclose(self) -> None:
+        """Graceful shutdown: stop accepting, drain, close every client with 1001, bounded by
+        ``shutdown_timeout``. Safe to call more than once and from any task."""
+        if not self._closing:
+            self._closing = True
+            self._accept_scope.cancel()
+            deadline = trio.current_time() + self.config.shutdown_timeout
+            log.info("shutting down: closing %d connection(s), timeout %.1fs",
+                     len(self._connections), self.config.shutdown_timeout)
+            for conn in list(self._connections):
+                conn.close(GOING_AWAY, "Server shutting down", drain=True, deadline=deadline)
+            with trio.move_on_at(deadline):
+                while self._connections or self._handshaking:
+                    self._population_changed = trio.Event()
+                    await self._population_changed.wait()
+            if self._connections_nursery is not None:
+                self._connections_nursery.cancel_scope.cancel()
+        await self._stopped.wait()
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def _run(
+        self,
+        listeners: list[trio.abc.Listener[Any]] | None,
+        task_status: trio.TaskStatus[Server],
+    ) -> None:
+        config = self.config
+        try:
+            if listeners is None:
+                listeners = list(await trio.open_tcp_listeners(config.port, host=config.host))
+            async with trio.open_nursery() as root:
+                await root.start(run_supervisor, self)
+                async with trio.open_nursery() as connections:
+                    self._connections_nursery = connections
+                    self.listeners = await connections.start(self._accept, listeners)
+                    task_status.started(self)
+                root.cancel_scope.cancel()
+        finally:
+            self._stopped.set()
+            log.info("stopped")
+
+    async def _accept(
+        self,
+        listeners: list[trio.abc.Listener[Any]],
+        task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]],
+    ) -> None:
+        assert self._connections_nursery is not None
+        with self._accept_scope:
+            await serve_streams(
+                self._handshake,
+                listeners,
+                handler_nursery=self._connections_nursery,
+                max_message_size=self.config.max_message_size,
+                handshake_timeout=self.config.handshake_timeout,
+                close_timeout=self.config.close_timeout,
+                task_status=task_status,
+            )
+
+    async def _handshake(self, pending: PendingHandshake) -> None:
+        info = pending.info
+        config = self.config
+        if self._closing:
+            return await self._reject(pending, 503, "server is shutting down")
+        if config.path is not None and info.path != config.path:
+            return await self._reject(pending, 404, "no WebSocket endpoint at this path")
+        if not config.origin_allowed(info.header("origin")):
+            return await self._reject(pending, 403, "origin not allowed")
+        if len(self._connections) + self._handshaking >= config.max_connections:
+            return await self._reject(pending, 503, "connection limit reached")
+        self._handshaking += 1
+        try:
+            try:
+                principal = await self._authenticate(info)
+            except Rejected as rejected:
+                return await self._reject(pending, rejected.status, rejected.reason)
+            ws = await pending.accept()
+            conn = Connection(
+                server=self, ws=ws, principal=principal, remote=info.remote,
+                client_id=secrets.token_urlsafe(9),
+            )
+            self._connections[conn] = None
+            self.connections_total += 1
+        finally:
+            self._handshaking -= 1
+            self._population_changed.set()
+        log.debug("connected %r", conn)
+        if self._closing:  # shutdown began while we were accepting it
+            conn.close(GOING_AWAY, "Server shutting down")
+        await conn.run()
+
+    async def _reject(self, pending: PendingHandshake, status: int, reason: str) -> None:
+        self._rejected[status] += 1
+        log.info("rejected handshake from %s: %d %s", pending.info.remote, status, reason)
+        await pending.reject(status, reason)
+
+    async def _authenticate(self, info: HandshakeRequest) -> Principal:
+        config = self.config
+        if config.authenticate is not None:
+            try:
+                result = config.authenticate(info)
+                if inspect.isawaitable(result):
+                    with trio.fail_after(config.handshake_timeout):
+                        result = await result
+            except Rejected:
+                raise
+            except trio.TooSlowError:
+                raise Rejected(503, "authentication timed out") from None
+            except Exception:
+                log.exception("authenticate hook failed")
+                raise Rejected(500, "authentication failed") from None
+            if result is None:
+                raise Rejected(401, "not authenticated")
+            if not isinstance(result, Principal):
+                log.error("authenticate hook returned %r, not a Principal", type(result))
+                raise Rejected(500, "authentication failed")
+            return result
+        if config.jwt_secret is not None:
+            token = _bearer_token(info)
+            if token is None:
+                raise Rejected(401, "missing token")
+            try:
+                return self.verify_token(token)
+            except AuthError as exc:
+                raise Rejected(401, str(exc)) from None
+        return ANONYMOUS
+
+    def verify_token(self, token: str) -> Principal:
+        assert self.config.jwt_secret is not None
+        return verify_token(token, self.config.jwt_secret, now=self.wall_clock())
+
+    # -- used by connections --------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(self.wall_clock() * 1000)
+
+    async def authorize(
+        self, principal: Principal, action: Action, channel: str,
+        request_id: protocol.RequestId | None,
+    ) -> None:
+        allowed = principal.may(action, channel)
+        hook = self.config.authorize
+        if allowed and hook is not None:
+            result = hook(principal, action, channel)
+            if inspect.isawaitable(result):
+                try:
+                    with trio.fail_after(self.config.handshake_timeout):
+                        result = await result
+                except trio.TooSlowError:
+                    raise ProtocolError(protocol.INTERNAL, "authorization timed out",
+                                        request_id) from None
+            allowed = bool(result)
+        if not allowed:
+            raise ProtocolError(protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'",
+                                request_id)
+
+    async def publish_from(
+        self, conn: Connection, channel: str, data: Any, request_id: protocol.RequestId | None
+    ) -> int:
+        try:
+            seq, blocked = self._broadcast(channel, data, conn, conn.client_id)
+        except ProtocolError as exc:
+            exc.request_id = request_id
+            raise
+        await self._wait_for_blocked(blocked)
+        return seq
+
+    def forget(self, conn: Connection) -> None:
+        if self._connections.pop(conn, 0) is not None:
+            self.hub.remove_member(conn)
+            self._dropped_by_gone += conn.outbox.dropped
+            self._population_changed.set()
+            log.debug("disconnected %r: %s %s", conn, conn.close_code, conn.close_reason)
+
+    def count_close(self, code: int) -> None:
+        self._closed_by_server[code] += 1
+
+    def count_slow_consumer(self) -> None:
+        self.slow_consumer_disconnects += 1
+
+    # -- fan-out --------------------------------------------------------------------------------
+
+    def _checked_channel(self, channel: str) -> str:
+        try:
+            return validate_channel(channel)
+        except ChannelNameError as exc:
+            raise ValueError(str(exc)) from None
+
+    def _broadcast(
+        self, channel: str, data: Any, sender: Connection | None, sender_id: str | None
+    ) -> tuple[int, list[Connection]]:
+        """Number a message, frame it once, and hand the same bytes to every subscriber.
+
+        Synchronous on purpose: no other task runs between numbering and handing over, so
+        every subscriber receives a channel's messages in sequence order.
+        """
+        data_json = protocol.encode_value(data)
+        if len(data_json) > self._max_data:
+            raise ProtocolError(protocol.TOO_LARGE,
+                                f"data is larger than {self._max_data} bytes")
+        state, seq = self.hub.publish(channel)
+        frame = text_frame(protocol.message_payload(
+            channel=channel, data_json=data_json, sender=sender_id,
+            timestamp_ms=self.now_ms(), seq=seq, message_id=state.message_id(seq),
+        ))
+        policy = state.policy
+        blocked: list[Connection] = []
+        delivered = 0
+        for member in state.members:
+            if member is not sender:
+                delivered += 1
+                if not member.deliver(frame, policy, state):
+                    blocked.append(member)
+        state.delivered += delivered
+        self.delivered += delivered
+        self.published += 1
+        return seq, blocked
+
+    async def _wait_for_blocked(self, blocked: list[Connection]) -> None:
+        if not blocked:
+            return
+        deadline = trio.current_time() + self.config.block_timeout
+        for member in blocked:
+            with trio.move_on_at(deadline):
+                await member.wait_for_room()
+            if len(member.outbox) >= member.outbox.capacity and member.close_code is None:
+                self.count_slow_consumer()
+                member.close(1013, "Slow consumer")
+
+    def connections(self) -> list[Connection]:
+        return list(self._connections)
+
+
+def _bearer_token(info: HandshakeRequest) -> str | None:
+    header = info.header("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    token = info.query.get("token")
+    return token or None
+
+
+async def serve(
+    config: Config | None = None,
+    *,
+    listeners: list[trio.abc.Listener[Any]] | None = None,
+    wall_clock: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a triows server until cancelled or until ``Server.aclose()`` completes.
+
+    Use with ``server = await nursery.start(triows.serve, config)``: it returns once the
+    listeners accept connections. ``listeners`` replaces the TCP listeners built from
+    ``config.host``/``config.port`` (``triows.testing.MemoryListener`` for tests);
+    ``wall_clock`` supplies timestamps and token expiry checks.
+    """
+    server = Server(config or Config(), wall_clock=wall_clock)
+    await server._run(listeners, task_status)

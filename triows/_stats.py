@@ -1,0 +1,56 @@
+"""Snapshots returned by ``Server.statistics()`` and friends: frozen, so safe to keep and compare."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class ServerStatistics:
+    server_id: str
+    uptime: float
+    connections: int
+    connections_total: int
+    #: Handshakes refused, by HTTP status (401, 403, 404, 503, ...).
+    rejected: dict[int, int]
+    #: Connections closed by the server, by close code (1008, 1009, 1011, 1013, ...).
+    closed_by_server: dict[int, int]
+    channels: int
+    subscriptions: int
+    published: int
+    delivered: int
+    #: Frames a slow-consumer policy discarded (drop_oldest / drop_newest).
+    dropped: int
+    slow_consumer_disconnects: int
+    #: Frames waiting in subscriber outboxes right now, and their bytes.
+    queued_frames: int
+    queued_bytes: int
+    #: Rates over the last sampling interval (per second).
+    publish_rate: float
+    delivery_rate: float
+
+
+@attrs.frozen(kw_only=True)
+class ChannelStatistics:
+    name: str
+    epoch: str
+    seq: int
+    subscribers: int
+    published: int
+    delivered: int
+    dropped: int
+    policy: str
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionStatistics:
+    client_id: str
+    user_id: str | None
+    remote: str
+    connected_for: float
+    subscriptions: tuple[str, ...]
+    frames_in: int
+    frames_out: int
+    queued_frames: int
+    queued_bytes: int
+    dropped: int

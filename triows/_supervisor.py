@@ -1,0 +1,64 @@
+"""The supervisor nursery: background duties that belong to the server, not to a connection.
+
+- idle sweeper: closes connections that hold no subscription and have sent nothing for
+  ``idle_timeout`` seconds (1000 "Idle timeout"). Subscribers that only listen are not idle:
+  they are what the server is for.
+- statistics sampler: turns the counters into per-second rates once a second and logs a
+  one-line summary every minute while clients are connected.
+
+Later: the Redis bridge and monitoring live here too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+log = logging.getLogger("triows.supervisor")
+
+SAMPLE_INTERVAL = 1.0
+SUMMARY_EVERY = 60
+
+
+async def run_supervisor(server: Server, *, task_status: trio.TaskStatus[None]) -> None:
+    async with trio.open_nursery() as nursery:
+        if server.config.idle_timeout > 0:
+            nursery.start_soon(sweep_idle, server)
+        nursery.start_soon(sample_statistics, server)
+        task_status.started()
+
+
+async def sweep_idle(server: Server) -> None:
+    timeout = server.config.idle_timeout
+    period = max(timeout / 4, 0.5)
+    while True:
+        await trio.sleep(period)
+        cutoff = trio.current_time() - timeout
+        for conn in server.connections():
+            if conn.last_activity < cutoff and not server.hub.subscriptions(conn):
+                conn.close(1000, "Idle timeout")
+
+
+async def sample_statistics(server: Server) -> None:
+    published, delivered = server.published, server.delivered
+    ticks = 0
+    while True:
+        await trio.sleep(SAMPLE_INTERVAL)
+        server.publish_rate = (server.published - published) / SAMPLE_INTERVAL
+        server.delivery_rate = (server.delivered - delivered) / SAMPLE_INTERVAL
+        published, delivered = server.published, server.delivered
+        ticks += 1
+        if ticks % SUMMARY_EVERY == 0 and server.connections():
+            stats = server.statistics()
+            log.info(
+                "connections=%d channels=%d subscriptions=%d published/s=%.0f delivered/s=%.0f "
+                "queued=%d dropped=%d slow_disconnects=%d",
+                stats.connections, stats.channels, stats.subscriptions, stats.publish_rate,
+                stats.delivery_rate, stats.queued_frames, stats.dropped,
+                stats.slow_consumer_disconnects,
+            )

@@ -1,0 +1,160 @@
+"""A real ``serve()`` on in-memory streams, and a small JSON client to talk to it.
+
+Everything runs in one Trio run with no sockets, so tests can use pytest-trio's
+``autojump_clock``: heartbeats, expiries and timeouts happen in virtual time, instantly and
+deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+from .._config import Config
+from .._server import Server, serve
+from .._transport import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    open_client,
+)
+from ._streams import DEFAULT_BUFFER, MemoryListener
+
+__all__ = ["ConnectionRejected", "TestClient", "TestServer", "open_test_server"]
+
+
+class TestClient:
+    """One client connection; frames are dicts in and out."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, ws: WebSocketConnection, welcome: dict[str, Any]) -> None:
+        self.ws = ws
+        self.welcome = welcome
+        self.client_id: str = welcome["data"]["clientId"]
+
+    async def send(self, frame: Mapping[str, Any]) -> None:
+        await self.ws.send_message(json.dumps(frame))
+
+    async def send_raw(self, message: str | bytes) -> None:
+        await self.ws.send_message(message)
+
+    async def receive(self, timeout: float = 30) -> dict[str, Any]:
+        """The next frame from the server; ``ConnectionClosed`` when there is none."""
+        with trio.fail_after(timeout):
+            message = await self.ws.get_message()
+        frame: dict[str, Any] = json.loads(message)
+        return frame
+
+    async def receive_type(self, kind: str, timeout: float = 30) -> dict[str, Any]:
+        """Skip frames until one of ``type == kind`` arrives."""
+        with trio.fail_after(timeout):
+            while True:
+                frame = await self.receive(timeout=math.inf)
+                if frame.get("type") == kind:
+                    return frame
+
+    async def request(self, frame: Mapping[str, Any], timeout: float = 30) -> dict[str, Any]:
+        """Send a frame and return the next frame that is not a ``message``."""
+        await self.send(frame)
+        with trio.fail_after(timeout):
+            while True:
+                reply = await self.receive(timeout=math.inf)
+                if reply.get("type") != "message":
+                    return reply
+
+    async def wait_closed(self, timeout: float = 120) -> tuple[int | None, str | None]:
+        """Read until the server closes; returns ``(code, reason)``."""
+        with trio.fail_after(timeout):
+            try:
+                while True:
+                    await self.ws.get_message()
+            except ConnectionClosed as closed:
+                reason = closed.reason
+                return (reason.code, reason.reason) if reason else (None, None)
+
+    async def aclose(self, code: int = 1000) -> None:
+        await self.ws.aclose(code)
+
+
+@attrs.define
+class TestServer:
+    """A running server reachable through :meth:`connect`."""
+
+    __test__ = False
+
+    server: Server
+    listener: MemoryListener
+
+    @asynccontextmanager
+    async def connect(
+        self,
+        path: str = "/",
+        *,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_queue_size: int = 64,
+    ) -> AsyncIterator[TestClient]:
+        """Open a client; raises ``ConnectionRejected`` (with ``status_code``) when refused.
+
+        ``token`` is sent as ``Authorization: Bearer``. A small ``message_queue_size`` with a
+        client that stops reading makes a realistic stalled consumer.
+        """
+        extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        if token is not None:
+            extra.append((b"Authorization", f"Bearer {token}".encode()))
+        stream = await self.listener.connect()
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = await open_client(
+                    nursery, stream, host="triows.test", path=path, headers=extra,
+                    message_queue_size=message_queue_size,
+                )
+                welcome = json.loads(await ws.get_message())
+                client = TestClient(ws, welcome)
+                try:
+                    yield client
+                finally:
+                    with trio.move_on_after(5) as scope:
+                        scope.shield = True
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            rejected, rest = group.split(ConnectionRejected)
+            if rejected is not None and rest is None:
+                raise _first(rejected) from None
+            raise
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def open_test_server(
+    config: Config | None = None, *, buffer_size: int = DEFAULT_BUFFER, **overrides: Any
+) -> AsyncIterator[TestServer]:
+    """Run ``serve()`` on a :class:`MemoryListener` for the duration of the block.
+
+    ``overrides`` are ``Config`` fields (``open_test_server(heartbeat_interval=5)``). The server
+    is shut down gracefully when the block ends.
+    """
+    config = attrs.evolve(config or Config(), **overrides)
+    listener = MemoryListener(buffer_size)
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(
+            lambda task_status: serve(config, listeners=[listener], task_status=task_status)
+        )
+        try:
+            yield TestServer(server, listener)
+        finally:
+            with trio.CancelScope(shield=True):
+                await server.aclose()
