@@ -55,9 +55,10 @@ def _path(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
 
 
 def _secret(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and len(value) < 16:
-        # HS256 with a short secret can be brute-forced offline from one captured token.
-        raise ValueError("jwt_secret must be at least 16 characters")
+    if value is not None and len(value.encode()) < 32:
+        # HS256 with a short secret can be brute-forced offline from one captured token;
+        # RFC 7518 §3.2 asks for a key at least as long as the hash (32 bytes).
+        raise ValueError("jwt_secret must be at least 32 bytes long")
 
 
 def _origins(value: Any) -> tuple[str, ...]:

@@ -125,8 +125,14 @@ class Connection:
             log.error("connection %s failed", self.client_id, exc_info=group)
             self.close(INTERNAL_ERROR, "Internal error")
         finally:
-            self._server.forget(self)
-            await self._say_goodbye()
+            # Leave the channels at once (no more deliveries), but stay registered until the
+            # goodbye is done: Server.aclose() waits for the registry to empty before it
+            # cancels the tasks the closing handshake still needs.
+            self._server.hub.remove_member(self)
+            try:
+                await self._say_goodbye()
+            finally:
+                self._server.forget(self)
 
     async def _until_first_ends(self, task: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -158,7 +164,7 @@ class Connection:
             try:
                 if self._drain:
                     while self.outbox and self.ws.is_open:
-                        await self.ws.send_queued(lambda: self.outbox.take(WRITE_BATCH))
+                        await self.ws.send_queued(self.outbox, WRITE_BATCH)
                 code = self.close_code if self.close_code is not None else GOING_AWAY
                 reason = self.close_reason or "Server shutting down"
                 await self.ws.close(code, reason)
@@ -252,7 +258,7 @@ class Connection:
                 continue
             try:
                 with trio.fail_after(write_timeout):
-                    await self.ws.send_queued(lambda: outbox.take(WRITE_BATCH))
+                    await self.ws.send_queued(outbox, WRITE_BATCH)
             except trio.TooSlowError:
                 self._server.count_slow_consumer()
                 self.close(TRY_AGAIN_LATER, "Slow consumer: write timed out")

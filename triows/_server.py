@@ -320,8 +320,8 @@ class Server:
         return seq
 
     def forget(self, conn: Connection) -> None:
-        if self._connections.pop(conn, 0) is not None:
-            self.hub.remove_member(conn)
+        if conn in self._connections:
+            del self._connections[conn]
             self._dropped_by_gone += conn.outbox.dropped
             self._population_changed.set()
             log.debug("disconnected %r: %s %s", conn, conn.close_code, conn.close_reason)

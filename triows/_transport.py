@@ -23,7 +23,7 @@ dependency upgrade that moves one fails loudly instead of corrupting streams.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -38,6 +38,8 @@ from trio_websocket import (
 )
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
+
+from ._core.outbox import Outbox
 
 __all__ = [
     "Closed",
@@ -123,7 +125,7 @@ class WebSocket:
             return 0
         return self._direct(data)
 
-    async def send_queued(self, take: Callable[[], Sequence[bytes | memoryview]]) -> int:
+    async def send_queued(self, outbox: Outbox, max_bytes: int) -> None:
         """Send queued frames as one write, taking them only once the stream is ours.
 
         Taking inside the lock matters: while we hold it :meth:`write_nowait` writes nothing,
@@ -132,15 +134,15 @@ class WebSocket:
         async with self._lock:
             if not self.is_open:
                 raise Closed(None, "closing")
-            frames = take()
+            frames = outbox.take(max_bytes)
             if not frames:
-                return 0
+                return
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise Closed(1006, "stream broken") from exc
-            return len(frames)
+            outbox.written(frames)
 
     async def receive(self) -> str | bytes:
         try:

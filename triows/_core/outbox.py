@@ -52,7 +52,7 @@ _DROPPABLE = (SlowConsumerPolicy.DROP_OLDEST, SlowConsumerPolicy.DROP_NEWEST)
 
 
 class Outbox:
-    __slots__ = ("_entries", "capacity", "dropped", "queued_bytes")
+    __slots__ = ("_entries", "_in_flight", "capacity", "dropped", "queued_bytes")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -61,20 +61,23 @@ class Outbox:
         self._entries: deque[tuple[bytes | memoryview, SlowConsumerPolicy | None,
                                    DropCounter | None]] = deque()
         self.dropped = 0
+        #: Bytes queued or being written; with ``len()`` this is what the outbox holds.
         self.queued_bytes = 0
+        self._in_flight = 0  # frames taken by the writer, not yet accepted by the socket
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Frames queued plus frames being written: both are memory this subscriber holds."""
+        return len(self._entries) + self._in_flight
 
     @property
     def has_room(self) -> bool:
-        return len(self._entries) < self.capacity
+        return len(self) < self.capacity
 
     def offer(
         self, frame: bytes, policy: SlowConsumerPolicy, counter: DropCounter | None = None
     ) -> Verdict:
         """Queue a broadcast frame, applying ``policy`` when the outbox is full."""
-        if len(self._entries) < self.capacity:
+        if len(self) < self.capacity:
             self._append(frame, policy, counter)
             return Verdict.QUEUED
         if policy is SlowConsumerPolicy.BLOCK:
@@ -91,7 +94,7 @@ class Outbox:
     def offer_reply(self, frame: bytes) -> Verdict:
         """Queue a reply; never dropped. ``OVER`` tells the request loop to wait for room."""
         self._append(frame, None, None)
-        return Verdict.QUEUED if len(self._entries) <= self.capacity else Verdict.OVER
+        return Verdict.QUEUED if len(self) <= self.capacity else Verdict.OVER
 
     def push_front(self, rest: memoryview) -> None:
         """Put back the unwritten tail of a frame: it must go out before anything else."""
@@ -99,7 +102,11 @@ class Outbox:
         self.queued_bytes += len(rest)
 
     def take(self, max_bytes: int) -> list[bytes | memoryview]:
-        """Pop frames to write in one go (at least one, then up to ``max_bytes`` in total)."""
+        """Hand frames to the writer (at least one, then up to ``max_bytes`` in total).
+
+        They still count as held until :meth:`written`: a socket that does not drain must not
+        make room in the outbox.
+        """
         batch: list[bytes | memoryview] = []
         size = 0
         entries = self._entries
@@ -107,11 +114,17 @@ class Outbox:
             frame = entries.popleft()[0]
             batch.append(frame)
             size += len(frame)
-        self.queued_bytes -= size
+        self._in_flight += len(batch)
         return batch
+
+    def written(self, batch: list[bytes | memoryview]) -> None:
+        """The socket accepted a batch from :meth:`take`."""
+        self._in_flight -= len(batch)
+        self.queued_bytes -= sum(len(frame) for frame in batch)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._in_flight = 0
         self.queued_bytes = 0
 
     def _append(

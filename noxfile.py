@@ -1,0 +1,35 @@
+"""Developer tasks: ``nox`` runs lint, typecheck and tests; ``nox -s bench`` the benchmark."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Fan-out benchmark: triows vs a bare trio-websocket server, Node `ws` as load generator."""
+    session.install("-e", ".")
+    session.run("npm", "install", "--silent", "--prefix", "tests/bench", external=True)
+    session.run("python", "tests/bench/run.py", *session.posargs)

@@ -1,0 +1,62 @@
+"""Token verification and what the claims allow."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+
+from triows._core.auth import Action, AuthError, Principal, verify_token
+
+SECRET = "s3cret-s3cret-s3cret-s3cret-s3cret"
+NOW = 1_700_000_000.0
+
+
+def token(claims: dict[str, object], secret: str = SECRET, alg: str = "HS256") -> str:
+    return jwt.encode(claims, secret, algorithm=alg)
+
+
+def test_valid_token_becomes_principal() -> None:
+    principal = verify_token(
+        token({"sub": "u1", "exp": NOW + 60, "channels": ["news.*"], "publish": ["chat"]}),
+        SECRET, now=NOW,
+    )
+    assert principal.user_id == "u1"
+    assert principal.expires_at == NOW + 60
+    assert principal.may(Action.SUBSCRIBE, "news.eu")
+    assert not principal.may(Action.SUBSCRIBE, "chat")
+    assert principal.may(Action.PUBLISH, "chat")
+    assert not principal.may(Action.PUBLISH, "news.eu")
+
+
+def test_no_claims_means_no_restriction() -> None:
+    principal = verify_token(token({"sub": "u1"}), SECRET, now=NOW)
+    assert principal.expires_at is None
+    assert principal.may(Action.PUBLISH, "anything")
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (token({"sub": "u1"}, secret="another-secret-value-another-secret"), "invalid token"),
+        (token({"sub": "u1", "exp": NOW - 1}), "expired"),
+        (token({"sub": "u1", "exp": NOW}), "expired"),
+        (token({"exp": NOW + 60}), "'sub'"),
+        (token({"sub": ""}), "'sub'"),
+        (token({"sub": "u1", "channels": "news"}), "'channels'"),
+        (token({"sub": "u1", "publish": [1]}), "'publish'"),
+        (token({"sub": "u1"}, secret=SECRET * 2, alg="HS512"), "invalid token"),
+        (jwt.encode({"sub": "u1"}, None, algorithm="none"), "invalid token"),  # type: ignore[arg-type]
+        ("not.a.token", "invalid token"),
+        ("", "invalid token"),
+    ],
+)
+def test_bad_tokens_are_refused(raw: str, fragment: str) -> None:
+    with pytest.raises(AuthError, match=fragment) as info:
+        verify_token(raw, SECRET, now=NOW)
+    assert raw == "" or raw not in str(info.value)
+
+
+def test_principal_accepts_pattern_lists() -> None:
+    principal = Principal(user_id="x", channels=["a", "b*"])
+    assert principal.may(Action.SUBSCRIBE, "bee")
+    assert not principal.may(Action.SUBSCRIBE, "c")

@@ -1,0 +1,109 @@
+"""Channel membership, numbering and epochs."""
+
+from __future__ import annotations
+
+import pytest
+
+from triows._core.hub import Hub, Resume, SubscriptionLimitError
+from triows._core.outbox import SlowConsumerPolicy
+
+
+def make_hub(max_subscriptions: int = 10) -> Hub[str]:
+    return Hub(
+        epoch_prefix="E",
+        max_subscriptions=max_subscriptions,
+        policy_for=lambda name: SlowConsumerPolicy.DROP_OLDEST
+        if name.startswith("ticker.")
+        else SlowConsumerPolicy.DISCONNECT,
+    )
+
+
+def test_sequence_numbers_start_at_one_and_increase() -> None:
+    hub = make_hub()
+    hub.subscribe("a", "c")
+    assert [hub.publish("c")[1] for _ in range(3)] == [1, 2, 3]
+    assert hub.channel("c").seq == 3  # type: ignore[union-attr]
+
+
+def test_subscribe_is_idempotent_and_members_are_ordered() -> None:
+    hub = make_hub()
+    first = hub.subscribe("a", "c")
+    assert hub.subscribe("a", "c") is first
+    hub.subscribe("b", "c")
+    assert list(first.members) == ["a", "b"]
+    assert hub.subscription_count == 2
+
+
+def test_policy_comes_from_the_channel_name() -> None:
+    hub = make_hub()
+    assert hub.subscribe("a", "ticker.x").policy is SlowConsumerPolicy.DROP_OLDEST
+    assert hub.subscribe("a", "chat").policy is SlowConsumerPolicy.DISCONNECT
+
+
+def test_empty_channel_is_discarded_and_gets_a_new_epoch() -> None:
+    hub = make_hub()
+    state = hub.subscribe("a", "c")
+    hub.publish("c")
+    old_epoch = state.epoch
+    assert hub.unsubscribe("a", "c")
+    assert hub.channel("c") is None
+    again = hub.subscribe("a", "c")
+    assert again.epoch != old_epoch
+    assert again.seq == 0
+
+
+def test_publish_without_members_keeps_no_state() -> None:
+    hub = make_hub()
+    state, seq = hub.publish("nobody")
+    assert seq == 1
+    assert hub.channel("nobody") is None
+    assert hub.channel_count == 0
+    assert state.published == 1
+
+
+def test_remove_member_leaves_every_channel() -> None:
+    hub = make_hub()
+    for channel in ("x", "y"):
+        hub.subscribe("a", channel)
+    hub.subscribe("b", "y")
+    hub.remove_member("a")
+    assert hub.channel("x") is None
+    assert list(hub.channel("y").members) == ["b"]  # type: ignore[union-attr]
+    assert hub.subscriptions("a") == 0
+
+
+def test_unsubscribe_unknown_is_false() -> None:
+    hub = make_hub()
+    assert not hub.unsubscribe("a", "c")
+    hub.subscribe("b", "c")
+    assert not hub.unsubscribe("a", "c")
+
+
+def test_subscription_limit() -> None:
+    hub = make_hub(max_subscriptions=2)
+    hub.subscribe("a", "x")
+    hub.subscribe("a", "y")
+    hub.subscribe("a", "y")  # already held: not a new subscription
+    with pytest.raises(SubscriptionLimitError):
+        hub.subscribe("a", "z")
+    hub.subscribe("b", "z")
+
+
+def test_resume_without_history() -> None:
+    hub = make_hub()
+    state = hub.subscribe("a", "c")
+    for _ in range(5):
+        hub.publish("c")
+    assert hub.resume(state, 5, state.epoch) == Resume(recovered=True)
+    assert hub.resume(state, 2, state.epoch) == Resume(recovered=False, gap=(3, 5))
+    assert hub.resume(state, 2, "other") == Resume(recovered=False)
+    assert hub.resume(state, 2, None) == Resume(recovered=False)
+    assert hub.resume(state, 9, state.epoch) == Resume(recovered=False)
+
+
+def test_message_ids_are_unique_across_epochs() -> None:
+    hub = make_hub()
+    first = hub.subscribe("a", "c")
+    hub.unsubscribe("a", "c")
+    second = hub.subscribe("a", "c")
+    assert first.message_id(1) != second.message_id(1)

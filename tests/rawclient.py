@@ -1,0 +1,77 @@
+"""A bare wsproto client over a triows.testing MemoryStream, for peers that misbehave.
+
+Unlike TestClient it reads only when told to: between reads it is a stalled peer whose buffer
+fills, which never answers pings, exactly like a frozen browser tab.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+
+from triows.testing import MemoryListener
+
+
+class RawClient:
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.messages: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self._parts: list[str] = []
+
+    @classmethod
+    async def connect(cls, listener: MemoryListener, path: str = "/") -> RawClient:
+        client = cls(await listener.connect())
+        await client.stream.send_all(client.ws.send(Request(host="t", target=path)))
+        await client.read_until(lambda c: bool(c.messages))  # the welcome
+        return client
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(data=json.dumps(frame))))
+
+    async def read_some(self) -> None:
+        data = await self.stream.receive_some(65536)
+        self.ws.receive_data(data or None)
+        for event in self.ws.events():
+            if isinstance(event, Message):
+                self._parts.append(event.data)
+                if event.message_finished:
+                    self.messages.append(json.loads("".join(self._parts)))
+                    self._parts.clear()
+            elif isinstance(event, Ping):
+                await self.stream.send_all(self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self.close_code = event.code
+            elif isinstance(event, RejectConnection):
+                raise ConnectionError(event.status_code)
+            else:
+                assert isinstance(event, AcceptConnection), event
+
+    async def read_until(self, done: Any, timeout: float = 60) -> None:
+        with trio.fail_after(timeout):
+            while not done(self):
+                await self.read_some()
+
+    async def read_until_closed(self, timeout: float = 60) -> int:
+        await self.read_until(lambda c: c.close_code is not None, timeout)
+        assert self.close_code is not None
+        return self.close_code
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == kind]
+
+    async def abort(self) -> None:
+        await trio.aclose_forcefully(self.stream)

@@ -1,0 +1,182 @@
+"""Authentication before the upgrade, authorization per request, token expiry and refresh."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from triows import Action, HandshakeRequest, Principal, Rejected
+from triows.testing import ConnectionRejected, open_test_server
+
+from .conftest import SECRET, make_token
+
+
+async def test_missing_or_bad_token_is_401_before_upgrade(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        for kwargs in ({}, {"token": "garbage"}, {"token": make_token(exp=time.time() - 5)},
+                       {"path": "/?token=garbage"}):
+            with pytest.raises(ConnectionRejected) as info:
+                async with harness.connect(**kwargs):  # type: ignore[arg-type]
+                    pass
+            assert info.value.status_code == 401
+        assert harness.server.statistics().rejected == {401: 4}
+        assert harness.server.statistics().connections_total == 0
+
+
+async def test_token_by_header_or_query(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        async with harness.connect(token=make_token("alice")) as a:
+            assert a.welcome["type"] == "welcome"
+        async with harness.connect(f"/ws?token={make_token('bob')}") as b:
+            assert b.welcome["type"] == "welcome"
+        users = {c.user_id for c in harness.server.connection_statistics()}
+        assert users <= {"alice", "bob"}
+
+
+async def test_channel_claims_restrict_subscribe_and_publish(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    token = make_token(channels=["news.*"], publish=["chat"])
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        async with harness.connect(token=token) as client:
+            assert (await client.request(
+                {"type": "subscribe", "channel": "news.eu"}))["type"] == "subscribed"
+            denied = await client.request({"type": "subscribe", "channel": "chat", "id": 1})
+            assert (denied["type"], denied["code"], denied["id"]) == ("error", 403, 1)
+            assert (await client.request(
+                {"type": "publish", "channel": "chat", "data": 1, "id": 2}))["type"] == "ack"
+            denied = await client.request(
+                {"type": "publish", "channel": "news.eu", "data": 1, "id": 3})
+            assert denied["code"] == 403
+
+
+async def test_expired_token_closes_with_1008(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(jwt_secret=SECRET, heartbeat_interval=1000) as harness:
+        async with harness.connect(token=make_token(exp=int(time.time()) + 60)) as client:
+            start = trio.current_time()
+            code, reason = await client.wait_closed()
+            assert code == 1008
+            assert reason == "Token expired"
+            assert 55 <= trio.current_time() - start <= 61
+        assert harness.server.statistics().closed_by_server == {1008: 1}
+
+
+async def test_refresh_extends_expiry(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(jwt_secret=SECRET, heartbeat_interval=1000,
+                                idle_timeout=0) as harness:
+        async with harness.connect(token=make_token(exp=int(time.time()) + 60)) as client:
+            start = trio.current_time()
+            new_exp = int(time.time()) + 600
+            reply = await client.request(
+                {"type": "refresh", "token": make_token(exp=new_exp), "id": "r"})
+            assert reply == {"type": "refreshed", "exp": new_exp, "id": "r"}
+            code, _ = await client.wait_closed(timeout=1000)
+            assert code == 1008
+            assert trio.current_time() - start > 500
+
+
+async def test_invalid_refresh_is_401_and_old_expiry_stands(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(jwt_secret=SECRET, heartbeat_interval=1000) as harness:
+        async with harness.connect(token=make_token(exp=int(time.time()) + 60)) as client:
+            start = trio.current_time()
+            bad = await client.request({"type": "refresh", "token": "nope", "id": 1})
+            assert (bad["code"], bad["id"]) == (401, 1)
+            assert "nope" not in bad["message"]
+            other_user = await client.request(
+                {"type": "refresh", "token": make_token("mallory", exp=int(time.time()) + 600)})
+            assert other_user["code"] == 401
+            code, _ = await client.wait_closed()
+            assert code == 1008
+            assert trio.current_time() - start <= 61
+
+
+async def test_refresh_without_auth_is_400(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server() as harness:
+        async with harness.connect() as client:
+            reply = await client.request({"type": "refresh", "token": make_token()})
+            assert reply["code"] == 400
+
+
+async def test_origin_allow_list(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(allow_origins=["https://app.example"]) as harness:
+        async with harness.connect(headers={"Origin": "https://app.example"}):
+            pass
+        async with harness.connect():  # non-browser clients send no Origin
+            pass
+        with pytest.raises(ConnectionRejected) as info:
+            async with harness.connect(headers={"Origin": "https://evil.example"}):
+                pass
+        assert info.value.status_code == 403
+
+
+async def test_custom_async_authenticate_and_authorize(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[tuple[str, str, str]] = []
+
+    async def authenticate(request: HandshakeRequest) -> Principal | None:
+        await trio.sleep(0.1)  # e.g. a database lookup
+        if request.header("x-api-key") == "banned":
+            raise Rejected(403, "banned")
+        key = request.query.get("key")
+        return Principal(user_id=key) if key else None
+
+    async def authorize(principal: Principal, action: Action, channel: str) -> bool:
+        seen.append((str(principal.user_id), str(action), channel))
+        return channel.startswith(f"user.{principal.user_id}")
+
+    async with open_test_server(authenticate=authenticate, authorize=authorize) as harness:
+        async with harness.connect("/?key=42") as client:
+            assert (await client.request(
+                {"type": "subscribe", "channel": "user.42.inbox"}))["type"] == "subscribed"
+            assert (await client.request(
+                {"type": "subscribe", "channel": "user.7.inbox"}))["code"] == 403
+        with pytest.raises(ConnectionRejected) as info:
+            async with harness.connect():
+                pass
+        assert info.value.status_code == 401
+        with pytest.raises(ConnectionRejected) as info:
+            async with harness.connect("/?key=1", headers={"X-Api-Key": "banned"}):
+                pass
+        assert info.value.status_code == 403
+    assert seen == [("42", "subscribe", "user.42.inbox"), ("42", "subscribe", "user.7.inbox")]
+
+
+async def test_failing_hooks_are_contained(autojump_clock: trio.testing.MockClock) -> None:
+    def authenticate(request: HandshakeRequest) -> Principal:
+        if "boom" in request.path:
+            raise RuntimeError("hook bug")
+        return Principal(user_id="u")
+
+    def authorize(principal: Principal, action: Action, channel: str) -> bool:
+        if channel == "boom":
+            raise RuntimeError("hook bug")
+        return True
+
+    async with open_test_server(authenticate=authenticate, authorize=authorize) as harness:
+        with pytest.raises(ConnectionRejected) as info:
+            async with harness.connect("/boom"):
+                pass
+        assert info.value.status_code == 500
+        async with harness.connect() as client:
+            reply = await client.request({"type": "subscribe", "channel": "boom", "id": 1})
+            assert (reply["code"], reply["id"]) == (500, 1)
+            assert (await client.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_slow_authenticate_times_out(autojump_clock: trio.testing.MockClock) -> None:
+    async def authenticate(request: HandshakeRequest) -> Principal:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async with open_test_server(authenticate=authenticate, handshake_timeout=3) as harness:
+        with pytest.raises(ConnectionRejected) as info:
+            async with harness.connect():
+                pass
+        assert info.value.status_code == 503

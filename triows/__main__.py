@@ -1,0 +1,7 @@
+"""``python -m triows``: run the server (see ``python -m triows --help``)."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

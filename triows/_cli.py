@@ -1,0 +1,251 @@
+"""``python -m triows``: flags (or ``TRIOWS_*`` variables) -> Config -> serve until a signal.
+
+Every bad value ends the process with one line on stderr and exit code 2: an operator reading
+a service log should see what to fix, not a traceback. The first SIGINT/SIGTERM shuts down
+gracefully within ``--shutdown-timeout``; a second one stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import trio
+
+from ._config import Config
+from ._core.names import ChannelNameError
+from ._core.outbox import SlowConsumerPolicy
+from ._server import Server, serve
+
+log = logging.getLogger("triows")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind: str, minimum: float, *, integer: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {kind} of at least {minimum:g}, "
+                                             f"got {text!r}")
+        return value
+
+    parse.__name__ = kind  # argparse names the type in its messages
+    return parse
+
+
+def _port(text: str) -> int:
+    value = int(_number("an integer", 0, integer=True)(text))
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"port must be at most 65535, got {text!r}")
+    return value
+
+
+def _channel_policy(text: str) -> tuple[str, SlowConsumerPolicy]:
+    pattern, sep, policy = text.rpartition("=")
+    choices = ", ".join(p.value for p in SlowConsumerPolicy)
+    if not sep or not pattern:
+        raise argparse.ArgumentTypeError(f"expected PATTERN=POLICY, got {text!r}")
+    try:
+        return pattern, SlowConsumerPolicy(policy)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"policy must be one of {choices}, got {policy!r}") \
+            from None
+
+
+_INT = _number("an integer", 1, integer=True)
+_SECONDS = _number("a number of seconds", 0, integer=False)
+_POSITIVE_SECONDS = _number("a positive number of seconds", 1e-3, integer=False)
+
+#: (flag, type, config field or None, help). Defaults come from Config, so they cannot drift.
+_OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] = (
+    ("--host", str, "host", "address to listen on"),
+    ("--port", _port, "port", "TCP port (0 picks a free one)"),
+    ("--path", str, "path", "serve only this URL path (default: any path)"),
+    ("--jwt-secret", str, "jwt_secret",
+     "HS256 secret; when set, clients need a token (Authorization: Bearer or ?token=)"),
+    ("--allow-origin", str, "allow_origins",
+     "allowed browser Origin, repeatable (env: comma-separated); default: any"),
+    ("--max-connections", _INT, "max_connections", "connections beyond this get HTTP 503"),
+    ("--max-message-size", _number("an integer", 2048, integer=True), "max_message_size",
+     "largest incoming message in bytes (bigger: close 1009)"),
+    ("--max-subscriptions", _INT, "max_subscriptions", "channels per connection (more: 429)"),
+    ("--heartbeat-interval", _POSITIVE_SECONDS, "heartbeat_interval", "seconds between pings"),
+    ("--heartbeat-timeout", _POSITIVE_SECONDS, "heartbeat_timeout",
+     "seconds to wait for a pong before closing with 1011"),
+    ("--idle-timeout", _SECONDS, "idle_timeout",
+     "close connections with no subscription that sent nothing for this long (0: never)"),
+    ("--outbox-size", _INT, "outbox_size",
+     "frames a subscriber may have queued before its slow-consumer policy applies"),
+    ("--slow-consumer", SlowConsumerPolicy, "slow_consumer",
+     "what happens when a subscriber's outbox is full"),
+    ("--channel-policy", _channel_policy, "channel_policies",
+     "PATTERN=POLICY giving matching channels their own policy, repeatable; first match wins"),
+    ("--block-timeout", _POSITIVE_SECONDS, "block_timeout",
+     "seconds a 'block' publisher waits for one subscriber before disconnecting it"),
+    ("--shutdown-timeout", _SECONDS, "shutdown_timeout",
+     "seconds to drain and close connections on shutdown"),
+    ("--log-level", str, None, "log verbosity"),
+    ("--log-format", str, None, "one line of text or one JSON object per record"),
+)
+_REPEATABLE = {"--allow-origin", "--channel-policy"}
+_CLI_DEFAULTS = {"--log-level": "info", "--log-format": "text"}
+_CHOICES = {"--log-level": LOG_LEVELS, "--log-format": ("text", "json")}
+
+
+def _env_name(flag: str) -> str:
+    return "TRIOWS_" + flag[2:].upper().replace("-", "_")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="triows",
+        description="Real-time WebSocket pub/sub server (protocol v1). Every flag can also be "
+        "set with a TRIOWS_<NAME> environment variable, e.g. TRIOWS_PORT=9000.",
+    )
+    defaults = Config()
+    for flag, kind, field, text in _OPTIONS:
+        default = _CLI_DEFAULTS.get(flag) if field is None else getattr(defaults, field)
+        if field == "jwt_secret":
+            default = None
+        if isinstance(default, SlowConsumerPolicy):
+            default = default.value
+        shown = "" if default in (None, ()) else f" (default: {default})"
+        kwargs: dict[str, Any] = {"help": f"{text}{shown} [env {_env_name(flag)}]", "type": kind}
+        if flag in _CHOICES:
+            kwargs["choices"] = _CHOICES[flag]
+        if flag == "--slow-consumer":
+            kwargs.update(type=str, choices=[p.value for p in SlowConsumerPolicy])
+        if flag in _REPEATABLE:
+            kwargs.update(action="append", default=None)
+        else:
+            kwargs["default"] = default
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("--version", action="version", version="triows 0.1.0")
+    return parser
+
+
+def parse_config(argv: Sequence[str], environ: dict[str, str]) -> tuple[Config, str, str]:
+    """Flags win over environment variables, which win over Config's defaults."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for flag, kind, field, _ in _OPTIONS:
+        dest = flag[2:].replace("-", "_")
+        given = getattr(args, dest)
+        from_flag = any(a == flag or a.startswith(flag + "=") for a in argv)
+        env = environ.get(_env_name(flag))
+        if not from_flag and env is not None:
+            given = _from_env(parser, flag, kind, env)
+        if flag in _CHOICES and given not in _CHOICES[flag]:
+            parser.error(f"{_env_name(flag)}: must be one of {', '.join(_CHOICES[flag])}")
+        values[field or dest] = given
+    log_level, log_format = values.pop("log_level"), values.pop("log_format")
+    config_values = {k: v for k, v in values.items() if v is not None}
+    try:
+        config = Config(**config_values)
+    except (ValueError, TypeError, ChannelNameError) as exc:
+        parser.error(str(exc))
+    return config, log_level, log_format
+
+
+def _from_env(
+    parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any] | None, text: str
+) -> Any:
+    convert = kind or str
+    parts = [p.strip() for p in text.split(",") if p.strip()] if flag in _REPEATABLE else [text]
+    try:
+        converted = [convert(p) for p in parts]
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        parser.error(f"{_env_name(flag)}: {exc}")
+    return converted if flag in _REPEATABLE else converted[0]
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _describe(server: Server) -> str:
+    config = server.config
+    addresses = []
+    for listener in server.listeners:
+        sock = getattr(listener, "socket", None)
+        if sock is not None:
+            host, port = sock.getsockname()[:2]
+            host = f"[{host}]" if ":" in host else host
+            addresses.append(f"ws://{host}:{port}{config.path or '/'}")
+    auth = "jwt" if config.jwt_secret else "custom" if config.authenticate else "off"
+    return (f"triows listening on {', '.join(addresses)} (broker: in-memory, auth: {auth}, "
+            f"server id: {server.server_id})")
+
+
+async def run(config: Config) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(serve, config)
+            log.info("%s", _describe(server))
+            async for signum in signals:
+                log.info("received %s: shutting down (again to stop at once)",
+                         signal.Signals(signum).name)
+                break
+
+            async def stop_on_second_signal() -> None:
+                async for _ in signals:
+                    log.warning("second signal: stopping now")
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_second_signal)
+            await server.aclose()
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, log_level, log_format = parse_config(
+        sys.argv[1:] if argv is None else argv, dict(os.environ)
+    )
+    configure_logging(log_level, log_format)
+    failure: BaseException | None = None
+    try:
+        trio.run(run, config)
+    except* OSError as group:
+        failure = group.exceptions[0]
+    if failure is not None:
+        print(f"triows: error: cannot listen on {config.host}:{config.port}: "
+              f"{getattr(failure, 'strerror', None) or failure}", file=sys.stderr)
+        return 1
+    return 0
