@@ -6,6 +6,7 @@ fills, which never answers pings, exactly like a frozen browser tab.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -52,7 +53,8 @@ class RawClient:
                     self.messages.append(json.loads("".join(self._parts)))
                     self._parts.clear()
             elif isinstance(event, Ping):
-                await self.stream.send_all(self.ws.send(event.response()))
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.stream.send_all(self.ws.send(event.response()))
             elif isinstance(event, CloseConnection):
                 self.close_code = event.code
             elif isinstance(event, RejectConnection):

@@ -43,6 +43,10 @@ log = logging.getLogger("triows.server")
 ENVELOPE_ALLOWANCE = 1024
 
 
+class DataTooLargeError(ValueError):
+    """Published data that would make a ``message`` frame over ``max_message_size``."""
+
+
 class Server:
     """A running triows server; get one from ``await nursery.start(triows.serve, config)``."""
 
@@ -207,7 +211,6 @@ class Server:
                 handler_nursery=self._connections_nursery,
                 max_message_size=self.config.max_message_size,
                 handshake_timeout=self.config.handshake_timeout,
-                close_timeout=self.config.close_timeout,
                 task_status=task_status,
             )
 
@@ -313,9 +316,8 @@ class Server:
     ) -> int:
         try:
             seq, blocked = self._broadcast(channel, data, conn, conn.client_id)
-        except ProtocolError as exc:
-            exc.request_id = request_id
-            raise
+        except DataTooLargeError as exc:
+            raise ProtocolError(protocol.TOO_LARGE, str(exc), request_id) from None
         await self._wait_for_blocked(blocked)
         return seq
 
@@ -350,8 +352,7 @@ class Server:
         """
         data_json = protocol.encode_value(data)
         if len(data_json) > self._max_data:
-            raise ProtocolError(protocol.TOO_LARGE,
-                                f"data is larger than {self._max_data} bytes")
+            raise DataTooLargeError(f"data is larger than {self._max_data} bytes")
         state, seq = self.hub.publish(channel)
         frame = text_frame(protocol.message_payload(
             channel=channel, data_json=data_json, sender=sender_id,

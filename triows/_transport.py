@@ -222,7 +222,6 @@ async def _serve_stream(
     *,
     max_message_size: int,
     handshake_timeout: float,
-    close_timeout: float,
 ) -> None:
     """Everything about one TCP stream, behind a boundary no exception crosses."""
     try:
@@ -246,11 +245,8 @@ async def _serve_stream(
             try:
                 await handler(PendingHandshake(request))
             finally:
-                # The handler normally closed it already; this bounds the last word even if
-                # the handler was cancelled (a cancelled server still says goodbye briefly).
-                with trio.move_on_after(close_timeout) as scope:
-                    scope.shield = True
-                    await conn.aclose(1001, "Server shutting down")
+                # The handler owns the goodbye (a close frame within its deadline); all that
+                # is left here is to stop trio-websocket's reader.
                 nursery.cancel_scope.cancel()
     except* Exception as group:
         log.error("connection task failed", exc_info=group)
@@ -265,7 +261,6 @@ async def serve_streams(
     handler_nursery: trio.Nursery,
     max_message_size: int,
     handshake_timeout: float,
-    close_timeout: float,
     task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async def serve_one(stream: trio.abc.Stream) -> None:
@@ -274,7 +269,6 @@ async def serve_streams(
             handler,
             max_message_size=max_message_size,
             handshake_timeout=handshake_timeout,
-            close_timeout=close_timeout,
         )
 
     await trio.serve_listeners(

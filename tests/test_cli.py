@@ -1,0 +1,131 @@
+"""python -m triows: flags, environment, one-line errors, and a real run with SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from triows import SlowConsumerPolicy
+from triows._cli import parse_config
+
+
+def test_defaults() -> None:
+    config, level, fmt = parse_config([], {})
+    assert (config.host, config.port, config.jwt_secret) == ("127.0.0.1", 8080, None)
+    assert (level, fmt) == ("info", "text")
+
+
+def test_flags_override_environment() -> None:
+    env = {"TRIOWS_PORT": "9000", "TRIOWS_MAX_CONNECTIONS": "7",
+           "TRIOWS_ALLOW_ORIGIN": "https://a.example, https://b.example",
+           "TRIOWS_CHANNEL_POLICY": "ticker.*=drop_oldest",
+           "TRIOWS_LOG_FORMAT": "json"}
+    config, _, fmt = parse_config(["--port", "9001", "--slow-consumer=block"], env)
+    assert config.port == 9001
+    assert config.max_connections == 7
+    assert config.allow_origins == ("https://a.example", "https://b.example")
+    assert config.channel_policies == (("ticker.*", SlowConsumerPolicy.DROP_OLDEST),)
+    assert config.slow_consumer is SlowConsumerPolicy.BLOCK
+    assert fmt == "json"
+
+
+def test_repeatable_flags() -> None:
+    config, _, _ = parse_config(
+        ["--allow-origin", "https://a", "--allow-origin", "https://b/",
+         "--channel-policy", "a.*=drop_newest", "--channel-policy", "*=block"], {})
+    assert config.allow_origins == ("https://a", "https://b")
+    assert [p for _, p in config.channel_policies] == ["drop_newest", "block"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "fragment"),
+    [
+        (["--port", "x"], {}, "--port"),
+        (["--port", "70000"], {}, "at most 65535"),
+        ([], {"TRIOWS_PORT": "nope"}, "TRIOWS_PORT"),
+        (["--heartbeat-interval", "-1"], {}, "--heartbeat-interval"),
+        (["--slow-consumer", "maybe"], {}, "invalid choice"),
+        (["--channel-policy", "x=never"], {}, "policy must be one of"),
+        (["--jwt-secret", "short"], {}, "at least 32 bytes"),
+        (["--path", "ws"], {}, "path must start with '/'"),
+        (["--max-message-size", "10"], {}, "at least 2048"),
+        ([], {"TRIOWS_LOG_LEVEL": "loud"}, "TRIOWS_LOG_LEVEL"),
+        (["--bogus"], {}, "unrecognized arguments"),
+    ],
+)
+def test_bad_values_are_one_line_and_exit_2(
+    argv: list[str], env: dict[str, str], fragment: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "triows", *argv],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("triows: error: ")
+    assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_one_line_exit_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "triows", "--port", str(port)],
+            capture_output=True, text=True, timeout=30,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("triows: error: cannot listen")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.real_socket
+async def test_real_run_and_graceful_sigterm() -> None:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "triows", "--port", "0", "--jwt-secret", "x" * 32,
+         "--log-format", "json"],
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        output = b""
+        with trio.fail_after(20):
+            while b"listening on" not in output:
+                output += await process.stderr.receive_some()
+        record = json.loads(output.decode().splitlines()[0])
+        assert record["level"] == "info"
+        port = int(re.search(r"ws://127\.0\.0\.1:(\d+)/", record["message"]).group(1))  # type: ignore[union-attr]
+        assert "auth: jwt" in record["message"]
+        import jwt
+
+        token = jwt.encode({"sub": "cli"}, "x" * 32, algorithm="HS256")
+        async with open_websocket_url(f"ws://127.0.0.1:{port}/?token={token}") as ws:
+            welcome = json.loads(await ws.get_message())
+            assert welcome["type"] == "welcome"
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10), pytest.raises(ConnectionClosed) as info:
+                await ws.get_message()
+            assert info.value.reason.code == 1001
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+        with trio.fail_after(10):
+            while chunk := await process.stderr.receive_some():
+                output += chunk
+        assert token.encode() not in output
+        assert b'"stopped"' in output
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

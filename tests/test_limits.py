@@ -1,0 +1,110 @@
+"""Limits: connections, message size, subscriptions, request floods, paths."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from triows.testing import ConnectionRejected, open_test_server
+
+from .rawclient import RawClient
+
+
+async def test_connection_limit_is_503_before_upgrade(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(max_connections=2) as harness:
+        async with harness.connect(), harness.connect():
+            with pytest.raises(ConnectionRejected) as info:
+                async with harness.connect():
+                    pass
+            assert info.value.status_code == 503
+            assert harness.server.statistics().rejected == {503: 1}
+        await trio.sleep(1)
+        async with harness.connect():  # room again once they left
+            pass
+
+
+async def test_oversized_message_closes_with_1009(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(max_message_size=4096) as harness:
+        async with harness.connect() as client:
+            await client.send({"type": "publish", "channel": "a", "data": "x" * 5000})
+            code, _ = await client.wait_closed()
+            assert code == 1009
+        assert harness.server.statistics().closed_by_server == {1009: 1}
+
+
+async def test_data_too_large_for_a_broadcast_is_413(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(max_message_size=4096) as harness:
+        async with harness.connect() as client:
+            reply = await client.request(
+                {"type": "publish", "channel": "a", "data": "x" * 3500, "id": 1})
+            assert (reply["code"], reply["id"]) == (413, 1)
+            assert (await client.request(
+                {"type": "publish", "channel": "a", "data": "x" * 2000, "id": 2}))["type"] == "ack"
+        with pytest.raises(ValueError, match="larger than"):
+            await harness.server.publish("a", "x" * 5000)
+
+
+async def test_subscription_limit_is_429(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(max_subscriptions=2) as harness:
+        async with harness.connect() as client:
+            for channel in ("a", "b"):
+                await client.request({"type": "subscribe", "channel": channel})
+            reply = await client.request({"type": "subscribe", "channel": "c", "id": "x"})
+            assert (reply["code"], reply["id"]) == (429, "x")
+            await client.request({"type": "unsubscribe", "channel": "a"})
+            assert (await client.request(
+                {"type": "subscribe", "channel": "c"}))["type"] == "subscribed"
+
+
+async def test_request_flood_gets_429_not_a_stall(autojump_clock: trio.testing.MockClock) -> None:
+    gate = trio.Event()
+
+    async def slow_authorize(*args: object) -> bool:
+        await gate.wait()
+        return True
+
+    async with open_test_server(authorize=slow_authorize, inbox_size=4) as harness:
+        client = await RawClient.connect(harness.listener)
+        for n in range(10):
+            await client.send({"type": "subscribe", "channel": "a", "id": n})
+        await client.read_until(lambda c: len(c.of_type("error")) >= 5)
+        assert {e["code"] for e in client.of_type("error")} == {429}
+        gate.set()
+        await client.send({"type": "ping", "id": "p"})
+        await client.read_until(lambda c: c.of_type("pong"))
+        assert len(client.of_type("subscribed")) == 10 - len(client.of_type("error"))
+
+
+async def test_path_restriction(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(path="/ws") as harness:
+        async with harness.connect("/ws?x=1"):
+            pass
+        with pytest.raises(ConnectionRejected) as info:
+            async with harness.connect("/other"):
+                pass
+        assert info.value.status_code == 404
+
+
+async def test_application_publish_validates_input(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as harness:
+        with pytest.raises(ValueError, match="may only contain"):
+            await harness.server.publish("bad channel", 1)
+        with pytest.raises(TypeError):
+            await harness.server.publish("a", object())
+        with pytest.raises(ValueError):
+            await harness.server.publish("a", float("nan"))
+
+
+async def test_slow_handshake_is_dropped(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(handshake_timeout=3) as harness:
+        stream = await harness.listener.connect()
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        start = trio.current_time()
+        assert await stream.receive_some() == b""
+        assert 3 <= trio.current_time() - start < 3.5

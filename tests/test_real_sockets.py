@@ -1,0 +1,91 @@
+"""The TCP path: real sockets on loopback, real clock (no autojump: the kernel moves bytes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+import trio_websocket
+from trio_websocket import open_websocket_url
+
+import triows
+
+pytestmark = pytest.mark.real_socket
+
+
+async def start_server(nursery: trio.Nursery, **overrides: object) -> triows.Server:
+    config = triows.Config(port=0, **overrides)  # type: ignore[arg-type]
+    server: triows.Server = await nursery.start(triows.serve, config)
+    return server
+
+
+async def test_fan_out_over_tcp_in_order() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery)
+        url = f"ws://127.0.0.1:{server.port}/"
+        received: dict[int, list[int]] = {}
+
+        async def subscriber(index: int, ready: trio.Event) -> None:
+            async with open_websocket_url(url, message_queue_size=1000) as ws:
+                await ws.get_message()  # welcome
+                await ws.send_message(json.dumps({"type": "subscribe", "channel": "t"}))
+                await ws.get_message()
+                ready.set()
+                seqs = received.setdefault(index, [])
+                while len(seqs) < 300:
+                    seqs.append(json.loads(await ws.get_message())["seq"])
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as clients:
+                for index in range(20):
+                    ready = trio.Event()
+                    clients.start_soon(subscriber, index, ready)
+                    await ready.wait()
+                async with open_websocket_url(url) as publisher:
+                    await publisher.get_message()
+                    for n in range(300):
+                        await publisher.send_message(json.dumps(
+                            {"type": "publish", "channel": "t", "data": n, "id": n}))
+                    acks = [json.loads(await publisher.get_message()) for _ in range(300)]
+                    assert [a["seq"] for a in acks] == list(range(1, 301))
+        assert all(seqs == list(range(1, 301)) for seqs in received.values())
+        assert server.statistics().delivered == 20 * 300
+        await server.aclose()
+
+
+async def test_partial_writes_keep_frames_whole_and_ordered() -> None:
+    """Publish far more than the kernel buffer holds before the client reads anything."""
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, outbox_size=4096, max_message_size=1 << 20)
+        url = f"ws://127.0.0.1:{server.port}/"
+        with trio.fail_after(30):
+            async with open_websocket_url(url, message_queue_size=4096,
+                                          max_message_size=1 << 20) as ws:
+                await ws.get_message()
+                await ws.send_message(json.dumps({"type": "subscribe", "channel": "big"}))
+                await ws.get_message()
+                sizes = [10, 50_000, 3, 200_000, 70_000, 1] * 20
+                for n, size in enumerate(sizes):
+                    await server.publish("big", {"n": n, "pad": "y" * size})
+                assert server.statistics().queued_frames > 0  # the socket pushed back
+                for n, size in enumerate(sizes):
+                    message = json.loads(await ws.get_message())
+                    assert message["seq"] == n + 1
+                    assert message["data"] == {"n": n, "pad": "y" * size}
+        await server.aclose()
+
+
+async def test_graceful_shutdown_over_tcp() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery)
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as ws:
+            await ws.get_message()
+            with trio.fail_after(10):
+                await server.aclose()
+            with pytest.raises(trio_websocket.ConnectionClosed) as info:
+                await ws.get_message()
+            assert info.value.reason.code == 1001
+            assert info.value.reason.reason == "Server shutting down"
+
+
