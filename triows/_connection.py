@@ -57,6 +57,7 @@ class Connection:
         "_inbox_send",
         "_room",
         "_scope",
+        "_send_scope",
         "_server",
         "_writer_wakeup",
         "client_id",
@@ -89,6 +90,7 @@ class Connection:
         self._writer_wakeup = trio.Event()
         self._room: trio.Event | None = None
         self._scope = trio.CancelScope()
+        self._send_scope: trio.CancelScope | None = None  # the writer's write in progress
         self._expiry_scope: trio.CancelScope | None = None
         self._drain = False
         self._close_deadline: float | None = None
@@ -151,6 +153,12 @@ class Connection:
                 else trio.current_time() + self._server.config.close_timeout
             )
             self._server.count_close(code)
+            send = self._send_scope
+            if send is not None and drain:
+                # Let a write in progress finish: cutting it would leave half a frame on the
+                # wire and nothing more could be sent, not even the close frame.
+                send.shield = True
+                send.deadline = min(send.deadline, self._close_deadline)
         self._scope.cancel()
 
     async def _say_goodbye(self) -> None:
@@ -163,8 +171,8 @@ class Connection:
             scope.shield = True
             try:
                 if self._drain:
-                    while self.outbox and self.ws.is_open:
-                        await self.ws.send_queued(self.outbox, WRITE_BATCH)
+                    while self.ws.is_open and await self.ws.send_queued(self.outbox, WRITE_BATCH):
+                        pass
                 code = self.close_code if self.close_code is not None else GOING_AWAY
                 reason = self.close_reason or "Server shutting down"
                 await self.ws.close(code, reason)
@@ -256,14 +264,18 @@ class Connection:
                 self._writer_wakeup = trio.Event()
                 await self._writer_wakeup.wait()
                 continue
-            try:
-                with trio.fail_after(write_timeout):
+            with trio.CancelScope(deadline=trio.current_time() + write_timeout) as scope:
+                self._send_scope = scope
+                try:
                     await self.ws.send_queued(outbox, WRITE_BATCH)
-            except trio.TooSlowError:
-                self._server.count_slow_consumer()
-                self.close(TRY_AGAIN_LATER, "Slow consumer: write timed out")
-                return
-            except Closed:
+                except Closed:
+                    return
+                finally:
+                    self._send_scope = None
+            if scope.cancelled_caught:
+                if self.close_code is None:
+                    self._server.count_slow_consumer()
+                    self.close(TRY_AGAIN_LATER, "Slow consumer: write timed out")
                 return
             if self._room is not None and outbox.has_room:
                 self._room.set()

@@ -101,7 +101,7 @@ def _direct_writer(stream: trio.abc.Stream) -> Callable[[bytes | memoryview], in
 class WebSocket:
     """The server side of one accepted WebSocket, as the connection sees it."""
 
-    __slots__ = ("_conn", "_direct", "_lock", "_stream", "_wsproto")
+    __slots__ = ("_broken", "_conn", "_direct", "_lock", "_stream", "_wsproto")
 
     def __init__(self, conn: WebSocketConnection) -> None:
         self._conn = conn
@@ -109,10 +109,13 @@ class WebSocket:
         self._lock: trio.StrictFIFOLock = conn._stream_lock
         self._wsproto: WSConnection = conn._wsproto
         self._direct = _direct_writer(self._stream)
+        #: A send was cut short: part of a frame may be on the wire, so nothing more can be
+        #: framed on this stream (not even a close frame).
+        self._broken = False
 
     @property
     def is_open(self) -> bool:
-        return self._wsproto.state is ConnectionState.OPEN
+        return not self._broken and self._wsproto.state is ConnectionState.OPEN
 
     def write_nowait(self, data: bytes | memoryview) -> int:
         """Write a ready frame (or its tail) without waiting; returns the bytes written.
@@ -125,24 +128,29 @@ class WebSocket:
             return 0
         return self._direct(data)
 
-    async def send_queued(self, outbox: Outbox, max_bytes: int) -> None:
+    async def send_queued(self, outbox: Outbox, max_bytes: int) -> bool:
         """Send queued frames as one write, taking them only once the stream is ours.
 
         Taking inside the lock matters: while we hold it :meth:`write_nowait` writes nothing,
-        so no frame can overtake the ones already queued.
+        so no frame can overtake the ones already queued. Returns False if nothing was queued.
         """
         async with self._lock:
             if not self.is_open:
                 raise Closed(None, "closing")
             frames = outbox.take(max_bytes)
             if not frames:
-                return
+                return False
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._broken = True
                 raise Closed(1006, "stream broken") from exc
+            except BaseException:
+                self._broken = True  # cancelled mid-write
+                raise
             outbox.written(frames)
+            return True
 
     async def receive(self) -> str | bytes:
         try:
@@ -164,7 +172,10 @@ class WebSocket:
 
     async def close(self, code: int, reason: str) -> None:
         """Send a close frame and wait for the peer's; the caller bounds the wait."""
-        await self._conn.aclose(code, reason)
+        if self._broken:
+            await self.abort()
+        else:
+            await self._conn.aclose(code, reason)
 
     async def abort(self) -> None:
         await trio.aclose_forcefully(self._stream)
