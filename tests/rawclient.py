@@ -45,7 +45,7 @@ class RawClient:
 
     async def read_some(self) -> None:
         data = await self.stream.receive_some(65536)
-        self.ws.receive_data(data or None)
+        self.ws.receive_data(bytes(data) if data else None)
         for event in self.ws.events():
             if isinstance(event, Message):
                 self._parts.append(event.data)

@@ -22,10 +22,16 @@ def describe(task: trio.lowlevel.Task) -> str:
     frames = []
     coro: object = task.coro
     while coro is not None:
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or getattr(
-            coro, "gi_frame", None)
+        frame = (
+            getattr(coro, "cr_frame", None)
+            or getattr(coro, "ag_frame", None)
+            or getattr(coro, "gi_frame", None)
+        )
         if frame is not None:
             frames.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(
-            coro, "ag_await", None)
+        coro = (
+            getattr(coro, "cr_await", None)
+            or getattr(coro, "gi_yieldfrom", None)
+            or getattr(coro, "ag_await", None)
+        )
     return f"{task.name} <- {' / '.join(frames)}"

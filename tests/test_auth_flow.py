@@ -17,8 +17,12 @@ async def test_missing_or_bad_token_is_401_before_upgrade(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_test_server(jwt_secret=SECRET) as harness:
-        for kwargs in ({}, {"token": "garbage"}, {"token": make_token(exp=time.time() - 5)},
-                       {"path": "/?token=garbage"}):
+        for kwargs in (
+            {},
+            {"token": "garbage"},
+            {"token": make_token(exp=time.time() - 5)},
+            {"path": "/?token=garbage"},
+        ):
             with pytest.raises(ConnectionRejected) as info:
                 async with harness.connect(**kwargs):  # type: ignore[arg-type]
                     pass
@@ -43,14 +47,17 @@ async def test_channel_claims_restrict_subscribe_and_publish(
     token = make_token(channels=["news.*"], publish=["chat"])
     async with open_test_server(jwt_secret=SECRET) as harness:
         async with harness.connect(token=token) as client:
-            assert (await client.request(
-                {"type": "subscribe", "channel": "news.eu"}))["type"] == "subscribed"
+            assert (await client.request({"type": "subscribe", "channel": "news.eu"}))[
+                "type"
+            ] == "subscribed"
             denied = await client.request({"type": "subscribe", "channel": "chat", "id": 1})
             assert (denied["type"], denied["code"], denied["id"]) == ("error", 403, 1)
-            assert (await client.request(
-                {"type": "publish", "channel": "chat", "data": 1, "id": 2}))["type"] == "ack"
+            assert (
+                await client.request({"type": "publish", "channel": "chat", "data": 1, "id": 2})
+            )["type"] == "ack"
             denied = await client.request(
-                {"type": "publish", "channel": "news.eu", "data": 1, "id": 3})
+                {"type": "publish", "channel": "news.eu", "data": 1, "id": 3}
+            )
             assert denied["code"] == 403
 
 
@@ -66,15 +73,18 @@ async def test_expired_token_closes_with_1008(autojump_clock: trio.testing.MockC
 
 
 async def test_refresh_extends_expiry(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_test_server(jwt_secret=SECRET, heartbeat_interval=1000,
-                                idle_timeout=0) as harness:
+    async with open_test_server(
+        jwt_secret=SECRET, heartbeat_interval=1000, idle_timeout=0
+    ) as harness:
         async with harness.connect(token=make_token(exp=int(time.time()) + 60)) as client:
             start = trio.current_time()
             new_exp = int(time.time()) + 600
             reply = await client.request(
-                {"type": "refresh", "token": make_token(exp=new_exp), "id": "r"})
+                {"type": "refresh", "token": make_token(exp=new_exp), "id": "r"}
+            )
             assert reply == {"type": "refreshed", "exp": new_exp, "id": "r"}
-            code, _ = await client.wait_closed(timeout=1000)
+            client.receive_timeout = 1000
+            code, _ = await client.wait_closed()
             assert code == 1008
             assert trio.current_time() - start > 500
 
@@ -89,7 +99,8 @@ async def test_invalid_refresh_is_401_and_old_expiry_stands(
             assert (bad["code"], bad["id"]) == (401, 1)
             assert "nope" not in bad["message"]
             other_user = await client.request(
-                {"type": "refresh", "token": make_token("mallory", exp=int(time.time()) + 600)})
+                {"type": "refresh", "token": make_token("mallory", exp=int(time.time()) + 600)}
+            )
             assert other_user["code"] == 401
             code, _ = await client.wait_closed()
             assert code == 1008
@@ -133,10 +144,12 @@ async def test_custom_async_authenticate_and_authorize(
 
     async with open_test_server(authenticate=authenticate, authorize=authorize) as harness:
         async with harness.connect("/?key=42") as client:
-            assert (await client.request(
-                {"type": "subscribe", "channel": "user.42.inbox"}))["type"] == "subscribed"
-            assert (await client.request(
-                {"type": "subscribe", "channel": "user.7.inbox"}))["code"] == 403
+            assert (await client.request({"type": "subscribe", "channel": "user.42.inbox"}))[
+                "type"
+            ] == "subscribed"
+            assert (await client.request({"type": "subscribe", "channel": "user.7.inbox"}))[
+                "code"
+            ] == 403
         with pytest.raises(ConnectionRejected) as info:
             async with harness.connect():
                 pass

@@ -25,10 +25,13 @@ def test_defaults() -> None:
 
 
 def test_flags_override_environment() -> None:
-    env = {"TRIOWS_PORT": "9000", "TRIOWS_MAX_CONNECTIONS": "7",
-           "TRIOWS_ALLOW_ORIGIN": "https://a.example, https://b.example",
-           "TRIOWS_CHANNEL_POLICY": "ticker.*=drop_oldest",
-           "TRIOWS_LOG_FORMAT": "json"}
+    env = {
+        "TRIOWS_PORT": "9000",
+        "TRIOWS_MAX_CONNECTIONS": "7",
+        "TRIOWS_ALLOW_ORIGIN": "https://a.example, https://b.example",
+        "TRIOWS_CHANNEL_POLICY": "ticker.*=drop_oldest",
+        "TRIOWS_LOG_FORMAT": "json",
+    }
     config, _, fmt = parse_config(["--port", "9001", "--slow-consumer=block"], env)
     assert config.port == 9001
     assert config.max_connections == 7
@@ -40,8 +43,18 @@ def test_flags_override_environment() -> None:
 
 def test_repeatable_flags() -> None:
     config, _, _ = parse_config(
-        ["--allow-origin", "https://a", "--allow-origin", "https://b/",
-         "--channel-policy", "a.*=drop_newest", "--channel-policy", "*=block"], {})
+        [
+            "--allow-origin",
+            "https://a",
+            "--allow-origin",
+            "https://b/",
+            "--channel-policy",
+            "a.*=drop_newest",
+            "--channel-policy",
+            "*=block",
+        ],
+        {},
+    )
     assert config.allow_origins == ("https://a", "https://b")
     assert [p for _, p in config.channel_policies] == ["drop_newest", "block"]
 
@@ -67,7 +80,10 @@ def test_bad_values_are_one_line_and_exit_2(
 ) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "triows", *argv],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=30,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -84,7 +100,9 @@ def test_port_in_use_is_one_line_exit_1() -> None:
         port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "triows", "--port", str(port)],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("triows: error: cannot listen")
@@ -94,8 +112,17 @@ def test_port_in_use_is_one_line_exit_1() -> None:
 @pytest.mark.real_socket
 async def test_real_run_and_graceful_sigterm() -> None:
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "triows", "--port", "0", "--jwt-secret", "x" * 32,
-         "--log-format", "json"],
+        [
+            sys.executable,
+            "-m",
+            "triows",
+            "--port",
+            "0",
+            "--jwt-secret",
+            "x" * 32,
+            "--log-format",
+            "json",
+        ],
         stderr=subprocess.PIPE,
     )
     assert process.stderr is not None
@@ -117,6 +144,7 @@ async def test_real_run_and_graceful_sigterm() -> None:
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(10), pytest.raises(ConnectionClosed) as info:
                 await ws.get_message()
+            assert info.value.reason is not None
             assert info.value.reason.code == 1001
         with trio.fail_after(10):
             assert await process.wait() == 0

@@ -20,15 +20,15 @@ async def test_welcome_frame(autojump_clock: trio.testing.MockClock) -> None:
             assert data["serverId"] == "node-1"
             assert data["heartbeat"] == 7
             assert isinstance(data["timestamp"], int)
-            assert isinstance(data["clientId"], str) and data["clientId"]
+            assert isinstance(data["clientId"], str)
+            assert data["clientId"]
 
 
 async def test_publish_reaches_subscribers_but_not_sender(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_test_server() as harness:
-        async with harness.connect() as alice, harness.connect() as bob, \
-                harness.connect() as carol:
+        async with harness.connect() as alice, harness.connect() as bob, harness.connect() as carol:
             for client in (alice, bob):
                 reply = await client.request({"type": "subscribe", "channel": "room", "id": 1})
                 assert reply["type"] == "subscribed"
@@ -80,13 +80,16 @@ async def test_unsubscribe_stops_delivery(autojump_clock: trio.testing.MockClock
         async with harness.connect() as sub, harness.connect() as pub:
             await sub.request({"type": "subscribe", "channel": "a"})
             assert await sub.request({"type": "unsubscribe", "channel": "a", "id": "u"}) == {
-                "type": "unsubscribed", "channel": "a", "id": "u",
+                "type": "unsubscribed",
+                "channel": "a",
+                "id": "u",
             }
             await pub.request({"type": "publish", "channel": "a", "data": 1, "id": 1})
             assert (await sub.request({"type": "ping"}))["type"] == "pong"
             # Unsubscribing again is harmless.
-            assert (await sub.request({"type": "unsubscribe", "channel": "a"}))["type"] == \
-                "unsubscribed"
+            assert (await sub.request({"type": "unsubscribe", "channel": "a"}))[
+                "type"
+            ] == "unsubscribed"
 
 
 async def test_ping_pong(autojump_clock: trio.testing.MockClock) -> None:
@@ -103,8 +106,7 @@ async def test_subscribe_with_since_reports_recovery(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_test_server() as harness:
-        async with harness.connect() as holder, harness.connect() as pub, \
-                harness.connect() as late:
+        async with harness.connect() as holder, harness.connect() as pub, harness.connect() as late:
             first = await holder.request({"type": "subscribe", "channel": "a"})
             for i in range(3):
                 await pub.request({"type": "publish", "channel": "a", "data": i, "id": i})
@@ -142,8 +144,13 @@ async def test_server_publish_from_application(autojump_clock: trio.testing.Mock
 async def test_errors_keep_the_connection_usable(autojump_clock: trio.testing.MockClock) -> None:
     async with open_test_server() as harness:
         async with harness.connect() as client:
-            for raw in ("nope", b"\x00\x01", "[]", '{"type":"x","id":9}',
-                        '{"type":"subscribe","channel":"*"}'):
+            for raw in (
+                "nope",
+                b"\x00\x01",
+                "[]",
+                '{"type":"x","id":9}',
+                '{"type":"subscribe","channel":"*"}',
+            ):
                 await client.send_raw(raw)
                 reply = await client.receive()
                 assert reply["type"] == "error"
@@ -156,20 +163,31 @@ async def test_error_echoes_id(autojump_clock: trio.testing.MockClock) -> None:
     async with open_test_server() as harness:
         async with harness.connect() as client:
             reply = await client.request({"type": "subscribe", "id": "s1"})
-            assert reply == {"type": "error", "code": 400, "message": "missing field 'channel'",
-                             "id": "s1"}
+            assert reply == {
+                "type": "error",
+                "code": 400,
+                "message": "missing field 'channel'",
+                "id": "s1",
+            }
 
 
-json_leaf = st.none() | st.booleans() | st.integers() | st.text(max_size=10) | st.floats(
-    allow_nan=False, allow_infinity=False
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=10)
+    | st.floats(allow_nan=False, allow_infinity=False)
 )
 frames = st.one_of(
     st.text(max_size=50),
     st.binary(max_size=50),
-    st.builds(json.dumps, st.dictionaries(
-        st.sampled_from(["type", "channel", "data", "id", "since", "epoch", "token"]),
-        json_leaf | st.sampled_from(["publish", "subscribe", "unsubscribe", "ping", "refresh"]),
-    )),
+    st.builds(
+        json.dumps,
+        st.dictionaries(
+            st.sampled_from(["type", "channel", "data", "id", "since", "epoch", "token"]),
+            json_leaf | st.sampled_from(["publish", "subscribe", "unsubscribe", "ping", "refresh"]),
+        ),
+    ),
     st.just("[" * 5000 + "]" * 5000),
     st.just('{"type":"publish","channel":"a","data":' + "1" * 5000 + "}"),
 )

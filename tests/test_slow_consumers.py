@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from triows import SlowConsumerPolicy
@@ -10,7 +12,7 @@ from triows.testing import open_test_server
 from .rawclient import RawClient
 
 # A small socket buffer and outbox make a stall visible after a few messages.
-SMALL = {"buffer_size": 2048, "outbox_size": 8}
+SMALL: dict[str, Any] = {"buffer_size": 2048, "outbox_size": 8}
 PAYLOAD = "x" * 200  # each message frame is ~330 bytes: the buffer holds ~6
 
 
@@ -27,13 +29,13 @@ async def test_stalled_client_is_disconnected_and_others_unaffected(
         await stalled.send({"type": "subscribe", "channel": "c"})
         await stalled.read_until(lambda c: c.of_type("subscribed"))
         # The fast client's library queue holds all 100 though the test reads them later.
-        async with harness.connect(message_queue_size=200) as fast, \
-                harness.connect() as publisher:
+        async with harness.connect(message_queue_size=200) as fast, harness.connect() as publisher:
             await fast.request({"type": "subscribe", "channel": "c"})
             start = trio.current_time()
             for n in range(100):
                 ack = await publisher.request(
-                    {"type": "publish", "channel": "c", "data": {"n": n, "p": PAYLOAD}, "id": n})
+                    {"type": "publish", "channel": "c", "data": {"n": n, "p": PAYLOAD}, "id": n}
+                )
                 assert ack["seq"] == n + 1
             assert trio.current_time() - start < 0.01  # nobody waited on the stalled client
             received = [(await fast.receive())["seq"] for _ in range(100)]
@@ -80,8 +82,9 @@ async def test_drop_newest_keeps_the_oldest(autojump_clock: trio.testing.MockClo
 
 
 async def test_block_waits_and_loses_nothing(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_test_server(slow_consumer=SlowConsumerPolicy.BLOCK, block_timeout=30,
-                                **SMALL) as harness:
+    async with open_test_server(
+        slow_consumer=SlowConsumerPolicy.BLOCK, block_timeout=30, **SMALL
+    ) as harness:
         client = await RawClient.connect(harness.listener)
         await client.send({"type": "subscribe", "channel": "c"})
         await client.read_until(lambda c: c.of_type("subscribed"))
@@ -102,8 +105,9 @@ async def test_block_waits_and_loses_nothing(autojump_clock: trio.testing.MockCl
 
 
 async def test_block_timeout_disconnects(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_test_server(slow_consumer=SlowConsumerPolicy.BLOCK, block_timeout=2,
-                                heartbeat_interval=1000, **SMALL) as harness:
+    async with open_test_server(
+        slow_consumer=SlowConsumerPolicy.BLOCK, block_timeout=2, heartbeat_interval=1000, **SMALL
+    ) as harness:
         client = await RawClient.connect(harness.listener)
         await client.send({"type": "subscribe", "channel": "c"})
         await client.read_until(lambda c: c.of_type("subscribed"))
@@ -132,9 +136,7 @@ async def test_publish_nowait_refuses_when_block_subscriber_is_full(
 
 
 async def test_channel_policy_patterns(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_test_server(
-        channel_policies=[("ticker.*", "drop_oldest")], **SMALL
-    ) as harness:
+    async with open_test_server(channel_policies=[("ticker.*", "drop_oldest")], **SMALL) as harness:
         client = await RawClient.connect(harness.listener)
         for channel in ("ticker.eur", "orders"):
             await client.send({"type": "subscribe", "channel": channel})

@@ -28,7 +28,12 @@ async def test_counters_and_rates(autojump_clock: trio.testing.MockClock) -> Non
                 stats.connections = 0  # type: ignore[misc]
             (room,) = harness.server.channel_statistics()
             assert (room.name, room.seq, room.subscribers, room.published, room.delivered) == (
-                "room", 5, 2, 5, 10)
+                "room",
+                5,
+                2,
+                5,
+                10,
+            )
             per_client = {s.client_id: s for s in harness.server.connection_statistics()}
             assert per_client[a.client_id].subscriptions == ("room",)
             assert per_client[c.client_id].frames_in == 5

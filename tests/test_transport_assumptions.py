@@ -94,7 +94,8 @@ async def test_no_extension_is_ever_negotiated() -> None:
     listener = MemoryListener()
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
-            lambda task_status: triows.serve(listeners=[listener], task_status=task_status))
+            lambda task_status: triows.serve(listeners=[listener], task_status=task_status)
+        )
         stream = await listener.connect()
         await stream.send_all(
             b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

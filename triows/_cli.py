@@ -41,8 +41,9 @@ def _number(kind: str, minimum: float, *, integer: bool) -> Callable[[str], floa
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
         if not math.isfinite(value) or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {kind} of at least {minimum:g}, "
-                                             f"got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected {kind} of at least {minimum:g}, got {text!r}"
+            )
         return value
 
     parse.__name__ = kind  # argparse names the type in its messages
@@ -64,8 +65,9 @@ def _channel_policy(text: str) -> tuple[str, SlowConsumerPolicy]:
     try:
         return pattern, SlowConsumerPolicy(policy)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"policy must be one of {choices}, got {policy!r}") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"policy must be one of {choices}, got {policy!r}"
+        ) from None
 
 
 _INT = _number("an integer", 1, integer=True)
@@ -77,29 +79,69 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
     ("--host", str, "host", "address to listen on"),
     ("--port", _port, "port", "TCP port (0 picks a free one)"),
     ("--path", str, "path", "serve only this URL path (default: any path)"),
-    ("--jwt-secret", str, "jwt_secret",
-     "HS256 secret; when set, clients need a token (Authorization: Bearer or ?token=)"),
-    ("--allow-origin", str, "allow_origins",
-     "allowed browser Origin, repeatable (env: comma-separated); default: any"),
+    (
+        "--jwt-secret",
+        str,
+        "jwt_secret",
+        "HS256 secret; when set, clients need a token (Authorization: Bearer or ?token=)",
+    ),
+    (
+        "--allow-origin",
+        str,
+        "allow_origins",
+        "allowed browser Origin, repeatable (env: comma-separated); default: any",
+    ),
     ("--max-connections", _INT, "max_connections", "connections beyond this get HTTP 503"),
-    ("--max-message-size", _number("an integer", 2048, integer=True), "max_message_size",
-     "largest incoming message in bytes (bigger: close 1009)"),
+    (
+        "--max-message-size",
+        _number("an integer", 2048, integer=True),
+        "max_message_size",
+        "largest incoming message in bytes (bigger: close 1009)",
+    ),
     ("--max-subscriptions", _INT, "max_subscriptions", "channels per connection (more: 429)"),
     ("--heartbeat-interval", _POSITIVE_SECONDS, "heartbeat_interval", "seconds between pings"),
-    ("--heartbeat-timeout", _POSITIVE_SECONDS, "heartbeat_timeout",
-     "seconds to wait for a pong before closing with 1011"),
-    ("--idle-timeout", _SECONDS, "idle_timeout",
-     "close connections with no subscription that sent nothing for this long (0: never)"),
-    ("--outbox-size", _INT, "outbox_size",
-     "frames a subscriber may have queued before its slow-consumer policy applies"),
-    ("--slow-consumer", SlowConsumerPolicy, "slow_consumer",
-     "what happens when a subscriber's outbox is full"),
-    ("--channel-policy", _channel_policy, "channel_policies",
-     "PATTERN=POLICY giving matching channels their own policy, repeatable; first match wins"),
-    ("--block-timeout", _POSITIVE_SECONDS, "block_timeout",
-     "seconds a 'block' publisher waits for one subscriber before disconnecting it"),
-    ("--shutdown-timeout", _SECONDS, "shutdown_timeout",
-     "seconds to drain and close connections on shutdown"),
+    (
+        "--heartbeat-timeout",
+        _POSITIVE_SECONDS,
+        "heartbeat_timeout",
+        "seconds to wait for a pong before closing with 1011",
+    ),
+    (
+        "--idle-timeout",
+        _SECONDS,
+        "idle_timeout",
+        "close connections with no subscription that sent nothing for this long (0: never)",
+    ),
+    (
+        "--outbox-size",
+        _INT,
+        "outbox_size",
+        "frames a subscriber may have queued before its slow-consumer policy applies",
+    ),
+    (
+        "--slow-consumer",
+        SlowConsumerPolicy,
+        "slow_consumer",
+        "what happens when a subscriber's outbox is full",
+    ),
+    (
+        "--channel-policy",
+        _channel_policy,
+        "channel_policies",
+        "PATTERN=POLICY giving matching channels their own policy, repeatable; first match wins",
+    ),
+    (
+        "--block-timeout",
+        _POSITIVE_SECONDS,
+        "block_timeout",
+        "seconds a 'block' publisher waits for one subscriber before disconnecting it",
+    ),
+    (
+        "--shutdown-timeout",
+        _SECONDS,
+        "shutdown_timeout",
+        "seconds to drain and close connections on shutdown",
+    ),
     ("--log-level", str, None, "log verbosity"),
     ("--log-format", str, None, "one line of text or one JSON object per record"),
 )
@@ -210,8 +252,10 @@ def _describe(server: Server) -> str:
             host = f"[{host}]" if ":" in host else host
             addresses.append(f"ws://{host}:{port}{config.path or '/'}")
     auth = "jwt" if config.jwt_secret else "custom" if config.authenticate else "off"
-    return (f"triows listening on {', '.join(addresses)} (broker: in-memory, auth: {auth}, "
-            f"server id: {server.server_id})")
+    return (
+        f"triows listening on {', '.join(addresses)} (broker: in-memory, auth: {auth}, "
+        f"server id: {server.server_id})"
+    )
 
 
 async def run(config: Config) -> None:
@@ -220,8 +264,10 @@ async def run(config: Config) -> None:
             server: Server = await nursery.start(serve, config)
             log.info("%s", _describe(server))
             async for signum in signals:
-                log.info("received %s: shutting down (again to stop at once)",
-                         signal.Signals(signum).name)
+                log.info(
+                    "received %s: shutting down (again to stop at once)",
+                    signal.Signals(signum).name,
+                )
                 break
 
             async def stop_on_second_signal() -> None:
@@ -245,7 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except* OSError as group:
         failure = group.exceptions[0]
     if failure is not None:
-        print(f"triows: error: cannot listen on {config.host}:{config.port}: "
-              f"{getattr(failure, 'strerror', None) or failure}", file=sys.stderr)
+        print(
+            f"triows: error: cannot listen on {config.host}:{config.port}: "
+            f"{getattr(failure, 'strerror', None) or failure}",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -20,7 +20,7 @@ from ._transport import HandshakeRequest
 
 #: ``authenticate(request)``: return a Principal to accept, ``None`` to refuse with 401, or raise
 #: :class:`Rejected` for another status. May be a coroutine function.
-Authenticate = Callable[[HandshakeRequest], "Principal | None | Awaitable[Principal | None]"]
+Authenticate = Callable[[HandshakeRequest], "Principal | Awaitable[Principal | None] | None"]
 #: ``authorize(principal, action, channel)``: truthy to allow. May be a coroutine function.
 Authorize = Callable[[Principal, Action, str], "bool | Awaitable[bool]"]
 
@@ -38,8 +38,9 @@ def _not_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None
 def _int_at_least(minimum: int) -> Callable[[Any, attrs.Attribute[Any], int], None]:
     def check(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{attribute.name} must be an integer of at least {minimum}, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"{attribute.name} must be an integer of at least {minimum}, got {value!r}"
+            )
 
     return check
 
@@ -121,7 +122,7 @@ class Config:
         return origin.rstrip("/") in self.allow_origins
 
 
-class Rejected(Exception):  # noqa: N818 - it is a verdict, not a failure
+class Rejected(Exception):  # a verdict, not a failure: hence no "Error" suffix
     """Raise from ``authenticate`` to refuse a handshake with ``status`` (e.g. 403)."""
 
     def __init__(self, status: int, reason: str) -> None:

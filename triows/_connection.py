@@ -117,10 +117,14 @@ class Connection:
                         nursery.start_soon(self._until_first_ends, task)
                     if self._server.auth_enabled:
                         nursery.start_soon(self._until_first_ends, self._watch_expiry)
-                    await self.reply(protocol.welcome_frame(
-                        self.client_id, self._server.now_ms(), self._server.server_id,
-                        config.heartbeat_interval,
-                    ))
+                    await self.reply(
+                        protocol.welcome_frame(
+                            self.client_id,
+                            self._server.now_ms(),
+                            self._server.server_id,
+                            config.heartbeat_interval,
+                        )
+                    )
         except* Exception as group:
             # A bug in our request handling must cost this client its connection, never the
             # server. Cancelled is a BaseException and passes.
@@ -142,14 +146,16 @@ class Connection:
         finally:
             self._scope.cancel()
 
-    def close(self, code: int, reason: str, *, drain: bool = False,
-              deadline: float | None = None) -> None:
+    def close(
+        self, code: int, reason: str, *, drain: bool = False, deadline: float | None = None
+    ) -> None:
         """Ask the connection to end with ``code``; the first reason given wins."""
         if self.close_code is None:
             self.close_code, self.close_reason, self._drain = code, reason, drain
             self.closed_by_server = True
             self._close_deadline = (
-                deadline if deadline is not None
+                deadline
+                if deadline is not None
                 else trio.current_time() + self._server.config.close_timeout
             )
             self._server.count_close(code)
@@ -304,9 +310,13 @@ class Connection:
             try:
                 self._inbox_send.send_nowait(request)
             except trio.WouldBlock:
-                self.reply_nowait(protocol.error_frame(
-                    protocol.TOO_MANY, "too many requests in flight; wait for replies", request.id
-                ))
+                self.reply_nowait(
+                    protocol.error_frame(
+                        protocol.TOO_MANY,
+                        "too many requests in flight; wait for replies",
+                        request.id,
+                    )
+                )
 
     async def _serve_requests(self) -> None:
         async for request in self._inbox_recv:
@@ -316,9 +326,9 @@ class Connection:
                 await self.reply(protocol.error_frame(exc.code, exc.message, exc.request_id))
             except Exception:
                 log.exception("request %s from %s failed", type(request).__name__, self.client_id)
-                await self.reply(protocol.error_frame(
-                    protocol.INTERNAL, "internal error", request.id
-                ))
+                await self.reply(
+                    protocol.error_frame(protocol.INTERNAL, "internal error", request.id)
+                )
 
     async def _serve(self, request: protocol.Request) -> None:
         server = self._server
@@ -335,7 +345,10 @@ class Connection:
                 except SubscriptionLimitError as exc:
                     raise ProtocolError(protocol.TOO_MANY, str(exc), request_id) from None
                 reply: dict[str, object] = {
-                    "type": "subscribed", "channel": channel, "seq": state.seq, "epoch": state.epoch,
+                    "type": "subscribed",
+                    "channel": channel,
+                    "seq": state.seq,
+                    "epoch": state.epoch,
                 }
                 if request.since is not None:
                     resume = server.hub.resume(state, request.since, request.epoch)
@@ -345,14 +358,20 @@ class Connection:
                 await self.reply(protocol.with_id(reply, request_id))
             case protocol.Unsubscribe(channel=channel, id=request_id):
                 server.hub.unsubscribe(self, channel)
-                await self.reply(protocol.with_id(
-                    {"type": "unsubscribed", "channel": channel}, request_id
-                ))
+                await self.reply(
+                    protocol.with_id({"type": "unsubscribed", "channel": channel}, request_id)
+                )
             case protocol.Ping(id=request_id):
-                await self.reply(protocol.with_id(
-                    {"type": "pong", "serverTime": server.now_ms(), "serverId": server.server_id},
-                    request_id,
-                ))
+                await self.reply(
+                    protocol.with_id(
+                        {
+                            "type": "pong",
+                            "serverTime": server.now_ms(),
+                            "serverId": server.server_id,
+                        },
+                        request_id,
+                    )
+                )
             case protocol.Refresh(token=token, id=request_id):
                 await self._refresh(token, request_id)
 
@@ -399,7 +418,6 @@ class Connection:
         self.principal = principal
         if self._expiry_scope is not None:
             self._expiry_scope.deadline = self._expiry_deadline()
-        await self.reply(protocol.with_id(
-            {"type": "refreshed", "exp": principal.expires_at}, request_id
-        ))
-
+        await self.reply(
+            protocol.with_id({"type": "refreshed", "exp": principal.expires_at}, request_id)
+        )

@@ -98,8 +98,10 @@ class Server:
         ``block`` subscriber has no room."""
         channel = self._checked_channel(channel)
         state = self.hub.channel(channel)
-        if state is not None and state.policy is SlowConsumerPolicy.BLOCK and any(
-            not member.outbox.has_room for member in state.members
+        if (
+            state is not None
+            and state.policy is SlowConsumerPolicy.BLOCK
+            and any(not member.outbox.has_room for member in state.members)
         ):
             raise trio.WouldBlock
         return self._broadcast(channel, data, None, sender)[0]
@@ -128,9 +130,14 @@ class Server:
     def channel_statistics(self) -> tuple[ChannelStatistics, ...]:
         return tuple(
             ChannelStatistics(
-                name=state.name, epoch=state.epoch, seq=state.seq,
-                subscribers=len(state.members), published=state.published,
-                delivered=state.delivered, dropped=state.dropped, policy=str(state.policy),
+                name=state.name,
+                epoch=state.epoch,
+                seq=state.seq,
+                subscribers=len(state.members),
+                published=state.published,
+                delivered=state.delivered,
+                dropped=state.dropped,
+                policy=str(state.policy),
             )
             for state in self.hub.channels()
         )
@@ -139,11 +146,16 @@ class Server:
         now = trio.current_time()
         return tuple(
             ConnectionStatistics(
-                client_id=c.client_id, user_id=c.principal.user_id, remote=c.remote,
+                client_id=c.client_id,
+                user_id=c.principal.user_id,
+                remote=c.remote,
                 connected_for=now - c.connected_at,
                 subscriptions=tuple(self.hub.channels_of(c)),
-                frames_in=c.frames_in, frames_out=c.frames_out, queued_frames=len(c.outbox),
-                queued_bytes=c.outbox.queued_bytes, dropped=c.outbox.dropped,
+                frames_in=c.frames_in,
+                frames_out=c.frames_out,
+                queued_frames=len(c.outbox),
+                queued_bytes=c.outbox.queued_bytes,
+                dropped=c.outbox.dropped,
             )
             for c in self._connections
         )
@@ -164,8 +176,11 @@ class Server:
             self._closing = True
             self._accept_scope.cancel()
             deadline = trio.current_time() + self.config.shutdown_timeout
-            log.info("shutting down: closing %d connection(s), timeout %.1fs",
-                     len(self._connections), self.config.shutdown_timeout)
+            log.info(
+                "shutting down: closing %d connection(s), timeout %.1fs",
+                len(self._connections),
+                self.config.shutdown_timeout,
+            )
             for conn in list(self._connections):
                 conn.close(GOING_AWAY, "Server shutting down", drain=True, deadline=deadline)
             with trio.move_on_at(deadline):
@@ -233,7 +248,10 @@ class Server:
                 return await self._reject(pending, rejected.status, rejected.reason)
             ws = await pending.accept()
             conn = Connection(
-                server=self, ws=ws, principal=principal, remote=info.remote,
+                server=self,
+                ws=ws,
+                principal=principal,
+                remote=info.remote,
                 client_id=secrets.token_urlsafe(9),
             )
             self._connections[conn] = None
@@ -292,7 +310,10 @@ class Server:
         return int(self.wall_clock() * 1000)
 
     async def authorize(
-        self, principal: Principal, action: Action, channel: str,
+        self,
+        principal: Principal,
+        action: Action,
+        channel: str,
         request_id: protocol.RequestId | None,
     ) -> None:
         allowed = principal.may(action, channel)
@@ -304,12 +325,14 @@ class Server:
                     with trio.fail_after(self.config.handshake_timeout):
                         result = await result
                 except trio.TooSlowError:
-                    raise ProtocolError(protocol.INTERNAL, "authorization timed out",
-                                        request_id) from None
+                    raise ProtocolError(
+                        protocol.INTERNAL, "authorization timed out", request_id
+                    ) from None
             allowed = bool(result)
         if not allowed:
-            raise ProtocolError(protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'",
-                                request_id)
+            raise ProtocolError(
+                protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'", request_id
+            )
 
     async def publish_from(
         self, conn: Connection, channel: str, data: Any, request_id: protocol.RequestId | None
@@ -354,10 +377,16 @@ class Server:
         if len(data_json) > self._max_data:
             raise DataTooLargeError(f"data is larger than {self._max_data} bytes")
         state, seq = self.hub.publish(channel)
-        frame = text_frame(protocol.message_payload(
-            channel=channel, data_json=data_json, sender=sender_id,
-            timestamp_ms=self.now_ms(), seq=seq, message_id=state.message_id(seq),
-        ))
+        frame = text_frame(
+            protocol.message_payload(
+                channel=channel,
+                data_json=data_json,
+                sender=sender_id,
+                timestamp_ms=self.now_ms(),
+                seq=seq,
+                message_id=state.message_id(seq),
+            )
+        )
         policy = state.policy
         blocked: list[Connection] = []
         delivered = 0
@@ -392,8 +421,8 @@ def _bearer_token(info: HandshakeRequest) -> str | None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    token = info.query.get("token")
-    return token or None
+    query_token = info.query.get("token")
+    return query_token or None
 
 
 async def serve(

@@ -1,4 +1,4 @@
-"""Snapshots returned by ``Server.statistics()`` and friends: frozen, so safe to keep and compare."""
+"""Snapshots from ``Server.statistics()`` and friends: frozen, so safe to keep and compare."""
 
 from __future__ import annotations
 

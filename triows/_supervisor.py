@@ -58,7 +58,12 @@ async def sample_statistics(server: Server) -> None:
             log.info(
                 "connections=%d channels=%d subscriptions=%d published/s=%.0f delivered/s=%.0f "
                 "queued=%d dropped=%d slow_disconnects=%d",
-                stats.connections, stats.channels, stats.subscriptions, stats.publish_rate,
-                stats.delivery_rate, stats.queued_frames, stats.dropped,
+                stats.connections,
+                stats.channels,
+                stats.subscriptions,
+                stats.publish_rate,
+                stats.delivery_rate,
+                stats.queued_frames,
+                stats.dropped,
                 stats.slow_consumer_disconnects,
             )

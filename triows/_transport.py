@@ -45,9 +45,9 @@ __all__ = [
     "Closed",
     "ConnectionClosed",
     "ConnectionRejected",
-    "WebSocketConnection",
     "HandshakeRequest",
     "WebSocket",
+    "WebSocketConnection",
     "open_client",
     "serve_streams",
 ]
@@ -157,7 +157,9 @@ class WebSocket:
             return await self._conn.get_message()
         except ConnectionClosed as exc:
             reason = exc.reason
-            raise Closed(reason.code if reason else None, reason.reason if reason else None) from None
+            raise Closed(
+                reason.code if reason else None, reason.reason if reason else None
+            ) from None
 
     async def ping(self, payload: bytes) -> None:
         try:

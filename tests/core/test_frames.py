@@ -13,7 +13,7 @@ from triows._core.frames import text_frame
 
 def wsproto_frame(payload: bytes) -> bytes:
     proto = FrameProtocol(client=False, extensions=[])
-    return proto.send_data(TextMessage(data=payload.decode()).data, True)
+    return bytes(proto.send_data(TextMessage(data=payload.decode()).data, True))
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 200_000])

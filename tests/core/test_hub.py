@@ -12,9 +12,11 @@ def make_hub(max_subscriptions: int = 10) -> Hub[str]:
     return Hub(
         epoch_prefix="E",
         max_subscriptions=max_subscriptions,
-        policy_for=lambda name: SlowConsumerPolicy.DROP_OLDEST
-        if name.startswith("ticker.")
-        else SlowConsumerPolicy.DISCONNECT,
+        policy_for=lambda name: (
+            SlowConsumerPolicy.DROP_OLDEST
+            if name.startswith("ticker.")
+            else SlowConsumerPolicy.DISCONNECT
+        ),
     )
 
 

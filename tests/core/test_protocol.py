@@ -96,10 +96,14 @@ def test_error_carries_request_id_when_readable() -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                               max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -130,12 +134,21 @@ def test_any_object_yields_request_or_protocol_error(frame: dict[str, Any]) -> N
 @given(json_values)
 def test_encoded_message_equals_json_encoding(data: Any) -> None:
     payload = protocol.message_payload(
-        channel="room:1", data_json=protocol.encode_value(data), sender="c\"lient",
-        timestamp_ms=1700000000000, seq=42, message_id="ab.1:42",
+        channel="room:1",
+        data_json=protocol.encode_value(data),
+        sender='c"lient',
+        timestamp_ms=1700000000000,
+        seq=42,
+        message_id="ab.1:42",
     )
     assert json.loads(payload) == {
-        "type": "message", "channel": "room:1", "data": data, "from": 'c"lient',
-        "timestamp": 1700000000000, "seq": 42, "id": "ab.1:42",
+        "type": "message",
+        "channel": "room:1",
+        "data": data,
+        "from": 'c"lient',
+        "timestamp": 1700000000000,
+        "seq": 42,
+        "id": "ab.1:42",
     }
 
 

@@ -58,8 +58,9 @@ class Outbox:
         if capacity < 1:
             raise ValueError("outbox capacity must be at least 1")
         self.capacity = capacity
-        self._entries: deque[tuple[bytes | memoryview, SlowConsumerPolicy | None,
-                                   DropCounter | None]] = deque()
+        self._entries: deque[
+            tuple[bytes | memoryview, SlowConsumerPolicy | None, DropCounter | None]
+        ] = deque()
         self.dropped = 0
         #: Bytes queued or being written; with ``len()`` this is what the outbox holds.
         self.queued_bytes = 0
@@ -128,7 +129,9 @@ class Outbox:
         self.queued_bytes = 0
 
     def _append(
-        self, frame: bytes | memoryview, policy: SlowConsumerPolicy | None,
+        self,
+        frame: bytes | memoryview,
+        policy: SlowConsumerPolicy | None,
         counter: DropCounter | None,
     ) -> None:
         self._entries.append((frame, policy, counter))

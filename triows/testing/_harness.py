@@ -8,13 +8,13 @@ deterministically.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 import trio
+
 from .._config import Config
 from .._server import Server, serve
 from .._transport import (
@@ -33,10 +33,16 @@ class TestClient:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, ws: WebSocketConnection, welcome: dict[str, Any]) -> None:
+    def __init__(
+        self, ws: WebSocketConnection, welcome: dict[str, Any], *, receive_timeout: float = 60
+    ) -> None:
         self.ws = ws
         self.welcome = welcome
         self.client_id: str = welcome["data"]["clientId"]
+        #: Every wait of this client gives up (``trio.TooSlowError``) after this long, so a
+        #: test that expects a frame that never comes fails instead of hanging. Use
+        #: ``trio.fail_after`` around a call for a tighter bound.
+        self.receive_timeout = receive_timeout
 
     async def send(self, frame: Mapping[str, Any]) -> None:
         await self.ws.send_message(json.dumps(frame))
@@ -44,33 +50,35 @@ class TestClient:
     async def send_raw(self, message: str | bytes) -> None:
         await self.ws.send_message(message)
 
-    async def receive(self, timeout: float = 30) -> dict[str, Any]:
-        """The next frame from the server; ``ConnectionClosed`` when there is none."""
-        with trio.fail_after(timeout):
-            message = await self.ws.get_message()
-        frame: dict[str, Any] = json.loads(message)
+    async def _next(self) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await self.ws.get_message())
         return frame
 
-    async def receive_type(self, kind: str, timeout: float = 30) -> dict[str, Any]:
+    async def receive(self) -> dict[str, Any]:
+        """The next frame from the server; ``ConnectionClosed`` when there is none."""
+        with trio.fail_after(self.receive_timeout):
+            return await self._next()
+
+    async def receive_type(self, kind: str) -> dict[str, Any]:
         """Skip frames until one of ``type == kind`` arrives."""
-        with trio.fail_after(timeout):
+        with trio.fail_after(self.receive_timeout):
             while True:
-                frame = await self.receive(timeout=math.inf)
+                frame = await self._next()
                 if frame.get("type") == kind:
                     return frame
 
-    async def request(self, frame: Mapping[str, Any], timeout: float = 30) -> dict[str, Any]:
+    async def request(self, frame: Mapping[str, Any]) -> dict[str, Any]:
         """Send a frame and return the next frame that is not a ``message``."""
         await self.send(frame)
-        with trio.fail_after(timeout):
+        with trio.fail_after(self.receive_timeout):
             while True:
-                reply = await self.receive(timeout=math.inf)
+                reply = await self._next()
                 if reply.get("type") != "message":
                     return reply
 
-    async def wait_closed(self, timeout: float = 120) -> tuple[int | None, str | None]:
+    async def wait_closed(self) -> tuple[int | None, str | None]:
         """Read until the server closes; returns ``(code, reason)``."""
-        with trio.fail_after(timeout):
+        with trio.fail_after(self.receive_timeout):
             try:
                 while True:
                     await self.ws.get_message()
@@ -99,6 +107,7 @@ class TestServer:
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
         message_queue_size: int = 64,
+        receive_timeout: float = 60,
     ) -> AsyncIterator[TestClient]:
         """Open a client; raises ``ConnectionRejected`` (with ``status_code``) when refused.
 
@@ -112,11 +121,15 @@ class TestServer:
         try:
             async with trio.open_nursery() as nursery:
                 ws = await open_client(
-                    nursery, stream, host="triows.test", path=path, headers=extra,
+                    nursery,
+                    stream,
+                    host="triows.test",
+                    path=path,
+                    headers=extra,
                     message_queue_size=message_queue_size,
                 )
                 welcome = json.loads(await ws.get_message())
-                client = TestClient(ws, welcome)
+                client = TestClient(ws, welcome, receive_timeout=receive_timeout)
                 try:
                     yield client
                 finally:
