@@ -260,6 +260,7 @@ class Server:
             self._handshaking -= 1
             self._population_changed.set()
         log.debug("connected %r", conn)
+        del pending, info  # the request's headers need not live as long as the connection
         if self._closing:  # shutdown began while we were accepting it
             conn.close(GOING_AWAY, "Server shutting down")
         await conn.run()

@@ -1,0 +1,213 @@
+"""Fan-out benchmark: triows against a bare trio-websocket broadcast server, in one run.
+
+    nox -s bench                      # or: python tests/bench/run.py [--repeat 3]
+
+For each server and each fan-out (100 and 1000 subscribers on one channel) it starts the
+server as a subprocess, drives it with the Node `ws` load generator (loadgen.js), and prints
+deliveries/s, deliveries per server CPU-second (the server's user+system time read from
+/proc over the measured window), and p50/p99 latency from publish to delivery. Then it opens
+5,000 idle connections to each server and reports the resident memory they add.
+
+Figures are medians over --repeat runs. Everything stays on 127.0.0.1; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+LOADGEN = HERE / "loadgen.js"
+TICKS = os.sysconf("SC_CLK_TCK")
+SERVERS = ("bare", "triows")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def start_server(kind: str, port: int) -> subprocess.Popen[bytes]:
+    if kind == "triows":
+        command = [
+            sys.executable,
+            "-m",
+            "triows",
+            "--port",
+            str(port),
+            "--max-connections",
+            "20000",
+            "--log-level",
+            "warning",
+        ]
+    else:
+        command = [sys.executable, str(HERE / "bare_server.py"), str(port)]
+    server = subprocess.Popen(command)
+    for _ in range(200):  # up to 10 s for the port to accept
+        if server.poll() is not None:
+            raise RuntimeError(f"{kind} server exited with {server.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            time.sleep(0.05)
+    server.kill()
+    raise RuntimeError(f"{kind} server did not start listening")
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def fanout(kind: str, subscribers: int, warmup: float, measure: float) -> dict[str, float]:
+    port = free_port()
+    server = start_server(kind, port)
+    try:
+        generator = subprocess.Popen(
+            [
+                "node",
+                str(LOADGEN),
+                "fanout",
+                f"ws://127.0.0.1:{port}/",
+                kind,
+                str(subscribers),
+                str(warmup),
+                str(measure),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert generator.stdout is not None
+        cpu_start = cpu_end = 0.0
+        result: dict[str, Any] = {}
+        for line in generator.stdout:
+            if line.startswith("MEASURE_START"):
+                cpu_start = cpu_seconds(server.pid)
+            elif line.startswith("MEASURE_END"):
+                cpu_end = cpu_seconds(server.pid)
+            elif line.startswith("{"):
+                result = json.loads(line)
+        if generator.wait(timeout=warmup + measure + 120) != 0 or not result:
+            raise RuntimeError(f"load generator failed against {kind} ({subscribers} subs)")
+    finally:
+        stop(server)
+    cpu = max(cpu_end - cpu_start, 1e-9)
+    return {
+        "deliveries_per_s": result["deliveries"] / result["seconds"],
+        "per_cpu_second": result["deliveries"] / cpu,
+        "server_cpu_share": cpu / result["seconds"],
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+    }
+
+
+def idle_memory(kind: str, connections: int) -> float:
+    port = free_port()
+    server = start_server(kind, port)
+    try:
+        time.sleep(0.5)
+        before = rss_kib(server.pid)
+        generator = subprocess.Popen(
+            ["node", str(LOADGEN), "idle", f"ws://127.0.0.1:{port}/", kind, str(connections)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert generator.stdout is not None and generator.stdin is not None
+        line = generator.stdout.readline()
+        if not line.startswith("IDLE_READY"):
+            raise RuntimeError(f"idle connections to {kind} failed")
+        time.sleep(1.0)  # let the server settle
+        after = rss_kib(server.pid)
+        generator.stdin.close()
+        generator.wait(timeout=60)
+    finally:
+        stop(server)
+    return (after - before) / connections
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=1, help="runs per figure (median)")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--measure", type=float, default=5.0)
+    parser.add_argument("--subscribers", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--idle", type=int, default=5000, help="idle connections (0: skip)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = parser.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+
+    figures: dict[str, Any] = {"fanout": {}, "idle_kib_per_connection": {}}
+    print(
+        f"{'server':8} {'subs':>5} {'deliveries/s':>13} {'per CPU-s':>11} {'CPU':>5} "
+        f"{'p50 ms':>8} {'p99 ms':>8}",
+        flush=True,
+    )
+    for subscribers in args.subscribers:
+        for kind in SERVERS:
+            runs = [
+                fanout(kind, subscribers, args.warmup, args.measure) for _ in range(args.repeat)
+            ]
+            row = median_of(runs)
+            figures["fanout"][f"{kind}/{subscribers}"] = row
+            print(
+                f"{kind:8} {subscribers:>5} {row['deliveries_per_s']:>13,.0f} "
+                f"{row['per_cpu_second']:>11,.0f} {row['server_cpu_share']:>5.2f} "
+                f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}",
+                flush=True,
+            )
+        ratio = (
+            figures["fanout"][f"triows/{subscribers}"]["per_cpu_second"]
+            / figures["fanout"][f"bare/{subscribers}"]["per_cpu_second"]
+        )
+        figures["fanout"][f"ratio/{subscribers}"] = ratio
+        print(
+            f"  triows / bare, deliveries per server CPU-second at {subscribers}: {ratio:.2f}x",
+            flush=True,
+        )
+    if args.idle:
+        for kind in SERVERS:
+            kib = statistics.median(idle_memory(kind, args.idle) for _ in range(args.repeat))
+            figures["idle_kib_per_connection"][kind] = kib
+            print(f"{kind:8} {args.idle} idle connections: {kib:.1f} KiB each", flush=True)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
