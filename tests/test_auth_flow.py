@@ -193,3 +193,21 @@ async def test_slow_authenticate_times_out(autojump_clock: trio.testing.MockCloc
             async with harness.connect():
                 pass
         assert info.value.status_code == 503
+
+
+async def test_refresh_that_narrows_channels_unsubscribes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        async with harness.connect(token=make_token(channels=["a", "b"])) as client:
+            for channel in ("a", "b"):
+                await client.request({"type": "subscribe", "channel": channel})
+            reply = await client.request(
+                {"type": "refresh", "token": make_token(channels=["a"]), "id": 1}
+            )
+            assert reply["type"] == "refreshed"
+            notice = await client.receive()
+            assert (notice["type"], notice["channel"]) == ("unsubscribed", "b")
+            assert "reason" in notice
+            (stats,) = harness.server.connection_statistics()
+            assert stats.subscriptions == ("a",)

@@ -421,3 +421,15 @@ class Connection:
         await self.reply(
             protocol.with_id({"type": "refreshed", "exp": principal.expires_at}, request_id)
         )
+        # A token may narrow what the client can read: leave what it no longer allows.
+        hub = self._server.hub
+        for channel in hub.channels_of(self):
+            if not principal.may(Action.SUBSCRIBE, channel):
+                hub.unsubscribe(self, channel)
+                await self.reply(
+                    {
+                        "type": "unsubscribed",
+                        "channel": channel,
+                        "reason": "the refreshed token does not allow this channel",
+                    }
+                )

@@ -142,7 +142,8 @@ def idle_memory(kind: str, connections: int) -> float:
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert generator.stdout is not None and generator.stdin is not None
+        assert generator.stdout is not None
+        assert generator.stdin is not None
         line = generator.stdout.readline()
         if not line.startswith("IDLE_READY"):
             raise RuntimeError(f"idle connections to {kind} failed")
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
 
     figures: dict[str, Any] = {"fanout": {}, "idle_kib_per_connection": {}}
