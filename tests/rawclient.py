@@ -40,6 +40,13 @@ class RawClient:
         await client.read_until(lambda c: bool(c.messages))  # the welcome
         return client
 
+    async def subscribe(self, *channels: str) -> None:
+        """Subscribe and wait for the confirmations (reading, so not yet stalled)."""
+        expected = len(self.of_type("subscribed")) + len(channels)
+        for channel in channels:
+            await self.send({"type": "subscribe", "channel": channel})
+        await self.read_until(lambda c: len(c.of_type("subscribed")) >= expected)
+
     async def send(self, frame: dict[str, Any]) -> None:
         await self.stream.send_all(self.ws.send(TextMessage(data=json.dumps(frame))))
 

@@ -20,8 +20,7 @@ async def test_task_count_returns_to_baseline(autojump_clock: trio.testing.MockC
             async with harness.connect() as polite:
                 await polite.request({"type": "subscribe", "channel": "a"})
                 abrupt = await RawClient.connect(harness.listener)
-                await abrupt.send({"type": "subscribe", "channel": "a"})
-                await abrupt.read_until(lambda c: c.of_type("subscribed"))
+                await abrupt.subscribe("a")
                 await harness.server.publish("a", 1)
                 await abrupt.abort()  # no close handshake: the TCP-reset case
                 half_open = await harness.listener.connect()  # never finishes its handshake
@@ -39,8 +38,7 @@ async def test_heartbeat_closes_unresponsive_peer_with_1011(
 ) -> None:
     async with open_test_server(heartbeat_interval=10, heartbeat_timeout=5) as harness:
         frozen = await RawClient.connect(harness.listener)
-        await frozen.send({"type": "subscribe", "channel": "a"})
-        await frozen.read_until(lambda c: c.of_type("subscribed"))
+        await frozen.subscribe("a")
         start = trio.current_time()
         await trio.sleep(15.5)  # ping at 10 s, no pong by 15 s
         assert harness.server.statistics().closed_by_server == {1011: 1}
@@ -78,8 +76,7 @@ async def test_graceful_shutdown_drains_then_closes_1001(
 ) -> None:
     async with open_test_server(buffer_size=1024) as harness:
         client = await RawClient.connect(harness.listener)
-        await client.send({"type": "subscribe", "channel": "a"})
-        await client.read_until(lambda c: c.of_type("subscribed"))
+        await client.subscribe("a")
         for n in range(20):  # more than the stream buffer holds: some wait in the outbox
             await harness.server.publish("a", {"n": n, "pad": "x" * 100})
         assert harness.server.statistics().queued_frames > 0
@@ -97,8 +94,7 @@ async def test_shutdown_is_bounded_when_clients_do_not_answer(
 ) -> None:
     async with open_test_server(shutdown_timeout=3, buffer_size=1024) as harness:
         stuck = await RawClient.connect(harness.listener)
-        await stuck.send({"type": "subscribe", "channel": "a"})
-        await stuck.read_until(lambda c: c.of_type("subscribed"))
+        await stuck.subscribe("a")
         for n in range(30):
             await harness.server.publish("a", {"n": n, "pad": "x" * 100})
         start = trio.current_time()

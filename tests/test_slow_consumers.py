@@ -26,8 +26,7 @@ async def test_stalled_client_is_disconnected_and_others_unaffected(
 ) -> None:
     async with open_test_server(**SMALL) as harness:
         stalled = await RawClient.connect(harness.listener)
-        await stalled.send({"type": "subscribe", "channel": "c"})
-        await stalled.read_until(lambda c: c.of_type("subscribed"))
+        await stalled.subscribe("c")
         # The fast client's library queue holds all 100 though the test reads them later.
         async with harness.connect(message_queue_size=200) as fast, harness.connect() as publisher:
             await fast.request({"type": "subscribe", "channel": "c"})
@@ -51,8 +50,7 @@ async def test_stalled_client_is_disconnected_and_others_unaffected(
 async def test_drop_oldest_keeps_the_latest(autojump_clock: trio.testing.MockClock) -> None:
     async with open_test_server(slow_consumer=SlowConsumerPolicy.DROP_OLDEST, **SMALL) as harness:
         client = await RawClient.connect(harness.listener)
-        await client.send({"type": "subscribe", "channel": "c"})
-        await client.read_until(lambda c: c.of_type("subscribed"))
+        await client.subscribe("c")
         await publish_many(harness, 100)
         stats = harness.server.statistics()
         assert 0 < stats.queued_frames <= 8  # bounded while stalled
@@ -70,8 +68,7 @@ async def test_drop_oldest_keeps_the_latest(autojump_clock: trio.testing.MockClo
 async def test_drop_newest_keeps_the_oldest(autojump_clock: trio.testing.MockClock) -> None:
     async with open_test_server(slow_consumer=SlowConsumerPolicy.DROP_NEWEST, **SMALL) as harness:
         client = await RawClient.connect(harness.listener)
-        await client.send({"type": "subscribe", "channel": "c"})
-        await client.read_until(lambda c: c.of_type("subscribed"))
+        await client.subscribe("c")
         await publish_many(harness, 100)
         await client.send({"type": "ping", "id": "end"})
         await client.read_until(lambda c: c.of_type("pong"))
@@ -86,8 +83,7 @@ async def test_block_waits_and_loses_nothing(autojump_clock: trio.testing.MockCl
         slow_consumer=SlowConsumerPolicy.BLOCK, block_timeout=30, **SMALL
     ) as harness:
         client = await RawClient.connect(harness.listener)
-        await client.send({"type": "subscribe", "channel": "c"})
-        await client.read_until(lambda c: c.of_type("subscribed"))
+        await client.subscribe("c")
         async with trio.open_nursery() as nursery:
             done = trio.Event()
 
@@ -109,8 +105,7 @@ async def test_block_timeout_disconnects(autojump_clock: trio.testing.MockClock)
         slow_consumer=SlowConsumerPolicy.BLOCK, block_timeout=2, heartbeat_interval=1000, **SMALL
     ) as harness:
         client = await RawClient.connect(harness.listener)
-        await client.send({"type": "subscribe", "channel": "c"})
-        await client.read_until(lambda c: c.of_type("subscribed"))
+        await client.subscribe("c")
         start = trio.current_time()
         await publish_many(harness, 50)
         assert 2 <= trio.current_time() - start < 3
@@ -122,8 +117,7 @@ async def test_publish_nowait_refuses_when_block_subscriber_is_full(
 ) -> None:
     async with open_test_server(slow_consumer=SlowConsumerPolicy.BLOCK, **SMALL) as harness:
         client = await RawClient.connect(harness.listener)
-        await client.send({"type": "subscribe", "channel": "c"})
-        await client.read_until(lambda c: c.of_type("subscribed"))
+        await client.subscribe("c")
         published = 0
         try:
             for n in range(100):
@@ -138,9 +132,7 @@ async def test_publish_nowait_refuses_when_block_subscriber_is_full(
 async def test_channel_policy_patterns(autojump_clock: trio.testing.MockClock) -> None:
     async with open_test_server(channel_policies=[("ticker.*", "drop_oldest")], **SMALL) as harness:
         client = await RawClient.connect(harness.listener)
-        for channel in ("ticker.eur", "orders"):
-            await client.send({"type": "subscribe", "channel": channel})
-        await client.read_until(lambda c: len(c.of_type("subscribed")) == 2)
+        await client.subscribe("ticker.eur", "orders")
         policies = {c.name: c.policy for c in harness.server.channel_statistics()}
         assert policies == {"ticker.eur": "drop_oldest", "orders": "disconnect"}
         await publish_many(harness, 50, channel="ticker.eur")
