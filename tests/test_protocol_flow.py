@@ -64,10 +64,10 @@ async def test_sequence_numbers_are_per_channel(autojump_clock: trio.testing.Moc
         async with harness.connect() as sub, harness.connect() as pub:
             for channel in ("a", "b"):
                 await sub.request({"type": "subscribe", "channel": channel})
-            seqs = []
+            seqs: list[int] = []
             for channel in ("a", "a", "b", "a"):
                 ack = await pub.request(
-                    {"type": "publish", "channel": channel, "data": None, "id": channel}
+                    {"type": "publish", "channel": channel, "data": None, "id": len(seqs)}
                 )
                 seqs.append(ack["seq"])
             assert seqs == [1, 2, 1, 3]
@@ -102,10 +102,10 @@ async def test_ping_pong(autojump_clock: trio.testing.MockClock) -> None:
             assert isinstance(pong["serverTime"], int)
 
 
-async def test_subscribe_with_since_reports_recovery(
+async def test_subscribe_with_since_without_history_reports_the_gap(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_test_server() as harness:
+    async with open_test_server(history_size=0) as harness:
         async with harness.connect() as holder, harness.connect() as pub, harness.connect() as late:
             first = await holder.request({"type": "subscribe", "channel": "a"})
             for i in range(3):

@@ -70,6 +70,14 @@ def _policy_rules(value: Any) -> tuple[tuple[str, SlowConsumerPolicy], ...]:
     return tuple((str(pattern), SlowConsumerPolicy(policy)) for pattern, policy in value)
 
 
+def _history_rules(value: Any) -> tuple[tuple[str, int, float], ...]:
+    rules = tuple((str(pattern), int(size), float(ttl)) for pattern, size, ttl in value)
+    for pattern, size, ttl in rules:
+        if size < 0 or not (math.isfinite(ttl) and ttl >= 0):
+            raise ValueError(f"channel_history for {pattern!r}: size and ttl must be >= 0")
+    return rules
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """Everything ``serve()`` needs. See ``docs/configuration.md`` for each field."""
@@ -98,6 +106,22 @@ class Config:
     channel_policies: tuple[tuple[str, SlowConsumerPolicy], ...] = attrs.field(
         default=(), converter=_policy_rules
     )
+    #: Messages kept per channel for resume (``subscribe`` with ``since``); 0 keeps none.
+    history_size: int = attrs.field(default=100, validator=_int_at_least(0))
+    #: Seconds a message stays in history; 0 keeps none.
+    history_ttl: float = attrs.field(default=300.0, validator=_not_negative)
+    #: ``(glob, size, ttl)`` rules; the first match gives a channel its own history bounds.
+    channel_history: tuple[tuple[str, int, float], ...] = attrs.field(
+        default=(), converter=_history_rules
+    )
+    #: Channels kept only for their history (no subscriber); beyond it the least recently
+    #: published is forgotten (its next lifetime gets a new epoch).
+    max_idle_channels: int = attrs.field(default=10_000, validator=_int_at_least(0))
+    #: Publish ids remembered per principal for dedupe, and for how long; 0 turns it off.
+    dedupe_size: int = attrs.field(default=1000, validator=_int_at_least(0))
+    dedupe_ttl: float = attrs.field(default=300.0, validator=_not_negative)
+    #: Principals with a dedupe window; the least recently active is forgotten first.
+    dedupe_max_principals: int = attrs.field(default=100_000, validator=_int_at_least(1))
     #: How long a ``block`` publisher waits for one subscriber before disconnecting it (1013).
     block_timeout: float = attrs.field(default=5.0, validator=_positive)
     #: Requests a connection may have waiting while an earlier one is served; more get 429.
@@ -114,6 +138,10 @@ class Config:
 
     def policy_for(self, channel: str) -> SlowConsumerPolicy:
         return first_match(self.channel_policies, channel, self.slow_consumer)
+
+    def history_for(self, channel: str) -> tuple[int, float]:
+        rules = [(pattern, (size, ttl)) for pattern, size, ttl in self.channel_history]
+        return first_match(rules, channel, (self.history_size, self.history_ttl))
 
     def origin_allowed(self, origin: str | None) -> bool:
         """Browsers always send ``Origin``; other clients usually do not and are allowed."""

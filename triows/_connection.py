@@ -103,6 +103,12 @@ class Connection:
         self.frames_in = 0
         self.frames_out = 0
 
+    @property
+    def dedupe_key(self) -> object:
+        """Whose publish ids these are: the user, across reconnects; else this connection."""
+        user = self.principal.user_id
+        return ("user", user) if user is not None else ("connection", self.client_id)
+
     def __repr__(self) -> str:
         return f"<Connection {self.client_id} user={self.principal.user_id!r} {self.remote}>"
 
@@ -233,17 +239,30 @@ class Connection:
         self._writer_wakeup.set()
         return verdict
 
+    def queue_reply(self, frame: dict[str, object] | bytes) -> bool:
+        """Queue a reply (or a ready frame) without waiting; never dropped.
+
+        Returns True when the outbox went over capacity: the caller must then
+        ``await self.settle()`` before serving the next request.
+        """
+        if self.close_code is not None:
+            return False
+        self.frames_out += 1
+        data = frame if isinstance(frame, bytes) else text_frame(protocol.encode(frame))
+        return self._send_reply_nowait(data) is Verdict.OVER
+
+    async def settle(self) -> None:
+        """Wait (boundedly) for the outbox to be below capacity again."""
+        with trio.move_on_after(self._server.config.block_timeout) as scope:
+            await self.wait_for_room()
+        if scope.cancelled_caught:
+            self._server.count_slow_consumer()
+            self.close(TRY_AGAIN_LATER, "Slow consumer: replies are not being read")
+
     async def reply(self, frame: dict[str, object]) -> None:
         """Send a reply to this client, waiting (boundedly) while its outbox is over capacity."""
-        if self.close_code is not None:
-            return
-        self.frames_out += 1
-        if self._send_reply_nowait(text_frame(protocol.encode(frame))) is Verdict.OVER:
-            with trio.move_on_after(self._server.config.block_timeout) as scope:
-                await self.wait_for_room()
-            if scope.cancelled_caught:
-                self._server.count_slow_consumer()
-                self.close(TRY_AGAIN_LATER, "Slow consumer: replies are not being read")
+        if self.queue_reply(frame):
+            await self.settle()
 
     def reply_nowait(self, frame: dict[str, object]) -> None:
         """A reply from the reader, which must never wait; a client that lets its replies pile
@@ -335,9 +354,16 @@ class Connection:
         match request:
             case protocol.Publish(channel=channel, data=data, id=request_id):
                 await server.authorize(self.principal, Action.PUBLISH, channel, request_id)
-                seq = await server.publish_from(self, channel, data, request_id)
-                if request_id is not None:
-                    await self.reply({"type": "ack", "id": request_id, "seq": seq})
+                # Numbering, hand-over and the ack happen in one synchronous step: the ack
+                # reaches this client before any later message of the channel, which is how
+                # a client tells its own publications from gaps.
+                seq, blocked = server.publish_from(self, channel, data, request_id)
+                over = request_id is not None and self.queue_reply(
+                    {"type": "ack", "id": request_id, "seq": seq}
+                )
+                await server.wait_for_blocked(blocked)
+                if over:
+                    await self.settle()
             case protocol.Subscribe(channel=channel, id=request_id):
                 await server.authorize(self.principal, Action.SUBSCRIBE, channel, request_id)
                 try:
@@ -350,12 +376,22 @@ class Connection:
                     "seq": state.seq,
                     "epoch": state.epoch,
                 }
+                replay: tuple[bytes, ...] = ()
                 if request.since is not None:
-                    resume = server.hub.resume(state, request.since, request.epoch)
+                    resume = server.hub.resume(
+                        state, request.since, request.epoch, trio.current_time()
+                    )
                     reply["recovered"] = resume.recovered
                     if resume.gap is not None:
                         reply["gap"] = list(resume.gap)
-                await self.reply(protocol.with_id(reply, request_id))
+                    replay = resume.replay
+                # Membership, reply and replay in one synchronous step: live messages can
+                # only come after the replay, and none is missing between the two.
+                over = self.queue_reply(protocol.with_id(reply, request_id))
+                for frame in replay:
+                    over = self.queue_reply(frame) or over
+                if over:
+                    await self.settle()
             case protocol.Unsubscribe(channel=channel, id=request_id):
                 server.hub.unsubscribe(self, channel)
                 await self.reply(

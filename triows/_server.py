@@ -28,6 +28,7 @@ from ._config import Config, Rejected
 from ._connection import GOING_AWAY, Connection
 from ._core import protocol
 from ._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
+from ._core.dedupe import DedupeWindow
 from ._core.frames import text_frame
 from ._core.hub import Hub
 from ._core.names import ChannelNameError, validate_channel
@@ -58,6 +59,13 @@ class Server:
             epoch_prefix=secrets.token_hex(4),
             max_subscriptions=config.max_subscriptions,
             policy_for=config.policy_for,
+            history_for=config.history_for,
+            max_idle_channels=config.max_idle_channels,
+        )
+        self.dedupe = DedupeWindow(
+            size=config.dedupe_size,
+            ttl=config.dedupe_ttl,
+            max_principals=config.dedupe_max_principals,
         )
         self.auth_enabled = config.jwt_secret is not None or config.authenticate is not None
         self.listeners: list[trio.abc.Listener[Any]] = []
@@ -75,6 +83,7 @@ class Server:
         self.published = 0
         self.delivered = 0
         self.slow_consumer_disconnects = 0
+        self.deduplicated = 0
         self._dropped_by_gone = 0
         self._rejected: Counter[int] = Counter()
         self._closed_by_server: Counter[int] = Counter()
@@ -90,7 +99,7 @@ class Server:
         ``block_timeout``; those still full then are disconnected with 1013).
         """
         seq, blocked = self._broadcast(self._checked_channel(channel), data, None, sender)
-        await self._wait_for_blocked(blocked)
+        await self.wait_for_blocked(blocked)
         return seq
 
     def publish_nowait(self, channel: str, data: Any, *, sender: str | None = None) -> int:
@@ -125,6 +134,11 @@ class Server:
             queued_bytes=sum(c.outbox.queued_bytes for c in connections),
             publish_rate=self.publish_rate,
             delivery_rate=self.delivery_rate,
+            history_messages=self.hub.history_messages,
+            history_bytes=self.hub.history_bytes,
+            dedupe_entries=self.dedupe.entries,
+            dedupe_principals=self.dedupe.principals,
+            deduplicated=self.deduplicated,
         )
 
     def channel_statistics(self) -> tuple[ChannelStatistics, ...]:
@@ -138,6 +152,7 @@ class Server:
                 delivered=state.delivered,
                 dropped=state.dropped,
                 policy=str(state.policy),
+                history=len(state.history),
             )
             for state in self.hub.channels()
         )
@@ -335,15 +350,28 @@ class Server:
                 protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'", request_id
             )
 
-    async def publish_from(
+    def publish_from(
         self, conn: Connection, channel: str, data: Any, request_id: protocol.RequestId | None
-    ) -> int:
+    ) -> tuple[int, list[Connection]]:
+        """A client's publish: deduplicated by its principal, numbered, handed over.
+
+        Synchronous, so the caller can queue the ack before any later message reaches the
+        publisher. Returns the seq and the subscribers a ``block`` publisher must wait for.
+        """
+        key = conn.dedupe_key
+        now = trio.current_time()
+        if request_id is not None:
+            seq = self.dedupe.lookup(key, channel, request_id, now)
+            if seq is not None:
+                self.deduplicated += 1
+                return seq, []
         try:
             seq, blocked = self._broadcast(channel, data, conn, conn.client_id)
         except DataTooLargeError as exc:
             raise ProtocolError(protocol.TOO_LARGE, str(exc), request_id) from None
-        await self._wait_for_blocked(blocked)
-        return seq
+        if request_id is not None:
+            self.dedupe.record(key, channel, request_id, seq, now)
+        return seq, blocked
 
     def forget(self, conn: Connection) -> None:
         if conn in self._connections:
@@ -399,9 +427,10 @@ class Server:
         state.delivered += delivered
         self.delivered += delivered
         self.published += 1
+        self.hub.record(state, seq, frame, trio.current_time())
         return seq, blocked
 
-    async def _wait_for_blocked(self, blocked: list[Connection]) -> None:
+    async def wait_for_blocked(self, blocked: list[Connection]) -> None:
         if not blocked:
             return
         deadline = trio.current_time() + self.config.block_timeout

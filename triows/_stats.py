@@ -28,6 +28,14 @@ class ServerStatistics:
     #: Rates over the last sampling interval (per second).
     publish_rate: float
     delivery_rate: float
+    #: Messages held in channel histories for resume, and their bytes.
+    history_messages: int
+    history_bytes: int
+    #: Publish ids remembered for dedupe, and the principals they belong to.
+    dedupe_entries: int
+    dedupe_principals: int
+    #: Publishes answered from the dedupe window instead of being delivered again.
+    deduplicated: int
 
 
 @attrs.frozen(kw_only=True)
@@ -40,6 +48,7 @@ class ChannelStatistics:
     delivered: int
     dropped: int
     policy: str
+    history: int
 
 
 @attrs.frozen(kw_only=True)

@@ -4,7 +4,8 @@
   ``idle_timeout`` seconds (1000 "Idle timeout"). Subscribers that only listen are not idle:
   they are what the server is for.
 - statistics sampler: turns the counters into per-second rates once a second and logs a
-  one-line summary every minute while clients are connected.
+  one-line summary every minute while clients are connected; on the same tick it expires old
+  history and dedupe entries, so their memory follows their ttl even without traffic.
 
 Later: the Redis bridge and monitoring live here too.
 """
@@ -52,6 +53,9 @@ async def sample_statistics(server: Server) -> None:
         server.publish_rate = (server.published - published) / SAMPLE_INTERVAL
         server.delivery_rate = (server.delivered - delivered) / SAMPLE_INTERVAL
         published, delivered = server.published, server.delivered
+        now = trio.current_time()
+        server.hub.expire(now)
+        server.dedupe.expire(now)
         ticks += 1
         if ticks % SUMMARY_EVERY == 0 and server.connections():
             stats = server.statistics()

@@ -8,7 +8,9 @@ from triows._core.hub import Hub, Resume, SubscriptionLimitError
 from triows._core.outbox import SlowConsumerPolicy
 
 
-def make_hub(max_subscriptions: int = 10) -> Hub[str]:
+def make_hub(
+    max_subscriptions: int = 10, history: tuple[int, float] = (0, 0.0), max_idle: int = 100
+) -> Hub[str]:
     return Hub(
         epoch_prefix="E",
         max_subscriptions=max_subscriptions,
@@ -17,13 +19,21 @@ def make_hub(max_subscriptions: int = 10) -> Hub[str]:
             if name.startswith("ticker.")
             else SlowConsumerPolicy.DISCONNECT
         ),
+        history_for=lambda name: history,
+        max_idle_channels=max_idle,
     )
+
+
+def publish(hub: Hub[str], channel: str, now: float = 0.0) -> int:
+    state, seq = hub.publish(channel)
+    hub.record(state, seq, b"frame%d" % seq, now)
+    return seq
 
 
 def test_sequence_numbers_start_at_one_and_increase() -> None:
     hub = make_hub()
     hub.subscribe("a", "c")
-    assert [hub.publish("c")[1] for _ in range(3)] == [1, 2, 3]
+    assert [publish(hub, "c") for _ in range(3)] == [1, 2, 3]
     assert hub.channel("c").seq == 3  # type: ignore[union-attr]
 
 
@@ -45,7 +55,7 @@ def test_policy_comes_from_the_channel_name() -> None:
 def test_empty_channel_is_discarded_and_gets_a_new_epoch() -> None:
     hub = make_hub()
     state = hub.subscribe("a", "c")
-    hub.publish("c")
+    publish(hub, "c")
     old_epoch = state.epoch
     assert hub.unsubscribe("a", "c")
     assert hub.channel("c") is None
@@ -57,6 +67,7 @@ def test_empty_channel_is_discarded_and_gets_a_new_epoch() -> None:
 def test_publish_without_members_keeps_no_state() -> None:
     hub = make_hub()
     state, seq = hub.publish("nobody")
+    hub.record(state, seq, b"frame", 0.0)
     assert seq == 1
     assert hub.channel("nobody") is None
     assert hub.channel_count == 0
@@ -95,12 +106,72 @@ def test_resume_without_history() -> None:
     hub = make_hub()
     state = hub.subscribe("a", "c")
     for _ in range(5):
-        hub.publish("c")
-    assert hub.resume(state, 5, state.epoch) == Resume(recovered=True)
-    assert hub.resume(state, 2, state.epoch) == Resume(recovered=False, gap=(3, 5))
-    assert hub.resume(state, 2, "other") == Resume(recovered=False)
-    assert hub.resume(state, 2, None) == Resume(recovered=False)
-    assert hub.resume(state, 9, state.epoch) == Resume(recovered=False)
+        publish(hub, "c")
+    assert hub.resume(state, 5, state.epoch, 0) == Resume(recovered=True)
+    assert hub.resume(state, 2, state.epoch, 0) == Resume(recovered=False, gap=(3, 5))
+    assert hub.resume(state, 2, "other", 0) == Resume(recovered=False)
+    assert hub.resume(state, 2, None, 0) == Resume(recovered=False)
+    assert hub.resume(state, 9, state.epoch, 0) == Resume(recovered=False)
+
+
+def test_resume_replays_from_history() -> None:
+    hub = make_hub(history=(3, 60.0))
+    state = hub.subscribe("a", "c")
+    for _ in range(5):
+        publish(hub, "c")
+    # history holds 3, 4, 5
+    assert hub.resume(state, 3, state.epoch, 0) == Resume(
+        recovered=True, replay=(b"frame4", b"frame5")
+    )
+    assert hub.resume(state, 2, state.epoch, 0) == Resume(
+        recovered=True, replay=(b"frame3", b"frame4", b"frame5")
+    )
+    assert hub.resume(state, 0, state.epoch, 0) == Resume(
+        recovered=False, gap=(1, 2), replay=(b"frame3", b"frame4", b"frame5")
+    )
+    assert hub.resume(state, 0, "old", 0) == Resume(recovered=False)
+
+
+def test_history_expires_by_age() -> None:
+    hub = make_hub(history=(100, 10.0))
+    state = hub.subscribe("a", "c")
+    publish(hub, "c", now=0)
+    publish(hub, "c", now=5)
+    assert hub.resume(state, 0, state.epoch, 12) == Resume(
+        recovered=False, gap=(1, 1), replay=(b"frame2",)
+    )
+    assert hub.resume(state, 0, state.epoch, 20) == Resume(recovered=False, gap=(1, 2))
+
+
+def test_channel_with_history_outlives_its_members() -> None:
+    hub = make_hub(history=(10, 60.0))
+    state = hub.subscribe("a", "c")
+    publish(hub, "c")
+    hub.unsubscribe("a", "c")
+    assert hub.channel("c") is state  # still resumable
+    assert hub.subscribe("b", "c").epoch == state.epoch
+    hub.remove_member("b")
+    hub.expire(now=61)
+    assert hub.channel("c") is None
+
+
+def test_publish_without_members_is_kept_for_history() -> None:
+    hub = make_hub(history=(10, 60.0))
+    publish(hub, "c")
+    publish(hub, "c")
+    state = hub.subscribe("a", "c")
+    assert hub.resume(state, 0, state.epoch, 1) == Resume(
+        recovered=True, replay=(b"frame1", b"frame2")
+    )
+    assert hub.history_messages == 2
+
+
+def test_idle_channels_are_capped_least_recently_published_first() -> None:
+    hub = make_hub(history=(10, 60.0), max_idle=2)
+    for channel in ("x", "y", "x", "z"):
+        publish(hub, channel)
+    assert {s.name for s in hub.channels()} == {"x", "z"}
+    assert hub.channel_count == 2
 
 
 def test_message_ids_are_unique_across_epochs() -> None:

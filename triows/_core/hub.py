@@ -4,9 +4,12 @@ Rules of this file:
 
 - Sequence numbers are per channel, start at 1 and strictly increase within an epoch.
 - A channel's epoch names one lifetime of its numbering. A channel's state is kept while it has
-  members; when it has none the state (and so what the numbers meant) is discarded, and the next
-  lifetime gets a new epoch. A client holding ``(epoch, seq)`` can therefore always tell
-  "nothing missed" from "cannot know", and memory does not grow with channels nobody uses.
+  members or history; then it (and what its numbers meant) is discarded, and the next lifetime
+  gets a new epoch. A client holding ``(epoch, seq)`` can therefore always tell "nothing
+  missed" from "cannot know".
+- Memory is bounded: channels with members are bounded by the connections' subscription
+  limits; channels held only by their history are at most ``max_idle_channels`` (the one
+  published to least recently is forgotten first), each history by its size and ttl.
 - The hub never sends anything. It answers who should receive a message and what its number is;
   the shell frames and delivers. Members are opaque hashable objects.
 """
@@ -19,6 +22,7 @@ from typing import Generic, TypeVar
 
 import attrs
 
+from .history import History
 from .outbox import SlowConsumerPolicy
 
 M = TypeVar("M", bound=Hashable)
@@ -33,6 +37,7 @@ class ChannelState(Generic[M]):
     name: str
     epoch: str
     policy: SlowConsumerPolicy
+    history: History
     members: dict[M, None] = attrs.field(factory=dict)  # insertion-ordered set
     seq: int = 0
     published: int = 0
@@ -45,11 +50,13 @@ class ChannelState(Generic[M]):
 
 @attrs.frozen
 class Resume:
-    """What a ``subscribe`` with ``since`` learns: whether the client missed anything."""
+    """What a ``subscribe`` with ``since`` learns: what the client missed and what it gets."""
 
     recovered: bool
     #: Inclusive range of sequence numbers the client missed and cannot get, if known.
     gap: tuple[int, int] | None = None
+    #: Frames of the missed messages history still holds, in order, to send before live ones.
+    replay: tuple[bytes, ...] = ()
 
 
 class Hub(Generic[M]):
@@ -59,13 +66,19 @@ class Hub(Generic[M]):
         epoch_prefix: str,
         max_subscriptions: int,
         policy_for: Callable[[str], SlowConsumerPolicy],
+        history_for: Callable[[str], tuple[int, float]] = lambda _: (0, 0.0),
+        max_idle_channels: int = 10_000,
     ) -> None:
         self._epoch_prefix = epoch_prefix
         self._epochs = itertools.count(1)
         self._max_subscriptions = max_subscriptions
         self._policy_for = policy_for
+        self._history_for = history_for
+        self._max_idle = max_idle_channels
         self._channels: dict[str, ChannelState[M]] = {}
         self._memberships: dict[M, dict[str, ChannelState[M]]] = {}
+        #: Channels without members kept for their history, least recently published first.
+        self._idle: dict[str, ChannelState[M]] = {}
 
     # -- membership ---------------------------------------------------------------------------
 
@@ -81,6 +94,7 @@ class Hub(Generic[M]):
             )
         state = self._channels.get(channel) or self._create(channel)
         state.members[member] = None
+        self._idle.pop(channel, None)
         held[channel] = state
         return state
 
@@ -108,27 +122,47 @@ class Hub(Generic[M]):
     # -- numbering ------------------------------------------------------------------------------
 
     def publish(self, channel: str) -> tuple[ChannelState[M], int]:
-        """Number the next message of ``channel``; the caller delivers it to ``state.members``.
-
-        A channel without members gets a state for this one message and loses it right after:
-        nobody could have been told its numbers.
-        """
+        """Number the next message of ``channel``; the caller delivers it to ``state.members``
+        and then calls :meth:`record` with its frame."""
         state = self._channels.get(channel) or self._create(channel)
         state.seq += 1
         state.published += 1
-        self._discard_if_unused(state)
         return state, state.seq
 
-    def resume(self, state: ChannelState[M], since: int, epoch: str | None) -> Resume:
-        """Compare a client's last seen ``(epoch, since)`` with the channel's numbering.
+    def record(self, state: ChannelState[M], seq: int, frame: bytes, now: float) -> None:
+        """Keep a published message in history; forget a channel nobody can resume."""
+        state.history.append(seq, now, frame)
+        if not state.members:
+            self._idle.pop(state.name, None)  # most recently published goes last
+            self._discard_if_unused(state)
 
-        Without history every message after ``since`` is a gap; the history issue fills it.
+    def resume(self, state: ChannelState[M], since: int, epoch: str | None, now: float) -> Resume:
+        """What a client that last saw ``(epoch, since)`` missed, and what history can replay.
+
+        Another epoch means the numbers it holds mean nothing here: ``recovered`` is false and
+        nothing is replayed. Otherwise every held message after ``since`` is replayed, and
+        ``gap`` names the range history no longer reaches.
         """
         if epoch != state.epoch or since > state.seq:
             return Resume(recovered=False)
         if since == state.seq:
             return Resume(recovered=True)
-        return Resume(recovered=False, gap=(since + 1, state.seq))
+        history = state.history
+        history.prune(now)
+        first = history.first_seq()
+        if first is None:
+            return Resume(recovered=False, gap=(since + 1, state.seq))
+        replay = tuple(history.after(since))
+        if first <= since + 1:
+            return Resume(recovered=True, replay=replay)
+        return Resume(recovered=False, gap=(since + 1, first - 1), replay=replay)
+
+    def expire(self, now: float) -> None:
+        """Prune every history by age, and forget member-less channels left with none."""
+        for state in list(self._channels.values()):
+            state.history.prune(now)
+            if not state.history:
+                self._discard_if_unused(state)
 
     # -- inspection -----------------------------------------------------------------------------
 
@@ -146,17 +180,40 @@ class Hub(Generic[M]):
     def subscription_count(self) -> int:
         return sum(len(held) for held in self._memberships.values())
 
+    @property
+    def history_bytes(self) -> int:
+        return sum(state.history.nbytes for state in self._channels.values())
+
+    @property
+    def history_messages(self) -> int:
+        return sum(len(state.history) for state in self._channels.values())
+
     # -- internals ------------------------------------------------------------------------------
 
     def _create(self, channel: str) -> ChannelState[M]:
+        size, ttl = self._history_for(channel)
         state: ChannelState[M] = ChannelState(
             name=channel,
             epoch=f"{self._epoch_prefix}.{next(self._epochs)}",
             policy=self._policy_for(channel),
+            history=History(size, ttl),
         )
         self._channels[channel] = state
         return state
 
     def _discard_if_unused(self, state: ChannelState[M]) -> None:
-        if not state.members:
-            self._channels.pop(state.name, None)
+        if state.members:
+            return
+        if state.history:
+            self._idle.setdefault(state.name, state)
+            while len(self._idle) > self._max_idle:
+                oldest = next(iter(self._idle.values()))
+                oldest.history.clear()
+                self._forget(oldest)
+        else:
+            self._forget(state)
+
+    def _forget(self, state: ChannelState[M]) -> None:
+        self._idle.pop(state.name, None)
+        if self._channels.get(state.name) is state:
+            del self._channels[state.name]
