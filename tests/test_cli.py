@@ -41,6 +41,18 @@ def test_flags_override_environment() -> None:
     assert fmt == "json"
 
 
+def test_history_and_dedupe_flags() -> None:
+    config, _, _ = parse_config(
+        ["--history-size", "0", "--channel-history", "chat.*=500:3600", "--dedupe-ttl", "60"],
+        {"TRIOWS_HISTORY_TTL": "30", "TRIOWS_DEDUPE_SIZE": "7"},
+    )
+    assert (config.history_size, config.history_ttl) == (0, 30)
+    assert config.channel_history == (("chat.*", 500, 3600.0),)
+    assert config.history_for("chat.x") == (500, 3600.0)
+    assert config.history_for("other") == (0, 30)
+    assert (config.dedupe_size, config.dedupe_ttl) == (7, 60)
+
+
 def test_repeatable_flags() -> None:
     config, _, _ = parse_config(
         [
@@ -73,6 +85,9 @@ def test_repeatable_flags() -> None:
         (["--max-message-size", "10"], {}, "at least 2048"),
         ([], {"TRIOWS_LOG_LEVEL": "loud"}, "TRIOWS_LOG_LEVEL"),
         (["--bogus"], {}, "unrecognized arguments"),
+        (["--channel-history", "a=1"], {}, "PATTERN=SIZE:TTL"),
+        (["--channel-history", "a=x:1"], {}, "must be numbers"),
+        (["--history-size", "-1"], {}, "--history-size"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(

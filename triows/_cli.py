@@ -70,7 +70,19 @@ def _channel_policy(text: str) -> tuple[str, SlowConsumerPolicy]:
         ) from None
 
 
+def _channel_history(text: str) -> tuple[str, int, float]:
+    pattern, sep, bounds = text.rpartition("=")
+    size, colon, ttl = bounds.partition(":")
+    if not sep or not pattern or not colon:
+        raise argparse.ArgumentTypeError(f"expected PATTERN=SIZE:TTL, got {text!r}")
+    try:
+        return pattern, int(size), float(ttl)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"SIZE and TTL must be numbers, got {bounds!r}") from None
+
+
 _INT = _number("an integer", 1, integer=True)
+_COUNT = _number("an integer", 0, integer=True)
 _SECONDS = _number("a number of seconds", 0, integer=False)
 _POSITIVE_SECONDS = _number("a positive number of seconds", 1e-3, integer=False)
 
@@ -131,6 +143,26 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "PATTERN=POLICY giving matching channels their own policy, repeatable; first match wins",
     ),
     (
+        "--history-size",
+        _COUNT,
+        "history_size",
+        "messages kept per channel for resume (0: no history)",
+    ),
+    ("--history-ttl", _SECONDS, "history_ttl", "seconds a message stays in history (0: none)"),
+    (
+        "--channel-history",
+        _channel_history,
+        "channel_history",
+        "PATTERN=SIZE:TTL giving matching channels their own history, repeatable",
+    ),
+    (
+        "--dedupe-size",
+        _COUNT,
+        "dedupe_size",
+        "publish ids remembered per user for dedupe (0: no dedupe)",
+    ),
+    ("--dedupe-ttl", _SECONDS, "dedupe_ttl", "seconds a publish id is remembered"),
+    (
         "--block-timeout",
         _POSITIVE_SECONDS,
         "block_timeout",
@@ -145,7 +177,7 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
     ("--log-level", str, None, "log verbosity"),
     ("--log-format", str, None, "one line of text or one JSON object per record"),
 )
-_REPEATABLE = {"--allow-origin", "--channel-policy"}
+_REPEATABLE = {"--allow-origin", "--channel-policy", "--channel-history"}
 _CLI_DEFAULTS = {"--log-level": "info", "--log-format": "text"}
 _CHOICES = {"--log-level": LOG_LEVELS, "--log-format": ("text", "json")}
 
