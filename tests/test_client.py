@@ -1,0 +1,275 @@
+"""triows.client against the real server on in-memory streams, in virtual time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from triows import client as wsclient
+from triows.testing import MemoryStream, TestServer, open_test_server
+
+from .conftest import SECRET, make_token
+
+URL = "ws://triows.test/"
+
+
+class Cutter:
+    """Opens client streams to a test server and can cut the current one at any moment."""
+
+    def __init__(self, harness: TestServer) -> None:
+        self.harness = harness
+        self.current: MemoryStream | None = None
+        self.refuse = 0  # refuse this many next connection attempts
+        self.attempts = 0
+        self.eat_next_ack = False  # cut the link instead of delivering the next ack
+
+    async def open(self) -> trio.abc.Stream:
+        self.attempts += 1
+        if self.refuse:
+            self.refuse -= 1
+            raise ConnectionRefusedError("refused by the test")
+        stream = self.current = await self.harness.listener.connect()
+        pipe = stream._in  # server -> client
+        write_some = pipe.write_some
+
+        def maybe_eat(data: bytes | memoryview) -> int:
+            if self.eat_next_ack and b'"type":"ack"' in bytes(data):
+                self.eat_next_ack = False
+                pipe.closed = True  # the ack is lost with the link
+                stream._out.eof = True
+                pipe.eof = True
+                pipe.readable.unpark_all()
+                stream._out.readable.unpark_all()
+                return len(data)
+            return write_some(data)
+
+        pipe.write_some = maybe_eat  # type: ignore[method-assign]
+        return stream
+
+    def freeze(self) -> None:
+        """From now on nothing the server sends reaches the client (a silent dead link)."""
+        assert self.current is not None
+        self.current._in.write_some = lambda data: len(data)  # type: ignore[method-assign]
+
+    async def cut(self) -> None:
+        if self.current is not None:
+            await trio.aclose_forcefully(self.current)
+
+
+@asynccontextmanager
+async def client_for(
+    harness: TestServer, cutter: Cutter | None = None, **options: Any
+) -> AsyncIterator[wsclient.Client]:
+    opener = (cutter or Cutter(harness)).open
+    async with wsclient.connect(URL, open_stream=opener, **options) as client:
+        with trio.fail_after(60):
+            await client.wait_open()
+        yield client
+
+
+async def collect(subscription: wsclient.Subscription, until_seq: int) -> list[Any]:
+    events: list[Any] = []
+    with trio.fail_after(300):
+        async for event in subscription:
+            events.append(event)
+            if isinstance(event, wsclient.Message) and event.seq >= until_seq:
+                return events
+    raise AssertionError(f"subscription ended after {events}")
+
+
+async def test_subscribe_publish_and_ack(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server() as harness:
+        async with client_for(harness) as reader, client_for(harness) as writer:
+            subscription = await reader.subscribe("news")
+            assert await writer.publish("news", {"h": 1}) == 1
+            assert await writer.publish("news", {"h": 2}) == 2
+            events = await collect(subscription, 2)
+            assert [(e.seq, e.data) for e in events] == [(1, {"h": 1}), (2, {"h": 2})]
+            assert events[0].sender == writer.client_id
+
+
+async def test_states_and_refused_requests(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        token = make_token(channels=["ok"])
+        async with client_for(harness, token=token) as client:
+            assert client.state.value is wsclient.ClientState.OPEN
+            await client.subscribe("ok")
+            with pytest.raises(wsclient.RequestError) as info:
+                await client.subscribe("secret")
+            assert info.value.code == 403
+        # mypy keeps the narrowing from before the awaits above
+        assert client.state.value is wsclient.ClientState.CLOSED  # type: ignore[comparison-overlap]
+        with pytest.raises(wsclient.ClientClosedError):
+            await client.publish("ok", 1)
+
+
+async def test_permanent_rejection_closes_the_client(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        async with wsclient.connect(
+            URL, token="bad", open_stream=harness.listener.connect
+        ) as client:
+            with pytest.raises(wsclient.ClientClosedError, match="HTTP 401"):
+                await client.wait_open()
+            with pytest.raises(wsclient.ClientClosedError, match="HTTP 401"):
+                await client.publish("x", 1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.floats(0.05, 9.5), max_size=4), history=st.sampled_from([3, 1000]))
+def test_no_loss_no_duplicate_across_cuts(cuts: list[float], history: int) -> None:
+    """A stream of 100 messages, the subscriber's connection cut at random moments: it sees
+    every message once and in order while history covers the outage, and a reported gap
+    (never a silent hole) when it does not."""
+    total = 100
+
+    async def scenario() -> None:
+        async with open_test_server(history_size=history) as harness:
+            cutter = Cutter(harness)
+            async with client_for(harness, cutter, backoff_base=0.2, backoff_cap=1) as client:
+                subscription = await client.subscribe("feed")
+                async with trio.open_nursery() as nursery:
+
+                    async def publish() -> None:
+                        for n in range(total):
+                            await harness.server.publish("feed", n)
+                            await trio.sleep(0.1)
+
+                    async def cut() -> None:
+                        start = trio.current_time()
+                        for at in sorted(cuts):
+                            await trio.sleep_until(start + at)
+                            await cutter.cut()
+
+                    nursery.start_soon(publish)
+                    nursery.start_soon(cut)
+                    with trio.fail_after(120):
+                        events = await collect(subscription, total)
+            messages = [e.seq for e in events if isinstance(e, wsclient.Message)]
+            gaps = [e for e in events if isinstance(e, wsclient.Gap)]
+            assert messages == sorted(set(messages))  # in order, no duplicate
+            covered = set(messages)
+            for gap in gaps:
+                assert gap.first is not None
+                assert gap.last is not None
+                covered |= set(range(gap.first, gap.last + 1))
+            assert covered == set(range(1, total + 1))  # nothing silently missing
+            if history == 1000:
+                assert messages == list(range(1, total + 1))
+                assert gaps == []
+
+    # One virtual-time run per example (pytest-trio's fixtures do not mix with @given).
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_publishes_while_offline_are_sent_once_after_reconnect(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        async with client_for(harness, token=make_token("reader")) as reader:
+            subscription = await reader.subscribe("c")
+            cutter = Cutter(harness)
+            async with client_for(
+                harness, cutter, token=make_token("writer"), backoff_base=1, backoff_cap=2
+            ) as writer:
+                cutter.refuse = 3
+                await cutter.cut()
+                await writer.state.wait_value(wsclient.ClientState.RECONNECTING)
+                async with trio.open_nursery() as nursery:
+                    seqs: list[int] = []
+
+                    async def publish(n: int) -> None:
+                        seqs.append(await writer.publish("c", n))
+
+                    for n in range(5):
+                        nursery.start_soon(publish, n)
+                        await trio.sleep(0.01)
+                assert sorted(seqs) == [1, 2, 3, 4, 5]
+                assert cutter.attempts >= 4
+            events = await collect(subscription, 5)
+            assert [e.data for e in events] == [0, 1, 2, 3, 4]
+
+
+async def test_unacked_publish_is_resent_and_delivered_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        async with client_for(harness, token=make_token("reader")) as reader:
+            subscription = await reader.subscribe("c")
+            cutter = Cutter(harness)
+            async with client_for(harness, cutter, token=make_token("w")) as writer:
+                cutter.eat_next_ack = True
+                assert await writer.publish("c", "once") == 1
+                assert writer.connects == 2
+                assert await writer.publish("c", "next") == 2
+            events = await collect(subscription, 2)
+            assert [e.data for e in events] == ["once", "next"]
+        assert harness.server.statistics().published == 2
+
+
+async def test_offline_queue_is_bounded(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server() as harness:
+        cutter = Cutter(harness)
+        cutter.refuse = 1000
+        async with wsclient.connect(
+            URL, open_stream=cutter.open, offline_queue_size=2, publish_timeout=5
+        ) as client:
+            async with trio.open_nursery() as nursery:
+                for n in range(2):
+                    nursery.start_soon(client.publish, "c", n)
+                await trio.sleep(0.1)
+                with pytest.raises(wsclient.OfflineQueueFullError):
+                    await client.publish("c", 3)
+                nursery.cancel_scope.cancel()
+
+
+async def test_publish_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server() as harness:
+        cutter = Cutter(harness)
+        cutter.refuse = 1000
+        async with wsclient.connect(URL, open_stream=cutter.open, publish_timeout=3) as client:
+            start = trio.current_time()
+            with pytest.raises(wsclient.PublishTimeoutError):
+                await client.publish("c", 1)
+            assert trio.current_time() - start == pytest.approx(3)
+            assert not client._unsent  # a timed-out, never-sent publish is not sent later
+
+
+async def test_max_attempts(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server() as harness:
+        cutter = Cutter(harness)
+        cutter.refuse = 1000
+        async with wsclient.connect(URL, open_stream=cutter.open, max_attempts=3) as client:
+            await client.state.wait_value(wsclient.ClientState.CLOSED)
+            assert cutter.attempts == 4  # the first try and three reconnects
+
+
+async def test_adaptive_heartbeat_and_missed_pong(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(heartbeat_interval=1000, idle_timeout=0) as harness:
+        cutter = Cutter(harness)
+        async with client_for(harness, cutter, ping_min=1, ping_max=8, ping_timeout=2) as client:
+            await trio.sleep(60)
+            assert client.heartbeat.value == 8  # a healthy link is pinged rarely
+            assert client.connects == 1
+            cutter.freeze()  # the server's pongs stop arriving
+            await trio.sleep(8 + 2 + 1)
+            assert client.connects == 2  # a missed pong reconnected it
+            assert client.heartbeat.value == 4
+
+
+async def test_pool_round_robin(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server() as harness:
+        async with wsclient.open_pool(URL, size=3, open_stream=harness.listener.connect) as pool:
+            for member in pool.clients:
+                await member.state.wait_value(wsclient.ClientState.OPEN)
+            seqs = [await pool.publish("c", n) for n in range(6)]
+            assert seqs == [1, 2, 3, 4, 5, 6]
+            stats = harness.server.connection_statistics()
+            assert sorted(s.frames_in for s in stats) == [2, 2, 2]

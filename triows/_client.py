@@ -1,0 +1,515 @@
+"""The reconnecting Trio client (public as ``triows.client``).
+
+Task tree, all under the nursery of ``connect()``::
+
+    supervisor        connect, run one connection, back off (full jitter), reconnect
+    └─ connection     own nursery; the first task to end ends the connection
+       ├─ trio-websocket reader
+       ├─ reader      frames -> Tracker (dedupe, gaps) -> subscriptions; acks -> publishers
+       ├─ sender      writes queued publishes in order
+       └─ heartbeat   pings at an adaptive interval; a missed pong ends the connection
+
+What survives a reconnect: subscriptions (resubscribed with ``since``/``epoch``, so the
+server replays what was missed), unacked publishes (resent with their original ids, so the
+server's dedupe makes them exactly-once for an authenticated user), and the tracker's cursors.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import logging
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import attrs
+import trio
+from trio_util import AsyncValue
+
+from ._core.tracking import AdaptiveInterval, Event, Tracker, full_jitter
+from ._transport import ConnectionClosed, ConnectionRejected, open_client
+
+log = logging.getLogger("triows.client")
+
+#: HTTP statuses that no retry can fix.
+PERMANENT_REJECTIONS = frozenset({400, 401, 403, 404})
+
+
+class ClientState(enum.StrEnum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+class ClientError(Exception):
+    """Base class of the client's errors."""
+
+
+class ClientClosedError(ClientError):
+    """The client is closed (``aclose()``, a permanent rejection, or max attempts reached)."""
+
+
+class PublishTimeoutError(ClientError, trio.TooSlowError):
+    """No ack in time. The publish may still happen; it will not happen twice."""
+
+
+class OfflineQueueFullError(ClientError):
+    """Too many publishes are waiting for a connection."""
+
+
+class RequestError(ClientError):
+    """The server refused a request (``code`` as in the protocol's error frame)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@attrs.define(eq=False)
+class _Publish:
+    channel: str
+    data: Any
+    id: str
+    done: trio.Event = attrs.field(factory=trio.Event)
+    seq: int | None = None
+    error: Exception | None = None
+
+
+class Subscription:
+    """Messages (:class:`~triows.client.Message`) and gaps (:class:`~triows.client.Gap`) of one
+    channel, in order, each once. ``async for event in subscription``."""
+
+    def __init__(self, client: Client, channel: str, buffer: int) -> None:
+        self.channel = channel
+        self._client = client
+        self._send, self._receive = trio.open_memory_channel[Event](buffer)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._client.unsubscribe(self.channel)
+
+
+StreamOpener = Callable[[], Awaitable[trio.abc.Stream]]
+
+
+class Client:
+    """A connection to a triows server that outlives network failures."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None,
+        open_stream: StreamOpener | None,
+        backoff_base: float,
+        backoff_cap: float,
+        max_attempts: int | None,
+        publish_timeout: float,
+        offline_queue_size: int,
+        ping_min: float,
+        ping_max: float,
+        ping_timeout: float,
+        connect_timeout: float,
+        subscription_buffer: int,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"expected a ws:// or wss:// URL, got {url!r}")
+        self.url = url
+        self._parts = parts
+        self._host: str = parts.hostname
+        self._token = token
+        self._open_stream = open_stream or self._open_tcp
+        self._backoff = (backoff_base, backoff_cap)
+        self._max_attempts = max_attempts
+        self._publish_timeout = publish_timeout
+        self._offline_queue_size = offline_queue_size
+        self._ping = (ping_min, ping_max, ping_timeout)
+        self._connect_timeout = connect_timeout
+        self._subscription_buffer = subscription_buffer
+        #: ``connecting`` / ``open`` / ``reconnecting`` / ``closed``; await changes with
+        #: ``await client.state.wait_value(ClientState.OPEN)``.
+        self.state: AsyncValue = AsyncValue(ClientState.CONNECTING)
+        self.client_id: str | None = None
+        self.connects = 0
+        self.heartbeat = AdaptiveInterval(ping_min, ping_max)
+        self._tracker = Tracker()
+        self._subscriptions: dict[str, Subscription] = {}
+        self._subscribed: dict[str, trio.Event] = {}  # request id -> reply arrived
+        self._replies: dict[str, dict[str, Any]] = {}
+        self._unsent: deque[_Publish] = deque()
+        self._inflight: dict[str, _Publish] = {}
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(6)
+        self._ws: Any = None
+        self._wake_sender = trio.Event()
+        self._closed_reason: str | None = None
+        self._scope = trio.CancelScope()
+
+    # -- public API -----------------------------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> Subscription:
+        """Follow ``channel``; returns once the server confirmed it (or at once while
+        offline: the subscription is made on connect). Raises :class:`RequestError` when the
+        server refuses (403, 429, ...)."""
+        self._check_open()
+        if channel in self._subscriptions:
+            return self._subscriptions[channel]
+        subscription = Subscription(self, channel, self._subscription_buffer)
+        self._subscriptions[channel] = subscription
+        self._tracker.track(channel)
+        if self.state.value is ClientState.OPEN:
+            try:
+                await self._request({"type": "subscribe", "channel": channel})
+            except BaseException:
+                self._forget_subscription(channel)
+                raise
+        return subscription
+
+    async def unsubscribe(self, channel: str) -> None:
+        if self._forget_subscription(channel) and self.state.value is ClientState.OPEN:
+            await self._request({"type": "unsubscribe", "channel": channel})
+
+    async def publish(self, channel: str, data: Any) -> int:
+        """Publish and return the sequence number from the server's ack.
+
+        While offline the publish waits in a bounded queue and is sent on reconnect with its
+        original id. Raises :class:`PublishTimeoutError` after the client's
+        ``publish_timeout``, :class:`OfflineQueueFullError` when the queue is full,
+        :class:`RequestError` when the server refuses it. Cancelled (e.g. by an outer
+        ``trio.fail_after``) before it was sent, it is not sent.
+        """
+        self._check_open()
+        if len(self._unsent) + len(self._inflight) >= self._offline_queue_size:
+            raise OfflineQueueFullError(
+                f"{self._offline_queue_size} publishes already wait for the server"
+            )
+        item = _Publish(channel, data, f"{self._id_prefix}-{next(self._ids)}")
+        self._unsent.append(item)
+        self._wake_sender.set()
+        try:
+            with trio.move_on_after(self._publish_timeout):
+                await item.done.wait()
+        finally:
+            if not item.done.is_set() and item in self._unsent:
+                self._unsent.remove(item)  # never sent: it will not be
+        if not item.done.is_set():
+            raise PublishTimeoutError(f"no ack for publish {item.id} to {channel!r}")
+        if item.error is not None:
+            raise item.error
+        assert item.seq is not None
+        return item.seq
+
+    async def wait_open(self) -> None:
+        """Wait until connected; raises :class:`ClientClosedError` if the client closes first
+        (a permanent rejection such as 401, or ``max_attempts`` reached)."""
+        await self.state.wait_value(lambda v: v in (ClientState.OPEN, ClientState.CLOSED))
+        self._check_open()
+
+    async def aclose(self) -> None:
+        self._close("closed by the application")
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed_reason is not None:
+            raise ClientClosedError(self._closed_reason)
+
+    def _forget_subscription(self, channel: str) -> bool:
+        subscription = self._subscriptions.pop(channel, None)
+        self._tracker.untrack(channel)
+        if subscription is not None:
+            subscription._send.close()
+        return subscription is not None
+
+    def _close(self, reason: str) -> None:
+        if self._closed_reason is None:
+            self._closed_reason = reason
+            self.state.value = ClientState.CLOSED
+            for item in [*self._inflight.values(), *self._unsent]:
+                item.error = ClientClosedError(reason)
+                item.done.set()
+            self._inflight.clear()
+            self._unsent.clear()
+            for channel in list(self._subscriptions):
+                self._forget_subscription(channel)
+        self._scope.cancel()
+
+    async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Send a subscribe/unsubscribe and wait for its reply."""
+        request_id = f"r-{self._id_prefix}-{next(self._ids)}"
+        waiter = self._subscribed[request_id] = trio.Event()
+        try:
+            await self._ws.send_message(json.dumps({**frame, "id": request_id}))
+            with trio.fail_after(self._publish_timeout):
+                await waiter.wait()
+        finally:
+            self._subscribed.pop(request_id, None)
+        reply = self._replies.pop(request_id, None)
+        if reply is None:
+            raise trio.BrokenResourceError("connection lost before the server answered")
+        if reply.get("type") == "error":
+            raise RequestError(reply["code"], reply["message"])
+        return reply
+
+    async def _open_tcp(self) -> trio.abc.Stream:
+        parts = self._parts
+        if parts.scheme == "wss":
+            return await trio.open_ssl_over_tcp_stream(self._host, parts.port or 443)
+        return await trio.open_tcp_stream(self._host, parts.port or 80)
+
+    async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        attempt = 0
+        with self._scope:
+            while True:
+                try:
+                    await self._connect_once()
+                    attempt = 0
+                except ConnectionRejected as rejected:
+                    if rejected.status_code in PERMANENT_REJECTIONS:
+                        log.error("server refused the connection: HTTP %d", rejected.status_code)
+                        self._close(f"rejected with HTTP {rejected.status_code}")
+                        return
+                    log.warning("server refused the connection: HTTP %d", rejected.status_code)
+                except (
+                    OSError,
+                    trio.BrokenResourceError,
+                    trio.TooSlowError,
+                    ConnectionClosed,
+                ) as exc:
+                    log.info("connection lost: %s", type(exc).__name__)
+                except Exception:
+                    log.exception("connection failed unexpectedly; reconnecting")
+                if self._max_attempts is not None and attempt >= self._max_attempts:
+                    self._close(f"gave up after {attempt} reconnect attempts")
+                    return
+                self.state.value = ClientState.RECONNECTING
+                await trio.sleep(full_jitter(attempt, *self._backoff))
+                attempt += 1
+
+    async def _connect_once(self) -> None:
+        parts = self._parts
+        path = parts.path or "/"
+        query = parts.query
+        if self._token is not None:
+            query = "&".join(q for q in (query, urlencode({"token": self._token})) if q)
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(self._connect_timeout):
+                    stream = await self._open_stream()
+                    ws = await open_client(
+                        nursery,
+                        stream,
+                        host=parts.netloc,
+                        path=f"{path}?{query}" if query else path,
+                        message_queue_size=64,
+                    )
+                    welcome = json.loads(await ws.get_message())
+                self._ws = ws
+                self.client_id = welcome["data"]["clientId"]
+                self._tracker.add_client_id(self.client_id)
+                self.connects += 1
+                # Unacked publishes go first, in their order, with their ids: the server's
+                # dedupe acks any it already has instead of delivering them twice.
+                self._unsent.extendleft(reversed(self._inflight.values()))
+                self._inflight.clear()
+                # Open first: a subscribe() from now on sends its own request; the ones
+                # made before are resubscribed here, from where their cursors stand.
+                self.state.value = ClientState.OPEN
+                for channel in list(self._subscriptions):
+                    await ws.send_message(json.dumps(self._subscribe_frame(channel)))
+                nursery.start_soon(self._send_publishes, ws)
+                nursery.start_soon(self._heartbeat, ws)
+                await self._read(ws)  # returns when the connection ends
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # One connection's failure is one exception for _supervise to judge.
+            leaf: BaseException = group
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise leaf from None
+        finally:
+            self._ws = None
+            for waiter in self._subscribed.values():
+                waiter.set()
+
+    def _subscribe_frame(self, channel: str) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
+        resume = self._tracker.resume_from(channel)
+        if resume is not None:
+            frame["since"], frame["epoch"] = resume
+        return frame
+
+    async def _read(self, ws: Any) -> None:
+        while True:
+            try:
+                frame = json.loads(await ws.get_message())
+            except ConnectionClosed as closed:
+                log.info("connection closed: %s", closed.reason)
+                return
+            kind = frame.get("type")
+            if kind == "message":
+                await self._dispatch(frame["channel"], self._tracker.on_message(frame))
+            elif kind == "ack":
+                item = self._inflight.pop(frame.get("id"), None)
+                if item is not None:
+                    self._tracker.on_ack(item.channel, frame["seq"])
+                    item.seq = frame["seq"]
+                    item.done.set()
+            elif kind == "subscribed":
+                await self._dispatch(frame["channel"], self._tracker.on_subscribed(frame))
+                self._answer(frame)
+            elif kind == "error":
+                item = self._inflight.pop(frame.get("id"), None)
+                if item is not None:
+                    item.error = RequestError(frame["code"], frame["message"])
+                    item.done.set()
+                elif not self._answer(frame):
+                    log.warning("server error %s: %s", frame.get("code"), frame.get("message"))
+            elif kind == "unsubscribed" and not self._answer(frame) and frame.get("reason"):
+                log.warning(
+                    "server ended subscription %s: %s", frame.get("channel"), frame["reason"]
+                )
+                self._forget_subscription(frame["channel"])
+
+    def _answer(self, frame: dict[str, Any]) -> bool:
+        request_id = frame.get("id")
+        waiter = self._subscribed.get(request_id) if isinstance(request_id, str) else None
+        if waiter is None:
+            return False
+        self._replies[frame["id"]] = frame
+        waiter.set()
+        return True
+
+    async def _dispatch(self, channel: str, events: list[Event]) -> None:
+        subscription = self._subscriptions.get(channel)
+        if subscription is None:
+            return
+        for event in events:
+            # Waiting here is the backpressure: the server's slow-consumer policy applies.
+            await subscription._send.send(event)
+
+    async def _send_publishes(self, ws: Any) -> None:
+        while True:
+            while self._unsent:
+                item = self._unsent.popleft()
+                self._inflight[item.id] = item
+                await ws.send_message(
+                    json.dumps(
+                        {
+                            "type": "publish",
+                            "channel": item.channel,
+                            "data": item.data,
+                            "id": item.id,
+                        }
+                    )
+                )
+            self._wake_sender = trio.Event()
+            await self._wake_sender.wait()
+
+    async def _heartbeat(self, ws: Any) -> None:
+        _, _, timeout = self._ping
+        pings = 0
+        while True:
+            await trio.sleep(self.heartbeat.value)
+            pings += 1
+            try:
+                with trio.fail_after(timeout):
+                    await ws.ping(pings.to_bytes(8, "big"))
+            except trio.TooSlowError:
+                self.heartbeat.failure()
+                log.info("no pong within %.1fs: reconnecting", timeout)
+                raise
+            self.heartbeat.success()
+
+
+@asynccontextmanager
+async def connect(
+    url: str,
+    *,
+    token: str | None = None,
+    open_stream: StreamOpener | None = None,
+    backoff_base: float = 0.5,
+    backoff_cap: float = 30.0,
+    max_attempts: int | None = None,
+    publish_timeout: float = 10.0,
+    offline_queue_size: int = 1000,
+    ping_min: float = 5.0,
+    ping_max: float = 30.0,
+    ping_timeout: float = 10.0,
+    connect_timeout: float = 10.0,
+    subscription_buffer: int = 1000,
+) -> AsyncIterator[Client]:
+    """A reconnecting client for the block's duration.
+
+    Returns at once: the first connection is made in the background (``client.state``).
+    ``token`` is sent as the ``token`` query parameter. ``open_stream`` replaces the TCP
+    connection (tests pass ``MemoryListener.connect``).
+    """
+    client = Client(
+        url,
+        token=token,
+        open_stream=open_stream,
+        backoff_base=backoff_base,
+        backoff_cap=backoff_cap,
+        max_attempts=max_attempts,
+        publish_timeout=publish_timeout,
+        offline_queue_size=offline_queue_size,
+        ping_min=ping_min,
+        ping_max=ping_max,
+        ping_timeout=ping_timeout,
+        connect_timeout=connect_timeout,
+        subscription_buffer=subscription_buffer,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client._supervise)
+        try:
+            yield client
+        finally:
+            client._close("closed by the application")
+            nursery.cancel_scope.cancel()
+
+
+class Pool:
+    """N reconnecting clients for publish-heavy producers; publishes go round-robin."""
+
+    def __init__(self, clients: list[Client]) -> None:
+        self.clients = clients
+        self._next = itertools.cycle(clients)
+
+    async def publish(self, channel: str, data: Any) -> int:
+        return await next(self._next).publish(channel, data)
+
+
+@asynccontextmanager
+async def open_pool(url: str, size: int = 4, **options: Any) -> AsyncIterator[Pool]:
+    """``size`` clients, each as from :func:`connect` with ``options``."""
+    if size < 1:
+        raise ValueError("a pool needs at least one connection")
+    async with _open_many(url, size, options) as clients:
+        yield Pool(clients)
+
+
+@asynccontextmanager
+async def _open_many(url: str, size: int, options: dict[str, Any]) -> AsyncIterator[list[Client]]:
+    if size == 0:
+        yield []
+        return
+    async with connect(url, **options) as first, _open_many(url, size - 1, options) as rest:
+        yield [first, *rest]

@@ -1,0 +1,43 @@
+"""``triows.client``: a reconnecting Trio client for protocol v1.
+
+    async with triows.client.connect("ws://127.0.0.1:8080/", token=token) as client:
+        subscription = await client.subscribe("news")
+        seq = await client.publish("news", {"headline": "hi"})
+        async for event in subscription:
+            match event:
+                case triows.client.Message(data=data): ...
+                case triows.client.Gap(first=first, last=last): ...
+
+See docs/client.md for what survives a reconnect and what is guaranteed.
+"""
+
+from ._client import (
+    Client,
+    ClientClosedError,
+    ClientError,
+    ClientState,
+    OfflineQueueFullError,
+    Pool,
+    PublishTimeoutError,
+    RequestError,
+    Subscription,
+    connect,
+    open_pool,
+)
+from ._core.tracking import Gap, Message
+
+__all__ = [
+    "Client",
+    "ClientClosedError",
+    "ClientError",
+    "ClientState",
+    "Gap",
+    "Message",
+    "OfflineQueueFullError",
+    "Pool",
+    "PublishTimeoutError",
+    "RequestError",
+    "Subscription",
+    "connect",
+    "open_pool",
+]
