@@ -273,3 +273,15 @@ async def test_pool_round_robin(autojump_clock: trio.testing.MockClock) -> None:
             assert seqs == [1, 2, 3, 4, 5, 6]
             stats = harness.server.connection_statistics()
             assert sorted(s.frames_in for s in stats) == [2, 2, 2]
+
+
+async def test_closing_the_client_closes_cleanly(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server() as harness:
+        async with client_for(harness) as client:
+            await client.subscribe("c")
+            start = trio.current_time()
+        # The server got a close frame (not a dropped socket) and answered it at once.
+        assert trio.current_time() - start < 0.5
+        await trio.sleep(0.01)
+        stats = harness.server.statistics()
+        assert (stats.connections, stats.closed_by_server) == (0, {})

@@ -36,6 +36,8 @@ from ._transport import ConnectionClosed, ConnectionRejected, open_client
 
 log = logging.getLogger("triows.client")
 
+#: How long the client waits for the server's close frame when it closes.
+CLOSE_TIMEOUT = 1.0
 #: HTTP statuses that no retry can fix.
 PERMANENT_REJECTIONS = frozenset({400, 401, 403, 404})
 
@@ -159,6 +161,7 @@ class Client:
         self._ws: Any = None
         self._wake_sender = trio.Event()
         self._closed_reason: str | None = None
+        self._saying_goodbye = False
         self._scope = trio.CancelScope()
 
     # -- public API -----------------------------------------------------------------------------
@@ -222,6 +225,12 @@ class Client:
         self._check_open()
 
     async def aclose(self) -> None:
+        """Close with 1000 (waiting briefly for the server's close frame) and stop."""
+        ws = self._ws
+        if ws is not None and self._closed_reason is None:
+            self._saying_goodbye = True  # the reader must not end the connection meanwhile
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await ws.aclose()
         self._close("closed by the application")
 
     # -- internals ------------------------------------------------------------------------------
@@ -309,6 +318,7 @@ class Client:
         query = parts.query
         if self._token is not None:
             query = "&".join(q for q in (query, urlencode({"token": self._token})) if q)
+        stream: trio.abc.Stream | None = None
         try:
             async with trio.open_nursery() as nursery:
                 with trio.fail_after(self._connect_timeout):
@@ -348,6 +358,9 @@ class Client:
             self._ws = None
             for waiter in self._subscribed.values():
                 waiter.set()
+            # A cancelled trio-websocket connection leaves its socket open: close it here.
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
 
     def _subscribe_frame(self, channel: str) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
@@ -361,6 +374,10 @@ class Client:
             try:
                 frame = json.loads(await ws.get_message())
             except ConnectionClosed as closed:
+                if self._saying_goodbye:
+                    # aclose() is finishing the closing handshake, which needs the
+                    # library's reader task: keep the connection up until it is done.
+                    await trio.sleep_forever()
                 log.info("connection closed: %s", closed.reason)
                 return
             kind = frame.get("type")
@@ -482,7 +499,8 @@ async def connect(
         try:
             yield client
         finally:
-            client._close("closed by the application")
+            with trio.CancelScope(shield=True):
+                await client.aclose()
             nursery.cancel_scope.cancel()
 
 
