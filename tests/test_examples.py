@@ -57,3 +57,30 @@ async def test_embedded_app(autojump_clock: trio.testing.MockClock) -> None:
 
 def test_subscriber_example_imports() -> None:
     assert callable(load("python_subscriber").main)
+
+
+async def test_reconnecting_subscriber(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from triows import client as wsclient
+
+    example = load("reconnecting_subscriber")
+    async with open_test_server() as harness:
+        connect = wsclient.connect
+
+        def in_memory(url: str, **options: object) -> object:
+            return connect(url, open_stream=harness.listener.connect, **options)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(wsclient, "connect", in_memory)
+        async with trio.open_nursery() as nursery:
+            results: list[object] = []
+
+            async def run() -> None:
+                results.extend(await example.follow("ws://test/", "news", limit=3))
+
+            nursery.start_soon(run)
+            await trio.testing.wait_all_tasks_blocked()  # connected and subscribed
+            assert harness.server.statistics().subscriptions == 1
+            for n in range(3):
+                await harness.server.publish("news", n)
+        assert [event.data for event in results] == [0, 1, 2]  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ Embed it::
         await server.publish("news", {"headline": "hello"})
 """
 
+from . import client
 from ._config import Authenticate, Authorize, Config, Rejected
 from ._core.auth import Action, Principal
 from ._core.outbox import SlowConsumerPolicy
@@ -29,5 +30,6 @@ __all__ = [
     "Server",
     "ServerStatistics",
     "SlowConsumerPolicy",
+    "client",
     "serve",
 ]
