@@ -285,3 +285,40 @@ async def test_closing_the_client_closes_cleanly(autojump_clock: trio.testing.Mo
         await trio.sleep(0.01)
         stats = harness.server.statistics()
         assert (stats.connections, stats.closed_by_server) == (0, {})
+
+
+async def test_resubscribe_refused_after_reconnect_ends_the_subscription_with_the_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    allowed = {"c"}
+
+    def authorize(principal: object, action: object, channel: str) -> bool:
+        return channel in allowed
+
+    async with open_test_server(authorize=authorize) as harness:
+        cutter = Cutter(harness)
+        async with client_for(harness, cutter) as client:
+            subscription = await client.subscribe("c")
+            await harness.server.publish("c", "before")
+            first = await subscription.__anext__()
+            assert isinstance(first, wsclient.Message)
+            assert first.data == "before"
+            allowed.clear()  # e.g. the user's access was revoked
+            await cutter.cut()
+            with pytest.raises(wsclient.RequestError) as info:
+                await subscription.__anext__()
+            assert info.value.code == 403
+            assert client.state.value is wsclient.ClientState.OPEN  # the client carries on
+
+
+async def test_a_client_that_gives_up_ends_its_subscriptions_with_the_reason(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as harness:
+        cutter = Cutter(harness)
+        async with client_for(harness, cutter, max_attempts=2) as client:
+            subscription = await client.subscribe("c")
+            cutter.refuse = 1000
+            await cutter.cut()
+            with pytest.raises(wsclient.ClientClosedError, match="gave up after 2"):
+                await subscription.__anext__()

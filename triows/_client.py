@@ -38,6 +38,8 @@ log = logging.getLogger("triows.client")
 
 #: How long the client waits for the server's close frame when it closes.
 CLOSE_TIMEOUT = 1.0
+#: Prefix of the ids of subscribe frames sent on reconnect.
+RESUBSCRIBE = "resubscribe:"
 #: HTTP statuses that no retry can fix.
 PERMANENT_REJECTIONS = frozenset({400, 401, 403, 404})
 
@@ -92,6 +94,7 @@ class Subscription:
         self.channel = channel
         self._client = client
         self._send, self._receive = trio.open_memory_channel[Event](buffer)
+        self._error: ClientError | None = None  # why it ended, when the server ended it
 
     def __aiter__(self) -> Subscription:
         return self
@@ -100,6 +103,8 @@ class Subscription:
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:
+            if self._error is not None:
+                raise self._error from None
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
@@ -239,10 +244,13 @@ class Client:
         if self._closed_reason is not None:
             raise ClientClosedError(self._closed_reason)
 
-    def _forget_subscription(self, channel: str) -> bool:
+    def _forget_subscription(self, channel: str, error: ClientError | None = None) -> bool:
+        """Stop following ``channel``; with ``error``, its iteration raises it (after the
+        events already received) instead of just ending."""
         subscription = self._subscriptions.pop(channel, None)
         self._tracker.untrack(channel)
         if subscription is not None:
+            subscription._error = error
             subscription._send.close()
         return subscription is not None
 
@@ -255,8 +263,9 @@ class Client:
                 item.done.set()
             self._inflight.clear()
             self._unsent.clear()
+            error = None if reason == "closed by the application" else ClientClosedError(reason)
             for channel in list(self._subscriptions):
-                self._forget_subscription(channel)
+                self._forget_subscription(channel, error)
         self._scope.cancel()
 
     async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
@@ -363,7 +372,12 @@ class Client:
                 await trio.aclose_forcefully(stream)
 
     def _subscribe_frame(self, channel: str) -> dict[str, Any]:
-        frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
+        # The id lets a refusal (say, a token that no longer allows it) find its channel.
+        frame: dict[str, Any] = {
+            "type": "subscribe",
+            "channel": channel,
+            "id": RESUBSCRIBE + channel,
+        }
         resume = self._tracker.resume_from(channel)
         if resume is not None:
             frame["since"], frame["epoch"] = resume
@@ -393,17 +407,24 @@ class Client:
                 await self._dispatch(frame["channel"], self._tracker.on_subscribed(frame))
                 self._answer(frame)
             elif kind == "error":
-                item = self._inflight.pop(frame.get("id"), None)
+                request_id = frame.get("id")
+                item = self._inflight.pop(request_id, None)
                 if item is not None:
                     item.error = RequestError(frame["code"], frame["message"])
                     item.done.set()
+                elif isinstance(request_id, str) and request_id.startswith(RESUBSCRIBE):
+                    channel = request_id.removeprefix(RESUBSCRIBE)
+                    log.warning("resubscribing %s refused: %s", channel, frame.get("message"))
+                    self._forget_subscription(
+                        channel, RequestError(frame["code"], frame["message"])
+                    )
                 elif not self._answer(frame):
                     log.warning("server error %s: %s", frame.get("code"), frame.get("message"))
             elif kind == "unsubscribed" and not self._answer(frame) and frame.get("reason"):
                 log.warning(
                     "server ended subscription %s: %s", frame.get("channel"), frame["reason"]
                 )
-                self._forget_subscription(frame["channel"])
+                self._forget_subscription(frame["channel"], RequestError(403, frame["reason"]))
 
     def _answer(self, frame: dict[str, Any]) -> bool:
         request_id = frame.get("id")
