@@ -322,3 +322,28 @@ async def test_a_client_that_gives_up_ends_its_subscriptions_with_the_reason(
             await cutter.cut()
             with pytest.raises(wsclient.ClientClosedError, match="gave up after 2"):
                 await subscription.__anext__()
+
+
+async def test_backoff_restarts_after_a_successful_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each link dies by a missed pong (an error, not a clean close): more deaths than
+    max_attempts must not exhaust the client, since every reconnect got through."""
+    async with open_test_server(heartbeat_interval=1000) as harness:
+        cutter = Cutter(harness)
+        async with client_for(
+            harness,
+            cutter,
+            backoff_base=1,
+            backoff_cap=1000,
+            max_attempts=3,
+            ping_min=1,
+            ping_max=1,
+            ping_timeout=1,
+        ) as client:
+            for round_ in range(6):
+                cutter.freeze()
+                with trio.fail_after(5):  # ping 1 s + timeout 1 s + attempt-0 backoff <= 1 s
+                    await client.state.wait_value(wsclient.ClientState.RECONNECTING)
+                    await client.wait_open()
+                assert client.connects == round_ + 2

@@ -296,9 +296,9 @@ class Client:
         attempt = 0
         with self._scope:
             while True:
+                connects = self.connects
                 try:
                     await self._connect_once()
-                    attempt = 0
                 except ConnectionRejected as rejected:
                     if rejected.status_code in PERMANENT_REJECTIONS:
                         log.error("server refused the connection: HTTP %d", rejected.status_code)
@@ -314,6 +314,8 @@ class Client:
                     log.info("connection lost: %s", type(exc).__name__)
                 except Exception:
                     log.exception("connection failed unexpectedly; reconnecting")
+                if self.connects > connects:
+                    attempt = 0  # it got through: count failed attempts from here
                 if self._max_attempts is not None and attempt >= self._max_attempts:
                     self._close(f"gave up after {attempt} reconnect attempts")
                     return
