@@ -347,3 +347,41 @@ async def test_backoff_restarts_after_a_successful_connection(
                     await client.state.wait_value(wsclient.ClientState.RECONNECTING)
                     await client.wait_open()
                 assert client.connects == round_ + 2
+
+
+async def test_token_function_renews_expiring_tokens(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    import time
+
+    issued: list[str] = []
+
+    async def fresh_token() -> str:
+        token = make_token("renewing", exp=int(time.time() + trio.current_time()) + 60)
+        issued.append(token)
+        return token
+
+    def wall_clock() -> float:  # the server's clock follows virtual time
+        return time.time() + trio.current_time()
+
+    from triows import Config, serve
+    from triows.testing import MemoryListener
+
+    listener = MemoryListener()
+    config = Config(jwt_secret=SECRET, heartbeat_interval=1000, idle_timeout=0)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            lambda task_status: serve(
+                config, listeners=[listener], wall_clock=wall_clock, task_status=task_status
+            )
+        )
+        async with wsclient.connect(
+            URL, token=fresh_token, open_stream=listener.connect, backoff_base=0.1
+        ) as client:
+            await client.wait_open()
+            await trio.sleep(200)  # three expiries: closed with 1008, back with a new token
+            assert client.state.value is wsclient.ClientState.OPEN
+            assert client.connects >= 4
+            assert len(set(issued)) == client.connects
+        assert server.statistics().closed_by_server.get(1008, 0) >= 3
+        await server.aclose()

@@ -17,6 +17,7 @@ server's dedupe makes them exactly-once for an authenticated user), and the trac
 from __future__ import annotations
 
 import enum
+import inspect
 import itertools
 import json
 import logging
@@ -112,6 +113,9 @@ class Subscription:
 
 
 StreamOpener = Callable[[], Awaitable[trio.abc.Stream]]
+#: A token, or a function returning one (sync or async), asked again at every (re)connect so
+#: that expiring tokens can be renewed.
+TokenSource = str | Callable[[], "str | Awaitable[str]"]
 
 
 class Client:
@@ -121,7 +125,7 @@ class Client:
         self,
         url: str,
         *,
-        token: str | None,
+        token: TokenSource | None,
         open_stream: StreamOpener | None,
         backoff_base: float,
         backoff_cap: float,
@@ -327,8 +331,9 @@ class Client:
         parts = self._parts
         path = parts.path or "/"
         query = parts.query
-        if self._token is not None:
-            query = "&".join(q for q in (query, urlencode({"token": self._token})) if q)
+        token = await self._current_token()
+        if token is not None:
+            query = "&".join(q for q in (query, urlencode({"token": token})) if q)
         stream: trio.abc.Stream | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -372,6 +377,16 @@ class Client:
             # A cancelled trio-websocket connection leaves its socket open: close it here.
             if stream is not None:
                 await trio.aclose_forcefully(stream)
+
+    async def _current_token(self) -> str | None:
+        source = self._token
+        if source is None or isinstance(source, str):
+            return source
+        token = source()
+        if inspect.isawaitable(token):
+            with trio.fail_after(self._connect_timeout):
+                token = await token
+        return token
 
     def _subscribe_frame(self, channel: str) -> dict[str, Any]:
         # The id lets a refusal (say, a token that no longer allows it) find its channel.
@@ -483,7 +498,7 @@ class Client:
 async def connect(
     url: str,
     *,
-    token: str | None = None,
+    token: TokenSource | None = None,
     open_stream: StreamOpener | None = None,
     backoff_base: float = 0.5,
     backoff_cap: float = 30.0,
@@ -499,8 +514,9 @@ async def connect(
     """A reconnecting client for the block's duration.
 
     Returns at once: the first connection is made in the background (``client.state``).
-    ``token`` is sent as the ``token`` query parameter. ``open_stream`` replaces the TCP
-    connection (tests pass ``MemoryListener.connect``).
+    ``token`` is sent as the ``token`` query parameter; pass a function (sync or async) to
+    get a fresh one at every reconnect, e.g. after the server closed with 1008 at expiry.
+    ``open_stream`` replaces the TCP connection (tests pass ``MemoryListener.connect``).
     """
     client = Client(
         url,
