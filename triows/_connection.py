@@ -205,16 +205,9 @@ class Connection:
         if self.close_code is not None:
             return True
         self.frames_out += 1
-        outbox = self.outbox
-        if not outbox:
-            written = self.ws.write_nowait(frame)
-            if written == len(frame):
-                return True
-            if written:
-                outbox.push_front(memoryview(frame)[written:])
-                self._writer_wakeup.set()
-                return True
-        verdict = outbox.offer(frame, policy, counter)
+        if self._write_direct(frame):
+            return True
+        verdict = self.outbox.offer(frame, policy, counter)
         if verdict is Verdict.QUEUED:
             self._writer_wakeup.set()
             return True
@@ -226,15 +219,26 @@ class Connection:
             self.close(TRY_AGAIN_LATER, "Slow consumer")
         return True
 
+    def _write_direct(self, frame: bytes) -> bool:
+        """Write ``frame`` straight into the socket if nothing is queued before it.
+
+        True when it is handled: fully written, or written in part with the tail queued first
+        (a tail cannot be dropped). False when the caller must queue the whole frame.
+        """
+        if self.outbox:
+            return False
+        written = self.ws.write_nowait(frame)
+        if written == len(frame):
+            return True
+        if written:
+            self.outbox.push_front(memoryview(frame)[written:])
+            self._writer_wakeup.set()
+            return True
+        return False
+
     def _send_reply_nowait(self, frame: bytes) -> Verdict:
-        if not self.outbox:
-            written = self.ws.write_nowait(frame)
-            if written == len(frame):
-                return Verdict.QUEUED
-            if written:
-                self.outbox.push_front(memoryview(frame)[written:])
-                self._writer_wakeup.set()
-                return Verdict.QUEUED
+        if self._write_direct(frame):
+            return Verdict.QUEUED
         verdict = self.outbox.offer_reply(frame)
         self._writer_wakeup.set()
         return verdict
@@ -256,8 +260,11 @@ class Connection:
         with trio.move_on_after(self._server.config.block_timeout) as scope:
             await self.wait_for_room()
         if scope.cancelled_caught:
-            self._server.count_slow_consumer()
-            self.close(TRY_AGAIN_LATER, "Slow consumer: replies are not being read")
+            self._close_not_reading()
+
+    def _close_not_reading(self) -> None:
+        self._server.count_slow_consumer()
+        self.close(TRY_AGAIN_LATER, "Slow consumer: replies are not being read")
 
     async def reply(self, frame: dict[str, object]) -> None:
         """Send a reply to this client, waiting (boundedly) while its outbox is over capacity."""
@@ -267,12 +274,8 @@ class Connection:
     def reply_nowait(self, frame: dict[str, object]) -> None:
         """A reply from the reader, which must never wait; a client that lets its replies pile
         up beyond its outbox while sending more is not reading and is closed with 1013."""
-        if self.close_code is not None:
-            return
-        self.frames_out += 1
-        if self._send_reply_nowait(text_frame(protocol.encode(frame))) is Verdict.OVER:
-            self._server.count_slow_consumer()
-            self.close(TRY_AGAIN_LATER, "Slow consumer: replies are not being read")
+        if self.queue_reply(frame):
+            self._close_not_reading()
 
     async def wait_for_room(self) -> None:
         while len(self.outbox) >= self.outbox.capacity and self.close_code is None:
