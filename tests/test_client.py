@@ -73,6 +73,13 @@ async def client_for(
         yield client
 
 
+@asynccontextmanager
+async def subscribed_reader(harness: TestServer) -> AsyncIterator[wsclient.Subscription]:
+    """An authenticated client following channel "c"."""
+    async with client_for(harness, token=make_token("reader")) as reader:
+        yield await reader.subscribe("c")
+
+
 async def collect(subscription: wsclient.Subscription, until_seq: int) -> list[Any]:
     events: list[Any] = []
     with trio.fail_after(300):
@@ -173,8 +180,7 @@ async def test_publishes_while_offline_are_sent_once_after_reconnect(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_test_server(jwt_secret=SECRET) as harness:
-        async with client_for(harness, token=make_token("reader")) as reader:
-            subscription = await reader.subscribe("c")
+        async with subscribed_reader(harness) as subscription:
             cutter = Cutter(harness)
             async with client_for(
                 harness, cutter, token=make_token("writer"), backoff_base=1, backoff_cap=2
@@ -201,8 +207,7 @@ async def test_unacked_publish_is_resent_and_delivered_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_test_server(jwt_secret=SECRET) as harness:
-        async with client_for(harness, token=make_token("reader")) as reader:
-            subscription = await reader.subscribe("c")
+        async with subscribed_reader(harness) as subscription:
             cutter = Cutter(harness)
             async with client_for(harness, cutter, token=make_token("w")) as writer:
                 cutter.eat_next_ack = True
