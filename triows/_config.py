@@ -62,6 +62,13 @@ def _secret(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
         raise ValueError("jwt_secret must be at least 32 bytes long")
 
 
+def _redis_url(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            f"redis_url must look like redis://host:port/db (or rediss://, unix://), got {value!r}"
+        )
+
+
 def _origins(value: Any) -> tuple[str, ...]:
     return tuple(o.rstrip("/") for o in value)
 
@@ -131,6 +138,15 @@ class Config:
     #: Time for the closing handshake of one connection.
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
     shutdown_timeout: float = attrs.field(default=10.0, validator=_not_negative)
+    #: ``redis://host:port/db``: this server becomes one node of a cluster sharing that Redis
+    #: (numbering, history, dedupe and fan-out go through it). ``None``: in-process broker.
+    redis_url: str | None = attrs.field(default=None, validator=_redis_url)
+    #: Publications held in order while Redis is unreachable; beyond it publishers get 503.
+    redis_buffer_size: int = attrs.field(default=10_000, validator=_int_at_least(1))
+    #: Timeout of one Redis command, and the pub/sub watchdog's period.
+    redis_timeout: float = attrs.field(default=2.0, validator=_positive)
+    #: Seconds Redis keeps a channel's numbering and stream after its last use.
+    redis_key_ttl: float = attrs.field(default=86_400.0, validator=_positive)
     #: Shown to clients in ``welcome`` and ``pong``; random when not set.
     server_id: str | None = None
     authenticate: Authenticate | None = attrs.field(default=None, eq=False, repr=False)

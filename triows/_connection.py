@@ -16,12 +16,14 @@ clean and says goodbye with a close code, within a deadline.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
 
+from ._broker import BrokerUnavailableError
 from ._core import protocol
 from ._core.auth import Action, AuthError, Principal
 from ._core.frames import text_frame
@@ -50,6 +52,7 @@ TRY_AGAIN_LATER = 1013
 
 class Connection:
     __slots__ = (
+        "_acks_over",
         "_close_deadline",
         "_drain",
         "_expiry_scope",
@@ -93,6 +96,7 @@ class Connection:
         self._send_scope: trio.CancelScope | None = None  # the writer's write in progress
         self._expiry_scope: trio.CancelScope | None = None
         self._drain = False
+        self._acks_over = False  # an ack went over the outbox's capacity: settle
         self._close_deadline: float | None = None
         self.close_code: int | None = None
         self.close_reason = ""
@@ -140,7 +144,7 @@ class Connection:
             # Leave the channels at once (no more deliveries), but stay registered until the
             # goodbye is done: Server.aclose() waits for the registry to empty before it
             # cancels the tasks the closing handshake still needs.
-            self._server.hub.remove_member(self)
+            self._server.broker.remove_member(self)
             try:
                 await self._say_goodbye()
             finally:
@@ -277,6 +281,18 @@ class Connection:
         if self.queue_reply(frame):
             self._close_not_reading()
 
+    def _acknowledge(self, request_id: protocol.RequestId | None, seq: int) -> None:
+        if request_id is not None and self.queue_reply(
+            {"type": "ack", "id": request_id, "seq": seq}
+        ):
+            self._acks_over = True
+
+    def _publish_failed(self, request_id: protocol.RequestId | None, exc: Exception) -> None:
+        code = (
+            protocol.UNAVAILABLE if isinstance(exc, BrokerUnavailableError) else protocol.INTERNAL
+        )
+        self.reply_nowait(protocol.error_frame(code, str(exc), request_id))
+
     async def wait_for_room(self) -> None:
         while len(self.outbox) >= self.outbox.capacity and self.close_code is None:
             if self._room is None:
@@ -357,33 +373,40 @@ class Connection:
         match request:
             case protocol.Publish(channel=channel, data=data, id=request_id):
                 await server.authorize(self.principal, Action.PUBLISH, channel, request_id)
-                # Numbering, hand-over and the ack happen in one synchronous step: the ack
-                # reaches this client before any later message of the channel, which is how
-                # a client tells its own publications from gaps.
-                seq, blocked = server.publish_from(self, channel, data, request_id)
-                over = request_id is not None and self.queue_reply(
-                    {"type": "ack", "id": request_id, "seq": seq}
+                # The broker calls back with the seq before any later message of the channel
+                # reaches this client (in process: in this very step), which is how a client
+                # tells its own publications from gaps.
+                blocked = server.publish_from(
+                    self,
+                    channel,
+                    data,
+                    request_id,
+                    numbered=functools.partial(self._acknowledge, request_id),
+                    failed=functools.partial(self._publish_failed, request_id),
                 )
                 await server.wait_for_blocked(blocked)
-                if over:
+                if self._acks_over:
+                    self._acks_over = False
                     await self.settle()
             case protocol.Subscribe(channel=channel, id=request_id):
                 await server.authorize(self.principal, Action.SUBSCRIBE, channel, request_id)
                 try:
-                    state = server.hub.subscribe(self, channel)
+                    subscribed = await server.broker.subscribe(
+                        self, channel, request.since, request.epoch
+                    )
                 except SubscriptionLimitError as exc:
                     raise ProtocolError(protocol.TOO_MANY, str(exc), request_id) from None
+                except BrokerUnavailableError as exc:
+                    raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
                 reply: dict[str, object] = {
                     "type": "subscribed",
                     "channel": channel,
-                    "seq": state.seq,
-                    "epoch": state.epoch,
+                    "seq": subscribed.seq,
+                    "epoch": subscribed.epoch,
                 }
                 replay: tuple[bytes, ...] = ()
-                if request.since is not None:
-                    resume = server.hub.resume(
-                        state, request.since, request.epoch, trio.current_time()
-                    )
+                resume = subscribed.resume
+                if resume is not None:
                     reply["recovered"] = resume.recovered
                     if resume.gap is not None:
                         reply["gap"] = list(resume.gap)
@@ -396,7 +419,7 @@ class Connection:
                 if over:
                     await self.settle()
             case protocol.Unsubscribe(channel=channel, id=request_id):
-                server.hub.unsubscribe(self, channel)
+                server.broker.unsubscribe(self, channel)
                 await self.reply(
                     protocol.with_id({"type": "unsubscribed", "channel": channel}, request_id)
                 )
@@ -461,10 +484,10 @@ class Connection:
             protocol.with_id({"type": "refreshed", "exp": principal.expires_at}, request_id)
         )
         # A token may narrow what the client can read: leave what it no longer allows.
-        hub = self._server.hub
-        for channel in hub.channels_of(self):
+        broker = self._server.broker
+        for channel in broker.hub.channels_of(self):
             if not principal.may(Action.SUBSCRIBE, channel):
-                hub.unsubscribe(self, channel)
+                broker.unsubscribe(self, channel)
                 await self.reply(
                     {
                         "type": "unsubscribed",

@@ -24,15 +24,13 @@ from typing import Any
 
 import trio
 
+from ._broker import BrokerUnavailableError, Publication, open_broker
 from ._config import Config, Rejected
 from ._connection import GOING_AWAY, Connection
 from ._core import protocol
 from ._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
-from ._core.dedupe import DedupeWindow
-from ._core.frames import text_frame
-from ._core.hub import Hub
+from ._core.hub import ChannelState
 from ._core.names import ChannelNameError, validate_channel
-from ._core.outbox import SlowConsumerPolicy
 from ._core.protocol import ProtocolError
 from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics
 from ._supervisor import run_supervisor
@@ -55,18 +53,8 @@ class Server:
         self.config = config
         self.wall_clock = wall_clock
         self.server_id = config.server_id or secrets.token_hex(4)
-        self.hub: Hub[Connection] = Hub(
-            epoch_prefix=secrets.token_hex(4),
-            max_subscriptions=config.max_subscriptions,
-            policy_for=config.policy_for,
-            history_for=config.history_for,
-            max_idle_channels=config.max_idle_channels,
-        )
-        self.dedupe = DedupeWindow(
-            size=config.dedupe_size,
-            ttl=config.dedupe_ttl,
-            max_principals=config.dedupe_max_principals,
-        )
+        self.broker = open_broker(self)
+        self.hub = self.broker.hub
         self.auth_enabled = config.jwt_secret is not None or config.authenticate is not None
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._connections: dict[Connection, None] = {}
@@ -83,7 +71,6 @@ class Server:
         self.published = 0
         self.delivered = 0
         self.slow_consumer_disconnects = 0
-        self.deduplicated = 0
         self._dropped_by_gone = 0
         self._rejected: Counter[int] = Counter()
         self._closed_by_server: Counter[int] = Counter()
@@ -95,25 +82,33 @@ class Server:
     async def publish(self, channel: str, data: Any, *, sender: str | None = None) -> int:
         """Publish from application code; returns the message's sequence number.
 
-        Waits only for subscribers of ``block`` channels whose outbox is full (at most
-        ``block_timeout``; those still full then are disconnected with 1013).
+        With Redis, returns once Redis accepted it (while Redis is down it waits in the
+        outage buffer; cancelling the wait does not withdraw it). Raises
+        :class:`BrokerUnavailableError` when that buffer is full. Waits for subscribers of
+        ``block`` channels whose outbox is full (at most ``block_timeout``; those still full
+        then are disconnected with 1013).
         """
-        seq, blocked = self._broadcast(self._checked_channel(channel), data, None, sender)
-        await self.wait_for_blocked(blocked)
-        return seq
+        outcome: list[int | Exception] = []
+        done = trio.Event()
+
+        def settle(result: int | Exception) -> None:
+            outcome.append(result)
+            done.set()
+
+        pub = self._publication(self._checked_channel(channel), data, None, sender)
+        pub.numbered = pub.failed = settle
+        await self.wait_for_blocked(self.broker.publish(pub))
+        if not outcome:  # in process it is already numbered; no checkpoint then
+            await done.wait()
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return outcome[0]
 
     def publish_nowait(self, channel: str, data: Any, *, sender: str | None = None) -> int:
         """Like :meth:`publish`, but raises ``trio.WouldBlock`` (and publishes nothing) when a
-        ``block`` subscriber has no room."""
-        channel = self._checked_channel(channel)
-        state = self.hub.channel(channel)
-        if (
-            state is not None
-            and state.policy is SlowConsumerPolicy.BLOCK
-            and any(not member.outbox.has_room for member in state.members)
-        ):
-            raise trio.WouldBlock
-        return self._broadcast(channel, data, None, sender)[0]
+        ``block`` subscriber has no room, or when the seq cannot be known at once (Redis)."""
+        pub = self._publication(self._checked_channel(channel), data, None, sender)
+        return self.broker.publish_nowait(pub)
 
     def statistics(self) -> ServerStatistics:
         connections = self._connections
@@ -136,9 +131,10 @@ class Server:
             delivery_rate=self.delivery_rate,
             history_messages=self.hub.history_messages,
             history_bytes=self.hub.history_bytes,
-            dedupe_entries=self.dedupe.entries,
-            dedupe_principals=self.dedupe.principals,
-            deduplicated=self.deduplicated,
+            dedupe_entries=self.broker.dedupe_entries,
+            dedupe_principals=self.broker.dedupe_principals,
+            deduplicated=self.broker.deduplicated,
+            broker=self.broker.statistics(),
         )
 
     def channel_statistics(self) -> tuple[ChannelStatistics, ...]:
@@ -351,27 +347,31 @@ class Server:
             )
 
     def publish_from(
-        self, conn: Connection, channel: str, data: Any, request_id: protocol.RequestId | None
-    ) -> tuple[int, list[Connection]]:
-        """A client's publish: deduplicated by its principal, numbered, handed over.
+        self,
+        conn: Connection,
+        channel: str,
+        data: Any,
+        request_id: protocol.RequestId | None,
+        numbered: Callable[[int], None],
+        failed: Callable[[Exception], None],
+    ) -> list[Connection]:
+        """A client's publish, handed to the broker without waiting.
 
-        Synchronous, so the caller can queue the ack before any later message reaches the
-        publisher. Returns the seq and the subscribers a ``block`` publisher must wait for.
+        ``numbered(seq)`` is called once the message has its number (at once in process; when
+        Redis accepted it otherwise), always before a later message of the channel reaches
+        ``conn``. Returns the subscribers a ``block`` publisher must wait for.
         """
-        key = conn.dedupe_key
-        now = trio.current_time()
-        if request_id is not None:
-            seq = self.dedupe.lookup(key, channel, request_id, now)
-            if seq is not None:
-                self.deduplicated += 1
-                return seq, []
         try:
-            seq, blocked = self._broadcast(channel, data, conn, conn.client_id)
+            pub = self._publication(channel, data, conn, conn.client_id)
         except DataTooLargeError as exc:
             raise ProtocolError(protocol.TOO_LARGE, str(exc), request_id) from None
         if request_id is not None:
-            self.dedupe.record(key, channel, request_id, seq, now)
-        return seq, blocked
+            pub.dedupe = (conn.dedupe_key, request_id)
+        pub.numbered, pub.failed = numbered, failed
+        try:
+            return self.broker.publish(pub)
+        except BrokerUnavailableError as exc:
+            raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
 
     def forget(self, conn: Connection) -> None:
         if conn in self._connections:
@@ -394,28 +394,19 @@ class Server:
         except ChannelNameError as exc:
             raise ValueError(str(exc)) from None
 
-    def _broadcast(
+    def _publication(
         self, channel: str, data: Any, sender: Connection | None, sender_id: str | None
-    ) -> tuple[int, list[Connection]]:
-        """Number a message, frame it once, and hand the same bytes to every subscriber.
-
-        Synchronous on purpose: no other task runs between numbering and handing over, so
-        every subscriber receives a channel's messages in sequence order.
-        """
+    ) -> Publication:
         data_json = protocol.encode_value(data)
         if len(data_json) > self._max_data:
             raise DataTooLargeError(f"data is larger than {self._max_data} bytes")
-        state, seq = self.hub.publish(channel)
-        frame = text_frame(
-            protocol.message_payload(
-                channel=channel,
-                data_json=data_json,
-                sender=sender_id,
-                timestamp_ms=self.now_ms(),
-                seq=seq,
-                message_id=state.message_id(seq),
-            )
-        )
+        return Publication(channel, data_json, sender, sender_id, self.now_ms())
+
+    def fan_out(
+        self, state: ChannelState[Connection], frame: bytes, sender: Connection | None
+    ) -> list[Connection]:
+        """Hand one framed message to every local subscriber but its sender, without waiting;
+        returns the ``block`` subscribers that went over capacity."""
         policy = state.policy
         blocked: list[Connection] = []
         delivered = 0
@@ -427,8 +418,7 @@ class Server:
         state.delivered += delivered
         self.delivered += delivered
         self.published += 1
-        self.hub.record(state, seq, frame, trio.current_time())
-        return seq, blocked
+        return blocked
 
     async def wait_for_blocked(self, blocked: list[Connection]) -> None:
         if not blocked:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from ._broker import BrokerStatistics
+
 
 @attrs.frozen(kw_only=True)
 class ServerStatistics:
@@ -36,6 +38,8 @@ class ServerStatistics:
     dedupe_principals: int
     #: Publishes answered from the dedupe window instead of being delivered again.
     deduplicated: int
+    #: The broker: ``memory``, or ``redis`` with its link state and outage buffer.
+    broker: BrokerStatistics
 
 
 @attrs.frozen(kw_only=True)

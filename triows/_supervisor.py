@@ -7,7 +7,8 @@
   one-line summary every minute while clients are connected; on the same tick it expires old
   history and dedupe entries, so their memory follows their ttl even without traffic.
 
-Later: the Redis bridge and monitoring live here too.
+- the broker's background work: with Redis, the bridge (publisher, pub/sub listener thread,
+  watchdog); nothing for the in-process broker.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ async def run_supervisor(server: Server, *, task_status: trio.TaskStatus[None]) 
         if server.config.idle_timeout > 0:
             nursery.start_soon(sweep_idle, server)
         nursery.start_soon(sample_statistics, server)
+        await nursery.start(server.broker.run)
         task_status.started()
 
 
@@ -54,8 +56,7 @@ async def sample_statistics(server: Server) -> None:
         server.delivery_rate = (server.delivered - delivered) / SAMPLE_INTERVAL
         published, delivered = server.published, server.delivered
         now = trio.current_time()
-        server.hub.expire(now)
-        server.dedupe.expire(now)
+        server.broker.expire(now)
         ticks += 1
         if ticks % SUMMARY_EVERY == 0 and server.connections():
             stats = server.statistics()

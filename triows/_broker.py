@@ -1,0 +1,239 @@
+"""The broker seam: who numbers a channel's messages, keeps their history and spreads them.
+
+The server and its connections only talk to a :class:`Broker`:
+
+- :class:`MemoryBroker` (the default) numbers, dedupes and keeps history in this process, and
+  hands each message to the local subscribers in the same synchronous step.
+- ``RedisBroker`` (``triows._redis_broker``, chosen by ``Config.redis_url``) lets Redis number
+  and keep them, so that every node of a cluster agrees on a message's seq and any node can
+  resume a client.
+
+Both keep local membership in a :class:`~triows._core.hub.Hub` and fan out through
+``Server.fan_out``; they differ in when a publication is numbered. The contract a publisher
+relies on: ``Publication.numbered(seq)`` is called exactly once (or ``failed(exc)``), and before
+any later message of that channel reaches the publishing connection, which is what lets a client
+tell its own publications from gaps.
+"""
+
+from __future__ import annotations
+
+import abc
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from ._core import protocol
+from ._core.dedupe import DedupeWindow
+from ._core.frames import text_frame
+from ._core.hub import Hub, Resume
+from ._core.outbox import SlowConsumerPolicy
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+    from ._server import Server
+
+
+class BrokerUnavailableError(Exception):
+    """The broker cannot take this request now (Redis down and its buffer full, or a channel
+    that cannot be joined while Redis is away). Clients get error 503."""
+
+
+@attrs.define(slots=True, eq=False)
+class Publication:
+    channel: str
+    data_json: bytes
+    #: The publishing connection (it does not get its own message back), if any.
+    sender: Connection | None
+    #: Shown to subscribers as ``from``.
+    sender_id: str | None
+    timestamp_ms: int
+    #: ``(principal key, request id)`` when the publisher asked for an ack; the dedupe key.
+    dedupe: tuple[object, protocol.RequestId] | None = None
+    numbered: Callable[[int], None] | None = None
+    failed: Callable[[Exception], None] | None = None
+
+    def payload(self, seq: int, message_id: str) -> bytes:
+        return protocol.message_payload(
+            channel=self.channel,
+            data_json=self.data_json,
+            sender=self.sender_id,
+            timestamp_ms=self.timestamp_ms,
+            seq=seq,
+            message_id=message_id,
+        )
+
+
+@attrs.frozen
+class Subscribed:
+    """What a subscribe learned: the reply's ``seq``/``epoch`` and, with ``since``, the resume."""
+
+    seq: int
+    epoch: str
+    resume: Resume | None = None
+
+
+@attrs.frozen(kw_only=True)
+class BrokerStatistics:
+    kind: str
+    #: ``up`` or ``down`` (Redis unreachable); the in-process broker is always up.
+    state: str = "up"
+    #: When ``state`` last changed (``trio.current_time()``), None if it never did.
+    since: float | None = None
+    #: Publications waiting for Redis (while it is down, or in the batch being sent).
+    buffered: int = 0
+    #: Publications refused with 503 because that buffer was full.
+    refused: int = 0
+    #: Times the link to Redis came back after being down.
+    reconnects: int = 0
+    #: Times the pub/sub link was found silent while Redis answered, and reconnected.
+    repairs: int = 0
+    #: Messages read back from Redis streams to fill what pub/sub missed.
+    filled: int = 0
+
+
+class Broker(abc.ABC):
+    hub: Hub[Connection]
+
+    @abc.abstractmethod
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Background work, run by the server's supervisor nursery."""
+
+    @abc.abstractmethod
+    def publish(self, pub: Publication) -> list[Connection]:
+        """Take a publication without waiting; returns ``block`` subscribers to wait for.
+
+        Raises :class:`BrokerUnavailableError` when it cannot be taken.
+        """
+
+    @abc.abstractmethod
+    def publish_nowait(self, pub: Publication) -> int:
+        """Number and hand over at once, or raise ``trio.WouldBlock`` (publishing nothing)."""
+
+    @abc.abstractmethod
+    async def subscribe(
+        self, member: Connection, channel: str, since: int | None, epoch: str | None
+    ) -> Subscribed:
+        """Make ``member`` a subscriber; it receives everything after the returned ``seq``.
+
+        The membership is added in the last synchronous step before returning, so the caller
+        can queue its reply and replay before any live message.
+        """
+
+    def unsubscribe(self, member: Connection, channel: str) -> bool:
+        return self.hub.unsubscribe(member, channel)
+
+    def remove_member(self, member: Connection) -> None:
+        self.hub.remove_member(member)
+
+    @abc.abstractmethod
+    def expire(self, now: float) -> None:
+        """Called once a second: forget what outlived its ttl."""
+
+    @abc.abstractmethod
+    def statistics(self) -> BrokerStatistics: ...
+
+    #: Publications answered from the dedupe window instead of being published again.
+    deduplicated = 0
+
+    @property
+    def dedupe_entries(self) -> int:
+        """Dedupe entries held in this process (Redis keeps its own, with a ttl)."""
+        return 0
+
+    @property
+    def dedupe_principals(self) -> int:
+        return 0
+
+
+class MemoryBroker(Broker):
+    """Everything in this process: numbering, history, dedupe. One node only."""
+
+    def __init__(self, server: Server, epoch_prefix: str) -> None:
+        config = server.config
+        self._server = server
+        self.hub = Hub(
+            epoch_prefix=epoch_prefix,
+            max_subscriptions=config.max_subscriptions,
+            policy_for=config.policy_for,
+            history_for=config.history_for,
+            max_idle_channels=config.max_idle_channels,
+        )
+        self._dedupe = DedupeWindow(
+            size=config.dedupe_size,
+            ttl=config.dedupe_ttl,
+            max_principals=config.dedupe_max_principals,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+
+    def publish(self, pub: Publication) -> list[Connection]:
+        now = trio.current_time()
+        if pub.dedupe is not None:
+            seq = self._dedupe.lookup(pub.dedupe[0], pub.channel, pub.dedupe[1], now)
+            if seq is not None:
+                self.deduplicated += 1
+                if pub.numbered is not None:
+                    pub.numbered(seq)
+                return []
+        seq, blocked = self._broadcast(pub, now)
+        if pub.dedupe is not None:
+            self._dedupe.record(pub.dedupe[0], pub.channel, pub.dedupe[1], seq, now)
+        if pub.numbered is not None:
+            pub.numbered(seq)
+        return blocked
+
+    def publish_nowait(self, pub: Publication) -> int:
+        state = self.hub.channel(pub.channel)
+        if (
+            state is not None
+            and state.policy is SlowConsumerPolicy.BLOCK
+            and any(not member.outbox.has_room for member in state.members)
+        ):
+            raise trio.WouldBlock
+        return self._broadcast(pub, trio.current_time())[0]
+
+    def _broadcast(self, pub: Publication, now: float) -> tuple[int, list[Connection]]:
+        """Number, frame once, hand over, keep in history: one synchronous step, so every
+        subscriber receives a channel's messages in sequence order."""
+        state, seq = self.hub.publish(pub.channel)
+        frame = text_frame(pub.payload(seq, state.message_id(seq)))
+        blocked = self._server.fan_out(state, frame, pub.sender)
+        self.hub.record(state, seq, frame, now)
+        return seq, blocked
+
+    async def subscribe(
+        self, member: Connection, channel: str, since: int | None, epoch: str | None
+    ) -> Subscribed:
+        state = self.hub.subscribe(member, channel)
+        resume = None
+        if since is not None:
+            resume = self.hub.resume(state, since, epoch, trio.current_time())
+        return Subscribed(seq=state.seq, epoch=state.epoch, resume=resume)
+
+    def expire(self, now: float) -> None:
+        self.hub.expire(now)
+        self._dedupe.expire(now)
+
+    def statistics(self) -> BrokerStatistics:
+        return BrokerStatistics(kind="memory")
+
+    @property
+    def dedupe_entries(self) -> int:
+        return self._dedupe.entries
+
+    @property
+    def dedupe_principals(self) -> int:
+        return self._dedupe.principals
+
+
+def open_broker(server: Server) -> Broker:
+    """The Redis broker when ``Config.redis_url`` is set, else the in-process one."""
+    if server.config.redis_url is not None:
+        from ._redis_broker import RedisBroker  # imports redis only when it is used
+
+        return RedisBroker(server, server.config.redis_url)
+    return MemoryBroker(server, epoch_prefix=secrets.token_hex(4))

@@ -1,0 +1,160 @@
+"""One channel's messages as a cluster node receives them from Redis, put back in order.
+
+Redis numbers every message (per channel, in one script), appends it to the channel's stream and
+publishes it. Pub/sub alone loses messages whenever the node's subscription is down, so a node
+delivers to its local subscribers through a :class:`Feed`:
+
+- Before the feed has a baseline (the channel's ``(seq, epoch)`` read once the node's Redis
+  subscription is confirmed), arriving messages are held.
+- Live, the next seq is delivered; a seq at or below the last one is a duplicate and dropped; a
+  jump asks the shell to ``Fill`` the missing range from the stream and holds what comes after.
+- After a reconnect (:meth:`resync`) the feed holds messages again until a new baseline says how
+  far the channel got meanwhile; the difference is filled from the stream.
+- Another epoch means the numbering restarted (Redis lost the channel): ``Restart`` tells the
+  local subscribers, and numbering continues from 0 in the new epoch.
+
+What the stream no longer holds is skipped: subscribers see the jump in ``seq`` and report a gap,
+exactly as with a ``drop_*`` policy. Nothing here does I/O; the shell acts on the returned
+actions in order.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Entry:
+    seq: int
+    epoch: str
+    #: The ``message`` frame's JSON payload, as the publishing node built it.
+    payload: bytes
+    #: The publishing node's token for its own publish, so that node can acknowledge it.
+    token: str = ""
+
+
+@attrs.frozen
+class Deliver:
+    entry: Entry
+
+
+@attrs.frozen
+class Fill:
+    """Read the stream for seqs ``after < seq <= upto`` and hand them to :meth:`Feed.filled`."""
+
+    after: int
+    upto: int
+
+
+@attrs.frozen
+class Restart:
+    """The channel's numbering restarted in ``epoch``; subscribers must be told."""
+
+    epoch: str
+
+
+Action = Deliver | Fill | Restart
+
+
+class Feed:
+    def __init__(self) -> None:
+        self.epoch: str | None = None
+        #: The last seq delivered (or accounted for by the baseline).
+        self.seq = 0
+        self._waiting_for_baseline = True
+        self._filling = False
+        #: Messages waiting for a baseline or a fill, by ``(epoch, seq)`` in arrival order.
+        self._held: dict[tuple[str, int], Entry] = {}
+
+    @property
+    def ready(self) -> bool:
+        """True once a baseline is known: the feed's ``(seq, epoch)`` can be told to clients."""
+        return self.epoch is not None
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def baseline(self, seq: int, epoch: str) -> list[Action]:
+        """The channel's ``(seq, epoch)`` as Redis has it, read after the subscription was
+        confirmed: everything published later arrives by pub/sub."""
+        self._waiting_for_baseline = False
+        actions: list[Action] = []
+        if self.epoch is None:
+            self.epoch, self.seq = epoch, seq
+        elif epoch != self.epoch:
+            actions.append(self._restart(epoch))
+        if seq > self.seq and not self._filling:
+            self._filling = True
+            actions.append(Fill(self.seq, seq))
+        if not self._filling:
+            actions.extend(self._drain())
+        return actions
+
+    def resync(self) -> None:
+        """The node's subscription was re-established: hold messages until the next baseline."""
+        self._waiting_for_baseline = True
+
+    def receive(self, entry: Entry) -> list[Action]:
+        if self._waiting_for_baseline or self._filling:
+            self._hold(entry)
+            return []
+        return self._accept(entry)
+
+    def filled(self, entries: list[Entry]) -> list[Action]:
+        """Entries read from the stream for the last ``Fill``, in seq order; missing ones are
+        gone from the stream for good."""
+        self._filling = False
+        actions: list[Action] = []
+        for entry in entries:
+            if entry.epoch == self.epoch and entry.seq > self.seq:
+                self.seq = entry.seq
+                actions.append(Deliver(entry))
+        if not self._waiting_for_baseline:
+            actions.extend(self._drain(skip_gaps=True))
+        return actions
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _hold(self, entry: Entry) -> None:
+        if entry.epoch != self.epoch or entry.seq > self.seq:
+            self._held[entry.epoch, entry.seq] = entry
+
+    def _restart(self, epoch: str) -> Restart:
+        self.epoch, self.seq = epoch, 0
+        # Messages of an older numbering cannot be placed in the new one.
+        self._held = {key: e for key, e in self._held.items() if e.epoch == epoch}
+        return Restart(epoch)
+
+    def _accept(self, entry: Entry) -> list[Action]:
+        actions: list[Action] = []
+        if entry.epoch != self.epoch:
+            actions.append(self._restart(entry.epoch))
+        if entry.seq <= self.seq:
+            return actions  # a duplicate
+        if entry.seq == self.seq + 1:
+            self.seq = entry.seq
+            actions.append(Deliver(entry))
+            return actions
+        self._filling = True
+        self._hold(entry)
+        actions.append(Fill(self.seq, entry.seq - 1))
+        return actions
+
+    def _drain(self, *, skip_gaps: bool = False) -> list[Action]:
+        """Deliver held messages in order; with ``skip_gaps`` (after a fill) what is still
+        missing is gone, so the next held message is delivered across the jump."""
+        held, self._held = self._held, {}
+        # The current epoch first, then any later one in the order it was first seen.
+        epochs = list(dict.fromkeys([self.epoch, *(epoch for epoch, _ in held)]))
+        ordered = sorted(held.values(), key=lambda e: (epochs.index(e.epoch), e.seq))
+        actions: list[Action] = []
+        for entry in ordered:
+            if self._filling:
+                self._hold(entry)
+            elif skip_gaps and entry.epoch == self.epoch and entry.seq > self.seq:
+                self.seq = entry.seq
+                actions.append(Deliver(entry))
+            else:
+                actions.extend(self._accept(entry))
+        return actions
