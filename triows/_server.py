@@ -58,6 +58,7 @@ class Server:
         self.auth_enabled = config.jwt_secret is not None or config.authenticate is not None
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._connections: dict[Connection, None] = {}
+        self._by_client_id: dict[str, Connection] = {}
         self._handshaking = 0
         self._closing = False
         self._accept_scope = trio.CancelScope()
@@ -106,7 +107,8 @@ class Server:
 
     def publish_nowait(self, channel: str, data: Any, *, sender: str | None = None) -> int:
         """Like :meth:`publish`, but raises ``trio.WouldBlock`` (and publishes nothing) when a
-        ``block`` subscriber has no room, or when the seq cannot be known at once (Redis)."""
+        ``block`` subscriber has no room. In-process broker only: with Redis the seq is known
+        once Redis answered, so it raises ``RuntimeError``."""
         pub = self._publication(self._checked_channel(channel), data, None, sender)
         return self.broker.publish_nowait(pub)
 
@@ -266,6 +268,7 @@ class Server:
                 client_id=secrets.token_urlsafe(9),
             )
             self._connections[conn] = None
+            self._by_client_id[conn.client_id] = conn
             self.connections_total += 1
         finally:
             self._handshaking -= 1
@@ -376,6 +379,7 @@ class Server:
     def forget(self, conn: Connection) -> None:
         if conn in self._connections:
             del self._connections[conn]
+            del self._by_client_id[conn.client_id]
             self._dropped_by_gone += conn.outbox.dropped
             self._population_changed.set()
             log.debug("disconnected %r: %s %s", conn, conn.close_code, conn.close_reason)
@@ -430,6 +434,9 @@ class Server:
             if len(member.outbox) >= member.outbox.capacity and member.close_code is None:
                 self.count_slow_consumer()
                 member.close(1013, "Slow consumer")
+
+    def connection_by_id(self, client_id: str | None) -> Connection | None:
+        return None if client_id is None else self._by_client_id.get(client_id)
 
     def connections(self) -> list[Connection]:
         return list(self._connections)

@@ -31,6 +31,8 @@ class Entry:
     payload: bytes
     #: The publishing node's token for its own publish, so that node can acknowledge it.
     token: str = ""
+    #: The publishing connection's client id: it does not get its own message back.
+    sender: str | None = None
 
 
 @attrs.frozen

@@ -1,0 +1,131 @@
+"""Nodes sharing a real Redis: one numbering per channel, fan-out and resume across nodes.
+
+Real time (threads talk to a real server), so no autojump clock; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from triows import Server
+from triows.testing import TestClient, TestServer, open_test_server
+
+pytestmark = pytest.mark.real_socket
+
+_names = itertools.count()
+
+
+def channel_name(prefix: str = "c") -> str:
+    """A channel no other test of the session uses (they share one Redis)."""
+    return f"{prefix}-{trio.current_time():.0f}-{next(_names)}"
+
+
+async def wait_until_up(server: Server, timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while server.statistics().broker.state != "up":
+            await trio.sleep(0.01)
+
+
+@asynccontextmanager
+async def open_node(redis_url: str, **overrides: Any) -> AsyncIterator[TestServer]:
+    async with open_test_server(redis_url=redis_url, **overrides) as node:
+        await wait_until_up(node.server)
+        yield node
+
+
+async def publish(client: TestClient, channel: str, data: Any, request_id: Any) -> int:
+    ack = await client.request(
+        {"type": "publish", "channel": channel, "data": data, "id": request_id}
+    )
+    assert ack["type"] == "ack", ack
+    return int(ack["seq"])
+
+
+async def test_a_client_on_one_node_gets_what_another_node_publishes(redis_url: str) -> None:
+    channel = channel_name()
+    async with open_node(redis_url) as a, open_node(redis_url) as b:
+        async with a.connect() as reader, b.connect() as writer, b.connect() as local:
+            for client in (reader, local):
+                reply = await client.request({"type": "subscribe", "channel": channel, "id": 1})
+                assert reply["seq"] == 0
+            seqs = [await publish(writer, channel, {"n": n}, n) for n in range(50)]
+            assert seqs == list(range(1, 51))
+            for client in (reader, local):
+                got = [await client.receive_type("message") for _ in range(50)]
+                assert [m["seq"] for m in got] == seqs
+                assert [m["data"]["n"] for m in got] == list(range(50))
+                assert len({m["id"] for m in got}) == 50
+            # Once: the next message anyone gets is the next one published.
+            await publish(writer, channel, "end", "end")
+            for client in (reader, local):
+                assert (await client.receive_type("message"))["data"] == "end"
+
+
+async def test_the_publisher_gets_its_ack_not_its_message(redis_url: str) -> None:
+    channel = channel_name()
+    async with open_node(redis_url) as a, a.connect() as client, a.connect() as other:
+        await client.request({"type": "subscribe", "channel": channel, "id": 1})
+        assert await publish(client, channel, "mine", "x") == 1
+        assert await publish(other, channel, "theirs", "y") == 2
+        message = await client.receive_type("message")
+        assert (message["seq"], message["data"]) == (2, "theirs")
+
+
+async def test_both_nodes_number_one_sequence(redis_url: str) -> None:
+    channel = channel_name()
+    async with open_node(redis_url) as a, open_node(redis_url) as b:
+        async with a.connect() as on_a, b.connect() as on_b, a.connect() as reader:
+            await reader.request({"type": "subscribe", "channel": channel, "id": 1})
+            seqs = []
+            for n in range(20):
+                seqs.append(await publish(on_a if n % 2 else on_b, channel, n, n))
+            assert seqs == list(range(1, 21))
+            got = [(await reader.receive_type("message"))["seq"] for _ in range(20)]
+            assert got == seqs
+
+
+async def test_a_client_moving_to_another_node_resumes_without_loss(redis_url: str) -> None:
+    channel = channel_name()
+    async with open_node(redis_url) as a, open_node(redis_url) as b:
+        async with a.connect() as writer:
+            async with a.connect() as mover:
+                reply = await mover.request({"type": "subscribe", "channel": channel, "id": 1})
+                epoch = reply["epoch"]
+                for n in range(5):
+                    await publish(writer, channel, n, n)
+                seen = [(await mover.receive_type("message"))["seq"] for _ in range(5)]
+            for n in range(5, 12):  # published while it is away
+                await publish(writer, channel, n, n)
+            async with b.connect() as moved:
+                reply = await moved.request(
+                    {
+                        "type": "subscribe",
+                        "channel": channel,
+                        "id": 2,
+                        "since": seen[-1],
+                        "epoch": epoch,
+                    }
+                )
+                assert reply["recovered"] is True
+                assert reply["epoch"] == epoch
+                replayed = [(await moved.receive_type("message"))["seq"] for _ in range(7)]
+                assert replayed == list(range(6, 13))
+                await publish(writer, channel, "live", "live")
+                assert (await moved.receive_type("message"))["seq"] == 13
+
+
+async def test_publish_ids_are_deduplicated_across_nodes(redis_url: str) -> None:
+    channel = channel_name()
+    async with open_node(redis_url) as a, open_node(redis_url) as b:
+        async with a.connect() as first, b.connect() as second:
+            # Anonymous clients: dedupe per connection, so use one connection twice.
+            assert await publish(first, channel, 1, "same") == 1
+            assert await publish(first, channel, 1, "same") == 1
+            assert await publish(second, channel, 2, "same") == 2
+            assert a.server.statistics().deduplicated == 1

@@ -1,0 +1,123 @@
+"""How triows lays its data out in Redis: key names, the Lua scripts, the pub/sub header.
+
+Per channel ``c``:
+
+- ``triows:s:c`` a hash ``{seq, epoch}``: the channel's numbering. Created with a new epoch
+  (chosen by the node that creates it) when missing, so a Redis that lost its data starts a new
+  epoch instead of reusing numbers.
+- ``triows:l:c`` a stream, entry id ``<seq>-0``, fields ``p`` (the message payload), ``t`` (ms
+  timestamp) and ``o`` (the publishing node's token): the history, capped with ``MAXLEN ~``.
+- ``triows:m:c`` the pub/sub channel; each message is ``"<seq> <epoch> <token> <sender>\\n"``
+  followed by the payload.
+- ``triows:o:...`` one short-lived key per publication (its dedupe key, or its token), so a
+  publication retried after a lost reply is not published twice.
+
+Both scripts refresh the channel's keys' ttl; a node refreshes the channels it serves.
+"""
+
+from __future__ import annotations
+
+from .feed import Entry
+
+NO_SENDER = "-"
+
+#: KEYS: numbering, stream, once-key. ARGV: payload head (up to ``"seq":``), epoch to create,
+#: pub/sub channel, stream maxlen (0: no history), key ttl ms, once-key ttl s,
+#: :func:`origin`, timestamp ms.
+#: Returns ``{seq, epoch, 1 if it was a duplicate else 0}``.
+PUBLISH_SCRIPT = """
+local done = redis.call('GET', KEYS[3])
+if done then
+  return {tonumber(done), redis.call('HGET', KEYS[1], 'epoch') or '', 1}
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local payload = ARGV[1] .. seq .. ',"id":"' .. epoch .. ':' .. seq .. '"}'
+if tonumber(ARGV[4]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0',
+             'p', payload, 't', ARGV[8], 'o', ARGV[7])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('SET', KEYS[3], seq, 'EX', ARGV[6])
+redis.call('PUBLISH', ARGV[3], seq .. ' ' .. epoch .. ' ' .. ARGV[7] .. '\\n' .. payload)
+return {seq, epoch, 0}
+"""
+
+#: KEYS: numbering, stream. ARGV: epoch to create, key ttl ms. Returns ``{seq, epoch}``.
+JOIN_SCRIPT = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return {tonumber(redis.call('HGET', KEYS[1], 'seq')), epoch}
+"""
+
+
+def numbering_key(channel: str) -> str:
+    return f"triows:s:{channel}"
+
+
+def stream_key(channel: str) -> str:
+    return f"triows:l:{channel}"
+
+
+def pubsub_channel(channel: str) -> str:
+    return f"triows:m:{channel}"
+
+
+PUBSUB_PREFIX = "triows:m:"
+
+
+def once_key(name: str) -> str:
+    return f"triows:o:{name}"
+
+
+def control_channel(node_id: str) -> str:
+    return f"triows:ctl:{node_id}"
+
+
+def payload_head(payload_without_seq: bytes) -> bytes:
+    """``message_payload(..., seq=0, message_id="")`` cut before its seq: the script appends
+    the seq and id Redis assigns."""
+    head, found, _ = payload_without_seq.rpartition(b',"seq":')
+    if not found:
+        raise ValueError("not a message payload")
+    return head + b',"seq":'
+
+
+def origin(token: str, sender_client_id: str | None) -> str:
+    """What :data:`PUBLISH_SCRIPT` stores and publishes as the message's origin."""
+    return f"{token} {sender_client_id or NO_SENDER}"
+
+
+def _parse_origin(text: str) -> tuple[str, str | None]:
+    token, _, sender = text.partition(" ")
+    return token, (None if sender in ("", NO_SENDER) else sender)
+
+
+def parse_published(data: bytes) -> Entry:
+    """A pub/sub message from :data:`PUBLISH_SCRIPT`."""
+    header, _, payload = data.partition(b"\n")
+    seq, epoch, rest = header.decode("ascii").split(" ", 2)
+    token, sender = _parse_origin(rest)
+    return Entry(seq=int(seq), epoch=epoch, payload=payload, token=token, sender=sender)
+
+
+def parse_stream_entry(
+    entry_id: bytes, fields: dict[bytes, bytes], epoch: str
+) -> tuple[Entry, int]:
+    """A stream entry from :data:`PUBLISH_SCRIPT` and its timestamp in ms."""
+    token, sender = _parse_origin(fields.get(b"o", b"").decode("ascii"))
+    seq = int(entry_id.split(b"-", 1)[0])
+    entry = Entry(seq=seq, epoch=epoch, payload=fields[b"p"], token=token, sender=sender)
+    return entry, int(fields.get(b"t", b"0"))
