@@ -56,21 +56,16 @@ class RedisServer:
             if self.persistent
             else ["--appendonly", "no"]
         )
+        options = {
+            "--bind": "127.0.0.1",
+            "--port": str(self.port),
+            "--save": "",
+            "--dir": str(self.directory),
+            "--protected-mode": "no",
+        }
+        command = [server_binary(), *(part for item in options.items() for part in item)]
         self.process = subprocess.Popen(
-            [
-                server_binary(),
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--dir",
-                str(self.directory),
-                "--protected-mode",
-                "no",
-                *durability,
-            ],  # fmt: skip
+            [*command, *durability],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

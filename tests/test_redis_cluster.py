@@ -28,8 +28,7 @@ def channel_name(prefix: str = "c") -> str:
 
 async def wait_until_up(server: Server, timeout: float = 10) -> None:
     with trio.fail_after(timeout):
-        while server.statistics().broker.state != "up":
-            await trio.sleep(0.01)
+        await server.broker.up.wait_value(True)
 
 
 @asynccontextmanager

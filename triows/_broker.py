@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 import trio
+import trio_util
 
 from ._core import protocol
 from ._core.dedupe import DedupeWindow
@@ -96,6 +97,8 @@ class BrokerStatistics:
 
 class Broker(abc.ABC):
     hub: Hub[Connection]
+    #: True while the broker can take publications and new channels (Redis reachable).
+    up: trio_util.AsyncBool
 
     @abc.abstractmethod
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -161,6 +164,7 @@ class MemoryBroker(Broker):
             history_for=config.history_for,
             max_idle_channels=config.max_idle_channels,
         )
+        self.up = trio_util.AsyncBool(True)
         self._dedupe = DedupeWindow(
             size=config.dedupe_size,
             ttl=config.dedupe_ttl,

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import redis
 import trio
+import trio_util
 
 from ._broker import Broker, BrokerStatistics, BrokerUnavailableError, Publication, Subscribed
 from ._core import protocol
@@ -121,6 +122,7 @@ class RedisBroker(Broker):
         # Link state: which parts are down and why; down while any is.
         self._down: dict[str, str] = {"pubsub": "not connected yet"}
         self._ever_up = False
+        self.up = trio_util.AsyncBool(False)
         self._since: float | None = None
         self.refused = 0
         self.reconnects = 0
@@ -153,6 +155,7 @@ class RedisBroker(Broker):
     def _part_down(self, part: str, reason: str) -> None:
         if not self._down:
             self._since = trio.current_time()
+            self.up.value = False
             log.warning(
                 "Redis unreachable (%s: %s); keeping %d connection(s), holding publications "
                 "(up to %d)",
@@ -180,6 +183,7 @@ class RedisBroker(Broker):
             log.info("connected to Redis")
         self._ever_up = True
         self._since = now
+        self.up.value = True
 
     # -- publishing -----------------------------------------------------------------------------
 
