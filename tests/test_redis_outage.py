@@ -1,0 +1,104 @@
+"""Redis going away and coming back: clients stay, acked messages are never lost.
+
+Each test runs its own persistent Redis (``appendfsync always``: an acknowledged write is on
+disk), which it kills with SIGKILL and starts again on the same port and data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from triows.testing import TestClient
+
+from .redisserver import RedisServer
+from .test_redis_cluster import channel_name, open_node, publish
+
+pytestmark = pytest.mark.real_socket
+
+
+async def collect(client: TestClient, upto: int) -> list[int]:
+    """Message seqs until ``upto`` was seen."""
+    seqs: list[int] = []
+    while not seqs or seqs[-1] < upto:
+        seqs.append((await client.receive_type("message"))["seq"])
+    return seqs
+
+
+async def test_redis_killed_and_restarted_loses_no_acked_message(own_redis: RedisServer) -> None:
+    channel = channel_name("outage")
+    url = own_redis.url
+    acked: list[int] = []
+    refused: list[dict[str, Any]] = []
+    async with (
+        open_node(url, redis_timeout=0.5) as a,
+        open_node(url, redis_timeout=0.5, redis_buffer_size=10) as b,
+        a.connect() as on_a,
+        b.connect() as on_b,
+        a.connect() as steady,
+        b.connect() as burst,
+    ):
+        for client in (on_a, on_b):
+            await client.request({"type": "subscribe", "channel": channel, "id": "s"})
+        outage = trio.Event()
+
+        async def publish_steadily() -> None:
+            for n in range(120):
+                acked.append(await publish(steady, channel, n, f"steady-{n}"))
+                if n == 40:
+                    outage.set()
+                await trio.sleep(0.005)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publish_steadily)
+            await outage.wait()
+            own_redis.kill()
+            with trio.fail_after(10):
+                await b.server.broker.up.wait_value(False)
+            # A burst while Redis is away: ten fit in node B's buffer, the rest get 503.
+            for n in range(30):
+                await burst.send(
+                    {"type": "publish", "channel": channel, "data": n, "id": f"burst-{n}"}
+                )
+            with trio.fail_after(10):
+                while len(refused) < 20:
+                    frame = await burst.receive()
+                    assert frame["type"] == "error", frame
+                    refused.append(frame)
+            assert {f["code"] for f in refused} == {503}
+            assert b.server.statistics().broker.state == "down"
+            assert a.server.statistics().connections == 2  # clients stayed
+            await trio.sleep(1)
+            own_redis.start()
+        burst_acks = [await burst.receive_type("ack") for _ in range(10)]
+        top = max([*acked, *(ack["seq"] for ack in burst_acks)])
+        assert top == 130
+        for client in (on_a, on_b):
+            with trio.fail_after(20):
+                seqs = await collect(client, top)
+            assert seqs == list(range(1, top + 1))  # complete, in order, once
+        stats = a.server.statistics().broker
+        assert (stats.state, stats.reconnects) == ("up", 1)
+        assert b.server.statistics().broker.refused == 20
+
+
+async def test_a_silent_pubsub_link_is_detected_and_repaired(redis_url: str) -> None:
+    channel = channel_name("silent")
+    async with (
+        open_node(redis_url, redis_timeout=0.2) as a,
+        open_node(redis_url) as b,
+        a.connect() as reader,
+        b.connect() as writer,
+    ):
+        await reader.request({"type": "subscribe", "channel": channel, "id": "s"})
+        await publish(writer, channel, 0, 0)
+        assert (await reader.receive_type("message"))["seq"] == 1
+        a.server.broker.drop_subscriptions_silently()  # type: ignore[attr-defined]
+        with trio.fail_after(10):
+            for n in range(1, 10):
+                await publish(writer, channel, n, n)
+            seqs = await collect(reader, 10)
+        assert seqs == list(range(2, 11))
+        assert a.server.statistics().broker.repairs == 1
