@@ -19,9 +19,11 @@ from triows._cli import parse_config
 
 
 def test_defaults() -> None:
-    config, level, fmt = parse_config([], {})
+    options = parse_config([], {})
+    config = options.config
     assert (config.host, config.port, config.jwt_secret) == ("127.0.0.1", 8080, None)
-    assert (level, fmt) == ("info", "text")
+    assert (options.log_level, options.log_format, options.workers) == ("info", "text", 1)
+    assert (config.redis_url, config.reuse_port) == (None, False)
 
 
 def test_flags_override_environment() -> None:
@@ -32,7 +34,8 @@ def test_flags_override_environment() -> None:
         "TRIOWS_CHANNEL_POLICY": "ticker.*=drop_oldest",
         "TRIOWS_LOG_FORMAT": "json",
     }
-    config, _, fmt = parse_config(["--port", "9001", "--slow-consumer=block"], env)
+    options = parse_config(["--port", "9001", "--slow-consumer=block"], env)
+    config, fmt = options.config, options.log_format
     assert config.port == 9001
     assert config.max_connections == 7
     assert config.allow_origins == ("https://a.example", "https://b.example")
@@ -42,10 +45,10 @@ def test_flags_override_environment() -> None:
 
 
 def test_history_and_dedupe_flags() -> None:
-    config, _, _ = parse_config(
+    config = parse_config(
         ["--history-size", "0", "--channel-history", "chat.*=500:3600", "--dedupe-ttl", "60"],
         {"TRIOWS_HISTORY_TTL": "30", "TRIOWS_DEDUPE_SIZE": "7"},
-    )
+    ).config
     assert (config.history_size, config.history_ttl) == (0, 30)
     assert config.channel_history == (("chat.*", 500, 3600.0),)
     assert config.history_for("chat.x") == (500, 3600.0)
@@ -54,7 +57,7 @@ def test_history_and_dedupe_flags() -> None:
 
 
 def test_repeatable_flags() -> None:
-    config, _, _ = parse_config(
+    config = parse_config(
         [
             "--allow-origin",
             "https://a",
@@ -66,7 +69,7 @@ def test_repeatable_flags() -> None:
             "*=block",
         ],
         {},
-    )
+    ).config
     assert config.allow_origins == ("https://a", "https://b")
     assert [p for _, p in config.channel_policies] == ["drop_newest", "block"]
 
@@ -88,6 +91,11 @@ def test_repeatable_flags() -> None:
         (["--channel-history", "a=1"], {}, "PATTERN=SIZE:TTL"),
         (["--channel-history", "a=x:1"], {}, "must be numbers"),
         (["--history-size", "-1"], {}, "--history-size"),
+        (["--workers", "2"], {}, "--workers 2 needs --redis-url"),
+        (["--workers", "0"], {}, "--workers"),
+        (["--redis-url", "localhost:6379"], {}, "redis_url must look like redis://"),
+        (["--reuse-port", "maybe"], {}, "expected yes or no"),
+        (["--work", "2"], {}, "unrecognized arguments"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(
@@ -108,13 +116,14 @@ def test_bad_values_are_one_line_and_exit_2(
     assert "Traceback" not in result.stderr
 
 
-def test_port_in_use_is_one_line_exit_1() -> None:
+@pytest.mark.parametrize("workers", [[], ["--workers", "2", "--redis-url", "redis://x"]])
+def test_port_in_use_is_one_line_exit_1(workers: list[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "triows", "--port", str(port)],
+            [sys.executable, "-m", "triows", "--port", str(port), *workers],
             capture_output=True,
             text=True,
             timeout=30,

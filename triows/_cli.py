@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+import attrs
 import trio
 
 from ._config import Config
@@ -68,6 +69,25 @@ def _channel_policy(text: str) -> tuple[str, SlowConsumerPolicy]:
         raise argparse.ArgumentTypeError(
             f"policy must be one of {choices}, got {policy!r}"
         ) from None
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
+    return int(_number("an integer or 'auto'", 1, integer=True)(text))
+
+
+def _yes_no(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("yes", "true", "1", "on"):
+        return True
+    if lowered in ("no", "false", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
 
 
 def _channel_history(text: str) -> tuple[str, int, float]:
@@ -174,11 +194,37 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "shutdown_timeout",
         "seconds to drain and close connections on shutdown",
     ),
+    (
+        "--redis-url",
+        str,
+        "redis_url",
+        "redis://host:port/db: become one node of a cluster sharing this Redis "
+        "(default: in-process broker, one node)",
+    ),
+    (
+        "--redis-buffer-size",
+        _INT,
+        "redis_buffer_size",
+        "publications held while Redis is unreachable (more: error 503)",
+    ),
+    (
+        "--workers",
+        _workers,
+        None,
+        "worker processes sharing the port, or 'auto' for one per CPU; more than 1 needs "
+        "--redis-url",
+    ),
+    (
+        "--reuse-port",
+        _yes_no,
+        "reuse_port",
+        "yes: let other processes listen on the same port (SO_REUSEPORT)",
+    ),
     ("--log-level", str, None, "log verbosity"),
     ("--log-format", str, None, "one line of text or one JSON object per record"),
 )
 _REPEATABLE = {"--allow-origin", "--channel-policy", "--channel-history"}
-_CLI_DEFAULTS = {"--log-level": "info", "--log-format": "text"}
+_CLI_DEFAULTS: dict[str, Any] = {"--log-level": "info", "--log-format": "text", "--workers": 1}
 _CHOICES = {"--log-level": LOG_LEVELS, "--log-format": ("text", "json")}
 
 
@@ -189,6 +235,7 @@ def _env_name(flag: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="triows",
+        allow_abbrev=False,  # a supervisor rewrites flags for its workers: no abbreviations
         description="Real-time WebSocket pub/sub server (protocol v1). Every flag can also be "
         "set with a TRIOWS_<NAME> environment variable, e.g. TRIOWS_PORT=9000.",
     )
@@ -214,7 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(argv: Sequence[str], environ: dict[str, str]) -> tuple[Config, str, str]:
+@attrs.frozen
+class Options:
+    config: Config
+    log_level: str
+    log_format: str
+    workers: int
+
+
+def parse_config(argv: Sequence[str], environ: dict[str, str]) -> Options:
     """Flags win over environment variables, which win over Config's defaults."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -230,12 +285,18 @@ def parse_config(argv: Sequence[str], environ: dict[str, str]) -> tuple[Config, 
             parser.error(f"{_env_name(flag)}: must be one of {', '.join(_CHOICES[flag])}")
         values[field or dest] = given
     log_level, log_format = values.pop("log_level"), values.pop("log_format")
+    workers = int(values.pop("workers"))
     config_values = {k: v for k, v in values.items() if v is not None}
     try:
         config = Config(**config_values)
     except (ValueError, TypeError, ChannelNameError) as exc:
         parser.error(str(exc))
-    return config, log_level, log_format
+    if workers > 1 and config.redis_url is None:
+        parser.error(
+            f"--workers {workers} needs --redis-url: worker processes share channels, "
+            "numbering and history only through Redis"
+        )
+    return Options(config, log_level, log_format, workers)
 
 
 def _from_env(
@@ -263,12 +324,19 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(level: str, fmt: str) -> None:
+#: Set by ``--workers`` for each worker process: its index, shown in every log line.
+WORKER_ENV = "TRIOWS_WORKER_INDEX"
+
+
+def configure_logging(level: str, fmt: str, worker: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        where = f" [worker {worker}]" if worker is not None else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -284,9 +352,10 @@ def _describe(server: Server) -> str:
             host = f"[{host}]" if ":" in host else host
             addresses.append(f"ws://{host}:{port}{config.path or '/'}")
     auth = "jwt" if config.jwt_secret else "custom" if config.authenticate else "off"
+    broker = "redis" if config.redis_url else "in-process"
     return (
-        f"triows listening on {', '.join(addresses)} (broker: in-memory, auth: {auth}, "
-        f"server id: {server.server_id})"
+        f"triows listening on {', '.join(addresses)} (broker: {broker}, auth: {auth}, "
+        f"server id: {server.server_id}, pid: {os.getpid()})"
     )
 
 
@@ -313,20 +382,25 @@ async def run(config: Config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, log_level, log_format = parse_config(
-        sys.argv[1:] if argv is None else argv, dict(os.environ)
-    )
-    configure_logging(log_level, log_format)
+    args = sys.argv[1:] if argv is None else list(argv)
+    options = parse_config(args, dict(os.environ))
+    config = options.config
+    configure_logging(options.log_level, options.log_format, os.environ.get(WORKER_ENV))
+    if options.workers > 1:
+        from ._workers import supervise_workers
+
+        return supervise_workers(args, options.workers, config)
     failure: BaseException | None = None
     try:
         trio.run(run, config)
     except* OSError as group:
         failure = group.exceptions[0]
     if failure is not None:
-        print(
-            f"triows: error: cannot listen on {config.host}:{config.port}: "
-            f"{getattr(failure, 'strerror', None) or failure}",
-            file=sys.stderr,
-        )
+        print(cannot_listen(config, failure), file=sys.stderr)
         return 1
     return 0
+
+
+def cannot_listen(config: Config, failure: BaseException) -> str:
+    reason = getattr(failure, "strerror", None) or failure
+    return f"triows: error: cannot listen on {config.host}:{config.port}: {reason}"

@@ -157,6 +157,8 @@ class Client:
         #: ``await client.state.wait_value(ClientState.OPEN)``.
         self.state: AsyncValue = AsyncValue(ClientState.CONNECTING)
         self.client_id: str | None = None
+        #: The ``serverId`` of the node this client is connected to now.
+        self.server_id: str | None = None
         self.connects = 0
         self.heartbeat = AdaptiveInterval(ping_min, ping_max)
         self._tracker = Tracker()
@@ -349,6 +351,7 @@ class Client:
                     welcome = json.loads(await ws.get_message())
                 self._ws = ws
                 self.client_id = welcome["data"]["clientId"]
+                self.server_id = welcome["data"].get("serverId")
                 self._tracker.add_client_id(self.client_id)
                 self.connects += 1
                 # Unacked publishes go first, in their order, with their ids: the server's

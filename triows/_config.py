@@ -138,6 +138,9 @@ class Config:
     #: Time for the closing handshake of one connection.
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
     shutdown_timeout: float = attrs.field(default=10.0, validator=_not_negative)
+    #: Let other processes bind the same host and port (``SO_REUSEPORT``); the kernel spreads
+    #: connections across them. ``--workers`` sets it.
+    reuse_port: bool = False
     #: ``redis://host:port/db``: this server becomes one node of a cluster sharing that Redis
     #: (numbering, history, dedupe and fan-out go through it). ``None``: in-process broker.
     redis_url: str | None = attrs.field(default=None, validator=_redis_url)

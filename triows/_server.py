@@ -32,6 +32,7 @@ from ._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
 from ._core.hub import ChannelState
 from ._core.names import ChannelNameError, validate_channel
 from ._core.protocol import ProtocolError
+from ._listen import open_tcp_listeners
 from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics
 from ._supervisor import run_supervisor
 from ._transport import HandshakeRequest, PendingHandshake, serve_streams
@@ -214,7 +215,9 @@ class Server:
         config = self.config
         try:
             if listeners is None:
-                listeners = list(await trio.open_tcp_listeners(config.port, host=config.host))
+                listeners = list(
+                    await open_tcp_listeners(config.host, config.port, reuse_port=config.reuse_port)
+                )
             async with trio.open_nursery() as root:
                 await root.start(run_supervisor, self)
                 async with trio.open_nursery() as connections:

@@ -1,0 +1,125 @@
+"""``python -m triows --workers 2``: shared port, restart of a killed worker, no loss."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import trio
+
+from triows import client as wsclient
+
+from .conftest import SECRET, make_token
+from .redisserver import RedisServer, free_port
+from .test_client_real import gather
+
+pytestmark = pytest.mark.real_socket
+
+LISTENING = re.compile(r"\[worker (\d+)\].*server id: (\w+), pid: (\d+)")
+
+
+class Supervisor:
+    """The supervisor process and what its workers logged."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self.changed = trio.Event()
+
+    async def read_log(self) -> None:
+        assert self.process.stderr is not None
+        buffered = b""
+        async for chunk in self.process.stderr:
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            self.lines += [line.decode(errors="replace") for line in lines]
+            self.changed.set()
+
+    async def wait_for(self, pattern: str, count: int = 1, timeout: float = 30) -> list[str]:
+        with trio.fail_after(timeout):
+            while True:
+                found = [line for line in self.lines if re.search(pattern, line)]
+                if len(found) >= count:
+                    return found
+                self.changed = trio.Event()
+                await self.changed.wait()
+
+    def workers(self) -> dict[str, int]:
+        """server id -> pid of every worker that said it is listening."""
+        return {
+            match[2]: int(match[3])
+            for match in map(LISTENING.search, self.lines)
+            if match is not None
+        }
+
+
+async def test_a_killed_worker_is_restarted_and_its_clients_resume(
+    redis_server: RedisServer,
+) -> None:
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/"
+    command = [sys.executable, "-m", "triows", "--workers", "2", "--port", str(port)]
+    command += ["--redis-url", redis_server.url, "--jwt-secret", SECRET]
+    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
+    supervisor = Supervisor(process)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(supervisor.read_log)
+            await supervisor.wait_for("triows listening", count=2)
+            assert len(supervisor.workers()) == 2
+            channel = f"feed-{os.getpid()}-{port}"
+            events: list[Any] = []
+            async with (
+                wsclient.connect(
+                    url, token=make_token("reader"), backoff_base=0.05, backoff_cap=0.3
+                ) as reader,
+                wsclient.connect(
+                    url, token=make_token("writer"), backoff_base=0.05, backoff_cap=0.3
+                ) as writer,
+            ):
+                await reader.wait_open()
+                await writer.wait_open()
+                subscription = await reader.subscribe(channel)
+                victim = supervisor.workers()[reader.server_id or ""]
+
+                async def publish() -> None:
+                    for n in range(200):
+                        await writer.publish(channel, n)
+                        if n == 60:
+                            os.kill(victim, signal.SIGKILL)
+                        await trio.sleep(0.005)
+
+                nursery.start_soon(publish)
+                events = await gather(
+                    subscription,
+                    lambda e: isinstance(e[-1], wsclient.Message) and e[-1].data == 199,
+                    60,
+                )
+            assert all(isinstance(e, wsclient.Message) for e in events), events
+            assert [e.data for e in events] == list(range(200))  # once each, in order
+            assert [e.seq for e in events] == list(range(1, 201))
+            assert reader.connects >= 2
+            await supervisor.wait_for("exited unexpectedly .killed by SIGKILL.; restarting")
+            await supervisor.wait_for("triows listening", count=3)
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                assert await process.wait() == 0
+            await supervisor.wait_for("all workers stopped")
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+
+def test_supervisor_rewrites_only_its_own_flags() -> None:
+    from triows._workers import worker_arguments
+
+    argv = ["--port", "0", "--workers=2", "--redis-url", "redis://r", "--reuse-port", "no", "-h"]
+    assert worker_arguments(argv) == ["--redis-url", "redis://r", "-h"]

@@ -1,0 +1,61 @@
+"""TCP listeners, optionally shared by several processes (``SO_REUSEPORT``).
+
+``trio.open_tcp_listeners`` does everything but ``SO_REUSEPORT``, which ``--workers`` needs: each
+worker process binds the same port and the kernel spreads new connections across them, so no
+process hands sockets to another.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+#: The kernel caps it at net.core.somaxconn (what trio asks for too).
+BACKLOG = 0xFFFF
+
+
+async def open_tcp_listeners(
+    host: str, port: int, *, reuse_port: bool
+) -> list[trio.SocketListener]:
+    if not reuse_port:
+        return await trio.open_tcp_listeners(port, host=host)
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    listeners: list[trio.SocketListener] = []
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen(BACKLOG)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """Bind (without listening) a ``SO_REUSEPORT`` socket, so a supervisor can learn the port
+    that ``port=0`` picks and keep it while its workers bind it too. Raises ``OSError`` when the
+    port is taken by another program."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock, int(sock.getsockname()[1])

@@ -1,0 +1,155 @@
+"""``--workers N``: one supervisor process, N worker processes sharing the port.
+
+Python runs one core per process, so a machine is used by several ``python -m triows``
+processes. The supervisor:
+
+- reserves the port (``SO_REUSEPORT``, bound but not listening, so ``--port 0`` picks one port
+  for all and a port taken by another program fails at once with exit 1);
+- starts each worker as ``python -m triows`` with the same flags (``--port`` fixed,
+  ``--reuse-port yes``, ``--workers 1``); the kernel spreads connections across them, and
+  they share channels through Redis (hence ``--redis-url`` is required);
+- restarts a worker that exits without being asked to, after a backoff that grows with
+  repeated quick failures, and logs each exit and restart;
+- forwards SIGINT/SIGTERM: the first asks every worker to shut down gracefully, a second one
+  is forwarded too (the workers then stop at once); it exits when all workers have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+
+import trio
+
+from ._cli import WORKER_ENV, cannot_listen
+from ._config import Config
+from ._listen import reserve_port
+
+log = logging.getLogger("triows.workers")
+
+#: A worker that ran at least this long before dying starts again without delay.
+HEALTHY_AFTER = 30.0
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+#: Flags the supervisor sets itself, with and without a value.
+_OWN_FLAGS = ("--port", "--workers", "--reuse-port")
+
+
+def worker_arguments(argv: Sequence[str]) -> list[str]:
+    """``argv`` without the flags the supervisor decides for its workers."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _OWN_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in _OWN_FLAGS)):
+            kept.append(arg)
+    return kept
+
+
+def supervise_workers(argv: Sequence[str], count: int, config: Config) -> int:
+    try:
+        reserved, port = reserve_port(config.host, config.port)
+    except OSError as exc:
+        print(cannot_listen(config, exc), file=sys.stderr)
+        return 1
+    try:
+        command = [sys.executable, "-m", "triows", *worker_arguments(argv)]
+        return trio.run(_Supervisor(command, count, port, config).run)
+    finally:
+        reserved.close()
+
+
+class _Supervisor:
+    def __init__(self, command: list[str], count: int, port: int, config: Config) -> None:
+        self.command = command
+        self.count = count
+        self.port = port
+        self.config = config
+        self.stopping = False
+        self.processes: dict[int, trio.Process] = {}
+
+    def environment(self, index: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "TRIOWS_PORT": str(self.port),
+                "TRIOWS_REUSE_PORT": "yes",
+                "TRIOWS_WORKERS": "1",
+                WORKER_ENV: str(index),
+            }
+        )
+        return env
+
+    async def run(self) -> int:
+        log.info(
+            "supervisor (pid %d) starting %d workers on %s:%d",
+            os.getpid(),
+            self.count,
+            self.config.host,
+            self.port,
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as outer:
+                async with trio.open_nursery() as workers:
+                    outer.start_soon(self.forward_signals, signals, workers.cancel_scope)
+                    for index in range(self.count):
+                        workers.start_soon(self.keep_running, index)
+                outer.cancel_scope.cancel()  # every worker is done: stop listening for signals
+        log.info("all workers stopped")
+        return 0
+
+    async def forward_signals(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+        grace = self.config.shutdown_timeout + 5
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not self.stopping:
+                log.info("received %s: stopping %d workers gracefully", name, len(self.processes))
+                self.stopping = True
+                # Bounded: a worker that does not stop in time is killed by cancellation.
+                scope.deadline = trio.current_time() + grace
+            else:
+                log.warning("received %s again: workers stop at once", name)
+            for process in self.processes.values():
+                if process.returncode is None:
+                    process.send_signal(signum)
+
+    async def keep_running(self, index: int) -> None:
+        failures = 0
+        while not self.stopping:
+            started = trio.current_time()
+            process = await trio.lowlevel.open_process(self.command, env=self.environment(index))
+            self.processes[index] = process
+            log.info("worker %d started (pid %d)", index, process.pid)
+            try:
+                code = await process.wait()
+            finally:
+                if process.returncode is None:  # the supervisor is being cancelled
+                    process.kill()
+                    with trio.CancelScope(shield=True):
+                        await process.wait()
+                del self.processes[index]
+            if self.stopping:
+                log.info("worker %d (pid %d) stopped with exit code %d", index, process.pid, code)
+                return
+            failures = 0 if trio.current_time() - started >= HEALTHY_AFTER else failures + 1
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1)) if failures else 0
+            log.warning(
+                "worker %d (pid %d) exited unexpectedly (%s); restarting in %.1fs",
+                index,
+                process.pid,
+                _describe_exit(code),
+                delay,
+            )
+            await trio.sleep(delay)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
