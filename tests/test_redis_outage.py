@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 import trio
 
+from triows import client as wsclient
 from triows.testing import TestClient
 
 from .redisserver import RedisServer
+from .test_client_real import gather
 from .test_redis_cluster import channel_name, open_node, publish
 
 pytestmark = pytest.mark.real_socket
@@ -102,3 +104,45 @@ async def test_a_silent_pubsub_link_is_detected_and_repaired(redis_url: str) -> 
             seqs = await collect(reader, 10)
         assert seqs == list(range(2, 11))
         assert a.server.statistics().broker.repairs == 1
+
+
+async def test_a_client_that_moves_during_the_outage_resumes_once_redis_is_back(
+    own_redis: RedisServer,
+) -> None:
+    """Node B cannot join the channel while Redis is away (503): the client keeps retrying
+    with backoff instead of giving the subscription up, and then resumes without loss."""
+    channel = channel_name("move")
+    url = own_redis.url
+    async with (
+        open_node(url, redis_timeout=0.3) as a,
+        open_node(url, redis_timeout=0.3) as b,
+        a.connect() as writer,
+    ):
+        nodes = iter([a.listener, *[b.listener] * 100])
+        cutter: list[trio.abc.Stream] = []
+
+        async def open_stream() -> trio.abc.Stream:
+            stream = await next(nodes).connect()
+            cutter.append(stream)
+            return stream
+
+        async with wsclient.connect(
+            "ws://node/", open_stream=open_stream, backoff_base=0.05, backoff_cap=0.3
+        ) as reader:
+            await reader.wait_open()
+            subscription = await reader.subscribe(channel)
+            for n in range(5):
+                await publish(writer, channel, n, n)
+            own_redis.kill()
+            with trio.fail_after(10):
+                await b.server.broker.up.wait_value(False)
+            await trio.aclose_forcefully(cutter[-1])  # off to node B, which cannot join now
+            with trio.fail_after(10):
+                while reader.connects < 3:  # refused at least once, still trying
+                    await reader.state.wait_value(wsclient.ClientState.RECONNECTING)
+                    await reader.state.wait_value(wsclient.ClientState.OPEN)
+            own_redis.start()
+            for n in range(5, 10):
+                await publish(writer, channel, n, n)
+            events = await gather(subscription, lambda e: len(e) == 10, 30)
+        assert [e.data for e in events] == list(range(10))

@@ -43,6 +43,13 @@ CLOSE_TIMEOUT = 1.0
 RESUBSCRIBE = "resubscribe:"
 #: HTTP statuses that no retry can fix.
 PERMANENT_REJECTIONS = frozenset({400, 401, 403, 404})
+#: Error codes that mean "not now" (e.g. 503 while the server's Redis is away): a resubscribe
+#: refused with one is tried again by reconnecting, with growing backoff.
+TRANSIENT_ERRORS = frozenset({429, 500, 503})
+
+
+class _ResubscribeRefusedForNow(Exception):
+    pass
 
 
 class ClientState(enum.StrEnum):
@@ -303,6 +310,7 @@ class Client:
         with self._scope:
             while True:
                 connects = self.connects
+                refused_for_now = False
                 try:
                     await self._connect_once()
                 except ConnectionRejected as rejected:
@@ -318,9 +326,12 @@ class Client:
                     ConnectionClosed,
                 ) as exc:
                     log.info("connection lost: %s", type(exc).__name__)
+                except _ResubscribeRefusedForNow as exc:
+                    log.warning("%s; reconnecting later", exc)
+                    refused_for_now = True
                 except Exception:
                     log.exception("connection failed unexpectedly; reconnecting")
-                if self.connects > connects:
+                if self.connects > connects and not refused_for_now:
                     attempt = 0  # it got through: count failed attempts from here
                 if self._max_attempts is not None and attempt >= self._max_attempts:
                     self._close(f"gave up after {attempt} reconnect attempts")
@@ -434,6 +445,10 @@ class Client:
                     item.done.set()
                 elif isinstance(request_id, str) and request_id.startswith(RESUBSCRIBE):
                     channel = request_id.removeprefix(RESUBSCRIBE)
+                    if frame["code"] in TRANSIENT_ERRORS:
+                        raise _ResubscribeRefusedForNow(
+                            f"resubscribing {channel}: {frame['code']} {frame.get('message')}"
+                        )
                     log.warning("resubscribing %s refused: %s", channel, frame.get("message"))
                     self._forget_subscription(
                         channel, RequestError(frame["code"], frame["message"])
