@@ -1,20 +1,21 @@
 // Load generator for the fan-out benchmark: Node `ws`, a few µs per delivery, so the server
 // under test, not the generator, is the bottleneck.
 //
-//   node loadgen.js fanout <url> <protocol: triows|bare> <subscribers> <warmup s> <measure s>
+//   node loadgen.js fanout <url> <protocol: triows|bare> <subscribers> <warmup s> <measure s> [window]
 //   node loadgen.js idle   <url> <protocol> <connections>
 //
 // fanout: N subscribers on one channel and one publisher. The publisher keeps WINDOW messages
 // in flight, a message counting as done once every subscriber has it, so both servers get the
-// same closed-loop load. Prints "MEASURE_START" / "MEASURE_END" lines (the runner samples the
+// same closed-loop load (a larger window hides the extra hop of a Redis-backed cluster). Prints "MEASURE_START" / "MEASURE_END" lines (the runner samples the
 // server's CPU time at those moments) and then one JSON line of results.
 // idle: opens N connections, prints "IDLE_READY", and holds them until stdin closes.
 "use strict";
 const WebSocket = require("ws");
 
-const [mode, url, protocol, countText, warmupText, measureText] = process.argv.slice(2);
+const [mode, url, protocol, countText, warmupText, measureText, windowText] =
+  process.argv.slice(2);
 const count = Number(countText);
-const WINDOW = 16;
+const WINDOW = Number(windowText || 16);
 const PAD = "x".repeat(64);
 
 function open(onMessage) {

@@ -8,6 +8,10 @@ deliveries/s, deliveries per server CPU-second (the server's user+system time re
 /proc over the measured window), and p50/p99 latency from publish to delivery. Then it opens
 5,000 idle connections to each server and reports the resident memory they add.
 
+The cluster part starts a Redis (as the tests do) and measures the same fan-out through it:
+one triows process with ``--redis-url`` against ``--workers 2`` (a supervisor and two worker
+processes sharing the port); CPU is summed over the workers, Redis's own CPU shown apart.
+
 Figures are medians over --repeat runs. Everything stays on 127.0.0.1; every loop is bounded.
 """
 
@@ -22,6 +26,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,11 @@ HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "loadgen.js"
 TICKS = os.sysconf("SC_CLK_TCK")
 SERVERS = ("bare", "triows")
+#: Messages in flight in the cluster scenarios: each one takes a Redis round trip.
+CLUSTER_WINDOW = 16
+
+sys.path.insert(0, str(HERE.parent.parent))
+from tests.redisserver import RedisServer  # noqa: E402 - the tests' Redis launcher
 
 
 def free_port() -> int:
@@ -43,6 +53,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (a ``--workers`` supervisor and its workers), whichever of its
+    threads started them."""
+    children = [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    return [pid, *children]
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -50,7 +75,7 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def start_server(kind: str, port: int) -> subprocess.Popen[bytes]:
+def start_server(kind: str, port: int, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
     if kind == "triows":
         command = [
             sys.executable,
@@ -62,6 +87,7 @@ def start_server(kind: str, port: int) -> subprocess.Popen[bytes]:
             "20000",
             "--log-level",
             "warning",
+            *(extra or []),
         ]
     else:
         command = [sys.executable, str(HERE / "bare_server.py"), str(port)]
@@ -88,9 +114,21 @@ def stop(process: subprocess.Popen[Any]) -> None:
             process.wait()
 
 
-def fanout(kind: str, subscribers: int, warmup: float, measure: float) -> dict[str, float]:
+def fanout(
+    kind: str,
+    subscribers: int,
+    warmup: float,
+    measure: float,
+    *,
+    extra: list[str] | None = None,
+    window: int = 16,
+    redis_pid: int | None = None,
+) -> dict[str, float]:
     port = free_port()
-    server = start_server(kind, port)
+    server = start_server(kind, port, extra)
+    if extra and "--workers" in extra:
+        time.sleep(1.0)  # every worker listening, not only the first
+    pids = process_tree(server.pid)
     try:
         generator = subprocess.Popen(
             [
@@ -102,18 +140,21 @@ def fanout(kind: str, subscribers: int, warmup: float, measure: float) -> dict[s
                 str(subscribers),
                 str(warmup),
                 str(measure),
+                str(window),
             ],
             stdout=subprocess.PIPE,
             text=True,
         )
         assert generator.stdout is not None
-        cpu_start = cpu_end = 0.0
+        cpu_start = cpu_end = redis_start = redis_end = 0.0
         result: dict[str, Any] = {}
         for line in generator.stdout:
             if line.startswith("MEASURE_START"):
-                cpu_start = cpu_seconds(server.pid)
+                cpu_start = tree_cpu_seconds(pids)
+                redis_start = cpu_seconds(redis_pid) if redis_pid else 0.0
             elif line.startswith("MEASURE_END"):
-                cpu_end = cpu_seconds(server.pid)
+                cpu_end = tree_cpu_seconds(pids)
+                redis_end = cpu_seconds(redis_pid) if redis_pid else 0.0
             elif line.startswith("{"):
                 result = json.loads(line)
         if generator.wait(timeout=warmup + measure + 120) != 0 or not result:
@@ -125,9 +166,62 @@ def fanout(kind: str, subscribers: int, warmup: float, measure: float) -> dict[s
         "deliveries_per_s": result["deliveries"] / result["seconds"],
         "per_cpu_second": result["deliveries"] / cpu,
         "server_cpu_share": cpu / result["seconds"],
+        "redis_cpu_share": (redis_end - redis_start) / result["seconds"],
         "p50_ms": result["p50_ms"],
         "p99_ms": result["p99_ms"],
     }
+
+
+def cluster(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    """One process against ``--workers 2``, both through the same Redis, same load."""
+    with tempfile.TemporaryDirectory() as directory:
+        redis = RedisServer(Path(directory))
+        redis.start()
+        try:
+            assert redis.process is not None
+            setups = {
+                "redis x1": ["--redis-url", redis.url],
+                "redis x2": ["--redis-url", redis.url, "--workers", "2"],
+            }
+            print(
+                f"\n{'cluster':8} {'subs':>5} {'deliveries/s':>13} {'per CPU-s':>11} "
+                f"{'CPU':>5} {'redis':>5} {'p50 ms':>8} {'p99 ms':>8}",
+                flush=True,
+            )
+            for subscribers in args.subscribers:
+                for name, extra in setups.items():
+                    runs = [
+                        fanout(
+                            "triows",
+                            subscribers,
+                            args.warmup,
+                            args.measure,
+                            extra=extra,
+                            window=CLUSTER_WINDOW,
+                            redis_pid=redis.process.pid,
+                        )
+                        for _ in range(args.repeat)
+                    ]
+                    row = median_of(runs)
+                    figures["cluster"][f"{name}/{subscribers}"] = row
+                    print(
+                        f"{name:8} {subscribers:>5} {row['deliveries_per_s']:>13,.0f} "
+                        f"{row['per_cpu_second']:>11,.0f} {row['server_cpu_share']:>5.2f} "
+                        f"{row['redis_cpu_share']:>5.2f} {row['p50_ms']:>8.2f} "
+                        f"{row['p99_ms']:>8.2f}",
+                        flush=True,
+                    )
+                speedup = (
+                    figures["cluster"][f"redis x2/{subscribers}"]["deliveries_per_s"]
+                    / figures["cluster"][f"redis x1/{subscribers}"]["deliveries_per_s"]
+                )
+                figures["cluster"][f"speedup/{subscribers}"] = speedup
+                print(
+                    f"  --workers 2 / one process, deliveries/s at {subscribers}: {speedup:.2f}x",
+                    flush=True,
+                )
+        finally:
+            redis.stop()
 
 
 def idle_memory(kind: str, connections: int) -> float:
@@ -168,12 +262,24 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--idle", type=int, default=5000, help="idle connections (0: skip)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument(
+        "--only", choices=("single", "cluster"), help="run one part (default: both)"
+    )
     args = parser.parse_args()
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
 
-    figures: dict[str, Any] = {"fanout": {}, "idle_kib_per_connection": {}}
+    figures: dict[str, Any] = {"fanout": {}, "idle_kib_per_connection": {}, "cluster": {}}
+    if args.only != "cluster":
+        single(args, figures)
+    if args.only != "single":
+        cluster(args, figures)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+
+
+def single(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     print(
         f"{'server':8} {'subs':>5} {'deliveries/s':>13} {'per CPU-s':>11} {'CPU':>5} "
         f"{'p50 ms':>8} {'p99 ms':>8}",
@@ -206,8 +312,6 @@ def main() -> None:
             kib = statistics.median(idle_memory(kind, args.idle) for _ in range(args.repeat))
             figures["idle_kib_per_connection"][kind] = kib
             print(f"{kind:8} {args.idle} idle connections: {kib:.1f} KiB each", flush=True)
-    if args.json:
-        print(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
