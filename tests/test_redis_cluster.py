@@ -128,3 +128,48 @@ async def test_publish_ids_are_deduplicated_across_nodes(redis_url: str) -> None
             assert await publish(first, channel, 1, "same") == 1
             assert await publish(second, channel, 2, "same") == 2
             assert a.server.statistics().deduplicated == 1
+
+
+async def test_application_publish_waits_for_redis_and_nowait_is_refused(redis_url: str) -> None:
+    channel = channel_name()
+    async with open_node(redis_url) as a, open_node(redis_url) as b, b.connect() as reader:
+        await reader.request({"type": "subscribe", "channel": channel, "id": 1})
+        assert await a.server.publish(channel, {"from": "app"}) == 1
+        message = await reader.receive_type("message")
+        assert (message["seq"], message["data"], message["from"]) == (1, {"from": "app"}, None)
+        with pytest.raises(RuntimeError, match="in-process broker"):
+            a.server.publish_nowait(channel, 1)
+        stats = a.server.statistics().broker
+        assert (stats.kind, stats.state, stats.buffered) == ("redis", "up", 0)
+
+
+async def test_resume_is_bounded_by_history_size_with_an_exact_gap(redis_url: str) -> None:
+    channel = channel_name()
+    async with open_node(redis_url, history_size=3) as a, a.connect() as writer:
+        async with a.connect() as first:
+            reply = await first.request({"type": "subscribe", "channel": channel, "id": 1})
+        for n in range(10):
+            await publish(writer, channel, n, n)
+        async with a.connect() as back:
+            reply = await back.request(
+                {
+                    "type": "subscribe",
+                    "channel": channel,
+                    "id": 2,
+                    "since": 2,
+                    "epoch": reply["epoch"],
+                }
+            )
+            assert (reply["recovered"], reply["gap"], reply["seq"]) == (False, [3, 7], 10)
+            assert [(await back.receive_type("message"))["seq"] for _ in range(3)] == [8, 9, 10]
+
+
+async def test_resume_from_another_epoch_is_not_recovered(redis_url: str) -> None:
+    channel = channel_name()
+    async with open_node(redis_url) as a, a.connect() as client:
+        await publish(client, channel, 0, 0)
+        reply = await client.request(
+            {"type": "subscribe", "channel": channel, "id": 1, "since": 1, "epoch": "other"}
+        )
+        assert (reply["recovered"], reply["seq"]) == (False, 1)
+        assert "gap" not in reply

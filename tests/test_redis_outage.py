@@ -72,6 +72,12 @@ async def test_redis_killed_and_restarted_loses_no_acked_message(own_redis: Redi
             assert {f["code"] for f in refused} == {503}
             assert b.server.statistics().broker.state == "down"
             assert a.server.statistics().connections == 2  # clients stayed
+            async with a.connect() as late:
+                # A channel this node follows can be joined; a new one cannot be, for now.
+                joined = await late.request({"type": "subscribe", "channel": channel, "id": 1})
+                assert joined["type"] == "subscribed", joined
+                new = {"type": "subscribe", "channel": channel + "-new", "id": 2}
+                assert (await late.request(new))["code"] == 503
             await trio.sleep(1)
             own_redis.start()
         burst_acks = [await burst.receive_type("ack") for _ in range(10)]
