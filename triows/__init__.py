@@ -8,6 +8,7 @@ Embed it::
 """
 
 from . import client
+from ._broker import BrokerStatistics, BrokerUnavailableError
 from ._config import Authenticate, Authorize, Config, Rejected
 from ._core.auth import Action, Principal
 from ._core.outbox import SlowConsumerPolicy
@@ -21,6 +22,8 @@ __all__ = [
     "Action",
     "Authenticate",
     "Authorize",
+    "BrokerStatistics",
+    "BrokerUnavailableError",
     "ChannelStatistics",
     "Config",
     "ConnectionStatistics",
