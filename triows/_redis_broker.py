@@ -139,6 +139,15 @@ class RedisBroker(Broker):
                 nursery.start_soon(self._listen)
                 nursery.start_soon(self._publish_loop)
                 nursery.start_soon(self._watchdog)
+                # Start serving with Redis ready if it answers soon; without it otherwise
+                # (clients are served, publications held, and the link keeps being retried).
+                with trio.move_on_after(self._config.redis_timeout):
+                    await self.up.wait_value(True)
+                if not self.up.value:
+                    log.warning(
+                        "Redis not reachable yet (%s); serving anyway and retrying",
+                        "; ".join(self._down.values()),
+                    )
                 task_status.started()
         finally:
             self._nursery = None
@@ -300,7 +309,11 @@ class RedisBroker(Broker):
             with trio.move_on_after(2 * self._config.redis_timeout):
                 await ch.ready.wait()
             if not ch.ready.is_set():
-                raise BrokerUnavailableError("Redis did not confirm the subscription in time")
+                raise BrokerUnavailableError(
+                    "Redis is unreachable; cannot join a new channel now"
+                    if self._down
+                    else "Redis did not confirm the subscription in time"
+                )
             resume = None if since is None else await self._resume(ch, since, epoch)
             state = hub.subscribe(member, channel)
         finally:
@@ -329,8 +342,6 @@ class RedisBroker(Broker):
     def _follow(self, name: str) -> _Channel:
         ch = self._channels.get(name)
         if ch is None:
-            if self._down:
-                raise BrokerUnavailableError("Redis is unreachable; cannot join a new channel now")
             ch = self._channels[name] = _Channel(name)
             self._listener.subscribe(fmt.pubsub_channel(name))
             self._wake_listener()
