@@ -87,6 +87,8 @@ async def test_both_nodes_number_one_sequence(redis_url: str) -> None:
             assert seqs == list(range(1, 21))
             got = [(await reader.receive_type("message"))["seq"] for _ in range(20)]
             assert got == seqs
+            assert a.server.statistics().published == b.server.statistics().published == 10
+            assert a.server.statistics().delivered == 20  # to the reader, the only subscriber
 
 
 async def test_a_client_moving_to_another_node_resumes_without_loss(redis_url: str) -> None:

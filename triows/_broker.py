@@ -206,6 +206,7 @@ class MemoryBroker(Broker):
         state, seq = self.hub.publish(pub.channel)
         frame = text_frame(pub.payload(seq, state.message_id(seq)))
         blocked = self._server.fan_out(state, frame, pub.sender)
+        self._server.published += 1
         self.hub.record(state, seq, frame, now)
         return seq, blocked
 

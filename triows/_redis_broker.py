@@ -270,7 +270,9 @@ class RedisBroker(Broker):
                 seq, _, duplicate = result
                 if duplicate:
                     self.deduplicated += 1
-                self._settle(pending.pub, int(seq))
+                    self._settle(pending.pub, int(seq))
+                else:
+                    self._settle_published(pending.pub, int(seq))
 
     def _send_batch(self, batch: list[_Pending], client: redis.Redis) -> list[Any]:
         """In a worker thread: one pipeline for the whole batch."""
@@ -281,10 +283,17 @@ class RedisBroker(Broker):
             pipe.evalsha(self._publish_sha, 3, *pending.keys, *pending.args)
         return pipe.execute(raise_on_error=False)
 
-    def _settle(self, pub: Publication, seq: int) -> None:
+    def _settle(self, pub: Publication, seq: int) -> bool:
+        """Tell the publisher its seq, once; False if it was told already."""
         numbered, pub.numbered, pub.failed = pub.numbered, None, None
-        if numbered is not None:
-            numbered(seq)
+        if numbered is None:
+            return False
+        numbered(seq)
+        return True
+
+    def _settle_published(self, pub: Publication, seq: int) -> None:
+        if self._settle(pub, seq):
+            self._server.published += 1
 
     def _fail(self, pub: Publication, exc: Exception) -> None:
         failed, pub.numbered, pub.failed = pub.failed, None, None
@@ -465,7 +474,7 @@ class RedisBroker(Broker):
     def _settle_own(self, entry: Entry) -> None:
         pub = self._in_flight.get(entry.token)
         if pub is not None:
-            self._settle(pub, entry.seq)
+            self._settle_published(pub, entry.seq)
 
     def _apply(self, ch: _Channel, actions: Sequence[Deliver | Fill | Restart]) -> list[Connection]:
         blocked: list[Connection] = []

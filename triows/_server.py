@@ -424,7 +424,6 @@ class Server:
                     blocked.append(member)
         state.delivered += delivered
         self.delivered += delivered
-        self.published += 1
         return blocked
 
     async def wait_for_blocked(self, blocked: list[Connection]) -> None:

@@ -19,7 +19,9 @@ class ServerStatistics:
     closed_by_server: dict[int, int]
     channels: int
     subscriptions: int
+    #: Messages published through this server (with Redis: accepted by Redis from this node).
     published: int
+    #: Frames handed to this server's subscribers.
     delivered: int
     #: Frames a slow-consumer policy discarded (drop_oldest / drop_newest).
     dropped: int
