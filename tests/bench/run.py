@@ -204,13 +204,7 @@ def cluster(args: argparse.Namespace, figures: dict[str, Any]) -> None:
                     ]
                     row = median_of(runs)
                     figures["cluster"][f"{name}/{subscribers}"] = row
-                    print(
-                        f"{name:8} {subscribers:>5} {row['deliveries_per_s']:>13,.0f} "
-                        f"{row['per_cpu_second']:>11,.0f} {row['server_cpu_share']:>5.2f} "
-                        f"{row['redis_cpu_share']:>5.2f} {row['p50_ms']:>8.2f} "
-                        f"{row['p99_ms']:>8.2f}",
-                        flush=True,
-                    )
+                    print_row(name, subscribers, row, with_redis=True)
                 speedup = (
                     figures["cluster"][f"redis x2/{subscribers}"]["deliveries_per_s"]
                     / figures["cluster"][f"redis x1/{subscribers}"]["deliveries_per_s"]
@@ -248,6 +242,16 @@ def idle_memory(kind: str, connections: int) -> float:
     finally:
         stop(server)
     return (after - before) / connections
+
+
+def print_row(name: str, subscribers: int, row: dict[str, float], *, with_redis: bool) -> None:
+    redis = f" {row['redis_cpu_share']:>5.2f}" if with_redis else ""
+    print(
+        f"{name:8} {subscribers:>5} {row['deliveries_per_s']:>13,.0f} "
+        f"{row['per_cpu_second']:>11,.0f} {row['server_cpu_share']:>5.2f}{redis} "
+        f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}",
+        flush=True,
+    )
 
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -292,12 +296,7 @@ def single(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             ]
             row = median_of(runs)
             figures["fanout"][f"{kind}/{subscribers}"] = row
-            print(
-                f"{kind:8} {subscribers:>5} {row['deliveries_per_s']:>13,.0f} "
-                f"{row['per_cpu_second']:>11,.0f} {row['server_cpu_share']:>5.2f} "
-                f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}",
-                flush=True,
-            )
+            print_row(kind, subscribers, row, with_redis=False)
         ratio = (
             figures["fanout"][f"triows/{subscribers}"]["per_cpu_second"]
             / figures["fanout"][f"bare/{subscribers}"]["per_cpu_second"]

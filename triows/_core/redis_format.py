@@ -21,21 +21,33 @@ from .feed import Entry
 
 NO_SENDER = "-"
 
+
+def _ensure_numbering(new_epoch: str) -> str:
+    """Lua: the channel's epoch, creating its numbering (and dropping a stale stream) when
+    Redis has none; ``new_epoch`` is the ARGV holding the epoch to create."""
+    return f"""
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = {new_epoch}
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+end
+"""
+
+
 #: KEYS: numbering, stream, once-key. ARGV: payload head (up to ``"seq":``), epoch to create,
 #: pub/sub channel, stream maxlen (0: no history), key ttl ms, once-key ttl s,
 #: :func:`origin`, timestamp ms.
 #: Returns ``{seq, epoch, 1 if it was a duplicate else 0}``.
-PUBLISH_SCRIPT = """
+PUBLISH_SCRIPT = (
+    """
 local done = redis.call('GET', KEYS[3])
 if done then
   return {tonumber(done), redis.call('HGET', KEYS[1], 'epoch') or '', 1}
 end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
-end
+"""
+    + _ensure_numbering("ARGV[2]")
+    + """
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local payload = ARGV[1] .. seq .. ',"id":"' .. epoch .. ':' .. seq .. '"}'
 if tonumber(ARGV[4]) > 0 then
@@ -48,19 +60,17 @@ redis.call('SET', KEYS[3], seq, 'EX', ARGV[6])
 redis.call('PUBLISH', ARGV[3], seq .. ' ' .. epoch .. ' ' .. ARGV[7] .. '\\n' .. payload)
 return {seq, epoch, 0}
 """
+)
 
 #: KEYS: numbering, stream. ARGV: epoch to create, key ttl ms. Returns ``{seq, epoch}``.
-JOIN_SCRIPT = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
-end
+JOIN_SCRIPT = (
+    _ensure_numbering("ARGV[1]")
+    + """
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return {tonumber(redis.call('HGET', KEYS[1], 'seq')), epoch}
 """
+)
 
 
 def numbering_key(channel: str) -> str:
