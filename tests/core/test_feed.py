@@ -94,3 +94,27 @@ def test_any_arrival_order_delivers_each_seq_once_in_order(arrivals: list[int], 
     assert out == sorted(set(out))
     top = max([base, *arrivals])
     assert out == list(range(base + 1, top + 1))
+
+
+def test_a_baseline_during_a_fill_is_filled_next_not_skipped() -> None:
+    feed = Feed()
+    feed.baseline(0, "e1")
+    assert feed.receive(entry(6)) == [Fill(0, 5)]
+    feed.resync()  # the link was rebuilt while the fill was running
+    assert feed.baseline(20, "e1") == []  # one fill at a time
+    feed.receive(entry(21))
+    actions = feed.filled([entry(n) for n in range(1, 6)])
+    assert delivered(actions) == [1, 2, 3, 4, 5, 6]
+    assert actions[-1] == Fill(6, 20)
+    assert delivered(feed.filled([entry(n) for n in range(7, 21)])) == [*range(7, 21), 21]
+
+
+def test_what_a_baseline_promised_is_filled_even_without_new_messages() -> None:
+    feed = Feed()
+    feed.baseline(0, "e1")
+    feed.receive(entry(3))
+    feed.resync()
+    feed.baseline(9, "e1")
+    actions = feed.filled([entry(1), entry(2)])
+    assert delivered(actions) == [1, 2, 3]
+    assert actions[-1] == Fill(3, 9)

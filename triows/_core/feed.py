@@ -64,7 +64,10 @@ class Feed:
         #: The last seq delivered (or accounted for by the baseline).
         self.seq = 0
         self._waiting_for_baseline = True
-        self._filling = False
+        #: The ``upto`` of the fill in progress, if any.
+        self._filling: int | None = None
+        #: The highest seq a baseline said exists: filled up to, even if nothing new arrives.
+        self._known = 0
         #: Messages waiting for a baseline or a fill, by ``(epoch, seq)`` in arrival order.
         self._held: dict[tuple[str, int], Entry] = {}
 
@@ -86,11 +89,12 @@ class Feed:
             self.epoch, self.seq = epoch, seq
         elif epoch != self.epoch:
             actions.append(self._restart(epoch))
-        if seq > self.seq and not self._filling:
-            self._filling = True
-            actions.append(Fill(self.seq, seq))
-        if not self._filling:
-            actions.extend(self._drain())
+        self._known = max(self._known, seq)
+        if self._filling is None:
+            if seq > self.seq:
+                actions.append(self._fill(seq))
+            else:
+                actions.extend(self._drain())
         return actions
 
     def resync(self) -> None:
@@ -98,22 +102,25 @@ class Feed:
         self._waiting_for_baseline = True
 
     def receive(self, entry: Entry) -> list[Action]:
-        if self._waiting_for_baseline or self._filling:
+        if self._waiting_for_baseline or self._filling is not None:
             self._hold(entry)
             return []
         return self._accept(entry)
 
     def filled(self, entries: list[Entry]) -> list[Action]:
-        """Entries read from the stream for the last ``Fill``, in seq order; missing ones are
-        gone from the stream for good."""
-        self._filling = False
+        """Entries read from the stream for the last ``Fill``, in seq order. What the fill's
+        range lacks is gone from the stream for good: subscribers see the jump."""
+        upto, self._filling = self._filling, None
         actions: list[Action] = []
         for entry in entries:
-            if entry.epoch == self.epoch and entry.seq > self.seq:
+            if entry.epoch == self.epoch and self.seq < entry.seq <= (upto or 0):
                 self.seq = entry.seq
                 actions.append(Deliver(entry))
+        self.seq = max(self.seq, upto or 0)
         if not self._waiting_for_baseline:
-            actions.extend(self._drain(skip_gaps=True))
+            actions.extend(self._drain())
+            if self._filling is None and self.seq < self._known:
+                actions.append(self._fill(self._known))
         return actions
 
     # -- internals ------------------------------------------------------------------------------
@@ -123,7 +130,7 @@ class Feed:
             self._held[entry.epoch, entry.seq] = entry
 
     def _restart(self, epoch: str) -> Restart:
-        self.epoch, self.seq = epoch, 0
+        self.epoch, self.seq, self._known = epoch, 0, 0
         # Messages of an older numbering cannot be placed in the new one.
         self._held = {key: e for key, e in self._held.items() if e.epoch == epoch}
         return Restart(epoch)
@@ -138,25 +145,24 @@ class Feed:
             self.seq = entry.seq
             actions.append(Deliver(entry))
             return actions
-        self._filling = True
         self._hold(entry)
-        actions.append(Fill(self.seq, entry.seq - 1))
+        actions.append(self._fill(entry.seq - 1))
         return actions
 
-    def _drain(self, *, skip_gaps: bool = False) -> list[Action]:
-        """Deliver held messages in order; with ``skip_gaps`` (after a fill) what is still
-        missing is gone, so the next held message is delivered across the jump."""
+    def _fill(self, upto: int) -> Fill:
+        self._filling = upto
+        return Fill(self.seq, upto)
+
+    def _drain(self) -> list[Action]:
+        """Deliver held messages in order, until one is missing: that asks for a fill."""
         held, self._held = self._held, {}
         # The current epoch first, then any later one in the order it was first seen.
         epochs = list(dict.fromkeys([self.epoch, *(epoch for epoch, _ in held)]))
         ordered = sorted(held.values(), key=lambda e: (epochs.index(e.epoch), e.seq))
         actions: list[Action] = []
         for entry in ordered:
-            if self._filling:
+            if self._filling is not None:
                 self._hold(entry)
-            elif skip_gaps and entry.epoch == self.epoch and entry.seq > self.seq:
-                self.seq = entry.seq
-                actions.append(Deliver(entry))
             else:
                 actions.extend(self._accept(entry))
         return actions
