@@ -181,3 +181,11 @@ async def test_real_run_and_graceful_sigterm() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_workers_auto_is_one_per_cpu_and_needs_redis() -> None:
+    options = parse_config(["--workers", "auto", "--redis-url", "redis://r:6379/0"], {})
+    assert options.workers == len(os.sched_getaffinity(0))
+    assert options.config.redis_url == "redis://r:6379/0"
+    from_env = parse_config([], {"TRIOWS_WORKERS": "3", "TRIOWS_REDIS_URL": "redis://r"})
+    assert from_env.workers == 3

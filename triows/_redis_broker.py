@@ -173,7 +173,7 @@ class RedisBroker(Broker):
                 len(self._server.connections()),
                 self._config.redis_buffer_size,
             )
-        self._down.setdefault(part, reason)
+        self._down[part] = reason  # the latest reason, for the logs
 
     def _part_up(self, part: str) -> None:
         if self._down.pop(part, None) is None or self._down:
