@@ -33,13 +33,10 @@ log = logging.getLogger("triows.redis")
 
 T = TypeVar("T")
 
-#: Errors that mean "Redis is not reachable now", as opposed to a bug or a refused command.
-LINK_ERRORS: tuple[type[BaseException], ...] = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.BusyLoadingError,
-    OSError,
-)
+#: Errors that mean "Redis cannot serve us now": unreachable, loading, or refusing commands
+#: (out of memory, read-only replica, ...). Background work retries them with backoff and
+#: reports the link down; requests get 503.
+LINK_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 #: How long one pub/sub read waits before the thread looks at its requests again.
 READ_SLICE = 0.1
@@ -142,10 +139,12 @@ class PubSubListener:
                 pubsub.subscribe(self._control, *self._held)
                 attempt = 0
                 self._serve(pubsub)
-            except LINK_ERRORS as exc:
-                self._hand_over([LinkDown(f"{type(exc).__name__}: {exc}")])
             except _Reset:
                 pass
+            except Exception as exc:  # never let the listener die: log, start over
+                if not isinstance(exc, LINK_ERRORS):
+                    log.exception("pub/sub listener failed; reconnecting")
+                self._hand_over([LinkDown(f"{type(exc).__name__}: {exc}")])
             finally:
                 _close_quietly(pubsub)
             # Wait before reconnecting, still answering cancellation.

@@ -118,3 +118,57 @@ def test_what_a_baseline_promised_is_filled_even_without_new_messages() -> None:
     actions = feed.filled([entry(1), entry(2)])
     assert delivered(actions) == [1, 2, 3]
     assert actions[-1] == Fill(3, 9)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),  # the pub/sub link is up for this message
+            st.booleans(),  # the stream kept it
+            st.booleans(),  # pending fills are answered before the next message
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_outages_and_lost_entries_never_reorder_duplicate_or_lose_what_the_stream_has(
+    steps: list[tuple[bool, bool, bool]],
+) -> None:
+    """A node's life: messages published one by one, the link going down and coming back
+    (resync, then a baseline), fills answered late, the stream missing some entries."""
+    feed = Feed()
+    stream: dict[int, Entry] = {}
+    fills: list[Fill] = []
+    out: list[int] = []
+
+    def act(actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Deliver):
+                out.append(action.entry.seq)
+            elif isinstance(action, Fill):
+                fills.append(action)
+
+    def answer_fills() -> None:
+        while fills:
+            fill = fills.pop(0)
+            span = range(fill.after + 1, fill.upto + 1)
+            act(feed.filled([stream[n] for n in span if n in stream]))
+
+    act(feed.baseline(0, "e1"))
+    link_was_up = True
+    for seq, (link_up, kept, answer_now) in enumerate(steps, start=1):
+        if kept:
+            stream[seq] = entry(seq)
+        if link_up and not link_was_up:
+            feed.resync()
+            act(feed.baseline(seq - 1, "e1"))
+        if link_up:
+            act(feed.receive(entry(seq)))
+        link_was_up = link_up
+        if answer_now:
+            answer_fills()
+    feed.resync()
+    act(feed.baseline(len(steps), "e1"))
+    answer_fills()
+    assert out == sorted(set(out))  # in order, once
+    assert set(stream) <= set(out)  # whatever the stream holds is delivered
