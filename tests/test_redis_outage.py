@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from triows import client as wsclient
+from triows._connection import MAX_UNACKED
 from triows.testing import TestClient
 
 from .redisserver import RedisServer
@@ -152,3 +153,22 @@ async def test_a_client_that_moves_during_the_outage_resumes_once_redis_is_back(
                 await publish(writer, channel, n, n)
             events = await gather(subscription, lambda e: len(e) == 10, 30)
         assert [e.data for e in events] == list(range(10))
+
+
+async def test_one_client_cannot_take_the_whole_outage_buffer(own_redis: RedisServer) -> None:
+    channel = channel_name("greedy")
+    async with open_node(own_redis.url, redis_timeout=0.3) as a, a.connect() as greedy:
+        own_redis.kill()
+        with trio.fail_after(10):
+            await a.server.broker.up.wait_value(False)
+        for n in range(MAX_UNACKED + 5):
+            await greedy.send({"type": "publish", "channel": channel, "data": n, "id": n})
+        errors = [await greedy.receive_type("error") for _ in range(5)]
+        assert {(e["code"], e["id"]) for e in errors} == {
+            (429, n) for n in range(MAX_UNACKED, MAX_UNACKED + 5)
+        }
+        assert a.server.statistics().broker.buffered == MAX_UNACKED
+        own_redis.start()
+        with trio.fail_after(20):
+            acks = [await greedy.receive_type("ack") for _ in range(MAX_UNACKED)]
+        assert [ack["seq"] for ack in acks] == list(range(1, MAX_UNACKED + 1))

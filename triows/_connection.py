@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("triows.connection")
 
+#: Publications one connection may have waiting for the broker (with Redis: for Redis to
+#: accept them); more get error 429. In process every publication is numbered at once.
+MAX_UNACKED = 1000
 #: Largest single write of queued frames; keeps one slow socket from pinning a huge buffer.
 WRITE_BATCH = 64 * 1024
 #: Without ``Server.aclose()`` (plain cancellation) a connection still gets this long to say 1001.
@@ -53,6 +56,7 @@ TRY_AGAIN_LATER = 1013
 class Connection:
     __slots__ = (
         "_acks_over",
+        "_unacked",
         "_close_deadline",
         "_drain",
         "_expiry_scope",
@@ -97,6 +101,7 @@ class Connection:
         self._expiry_scope: trio.CancelScope | None = None
         self._drain = False
         self._acks_over = False  # an ack went over the outbox's capacity: settle
+        self._unacked = 0  # publications handed to the broker, not yet numbered or failed
         self._close_deadline: float | None = None
         self.close_code: int | None = None
         self.close_reason = ""
@@ -282,12 +287,14 @@ class Connection:
             self._close_not_reading()
 
     def _acknowledge(self, request_id: protocol.RequestId | None, seq: int) -> None:
+        self._unacked -= 1
         if request_id is not None and self.queue_reply(
             {"type": "ack", "id": request_id, "seq": seq}
         ):
             self._acks_over = True
 
     def _publish_failed(self, request_id: protocol.RequestId | None, exc: Exception) -> None:
+        self._unacked -= 1
         code = (
             protocol.UNAVAILABLE if isinstance(exc, BrokerUnavailableError) else protocol.INTERNAL
         )
@@ -373,17 +380,29 @@ class Connection:
         match request:
             case protocol.Publish(channel=channel, data=data, id=request_id):
                 await server.authorize(self.principal, Action.PUBLISH, channel, request_id)
+                if self._unacked >= MAX_UNACKED:
+                    # One client must not take a cluster node's whole outage buffer.
+                    raise ProtocolError(
+                        protocol.TOO_MANY,
+                        f"{self._unacked} publications are waiting for their ack",
+                        request_id,
+                    )
                 # The broker calls back with the seq before any later message of the channel
                 # reaches this client (in process: in this very step), which is how a client
                 # tells its own publications from gaps.
-                blocked = server.publish_from(
-                    self,
-                    channel,
-                    data,
-                    request_id,
-                    numbered=functools.partial(self._acknowledge, request_id),
-                    failed=functools.partial(self._publish_failed, request_id),
-                )
+                self._unacked += 1
+                try:
+                    blocked = server.publish_from(
+                        self,
+                        channel,
+                        data,
+                        request_id,
+                        numbered=functools.partial(self._acknowledge, request_id),
+                        failed=functools.partial(self._publish_failed, request_id),
+                    )
+                except ProtocolError:
+                    self._unacked -= 1  # refused at once: neither callback will come
+                    raise
                 await server.wait_for_blocked(blocked)
                 if self._acks_over:
                     self._acks_over = False
