@@ -56,7 +56,6 @@ TRY_AGAIN_LATER = 1013
 class Connection:
     __slots__ = (
         "_acks_over",
-        "_unacked",
         "_close_deadline",
         "_drain",
         "_expiry_scope",
@@ -66,6 +65,7 @@ class Connection:
         "_scope",
         "_send_scope",
         "_server",
+        "_unacked",
         "_writer_wakeup",
         "client_id",
         "close_code",
