@@ -123,3 +123,9 @@ def test_supervisor_rewrites_only_its_own_flags() -> None:
 
     argv = ["--port", "0", "--workers=2", "--redis-url", "redis://r", "--reuse-port", "no", "-h"]
     assert worker_arguments(argv) == ["--redis-url", "redis://r", "-h"]
+
+
+def test_restart_backoff_grows_while_a_worker_keeps_dying() -> None:
+    from triows._workers import restart_delay
+
+    assert [restart_delay(n) for n in range(9)] == [0, 0.5, 1, 2, 4, 8, 16, 30, 30]

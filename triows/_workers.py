@@ -138,7 +138,7 @@ class _Supervisor:
                 log.info("worker %d (pid %d) stopped with exit code %d", index, process.pid, code)
                 return
             failures = 0 if trio.current_time() - started >= HEALTHY_AFTER else failures + 1
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1)) if failures else 0
+            delay = restart_delay(failures)
             log.warning(
                 "worker %d (pid %d) exited unexpectedly (%s); restarting in %.1fs",
                 index,
@@ -147,6 +147,14 @@ class _Supervisor:
                 delay,
             )
             await trio.sleep(delay)
+
+
+def restart_delay(quick_failures: int) -> float:
+    """None after a worker that ran a while; then 0.5 s, doubling up to 30 s while it keeps
+    dying within ``HEALTHY_AFTER`` (a crash loop must not spin)."""
+    if quick_failures == 0:
+        return 0.0
+    return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(quick_failures - 1, 16)))
 
 
 def _describe_exit(code: int) -> str:
