@@ -62,7 +62,7 @@ async def sample_statistics(server: Server) -> None:
             stats = server.statistics()
             log.info(
                 "connections=%d channels=%d subscriptions=%d published/s=%.0f delivered/s=%.0f "
-                "queued=%d dropped=%d slow_disconnects=%d",
+                "queued=%d dropped=%d slow_disconnects=%d broker=%s/%s buffered=%d",
                 stats.connections,
                 stats.channels,
                 stats.subscriptions,
@@ -71,4 +71,7 @@ async def sample_statistics(server: Server) -> None:
                 stats.queued_frames,
                 stats.dropped,
                 stats.slow_consumer_disconnects,
+                stats.broker.kind,
+                stats.broker.state,
+                stats.broker.buffered,
             )

@@ -150,7 +150,7 @@ class _Supervisor:
 
 
 def restart_delay(quick_failures: int) -> float:
-    """None after a worker that ran a while; then 0.5 s, doubling up to 30 s while it keeps
+    """No delay after a worker that ran a while; then 0.5 s, doubling up to 30 s while it keeps
     dying within ``HEALTHY_AFTER`` (a crash loop must not spin)."""
     if quick_failures == 0:
         return 0.0
