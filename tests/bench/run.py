@@ -172,6 +172,30 @@ def fanout(
     }
 
 
+def subscribe_latency(redis_url: str, channels: int = 200) -> tuple[float, float]:
+    """p50 and p99 ms of a subscribe to a channel the node does not follow yet: the node's
+    Redis subscription, its confirmation and the channel's (seq, epoch), end to end."""
+    import trio
+
+    from triows.testing import open_test_server
+
+    async def measure() -> list[float]:
+        async with open_test_server(redis_url=redis_url) as node:
+            await node.server.broker.up.wait_value(True)
+            async with node.connect() as client:
+                times = []
+                for n in range(channels):
+                    start = trio.current_time()
+                    reply = await client.request({"type": "subscribe", "channel": f"lat-{n}"})
+                    times.append((trio.current_time() - start) * 1000)
+                    assert reply["type"] == "subscribed", reply
+                    await client.request({"type": "unsubscribe", "channel": f"lat-{n}"})
+                return sorted(times)
+
+    times = trio.run(measure)
+    return statistics.median(times), times[int(len(times) * 0.99) - 1]
+
+
 def cluster(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     """One process against ``--workers 2``, both through the same Redis, same load."""
     with tempfile.TemporaryDirectory() as directory:
@@ -214,6 +238,9 @@ def cluster(args: argparse.Namespace, figures: dict[str, Any]) -> None:
                     f"  --workers 2 / one process, deliveries/s at {subscribers}: {speedup:.2f}x",
                     flush=True,
                 )
+            p50, p99 = subscribe_latency(redis.url)
+            figures["cluster"]["subscribe_new_channel_ms"] = {"p50": p50, "p99": p99}
+            print(f"subscribe to a new channel: p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
         finally:
             redis.stop()
 
