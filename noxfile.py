@@ -29,7 +29,8 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Fan-out benchmark: triows vs a bare trio-websocket server, Node `ws` as load generator."""
-    session.install("-e", ".")
+    """Fan-out benchmark: triows vs a bare trio-websocket server, Node `ws` as load generator;
+    then one Redis-backed process vs ``--workers 2`` (the test extra brings valkey-server)."""
+    session.install("-e", ".[test]")
     session.run("npm", "install", "--silent", "--prefix", "tests/bench", external=True)
     session.run("python", "tests/bench/run.py", *session.posargs)
