@@ -1,4 +1,4 @@
-"""The bridge between trio and redis-py's synchronous client (the only importer of ``redis``).
+"""The bridge between trio and redis-py's synchronous client: threads, batching, pub/sub.
 
 redis-py's asyncio client does not run under trio; its sync client does, from worker threads.
 A thread hop costs ~100 µs, so callers batch (one pipeline per hop). Two kinds of threads:
