@@ -352,9 +352,9 @@ def _describe(server: Server) -> str:
             host = f"[{host}]" if ":" in host else host
             addresses.append(f"ws://{host}:{port}{config.path or '/'}")
     auth = "jwt" if config.jwt_secret else "custom" if config.authenticate else "off"
-    broker = "redis" if config.redis_url else "in-process"
     return (
-        f"triows listening on {', '.join(addresses)} (broker: {broker}, auth: {auth}, "
+        f"triows listening on {', '.join(addresses)} "
+        f"(broker: {server.broker.statistics().kind}, auth: {auth}, "
         f"server id: {server.server_id}, pid: {os.getpid()})"
     )
 

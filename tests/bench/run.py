@@ -226,17 +226,14 @@ def cluster(args: argparse.Namespace, figures: dict[str, Any]) -> None:
                         )
                         for _ in range(args.repeat)
                     ]
-                    row = median_of(runs)
-                    figures["cluster"][f"{name}/{subscribers}"] = row
-                    print_row(name, subscribers, row, with_redis=True)
-                speedup = (
-                    figures["cluster"][f"redis x2/{subscribers}"]["deliveries_per_s"]
-                    / figures["cluster"][f"redis x1/{subscribers}"]["deliveries_per_s"]
-                )
-                figures["cluster"][f"speedup/{subscribers}"] = speedup
-                print(
-                    f"  --workers 2 / one process, deliveries/s at {subscribers}: {speedup:.2f}x",
-                    flush=True,
+                    record(figures["cluster"], name, subscribers, runs, with_redis=True)
+                compare(
+                    figures["cluster"],
+                    ("redis x2", "redis x1"),
+                    subscribers,
+                    "deliveries_per_s",
+                    "--workers 2 / one process, deliveries/s",
+                    key="speedup",
                 )
             p50, p99 = subscribe_latency(redis.url)
             figures["cluster"]["subscribe_new_channel_ms"] = {"p50": p50, "p99": p99}
@@ -271,7 +268,17 @@ def idle_memory(kind: str, connections: int) -> float:
     return (after - before) / connections
 
 
-def print_row(name: str, subscribers: int, row: dict[str, float], *, with_redis: bool) -> None:
+def record(
+    section: dict[str, Any],
+    name: str,
+    subscribers: int,
+    runs: list[dict[str, float]],
+    *,
+    with_redis: bool,
+) -> None:
+    """Keep the median of ``runs`` under ``name/subscribers`` and print it as a table row."""
+    row = median_of(runs)
+    section[f"{name}/{subscribers}"] = row
     redis = f" {row['redis_cpu_share']:>5.2f}" if with_redis else ""
     print(
         f"{name:8} {subscribers:>5} {row['deliveries_per_s']:>13,.0f} "
@@ -279,6 +286,22 @@ def print_row(name: str, subscribers: int, row: dict[str, float], *, with_redis:
         f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}",
         flush=True,
     )
+
+
+def compare(
+    section: dict[str, Any],
+    names: tuple[str, str],
+    subscribers: int,
+    field: str,
+    text: str,
+    *,
+    key: str,
+) -> None:
+    """Keep and print ``names[0] / names[1]`` of one figure, both measured in this run."""
+    top, bottom = (section[f"{name}/{subscribers}"][field] for name in names)
+    ratio = top / bottom
+    section[f"{key}/{subscribers}"] = ratio
+    print(f"  {text} at {subscribers}: {ratio:.2f}x", flush=True)
 
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -321,17 +344,14 @@ def single(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             runs = [
                 fanout(kind, subscribers, args.warmup, args.measure) for _ in range(args.repeat)
             ]
-            row = median_of(runs)
-            figures["fanout"][f"{kind}/{subscribers}"] = row
-            print_row(kind, subscribers, row, with_redis=False)
-        ratio = (
-            figures["fanout"][f"triows/{subscribers}"]["per_cpu_second"]
-            / figures["fanout"][f"bare/{subscribers}"]["per_cpu_second"]
-        )
-        figures["fanout"][f"ratio/{subscribers}"] = ratio
-        print(
-            f"  triows / bare, deliveries per server CPU-second at {subscribers}: {ratio:.2f}x",
-            flush=True,
+            record(figures["fanout"], kind, subscribers, runs, with_redis=False)
+        compare(
+            figures["fanout"],
+            ("triows", "bare"),
+            subscribers,
+            "per_cpu_second",
+            "triows / bare, deliveries per server CPU-second",
+            key="ratio",
         )
     if args.idle:
         for kind in SERVERS:
