@@ -13,6 +13,7 @@ import trio
 
 from triows import client as wsclient
 from triows._connection import MAX_UNACKED
+from triows._redis_bridge import PubSubListener
 from triows.testing import TestClient
 
 from .redisserver import RedisServer
@@ -93,7 +94,24 @@ async def test_redis_killed_and_restarted_loses_no_acked_message(own_redis: Redi
         assert b.server.statistics().broker.refused == 20
 
 
-async def test_a_silent_pubsub_link_is_detected_and_repaired(redis_url: str) -> None:
+def go_silent_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the pub/sub link go silent the way a broken proxy would: Redis forgets the node's
+    subscriptions while the node still wants them and sees no error."""
+    original = PubSubListener._apply_requests
+    armed = [True]
+
+    def apply_requests(self: PubSubListener, pubsub: Any) -> None:
+        if armed[0]:
+            armed[0] = False
+            pubsub.unsubscribe()
+        original(self, pubsub)
+
+    monkeypatch.setattr(PubSubListener, "_apply_requests", apply_requests)
+
+
+async def test_a_silent_pubsub_link_is_detected_and_repaired(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     channel = channel_name("silent")
     async with (
         open_node(redis_url, redis_timeout=0.2) as a,
@@ -104,7 +122,8 @@ async def test_a_silent_pubsub_link_is_detected_and_repaired(redis_url: str) -> 
         await reader.request({"type": "subscribe", "channel": channel, "id": "s"})
         await publish(writer, channel, 0, 0)
         assert (await reader.receive_type("message"))["seq"] == 1
-        a.server.broker.drop_subscriptions_silently()  # type: ignore[attr-defined]
+        go_silent_once(monkeypatch)
+        a.server.broker._wake_listener()  # type: ignore[attr-defined]
         with trio.fail_after(10):
             for n in range(1, 10):
                 await publish(writer, channel, n, n)

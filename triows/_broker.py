@@ -8,8 +8,10 @@ The server and its connections only talk to a :class:`Broker`:
   and keep them, so that every node of a cluster agrees on a message's seq and any node can
   resume a client.
 
-Both keep local membership in a :class:`~triows._core.hub.Hub` and fan out through
-``Server.fan_out``; they differ in when a publication is numbered. The contract a publisher
+Both keep local membership in a :class:`~triows._core.hub.Hub` and fan out through the
+:class:`~triows._fanout.FanOut` they are built with; neither knows the server or its
+connections (``tests/core/test_layering.py`` checks the imports). They differ in when a
+publication is numbered. The contract a publisher
 relies on: ``Publication.numbered(seq)`` is called exactly once (or ``failed(exc)``), and before
 any later message of that channel reaches the publishing connection, which is what lets a client
 tell its own publications from gaps.
@@ -20,21 +22,21 @@ from __future__ import annotations
 import abc
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import attrs
 import trio
 import trio_util
 
+from ._config import Config
 from ._core import protocol
 from ._core.dedupe import DedupeWindow
 from ._core.frames import text_frame
 from ._core.hub import Hub, Resume
 from ._core.outbox import SlowConsumerPolicy
+from ._fanout import FanOut, Subscriber
 
-if TYPE_CHECKING:
-    from ._connection import Connection
-    from ._server import Server
+#: The wall clock in milliseconds (message timestamps, history ttl against stream times).
+WallClockMs = Callable[[], int]
 
 
 class BrokerUnavailableError(Exception):
@@ -46,9 +48,7 @@ class BrokerUnavailableError(Exception):
 class Publication:
     channel: str
     data_json: bytes
-    #: The publishing connection (it does not get its own message back), if any.
-    sender: Connection | None
-    #: Shown to subscribers as ``from``.
+    #: The publishing client (shown as ``from``; it does not get its own message back).
     sender_id: str | None
     timestamp_ms: int
     #: ``(principal key, request id)`` when the publisher asked for an ack; the dedupe key.
@@ -93,19 +93,27 @@ class BrokerStatistics:
     repairs: int = 0
     #: Messages read back from Redis streams to fill what pub/sub missed.
     filled: int = 0
+    #: Pub/sub messages on triows' channels that could not be parsed, skipped.
+    malformed: int = 0
+    #: Background tasks of the broker that failed unexpectedly and were started again.
+    task_failures: int = 0
 
 
 class Broker(abc.ABC):
-    hub: Hub[Connection]
+    hub: Hub[Subscriber]
     #: True while the broker can take publications and new channels (Redis reachable).
     up: trio_util.AsyncBool
+    #: Messages published through this broker (each once, even when Redis sent it back).
+    published = 0
+    #: Publications answered from the dedupe window instead of being published again.
+    deduplicated = 0
 
     @abc.abstractmethod
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Background work, run by the server's supervisor nursery."""
 
     @abc.abstractmethod
-    def publish(self, pub: Publication) -> list[Connection]:
+    def publish(self, pub: Publication) -> list[Subscriber]:
         """Take a publication without waiting; returns ``block`` subscribers to wait for.
 
         Raises :class:`BrokerUnavailableError` when it cannot be taken.
@@ -117,7 +125,7 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def subscribe(
-        self, member: Connection, channel: str, since: int | None, epoch: str | None
+        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
     ) -> Subscribed:
         """Make ``member`` a subscriber; it receives everything after the returned ``seq``.
 
@@ -125,10 +133,10 @@ class Broker(abc.ABC):
         can queue its reply and replay before any live message.
         """
 
-    def unsubscribe(self, member: Connection, channel: str) -> bool:
+    def unsubscribe(self, member: Subscriber, channel: str) -> bool:
         return self.hub.unsubscribe(member, channel)
 
-    def remove_member(self, member: Connection) -> None:
+    def remove_member(self, member: Subscriber) -> None:
         self.hub.remove_member(member)
 
     @abc.abstractmethod
@@ -137,9 +145,6 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def statistics(self) -> BrokerStatistics: ...
-
-    #: Publications answered from the dedupe window instead of being published again.
-    deduplicated = 0
 
     @property
     def dedupe_entries(self) -> int:
@@ -154,9 +159,8 @@ class Broker(abc.ABC):
 class MemoryBroker(Broker):
     """Everything in this process: numbering, history, dedupe. One node only."""
 
-    def __init__(self, server: Server, epoch_prefix: str) -> None:
-        config = server.config
-        self._server = server
+    def __init__(self, config: Config, fanout: FanOut, *, epoch_prefix: str) -> None:
+        self._fanout = fanout
         self.hub = Hub(
             epoch_prefix=epoch_prefix,
             max_subscriptions=config.max_subscriptions,
@@ -174,7 +178,7 @@ class MemoryBroker(Broker):
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()
 
-    def publish(self, pub: Publication) -> list[Connection]:
+    def publish(self, pub: Publication) -> list[Subscriber]:
         now = trio.current_time()
         if pub.dedupe is not None:
             seq = self._dedupe.lookup(pub.dedupe[0], pub.channel, pub.dedupe[1], now)
@@ -200,18 +204,18 @@ class MemoryBroker(Broker):
             raise trio.WouldBlock
         return self._broadcast(pub, trio.current_time())[0]
 
-    def _broadcast(self, pub: Publication, now: float) -> tuple[int, list[Connection]]:
+    def _broadcast(self, pub: Publication, now: float) -> tuple[int, list[Subscriber]]:
         """Number, frame once, hand over, keep in history: one synchronous step, so every
         subscriber receives a channel's messages in sequence order."""
         state, seq = self.hub.publish(pub.channel)
         frame = text_frame(pub.payload(seq, state.message_id(seq)))
-        blocked = self._server.fan_out(state, frame, pub.sender)
-        self._server.published += 1
+        blocked = self._fanout.deliver(state, frame, pub.sender_id)
+        self.published += 1
         self.hub.record(state, seq, frame, now)
         return seq, blocked
 
     async def subscribe(
-        self, member: Connection, channel: str, since: int | None, epoch: str | None
+        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
     ) -> Subscribed:
         state = self.hub.subscribe(member, channel)
         resume = None
@@ -235,10 +239,10 @@ class MemoryBroker(Broker):
         return self._dedupe.principals
 
 
-def open_broker(server: Server) -> Broker:
+def open_broker(config: Config, fanout: FanOut, wall_clock_ms: WallClockMs) -> Broker:
     """The Redis broker when ``Config.redis_url`` is set, else the in-process one."""
-    if server.config.redis_url is not None:
+    if config.redis_url is not None:
         from ._redis_broker import RedisBroker  # imports redis only when it is used
 
-        return RedisBroker(server, server.config.redis_url)
-    return MemoryBroker(server, epoch_prefix=secrets.token_hex(4))
+        return RedisBroker(config, fanout, wall_clock_ms, config.redis_url)
+    return MemoryBroker(config, fanout, epoch_prefix=secrets.token_hex(4))

@@ -32,7 +32,8 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from ._core.tracking import AdaptiveInterval, Event, Tracker, full_jitter
+from ._core.backoff import full_jitter
+from ._core.tracking import AdaptiveInterval, Event, Tracker
 from ._transport import ConnectionClosed, ConnectionRejected, open_client
 
 log = logging.getLogger("triows.client")

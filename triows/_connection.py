@@ -50,7 +50,6 @@ GOING_AWAY = 1001
 POLICY = 1008
 TOO_BIG = 1009
 INTERNAL_ERROR = 1011
-TRY_AGAIN_LATER = 1013
 
 
 class Connection:
@@ -224,8 +223,7 @@ class Connection:
             self._writer_wakeup.set()
             return False
         if verdict is Verdict.DISCONNECT:
-            self._server.count_slow_consumer()
-            self.close(TRY_AGAIN_LATER, "Slow consumer")
+            self._server.fanout.slow_consumer(self, "Slow consumer")
         return True
 
     def _write_direct(self, frame: bytes) -> bool:
@@ -272,8 +270,7 @@ class Connection:
             self._close_not_reading()
 
     def _close_not_reading(self) -> None:
-        self._server.count_slow_consumer()
-        self.close(TRY_AGAIN_LATER, "Slow consumer: replies are not being read")
+        self._server.fanout.slow_consumer(self, "Slow consumer: replies are not being read")
 
     async def reply(self, frame: dict[str, object]) -> None:
         """Send a reply to this client, waiting (boundedly) while its outbox is over capacity."""
@@ -295,10 +292,11 @@ class Connection:
 
     def _publish_failed(self, request_id: protocol.RequestId | None, exc: Exception) -> None:
         self._unacked -= 1
-        code = (
-            protocol.UNAVAILABLE if isinstance(exc, BrokerUnavailableError) else protocol.INTERNAL
-        )
-        self.reply_nowait(protocol.error_frame(code, str(exc), request_id))
+        if isinstance(exc, BrokerUnavailableError):
+            frame = protocol.error_frame(protocol.UNAVAILABLE, str(exc), request_id)
+        else:  # the reason is in the server's log; it may hold details clients must not see
+            frame = protocol.error_frame(protocol.INTERNAL, "internal error", request_id)
+        self.reply_nowait(frame)
 
     async def wait_for_room(self) -> None:
         while len(self.outbox) >= self.outbox.capacity and self.close_code is None:
@@ -325,8 +323,7 @@ class Connection:
                     self._send_scope = None
             if scope.cancelled_caught:
                 if self.close_code is None:
-                    self._server.count_slow_consumer()
-                    self.close(TRY_AGAIN_LATER, "Slow consumer: write timed out")
+                    self._server.fanout.slow_consumer(self, "Slow consumer: write timed out")
                 return
             if self._room is not None and outbox.has_room:
                 self._room.set()
@@ -403,7 +400,7 @@ class Connection:
                 except ProtocolError:
                     self._unacked -= 1  # refused at once: neither callback will come
                     raise
-                await server.wait_for_blocked(blocked)
+                await server.fanout.wait_for_blocked(blocked)
                 if self._acks_over:
                     self._acks_over = False
                     await self.settle()

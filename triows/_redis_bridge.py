@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -28,6 +27,8 @@ import redis
 import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from ._core.backoff import full_jitter
 
 log = logging.getLogger("triows.redis")
 
@@ -56,8 +57,9 @@ def open_client(url: str, timeout: float) -> redis.Redis:
     )
 
 
-def backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
-    return random.uniform(0, min(cap, base * 2 ** min(attempt, 16)))
+def backoff(attempt: int) -> float:
+    """Before retry ``attempt`` of a Redis call: 50 ms doubling up to 2 s, fully jittered."""
+    return full_jitter(attempt, 0.05, 2.0)
 
 
 class RedisBridge:
@@ -125,11 +127,6 @@ class PubSubListener:
         """Drop the connection and start over: used when it went silent."""
         self._requests.put(("reset", ""))
 
-    def drop_silently(self) -> None:
-        """Unsubscribe in Redis but keep wanting the channels: the silent failure the watchdog
-        must notice. Used by tests only."""
-        self._requests.put(("drop", ""))
-
     def run(self) -> None:
         """The thread's body, until trio cancels the task waiting for it."""
         attempt = 0
@@ -184,8 +181,6 @@ class PubSubListener:
             elif op == "unsubscribe":
                 self._held.discard(channel)
                 unsubscribe.append(channel)
-            elif op == "drop":
-                pubsub.unsubscribe()
             else:
                 raise _Reset
         # A later request for the same channel wins. (No arguments would mean "all channels".)

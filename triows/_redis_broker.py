@@ -29,20 +29,35 @@ import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import redis
 import trio
 import trio_util
 
-from ._broker import Broker, BrokerStatistics, BrokerUnavailableError, Publication, Subscribed
+from ._broker import (
+    Broker,
+    BrokerStatistics,
+    BrokerUnavailableError,
+    Publication,
+    Subscribed,
+    WallClockMs,
+)
+from ._config import Config
 from ._core import protocol
 from ._core import redis_format as fmt
 from ._core.feed import Deliver, Entry, Feed, Fill, Restart
 from ._core.frames import text_frame
-from ._core.hub import Hub, Resume, SubscriptionLimitError
+from ._core.hub import (
+    Hub,
+    Resume,
+    SubscriptionLimitError,
+    resume_from_history,
+    resume_without_history,
+)
+from ._fanout import FanOut, Subscriber
 from ._redis_bridge import (
     LINK_ERRORS,
     Confirmed,
@@ -54,17 +69,26 @@ from ._redis_bridge import (
     backoff,
 )
 
-if TYPE_CHECKING:
-    from ._connection import Connection
-    from ._server import Server
-
 log = logging.getLogger("triows.redis")
+
+T = TypeVar("T")
 
 #: Publications sent in one pipeline at most.
 PUBLISH_BATCH = 500
-#: How long a publication's once-key lives when it has no dedupe id: long enough for a resend
-#: after a lost reply.
-TOKEN_TTL = 120
+#: Redis error replies that mean "not now" (out of memory, a read-only replica, loading a
+#: dataset, a busy script, ...): the publication is kept and sent again with backoff, like
+#: during an outage, instead of failing.
+TRANSIENT_REPLIES = (
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "MISCONF",
+    "NOREPLICAS",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+)
 #: Rounds of stream reads a resume may take to catch up with a busy channel.
 RESUME_ROUNDS = 20
 
@@ -87,14 +111,27 @@ class _Channel:
 class _Pending:
     token: str
     pub: Publication
-    keys: tuple[str, str, str]
+    keys: tuple[str, str, str, str]
     args: tuple[Any, ...]
 
 
+class _NotWanted(Exception):
+    """A retried call's work is no longer wanted (its channel is no longer followed)."""
+
+
+class PublishRefusedError(Exception):
+    """Redis refused a publication for good (the reason is logged, not shown to clients)."""
+
+    def __init__(self) -> None:
+        super().__init__("internal error")
+
+
 class RedisBroker(Broker):
-    def __init__(self, server: Server, url: str) -> None:
-        config = server.config
-        self._server = server
+    def __init__(
+        self, config: Config, fanout: FanOut, wall_clock_ms: WallClockMs, url: str
+    ) -> None:
+        self._fanout = fanout
+        self._now_ms = wall_clock_ms
         self._config = config
         self.hub = Hub(
             epoch_prefix="redis",  # unused: the epochs come from Redis
@@ -106,6 +143,9 @@ class RedisBroker(Broker):
         self.node_id = secrets.token_hex(4)
         self._epochs = itertools.count(1)
         self._tokens = itertools.count(1)
+        self._pending_key = fmt.pending_key(self.node_id)
+        #: Tokens whose answer arrived: their pending fields are deleted with the next batch.
+        self._answered: list[str] = []
         self._bridge = RedisBridge(url, config.redis_timeout)
         self._control = fmt.control_channel(self.node_id)
         self._listener = PubSubListener(self._bridge, self._control, self._dispatch)
@@ -128,6 +168,8 @@ class RedisBroker(Broker):
         self.reconnects = 0
         self.repairs = 0
         self.filled = 0
+        self.malformed = 0
+        self.task_failures = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -137,8 +179,8 @@ class RedisBroker(Broker):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._listen)
-                nursery.start_soon(self._publish_loop)
-                nursery.start_soon(self._watchdog)
+                nursery.start_soon(self._restarting, "publisher", self._publish_loop)
+                nursery.start_soon(self._restarting, "watchdog", self._watchdog)
                 # Start serving with Redis ready if it answers soon; without it otherwise
                 # (clients are served, publications held, and the link keeps being retried).
                 with trio.move_on_after(self._config.redis_timeout):
@@ -159,6 +201,45 @@ class RedisBroker(Broker):
     async def _listen(self) -> None:
         await trio.to_thread.run_sync(self._listener.run, abandon_on_cancel=False)
 
+    async def _restarting(self, name: str, task: Callable[[], Awaitable[None]]) -> None:
+        """Run a background task; a bug in it is logged and the task started again with
+        backoff, so that it never stops the server (``Cancelled`` passes)."""
+        attempt = 0
+        while True:
+            try:
+                await task()
+                return
+            except Exception:
+                self.task_failures += 1
+                log.exception("Redis broker task %r failed; restarting it", name)
+            await trio.sleep(backoff(attempt))
+            attempt += 1
+
+    async def _call(
+        self,
+        part: str,
+        fn: Callable[[redis.Redis], T],
+        wanted: Callable[[], bool] = lambda: True,
+        *,
+        mark_up: bool = True,
+    ) -> T:
+        """Run ``fn`` in a thread until it works, with backoff. ``part`` of the link is down
+        while it fails and up once it works (unless ``mark_up`` is false: the caller judges
+        the answer first). Raises :class:`_NotWanted` once ``wanted()`` is false."""
+        attempt = 0
+        while wanted():
+            try:
+                result = await self._bridge.call(fn)
+            except LINK_ERRORS as exc:
+                self._part_down(part, _describe(exc))
+                await trio.sleep(backoff(attempt))
+                attempt += 1
+                continue
+            if mark_up:
+                self._part_up(part)
+            return result
+        raise _NotWanted
+
     # -- link state -----------------------------------------------------------------------------
 
     def _part_down(self, part: str, reason: str) -> None:
@@ -170,7 +251,7 @@ class RedisBroker(Broker):
                 "(up to %d)",
                 part,
                 reason,
-                len(self._server.connections()),
+                len(self._fanout),
                 self._config.redis_buffer_size,
             )
         self._down[part] = reason  # the latest reason, for the logs
@@ -196,7 +277,10 @@ class RedisBroker(Broker):
 
     # -- publishing -----------------------------------------------------------------------------
 
-    def publish(self, pub: Publication) -> list[Connection]:
+    def publish(self, pub: Publication) -> list[Subscriber]:
+        if self._nursery is None:
+            self.refused += 1
+            raise BrokerUnavailableError("the Redis broker is not running (server stopping)")
         if len(self._buffer) >= self._config.redis_buffer_size:
             self.refused += 1
             raise BrokerUnavailableError(
@@ -204,21 +288,27 @@ class RedisBroker(Broker):
                 f"({'unreachable' if self._down else 'slow'}); try again later"
             )
         config = self._config
-        token = f"{self.node_id}:{next(self._tokens):x}"
+        number = f"{next(self._tokens):x}"
+        token = f"{self.node_id}:{number}"
         if pub.dedupe is not None and config.dedupe_size > 0 and config.dedupe_ttl > 0:
             key, request_id = pub.dedupe
-            name = f"d:{_principal(key)}:{pub.channel}:{protocol.encode(request_id).decode()}"
-            once = fmt.once_key(name)
+            kind, name = key if isinstance(key, tuple) else ("key", key)
+            request = protocol.encode(request_id).decode()
+            once = fmt.dedupe_key(str(kind), str(name), pub.channel, request)
             once_ttl = max(1, int(config.dedupe_ttl))
         else:
-            once, once_ttl = fmt.once_key(f"t:{token}"), TOKEN_TTL
+            once, once_ttl = fmt.dedupe_key(), 0
         size, _ = config.history_for(pub.channel)
-        sender = pub.sender.client_id if pub.sender is not None else None
         self._buffer.append(
             _Pending(
                 token,
                 pub,
-                (fmt.numbering_key(pub.channel), fmt.stream_key(pub.channel), once),
+                (
+                    fmt.numbering_key(pub.channel),
+                    fmt.stream_key(pub.channel),
+                    once,
+                    self._pending_key,
+                ),
                 (
                     fmt.payload_head(pub.payload(0, "")),
                     f"{self.node_id}.{next(self._epochs)}",
@@ -226,8 +316,9 @@ class RedisBroker(Broker):
                     size,
                     int(config.redis_key_ttl * 1000),
                     once_ttl,
-                    fmt.origin(token, sender),
+                    fmt.origin(token, pub.sender_id),
                     pub.timestamp_ms,
+                    number,
                 ),
             )
         )
@@ -248,40 +339,64 @@ class RedisBroker(Broker):
                 self._buffer_changed = trio.Event()
                 await self._buffer_changed.wait()
             batch = list(itertools.islice(self._buffer, PUBLISH_BATCH))
+            answered = self._answered
+            self._answered = []
             try:
-                results = await self._bridge.call(functools.partial(self._send_batch, batch))
-            except LINK_ERRORS as exc:
-                self._part_down("publish", _describe(exc))
+                results = await self._call(
+                    "publish", functools.partial(self._send_batch, batch, answered), mark_up=False
+                )
+            except BaseException:
+                self._answered = answered + self._answered  # still to delete
+                raise
+            retry = self._take_results(batch, results)
+            if retry is None:
+                attempt = 0
+                self._part_up("publish")
+            else:
+                self._part_down("publish", retry)
                 await trio.sleep(backoff(attempt))
                 attempt += 1
-                continue
-            attempt = 0
-            self._part_up("publish")
-            for pending, result in zip(batch, results, strict=True):
-                if isinstance(result, redis.exceptions.NoScriptError):
-                    self._publish_sha = None  # Redis restarted: load it again, resend the rest
-                    break
-                self._buffer.popleft()
-                self._in_flight.pop(pending.token, None)
-                if isinstance(result, Exception):
-                    log.error("Redis refused a publication to %r: %s", pending.pub.channel, result)
-                    self._fail(pending.pub, result)
-                    continue
-                seq, _, duplicate = result
-                if duplicate:
-                    self.deduplicated += 1
-                    self._settle(pending.pub, int(seq))
-                else:
-                    self._settle_published(pending.pub, int(seq))
 
-    def _send_batch(self, batch: list[_Pending], client: redis.Redis) -> list[Any]:
-        """In a worker thread: one pipeline for the whole batch."""
+    def _take_results(self, batch: list[_Pending], results: list[Any]) -> str | None:
+        """Settle what Redis answered, in order; stops at the first publication to send again
+        and returns why (None when the whole batch is done)."""
+        for pending, result in zip(batch, results, strict=True):
+            if isinstance(result, redis.exceptions.NoScriptError):
+                self._publish_sha = None  # Redis restarted: load it again, resend the rest
+                return "the publish script was gone (Redis restarted)"
+            if isinstance(result, Exception) and str(result).startswith(TRANSIENT_REPLIES):
+                return f"Redis refused a publication for now: {result}"
+            self._buffer.popleft()
+            self._in_flight.pop(pending.token, None)
+            self._answered.append(pending.args[-1])
+            if isinstance(result, Exception):
+                # A script error is a bug or a Redis we cannot work with: the reason goes to
+                # the log; the client gets a plain 500.
+                log.error("Redis refused a publication to %r: %s", pending.pub.channel, result)
+                self._fail(pending.pub, PublishRefusedError())
+                continue
+            seq, _, duplicate = result
+            if duplicate:
+                self.deduplicated += 1
+                self._settle(pending.pub, int(seq))
+            else:
+                self._settle_published(pending.pub, int(seq))
+        return None
+
+    def _send_batch(
+        self, batch: list[_Pending], answered: list[str], client: redis.Redis
+    ) -> list[Any]:
+        """In a worker thread: one pipeline for the whole batch, after deleting the pending
+        fields of publications answered before (their answer arrived: no resend can come)."""
         if self._publish_sha is None:
             self._publish_sha = str(client.script_load(fmt.PUBLISH_SCRIPT))
         pipe = client.pipeline(transaction=False)
+        if answered:
+            pipe.hdel(self._pending_key, *answered)
         for pending in batch:
-            pipe.evalsha(self._publish_sha, 3, *pending.keys, *pending.args)
-        return pipe.execute(raise_on_error=False)
+            pipe.evalsha(self._publish_sha, len(pending.keys), *pending.keys, *pending.args)
+        results = pipe.execute(raise_on_error=False)
+        return results[1:] if answered else results
 
     def _settle(self, pub: Publication, seq: int) -> bool:
         """Tell the publisher its seq, once; False if it was told already."""
@@ -293,7 +408,7 @@ class RedisBroker(Broker):
 
     def _settle_published(self, pub: Publication, seq: int) -> None:
         if self._settle(pub, seq):
-            self._server.published += 1
+            self.published += 1
 
     def _fail(self, pub: Publication, exc: Exception) -> None:
         failed, pub.numbered, pub.failed = pub.failed, None, None
@@ -303,7 +418,7 @@ class RedisBroker(Broker):
     # -- subscribing ----------------------------------------------------------------------------
 
     async def subscribe(
-        self, member: Connection, channel: str, since: int | None, epoch: str | None
+        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
     ) -> Subscribed:
         hub = self.hub
         if channel not in hub.channels_of(member) and hub.subscriptions(member) >= (
@@ -333,14 +448,14 @@ class RedisBroker(Broker):
         state.seq, state.epoch = feed.seq, feed.epoch
         return Subscribed(seq=feed.seq, epoch=feed.epoch, resume=resume)
 
-    def unsubscribe(self, member: Connection, channel: str) -> bool:
+    def unsubscribe(self, member: Subscriber, channel: str) -> bool:
         left = self.hub.unsubscribe(member, channel)
         ch = self._channels.get(channel)
         if ch is not None:
             self._unfollow_if_unused(ch)
         return left
 
-    def remove_member(self, member: Connection) -> None:
+    def remove_member(self, member: Subscriber) -> None:
         channels = self.hub.channels_of(member)
         self.hub.remove_member(member)
         for name in channels:
@@ -371,16 +486,16 @@ class RedisBroker(Broker):
         seq), so the replay and live delivery meet without a hole.
         """
         feed = ch.feed
-        if epoch != feed.epoch or since > feed.seq:
-            return Resume(recovered=False)
-        if since == feed.seq:
-            return Resume(recovered=True)
+        known = resume_without_history(since, epoch, feed.epoch, feed.seq)
+        if known is not None:
+            return known
         found: list[tuple[Entry, int]] = []
         after = since
         for _ in range(RESUME_ROUNDS):
             upto = feed.seq
             try:
-                entries, stream_epoch = await self._read_stream(ch.name, after, upto)
+                read = functools.partial(_read_stream_in_thread, ch.name, after, upto)
+                entries, stream_epoch = await self._bridge.call(read)
             except LINK_ERRORS:
                 raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
             if stream_epoch != epoch or feed.epoch != epoch:
@@ -392,37 +507,11 @@ class RedisBroker(Broker):
         else:
             raise BrokerUnavailableError("channel too busy to resume now; try again")
         size, ttl = self._config.history_for(ch.name)
-        cutoff = self._server.now_ms() - ttl * 1000
+        cutoff = self._now_ms() - ttl * 1000
         kept = [entry for entry, at in found if at >= cutoff][-size:] if size and ttl else []
-        replay = tuple(text_frame(entry.payload) for entry in kept)
-        if not kept:
-            return Resume(recovered=False, gap=(since + 1, feed.seq))
-        first = kept[0].seq
-        if first <= since + 1:
-            return Resume(recovered=True, replay=replay)
-        return Resume(recovered=False, gap=(since + 1, first - 1), replay=replay)
-
-    async def _read_stream(
-        self, name: str, after: int, upto: int
-    ) -> tuple[list[tuple[Entry, int]], str | None]:
-        """Stream entries ``after < seq <= upto`` and the channel's epoch, read together."""
-        if upto <= after:
-            raw_epoch: Any = await self._bridge.call(
-                lambda r: r.hget(fmt.numbering_key(name), "epoch")
-            )
-            return [], raw_epoch.decode() if raw_epoch else None
-
-        def read(client: redis.Redis) -> list[Any]:
-            pipe = client.pipeline(transaction=True)
-            pipe.xrange(fmt.stream_key(name), f"{after + 1}-0", f"{upto}-0")
-            pipe.hget(fmt.numbering_key(name), "epoch")
-            return pipe.execute()
-
-        raw, epoch_bytes = await self._bridge.call(read)
-        if epoch_bytes is None:
-            return [], None
-        epoch = epoch_bytes.decode()
-        return [fmt.parse_stream_entry(i, f, epoch) for i, f in raw], epoch
+        return resume_from_history(
+            since, feed.seq, [(entry.seq, text_frame(entry.payload)) for entry in kept]
+        )
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -430,19 +519,24 @@ class RedisBroker(Broker):
         """A batch from the listener thread, which waits for this (its backpressure)."""
         self._dispatching = True
         try:
-            blocked: list[Connection] = []
+            blocked: list[Subscriber] = []
             for event in events:
                 if isinstance(event, Message):
-                    blocked += self._on_message(event)
+                    try:
+                        blocked += self._on_message(event)
+                    except fmt.MalformedError as exc:
+                        # Not ours (or not intact): skip it, keep the rest of the batch.
+                        self.malformed += 1
+                        log.warning("skipped a malformed message on %s: %s", event.channel, exc)
                 elif isinstance(event, Confirmed):
                     self._on_confirmed(event.channel)
                 elif isinstance(event, LinkDown):
                     self._part_down("pubsub", event.reason)
-            await self._server.wait_for_blocked(blocked)
+            await self._fanout.wait_for_blocked(blocked)
         finally:
             self._dispatching = False
 
-    def _on_message(self, message: Message) -> list[Connection]:
+    def _on_message(self, message: Message) -> list[Subscriber]:
         if message.channel == self._control:
             kind, _, number = message.data.partition(b":")
             if kind == b"ping":
@@ -469,15 +563,17 @@ class RedisBroker(Broker):
             ch.sync_again = True
         elif self._nursery is not None:
             ch.syncing = True
-            self._nursery.start_soon(self._sync, ch)
+            self._nursery.start_soon(
+                self._restarting, f"sync {ch.name}", partial_async(self._sync, ch)
+            )
 
     def _settle_own(self, entry: Entry) -> None:
         pub = self._in_flight.get(entry.token)
         if pub is not None:
             self._settle_published(pub, entry.seq)
 
-    def _apply(self, ch: _Channel, actions: Sequence[Deliver | Fill | Restart]) -> list[Connection]:
-        blocked: list[Connection] = []
+    def _apply(self, ch: _Channel, actions: Sequence[Deliver | Fill | Restart]) -> list[Subscriber]:
+        blocked: list[Subscriber] = []
         for action in actions:
             state = self.hub.channel(ch.name)
             if isinstance(action, Deliver):
@@ -486,11 +582,11 @@ class RedisBroker(Broker):
                 if state is not None:
                     state.seq, state.epoch = entry.seq, entry.epoch
                     state.published += 1
-                    sender = self._server.connection_by_id(entry.sender)
-                    blocked += self._server.fan_out(state, text_frame(entry.payload), sender)
+                    blocked += self._fanout.deliver(state, text_frame(entry.payload), entry.sender)
             elif isinstance(action, Fill):
                 if self._nursery is not None:
-                    self._nursery.start_soon(self._fill, ch, action.after, action.upto)
+                    fill = partial_async(self._fill, ch, action.after, action.upto)
+                    self._nursery.start_soon(self._restarting, f"fill {ch.name}", fill)
             elif state is not None:  # Restart: the numbering began again
                 state.seq, state.epoch = 0, action.epoch
                 log.warning("channel %r restarted its numbering (epoch %s)", ch.name, action.epoch)
@@ -502,25 +598,24 @@ class RedisBroker(Broker):
     async def _sync(self, ch: _Channel) -> None:
         """Read the channel's ``(seq, epoch)`` after a subscription was confirmed: the feed's
         baseline. Retried until it works or the channel is no longer followed."""
-        attempt = 0
-        while self._channels.get(ch.name) is ch:
-            ch.sync_again = False
-            join = functools.partial(
-                self._join_script, ch.name, f"{self.node_id}.{next(self._epochs)}"
-            )
-            try:
-                seq, epoch = await self._bridge.call(join)
-            except LINK_ERRORS as exc:
-                self._part_down("commands", _describe(exc))
-                await trio.sleep(backoff(attempt))
-                attempt += 1
-                continue
-            self._part_up("commands")
-            await self._server.wait_for_blocked(self._apply(ch, ch.feed.baseline(seq, epoch)))
-            ch.ready.set()
-            if not ch.sync_again:
-                break
-        ch.syncing = False
+        try:
+            while True:
+                ch.sync_again = False
+                join = functools.partial(
+                    self._join_script, ch.name, f"{self.node_id}.{next(self._epochs)}"
+                )
+                seq, epoch = await self._call("commands", join, lambda: self._follows(ch))
+                await self._fanout.wait_for_blocked(self._apply(ch, ch.feed.baseline(seq, epoch)))
+                ch.ready.set()
+                if not ch.sync_again:
+                    break
+        except _NotWanted:
+            pass
+        finally:
+            ch.syncing = False
+
+    def _follows(self, ch: _Channel) -> bool:
+        return self._channels.get(ch.name) is ch
 
     def _join_script(self, name: str, new_epoch: str, client: redis.Redis) -> tuple[int, str]:
         keys = (fmt.numbering_key(name), fmt.stream_key(name))
@@ -529,46 +624,48 @@ class RedisBroker(Broker):
         return int(seq), epoch.decode()
 
     async def _fill(self, ch: _Channel, after: int, upto: int) -> None:
-        attempt = 0
-        while self._channels.get(ch.name) is ch:
-            try:
-                found, _ = await self._read_stream(ch.name, after, upto)
-            except LINK_ERRORS as exc:
-                self._part_down("commands", _describe(exc))
-                await trio.sleep(backoff(attempt))
-                attempt += 1
-                continue
-            self.filled += len(found)
-            entries = [entry for entry, _ in found]
-            await self._server.wait_for_blocked(self._apply(ch, ch.feed.filled(entries)))
+        read = functools.partial(_read_stream_in_thread, ch.name, after, upto)
+        try:
+            found, _ = await self._call("commands", read, lambda: self._follows(ch))
+        except _NotWanted:
             return
+        self.filled += len(found)
+        entries = [entry for entry, _ in found]
+        await self._fanout.wait_for_blocked(self._apply(ch, ch.feed.filled(entries)))
 
     # -- the watchdog ---------------------------------------------------------------------------
 
     async def _watchdog(self) -> None:
-        """Ping our own control channel through Redis; a ping nobody receives, or that does not
-        come back, means the pub/sub link went silent although Redis answers."""
+        """Every ``redis_timeout``: ping our own control channel through Redis, which also
+        tells whether commands work (the link is marked up again by the first that does, even
+        when nothing else is being sent). A ping nobody receives, or pings that do not come
+        back, mean the pub/sub link went silent although Redis answers: it is rebuilt. Keys of
+        the channels this node follows get their ttl refreshed now and then."""
         period = self._config.redis_timeout
         refresh_every = max(1, int(min(self._config.redis_key_ttl / 4, 600) / period))
         ticks = 0
+        refresh_due = False
         while True:
             await trio.sleep(period)
             ticks += 1
-            if self._down:
-                continue
+            refresh_due = refresh_due or ticks % refresh_every == 0
             self._pings_sent += 1
             number = self._pings_sent
             try:
                 ping = functools.partial(_publish, self._control, b"ping:%d" % number)
                 receivers = await self._bridge.call(ping)
-                if ticks % refresh_every == 0:
+                if refresh_due:
                     await self._refresh_keys()
+                    refresh_due = False
             except LINK_ERRORS as exc:
                 self._part_down("commands", _describe(exc))
                 continue
             self._part_up("commands")
+            if "pubsub" in self._down:
+                self._ping_seen = number  # the listener is reconnecting; judge it afterwards
+                continue
             silent = self._ping_seen < number - 2 and not self._dispatching
-            if (receivers == 0 or silent) and not self._down:
+            if receivers == 0 or silent:
                 self.repairs += 1
                 log.warning(
                     "Redis pub/sub link went silent while Redis answers (%s); rebuilding it",
@@ -621,21 +718,34 @@ class RedisBroker(Broker):
             reconnects=self.reconnects,
             repairs=self.repairs,
             filled=self.filled,
+            malformed=self.malformed,
+            task_failures=self.task_failures,
         )
-
-    def drop_subscriptions_silently(self) -> None:
-        """Testing aid: make the pub/sub link go silent the way a broken proxy would."""
-        self._listener.drop_silently()
-        self._wake_listener()
 
 
 def _publish(channel: str, data: bytes, client: redis.Redis) -> int:
     return int(client.publish(channel, data))
 
 
-def _principal(key: object) -> str:
-    kind, name = key if isinstance(key, tuple) else ("key", key)
-    return f"{kind}:{name}"
+def _read_stream_in_thread(
+    name: str, after: int, upto: int, client: redis.Redis
+) -> tuple[list[tuple[Entry, int]], str | None]:
+    """Stream entries ``after < seq <= upto`` (with their ms timestamps) and the channel's
+    epoch, read together; no epoch means the channel has no numbering in Redis now."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hget(fmt.numbering_key(name), "epoch")
+    if upto > after:
+        pipe.xrange(fmt.stream_key(name), f"{after + 1}-0", f"{upto}-0")
+    epoch_bytes, *raw = pipe.execute()
+    if epoch_bytes is None:
+        return [], None
+    epoch = epoch_bytes.decode()
+    entries = raw[0] if raw else []
+    return [fmt.parse_stream_entry(i, f, epoch) for i, f in entries], epoch
+
+
+def partial_async(fn: Callable[..., Awaitable[None]], *args: Any) -> Callable[[], Awaitable[None]]:
+    return functools.partial(fn, *args)
 
 
 def _describe(exc: BaseException) -> str:

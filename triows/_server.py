@@ -29,9 +29,9 @@ from ._config import Config, Rejected
 from ._connection import GOING_AWAY, Connection
 from ._core import protocol
 from ._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
-from ._core.hub import ChannelState
 from ._core.names import ChannelNameError, validate_channel
 from ._core.protocol import ProtocolError
+from ._fanout import FanOut, Subscriber
 from ._listen import open_tcp_listeners
 from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics
 from ._supervisor import run_supervisor
@@ -54,12 +54,12 @@ class Server:
         self.config = config
         self.wall_clock = wall_clock
         self.server_id = config.server_id or secrets.token_hex(4)
-        self.broker = open_broker(self)
+        self.fanout = FanOut(config.block_timeout)
+        self.broker = open_broker(config, self.fanout, self.now_ms)
         self.hub = self.broker.hub
         self.auth_enabled = config.jwt_secret is not None or config.authenticate is not None
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._connections: dict[Connection, None] = {}
-        self._by_client_id: dict[str, Connection] = {}
         self._handshaking = 0
         self._closing = False
         self._accept_scope = trio.CancelScope()
@@ -70,9 +70,6 @@ class Server:
         self._max_data = config.max_message_size - ENVELOPE_ALLOWANCE
         # Counters; rates are sampled by the supervisor.
         self.connections_total = 0
-        self.published = 0
-        self.delivered = 0
-        self.slow_consumer_disconnects = 0
         self._dropped_by_gone = 0
         self._rejected: Counter[int] = Counter()
         self._closed_by_server: Counter[int] = Counter()
@@ -97,9 +94,9 @@ class Server:
             outcome.append(result)
             done.set()
 
-        pub = self._publication(self._checked_channel(channel), data, None, sender)
+        pub = self._publication(self._checked_channel(channel), data, sender)
         pub.numbered = pub.failed = settle
-        await self.wait_for_blocked(self.broker.publish(pub))
+        await self.fanout.wait_for_blocked(self.broker.publish(pub))
         if not outcome:  # in process it is already numbered; no checkpoint then
             await done.wait()
         if isinstance(outcome[0], Exception):
@@ -110,7 +107,7 @@ class Server:
         """Like :meth:`publish`, but raises ``trio.WouldBlock`` (and publishes nothing) when a
         ``block`` subscriber has no room. In-process broker only: with Redis the seq is known
         once Redis answered, so it raises ``RuntimeError``."""
-        pub = self._publication(self._checked_channel(channel), data, None, sender)
+        pub = self._publication(self._checked_channel(channel), data, sender)
         return self.broker.publish_nowait(pub)
 
     def statistics(self) -> ServerStatistics:
@@ -124,10 +121,10 @@ class Server:
             closed_by_server=dict(self._closed_by_server),
             channels=self.hub.channel_count,
             subscriptions=self.hub.subscription_count,
-            published=self.published,
-            delivered=self.delivered,
+            published=self.broker.published,
+            delivered=self.fanout.delivered,
             dropped=self._dropped_by_gone + sum(c.outbox.dropped for c in connections),
-            slow_consumer_disconnects=self.slow_consumer_disconnects,
+            slow_consumer_disconnects=self.fanout.slow_consumer_disconnects,
             queued_frames=sum(len(c.outbox) for c in connections),
             queued_bytes=sum(c.outbox.queued_bytes for c in connections),
             publish_rate=self.publish_rate,
@@ -271,7 +268,7 @@ class Server:
                 client_id=secrets.token_urlsafe(9),
             )
             self._connections[conn] = None
-            self._by_client_id[conn.client_id] = conn
+            self.fanout.register(conn)
             self.connections_total += 1
         finally:
             self._handshaking -= 1
@@ -360,7 +357,7 @@ class Server:
         request_id: protocol.RequestId | None,
         numbered: Callable[[int], None],
         failed: Callable[[Exception], None],
-    ) -> list[Connection]:
+    ) -> list[Subscriber]:
         """A client's publish, handed to the broker without waiting.
 
         ``numbered(seq)`` is called once the message has its number (at once in process; when
@@ -368,7 +365,7 @@ class Server:
         ``conn``. Returns the subscribers a ``block`` publisher must wait for.
         """
         try:
-            pub = self._publication(channel, data, conn, conn.client_id)
+            pub = self._publication(channel, data, conn.client_id)
         except DataTooLargeError as exc:
             raise ProtocolError(protocol.TOO_LARGE, str(exc), request_id) from None
         if request_id is not None:
@@ -382,16 +379,13 @@ class Server:
     def forget(self, conn: Connection) -> None:
         if conn in self._connections:
             del self._connections[conn]
-            del self._by_client_id[conn.client_id]
+            self.fanout.unregister(conn)
             self._dropped_by_gone += conn.outbox.dropped
             self._population_changed.set()
             log.debug("disconnected %r: %s %s", conn, conn.close_code, conn.close_reason)
 
     def count_close(self, code: int) -> None:
         self._closed_by_server[code] += 1
-
-    def count_slow_consumer(self) -> None:
-        self.slow_consumer_disconnects += 1
 
     # -- fan-out --------------------------------------------------------------------------------
 
@@ -401,44 +395,11 @@ class Server:
         except ChannelNameError as exc:
             raise ValueError(str(exc)) from None
 
-    def _publication(
-        self, channel: str, data: Any, sender: Connection | None, sender_id: str | None
-    ) -> Publication:
+    def _publication(self, channel: str, data: Any, sender_id: str | None) -> Publication:
         data_json = protocol.encode_value(data)
         if len(data_json) > self._max_data:
             raise DataTooLargeError(f"data is larger than {self._max_data} bytes")
-        return Publication(channel, data_json, sender, sender_id, self.now_ms())
-
-    def fan_out(
-        self, state: ChannelState[Connection], frame: bytes, sender: Connection | None
-    ) -> list[Connection]:
-        """Hand one framed message to every local subscriber but its sender, without waiting;
-        returns the ``block`` subscribers that went over capacity."""
-        policy = state.policy
-        blocked: list[Connection] = []
-        delivered = 0
-        for member in state.members:
-            if member is not sender:
-                delivered += 1
-                if not member.deliver(frame, policy, state):
-                    blocked.append(member)
-        state.delivered += delivered
-        self.delivered += delivered
-        return blocked
-
-    async def wait_for_blocked(self, blocked: list[Connection]) -> None:
-        if not blocked:
-            return
-        deadline = trio.current_time() + self.config.block_timeout
-        for member in blocked:
-            with trio.move_on_at(deadline):
-                await member.wait_for_room()
-            if len(member.outbox) >= member.outbox.capacity and member.close_code is None:
-                self.count_slow_consumer()
-                member.close(1013, "Slow consumer")
-
-    def connection_by_id(self, client_id: str | None) -> Connection | None:
-        return None if client_id is None else self._by_client_id.get(client_id)
+        return Publication(channel, data_json, sender_id, self.now_ms())
 
     def connections(self) -> list[Connection]:
         return list(self._connections)

@@ -48,13 +48,14 @@ async def sweep_idle(server: Server) -> None:
 
 
 async def sample_statistics(server: Server) -> None:
-    published, delivered = server.published, server.delivered
+    broker, fanout = server.broker, server.fanout
+    published, delivered = broker.published, fanout.delivered
     ticks = 0
     while True:
         await trio.sleep(SAMPLE_INTERVAL)
-        server.publish_rate = (server.published - published) / SAMPLE_INTERVAL
-        server.delivery_rate = (server.delivered - delivered) / SAMPLE_INTERVAL
-        published, delivered = server.published, server.delivered
+        server.publish_rate = (broker.published - published) / SAMPLE_INTERVAL
+        server.delivery_rate = (fanout.delivered - delivered) / SAMPLE_INTERVAL
+        published, delivered = broker.published, fanout.delivered
         now = trio.current_time()
         server.broker.expire(now)
         ticks += 1

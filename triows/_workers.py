@@ -26,6 +26,7 @@ import trio
 
 from ._cli import WORKER_ENV, cannot_listen
 from ._config import Config
+from ._core.backoff import exponential
 from ._listen import reserve_port
 
 log = logging.getLogger("triows.workers")
@@ -154,7 +155,7 @@ def restart_delay(quick_failures: int) -> float:
     dying within ``HEALTHY_AFTER`` (a crash loop must not spin)."""
     if quick_failures == 0:
         return 0.0
-    return float(min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(quick_failures - 1, 16)))
+    return exponential(quick_failures - 1, BACKOFF_BASE, BACKOFF_CAP)
 
 
 def _describe_exit(code: int) -> str:

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triows._core.tracking import AdaptiveInterval, Gap, Message, Tracker, full_jitter
+from triows._core.backoff import full_jitter
+from triows._core.tracking import AdaptiveInterval, Gap, Message, Tracker
 
 
 def subscribed(seq: int, epoch: str = "e1", **extra: Any) -> dict[str, Any]:

@@ -43,9 +43,10 @@ class History:
     def first_seq(self) -> int | None:
         return self._entries[0][0] if self._entries else None
 
-    def after(self, seq: int) -> list[bytes]:
-        """Frames of every held message with a sequence number above ``seq``, in order."""
-        return [frame for number, _, frame in self._entries if number > seq]
+    def after(self, seq: int) -> list[tuple[int, bytes]]:
+        """``(seq, frame)`` of every held message with a sequence number above ``seq``, in
+        order."""
+        return [(number, frame) for number, _, frame in self._entries if number > seq]
 
     def clear(self) -> None:
         self._entries.clear()

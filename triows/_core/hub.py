@@ -17,7 +17,7 @@ Rules of this file:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 import attrs
@@ -57,6 +57,36 @@ class Resume:
     gap: tuple[int, int] | None = None
     #: Frames of the missed messages history still holds, in order, to send before live ones.
     replay: tuple[bytes, ...] = ()
+
+
+def resume_without_history(
+    since: int, epoch: str | None, current_epoch: str | None, current_seq: int
+) -> Resume | None:
+    """The answer to a resume from ``(epoch, since)`` when no history is needed, else None.
+
+    Another epoch (or a seq from the future) means the numbers the client holds mean nothing
+    here: ``recovered`` is false and nothing is replayed. Nothing missed: recovered.
+    """
+    if epoch != current_epoch or since > current_seq:
+        return Resume(recovered=False)
+    if since == current_seq:
+        return Resume(recovered=True)
+    return None
+
+
+def resume_from_history(since: int, current_seq: int, held: Sequence[tuple[int, bytes]]) -> Resume:
+    """A resume from ``since`` (same epoch, behind ``current_seq``) given ``held``: the
+    ``(seq, frame)`` of every message after ``since`` that history still holds, in order.
+
+    Every held message is replayed; ``gap`` names the range history no longer reaches.
+    """
+    if not held:
+        return Resume(recovered=False, gap=(since + 1, current_seq))
+    replay = tuple(frame for _, frame in held)
+    first = held[0][0]
+    if first <= since + 1:
+        return Resume(recovered=True, replay=replay)
+    return Resume(recovered=False, gap=(since + 1, first - 1), replay=replay)
 
 
 class Hub(Generic[M]):
@@ -137,25 +167,13 @@ class Hub(Generic[M]):
             self._discard_if_unused(state)
 
     def resume(self, state: ChannelState[M], since: int, epoch: str | None, now: float) -> Resume:
-        """What a client that last saw ``(epoch, since)`` missed, and what history can replay.
-
-        Another epoch means the numbers it holds mean nothing here: ``recovered`` is false and
-        nothing is replayed. Otherwise every held message after ``since`` is replayed, and
-        ``gap`` names the range history no longer reaches.
-        """
-        if epoch != state.epoch or since > state.seq:
-            return Resume(recovered=False)
-        if since == state.seq:
-            return Resume(recovered=True)
-        history = state.history
-        history.prune(now)
-        first = history.first_seq()
-        if first is None:
-            return Resume(recovered=False, gap=(since + 1, state.seq))
-        replay = tuple(history.after(since))
-        if first <= since + 1:
-            return Resume(recovered=True, replay=replay)
-        return Resume(recovered=False, gap=(since + 1, first - 1), replay=replay)
+        """What a client that last saw ``(epoch, since)`` missed, and what history can replay
+        (the rules are :func:`resume_without_history` and :func:`resume_from_history`)."""
+        known = resume_without_history(since, epoch, state.epoch, state.seq)
+        if known is not None:
+            return known
+        state.history.prune(now)
+        return resume_from_history(since, state.seq, state.history.after(since))
 
     def expire(self, now: float) -> None:
         """Prune every history by age, and forget member-less channels left with none."""

@@ -9,8 +9,13 @@ Per channel ``c``:
   timestamp) and ``o`` (the publishing node's token): the history, capped with ``MAXLEN ~``.
 - ``triows:m:c`` the pub/sub channel; each message is ``"<seq> <epoch> <token> <sender>\\n"``
   followed by the payload.
-- ``triows:o:...`` one short-lived key per publication (its dedupe key, or its token), so a
-  publication retried after a lost reply is not published twice.
+- ``triows:o:...`` one key per publication with a dedupe id, for ``dedupe_ttl``: a client's
+  resend is acked with the first seq. Its name encodes every part with a length prefix
+  (:func:`dedupe_key`), so no user name or channel name can make two publications share it.
+- ``triows:n:<node>`` a hash per node: publication token -> seq, for each publication the node
+  sent and has not yet seen the answer of. A resend after a lost reply, however late, finds
+  its first seq here instead of publishing twice; the node deletes the fields of answered
+  publications with its next batch, so the hash holds at most about one outage buffer.
 
 Both scripts refresh the channel's keys' ttl; a node refreshes the channels it serves.
 """
@@ -20,6 +25,10 @@ from __future__ import annotations
 from .feed import Entry
 
 NO_SENDER = "-"
+
+
+class MalformedError(ValueError):
+    """A pub/sub message or stream entry that is not in triows' layout."""
 
 
 def _ensure_numbering(new_epoch: str) -> str:
@@ -35,14 +44,18 @@ end
 """
 
 
-#: KEYS: numbering, stream, once-key. ARGV: payload head (up to ``"seq":``), epoch to create,
-#: pub/sub channel, stream maxlen (0: no history), key ttl ms, once-key ttl s,
-#: :func:`origin`, timestamp ms.
+#: KEYS: numbering, stream, dedupe key, the node's pending hash. ARGV: payload head (up to
+#: ``"seq":``), epoch to create, pub/sub channel, stream maxlen (0: no history), key ttl ms,
+#: dedupe ttl s (0: no dedupe id), :func:`origin`, timestamp ms, token (the pending field).
 #: Returns ``{seq, epoch, 1 if it was a duplicate else 0}``.
 PUBLISH_SCRIPT = (
     """
-local done = redis.call('GET', KEYS[3])
+local done = redis.call('HGET', KEYS[4], ARGV[9])
+if not done and ARGV[6] ~= '0' then
+  done = redis.call('GET', KEYS[3])
+end
 if done then
+  redis.call('HSET', KEYS[4], ARGV[9], done)
   return {tonumber(done), redis.call('HGET', KEYS[1], 'epoch') or '', 1}
 end
 """
@@ -56,7 +69,11 @@ if tonumber(ARGV[4]) > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('SET', KEYS[3], seq, 'EX', ARGV[6])
+if ARGV[6] ~= '0' then
+  redis.call('SET', KEYS[3], seq, 'EX', ARGV[6])
+end
+redis.call('HSET', KEYS[4], ARGV[9], seq)
+redis.call('PEXPIRE', KEYS[4], ARGV[5])
 redis.call('PUBLISH', ARGV[3], seq .. ' ' .. epoch .. ' ' .. ARGV[7] .. '\\n' .. payload)
 return {seq, epoch, 0}
 """
@@ -88,8 +105,14 @@ def pubsub_channel(channel: str) -> str:
 PUBSUB_PREFIX = "triows:m:"
 
 
-def once_key(name: str) -> str:
-    return f"triows:o:{name}"
+def dedupe_key(*parts: str) -> str:
+    """The key of one dedupe entry: each part length-prefixed (``<len>:<part>``), so parts that
+    contain ``:`` (user ids, channel names) can never run into each other."""
+    return "triows:o:" + "".join(f"{len(part)}:{part}" for part in parts)
+
+
+def pending_key(node_id: str) -> str:
+    return f"triows:n:{node_id}"
 
 
 def control_channel(node_id: str) -> str:
@@ -116,11 +139,17 @@ def _parse_origin(text: str) -> tuple[str, str | None]:
 
 
 def parse_published(data: bytes) -> Entry:
-    """A pub/sub message from :data:`PUBLISH_SCRIPT`."""
-    header, _, payload = data.partition(b"\n")
-    seq, epoch, rest = header.decode("ascii").split(" ", 2)
-    token, sender = _parse_origin(rest)
-    return Entry(seq=int(seq), epoch=epoch, payload=payload, token=token, sender=sender)
+    """A pub/sub message from :data:`PUBLISH_SCRIPT`; :class:`MalformedError` otherwise."""
+    header, found, payload = data.partition(b"\n")
+    try:
+        seq, epoch, rest = header.decode("ascii").split(" ", 2)
+        token, sender = _parse_origin(rest)
+        number = int(seq)
+    except ValueError as exc:  # UnicodeDecodeError is one
+        raise MalformedError(f"bad header {header[:60]!r}") from exc
+    if not found or number < 1 or not epoch or not payload.startswith(b"{"):
+        raise MalformedError(f"bad message {data[:60]!r}")
+    return Entry(seq=number, epoch=epoch, payload=payload, token=token, sender=sender)
 
 
 def parse_stream_entry(

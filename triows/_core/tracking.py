@@ -14,8 +14,6 @@ Rules of this file:
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -148,14 +146,6 @@ class Tracker:
             )
         )
         return events
-
-
-def full_jitter(
-    attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Backoff before reconnect attempt ``attempt`` (0-based): uniform in [0, min(cap,
-    base·2^attempt)], so that clients cut off together do not return together."""
-    return rand() * min(cap, base * float(2 ** min(attempt, 62)))
 
 
 class AdaptiveInterval:
