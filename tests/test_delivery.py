@@ -71,7 +71,6 @@ async def test_publish_racing_a_resume_arrives_exactly_once(
                     await trio.lowlevel.checkpoint()
                 for n in range(racing):
                     await server.publish("c", 100 + n)
-                    await trio.lowlevel.checkpoint()
 
             nursery.start_soon(publisher)
             reply = await client.request(
@@ -198,3 +197,31 @@ async def test_dedupe_window_expires(autojump_clock: trio.testing.MockClock) -> 
             assert (await dedupe_publish(client, "k"))["seq"] == 1
             await trio.sleep(61)
             assert (await dedupe_publish(client, "k"))["seq"] == 2
+
+
+async def test_server_publish_is_a_checkpoint() -> None:
+    async with open_test_server() as harness:
+        with trio.testing.assert_checkpoints():
+            await harness.server.publish("c", 1)
+
+
+async def test_an_application_publish_loop_does_not_starve_subscribers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A tight loop of publishes with no other await: readers and writers still run, so a
+    subscriber that reads keeps up and is not disconnected as a slow consumer."""
+    async with open_test_server(outbox_size=8, heartbeat_interval=1) as harness:
+        async with harness.connect(message_queue_size=1) as client:
+            await client.request({"type": "subscribe", "channel": "c", "id": 1})
+            received: list[int] = []
+
+            async def read() -> None:
+                while len(received) < 2000:
+                    received.append((await client.receive_type("message"))["seq"])
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                for n in range(2000):
+                    await harness.server.publish("c", n)
+            assert received == list(range(1, 2001))
+            assert harness.server.statistics().slow_consumer_disconnects == 0

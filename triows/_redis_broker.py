@@ -77,18 +77,19 @@ T = TypeVar("T")
 PUBLISH_BATCH = 500
 #: Redis error replies that mean "not now" (out of memory, a read-only replica, loading a
 #: dataset, a busy script, ...): the publication is kept and sent again with backoff, like
-#: during an outage, instead of failing.
-TRANSIENT_REPLIES = (
-    "OOM",
-    "READONLY",
-    "LOADING",
-    "BUSY",
-    "MASTERDOWN",
-    "MISCONF",
-    "NOREPLICAS",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
+#: during an outage, instead of failing. redis-py turns the known codes into classes and
+#: leaves the others' code at the start of the message.
+TRANSIENT_REPLIES: tuple[type[Exception], ...] = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
 )
+TRANSIENT_CODES = ("BUSY", "MISCONF", "NOREPLICAS")
 #: Rounds of stream reads a resume may take to catch up with a busy channel.
 RESUME_ROUNDS = 20
 
@@ -364,8 +365,10 @@ class RedisBroker(Broker):
             if isinstance(result, redis.exceptions.NoScriptError):
                 self._publish_sha = None  # Redis restarted: load it again, resend the rest
                 return "the publish script was gone (Redis restarted)"
-            if isinstance(result, Exception) and str(result).startswith(TRANSIENT_REPLIES):
-                return f"Redis refused a publication for now: {result}"
+            if isinstance(result, TRANSIENT_REPLIES) or (
+                isinstance(result, Exception) and str(result).startswith(TRANSIENT_CODES)
+            ):
+                return f"Redis refused a publication for now: {_describe(result)}"
             self._buffer.popleft()
             self._in_flight.pop(pending.token, None)
             self._answered.append(pending.args[-1])

@@ -87,6 +87,9 @@ class Server:
         ``block`` channels whose outbox is full (at most ``block_timeout``; those still full
         then are disconnected with 1013).
         """
+        # A checkpoint, as trio's own APIs are, whichever broker: an application loop of
+        # publishes must let readers, writers and heartbeats run.
+        await trio.lowlevel.checkpoint()
         outcome: list[int | Exception] = []
         done = trio.Event()
 
@@ -97,7 +100,7 @@ class Server:
         pub = self._publication(self._checked_channel(channel), data, sender)
         pub.numbered = pub.failed = settle
         await self.fanout.wait_for_blocked(self.broker.publish(pub))
-        if not outcome:  # in process it is already numbered; no checkpoint then
+        if not outcome:  # in process it is numbered at once
             await done.wait()
         if isinstance(outcome[0], Exception):
             raise outcome[0]

@@ -1,0 +1,182 @@
+"""The Redis broker under faults found in review: colliding dedupe keys, a link state stuck at
+"down", bugs and garbage in background work, lost replies, refusals such as OOM, and a broker
+that stopped. Real Redis, real time, every wait bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+import trio
+
+from triows import BrokerUnavailableError
+from triows._core import redis_format as fmt
+from triows._redis_broker import RedisBroker
+
+from .conftest import SECRET, make_token
+from .redisserver import RedisServer
+from .test_redis_cluster import channel_name, open_node, publish
+
+pytestmark = pytest.mark.real_socket
+
+
+def test_dedupe_keys_of_different_users_and_channels_never_collide() -> None:
+    # User "a:b" on channel "c" and user "a" on channel "b:c" used to share "d:user:a:b:c:1".
+    assert fmt.dedupe_key("user", "a:b", "c", "1") != fmt.dedupe_key("user", "a", "b:c", "1")
+    assert fmt.dedupe_key("user", "a", "b", "1") == "triows:o:4:user1:a1:b1:1"
+
+
+async def test_colliding_names_are_two_publications(redis_url: str) -> None:
+    base = channel_name("k")
+    first_user, first_channel = f"{base}:x", f"y{base}"
+    second_user, second_channel = base, f"x:y{base}"
+    assert f"{first_user}:{first_channel}" == f"{second_user}:{second_channel}"
+    async with open_node(redis_url, jwt_secret=SECRET) as node:
+        async with (
+            node.connect(token=make_token(first_user)) as first,
+            node.connect(token=make_token(second_user)) as second,
+            node.connect(token=make_token("reader")) as reader,
+        ):
+            for channel in (first_channel, second_channel):
+                await reader.request({"type": "subscribe", "channel": channel, "id": channel})
+            assert await publish(first, first_channel, "one", 1) == 1
+            assert await publish(second, second_channel, "two", 1) == 1
+            got = {(await reader.receive_type("message"))["data"] for _ in range(2)}
+            assert got == {"one", "two"}
+
+
+async def test_link_state_comes_back_up_after_a_transient_command_failure(
+    redis_url: str,
+) -> None:
+    """One failed command (say an XRANGE that timed out) marks the link down; the next
+    command that works, here the watchdog's ping, must mark it up again."""
+    async with open_node(redis_url, redis_timeout=0.2) as node:
+        broker = node.server.broker
+        assert isinstance(broker, RedisBroker)
+        broker._part_down("commands", "TimeoutError: simulated")
+        assert node.server.statistics().broker.state == "down"
+        with trio.fail_after(5):
+            await broker.up.wait_value(True)
+        assert node.server.statistics().broker.state == "up"
+
+
+async def test_a_node_that_follows_no_channel_comes_back_after_an_outage(
+    own_redis: RedisServer,
+) -> None:
+    async with open_node(own_redis.url, redis_timeout=0.2) as node:
+        broker = node.server.broker
+        own_redis.kill()
+        with trio.fail_after(10):
+            await broker.up.wait_value(False)
+        await trio.sleep(1)  # several watchdog rounds fail meanwhile
+        own_redis.start()
+        with trio.fail_after(10):
+            await broker.up.wait_value(True)
+        assert node.server.statistics().broker.reconnects == 1
+
+
+async def test_a_malformed_pubsub_message_is_skipped_and_counted(redis_url: str) -> None:
+    channel = channel_name("bad")
+    raw = redis.Redis.from_url(redis_url)
+    async with open_node(redis_url) as node, node.connect() as reader, node.connect() as writer:
+        await reader.request({"type": "subscribe", "channel": channel, "id": 1})
+        for garbage in (b"not a header", b"\xff\xfe\n{}", b"1 e tok -\nnot json"):
+            await trio.to_thread.run_sync(raw.publish, fmt.pubsub_channel(channel), garbage)
+        assert await publish(writer, channel, "fine", 1) == 1
+        message = await reader.receive_type("message")
+        assert (message["seq"], message["data"]) == (1, "fine")
+        stats = node.server.statistics().broker
+        assert (stats.malformed, stats.state, stats.repairs) == (3, "up", 0)
+    raw.close()
+
+
+async def test_a_bug_in_the_publisher_task_restarts_it_and_loses_nothing(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = RedisBroker._send_batch
+    calls = [0]
+
+    def flaky(self: RedisBroker, *args: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("a bug")
+        return original(self, *args)
+
+    monkeypatch.setattr(RedisBroker, "_send_batch", flaky)
+    channel = channel_name("bug")
+    async with open_node(redis_url) as node, node.connect() as writer:
+        with trio.fail_after(10):
+            assert await publish(writer, channel, "x", 1) == 1
+        assert node.server.statistics().broker.task_failures == 1
+
+
+async def test_a_resend_long_after_a_lost_reply_is_not_published_twice(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis ran the batch, the reply was lost, and more than two minutes went by before the
+    resend (emulated by deleting every key that would have expired by then)."""
+    original = RedisBroker._send_batch
+    calls = [0]
+
+    def reply_lost(self: RedisBroker, batch: Any, answered: Any, client: redis.Redis) -> Any:
+        results = original(self, batch, answered, client)
+        calls[0] += 1
+        if calls[0] == 1:
+            for key in client.scan_iter(match="triows:*"):
+                if 0 < client.ttl(key) <= 130:
+                    client.delete(key)
+            raise redis.ConnectionError("reply lost")
+        return results
+
+    monkeypatch.setattr(RedisBroker, "_send_batch", reply_lost)
+    channel = channel_name("lost")
+    async with open_node(redis_url) as node, node.connect() as reader:
+        await reader.request({"type": "subscribe", "channel": channel, "id": 1})
+        with trio.fail_after(10):
+            assert await node.server.publish(channel, "once") == 1
+            assert await node.server.publish(channel, "next") == 2
+            got = [(await reader.receive_type("message"))["data"] for _ in range(2)]
+        assert got == ["once", "next"]
+
+
+async def test_redis_out_of_memory_holds_publications_and_hides_its_text(
+    own_redis: RedisServer,
+) -> None:
+    channel = channel_name("oom")
+    raw = redis.Redis.from_url(own_redis.url)
+    async with open_node(own_redis.url, redis_timeout=0.3) as node, node.connect() as writer:
+        assert await publish(writer, channel, "before", 1) == 1
+        await trio.to_thread.run_sync(raw.config_set, "maxmemory", 1)
+        await writer.send({"type": "publish", "channel": channel, "data": "held", "id": 2})
+        with trio.fail_after(10):
+            await node.server.broker.up.wait_value(False)
+        assert "OutOfMemoryError" in node.server.broker._down["publish"]  # type: ignore[attr-defined]
+        await trio.to_thread.run_sync(raw.config_set, "maxmemory", 0)
+        with trio.fail_after(10):
+            reply = await writer.receive()
+        assert reply == {"type": "ack", "id": 2, "seq": 2}
+    raw.close()
+
+
+async def test_publish_after_the_broker_stopped_raises_instead_of_waiting(
+    redis_url: str,
+) -> None:
+    async with open_node(redis_url) as node:
+        server = node.server
+    with trio.fail_after(5), pytest.raises(BrokerUnavailableError):
+        await server.publish(channel_name("late"), "x")
+
+
+async def test_a_publication_redis_refuses_for_good_is_500_without_redis_text(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        fmt, "PUBLISH_SCRIPT", "return redis.error_reply('ERR internal detail 10.0.0.7')"
+    )
+    async with open_node(redis_url) as node, node.connect() as writer:
+        reply = await writer.request(
+            {"type": "publish", "channel": channel_name("bad"), "data": 1, "id": 1}
+        )
+        assert reply == {"type": "error", "code": 500, "message": "internal error", "id": 1}
