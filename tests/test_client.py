@@ -390,3 +390,67 @@ async def test_token_function_renews_expiring_tokens(
             assert len(set(issued)) == client.connects
         assert server.statistics().closed_by_server.get(1008, 0) >= 3
         await server.aclose()
+
+
+async def test_a_subscription_nobody_reads_does_not_stall_the_client(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The buffer is bounded and the reader never waits for the application: acks and other
+    channels keep flowing, and what was skipped comes back as one exact gap."""
+    async with open_test_server() as harness:
+        async with client_for(harness, subscription_buffer=5) as reader:
+            async with client_for(harness) as writer:
+                ignored = await reader.subscribe("ignored")
+                other = await reader.subscribe("other")
+                for n in range(20):
+                    await writer.publish("ignored", n)
+                with trio.fail_after(5):
+                    assert await reader.publish("mine", "still acked") == 1
+                    await writer.publish("other", "flows")
+                    event = await other.__anext__()
+                assert isinstance(event, wsclient.Message)
+                assert event.data == "flows"
+                events = [await ignored.__anext__() for _ in range(6)]
+                assert [e.seq for e in events[:5]] == [1, 2, 3, 4, 5]  # type: ignore[union-attr]
+                gap = events[5]
+                assert isinstance(gap, wsclient.Gap)
+                assert (gap.first, gap.last, gap.reason) == (6, 20, "subscription buffer full")
+                assert ignored.skipped == 15
+                await writer.publish("ignored", "after")
+                event = await ignored.__anext__()
+                assert isinstance(event, wsclient.Message)
+                assert (event.seq, event.data) == (21, "after")
+
+
+async def test_publishing_data_that_is_not_json_raises_at_the_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as harness, client_for(harness) as client:
+        with trio.fail_after(1), pytest.raises(TypeError, match="JSON-serialisable"):
+            await client.publish("c", {1, 2})
+        assert client.connects == 1
+        assert await client.publish("c", "fine") == 1
+
+
+async def test_requests_while_the_connection_drops_raise_client_errors_or_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as harness:
+        cutter = Cutter(harness)
+        async with client_for(harness, cutter, backoff_base=5, backoff_cap=5) as client:
+            cutter.freeze()  # the server's replies no longer arrive
+            with pytest.raises(wsclient.RequestTimeoutError):
+                await client.subscribe("slow")
+            await cutter.cut()
+            # However the state reads while the link is gone, a request never fails with an
+            # AttributeError: offline, a subscription is made on reconnect.
+            subscription = await client.subscribe("later")
+            await trio.sleep(1)
+            assert client.state.value is wsclient.ClientState.RECONNECTING
+            await client.wait_open()
+            async with client_for(harness) as writer:
+                await writer.publish("later", "x")
+                event = await subscription.__anext__()
+            assert isinstance(event, wsclient.Message)
+            with pytest.raises(wsclient.ClientError):
+                raise wsclient.ConnectionLostError("a ClientError")

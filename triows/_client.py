@@ -33,7 +33,7 @@ import trio
 from trio_util import AsyncValue
 
 from ._core.backoff import full_jitter
-from ._core.tracking import AdaptiveInterval, Event, Tracker
+from ._core.tracking import AdaptiveInterval, Event, Gap, Message, Tracker
 from ._transport import ConnectionClosed, ConnectionRejected, open_client
 
 log = logging.getLogger("triows.client")
@@ -44,6 +44,8 @@ CLOSE_TIMEOUT = 1.0
 RESUBSCRIBE = "resubscribe:"
 #: HTTP statuses that no retry can fix.
 PERMANENT_REJECTIONS = frozenset({400, 401, 403, 404})
+#: ``Gap.reason`` of messages a subscription skipped because the application fell behind.
+SUBSCRIPTION_BUFFER_FULL = "subscription buffer full"
 #: Error codes that mean "not now" (e.g. 503 while the server's Redis is away): a resubscribe
 #: refused with one is tried again by reconnecting, with growing backoff.
 TRANSIENT_ERRORS = frozenset({429, 500, 503})
@@ -76,6 +78,14 @@ class OfflineQueueFullError(ClientError):
     """Too many publishes are waiting for a connection."""
 
 
+class ConnectionLostError(ClientError):
+    """The connection ended before the server answered; the client is reconnecting."""
+
+
+class RequestTimeoutError(ClientError, trio.TooSlowError):
+    """The server did not answer a request in time."""
+
+
 class RequestError(ClientError):
     """The server refused a request (``code`` as in the protocol's error frame)."""
 
@@ -88,7 +98,8 @@ class RequestError(ClientError):
 @attrs.define(eq=False)
 class _Publish:
     channel: str
-    data: Any
+    #: The publish frame, encoded once at the call (so bad data fails there, not later).
+    frame: str
     id: str
     done: trio.Event = attrs.field(factory=trio.Event)
     seq: int | None = None
@@ -97,27 +108,86 @@ class _Publish:
 
 class Subscription:
     """Messages (:class:`~triows.client.Message`) and gaps (:class:`~triows.client.Gap`) of one
-    channel, in order, each once. ``async for event in subscription``."""
+    channel, in order, each once. ``async for event in subscription``.
+
+    It holds at most ``subscription_buffer`` events. The client's reader never waits for the
+    application (acks and every other channel would stall behind it): when the buffer is full,
+    newer messages are skipped and, once the application has caught up, one ``Gap`` with
+    ``reason="subscription buffer full"`` names exactly which seqs were skipped.
+    """
 
     def __init__(self, client: Client, channel: str, buffer: int) -> None:
         self.channel = channel
         self._client = client
-        self._send, self._receive = trio.open_memory_channel[Event](buffer)
+        self._capacity = buffer
+        self._events: deque[Event] = deque()
+        self._skipped: Gap | None = None
+        self._wakeup = trio.Event()
+        self._ended = False
         self._error: ClientError | None = None  # why it ended, when the server ended it
+        #: Messages skipped because the buffer was full.
+        self.skipped = 0
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Event:
-        try:
-            return await self._receive.receive()
-        except trio.EndOfChannel:
-            if self._error is not None:
-                raise self._error from None
-            raise StopAsyncIteration from None
+        await trio.lowlevel.checkpoint()
+        while True:
+            if self._events:
+                return self._events.popleft()
+            if self._skipped is not None:
+                gap, self._skipped = self._skipped, None
+                return gap
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
 
     async def aclose(self) -> None:
         await self._client.unsubscribe(self.channel)
+
+    def _put(self, event: Event) -> None:
+        """From the client's reader: queue ``event`` without waiting, or skip it."""
+        if self._ended:
+            return
+        room = self._capacity - len(self._events)
+        if self._skipped is not None:
+            if room < 2:  # the gap and the event both need room
+                self._skip(event)
+                return
+            self._events.append(self._skipped)
+            self._skipped = None
+        elif room < 1:
+            self._skip(event)
+            return
+        self._events.append(event)
+        self._wakeup.set()
+
+    def _skip(self, event: Event) -> None:
+        first: int | None
+        last: int | None
+        if isinstance(event, Message):
+            self.skipped += 1
+            first, last = event.seq, event.seq
+        else:
+            first, last = event.first, event.last
+        held = self._skipped
+        if held is not None:
+            if held.first is None or held.last is None or first is None or last is None:
+                first = last = None  # a range that is not known makes the whole one unknown
+            else:
+                first, last = min(held.first, first), max(held.last, last)
+        self._skipped = Gap(
+            channel=self.channel, first=first, last=last, reason=SUBSCRIPTION_BUFFER_FULL
+        )
+
+    def _end(self, error: ClientError | None) -> None:
+        self._ended = True
+        self._error = error
+        self._wakeup.set()
 
 
 StreamOpener = Callable[[], Awaitable[trio.abc.Stream]]
@@ -186,26 +256,33 @@ class Client:
     # -- public API -----------------------------------------------------------------------------
 
     async def subscribe(self, channel: str) -> Subscription:
-        """Follow ``channel``; returns once the server confirmed it (or at once while
-        offline: the subscription is made on connect). Raises :class:`RequestError` when the
-        server refuses (403, 429, ...)."""
+        """Follow ``channel``; returns once the server confirmed it, or at once while offline
+        (also when the connection drops before the reply): the subscription is then made on
+        connect. Raises :class:`RequestError` when the server refuses (403, 429, ...) and
+        :class:`RequestTimeoutError` when it does not answer in time."""
         self._check_open()
         if channel in self._subscriptions:
             return self._subscriptions[channel]
         subscription = Subscription(self, channel, self._subscription_buffer)
         self._subscriptions[channel] = subscription
         self._tracker.track(channel)
-        if self.state.value is ClientState.OPEN:
-            try:
-                await self._request({"type": "subscribe", "channel": channel})
-            except BaseException:
-                self._forget_subscription(channel)
-                raise
+        try:
+            await self._request({"type": "subscribe", "channel": channel})
+        except ConnectionLostError:
+            pass  # offline now: made on (re)connect
+        except BaseException:
+            self._forget_subscription(channel)
+            raise
         return subscription
 
     async def unsubscribe(self, channel: str) -> None:
-        if self._forget_subscription(channel) and self.state.value is ClientState.OPEN:
-            await self._request({"type": "unsubscribe", "channel": channel})
+        """Stop following ``channel``. Offline, or if the connection drops first, there is
+        nothing to tell the server: a new connection does not subscribe it again."""
+        if self._forget_subscription(channel):
+            try:
+                await self._request({"type": "unsubscribe", "channel": channel})
+            except ConnectionLostError:
+                pass
 
     async def publish(self, channel: str, data: Any) -> int:
         """Publish and return the sequence number from the server's ack.
@@ -213,15 +290,23 @@ class Client:
         While offline the publish waits in a bounded queue and is sent on reconnect with its
         original id. Raises :class:`PublishTimeoutError` after the client's
         ``publish_timeout``, :class:`OfflineQueueFullError` when the queue is full,
-        :class:`RequestError` when the server refuses it. Cancelled (e.g. by an outer
-        ``trio.fail_after``) before it was sent, it is not sent.
+        :class:`RequestError` when the server refuses it, and ``TypeError`` at once when
+        ``data`` cannot be encoded as JSON. Cancelled (e.g. by an outer ``trio.fail_after``)
+        before it was sent, it is not sent.
         """
         self._check_open()
+        publish_id = f"{self._id_prefix}-{next(self._ids)}"
+        try:
+            frame = json.dumps(
+                {"type": "publish", "channel": channel, "data": data, "id": publish_id}
+            )
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"publish data must be JSON-serialisable: {exc}") from None
         if len(self._unsent) + len(self._inflight) >= self._offline_queue_size:
             raise OfflineQueueFullError(
                 f"{self._offline_queue_size} publishes already wait for the server"
             )
-        item = _Publish(channel, data, f"{self._id_prefix}-{next(self._ids)}")
+        item = _Publish(channel, frame, publish_id)
         self._unsent.append(item)
         self._wake_sender.set()
         try:
@@ -264,8 +349,7 @@ class Client:
         subscription = self._subscriptions.pop(channel, None)
         self._tracker.untrack(channel)
         if subscription is not None:
-            subscription._error = error
-            subscription._send.close()
+            subscription._end(error)
         return subscription is not None
 
     def _close(self, reason: str) -> None:
@@ -283,18 +367,29 @@ class Client:
         self._scope.cancel()
 
     async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
-        """Send a subscribe/unsubscribe and wait for its reply."""
+        """Send a subscribe/unsubscribe and wait for its reply. Raises
+        :class:`ConnectionLostError` when there is no connection or it ends first."""
+        ws = self._ws
+        if ws is None:
+            raise ConnectionLostError("not connected")
         request_id = f"r-{self._id_prefix}-{next(self._ids)}"
         waiter = self._subscribed[request_id] = trio.Event()
         try:
-            await self._ws.send_message(json.dumps({**frame, "id": request_id}))
+            await ws.send_message(json.dumps({**frame, "id": request_id}))
             with trio.fail_after(self._publish_timeout):
                 await waiter.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
+            raise ConnectionLostError("connection lost before the server answered") from None
+        except trio.TooSlowError:
+            raise RequestTimeoutError(
+                f"no answer to {frame['type']} {frame.get('channel')!r} within "
+                f"{self._publish_timeout}s"
+            ) from None
         finally:
             self._subscribed.pop(request_id, None)
         reply = self._replies.pop(request_id, None)
         if reply is None:
-            raise trio.BrokenResourceError("connection lost before the server answered")
+            raise ConnectionLostError("connection lost before the server answered")
         if reply.get("type") == "error":
             raise RequestError(reply["code"], reply["message"])
         return reply
@@ -326,7 +421,7 @@ class Client:
                     trio.TooSlowError,
                     ConnectionClosed,
                 ) as exc:
-                    log.info("connection lost: %s", type(exc).__name__)
+                    log.info("connection lost: %s", _describe(exc))
                 except _ResubscribeRefusedForNow as exc:
                     log.warning("%s; reconnecting later", exc)
                     refused_for_now = True
@@ -386,6 +481,10 @@ class Client:
                 leaf = leaf.exceptions[0]
             raise leaf from None
         finally:
+            # Not open any more, before the connection is gone: a request made from now on
+            # sees "offline", never an open state without a connection.
+            if self.state.value is ClientState.OPEN:
+                self.state.value = ClientState.RECONNECTING
             self._ws = None
             for waiter in self._subscribed.values():
                 waiter.set()
@@ -428,7 +527,7 @@ class Client:
                 return
             kind = frame.get("type")
             if kind == "message":
-                await self._dispatch(frame["channel"], self._tracker.on_message(frame))
+                self._dispatch(frame["channel"], self._tracker.on_message(frame))
             elif kind == "ack":
                 item = self._inflight.pop(frame.get("id"), None)
                 if item is not None:
@@ -436,7 +535,7 @@ class Client:
                     item.seq = frame["seq"]
                     item.done.set()
             elif kind == "subscribed":
-                await self._dispatch(frame["channel"], self._tracker.on_subscribed(frame))
+                self._dispatch(frame["channel"], self._tracker.on_subscribed(frame))
                 self._answer(frame)
             elif kind == "error":
                 request_id = frame.get("id")
@@ -471,29 +570,19 @@ class Client:
         waiter.set()
         return True
 
-    async def _dispatch(self, channel: str, events: list[Event]) -> None:
+    def _dispatch(self, channel: str, events: list[Event]) -> None:
         subscription = self._subscriptions.get(channel)
         if subscription is None:
             return
         for event in events:
-            # Waiting here is the backpressure: the server's slow-consumer policy applies.
-            await subscription._send.send(event)
+            subscription._put(event)  # never waits: see Subscription
 
     async def _send_publishes(self, ws: Any) -> None:
         while True:
             while self._unsent:
                 item = self._unsent.popleft()
                 self._inflight[item.id] = item
-                await ws.send_message(
-                    json.dumps(
-                        {
-                            "type": "publish",
-                            "channel": item.channel,
-                            "data": item.data,
-                            "id": item.id,
-                        }
-                    )
-                )
+                await ws.send_message(item.frame)
             self._wake_sender = trio.Event()
             await self._wake_sender.wait()
 
@@ -589,3 +678,11 @@ async def _open_many(url: str, size: int, options: dict[str, Any]) -> AsyncItera
         return
     async with connect(url, **options) as first, _open_many(url, size - 1, options) as rest:
         yield [first, *rest]
+
+
+def _describe(exc: BaseException) -> str:
+    """``TypeName: detail`` (or the close code and reason), for one log line."""
+    if isinstance(exc, ConnectionClosed) and exc.reason is not None:
+        return f"closed {exc.reason.code} {exc.reason.reason or ''}".rstrip()
+    detail = str(exc)
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
