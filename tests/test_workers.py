@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio_websocket
 
 from triows import client as wsclient
 
@@ -129,3 +130,59 @@ def test_restart_backoff_grows_while_a_worker_keeps_dying() -> None:
     from triows._workers import restart_delay
 
     assert [restart_delay(n) for n in range(9)] == [0, 0.5, 1, 2, 4, 8, 16, 30, 30]
+
+
+async def open_supervisor(redis_url: str, port: int) -> Supervisor:
+    """``--workers 2`` in a process group of its own, as a shell starts a foreground job."""
+    command = [sys.executable, "-m", "triows", "--workers", "2", "--port", str(port)]
+    command += ["--redis-url", redis_url]
+    process = await trio.lowlevel.open_process(
+        command, stderr=subprocess.PIPE, start_new_session=True
+    )
+    return Supervisor(process)
+
+
+async def closed_with(url: str) -> int | None:
+    async with trio_websocket.open_websocket_url(url) as ws:
+        await ws.get_message()  # welcome
+        try:
+            while True:
+                await ws.get_message()
+        except trio_websocket.ConnectionClosed as closed:
+            return closed.reason.code
+
+
+@pytest.mark.parametrize("how", ["terminal", "systemd"])
+async def test_one_stop_signal_is_one_graceful_drain(redis_server: RedisServer, how: str) -> None:
+    """Ctrl-C signals the whole foreground process group; systemd signals every process of
+    the unit. Either way each client gets 1001, not a dropped connection."""
+    port = free_port()
+    supervisor = await open_supervisor(redis_server.url, port)
+    process = supervisor.process
+    codes: list[int | None] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(supervisor.read_log)
+            await supervisor.wait_for("triows listening", count=2)
+
+            async def client() -> None:
+                codes.append(await closed_with(f"ws://127.0.0.1:{port}/"))
+
+            for _ in range(6):  # the kernel spreads them over both workers
+                nursery.start_soon(client)
+            await trio.sleep(0.5)
+            if how == "terminal":
+                os.killpg(process.pid, signal.SIGINT)
+            else:
+                for pid in [process.pid, *supervisor.workers().values()]:
+                    os.kill(pid, signal.SIGTERM)
+            with trio.fail_after(30):
+                assert await process.wait() == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+    assert codes == [1001] * 6
+    assert not [line for line in supervisor.lines if "stopping now" in line]

@@ -8,6 +8,7 @@ gracefully within ``--shutdown-timeout``; a second one stops at once.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -359,7 +360,13 @@ def _describe(server: Server) -> str:
     )
 
 
-async def run(config: Config) -> None:
+async def run(config: Config, *, worker: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM, then drain gracefully; a second signal stops at once.
+
+    A ``--workers`` worker drains on every signal and never stops at once: systemd sends
+    SIGTERM to every process of the unit and the supervisor forwards its own, so a worker
+    gets two for one stop. The supervisor kills workers itself when it must stop at once.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(serve, config)
@@ -372,7 +379,10 @@ async def run(config: Config) -> None:
                 break
 
             async def stop_on_second_signal() -> None:
-                async for _ in signals:
+                async for signum in signals:
+                    if worker:
+                        log.info("received %s again: still draining", signal.Signals(signum).name)
+                        continue
                     log.warning("second signal: stopping now")
                     nursery.cancel_scope.cancel()
 
@@ -392,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return supervise_workers(args, options.workers, config)
     failure: BaseException | None = None
     try:
-        trio.run(run, config)
+        trio.run(functools.partial(run, config, worker=os.environ.get(WORKER_ENV) is not None))
     except* OSError as group:
         failure = group.exceptions[0]
     if failure is not None:

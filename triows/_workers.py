@@ -10,8 +10,11 @@ processes. The supervisor:
   they share channels through Redis (hence ``--redis-url`` is required);
 - restarts a worker that exits without being asked to, after a backoff that grows with
   repeated quick failures, and logs each exit and restart;
-- forwards SIGINT/SIGTERM: the first asks every worker to shut down gracefully, a second one
-  is forwarded too (the workers then stop at once); it exits when all workers have.
+- forwards SIGINT/SIGTERM: the first asks every worker to shut down gracefully; a second one
+  kills them (SIGKILL) at once; it exits when all workers have. Workers run in their own
+  session, so a terminal's Ctrl-C reaches only the supervisor, and a worker treats any number
+  of signals as one graceful drain (systemd signals every process of the unit, and the
+  supervisor forwards its own): one stop is always one drain.
 """
 
 from __future__ import annotations
@@ -114,17 +117,24 @@ class _Supervisor:
                 self.stopping = True
                 # Bounded: a worker that does not stop in time is killed by cancellation.
                 scope.deadline = trio.current_time() + grace
+                for process in self.processes.values():
+                    if process.returncode is None:
+                        process.send_signal(signum)
             else:
-                log.warning("received %s again: workers stop at once", name)
-            for process in self.processes.values():
-                if process.returncode is None:
-                    process.send_signal(signum)
+                log.warning("received %s again: killing the workers", name)
+                for process in self.processes.values():
+                    if process.returncode is None:
+                        process.kill()
 
     async def keep_running(self, index: int) -> None:
         failures = 0
         while not self.stopping:
             started = trio.current_time()
-            process = await trio.lowlevel.open_process(self.command, env=self.environment(index))
+            # Own session: signals meant for the supervisor's process group (a terminal's
+            # Ctrl-C) reach the workers only through the supervisor, once.
+            process = await trio.lowlevel.open_process(
+                self.command, env=self.environment(index), start_new_session=True
+            )
             self.processes[index] = process
             log.info("worker %d started (pid %d)", index, process.pid)
             try:
