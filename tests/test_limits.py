@@ -113,3 +113,32 @@ async def test_slow_handshake_is_dropped(autojump_clock: trio.testing.MockClock)
         start = trio.current_time()
         assert await stream.receive_some() == b""
         assert 3 <= trio.current_time() - start < 3.5
+
+
+async def test_memory_guard_refuses_new_connections_and_recovers(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from triows._core import memory_guard
+
+    rss = [100 << 20]
+    monkeypatch.setattr(memory_guard, "read_rss", lambda: rss[0])
+    async with open_test_server(memory_limit=200 << 20) as harness:
+        async with harness.connect() as kept:
+            rss[0] = 300 << 20
+            await trio.sleep(1.5)
+            stats = harness.server.statistics()
+            assert (stats.memory_limited, stats.rss_bytes, stats.memory_limit_trips) == (
+                True,
+                300 << 20,
+                1,
+            )
+            with pytest.raises(ConnectionRejected) as info:
+                async with harness.connect():
+                    pass
+            assert info.value.status_code == 503
+            assert (await kept.request({"type": "ping", "id": 1}))["type"] == "pong"
+            rss[0] = 150 << 20
+            await trio.sleep(1.5)
+            assert not harness.server.statistics().memory_limited
+            async with harness.connect():
+                pass

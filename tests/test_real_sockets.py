@@ -58,7 +58,9 @@ async def test_fan_out_over_tcp_in_order() -> None:
 async def test_partial_writes_keep_frames_whole_and_ordered() -> None:
     """Publish far more than the kernel buffer holds before the client reads anything."""
     async with trio.open_nursery() as nursery:
-        server = await start_server(nursery, outbox_size=4096, max_message_size=1 << 20)
+        server = await start_server(
+            nursery, outbox_size=4096, outbox_max_bytes=64 << 20, max_message_size=1 << 20
+        )
         url = f"ws://127.0.0.1:{server.port}/"
         with trio.fail_after(30):
             async with open_websocket_url(

@@ -149,7 +149,7 @@ async def closed_with(url: str) -> int | None:
             while True:
                 await ws.get_message()
         except trio_websocket.ConnectionClosed as closed:
-            return closed.reason.code
+            return closed.reason.code if closed.reason is not None else None
 
 
 @pytest.mark.parametrize("how", ["terminal", "systemd"])

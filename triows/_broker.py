@@ -167,12 +167,15 @@ class MemoryBroker(Broker):
             policy_for=config.policy_for,
             history_for=config.history_for,
             max_idle_channels=config.max_idle_channels,
+            channel_history_bytes=config.history_max_bytes,
+            max_history_bytes=config.history_total_bytes,
         )
         self.up = trio_util.AsyncBool(True)
         self._dedupe = DedupeWindow(
             size=config.dedupe_size,
             ttl=config.dedupe_ttl,
             max_principals=config.dedupe_max_principals,
+            max_entries=config.dedupe_max_entries,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:

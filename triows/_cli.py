@@ -102,6 +102,27 @@ def _channel_history(text: str) -> tuple[str, int, float]:
         raise argparse.ArgumentTypeError(f"SIZE and TTL must be numbers, got {bounds!r}") from None
 
 
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _bytes(text: str) -> int:
+    """``1048576``, ``512KiB``, ``64M``, ``2GiB`` (binary units)."""
+    number = text.strip()
+    digits = number.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ")
+    unit = number[len(digits) :].strip().lower().removesuffix("b").removesuffix("i")
+    if not digits or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"expected a size in bytes such as 1048576, 512KiB, 64MiB or 2GiB, got {text!r}"
+        )
+    try:
+        value = float(digits) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a size cannot be negative, got {text!r}")
+    return int(value)
+
+
 _INT = _number("an integer", 1, integer=True)
 _COUNT = _number("an integer", 0, integer=True)
 _SECONDS = _number("a number of seconds", 0, integer=False)
@@ -152,6 +173,12 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "frames a subscriber may have queued before its slow-consumer policy applies",
     ),
     (
+        "--outbox-max-bytes",
+        _bytes,
+        "outbox_max_bytes",
+        "bytes a subscriber may have queued (e.g. 1MiB); full at this or --outbox-size",
+    ),
+    (
         "--slow-consumer",
         SlowConsumerPolicy,
         "slow_consumer",
@@ -170,6 +197,13 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "messages kept per channel for resume (0: no history)",
     ),
     ("--history-ttl", _SECONDS, "history_ttl", "seconds a message stays in history (0: none)"),
+    ("--history-max-bytes", _bytes, "history_max_bytes", "bytes of history per channel"),
+    (
+        "--history-total-bytes",
+        _bytes,
+        "history_total_bytes",
+        "bytes of history of all channels together (the least recently published lose first)",
+    ),
     (
         "--channel-history",
         _channel_history,
@@ -183,6 +217,13 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "publish ids remembered per user for dedupe (0: no dedupe)",
     ),
     ("--dedupe-ttl", _SECONDS, "dedupe_ttl", "seconds a publish id is remembered"),
+    ("--dedupe-max-entries", _INT, "dedupe_max_entries", "publish ids remembered in all"),
+    (
+        "--memory-limit",
+        _bytes,
+        "memory_limit",
+        "resident memory (e.g. 2GiB) above which new connections get HTTP 503 (0: no limit)",
+    ),
     (
         "--block-timeout",
         _POSITIVE_SECONDS,

@@ -97,8 +97,9 @@ class Config:
     #: Origins allowed to connect (e.g. ``https://app.example``); empty allows every origin.
     allow_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
     max_connections: int = attrs.field(default=10_000, validator=_int_at_least(1))
-    #: Largest incoming message in bytes; a bigger one closes the connection with 1009.
-    max_message_size: int = attrs.field(default=64 * 1024, validator=_int_at_least(64))
+    #: Largest incoming message in bytes; a bigger one closes the connection with 1009. At
+    #: least 2048: a ``message`` frame keeps 1024 bytes for its envelope around ``data``.
+    max_message_size: int = attrs.field(default=64 * 1024, validator=_int_at_least(2048))
     max_subscriptions: int = attrs.field(default=100, validator=_int_at_least(1))
     heartbeat_interval: float = attrs.field(default=25.0, validator=_positive)
     heartbeat_timeout: float = attrs.field(default=10.0, validator=_positive)
@@ -106,6 +107,8 @@ class Config:
     idle_timeout: float = attrs.field(default=300.0, validator=_not_negative)
     #: Frames a subscriber may have waiting for its socket before its slow-consumer policy acts.
     outbox_size: int = attrs.field(default=1024, validator=_int_at_least(1))
+    #: Bytes a subscriber may have waiting; the outbox is full at either limit.
+    outbox_max_bytes: int = attrs.field(default=1024 * 1024, validator=_int_at_least(1))
     slow_consumer: SlowConsumerPolicy = attrs.field(
         default=SlowConsumerPolicy.DISCONNECT, converter=SlowConsumerPolicy
     )
@@ -117,6 +120,10 @@ class Config:
     history_size: int = attrs.field(default=100, validator=_int_at_least(0))
     #: Seconds a message stays in history; 0 keeps none.
     history_ttl: float = attrs.field(default=300.0, validator=_not_negative)
+    #: Bytes of history per channel, and for all channels together (in-process broker; with
+    #: Redis, history lives in its streams, bounded by count and Redis' own maxmemory).
+    history_max_bytes: int = attrs.field(default=1024 * 1024, validator=_int_at_least(0))
+    history_total_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=_int_at_least(0))
     #: ``(glob, size, ttl)`` rules; the first match gives a channel its own history bounds.
     channel_history: tuple[tuple[str, int, float], ...] = attrs.field(
         default=(), converter=_history_rules
@@ -129,6 +136,11 @@ class Config:
     dedupe_ttl: float = attrs.field(default=300.0, validator=_not_negative)
     #: Principals with a dedupe window; the least recently active is forgotten first.
     dedupe_max_principals: int = attrs.field(default=100_000, validator=_int_at_least(1))
+    #: Publish ids remembered in all; the oldest is forgotten first.
+    dedupe_max_entries: int = attrs.field(default=1_000_000, validator=_int_at_least(1))
+    #: Resident memory (bytes) above which new connections are refused with 503 until it
+    #: falls below 90% of it again; 0 turns the guard off.
+    memory_limit: int = attrs.field(default=0, validator=_int_at_least(0))
     #: How long a ``block`` publisher waits for one subscriber before disconnecting it (1013).
     block_timeout: float = attrs.field(default=5.0, validator=_positive)
     #: Requests a connection may have waiting while an earlier one is served; more get 429.

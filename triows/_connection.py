@@ -89,7 +89,7 @@ class Connection:
         self.principal = principal
         self.remote = remote
         self.client_id = client_id
-        self.outbox = Outbox(config.outbox_size)
+        self.outbox = Outbox(config.outbox_size, config.outbox_max_bytes)
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[protocol.Request](
             config.inbox_size
         )
@@ -299,7 +299,7 @@ class Connection:
         self.reply_nowait(frame)
 
     async def wait_for_room(self) -> None:
-        while len(self.outbox) >= self.outbox.capacity and self.close_code is None:
+        while not self.outbox.has_room and self.close_code is None:
             if self._room is None:
                 self._room = trio.Event()
             await self._room.wait()

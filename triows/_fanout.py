@@ -88,8 +88,7 @@ class FanOut:
         for member in blocked:
             with trio.move_on_at(deadline):
                 await member.wait_for_room()
-            outbox = member.outbox
-            if len(outbox) >= outbox.capacity and member.close_code is None:
+            if not member.outbox.has_room and member.close_code is None:
                 self.slow_consumer(member, "Slow consumer")
 
     def slow_consumer(self, member: Subscriber, reason: str) -> None:

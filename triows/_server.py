@@ -29,6 +29,7 @@ from ._config import Config, Rejected
 from ._connection import GOING_AWAY, Connection
 from ._core import protocol
 from ._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
+from ._core.memory_guard import MemoryGuard
 from ._core.names import ChannelNameError, validate_channel
 from ._core.protocol import ProtocolError
 from ._fanout import FanOut, Subscriber
@@ -55,6 +56,7 @@ class Server:
         self.wall_clock = wall_clock
         self.server_id = config.server_id or secrets.token_hex(4)
         self.fanout = FanOut(config.block_timeout)
+        self.memory_guard = MemoryGuard(config.memory_limit)
         self.broker = open_broker(config, self.fanout, self.now_ms)
         self.hub = self.broker.hub
         self.auth_enabled = config.jwt_secret is not None or config.authenticate is not None
@@ -138,6 +140,9 @@ class Server:
             dedupe_principals=self.broker.dedupe_principals,
             deduplicated=self.broker.deduplicated,
             broker=self.broker.statistics(),
+            rss_bytes=self.memory_guard.rss,
+            memory_limited=self.memory_guard.over,
+            memory_limit_trips=self.memory_guard.trips,
         )
 
     def channel_statistics(self) -> tuple[ChannelStatistics, ...]:
@@ -256,6 +261,8 @@ class Server:
             return await self._reject(pending, 403, "origin not allowed")
         if len(self._connections) + self._handshaking >= config.max_connections:
             return await self._reject(pending, 503, "connection limit reached")
+        if self.memory_guard.over:
+            return await self._reject(pending, 503, "memory limit reached")
         self._handshaking += 1
         try:
             try:

@@ -42,6 +42,11 @@ class ServerStatistics:
     deduplicated: int
     #: The broker: ``memory``, or ``redis`` with its link state and outage buffer.
     broker: BrokerStatistics
+    #: Resident memory at the last sample (bytes); whether the memory guard refuses new
+    #: connections now (``memory_limit``), and how often it started to.
+    rss_bytes: int = 0
+    memory_limited: bool = False
+    memory_limit_trips: int = 0
 
 
 @attrs.frozen(kw_only=True)

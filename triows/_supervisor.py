@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ._core import memory_guard
+from ._core.memory_guard import Crossing
+
 if TYPE_CHECKING:
     from ._server import Server
 
@@ -58,6 +61,7 @@ async def sample_statistics(server: Server) -> None:
         published, delivered = broker.published, fanout.delivered
         now = trio.current_time()
         server.broker.expire(now)
+        check_memory(server)
         ticks += 1
         if ticks % SUMMARY_EVERY == 0 and server.connections():
             stats = server.statistics()
@@ -76,3 +80,19 @@ async def sample_statistics(server: Server) -> None:
                 stats.broker.state,
                 stats.broker.buffered,
             )
+
+
+def check_memory(server: Server) -> None:
+    """Sample resident memory into the server's guard; log each crossing once."""
+    guard = server.memory_guard
+    crossing = guard.update(memory_guard.read_rss())
+    if crossing is Crossing.TRIPPED:
+        log.warning(
+            "memory %.0f MiB is over the limit of %.0f MiB: refusing new connections (503) "
+            "until it is below %.0f MiB",
+            guard.rss / 2**20,
+            guard.limit / 2**20,
+            guard.limit * guard.recover_ratio / 2**20,
+        )
+    elif crossing is Crossing.CLEARED:
+        log.warning("memory %.0f MiB is below the limit again: accepting", guard.rss / 2**20)

@@ -50,3 +50,54 @@ def test_memory_stays_bounded(records: list[tuple[str, int]]) -> None:
         window.record(principal, "c", publish_id, now, now=now / 10)
         assert window.entries <= 5
         assert window.principals <= 1
+
+
+def test_entries_are_capped_in_total() -> None:
+    window = DedupeWindow(size=1000, ttl=60, max_principals=1000, max_entries=10)
+    for n in range(100):
+        window.record(f"p{n % 30}", "c", n, n, now=n / 100)
+    assert window.entries == 10
+    assert window.lookup("p9", "c", 99, now=1) == 99  # the newest stay
+    assert window.lookup("p0", "c", 0, now=1) is None
+
+
+def test_expiry_costs_what_it_removes() -> None:
+    """Expiry pops expired entries from the front and stops at the first live one: with
+    100,000 principals holding live entries, it looks at one entry."""
+    window = DedupeWindow(size=10, ttl=10, max_principals=200_000)
+    for n in range(100_000):
+        window.record(n, "c", 1, 1, now=5)
+    looked: list[int] = []
+    entries = window._entries
+
+    class Counting(type(entries)):  # type: ignore[misc]
+        def items(self):  # type: ignore[no-untyped-def]
+            looked.append(1)
+            return super().items()
+
+    window._entries = Counting(entries)
+    window.expire(now=14)
+    assert (len(looked), window.entries) == (1, 100_000)
+    window.expire(now=15)
+    assert (window.entries, window.principals) == (0, 0)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 8), st.floats(0, 3)), max_size=300)
+)
+def test_model_of_the_window(records: list[tuple[str, int, float]]) -> None:
+    """Against a plain dict model: found iff recorded within ttl and not pushed out."""
+    window = DedupeWindow(size=4, ttl=5, max_principals=2, max_entries=6)
+    now = 0.0
+    for principal, publish_id, step in records:
+        now += step
+        seq = window.lookup(principal, "c", publish_id, now)
+        if seq is None:
+            window.record(principal, "c", publish_id, int(now * 10), now)
+        window.expire(now)
+        assert window.entries <= 6
+        assert window.principals <= 2
+        assert sum(len(keys) for keys in window._principals.values()) == window.entries
+        for (p, ch, pid), (_, at) in window._entries.items():
+            assert now - at < 5
+            assert (ch, pid) in window._principals[p]

@@ -1,8 +1,9 @@
 """A channel's recent messages, kept so that a client that reconnects can get what it missed.
 
-Bounded twice: at most ``size`` messages and none older than ``ttl`` seconds. Entries hold the
-message's ready frame (the very bytes live subscribers got), so a replay is byte-identical to
-the live delivery and costs no encoding. ``now`` is the shell's monotonic clock.
+Bounded three ways: at most ``size`` messages, at most ``max_bytes`` bytes, none older than
+``ttl`` seconds (the hub bounds all histories together as well). Entries hold the message's
+ready frame (the very bytes live subscribers got), so a replay is byte-identical to the live
+delivery and costs no encoding. ``now`` is the shell's monotonic clock.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from collections import deque
 
 
 class History:
-    __slots__ = ("_entries", "nbytes", "size", "ttl")
+    __slots__ = ("_entries", "max_bytes", "nbytes", "size", "ttl")
 
-    def __init__(self, size: int, ttl: float) -> None:
+    def __init__(self, size: int, ttl: float, max_bytes: int = 1 << 62) -> None:
         self.size = size
         self.ttl = ttl
+        self.max_bytes = max_bytes
         self._entries: deque[tuple[int, float, bytes]] = deque()
         self.nbytes = 0
 
@@ -24,7 +26,7 @@ class History:
 
     @property
     def enabled(self) -> bool:
-        return self.size > 0 and self.ttl > 0
+        return self.size > 0 and self.ttl > 0 and self.max_bytes > 0
 
     def append(self, seq: int, now: float, frame: bytes) -> None:
         if not self.enabled:
@@ -34,14 +36,23 @@ class History:
         self.prune(now)
 
     def prune(self, now: float) -> None:
-        """Forget what is over the size or older than the ttl."""
+        """Forget what is over the size or the byte cap, or older than the ttl."""
         entries = self._entries
         cutoff = now - self.ttl
-        while entries and (len(entries) > self.size or entries[0][1] <= cutoff):
-            self.nbytes -= len(entries.popleft()[2])
+        while entries and (
+            len(entries) > self.size or self.nbytes > self.max_bytes or entries[0][1] <= cutoff
+        ):
+            self.drop_oldest()
+
+    def drop_oldest(self) -> None:
+        self.nbytes -= len(self._entries.popleft()[2])
 
     def first_seq(self) -> int | None:
         return self._entries[0][0] if self._entries else None
+
+    def expires_at(self) -> float | None:
+        """When the oldest entry outlives the ttl; None when empty."""
+        return self._entries[0][1] + self.ttl if self._entries else None
 
     def after(self, seq: int) -> list[tuple[int, bytes]]:
         """``(seq, frame)`` of every held message with a sequence number above ``seq``, in

@@ -9,13 +9,18 @@ Rules of this file:
   missed" from "cannot know".
 - Memory is bounded: channels with members are bounded by the connections' subscription
   limits; channels held only by their history are at most ``max_idle_channels`` (the one
-  published to least recently is forgotten first), each history by its size and ttl.
+  published to least recently is forgotten first), each history by its size, bytes and ttl,
+  and all histories together by ``max_history_bytes`` (the oldest messages of the channel
+  published to least recently go first).
+- Periodic work costs what it removes: histories expire through a heap of deadlines, never by
+  walking every channel.
 - The hub never sends anything. It answers who should receive a message and what its number is;
   the shell frames and delivers. Members are opaque hashable objects.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Generic, TypeVar
@@ -43,6 +48,8 @@ class ChannelState(Generic[M]):
     published: int = 0
     delivered: int = 0
     dropped: int = 0
+    #: The deadline this channel has in the hub's expiry heap, if any.
+    expiry_deadline: float | None = None
 
     def message_id(self, seq: int) -> str:
         return f"{self.epoch}:{seq}"
@@ -98,6 +105,8 @@ class Hub(Generic[M]):
         policy_for: Callable[[str], SlowConsumerPolicy],
         history_for: Callable[[str], tuple[int, float]] = lambda _: (0, 0.0),
         max_idle_channels: int = 10_000,
+        channel_history_bytes: int = 1 << 62,
+        max_history_bytes: int = 1 << 62,
     ) -> None:
         self._epoch_prefix = epoch_prefix
         self._epochs = itertools.count(1)
@@ -105,6 +114,14 @@ class Hub(Generic[M]):
         self._policy_for = policy_for
         self._history_for = history_for
         self._max_idle = max_idle_channels
+        self._channel_history_bytes = channel_history_bytes
+        self._max_history_bytes = max_history_bytes
+        self._history_bytes = 0
+        #: Channels holding history, least recently published first.
+        self._recency: dict[str, ChannelState[M]] = {}
+        #: ``(deadline, tiebreak, channel)``: when a channel's oldest message outlives its ttl.
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._tiebreak = itertools.count()
         self._channels: dict[str, ChannelState[M]] = {}
         self._memberships: dict[M, dict[str, ChannelState[M]]] = {}
         #: Channels without members kept for their history, least recently published first.
@@ -161,7 +178,16 @@ class Hub(Generic[M]):
 
     def record(self, state: ChannelState[M], seq: int, frame: bytes, now: float) -> None:
         """Keep a published message in history; forget a channel nobody can resume."""
-        state.history.append(seq, now, frame)
+        history = state.history
+        if history.enabled:
+            before = history.nbytes
+            history.append(seq, now, frame)
+            self._history_bytes += history.nbytes - before
+            self._recency.pop(state.name, None)
+            if history:
+                self._recency[state.name] = state  # most recently published goes last
+                self._schedule(state)
+            self._enforce_total()
         if not state.members:
             self._idle.pop(state.name, None)  # most recently published goes last
             self._discard_if_unused(state)
@@ -172,14 +198,23 @@ class Hub(Generic[M]):
         known = resume_without_history(since, epoch, state.epoch, state.seq)
         if known is not None:
             return known
-        state.history.prune(now)
+        self._prune(state, now)
         return resume_from_history(since, state.seq, state.history.after(since))
 
     def expire(self, now: float) -> None:
-        """Prune every history by age, and forget member-less channels left with none."""
-        for state in list(self._channels.values()):
-            state.history.prune(now)
-            if not state.history:
+        """Prune histories whose oldest message outlived its ttl, and forget member-less
+        channels left with none. Looks only at channels whose deadline passed."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            deadline, _, name = heapq.heappop(deadlines)
+            state = self._channels.get(name)
+            if state is None or state.expiry_deadline != deadline:
+                continue  # forgotten, or rescheduled since
+            state.expiry_deadline = None
+            self._prune(state, now)
+            if state.history:
+                self._schedule(state)
+            else:
                 self._discard_if_unused(state)
 
     # -- inspection -----------------------------------------------------------------------------
@@ -200,11 +235,11 @@ class Hub(Generic[M]):
 
     @property
     def history_bytes(self) -> int:
-        return sum(state.history.nbytes for state in self._channels.values())
+        return self._history_bytes
 
     @property
     def history_messages(self) -> int:
-        return sum(len(state.history) for state in self._channels.values())
+        return sum(len(state.history) for state in self._recency.values())
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -214,7 +249,7 @@ class Hub(Generic[M]):
             name=channel,
             epoch=f"{self._epoch_prefix}.{next(self._epochs)}",
             policy=self._policy_for(channel),
-            history=History(size, ttl),
+            history=History(size, ttl, self._channel_history_bytes),
         )
         self._channels[channel] = state
         return state
@@ -225,13 +260,44 @@ class Hub(Generic[M]):
         if state.history:
             self._idle.setdefault(state.name, state)
             while len(self._idle) > self._max_idle:
-                oldest = next(iter(self._idle.values()))
-                oldest.history.clear()
-                self._forget(oldest)
+                self._forget(next(iter(self._idle.values())))
         else:
             self._forget(state)
 
     def _forget(self, state: ChannelState[M]) -> None:
+        self._history_bytes -= state.history.nbytes
+        state.history.clear()
+        state.expiry_deadline = None  # its heap entry is now stale
+        self._recency.pop(state.name, None)
         self._idle.pop(state.name, None)
         if self._channels.get(state.name) is state:
             del self._channels[state.name]
+
+    def _prune(self, state: ChannelState[M], now: float) -> None:
+        history = state.history
+        before = history.nbytes
+        history.prune(now)
+        self._history_bytes += history.nbytes - before
+        if not history:
+            self._recency.pop(state.name, None)
+
+    def _schedule(self, state: ChannelState[M]) -> None:
+        """Give a channel with history a deadline in the heap, unless it has one (an early
+        deadline is harmless: the channel is pruned then and scheduled again)."""
+        deadline = state.history.expires_at()
+        if state.expiry_deadline is None and deadline is not None:
+            state.expiry_deadline = deadline
+            heapq.heappush(self._deadlines, (deadline, next(self._tiebreak), state.name))
+
+    def _enforce_total(self) -> None:
+        """Over the total byte cap: drop the oldest messages of the channels published to
+        least recently, until under it."""
+        while self._history_bytes > self._max_history_bytes and self._recency:
+            state = next(iter(self._recency.values()))
+            history = state.history
+            before = history.nbytes
+            history.drop_oldest()
+            self._history_bytes += history.nbytes - before
+            if not history:
+                del self._recency[state.name]
+                self._discard_if_unused(state)

@@ -1,9 +1,10 @@
 """A subscriber's outbox: the frames its socket could not take yet, and what happens when full.
 
 The shell writes a frame straight into the socket when nothing is queued and the socket has
-room; only the rest lands here. Capacity counts frames, and a broadcast frame is one ``bytes``
-object shared by every outbox that holds it, so memory is bounded by ``capacity`` distinct
-frames per connection whatever the fan-out.
+room; only the rest lands here. An outbox is full at ``capacity`` frames or ``max_bytes``
+bytes, whichever comes first, so a subscriber holds a bounded amount of memory whatever the
+size of the messages. (A broadcast frame is one ``bytes`` object shared by every outbox that
+holds it, so the bytes counted are an upper bound of what it costs.)
 
 Rules when an outbox is full (the policy is the channel's, see :class:`SlowConsumerPolicy`):
 
@@ -52,12 +53,13 @@ _DROPPABLE = (SlowConsumerPolicy.DROP_OLDEST, SlowConsumerPolicy.DROP_NEWEST)
 
 
 class Outbox:
-    __slots__ = ("_entries", "_in_flight", "capacity", "dropped", "queued_bytes")
+    __slots__ = ("_entries", "_in_flight", "capacity", "dropped", "max_bytes", "queued_bytes")
 
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("outbox capacity must be at least 1")
+    def __init__(self, capacity: int, max_bytes: int = 1 << 62) -> None:
+        if capacity < 1 or max_bytes < 1:
+            raise ValueError("outbox capacity and max_bytes must be at least 1")
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._entries: deque[
             tuple[bytes | memoryview, SlowConsumerPolicy | None, DropCounter | None]
         ] = deque()
@@ -72,13 +74,13 @@ class Outbox:
 
     @property
     def has_room(self) -> bool:
-        return len(self) < self.capacity
+        return len(self) < self.capacity and self.queued_bytes < self.max_bytes
 
     def offer(
         self, frame: bytes, policy: SlowConsumerPolicy, counter: DropCounter | None = None
     ) -> Verdict:
         """Queue a broadcast frame, applying ``policy`` when the outbox is full."""
-        if len(self) < self.capacity:
+        if self.has_room:
             self._append(frame, policy, counter)
             return Verdict.QUEUED
         if policy is SlowConsumerPolicy.BLOCK:
@@ -86,7 +88,7 @@ class Outbox:
             return Verdict.OVER
         if policy is SlowConsumerPolicy.DISCONNECT:
             return Verdict.DISCONNECT
-        if policy is SlowConsumerPolicy.DROP_OLDEST and self._evict_oldest_droppable():
+        if policy is SlowConsumerPolicy.DROP_OLDEST and self._make_room_for(len(frame)):
             self._append(frame, policy, counter)
             return Verdict.QUEUED
         self._count_drop(counter)
@@ -95,7 +97,8 @@ class Outbox:
     def offer_reply(self, frame: bytes) -> Verdict:
         """Queue a reply; never dropped. ``OVER`` tells the request loop to wait for room."""
         self._append(frame, None, None)
-        return Verdict.QUEUED if len(self) <= self.capacity else Verdict.OVER
+        over = len(self) > self.capacity or self.queued_bytes > self.max_bytes
+        return Verdict.OVER if over else Verdict.QUEUED
 
     def push_front(self, rest: memoryview) -> None:
         """Put back the unwritten tail of a frame: it must go out before anything else."""
@@ -137,14 +140,31 @@ class Outbox:
         self._entries.append((frame, policy, counter))
         self.queued_bytes += len(frame)
 
-    def _evict_oldest_droppable(self) -> bool:
-        for index, (frame, policy, counter) in enumerate(self._entries):
+    def _make_room_for(self, size: int) -> bool:
+        """Evict the oldest droppable frames until a new frame of ``size`` bytes fits, or at
+        least does not make the outbox grow (replies may hold it over capacity); False, with
+        nothing evicted, when the droppable frames are not enough."""
+        entries = self._entries
+        frames, held = len(self), self.queued_bytes
+        freed = 0
+        chosen: list[int] = []
+        for index, (frame, policy, _) in enumerate(entries):
+            if (frames < self.capacity and held < self.max_bytes) or (chosen and freed >= size):
+                break
             if policy in _DROPPABLE:
-                del self._entries[index]
-                self.queued_bytes -= len(frame)
-                self._count_drop(counter)
-                return True
-        return False
+                chosen.append(index)
+                frames -= 1
+                held -= len(frame)
+                freed += len(frame)
+        fits = (frames < self.capacity and held < self.max_bytes) or freed >= size
+        if not chosen or not fits:
+            return False
+        for index in reversed(chosen):
+            frame, _, counter = entries[index]
+            del entries[index]
+            self.queued_bytes -= len(frame)
+            self._count_drop(counter)
+        return True
 
     def _count_drop(self, counter: DropCounter | None) -> None:
         self.dropped += 1
