@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import trio
@@ -211,3 +212,60 @@ async def test_refresh_that_narrows_channels_unsubscribes(
             assert "reason" in notice
             (stats,) = harness.server.connection_statistics()
             assert stats.subscriptions == ("a",)
+
+
+async def test_refresh_asks_the_authorize_hook_again_for_held_subscriptions(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The hook decides on the new principal's claims (say, a plan that was downgraded)."""
+
+    def authorize(principal: Principal, action: Action, channel: str) -> bool:
+        return channel != "premium" or principal.claims.get("plan") == "pro"
+
+    async with open_test_server(jwt_secret=SECRET, authorize=authorize) as harness:
+        async with harness.connect(token=make_token(plan="pro")) as client:
+            for channel in ("premium", "free"):
+                await client.request({"type": "subscribe", "channel": channel})
+            reply = await client.request(
+                {"type": "refresh", "token": make_token(plan="basic"), "id": 1}
+            )
+            assert reply["type"] == "refreshed"
+            notice = await client.receive()
+            assert (notice["type"], notice["channel"]) == ("unsubscribed", "premium")
+            (stats,) = harness.server.connection_statistics()
+            assert stats.subscriptions == ("free",)
+
+
+async def test_jwt_audience_issuer_and_not_before_at_the_handshake(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    now = int(time.time())
+    async with open_test_server(
+        jwt_secret=SECRET, jwt_audience="chat", jwt_issuer="id", jwt_leeway=5
+    ) as harness:
+        async with harness.connect(token=make_token(aud="chat", iss="id", nbf=now + 3)):
+            pass  # within the leeway
+        refused: list[dict[str, Any]] = [
+            {"aud": "other", "iss": "id"},
+            {"aud": "chat"},
+            {"aud": "chat", "iss": "id", "nbf": now + 60},
+        ]
+        for claims in refused:
+            with pytest.raises(ConnectionRejected) as info:
+                async with harness.connect(token=make_token("alice", **claims)):
+                    pass
+            assert info.value.status_code == 401
+
+
+def test_a_logged_handshake_request_shows_no_token() -> None:
+    request = HandshakeRequest(
+        path="/",
+        query={"token": "secret-query-token"},
+        headers={"authorization": "Bearer secret-header-token", "origin": "https://a"},
+        remote="127.0.0.1:5",
+    )
+    text = repr(request)
+    assert "secret" not in text
+    assert "authorization" in text
+    assert "token" in text  # the key is shown, not its value
+    assert request.header("authorization") == "Bearer secret-header-token"

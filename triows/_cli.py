@@ -139,6 +139,9 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "jwt_secret",
         "HS256 secret; when set, clients need a token (Authorization: Bearer or ?token=)",
     ),
+    ("--jwt-audience", str, "jwt_audience", "tokens must carry this 'aud' claim"),
+    ("--jwt-issuer", str, "jwt_issuer", "tokens must carry this 'iss' claim"),
+    ("--jwt-leeway", _SECONDS, "jwt_leeway", "seconds of clock skew tolerated on exp and nbf"),
     (
         "--allow-origin",
         str,

@@ -94,6 +94,11 @@ class Config:
     #: Only this URL path is served (other paths get 404); ``None`` serves any path.
     path: str | None = attrs.field(default=None, validator=_path)
     jwt_secret: str | None = attrs.field(default=None, repr=False, validator=_secret)
+    #: When set, a token's ``aud`` / ``iss`` claim must name it.
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    #: Seconds of clock skew tolerated on ``exp`` and ``nbf``.
+    jwt_leeway: float = attrs.field(default=0.0, validator=_not_negative)
     #: Origins allowed to connect (e.g. ``https://app.example``); empty allows every origin.
     allow_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
     max_connections: int = attrs.field(default=10_000, validator=_int_at_least(1))

@@ -499,10 +499,13 @@ class Connection:
         await self.reply(
             protocol.with_id({"type": "refreshed", "exp": principal.expires_at}, request_id)
         )
-        # A token may narrow what the client can read: leave what it no longer allows.
+        # A token may narrow what the client can read: leave what it (or the application's
+        # authorize hook, asked again for the new principal) no longer allows.
         broker = self._server.broker
         for channel in broker.hub.channels_of(self):
-            if not principal.may(Action.SUBSCRIBE, channel):
+            try:
+                await self._server.authorize(principal, Action.SUBSCRIBE, channel, None)
+            except ProtocolError:
                 broker.unsubscribe(self, channel)
                 await self.reply(
                     {

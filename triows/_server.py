@@ -326,8 +326,16 @@ class Server:
         return ANONYMOUS
 
     def verify_token(self, token: str) -> Principal:
-        assert self.config.jwt_secret is not None
-        return verify_token(token, self.config.jwt_secret, now=self.wall_clock())
+        config = self.config
+        assert config.jwt_secret is not None
+        return verify_token(
+            token,
+            config.jwt_secret,
+            now=self.wall_clock(),
+            audience=config.jwt_audience,
+            issuer=config.jwt_issuer,
+            leeway=config.jwt_leeway,
+        )
 
     # -- used by connections --------------------------------------------------------------------
 

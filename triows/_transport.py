@@ -187,12 +187,14 @@ class WebSocket:
 class HandshakeRequest:
     """What the client asked for in its HTTP upgrade request; given to ``authenticate``.
 
-    Header names are lower-case. ``query`` holds the first value of each parameter.
+    Header names are lower-case. ``query`` holds the first value of each parameter. Its repr
+    shows header names and query keys, never their values: an application that logs a request
+    must not leak the token it carries.
     """
 
     path: str
-    query: dict[str, str]
-    headers: dict[str, str]
+    query: dict[str, str] = attrs.field(repr=lambda query: f"<keys {sorted(query)}>")
+    headers: dict[str, str] = attrs.field(repr=lambda headers: f"<names {sorted(headers)}>")
     remote: str
 
     def header(self, name: str) -> str | None:

@@ -61,3 +61,28 @@ def test_principal_accepts_pattern_lists() -> None:
     principal = Principal(user_id="x", channels=["a", "b*"])
     assert principal.may(Action.SUBSCRIBE, "bee")
     assert not principal.may(Action.SUBSCRIBE, "c")
+
+
+def test_audience_and_issuer_are_checked_when_configured() -> None:
+    good = token({"sub": "u", "aud": "chat", "iss": "https://id.example"})
+    principal = verify_token(good, SECRET, now=NOW, audience="chat", issuer="https://id.example")
+    assert principal.user_id == "u"
+    with pytest.raises(AuthError, match="wrong audience"):
+        verify_token(good, SECRET, now=NOW, audience="billing")
+    with pytest.raises(AuthError, match="wrong issuer"):
+        verify_token(good, SECRET, now=NOW, issuer="https://evil.example")
+    with pytest.raises(AuthError, match="no 'aud' claim"):
+        verify_token(token({"sub": "u"}), SECRET, now=NOW, audience="chat")
+    assert verify_token(good, SECRET, now=NOW).user_id == "u"  # not configured: not checked
+
+
+def test_nbf_and_exp_use_the_injected_clock_with_leeway() -> None:
+    early = token({"sub": "u", "nbf": NOW + 30})
+    with pytest.raises(AuthError, match="not valid yet"):
+        verify_token(early, SECRET, now=NOW)
+    assert verify_token(early, SECRET, now=NOW, leeway=30).user_id == "u"
+    assert verify_token(early, SECRET, now=NOW + 31).user_id == "u"
+    late = token({"sub": "u", "exp": NOW - 5})
+    with pytest.raises(AuthError, match="expired"):
+        verify_token(late, SECRET, now=NOW)
+    assert verify_token(late, SECRET, now=NOW, leeway=10).expires_at == NOW + 5

@@ -64,16 +64,43 @@ def _pattern_claim(claims: dict[str, Any], name: str) -> list[str] | None:
     return value
 
 
-def verify_token(token: str, secret: str, *, now: float) -> Principal:
+def verify_token(
+    token: str,
+    secret: str,
+    *,
+    now: float,
+    audience: str | None = None,
+    issuer: str | None = None,
+    leeway: float = 0.0,
+) -> Principal:
     """Check an HS256 token and turn its claims into a :class:`Principal`.
 
     ``alg`` is pinned to HS256: a token that names another algorithm (``none`` included) is
-    refused rather than trusted.
+    refused rather than trusted. With ``audience`` / ``issuer``, the ``aud`` / ``iss`` claims
+    must name them. ``exp`` and ``nbf`` are checked against ``now`` (the injected clock, never
+    the library's), each with ``leeway`` seconds of tolerance for clock skew.
     """
     try:
         claims = jwt.decode(
-            token, secret, algorithms=["HS256"], options={"verify_exp": False, "verify_aud": False}
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience=audience,
+            issuer=issuer,
+            options={
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": audience is not None,
+                "verify_iss": issuer is not None,
+            },
         )
+    except jwt.InvalidAudienceError:
+        raise AuthError("invalid token: wrong audience") from None
+    except jwt.InvalidIssuerError:
+        raise AuthError("invalid token: wrong issuer") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise AuthError(f"invalid token: no '{exc.claim}' claim") from None
     except jwt.InvalidTokenError as exc:
         raise AuthError(f"invalid token: {type(exc).__name__}") from None
     if not isinstance(claims, dict):
@@ -85,11 +112,17 @@ def verify_token(token: str, secret: str, *, now: float) -> Principal:
     if exp is not None:
         if isinstance(exp, bool) or not isinstance(exp, int | float):
             raise AuthError("claim 'exp' must be a number")
-        if exp <= now:
+        if exp <= now - leeway:
             raise AuthError("token expired")
+    nbf = claims.get("nbf")
+    if nbf is not None:
+        if isinstance(nbf, bool) or not isinstance(nbf, int | float):
+            raise AuthError("claim 'nbf' must be a number")
+        if nbf > now + leeway:
+            raise AuthError("token not valid yet")
     return Principal(
         user_id=sub,
-        expires_at=None if exp is None else float(exp),
+        expires_at=None if exp is None else float(exp) + leeway,
         channels=_pattern_claim(claims, "channels"),
         publish=_pattern_claim(claims, "publish"),
         claims=claims,
