@@ -7,6 +7,7 @@ import trio
 
 from triows.testing import ConnectionRejected, open_test_server
 
+from .conftest import SECRET, make_token
 from .rawclient import RawClient
 
 
@@ -142,3 +143,99 @@ async def test_memory_guard_refuses_new_connections_and_recovers(
             assert not harness.server.statistics().memory_limited
             async with harness.connect():
                 pass
+
+
+async def test_connections_of_one_user_are_limited(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(jwt_secret=SECRET, max_connections_per_user=2) as harness:
+        async with (
+            harness.connect(token=make_token("ann")),
+            harness.connect(token=make_token("ann")),
+        ):
+            with pytest.raises(ConnectionRejected) as info:
+                async with harness.connect(token=make_token("ann")):
+                    pass
+            assert info.value.status_code == 429
+            async with harness.connect(token=make_token("bob")):
+                pass
+        async with harness.connect(token=make_token("ann")):
+            pass  # counted down as they left
+        assert harness.server.statistics().rejected == {429: 1}
+
+
+async def test_publish_and_subscribe_rates_per_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(publish_rate=5, subscribe_rate=1) as harness:
+        async with harness.connect() as client:
+            codes = [
+                (await client.request({"type": "publish", "channel": "c", "data": n, "id": n}))[
+                    "type"
+                ]
+                for n in range(12)
+            ]
+            assert codes == ["ack"] * 10 + ["error"] * 2  # a burst of twice the rate
+            await trio.sleep(1)
+            reply = await client.request({"type": "publish", "channel": "c", "data": 0, "id": 99})
+            assert reply["type"] == "ack"
+            for n in range(2):
+                assert (await client.request({"type": "subscribe", "channel": f"s{n}"}))[
+                    "type"
+                ] == "subscribed"
+            refused = await client.request({"type": "subscribe", "channel": "s2", "id": "x"})
+            assert (refused["code"], refused["id"]) == (429, "x")
+        stats = harness.server.statistics()
+        assert stats.rate_limited == {"publish": 2, "subscribe": 1}
+
+
+async def test_publish_rate_per_user_spans_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(jwt_secret=SECRET, publish_rate=0, user_publish_rate=2) as harness:
+        async with (
+            harness.connect(token=make_token("ann")) as one,
+            harness.connect(token=make_token("ann")) as two,
+        ):
+            kinds = []
+            for n in range(6):
+                client = one if n % 2 else two
+                frame = {"type": "publish", "channel": "c", "data": n, "id": n}
+                kinds.append((await client.request(frame))["type"])
+            assert kinds == ["ack"] * 4 + ["error"] * 2
+
+
+async def test_streams_that_never_send_their_request_count_against_the_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(max_connections=2, handshake_timeout=10) as harness:
+        async with harness.connect():
+            silent = await harness.listener.connect()
+            await trio.sleep(0.1)
+            with pytest.raises(ConnectionRejected) as info:
+                async with harness.connect():
+                    pass
+            assert info.value.status_code == 503
+        # No more waiting streams than connections allowed: the next is closed at once.
+        more = await harness.listener.connect()
+        await trio.sleep(0.1)
+        extra = await harness.listener.connect()
+        with trio.fail_after(1):
+            assert await extra.receive_some(100) == b""
+        assert harness.server.waiting_streams.refused == 1
+        await trio.sleep(11)  # the silent ones time out and free their places
+        async with harness.connect():
+            pass
+        for stream in (silent, more, extra):
+            await stream.aclose()
+
+
+async def test_a_peer_that_leaves_mid_handshake_is_not_an_error(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_test_server() as harness:
+        stream = await harness.listener.connect()
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        await trio.aclose_forcefully(stream)
+        await trio.sleep(1)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

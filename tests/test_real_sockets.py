@@ -92,3 +92,15 @@ async def test_graceful_shutdown_over_tcp() -> None:
             reason = info.value.reason
             assert reason is not None
             assert (reason.code, reason.reason) == (1001, "Server shutting down")
+
+
+async def test_connections_from_one_address_are_limited() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, max_connections_per_ip=2)
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with open_websocket_url(url), open_websocket_url(url):
+            with pytest.raises(trio_websocket.ConnectionRejected) as info:
+                async with open_websocket_url(url):
+                    pass
+            assert info.value.status_code == 429
+        await server.aclose()

@@ -126,6 +126,7 @@ def _bytes(text: str) -> int:
 _INT = _number("an integer", 1, integer=True)
 _COUNT = _number("an integer", 0, integer=True)
 _SECONDS = _number("a number of seconds", 0, integer=False)
+_RATE = _number("a number per second", 0, integer=False)
 _POSITIVE_SECONDS = _number("a positive number of seconds", 1e-3, integer=False)
 
 #: (flag, type, config field or None, help). Defaults come from Config, so they cannot drift.
@@ -149,6 +150,27 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "allowed browser Origin, repeatable (env: comma-separated); default: any",
     ),
     ("--max-connections", _INT, "max_connections", "connections beyond this get HTTP 503"),
+    (
+        "--max-connections-per-ip",
+        _COUNT,
+        "max_connections_per_ip",
+        "connections from one address (more: HTTP 429; 0: no limit)",
+    ),
+    (
+        "--max-connections-per-user",
+        _COUNT,
+        "max_connections_per_user",
+        "connections of one authenticated user (more: HTTP 429; 0: no limit)",
+    ),
+    ("--publish-rate", _RATE, "publish_rate", "publishes/s per connection (0: no limit)"),
+    ("--user-publish-rate", _RATE, "user_publish_rate", "publishes/s per user (0: none)"),
+    ("--subscribe-rate", _RATE, "subscribe_rate", "subscribes/s per connection (0: none)"),
+    (
+        "--user-subscribe-rate",
+        _RATE,
+        "user_subscribe_rate",
+        "subscribes/s per user (0: no limit)",
+    ),
     (
         "--max-message-size",
         _number("an integer", 2048, integer=True),

@@ -102,6 +102,16 @@ class Config:
     #: Origins allowed to connect (e.g. ``https://app.example``); empty allows every origin.
     allow_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
     max_connections: int = attrs.field(default=10_000, validator=_int_at_least(1))
+    #: Connections from one client address, and of one authenticated user; more get HTTP
+    #: 429 at the handshake. 0: no limit.
+    max_connections_per_ip: int = attrs.field(default=1000, validator=_int_at_least(0))
+    max_connections_per_user: int = attrs.field(default=100, validator=_int_at_least(0))
+    #: Publishes (subscribes) per second allowed to one connection, and to one user over all
+    #: its connections; bursts of twice the rate pass. More get error 429. 0: no limit.
+    publish_rate: float = attrs.field(default=1000.0, validator=_not_negative)
+    user_publish_rate: float = attrs.field(default=2000.0, validator=_not_negative)
+    subscribe_rate: float = attrs.field(default=100.0, validator=_not_negative)
+    user_subscribe_rate: float = attrs.field(default=200.0, validator=_not_negative)
     #: Largest incoming message in bytes; a bigger one closes the connection with 1009. At
     #: least 2048: a ``message`` frame keeps 1024 bytes for its envelope around ``data``.
     max_message_size: int = attrs.field(default=64 * 1024, validator=_int_at_least(2048))

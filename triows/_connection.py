@@ -30,6 +30,7 @@ from ._core.frames import text_frame
 from ._core.hub import SubscriptionLimitError
 from ._core.outbox import DropCounter, Outbox, SlowConsumerPolicy, Verdict
 from ._core.protocol import ProtocolError
+from ._core.ratelimit import TokenBucket
 from ._transport import Closed, WebSocket
 
 if TYPE_CHECKING:
@@ -60,10 +61,12 @@ class Connection:
         "_expiry_scope",
         "_inbox_recv",
         "_inbox_send",
+        "_publish_bucket",
         "_room",
         "_scope",
         "_send_scope",
         "_server",
+        "_subscribe_bucket",
         "_unacked",
         "_writer_wakeup",
         "client_id",
@@ -73,6 +76,7 @@ class Connection:
         "connected_at",
         "frames_in",
         "frames_out",
+        "ip",
         "last_activity",
         "outbox",
         "principal",
@@ -81,13 +85,21 @@ class Connection:
     )
 
     def __init__(
-        self, *, server: Server, ws: WebSocket, principal: Principal, remote: str, client_id: str
+        self,
+        *,
+        server: Server,
+        ws: WebSocket,
+        principal: Principal,
+        remote: str,
+        client_id: str,
+        ip: str = "",
     ) -> None:
         config = server.config
         self._server = server
         self.ws = ws
         self.principal = principal
         self.remote = remote
+        self.ip = ip
         self.client_id = client_id
         self.outbox = Outbox(config.outbox_size, config.outbox_max_bytes)
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[protocol.Request](
@@ -106,6 +118,8 @@ class Connection:
         self.close_reason = ""
         self.closed_by_server = False
         now = trio.current_time()
+        self._publish_bucket = TokenBucket(config.publish_rate, 2 * config.publish_rate, now)
+        self._subscribe_bucket = TokenBucket(config.subscribe_rate, 2 * config.subscribe_rate, now)
         self.connected_at = now
         self.last_activity = now
         self.frames_in = 0
@@ -376,6 +390,7 @@ class Connection:
         server = self._server
         match request:
             case protocol.Publish(channel=channel, data=data, id=request_id):
+                server.check_rate(self, Action.PUBLISH, self._publish_bucket, request_id)
                 await server.authorize(self.principal, Action.PUBLISH, channel, request_id)
                 if self._unacked >= MAX_UNACKED:
                     # One client must not take a cluster node's whole outage buffer.
@@ -405,6 +420,7 @@ class Connection:
                     self._acks_over = False
                     await self.settle()
             case protocol.Subscribe(channel=channel, id=request_id):
+                server.check_rate(self, Action.SUBSCRIBE, self._subscribe_bucket, request_id)
                 await server.authorize(self.principal, Action.SUBSCRIBE, channel, request_id)
                 try:
                     subscribed = await server.broker.subscribe(

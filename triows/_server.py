@@ -32,11 +32,12 @@ from ._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
 from ._core.memory_guard import MemoryGuard
 from ._core.names import ChannelNameError, validate_channel
 from ._core.protocol import ProtocolError
+from ._core.ratelimit import PerKey, TokenBucket
 from ._fanout import FanOut, Subscriber
 from ._listen import open_tcp_listeners
 from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics
 from ._supervisor import run_supervisor
-from ._transport import HandshakeRequest, PendingHandshake, serve_streams
+from ._transport import HandshakeRequest, PendingHandshake, WaitingStreams, serve_streams
 
 log = logging.getLogger("triows.server")
 
@@ -57,6 +58,7 @@ class Server:
         self.server_id = config.server_id or secrets.token_hex(4)
         self.fanout = FanOut(config.block_timeout)
         self.memory_guard = MemoryGuard(config.memory_limit)
+        self.waiting_streams = WaitingStreams(config.max_connections)
         self.broker = open_broker(config, self.fanout, self.now_ms)
         self.hub = self.broker.hub
         self.auth_enabled = config.jwt_secret is not None or config.authenticate is not None
@@ -74,6 +76,14 @@ class Server:
         self.connections_total = 0
         self._dropped_by_gone = 0
         self._rejected: Counter[int] = Counter()
+        self._per_ip: Counter[str] = Counter()
+        self._per_user: Counter[str] = Counter()
+        self._user_rates = {
+            Action.PUBLISH: PerKey(config.user_publish_rate, 2 * config.user_publish_rate),
+            Action.SUBSCRIBE: PerKey(config.user_subscribe_rate, 2 * config.user_subscribe_rate),
+        }
+        #: Requests refused with 429 by a rate limit, by action.
+        self.rate_limited: Counter[str] = Counter()
         self._closed_by_server: Counter[int] = Counter()
         self.publish_rate = 0.0
         self.delivery_rate = 0.0
@@ -140,6 +150,7 @@ class Server:
             dedupe_principals=self.broker.dedupe_principals,
             deduplicated=self.broker.deduplicated,
             broker=self.broker.statistics(),
+            rate_limited=dict(self.rate_limited),
             rss_bytes=self.memory_guard.rss,
             memory_limited=self.memory_guard.over,
             memory_limit_trips=self.memory_guard.trips,
@@ -247,6 +258,7 @@ class Server:
                 handler_nursery=self._connections_nursery,
                 max_message_size=self.config.max_message_size,
                 handshake_timeout=self.config.handshake_timeout,
+                waiting=self.waiting_streams,
                 task_status=task_status,
             )
 
@@ -259,26 +271,37 @@ class Server:
             return await self._reject(pending, 404, "no WebSocket endpoint at this path")
         if not config.origin_allowed(info.header("origin")):
             return await self._reject(pending, 403, "origin not allowed")
-        if len(self._connections) + self._handshaking >= config.max_connections:
+        others = len(self._connections) + self._handshaking + self.waiting_streams.count
+        if others >= config.max_connections:
             return await self._reject(pending, 503, "connection limit reached")
         if self.memory_guard.over:
             return await self._reject(pending, 503, "memory limit reached")
+        per_ip = config.max_connections_per_ip
+        if per_ip and self._per_ip[info.ip] >= per_ip:
+            return await self._reject(pending, 429, "too many connections from this address")
         self._handshaking += 1
         try:
             try:
                 principal = await self._authenticate(info)
             except Rejected as rejected:
                 return await self._reject(pending, rejected.status, rejected.reason)
+            per_user, user = config.max_connections_per_user, principal.user_id
+            if per_user and user is not None and self._per_user[user] >= per_user:
+                return await self._reject(pending, 429, "too many connections for this user")
             ws = await pending.accept()
             conn = Connection(
                 server=self,
                 ws=ws,
                 principal=principal,
                 remote=info.remote,
+                ip=info.ip,
                 client_id=secrets.token_urlsafe(9),
             )
             self._connections[conn] = None
             self.fanout.register(conn)
+            self._per_ip[conn.ip] += 1
+            if principal.user_id is not None:
+                self._per_user[principal.user_id] += 1
             self.connections_total += 1
         finally:
             self._handshaking -= 1
@@ -367,6 +390,23 @@ class Server:
                 protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'", request_id
             )
 
+    def check_rate(
+        self,
+        conn: Connection,
+        action: Action,
+        bucket: TokenBucket,
+        request_id: protocol.RequestId | None,
+    ) -> None:
+        """Take a token from the connection's bucket and its user's; error 429 without one."""
+        now = trio.current_time()
+        user = conn.principal.user_id
+        if bucket.take(now) and (user is None or self._user_rates[action].take(user, now)):
+            return
+        self.rate_limited[str(action)] += 1
+        raise ProtocolError(
+            protocol.TOO_MANY, f"{action} rate limit exceeded; slow down", request_id
+        )
+
     def publish_from(
         self,
         conn: Connection,
@@ -398,6 +438,9 @@ class Server:
         if conn in self._connections:
             del self._connections[conn]
             self.fanout.unregister(conn)
+            _decrement(self._per_ip, conn.ip)
+            if conn.principal.user_id is not None:
+                _decrement(self._per_user, conn.principal.user_id)
             self._dropped_by_gone += conn.outbox.dropped
             self._population_changed.set()
             log.debug("disconnected %r: %s %s", conn, conn.close_code, conn.close_reason)
@@ -421,6 +464,12 @@ class Server:
 
     def connections(self) -> list[Connection]:
         return list(self._connections)
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 def _bearer_token(info: HandshakeRequest) -> str | None:

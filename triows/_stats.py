@@ -44,6 +44,8 @@ class ServerStatistics:
     broker: BrokerStatistics
     #: Resident memory at the last sample (bytes); whether the memory guard refuses new
     #: connections now (``memory_limit``), and how often it started to.
+    #: Requests refused with 429 by a rate limit, by action (``publish``, ``subscribe``).
+    rate_limited: dict[str, int] = attrs.field(factory=dict)
     rss_bytes: int = 0
     memory_limited: bool = False
     memory_limit_trips: int = 0

@@ -196,6 +196,8 @@ class HandshakeRequest:
     query: dict[str, str] = attrs.field(repr=lambda query: f"<keys {sorted(query)}>")
     headers: dict[str, str] = attrs.field(repr=lambda headers: f"<names {sorted(headers)}>")
     remote: str
+    #: The client's address without its port (what per-address limits count).
+    ip: str = ""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -214,7 +216,8 @@ class PendingHandshake:
             path=target.path or "/",
             query=dict(reversed(parse_qsl(target.query, keep_blank_values=True))),
             headers=headers,
-            remote=str(request.remote),
+            remote=_host_port(request.remote),
+            ip=str(getattr(request.remote, "address", request.remote)),
         )
 
     async def accept(self) -> WebSocket:
@@ -228,6 +231,37 @@ class PendingHandshake:
         )
 
 
+def _host_port(remote: object) -> str:
+    """``host:port`` of a TCP peer (``[v6]:port``), else what the stream says it is."""
+    address, port = getattr(remote, "address", None), getattr(remote, "port", None)
+    if address is None:
+        return str(remote)
+    host = f"[{address}]" if ":" in str(address) else str(address)
+    return f"{host}:{port}"
+
+
+class WaitingStreams:
+    """Streams accepted whose HTTP request has not arrived yet: counted against the
+    connection limit, and at most ``limit`` of them (more are closed at once)."""
+
+    __slots__ = ("count", "limit", "refused")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.refused = 0
+
+    def admit(self) -> bool:
+        if self.count >= self.limit:
+            self.refused += 1
+            return False
+        self.count += 1
+        return True
+
+    def release(self) -> None:
+        self.count -= 1
+
+
 HandshakeHandler = Callable[[PendingHandshake], Awaitable[None]]
 
 
@@ -237,8 +271,14 @@ async def _serve_stream(
     *,
     max_message_size: int,
     handshake_timeout: float,
+    waiting: WaitingStreams,
 ) -> None:
     """Everything about one TCP stream, behind a boundary no exception crosses."""
+    if not waiting.admit():
+        # Already as many streams that never finished their request as connections allowed:
+        # only the fd limit would cap a flood of half-open handshakes otherwise.
+        await trio.aclose_forcefully(stream)
+        return
     try:
         async with trio.open_nursery() as nursery:
             conn = WebSocketConnection(
@@ -250,8 +290,11 @@ async def _serve_stream(
             )
             nursery.start_soon(conn._reader_task)
             request: WebSocketRequest | None = None
-            with trio.move_on_after(handshake_timeout):
-                request = await conn._get_request()
+            try:
+                with trio.move_on_after(handshake_timeout):
+                    request = await conn._get_request()
+            finally:
+                waiting.release()
             if request is None:
                 # A slowloris or a client that never finished its request.
                 nursery.cancel_scope.cancel()
@@ -263,6 +306,9 @@ async def _serve_stream(
                 # The handler owns the goodbye (a close frame within its deadline); all that
                 # is left here is to stop trio-websocket's reader.
                 nursery.cancel_scope.cancel()
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as gone:
+        # The peer went away mid-handshake (a reset, a scanner): not our failure.
+        log.debug("peer left during the handshake: %r", gone.exceptions[0])
     except* Exception as group:
         log.error("connection task failed", exc_info=group)
     finally:
@@ -276,6 +322,7 @@ async def serve_streams(
     handler_nursery: trio.Nursery,
     max_message_size: int,
     handshake_timeout: float,
+    waiting: WaitingStreams,
     task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async def serve_one(stream: trio.abc.Stream) -> None:
@@ -284,6 +331,7 @@ async def serve_streams(
             handler,
             max_message_size=max_message_size,
             handshake_timeout=handshake_timeout,
+            waiting=waiting,
         )
 
     await trio.serve_listeners(

@@ -85,6 +85,11 @@ def start_server(kind: str, port: int, extra: list[str] | None = None) -> subpro
             str(port),
             "--max-connections",
             "20000",
+            # One load generator on one address, publishing as fast as it can.
+            "--max-connections-per-ip",
+            "0",
+            "--publish-rate",
+            "0",
             "--log-level",
             "warning",
             *(extra or []),
