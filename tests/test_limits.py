@@ -228,14 +228,3 @@ async def test_streams_that_never_send_their_request_count_against_the_limit(
             pass
         for stream in (silent, more, extra):
             await stream.aclose()
-
-
-async def test_a_peer_that_leaves_mid_handshake_is_not_an_error(
-    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    async with open_test_server() as harness:
-        stream = await harness.listener.connect()
-        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        await trio.aclose_forcefully(stream)
-        await trio.sleep(1)
-    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
+import struct
 
 import pytest
 import trio
@@ -104,3 +107,25 @@ async def test_connections_from_one_address_are_limited() -> None:
                     pass
             assert info.value.status_code == 429
         await server.aclose()
+
+
+async def test_a_peer_that_resets_during_the_handshake_is_one_debug_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    request = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    caplog.set_level(logging.DEBUG, logger="triows")
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery)
+        for sent in (b"", request[:20], request):
+            sock = trio.socket.socket()
+            await sock.connect(("127.0.0.1", server.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if sent:
+                await sock.send(sent)
+            sock.close()  # with linger 0: a reset
+            await trio.sleep(0.2)
+        await server.aclose()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]

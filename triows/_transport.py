@@ -301,12 +301,18 @@ async def _serve_stream(
                 await trio.aclose_forcefully(stream)
                 return
             try:
-                await handler(PendingHandshake(request))
+                pending = PendingHandshake(request)
+            except OSError as exc:  # getpeername() after the peer reset: it is gone
+                log.debug("peer left before its handshake was answered: %r", exc)
+                nursery.cancel_scope.cancel()
+                return
+            try:
+                await handler(pending)
             finally:
                 # The handler owns the goodbye (a close frame within its deadline); all that
                 # is left here is to stop trio-websocket's reader.
                 nursery.cancel_scope.cancel()
-    except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as gone:
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as gone:
         # The peer went away mid-handshake (a reset, a scanner): not our failure.
         log.debug("peer left during the handshake: %r", gone.exceptions[0])
     except* Exception as group:
