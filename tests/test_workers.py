@@ -24,6 +24,14 @@ pytestmark = pytest.mark.real_socket
 LISTENING = re.compile(r"\[worker (\d+)\].*server id: (\w+), pid: (\d+)")
 
 
+async def kill_if_running(process: trio.Process) -> None:
+    """A test that failed half-way must not leave its supervisor (and workers) behind."""
+    if process.returncode is None:
+        process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+
+
 class Supervisor:
     """The supervisor process and what its workers logged."""
 
@@ -113,10 +121,7 @@ async def test_a_killed_worker_is_restarted_and_its_clients_resume(
             await supervisor.wait_for("all workers stopped")
             nursery.cancel_scope.cancel()
     finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+        await kill_if_running(process)
 
 
 def test_supervisor_rewrites_only_its_own_flags() -> None:
@@ -180,9 +185,33 @@ async def test_one_stop_signal_is_one_graceful_drain(redis_server: RedisServer, 
                 assert await process.wait() == 0
             nursery.cancel_scope.cancel()
     finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+        await kill_if_running(process)
     assert codes == [1001] * 6
     assert not [line for line in supervisor.lines if "stopping now" in line]
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor(redis_server: RedisServer) -> None:
+    supervisor = await open_supervisor(redis_server.url, free_port())
+    process = supervisor.process
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(supervisor.read_log)
+            await supervisor.wait_for("triows listening", count=2)
+            workers = list(supervisor.workers().values())
+            process.kill()
+            await process.wait()
+            with trio.fail_after(20):
+                # Not our children: their exit cannot be awaited, only polled.
+                while any(_alive(pid) for pid in workers):  # noqa: ASYNC110
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    finally:
+        await kill_if_running(process)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

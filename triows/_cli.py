@@ -393,6 +393,27 @@ class _JsonFormatter(logging.Formatter):
 
 #: Set by ``--workers`` for each worker process: its index, shown in every log line.
 WORKER_ENV = "TRIOWS_WORKER_INDEX"
+#: The supervisor's pid, in a worker's environment.
+SUPERVISOR_ENV = "TRIOWS_SUPERVISOR_PID"
+
+
+def stop_with_supervisor() -> None:
+    """In a worker (its own session, so no terminal hangup reaches it): ask Linux for a
+    SIGTERM, hence a graceful drain, when the supervisor dies however it dies, so that no
+    worker outlives it. Elsewhere a no-op."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(supervisor):  # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def configure_logging(level: str, fmt: str, worker: str | None = None) -> None:
@@ -466,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._workers import supervise_workers
 
         return supervise_workers(args, options.workers, config)
+    stop_with_supervisor()
     failure: BaseException | None = None
     try:
         trio.run(functools.partial(run, config, worker=os.environ.get(WORKER_ENV) is not None))

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import trio
 
-from ._cli import WORKER_ENV, cannot_listen
+from ._cli import SUPERVISOR_ENV, WORKER_ENV, cannot_listen
 from ._config import Config
 from ._core.backoff import exponential
 from ._listen import reserve_port
@@ -86,6 +86,7 @@ class _Supervisor:
                 "TRIOWS_REUSE_PORT": "yes",
                 "TRIOWS_WORKERS": "1",
                 WORKER_ENV: str(index),
+                SUPERVISOR_ENV: str(os.getpid()),
             }
         )
         return env
