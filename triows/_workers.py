@@ -14,7 +14,8 @@ processes. The supervisor:
   kills them (SIGKILL) at once; it exits when all workers have. Workers run in their own
   session, so a terminal's Ctrl-C reaches only the supervisor, and a worker treats any number
   of signals as one graceful drain (systemd signals every process of the unit, and the
-  supervisor forwards its own): one stop is always one drain.
+  supervisor forwards its own): one stop is always one drain. A worker whose supervisor dies
+  gets SIGTERM from Linux (``PR_SET_PDEATHSIG``) and drains too.
 """
 
 from __future__ import annotations
