@@ -445,12 +445,14 @@ async def test_requests_while_the_connection_drops_raise_client_errors_or_wait(
             # However the state reads while the link is gone, a request never fails with an
             # AttributeError: offline, a subscription is made on reconnect.
             subscription = await client.subscribe("later")
-            await trio.sleep(1)
-            assert client.state.value is wsclient.ClientState.RECONNECTING
-            await client.wait_open()
+            with trio.fail_after(60):
+                await client.state.wait_value(
+                    lambda state: state is wsclient.ClientState.OPEN and client.connects >= 2
+                )
             async with client_for(harness) as writer:
                 await writer.publish("later", "x")
-                event = await subscription.__anext__()
+                with trio.fail_after(60):
+                    event = await subscription.__anext__()
             assert isinstance(event, wsclient.Message)
             with pytest.raises(wsclient.ClientError):
                 raise wsclient.ConnectionLostError("a ClientError")
