@@ -222,7 +222,7 @@ async def test_streams_that_never_send_their_request_count_against_the_limit(
         extra = await harness.listener.connect()
         with trio.fail_after(1):
             assert await extra.receive_some(100) == b""
-        assert harness.server.waiting_streams.refused == 1
+        assert harness.server.statistics().streams_refused == 1
         await trio.sleep(11)  # the silent ones time out and free their places
         async with harness.connect():
             pass

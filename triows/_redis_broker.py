@@ -111,6 +111,8 @@ class _Channel:
 @attrs.define(eq=False, slots=True)
 class _Pending:
     token: str
+    #: The token's own number: the publication's field in the node's pending hash.
+    number: str
     pub: Publication
     keys: tuple[str, str, str, str]
     args: tuple[Any, ...]
@@ -303,6 +305,7 @@ class RedisBroker(Broker):
         self._buffer.append(
             _Pending(
                 token,
+                number,
                 pub,
                 (
                     fmt.numbering_key(pub.channel),
@@ -371,7 +374,7 @@ class RedisBroker(Broker):
                 return f"Redis refused a publication for now: {_describe(result)}"
             self._buffer.popleft()
             self._in_flight.pop(pending.token, None)
-            self._answered.append(pending.args[-1])
+            self._answered.append(pending.number)
             if isinstance(result, Exception):
                 # A script error is a bug or a Redis we cannot work with: the reason goes to
                 # the log; the client gets a plain 500.
@@ -567,7 +570,7 @@ class RedisBroker(Broker):
         elif self._nursery is not None:
             ch.syncing = True
             self._nursery.start_soon(
-                self._restarting, f"sync {ch.name}", partial_async(self._sync, ch)
+                self._restarting, f"sync {ch.name}", functools.partial(self._sync, ch)
             )
 
     def _settle_own(self, entry: Entry) -> None:
@@ -588,7 +591,7 @@ class RedisBroker(Broker):
                     blocked += self._fanout.deliver(state, text_frame(entry.payload), entry.sender)
             elif isinstance(action, Fill):
                 if self._nursery is not None:
-                    fill = partial_async(self._fill, ch, action.after, action.upto)
+                    fill = functools.partial(self._fill, ch, action.after, action.upto)
                     self._nursery.start_soon(self._restarting, f"fill {ch.name}", fill)
             elif state is not None:  # Restart: the numbering began again
                 state.seq, state.epoch = 0, action.epoch
@@ -601,6 +604,7 @@ class RedisBroker(Broker):
     async def _sync(self, ch: _Channel) -> None:
         """Read the channel's ``(seq, epoch)`` after a subscription was confirmed: the feed's
         baseline. Retried until it works or the channel is no longer followed."""
+        ch.syncing = True  # again, when restarted after a failure
         try:
             while True:
                 ch.sync_again = False
@@ -745,10 +749,6 @@ def _read_stream_in_thread(
     epoch = epoch_bytes.decode()
     entries = raw[0] if raw else []
     return [fmt.parse_stream_entry(i, f, epoch) for i, f in entries], epoch
-
-
-def partial_async(fn: Callable[..., Awaitable[None]], *args: Any) -> Callable[[], Awaitable[None]]:
-    return functools.partial(fn, *args)
 
 
 def _describe(exc: BaseException) -> str:

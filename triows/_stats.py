@@ -46,6 +46,8 @@ class ServerStatistics:
     #: connections now (``memory_limit``), and how often it started to.
     #: Requests refused with 429 by a rate limit, by action (``publish``, ``subscribe``).
     rate_limited: dict[str, int] = attrs.field(factory=dict)
+    #: Streams closed at once because as many others had not sent their HTTP request yet.
+    streams_refused: int = 0
     rss_bytes: int = 0
     memory_limited: bool = False
     memory_limit_trips: int = 0
