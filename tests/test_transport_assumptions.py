@@ -1,4 +1,4 @@
-"""What triows._transport relies on inside trio-websocket, wsproto and trio.
+"""What triows._transport relies on inside trio, and how its two write paths stay apart.
 
 If a dependency upgrade breaks one of these, this file fails loudly, before a server could
 interleave bytes into a stream or send frames it must not.
@@ -10,40 +10,14 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
-import wsproto
-from trio_websocket import WebSocketConnection
-from wsproto import ConnectionType, WSConnection
 
+from triows._core.frame_parser import FrameParser
 from triows._transport import WebSocket, _direct_writer
 from triows.testing import memory_stream_pair
 
 pytestmark = pytest.mark.real_socket
-
-
-def make_connection(stream: trio.abc.Stream) -> WebSocketConnection:
-    return WebSocketConnection(stream, WSConnection(ConnectionType.SERVER))
-
-
-async def test_trio_websocket_internals_exist() -> None:
-    server_end, _client_end = memory_stream_pair()
-    conn = make_connection(server_end)
-    assert conn._stream is server_end
-    assert isinstance(conn._stream_lock, trio.StrictFIFOLock)
-    assert isinstance(conn._wsproto, WSConnection)
-    assert callable(conn._reader_task)
-    assert callable(conn._get_request)
-
-
-async def test_trio_websocket_sends_only_under_its_lock() -> None:
-    """Every byte trio-websocket writes goes through _send, which holds _stream_lock."""
-    import inspect
-
-    source = inspect.getsource(WebSocketConnection)
-    assert source.count("send_all(") == 1
-    send = inspect.getsource(WebSocketConnection._send)
-    assert "async with self._stream_lock" in send
-    assert "send_all(" in send
 
 
 async def test_trio_socket_wraps_a_nonblocking_stdlib_socket() -> None:
@@ -65,25 +39,20 @@ async def test_trio_socket_wraps_a_nonblocking_stdlib_socket() -> None:
     await stream.aclose()
 
 
-async def test_direct_write_steps_aside_while_the_lock_is_held() -> None:
-    server_end, client_end = memory_stream_pair()
-    conn = make_connection(server_end)
-    conn._wsproto.receive_data(
-        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    request = next(conn._wsproto.events())
-    conn._wsproto.send(wsproto.events.AcceptConnection())
-    assert isinstance(request, wsproto.events.Request)
-    ws = WebSocket(conn)
-    assert ws.is_open
+async def test_direct_write_steps_aside_while_a_write_is_in_progress() -> None:
+    """write_nowait() writes nothing while write() holds the stream, nor once it broke."""
+    server_end, client_end = memory_stream_pair(buffer_size=4)
+    ws = WebSocket(server_end, FrameParser(1 << 20), b"")
     assert ws.write_nowait(b"abc") == 3
-    async with conn._stream_lock:
-        assert ws.write_nowait(b"abc") == 0
-    conn._wsproto.send(wsproto.events.CloseConnection(code=1000))
-    assert not ws.is_open
-    assert ws.write_nowait(b"abc") == 0
-    assert await client_end.receive_some() == b"abc"  # only the one allowed write
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.write, b"defgh")  # waits: only one byte of room
+        await trio.testing.wait_all_tasks_blocked()
+        assert ws.writing
+        assert ws.write_nowait(b"xyz") == 0
+        nursery.cancel_scope.cancel()
+    assert ws.broken  # cut mid-write: part of a frame may be on the wire
+    assert ws.write_nowait(b"xyz") == 0
+    assert await client_end.receive_some() == b"abcd"
 
 
 async def test_no_extension_is_ever_negotiated() -> None:
@@ -114,4 +83,5 @@ async def test_no_extension_is_ever_negotiated() -> None:
 
 
 def test_pinned_versions_are_the_tested_ones() -> None:
+    """The client side (triows.client, triows.testing) is what uses trio-websocket now."""
     assert trio_websocket.__version__.startswith("0.12.")

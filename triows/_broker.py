@@ -133,6 +133,15 @@ class Broker(abc.ABC):
         can queue its reply and replay before any live message.
         """
 
+    #: Whether :meth:`subscribe_nowait` can serve every subscribe (no network round trip).
+    subscribes_at_once = False
+
+    def subscribe_nowait(
+        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
+    ) -> Subscribed:
+        """:meth:`subscribe` in one synchronous step, for brokers with ``subscribes_at_once``."""
+        raise NotImplementedError
+
     def unsubscribe(self, member: Subscriber, channel: str) -> bool:
         return self.hub.unsubscribe(member, channel)
 
@@ -217,7 +226,14 @@ class MemoryBroker(Broker):
         self.hub.record(state, seq, frame, now)
         return seq, blocked
 
+    subscribes_at_once = True
+
     async def subscribe(
+        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
+    ) -> Subscribed:
+        return self.subscribe_nowait(member, channel, since, epoch)
+
+    def subscribe_nowait(
         self, member: Subscriber, channel: str, since: int | None, epoch: str | None
     ) -> Subscribed:
         state = self.hub.subscribe(member, channel)

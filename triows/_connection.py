@@ -1,36 +1,44 @@
 """One client connection: its task tree, its outbox and what it asks of the server.
 
-Task tree (all in the connection's own nursery; the first to end cancels the rest)::
+Task tree (all in the connection's own nursery)::
 
-    reader     drains the socket into a bounded inbox, always (see _transport.LIBRARY_QUEUE)
-    requests   serves the inbox in order: subscribe, publish, ... (may wait: hooks, backpressure)
-    writer     the only task that *waits* to send data; sends queued frames in batches
+    reader     the connection's own task (the nursery's body): reads the socket, parses
+               frames, answers pings, and serves every request that needs no waiting inline
     heartbeat  pings every interval; no pong within the timeout closes with 1011
     expiry     (with auth) closes with 1008 when the token expires, unless refreshed
+    writer     started only while the socket refuses bytes; ends when the outbox is empty
+    requests   started only while a request waits (an async hook, ``block`` backpressure,
+               Redis, a full outbox); later requests queue behind it, in order, up to
+               ``inbox_size``, and the reader goes on reading and answering pings meanwhile
 
-Data frames reach the socket two ways, never out of order: :meth:`Connection.deliver` writes a
-ready frame at once when nothing is queued and the socket has room (no task switch, no copy),
-and otherwise queues it for the writer. Whatever ends the connection, ``run()`` leaves the hub
-clean and says goodbye with a close code, within a deadline.
+An idle connection is two tasks. Every byte reaches the socket through one ordered path:
+:meth:`Connection._send` writes a frame at once when nothing is queued before it and the socket
+has room, and otherwise queues it (a partly written frame's tail first) for the writer. Pongs,
+pings and the close frame take that path too, so no frame can land inside another. Whatever
+ends the connection, ``run()`` leaves the hub clean and says goodbye with a close code, within
+a deadline.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
 
-from ._broker import BrokerUnavailableError
+from ._broker import BrokerUnavailableError, Subscribed
 from ._core import protocol
 from ._core.auth import Action, AuthError, Principal
-from ._core.frames import text_frame
+from ._core.frame_parser import NO_STATUS, Close, Failure, FrameParser, Message, Ping, Pong
+from ._core.frames import PING, PONG, close_frame, frame, text_frame
 from ._core.hub import SubscriptionLimitError
 from ._core.outbox import DropCounter, Outbox, SlowConsumerPolicy, Verdict
 from ._core.protocol import ProtocolError
 from ._core.ratelimit import TokenBucket
+from ._fanout import Subscriber
 from ._transport import Closed, WebSocket
 
 if TYPE_CHECKING:
@@ -51,24 +59,32 @@ GOING_AWAY = 1001
 POLICY = 1008
 TOO_BIG = 1009
 INTERNAL_ERROR = 1011
+#: What a connection that ended without a close frame counts as (RFC 6455 §7.1.5).
+ABNORMAL = 1006
+
+#: Something a request still has to wait for once its synchronous part is done.
+Wait = Callable[[], Awaitable[None]]
 
 
 class Connection:
     __slots__ = (
         "_acks_over",
+        "_backlog",
+        "_busy",
         "_close_deadline",
         "_drain",
         "_expiry_scope",
-        "_inbox_recv",
-        "_inbox_send",
+        "_nursery",
+        "_ping_payload",
         "_publish_bucket",
         "_room",
         "_scope",
         "_send_scope",
         "_server",
         "_subscribe_bucket",
+        "_tail_queued",
         "_unacked",
-        "_writer_wakeup",
+        "_writer_running",
         "client_id",
         "close_code",
         "close_reason",
@@ -102,10 +118,12 @@ class Connection:
         self.ip = ip
         self.client_id = client_id
         self.outbox = Outbox(config.outbox_size, config.outbox_max_bytes)
-        self._inbox_send, self._inbox_recv = trio.open_memory_channel[protocol.Request](
-            config.inbox_size
-        )
-        self._writer_wakeup = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._backlog: deque[protocol.Request] = deque()
+        self._busy = False  # a requests task is serving; later requests queue behind it
+        self._writer_running = False
+        self._tail_queued = False  # the outbox starts with the unwritten tail of a frame
+        self._ping_payload: bytes | None = None  # the heartbeat ping not answered yet
         self._room: trio.Event | None = None
         self._scope = trio.CancelScope()
         self._send_scope: trio.CancelScope | None = None  # the writer's write in progress
@@ -141,11 +159,11 @@ class Connection:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    for task in (self._read, self._serve_requests, self._write, self._heartbeat):
-                        nursery.start_soon(self._until_first_ends, task)
+                    self._nursery = nursery
+                    nursery.start_soon(self._heartbeat)
                     if self._server.auth_enabled:
-                        nursery.start_soon(self._until_first_ends, self._watch_expiry)
-                    await self.reply(
+                        nursery.start_soon(self._watch_expiry)
+                    self.queue_reply(
                         protocol.welcome_frame(
                             self.client_id,
                             self._server.now_ms(),
@@ -153,12 +171,17 @@ class Connection:
                             config.heartbeat_interval,
                         )
                     )
+                    try:
+                        await self._read()
+                    finally:
+                        nursery.cancel_scope.cancel()
         except* Exception as group:
             # A bug in our request handling must cost this client its connection, never the
             # server. Cancelled is a BaseException and passes.
             log.error("connection %s failed", self.client_id, exc_info=group)
             self.close(INTERNAL_ERROR, "Internal error")
         finally:
+            self._nursery = None
             # Leave the channels at once (no more deliveries), but stay registered until the
             # goodbye is done: Server.aclose() waits for the registry to empty before it
             # cancels the tasks the closing handshake still needs.
@@ -167,12 +190,6 @@ class Connection:
                 await self._say_goodbye()
             finally:
                 self._server.forget(self)
-
-    async def _until_first_ends(self, task: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await task()
-        finally:
-            self._scope.cancel()
 
     def close(
         self, code: int, reason: str, *, drain: bool = False, deadline: float | None = None
@@ -188,12 +205,16 @@ class Connection:
             )
             self._server.count_close(code)
             send = self._send_scope
-            if send is not None and drain:
+            if send is not None:
                 # Let a write in progress finish: cutting it would leave half a frame on the
                 # wire and nothing more could be sent, not even the close frame.
                 send.shield = True
                 send.deadline = min(send.deadline, self._close_deadline)
         self._scope.cancel()
+
+    def _peer_left(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
 
     async def _say_goodbye(self) -> None:
         # Shielded, because a cancelled server still owes its clients a close frame; bounded,
@@ -201,22 +222,48 @@ class Connection:
         deadline = self._close_deadline
         if deadline is None:  # cancelled from outside, or the peer left first
             deadline = trio.current_time() + CANCELLED_GOODBYE
+        ws = self.ws
         with trio.move_on_at(deadline) as scope:
             scope.shield = True
             try:
                 if self._drain:
-                    while self.ws.is_open and await self.ws.send_queued(self.outbox, WRITE_BATCH):
-                        pass
-                code = self.close_code if self.close_code is not None else GOING_AWAY
-                reason = self.close_reason or "Server shutting down"
-                await self.ws.close(code, reason)
+                    while self.outbox:
+                        await self._write_batch(WRITE_BATCH)
+                elif self._tail_queued:  # a frame is half on the wire: finish it first
+                    await self._write_batch(0)
+                if self.close_code is None:  # cancelled from outside
+                    self.close_code, self.closed_by_server = GOING_AWAY, True
+                    self._server.count_close(GOING_AWAY)
+                if self.closed_by_server:
+                    await ws.write(close_frame(self.close_code, self.close_reason))
+                    await self._wait_for_peer_close()
+                elif not ws.parser.done:
+                    pass  # the stream ended without a close frame: nothing to answer
+                elif self.close_code != ABNORMAL:  # the peer's close: answer it
+                    echo = None if self.close_code == NO_STATUS else self.close_code
+                    await ws.write(close_frame(echo))
             except Closed:
                 pass
         self.outbox.clear()
         if self._room is not None:
             self._room.set()
+        await ws.aclose()
 
-    # -- sending: the hot path -------------------------------------------------------------------
+    async def _wait_for_peer_close(self) -> None:
+        """Read (and ignore) until the peer's close frame or the end of the stream."""
+        ws = self.ws
+        # After a protocol error the old parser is done; the peer's answer comes in a segment
+        # of its own, so a fresh parser finds it.
+        parser = FrameParser(ws.parser.max_message) if ws.parser.done else ws.parser
+        while True:
+            data = await ws.receive()
+            if not data:
+                return
+            for event in parser.feed(data):
+                if isinstance(event, Close | Failure):
+                    return
+
+    # -- sending: one ordered path ---------------------------------------------------------------
 
     def deliver(self, frame: bytes, policy: SlowConsumerPolicy, counter: DropCounter) -> bool:
         """Hand a broadcast frame to this subscriber without waiting.
@@ -227,42 +274,86 @@ class Connection:
         if self.close_code is not None:
             return True
         self.frames_out += 1
-        if self._write_direct(frame):
+        if self._write_now(frame):
             return True
         verdict = self.outbox.offer(frame, policy, counter)
         if verdict is Verdict.QUEUED:
-            self._writer_wakeup.set()
+            self._start_writer()
             return True
         if verdict is Verdict.OVER:
-            self._writer_wakeup.set()
+            self._start_writer()
             return False
         if verdict is Verdict.DISCONNECT:
             self._server.fanout.slow_consumer(self, "Slow consumer")
         return True
 
-    def _write_direct(self, frame: bytes) -> bool:
+    def _write_now(self, frame: bytes) -> bool:
         """Write ``frame`` straight into the socket if nothing is queued before it.
 
         True when it is handled: fully written, or written in part with the tail queued first
         (a tail cannot be dropped). False when the caller must queue the whole frame.
         """
-        if self.outbox:
+        if self.outbox:  # queued frames, or frames being written: they go first
             return False
         written = self.ws.write_nowait(frame)
         if written == len(frame):
             return True
         if written:
             self.outbox.push_front(memoryview(frame)[written:])
-            self._writer_wakeup.set()
+            self._tail_queued = True
+            self._start_writer()
             return True
         return False
 
-    def _send_reply_nowait(self, frame: bytes) -> Verdict:
-        if self._write_direct(frame):
+    def _send(self, frame: bytes) -> Verdict:
+        """A frame that must not be dropped (reply, ping, pong): now, or queued in order."""
+        if self._write_now(frame):
             return Verdict.QUEUED
         verdict = self.outbox.offer_reply(frame)
-        self._writer_wakeup.set()
+        self._start_writer()
         return verdict
+
+    def _start_writer(self) -> None:
+        if self._writer_running or self._scope.cancel_called:
+            return  # the goodbye sends what is left, if anything is owed
+        nursery = self._nursery
+        if nursery is not None:
+            self._writer_running = True
+            nursery.start_soon(self._write)
+
+    async def _write(self) -> None:
+        config = self._server.config
+        write_timeout = config.heartbeat_interval + config.heartbeat_timeout
+        try:
+            # Not once the connection is ending: a new write would be cut at its first
+            # checkpoint, and the goodbye sends what is still owed.
+            while self.outbox and not self._scope.cancel_called:
+                with trio.CancelScope(deadline=trio.current_time() + write_timeout) as scope:
+                    self._send_scope = scope
+                    try:
+                        await self._write_batch(WRITE_BATCH)
+                    except Closed:
+                        self._peer_left(ABNORMAL, "")
+                        self._scope.cancel()
+                        return
+                    finally:
+                        self._send_scope = None
+                if scope.cancelled_caught:
+                    if self.close_code is None:
+                        self._server.fanout.slow_consumer(self, "Slow consumer: write timed out")
+                    return
+                if self._room is not None and self.outbox.has_room:
+                    self._room.set()
+                    self._room = None
+        finally:
+            self._writer_running = False
+
+    async def _write_batch(self, max_bytes: int) -> None:
+        """Send queued frames, oldest first, as one write (``max_bytes=0``: just the first)."""
+        frames = self.outbox.take(max_bytes)
+        self._tail_queued = False
+        await self.ws.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        self.outbox.written(frames)
 
     def queue_reply(self, frame: dict[str, object] | bytes) -> bool:
         """Queue a reply (or a ready frame) without waiting; never dropped.
@@ -274,7 +365,10 @@ class Connection:
             return False
         self.frames_out += 1
         data = frame if isinstance(frame, bytes) else text_frame(protocol.encode(frame))
-        return self._send_reply_nowait(data) is Verdict.OVER
+        return self._send(data) is Verdict.OVER
+
+    def _reply(self, frame: dict[str, object] | bytes) -> Wait | None:
+        return self.settle if self.queue_reply(frame) else None
 
     async def settle(self) -> None:
         """Wait (boundedly) for the outbox to be below capacity again."""
@@ -292,8 +386,8 @@ class Connection:
             await self.settle()
 
     def reply_nowait(self, frame: dict[str, object]) -> None:
-        """A reply from the reader, which must never wait; a client that lets its replies pile
-        up beyond its outbox while sending more is not reading and is closed with 1013."""
+        """A reply that cannot wait; a client that lets its replies pile up beyond its outbox
+        while sending more is not reading and is closed with 1013."""
         if self.queue_reply(frame):
             self._close_not_reading()
 
@@ -318,54 +412,48 @@ class Connection:
                 self._room = trio.Event()
             await self._room.wait()
 
-    async def _write(self) -> None:
-        config = self._server.config
-        write_timeout = config.heartbeat_interval + config.heartbeat_timeout
-        outbox = self.outbox
-        while True:
-            if not outbox:
-                self._writer_wakeup = trio.Event()
-                await self._writer_wakeup.wait()
-                continue
-            with trio.CancelScope(deadline=trio.current_time() + write_timeout) as scope:
-                self._send_scope = scope
-                try:
-                    await self.ws.send_queued(outbox, WRITE_BATCH)
-                except Closed:
-                    return
-                finally:
-                    self._send_scope = None
-            if scope.cancelled_caught:
-                if self.close_code is None:
-                    self._server.fanout.slow_consumer(self, "Slow consumer: write timed out")
-                return
-            if self._room is not None and outbox.has_room:
-                self._room.set()
-                self._room = None
-
     # -- receiving ------------------------------------------------------------------------------
 
     async def _read(self) -> None:
+        ws = self.ws
+        parser = ws.parser
+        data, ws.leftover = ws.leftover, b""
         while True:
-            try:
-                raw = await self.ws.receive()
-            except Closed as closed:
-                if closed.code == TOO_BIG:  # trio-websocket closed it for us
-                    self.close(TOO_BIG, closed.reason or "Message too big")
-                elif self.close_code is None:
-                    self.close_code = closed.code if closed.code is not None else 1006
-                    self.close_reason = closed.reason or ""
+            if data:
+                for event in parser.feed(data):
+                    if isinstance(event, Message):
+                        self._on_message(event.data)
+                    elif isinstance(event, Ping):
+                        if self._send(frame(PONG, event.payload)) is Verdict.OVER:
+                            self._close_not_reading()
+                    elif isinstance(event, Pong):
+                        if event.payload == self._ping_payload:
+                            self._ping_payload = None
+                    elif isinstance(event, Close):
+                        self._peer_left(event.code, event.reason)
+                        return
+                    else:
+                        self.close(event.code, event.reason)
+                        return
+                    if self.close_code is not None:
+                        return
+            data = await ws.receive()
+            if not data:
+                self._peer_left(ABNORMAL, "")
                 return
-            self.frames_in += 1
-            self.last_activity = trio.current_time()
-            try:
-                request = protocol.parse_request(raw)
-            except ProtocolError as exc:
-                self.reply_nowait(protocol.error_frame(exc.code, exc.message, exc.request_id))
-                continue
-            try:
-                self._inbox_send.send_nowait(request)
-            except trio.WouldBlock:
+
+    def _on_message(self, raw: str | bytes) -> None:
+        self.frames_in += 1
+        self.last_activity = trio.current_time()
+        try:
+            request = protocol.parse_request(raw)
+        except ProtocolError as exc:
+            self.reply_nowait(protocol.error_frame(exc.code, exc.message, exc.request_id))
+            return
+        if self._busy:  # behind a request that waits: keep the order
+            if len(self._backlog) < self._server.config.inbox_size:
+                self._backlog.append(request)
+            else:
                 self.reply_nowait(
                     protocol.error_frame(
                         protocol.TOO_MANY,
@@ -373,90 +461,83 @@ class Connection:
                         request.id,
                     )
                 )
+            return
+        if self._may_wait(request):
+            self._serve_in_task(functools.partial(self._serve_waiting, request))
+            return
+        wait = self._serve_safely(request)
+        if wait is not None:
+            self._serve_in_task(wait)
 
-    async def _serve_requests(self) -> None:
-        async for request in self._inbox_recv:
-            try:
-                await self._serve(request)
-            except ProtocolError as exc:
-                await self.reply(protocol.error_frame(exc.code, exc.message, exc.request_id))
-            except Exception:
-                log.exception("request %s from %s failed", type(request).__name__, self.client_id)
-                await self.reply(
-                    protocol.error_frame(protocol.INTERNAL, "internal error", request.id)
-                )
+    def _serve_in_task(self, first: Wait) -> None:
+        assert self._nursery is not None
+        self._busy = True
+        self._nursery.start_soon(self._serve_backlog, first)
 
-    async def _serve(self, request: protocol.Request) -> None:
+    async def _serve_backlog(self, first: Wait) -> None:
+        try:
+            await first()
+            while self._backlog:
+                request = self._backlog.popleft()
+                if self._may_wait(request):
+                    await self._serve_waiting(request)
+                else:
+                    wait = self._serve_safely(request)
+                    if wait is not None:
+                        await wait()
+        finally:
+            self._busy = False
+
+    def _may_wait(self, request: protocol.Request) -> bool:
+        """Whether serving ``request`` may need to wait before its reply is known: an
+        application ``authorize`` hook (it may be async) or a broker that subscribes over the
+        network. Everything else is served by the reader, inline."""
+        if isinstance(request, protocol.Ping | protocol.Unsubscribe):
+            return False
+        if self._server.config.authorize is not None:
+            return True
+        return (
+            isinstance(request, protocol.Subscribe) and not self._server.broker.subscribes_at_once
+        )
+
+    def _serve_safely(self, request: protocol.Request) -> Wait | None:
+        try:
+            return self._serve_now(request)
+        except ProtocolError as exc:
+            return self._reply(protocol.error_frame(exc.code, exc.message, exc.request_id))
+        except Exception:
+            log.exception("request %s from %s failed", type(request).__name__, self.client_id)
+            return self._reply(
+                protocol.error_frame(protocol.INTERNAL, "internal error", request.id)
+            )
+
+    def _serve_now(self, request: protocol.Request) -> Wait | None:
+        """Serve a request that needs no waiting; returns what is left to wait for, if any."""
         server = self._server
         match request:
-            case protocol.Publish(channel=channel, data=data, id=request_id):
+            case protocol.Publish(channel=channel, id=request_id):
                 server.check_rate(self, Action.PUBLISH, self._publish_bucket, request_id)
-                await server.authorize(self.principal, Action.PUBLISH, channel, request_id)
-                if self._unacked >= MAX_UNACKED:
-                    # One client must not take a cluster node's whole outage buffer.
-                    raise ProtocolError(
-                        protocol.TOO_MANY,
-                        f"{self._unacked} publications are waiting for their ack",
-                        request_id,
-                    )
-                # The broker calls back with the seq before any later message of the channel
-                # reaches this client (in process: in this very step), which is how a client
-                # tells its own publications from gaps.
-                self._unacked += 1
-                try:
-                    blocked = server.publish_from(
-                        self,
-                        channel,
-                        data,
-                        request_id,
-                        numbered=functools.partial(self._acknowledge, request_id),
-                        failed=functools.partial(self._publish_failed, request_id),
-                    )
-                except ProtocolError:
-                    self._unacked -= 1  # refused at once: neither callback will come
-                    raise
-                await server.fanout.wait_for_blocked(blocked)
-                if self._acks_over:
-                    self._acks_over = False
-                    await self.settle()
+                server.check_allowed(self.principal, Action.PUBLISH, channel, request_id)
+                return self._publish(request)
             case protocol.Subscribe(channel=channel, id=request_id):
                 server.check_rate(self, Action.SUBSCRIBE, self._subscribe_bucket, request_id)
-                await server.authorize(self.principal, Action.SUBSCRIBE, channel, request_id)
-                try:
-                    subscribed = await server.broker.subscribe(
-                        self, channel, request.since, request.epoch
-                    )
-                except SubscriptionLimitError as exc:
-                    raise ProtocolError(protocol.TOO_MANY, str(exc), request_id) from None
-                except BrokerUnavailableError as exc:
-                    raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
-                reply: dict[str, object] = {
-                    "type": "subscribed",
-                    "channel": channel,
-                    "seq": subscribed.seq,
-                    "epoch": subscribed.epoch,
-                }
-                replay: tuple[bytes, ...] = ()
-                resume = subscribed.resume
-                if resume is not None:
-                    reply["recovered"] = resume.recovered
-                    if resume.gap is not None:
-                        reply["gap"] = list(resume.gap)
-                    replay = resume.replay
-                # Membership, reply and replay in one synchronous step: live messages can
-                # only come after the replay, and none is missing between the two.
-                over = self.queue_reply(protocol.with_id(reply, request_id))
-                for frame in replay:
-                    over = self.queue_reply(frame) or over
-                if over:
-                    await self.settle()
+                server.check_allowed(self.principal, Action.SUBSCRIBE, channel, request_id)
+                subscribed = self._broker_call(
+                    request_id,
+                    server.broker.subscribe_nowait,
+                    self,
+                    channel,
+                    request.since,
+                    request.epoch,
+                )
+                return self._subscribed(request, subscribed)
             case protocol.Unsubscribe(channel=channel, id=request_id):
                 server.broker.unsubscribe(self, channel)
-                await self.reply(
+                return self._reply(
                     protocol.with_id({"type": "unsubscribed", "channel": channel}, request_id)
                 )
             case protocol.Ping(id=request_id):
-                await self.reply(
+                return self._reply(
                     protocol.with_id(
                         {
                             "type": "pong",
@@ -467,7 +548,125 @@ class Connection:
                     )
                 )
             case protocol.Refresh(token=token, id=request_id):
-                await self._refresh(token, request_id)
+                wait = self._refreshed(token, request_id)
+                broker = server.broker
+                for channel in broker.hub.channels_of(self):
+                    if not self.principal.may(Action.SUBSCRIBE, channel):
+                        wait = self._leave_refused(channel) or wait
+                return wait
+        raise AssertionError(f"unknown request {request!r}")  # pragma: no cover
+
+    async def _serve_waiting(self, request: protocol.Request) -> None:
+        """Serve a request that may wait; in the requests task, errors answered here."""
+        server = self._server
+        try:
+            match request:
+                case protocol.Publish(channel=channel, id=request_id):
+                    server.check_rate(self, Action.PUBLISH, self._publish_bucket, request_id)
+                    await server.authorize(self.principal, Action.PUBLISH, channel, request_id)
+                    wait = self._publish(request)
+                case protocol.Subscribe(channel=channel, id=request_id):
+                    server.check_rate(self, Action.SUBSCRIBE, self._subscribe_bucket, request_id)
+                    await server.authorize(self.principal, Action.SUBSCRIBE, channel, request_id)
+                    try:
+                        subscribed = await server.broker.subscribe(
+                            self, channel, request.since, request.epoch
+                        )
+                    except SubscriptionLimitError as exc:
+                        raise ProtocolError(protocol.TOO_MANY, str(exc), request_id) from None
+                    except BrokerUnavailableError as exc:
+                        raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
+                    wait = self._subscribed(request, subscribed)
+                case protocol.Refresh(token=token, id=request_id):
+                    wait = self._refreshed(token, request_id)
+                    if wait is not None:
+                        await wait()
+                    wait = None
+                    for channel in self._server.broker.hub.channels_of(self):
+                        try:
+                            await server.authorize(self.principal, Action.SUBSCRIBE, channel, None)
+                        except ProtocolError:
+                            wait = self._leave_refused(channel) or wait
+                case _:
+                    wait = self._serve_now(request)
+        except ProtocolError as exc:
+            wait = self._reply(protocol.error_frame(exc.code, exc.message, exc.request_id))
+        except Exception:
+            log.exception("request %s from %s failed", type(request).__name__, self.client_id)
+            wait = self._reply(
+                protocol.error_frame(protocol.INTERNAL, "internal error", request.id)
+            )
+        if wait is not None:
+            await wait()
+
+    def _broker_call(
+        self,
+        request_id: protocol.RequestId | None,
+        call: Callable[..., Subscribed],
+        *args: object,
+    ) -> Subscribed:
+        try:
+            return call(*args)
+        except SubscriptionLimitError as exc:
+            raise ProtocolError(protocol.TOO_MANY, str(exc), request_id) from None
+        except BrokerUnavailableError as exc:
+            raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
+
+    def _publish(self, request: protocol.Publish) -> Wait | None:
+        request_id = request.id
+        if self._unacked >= MAX_UNACKED:
+            # One client must not take a cluster node's whole outage buffer.
+            raise ProtocolError(
+                protocol.TOO_MANY,
+                f"{self._unacked} publications are waiting for their ack",
+                request_id,
+            )
+        # The broker calls back with the seq before any later message of the channel reaches
+        # this client (in process: in this very step), which is how a client tells its own
+        # publications from gaps.
+        self._unacked += 1
+        try:
+            blocked = self._server.publish_from(
+                self,
+                request.channel,
+                request.data,
+                request_id,
+                numbered=functools.partial(self._acknowledge, request_id),
+                failed=functools.partial(self._publish_failed, request_id),
+            )
+        except ProtocolError:
+            self._unacked -= 1  # refused at once: neither callback will come
+            raise
+        if blocked or self._acks_over:
+            return functools.partial(self._after_publish, blocked)
+        return None
+
+    async def _after_publish(self, blocked: list[Subscriber]) -> None:
+        await self._server.fanout.wait_for_blocked(blocked)
+        if self._acks_over:
+            self._acks_over = False
+            await self.settle()
+
+    def _subscribed(self, request: protocol.Subscribe, subscribed: Subscribed) -> Wait | None:
+        reply: dict[str, object] = {
+            "type": "subscribed",
+            "channel": request.channel,
+            "seq": subscribed.seq,
+            "epoch": subscribed.epoch,
+        }
+        replay: tuple[bytes, ...] = ()
+        resume = subscribed.resume
+        if resume is not None:
+            reply["recovered"] = resume.recovered
+            if resume.gap is not None:
+                reply["gap"] = list(resume.gap)
+            replay = resume.replay
+        # Membership, reply and replay in one synchronous step: live messages can only come
+        # after the replay, and none is missing between the two.
+        over = self.queue_reply(protocol.with_id(reply, request.id))
+        for replayed in replay:
+            over = self.queue_reply(replayed) or over
+        return self.settle if over else None
 
     # -- liveness and expiry --------------------------------------------------------------------
 
@@ -477,15 +676,12 @@ class Connection:
         while True:
             await trio.sleep(config.heartbeat_interval)
             pings += 1
-            try:
-                with trio.fail_after(config.heartbeat_timeout):
-                    # trio-websocket never wakes a ping when the connection closes: the
-                    # timeout is what ends this wait in that case too.
-                    await self.ws.ping(pings.to_bytes(8, "big"))
-            except trio.TooSlowError:
+            payload = pings.to_bytes(8, "big")
+            self._ping_payload = payload
+            self._send(frame(PING, payload))
+            await trio.sleep(config.heartbeat_timeout)
+            if self._ping_payload is not None:
                 self.close(INTERNAL_ERROR, "Heartbeat timeout")
-                return
-            except Closed:
                 return
 
     def _expiry_deadline(self) -> float:
@@ -499,7 +695,8 @@ class Connection:
             await trio.sleep_forever()
         self.close(POLICY, "Token expired")
 
-    async def _refresh(self, token: str, request_id: protocol.RequestId | None) -> None:
+    def _refreshed(self, token: str, request_id: protocol.RequestId | None) -> Wait | None:
+        """Take a new token for this connection's user; its reply is queued."""
         secret = self._server.config.jwt_secret
         if secret is None:
             raise ProtocolError(protocol.BAD_REQUEST, "token refresh needs JWT auth", request_id)
@@ -512,21 +709,18 @@ class Connection:
         self.principal = principal
         if self._expiry_scope is not None:
             self._expiry_scope.deadline = self._expiry_deadline()
-        await self.reply(
+        return self._reply(
             protocol.with_id({"type": "refreshed", "exp": principal.expires_at}, request_id)
         )
-        # A token may narrow what the client can read: leave what it (or the application's
-        # authorize hook, asked again for the new principal) no longer allows.
-        broker = self._server.broker
-        for channel in broker.hub.channels_of(self):
-            try:
-                await self._server.authorize(principal, Action.SUBSCRIBE, channel, None)
-            except ProtocolError:
-                broker.unsubscribe(self, channel)
-                await self.reply(
-                    {
-                        "type": "unsubscribed",
-                        "channel": channel,
-                        "reason": "the refreshed token does not allow this channel",
-                    }
-                )
+
+    def _leave_refused(self, channel: str) -> Wait | None:
+        """A refreshed token (or the ``authorize`` hook, asked again) no longer allows
+        ``channel``: leave it and say why."""
+        self._server.broker.unsubscribe(self, channel)
+        return self._reply(
+            {
+                "type": "unsubscribed",
+                "channel": channel,
+                "reason": "the refreshed token does not allow this channel",
+            }
+        )

@@ -366,6 +366,19 @@ class Server:
     def now_ms(self) -> int:
         return int(self.wall_clock() * 1000)
 
+    def check_allowed(
+        self,
+        principal: Principal,
+        action: Action,
+        channel: str,
+        request_id: protocol.RequestId | None,
+    ) -> None:
+        """What the token allows; the ``authorize`` hook, if any, is asked in :meth:`authorize`."""
+        if not principal.may(action, channel):
+            raise ProtocolError(
+                protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'", request_id
+            )
+
     async def authorize(
         self,
         principal: Principal,
@@ -373,20 +386,20 @@ class Server:
         channel: str,
         request_id: protocol.RequestId | None,
     ) -> None:
-        allowed = principal.may(action, channel)
+        self.check_allowed(principal, action, channel, request_id)
         hook = self.config.authorize
-        if allowed and hook is not None:
-            result = hook(principal, action, channel)
-            if inspect.isawaitable(result):
-                try:
-                    with trio.fail_after(self.config.handshake_timeout):
-                        result = await result
-                except trio.TooSlowError:
-                    raise ProtocolError(
-                        protocol.INTERNAL, "authorization timed out", request_id
-                    ) from None
-            allowed = bool(result)
-        if not allowed:
+        if hook is None:
+            return
+        result = hook(principal, action, channel)
+        if inspect.isawaitable(result):
+            try:
+                with trio.fail_after(self.config.handshake_timeout):
+                    result = await result
+            except trio.TooSlowError:
+                raise ProtocolError(
+                    protocol.INTERNAL, "authorization timed out", request_id
+                ) from None
+        if not result:
             raise ProtocolError(
                 protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'", request_id
             )

@@ -1,30 +1,22 @@
-"""The WebSocket transport: the one module that imports trio_websocket.
+"""The WebSocket transport: TCP streams in, handshakes answered, bytes in and out.
 
-trio-websocket does the opening handshake, parses incoming frames, answers pings and runs the
-closing handshake. Two things it does not do are done here:
+The server side drives its own engine (see docs/design.md, "Connection engine"): the opening
+handshake is parsed by :mod:`triows._core.handshake`, frames by
+:mod:`triows._core.frame_parser`, and what the server sends is framed by
+:mod:`triows._core.frames`. This module is the I/O around them: it accepts streams, bounds the
+wait for a request head, answers it, and gives :class:`triows._connection.Connection` a
+:class:`WebSocket` with exactly two ways to send bytes, :meth:`WebSocket.write_nowait` and
+:meth:`WebSocket.write`, which the connection uses from one ordered path.
 
-- **A boundary per connection.** Its ``WebSocketServer`` lets an exception from one
-  connection's tasks propagate into ``serve_listeners`` and stop the whole server, so this
-  module runs each accepted stream itself and logs what escapes (``Cancelled`` always passes).
-- **A direct write path.** Its ``send_message`` takes a lock, frames the message and awaits
-  ``send_all`` for every message and every receiver. A broadcast here is framed once
-  (:mod:`triows._core.frames`) and :meth:`WebSocket.write_nowait` hands the ready bytes straight
-  to the socket when nobody else is sending; only what the socket refuses is queued for the
-  connection's writer task. That is what makes fan-out several times faster.
-
-The direct path relies on four internals of trio-websocket 0.12 and one of trio:
-``WebSocketConnection._stream``, ``._stream_lock`` (held around every ``send_all`` it makes),
-``._wsproto`` (its state says whether data frames may still be sent), the server-side
-``._reader_task`` / ``._get_request`` pair, and ``trio.SocketStream.socket._sock`` (the
-non-blocking stdlib socket). ``tests/test_transport_assumptions.py`` checks each of them, so a
-dependency upgrade that moves one fails loudly instead of corrupting streams.
+trio-websocket stays on the client side (``triows.client``, ``triows.testing``), through
+:func:`open_client`: that is the one place that imports it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import attrs
@@ -33,19 +25,26 @@ from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
     WebSocketConnection,
-    WebSocketRequest,
     wrap_client_stream,
 )
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
 
-from ._core.outbox import Outbox
+from ._core.frame_parser import FrameParser
+from ._core.handshake import (
+    MAX_HEAD,
+    HandshakeError,
+    UpgradeRequest,
+    accept_response,
+    head_end,
+    http_response,
+    parse_upgrade,
+)
 
 __all__ = [
     "Closed",
     "ConnectionClosed",
     "ConnectionRejected",
     "HandshakeRequest",
+    "PendingHandshake",
     "WebSocket",
     "WebSocketConnection",
     "open_client",
@@ -56,23 +55,10 @@ log = logging.getLogger("triows.transport")
 
 #: Bytes read per ``receive_some``; also bounds what one read can add to memory.
 RECEIVE_BUFFER = 16 * 1024
-#: trio-websocket's own queue between its reader task and ours: small, because our reader
-#: drains it at once into the connection's bounded inbox (it must: when this queue is full,
-#: trio-websocket stops reading, and so stops answering pings and seeing pongs).
-LIBRARY_QUEUE = 4
 
 
 class Closed(Exception):
-    """The WebSocket is closed (by either side) or its stream broke."""
-
-    def __init__(self, code: int | None, reason: str | None) -> None:
-        super().__init__(code, reason)
-        self.code = code
-        self.reason = reason
-
-
-class _NowaitStream(Protocol):
-    def send_some_nowait(self, data: bytes | memoryview) -> int: ...
+    """The stream broke or was closed under us: nothing more can be sent on it."""
 
 
 def _direct_writer(stream: trio.abc.Stream) -> Callable[[bytes | memoryview], int] | None:
@@ -90,7 +76,7 @@ def _direct_writer(stream: trio.abc.Stream) -> Callable[[bytes | memoryview], in
                 return int(send(data))
             except OSError:
                 # EAGAIN: the buffer is full. EPIPE/ECONNRESET: the writer task's send_all
-                # will raise BrokenResourceError for the queued bytes and end the connection.
+                # will raise for the queued bytes and end the connection.
                 return 0
 
         return write
@@ -99,88 +85,55 @@ def _direct_writer(stream: trio.abc.Stream) -> Callable[[bytes | memoryview], in
 
 
 class WebSocket:
-    """The server side of one accepted WebSocket, as the connection sees it."""
+    """The server side of one accepted WebSocket: its stream and its frame parser.
 
-    __slots__ = ("_broken", "_conn", "_direct", "_lock", "_stream", "_wsproto")
+    Two ways to send, never both at once: :meth:`write_nowait` while no :meth:`write` is in
+    progress, and :meth:`write`. A ``write`` cut short (cancelled, or the peer gone) may leave
+    part of a frame on the wire; the socket is then ``broken`` and takes nothing more, not
+    even a close frame.
+    """
 
-    def __init__(self, conn: WebSocketConnection) -> None:
-        self._conn = conn
-        self._stream: trio.abc.Stream = conn._stream
-        self._lock: trio.StrictFIFOLock = conn._stream_lock
-        self._wsproto: WSConnection = conn._wsproto
-        self._direct = _direct_writer(self._stream)
-        #: A send was cut short: part of a frame may be on the wire, so nothing more can be
-        #: framed on this stream (not even a close frame).
-        self._broken = False
+    __slots__ = ("_direct", "broken", "leftover", "parser", "stream", "writing")
 
-    @property
-    def is_open(self) -> bool:
-        return not self._broken and self._wsproto.state is ConnectionState.OPEN
+    def __init__(self, stream: trio.abc.Stream, parser: FrameParser, leftover: bytes) -> None:
+        self.stream = stream
+        self.parser = parser
+        #: Bytes the client sent right after its request head: its first frames.
+        self.leftover = leftover
+        self._direct = _direct_writer(stream)
+        self.writing = False
+        self.broken = False
 
     def write_nowait(self, data: bytes | memoryview) -> int:
-        """Write a ready frame (or its tail) without waiting; returns the bytes written.
-
-        0 means nothing could be written now: another task is sending (its bytes must not be
-        interleaved with ours), the socket is full, or data frames are no longer allowed. The
-        caller queues what was not written; the writer task sends it in order.
-        """
-        if self._direct is None or self._lock.locked() or not self.is_open:
+        """Write what the socket takes now (0 while a :meth:`write` is in progress)."""
+        if self.writing or self.broken or self._direct is None:
             return 0
         return self._direct(data)
 
-    async def send_queued(self, outbox: Outbox, max_bytes: int) -> bool:
-        """Send queued frames as one write, taking them only once the stream is ours.
-
-        Taking inside the lock matters: while we hold it :meth:`write_nowait` writes nothing,
-        so no frame can overtake the ones already queued. Returns False if nothing was queued.
-        """
-        async with self._lock:
-            if not self.is_open:
-                raise Closed(None, "closing")
-            frames = outbox.take(max_bytes)
-            if not frames:
-                return False
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._broken = True
-                raise Closed(1006, "stream broken") from exc
-            except BaseException:
-                self._broken = True  # cancelled mid-write
-                raise
-            outbox.written(frames)
-            return True
-
-    async def receive(self) -> str | bytes:
+    async def write(self, data: bytes | memoryview) -> None:
+        if self.broken:
+            raise Closed
+        self.writing = True
         try:
-            return await self._conn.get_message()
-        except ConnectionClosed as exc:
-            reason = exc.reason
-            raise Closed(
-                reason.code if reason else None, reason.reason if reason else None
-            ) from None
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.broken = True
+            raise Closed from exc
+        except BaseException:
+            self.broken = True  # cancelled mid-write
+            raise
+        finally:
+            self.writing = False
 
-    async def ping(self, payload: bytes) -> None:
+    async def receive(self) -> bytes:
+        """The next bytes from the peer; ``b""`` at end of stream or when it broke."""
         try:
-            await self._conn.ping(payload)
-        except ConnectionClosed as exc:
-            raise Closed(None, "closed") from exc
+            return bytes(await self.stream.receive_some(RECEIVE_BUFFER))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
 
-    @property
-    def close_code(self) -> int | None:
-        reason = self._conn.closed
-        return reason.code if reason else None
-
-    async def close(self, code: int, reason: str) -> None:
-        """Send a close frame and wait for the peer's; the caller bounds the wait."""
-        if self._broken:
-            await self.abort()
-        else:
-            await self._conn.aclose(code, reason)
-
-    async def abort(self) -> None:
-        await trio.aclose_forcefully(self._stream)
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
 
 
 @attrs.frozen(kw_only=True)
@@ -206,38 +159,47 @@ class HandshakeRequest:
 class PendingHandshake:
     """A handshake the server has yet to accept or reject."""
 
-    def __init__(self, request: WebSocketRequest) -> None:
-        self._request = request
-        target = urlsplit(request.path)
-        headers: dict[str, str] = {}
-        for name, value in request.headers:
-            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        request: UpgradeRequest,
+        leftover: bytes,
+        *,
+        max_message_size: int,
+        write_timeout: float,
+    ) -> None:
+        self._stream = stream
+        self._key = request.key
+        self._leftover = leftover
+        self._max_message_size = max_message_size
+        self._write_timeout = write_timeout
+        target = urlsplit(request.target)
+        remote, ip = _peer(stream)
         self.info = HandshakeRequest(
             path=target.path or "/",
             query=dict(reversed(parse_qsl(target.query, keep_blank_values=True))),
-            headers=headers,
-            remote=_host_port(request.remote),
-            ip=str(getattr(request.remote, "address", request.remote)),
+            headers=request.headers,
+            remote=remote,
+            ip=ip,
         )
 
     async def accept(self) -> WebSocket:
-        return WebSocket(await self._request.accept())
+        with trio.fail_after(self._write_timeout):
+            await self._stream.send_all(accept_response(self._key))
+        return WebSocket(self._stream, FrameParser(self._max_message_size), self._leftover)
 
     async def reject(self, status: int, message: str) -> None:
-        await self._request.reject(
-            status,
-            extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],
-            body=message.encode() + b"\n",
-        )
+        with trio.move_on_after(self._write_timeout):
+            await self._stream.send_all(http_response(status, message.encode() + b"\n"))
 
 
-def _host_port(remote: object) -> str:
-    """``host:port`` of a TCP peer (``[v6]:port``), else what the stream says it is."""
-    address, port = getattr(remote, "address", None), getattr(remote, "port", None)
-    if address is None:
-        return str(remote)
-    host = f"[{address}]" if ":" in str(address) else str(address)
-    return f"{host}:{port}"
+def _peer(stream: trio.abc.Stream) -> tuple[str, str]:
+    """``(host:port, host)`` of a TCP peer; other streams are named by their repr."""
+    if isinstance(stream, trio.SocketStream):
+        address, port = stream.socket.getpeername()[:2]
+        host = f"[{address}]" if ":" in str(address) else str(address)
+        return f"{host}:{port}", str(address)
+    return repr(stream), repr(stream)
 
 
 class WaitingStreams:
@@ -265,6 +227,21 @@ class WaitingStreams:
 HandshakeHandler = Callable[[PendingHandshake], Awaitable[None]]
 
 
+async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
+    """The request head and the bytes after it; None when the peer left first."""
+    buffer = b""
+    while True:
+        data = await stream.receive_some(RECEIVE_BUFFER)
+        if not data:
+            return None
+        buffer += data
+        end = head_end(buffer)
+        if end >= 0:
+            return buffer[:end], buffer[end:]
+        if len(buffer) > MAX_HEAD:
+            raise HandshakeError(431, "request head too large")
+
+
 async def _serve_stream(
     stream: trio.abc.Stream,
     handler: HandshakeHandler,
@@ -280,43 +257,34 @@ async def _serve_stream(
         await trio.aclose_forcefully(stream)
         return
     try:
-        async with trio.open_nursery() as nursery:
-            conn = WebSocketConnection(
-                stream,
-                WSConnection(ConnectionType.SERVER),
-                message_queue_size=LIBRARY_QUEUE,
-                max_message_size=max_message_size,
-                receive_buffer_size=RECEIVE_BUFFER,
+        try:
+            head = None
+            with trio.move_on_after(handshake_timeout):
+                head = await _read_head(stream)
+        finally:
+            waiting.release()
+        if head is None:  # a slowloris, or a client that left before its request
+            return
+        pending = PendingHandshake(
+            stream,
+            parse_upgrade(head[0]),
+            head[1],
+            max_message_size=max_message_size,
+            write_timeout=handshake_timeout,
+        )
+        await handler(pending)
+    except HandshakeError as refused:
+        log.debug("refused a request: %d %s", refused.status, refused.reason)
+        with trio.move_on_after(handshake_timeout):
+            response = http_response(
+                refused.status, refused.reason.encode() + b"\n", headers=refused.headers
             )
-            nursery.start_soon(conn._reader_task)
-            request: WebSocketRequest | None = None
-            try:
-                with trio.move_on_after(handshake_timeout):
-                    request = await conn._get_request()
-            finally:
-                waiting.release()
-            if request is None:
-                # A slowloris or a client that never finished its request.
-                nursery.cancel_scope.cancel()
-                await trio.aclose_forcefully(stream)
-                return
-            try:
-                pending = PendingHandshake(request)
-            except OSError as exc:  # getpeername() after the peer reset: it is gone
-                log.debug("peer left before its handshake was answered: %r", exc)
-                nursery.cancel_scope.cancel()
-                return
-            try:
-                await handler(pending)
-            finally:
-                # The handler owns the goodbye (a close frame within its deadline); all that
-                # is left here is to stop trio-websocket's reader.
-                nursery.cancel_scope.cancel()
-    except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as gone:
-        # The peer went away mid-handshake (a reset, a scanner): not our failure.
-        log.debug("peer left during the handshake: %r", gone.exceptions[0])
-    except* Exception as group:
-        log.error("connection task failed", exc_info=group)
+            await stream.send_all(response)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.TooSlowError) as gone:
+        # The peer went away or stalled mid-handshake (a reset, a scanner): not our failure.
+        log.debug("peer left during the handshake: %r", gone)
+    except Exception:
+        log.exception("connection task failed")
     finally:
         await trio.aclose_forcefully(stream)
 

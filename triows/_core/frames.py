@@ -1,8 +1,9 @@
 """WebSocket framing for what the server sends (RFC 6455 §5.2), done once per message.
 
-A server's frames are never masked and triows negotiates no extension, so the bytes of a text
-frame depend on the payload alone: a broadcast is framed once and the same ``bytes`` object is
-written to every subscriber. ``tests/core/test_frames.py`` checks the output against wsproto.
+A server's frames are never masked and triows negotiates no extension, so the bytes of a frame
+depend on its opcode and payload alone: a broadcast is framed once and the same ``bytes``
+object is written to every subscriber. ``tests/core/test_frames.py`` checks the output against
+wsproto.
 """
 
 from __future__ import annotations
@@ -10,19 +11,42 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-_FIN_TEXT: Final = 0x81
+TEXT: Final = 0x1
+BINARY: Final = 0x2
+CLOSE: Final = 0x8
+PING: Final = 0x9
+PONG: Final = 0xA
+
+_FIN: Final = 0x80
 _SHORT: Final = struct.Struct("!BB")
 _MEDIUM: Final = struct.Struct("!BBH")
 _LONG: Final = struct.Struct("!BBQ")
+#: Largest payload of a control frame (ping, pong, close).
+MAX_CONTROL_PAYLOAD: Final = 125
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """One complete, unfragmented, unmasked frame."""
+    length = len(payload)
+    first = _FIN | opcode
+    if length < 126:
+        header = _SHORT.pack(first, length)
+    elif length < 1 << 16:
+        header = _MEDIUM.pack(first, 126, length)
+    else:
+        header = _LONG.pack(first, 127, length)
+    return header + payload
 
 
 def text_frame(payload: bytes) -> bytes:
-    """One complete, unfragmented, unmasked text frame carrying UTF-8 ``payload``."""
-    length = len(payload)
-    if length < 126:
-        header = _SHORT.pack(_FIN_TEXT, length)
-    elif length < 1 << 16:
-        header = _MEDIUM.pack(_FIN_TEXT, 126, length)
-    else:
-        header = _LONG.pack(_FIN_TEXT, 127, length)
-    return header + payload
+    """One complete text frame carrying UTF-8 ``payload``."""
+    return frame(TEXT, payload)
+
+
+def close_frame(code: int | None, reason: str = "") -> bytes:
+    """A close frame; the reason is cut (on a character boundary) to fit a control frame."""
+    if code is None:
+        return frame(CLOSE, b"")
+    encoded = reason.encode()[: MAX_CONTROL_PAYLOAD - 2]
+    payload = code.to_bytes(2, "big") + encoded.decode(errors="ignore").encode()
+    return frame(CLOSE, payload)

@@ -1,0 +1,284 @@
+"""Parsing what a WebSocket client sends (RFC 6455 §5), as strictly as the RFC asks.
+
+Sans-I/O: :meth:`FrameParser.feed` takes whatever bytes the socket gave and returns the
+events they complete. A peer that breaks the protocol gets a :class:`Failure` event carrying
+the close code the server must send (1002 protocol error, 1007 invalid UTF-8, 1009 too big),
+after the events that came before the fault, and the parser takes nothing more.
+
+Why not wsproto's parser: it allocates several objects per frame, builds an incremental UTF-8
+decoder per text message and reads through a generator, which cost more than the rest of a
+request. This one works on the received bytes in place, checks a header as soon as it is
+complete (a frame too big is refused before its payload is buffered), decodes a message that
+fits one frame in one call, and only a fragmented text message gets an incremental decoder
+(so invalid UTF-8 is refused at the fragment that carries it). Messages are at most
+``max_message_size`` bytes, fragments included. No extension is negotiated, so any reserved
+bit is an error. ``tests/core/test_frame_parser.py`` checks it against wsproto's client.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Final
+
+from .frames import BINARY, CLOSE, PING, PONG, TEXT
+
+CONTINUATION: Final = 0x0
+
+PROTOCOL_ERROR: Final = 1002
+INVALID_DATA: Final = 1007
+TOO_BIG: Final = 1009
+#: What a close frame without a code means (RFC 6455 §7.1.5); never sent on the wire.
+NO_STATUS: Final = 1005
+
+
+class Message:
+    """A complete data message: ``str`` for a text message, ``bytes`` for a binary one."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: str | bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Message({self.data!r:.60})"
+
+
+class Ping:
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+class Pong:
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+class Close:
+    """The peer's close frame. ``code`` is 1005 when it carried none."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+class Failure:
+    """The peer broke the protocol: fail the connection with ``code``."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Failure({self.code}, {self.reason!r})"
+
+
+Event = Message | Ping | Pong | Close | Failure
+
+
+class _Fault(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+def valid_close_code(code: int) -> bool:
+    """Codes a peer may send (RFC 6455 §7.4, IANA registry): 1004-1006 and 1015 are local
+    meanings and 1016-2999 are reserved."""
+    return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def unmask(payload: bytes | bytearray | memoryview, key: bytes | bytearray) -> bytes:
+    """XOR ``payload`` with the 4-byte masking ``key`` (as one big-integer operation: fast in
+    C for any size, where a Python loop would cost a microsecond per few bytes)."""
+    size = len(payload)
+    if not size:
+        return b""
+    keystream = (bytes(key) * ((size + 3) >> 2))[:size]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(keystream, "little")).to_bytes(
+        size, "little"
+    )
+
+
+class FrameParser:
+    """Frames from one client, in; events out. Server side: every frame must be masked."""
+
+    __slots__ = (
+        "_buffer",
+        "_decoder",
+        "_fragments",
+        "_need",
+        "_opcode",
+        "_size",
+        "done",
+        "max_message",
+    )
+
+    def __init__(self, max_message_size: int) -> None:
+        self.max_message = max_message_size
+        #: The start of a frame not complete yet (None when there is none: idle connections
+        #: hold no buffer), and how long it must grow before parsing can make progress.
+        self._buffer: bytearray | None = None
+        self._need = 0
+        self._opcode: int | None = None  # of the fragmented message in progress
+        self._fragments: list[bytes] = []
+        self._size = 0  # bytes of the fragmented message so far
+        self._decoder: codecs.IncrementalDecoder | None = None
+        #: A close frame or a fault ended the stream: nothing after it is parsed.
+        self.done = False
+
+    def feed(self, data: bytes | bytearray) -> list[Event]:
+        if self.done:
+            return []
+        buffer = self._buffer
+        if buffer is not None:
+            buffer += data  # amortised: a large frame arriving in pieces is copied once
+            if len(buffer) < self._need:
+                return []
+            data = buffer
+        events: list[Event] = []
+        try:
+            used = self._parse(data, events)
+        except _Fault as fault:
+            self.done = True
+            self._buffer = None
+            self._fragments.clear()
+            events.append(Failure(fault.code, fault.reason))
+            return events
+        if used == len(data):
+            self._buffer = None
+        elif buffer is not None:
+            del buffer[:used]
+        else:
+            self._buffer = bytearray(data[used:])
+        return events
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for frames not complete yet (a fragmented message counts too)."""
+        return (0 if self._buffer is None else len(self._buffer)) + self._size
+
+    def _parse(self, data: bytes | bytearray, events: list[Event]) -> int:
+        pos = 0
+        end = len(data)
+        self._need = 2
+        while not self.done and end - pos >= 2:
+            first, second = data[pos], data[pos + 1]
+            if first & 0x70:
+                raise _Fault(PROTOCOL_ERROR, "reserved bits set")
+            if not second & 0x80:
+                raise _Fault(PROTOCOL_ERROR, "client frame not masked")
+            fin = first & 0x80
+            opcode = first & 0x0F
+            length = second & 0x7F
+            header = 6
+            if length == 126:
+                header = 8
+                if end - pos < header:
+                    self._need = header
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                if length < 126:
+                    raise _Fault(PROTOCOL_ERROR, "payload length not minimally encoded")
+            elif length == 127:
+                header = 14
+                if end - pos < header:
+                    self._need = header
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                if length < 1 << 16 or length >> 63:
+                    raise _Fault(PROTOCOL_ERROR, "invalid 64-bit payload length")
+            self._check_header(fin, opcode, length)
+            if end - pos < header + length:
+                self._need = header + length
+                break
+            key = data[pos + header - 4 : pos + header]
+            payload = unmask(data[pos + header : pos + header + length], key)
+            pos += header + length
+            if opcode >= CLOSE:
+                self._control(opcode, payload, events)
+            else:
+                self._data(fin, opcode, payload, events)
+        return pos
+
+    def _check_header(self, fin: int, opcode: int, length: int) -> None:
+        """Refuse a bad frame from its header alone, before its payload arrives."""
+        if opcode >= CLOSE:
+            if opcode > PONG:
+                raise _Fault(PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+            if not fin:
+                raise _Fault(PROTOCOL_ERROR, "fragmented control frame")
+            if length > 125:
+                raise _Fault(PROTOCOL_ERROR, "control frame payload over 125 bytes")
+            return
+        if opcode == CONTINUATION:
+            if self._opcode is None:
+                raise _Fault(PROTOCOL_ERROR, "continuation frame without a message to continue")
+        elif opcode in (TEXT, BINARY):
+            if self._opcode is not None:
+                raise _Fault(PROTOCOL_ERROR, "new message before the fragmented one ended")
+        else:
+            raise _Fault(PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+        if self._size + length > self.max_message:
+            raise _Fault(TOO_BIG, f"message over {self.max_message} bytes")
+
+    def _data(self, fin: int, opcode: int, payload: bytes, events: list[Event]) -> None:
+        # ``payload`` is always ``bytes``: unmask() makes a new object.
+        if opcode != CONTINUATION and fin:  # the usual case: a message in one frame
+            if opcode == TEXT:
+                try:
+                    events.append(Message(payload.decode()))
+                except UnicodeDecodeError:
+                    raise _Fault(INVALID_DATA, "text message is not valid UTF-8") from None
+            else:
+                events.append(Message(payload))
+            return
+        if opcode != CONTINUATION:
+            self._opcode = opcode
+            if opcode == TEXT:
+                self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._size += len(payload)
+        decoder = self._decoder
+        if decoder is not None:
+            try:
+                decoder.decode(payload, final=bool(fin))
+            except UnicodeDecodeError:
+                raise _Fault(INVALID_DATA, "text message is not valid UTF-8") from None
+        self._fragments.append(payload)
+        if fin:
+            whole = b"".join(self._fragments)
+            text = self._opcode == TEXT
+            self._fragments.clear()
+            self._opcode, self._decoder, self._size = None, None, 0
+            events.append(Message(whole.decode() if text else whole))
+
+    def _control(self, opcode: int, payload: bytes, events: list[Event]) -> None:
+        if opcode == PING:
+            events.append(Ping(payload))
+        elif opcode == PONG:
+            events.append(Pong(payload))
+        else:
+            events.append(_close(payload))
+            self.done = True
+
+
+def _close(payload: bytes) -> Close:
+    if not payload:
+        return Close(NO_STATUS, "")
+    if len(payload) == 1:
+        raise _Fault(PROTOCOL_ERROR, "close frame with a 1-byte payload")
+    code = int.from_bytes(payload[:2], "big")
+    if not valid_close_code(code):
+        raise _Fault(PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode()
+    except UnicodeDecodeError:
+        raise _Fault(INVALID_DATA, "close reason is not valid UTF-8") from None
+    return Close(code, reason)

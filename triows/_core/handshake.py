@@ -1,0 +1,143 @@
+"""The WebSocket opening handshake (RFC 6455 §4.2), server side, as plain functions.
+
+Why not h11/wsproto's handshake: a general HTTP/1.1 state machine per connection costs more
+CPU than the rest of a connection's setup and keeps its buffers for as long as the connection
+lives. An upgrade request is one bounded block of header lines; parsing it is a few string
+operations, and once the answer is written nothing of it stays but what the server kept on
+purpose (:class:`UpgradeRequest` goes to the ``authenticate`` hook and is then dropped).
+
+Rules: the request line must be ``GET <target> HTTP/1.1``; header lines are ``name: value``
+with no obsolete line folding; ``Host``, ``Upgrade: websocket``, ``Connection: upgrade``,
+``Sec-WebSocket-Version: 13`` and a ``Sec-WebSocket-Key`` of 16 base64-encoded bytes are
+required. Anything else is refused with a status and a reason a person can read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from http import HTTPStatus
+from typing import Final
+
+import attrs
+
+#: Largest request head (request line and headers) the server reads before refusing: 431.
+MAX_HEAD: Final = 16 * 1024
+_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_TOKEN_CHARS: Final = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+class HandshakeError(Exception):
+    """A request the server refuses, with the HTTP status to answer."""
+
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+@attrs.frozen
+class UpgradeRequest:
+    target: str
+    #: Header names in lower case; a repeated header keeps its first value.
+    headers: dict[str, str]
+    key: str
+
+
+def head_end(buffer: bytes | bytearray) -> int:
+    """Where the request head ends (just after its blank line), or -1 when not complete."""
+    end = buffer.find(b"\r\n\r\n")
+    return -1 if end < 0 else end + 4
+
+
+def parse_upgrade(head: bytes | bytearray) -> UpgradeRequest:
+    """Check an upgrade request head (up to and including its blank line)."""
+    try:
+        text = bytes(head).decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+        raise HandshakeError(400, "request is not HTTP") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise HandshakeError(400, "malformed request line")
+    method, target, version = parts
+    if version != "HTTP/1.1":
+        raise HandshakeError(505, "WebSocket needs HTTP/1.1")
+    if not target.startswith("/"):
+        raise HandshakeError(400, "request target must be a path")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            break
+        name, colon, value = line.partition(":")
+        if not colon or not name or not _TOKEN_CHARS.issuperset(name):
+            raise HandshakeError(400, "malformed header line")
+        headers.setdefault(name.lower(), value.strip(" \t"))
+    if method != "GET":
+        raise HandshakeError(405, "WebSocket handshakes use GET", (("Allow", "GET"),))
+    if "host" not in headers:
+        raise HandshakeError(400, "missing Host header")
+    if "websocket" not in _tokens(headers.get("upgrade", "")):
+        raise HandshakeError(
+            426,
+            "this is a WebSocket endpoint: send Upgrade: websocket",
+            (("Upgrade", "websocket"), ("Connection", "Upgrade")),
+        )
+    if "upgrade" not in _tokens(headers.get("connection", "")):
+        raise HandshakeError(400, "missing Connection: Upgrade")
+    if headers.get("sec-websocket-version") != "13":
+        raise HandshakeError(
+            426, "unsupported WebSocket version (13 is)", (("Sec-WebSocket-Version", "13"),)
+        )
+    key = headers.get("sec-websocket-key", "")
+    try:
+        valid_key = len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid_key = False
+    if not valid_key:
+        raise HandshakeError(400, "invalid Sec-WebSocket-Key")
+    return UpgradeRequest(target=target, headers=headers, key=key)
+
+
+def _tokens(value: str) -> set[str]:
+    return {token.strip().lower() for token in value.split(",")}
+
+
+def accept_key(key: str) -> str:
+    return base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
+
+
+def accept_response(key: str) -> bytes:
+    """The 101 answer. No subprotocol and no extension are negotiated."""
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n"
+    ).encode()
+
+
+def http_response(
+    status: int,
+    body: bytes,
+    *,
+    content_type: str = "text/plain; charset=utf-8",
+    headers: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """A complete HTTP/1.1 response that ends the connection."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    lines = [
+        f"HTTP/1.1 {status} {phrase}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in headers),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
