@@ -671,18 +671,28 @@ class Connection:
     # -- liveness and expiry --------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
+        """A ping every ``heartbeat_interval`` while the last one was answered; 1011 when one
+        is not answered within ``heartbeat_timeout``. The reader clears ``_ping_payload`` when
+        the matching pong comes, so waiting for it costs no task and no event."""
         config = self._server.config
         pings = 0
+        next_ping = trio.current_time() + config.heartbeat_interval
+        pong_deadline = float("inf")
         while True:
-            await trio.sleep(config.heartbeat_interval)
-            pings += 1
-            payload = pings.to_bytes(8, "big")
-            self._ping_payload = payload
-            self._send(frame(PING, payload))
-            await trio.sleep(config.heartbeat_timeout)
-            if self._ping_payload is not None:
+            await trio.sleep_until(min(next_ping, pong_deadline))
+            now = trio.current_time()
+            if self._ping_payload is None:
+                pong_deadline = float("inf")
+            elif now >= pong_deadline:
                 self.close(INTERNAL_ERROR, "Heartbeat timeout")
                 return
+            if now >= next_ping:
+                next_ping = now + config.heartbeat_interval
+                if self._ping_payload is None:
+                    pings += 1
+                    self._ping_payload = pings.to_bytes(8, "big")
+                    self._send(frame(PING, self._ping_payload))
+                    pong_deadline = now + config.heartbeat_timeout
 
     def _expiry_deadline(self) -> float:
         expires_at = self.principal.expires_at
