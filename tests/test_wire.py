@@ -118,7 +118,8 @@ async def test_a_protocol_error_gets_its_close_code_then_a_closing_handshake(
         await client.send_frame(**frame)  # type: ignore[arg-type]
         await client.read_until(lambda c: c.close is not None)
         close = client.close
-        assert close is not None and close[0] == code, close
+        assert close is not None
+        assert close[0] == code, close
         assert close[1]  # a reason a person can read
         # The server waits for our close before it closes TCP.
         await trio.sleep(0.05)
@@ -136,7 +137,8 @@ async def test_a_failed_connection_is_closed_even_if_the_peer_never_answers() ->
         await client.send_frame(TEXT, b"\xff")
         with trio.fail_after(5):
             await client.read_to_end()
-        assert client.close is not None and client.close[0] == 1007
+        assert client.close is not None
+        assert client.close[0] == 1007
         await server.aclose()
 
 
@@ -148,7 +150,7 @@ async def test_a_client_close_is_answered_with_its_code_and_not_counted_as_the_s
         await client.read_to_end(timeout=5)
         assert client.close == (1009, "")
         with trio.fail_after(5):
-            while server.statistics().connections:
+            while server.statistics().connections:  # noqa: ASYNC110 - no event to wait on
                 await trio.sleep(0.01)
         assert server.statistics().closed_by_server == {}
         await server.aclose()
@@ -176,5 +178,30 @@ async def test_a_message_in_fragments_with_pings_between_is_served() -> None:
         await client.read_until(lambda c: any(t["type"] == "pong" for t in c.texts()))
         assert client.of_opcode(PONG) == [b"between"]
         assert [t["id"] for t in client.texts() if t["type"] == "pong"] == ["été"]
+        await client.aclose()
+        await server.aclose()
+
+
+async def test_pings_are_answered_while_a_request_waits_for_an_async_hook() -> None:
+    """A request that waits (here an ``authorize`` hook) does not hold up the reader: pings
+    are answered and later requests are read (and queued behind it, in order)."""
+    gate = trio.Event()
+
+    async def slow_authorize(*args: object) -> bool:
+        await gate.wait()
+        return True
+
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, authorize=slow_authorize)
+        client = await WireClient.connect(server.port)
+        await client.send_json({"type": "subscribe", "channel": "a", "id": 1})
+        await client.send_json({"type": "ping", "id": 2})
+        await client.send_frame(PING, b"still there?")
+        await client.read_until(lambda c: c.of_opcode(PONG))
+        assert client.of_opcode(PONG) == [b"still there?"]
+        assert [t["type"] for t in client.texts()] == ["welcome"]
+        gate.set()
+        await client.read_until(lambda c: len(c.texts()) == 3)
+        assert [t.get("id") for t in client.texts()[1:]] == [1, 2]
         await client.aclose()
         await server.aclose()

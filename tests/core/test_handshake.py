@@ -1,0 +1,87 @@
+"""The opening handshake: what is accepted, and the status every refusal gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from triows._core.handshake import (
+    HandshakeError,
+    accept_key,
+    accept_response,
+    head_end,
+    http_response,
+    parse_upgrade,
+)
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+GOOD = {
+    "Host": "example.com",
+    "Upgrade": "websocket",
+    "Connection": "keep-alive, Upgrade",
+    "Sec-WebSocket-Key": KEY,
+    "Sec-WebSocket-Version": "13",
+}
+
+
+def head(line: str = "GET /chat?token=t HTTP/1.1", **headers: str | None) -> bytes:
+    merged = {**GOOD, **headers}
+    lines = [line, *(f"{k}: {v}" for k, v in merged.items() if v is not None)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_rfc_6455_example_key() -> None:
+    assert accept_key(KEY) == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in accept_response(KEY)
+
+
+def test_a_valid_request() -> None:
+    request = parse_upgrade(head(Origin="https://a.example", **{"X-Twice": "1"}))
+    assert request.target == "/chat?token=t"
+    assert request.key == KEY
+    assert request.headers["origin"] == "https://a.example"
+    assert request.headers["upgrade"] == "websocket"
+
+
+def test_header_names_are_case_insensitive_and_first_value_wins() -> None:
+    data = head().replace(b"\r\n\r\n", b"\r\nx-a: 1\r\nX-A: 2\r\n\r\n")
+    assert parse_upgrade(data).headers["x-a"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (head("POST / HTTP/1.1"), 405),
+        (head("GET / HTTP/1.0"), 505),
+        (head("GET /"), 400),
+        (head("GET http://x/ HTTP/1.1"), 400),
+        (head(Host=None), 400),
+        (head(Upgrade=None), 426),
+        (head(Upgrade="h2c"), 426),
+        (head(Connection="keep-alive"), 400),
+        (head(**{"Sec-WebSocket-Version": "8"}), 426),
+        (head(**{"Sec-WebSocket-Key": "short"}), 400),
+        (head().replace(f"Sec-WebSocket-Key: {KEY}\r\n".encode(), b""), 400),
+        (head().replace(b"Host:", b"Ho st:"), 400),
+        (head().replace(b"\r\nHost", b"\r\n Host"), 400),
+    ],
+)
+def test_refusals(data: bytes, status: int) -> None:
+    with pytest.raises(HandshakeError) as refused:
+        parse_upgrade(data)
+    assert refused.value.status == status
+    assert refused.value.reason
+
+
+def test_head_end() -> None:
+    assert head_end(b"GET / HTTP/1.1\r\nHost: x\r\n") == -1
+    data = head() + b"\x81\x80frame"
+    assert data[head_end(data) :] == b"\x81\x80frame"
+
+
+def test_http_response_is_complete() -> None:
+    response = http_response(426, b"upgrade\n", headers=(("Upgrade", "websocket"),))
+    head_part, body = response.split(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
+    assert b"Content-Length: 8" in head_part
+    assert b"Upgrade: websocket" in head_part
+    assert body == b"upgrade\n"
