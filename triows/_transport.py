@@ -84,6 +84,41 @@ def _direct_writer(stream: trio.abc.Stream) -> Callable[[bytes | memoryview], in
     return nowait if callable(nowait) else None
 
 
+def _direct_reader(stream: trio.abc.Stream) -> Callable[[], Awaitable[bytes]]:
+    """An async "next bytes" function for ``stream``; ``b""`` at its end or when it broke.
+
+    For TCP it waits for readability first and then reads once from the non-blocking stdlib
+    socket: one ``recv`` per wake-up, where ``SocketStream.receive_some`` tries a ``recv``
+    before every wait (an ``EAGAIN`` system call per message on a request→reply connection)
+    and goes through trio's generic retry helper. Waiting first is also a checkpoint each time,
+    as ``receive_some`` is, so a flooding client cannot starve the other tasks.
+    """
+    if isinstance(stream, trio.SocketStream):
+        sock = stream.socket._sock  # type: ignore[attr-defined]
+        recv, wait = sock.recv, trio.lowlevel.wait_readable
+
+        async def receive_socket() -> bytes:
+            try:
+                while True:
+                    await wait(sock)
+                    try:
+                        return bytes(recv(RECEIVE_BUFFER))
+                    except BlockingIOError:
+                        continue
+            except (OSError, trio.ClosedResourceError, trio.BusyResourceError):
+                return b""  # reset, or closed under us
+
+        return receive_socket
+
+    async def receive_stream() -> bytes:
+        try:
+            return bytes(await stream.receive_some(RECEIVE_BUFFER))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    return receive_stream
+
+
 class WebSocket:
     """The server side of one accepted WebSocket: its stream and its frame parser.
 
@@ -93,7 +128,7 @@ class WebSocket:
     even a close frame.
     """
 
-    __slots__ = ("_direct", "broken", "leftover", "parser", "stream", "writing")
+    __slots__ = ("_direct", "broken", "leftover", "parser", "receive", "stream", "writing")
 
     def __init__(self, stream: trio.abc.Stream, parser: FrameParser, leftover: bytes) -> None:
         self.stream = stream
@@ -101,6 +136,8 @@ class WebSocket:
         #: Bytes the client sent right after its request head: its first frames.
         self.leftover = leftover
         self._direct = _direct_writer(stream)
+        #: The next bytes from the peer; ``b""`` at end of stream or when it broke.
+        self.receive = _direct_reader(stream)
         self.writing = False
         self.broken = False
 
@@ -124,13 +161,6 @@ class WebSocket:
             raise
         finally:
             self.writing = False
-
-    async def receive(self) -> bytes:
-        """The next bytes from the peer; ``b""`` at end of stream or when it broke."""
-        try:
-            return bytes(await self.stream.receive_some(RECEIVE_BUFFER))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return b""
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)

@@ -1,9 +1,10 @@
 """The baseline: the obvious broadcast server on bare trio-websocket.
 
 Every message a client sends is relayed to every other client with ``send_message``, one
-awaited send per receiver, as a tutorial would write it. No protocol, no sequence numbers.
+awaited send per receiver, as a tutorial would write it (or, in echo mode, sent back to its
+sender). No protocol, no sequence numbers, no heartbeat.
 
-    python bare_server.py PORT
+    python bare_server.py PORT [broadcast|echo]
 """
 
 from __future__ import annotations
@@ -34,9 +35,18 @@ async def handler(request: WebSocketRequest) -> None:
         clients.discard(ws)
 
 
-async def main(port: int) -> None:
-    await serve_websocket(handler, "127.0.0.1", port, ssl_context=None)
+async def echo(request: WebSocketRequest) -> None:
+    ws = await request.accept()
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except ConnectionClosed:
+        pass
+
+
+async def main(port: int, mode: str) -> None:
+    await serve_websocket(echo if mode == "echo" else handler, "127.0.0.1", port, ssl_context=None)
 
 
 if __name__ == "__main__":
-    trio.run(main, int(sys.argv[1]))
+    trio.run(main, int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "broadcast")

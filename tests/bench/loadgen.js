@@ -1,26 +1,38 @@
 // Load generator for the fan-out benchmark: Node `ws`, a few µs per delivery, so the server
 // under test, not the generator, is the bottleneck.
 //
-//   node loadgen.js fanout <url> <protocol: triows|bare> <subscribers> <warmup s> <measure s> [window]
-//   node loadgen.js idle   <url> <protocol> <connections>
+//   node loadgen.js fanout     <url> <protocol: triows|bare|websockets> <subscribers> <warmup s> <measure s> [window]
+//   node loadgen.js rpc        <url> <protocol> <clients> <warmup s> <measure s>
+//   node loadgen.js handshakes <url> <protocol> <connections> [in flight]
+//   node loadgen.js idle       <url> <protocol> <connections>
+//   node loadgen.js hold       <url> <protocol> <connections> <local address> [in flight]
 //
 // fanout: N subscribers on one channel and one publisher. The publisher keeps WINDOW messages
 // in flight, a message counting as done once every subscriber has it, so both servers get the
 // same closed-loop load (a larger window hides the extra hop of a Redis-backed cluster). Prints "MEASURE_START" / "MEASURE_END" lines (the runner samples the
 // server's CPU time at those moments) and then one JSON line of results.
+// rpc: N closed-loop clients, each with one request in flight: triows answers a publish (to a
+// channel nobody follows) with its ack, the peers echo the frame. Prints MEASURE_* and JSON.
+// handshakes: opens and closes N connections, at most IN FLIGHT at once (default 100);
+// MEASURE_START / MEASURE_END bracket the whole run.
 // idle: opens N connections, prints "IDLE_READY", and holds them until stdin closes.
+// hold: like idle, from one local address (the scale mode spreads generators over
+// 127.0.0.2-6); prints "HOLD_READY <n>"; each "rtt" line on stdin answers with a JSON line of
+// round trips (a triows ping request) on a sample of connections; at stdin's end prints how
+// many connections the server closed, then exits.
 "use strict";
 const WebSocket = require("ws");
 
 const [mode, url, protocol, countText, warmupText, measureText, windowText] =
   process.argv.slice(2);
+const localAddress = mode === "hold" ? warmupText : undefined;
 const count = Number(countText);
 const WINDOW = Number(windowText || 16);
 const PAD = "x".repeat(64);
 
 function open(onMessage) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 1 << 20 });
+    const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 1 << 20, localAddress });
     let ready = false;
     ws.on("error", (err) => (ready ? console.error("socket error", err.message) : reject(err)));
     ws.on("message", (data) => {
@@ -38,7 +50,7 @@ function open(onMessage) {
       onMessage(data);
     });
     ws.on("open", () => {
-      if (protocol === "bare") {
+      if (protocol !== "triows") {
         ready = true;
         resolve(ws);
       }
@@ -46,11 +58,11 @@ function open(onMessage) {
   });
 }
 
-async function openMany(n, onMessage) {
+async function openMany(n, onMessage, inFlight = 200) {
   const sockets = [];
-  for (let i = 0; i < n; i += 200) {
+  for (let i = 0; i < n; i += inFlight) {
     const batch = [];
-    for (let j = i; j < Math.min(n, i + 200); j++) batch.push(open(onMessage));
+    for (let j = i; j < Math.min(n, i + inFlight); j++) batch.push(open(onMessage));
     sockets.push(...(await Promise.all(batch)));
   }
   return sockets;
@@ -130,7 +142,136 @@ async function idle() {
   process.stdin.on("end", () => process.exit(0));
 }
 
-(mode === "idle" ? idle() : fanout()).catch((err) => {
+async function rpc() {
+  const warmup = Number(warmupText) * 1000;
+  const measure = Number(measureText) * 1000;
+  let replies = 0;
+  let measuring = false;
+  let latencies = [];
+  const clients = [];
+  for (let i = 0; i < count; i++) {
+    let sentAt = 0;
+    let n = 0;
+    const client = {};
+    client.send = () => {
+      sentAt = performance.now();
+      n++;
+      const frame =
+        protocol === "triows"
+          ? { type: "publish", channel: "rpc", data: { n, pad: PAD }, id: n }
+          : { n, pad: PAD };
+      client.ws.send(JSON.stringify(frame));
+    };
+    client.ws = await open(() => {
+      if (measuring) {
+        replies++;
+        if ((replies & 7) === 0) latencies.push(performance.now() - sentAt);
+      }
+      client.send();
+    });
+    clients.push(client);
+  }
+  for (const client of clients) client.send();
+  await new Promise((r) => setTimeout(r, warmup));
+  latencies = [];
+  replies = 0;
+  measuring = true;
+  const start = performance.now();
+  console.log("MEASURE_START");
+  await new Promise((r) => setTimeout(r, measure));
+  measuring = false;
+  const elapsed = (performance.now() - start) / 1000;
+  console.log("MEASURE_END");
+  latencies.sort((a, b) => a - b);
+  console.log(
+    JSON.stringify({
+      replies,
+      seconds: elapsed,
+      p50_ms: percentile(latencies, 50),
+      p99_ms: percentile(latencies, 99),
+    })
+  );
+  process.exit(0);
+}
+
+function openAndClose() {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { perMessageDeflate: false });
+    ws.on("error", reject);
+    ws.on("open", () => ws.close(1000));
+    ws.on("close", () => resolve());
+  });
+}
+
+async function handshakes() {
+  const inFlight = Number(warmupText || 100);
+  let started = 0;
+  let failed = 0;
+  console.log("MEASURE_START");
+  const start = performance.now();
+  async function worker() {
+    while (started < count) {
+      started++;
+      await openAndClose().catch(() => failed++);
+    }
+  }
+  await Promise.all(Array.from({ length: inFlight }, worker));
+  const elapsed = (performance.now() - start) / 1000;
+  console.log("MEASURE_END");
+  console.log(JSON.stringify({ connections: count - failed, failed, seconds: elapsed }));
+  process.exit(0);
+}
+
+async function hold() {
+  let closed = 0;
+  const sockets = await openMany(count, () => {}, Number(measureText || 500));
+  const pending = new Map(); // socket -> [resolve, sentAt]
+  for (const ws of sockets) {
+    ws.on("close", () => closed++);
+    ws.on("message", (raw) => {
+      const waiting = pending.get(ws);
+      if (waiting && JSON.parse(raw).type === "pong") {
+        pending.delete(ws);
+        waiting[0](performance.now() - waiting[1]);
+      }
+    });
+  }
+  console.log(`HOLD_READY ${sockets.length}`);
+  const lines = require("readline").createInterface({ input: process.stdin });
+  lines.on("line", async () => {
+    const sample = [];
+    for (let i = 0; i < sockets.length; i += Math.max(1, Math.floor(sockets.length / 100))) {
+      sample.push(sockets[i]);
+    }
+    const times = await Promise.all(
+      sample.map(
+        (ws) =>
+          new Promise((resolve) => {
+            pending.set(ws, [resolve, performance.now()]);
+            ws.send(JSON.stringify({ type: "ping" }));
+            setTimeout(() => resolve(null), 10000);
+          })
+      )
+    );
+    const ok = times.filter((t) => t !== null).sort((a, b) => a - b);
+    console.log(
+      JSON.stringify({
+        sampled: sample.length,
+        answered: ok.length,
+        p50_ms: percentile(ok, 50),
+        max_ms: ok.length ? ok[ok.length - 1] : null,
+        closed,
+      })
+    );
+  });
+  lines.on("close", () => {
+    console.log(JSON.stringify({ closed }));
+    process.exit(0);
+  });
+}
+
+const modes = { idle, fanout, rpc, handshakes, hold };
+modes[mode]().catch((err) => {
   console.error(err && err.message ? err.message : err);
   process.exit(1);
 });

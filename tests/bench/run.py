@@ -1,12 +1,19 @@
-"""Fan-out benchmark: triows against a bare trio-websocket broadcast server, in one run.
+"""Benchmark: triows against its peers, all in one run, as ratios measured together.
 
     nox -s bench                      # or: python tests/bench/run.py [--repeat 3]
 
-For each server and each fan-out (100 and 1000 subscribers on one channel) it starts the
-server as a subprocess, drives it with the Node `ws` load generator (loadgen.js), and prints
-deliveries/s, deliveries per server CPU-second (the server's user+system time read from
-/proc over the measured window), and p50/p99 latency from publish to delivery. Then it opens
-5,000 idle connections to each server and reports the resident memory they add.
+Peers: a bare trio-websocket server as a tutorial writes it (bare_server.py), and the
+`websockets` library (websockets_server.py). Each server runs as a subprocess pinned to one
+core, and the Node `ws` load generator (loadgen.js) to the other. Figures:
+
+- request→reply: 50 closed-loop clients; triows answers a publish with its ack, the peers
+  echo the frame. Replies/s, replies per server CPU-second, p50/p99 round trip.
+- handshakes per server CPU-second: 5,000 connections opened and closed, 100 at a time.
+- KiB per idle connection: 5,000 held open for a while, heartbeats on where the server has
+  them (triows every 25 s, websockets every 20 s; bare trio-websocket has none).
+- fan-out: 100 and 1000 subscribers on one channel: deliveries/s, deliveries per server
+  CPU-second (the server's user+system time read from /proc over the measured window), and
+  p50/p99 latency from publish to delivery.
 
 The cluster part starts a Redis (as the tests do) and measures the same fan-out through it:
 one triows process with ``--redis-url`` against ``--workers 2`` (a supervisor and two worker
@@ -34,7 +41,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "loadgen.js"
 TICKS = os.sysconf("SC_CLK_TCK")
-SERVERS = ("bare", "triows")
+SERVERS = ("bare", "websockets", "triows")
+#: The generator on core 0, servers on core 1 (when there are two).
+GENERATOR_CPU, SERVER_CPU = 0, 1
 #: Messages in flight in the cluster scenarios: each one takes a Redis round trip.
 CLUSTER_WINDOW = 16
 
@@ -75,7 +84,17 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def start_server(kind: str, port: int, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+def pinned(cpu: int) -> Any:
+    def pin() -> None:
+        if (os.cpu_count() or 1) > 1:
+            os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
+def start_server(
+    kind: str, port: int, extra: list[str] | None = None, *, mode: str = "broadcast"
+) -> subprocess.Popen[bytes]:
     if kind == "triows":
         command = [
             sys.executable,
@@ -95,8 +114,10 @@ def start_server(kind: str, port: int, extra: list[str] | None = None) -> subpro
             *(extra or []),
         ]
     else:
-        command = [sys.executable, str(HERE / "bare_server.py"), str(port)]
-    server = subprocess.Popen(command)
+        script = "bare_server.py" if kind == "bare" else "websockets_server.py"
+        command = [sys.executable, str(HERE / script), str(port), mode]
+    workers = extra is not None and "--workers" in extra
+    server = subprocess.Popen(command, preexec_fn=None if workers else pinned(SERVER_CPU))
     for _ in range(200):  # up to 10 s for the port to accept
         if server.poll() is not None:
             raise RuntimeError(f"{kind} server exited with {server.returncode}")
@@ -135,10 +156,8 @@ def fanout(
         time.sleep(1.0)  # every worker listening, not only the first
     pids = process_tree(server.pid)
     try:
-        generator = subprocess.Popen(
+        result, cpu, redis_cpu = drive(
             [
-                "node",
-                str(LOADGEN),
                 "fanout",
                 f"ws://127.0.0.1:{port}/",
                 kind,
@@ -147,33 +166,86 @@ def fanout(
                 str(measure),
                 str(window),
             ],
-            stdout=subprocess.PIPE,
-            text=True,
+            pids,
+            redis_pid=redis_pid,
+            timeout=warmup + measure + 120,
         )
-        assert generator.stdout is not None
-        cpu_start = cpu_end = redis_start = redis_end = 0.0
-        result: dict[str, Any] = {}
-        for line in generator.stdout:
-            if line.startswith("MEASURE_START"):
-                cpu_start = tree_cpu_seconds(pids)
-                redis_start = cpu_seconds(redis_pid) if redis_pid else 0.0
-            elif line.startswith("MEASURE_END"):
-                cpu_end = tree_cpu_seconds(pids)
-                redis_end = cpu_seconds(redis_pid) if redis_pid else 0.0
-            elif line.startswith("{"):
-                result = json.loads(line)
-        if generator.wait(timeout=warmup + measure + 120) != 0 or not result:
-            raise RuntimeError(f"load generator failed against {kind} ({subscribers} subs)")
     finally:
         stop(server)
-    cpu = max(cpu_end - cpu_start, 1e-9)
     return {
         "deliveries_per_s": result["deliveries"] / result["seconds"],
         "per_cpu_second": result["deliveries"] / cpu,
         "server_cpu_share": cpu / result["seconds"],
-        "redis_cpu_share": (redis_end - redis_start) / result["seconds"],
+        "redis_cpu_share": redis_cpu / result["seconds"],
         "p50_ms": result["p50_ms"],
         "p99_ms": result["p99_ms"],
+    }
+
+
+def drive(
+    arguments: list[str], pids: list[int], *, redis_pid: int | None = None, timeout: float
+) -> tuple[dict[str, Any], float, float]:
+    """Run the load generator; returns its JSON result, the server's CPU seconds between its
+    MEASURE_START and MEASURE_END lines, and Redis's."""
+    generator = subprocess.Popen(
+        ["node", str(LOADGEN), *arguments],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=pinned(GENERATOR_CPU),
+    )
+    assert generator.stdout is not None
+    cpu_start = cpu_end = redis_start = redis_end = 0.0
+    result: dict[str, Any] = {}
+    for line in generator.stdout:
+        if line.startswith("MEASURE_START"):
+            cpu_start = tree_cpu_seconds(pids)
+            redis_start = cpu_seconds(redis_pid) if redis_pid else 0.0
+        elif line.startswith("MEASURE_END"):
+            cpu_end = tree_cpu_seconds(pids)
+            redis_end = cpu_seconds(redis_pid) if redis_pid else 0.0
+        elif line.startswith("{"):
+            result = json.loads(line)
+    if generator.wait(timeout=timeout) != 0 or not result:
+        raise RuntimeError(f"load generator failed: {' '.join(arguments[:3])}")
+    return result, max(cpu_end - cpu_start, 1e-9), redis_end - redis_start
+
+
+def request_reply(kind: str, clients: int, warmup: float, measure: float) -> dict[str, float]:
+    port = free_port()
+    server = start_server(kind, port, mode="echo")
+    try:
+        result, cpu, _ = drive(
+            ["rpc", f"ws://127.0.0.1:{port}/", kind, str(clients), str(warmup), str(measure)],
+            process_tree(server.pid),
+            timeout=warmup + measure + 120,
+        )
+    finally:
+        stop(server)
+    return {
+        "replies_per_s": result["replies"] / result["seconds"],
+        "per_cpu_second": result["replies"] / cpu,
+        "server_cpu_share": cpu / result["seconds"],
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+    }
+
+
+def handshakes(kind: str, connections: int) -> dict[str, float]:
+    port = free_port()
+    server = start_server(kind, port)
+    try:
+        result, cpu, _ = drive(
+            ["handshakes", f"ws://127.0.0.1:{port}/", kind, str(connections), "100"],
+            process_tree(server.pid),
+            timeout=300,
+        )
+    finally:
+        stop(server)
+    if result["failed"]:
+        raise RuntimeError(f"{result['failed']} handshakes to {kind} failed")
+    return {
+        "per_cpu_second": result["connections"] / cpu,
+        "per_second": result["connections"] / result["seconds"],
     }
 
 
@@ -258,13 +330,14 @@ def idle_memory(kind: str, connections: int) -> float:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            preexec_fn=pinned(GENERATOR_CPU),
         )
         assert generator.stdout is not None
         assert generator.stdin is not None
         line = generator.stdout.readline()
         if not line.startswith("IDLE_READY"):
             raise RuntimeError(f"idle connections to {kind} failed")
-        time.sleep(1.0)  # let the server settle
+        time.sleep(3.0)  # let the server settle (and a round of pings for those that have them)
         after = rss_kib(server.pid)
         generator.stdin.close()
         generator.wait(timeout=60)
@@ -286,7 +359,7 @@ def record(
     section[f"{name}/{subscribers}"] = row
     redis = f" {row['redis_cpu_share']:>5.2f}" if with_redis else ""
     print(
-        f"{name:8} {subscribers:>5} {row['deliveries_per_s']:>13,.0f} "
+        f"{name:10} {subscribers:>5} {row['deliveries_per_s']:>13,.0f} "
         f"{row['per_cpu_second']:>11,.0f} {row['server_cpu_share']:>5.2f}{redis} "
         f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}",
         flush=True,
@@ -320,6 +393,10 @@ def main() -> None:
     parser.add_argument("--measure", type=float, default=5.0)
     parser.add_argument("--subscribers", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--idle", type=int, default=5000, help="idle connections (0: skip)")
+    parser.add_argument("--clients", type=int, default=50, help="request→reply clients (0: skip)")
+    parser.add_argument(
+        "--handshakes", type=int, default=5000, help="connections opened and closed (0: skip)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument(
         "--only", choices=("single", "cluster"), help="run one part (default: both)"
@@ -329,7 +406,13 @@ def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
 
-    figures: dict[str, Any] = {"fanout": {}, "idle_kib_per_connection": {}, "cluster": {}}
+    figures: dict[str, Any] = {
+        "request_reply": {},
+        "handshakes": {},
+        "idle_kib_per_connection": {},
+        "fanout": {},
+        "cluster": {},
+    }
     if args.only != "cluster":
         single(args, figures)
     if args.only != "single":
@@ -339,8 +422,44 @@ def main() -> None:
 
 
 def single(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    if args.clients:
+        print(
+            f"{'request→reply':14} {'clients':>7} {'replies/s':>10} {'per CPU-s':>10} "
+            f"{'CPU':>5} {'p50 ms':>7} {'p99 ms':>7}",
+            flush=True,
+        )
+        section = figures["request_reply"]
+        for kind in SERVERS:
+            runs = [
+                request_reply(kind, args.clients, args.warmup, args.measure)
+                for _ in range(args.repeat)
+            ]
+            row = section[kind] = median_of(runs)
+            print(
+                f"{kind:14} {args.clients:>7} {row['replies_per_s']:>10,.0f} "
+                f"{row['per_cpu_second']:>10,.0f} {row['server_cpu_share']:>5.2f} "
+                f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f}",
+                flush=True,
+            )
+        ratios(section, "replies_per_s", "request→reply throughput")
+    if args.handshakes:
+        section = figures["handshakes"]
+        for kind in SERVERS:
+            runs = [handshakes(kind, args.handshakes) for _ in range(args.repeat)]
+            row = section[kind] = median_of(runs)
+            print(
+                f"{kind:14} {args.handshakes} handshakes: {row['per_cpu_second']:,.0f} per "
+                f"server CPU-second ({row['per_second']:,.0f}/s)",
+                flush=True,
+            )
+        ratios(section, "per_cpu_second", "handshakes per server CPU-second")
+    if args.idle:
+        for kind in SERVERS:
+            kib = statistics.median(idle_memory(kind, args.idle) for _ in range(args.repeat))
+            figures["idle_kib_per_connection"][kind] = kib
+            print(f"{kind:14} {args.idle} idle connections: {kib:.1f} KiB each", flush=True)
     print(
-        f"{'server':8} {'subs':>5} {'deliveries/s':>13} {'per CPU-s':>11} {'CPU':>5} "
+        f"\n{'fan-out':10} {'subs':>5} {'deliveries/s':>13} {'per CPU-s':>11} {'CPU':>5} "
         f"{'p50 ms':>8} {'p99 ms':>8}",
         flush=True,
     )
@@ -350,19 +469,22 @@ def single(args: argparse.Namespace, figures: dict[str, Any]) -> None:
                 fanout(kind, subscribers, args.warmup, args.measure) for _ in range(args.repeat)
             ]
             record(figures["fanout"], kind, subscribers, runs, with_redis=False)
-        compare(
-            figures["fanout"],
-            ("triows", "bare"),
-            subscribers,
-            "per_cpu_second",
-            "triows / bare, deliveries per server CPU-second",
-            key="ratio",
-        )
-    if args.idle:
-        for kind in SERVERS:
-            kib = statistics.median(idle_memory(kind, args.idle) for _ in range(args.repeat))
-            figures["idle_kib_per_connection"][kind] = kib
-            print(f"{kind:8} {args.idle} idle connections: {kib:.1f} KiB each", flush=True)
+        for peer in ("bare", "websockets"):
+            compare(
+                figures["fanout"],
+                ("triows", peer),
+                subscribers,
+                "per_cpu_second",
+                f"triows / {peer}, deliveries per server CPU-second",
+                key=f"ratio_{peer}",
+            )
+
+
+def ratios(section: dict[str, Any], field: str, text: str) -> None:
+    for peer in ("bare", "websockets"):
+        ratio = section["triows"][field] / section[peer][field]
+        section[f"ratio_{peer}"] = ratio
+        print(f"  triows / {peer}, {text}: {ratio:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

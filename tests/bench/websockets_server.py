@@ -1,0 +1,48 @@
+"""The fast peer: the `websockets` library (asyncio, C speedups), written as its docs show.
+
+    python websockets_server.py PORT broadcast   # relay each message to every other client
+    python websockets_server.py PORT echo        # answer each message with itself
+
+Broadcast uses ``websockets.broadcast`` (frames once, writes without awaiting, skips clients
+whose buffer is full), the library's recommended way. Its default keepalive pings stay on
+(every 20 s), like triows' heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
+
+clients: set[ServerConnection] = set()
+
+
+async def relay(ws: ServerConnection) -> None:
+    clients.add(ws)
+    try:
+        async for message in ws:
+            broadcast([c for c in clients if c is not ws], message)
+    except ConnectionClosed:  # a client that left without a close frame
+        pass
+    finally:
+        clients.discard(ws)
+
+
+async def echo(ws: ServerConnection) -> None:
+    try:
+        async for message in ws:
+            await ws.send(message)
+    except ConnectionClosed:
+        pass
+
+
+async def main(port: int, mode: str) -> None:
+    handler = echo if mode == "echo" else relay
+    async with serve(handler, "127.0.0.1", port, compression=None, max_size=1 << 20) as server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "broadcast"))
