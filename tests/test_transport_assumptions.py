@@ -14,7 +14,7 @@ import trio.testing
 import trio_websocket
 
 from triows._core.frame_parser import FrameParser
-from triows._transport import WebSocket, _direct_writer
+from triows._transport import WebSocket
 from triows.testing import memory_stream_pair
 
 pytestmark = pytest.mark.real_socket
@@ -26,8 +26,7 @@ async def test_trio_socket_wraps_a_nonblocking_stdlib_socket() -> None:
     raw = stream.socket._sock  # type: ignore[attr-defined]
     assert isinstance(raw, socket.socket)
     assert raw.getblocking() is False
-    write = _direct_writer(stream)
-    assert write is not None
+    write = WebSocket(stream, FrameParser(1024), b"").write_nowait
     assert write(b"hello") == 5
     assert b.recv(5) == b"hello"
     # A full kernel buffer means 0 bytes written, never an exception.

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -62,6 +61,13 @@ INTERNAL_ERROR = 1011
 #: What a connection that ended without a close frame counts as (RFC 6455 §7.1.5).
 ABNORMAL = 1006
 
+
+def _cancelled() -> bool:
+    """Whether the calling task is cancelled (from outside too): a write started now would be
+    cut at its first checkpoint, leaving the stream unusable for the close frame."""
+    return trio.current_effective_deadline() == float("-inf")
+
+
 #: Something a request still has to wait for once its synchronous part is done.
 Wait = Callable[[], Awaitable[None]]
 
@@ -73,12 +79,12 @@ class Connection:
         "_busy",
         "_close_deadline",
         "_drain",
+        "_ending",
         "_expiry_scope",
         "_nursery",
         "_ping_payload",
         "_publish_bucket",
         "_room",
-        "_scope",
         "_send_scope",
         "_server",
         "_subscribe_bucket",
@@ -119,13 +125,14 @@ class Connection:
         self.client_id = client_id
         self.outbox = Outbox(config.outbox_size, config.outbox_max_bytes)
         self._nursery: trio.Nursery | None = None
-        self._backlog: deque[protocol.Request] = deque()
+        self._backlog: list[protocol.Request] = []  # at most inbox_size: a list is enough
         self._busy = False  # a requests task is serving; later requests queue behind it
         self._writer_running = False
         self._tail_queued = False  # the outbox starts with the unwritten tail of a frame
         self._ping_payload: bytes | None = None  # the heartbeat ping not answered yet
         self._room: trio.Event | None = None
-        self._scope = trio.CancelScope()
+        #: The connection is ending: its tasks are cancelled (or will be once they start).
+        self._ending = False
         self._send_scope: trio.CancelScope | None = None  # the writer's write in progress
         self._expiry_scope: trio.CancelScope | None = None
         self._drain = False
@@ -157,24 +164,25 @@ class Connection:
     async def run(self) -> None:
         config = self._server.config
         try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._heartbeat)
-                    if self._server.auth_enabled:
-                        nursery.start_soon(self._watch_expiry)
-                    self.queue_reply(
-                        protocol.welcome_frame(
-                            self.client_id,
-                            self._server.now_ms(),
-                            self._server.server_id,
-                            config.heartbeat_interval,
-                        )
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._ending:  # closed before it ran (a shutdown that raced it)
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._heartbeat)
+                if self._server.auth_enabled:
+                    nursery.start_soon(self._watch_expiry)
+                self.queue_reply(
+                    protocol.welcome_frame(
+                        self.client_id,
+                        self._server.now_ms(),
+                        self._server.server_id,
+                        config.heartbeat_interval,
                     )
-                    try:
-                        await self._read()
-                    finally:
-                        nursery.cancel_scope.cancel()
+                )
+                try:
+                    await self._read()
+                finally:
+                    self._end()
         except* Exception as group:
             # A bug in our request handling must cost this client its connection, never the
             # server. Cancelled is a BaseException and passes.
@@ -210,7 +218,13 @@ class Connection:
                 # wire and nothing more could be sent, not even the close frame.
                 send.shield = True
                 send.deadline = min(send.deadline, self._close_deadline)
-        self._scope.cancel()
+        self._end()
+
+    def _end(self) -> None:
+        """Stop every task of this connection; run() then says goodbye."""
+        self._ending = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     def _peer_left(self, code: int, reason: str) -> None:
         if self.close_code is None:
@@ -314,7 +328,7 @@ class Connection:
         return verdict
 
     def _start_writer(self) -> None:
-        if self._writer_running or self._scope.cancel_called:
+        if self._writer_running or self._ending:
             return  # the goodbye sends what is left, if anything is owed
         nursery = self._nursery
         if nursery is not None:
@@ -327,14 +341,14 @@ class Connection:
         try:
             # Not once the connection is ending: a new write would be cut at its first
             # checkpoint, and the goodbye sends what is still owed.
-            while self.outbox and not self._scope.cancel_called:
+            while self.outbox and not self._ending and not _cancelled():
                 with trio.CancelScope(deadline=trio.current_time() + write_timeout) as scope:
                     self._send_scope = scope
                     try:
                         await self._write_batch(WRITE_BATCH)
                     except Closed:
                         self._peer_left(ABNORMAL, "")
-                        self._scope.cancel()
+                        self._end()
                         return
                     finally:
                         self._send_scope = None
@@ -478,7 +492,7 @@ class Connection:
         try:
             await first()
             while self._backlog:
-                request = self._backlog.popleft()
+                request = self._backlog.pop(0)
                 if self._may_wait(request):
                     await self._serve_waiting(request)
                 else:

@@ -14,7 +14,9 @@ trio-websocket stays on the client side (``triows.client``, ``triows.testing``),
 
 from __future__ import annotations
 
+import functools
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -61,64 +63,6 @@ class Closed(Exception):
     """The stream broke or was closed under us: nothing more can be sent on it."""
 
 
-def _direct_writer(stream: trio.abc.Stream) -> Callable[[bytes | memoryview], int] | None:
-    """A synchronous "write what fits now" function for ``stream``, if it has one.
-
-    TCP streams write into the kernel buffer through the non-blocking stdlib socket that trio
-    wraps; ``triows.testing`` memory streams offer ``send_some_nowait``. TLS streams have no
-    such path (encryption state cannot be advanced outside ``send_all``) and always queue.
-    """
-    if isinstance(stream, trio.SocketStream):
-        send = stream.socket._sock.send  # type: ignore[attr-defined]
-
-        def write(data: bytes | memoryview) -> int:
-            try:
-                return int(send(data))
-            except OSError:
-                # EAGAIN: the buffer is full. EPIPE/ECONNRESET: the writer task's send_all
-                # will raise for the queued bytes and end the connection.
-                return 0
-
-        return write
-    nowait = getattr(stream, "send_some_nowait", None)
-    return nowait if callable(nowait) else None
-
-
-def _direct_reader(stream: trio.abc.Stream) -> Callable[[], Awaitable[bytes]]:
-    """An async "next bytes" function for ``stream``; ``b""`` at its end or when it broke.
-
-    For TCP it waits for readability first and then reads once from the non-blocking stdlib
-    socket: one ``recv`` per wake-up, where ``SocketStream.receive_some`` tries a ``recv``
-    before every wait (an ``EAGAIN`` system call per message on a request→reply connection)
-    and goes through trio's generic retry helper. Waiting first is also a checkpoint each time,
-    as ``receive_some`` is, so a flooding client cannot starve the other tasks.
-    """
-    if isinstance(stream, trio.SocketStream):
-        sock = stream.socket._sock  # type: ignore[attr-defined]
-        recv, wait = sock.recv, trio.lowlevel.wait_readable
-
-        async def receive_socket() -> bytes:
-            try:
-                while True:
-                    await wait(sock)
-                    try:
-                        return bytes(recv(RECEIVE_BUFFER))
-                    except BlockingIOError:
-                        continue
-            except (OSError, trio.ClosedResourceError, trio.BusyResourceError):
-                return b""  # reset, or closed under us
-
-        return receive_socket
-
-    async def receive_stream() -> bytes:
-        try:
-            return bytes(await stream.receive_some(RECEIVE_BUFFER))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return b""
-
-    return receive_stream
-
-
 class WebSocket:
     """The server side of one accepted WebSocket: its stream and its frame parser.
 
@@ -126,26 +70,46 @@ class WebSocket:
     progress, and :meth:`write`. A ``write`` cut short (cancelled, or the peer gone) may leave
     part of a frame on the wire; the socket is then ``broken`` and takes nothing more, not
     even a close frame.
+
+    For TCP both :meth:`write_nowait` and :meth:`receive` use the non-blocking stdlib socket
+    that trio wraps (``SocketStream.socket._sock``): a write goes straight into the kernel
+    buffer with no task switch, and a read waits for readability first and then calls ``recv``
+    once, where ``SocketStream.receive_some`` tries a ``recv`` before every wait (an
+    ``EAGAIN`` system call per message on a request→reply connection). Memory streams
+    (``triows.testing``) offer ``send_some_nowait``; TLS streams have no synchronous path
+    (encryption state advances only in ``send_all``) and always queue. Methods, not closures:
+    an idle connection should hold as few objects as possible.
     """
 
-    __slots__ = ("_direct", "broken", "leftover", "parser", "receive", "stream", "writing")
+    __slots__ = ("_sock", "broken", "leftover", "parser", "stream", "writing")
 
     def __init__(self, stream: trio.abc.Stream, parser: FrameParser, leftover: bytes) -> None:
         self.stream = stream
         self.parser = parser
         #: Bytes the client sent right after its request head: its first frames.
         self.leftover = leftover
-        self._direct = _direct_writer(stream)
-        #: The next bytes from the peer; ``b""`` at end of stream or when it broke.
-        self.receive = _direct_reader(stream)
+        self._sock: socket.socket | None = (
+            stream.socket._sock  # type: ignore[attr-defined]
+            if isinstance(stream, trio.SocketStream)
+            else None
+        )
         self.writing = False
         self.broken = False
 
     def write_nowait(self, data: bytes | memoryview) -> int:
         """Write what the socket takes now (0 while a :meth:`write` is in progress)."""
-        if self.writing or self.broken or self._direct is None:
+        if self.writing or self.broken:
             return 0
-        return self._direct(data)
+        sock = self._sock
+        if sock is not None:
+            try:
+                return sock.send(data)
+            except OSError:
+                # EAGAIN: the buffer is full. EPIPE/ECONNRESET: the writer task's send_all
+                # will raise for the queued bytes and end the connection.
+                return 0
+        nowait = getattr(self.stream, "send_some_nowait", None)
+        return int(nowait(data)) if nowait is not None else 0
 
     async def write(self, data: bytes | memoryview) -> None:
         if self.broken:
@@ -161,6 +125,25 @@ class WebSocket:
             raise
         finally:
             self.writing = False
+
+    async def receive(self) -> bytes:
+        """The next bytes from the peer; ``b""`` at end of stream or when it broke.
+
+        Always a checkpoint (it waits for readability first), as ``receive_some`` is, so a
+        flooding client cannot starve the other tasks.
+        """
+        sock = self._sock
+        try:
+            if sock is None:
+                return bytes(await self.stream.receive_some(RECEIVE_BUFFER))
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    return sock.recv(RECEIVE_BUFFER)
+                except BlockingIOError:
+                    continue
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""  # reset, or closed under us
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
@@ -295,14 +278,19 @@ async def _serve_stream(
             waiting.release()
         if head is None:  # a slowloris, or a client that left before its request
             return
-        pending = PendingHandshake(
-            stream,
-            parse_upgrade(head[0]),
-            head[1],
-            max_message_size=max_message_size,
-            write_timeout=handshake_timeout,
-        )
-        await handler(pending)
+        pending = [
+            PendingHandshake(
+                stream,
+                parse_upgrade(head[0]),
+                head[1],
+                max_message_size=max_message_size,
+                write_timeout=handshake_timeout,
+            )
+        ]
+        del head
+        # Handed over, not kept: the handler drops the request once it has answered it, and
+        # nothing in this frame holds its headers for the connection's lifetime.
+        await handler(pending.pop())
     except HandshakeError as refused:
         log.debug("refused a request: %d %s", refused.status, refused.reason)
         with trio.move_on_after(handshake_timeout):
@@ -329,15 +317,14 @@ async def serve_streams(
     waiting: WaitingStreams,
     task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async def serve_one(stream: trio.abc.Stream) -> None:
-        await _serve_stream(
-            stream,
-            handler,
-            max_message_size=max_message_size,
-            handshake_timeout=handshake_timeout,
-            waiting=waiting,
-        )
-
+    # A partial, not a wrapper coroutine: one frame less held by every connection.
+    serve_one = functools.partial(
+        _serve_stream,
+        handler=handler,
+        max_message_size=max_message_size,
+        handshake_timeout=handshake_timeout,
+        waiting=waiting,
+    )
     await trio.serve_listeners(
         serve_one, listeners, handler_nursery=handler_nursery, task_status=task_status
     )

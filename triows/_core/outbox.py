@@ -50,6 +50,7 @@ class DropCounter(Protocol):
 
 
 _DROPPABLE = (SlowConsumerPolicy.DROP_OLDEST, SlowConsumerPolicy.DROP_NEWEST)
+_Entry = tuple[bytes | memoryview, SlowConsumerPolicy | None, DropCounter | None]
 
 
 class Outbox:
@@ -60,9 +61,9 @@ class Outbox:
             raise ValueError("outbox capacity and max_bytes must be at least 1")
         self.capacity = capacity
         self.max_bytes = max_bytes
-        self._entries: deque[
-            tuple[bytes | memoryview, SlowConsumerPolicy | None, DropCounter | None]
-        ] = deque()
+        #: Created when the first frame is queued and dropped once the outbox is empty again:
+        #: an empty deque still holds a block of 64 slots, and most outboxes are empty.
+        self._entries: deque[_Entry] | None = None
         self.dropped = 0
         #: Bytes queued or being written; with ``len()`` this is what the outbox holds.
         self.queued_bytes = 0
@@ -70,7 +71,8 @@ class Outbox:
 
     def __len__(self) -> int:
         """Frames queued plus frames being written: both are memory this subscriber holds."""
-        return len(self._entries) + self._in_flight
+        entries = self._entries
+        return self._in_flight if entries is None else len(entries) + self._in_flight
 
     @property
     def has_room(self) -> bool:
@@ -102,6 +104,8 @@ class Outbox:
 
     def push_front(self, rest: memoryview) -> None:
         """Put back the unwritten tail of a frame: it must go out before anything else."""
+        if self._entries is None:
+            self._entries = deque()
         self._entries.appendleft((rest, None, None))
         self.queued_bytes += len(rest)
 
@@ -118,6 +122,8 @@ class Outbox:
             frame = entries.popleft()[0]
             batch.append(frame)
             size += len(frame)
+        if not entries:
+            self._entries = None
         self._in_flight += len(batch)
         return batch
 
@@ -127,7 +133,7 @@ class Outbox:
         self.queued_bytes -= sum(len(frame) for frame in batch)
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._entries = None
         self._in_flight = 0
         self.queued_bytes = 0
 
@@ -137,6 +143,8 @@ class Outbox:
         policy: SlowConsumerPolicy | None,
         counter: DropCounter | None,
     ) -> None:
+        if self._entries is None:
+            self._entries = deque()
         self._entries.append((frame, policy, counter))
         self.queued_bytes += len(frame)
 
@@ -145,6 +153,8 @@ class Outbox:
         least does not make the outbox grow (replies may hold it over capacity); False, with
         nothing evicted, when the droppable frames are not enough."""
         entries = self._entries
+        if entries is None:
+            return False
         frames, held = len(self), self.queued_bytes
         freed = 0
         chosen: list[int] = []
