@@ -82,6 +82,7 @@ class Connection:
         "_ending",
         "_expiry_scope",
         "_nursery",
+        "_peer_closed",
         "_ping_payload",
         "_publish_bucket",
         "_room",
@@ -130,6 +131,7 @@ class Connection:
         self._writer_running = False
         self._tail_queued = False  # the outbox starts with the unwritten tail of a frame
         self._ping_payload: bytes | None = None  # the heartbeat ping not answered yet
+        self._peer_closed = False  # the peer sent its close frame (valid or not)
         self._room: trio.Event | None = None
         #: The connection is ending: its tasks are cancelled (or will be once they start).
         self._ending = False
@@ -162,7 +164,6 @@ class Connection:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        config = self._server.config
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -171,14 +172,7 @@ class Connection:
                 nursery.start_soon(self._heartbeat)
                 if self._server.auth_enabled:
                     nursery.start_soon(self._watch_expiry)
-                self.queue_reply(
-                    protocol.welcome_frame(
-                        self.client_id,
-                        self._server.now_ms(),
-                        self._server.server_id,
-                        config.heartbeat_interval,
-                    )
-                )
+                self._greet()
                 try:
                     await self._read()
                 finally:
@@ -198,6 +192,17 @@ class Connection:
                 await self._say_goodbye()
             finally:
                 self._server.forget(self)
+
+    def _greet(self) -> None:
+        config = self._server.config
+        self.queue_reply(
+            protocol.welcome_frame(
+                self.client_id,
+                self._server.now_ms(),
+                self._server.server_id,
+                config.heartbeat_interval,
+            )
+        )
 
     def close(
         self, code: int, reason: str, *, drain: bool = False, deadline: float | None = None
@@ -250,10 +255,9 @@ class Connection:
                     self._server.count_close(GOING_AWAY)
                 if self.closed_by_server:
                     await ws.write(close_frame(self.close_code, self.close_reason))
-                    await self._wait_for_peer_close()
-                elif not ws.parser.done:
-                    pass  # the stream ended without a close frame: nothing to answer
-                elif self.close_code != ABNORMAL:  # the peer's close: answer it
+                    if not self._peer_closed:
+                        await self._wait_for_peer_close()
+                elif self._peer_closed:  # the peer's close: answer it
                     echo = None if self.close_code == NO_STATUS else self.close_code
                     await ws.write(close_frame(echo))
             except Closed:
@@ -444,10 +448,12 @@ class Connection:
                         if event.payload == self._ping_payload:
                             self._ping_payload = None
                     elif isinstance(event, Close):
+                        self._peer_closed = True
                         self._peer_left(event.code, event.reason)
                         return
                     else:
                         self.close(event.code, event.reason)
+                        self._peer_closed = event.in_close
                         return
                     if self.close_code is not None:
                         return

@@ -52,6 +52,10 @@ class DataTooLargeError(ValueError):
 class Server:
     """A running triows server; get one from ``await nursery.start(triows.serve, config)``."""
 
+    #: What serves an accepted WebSocket. Internal: the conformance echo server
+    #: (tests/conformance/echo_server.py) runs the same engine with a subclass.
+    connection_class: type[Connection] = Connection
+
     def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.wall_clock = wall_clock
@@ -290,7 +294,7 @@ class Server:
             if per_user and user is not None and self._per_user[user] >= per_user:
                 return await self._reject(pending, 429, "too many connections for this user")
             ws = await pending.accept()
-            conn = Connection(
+            conn = self.connection_class(
                 server=self,
                 ws=ws,
                 principal=principal,

@@ -386,6 +386,112 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
+def scale(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    """Hold ``--scale-connections`` idle connections (heartbeats on) against ``--workers``.
+
+    The fd limit is per process, so the load is spread over generator processes of at most
+    10,000 connections each, bound to 127.0.0.2-127.0.0.6 (each source address has its own
+    ~28k ephemeral ports), and the server over enough workers to stay under it too.
+    """
+    total, workers, hold = args.scale_connections, args.scale_workers, args.scale_hold
+    per_generator = 10_000
+    generators_needed = -(-total // per_generator)
+    port = free_port()
+    server = start_server(
+        "triows",
+        port,
+        ["--workers", str(workers), "--max-connections", "19000"],
+    )
+    generators: list[subprocess.Popen[str]] = []
+    try:
+        time.sleep(2.0)  # every worker listening
+        pids = process_tree(server.pid)
+        started = time.monotonic()
+        for index in range(generators_needed):
+            count = min(per_generator, total - index * per_generator)
+            address = f"127.0.0.{2 + index % 5}"
+            command = ["node", str(LOADGEN), "hold", f"ws://127.0.0.1:{port}/", "triows"]
+            command += [str(count), address, "250"]  # at most 250 handshakes in flight
+            generators.append(
+                subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        held = 0
+        for generator in generators:
+            assert generator.stdout is not None
+            line = generator.stdout.readline()
+            if not line.startswith("HOLD_READY"):
+                raise RuntimeError(f"a generator failed to open its connections: {line!r}")
+            held += int(line.split()[1])
+            print(f"  {held:,} connections open ({time.monotonic() - started:.0f} s)", flush=True)
+        connect_seconds = time.monotonic() - started
+        time.sleep(5.0)  # the last handshakes settle
+        rtt_start = sample_rtt(generators)
+        cpu_start = tree_cpu_seconds(pids)
+        hold_start = time.monotonic()
+        time.sleep(hold)
+        idle_cpu = (tree_cpu_seconds(pids) - cpu_start) / (time.monotonic() - hold_start)
+        rss_mib = sum(rss_kib(pid) for pid in pids) / 1024
+        rtt_end = sample_rtt(generators)
+        closed = rtt_end["closed"]
+    finally:
+        for generator in generators:
+            if generator.stdin is not None:
+                generator.stdin.close()
+        for generator in generators:
+            try:
+                generator.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                generator.kill()
+        stop(server)
+    row = {
+        "connections_held": held - closed,
+        "dropped": closed,
+        "connect_seconds": connect_seconds,
+        "hold_seconds": hold,
+        "rss_mib_total": rss_mib,
+        "kib_per_connection": rss_mib * 1024 / max(held, 1),
+        "idle_cpu_cores": idle_cpu,
+        "rtt_start": rtt_start,
+        "rtt_end": rtt_end,
+    }
+    figures["scale"] = row
+    print(
+        f"scale: {row['connections_held']:,} of {total:,} connections held for {hold:.0f} s "
+        f"(dropped {closed}) by {workers} workers; opened in {connect_seconds:.0f} s\n"
+        f"  server RSS {rss_mib:,.0f} MiB in total ({row['kib_per_connection']:.1f} KiB per "
+        f"connection, processes included); idle CPU {idle_cpu:.2f} cores (heartbeats on)\n"
+        f"  live round trips (ping request on {rtt_end['sampled']} connections): "
+        f"p50 {rtt_end['p50_ms']:.1f} ms, max {rtt_end['max_ms']:.1f} ms, "
+        f"{rtt_end['answered']} answered",
+        flush=True,
+    )
+
+
+def sample_rtt(generators: list[subprocess.Popen[str]]) -> dict[str, Any]:
+    """Ask every generator for round trips on a sample of its connections; merged."""
+    results = []
+    for generator in generators:
+        assert generator.stdin is not None
+        generator.stdin.write("rtt\n")
+        generator.stdin.flush()
+    for generator in generators:
+        assert generator.stdout is not None
+        results.append(json.loads(generator.stdout.readline()))
+    answered = sum(r["answered"] for r in results)
+    return {
+        "sampled": sum(r["sampled"] for r in results),
+        "answered": answered,
+        "p50_ms": statistics.median(r["p50_ms"] for r in results if r["p50_ms"] is not None),
+        "max_ms": max((r["max_ms"] for r in results if r["max_ms"] is not None), default=0.0),
+        "closed": sum(r["closed"] for r in results),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=1, help="runs per figure (median)")
@@ -401,6 +507,12 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=("single", "cluster"), help="run one part (default: both)"
     )
+    parser.add_argument(
+        "--scale", action="store_true", help="only the scale mode: idle connections at scale"
+    )
+    parser.add_argument("--scale-connections", type=int, default=100_000)
+    parser.add_argument("--scale-workers", type=int, default=6)
+    parser.add_argument("--scale-hold", type=float, default=60.0, help="seconds to hold them")
     args = parser.parse_args()
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -413,9 +525,11 @@ def main() -> None:
         "fanout": {},
         "cluster": {},
     }
-    if args.only != "cluster":
+    if args.scale:
+        scale(args, figures)
+    elif args.only != "cluster":
         single(args, figures)
-    if args.only != "single":
+    if args.only != "single" and not args.scale:
         cluster(args, figures)
     if args.json:
         print(json.dumps(figures, indent=2))

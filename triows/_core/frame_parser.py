@@ -68,13 +68,18 @@ class Close:
 
 
 class Failure:
-    """The peer broke the protocol: fail the connection with ``code``."""
+    """The peer broke the protocol: fail the connection with ``code``.
 
-    __slots__ = ("code", "reason")
+    ``in_close`` when the fault was in the peer's close frame: the peer has closed already,
+    so no close frame will follow and the server need not wait for one.
+    """
 
-    def __init__(self, code: int, reason: str) -> None:
+    __slots__ = ("code", "in_close", "reason")
+
+    def __init__(self, code: int, reason: str, *, in_close: bool = False) -> None:
         self.code = code
         self.reason = reason
+        self.in_close = in_close
 
     def __repr__(self) -> str:
         return f"Failure({self.code}, {self.reason!r})"
@@ -84,9 +89,10 @@ Event = Message | Ping | Pong | Close | Failure
 
 
 class _Fault(Exception):
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, *, in_close: bool = False) -> None:
         self.code = code
         self.reason = reason
+        self.in_close = in_close
 
 
 def valid_close_code(code: int) -> bool:
@@ -150,7 +156,7 @@ class FrameParser:
             self.done = True
             self._buffer = None
             self._fragments.clear()
-            events.append(Failure(fault.code, fault.reason))
+            events.append(Failure(fault.code, fault.reason, in_close=fault.in_close))
             return events
         if used == len(data):
             self._buffer = None
@@ -213,10 +219,13 @@ class FrameParser:
         if opcode >= CLOSE:
             if opcode > PONG:
                 raise _Fault(PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+            closing = opcode == CLOSE  # a broken close frame is still the peer's close
             if not fin:
-                raise _Fault(PROTOCOL_ERROR, "fragmented control frame")
+                raise _Fault(PROTOCOL_ERROR, "fragmented control frame", in_close=closing)
             if length > 125:
-                raise _Fault(PROTOCOL_ERROR, "control frame payload over 125 bytes")
+                raise _Fault(
+                    PROTOCOL_ERROR, "control frame payload over 125 bytes", in_close=closing
+                )
             return
         if opcode == CONTINUATION:
             if self._opcode is None:
@@ -265,8 +274,12 @@ class FrameParser:
         elif opcode == PONG:
             events.append(Pong(payload))
         else:
-            events.append(_close(payload))
             self.done = True
+            try:
+                events.append(_close(payload))
+            except _Fault as fault:
+                fault.in_close = True
+                raise
 
 
 def _close(payload: bytes) -> Close:

@@ -1,0 +1,61 @@
+"""An echo server on triows' connection engine, for the Autobahn|Testsuite fuzzing client.
+
+    python -m tests.conformance.echo_server PORT
+
+Everything but the application protocol is the server's own: the handshake, the frame parser,
+the ordered write path, pings, the closing handshake and the close codes. Only what a message
+means changes: it is sent back as it came (text as text, binary as binary), and there is no
+welcome. Limits are raised to what the test suite sends (16 MiB messages).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import trio
+
+import triows
+from triows._connection import Connection
+from triows._core.frames import BINARY, TEXT, frame
+from triows._server import Server
+
+
+class EchoConnection(Connection):
+    __slots__ = ()
+
+    def _greet(self) -> None:
+        pass
+
+    def _on_message(self, raw: str | bytes) -> None:
+        self.frames_in += 1
+        if isinstance(raw, str):
+            self.queue_reply(frame(TEXT, raw.encode()))
+        else:
+            self.queue_reply(frame(BINARY, raw))
+
+
+def config(port: int) -> triows.Config:
+    return triows.Config(
+        host="127.0.0.1",
+        port=port,
+        max_message_size=20 * 1024 * 1024,
+        outbox_size=100_000,
+        outbox_max_bytes=256 * 1024 * 1024,
+        heartbeat_interval=3600,
+        max_connections_per_ip=0,
+        publish_rate=0,
+    )
+
+
+async def serve_echo(
+    port: int, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+) -> None:
+    server = Server(config(port))
+    server.connection_class = EchoConnection
+    await server._run(None, task_status)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    trio.run(serve_echo, int(sys.argv[1]))
