@@ -35,3 +35,11 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]", "websockets>=13")
     session.run("npm", "install", "--silent", "--prefix", "tests/bench", external=True)
     session.run("python", "tests/bench/run.py", *session.posargs)
+
+
+@nox.session
+def autobahn(session: nox.Session) -> None:
+    """WebSocket conformance: the Autobahn|Testsuite fuzzing client (Python 2.7, found or
+    given with ``-- --python2 PATH``) against an echo server on triows' engine."""
+    session.install("-e", ".")
+    session.run("python", "-m", "tests.conformance.autobahn", *session.posargs)
