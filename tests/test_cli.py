@@ -189,3 +189,20 @@ def test_workers_auto_is_one_per_cpu_and_needs_redis() -> None:
     assert options.config.redis_url == "redis://r:6379/0"
     from_env = parse_config([], {"TRIOWS_WORKERS": "3", "TRIOWS_REDIS_URL": "redis://r"})
     assert from_env.workers == 3
+
+
+def test_the_fd_limit_is_raised_and_a_too_low_one_is_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import resource
+
+    from triows._cli import raise_fd_limit
+
+    calls: list[tuple[int, tuple[int, int]]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (1024, 4096))
+    monkeypatch.setattr(resource, "setrlimit", lambda kind, limits: calls.append((kind, limits)))
+    raise_fd_limit(1000)
+    assert calls == [(resource.RLIMIT_NOFILE, (4096, 4096))]
+    assert "open-file limit" not in caplog.text
+    raise_fd_limit(10_000)
+    assert "open-file limit (4096) is below --max-connections (10000)" in caplog.text

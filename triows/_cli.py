@@ -483,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parse_config(args, dict(os.environ))
     config = options.config
     configure_logging(options.log_level, options.log_format, os.environ.get(WORKER_ENV))
+    raise_fd_limit(config.max_connections)
     if options.workers > 1:
         from ._workers import supervise_workers
 
@@ -497,6 +498,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(cannot_listen(config, failure), file=sys.stderr)
         return 1
     return 0
+
+
+#: File descriptors a process needs besides its connections (listeners, epoll, Redis, logs).
+FD_MARGIN = 64
+
+
+def raise_fd_limit(max_connections: int) -> None:
+    """Take the soft open-file limit up to the hard one (every connection is a descriptor;
+    distributions often start processes at 1024), and say so when even that cannot hold
+    ``max_connections``: the kernel would then refuse accepts long before the server does."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft != resource.RLIM_INFINITY and soft < max_connections + FD_MARGIN:
+        log.warning(
+            "the open-file limit (%d) is below --max-connections (%d): raise it "
+            "(ulimit -n, LimitNOFILE= in systemd) or run --workers, each worker has its own",
+            soft,
+            max_connections,
+        )
 
 
 def cannot_listen(config: Config, failure: BaseException) -> str:
