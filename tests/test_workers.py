@@ -209,6 +209,26 @@ async def test_workers_do_not_outlive_a_killed_supervisor(redis_server: RedisSer
         await kill_if_running(process)
 
 
+async def test_workers_outlive_the_thread_that_started_them(redis_server: RedisServer) -> None:
+    """trio starts processes from a worker thread that ends after 10 idle seconds; a worker
+    must not take that for its supervisor's death (PR_SET_PDEATHSIG did: it is per thread)."""
+    from trio._core._thread_cache import IDLE_TIMEOUT
+
+    supervisor = await open_supervisor(redis_server.url, free_port())
+    process = supervisor.process
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(supervisor.read_log)
+            await supervisor.wait_for("triows listening", count=2)
+            workers = list(supervisor.workers().values())
+            await trio.sleep(IDLE_TIMEOUT + 3)
+            assert all(_alive(pid) for pid in workers)
+            assert not [line for line in supervisor.lines if "exited unexpectedly" in line]
+            nursery.cancel_scope.cancel()
+    finally:
+        await kill_if_running(process)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -397,23 +397,29 @@ WORKER_ENV = "TRIOWS_WORKER_INDEX"
 SUPERVISOR_ENV = "TRIOWS_SUPERVISOR_PID"
 
 
-def stop_with_supervisor() -> None:
-    """In a worker (its own session, so no terminal hangup reaches it): ask Linux for a
-    SIGTERM, hence a graceful drain, when the supervisor dies however it dies, so that no
-    worker outlives it. Elsewhere a no-op."""
-    supervisor = os.environ.get(SUPERVISOR_ENV)
-    if supervisor is None or not sys.platform.startswith("linux"):
-        return
-    import ctypes
+async def watch_supervisor(supervisor: int) -> None:
+    """In a worker: SIGTERM ourselves (hence a graceful drain) once the supervisor is gone,
+    however it died, so that no worker outlives it.
 
-    pr_set_pdeathsig = 1
+    Not ``PR_SET_PDEATHSIG``: Linux sends that signal when the *thread* that forked the
+    child exits, and trio starts processes from its worker threads, which end when idle, so
+    every worker would be stopped some seconds after it started. A pidfd (Linux 5.3) becomes
+    readable when the process exits; elsewhere the parent pid is checked once a second.
+    """
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != int(supervisor):  # it died before we asked
-        os.kill(os.getpid(), signal.SIGTERM)
+        pidfd = os.pidfd_open(supervisor)
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+    else:
+        while os.getppid() == supervisor:  # noqa: ASYNC110 - a parent pid has no event
+            await trio.sleep(1)
+    log.warning("the supervisor (pid %d) is gone: draining", supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def configure_logging(level: str, fmt: str, worker: str | None = None) -> None:
@@ -454,8 +460,11 @@ async def run(config: Config, *, worker: bool = False) -> None:
     SIGTERM to every process of the unit and the supervisor forwards its own, so a worker
     gets two for one stop. The supervisor kills workers itself when it must stop at once.
     """
+    supervisor = os.environ.get(SUPERVISOR_ENV)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
+            if worker and supervisor is not None:
+                nursery.start_soon(watch_supervisor, int(supervisor))
             server: Server = await nursery.start(serve, config)
             log.info("%s", _describe(server))
             async for signum in signals:
@@ -488,7 +497,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._workers import supervise_workers
 
         return supervise_workers(args, options.workers, config)
-    stop_with_supervisor()
     failure: BaseException | None = None
     try:
         trio.run(functools.partial(run, config, worker=os.environ.get(WORKER_ENV) is not None))

@@ -15,7 +15,7 @@ processes. The supervisor:
   session, so a terminal's Ctrl-C reaches only the supervisor, and a worker treats any number
   of signals as one graceful drain (systemd signals every process of the unit, and the
   supervisor forwards its own): one stop is always one drain. A worker whose supervisor dies
-  gets SIGTERM from Linux (``PR_SET_PDEATHSIG``) and drains too.
+  sees it go (a pidfd, see ``_cli.watch_supervisor``) and drains too.
 """
 
 from __future__ import annotations

@@ -393,6 +393,16 @@ def scale(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     10,000 connections each, bound to 127.0.0.2-127.0.0.6 (each source address has its own
     ~28k ephemeral ports), and the server over enough workers to stay under it too.
     """
+    with tempfile.TemporaryDirectory() as directory:
+        redis = RedisServer(Path(directory))  # --workers share channels through Redis
+        redis.start()
+        try:
+            hold_at_scale(args, figures, redis.url)
+        finally:
+            redis.stop()
+
+
+def hold_at_scale(args: argparse.Namespace, figures: dict[str, Any], redis_url: str) -> None:
     total, workers, hold = args.scale_connections, args.scale_workers, args.scale_hold
     per_generator = 10_000
     generators_needed = -(-total // per_generator)
@@ -400,7 +410,7 @@ def scale(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     server = start_server(
         "triows",
         port,
-        ["--workers", str(workers), "--max-connections", "19000"],
+        ["--workers", str(workers), "--max-connections", "19000", "--redis-url", redis_url],
     )
     generators: list[subprocess.Popen[str]] = []
     try:
