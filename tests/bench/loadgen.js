@@ -39,7 +39,10 @@ function open(onMessage) {
       if (!ready) {
         // triows greets with "welcome", then answers our subscribe with "subscribed".
         const frame = JSON.parse(data);
-        if (frame.type === "welcome") {
+        if (frame.type === "welcome" && mode === "hold") {
+          ready = true; // idle connections: connected, greeted, subscribed to nothing
+          resolve(ws);
+        } else if (frame.type === "welcome") {
           ws.send(JSON.stringify({ type: "subscribe", channel: "bench" }));
         } else if (frame.type === "subscribed") {
           ready = true;
@@ -222,9 +225,29 @@ async function handshakes() {
   process.exit(0);
 }
 
+async function openWithRetries(attempts) {
+  // A server busy with thousands of handshakes may time some out: retry as a client would.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await open(() => {});
+    } catch (err) {
+      if (attempt >= attempts) throw err;
+      await new Promise((r) => setTimeout(r, Math.random() * 1000 * attempt));
+    }
+  }
+}
+
 async function hold() {
   let closed = 0;
-  const sockets = await openMany(count, () => {}, Number(measureText || 500));
+  const sockets = [];
+  let next = 0;
+  async function opener() {
+    while (next < count) {
+      next++;
+      sockets.push(await openWithRetries(10));
+    }
+  }
+  await Promise.all(Array.from({ length: Number(measureText || 100) }, opener));
   const pending = new Map(); // socket -> [resolve, sentAt]
   for (const ws of sockets) {
     ws.on("close", () => closed++);

@@ -421,7 +421,7 @@ def hold_at_scale(args: argparse.Namespace, figures: dict[str, Any], redis_url: 
             count = min(per_generator, total - index * per_generator)
             address = f"127.0.0.{2 + index % 5}"
             command = ["node", str(LOADGEN), "hold", f"ws://127.0.0.1:{port}/", "triows"]
-            command += [str(count), address, "250"]  # at most 250 handshakes in flight
+            command += [str(count), address, "100"]  # at most 100 handshakes in flight
             generators.append(
                 subprocess.Popen(
                     command,
