@@ -410,10 +410,12 @@ def hold_at_scale(args: argparse.Namespace, figures: dict[str, Any], redis_url: 
     server = start_server(
         "triows",
         port,
-        ["--workers", str(workers), "--max-connections", "19000", "--redis-url", redis_url]
-        # Idle means connected and greeted, subscribed to nothing: without this the idle
-        # sweeper would rightly close them after 300 s (listeners hold a subscription).
-        + ["--idle-timeout", "0"],
+        [
+            *("--workers", str(workers), "--max-connections", "19000", "--redis-url", redis_url),
+            # Idle means connected and greeted, subscribed to nothing: without this the idle
+            # sweeper would rightly close them after 300 s (listeners hold a subscription).
+            *("--idle-timeout", "0"),
+        ],
     )
     generators: list[subprocess.Popen[str]] = []
     try:
