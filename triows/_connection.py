@@ -76,11 +76,13 @@ class Connection:
     __slots__ = (
         "_acks_over",
         "_backlog",
+        "_beat",
         "_busy",
         "_close_deadline",
         "_drain",
         "_ending",
         "_expiry_scope",
+        "_next_ping",
         "_nursery",
         "_peer_closed",
         "_ping_payload",
@@ -132,6 +134,8 @@ class Connection:
         self._tail_queued = False  # the outbox starts with the unwritten tail of a frame
         self._ping_payload: bytes | None = None  # the heartbeat ping not answered yet
         self._peer_closed = False  # the peer sent its close frame (valid or not)
+        self._beat: trio.CancelScope | None = None  # the heartbeat's sleep
+        self._next_ping = 0.0
         self._room: trio.Event | None = None
         #: The connection is ending: its tasks are cancelled (or will be once they start).
         self._ending = False
@@ -445,8 +449,7 @@ class Connection:
                         if self._send(frame(PONG, event.payload)) is Verdict.OVER:
                             self._close_not_reading()
                     elif isinstance(event, Pong):
-                        if event.payload == self._ping_payload:
-                            self._ping_payload = None
+                        self._pong(event.payload)
                     elif isinstance(event, Close):
                         self._peer_closed = True
                         self._peer_left(event.code, event.reason)
@@ -691,28 +694,32 @@ class Connection:
     # -- liveness and expiry --------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        """A ping every ``heartbeat_interval`` while the last one was answered; 1011 when one
-        is not answered within ``heartbeat_timeout``. The reader clears ``_ping_payload`` when
-        the matching pong comes, so waiting for it costs no task and no event."""
+        """A ping every ``heartbeat_interval``; 1011 when one is not answered within
+        ``heartbeat_timeout``. After a ping this task sleeps until the pong deadline; the
+        reader, seeing the pong, moves that wake-up to the next ping. One wake-up per ping,
+        no event, no extra task."""
         config = self._server.config
         pings = 0
-        next_ping = trio.current_time() + config.heartbeat_interval
-        pong_deadline = float("inf")
+        wake = trio.current_time() + config.heartbeat_interval
         while True:
-            await trio.sleep_until(min(next_ping, pong_deadline))
-            now = trio.current_time()
-            if self._ping_payload is None:
-                pong_deadline = float("inf")
-            elif now >= pong_deadline:
+            with trio.CancelScope(deadline=wake) as self._beat:
+                await trio.sleep_forever()
+            if self._ping_payload is not None:  # woken at the pong deadline: none came
                 self.close(INTERNAL_ERROR, "Heartbeat timeout")
                 return
-            if now >= next_ping:
-                next_ping = now + config.heartbeat_interval
-                if self._ping_payload is None:
-                    pings += 1
-                    self._ping_payload = pings.to_bytes(8, "big")
-                    self._send(frame(PING, self._ping_payload))
-                    pong_deadline = now + config.heartbeat_timeout
+            now = trio.current_time()
+            pings += 1
+            self._ping_payload = pings.to_bytes(8, "big")
+            self._send(frame(PING, self._ping_payload))
+            self._next_ping = now + config.heartbeat_interval
+            wake = now + config.heartbeat_timeout
+
+    def _pong(self, payload: bytes) -> None:
+        if payload == self._ping_payload:
+            self._ping_payload = None
+            beat = self._beat
+            if beat is not None:
+                beat.deadline = self._next_ping
 
     def _expiry_deadline(self) -> float:
         expires_at = self.principal.expires_at
