@@ -7,7 +7,8 @@
 //   node loadgen.js idle       <url> <protocol> <connections>
 //   node loadgen.js hold       <url> <protocol> <connections> <local address> [in flight]
 //
-// fanout: N subscribers on one channel and one publisher. The publisher keeps WINDOW messages
+// fanout: N subscribers on one channel and one publisher. A negative WINDOW publishes -WINDOW
+// messages per second (paced, for latency); otherwise the publisher keeps WINDOW messages
 // in flight, a message counting as done once every subscriber has it, so both servers get the
 // same closed-loop load (a larger window hides the extra hop of a Redis-backed cluster). Prints "MEASURE_START" / "MEASURE_END" lines (the runner samples the
 // server's CPU time at those moments) and then one JSON line of results.
@@ -107,7 +108,7 @@ async function fanout() {
     if (left === 0) {
       remaining.delete(n);
       sentAt.delete(n);
-      publish();
+      if (WINDOW > 0) publish();
     } else {
       remaining.set(n, left);
     }
@@ -115,7 +116,13 @@ async function fanout() {
 
   await openMany(count, onDelivery);
   publisher = await open(() => {}); // acks and nothing else
-  for (let i = 0; i < WINDOW; i++) publish();
+  if (WINDOW < 0) {
+    // Paced: -WINDOW messages per second whatever the deliveries, for latency at a known
+    // rate (a closed loop measures queueing as much as cost).
+    setInterval(publish, 1000 / -WINDOW);
+  } else {
+    for (let i = 0; i < WINDOW; i++) publish();
+  }
   await new Promise((r) => setTimeout(r, warmup));
   latencies = [];
   deliveries = 0;

@@ -103,7 +103,7 @@ def start_server(
             "--port",
             str(port),
             "--max-connections",
-            "20000",
+            "19000",
             # One load generator on one address, publishing as fast as it can.
             "--max-connections-per-ip",
             "0",
@@ -518,6 +518,9 @@ def main() -> None:
     parser.add_argument(
         "--handshakes", type=int, default=5000, help="connections opened and closed (0: skip)"
     )
+    parser.add_argument(
+        "--paced", type=int, default=5000, help="deliveries/s for the paced latency (0: skip)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument(
         "--only", choices=("single", "cluster"), help="run one part (default: both)"
@@ -538,6 +541,7 @@ def main() -> None:
         "handshakes": {},
         "idle_kib_per_connection": {},
         "fanout": {},
+        "paced": {},
         "cluster": {},
     }
     if args.scale:
@@ -607,6 +611,30 @@ def single(args: argparse.Namespace, figures: dict[str, Any]) -> None:
                 f"triows / {peer}, deliveries per server CPU-second",
                 key=f"ratio_{peer}",
             )
+    if args.paced:
+        paced_latency(args, figures)
+
+
+def paced_latency(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    """Latency at a set rate (``--paced`` deliveries/s to 1000 subscribers), not saturated."""
+    subscribers = 1000
+    per_second = max(1, args.paced // subscribers)
+    print(
+        f"\npaced: {subscribers} subscribers, {per_second} messages/s "
+        f"({per_second * subscribers:,} deliveries/s)",
+        flush=True,
+    )
+    for kind in SERVERS:
+        runs = [
+            fanout(kind, subscribers, args.warmup, args.measure, window=-per_second)
+            for _ in range(args.repeat)
+        ]
+        row = figures["paced"][kind] = median_of(runs)
+        print(
+            f"{kind:14} p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
+            f"server CPU {row['server_cpu_share']:.2f}",
+            flush=True,
+        )
 
 
 def ratios(section: dict[str, Any], field: str, text: str) -> None:
