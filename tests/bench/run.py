@@ -504,6 +504,7 @@ def sample_rtt(generators: list[subprocess.Popen[str]]) -> dict[str, Any]:
         "p50_ms": statistics.median(r["p50_ms"] for r in results if r["p50_ms"] is not None),
         "max_ms": max((r["max_ms"] for r in results if r["max_ms"] is not None), default=0.0),
         "closed": sum(r["closed"] for r in results),
+        "answered_per_generator": [r["answered"] for r in results],
     }
 
 
