@@ -7,6 +7,8 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -190,23 +192,28 @@ async def test_one_stop_signal_is_one_graceful_drain(redis_server: RedisServer, 
     assert not [line for line in supervisor.lines if "stopping now" in line]
 
 
-async def test_workers_do_not_outlive_a_killed_supervisor(redis_server: RedisServer) -> None:
-    supervisor = await open_supervisor(redis_server.url, free_port())
-    process = supervisor.process
+@asynccontextmanager
+async def two_workers_listening(redis_url: str) -> AsyncIterator[tuple[Supervisor, list[int]]]:
+    """A supervisor whose two workers listen; yields it and the workers' pids."""
+    supervisor = await open_supervisor(redis_url, free_port())
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(supervisor.read_log)
             await supervisor.wait_for("triows listening", count=2)
-            workers = list(supervisor.workers().values())
-            process.kill()
-            await process.wait()
-            with trio.fail_after(20):
-                # Not our children: their exit cannot be awaited, only polled.
-                while any(_alive(pid) for pid in workers):  # noqa: ASYNC110
-                    await trio.sleep(0.1)
+            yield supervisor, list(supervisor.workers().values())
             nursery.cancel_scope.cancel()
     finally:
-        await kill_if_running(process)
+        await kill_if_running(supervisor.process)
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor(redis_server: RedisServer) -> None:
+    async with two_workers_listening(redis_server.url) as (supervisor, workers):
+        supervisor.process.kill()
+        await supervisor.process.wait()
+        with trio.fail_after(20):
+            # Not our children: their exit cannot be awaited, only polled.
+            while any(_alive(pid) for pid in workers):  # noqa: ASYNC110
+                await trio.sleep(0.1)
 
 
 async def test_workers_outlive_the_thread_that_started_them(redis_server: RedisServer) -> None:
@@ -214,19 +221,10 @@ async def test_workers_outlive_the_thread_that_started_them(redis_server: RedisS
     must not take that for its supervisor's death (PR_SET_PDEATHSIG did: it is per thread)."""
     from trio._core._thread_cache import IDLE_TIMEOUT
 
-    supervisor = await open_supervisor(redis_server.url, free_port())
-    process = supervisor.process
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(supervisor.read_log)
-            await supervisor.wait_for("triows listening", count=2)
-            workers = list(supervisor.workers().values())
-            await trio.sleep(IDLE_TIMEOUT + 3)
-            assert all(_alive(pid) for pid in workers)
-            assert not [line for line in supervisor.lines if "exited unexpectedly" in line]
-            nursery.cancel_scope.cancel()
-    finally:
-        await kill_if_running(process)
+    async with two_workers_listening(redis_server.url) as (supervisor, workers):
+        await trio.sleep(IDLE_TIMEOUT + 3)
+        assert all(_alive(pid) for pid in workers)
+        assert not [line for line in supervisor.lines if "exited unexpectedly" in line]
 
 
 def _alive(pid: int) -> bool:

@@ -379,9 +379,7 @@ class Server:
     ) -> None:
         """What the token allows; the ``authorize`` hook, if any, is asked in :meth:`authorize`."""
         if not principal.may(action, channel):
-            raise ProtocolError(
-                protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'", request_id
-            )
+            raise _forbidden(action, channel, request_id)
 
     async def authorize(
         self,
@@ -404,9 +402,7 @@ class Server:
                     protocol.INTERNAL, "authorization timed out", request_id
                 ) from None
         if not result:
-            raise ProtocolError(
-                protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'", request_id
-            )
+            raise _forbidden(action, channel, request_id)
 
     def check_rate(
         self,
@@ -482,6 +478,12 @@ class Server:
 
     def connections(self) -> list[Connection]:
         return list(self._connections)
+
+
+def _forbidden(
+    action: Action, channel: str, request_id: protocol.RequestId | None
+) -> ProtocolError:
+    return ProtocolError(protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'", request_id)
 
 
 def _decrement(counter: Counter[str], key: str) -> None:

@@ -77,6 +77,20 @@ function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
+// After `warmup` ms, measure for `measure` ms: setMeasuring(true) resets the counters, and the
+// MEASURE_START / MEASURE_END lines let the runner read the server's CPU time. Returns seconds.
+async function measureWindow(warmup, measure, setMeasuring) {
+  await new Promise((r) => setTimeout(r, warmup));
+  setMeasuring(true);
+  const start = performance.now();
+  console.log("MEASURE_START");
+  await new Promise((r) => setTimeout(r, measure));
+  setMeasuring(false);
+  const elapsed = (performance.now() - start) / 1000;
+  console.log("MEASURE_END");
+  return elapsed;
+}
+
 async function fanout() {
   const warmup = Number(warmupText) * 1000;
   const measure = Number(measureText) * 1000;
@@ -123,16 +137,13 @@ async function fanout() {
   } else {
     for (let i = 0; i < WINDOW; i++) publish();
   }
-  await new Promise((r) => setTimeout(r, warmup));
-  latencies = [];
-  deliveries = 0;
-  measuring = true;
-  const start = performance.now();
-  console.log("MEASURE_START");
-  await new Promise((r) => setTimeout(r, measure));
-  measuring = false;
-  const elapsed = (performance.now() - start) / 1000;
-  console.log("MEASURE_END");
+  const elapsed = await measureWindow(warmup, measure, (on) => {
+    measuring = on;
+    if (on) {
+      latencies = [];
+      deliveries = 0;
+    }
+  });
   latencies.sort((a, b) => a - b);
   console.log(
     JSON.stringify({
@@ -182,16 +193,13 @@ async function rpc() {
     clients.push(client);
   }
   for (const client of clients) client.send();
-  await new Promise((r) => setTimeout(r, warmup));
-  latencies = [];
-  replies = 0;
-  measuring = true;
-  const start = performance.now();
-  console.log("MEASURE_START");
-  await new Promise((r) => setTimeout(r, measure));
-  measuring = false;
-  const elapsed = (performance.now() - start) / 1000;
-  console.log("MEASURE_END");
+  const elapsed = await measureWindow(warmup, measure, (on) => {
+    measuring = on;
+    if (on) {
+      latencies = [];
+      replies = 0;
+    }
+  });
   latencies.sort((a, b) => a - b);
   console.log(
     JSON.stringify({
