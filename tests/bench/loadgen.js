@@ -30,12 +30,16 @@ const localAddress = mode === "hold" ? warmupText : undefined;
 const count = Number(countText);
 const WINDOW = Number(windowText || 16);
 const PAD = "x".repeat(64);
+let closedAfterOpen = 0;
 
 function open(onMessage) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 1 << 20, localAddress });
     let ready = false;
     ws.on("error", (err) => (ready ? console.error("socket error", err.message) : reject(err)));
+    ws.on("close", () => {
+      if (ready) closedAfterOpen++; // counted from the start: none may go unnoticed
+    });
     ws.on("message", (data) => {
       if (!ready) {
         // triows greets with "welcome", then answers our subscribe with "subscribed".
@@ -253,7 +257,6 @@ async function openWithRetries(attempts) {
 }
 
 async function hold() {
-  let closed = 0;
   const sockets = [];
   let next = 0;
   async function opener() {
@@ -265,7 +268,6 @@ async function hold() {
   await Promise.all(Array.from({ length: Number(measureText || 100) }, opener));
   const pending = new Map(); // socket -> [resolve, sentAt]
   for (const ws of sockets) {
-    ws.on("close", () => closed++);
     ws.on("message", (raw) => {
       const waiting = pending.get(ws);
       if (waiting && JSON.parse(raw).type === "pong") {
@@ -277,9 +279,10 @@ async function hold() {
   console.log(`HOLD_READY ${sockets.length}`);
   const lines = require("readline").createInterface({ input: process.stdin });
   lines.on("line", async () => {
+    const live = sockets.filter((ws) => ws.readyState === WebSocket.OPEN);
     const sample = [];
-    for (let i = 0; i < sockets.length; i += Math.max(1, Math.floor(sockets.length / 100))) {
-      sample.push(sockets[i]);
+    for (let i = 0; i < live.length; i += Math.max(1, Math.floor(live.length / 100))) {
+      sample.push(live[i]);
     }
     const times = await Promise.all(
       sample.map(
@@ -298,12 +301,13 @@ async function hold() {
         answered: ok.length,
         p50_ms: percentile(ok, 50),
         max_ms: ok.length ? ok[ok.length - 1] : null,
-        closed,
+        closed: closedAfterOpen,
+        open: live.length,
       })
     );
   });
   lines.on("close", () => {
-    console.log(JSON.stringify({ closed }));
+    console.log(JSON.stringify({ closed: closedAfterOpen }));
     process.exit(0);
   });
 }

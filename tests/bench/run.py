@@ -452,7 +452,7 @@ def hold_at_scale(args: argparse.Namespace, figures: dict[str, Any], redis_url: 
         idle_cpu = (tree_cpu_seconds(pids) - cpu_start) / (time.monotonic() - hold_start)
         rss_mib = sum(rss_kib(pid) for pid in pids) / 1024
         rtt_end = sample_rtt(generators)
-        closed = rtt_end["closed"]
+        closed = held - rtt_end["open"]  # every connection not open now was dropped
     finally:
         for generator in generators:
             if generator.stdin is not None:
@@ -505,6 +505,7 @@ def sample_rtt(generators: list[subprocess.Popen[str]]) -> dict[str, Any]:
         "max_ms": max((r["max_ms"] for r in results if r["max_ms"] is not None), default=0.0),
         "closed": sum(r["closed"] for r in results),
         "answered_per_generator": [r["answered"] for r in results],
+        "open": sum(r["open"] for r in results),
     }
 
 
