@@ -31,14 +31,17 @@ const count = Number(countText);
 const WINDOW = Number(windowText || 16);
 const PAD = "x".repeat(64);
 let closedAfterOpen = 0;
+const closeCodes = {}; // close code -> connections the server closed after they opened
 
 function open(onMessage) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 1 << 20, localAddress });
     let ready = false;
     ws.on("error", (err) => (ready ? console.error("socket error", err.message) : reject(err)));
-    ws.on("close", () => {
-      if (ready) closedAfterOpen++; // counted from the start: none may go unnoticed
+    ws.on("close", (code) => {
+      if (!ready) return;
+      closedAfterOpen++; // counted from the start: none may go unnoticed
+      closeCodes[code] = (closeCodes[code] || 0) + 1;
     });
     ws.on("message", (data) => {
       if (!ready) {
@@ -302,6 +305,7 @@ async function hold() {
         p50_ms: percentile(ok, 50),
         max_ms: ok.length ? ok[ok.length - 1] : null,
         closed: closedAfterOpen,
+        close_codes: closeCodes,
         open: live.length,
       })
     );
