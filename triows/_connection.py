@@ -269,7 +269,7 @@ class Connection:
         self.outbox.clear()
         if self._room is not None:
             self._room.set()
-        await ws.aclose()
+        ws.close_now()
 
     async def _wait_for_peer_close(self) -> None:
         """Read (and ignore) until the peer's close frame or the end of the stream."""

@@ -145,8 +145,11 @@ class WebSocket:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             return b""  # reset, or closed under us
 
-    async def aclose(self) -> None:
-        await trio.aclose_forcefully(self.stream)
+    def close_now(self) -> None:
+        """Close a TCP socket at once (the closing handshake is done). Other streams are
+        closed by the transport when the connection's task returns."""
+        if self._sock is not None:
+            self.stream.socket.close()  # type: ignore[attr-defined]
 
 
 @attrs.frozen(kw_only=True)
@@ -197,9 +200,15 @@ class PendingHandshake:
         )
 
     async def accept(self) -> WebSocket:
-        with trio.fail_after(self._write_timeout):
-            await self._stream.send_all(accept_response(self._key))
-        return WebSocket(self._stream, FrameParser(self._max_message_size), self._leftover)
+        ws = WebSocket(self._stream, FrameParser(self._max_message_size), self._leftover)
+        response = accept_response(self._key)
+        written = ws.write_nowait(response)  # an empty socket takes it whole: no wait, no scope
+        if written < len(response):
+            with trio.fail_after(self._write_timeout):
+                await self._stream.send_all(response[written:])
+        else:
+            await trio.lowlevel.checkpoint()  # a checkpoint either way, as send_all is
+        return ws
 
     async def reject(self, status: int, message: str) -> None:
         with trio.move_on_after(self._write_timeout):
@@ -303,8 +312,7 @@ async def _serve_stream(
         log.debug("peer left during the handshake: %r", gone)
     except Exception:
         log.exception("connection task failed")
-    finally:
-        await trio.aclose_forcefully(stream)
+    # trio.serve_listeners closes the stream when this returns, whatever happened.
 
 
 async def serve_streams(

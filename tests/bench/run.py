@@ -519,7 +519,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per figure (median)")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--measure", type=float, default=5.0)
-    parser.add_argument("--subscribers", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument(
+        "--subscribers", type=int, nargs="*", default=[100, 1000], help="fan-out sizes (none: skip)"
+    )
     parser.add_argument("--idle", type=int, default=5000, help="idle connections (0: skip)")
     parser.add_argument("--clients", type=int, default=50, help="request→reply clients (0: skip)")
     parser.add_argument(
