@@ -402,11 +402,6 @@ class Connection:
     def _close_not_reading(self) -> None:
         self._server.fanout.slow_consumer(self, "Slow consumer: replies are not being read")
 
-    async def reply(self, frame: dict[str, object]) -> None:
-        """Send a reply to this client, waiting (boundedly) while its outbox is over capacity."""
-        if self.queue_reply(frame):
-            await self.settle()
-
     def reply_nowait(self, frame: dict[str, object]) -> None:
         """A reply that cannot wait; a client that lets its replies pile up beyond its outbox
         while sending more is not reading and is closed with 1013."""
