@@ -128,7 +128,8 @@ class Connection:
         self.client_id = client_id
         self.outbox = Outbox(config.outbox_size, config.outbox_max_bytes)
         self._nursery: trio.Nursery | None = None
-        self._backlog: list[protocol.Request] = []  # at most inbox_size: a list is enough
+        #: Requests read while one waits (at most inbox_size: a list is enough); made on need.
+        self._backlog: list[protocol.Request] | None = None
         self._busy = False  # a requests task is serving; later requests queue behind it
         self._writer_running = False
         self._tail_queued = False  # the outbox starts with the unwritten tail of a frame
@@ -149,8 +150,9 @@ class Connection:
         self.close_reason = ""
         self.closed_by_server = False
         now = trio.current_time()
-        self._publish_bucket = TokenBucket(config.publish_rate, 2 * config.publish_rate, now)
-        self._subscribe_bucket = TokenBucket(config.subscribe_rate, 2 * config.subscribe_rate, now)
+        # Made at first use: a bucket made then is full, as one made now would be by then.
+        self._publish_bucket: TokenBucket | None = None
+        self._subscribe_bucket: TokenBucket | None = None
         self.connected_at = now
         self.last_activity = now
         self.frames_in = 0
@@ -469,6 +471,8 @@ class Connection:
             self.reply_nowait(protocol.error_frame(exc.code, exc.message, exc.request_id))
             return
         if self._busy:  # behind a request that waits: keep the order
+            if self._backlog is None:
+                self._backlog = []
             if len(self._backlog) < self._server.config.inbox_size:
                 self._backlog.append(request)
             else:
@@ -503,8 +507,22 @@ class Connection:
                     wait = self._serve_safely(request)
                     if wait is not None:
                         await wait()
+            self._backlog = None
         finally:
             self._busy = False
+
+    def _bucket(self, action: Action) -> TokenBucket:
+        """This connection's rate bucket for ``action``, made at its first use."""
+        config = self._server.config
+        if action is Action.PUBLISH:
+            if self._publish_bucket is None:
+                rate = config.publish_rate
+                self._publish_bucket = TokenBucket(rate, 2 * rate, trio.current_time())
+            return self._publish_bucket
+        if self._subscribe_bucket is None:
+            rate = config.subscribe_rate
+            self._subscribe_bucket = TokenBucket(rate, 2 * rate, trio.current_time())
+        return self._subscribe_bucket
 
     def _may_wait(self, request: protocol.Request) -> bool:
         """Whether serving ``request`` may need to wait before its reply is known: an
@@ -534,11 +552,13 @@ class Connection:
         server = self._server
         match request:
             case protocol.Publish(channel=channel, id=request_id):
-                server.check_rate(self, Action.PUBLISH, self._publish_bucket, request_id)
+                server.check_rate(self, Action.PUBLISH, self._bucket(Action.PUBLISH), request_id)
                 server.check_allowed(self.principal, Action.PUBLISH, channel, request_id)
                 return self._publish(request)
             case protocol.Subscribe(channel=channel, id=request_id):
-                server.check_rate(self, Action.SUBSCRIBE, self._subscribe_bucket, request_id)
+                server.check_rate(
+                    self, Action.SUBSCRIBE, self._bucket(Action.SUBSCRIBE), request_id
+                )
                 server.check_allowed(self.principal, Action.SUBSCRIBE, channel, request_id)
                 subscribed = self._broker_call(
                     request_id,
@@ -580,11 +600,15 @@ class Connection:
         try:
             match request:
                 case protocol.Publish(channel=channel, id=request_id):
-                    server.check_rate(self, Action.PUBLISH, self._publish_bucket, request_id)
+                    server.check_rate(
+                        self, Action.PUBLISH, self._bucket(Action.PUBLISH), request_id
+                    )
                     await server.authorize(self.principal, Action.PUBLISH, channel, request_id)
                     wait = self._publish(request)
                 case protocol.Subscribe(channel=channel, id=request_id):
-                    server.check_rate(self, Action.SUBSCRIBE, self._subscribe_bucket, request_id)
+                    server.check_rate(
+                        self, Action.SUBSCRIBE, self._bucket(Action.SUBSCRIBE), request_id
+                    )
                     await server.authorize(self.principal, Action.SUBSCRIBE, channel, request_id)
                     try:
                         subscribed = await server.broker.subscribe(

@@ -134,7 +134,7 @@ class FrameParser:
         self._buffer: bytearray | None = None
         self._need = 0
         self._opcode: int | None = None  # of the fragmented message in progress
-        self._fragments: list[bytes] = []
+        self._fragments: list[bytes] | None = None  # of a fragmented message, made on need
         self._size = 0  # bytes of the fragmented message so far
         self._decoder: codecs.IncrementalDecoder | None = None
         #: A close frame or a fault ended the stream: nothing after it is parsed.
@@ -155,7 +155,7 @@ class FrameParser:
         except _Fault as fault:
             self.done = True
             self._buffer = None
-            self._fragments.clear()
+            self._fragments = None
             events.append(Failure(fault.code, fault.reason, in_close=fault.in_close))
             return events
         if used == len(data):
@@ -260,11 +260,13 @@ class FrameParser:
                 decoder.decode(payload, final=bool(fin))
             except UnicodeDecodeError:
                 raise _Fault(INVALID_DATA, "text message is not valid UTF-8") from None
+        if self._fragments is None:
+            self._fragments = []
         self._fragments.append(payload)
         if fin:
             whole = b"".join(self._fragments)
             text = self._opcode == TEXT
-            self._fragments.clear()
+            self._fragments = None
             self._opcode, self._decoder, self._size = None, None, 0
             events.append(Message(whole.decode() if text else whole))
 
