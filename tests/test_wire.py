@@ -218,15 +218,7 @@ async def test_the_conformance_echo_server_echoes_on_the_same_engine() -> None:
 
     async with trio.open_nursery() as nursery:
         server: triows.Server = await nursery.start(serve_echo, 0)
-        client = WireClient(trio.socket.socket())
-        await client.sock.connect(("127.0.0.1", server.port))
-        await client.send_raw(
-            b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += await client.sock.recv(1)
+        client = await WireClient.connect(server.port, welcome=False)
         await client.send_frame(TEXT, b'"hi"')
         await client.send_frame(0x2, b"\x00\x01")
         await client.read_until(lambda c: len(c.frames) == 2)

@@ -21,9 +21,10 @@ a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
 import trio
@@ -66,6 +67,17 @@ def _cancelled() -> bool:
     """Whether the calling task is cancelled (from outside too): a write started now would be
     cut at its first checkpoint, leaving the stream unusable for the close frame."""
     return trio.current_effective_deadline() == float("-inf")
+
+
+@contextlib.contextmanager
+def _subscribe_errors(request_id: protocol.RequestId | None) -> Iterator[None]:
+    """A broker's refusal to subscribe, as the error the client gets."""
+    try:
+        yield
+    except SubscriptionLimitError as exc:
+        raise ProtocolError(protocol.TOO_MANY, str(exc), request_id) from None
+    except BrokerUnavailableError as exc:
+        raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
 
 
 #: Something a request still has to wait for once its synchronous part is done.
@@ -247,6 +259,8 @@ class Connection:
         deadline = self._close_deadline
         if deadline is None:  # cancelled from outside, or the peer left first
             deadline = trio.current_time() + CANCELLED_GOODBYE
+        if self.close_code is None:  # cancelled from outside: still a 1001 goodbye
+            self.close(GOING_AWAY, "Server shutting down", deadline=deadline)
         ws = self.ws
         with trio.move_on_at(deadline) as scope:
             scope.shield = True
@@ -256,9 +270,6 @@ class Connection:
                         await self._write_batch(WRITE_BATCH)
                 elif self._tail_queued:  # a frame is half on the wire: finish it first
                     await self._write_batch(0)
-                if self.close_code is None:  # cancelled from outside
-                    self.close_code, self.closed_by_server = GOING_AWAY, True
-                    self._server.count_close(GOING_AWAY)
                 if self.closed_by_server:
                     await ws.write(close_frame(self.close_code, self.close_reason))
                     if not self._peer_closed:
@@ -539,35 +550,34 @@ class Connection:
     def _serve_safely(self, request: protocol.Request) -> Wait | None:
         try:
             return self._serve_now(request)
-        except ProtocolError as exc:
+        except Exception as exc:
+            return self._failed(request, exc)
+
+    def _failed(self, request: protocol.Request, exc: Exception) -> Wait | None:
+        """Answer a request that failed: its error, or a plain 500 for a bug (logged)."""
+        if isinstance(exc, ProtocolError):
             return self._reply(protocol.error_frame(exc.code, exc.message, exc.request_id))
-        except Exception:
-            log.exception("request %s from %s failed", type(request).__name__, self.client_id)
-            return self._reply(
-                protocol.error_frame(protocol.INTERNAL, "internal error", request.id)
-            )
+        log.error("request %s from %s failed", type(request).__name__, self.client_id, exc_info=exc)
+        return self._reply(protocol.error_frame(protocol.INTERNAL, "internal error", request.id))
+
+    def _check_rate(self, action: Action, request_id: protocol.RequestId | None) -> None:
+        self._server.check_rate(self, action, self._bucket(action), request_id)
 
     def _serve_now(self, request: protocol.Request) -> Wait | None:
         """Serve a request that needs no waiting; returns what is left to wait for, if any."""
         server = self._server
         match request:
             case protocol.Publish(channel=channel, id=request_id):
-                server.check_rate(self, Action.PUBLISH, self._bucket(Action.PUBLISH), request_id)
+                self._check_rate(Action.PUBLISH, request_id)
                 server.check_allowed(self.principal, Action.PUBLISH, channel, request_id)
                 return self._publish(request)
             case protocol.Subscribe(channel=channel, id=request_id):
-                server.check_rate(
-                    self, Action.SUBSCRIBE, self._bucket(Action.SUBSCRIBE), request_id
-                )
+                self._check_rate(Action.SUBSCRIBE, request_id)
                 server.check_allowed(self.principal, Action.SUBSCRIBE, channel, request_id)
-                subscribed = self._broker_call(
-                    request_id,
-                    server.broker.subscribe_nowait,
-                    self,
-                    channel,
-                    request.since,
-                    request.epoch,
-                )
+                with _subscribe_errors(request_id):
+                    subscribed = server.broker.subscribe_nowait(
+                        self, channel, request.since, request.epoch
+                    )
                 return self._subscribed(request, subscribed)
             case protocol.Unsubscribe(channel=channel, id=request_id):
                 server.broker.unsubscribe(self, channel)
@@ -600,24 +610,16 @@ class Connection:
         try:
             match request:
                 case protocol.Publish(channel=channel, id=request_id):
-                    server.check_rate(
-                        self, Action.PUBLISH, self._bucket(Action.PUBLISH), request_id
-                    )
+                    self._check_rate(Action.PUBLISH, request_id)
                     await server.authorize(self.principal, Action.PUBLISH, channel, request_id)
                     wait = self._publish(request)
                 case protocol.Subscribe(channel=channel, id=request_id):
-                    server.check_rate(
-                        self, Action.SUBSCRIBE, self._bucket(Action.SUBSCRIBE), request_id
-                    )
+                    self._check_rate(Action.SUBSCRIBE, request_id)
                     await server.authorize(self.principal, Action.SUBSCRIBE, channel, request_id)
-                    try:
+                    with _subscribe_errors(request_id):
                         subscribed = await server.broker.subscribe(
                             self, channel, request.since, request.epoch
                         )
-                    except SubscriptionLimitError as exc:
-                        raise ProtocolError(protocol.TOO_MANY, str(exc), request_id) from None
-                    except BrokerUnavailableError as exc:
-                        raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
                     wait = self._subscribed(request, subscribed)
                 case protocol.Refresh(token=token, id=request_id):
                     wait = self._refreshed(token, request_id)
@@ -631,28 +633,10 @@ class Connection:
                             wait = self._leave_refused(channel) or wait
                 case _:
                     wait = self._serve_now(request)
-        except ProtocolError as exc:
-            wait = self._reply(protocol.error_frame(exc.code, exc.message, exc.request_id))
-        except Exception:
-            log.exception("request %s from %s failed", type(request).__name__, self.client_id)
-            wait = self._reply(
-                protocol.error_frame(protocol.INTERNAL, "internal error", request.id)
-            )
+        except Exception as exc:
+            wait = self._failed(request, exc)
         if wait is not None:
             await wait()
-
-    def _broker_call(
-        self,
-        request_id: protocol.RequestId | None,
-        call: Callable[..., Subscribed],
-        *args: object,
-    ) -> Subscribed:
-        try:
-            return call(*args)
-        except SubscriptionLimitError as exc:
-            raise ProtocolError(protocol.TOO_MANY, str(exc), request_id) from None
-        except BrokerUnavailableError as exc:
-            raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
 
     def _publish(self, request: protocol.Publish) -> Wait | None:
         request_id = request.id

@@ -211,8 +211,20 @@ class PendingHandshake:
         return ws
 
     async def reject(self, status: int, message: str) -> None:
-        with trio.move_on_after(self._write_timeout):
-            await self._stream.send_all(http_response(status, message.encode() + b"\n"))
+        await _refuse(self._stream, status, message, (), self._write_timeout)
+
+
+async def _refuse(
+    stream: trio.abc.Stream,
+    status: int,
+    reason: str,
+    headers: tuple[tuple[str, str], ...],
+    write_bound: float,
+) -> None:
+    """Answer with an HTTP error (the connection then ends); a peer that does not read it
+    gets ``write_bound`` seconds at most."""
+    with trio.move_on_after(write_bound):
+        await stream.send_all(http_response(status, reason.encode() + b"\n", headers=headers))
 
 
 def _peer(stream: trio.abc.Stream) -> tuple[str, str]:
@@ -302,11 +314,7 @@ async def _serve_stream(
         await handler(pending.pop())
     except HandshakeError as refused:
         log.debug("refused a request: %d %s", refused.status, refused.reason)
-        with trio.move_on_after(handshake_timeout):
-            response = http_response(
-                refused.status, refused.reason.encode() + b"\n", headers=refused.headers
-            )
-            await stream.send_all(response)
+        await _refuse(stream, refused.status, refused.reason, refused.headers, handshake_timeout)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.TooSlowError) as gone:
         # The peer went away or stalled mid-handshake (a reset, a scanner): not our failure.
         log.debug("peer left during the handshake: %r", gone)

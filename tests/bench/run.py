@@ -211,17 +211,32 @@ def drive(
     return result, max(cpu_end - cpu_start, 1e-9), redis_end - redis_start
 
 
-def request_reply(kind: str, clients: int, warmup: float, measure: float) -> dict[str, float]:
+def against(
+    kind: str, generator_mode: str, arguments: list[str], *, mode: str = "broadcast", timeout: float
+) -> tuple[dict[str, Any], float]:
+    """Start one ``kind`` server, run the generator in ``generator_mode`` against it; returns
+    the generator's result and the server's CPU seconds over the measured window."""
     port = free_port()
-    server = start_server(kind, port, mode="echo")
+    server = start_server(kind, port, mode=mode)
     try:
         result, cpu, _ = drive(
-            ["rpc", f"ws://127.0.0.1:{port}/", kind, str(clients), str(warmup), str(measure)],
+            [generator_mode, f"ws://127.0.0.1:{port}/", kind, *arguments],
             process_tree(server.pid),
-            timeout=warmup + measure + 120,
+            timeout=timeout,
         )
     finally:
         stop(server)
+    return result, cpu
+
+
+def request_reply(kind: str, clients: int, warmup: float, measure: float) -> dict[str, float]:
+    result, cpu = against(
+        kind,
+        "rpc",
+        [str(clients), str(warmup), str(measure)],
+        mode="echo",
+        timeout=warmup + measure + 120,
+    )
     return {
         "replies_per_s": result["replies"] / result["seconds"],
         "per_cpu_second": result["replies"] / cpu,
@@ -232,16 +247,7 @@ def request_reply(kind: str, clients: int, warmup: float, measure: float) -> dic
 
 
 def handshakes(kind: str, connections: int) -> dict[str, float]:
-    port = free_port()
-    server = start_server(kind, port)
-    try:
-        result, cpu, _ = drive(
-            ["handshakes", f"ws://127.0.0.1:{port}/", kind, str(connections), "100"],
-            process_tree(server.pid),
-            timeout=300,
-        )
-    finally:
-        stop(server)
+    result, cpu = against(kind, "handshakes", [str(connections), "100"], timeout=300)
     if result["failed"]:
         raise RuntimeError(f"{result['failed']} handshakes to {kind} failed")
     return {

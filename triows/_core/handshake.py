@@ -56,11 +56,7 @@ def head_end(buffer: bytes | bytearray) -> int:
 
 def parse_upgrade(head: bytes | bytearray) -> UpgradeRequest:
     """Check an upgrade request head (up to and including its blank line)."""
-    try:
-        text = bytes(head).decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-        raise HandshakeError(400, "request is not HTTP") from None
-    lines = text.split("\r\n")
+    lines = bytes(head).decode("latin-1").split("\r\n")  # latin-1 decodes any byte
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         raise HandshakeError(400, "malformed request line")
