@@ -269,3 +269,24 @@ def test_a_logged_handshake_request_shows_no_token() -> None:
     assert "authorization" in text
     assert "token" in text  # the key is shown, not its value
     assert request.header("authorization") == "Bearer secret-header-token"
+
+
+async def test_the_handshake_request_is_not_kept_once_the_connection_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An idle connection holds nothing of its handshake: not its headers, not its query."""
+    import gc
+    import weakref
+
+    seen: list[weakref.ref[HandshakeRequest]] = []
+
+    def authenticate(request: HandshakeRequest) -> Principal:
+        seen.append(weakref.ref(request))
+        return Principal(user_id="u")
+
+    async with open_test_server(authenticate=authenticate) as harness:
+        async with harness.connect("/?token=secret") as client:
+            assert (await client.request({"type": "ping"}))["type"] == "pong"
+            gc.collect()
+            assert seen
+            assert seen[0]() is None
