@@ -12,7 +12,7 @@ from ._broker import BrokerStatistics, BrokerUnavailableError
 from ._config import Authenticate, Authorize, Config, Rejected
 from ._core.auth import Action, Principal
 from ._core.outbox import SlowConsumerPolicy
-from ._server import Server, serve
+from ._server import Published, Server, serve
 from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics
 from ._transport import HandshakeRequest
 
@@ -29,6 +29,7 @@ __all__ = [
     "ConnectionStatistics",
     "HandshakeRequest",
     "Principal",
+    "Published",
     "Rejected",
     "Server",
     "ServerStatistics",

@@ -32,6 +32,7 @@ from ._core import protocol
 from ._core.dedupe import DedupeWindow
 from ._core.frames import text_frame
 from ._core.hub import Hub, Resume
+from ._core.latency import LatencyHistogram, histogram
 from ._core.outbox import SlowConsumerPolicy
 from ._fanout import FanOut, Subscriber
 
@@ -55,6 +56,8 @@ class Publication:
     dedupe: tuple[object, protocol.RequestId] | None = None
     numbered: Callable[[int], None] | None = None
     failed: Callable[[Exception], None] | None = None
+    #: The channel's epoch when it was numbered (set by the broker before ``numbered``).
+    epoch: str = ""
 
     def payload(self, seq: int, message_id: str) -> bytes:
         return protocol.message_payload(
@@ -107,6 +110,12 @@ class Broker(abc.ABC):
     published = 0
     #: Publications answered from the dedupe window instead of being published again.
     deduplicated = 0
+    #: From a message's timestamp to its fan-out here (with Redis; in process it is the same
+    #: step, so nothing is observed), and Redis commands' round trips.
+    delivery_lag: LatencyHistogram
+    round_trips: LatencyHistogram
+    #: Whether ``publish`` numbers a publication (and calls ``numbered``) before it returns.
+    numbers_at_once = False
 
     @abc.abstractmethod
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -170,6 +179,8 @@ class MemoryBroker(Broker):
 
     def __init__(self, config: Config, fanout: FanOut, *, epoch_prefix: str) -> None:
         self._fanout = fanout
+        self.delivery_lag = histogram(config.metrics)
+        self.round_trips = histogram(config.metrics)
         self.hub = Hub(
             epoch_prefix=epoch_prefix,
             max_subscriptions=config.max_subscriptions,
@@ -196,6 +207,8 @@ class MemoryBroker(Broker):
             seq = self._dedupe.lookup(pub.dedupe[0], pub.channel, pub.dedupe[1], now)
             if seq is not None:
                 self.deduplicated += 1
+                state = self.hub.channel(pub.channel)
+                pub.epoch = state.epoch if state is not None else ""
                 if pub.numbered is not None:
                     pub.numbered(seq)
                 return []
@@ -220,6 +233,7 @@ class MemoryBroker(Broker):
         """Number, frame once, hand over, keep in history: one synchronous step, so every
         subscriber receives a channel's messages in sequence order."""
         state, seq = self.hub.publish(pub.channel)
+        pub.epoch = state.epoch
         frame = text_frame(pub.payload(seq, state.message_id(seq)))
         blocked = self._fanout.deliver(state, frame, pub.sender_id)
         self.published += 1
@@ -227,6 +241,7 @@ class MemoryBroker(Broker):
         return seq, blocked
 
     subscribes_at_once = True
+    numbers_at_once = True
 
     async def subscribe(
         self, member: Subscriber, channel: str, since: int | None, epoch: str | None

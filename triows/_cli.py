@@ -275,6 +275,44 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "publications held while Redis is unreachable (more: error 503)",
     ),
     (
+        "--api-key",
+        str,
+        "api_key",
+        "key of the HTTP publish API (X-API-Key header); unset: no API (404)",
+    ),
+    (
+        "--trusted-proxy",
+        str,
+        "trusted_proxies",
+        "reverse proxy address or CIDR whose X-Forwarded-For gives the client address, "
+        "repeatable (env: comma-separated)",
+    ),
+    ("--metrics", _yes_no, "metrics", "latency histograms and GET /metrics"),
+    (
+        "--monitor-interval",
+        _POSITIVE_SECONDS,
+        "monitor_interval",
+        "seconds between the monitor's samples (GET /stats, triows top)",
+    ),
+    (
+        "--monitor-history",
+        _POSITIVE_SECONDS,
+        "monitor_history",
+        "seconds of monitor samples kept",
+    ),
+    (
+        "--warn-loop-lag",
+        _SECONDS,
+        "warn_loop_lag",
+        "log a warning when the event loop lags by more than this (0: never)",
+    ),
+    (
+        "--warn-memory",
+        _bytes,
+        "warn_memory",
+        "log a warning when resident memory is over this, e.g. 1GiB (0: never)",
+    ),
+    (
         "--workers",
         _workers,
         None,
@@ -290,7 +328,7 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
     ("--log-level", str, None, "log verbosity"),
     ("--log-format", str, None, "one line of text or one JSON object per record"),
 )
-_REPEATABLE = {"--allow-origin", "--channel-policy", "--channel-history"}
+_REPEATABLE = {"--allow-origin", "--channel-policy", "--channel-history", "--trusted-proxy"}
 _CLI_DEFAULTS: dict[str, Any] = {"--log-level": "info", "--log-format": "text", "--workers": 1}
 _CHOICES = {"--log-level": LOG_LEVELS, "--log-format": ("text", "json")}
 
@@ -395,6 +433,8 @@ class _JsonFormatter(logging.Formatter):
 WORKER_ENV = "TRIOWS_WORKER_INDEX"
 #: The supervisor's pid, in a worker's environment.
 SUPERVISOR_ENV = "TRIOWS_SUPERVISOR_PID"
+#: The directory where workers share their figures (``Config.shared_stats_dir``).
+STATS_DIR_ENV = "TRIOWS_STATS_DIR"
 
 
 async def watch_supervisor(supervisor: int) -> None:
@@ -461,6 +501,9 @@ async def run(config: Config, *, worker: bool = False) -> None:
     gets two for one stop. The supervisor kills workers itself when it must stop at once.
     """
     supervisor = os.environ.get(SUPERVISOR_ENV)
+    stats_dir = os.environ.get(STATS_DIR_ENV)
+    if worker and stats_dir is not None:
+        config = attrs.evolve(config, shared_stats_dir=stats_dir)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             if worker and supervisor is not None:
@@ -489,6 +532,10 @@ async def run(config: Config, *, worker: bool = False) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["top"]:
+        from ._top import main as top
+
+        return top(args[1:])
     options = parse_config(args, dict(os.environ))
     config = options.config
     configure_logging(options.log_level, options.log_format, os.environ.get(WORKER_ENV))

@@ -16,6 +16,7 @@ import attrs
 from ._core.auth import Action, Principal
 from ._core.names import first_match
 from ._core.outbox import SlowConsumerPolicy
+from ._core.proxy import parse_networks
 from ._transport import HandshakeRequest
 
 #: ``authenticate(request)``: return a Principal to accept, ``None`` to refuse with 401, or raise
@@ -67,6 +68,20 @@ def _redis_url(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> No
         raise ValueError(
             f"redis_url must look like redis://host:port/db (or rediss://, unix://), got {value!r}"
         )
+
+
+def _api_key(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and (len(value) < 16 or not value.isprintable() or " " in value):
+        raise ValueError(
+            "api_key must be at least 16 printable characters without spaces "
+            "(e.g. from: python -c 'import secrets; print(secrets.token_urlsafe())')"
+        )
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    return tuple(
+        str(network) for network in parse_networks([value] if isinstance(value, str) else value)
+    )
 
 
 def _origins(value: Any) -> tuple[str, ...]:
@@ -177,6 +192,23 @@ class Config:
     redis_timeout: float = attrs.field(default=2.0, validator=_positive)
     #: Seconds Redis keeps a channel's numbering and stream after its last use.
     redis_key_ttl: float = attrs.field(default=86_400.0, validator=_positive)
+    #: Key of the HTTP publish API (``X-API-Key``); ``None`` turns the API off (404).
+    api_key: str | None = attrs.field(default=None, repr=False, validator=_api_key)
+    #: Reverse proxies (addresses or CIDR networks) whose ``X-Forwarded-For`` is believed.
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), converter=_networks)
+    #: Latency histograms and ``GET /metrics``; off, neither exists (404).
+    metrics: bool = True
+    #: Seconds between the monitor's samples, and seconds of samples it keeps.
+    monitor_interval: float = attrs.field(default=1.0, validator=_positive)
+    monitor_history: float = attrs.field(default=3600.0, validator=_positive)
+    #: Event-loop lag (seconds) and resident memory (bytes) above which the monitor logs a
+    #: warning (and once more when back below 90% of it); 0 turns a warning off.
+    warn_loop_lag: float = attrs.field(default=0.5, validator=_not_negative)
+    warn_memory: int = attrs.field(default=0, validator=_int_at_least(0))
+    #: A directory the processes of one ``--workers`` server share: each writes its figures
+    #: there once per monitor sample, and ``/metrics`` and ``/stats`` add them all up. Set by
+    #: the ``--workers`` supervisor.
+    shared_stats_dir: str | None = None
     #: Shown to clients in ``welcome`` and ``pong``; random when not set.
     server_id: str | None = None
     authenticate: Authenticate | None = attrs.field(default=None, eq=False, repr=False)

@@ -421,8 +421,11 @@ class Connection:
         if self.queue_reply(frame):
             self._close_not_reading()
 
-    def _acknowledge(self, request_id: protocol.RequestId | None, seq: int) -> None:
+    def _acknowledge(
+        self, request_id: protocol.RequestId | None, started: float | None, seq: int
+    ) -> None:
         self._unacked -= 1
+        self._server.ack_latency.observe(0.0 if started is None else trio.current_time() - started)
         if request_id is not None and self.queue_reply(
             {"type": "ack", "id": request_id, "seq": seq}
         ):
@@ -651,13 +654,16 @@ class Connection:
         # this client (in process: in this very step), which is how a client tells its own
         # publications from gaps.
         self._unacked += 1
+        server = self._server
+        # In process the ack is written in this very step: observed as 0 s, with no clock read.
+        started = None if server.broker.numbers_at_once else trio.current_time()
         try:
-            blocked = self._server.publish_from(
+            blocked = server.publish_from(
                 self,
                 request.channel,
                 request.data,
                 request_id,
-                numbered=functools.partial(self._acknowledge, request_id),
+                numbered=functools.partial(self._acknowledge, request_id, started),
                 failed=functools.partial(self._publish_failed, request_id),
             )
         except ProtocolError:

@@ -29,6 +29,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ._core.backoff import full_jitter
+from ._core.latency import LatencyHistogram
 
 log = logging.getLogger("triows.redis")
 
@@ -63,17 +64,22 @@ def backoff(attempt: int) -> float:
 
 
 class RedisBridge:
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, round_trips: LatencyHistogram) -> None:
         self.url = url
         self.timeout = timeout
         self.client = open_client(url, timeout)
         # Few threads suffice: each carries a whole batch.
         self._limiter = trio.CapacityLimiter(4)
+        #: Every call that got an answer, thread hop included: what a publish waits for.
+        self.round_trips = round_trips
 
     async def call(self, fn: Callable[[redis.Redis], T]) -> T:
-        return await trio.to_thread.run_sync(
+        started = trio.current_time()
+        result = await trio.to_thread.run_sync(
             fn, self.client, limiter=self._limiter, abandon_on_cancel=True
         )
+        self.round_trips.observe(trio.current_time() - started)
+        return result
 
     def close(self) -> None:
         self.client.close()

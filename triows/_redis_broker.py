@@ -57,6 +57,7 @@ from ._core.hub import (
     resume_from_history,
     resume_without_history,
 )
+from ._core.latency import histogram
 from ._fanout import FanOut, Subscriber
 from ._redis_bridge import (
     LINK_ERRORS,
@@ -149,7 +150,9 @@ class RedisBroker(Broker):
         self._pending_key = fmt.pending_key(self.node_id)
         #: Tokens whose answer arrived: their pending fields are deleted with the next batch.
         self._answered: list[str] = []
-        self._bridge = RedisBridge(url, config.redis_timeout)
+        self.round_trips = histogram(config.metrics)
+        self.delivery_lag = histogram(config.metrics)
+        self._bridge = RedisBridge(url, config.redis_timeout, self.round_trips)
         self._control = fmt.control_channel(self.node_id)
         self._listener = PubSubListener(self._bridge, self._control, self._dispatch)
         self._channels: dict[str, _Channel] = {}
@@ -381,7 +384,8 @@ class RedisBroker(Broker):
                 log.error("Redis refused a publication to %r: %s", pending.pub.channel, result)
                 self._fail(pending.pub, PublishRefusedError())
                 continue
-            seq, _, duplicate = result
+            seq, epoch, duplicate = result
+            pending.pub.epoch = _text(epoch)
             if duplicate:
                 self.deduplicated += 1
                 self._settle(pending.pub, int(seq))
@@ -576,14 +580,19 @@ class RedisBroker(Broker):
     def _settle_own(self, entry: Entry) -> None:
         pub = self._in_flight.get(entry.token)
         if pub is not None:
+            pub.epoch = entry.epoch
             self._settle_published(pub, entry.seq)
 
     def _apply(self, ch: _Channel, actions: Sequence[Deliver | Fill | Restart]) -> list[Subscriber]:
         blocked: list[Subscriber] = []
+        now_ms = self._now_ms()
         for action in actions:
             state = self.hub.channel(ch.name)
             if isinstance(action, Deliver):
                 entry = action.entry
+                stamped = protocol.timestamp_of(entry.payload)
+                if stamped is not None:
+                    self.delivery_lag.observe(max(0, now_ms - stamped) / 1000)
                 self._settle_own(entry)
                 if state is not None:
                     state.seq, state.epoch = entry.seq, entry.epoch
@@ -761,3 +770,7 @@ def _safe_url(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.rsplit("@", 1)[1]
     return scheme + sep + rest
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import trio
 
 from ._broker import BrokerUnavailableError, Publication, open_broker
@@ -29,12 +30,16 @@ from ._config import Config, Rejected
 from ._connection import GOING_AWAY, Connection
 from ._core import protocol
 from ._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
+from ._core.latency import histogram
 from ._core.memory_guard import MemoryGuard
 from ._core.names import ChannelNameError, validate_channel
 from ._core.protocol import ProtocolError
+from ._core.proxy import parse_networks
 from ._core.ratelimit import PerKey, TokenBucket
 from ._fanout import FanOut, Subscriber
+from ._http import HttpEndpoints
 from ._listen import open_tcp_listeners
+from ._monitor import Monitor
 from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics
 from ._supervisor import run_supervisor
 from ._transport import HandshakeRequest, PendingHandshake, WaitingStreams, serve_streams
@@ -91,18 +96,49 @@ class Server:
         self._closed_by_server: Counter[int] = Counter()
         self.publish_rate = 0.0
         self.delivery_rate = 0.0
+        #: Messages received and sent by connections that have ended.
+        self._frames_retired = [0, 0]
+        #: Plain HTTP requests answered, by status.
+        self.http_requests: Counter[int] = Counter()
+        self.ack_latency = histogram(config.metrics)
+        self.trusted_proxies = parse_networks(config.trusted_proxies)
+        self.monitor = Monitor(self)
+        self.http = HttpEndpoints(self)
 
     # -- public API -----------------------------------------------------------------------------
 
-    async def publish(self, channel: str, data: Any, *, sender: str | None = None) -> int:
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        sender: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
         """Publish from application code; returns the message's sequence number.
 
         With Redis, returns once Redis accepted it (while Redis is down it waits in the
         outage buffer; cancelling the wait does not withdraw it). Raises
         :class:`BrokerUnavailableError` when that buffer is full. Waits for subscribers of
         ``block`` channels whose outbox is full (at most ``block_timeout``; those still full
-        then are disconnected with 1013).
+        then are disconnected with 1013). A publish repeating an ``idempotency_key`` seen on
+        the channel within ``dedupe_ttl`` is not published again: it returns the first one's
+        seq (the HTTP API's keys are the same keys).
         """
+        published = await self.publish_message(
+            channel, data, sender=sender, idempotency_key=idempotency_key
+        )
+        return published.seq
+
+    async def publish_message(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        sender: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Published:
+        """:meth:`publish`, answering with the channel's epoch as well as the seq."""
         # A checkpoint, as trio's own APIs are, whichever broker: an application loop of
         # publishes must let readers, writers and heartbeats run.
         await trio.lowlevel.checkpoint()
@@ -114,13 +150,15 @@ class Server:
             done.set()
 
         pub = self._publication(self._checked_channel(channel), data, sender)
+        if idempotency_key is not None:
+            pub.dedupe = (SERVER_PUBLISHER, idempotency_key)
         pub.numbered = pub.failed = settle
         await self.fanout.wait_for_blocked(self.broker.publish(pub))
         if not outcome:  # in process it is numbered at once
             await done.wait()
         if isinstance(outcome[0], Exception):
             raise outcome[0]
-        return outcome[0]
+        return Published(channel=pub.channel, seq=outcome[0], epoch=pub.epoch)
 
     def publish_nowait(self, channel: str, data: Any, *, sender: str | None = None) -> int:
         """Like :meth:`publish`, but raises ``trio.WouldBlock`` (and publishes nothing) when a
@@ -195,6 +233,33 @@ class Server:
             for c in self._connections
         )
 
+    def frame_totals(self) -> tuple[int, int]:
+        """WebSocket messages received and sent, by every connection so far."""
+        received, sent = self._frames_retired
+        for conn in self._connections:
+            received += conn.frames_in
+            sent += conn.frames_out
+        return received, sent
+
+    @property
+    def closing(self) -> bool:
+        """Whether shutdown has begun."""
+        return self._closing
+
+    def not_ready(self) -> list[str]:
+        """Why a new client would be turned away now (``/ready``); empty when it would not."""
+        reasons = []
+        if self._closing:
+            reasons.append("shutting down")
+        if not self.broker.up.value:
+            reasons.append("broker down: Redis unreachable")
+        if self.memory_guard.over:
+            reasons.append("memory limit reached")
+        others = len(self._connections) + self._handshaking + self.waiting_streams.count
+        if others >= self.config.max_connections:
+            reasons.append("connection limit reached")
+        return reasons
+
     @property
     def port(self) -> int:
         """The TCP port of the first listener (useful with ``port=0``)."""
@@ -261,6 +326,8 @@ class Server:
                 self._handshake,
                 listeners,
                 handler_nursery=self._connections_nursery,
+                http_handler=self.http.serve,
+                trusted_proxies=self.trusted_proxies,
                 max_message_size=self.config.max_message_size,
                 handshake_timeout=self.config.handshake_timeout,
                 waiting=self.waiting_streams,
@@ -456,6 +523,8 @@ class Server:
             if conn.principal.user_id is not None:
                 _decrement(self._per_user, conn.principal.user_id)
             self._dropped_by_gone += conn.outbox.dropped
+            self._frames_retired[0] += conn.frames_in
+            self._frames_retired[1] += conn.frames_out
             self._population_changed.set()
             log.debug("disconnected %r: %s %s", conn, conn.close_code, conn.close_reason)
 
@@ -478,6 +547,19 @@ class Server:
 
     def connections(self) -> list[Connection]:
         return list(self._connections)
+
+
+@attrs.frozen
+class Published:
+    """Where a message published by :meth:`Server.publish_message` went."""
+
+    channel: str
+    seq: int
+    epoch: str
+
+
+#: Whose idempotency keys the server's own publishes (application code, the HTTP API) are.
+SERVER_PUBLISHER = ("server", "api")
 
 
 def _forbidden(

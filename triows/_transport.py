@@ -34,12 +34,15 @@ from ._core.frame_parser import FrameParser
 from ._core.handshake import (
     MAX_HEAD,
     HandshakeError,
-    UpgradeRequest,
+    HttpRequest,
     accept_response,
     head_end,
     http_response,
-    parse_upgrade,
+    parse_request,
+    upgrade_key,
+    wants_upgrade,
 )
+from ._core.proxy import Network, client_address
 
 __all__ = [
     "Closed",
@@ -178,19 +181,20 @@ class PendingHandshake:
     def __init__(
         self,
         stream: trio.abc.Stream,
-        request: UpgradeRequest,
+        request: HttpRequest,
         leftover: bytes,
         *,
+        remote: str,
+        ip: str,
         max_message_size: int,
         write_timeout: float,
     ) -> None:
         self._stream = stream
-        self._key = request.key
+        self._key = upgrade_key(request)
         self._leftover = leftover
         self._max_message_size = max_message_size
         self._write_timeout = write_timeout
         target = urlsplit(request.target)
-        remote, ip = _peer(stream)
         self.info = HandshakeRequest(
             path=target.path or "/",
             query=dict(reversed(parse_qsl(target.query, keep_blank_values=True))),
@@ -227,13 +231,21 @@ async def _refuse(
         await stream.send_all(http_response(status, reason.encode() + b"\n", headers=headers))
 
 
-def _peer(stream: trio.abc.Stream) -> tuple[str, str]:
-    """``(host:port, host)`` of a TCP peer; other streams are named by their repr."""
-    if isinstance(stream, trio.SocketStream):
-        address, port = stream.socket.getpeername()[:2]
-        host = f"[{address}]" if ":" in str(address) else str(address)
-        return f"{host}:{port}", str(address)
-    return repr(stream), repr(stream)
+def _peer(
+    stream: trio.abc.Stream, request: HttpRequest, trusted: tuple[Network, ...]
+) -> tuple[str, str]:
+    """``(host:port, host)`` of the client: the TCP peer's, or the address a trusted proxy
+    forwarded (``host`` twice: its port is the proxy's business). Other streams are named by
+    their repr."""
+    if not isinstance(stream, trio.SocketStream):
+        return repr(stream), repr(stream)
+    address, port = stream.socket.getpeername()[:2]
+    address = str(address)
+    client = client_address(address, request.headers.get("x-forwarded-for"), trusted)
+    if client != address:
+        return client, client
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{port}", address
 
 
 class WaitingStreams:
@@ -259,6 +271,8 @@ class WaitingStreams:
 
 
 HandshakeHandler = Callable[[PendingHandshake], Awaitable[None]]
+#: ``(stream, request, bytes after the head, client address)``: answers a plain HTTP request.
+HttpHandler = Callable[[trio.abc.Stream, HttpRequest, bytes, str], Awaitable[None]]
 
 
 async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
@@ -280,6 +294,8 @@ async def _serve_stream(
     stream: trio.abc.Stream,
     handler: HandshakeHandler,
     *,
+    http_handler: HttpHandler,
+    trusted_proxies: tuple[Network, ...],
     max_message_size: int,
     handshake_timeout: float,
     waiting: WaitingStreams,
@@ -299,16 +315,22 @@ async def _serve_stream(
             waiting.release()
         if head is None:  # a slowloris, or a client that left before its request
             return
+        request = parse_request(head[0])
+        remote, ip = _peer(stream, request, trusted_proxies)
+        if not wants_upgrade(request):
+            return await http_handler(stream, request, head[1], remote)
         pending = [
             PendingHandshake(
                 stream,
-                parse_upgrade(head[0]),
+                request,
                 head[1],
+                remote=remote,
+                ip=ip,
                 max_message_size=max_message_size,
                 write_timeout=handshake_timeout,
             )
         ]
-        del head
+        del head, request
         # Handed over, not kept: the handler drops the request once it has answered it, and
         # nothing in this frame holds its headers for the connection's lifetime.
         await handler(pending.pop())
@@ -328,6 +350,8 @@ async def serve_streams(
     listeners: list[trio.abc.Listener[Any]],
     *,
     handler_nursery: trio.Nursery,
+    http_handler: HttpHandler,
+    trusted_proxies: tuple[Network, ...],
     max_message_size: int,
     handshake_timeout: float,
     waiting: WaitingStreams,
@@ -337,6 +361,8 @@ async def serve_streams(
     serve_one = functools.partial(
         _serve_stream,
         handler=handler,
+        http_handler=http_handler,
+        trusted_proxies=trusted_proxies,
         max_message_size=max_message_size,
         handshake_timeout=handshake_timeout,
         waiting=waiting,

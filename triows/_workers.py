@@ -24,11 +24,13 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 
 import trio
 
-from ._cli import SUPERVISOR_ENV, WORKER_ENV, cannot_listen
+from . import _shared_stats
+from ._cli import STATS_DIR_ENV, SUPERVISOR_ENV, WORKER_ENV, cannot_listen
 from ._config import Config
 from ._core.backoff import exponential
 from ._listen import reserve_port
@@ -65,14 +67,20 @@ def supervise_workers(argv: Sequence[str], count: int, config: Config) -> int:
         return 1
     try:
         command = [sys.executable, "-m", "triows", *worker_arguments(argv)]
-        return trio.run(_Supervisor(command, count, port, config).run)
+        # Where workers share their figures, so that /metrics and /stats on any of them show
+        # the whole server (triows._shared_stats).
+        with tempfile.TemporaryDirectory(prefix="triows-stats-") as stats_dir:
+            return trio.run(_Supervisor(command, count, port, config, stats_dir).run)
     finally:
         reserved.close()
 
 
 class _Supervisor:
-    def __init__(self, command: list[str], count: int, port: int, config: Config) -> None:
+    def __init__(
+        self, command: list[str], count: int, port: int, config: Config, stats_dir: str
+    ) -> None:
         self.command = command
+        self.stats_dir = stats_dir
         self.count = count
         self.port = port
         self.config = config
@@ -88,6 +96,7 @@ class _Supervisor:
                 "TRIOWS_WORKERS": "1",
                 WORKER_ENV: str(index),
                 SUPERVISOR_ENV: str(os.getpid()),
+                STATS_DIR_ENV: self.stats_dir,
             }
         )
         return env
@@ -147,6 +156,7 @@ class _Supervisor:
                     with trio.CancelScope(shield=True):
                         await process.wait()
                 del self.processes[index]
+                _shared_stats.remove(self.stats_dir, process.pid)
             if self.stopping:
                 log.info("worker %d (pid %d) stopped with exit code %d", index, process.pid, code)
                 return

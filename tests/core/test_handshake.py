@@ -85,3 +85,21 @@ def test_http_response_is_complete() -> None:
     assert b"Content-Length: 8" in head_part
     assert b"Upgrade: websocket" in head_part
     assert body == b"upgrade\n"
+
+
+def test_a_request_without_upgrade_is_plain_http() -> None:
+    from triows._core.handshake import content_length, parse_request, wants_upgrade
+
+    request = parse_request(
+        b"POST /api/publish?x=1 HTTP/1.0\r\nContent-Length: 12\r\nX-API-Key: k\r\n\r\n"
+    )
+    assert (request.method, request.path, request.query) == ("POST", "/api/publish", "x=1")
+    assert not wants_upgrade(request)
+    assert content_length(request, 100) == 12
+    with pytest.raises(HandshakeError) as over:
+        content_length(request, 10)
+    assert over.value.status == 413
+    chunked = parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(HandshakeError) as refused:
+        content_length(chunked, 100)
+    assert refused.value.status == 411

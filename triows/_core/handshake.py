@@ -41,6 +41,25 @@ class HandshakeError(Exception):
 
 
 @attrs.frozen
+class HttpRequest:
+    """A request head: the method, the target (path and query) and the headers."""
+
+    method: str
+    target: str
+    #: Header names in lower case; a repeated header keeps its first value.
+    headers: dict[str, str]
+    version: str = "HTTP/1.1"
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.partition("?")[2]
+
+
+@attrs.frozen
 class UpgradeRequest:
     target: str
     #: Header names in lower case; a repeated header keeps its first value.
@@ -54,15 +73,15 @@ def head_end(buffer: bytes | bytearray) -> int:
     return -1 if end < 0 else end + 4
 
 
-def parse_upgrade(head: bytes | bytearray) -> UpgradeRequest:
-    """Check an upgrade request head (up to and including its blank line)."""
+def parse_request(head: bytes | bytearray) -> HttpRequest:
+    """The request line and headers of a head (up to and including its blank line)."""
     lines = bytes(head).decode("latin-1").split("\r\n")  # latin-1 decodes any byte
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
         raise HandshakeError(400, "malformed request line")
     method, target, version = parts
-    if version != "HTTP/1.1":
-        raise HandshakeError(505, "WebSocket needs HTTP/1.1")
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise HandshakeError(505, "HTTP/1.1 is spoken here")
     if not target.startswith("/"):
         raise HandshakeError(400, "request target must be a path")
     headers: dict[str, str] = {}
@@ -73,16 +92,23 @@ def parse_upgrade(head: bytes | bytearray) -> UpgradeRequest:
         if not colon or not name or not _TOKEN_CHARS.issuperset(name):
             raise HandshakeError(400, "malformed header line")
         headers.setdefault(name.lower(), value.strip(" \t"))
-    if method != "GET":
+    return HttpRequest(method=method, target=target, headers=headers, version=version)
+
+
+def wants_upgrade(request: HttpRequest) -> bool:
+    """Whether the request asks for a WebSocket (anything else is plain HTTP)."""
+    return "websocket" in _tokens(request.headers.get("upgrade", ""))
+
+
+def upgrade_key(request: HttpRequest) -> str:
+    """Check a request that asks for a WebSocket; its ``Sec-WebSocket-Key``."""
+    headers = request.headers
+    if request.version != "HTTP/1.1":
+        raise HandshakeError(505, "WebSocket needs HTTP/1.1")
+    if request.method != "GET":
         raise HandshakeError(405, "WebSocket handshakes use GET", (("Allow", "GET"),))
     if "host" not in headers:
         raise HandshakeError(400, "missing Host header")
-    if "websocket" not in _tokens(headers.get("upgrade", "")):
-        raise HandshakeError(
-            426,
-            "this is a WebSocket endpoint: send Upgrade: websocket",
-            (("Upgrade", "websocket"), ("Connection", "Upgrade")),
-        )
     if "upgrade" not in _tokens(headers.get("connection", "")):
         raise HandshakeError(400, "missing Connection: Upgrade")
     if headers.get("sec-websocket-version") != "13":
@@ -96,7 +122,35 @@ def parse_upgrade(head: bytes | bytearray) -> UpgradeRequest:
         valid_key = False
     if not valid_key:
         raise HandshakeError(400, "invalid Sec-WebSocket-Key")
-    return UpgradeRequest(target=target, headers=headers, key=key)
+    return key
+
+
+def parse_upgrade(head: bytes | bytearray) -> UpgradeRequest:
+    """Check an upgrade request head (up to and including its blank line)."""
+    request = parse_request(head)
+    if not wants_upgrade(request):
+        raise HandshakeError(
+            426,
+            "this is a WebSocket endpoint: send Upgrade: websocket",
+            (("Upgrade", "websocket"), ("Connection", "Upgrade")),
+        )
+    key = upgrade_key(request)
+    return UpgradeRequest(target=request.target, headers=request.headers, key=key)
+
+
+def content_length(request: HttpRequest, limit: int) -> int:
+    """The body length a plain request announces: 0 without one; 411 for a chunked body
+    (the length must be known to bound it), 413 above ``limit``."""
+    headers = request.headers
+    if "transfer-encoding" in headers:
+        raise HandshakeError(411, "send the body with a Content-Length, not chunked")
+    text = headers.get("content-length", "0")
+    if not text.isdigit():
+        raise HandshakeError(400, "invalid Content-Length")
+    length = int(text)
+    if length > limit:
+        raise HandshakeError(413, f"request body is larger than {limit} bytes")
+    return length
 
 
 def _tokens(value: str) -> set[str]:

@@ -126,6 +126,8 @@ class Hub(Generic[M]):
         self._memberships: dict[M, dict[str, ChannelState[M]]] = {}
         #: Channels without members kept for their history, least recently published first.
         self._idle: dict[str, ChannelState[M]] = {}
+        #: Frames dropped on channels forgotten since, by slow-consumer policy.
+        self._retired_drops: dict[SlowConsumerPolicy, int] = {}
 
     # -- membership ---------------------------------------------------------------------------
 
@@ -264,7 +266,19 @@ class Hub(Generic[M]):
         else:
             self._forget(state)
 
+    def dropped_by_policy(self) -> dict[SlowConsumerPolicy, int]:
+        """Frames slow-consumer policies dropped, ever (channels forgotten included)."""
+        totals = dict(self._retired_drops)
+        for state in self._channels.values():
+            if state.dropped:
+                totals[state.policy] = totals.get(state.policy, 0) + state.dropped
+        return totals
+
     def _forget(self, state: ChannelState[M]) -> None:
+        if state.dropped:
+            drops = self._retired_drops
+            drops[state.policy] = drops.get(state.policy, 0) + state.dropped
+            state.dropped = 0
         self._history_bytes -= state.history.nbytes
         state.history.clear()
         state.expiry_deadline = None  # its heap entry is now stale

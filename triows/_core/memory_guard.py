@@ -1,8 +1,10 @@
-"""The memory guard: above a resident-memory limit the server takes no new connections.
+"""Thresholds with hysteresis: the memory guard, and the monitor's warnings.
 
-Hysteresis keeps it from flapping: it trips when memory goes over ``limit`` and clears only
-when it falls below ``recover_ratio`` of it. :meth:`update` says when either happens, so the
-shell logs once per crossing, never once per sample. A limit of 0 turns it off.
+Above a resident-memory limit the server takes no new connections; above the monitor's
+loop-lag or memory warning levels it logs a warning. Hysteresis keeps either from flapping: a
+:class:`Threshold` trips when its value goes over ``limit`` and clears only when it falls below
+``recover_ratio`` of it. :meth:`Threshold.update` says when either happens, so the shell logs
+once per crossing, never once per sample. A limit of 0 turns it off.
 """
 
 from __future__ import annotations
@@ -15,29 +17,40 @@ class Crossing(enum.Enum):
     CLEARED = "cleared"
 
 
-class MemoryGuard:
-    __slots__ = ("limit", "over", "recover_ratio", "rss", "trips")
+class Threshold:
+    __slots__ = ("limit", "over", "recover_ratio", "trips", "value")
 
-    def __init__(self, limit: int, recover_ratio: float = 0.9) -> None:
+    def __init__(self, limit: float, recover_ratio: float = 0.9) -> None:
         self.limit = limit
         self.recover_ratio = recover_ratio
         self.over = False
-        #: The last resident memory sampled (bytes), and how often the guard tripped.
-        self.rss = 0
+        #: The last value sampled, and how often the threshold tripped.
+        self.value: float = 0
         self.trips = 0
 
-    def update(self, rss: int) -> Crossing | None:
-        self.rss = rss
+    def update(self, value: float) -> Crossing | None:
+        self.value = value
         if self.limit <= 0:
             return None
-        if not self.over and rss > self.limit:
+        if not self.over and value > self.limit:
             self.over = True
             self.trips += 1
             return Crossing.TRIPPED
-        if self.over and rss < self.limit * self.recover_ratio:
+        if self.over and value < self.limit * self.recover_ratio:
             self.over = False
             return Crossing.CLEARED
         return None
+
+
+class MemoryGuard(Threshold):
+    """Resident memory (bytes) against ``memory_limit``."""
+
+    __slots__ = ()
+
+    @property
+    def rss(self) -> int:
+        """The last resident memory sampled (bytes)."""
+        return int(self.value)
 
 
 def read_rss() -> int:

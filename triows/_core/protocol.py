@@ -291,3 +291,20 @@ def message_payload(
             b'"}',
         )
     )
+
+
+_TIMESTAMP = b',"timestamp":'
+
+
+def timestamp_of(payload: bytes) -> int | None:
+    """The ``timestamp`` of a :func:`message_payload` without decoding it: the envelope's
+    fields follow ``data``, so the last occurrence is the envelope's own."""
+    at = payload.rfind(_TIMESTAMP)
+    if at < 0:
+        return None
+    start = at + len(_TIMESTAMP)
+    end = payload.find(b",", start)
+    try:
+        return int(payload[start:end])
+    except ValueError:
+        return None

@@ -1,0 +1,39 @@
+"""Latency histograms: plain counts on the hot path, percentiles per monitor interval."""
+
+from __future__ import annotations
+
+from triows._core.latency import LatencyHistogram, NullHistogram, histogram, percentile
+
+
+def test_observations_land_in_their_bucket() -> None:
+    h = LatencyHistogram((0.01, 0.1))
+    for value in (0.0, 0.01, 0.05, 0.5, 3.0):
+        h.observe(value)
+    assert h.counts() == (2, 1, 2)  # <= 0.01 (bounds are inclusive), <= 0.1, above
+    assert h.cumulative() == [(0.01, 2), (0.1, 3), (float("inf"), 5)]
+    assert h.count == 5
+    assert h.total == 3.56
+
+
+def test_percentiles_cover_only_the_interval() -> None:
+    h = LatencyHistogram((0.001, 0.01, 0.1))
+    for _ in range(100):
+        h.observe(0.05)
+    before = h.counts()
+    for _ in range(98):
+        h.observe(0.0005)
+    h.observe(0.005)
+    h.observe(0.5)  # above every bound: reported as the last bound
+    now = h.counts()
+    assert percentile(h.bounds, now, before, 0.5) == 0.001
+    assert percentile(h.bounds, now, before, 0.99) == 0.01
+    assert percentile(h.bounds, now, before, 1.0) == 0.1
+    assert percentile(h.bounds, now, now, 0.5) is None
+
+
+def test_a_null_histogram_observes_nothing() -> None:
+    h = histogram(enabled=False)
+    assert isinstance(h, NullHistogram)
+    h.observe(1.0)
+    assert h.count == 0
+    assert isinstance(histogram(enabled=True), LatencyHistogram)

@@ -1,0 +1,40 @@
+"""X-Forwarded-For, believed only as far as the proxies that wrote it are trusted."""
+
+from __future__ import annotations
+
+import pytest
+
+from triows._core.proxy import client_address, parse_networks
+
+TRUSTED = parse_networks(["10.0.0.0/8", "::1"])
+
+
+@pytest.mark.parametrize(
+    ("peer", "header", "client"),
+    [
+        ("10.0.0.5", "203.0.113.9", "203.0.113.9"),
+        # A client may send its own header: only the hop our proxy appended counts.
+        ("10.0.0.5", "1.2.3.4, 203.0.113.9", "203.0.113.9"),
+        # Two proxies of ours in a row: the first address that is not ours.
+        ("10.0.0.5", "203.0.113.9, 10.1.1.1", "203.0.113.9"),
+        # Not a trusted peer: the header is anyone's to write.
+        ("192.0.2.1", "203.0.113.9", "192.0.2.1"),
+        ("10.0.0.5", None, "10.0.0.5"),
+        # Garbage stops the walk at the last good address.
+        ("10.0.0.5", "nonsense, 10.2.2.2", "10.2.2.2"),
+        ("::1", "[2001:db8::1]:443", "2001:db8::1"),
+        ("10.0.0.5", "203.0.113.9:5555", "203.0.113.9"),
+        ("::ffff:10.0.0.5", "203.0.113.9", "203.0.113.9"),
+    ],
+)
+def test_client_address(peer: str, header: str | None, client: str) -> None:
+    assert client_address(peer, header, TRUSTED) == client
+
+
+def test_nothing_is_trusted_by_default() -> None:
+    assert client_address("10.0.0.5", "203.0.113.9", ()) == "10.0.0.5"
+
+
+def test_a_bad_network_is_named() -> None:
+    with pytest.raises(ValueError, match="'10.0.0.0/33'"):
+        parse_networks(["10.0.0.0/33"])

@@ -1,0 +1,59 @@
+"""The monitor: a bounded history of samples, and one warning per crossing, in virtual time."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+import trio.testing
+
+from triows.testing import open_test_server
+
+
+async def test_samples_are_kept_in_a_bounded_ring(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(monitor_interval=1, monitor_history=5) as harness:
+        monitor = harness.server.monitor
+        async with harness.connect() as client:
+            await trio.sleep(2.5)
+            for n in range(4):
+                await client.request({"type": "publish", "channel": "c", "data": n, "id": n})
+            await trio.sleep(1)
+            sample = monitor.samples[-1]
+            assert sample.connections == 1
+            assert sample.publish_rate == pytest.approx(4, rel=0.01)
+            # In process the ack is written in the same step: the first bucket.
+            assert (sample.ack_p50, sample.ack_p99) == (0.0005, 0.0005)
+            assert sample.lag_p50 is None  # nothing crossed Redis
+            await trio.sleep(10)
+        assert len(monitor.samples) == 5
+        times = [s.time for s in monitor.samples]
+        assert times == sorted(times)
+        assert monitor.samples[-1].ack_p50 is None  # no publish in the last interval
+
+
+async def test_loop_lag_warns_once_and_once_more_when_it_recovers(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="triows.monitor")
+    async with open_test_server(monitor_interval=1, warn_loop_lag=0.5) as harness:
+        for _ in range(2):
+            await trio.sleep(3.5)
+            autojump_clock.jump(2)  # the monitor's timer fires over 1 s late
+            await trio.sleep(0.1)
+            assert harness.server.monitor.loop_lag > 1
+            await trio.sleep(5)
+            assert harness.server.monitor.loop_lag == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([line for line in lines if "is over 0.500s" in line]) == 2
+    assert len([line for line in lines if "back to" in line]) == 2
+
+
+async def test_memory_warning_is_one_line_not_one_per_sample(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="triows.monitor")
+    async with open_test_server(monitor_interval=1, warn_memory=1):
+        await trio.sleep(30)
+    lines = [r.getMessage() for r in caplog.records if "warning level" in r.getMessage()]
+    assert len(lines) == 1

@@ -1,0 +1,344 @@
+"""Plain HTTP on the WebSocket port: health, metrics, statistics and the publish API.
+
+A request without ``Upgrade: websocket`` lands here (see :mod:`triows._transport`). It is
+bounded like a handshake: its head by ``MAX_HEAD``, its body by ``max_message_size`` (413),
+reading, handling and answering together by ``handshake_timeout``. Every answer closes the
+connection (no keep-alive: these are probes, scrapes and backend calls, not page loads).
+
+===================  =======  ==========================================================
+path                 method   answer
+===================  =======  ==========================================================
+``/health``          GET      200 while the process serves (503 while shutting down)
+``/ready``           GET      200 when accepting and the broker is up; else 503 + reasons
+``/metrics``         GET      Prometheus text (404 with ``metrics`` off)
+``/stats``           GET      JSON: statistics, the monitor's samples, top channels, workers
+``/api/publish``     POST     ``{"channel", "data", "idempotency_key"?}`` → seq and epoch
+``/api/broadcast``   POST     ``{"channels": [...], "data", "idempotency_key"?}``
+``/api/channels``    GET      channels with subscriber counts
+===================  =======  ==========================================================
+
+The ``/api/`` paths need ``X-API-Key`` and exist only when ``api_key`` is set (404 otherwise,
+so a server without a key does not even say it has an API). Errors are JSON
+``{"error": message}`` with the status.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import attrs
+import trio
+
+from . import _metrics, _shared_stats
+from ._broker import BrokerUnavailableError
+from ._core.handshake import HandshakeError, HttpRequest, content_length, http_response
+from ._core.names import ChannelNameError, validate_channel
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+log = logging.getLogger("triows.http")
+
+JSON = "application/json"
+#: Channels one ``/api/broadcast`` may name.
+MAX_BROADCAST_CHANNELS = 1000
+#: Longest ``idempotency_key``.
+MAX_IDEMPOTENCY_KEY = 256
+#: Samples ``/stats`` returns unless ``?history=N`` asks for another number.
+DEFAULT_HISTORY = 60
+#: Channels ``/api/channels`` lists unless ``?limit=N`` asks for another number.
+DEFAULT_CHANNEL_LIMIT = 1000
+
+
+@attrs.frozen
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def _json(status: int, value: Any) -> Response:
+    return Response(status, json.dumps(value, separators=(",", ":")).encode() + b"\n")
+
+
+Handler = Callable[[HttpRequest, bytes], Awaitable[Response]]
+
+
+class HttpEndpoints:
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        #: path -> (method, handler, needs the API key)
+        self.routes: dict[str, tuple[str, Handler, bool]] = {
+            "/health": ("GET", self._health, False),
+            "/ready": ("GET", self._ready, False),
+            "/stats": ("GET", self._stats, False),
+            "/api/publish": ("POST", self._publish, True),
+            "/api/broadcast": ("POST", self._broadcast, True),
+            "/api/channels": ("GET", self._channels, True),
+        }
+        if server.config.metrics:
+            self.routes["/metrics"] = ("GET", self._metrics, False)
+
+    async def serve(
+        self, stream: trio.abc.Stream, request: HttpRequest, leftover: bytes, remote: str
+    ) -> None:
+        """Answer one request; the caller closes the stream."""
+        server = self._server
+        timeout = server.config.handshake_timeout
+        with trio.move_on_after(timeout) as scope:
+            try:
+                response = await self._respond(stream, request, leftover)
+            except HttpError as exc:
+                response = _json(exc.status, {"error": exc.message, **exc.extra})
+            except HandshakeError as exc:
+                response = Response(
+                    exc.status,
+                    json.dumps({"error": exc.reason}).encode() + b"\n",
+                    headers=exc.headers,
+                )
+        if scope.cancelled_caught:
+            response = _json(504, {"error": f"not answered within {timeout:g}s"})
+        server.http_requests[response.status] += 1
+        log.debug("%s %s %s -> %d", remote, request.method, request.path, response.status)
+        data = http_response(
+            response.status,
+            response.body,
+            content_type=response.content_type,
+            headers=response.headers,
+        )
+        with trio.move_on_after(timeout):
+            await stream.send_all(data)
+
+    async def _respond(
+        self, stream: trio.abc.Stream, request: HttpRequest, leftover: bytes
+    ) -> Response:
+        route = self.routes.get(request.path)
+        if route is None or (route[2] and self._server.config.api_key is None):
+            raise HttpError(404, f"nothing at {request.path}")
+        method, handler, needs_key = route
+        if request.method != method:
+            raise HttpError(405, f"{request.path} takes {method}") from None
+        if needs_key:
+            self._check_key(request)
+        body = await _read_body(stream, request, leftover, self._server.config.max_message_size)
+        return await handler(request, body)
+
+    def _check_key(self, request: HttpRequest) -> None:
+        key = self._server.config.api_key
+        given = request.headers.get("x-api-key")
+        if given is None:
+            raise HttpError(401, "missing X-API-Key header")
+        assert key is not None
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            raise HttpError(401, "wrong API key")
+
+    # -- probes and figures ---------------------------------------------------------------------
+
+    async def _health(self, request: HttpRequest, body: bytes) -> Response:
+        server = self._server
+        if server.closing:
+            return _json(503, {"status": "shutting down", "server_id": server.server_id})
+        return _json(200, {"status": "ok", "server_id": server.server_id})
+
+    async def _ready(self, request: HttpRequest, body: bytes) -> Response:
+        reasons = self._server.not_ready()
+        if reasons:
+            return _json(503, {"ready": False, "reasons": reasons})
+        return _json(200, {"ready": True})
+
+    async def _metrics(self, request: HttpRequest, body: bytes) -> Response:
+        families = [_metrics.collect(self._server)]
+        families += [record["families"] for record in await self._other_workers()]
+        text = _metrics.render(_metrics.merge(families))
+        return Response(200, text, _metrics.CONTENT_TYPE_LATEST)
+
+    async def _other_workers(self) -> list[dict[str, Any]]:
+        """Under ``--workers``: the other workers' latest figures (none otherwise)."""
+        config = self._server.config
+        if config.shared_stats_dir is None:
+            return []
+        return await trio.to_thread.run_sync(
+            _shared_stats.read_others, config.shared_stats_dir, config.monitor_interval
+        )
+
+    async def _stats(self, request: HttpRequest, body: bytes) -> Response:
+        server = self._server
+        wanted = _int_parameter(request, "history", DEFAULT_HISTORY)
+        samples = list(server.monitor.samples)[-wanted:] if wanted else []
+        workers = [server.monitor.summary()]
+        workers += [record["summary"] for record in await self._other_workers()]
+        return _json(
+            200,
+            {
+                "server": attrs.asdict(server.statistics()),
+                "monitor": {
+                    "interval": server.monitor.interval,
+                    "samples": [attrs.asdict(sample) for sample in samples],
+                },
+                "workers": sorted(workers, key=lambda w: str(w.get("worker"))),
+                "total": total(workers),
+            },
+        )
+
+    # -- the publish API ------------------------------------------------------------------------
+
+    async def _publish(self, request: HttpRequest, body: bytes) -> Response:
+        payload = _object(body, required=("channel", "data"), optional=("idempotency_key",))
+        channel = _channel(payload["channel"])
+        key = _idempotency_key(payload.get("idempotency_key"))
+        return _json(200, await self._publish_one(channel, payload["data"], key))
+
+    async def _broadcast(self, request: HttpRequest, body: bytes) -> Response:
+        payload = _object(body, required=("channels", "data"), optional=("idempotency_key",))
+        channels = payload["channels"]
+        if not isinstance(channels, list) or not channels:
+            raise HttpError(400, "channels must be a non-empty list of channel names")
+        if len(channels) > MAX_BROADCAST_CHANNELS:
+            raise HttpError(400, f"at most {MAX_BROADCAST_CHANNELS} channels per broadcast")
+        names = [_channel(name) for name in channels]
+        if len(set(names)) != len(names):
+            raise HttpError(400, "channels must not repeat a name")
+        key = _idempotency_key(payload.get("idempotency_key"))
+        results: list[dict[str, Any]] = []
+        for name in names:
+            try:
+                results.append(await self._publish_one(name, payload["data"], key))
+            except HttpError as exc:
+                # What was published stays published: say which, so a retry (with the same
+                # idempotency key) can be safe.
+                raise HttpError(exc.status, exc.message, results=results) from None
+        return _json(200, {"results": results})
+
+    async def _publish_one(self, channel: str, data: Any, key: str | None) -> dict[str, Any]:
+        from ._server import DataTooLargeError
+
+        try:
+            published = await self._server.publish_message(channel, data, idempotency_key=key)
+        except DataTooLargeError as exc:
+            raise HttpError(413, str(exc)) from None
+        except BrokerUnavailableError as exc:
+            raise HttpError(503, str(exc)) from None
+        except TypeError as exc:  # cannot happen with data decoded from JSON; kept honest
+            raise HttpError(400, str(exc)) from None
+        return {"channel": published.channel, "seq": published.seq, "epoch": published.epoch}
+
+    async def _channels(self, request: HttpRequest, body: bytes) -> Response:
+        limit = _int_parameter(request, "limit", DEFAULT_CHANNEL_LIMIT)
+        channels = sorted(self._server.channel_statistics(), key=lambda c: (-c.subscribers, c.name))
+        listed = [
+            {"channel": c.name, "subscribers": c.subscribers, "seq": c.seq, "epoch": c.epoch}
+            for c in channels[:limit]
+        ]
+        return _json(200, {"channels": listed, "total": len(channels)})
+
+
+async def _read_body(
+    stream: trio.abc.Stream, request: HttpRequest, leftover: bytes, limit: int
+) -> bytes:
+    length = content_length(request, limit)
+    body = bytearray(leftover[:length])
+    while len(body) < length:
+        data = await stream.receive_some(min(65536, length - len(body)))
+        if not data:
+            raise HttpError(400, "request body ended early")
+        body += data
+    return bytes(body)
+
+
+def _object(body: bytes, *, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(400, f"body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise HttpError(400, "body must be a JSON object")
+    missing = [name for name in required if name not in payload]
+    if missing:
+        raise HttpError(400, f"missing field {missing[0]!r}")
+    unknown = sorted(set(payload) - set(required) - set(optional))
+    if unknown:
+        raise HttpError(400, f"unknown field {unknown[0]!r}")
+    return payload
+
+
+def _channel(name: Any) -> str:
+    if not isinstance(name, str):
+        raise HttpError(400, "a channel name must be a string")
+    try:
+        return validate_channel(name)
+    except ChannelNameError as exc:
+        raise HttpError(400, str(exc)) from None
+
+
+def _idempotency_key(key: Any) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise HttpError(
+            400, f"idempotency_key must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        )
+    return key
+
+
+def _int_parameter(request: HttpRequest, name: str, default: int) -> int:
+    values = dict(parse_qsl(request.query))
+    text = values.get(name)
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise HttpError(400, f"{name} must be a whole number, got {text!r}")
+    return int(text)
+
+
+#: Summary fields where the whole server's figure is the worst worker's, not the sum.
+_WORST = ("loop_lag", "ack_p50", "ack_p95", "ack_p99", "lag_p50", "lag_p95", "lag_p99", "time")
+_SUMMED = (
+    "cpu",
+    "rss",
+    "connections",
+    "subscriptions",
+    "publish_rate",
+    "delivery_rate",
+    "published",
+    "delivered",
+    "dropped",
+    "slow_consumer_disconnects",
+    "queued_bytes",
+    "broker_buffered",
+)
+
+
+def total(workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary for all workers: sums, the worst latencies, channels added up by name."""
+    result: dict[str, Any] = {"workers": len(workers)}
+    for name in _SUMMED:
+        result[name] = sum(w.get(name) or 0 for w in workers)
+    for name in _WORST:
+        values = [w[name] for w in workers if w.get(name) is not None]
+        result[name] = max(values) if values else None
+    states = {w.get("broker_state") for w in workers}
+    result["broker"] = workers[0].get("broker") if workers else None
+    result["broker_state"] = "up" if states == {"up"} else "down"
+    channels: dict[str, list[int]] = {}
+    for worker in workers:
+        for name, subscribers, published in worker.get("top_channels", []):
+            entry = channels.setdefault(name, [0, 0])
+            entry[0] += subscribers
+            entry[1] = max(entry[1], published)
+    ranked = sorted(channels.items(), key=lambda item: (-item[1][0], item[0]))
+    result["top_channels"] = [[name, s, p] for name, (s, p) in ranked[:10]]
+    return result
