@@ -74,6 +74,21 @@ def test_repeatable_flags() -> None:
     assert [p for _, p in config.channel_policies] == ["drop_newest", "block"]
 
 
+def test_operability_flags() -> None:
+    config = parse_config(
+        ["--api-key", "k" * 20, "--trusted-proxy", "10.0.0.0/8", "--metrics", "no"],
+        {"TRIOWS_WARN_MEMORY": "1GiB", "TRIOWS_MONITOR_INTERVAL": "2"},
+    ).config
+    assert config.api_key == "k" * 20
+    assert config.trusted_proxies == ("10.0.0.0/8",)
+    assert (config.metrics, config.warn_memory, config.monitor_interval) == (False, 2**30, 2)
+    from_env = parse_config(
+        [], {"TRIOWS_TRUSTED_PROXY": "10.0.0.1, ::1", "TRIOWS_API_KEY": "a" * 16}
+    )
+    assert from_env.config.trusted_proxies == ("10.0.0.1/32", "::1/128")
+    assert from_env.config.api_key == "a" * 16
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "fragment"),
     [
@@ -96,6 +111,11 @@ def test_repeatable_flags() -> None:
         (["--redis-url", "localhost:6379"], {}, "redis_url must look like redis://"),
         (["--reuse-port", "maybe"], {}, "expected yes or no"),
         (["--work", "2"], {}, "unrecognized arguments"),
+        (["--api-key", "short"], {}, "at least 16 printable characters"),
+        (["--trusted-proxy", "10.0.0.0/33"], {}, "trusted proxy must be an address or a CIDR"),
+        ([], {"TRIOWS_TRUSTED_PROXY": "10.0.0.1,nope"}, "'nope'"),
+        (["--metrics", "maybe"], {}, "expected yes or no"),
+        (["--warn-memory", "lots"], {}, "expected a size in bytes"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(

@@ -139,10 +139,9 @@ async def test_api_publish_reaches_subscribers_with_seq_and_epoch() -> None:
             # The same key again: answered from the dedupe window, not delivered twice.
             again = await http.post("/api/publish", json=body, headers={"X-API-Key": KEY})
             assert again.json() == first.json()
-            body = {"channel": "news", "data": 2}
-            assert (await http.post("/api/publish", json=body, headers={"X-API-Key": KEY})).json()[
-                "seq"
-            ] == 2
+            second = {"channel": "news", "data": 2}
+            answer = await http.post("/api/publish", json=second, headers={"X-API-Key": KEY})
+            assert answer.json()["seq"] == 2
             assert json.loads(await ws.get_message())["data"] == 2
         assert server.statistics().deduplicated == 1
 
@@ -234,13 +233,13 @@ async def test_a_chunked_body_is_refused_and_a_slow_one_times_out() -> None:
 async def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     async with running(trusted_proxies=["127.0.0.0/8"], max_connections_per_ip=1) as (server, _):
         url = f"ws://127.0.0.1:{server.port}/"
-        headers = [("X-Forwarded-For", "198.51.100.7, 203.0.113.9")]
+        headers = [(b"X-Forwarded-For", b"198.51.100.7, 203.0.113.9")]
         async with open_websocket_url(url, extra_headers=headers) as ws:
             await ws.get_message()
             (conn,) = server.connection_statistics()
             assert conn.remote == "203.0.113.9"
             # Another client behind the same proxy is another address: not over the limit.
-            other = [("X-Forwarded-For", "203.0.113.10")]
+            other = [(b"X-Forwarded-For", b"203.0.113.10")]
             async with open_websocket_url(url, extra_headers=other) as second:
                 await second.get_message()
     async with running() as (server, _):  # no trusted proxy: the header is ignored

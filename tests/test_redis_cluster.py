@@ -182,3 +182,25 @@ def test_logged_redis_urls_hide_the_password() -> None:
 
     assert _safe_url("redis://:secret@db:6379/0") == "redis://***@db:6379/0"
     assert _safe_url("redis://db:6379/0") == "redis://db:6379/0"
+
+
+async def test_latencies_across_redis_are_measured(redis_url: str) -> None:
+    """Publish→ack, delivery lag and Redis round trips: what /metrics and the monitor show."""
+    channel = channel_name()
+    async with open_node(redis_url) as a, open_node(redis_url) as b:
+        async with a.connect() as reader, b.connect() as writer:
+            await reader.request({"type": "subscribe", "channel": channel, "id": 1})
+            for n in range(5):
+                await publish(writer, channel, n, n)
+            for _ in range(5):
+                await reader.receive_type("message")
+            acks = b.server.ack_latency
+            assert acks.count == 5
+            assert acks.total > 0  # waited for Redis: not the in-process zero
+            assert a.server.broker.delivery_lag.count == 5
+            assert b.server.broker.round_trips.count > 0
+            published = await b.server.publish_message(channel, "x", idempotency_key="once")
+            again = await b.server.publish_message(channel, "x", idempotency_key="once")
+            assert again == published
+            assert published.epoch
+            assert published.seq == 6

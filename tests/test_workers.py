@@ -233,3 +233,42 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_one_scrape_shows_every_worker(redis_server: RedisServer) -> None:
+    """The kernel spreads connections and scrapes over the workers; any scrape adds them all."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with two_workers_listening(redis_server.url) as (supervisor, _):
+        port = int(re.findall(r"ws://127\.0\.0\.1:(\d+)/", "\n".join(supervisor.lines))[0])
+        url = f"ws://127.0.0.1:{port}/"
+        async with trio.open_nursery() as nursery:
+            opened = trio.Semaphore(0)
+
+            async def hold() -> None:
+                async with trio_websocket.open_websocket_url(url) as ws:
+                    await ws.get_message()
+                    opened.release()
+                    await trio.sleep_forever()
+
+            for _ in range(8):
+                nursery.start_soon(hold)
+            for _ in range(8):
+                await opened.acquire()
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                with trio.fail_after(20):
+                    while True:
+                        text = (await http.get("/metrics")).text
+                        families = {f.name: f for f in text_string_to_metric_families(text)}
+                        stats = (await http.get("/stats")).json()
+                        if (
+                            families["triows_connections"].samples[0].value == 8
+                            and stats["total"]["workers"] == 2
+                        ):
+                            break
+                        await trio.sleep(0.2)
+            assert stats["total"]["connections"] == 8
+            assert {w["worker"] for w in stats["workers"]} == {"0", "1"}
+            assert families["triows_broker_up"].samples[0].value == 1
+            nursery.cancel_scope.cancel()

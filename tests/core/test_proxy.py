@@ -36,5 +36,5 @@ def test_nothing_is_trusted_by_default() -> None:
 
 
 def test_a_bad_network_is_named() -> None:
-    with pytest.raises(ValueError, match="'10.0.0.0/33'"):
+    with pytest.raises(ValueError, match=r"'10\.0\.0\.0/33'"):
         parse_networks(["10.0.0.0/33"])
