@@ -25,6 +25,7 @@ Figures are medians over --repeat runs. Everything stays on 127.0.0.1; every loo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -34,8 +35,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +154,7 @@ def fanout(
     extra: list[str] | None = None,
     window: int = 16,
     redis_pid: int | None = None,
+    scrape: bool = False,
 ) -> dict[str, float]:
     port = free_port()
     server = start_server(kind, port, extra)
@@ -157,20 +162,21 @@ def fanout(
         time.sleep(1.0)  # every worker listening, not only the first
     pids = process_tree(server.pid)
     try:
-        result, cpu, redis_cpu = drive(
-            [
-                "fanout",
-                f"ws://127.0.0.1:{port}/",
-                kind,
-                str(subscribers),
-                str(warmup),
-                str(measure),
-                str(window),
-            ],
-            pids,
-            redis_pid=redis_pid,
-            timeout=warmup + measure + 120,
-        )
+        with scraping(port, scrape):
+            result, cpu, redis_cpu = drive(
+                [
+                    "fanout",
+                    f"ws://127.0.0.1:{port}/",
+                    kind,
+                    str(subscribers),
+                    str(warmup),
+                    str(measure),
+                    str(window),
+                ],
+                pids,
+                redis_pid=redis_pid,
+                timeout=warmup + measure + 120,
+            )
     finally:
         stop(server)
     return {
@@ -181,6 +187,67 @@ def fanout(
         "p50_ms": result["p50_ms"],
         "p99_ms": result["p99_ms"],
     }
+
+
+@contextlib.contextmanager
+def scraping(port: int, enabled: bool) -> Iterator[None]:
+    """While enabled: what Prometheus and ``triows top`` do, GET /metrics and /stats every
+    second, in a thread of this process (its CPU is the server's, as a scrape's is)."""
+    if not enabled:
+        yield
+        return
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def scrape() -> None:
+        while not done.wait(1.0):
+            try:
+                for path in ("/metrics", "/stats"):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                        r.read()
+            except OSError as exc:
+                failures.append(exc)
+                return
+
+    thread = threading.Thread(target=scrape, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    if failures:
+        raise RuntimeError(f"scraping failed: {failures[0]}")
+
+
+def metrics_cost(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    """triows with metrics on (and scraped every second) against metrics off, interleaved
+    runs in one invocation: fan-out to 1000 subscribers, and publish→ack (request→reply)."""
+    runs = max(args.repeat, 3)
+    rows: dict[str, dict[str, list[float]]] = {"off": {}, "on": {}}
+    for _ in range(runs):
+        for setting in ("off", "on"):
+            extra = ["--metrics", "yes" if setting == "on" else "no"]
+            on = setting == "on"
+            fan = fanout("triows", 1000, args.warmup, args.measure, extra=extra, scrape=on)
+            rpc = request_reply("triows", 50, args.warmup, args.measure, extra=extra, scrape=on)
+            row = rows[setting]
+            row.setdefault("fanout_per_cpu_second", []).append(fan["per_cpu_second"])
+            row.setdefault("replies_per_cpu_second", []).append(rpc["per_cpu_second"])
+            row.setdefault("replies_per_s", []).append(rpc["replies_per_s"])
+    section = figures["metrics"] = {
+        setting: {name: statistics.median(values) for name, values in row.items()}
+        for setting, row in rows.items()
+    }
+    print(f"\nmetrics on (scraped every second) / off, medians of {runs}:", flush=True)
+    for name in ("fanout_per_cpu_second", "replies_per_cpu_second", "replies_per_s"):
+        ratio = section["on"][name] / section["off"][name]
+        section[f"ratio_{name}"] = ratio
+        print(
+            f"  {name:24} off {section['off'][name]:>10,.0f}  on {section['on'][name]:>10,.0f}"
+            f"  {ratio:.3f}x",
+            flush=True,
+        )
 
 
 def drive(
@@ -212,30 +279,48 @@ def drive(
 
 
 def against(
-    kind: str, generator_mode: str, arguments: list[str], *, mode: str = "broadcast", timeout: float
+    kind: str,
+    generator_mode: str,
+    arguments: list[str],
+    *,
+    mode: str = "broadcast",
+    timeout: float,
+    extra: list[str] | None = None,
+    scrape: bool = False,
 ) -> tuple[dict[str, Any], float]:
     """Start one ``kind`` server, run the generator in ``generator_mode`` against it; returns
     the generator's result and the server's CPU seconds over the measured window."""
     port = free_port()
-    server = start_server(kind, port, mode=mode)
+    server = start_server(kind, port, extra, mode=mode)
     try:
-        result, cpu, _ = drive(
-            [generator_mode, f"ws://127.0.0.1:{port}/", kind, *arguments],
-            process_tree(server.pid),
-            timeout=timeout,
-        )
+        with scraping(port, scrape):
+            result, cpu, _ = drive(
+                [generator_mode, f"ws://127.0.0.1:{port}/", kind, *arguments],
+                process_tree(server.pid),
+                timeout=timeout,
+            )
     finally:
         stop(server)
     return result, cpu
 
 
-def request_reply(kind: str, clients: int, warmup: float, measure: float) -> dict[str, float]:
+def request_reply(
+    kind: str,
+    clients: int,
+    warmup: float,
+    measure: float,
+    *,
+    extra: list[str] | None = None,
+    scrape: bool = False,
+) -> dict[str, float]:
     result, cpu = against(
         kind,
         "rpc",
         [str(clients), str(warmup), str(measure)],
         mode="echo",
         timeout=warmup + measure + 120,
+        extra=extra,
+        scrape=scrape,
     )
     return {
         "replies_per_s": result["replies"] / result["seconds"],
@@ -538,7 +623,9 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument(
-        "--only", choices=("single", "cluster"), help="run one part (default: both)"
+        "--only",
+        choices=("single", "cluster", "metrics"),
+        help="run one part (default: single and cluster; metrics: the cost of metrics)",
     )
     parser.add_argument(
         "--scale", action="store_true", help="only the scale mode: idle connections at scale"
@@ -558,13 +645,18 @@ def main() -> None:
         "fanout": {},
         "paced": {},
         "cluster": {},
+        "metrics": {},
     }
     if args.scale:
         scale(args, figures)
-    elif args.only != "cluster":
-        single(args, figures)
-    if args.only != "single" and not args.scale:
-        cluster(args, figures)
+    elif args.only == "metrics":
+        metrics_cost(args, figures)
+    else:
+        if args.only != "cluster":
+            single(args, figures)
+            metrics_cost(args, figures)
+        if args.only != "single":
+            cluster(args, figures)
     if args.json:
         print(json.dumps(figures, indent=2))
 
