@@ -249,3 +249,17 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
             await ws.get_message()
             (conn,) = server.connection_statistics()
             assert conn.remote.startswith("127.0.0.1:")
+
+
+async def test_a_failing_endpoint_is_a_500_not_a_dropped_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running() as (server, http):
+
+        def broken() -> list[str]:
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr(server, "not_ready", broken)
+        answer = await http.get("/ready")
+        assert (answer.status_code, answer.json()) == (500, {"error": "internal error"})
+        assert (await http.get("/health")).status_code == 200

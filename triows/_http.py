@@ -110,6 +110,10 @@ class HttpEndpoints:
                     json.dumps({"error": exc.reason}).encode() + b"\n",
                     headers=exc.headers,
                 )
+            except Exception:
+                # A bug of ours: the client gets a plain 500, the log the details.
+                log.exception("%s %s failed", request.method, request.path)
+                response = _json(500, {"error": "internal error"})
         if scope.cancelled_caught:
             response = _json(504, {"error": f"not answered within {timeout:g}s"})
         server.http_requests[response.status] += 1

@@ -43,7 +43,7 @@ class DedupeWindow:
     ) -> int | None:
         """The seq a previous publish with this id got, if it is still in the window."""
         found = self._entries.get((principal, channel, publish_id))
-        if found is None or found[1] <= now - self.ttl:
+        if found is None or now - found[1] >= self.ttl:
             return None
         return found[0]
 
@@ -71,11 +71,13 @@ class DedupeWindow:
 
     def expire(self, now: float) -> None:
         """Drop expired entries (and principals left with none); costs what it removes."""
-        cutoff = now - self.ttl
+        # ``now - at >= ttl``, not ``at <= now - ttl``: the two differ by a rounding, and
+        # lookup() must agree with expire() to the last bit.
+        ttl = self.ttl
         entries = self._entries
         while entries:
             entry, (_, at) = next(iter(entries.items()))
-            if at > cutoff:
+            if now - at < ttl:
                 break
             self._remove(entry)
 
