@@ -275,6 +275,30 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "publications held while Redis is unreachable (more: error 503)",
     ),
     (
+        "--presence",
+        str,
+        "presence",
+        "channel pattern with presence (members, join/leave), repeatable",
+    ),
+    (
+        "--presence-counts",
+        str,
+        "presence_counts",
+        "channel pattern with presence counts only (no member list, no join/leave), repeatable",
+    ),
+    (
+        "--presence-max-members",
+        _INT,
+        "presence_max_members",
+        "above this many members a presence channel answers counts only",
+    ),
+    (
+        "--demo",
+        _yes_no,
+        "demo",
+        "yes: serve a chat demo page at /demo (try it with --presence '*')",
+    ),
+    (
         "--api-key",
         str,
         "api_key",
@@ -328,7 +352,15 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
     ("--log-level", str, None, "log verbosity"),
     ("--log-format", str, None, "one line of text or one JSON object per record"),
 )
-_REPEATABLE = {"--allow-origin", "--channel-policy", "--channel-history", "--trusted-proxy"}
+_REPEATABLE = {
+    "--allow-origin",
+    "--channel-policy",
+    "--channel-history",
+    "--trusted-proxy",
+    "--presence",
+    "--presence-counts",
+}
+_SWITCHES = {"--demo"}
 _CLI_DEFAULTS: dict[str, Any] = {"--log-level": "info", "--log-format": "text", "--workers": 1}
 _CHOICES = {"--log-level": LOG_LEVELS, "--log-format": ("text", "json")}
 
@@ -357,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["choices"] = _CHOICES[flag]
         if flag == "--slow-consumer":
             kwargs.update(type=str, choices=[p.value for p in SlowConsumerPolicy])
+        if flag in _SWITCHES:  # ``--demo`` alone means yes; ``--demo no`` too is accepted
+            kwargs.update(nargs="?", const=True)
         if flag in _REPEATABLE:
             kwargs.update(action="append", default=None)
         else:

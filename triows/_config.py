@@ -192,6 +192,17 @@ class Config:
     redis_timeout: float = attrs.field(default=2.0, validator=_positive)
     #: Seconds Redis keeps a channel's numbering and stream after its last use.
     redis_key_ttl: float = attrs.field(default=86_400.0, validator=_positive)
+    #: Channel patterns with presence: ``presence`` requests list members, and subscribers
+    #: get ``join``/``leave`` frames. ``presence_counts`` patterns answer counts only.
+    presence: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    presence_counts: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: Above this many members a presence channel answers counts only and sends no join/leave.
+    presence_max_members: int = attrs.field(default=1000, validator=_int_at_least(1))
+    #: Seconds a member stays in Redis after its node last refreshed it (nodes refresh every
+    #: third of it): a crashed node's members are gone within this.
+    presence_ttl: float = attrs.field(default=30.0, validator=_positive)
+    #: Serve the demo chat page at ``/demo`` (``--demo``).
+    demo: bool = False
     #: Key of the HTTP publish API (``X-API-Key``); ``None`` turns the API off (404).
     api_key: str | None = attrs.field(default=None, repr=False, validator=_api_key)
     #: Reverse proxies (addresses or CIDR networks) whose ``X-Forwarded-For`` is believed.

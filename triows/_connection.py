@@ -205,6 +205,7 @@ class Connection:
             # Leave the channels at once (no more deliveries), but stay registered until the
             # goodbye is done: Server.aclose() waits for the registry to empty before it
             # cancels the tasks the closing handshake still needs.
+            self._server.presence.left_all(self)
             self._server.broker.remove_member(self)
             try:
                 await self._say_goodbye()
@@ -547,7 +548,8 @@ class Connection:
         if self._server.config.authorize is not None:
             return True
         return (
-            isinstance(request, protocol.Subscribe) and not self._server.broker.subscribes_at_once
+            isinstance(request, protocol.Subscribe | protocol.PresenceQuery)
+            and not self._server.broker.subscribes_at_once
         )
 
     def _serve_safely(self, request: protocol.Request) -> Wait | None:
@@ -577,13 +579,18 @@ class Connection:
             case protocol.Subscribe(channel=channel, id=request_id):
                 self._check_rate(Action.SUBSCRIBE, request_id)
                 server.check_allowed(self.principal, Action.SUBSCRIBE, channel, request_id)
+                joining = self._joining(channel)
                 with _subscribe_errors(request_id):
                     subscribed = server.broker.subscribe_nowait(
                         self, channel, request.since, request.epoch
                     )
-                return self._subscribed(request, subscribed)
+                return self._subscribed(request, subscribed, joining)
+            case protocol.PresenceQuery(channel=channel, id=request_id):
+                self._check_presence(channel, request_id)
+                answer = server.presence.local_answer(channel)
+                return self._reply(self._presence_reply(channel, request_id, answer))
             case protocol.Unsubscribe(channel=channel, id=request_id):
-                server.broker.unsubscribe(self, channel)
+                self._unsubscribe(channel)
                 return self._reply(
                     protocol.with_id({"type": "unsubscribed", "channel": channel}, request_id)
                 )
@@ -619,11 +626,17 @@ class Connection:
                 case protocol.Subscribe(channel=channel, id=request_id):
                     self._check_rate(Action.SUBSCRIBE, request_id)
                     await server.authorize(self.principal, Action.SUBSCRIBE, channel, request_id)
+                    joining = self._joining(channel)
                     with _subscribe_errors(request_id):
                         subscribed = await server.broker.subscribe(
                             self, channel, request.since, request.epoch
                         )
-                    wait = self._subscribed(request, subscribed)
+                    wait = self._subscribed(request, subscribed, joining)
+                case protocol.PresenceQuery(channel=channel, id=request_id):
+                    self._check_presence(channel, request_id)
+                    await server.authorize(self.principal, Action.SUBSCRIBE, channel, request_id)
+                    answer = await server.presence.answer(channel)
+                    wait = self._reply(self._presence_reply(channel, request_id, answer))
                 case protocol.Refresh(token=token, id=request_id):
                     wait = self._refreshed(token, request_id)
                     if wait is not None:
@@ -679,7 +692,33 @@ class Connection:
             self._acks_over = False
             await self.settle()
 
-    def _subscribed(self, request: protocol.Subscribe, subscribed: Subscribed) -> Wait | None:
+    def _joining(self, channel: str) -> bool:
+        """Whether a subscribe to ``channel`` would be a presence join (a new membership)."""
+        presence = self._server.presence
+        return presence.enabled and not self._server.hub.is_member(self, channel)
+
+    def _unsubscribe(self, channel: str) -> None:
+        if self._server.broker.unsubscribe(self, channel):
+            self._server.presence.left(self, channel)
+
+    def _check_presence(self, channel: str, request_id: protocol.RequestId | None) -> None:
+        if self._server.presence.mode(channel) is None:
+            raise ProtocolError(
+                protocol.BAD_REQUEST,
+                f"presence is off for '{channel}' (the server's --presence patterns)",
+                request_id,
+            )
+        self._server.check_allowed(self.principal, Action.SUBSCRIBE, channel, request_id)
+
+    @staticmethod
+    def _presence_reply(
+        channel: str, request_id: protocol.RequestId | None, answer: dict[str, object]
+    ) -> dict[str, object]:
+        return protocol.with_id({"type": "presence", "channel": channel, **answer}, request_id)
+
+    def _subscribed(
+        self, request: protocol.Subscribe, subscribed: Subscribed, joining: bool = False
+    ) -> Wait | None:
         reply: dict[str, object] = {
             "type": "subscribed",
             "channel": request.channel,
@@ -698,6 +737,8 @@ class Connection:
         over = self.queue_reply(protocol.with_id(reply, request.id))
         for replayed in replay:
             over = self.queue_reply(replayed) or over
+        if joining:
+            self._server.presence.joined(self, request.channel)
         return self.settle if over else None
 
     # -- liveness and expiry --------------------------------------------------------------------
@@ -762,7 +803,7 @@ class Connection:
     def _leave_refused(self, channel: str) -> Wait | None:
         """A refreshed token (or the ``authorize`` hook, asked again) no longer allows
         ``channel``: leave it and say why."""
-        self._server.broker.unsubscribe(self, channel)
+        self._unsubscribe(channel)
         return self._reply(
             {
                 "type": "unsubscribed",

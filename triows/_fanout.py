@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import trio
 
+from ._core.auth import Principal
 from ._core.hub import ChannelState
 from ._core.outbox import DropCounter, Outbox, SlowConsumerPolicy
 
@@ -25,6 +26,8 @@ class Subscriber(Protocol):
     client_id: str
     close_code: int | None
     outbox: Outbox
+    #: Who it is (presence lists members with their user ids).
+    principal: Principal
 
     def __hash__(self) -> int: ...
 

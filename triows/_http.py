@@ -24,10 +24,12 @@ so a server without a key does not even say it has an API). Errors are JSON
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("triows.http")
 
 JSON = "application/json"
+STATIC_TYPES = {"js": "text/javascript; charset=utf-8", "html": "text/html; charset=utf-8"}
 #: Channels one ``/api/broadcast`` may name.
 MAX_BROADCAST_CHANNELS = 1000
 #: Longest ``idempotency_key``.
@@ -92,6 +95,11 @@ class HttpEndpoints:
         }
         if server.config.metrics:
             self.routes["/metrics"] = ("GET", self._metrics, False)
+        self.routes["/triows.js"] = ("GET", self._static("triows.js"), False)
+        if server.config.demo:
+            # The page connects to the server's WebSocket path (any path when not restricted).
+            page = self._static("demo.html", {b"__TRIOWS_PATH__": (server.config.path or "/")})
+            self.routes["/demo"] = ("GET", page, False)
 
     async def serve(
         self, stream: trio.abc.Stream, request: HttpRequest, leftover: bytes, remote: str
@@ -149,6 +157,26 @@ class HttpEndpoints:
         assert key is not None
         if not hmac.compare_digest(given.encode(), key.encode()):
             raise HttpError(401, "wrong API key")
+
+    # -- static files ---------------------------------------------------------------------------
+
+    def _static(self, name: str, fill: dict[bytes, str] | None = None) -> Handler:
+        """A file shipped in ``triows/static``, read once (``fill`` replaces placeholders),
+        with a validator: a browser asks again after ``max-age`` and gets a 304 while the file
+        is unchanged."""
+        body = resources.files("triows").joinpath("static", name).read_bytes()
+        for placeholder, value in (fill or {}).items():
+            body = body.replace(placeholder, value.encode())
+        etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
+        kind = STATIC_TYPES[name.rpartition(".")[2]]
+        headers = (("Cache-Control", "public, max-age=300"), ("ETag", etag))
+
+        async def serve(request: HttpRequest, _: bytes) -> Response:
+            if request.headers.get("if-none-match") == etag:
+                return Response(304, b"", kind, headers)
+            return Response(200, body, kind, headers)
+
+        return serve
 
     # -- probes and figures ---------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from ._broker import (
     WallClockMs,
 )
 from ._config import Config
-from ._core import protocol
+from ._core import presence, protocol
 from ._core import redis_format as fmt
 from ._core.feed import Deliver, Entry, Feed, Fill, Restart
 from ._core.frames import text_frame
@@ -155,6 +155,8 @@ class RedisBroker(Broker):
         self._bridge = RedisBridge(url, config.redis_timeout, self.round_trips)
         self._control = fmt.control_channel(self.node_id)
         self._listener = PubSubListener(self._bridge, self._control, self._dispatch)
+        #: Set by presence (triows._presence): other nodes' joins and leaves go there.
+        self.on_presence: Callable[[bytes], None] | None = None
         self._channels: dict[str, _Channel] = {}
         self._buffer: deque[_Pending] = deque()
         self._in_flight: dict[str, Publication] = {}  # by token, until Redis answered
@@ -184,6 +186,8 @@ class RedisBroker(Broker):
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.on_presence is not None:
+                    self._listener.subscribe(presence.EVENTS_CHANNEL)
                 nursery.start_soon(self._listen)
                 nursery.start_soon(self._restarting, "publisher", self._publish_loop)
                 nursery.start_soon(self._restarting, "watchdog", self._watchdog)
@@ -546,7 +550,15 @@ class RedisBroker(Broker):
         finally:
             self._dispatching = False
 
+    async def call(self, fn: Callable[[redis.Redis], T]) -> T:
+        """One call in a Redis thread (presence uses it); errors are the caller's."""
+        return await self._bridge.call(fn)
+
     def _on_message(self, message: Message) -> list[Subscriber]:
+        if message.channel == presence.EVENTS_CHANNEL:
+            if self.on_presence is not None:
+                self.on_presence(message.data)
+            return []
         if message.channel == self._control:
             kind, _, number = message.data.partition(b":")
             if kind == b"ping":
@@ -560,6 +572,8 @@ class RedisBroker(Broker):
         return self._apply(ch, ch.feed.receive(entry))
 
     def _on_confirmed(self, channel: str) -> None:
+        if channel == presence.EVENTS_CHANNEL:
+            return
         if channel == self._control:
             self._part_up("pubsub")
             return

@@ -40,6 +40,7 @@ from ._fanout import FanOut, Subscriber
 from ._http import HttpEndpoints
 from ._listen import open_tcp_listeners
 from ._monitor import Monitor
+from ._presence import Presence
 from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics
 from ._supervisor import run_supervisor
 from ._transport import HandshakeRequest, PendingHandshake, WaitingStreams, serve_streams
@@ -104,6 +105,7 @@ class Server:
         self.trusted_proxies = parse_networks(config.trusted_proxies)
         self.monitor = Monitor(self)
         self.http = HttpEndpoints(self)
+        self.presence = Presence(self)
 
     # -- public API -----------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ async def run_supervisor(server: Server, *, task_status: trio.TaskStatus[None]) 
         if server.config.idle_timeout > 0:
             nursery.start_soon(sweep_idle, server)
         nursery.start_soon(server.monitor.run)
+        nursery.start_soon(server.presence.run)
         await nursery.start(server.broker.run)
         task_status.started()
 

@@ -165,6 +165,9 @@ class Hub(Generic[M]):
     def subscriptions(self, member: M) -> int:
         return len(self._memberships.get(member, ()))
 
+    def is_member(self, member: M, channel: str) -> bool:
+        return channel in self._memberships.get(member, ())
+
     def channels_of(self, member: M) -> list[str]:
         return list(self._memberships.get(member, ()))
 

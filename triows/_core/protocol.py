@@ -82,7 +82,13 @@ class Refresh:
     id: RequestId | None = None
 
 
-Request = Subscribe | Unsubscribe | Publish | Ping | Refresh
+@attrs.frozen(kw_only=True)
+class PresenceQuery:
+    channel: str
+    id: RequestId | None = None
+
+
+Request = Subscribe | Unsubscribe | Publish | Ping | Refresh | PresenceQuery
 
 
 def _reject_constant(name: str) -> Any:
@@ -199,6 +205,8 @@ def parse_request(raw: str | bytes) -> Request:
         return Unsubscribe(channel=_channel(frame, request_id), id=request_id)
     if kind == "ping":
         return Ping(id=request_id)
+    if kind == "presence":
+        return PresenceQuery(channel=_channel(frame, request_id), id=request_id)
     if kind == "refresh":
         token = _optional_str(frame, "token", MAX_TOKEN_LENGTH, request_id)
         if token is None:

@@ -1,0 +1,264 @@
+"""Presence in the shell: join/leave frames to subscribers, ``presence`` answers, and with
+Redis the shared member hashes (rules in :mod:`triows._core.presence`).
+
+In process, a channel's members are its subscribers (the hub knows them), so nothing is
+stored. With Redis, every join and leave is written to the channel's hash and announced on
+:data:`EVENTS_CHANNEL` (both from one background task, in order, so the subscribe path never
+waits for Redis), and every ``presence_ttl / 3`` seconds the node refreshes its members'
+expiry and sweeps expired members (a crashed node's) out of the channels it follows. A
+``presence`` request reads the hash and adds this node's own members, whose writes may not
+have reached Redis yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._core import presence as core
+from ._core.frames import text_frame
+from ._core.presence import Member, PresenceMode
+from ._core.protocol import encode
+
+if TYPE_CHECKING:
+    import redis
+
+    from ._connection import Connection
+    from ._redis_broker import RedisBroker
+    from ._server import Server
+
+log = logging.getLogger("triows.presence")
+
+
+class Presence:
+    def __init__(self, server: Server) -> None:
+        config = server.config
+        self._server = server
+        self._full = config.presence
+        self._counts = config.presence_counts
+        self.enabled = bool(self._full or self._counts)
+        self._max_members = config.presence_max_members
+        self._ttl = config.presence_ttl
+        from ._redis_broker import RedisBroker
+
+        broker = server.broker
+        self._redis: RedisBroker | None = broker if isinstance(broker, RedisBroker) else None
+        #: Writes waiting for the background task: ``(kind, channel, member)``.
+        self._writes: deque[tuple[str, str, Member]] = deque()
+        self._wake = trio.Event()
+        #: With Redis: live members per channel at the last sweep (all nodes).
+        self._known: dict[str, int] = {}
+        if self._redis is not None and self.enabled:
+            self._redis.on_presence = self._on_event
+
+    def mode(self, channel: str) -> PresenceMode | None:
+        if not self.enabled:
+            return None
+        return core.mode_for(self._full, self._counts, channel)
+
+    def count(self, channel: str) -> int:
+        state = self._server.hub.channel(channel)
+        local = len(state.members) if state is not None else 0
+        return max(local, self._known.get(channel, 0))
+
+    # -- membership changes (sync: called from the subscribe path) ------------------------------
+
+    def joined(self, conn: Connection, channel: str) -> None:
+        self._changed("join", conn, channel)
+
+    def left(self, conn: Connection, channel: str) -> None:
+        self._changed("leave", conn, channel)
+
+    def left_all(self, conn: Connection) -> None:
+        """Before a closed connection leaves its channels."""
+        if self.enabled:
+            for channel in self._server.hub.channels_of(conn):
+                self._changed("leave", conn, channel)
+
+    def _changed(self, kind: str, conn: Connection, channel: str) -> None:
+        mode = self.mode(channel)
+        if mode is None:
+            return
+        member = Member(conn.client_id, conn.principal.user_id)
+        if mode is PresenceMode.FULL:
+            self._notify(kind, channel, member)
+        if self._redis is not None:
+            self._writes.append((kind, channel, member))
+            self._wake.set()
+
+    def _notify(self, kind: str, channel: str, member: Member) -> None:
+        """Tell this node's subscribers of ``channel`` (but the member itself)."""
+        state = self._server.hub.channel(channel)
+        if state is None or self.count(channel) > self._max_members:
+            return
+        data = text_frame(encode(core.frame(kind, channel, member)))
+        for subscriber in list(state.members):
+            if subscriber.client_id != member.client_id:
+                subscriber.deliver(data, state.policy, state)
+
+    def _on_event(self, data: bytes) -> None:
+        """Another node's join or leave, from Redis pub/sub."""
+        assert self._redis is not None
+        try:
+            kind, channel, member, node = core.decode_event(data)
+        except (ValueError, KeyError, TypeError):
+            log.warning("skipped a malformed presence event: %r", data[:80])
+            return
+        if node != self._redis.node_id and self.mode(channel) is PresenceMode.FULL:
+            self._notify(kind, channel, member)
+
+    # -- answering ``presence`` -----------------------------------------------------------------
+
+    def local_answer(self, channel: str) -> dict[str, Any]:
+        """The ``presence`` reply's fields from this process's members: ``count`` and
+        ``members`` (None when counts only). Complete with the in-process broker."""
+        return self._reply(channel, self._local_members(channel))
+
+    async def answer(self, channel: str) -> dict[str, Any]:
+        """:meth:`local_answer`, with every node's members when there is Redis."""
+        if self._redis is None:
+            return self.local_answer(channel)
+        members = self._local_members(channel)
+        entries = await self._redis.call(functools.partial(_hgetall, core.key(channel)))
+        for member in core.live_members(entries, self._server.now_ms()):
+            members.setdefault(member.client_id, member)
+        self._known[channel] = len(members)
+        return self._reply(channel, members)
+
+    def _local_members(self, channel: str) -> dict[str, Member]:
+        state = self._server.hub.channel(channel)
+        return {
+            c.client_id: Member(c.client_id, c.principal.user_id)
+            for c in (state.members if state is not None else ())
+        }
+
+    def _reply(self, channel: str, members: dict[str, Member]) -> dict[str, Any]:
+        count = len(members)
+        if self.mode(channel) is PresenceMode.COUNTS or count > self._max_members:
+            return {"count": count, "members": None}
+        listed = sorted(members.values(), key=lambda m: m.client_id)
+        return {"count": count, "members": [m.as_json() for m in listed]}
+
+    # -- Redis: writes, refreshes, sweeps -------------------------------------------------------
+
+    async def run(self) -> None:
+        """The supervisor task (Redis only): keep the shared hashes true."""
+        if self._redis is None or not self.enabled:
+            return
+        period = self._ttl / 3
+        next_refresh = trio.current_time()
+        while True:
+            with trio.move_on_at(next_refresh):
+                while not self._writes:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+            if self._writes:
+                await self._flush_writes()
+            if trio.current_time() >= next_refresh:
+                next_refresh = trio.current_time() + period
+                await self._refresh_and_sweep()
+
+    async def _flush_writes(self) -> None:
+        assert self._redis is not None
+        batch = list(self._writes)
+        self._writes.clear()
+        node = self._redis.node_id
+        expires = self._server.now_ms() + int(self._ttl * 1000)
+        try:
+            await self._redis.call(functools.partial(_write, batch, node, expires, self._ttl))
+        except Exception as exc:  # Redis away: the refresh will write them again
+            log.warning("presence: could not write %d change(s): %s", len(batch), exc)
+
+    async def _refresh_and_sweep(self) -> None:
+        assert self._redis is not None
+        node = self._redis.node_id
+        now = self._server.now_ms()
+        expires = now + int(self._ttl * 1000)
+        hub = self._server.hub
+        mine: list[tuple[str, Member]] = []
+        channels = []
+        for state in hub.channels():
+            if self.mode(state.name) is None or not state.members:
+                continue
+            channels.append(state.name)
+            mine += [(state.name, Member(c.client_id, c.principal.user_id)) for c in state.members]
+        if not channels:
+            return
+        try:
+            counts = await self._redis.call(
+                functools.partial(_refresh_and_sweep, mine, channels, node, now, expires, self._ttl)
+            )
+        except Exception as exc:
+            log.warning("presence: refresh failed: %s", exc)
+            return
+        self._known = counts
+
+
+def _hgetall(name: str, client: redis.Redis) -> dict[bytes, bytes]:
+    return client.hgetall(name)  # type: ignore[return-value]
+
+
+def _write(
+    batch: list[tuple[str, str, Member]], node: str, expires: int, ttl: float, client: redis.Redis
+) -> None:
+    pipe = client.pipeline(transaction=False)
+    for kind, channel, member in batch:
+        event = core.encode_event(kind, channel, member, node)
+        if kind == "join":
+            pipe.hset(
+                core.key(channel),
+                member.client_id,
+                core.encode_entry(expires, node, member.user_id),
+            )
+            pipe.pexpire(core.key(channel), int(ttl * 3000))
+            pipe.publish(core.EVENTS_CHANNEL, event)
+        else:
+            pipe.eval(
+                core.LEAVE_SCRIPT,
+                1,
+                core.key(channel),
+                member.client_id,
+                core.EVENTS_CHANNEL,
+                event,
+            )
+    pipe.execute()
+
+
+def _refresh_and_sweep(
+    mine: list[tuple[str, Member]],
+    channels: list[str],
+    node: str,
+    now: int,
+    expires: int,
+    ttl: float,
+    client: redis.Redis,
+) -> dict[str, int]:
+    """Refresh this node's members; remove (and announce) expired ones; live counts."""
+    pipe = client.pipeline(transaction=False)
+    for channel, member in mine:
+        pipe.hset(
+            core.key(channel), member.client_id, core.encode_entry(expires, node, member.user_id)
+        )
+    for channel in channels:
+        pipe.pexpire(core.key(channel), int(ttl * 3000))
+    pipe.execute()
+    counts: dict[str, int] = {}
+    for channel in channels:
+        entries = client.hgetall(core.key(channel))
+        counts[channel] = len(core.live_members(entries, now))
+        for member in core.expired(entries, now):
+            # Announced as nobody's: every node tells its subscribers, this one too.
+            event = core.encode_event("leave", channel, member, core.SWEEPER)
+            client.eval(
+                core.LEAVE_SCRIPT,
+                1,
+                core.key(channel),
+                member.client_id,
+                core.EVENTS_CHANNEL,
+                event,
+            )
+    return counts
