@@ -263,3 +263,20 @@ async def test_a_failing_endpoint_is_a_500_not_a_dropped_connection(
         answer = await http.get("/ready")
         assert (answer.status_code, answer.json()) == (500, {"error": "internal error"})
         assert (await http.get("/health")).status_code == 200
+
+
+async def test_triows_js_and_the_demo_page() -> None:
+    async with running(path="/ws") as (_, http):
+        script = await http.get("/triows.js")
+        assert script.status_code == 200
+        assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+        assert "max-age" in script.headers["cache-control"]
+        assert "export class TriowsClient" in script.text
+        again = await http.get("/triows.js", headers={"If-None-Match": script.headers["etag"]})
+        assert (again.status_code, again.content) == (304, b"")
+        assert (await http.get("/demo")).status_code == 404  # only with --demo
+    async with running(path="/ws", demo=True) as (_, http):
+        page = await http.get("/demo")
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        assert "${location.host}/ws`" in page.text  # the server's WebSocket path
+        assert "__TRIOWS_PATH__" not in page.text

@@ -293,6 +293,12 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "above this many members a presence channel answers counts only",
     ),
     (
+        "--presence-ttl",
+        _POSITIVE_SECONDS,
+        "presence_ttl",
+        "with Redis: seconds a crashed node's members stay listed",
+    ),
+    (
         "--demo",
         _yes_no,
         "demo",

@@ -23,7 +23,7 @@ import json
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -33,7 +33,16 @@ import trio
 from trio_util import AsyncValue
 
 from ._core.backoff import full_jitter
-from ._core.tracking import AdaptiveInterval, Event, Gap, Message, Tracker
+from ._core.tracking import (
+    AdaptiveInterval,
+    Event,
+    Gap,
+    Join,
+    Leave,
+    Message,
+    Presence,
+    Tracker,
+)
 from ._transport import ConnectionClosed, ConnectionRejected, open_client
 
 log = logging.getLogger("triows.client")
@@ -169,6 +178,10 @@ class Subscription:
     def _skip(self, event: Event) -> None:
         first: int | None
         last: int | None
+        if isinstance(event, Join | Leave):
+            # Not numbered, so no gap can say it: counted; ask presence() again to catch up.
+            self.skipped += 1
+            return
         if isinstance(event, Message):
             self.skipped += 1
             first, last = event.seq, event.seq
@@ -322,6 +335,22 @@ class Client:
         assert item.seq is not None
         return item.seq
 
+    async def presence(self, channel: str) -> Presence:
+        """Who is subscribed to a presence channel now (every node's clients, with Redis).
+        Raises :class:`RequestError` (400) when the server has no presence for it, and
+        :class:`ConnectionLostError` while offline. Joins and leaves of a channel this client
+        follows arrive on its :class:`Subscription` as :class:`Join` / :class:`Leave`."""
+        self._check_open()
+        reply = await self._request({"type": "presence", "channel": channel})
+        members = reply.get("members")
+        return Presence(
+            channel=channel,
+            count=reply["count"],
+            members=None
+            if members is None
+            else tuple((m["clientId"], m.get("userId")) for m in members),
+        )
+
     async def wait_open(self) -> None:
         """Wait until connected; raises :class:`ClientClosedError` if the client closes first
         (a permanent rejection such as 401, or ``max_attempts`` reached)."""
@@ -367,7 +396,7 @@ class Client:
         self._scope.cancel()
 
     async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
-        """Send a subscribe/unsubscribe and wait for its reply. Raises
+        """Send a subscribe/unsubscribe/presence and wait for its reply. Raises
         :class:`ConnectionLostError` when there is no connection or it ends first."""
         ws = self._ws
         if ws is None:
@@ -555,6 +584,16 @@ class Client:
                     )
                 elif not self._answer(frame):
                     log.warning("server error %s: %s", frame.get("code"), frame.get("message"))
+            elif kind in ("join", "leave"):
+                event_type = Join if kind == "join" else Leave
+                event = event_type(
+                    channel=frame["channel"],
+                    client_id=frame["clientId"],
+                    user_id=frame.get("userId"),
+                )
+                self._dispatch(frame["channel"], [event])
+            elif kind == "presence":
+                self._answer(frame)
             elif kind == "unsubscribed" and not self._answer(frame) and frame.get("reason"):
                 log.warning(
                     "server ended subscription %s: %s", frame.get("channel"), frame["reason"]
@@ -570,7 +609,7 @@ class Client:
         waiter.set()
         return True
 
-    def _dispatch(self, channel: str, events: list[Event]) -> None:
+    def _dispatch(self, channel: str, events: Sequence[Event]) -> None:
         subscription = self._subscriptions.get(channel)
         if subscription is None:
             return

@@ -26,7 +26,7 @@ from ._client import (
     connect,
     open_pool,
 )
-from ._core.tracking import Gap, Message
+from ._core.tracking import Gap, Join, Leave, Message, Presence
 
 __all__ = [
     "Client",
@@ -35,9 +35,12 @@ __all__ = [
     "ClientState",
     "ConnectionLostError",
     "Gap",
+    "Join",
+    "Leave",
     "Message",
     "OfflineQueueFullError",
     "Pool",
+    "Presence",
     "PublishTimeoutError",
     "RequestError",
     "RequestTimeoutError",

@@ -43,7 +43,35 @@ class Gap:
     reason: str
 
 
-Event = Message | Gap
+@attrs.frozen(kw_only=True)
+class Join:
+    """A client subscribed to a presence channel (the server's ``--presence`` patterns)."""
+
+    channel: str
+    client_id: str
+    user_id: str | None
+
+
+@attrs.frozen(kw_only=True)
+class Leave:
+    """A client left a presence channel: it unsubscribed, disconnected, or its node died."""
+
+    channel: str
+    client_id: str
+    user_id: str | None
+
+
+@attrs.frozen(kw_only=True)
+class Presence:
+    """The answer to :meth:`triows.client.Client.presence`: ``members`` is None when the
+    channel answers counts only (a ``--presence-counts`` pattern, or over the member limit)."""
+
+    channel: str
+    count: int
+    members: tuple[tuple[str, str | None], ...] | None
+
+
+Event = Message | Gap | Join | Leave
 
 
 @attrs.define
@@ -86,7 +114,7 @@ class Tracker:
             return None
         return cursor.seq, cursor.epoch
 
-    def on_subscribed(self, frame: dict[str, Any]) -> list[Event]:
+    def on_subscribed(self, frame: dict[str, Any]) -> list[Message | Gap]:
         cursor = self._cursors.get(frame["channel"])
         if cursor is None:
             return []
@@ -113,7 +141,7 @@ class Tracker:
             cursor.own.add(seq)
             cursor.advance_over_own()
 
-    def on_message(self, frame: dict[str, Any]) -> list[Event]:
+    def on_message(self, frame: dict[str, Any]) -> list[Message | Gap]:
         cursor = self._cursors.get(frame["channel"])
         seq = frame["seq"]
         if cursor is None or seq <= cursor.seq:
@@ -121,7 +149,7 @@ class Tracker:
         if frame.get("from") in self._my_ids:
             self.on_ack(frame["channel"], seq)
             return []
-        events: list[Event] = []
+        events: list[Message | Gap] = []
         missing = [s for s in range(cursor.seq + 1, seq) if s not in cursor.own]
         if missing:
             events.append(

@@ -202,6 +202,8 @@ export class TriowsClient {
     this._ids = 0;
     this._idPrefix = Math.random().toString(36).slice(2, 10);
     this._ws = null;
+    /** welcomed on the current socket: publishes may go out */
+    this._live = false;
     this._failures = 0;
     this._timers = new Set();
     this._closing = false;
@@ -432,19 +434,26 @@ export class TriowsClient {
           this.serverId = frame.data.serverId;
           this._tracker.myIds.add(this.clientId);
           this.connects += 1;
-          this._setState("open");
+          // Resubscribe first: whatever the application sends when it sees "open" (say, a
+          // presence request) then reaches the server after the subscriptions.
+          this._live = true;
           this._resume();
+          this._setState("open");
           schedulePing();
           return;
         }
         this._onFrame(frame);
       };
+      ws.onerror = () => {}; // a close event follows, with what is known
       ws.onclose = (event) => {
         clearTimeout(connectTimer);
         clearTimeout(pingTimer);
         this._timers.delete(connectTimer);
         this._timers.delete(pingTimer);
-        if (this._ws === ws) this._ws = null;
+        if (this._ws === ws) {
+          this._ws = null;
+          this._live = false;
+        }
         // Sent but not acked: sent again, with the same ids, on the next connection.
         this._unsent = [...this._inflight.values(), ...this._unsent];
         this._inflight.clear();
@@ -479,7 +488,7 @@ export class TriowsClient {
   }
 
   _flush() {
-    if (!this._ws || this._ws.readyState !== 1 || this.state !== "open") return;
+    if (!this._live || !this._ws || this._ws.readyState !== 1) return;
     while (this._unsent.length) {
       const item = this._unsent.shift();
       this._inflight.set(item.id, item);

@@ -28,6 +28,10 @@ from ._streams import DEFAULT_BUFFER, MemoryListener
 __all__ = ["ConnectionRejected", "TestClient", "TestServer", "open_test_server"]
 
 
+#: Frames the server sends unasked: :meth:`TestClient.request` skips them.
+DELIVERIES = frozenset({"message", "join", "leave"})
+
+
 class TestClient:
     """One client connection; frames are dicts in and out."""
 
@@ -68,12 +72,13 @@ class TestClient:
                     return frame
 
     async def request(self, frame: Mapping[str, Any]) -> dict[str, Any]:
-        """Send a frame and return the next frame that is not a ``message``."""
+        """Send a frame and return the next frame that is not a ``message`` (nor a presence
+        ``join`` or ``leave``: those are deliveries too, not replies)."""
         await self.send(frame)
         with trio.fail_after(self.receive_timeout):
             while True:
                 reply = await self._next()
-                if reply.get("type") != "message":
+                if reply.get("type") not in DELIVERIES:
                     return reply
 
     async def wait_closed(self) -> tuple[int | None, str | None]:

@@ -1,0 +1,310 @@
+"""The demo chat and triows.js in a real browser: Debian's chromium, driven by playwright-core.
+
+Two pages chat while Python publishes through the HTTP API; the server is killed and
+restarted and a page's socket is cut. The pages must then show every message once and in
+order (with Redis: nothing lost), or an exact gap notice (in process: the restart lost the
+history, a new epoch). Presence must show joins and leaves. A screenshot of the demo page is
+saved to ``tests/output/demo.png``.
+
+``.ci/run`` installs chromium (apt) and playwright-core (npm); without them these tests skip
+and say which is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .redisserver import RedisServer, free_port
+
+pytestmark = pytest.mark.real_socket
+
+HERE = Path(__file__).parent
+DRIVER = HERE / "browser" / "drive.mjs"
+OUTPUT = HERE / "output"
+KEY = "browser-test-api-key"
+
+
+def _missing() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (HERE / "browser" / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core is not installed (npm install --prefix tests/browser)"
+    if _chromium() is None:
+        return "chromium is not installed (apt-get install -y chromium)"
+    return None
+
+
+def _chromium() -> str | None:
+    return (
+        os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    )
+
+
+class Server:
+    """``python -m triows`` in a process of its own, so that it can be killed."""
+
+    def __init__(self, port: int, extra: list[str]) -> None:
+        self.port = port
+        self.command = [
+            sys.executable,
+            "-m",
+            "triows",
+            "--port",
+            str(port),
+            "--demo",
+            "--presence",
+            "chat.*",
+            "--presence-ttl",
+            "3",
+            "--api-key",
+            KEY,
+            "--log-level",
+            "warning",
+            *extra,
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ready", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("triows did not become ready")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Browser:
+    """The node driver: one JSON command per line in, one JSON answer per line out."""
+
+    def __init__(self) -> None:
+        env = {**os.environ, "CHROMIUM": str(_chromium())}
+        self.process = subprocess.Popen(
+            ["node", str(DRIVER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=HERE / "browser",
+        )
+        self.errors: list[str] = []
+        assert self._read(60).get("ready")
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        result: list[str] = []
+        reader = threading.Thread(target=lambda: result.append(self.process.stdout.readline()))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(timeout)
+        if not result or not result[0]:
+            raise RuntimeError("the browser driver did not answer")
+        answer: dict[str, Any] = json.loads(result[0])
+        if "pageerror" in answer:  # a JavaScript error in a page: remembered, fails the test
+            self.errors.append(answer["pageerror"])
+            return self._read(timeout)
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer
+
+    def __call__(self, timeout: float = 60, **command: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return self._read(timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self(cmd="quit", timeout=10)
+            except (RuntimeError, BrokenPipeError, json.JSONDecodeError):
+                pass
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    missing = _missing()
+    if missing is not None:
+        pytest.skip(missing)
+    driver = Browser()
+    try:
+        yield driver
+    finally:
+        driver.close()
+    assert not driver.errors, driver.errors
+
+
+def publish(port: int, channel: str, text: str, key: str, deadline: float) -> int:
+    """Through the HTTP API, retried (with the same key: never twice) until it is taken."""
+    body = json.dumps(
+        {"channel": channel, "data": {"name": "python", "text": text}, "idempotency_key": key}
+    ).encode()
+    while True:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/publish",
+            data=body,
+            headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as answer:
+                return int(json.load(answer)["seq"])
+        except (OSError, urllib.error.HTTPError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def run_chat(browser: Browser, server: Server, channel: str) -> tuple[list[int], list[Any]]:
+    """Two pages chat; Python publishes 30 messages while the server is killed and restarted
+    and page 1's socket is cut. Returns the seqs Python got and the pages' final views."""
+    url = f"http://127.0.0.1:{server.port}/demo"
+    opened = browser(cmd="open", url=url, channel=channel)
+    assert [v["state"] for v in opened["views"]] == ["open", "open"]
+    assert [len(v["members"]) for v in opened["views"]] == [2, 2]
+    browser(cmd="say", page=0, text="hello from alice")
+    first = browser(cmd="wait", seq=1)
+    assert all("hello from alice" in v["texts"][0] for v in first["views"])
+    deadline = time.monotonic() + 60
+    seqs = []
+    for n in range(30):
+        if n == 10:
+            server.kill()
+            server.start()
+        if n == 20:
+            browser(cmd="cut", page=1)
+        seqs.append(publish(server.port, channel, f"m{n}", f"{channel}-{n}", deadline))
+        time.sleep(0.03)
+    final = browser(cmd="wait", seq=seqs[-1])
+    return seqs, final["views"]
+
+
+def test_chat_survives_a_server_restart_with_nothing_lost(
+    browser: Browser, redis_server: RedisServer
+) -> None:
+    server = Server(free_port(), ["--redis-url", redis_server.url])
+    server.start()
+    channel = f"chat.redis-{int(time.time() * 1000)}"
+    try:
+        seqs, views = run_chat(browser, server, channel)
+        assert seqs == list(range(2, 32))  # numbering lives in Redis: the restart kept it
+        for view in views:
+            assert view["seqs"] == list(range(1, 32)), view  # every message once, in order
+            assert not [n for n in view["notices"] if n.startswith("missed")], view["notices"]
+            assert any("nothing missed" in n for n in view["notices"]), view["notices"]
+        # Presence: the pages' old connections died with the server and expire (ttl 3 s);
+        # closing page 1 is a leave that page 0 sees.
+        settled = browser(cmd="waitmembers", page=0, count=2, seconds=15, timeout=30)
+        clients = sorted(v["clientId"] for v in browser(cmd="members")["views"])
+        assert sorted(settled["views"][0]["members"]) == clients, settled
+        OUTPUT.mkdir(exist_ok=True)
+        browser(cmd="screenshot", page=0, path=str(OUTPUT / "demo.png"))
+        assert (OUTPUT / "demo.png").stat().st_size > 10_000
+        browser(cmd="close", page=1)
+        after = browser(cmd="waitmembers", page=0, count=1, seconds=15, timeout=30)
+        assert after["views"][0]["members"] == [after["views"][0]["clientId"]], after
+    finally:
+        server.stop()
+
+
+def test_a_restart_that_lost_the_history_is_an_exact_gap(browser: Browser) -> None:
+    server = Server(free_port(), [])
+    server.start()
+    try:
+        seqs, views = run_chat(browser, server, "chat.memory")
+        # In process the restart began a new epoch: numbering starts again at 1.
+        restart = seqs.index(1)
+        assert seqs[:restart] == list(range(2, 2 + restart))
+        assert seqs[restart:] == list(range(1, 31 - restart))
+        for view in views:
+            notices = [n for n in view["notices"] if n.startswith("missed")]
+            assert notices == ["missed an unknown number of messages (epoch changed)"], view
+            # Before the gap notice: the old epoch in order; after it, the new one in order.
+            items = [item for item in view["items"] if item != "notice"]
+            assert items.count("gap") == 1, view
+            cut = items.index("gap")
+            before, after = items[:cut], items[cut + 1 :]
+            assert before == list(range(1, len(before) + 1)), view
+            assert after == list(range(after[0], seqs[-1] + 1)), view
+            shown = view["seqs"]
+            assert shown[-1] == seqs[-1]
+    finally:
+        server.stop()
+
+
+def test_triows_js_reconnects_queues_and_acks() -> None:
+    """triows.js under Node (``ws`` as its WebSocket): offline queue, acks, timeouts, close."""
+    from .conftest import SECRET, make_token
+
+    if shutil.which("node") is None or not (HERE / "bench" / "node_modules" / "ws").is_dir():
+        pytest.skip("node or its ws package is not installed (npm install --prefix tests/bench)")
+    server = Server(free_port(), ["--jwt-secret", SECRET])
+    server.start()
+    script = subprocess.Popen(
+        ["node", str(HERE / "browser" / "client_check.mjs"), str(server.port), make_token("ann")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert script.stdin is not None
+    assert script.stdout is not None
+    try:
+        for line in script.stdout:
+            if line.strip() == "STOP":
+                server.kill()
+            elif line.strip() == "START":
+                server.start()
+            else:
+                summary = json.loads(line)
+                break
+            script.stdin.write("ok\n")
+            script.stdin.flush()
+        assert script.wait(timeout=30) == 0
+    finally:
+        script.kill()
+        server.stop()
+    assert summary["first"] == 1
+    # Sent on the next connection, to a restarted (in-process) server: a new epoch.
+    assert summary["offline"] == {"value": 1}
+    assert summary["afterRestart"] == 2
+    assert summary["gaps"] == [
+        {"channel": "t", "first": None, "last": None, "reason": "epoch changed"}
+    ]
+    assert summary["full"] == {"error": "1 publishes already wait for the server"}
+    assert summary["timedOut"]["error"].startswith("no ack for publish")
+    assert summary["states"][:3] == ["open", "reconnecting", "open"]
+    assert summary["finalState"] == "closed"
+    assert summary["closedPublish"] == {"error": "client is closed"}
+    assert summary["tokenCalls"] >= 2  # asked again for every connect

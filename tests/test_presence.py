@@ -1,0 +1,150 @@
+"""Presence: members, join and leave, counts only, limits; in process and across Redis."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+import trio
+import trio.testing
+
+from triows._core import presence as core
+from triows.testing import open_test_server
+
+from .conftest import SECRET, make_token
+from .test_redis_cluster import channel_name, open_node
+
+
+async def test_members_join_and_leave(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(presence=["room.*"], jwt_secret=SECRET) as harness:
+        async with harness.connect(token=make_token("alice")) as alice:
+            await alice.request({"type": "subscribe", "channel": "room.1", "id": 1})
+            async with harness.connect(token=make_token("bob")) as bob:
+                await bob.request({"type": "subscribe", "channel": "room.1", "id": 1})
+                joined = await alice.receive_type("join")
+                assert joined == {
+                    "type": "join",
+                    "channel": "room.1",
+                    "clientId": bob.welcome["data"]["clientId"],
+                    "userId": "bob",
+                }
+                answer = await bob.request({"type": "presence", "channel": "room.1", "id": 2})
+                assert answer["count"] == 2
+                assert sorted(m["userId"] for m in answer["members"]) == ["alice", "bob"]
+                # Subscribing again is no second join.
+                await bob.request({"type": "subscribe", "channel": "room.1", "id": 3})
+                await bob.request({"type": "unsubscribe", "channel": "room.1", "id": 4})
+                left = await alice.receive_type("leave")
+                assert left["userId"] == "bob"
+                await bob.request({"type": "subscribe", "channel": "room.1", "id": 5})
+                assert (await alice.receive_type("join"))["userId"] == "bob"
+            # Bob's connection closed: a leave, and nothing else in between.
+            frame = await alice.receive()
+            assert (frame["type"], frame["userId"]) == ("leave", "bob")
+            answer = await alice.request({"type": "presence", "channel": "room.1", "id": 6})
+            assert answer["count"] == 1
+
+
+async def test_presence_is_opt_in_and_needs_permission(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(presence=["room.*"], jwt_secret=SECRET) as harness:
+        token = make_token("eve", channels=["public.*"])
+        async with harness.connect(token=token) as eve:
+            off = await eve.request({"type": "presence", "channel": "public.1", "id": 1})
+            assert (off["type"], off["code"]) == ("error", 400)
+            assert "presence is off for 'public.1'" in off["message"]
+            refused = await eve.request({"type": "presence", "channel": "room.1", "id": 2})
+            assert (refused["type"], refused["code"]) == ("error", 403)
+
+
+async def test_counts_only_and_the_member_limit(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(
+        presence=["small.*"], presence_counts=["big.*"], presence_max_members=2
+    ) as harness:
+        async with harness.connect() as a, harness.connect() as b, harness.connect() as c:
+            for client in (a, b):
+                await client.request({"type": "subscribe", "channel": "big.1", "id": 1})
+            answer = await a.request({"type": "presence", "channel": "big.1", "id": 2})
+            assert (answer["count"], answer["members"]) == (2, None)
+            for client in (a, b):
+                await client.request({"type": "subscribe", "channel": "small.1", "id": 3})
+            assert (await a.receive_type("join"))["clientId"] == b.welcome["data"]["clientId"]
+            await c.request({"type": "subscribe", "channel": "small.1", "id": 4})
+            # Three members are over the limit of 2: counts only, and no join for c.
+            answer = await a.request({"type": "presence", "channel": "small.1", "id": 5})
+            assert (answer["count"], answer["members"]) == (3, None)
+            await a.send({"type": "ping", "id": 6})
+            frames = [await a.receive()]
+            while frames[-1]["type"] != "pong":
+                frames.append(await a.receive())
+            assert [f["type"] for f in frames] == ["pong"]
+
+
+@pytest.mark.real_socket
+async def test_presence_across_nodes_and_a_crashed_nodes_members_expire(
+    redis_url: str,
+) -> None:
+    channel = channel_name("room")
+    options = {"presence": ["room*"], "presence_ttl": 0.9}
+    async with open_node(redis_url, **options) as a, open_node(redis_url, **options) as b:
+        async with a.connect() as on_a, b.connect() as on_b:
+            await on_a.request({"type": "subscribe", "channel": channel, "id": 1})
+            await on_b.request({"type": "subscribe", "channel": channel, "id": 1})
+            joined = await on_a.receive_type("join")
+            assert joined["clientId"] == on_b.welcome["data"]["clientId"]
+            answer = await on_a.request({"type": "presence", "channel": channel, "id": 2})
+            assert answer["count"] == 2
+            # A member of a node that crashed: in the hash, never refreshed again.
+            ghost = core.Member("ghost-client", "ghost")
+            expires = a.server.now_ms() + 300
+            connection = redis.Redis.from_url(redis_url)
+            connection.hset(
+                core.key(channel), "ghost-client", core.encode_entry(expires, "dead", "ghost")
+            )
+            answer = await on_a.request({"type": "presence", "channel": channel, "id": 3})
+            assert answer["count"] == 3
+            with trio.fail_after(5):
+                left = await on_a.receive_type("leave")
+            assert (left["clientId"], left["userId"]) == (ghost.client_id, "ghost")
+            assert not connection.hexists(core.key(channel), "ghost-client")
+            answer = await on_b.request({"type": "presence", "channel": channel, "id": 4})
+            assert answer["count"] == 2
+        # on_b's connection closed on node b: node a's subscriber hears it through Redis.
+        async with a.connect() as watcher:
+            await watcher.request({"type": "subscribe", "channel": channel, "id": 1})
+            async with b.connect() as visitor:
+                await visitor.request({"type": "subscribe", "channel": channel, "id": 1})
+                assert (await watcher.receive_type("join"))["clientId"] == visitor.welcome["data"][
+                    "clientId"
+                ]
+            with trio.fail_after(5):
+                left = await watcher.receive_type("leave")
+            assert left["clientId"] == visitor.welcome["data"]["clientId"]
+            raw = connection.hgetall(core.key(channel))
+            assert {k.decode() if isinstance(k, bytes) else k for k in raw} == {
+                watcher.welcome["data"]["clientId"]
+            }
+            connection.close()
+
+
+async def test_the_python_client_sees_presence(autojump_clock: trio.testing.MockClock) -> None:
+    from triows import client as wsclient
+
+    async with open_test_server(presence=["room.*"]) as harness:
+        opener = harness.listener.connect
+        async with wsclient.connect("ws://triows.test/", open_stream=opener) as alice:
+            subscription = await alice.subscribe("room.1")
+            async with wsclient.connect("ws://triows.test/", open_stream=opener) as bob:
+                await bob.subscribe("room.1")
+                joined = await subscription.__anext__()
+                assert isinstance(joined, wsclient.Join)
+                assert joined.client_id == bob.client_id
+                presence = await alice.presence("room.1")
+                assert presence.count == 2
+                assert presence.members is not None
+                assert {m[0] for m in presence.members} == {alice.client_id, bob.client_id}
+            left = await subscription.__anext__()
+            assert isinstance(left, wsclient.Leave)
+            with pytest.raises(wsclient.RequestError) as refused:
+                await alice.presence("other")
+            assert refused.value.code == 400
