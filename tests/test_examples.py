@@ -27,8 +27,10 @@ def load(name: str) -> ModuleType:
 
 
 async def test_embedded_app(autojump_clock: trio.testing.MockClock) -> None:
-    app = load("embedded_app")
-    async with open_test_server(app.build_config()) as harness:
+    example = load("embedded_app")
+    app = example.App()
+    async with open_test_server(app.config()) as harness, trio.open_nursery() as nursery:
+        app.server, app.nursery = harness.server, nursery
         with pytest.raises(ConnectionRejected) as info:
             async with harness.connect("/?key=nobody"):
                 pass
@@ -40,19 +42,23 @@ async def test_embedded_app(autojump_clock: trio.testing.MockClock) -> None:
             assert (await alice.request({"type": "subscribe", "channel": "user.alice"}))[
                 "type"
             ] == "subscribed"
+            # The private notice the example promises, on alice's own channel only.
+            notice = await alice.receive_type("message")
+            assert (notice["channel"], notice["from"]) == ("user.alice", "app")
+            assert "welcome, alice" in notice["data"]["notice"]
             assert (await alice.request({"type": "subscribe", "channel": "user.bob"}))[
                 "code"
             ] == 403
             assert (await alice.request({"type": "publish", "channel": "prices", "data": 1}))[
                 "code"
             ] == 403
-            await app.publish_prices(harness.server, ticks=3)
+            await example.publish_prices(harness.server, ticks=3)
             ticks = [await alice.receive_type("message") for _ in range(3)]
             assert [t["seq"] for t in ticks] == [1, 2, 3]
             assert all(t["from"] == "pricer" for t in ticks)
         policies = {c.name: c.policy for c in harness.server.channel_statistics()}
         assert policies.get("prices", "drop_oldest") == "drop_oldest"
-        assert attrs.evolve(app.build_config(), port=9).port == 9
+        assert attrs.evolve(app.config(), port=9).port == 9
 
 
 def test_subscriber_example_imports() -> None:
@@ -84,3 +90,42 @@ async def test_reconnecting_subscriber(
             for n in range(3):
                 await harness.server.publish("news", n)
         assert [event.data for event in results] == [0, 1, 2]  # type: ignore[attr-defined]
+
+
+@pytest.mark.real_socket
+async def test_embedded_app_logs_its_start_and_stops_cleanly_on_ctrl_c() -> None:
+    import signal
+    import subprocess
+
+    from trio_websocket import HandshakeError, open_websocket_url
+
+    from .redisserver import free_port
+
+    port = free_port()
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(EXAMPLES / "embedded_app.py"), str(port)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with trio.fail_after(15):
+            while True:
+                try:
+                    async with open_websocket_url(f"ws://127.0.0.1:{port}/?key=bob") as ws:
+                        await ws.get_message()
+                        break
+                except (OSError, HandshakeError):
+                    await trio.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(20):
+            assert await process.wait() == 0
+        assert process.stderr is not None
+        log = b""
+        while chunk := await process.stderr.receive_some():
+            log += chunk
+        text = log.decode()
+        assert f"triows listening on ws://127.0.0.1:{port}/" in text  # an embedded server says so
+        assert "Traceback" not in text
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -129,3 +129,20 @@ async def test_a_peer_that_resets_during_the_handshake_is_one_debug_line(
             await trio.sleep(0.2)
         await server.aclose()
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_taken_port_is_one_clear_error(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="triows")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BaseExceptionGroup) as info:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(triows.serve, triows.Config(port=port))
+    # The caller's own nursery groups it, as trio does; inside, one OSError, not a tree.
+    (error,) = info.value.exceptions
+    assert isinstance(error, OSError)
+    assert not isinstance(error, BaseExceptionGroup)
+    assert str(error) == f"[Errno 98] cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert "stopped" not in caplog.text  # it never started

@@ -24,6 +24,7 @@ import trio
 from ._config import Config
 from ._core.names import ChannelNameError
 from ._core.outbox import SlowConsumerPolicy
+from ._listen import ListenError
 from ._server import Server, serve
 
 log = logging.getLogger("triows")
@@ -516,23 +517,6 @@ def configure_logging(level: str, fmt: str, worker: str | None = None) -> None:
     root.setLevel(level.upper())
 
 
-def _describe(server: Server) -> str:
-    config = server.config
-    addresses = []
-    for listener in server.listeners:
-        sock = getattr(listener, "socket", None)
-        if sock is not None:
-            host, port = sock.getsockname()[:2]
-            host = f"[{host}]" if ":" in host else host
-            addresses.append(f"ws://{host}:{port}{config.path or '/'}")
-    auth = "jwt" if config.jwt_secret else "custom" if config.authenticate else "off"
-    return (
-        f"triows listening on {', '.join(addresses)} "
-        f"(broker: {server.broker.statistics().kind}, auth: {auth}, "
-        f"server id: {server.server_id}, pid: {os.getpid()})"
-    )
-
-
 async def run(config: Config, *, worker: bool = False) -> None:
     """Serve until SIGINT/SIGTERM, then drain gracefully; a second signal stops at once.
 
@@ -549,7 +533,6 @@ async def run(config: Config, *, worker: bool = False) -> None:
             if worker and supervisor is not None:
                 nursery.start_soon(watch_supervisor, int(supervisor))
             server: Server = await nursery.start(serve, config)
-            log.info("%s", _describe(server))
             async for signum in signals:
                 log.info(
                     "received %s: shutting down (again to stop at once)",
@@ -621,5 +604,7 @@ def raise_fd_limit(max_connections: int) -> None:
 
 
 def cannot_listen(config: Config, failure: BaseException) -> str:
+    if isinstance(failure, ListenError):  # it says where already
+        return f"triows: error: {failure.strerror}"
     reason = getattr(failure, "strerror", None) or failure
     return f"triows: error: cannot listen on {config.host}:{config.port}: {reason}"

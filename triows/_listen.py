@@ -15,9 +15,27 @@ import trio
 BACKLOG = 0xFFFF
 
 
+class ListenError(OSError):
+    """The server cannot listen where it was told to: one error saying where and why (trio's
+    own is an exception group, one member per address tried)."""
+
+
 async def open_tcp_listeners(
     host: str, port: int, *, reuse_port: bool
 ) -> list[trio.SocketListener]:
+    try:
+        return await _open(host, port, reuse_port=reuse_port)
+    except* OSError as group:
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        errno = getattr(first, "errno", None)
+        reason = getattr(first, "strerror", None) or str(first)
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(errno, f"cannot listen on {where}: {reason}") from None
+
+
+async def _open(host: str, port: int, *, reuse_port: bool) -> list[trio.SocketListener]:
     if not reuse_port:
         return await trio.open_tcp_listeners(port, host=host)
     addresses = await trio.socket.getaddrinfo(

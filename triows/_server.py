@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import secrets
 import time
 from collections import Counter
@@ -243,6 +244,24 @@ class Server:
             sent += conn.frames_out
         return received, sent
 
+    def describe(self) -> str:
+        """The line logged when the server starts listening."""
+        config = self.config
+        addresses = []
+        for listener in self.listeners:
+            sock = getattr(listener, "socket", None)
+            if sock is not None:
+                host, port = sock.getsockname()[:2]
+                host = f"[{host}]" if ":" in host else host
+                addresses.append(f"ws://{host}:{port}{config.path or '/'}")
+        where = ", ".join(addresses) or "its own listeners"
+        auth = "jwt" if config.jwt_secret else "custom" if config.authenticate else "off"
+        return (
+            f"triows listening on {where} "
+            f"(broker: {self.broker.statistics().kind}, auth: {auth}, "
+            f"server id: {self.server_id}, pid: {os.getpid()})"
+        )
+
     @property
     def closing(self) -> bool:
         """Whether shutdown has begun."""
@@ -301,6 +320,7 @@ class Server:
         task_status: trio.TaskStatus[Server],
     ) -> None:
         config = self.config
+        started = False
         try:
             if listeners is None:
                 listeners = list(
@@ -311,11 +331,14 @@ class Server:
                 async with trio.open_nursery() as connections:
                     self._connections_nursery = connections
                     self.listeners = await connections.start(self._accept, listeners)
+                    started = True
+                    log.info("%s", self.describe())
                     task_status.started(self)
                 root.cancel_scope.cancel()
         finally:
             self._stopped.set()
-            log.info("stopped")
+            if started:  # a server that never listened did not stop either
+                log.info("stopped")
 
     async def _accept(
         self,
