@@ -1,7 +1,7 @@
 """A minimal Python subscriber speaking protocol v1 with trio-websocket.
 
-    python -m triows &                 # in one terminal
-    python examples/python_subscriber.py ws://127.0.0.1:8080/ news
+    .venv/bin/python -m triows &                 # in one terminal
+    .venv/bin/python examples/python_subscriber.py ws://127.0.0.1:8080/ news
 
 (A reconnecting client with resume comes as ``triows.client``.)
 """

@@ -1,7 +1,7 @@
 """A subscriber that survives network failures and server restarts with triows.client.
 
-    python -m triows &
-    python examples/reconnecting_subscriber.py ws://127.0.0.1:8080/ news
+    .venv/bin/python -m triows &
+    .venv/bin/python examples/reconnecting_subscriber.py ws://127.0.0.1:8080/ news
 
 Kill and restart the server, or cut the network: the subscriber reconnects with backoff,
 resumes from the server's history, and prints every message once and in order. What it

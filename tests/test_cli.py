@@ -74,6 +74,23 @@ def test_repeatable_flags() -> None:
     assert [p for _, p in config.channel_policies] == ["drop_newest", "block"]
 
 
+def test_unknown_variables_are_named_with_a_suggestion() -> None:
+    options = parse_config(
+        [], {"TRIOWS_HIST_SIZE": "3", "TRIOWS_PORT": "9000", "TRIOWS_XYZZY": "1", "HOME": "/"}
+    )
+    assert options.warnings == (
+        "ignoring unknown environment variable TRIOWS_HIST_SIZE; did you mean TRIOWS_HISTORY_SIZE?",
+        "ignoring unknown environment variable TRIOWS_XYZZY",
+    )
+    assert options.config.port == 9000
+    internal = {
+        "TRIOWS_WORKER_INDEX": "0",
+        "TRIOWS_STATS_DIR": "/tmp",
+        "TRIOWS_SUPERVISOR_PID": "1",
+    }
+    assert parse_config([], internal).warnings == ()
+
+
 def test_operability_flags() -> None:
     config = parse_config(
         ["--api-key", "k" * 20, "--trusted-proxy", "10.0.0.0/8", "--metrics", "no"],
@@ -98,8 +115,12 @@ def test_operability_flags() -> None:
         (["--heartbeat-interval", "-1"], {}, "--heartbeat-interval"),
         (["--slow-consumer", "maybe"], {}, "invalid choice"),
         (["--channel-policy", "x=never"], {}, "policy must be one of"),
-        (["--jwt-secret", "short"], {}, "at least 32 bytes"),
-        (["--path", "ws"], {}, "path must start with '/'"),
+        (
+            ["--jwt-secret", "short"],
+            {},
+            "--jwt-secret (TRIOWS_JWT_SECRET) must be at least 32 bytes",
+        ),
+        (["--path", "ws"], {}, "--path (TRIOWS_PATH) must start with '/'"),
         (["--max-message-size", "10"], {}, "at least 2048"),
         ([], {"TRIOWS_LOG_LEVEL": "loud"}, "TRIOWS_LOG_LEVEL"),
         (["--bogus"], {}, "unrecognized arguments"),
@@ -108,10 +129,10 @@ def test_operability_flags() -> None:
         (["--history-size", "-1"], {}, "--history-size"),
         (["--workers", "2"], {}, "--workers 2 needs --redis-url"),
         (["--workers", "0"], {}, "--workers"),
-        (["--redis-url", "localhost:6379"], {}, "redis_url must look like redis://"),
+        (["--redis-url", "localhost:6379"], {}, "--redis-url (TRIOWS_REDIS_URL) must look like"),
         (["--reuse-port", "maybe"], {}, "expected yes or no"),
         (["--work", "2"], {}, "unrecognized arguments"),
-        (["--api-key", "short"], {}, "at least 16 printable characters"),
+        (["--api-key", "short"], {}, "--api-key (TRIOWS_API_KEY) must be at least 16 printable"),
         (["--trusted-proxy", "10.0.0.0/33"], {}, "trusted proxy must be an address or a CIDR"),
         ([], {"TRIOWS_TRUSTED_PROXY": "10.0.0.1,nope"}, "'nope'"),
         (["--metrics", "maybe"], {}, "expected yes or no"),
@@ -226,3 +247,13 @@ def test_the_fd_limit_is_raised_and_a_too_low_one_is_reported(
     assert "open-file limit" not in caplog.text
     raise_fd_limit(10_000)
     assert "open-file limit (4096) is below --max-connections (10000)" in caplog.text
+
+
+def test_help_shows_booleans_as_the_flag_takes_them() -> None:
+    from triows._cli import build_parser
+
+    text = build_parser().format_help()
+    assert "(default: no)" in text  # --reuse-port
+    assert "(default: yes)" in text  # --metrics
+    assert "False" not in text
+    assert "True" not in text

@@ -208,3 +208,21 @@ async def test_fuzzed_frames_never_break_the_connection(raw_frames: list[Any]) -
                 reply = await client.receive()
             assert reply["type"] == "pong"
             assert harness.server.statistics().connections == 1
+
+
+async def test_a_publisher_gets_its_own_message_only_with_echo(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as harness:
+        async with harness.connect() as alone:
+            await alone.request({"type": "subscribe", "channel": "chat", "id": 1})
+            plain = {"type": "publish", "channel": "chat", "data": "not echoed", "id": 2}
+            assert (await alone.request(plain))["type"] == "ack"
+            echoed = {"type": "publish", "channel": "chat", "data": "echoed", "id": 3, "echo": True}
+            await alone.send(echoed)
+            message = await alone.receive()
+            assert (message["type"], message["data"], message["seq"]) == ("message", "echoed", 2)
+            assert message["from"] == alone.welcome["data"]["clientId"]
+            assert await alone.receive() == {"type": "ack", "id": 3, "seq": 2}
+            bad = await alone.request({**echoed, "echo": "yes", "id": 4})
+            assert (bad["code"], bad["message"]) == (400, "'echo' must be true or false")

@@ -204,3 +204,20 @@ async def test_latencies_across_redis_are_measured(redis_url: str) -> None:
             assert again == published
             assert published.epoch
             assert published.seq == 6
+
+
+async def test_echo_reaches_the_publisher_across_redis(redis_url: str) -> None:
+    channel = channel_name()
+    async with open_node(redis_url) as a, open_node(redis_url) as b:
+        async with a.connect() as reader, b.connect() as writer:
+            for client in (reader, writer):
+                await client.request({"type": "subscribe", "channel": channel, "id": 1})
+            frame = {"type": "publish", "channel": channel, "data": 1, "id": 2, "echo": True}
+            await writer.send(frame)
+            own = await writer.receive_type("message")
+            assert (own["seq"], own["from"]) == (1, writer.welcome["data"]["clientId"])
+            assert (await reader.receive_type("message"))["seq"] == 1
+            await publish(writer, channel, 2, 3)  # without echo: not to itself
+            assert (await reader.receive_type("message"))["seq"] == 2
+            await writer.send({"type": "ping", "id": 4})
+            assert (await writer.receive())["type"] == "pong"

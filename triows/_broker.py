@@ -58,6 +58,13 @@ class Publication:
     failed: Callable[[Exception], None] | None = None
     #: The channel's epoch when it was numbered (set by the broker before ``numbered``).
     epoch: str = ""
+    #: The publisher asked to receive its own message too (``"echo": true``).
+    echo: bool = False
+
+    @property
+    def excluded(self) -> str | None:
+        """Who does not get this message: its sender, unless it asked for an echo."""
+        return None if self.echo else self.sender_id
 
     def payload(self, seq: int, message_id: str) -> bytes:
         return protocol.message_payload(
@@ -235,7 +242,7 @@ class MemoryBroker(Broker):
         state, seq = self.hub.publish(pub.channel)
         pub.epoch = state.epoch
         frame = text_frame(pub.payload(seq, state.message_id(seq)))
-        blocked = self._fanout.deliver(state, frame, pub.sender_id)
+        blocked = self._fanout.deliver(state, frame, pub.excluded)
         self.published += 1
         self.hub.record(state, seq, frame, now)
         return seq, blocked

@@ -8,6 +8,7 @@ gracefully within ``--shutdown-timeout``; a second one stops at once.
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import json
 import logging
@@ -390,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
             default = None
         if isinstance(default, SlowConsumerPolicy):
             default = default.value
+        if isinstance(default, bool):  # as the flag takes it, not Python's True/False
+            default = "yes" if default else "no"
         shown = "" if default in (None, ()) else f" (default: {default})"
         kwargs: dict[str, Any] = {"help": f"{text}{shown} [env {_env_name(flag)}]", "type": kind}
         if flag in _CHOICES:
@@ -413,6 +416,22 @@ class Options:
     log_level: str
     log_format: str
     workers: int
+    #: One line per ``TRIOWS_*`` variable that no flag reads (logged once logging is set up).
+    warnings: tuple[str, ...] = ()
+
+
+def unknown_variables(environ: dict[str, str]) -> list[str]:
+    """A warning for each ``TRIOWS_*`` variable no flag reads, with the closest name: a typo
+    (``TRIOWS_HIST_SIZE``) must not be silently ignored."""
+    known = [_env_name(flag) for flag, *_ in _OPTIONS]
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith("TRIOWS_") and name not in known and name not in _INTERNAL_ENV:
+            # Compared without the common prefix, which would make everything look close.
+            close = difflib.get_close_matches(name[7:], [k[7:] for k in known], n=1, cutoff=0.6)
+            hint = f"; did you mean TRIOWS_{close[0]}?" if close else ""
+            warnings.append(f"ignoring unknown environment variable {name}{hint}")
+    return warnings
 
 
 def parse_config(argv: Sequence[str], environ: dict[str, str]) -> Options:
@@ -436,13 +455,21 @@ def parse_config(argv: Sequence[str], environ: dict[str, str]) -> Options:
     try:
         config = Config(**config_values)
     except (ValueError, TypeError, ChannelNameError) as exc:
-        parser.error(str(exc))
+        parser.error(_flag_names(str(exc)))
     if workers > 1 and config.redis_url is None:
         parser.error(
             f"--workers {workers} needs --redis-url: worker processes share channels, "
             "numbering and history only through Redis"
         )
-    return Options(config, log_level, log_format, workers)
+    return Options(config, log_level, log_format, workers, tuple(unknown_variables(environ)))
+
+
+def _flag_names(message: str) -> str:
+    """``Config``'s messages name fields (``jwt_secret must be ...``); a CLI user typed a flag."""
+    for flag, _, field, _ in _OPTIONS:
+        if field is not None and message.startswith(f"{field} "):
+            return f"{flag} ({_env_name(flag)}){message[len(field) :]}"
+    return message
 
 
 def _from_env(
@@ -476,6 +503,8 @@ WORKER_ENV = "TRIOWS_WORKER_INDEX"
 SUPERVISOR_ENV = "TRIOWS_SUPERVISOR_PID"
 #: The directory where workers share their figures (``Config.shared_stats_dir``).
 STATS_DIR_ENV = "TRIOWS_STATS_DIR"
+#: Variables the supervisor of ``--workers`` sets for its workers: known, not flags.
+_INTERNAL_ENV = (WORKER_ENV, SUPERVISOR_ENV, STATS_DIR_ENV)
 
 
 async def watch_supervisor(supervisor: int) -> None:
@@ -562,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parse_config(args, dict(os.environ))
     config = options.config
     configure_logging(options.log_level, options.log_format, os.environ.get(WORKER_ENV))
+    if os.environ.get(WORKER_ENV) is None:  # the supervisor said it already
+        for warning in options.warnings:
+            log.warning("%s", warning)
     raise_fd_limit(config.max_connections)
     if options.workers > 1:
         from ._workers import supervise_workers

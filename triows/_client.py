@@ -723,5 +723,6 @@ def _describe(exc: BaseException) -> str:
     """``TypeName: detail`` (or the close code and reason), for one log line."""
     if isinstance(exc, ConnectionClosed) and exc.reason is not None:
         return f"closed {exc.reason.code} {exc.reason.reason or ''}".rstrip()
-    detail = str(exc)
+    # trio's connect errors often carry the reason only in their cause (ECONNREFUSED...).
+    detail = str(exc) or str(exc.__cause__ or exc.__context__ or "")
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

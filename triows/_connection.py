@@ -677,6 +677,7 @@ class Connection:
                 request.data,
                 request_id,
                 numbered=functools.partial(self._acknowledge, request_id, started),
+                echo=request.echo,
                 failed=functools.partial(self._publish_failed, request_id),
             )
         except ProtocolError:

@@ -182,7 +182,12 @@ class RedisBroker(Broker):
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
-        log.info("node %s using Redis at %s", self.node_id, _safe_url(self._bridge.url))
+        log.info(
+            "using Redis at %s; this process's node id there is %s (its keys and control "
+            "channel; clients see the server id instead)",
+            _safe_url(self._bridge.url),
+            self.node_id,
+        )
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -327,7 +332,7 @@ class RedisBroker(Broker):
                     size,
                     int(config.redis_key_ttl * 1000),
                     once_ttl,
-                    fmt.origin(token, pub.sender_id),
+                    fmt.origin(token, pub.excluded),
                     pub.timestamp_ms,
                     number,
                 ),

@@ -521,6 +521,8 @@ class Server:
         request_id: protocol.RequestId | None,
         numbered: Callable[[int], None],
         failed: Callable[[Exception], None],
+        *,
+        echo: bool = False,
     ) -> list[Subscriber]:
         """A client's publish, handed to the broker without waiting.
 
@@ -534,6 +536,7 @@ class Server:
             raise ProtocolError(protocol.TOO_LARGE, str(exc), request_id) from None
         if request_id is not None:
             pub.dedupe = (conn.dedupe_key, request_id)
+        pub.echo = echo
         pub.numbered, pub.failed = numbered, failed
         try:
             return self.broker.publish(pub)

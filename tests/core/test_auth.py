@@ -35,6 +35,11 @@ def test_no_claims_means_no_restriction() -> None:
     assert principal.may(Action.PUBLISH, "anything")
 
 
+def test_an_integer_subject_is_its_string_form() -> None:
+    """Django's user ids are integers; PyJWT alone refuses them (InvalidSubjectError)."""
+    assert verify_token(token({"sub": 42}), SECRET, now=NOW).user_id == "42"
+
+
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
@@ -43,6 +48,8 @@ def test_no_claims_means_no_restriction() -> None:
         (token({"sub": "u1", "exp": NOW}), "expired"),
         (token({"exp": NOW + 60}), "'sub'"),
         (token({"sub": ""}), "'sub'"),
+        (token({"sub": True}), "'sub'"),
+        (token({"sub": 1.5}), "'sub'"),
         (token({"sub": "u1", "channels": "news"}), "'channels'"),
         (token({"sub": "u1", "publish": [1]}), "'publish'"),
         (token({"sub": "u1"}, secret=SECRET * 2, alg="HS512"), "invalid token"),

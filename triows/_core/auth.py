@@ -91,6 +91,9 @@ def verify_token(
                 "verify_exp": False,
                 "verify_nbf": False,
                 "verify_iat": False,
+                # Checked below: an integer ``sub`` (Django's primary keys) is accepted as
+                # its string form, where PyJWT >= 2.10 refuses anything but a string.
+                "verify_sub": False,
                 "verify_aud": audience is not None,
                 "verify_iss": issuer is not None,
             },
@@ -106,8 +109,10 @@ def verify_token(
     if not isinstance(claims, dict):
         raise AuthError("invalid token: claims are not an object")
     sub = claims.get("sub")
+    if isinstance(sub, int) and not isinstance(sub, bool):
+        sub = str(sub)
     if not isinstance(sub, str) or not sub:
-        raise AuthError("token has no 'sub' claim")
+        raise AuthError("token has no 'sub' claim (a non-empty string or an integer)")
     exp = claims.get("exp")
     if exp is not None:
         if isinstance(exp, bool) or not isinstance(exp, int | float):

@@ -69,6 +69,8 @@ class Publish:
     channel: str
     data: Any
     id: RequestId | None = None
+    #: Deliver to the publisher too (a one-tab chat wants to see its own message).
+    echo: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -195,7 +197,10 @@ def parse_request(raw: str | bytes) -> Request:
             raise ProtocolError(
                 BAD_REQUEST, f"'data' is nested deeper than {MAX_DEPTH} levels", request_id
             )
-        return Publish(channel=channel, data=data, id=request_id)
+        echo = frame.get("echo", False)
+        if not isinstance(echo, bool):
+            raise ProtocolError(BAD_REQUEST, "'echo' must be true or false", request_id)
+        return Publish(channel=channel, data=data, id=request_id, echo=echo)
     if kind == "subscribe":
         channel = _channel(frame, request_id)
         since = _optional_int(frame, "since", request_id)
