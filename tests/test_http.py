@@ -280,3 +280,26 @@ async def test_triows_js_and_the_demo_page() -> None:
         assert page.headers["content-type"] == "text/html; charset=utf-8"
         assert "${location.host}/ws`" in page.text  # the server's WebSocket path
         assert "__TRIOWS_PATH__" not in page.text
+
+
+async def test_http_requests_at_once_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from triows import _http
+
+    monkeypatch.setattr(_http, "MAX_IN_FLIGHT", 1)
+    async with running(api_key=KEY, handshake_timeout=2) as (server, http):
+        # One request whose body never comes holds the only slot...
+        with socket.create_connection(("127.0.0.1", server.port)) as slow:
+            slow.sendall(
+                b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() + b"\r\n"
+                b"Content-Length: 10\r\n\r\n"
+            )
+            while server.http.in_flight == 0:  # noqa: ASYNC110 - no event to wait on
+                await trio.sleep(0.01)
+            busy = await http.get("/health")
+            assert (busy.status_code, busy.json()) == (
+                503,
+                {"error": "more than 1 HTTP requests at once"},
+            )
+        while server.http.in_flight:  # noqa: ASYNC110 - no event to wait on
+            await trio.sleep(0.01)
+        assert (await http.get("/health")).status_code == 200

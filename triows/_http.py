@@ -48,6 +48,10 @@ log = logging.getLogger("triows.http")
 
 JSON = "application/json"
 STATIC_TYPES = {"js": "text/javascript; charset=utf-8", "html": "text/html; charset=utf-8"}
+#: Plain HTTP requests served at once; more get 503 at once. Each may hold its task for up to
+#: ``handshake_timeout`` (a slow body), so without a bound a flood of them would cost what
+#: ``max_connections`` is there to prevent.
+MAX_IN_FLIGHT = 256
 #: Channels one ``/api/broadcast`` may name.
 MAX_BROADCAST_CHANNELS = 1000
 #: Longest ``idempotency_key``.
@@ -84,6 +88,7 @@ Handler = Callable[[HttpRequest, bytes], Awaitable[Response]]
 class HttpEndpoints:
     def __init__(self, server: Server) -> None:
         self._server = server
+        self.in_flight = 0
         #: path -> (method, handler, needs the API key)
         self.routes: dict[str, tuple[str, Handler, bool]] = {
             "/health": ("GET", self._health, False),
@@ -109,7 +114,13 @@ class HttpEndpoints:
         timeout = server.config.handshake_timeout
         with trio.move_on_after(timeout) as scope:
             try:
-                response = await self._respond(stream, request, leftover)
+                if self.in_flight >= MAX_IN_FLIGHT:
+                    raise HttpError(503, f"more than {MAX_IN_FLIGHT} HTTP requests at once")
+                self.in_flight += 1
+                try:
+                    response = await self._respond(stream, request, leftover)
+                finally:
+                    self.in_flight -= 1
             except HttpError as exc:
                 response = _json(exc.status, {"error": exc.message, **exc.extra})
             except HandshakeError as exc:

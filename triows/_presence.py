@@ -23,12 +23,12 @@ from ._core import presence as core
 from ._core.frames import text_frame
 from ._core.presence import Member, PresenceMode
 from ._core.protocol import encode
+from ._redis_broker import RedisBroker
 
 if TYPE_CHECKING:
     import redis
 
     from ._connection import Connection
-    from ._redis_broker import RedisBroker
     from ._server import Server
 
 log = logging.getLogger("triows.presence")
@@ -43,8 +43,6 @@ class Presence:
         self.enabled = bool(self._full or self._counts)
         self._max_members = config.presence_max_members
         self._ttl = config.presence_ttl
-        from ._redis_broker import RedisBroker
-
         broker = server.broker
         self._redis: RedisBroker | None = broker if isinstance(broker, RedisBroker) else None
         #: Writes waiting for the background task: ``(kind, channel, member)``.

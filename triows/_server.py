@@ -3,7 +3,7 @@
 Task tree::
 
     serve()                       root nursery
-    ├─ supervisor                 idle sweeper, statistics sampler (triows._supervisor)
+    ├─ supervisor                 idle sweeper, monitor, presence, broker (triows._supervisor)
     └─ connections nursery
        ├─ accept loop             inside its own cancel scope, so it can stop alone
        └─ one task per stream     handshake, then Connection.run() (triows._connection)

@@ -7,6 +7,9 @@
   percentiles into a bounded history, warns on crossings, turns counters into rates, expires
   history and dedupe entries, and logs a one-line summary every minute.
 
+- presence (:mod:`triows._presence`): with Redis, writes joins and leaves, refreshes this
+  node's members and sweeps a crashed node's; nothing in process.
+
 - the broker's background work: with Redis, the bridge (publisher, pub/sub listener thread,
   watchdog); nothing for the in-process broker.
 """
