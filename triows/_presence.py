@@ -197,7 +197,7 @@ class Presence:
 
 
 def _hgetall(name: str, client: redis.Redis) -> dict[bytes, bytes]:
-    return client.hgetall(name)  # type: ignore[return-value]
+    return client.hgetall(name)  # type: ignore[return-value, unused-ignore]
 
 
 def _write(

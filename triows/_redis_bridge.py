@@ -137,7 +137,7 @@ class PubSubListener:
         """The thread's body, until trio cancels the task waiting for it."""
         attempt = 0
         while True:
-            pubsub = self._bridge.client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub = self._bridge.client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
             try:
                 pubsub.subscribe(self._control, *self._held)
                 attempt = 0
