@@ -239,7 +239,8 @@ def test_shell_snippets(page: str, script: str, server_port: int) -> None:
                     from triows._top import main as top
 
                     url = f"http://127.0.0.1:{server_port}"
-                    assert top([*[a if "8080" not in a else url for a in args[1:]], "--once"]) == 0
+                    top_args = [a if "8080" not in a else url for a in args[1:]]
+                    assert top([*top_args, "--api-key", KEY, "--once"]) == 0
                 else:
                     parse_config(args, {})  # exits 2 with the reason on a bad flag
         if command.startswith("curl"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,11 +62,17 @@ async def test_unknown_paths_and_methods() -> None:
         assert missing.json() == {"error": "nothing at /nope"}
         wrong = await http.post("/health", content=b"{}")
         assert wrong.status_code == 405
-        # Without a key configured the API does not exist at all.
-        assert (
-            await http.post("/api/publish", json={"channel": "a", "data": 1})
-        ).status_code == 404
-        assert (await http.get("/api/channels")).status_code == 404
+        # Without a key the API does not exist, and the answer says which flag turns it on.
+        off = await http.post("/api/publish", json={"channel": "a", "data": 1})
+        assert off.status_code == 404
+        assert "--api-key" in off.json()["error"]
+        assert "--api-key" in (await http.get("/api/channels")).json()["error"]
+        assert "--demo" in (await http.get("/demo")).json()["error"]
+        assert (await http.get("/")).status_code == 404
+    async with running(metrics=False, demo=True) as (_, http):
+        assert "--metrics yes" in (await http.get("/metrics")).json()["error"]
+        home = await http.get("/", follow_redirects=False)
+        assert (home.status_code, home.headers["location"]) == (302, "/demo")
 
 
 async def test_metrics_count_what_happened() -> None:
@@ -169,7 +176,14 @@ async def test_api_broadcast_and_channels() -> None:
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        (b"{bad", 400, "body is not JSON"),
+        (b"{bad", 400, "body is not valid JSON"),
+        (b"\xff", 400, "body is not valid JSON"),
+        (b'{"channel": "a", "data": NaN}', 400, "NaN is not a JSON number"),
+        (b'{"channel": "a", "data": [Infinity]}', 400, "Infinity is not a JSON number"),
+        (b'{"channel": "a", "data": 1e999}', 400, "number out of range"),
+        (b'{"channel": "a", "data": ' + b"[" * 1000 + b"]" * 1000 + b"}", 400, "nested"),
+        (b'{"channel": "a", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 413, "larger"),
+        (b"[" * 60_000 + b"]" * 2, 400, "body is not valid JSON"),
         (b"[1]", 400, "body must be a JSON object"),
         (b'{"data": 1}', 400, "missing field 'channel'"),
         (b'{"channel": "a"}', 400, "missing field 'data'"),
@@ -180,7 +194,9 @@ async def test_api_broadcast_and_channels() -> None:
         (b'{"channel": "a", "data": "' + b"x" * 70_000 + b'"}', 413, "larger than"),
     ],
 )
-async def test_api_refuses_bad_requests_clearly(body: bytes, status: int, message: str) -> None:
+async def test_api_refuses_bad_requests_clearly(
+    body: bytes, status: int, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async with running(api_key=KEY) as (_, http):
         answer = await http.post(
             "/api/publish",
@@ -189,6 +205,86 @@ async def test_api_refuses_bad_requests_clearly(body: bytes, status: int, messag
         )
         assert answer.status_code == status
         assert message in answer.json()["error"]
+    # A client's fault is its answer, never a traceback in our log.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def raw_answer(port: int, request: bytes) -> bytes:
+    def exchange() -> bytes:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(request)
+            sock.settimeout(10)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            return answer
+
+    return await trio.to_thread.run_sync(exchange)
+
+
+BIG = "v" * (20 * 1024)
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (b"GET /stats?history=" + b"9" * 4400 + b" HTTP/1.1\r\nHost: x\r\n", b"400"),
+        (b"GET /stats?history=%C2%B2 HTTP/1.1\r\nHost: x\r\n", b"400"),
+        (b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n", b"400"),
+        (
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 4400 + b"\r\n",
+            b"413",
+        ),
+        (
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 50\r\n",
+            b"400",
+        ),
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nHost: y\r\n", b"400"),
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + BIG.encode() + b"\r\n", b"431"),
+        (b"GET /" + BIG.encode() + b" HTTP/1.1\r\nHost: x\r\n", b"431"),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n",
+            b"400",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Version: 13\r\n",
+            b"400",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+            b"400",
+        ),
+    ],
+    ids=[
+        "history-4400-digits",
+        "history-superscript",
+        "content-length-superscript",
+        "content-length-4400-digits",
+        "two-content-lengths",
+        "two-hosts",
+        "20KiB-header",
+        "20KiB-path",
+        "upgrade-two-keys",
+        "upgrade-two-versions",
+        "upgrade-two-hosts",
+    ],
+)
+async def test_hostile_heads_get_a_client_error_not_a_traceback(
+    request_head: bytes, status: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(api_key=KEY) as (server, _):
+        answer = await raw_answer(
+            server.port, request_head + b"X-API-Key: " + KEY.encode() + b"\r\n\r\n{}"
+        )
+        assert answer.split(b" ")[1] == status, answer[:200]
+        assert server.statistics().connections == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_api_refuses_data_over_the_message_limit() -> None:
@@ -280,26 +376,3 @@ async def test_triows_js_and_the_demo_page() -> None:
         assert page.headers["content-type"] == "text/html; charset=utf-8"
         assert "${location.host}/ws`" in page.text  # the server's WebSocket path
         assert "__TRIOWS_PATH__" not in page.text
-
-
-async def test_http_requests_at_once_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from triows import _http
-
-    monkeypatch.setattr(_http, "MAX_IN_FLIGHT", 1)
-    async with running(api_key=KEY, handshake_timeout=2) as (server, http):
-        # One request whose body never comes holds the only slot...
-        with socket.create_connection(("127.0.0.1", server.port)) as slow:
-            slow.sendall(
-                b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() + b"\r\n"
-                b"Content-Length: 10\r\n\r\n"
-            )
-            while server.http.in_flight == 0:  # noqa: ASYNC110 - no event to wait on
-                await trio.sleep(0.01)
-            busy = await http.get("/health")
-            assert (busy.status_code, busy.json()) == (
-                503,
-                {"error": "more than 1 HTTP requests at once"},
-            )
-        while server.http.in_flight:  # noqa: ASYNC110 - no event to wait on
-            await trio.sleep(0.01)
-        assert (await http.get("/health")).status_code == 200

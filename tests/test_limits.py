@@ -206,26 +206,38 @@ async def test_publish_rate_per_user_spans_connections(
             assert kinds == ["ack"] * 4 + ["error"] * 2
 
 
-async def test_streams_that_never_send_their_request_count_against_the_limit(
+async def test_streams_that_never_send_their_request_are_bounded_per_address(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_test_server(max_connections=2, handshake_timeout=10) as harness:
-        async with harness.connect():
-            silent = await harness.listener.connect()
-            await trio.sleep(0.1)
+    async with open_test_server(max_pending_per_ip=2, handshake_timeout=10) as harness:
+        silent = [await harness.listener.connect(peer="10.0.0.1") for _ in range(2)]
+        await trio.sleep(0.1)
+        # A third from the same address is closed at once, unanswered...
+        extra = await harness.listener.connect(peer="10.0.0.1")
+        with trio.fail_after(1):
+            assert await extra.receive_some(100) == b""
+        assert harness.server.statistics().streams_refused == 1
+        # ...while another address is served, and so are the probes.
+        async with harness.connect(peer="10.0.0.2") as client:
+            assert (await client.request({"type": "ping", "id": 1}))["type"] == "pong"
+        await trio.sleep(11)  # the silent ones time out and free their places
+        async with harness.connect(peer="10.0.0.1"):
+            pass
+        for stream in (*silent, extra):
+            await stream.aclose()
+
+
+async def test_waiting_streams_do_not_take_the_places_of_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server(max_connections=1, max_pending=3) as harness:
+        silent = [await harness.listener.connect() for _ in range(2)]
+        await trio.sleep(0.1)
+        async with harness.connect() as client:  # the one connection place is free
             with pytest.raises(ConnectionRejected) as info:
                 async with harness.connect():
                     pass
             assert info.value.status_code == 503
-        # No more waiting streams than connections allowed: the next is closed at once.
-        more = await harness.listener.connect()
-        await trio.sleep(0.1)
-        extra = await harness.listener.connect()
-        with trio.fail_after(1):
-            assert await extra.receive_some(100) == b""
-        assert harness.server.statistics().streams_refused == 1
-        await trio.sleep(11)  # the silent ones time out and free their places
-        async with harness.connect():
-            pass
-        for stream in (silent, more, extra):
+            assert (await client.request({"type": "ping", "id": 1}))["type"] == "pong"
+        for stream in silent:
             await stream.aclose()

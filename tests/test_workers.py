@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio_websocket
@@ -129,8 +130,33 @@ async def test_a_killed_worker_is_restarted_and_its_clients_resume(
 def test_supervisor_rewrites_only_its_own_flags() -> None:
     from triows._workers import worker_arguments
 
-    argv = ["--port", "0", "--workers=2", "--redis-url", "redis://r", "--reuse-port", "no", "-h"]
-    assert worker_arguments(argv) == ["--redis-url", "redis://r", "-h"]
+    argv = ["--port", "0", "--workers=2", "--history-size", "5", "--reuse-port", "no", "-h"]
+    assert worker_arguments(argv) == ["--history-size", "5", "-h"]
+
+
+def test_secrets_reach_workers_through_their_environment_not_their_command_line() -> None:
+    from triows._cli import parse_config
+    from triows._workers import _Supervisor, worker_arguments
+
+    key, secret = "k" * 20, "s" * 40
+    redis = "redis://:hunter2@127.0.0.1:6379/0"
+    argv = ["--workers", "2", "--api-key", key, f"--jwt-secret={secret}", "--redis-url", redis]
+    options = parse_config(argv, {})
+    kept = worker_arguments(argv)
+    assert not any(secret_part in " ".join(kept) for secret_part in (key, secret, "hunter2"))
+    supervisor = _Supervisor(
+        [sys.executable, "-m", "triows", *kept], 2, 9999, options.config, "/tmp/stats"
+    )
+    env = supervisor.environment(0)
+    assert (env["TRIOWS_API_KEY"], env["TRIOWS_JWT_SECRET"], env["TRIOWS_REDIS_URL"]) == (
+        key,
+        secret,
+        redis,
+    )
+    # What the worker then reads is exactly the supervisor's configuration.
+    assert parse_config([*kept, "--workers", "1"], env).config == attrs.evolve(
+        options.config, port=9999, reuse_port=True
+    )
 
 
 def test_restart_backoff_grows_while_a_worker_keeps_dying() -> None:

@@ -168,6 +168,12 @@ class Broker(abc.ABC):
     def expire(self, now: float) -> None:
         """Called once a second: forget what outlived its ttl."""
 
+    def forget_publisher(self, key: object) -> None:
+        """The publisher behind dedupe ``key`` can publish no more (an anonymous connection
+        that closed): its dedupe window may go now instead of at its ttl. Redis keeps its
+        dedupe keys with their own ttl and nothing else bounds them: nothing to do there."""
+        return None
+
     @abc.abstractmethod
     def statistics(self) -> BrokerStatistics: ...
 
@@ -267,6 +273,9 @@ class MemoryBroker(Broker):
     def expire(self, now: float) -> None:
         self.hub.expire(now)
         self._dedupe.expire(now)
+
+    def forget_publisher(self, key: object) -> None:
+        self._dedupe.forget(key)
 
     def statistics(self) -> BrokerStatistics:
         return BrokerStatistics(kind="memory")

@@ -74,6 +74,21 @@ def _channel_policy(text: str) -> tuple[str, SlowConsumerPolicy]:
         ) from None
 
 
+def _slow_consumer(text: str) -> SlowConsumerPolicy:
+    try:
+        return SlowConsumerPolicy(text)
+    except ValueError:
+        choices = ", ".join(p.value for p in SlowConsumerPolicy)
+        raise argparse.ArgumentTypeError(f"must be one of {choices}, got {text!r}") from None
+
+
+def _message_size(text: str) -> int:
+    value = _bytes(text)
+    if value < 2048:
+        raise argparse.ArgumentTypeError(f"expected at least 2048 bytes (2KiB), got {text!r}")
+    return value
+
+
 def _workers(text: str) -> int:
     if text == "auto":
         return (
@@ -144,7 +159,20 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
     ),
     ("--jwt-audience", str, "jwt_audience", "tokens must carry this 'aud' claim"),
     ("--jwt-issuer", str, "jwt_issuer", "tokens must carry this 'iss' claim"),
-    ("--jwt-leeway", _SECONDS, "jwt_leeway", "seconds of clock skew tolerated on exp and nbf"),
+    ("--jwt-leeway", _SECONDS, "jwt_leeway", "seconds of clock skew tolerated on exp, nbf, iat"),
+    (
+        "--jwt-require-exp",
+        _yes_no,
+        "jwt_require_exp",
+        "yes: refuse tokens without an 'exp' claim (otherwise valid forever)",
+    ),
+    (
+        "--jwt-max-age",
+        _SECONDS,
+        "jwt_max_age",
+        "refuse tokens issued ('iat') longer ago than this many seconds, or without 'iat' "
+        "(0: no limit)",
+    ),
     (
         "--allow-origin",
         str,
@@ -174,10 +202,46 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "subscribes/s per user (0: no limit)",
     ),
     (
+        "--max-pending",
+        _INT,
+        "max_pending",
+        "connections accepted that have not sent their HTTP request yet (more: closed at once)",
+    ),
+    (
+        "--max-pending-per-ip",
+        _COUNT,
+        "max_pending_per_ip",
+        "the same, from one client address (0: no limit; a trusted proxy counts in the total only)",
+    ),
+    (
+        "--max-http-requests",
+        _INT,
+        "max_http_requests",
+        "plain HTTP requests answered at once (more: 503; /health and /ready are not counted)",
+    ),
+    (
+        "--max-http-requests-per-ip",
+        _COUNT,
+        "max_http_requests_per_ip",
+        "plain HTTP requests at once from one client address (more: 429; 0: no limit)",
+    ),
+    (
         "--max-message-size",
-        _number("an integer", 2048, integer=True),
+        _message_size,
         "max_message_size",
-        "largest incoming message in bytes (bigger: close 1009)",
+        "largest incoming message, e.g. 64KiB (bigger: close 1009; at least 2KiB)",
+    ),
+    (
+        "--inbox-size",
+        _INT,
+        "inbox_size",
+        "requests a connection may have queued behind one that waits (more: error 429)",
+    ),
+    (
+        "--inbox-max-bytes",
+        _bytes,
+        "inbox_max_bytes",
+        "bytes of requests a connection may have queued (e.g. 1MiB)",
     ),
     ("--max-subscriptions", _INT, "max_subscriptions", "channels per connection (more: 429)"),
     ("--heartbeat-interval", _POSITIVE_SECONDS, "heartbeat_interval", "seconds between pings"),
@@ -207,7 +271,7 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
     ),
     (
         "--slow-consumer",
-        SlowConsumerPolicy,
+        _slow_consumer,
         "slow_consumer",
         "what happens when a subscriber's outbox is full",
     ),
@@ -357,7 +421,7 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "reuse_port",
         "yes: let other processes listen on the same port (SO_REUSEPORT)",
     ),
-    ("--log-level", str, None, "log verbosity"),
+    ("--log-level", str.lower, None, "log verbosity"),
     ("--log-format", str, None, "one line of text or one JSON object per record"),
 )
 _REPEATABLE = {
@@ -368,7 +432,7 @@ _REPEATABLE = {
     "--presence",
     "--presence-counts",
 }
-_SWITCHES = {"--demo"}
+_SWITCHES = {"--demo", "--jwt-require-exp"}
 _CLI_DEFAULTS: dict[str, Any] = {"--log-level": "info", "--log-format": "text", "--workers": 1}
 _CHOICES = {"--log-level": LOG_LEVELS, "--log-format": ("text", "json")}
 
@@ -457,17 +521,30 @@ def parse_config(argv: Sequence[str], environ: dict[str, str]) -> Options:
     except (ValueError, TypeError, ChannelNameError) as exc:
         parser.error(_flag_names(str(exc)))
     if workers > 1 and config.redis_url is None:
+        asked = "auto" if _given(argv, environ, "--workers") == "auto" else str(workers)
+        count = f" ({workers} processes on this machine)" if asked == "auto" else ""
         parser.error(
-            f"--workers {workers} needs --redis-url: worker processes share channels, "
+            f"--workers {asked}{count} needs --redis-url: worker processes share channels, "
             "numbering and history only through Redis"
         )
     return Options(config, log_level, log_format, workers, tuple(unknown_variables(environ)))
 
 
+def _given(argv: Sequence[str], environ: dict[str, str], flag: str) -> str | None:
+    """What the user wrote for ``flag`` (the last flag given, else its variable)."""
+    found = None
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            found = argv[index + 1]
+        elif arg.startswith(flag + "="):
+            found = arg.partition("=")[2]
+    return found if found is not None else environ.get(_env_name(flag))
+
+
 def _flag_names(message: str) -> str:
     """``Config``'s messages name fields (``jwt_secret must be ...``); a CLI user typed a flag."""
     for flag, _, field, _ in _OPTIONS:
-        if field is not None and message.startswith(f"{field} "):
+        if field is not None and message.startswith((f"{field} ", f"{field}:")):
             return f"{flag} ({_env_name(flag)}){message[len(field) :]}"
     return message
 

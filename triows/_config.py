@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
 from ._core.auth import Action, Principal
-from ._core.names import first_match
+from ._core.names import first_match, validate_pattern
 from ._core.outbox import SlowConsumerPolicy
 from ._core.proxy import parse_networks
 from ._transport import HandshakeRequest
@@ -85,15 +86,52 @@ def _networks(value: Any) -> tuple[str, ...]:
 
 
 def _origins(value: Any) -> tuple[str, ...]:
-    return tuple(o.rstrip("/") for o in value)
+    """Each an origin as browsers send it (``scheme://host[:port]``), or ``*``."""
+    origins = []
+    for origin in [value] if isinstance(value, str) else value:
+        text = str(origin).strip().rstrip("/")
+        if text != "*":
+            parts = urlsplit(text)
+            if not (parts.scheme and parts.netloc) or parts.path or parts.query:
+                raise ValueError(
+                    f"allow_origins: {origin!r} is not an origin; browsers send the scheme, "
+                    "the host and any port, e.g. https://app.example.com or "
+                    "http://localhost:8000"
+                )
+        origins.append(text)
+    return tuple(origins)
+
+
+def _patterns(field: str, value: Any) -> tuple[str, ...]:
+    try:
+        return tuple(validate_pattern(p) for p in ([value] if isinstance(value, str) else value))
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+
+
+def _presence_patterns(value: Any) -> tuple[str, ...]:
+    return _patterns("presence", value)
+
+
+def _presence_count_patterns(value: Any) -> tuple[str, ...]:
+    return _patterns("presence_counts", value)
 
 
 def _policy_rules(value: Any) -> tuple[tuple[str, SlowConsumerPolicy], ...]:
-    return tuple((str(pattern), SlowConsumerPolicy(policy)) for pattern, policy in value)
+    rules = []
+    for pattern, policy in value:
+        try:
+            rules.append((validate_pattern(pattern), SlowConsumerPolicy(policy)))
+        except ValueError as exc:
+            raise ValueError(f"channel_policies: {exc}") from None
+    return tuple(rules)
 
 
 def _history_rules(value: Any) -> tuple[tuple[str, int, float], ...]:
-    rules = tuple((str(pattern), int(size), float(ttl)) for pattern, size, ttl in value)
+    try:
+        rules = tuple((validate_pattern(p), int(size), float(ttl)) for p, size, ttl in value)
+    except ValueError as exc:
+        raise ValueError(f"channel_history: {exc}") from None
     for pattern, size, ttl in rules:
         if size < 0 or not (math.isfinite(ttl) and ttl >= 0):
             raise ValueError(f"channel_history for {pattern!r}: size and ttl must be >= 0")
@@ -112,8 +150,13 @@ class Config:
     #: When set, a token's ``aud`` / ``iss`` claim must name it.
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
-    #: Seconds of clock skew tolerated on ``exp`` and ``nbf``.
+    #: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
     jwt_leeway: float = attrs.field(default=0.0, validator=_not_negative)
+    #: Refuse tokens without an ``exp`` claim (they would be valid forever).
+    jwt_require_exp: bool = False
+    #: Refuse tokens issued (``iat``) more than this many seconds ago, and tokens without
+    #: ``iat``; 0: no limit.
+    jwt_max_age: float = attrs.field(default=0.0, validator=_not_negative)
     #: Origins allowed to connect (e.g. ``https://app.example``); empty allows every origin.
     allow_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
     max_connections: int = attrs.field(default=10_000, validator=_int_at_least(1))
@@ -121,6 +164,15 @@ class Config:
     #: 429 at the handshake. 0: no limit.
     max_connections_per_ip: int = attrs.field(default=1000, validator=_int_at_least(0))
     max_connections_per_user: int = attrs.field(default=100, validator=_int_at_least(0))
+    #: Streams accepted whose HTTP request has not arrived yet, in all and from one address
+    #: (a trusted proxy's count in the total only); more are closed at once. 0 per address:
+    #: no limit. Separate from ``max_connections``: idle sockets cannot take its places.
+    max_pending: int = attrs.field(default=1024, validator=_int_at_least(1))
+    max_pending_per_ip: int = attrs.field(default=64, validator=_int_at_least(0))
+    #: Plain HTTP requests answered at once, in all and per client address (more: 503 and
+    #: 429); ``/health`` and ``/ready`` are answered outside this pool.
+    max_http_requests: int = attrs.field(default=256, validator=_int_at_least(1))
+    max_http_requests_per_ip: int = attrs.field(default=32, validator=_int_at_least(0))
     #: Publishes (subscribes) per second allowed to one connection, and to one user over all
     #: its connections; bursts of twice the rate pass. More get error 429. 0: no limit.
     publish_rate: float = attrs.field(default=1000.0, validator=_not_negative)
@@ -173,8 +225,11 @@ class Config:
     memory_limit: int = attrs.field(default=0, validator=_int_at_least(0))
     #: How long a ``block`` publisher waits for one subscriber before disconnecting it (1013).
     block_timeout: float = attrs.field(default=5.0, validator=_positive)
-    #: Requests a connection may have waiting while an earlier one is served; more get 429.
-    inbox_size: int = attrs.field(default=32, validator=_int_at_least(1))
+    #: Requests a connection may have waiting while an earlier one is served (an async
+    #: ``authorize`` hook, Redis), and their bytes; more get error 429. Sized for a client
+    #: flushing its offline queue.
+    inbox_size: int = attrs.field(default=256, validator=_int_at_least(1))
+    inbox_max_bytes: int = attrs.field(default=1024 * 1024, validator=_int_at_least(1))
     #: Time for a client to complete the HTTP upgrade (and for ``authenticate`` to answer).
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: Time for the closing handshake of one connection.
@@ -194,8 +249,8 @@ class Config:
     redis_key_ttl: float = attrs.field(default=86_400.0, validator=_positive)
     #: Channel patterns with presence: ``presence`` requests list members, and subscribers
     #: get ``join``/``leave`` frames. ``presence_counts`` patterns answer counts only.
-    presence: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    presence_counts: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    presence: tuple[str, ...] = attrs.field(default=(), converter=_presence_patterns)
+    presence_counts: tuple[str, ...] = attrs.field(default=(), converter=_presence_count_patterns)
     #: Above this many members a presence channel answers counts only and sends no join/leave.
     presence_max_members: int = attrs.field(default=1000, validator=_int_at_least(1))
     #: Seconds a member stays in Redis after its node last refreshed it (nodes refresh every

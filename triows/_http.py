@@ -38,8 +38,12 @@ import trio
 
 from . import _metrics, _shared_stats
 from ._broker import BrokerUnavailableError
+from ._core import protocol
+from ._core.admission import Refused
 from ._core.handshake import HandshakeError, HttpRequest, content_length, http_response
 from ._core.names import ChannelNameError, validate_channel
+from ._core.numbers import ascii_int
+from ._transport import ANSWER_GRACE, PlainRequest, linger
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -48,10 +52,6 @@ log = logging.getLogger("triows.http")
 
 JSON = "application/json"
 STATIC_TYPES = {"js": "text/javascript; charset=utf-8", "html": "text/html; charset=utf-8"}
-#: Plain HTTP requests served at once; more get 503 at once. Each may hold its task for up to
-#: ``handshake_timeout`` (a slow body), so without a bound a flood of them would cost what
-#: ``max_connections`` is there to prevent.
-MAX_IN_FLIGHT = 256
 #: Channels one ``/api/broadcast`` may name.
 MAX_BROADCAST_CHANNELS = 1000
 #: Longest ``idempotency_key``.
@@ -88,39 +88,72 @@ Handler = Callable[[HttpRequest, bytes], Awaitable[Response]]
 class HttpEndpoints:
     def __init__(self, server: Server) -> None:
         self._server = server
-        self.in_flight = 0
+        config = server.config
         #: path -> (method, handler, needs the API key)
         self.routes: dict[str, tuple[str, Handler, bool]] = {
-            "/health": ("GET", self._health, False),
-            "/ready": ("GET", self._ready, False),
-            "/stats": ("GET", self._stats, False),
-            "/api/publish": ("POST", self._publish, True),
-            "/api/broadcast": ("POST", self._broadcast, True),
-            "/api/channels": ("GET", self._channels, True),
+            "/stats": ("GET", self._stats, True),
+            "/triows.js": ("GET", self._static("triows.js", cors=True), False),
         }
-        if server.config.metrics:
+        #: What answers a path that is off, and which flag turns it on.
+        self._off: dict[str, str] = {}
+        if config.api_key is not None:
+            self.routes["/api/publish"] = ("POST", self._publish, True)
+            self.routes["/api/broadcast"] = ("POST", self._broadcast, True)
+            self.routes["/api/channels"] = ("GET", self._channels, True)
+        else:
+            for path in ("/api/publish", "/api/broadcast", "/api/channels"):
+                self._off[path] = "the HTTP API is off: start the server with --api-key"
+        if config.metrics:
             self.routes["/metrics"] = ("GET", self._metrics, False)
-        self.routes["/triows.js"] = ("GET", self._static("triows.js"), False)
-        if server.config.demo:
+        else:
+            self._off["/metrics"] = "metrics are off: start the server with --metrics yes"
+        if config.demo:
             # The page connects to the server's WebSocket path (any path when not restricted).
-            page = self._static("demo.html", {b"__TRIOWS_PATH__": (server.config.path or "/")})
+            page = self._static("demo.html", {b"__TRIOWS_PATH__": (config.path or "/")})
             self.routes["/demo"] = ("GET", page, False)
+            self.routes["/"] = ("GET", self._to_demo, False)
+        else:
+            self._off["/demo"] = "the demo page is off: start the server with --demo"
+        #: Probes an orchestrator relies on: answered at once, without reading a body and
+        #: outside the HTTP pool, so that no client can make a healthy server look dead.
+        self.probes: dict[str, Callable[[], Response]] = {
+            "/health": self._health,
+            "/ready": self._ready,
+        }
 
-    async def serve(
-        self, stream: trio.abc.Stream, request: HttpRequest, leftover: bytes, remote: str
-    ) -> None:
-        """Answer one request; the caller closes the stream."""
-        server = self._server
-        timeout = server.config.handshake_timeout
-        with trio.move_on_after(timeout) as scope:
+    async def serve(self, plain: PlainRequest) -> None:
+        """Answer one request; the transport closes the stream afterwards."""
+        request = plain.request
+        probe = self.probes.get(request.path)
+        if probe is not None and request.method == "GET":
+            response = self._safely(request, probe)
+        else:
+            response = await self._pooled(plain)
+        self._server.http_requests[response.status] += 1
+        log.debug("%s %s %s -> %d", plain.remote, request.method, request.path, response.status)
+        data = http_response(
+            response.status,
+            response.body,
+            content_type=response.content_type,
+            headers=response.headers,
+        )
+        # The request's deadline bounds the answer too; one that ran out still gets a moment
+        # to say so (504) to a client that reads.
+        with trio.move_on_at(max(plain.deadline, trio.current_time() + ANSWER_GRACE)):
+            await plain.stream.send_all(data)
+        await linger(plain.stream)
+
+    async def _pooled(self, plain: PlainRequest) -> Response:
+        """A request that counts against the HTTP pool (its ticket moves there first), read
+        and answered by the request's deadline."""
+        request = plain.request
+        response: Response | None = None
+        with trio.move_on_at(plain.deadline):
             try:
-                if self.in_flight >= MAX_IN_FLIGHT:
-                    raise HttpError(503, f"more than {MAX_IN_FLIGHT} HTTP requests at once")
-                self.in_flight += 1
-                try:
-                    response = await self._respond(stream, request, leftover)
-                finally:
-                    self.in_flight -= 1
+                plain.ticket.http(plain.ip)
+                response = await self._respond(plain)
+            except Refused as exc:
+                response = _json(exc.status, {"error": exc.reason})
             except HttpError as exc:
                 response = _json(exc.status, {"error": exc.message, **exc.extra})
             except HandshakeError as exc:
@@ -130,34 +163,38 @@ class HttpEndpoints:
                     headers=exc.headers,
                 )
             except Exception:
-                # A bug of ours: the client gets a plain 500, the log the details.
-                log.exception("%s %s failed", request.method, request.path)
-                response = _json(500, {"error": "internal error"})
-        if scope.cancelled_caught:
+                response = self._failure(request)
+        if response is None:
+            timeout = self._server.config.handshake_timeout
             response = _json(504, {"error": f"not answered within {timeout:g}s"})
-        server.http_requests[response.status] += 1
-        log.debug("%s %s %s -> %d", remote, request.method, request.path, response.status)
-        data = http_response(
-            response.status,
-            response.body,
-            content_type=response.content_type,
-            headers=response.headers,
-        )
-        with trio.move_on_after(timeout):
-            await stream.send_all(data)
+        return response
 
-    async def _respond(
-        self, stream: trio.abc.Stream, request: HttpRequest, leftover: bytes
-    ) -> Response:
+    def _safely(self, request: HttpRequest, answer: Callable[[], Response]) -> Response:
+        try:
+            return answer()
+        except Exception:
+            return self._failure(request)
+
+    @staticmethod
+    def _failure(request: HttpRequest) -> Response:
+        # A bug of ours: the client gets a plain 500, the log the details.
+        log.exception("%s %s failed", request.method, request.path)
+        return _json(500, {"error": "internal error"})
+
+    async def _respond(self, plain: PlainRequest) -> Response:
+        request = plain.request
         route = self.routes.get(request.path)
-        if route is None or (route[2] and self._server.config.api_key is None):
-            raise HttpError(404, f"nothing at {request.path}")
+        if request.path in self.probes:
+            raise HttpError(405, f"{request.path} takes GET")
+        if route is None:
+            off = self._off.get(request.path)
+            raise HttpError(404, off or f"nothing at {request.path}")
         method, handler, needs_key = route
         if request.method != method:
             raise HttpError(405, f"{request.path} takes {method}") from None
-        if needs_key:
+        if needs_key and self._server.config.api_key is not None:
             self._check_key(request)
-        body = await _read_body(stream, request, leftover, self._server.config.max_message_size)
+        body = await _read_body(plain, self._server.config.max_message_size)
         return await handler(request, body)
 
     def _check_key(self, request: HttpRequest) -> None:
@@ -171,16 +208,24 @@ class HttpEndpoints:
 
     # -- static files ---------------------------------------------------------------------------
 
-    def _static(self, name: str, fill: dict[bytes, str] | None = None) -> Handler:
+    def _static(
+        self, name: str, fill: dict[bytes, str] | None = None, *, cors: bool = False
+    ) -> Handler:
         """A file shipped in ``triows/static``, read once (``fill`` replaces placeholders),
         with a validator: a browser asks again after ``max-age`` and gets a 304 while the file
-        is unchanged."""
+        is unchanged. ``cors``: any page may load it (public code, e.g. ``triows.js``
+        imported by an application served from another origin)."""
         body = resources.files("triows").joinpath("static", name).read_bytes()
         for placeholder, value in (fill or {}).items():
             body = body.replace(placeholder, value.encode())
         etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
         kind = STATIC_TYPES[name.rpartition(".")[2]]
-        headers = (("Cache-Control", "public, max-age=300"), ("ETag", etag))
+        headers: tuple[tuple[str, str], ...] = (
+            ("Cache-Control", "public, max-age=300"),
+            ("ETag", etag),
+        )
+        if cors:
+            headers += (("Access-Control-Allow-Origin", "*"),)
 
         async def serve(request: HttpRequest, _: bytes) -> Response:
             if request.headers.get("if-none-match") == etag:
@@ -191,17 +236,20 @@ class HttpEndpoints:
 
     # -- probes and figures ---------------------------------------------------------------------
 
-    async def _health(self, request: HttpRequest, body: bytes) -> Response:
+    def _health(self) -> Response:
         server = self._server
         if server.closing:
             return _json(503, {"status": "shutting down", "server_id": server.server_id})
         return _json(200, {"status": "ok", "server_id": server.server_id})
 
-    async def _ready(self, request: HttpRequest, body: bytes) -> Response:
+    def _ready(self) -> Response:
         reasons = self._server.not_ready()
         if reasons:
             return _json(503, {"ready": False, "reasons": reasons})
         return _json(200, {"ready": True})
+
+    async def _to_demo(self, request: HttpRequest, body: bytes) -> Response:
+        return Response(302, b"", "text/plain; charset=utf-8", (("Location", "/demo"),))
 
     async def _metrics(self, request: HttpRequest, body: bytes) -> Response:
         families = [_metrics.collect(self._server)]
@@ -289,13 +337,11 @@ class HttpEndpoints:
         return _json(200, {"channels": listed, "total": len(channels)})
 
 
-async def _read_body(
-    stream: trio.abc.Stream, request: HttpRequest, leftover: bytes, limit: int
-) -> bytes:
-    length = content_length(request, limit)
-    body = bytearray(leftover[:length])
+async def _read_body(plain: PlainRequest, limit: int) -> bytes:
+    length = content_length(plain.request, limit)
+    body = bytearray(plain.leftover[:length])
     while len(body) < length:
-        data = await stream.receive_some(min(65536, length - len(body)))
+        data = await plain.stream.receive_some(min(65536, length - len(body)))
         if not data:
             raise HttpError(400, "request body ended early")
         body += data
@@ -303,10 +349,13 @@ async def _read_body(
 
 
 def _object(body: bytes, *, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON object body, decoded and checked as WebSocket frames are (one validation)."""
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpError(400, f"body is not JSON: {exc}") from None
+        payload = protocol.decode_json(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise HttpError(400, "body is not valid JSON: not UTF-8") from None
+    except protocol.ProtocolError as exc:
+        raise HttpError(400, f"body is {exc.message}") from None
     if not isinstance(payload, dict):
         raise HttpError(400, "body must be a JSON object")
     missing = [name for name in required if name not in payload]
@@ -315,6 +364,11 @@ def _object(body: bytes, *, required: tuple[str, ...], optional: tuple[str, ...]
     unknown = sorted(set(payload) - set(required) - set(optional))
     if unknown:
         raise HttpError(400, f"unknown field {unknown[0]!r}")
+    if "data" in payload:
+        try:
+            protocol.check_data(payload["data"])
+        except protocol.ProtocolError as exc:
+            raise HttpError(400, exc.message) from None
     return payload
 
 
@@ -342,9 +396,10 @@ def _int_parameter(request: HttpRequest, name: str, default: int) -> int:
     text = values.get(name)
     if text is None:
         return default
-    if not text.isdigit():
-        raise HttpError(400, f"{name} must be a whole number, got {text!r}")
-    return int(text)
+    value = ascii_int(text)
+    if value is None:
+        raise HttpError(400, f"{name} must be a whole number of at most 18 digits")
+    return value
 
 
 #: Summary fields where the whole server's figure is the worst worker's, not the sum.

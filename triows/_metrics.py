@@ -98,6 +98,12 @@ def collect(server: Server) -> list[Family]:
             "TCP streams closed at once: too many had not sent their request",
             stats.streams_refused,
         ),
+        _one(
+            counter,
+            "triows_task_failures_total",
+            "Supervisor tasks (monitor, idle sweeper, presence) that failed and were restarted",
+            stats.task_failures,
+        ),
         _by(
             counter,
             "triows_closed_by_server_total",

@@ -15,6 +15,7 @@ for the other workers to add up (:mod:`triows._shared_stats`).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import os
@@ -95,6 +96,8 @@ class Monitor:
         self.loop_lag = 0.0
         self._lag_warning = Threshold(config.warn_loop_lag)
         self._memory_warning = Threshold(config.warn_memory)
+        #: summary() as of the last sample: ``/stats`` and the shared file reuse it.
+        self._summary: dict[str, Any] | None = None
 
     async def run(self) -> None:
         server = self._server
@@ -140,15 +143,22 @@ class Monitor:
             )
             self.samples.append(sample)
             self._warn(sample)
+            self._summary = None  # a new sample: the next summary() is made anew
             if server.config.shared_stats_dir is not None:
-                self.share()
+                await self.share()
             if now >= next_summary:
                 next_summary = now + SUMMARY_EVERY
                 if server.connections():
                     _log_summary(server)
 
     def summary(self) -> dict[str, Any]:
-        """This process now, for ``/stats``, ``triows top`` and the other workers."""
+        """This process as of the last sample, for ``/stats``, ``triows top`` and the other
+        workers: made once per sample, however often it is asked for (it ranks channels)."""
+        if self._summary is None:
+            self._summary = self._make_summary()
+        return self._summary
+
+    def _make_summary(self) -> dict[str, Any]:
         server = self._server
         stats = server.statistics()
         latest = attrs.asdict(self.samples[-1]) if self.samples else {}
@@ -176,14 +186,16 @@ class Monitor:
             "top_channels": [[c.name, len(c.members), c.published] for c in channels],
         }
 
-    def share(self) -> None:
-        """Write this process's figures where the other workers read them."""
+    async def share(self) -> None:
+        """Write this process's figures where the other workers read them: gathered on the
+        event loop, written by a worker thread (a slow disk must not stall the loop)."""
         server = self._server
         directory = server.config.shared_stats_dir
         assert directory is not None
         families = _metrics.collect(server) if server.config.metrics else []
+        write = functools.partial(_shared_stats.write, directory, families, self.summary())
         try:
-            _shared_stats.write(directory, families, self.summary())
+            await trio.to_thread.run_sync(write)
         except OSError as exc:
             log.warning("cannot write shared statistics to %s: %s", directory, exc)
 

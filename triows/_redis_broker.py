@@ -93,6 +93,12 @@ TRANSIENT_REPLIES: tuple[type[Exception], ...] = (
 TRANSIENT_CODES = ("BUSY", "MISCONF", "NOREPLICAS")
 #: Rounds of stream reads a resume may take to catch up with a busy channel.
 RESUME_ROUNDS = 20
+#: Pub/sub events (or held inputs) handled in one step before other tasks get to run.
+DISPATCH_STEP = 256
+
+
+#: What the feed does with one input (a message, a fill, a baseline): its actions.
+_Step = Callable[[], Sequence[Deliver | Fill | Restart]]
 
 
 @attrs.define(eq=False)
@@ -107,6 +113,13 @@ class _Channel:
     joiners: int = 0
     syncing: bool = False
     sync_again: bool = False
+    #: A ``block`` subscriber of this channel ran out of room: the channel's later inputs wait
+    #: in ``held`` (not yet fed: the feed's seq stays what its members were handed) until it
+    #: has room. Only this channel waits; the others, and the pub/sub thread, go on.
+    waiting: bool = False
+    held: deque[_Step] = attrs.field(factory=deque)
+    #: Cancels the wait at once: ``held`` grew past its bound.
+    hurry: trio.CancelScope | None = None
 
 
 @attrs.define(eq=False, slots=True)
@@ -535,14 +548,16 @@ class RedisBroker(Broker):
     # -- receiving ------------------------------------------------------------------------------
 
     async def _dispatch(self, events: list[Event]) -> None:
-        """A batch from the listener thread, which waits for this (its backpressure)."""
+        """A batch from the listener thread, which waits for this (its backpressure). It never
+        waits for a ``block`` subscriber: that channel alone waits (:meth:`_feed`)."""
         self._dispatching = True
         try:
-            blocked: list[Subscriber] = []
-            for event in events:
+            for index, event in enumerate(events):
+                if index % DISPATCH_STEP == DISPATCH_STEP - 1:
+                    await trio.lowlevel.checkpoint()  # a batch of 1000 must not stall the rest
                 if isinstance(event, Message):
                     try:
-                        blocked += self._on_message(event)
+                        self._on_message(event)
                     except fmt.MalformedError as exc:
                         # Not ours (or not intact): skip it, keep the rest of the batch.
                         self.malformed += 1
@@ -551,7 +566,6 @@ class RedisBroker(Broker):
                     self._on_confirmed(event.channel)
                 elif isinstance(event, LinkDown):
                     self._part_down("pubsub", event.reason)
-            await self._fanout.wait_for_blocked(blocked)
         finally:
             self._dispatching = False
 
@@ -559,22 +573,59 @@ class RedisBroker(Broker):
         """One call in a Redis thread (presence uses it); errors are the caller's."""
         return await self._bridge.call(fn)
 
-    def _on_message(self, message: Message) -> list[Subscriber]:
+    def _on_message(self, message: Message) -> None:
         if message.channel == presence.EVENTS_CHANNEL:
             if self.on_presence is not None:
                 self.on_presence(message.data)
-            return []
+            return
         if message.channel == self._control:
             kind, _, number = message.data.partition(b":")
             if kind == b"ping":
                 self._ping_seen = max(self._ping_seen, int(number))
-            return []
+            return
         ch = self._channels.get(message.channel.removeprefix(fmt.PUBSUB_PREFIX))
         if ch is None:
-            return []
+            return
         entry = fmt.parse_published(message.data)
-        self._settle_own(entry)
-        return self._apply(ch, ch.feed.receive(entry))
+        self._settle_own(entry)  # the publisher's ack does not wait for the channel
+        self._feed(ch, functools.partial(ch.feed.receive, entry))
+
+    def _feed(self, ch: _Channel, step: _Step) -> None:
+        """Feed one input to the channel and deliver what it gives, at once, unless the
+        channel waits for a ``block`` subscriber: then it waits its turn in ``held``, bounded
+        by ``outbox_size`` inputs (beyond, the subscribers still full are disconnected now,
+        as a ``block`` publisher would at its timeout)."""
+        if ch.waiting:
+            ch.held.append(step)
+            if len(ch.held) > self._config.outbox_size and ch.hurry is not None:
+                ch.hurry.cancel()
+            return
+        blocked = self._apply(ch, step())
+        if blocked and self._nursery is not None:
+            ch.waiting = True
+            self._nursery.start_soon(self._wait_for_room, ch, blocked)
+
+    async def _wait_for_room(self, ch: _Channel, blocked: list[Subscriber]) -> None:
+        """Wait for a channel's ``block`` subscribers (at most ``block_timeout``), then feed
+        what the channel held meanwhile, in order."""
+        try:
+            while blocked:
+                with trio.CancelScope() as ch.hurry:
+                    await self._fanout.wait_for_blocked(blocked)
+                ch.hurry = None
+                for member in blocked:  # hurried: still full now is too slow
+                    if not member.outbox.has_room and member.close_code is None:
+                        self._fanout.slow_consumer(member, "Slow consumer")
+                blocked = []
+                fed = 0
+                while ch.held and not blocked:
+                    blocked = self._apply(ch, ch.held.popleft()())
+                    fed += 1
+                    if fed % DISPATCH_STEP == 0:
+                        await trio.lowlevel.checkpoint()
+        finally:
+            ch.waiting = False
+            ch.hurry = None
 
     def _on_confirmed(self, channel: str) -> None:
         if channel == presence.EVENTS_CHANNEL:
@@ -640,7 +691,7 @@ class RedisBroker(Broker):
                     self._join_script, ch.name, f"{self.node_id}.{next(self._epochs)}"
                 )
                 seq, epoch = await self._call("commands", join, lambda: self._follows(ch))
-                await self._fanout.wait_for_blocked(self._apply(ch, ch.feed.baseline(seq, epoch)))
+                self._feed(ch, functools.partial(ch.feed.baseline, seq, epoch))
                 ch.ready.set()
                 if not ch.sync_again:
                     break
@@ -666,7 +717,7 @@ class RedisBroker(Broker):
             return
         self.filled += len(found)
         entries = [entry for entry, _ in found]
-        await self._fanout.wait_for_blocked(self._apply(ch, ch.feed.filled(entries)))
+        self._feed(ch, functools.partial(ch.feed.filled, entries))
 
     # -- the watchdog ---------------------------------------------------------------------------
 

@@ -30,10 +30,12 @@ from ._broker import BrokerUnavailableError, Publication, open_broker
 from ._config import Config, Rejected
 from ._connection import GOING_AWAY, Connection
 from ._core import protocol
+from ._core.admission import Admission, Limits, Refused, Stage
 from ._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
 from ._core.latency import histogram
 from ._core.memory_guard import MemoryGuard
 from ._core.names import ChannelNameError, validate_channel
+from ._core.outbox import OutboxTotals
 from ._core.protocol import ProtocolError
 from ._core.proxy import parse_networks
 from ._core.ratelimit import PerKey, TokenBucket
@@ -42,9 +44,9 @@ from ._http import HttpEndpoints
 from ._listen import open_tcp_listeners
 from ._monitor import Monitor
 from ._presence import Presence
-from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics
+from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics, Traffic
 from ._supervisor import run_supervisor
-from ._transport import HandshakeRequest, PendingHandshake, WaitingStreams, serve_streams
+from ._transport import HandshakeRequest, PendingHandshake, serve_streams
 
 log = logging.getLogger("triows.server")
 
@@ -69,13 +71,22 @@ class Server:
         self.server_id = config.server_id or secrets.token_hex(4)
         self.fanout = FanOut(config.block_timeout)
         self.memory_guard = MemoryGuard(config.memory_limit)
-        self.waiting_streams = WaitingStreams(config.max_connections)
+        self.admission = Admission(
+            Limits(
+                max_pending=config.max_pending,
+                max_pending_per_ip=config.max_pending_per_ip,
+                max_http=config.max_http_requests,
+                max_http_per_ip=config.max_http_requests_per_ip,
+                max_connections=config.max_connections,
+                max_connections_per_ip=config.max_connections_per_ip,
+                max_connections_per_user=config.max_connections_per_user,
+            )
+        )
         self.broker = open_broker(config, self.fanout, self.now_ms)
         self.hub = self.broker.hub
         self.auth_enabled = config.jwt_secret is not None or config.authenticate is not None
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._connections: dict[Connection, None] = {}
-        self._handshaking = 0
         self._closing = False
         self._accept_scope = trio.CancelScope()
         self._connections_nursery: trio.Nursery | None = None
@@ -85,10 +96,13 @@ class Server:
         self._max_data = config.max_message_size - ENVELOPE_ALLOWANCE
         # Counters; rates are sampled by the supervisor.
         self.connections_total = 0
-        self._dropped_by_gone = 0
+        #: Supervisor tasks that failed and were started again (triows._restart).
+        self.task_failures = 0
+        #: What every outbox holds and dropped, and the messages of every connection: kept
+        #: as they change, so statistics cost O(1) at any number of connections.
+        self.outbox_totals = OutboxTotals()
+        self.traffic = Traffic()
         self._rejected: Counter[int] = Counter()
-        self._per_ip: Counter[str] = Counter()
-        self._per_user: Counter[str] = Counter()
         self._user_rates = {
             Action.PUBLISH: PerKey(config.user_publish_rate, 2 * config.user_publish_rate),
             Action.SUBSCRIBE: PerKey(config.user_subscribe_rate, 2 * config.user_subscribe_rate),
@@ -98,8 +112,6 @@ class Server:
         self._closed_by_server: Counter[int] = Counter()
         self.publish_rate = 0.0
         self.delivery_rate = 0.0
-        #: Messages received and sent by connections that have ended.
-        self._frames_retired = [0, 0]
         #: Plain HTTP requests answered, by status.
         self.http_requests: Counter[int] = Counter()
         self.ack_latency = histogram(config.metrics)
@@ -183,10 +195,10 @@ class Server:
             subscriptions=self.hub.subscription_count,
             published=self.broker.published,
             delivered=self.fanout.delivered,
-            dropped=self._dropped_by_gone + sum(c.outbox.dropped for c in connections),
+            dropped=self.outbox_totals.dropped,
             slow_consumer_disconnects=self.fanout.slow_consumer_disconnects,
-            queued_frames=sum(len(c.outbox) for c in connections),
-            queued_bytes=sum(c.outbox.queued_bytes for c in connections),
+            queued_frames=self.outbox_totals.frames,
+            queued_bytes=self.outbox_totals.bytes,
             publish_rate=self.publish_rate,
             delivery_rate=self.delivery_rate,
             history_messages=self.hub.history_messages,
@@ -196,10 +208,11 @@ class Server:
             deduplicated=self.broker.deduplicated,
             broker=self.broker.statistics(),
             rate_limited=dict(self.rate_limited),
-            streams_refused=self.waiting_streams.refused,
+            streams_refused=self.admission.refused["pending"],
             rss_bytes=self.memory_guard.rss,
             memory_limited=self.memory_guard.over,
             memory_limit_trips=self.memory_guard.trips,
+            task_failures=self.task_failures,
         )
 
     def channel_statistics(self) -> tuple[ChannelStatistics, ...]:
@@ -238,29 +251,43 @@ class Server:
 
     def frame_totals(self) -> tuple[int, int]:
         """WebSocket messages received and sent, by every connection so far."""
-        received, sent = self._frames_retired
-        for conn in self._connections:
-            received += conn.frames_in
-            sent += conn.frames_out
-        return received, sent
+        return self.traffic.received, self.traffic.sent
 
     def describe(self) -> str:
         """The line logged when the server starts listening."""
         config = self.config
-        addresses = []
-        for listener in self.listeners:
-            sock = getattr(listener, "socket", None)
-            if sock is not None:
-                host, port = sock.getsockname()[:2]
-                host = f"[{host}]" if ":" in host else host
-                addresses.append(f"ws://{host}:{port}{config.path or '/'}")
-        where = ", ".join(addresses) or "its own listeners"
+        path = (config.path or "/")[1:]
+        where = ", ".join(a + path for a in self._addresses("ws")) or "its own listeners"
         auth = "jwt" if config.jwt_secret else "custom" if config.authenticate else "off"
         return (
             f"triows listening on {where} "
             f"(broker: {self.broker.statistics().kind}, auth: {auth}, "
             f"server id: {self.server_id}, pid: {os.getpid()})"
         )
+
+    def _warn_about_config(self) -> None:
+        config = self.config
+        if config.authenticate is not None and not config.allow_origins:
+            log.warning(
+                "an authenticate hook is set and every origin may connect: if it trusts "
+                "cookies, any web page a user visits can open a connection as that user "
+                "(cross-site WebSocket hijacking). Set allow_origins (--allow-origin) to "
+                "your site's origins; see docs/embedding.md"
+            )
+        if config.demo:
+            for address in self._addresses("http"):
+                log.info("demo chat page: %sdemo", address)
+
+    def _addresses(self, scheme: str) -> list[str]:
+        """``scheme://host:port/`` of each TCP listener."""
+        addresses = []
+        for listener in self.listeners:
+            sock = getattr(listener, "socket", None)
+            if sock is not None:
+                host, port = sock.getsockname()[:2]
+                host = f"[{host}]" if ":" in host else host
+                addresses.append(f"{scheme}://{host}:{port}/")
+        return addresses
 
     @property
     def closing(self) -> bool:
@@ -276,8 +303,7 @@ class Server:
             reasons.append("broker down: Redis unreachable")
         if self.memory_guard.over:
             reasons.append("memory limit reached")
-        others = len(self._connections) + self._handshaking + self.waiting_streams.count
-        if others >= self.config.max_connections:
+        if self.admission.full():
             reasons.append("connection limit reached")
         return reasons
 
@@ -305,7 +331,7 @@ class Server:
             for conn in list(self._connections):
                 conn.close(GOING_AWAY, "Server shutting down", drain=True, deadline=deadline)
             with trio.move_on_at(deadline):
-                while self._connections or self._handshaking:
+                while self._connections or self.admission.handshakes:
                     self._population_changed = trio.Event()
                     await self._population_changed.wait()
             if self._connections_nursery is not None:
@@ -333,6 +359,7 @@ class Server:
                     self.listeners = await connections.start(self._accept, listeners)
                     started = True
                     log.info("%s", self.describe())
+                    self._warn_about_config()
                     task_status.started(self)
                 root.cancel_scope.cancel()
         finally:
@@ -355,72 +382,91 @@ class Server:
                 trusted_proxies=self.trusted_proxies,
                 max_message_size=self.config.max_message_size,
                 handshake_timeout=self.config.handshake_timeout,
-                waiting=self.waiting_streams,
+                admission=self.admission,
                 task_status=task_status,
             )
 
     async def _handshake(self, pending: PendingHandshake) -> None:
-        info = pending.info
-        config = self.config
-        if self._closing:
-            return await self._reject(pending, 503, "server is shutting down")
-        if config.path is not None and info.path != config.path:
-            return await self._reject(pending, 404, "no WebSocket endpoint at this path")
-        if not config.origin_allowed(info.header("origin")):
-            return await self._reject(pending, 403, "origin not allowed")
-        others = len(self._connections) + self._handshaking + self.waiting_streams.count
-        if others >= config.max_connections:
-            return await self._reject(pending, 503, "connection limit reached")
-        if self.memory_guard.over:
-            return await self._reject(pending, 503, "memory limit reached")
-        per_ip = config.max_connections_per_ip
-        if per_ip and self._per_ip[info.ip] >= per_ip:
-            return await self._reject(pending, 429, "too many connections from this address")
-        self._handshaking += 1
+        """Answer a WebSocket handshake, then serve the connection until it ends.
+
+        The stream's admission ticket already counts it as a connection (of its address);
+        the user is added to it as soon as it is known, before the first await that follows,
+        so concurrent handshakes cannot all pass a limit.
+        """
         try:
-            try:
-                principal = await self._authenticate(info)
-            except Rejected as rejected:
-                return await self._reject(pending, rejected.status, rejected.reason)
-            per_user, user = config.max_connections_per_user, principal.user_id
-            if per_user and user is not None and self._per_user[user] >= per_user:
-                return await self._reject(pending, 429, "too many connections for this user")
-            ws = await pending.accept()
-            conn = self.connection_class(
-                server=self,
-                ws=ws,
-                principal=principal,
-                remote=info.remote,
-                ip=info.ip,
-                client_id=secrets.token_urlsafe(9),
-            )
-            self._connections[conn] = None
-            self.fanout.register(conn)
-            self._per_ip[conn.ip] += 1
-            if principal.user_id is not None:
-                self._per_user[principal.user_id] += 1
-            self.connections_total += 1
+            conn = await self._open(pending)
         finally:
-            self._handshaking -= 1
+            if pending.ticket.stage is Stage.HANDSHAKE:  # refused: it counts no more
+                pending.ticket.release()
             self._population_changed.set()
+        if conn is None:
+            return
         log.debug("connected %r", conn)
-        del pending, info  # the request's headers need not live as long as the connection
+        del pending  # the request's headers need not live as long as the connection
         if self._closing:  # shutdown began while we were accepting it
             conn.close(GOING_AWAY, "Server shutting down")
         await conn.run()
 
-    async def _reject(self, pending: PendingHandshake, status: int, reason: str) -> None:
+    async def _open(self, pending: PendingHandshake) -> Connection | None:
+        info = pending.info
+        config = self.config
+        if self._closing:
+            await self._reject(pending, 503, "server is shutting down")
+            return None
+        if config.path is not None and info.path != config.path:
+            await self._reject(pending, 404, "no WebSocket endpoint at this path")
+            return None
+        origin = info.header("origin")
+        if not config.origin_allowed(origin):
+            await self._reject(pending, 403, "origin not allowed", detail=repr(origin))
+            return None
+        if self.memory_guard.over:
+            await self._reject(pending, 503, "memory limit reached")
+            return None
+        try:
+            # Counted now, before the first await: concurrent handshakes cannot all pass.
+            pending.ticket.connection(info.ip)
+            principal = await self._authenticate(info, pending.deadline)
+            if principal.user_id is not None:
+                pending.ticket.user(principal.user_id)
+        except (Rejected, Refused) as refused:
+            await self._reject(pending, refused.status, refused.reason)
+            return None
+        ws = await pending.accept()
+        pending.ticket.opened()
+        conn = self.connection_class(
+            server=self,
+            ws=ws,
+            principal=principal,
+            remote=info.remote,
+            ip=info.ip,
+            client_id=secrets.token_urlsafe(9),
+        )
+        self._connections[conn] = None
+        self.fanout.register(conn)
+        self.connections_total += 1
+        return conn
+
+    async def _reject(
+        self, pending: PendingHandshake, status: int, reason: str, *, detail: str = ""
+    ) -> None:
         self._rejected[status] += 1
-        log.info("rejected handshake from %s: %d %s", pending.info.remote, status, reason)
+        log.info(
+            "rejected handshake from %s: %d %s%s",
+            pending.info.remote,
+            status,
+            reason,
+            f" ({detail})" if detail else "",
+        )
         await pending.reject(status, reason)
 
-    async def _authenticate(self, info: HandshakeRequest) -> Principal:
+    async def _authenticate(self, info: HandshakeRequest, deadline: float) -> Principal:
         config = self.config
         if config.authenticate is not None:
             try:
                 result = config.authenticate(info)
                 if inspect.isawaitable(result):
-                    with trio.fail_after(config.handshake_timeout):
+                    with trio.fail_at(deadline):
                         result = await result
             except Rejected:
                 raise
@@ -455,6 +501,8 @@ class Server:
             audience=config.jwt_audience,
             issuer=config.jwt_issuer,
             leeway=config.jwt_leeway,
+            require_exp=config.jwt_require_exp,
+            max_age=config.jwt_max_age,
         )
 
     # -- used by connections --------------------------------------------------------------------
@@ -490,8 +538,9 @@ class Server:
                 with trio.fail_after(self.config.handshake_timeout):
                     result = await result
             except trio.TooSlowError:
+                # Not a "no": the client may try again (a refresh keeps its subscriptions).
                 raise ProtocolError(
-                    protocol.INTERNAL, "authorization timed out", request_id
+                    protocol.UNAVAILABLE, "authorization timed out; try again", request_id
                 ) from None
         if not result:
             raise _forbidden(action, channel, request_id)
@@ -547,12 +596,10 @@ class Server:
         if conn in self._connections:
             del self._connections[conn]
             self.fanout.unregister(conn)
-            _decrement(self._per_ip, conn.ip)
-            if conn.principal.user_id is not None:
-                _decrement(self._per_user, conn.principal.user_id)
-            self._dropped_by_gone += conn.outbox.dropped
-            self._frames_retired[0] += conn.frames_in
-            self._frames_retired[1] += conn.frames_out
+            if conn.principal.user_id is None:
+                # An anonymous connection's publish ids cannot be sent again from another
+                # connection: its dedupe window goes with it.
+                self.broker.forget_publisher(conn.dedupe_key)
             self._population_changed.set()
             log.debug("disconnected %r: %s %s", conn, conn.close_code, conn.close_reason)
 
@@ -594,12 +641,6 @@ def _forbidden(
     action: Action, channel: str, request_id: protocol.RequestId | None
 ) -> ProtocolError:
     return ProtocolError(protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'", request_id)
-
-
-def _decrement(counter: Counter[str], key: str) -> None:
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]
 
 
 def _bearer_token(info: HandshakeRequest) -> str | None:

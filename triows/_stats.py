@@ -7,6 +7,17 @@ import attrs
 from ._broker import BrokerStatistics
 
 
+class Traffic:
+    """WebSocket messages received and sent by every connection so far, counted as they
+    happen: reading them costs nothing, however many connections there are."""
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.sent = 0
+
+
 @attrs.frozen(kw_only=True)
 class ServerStatistics:
     server_id: str
@@ -51,6 +62,8 @@ class ServerStatistics:
     rss_bytes: int = 0
     memory_limited: bool = False
     memory_limit_trips: int = 0
+    #: Supervisor tasks (monitor, idle sweeper, presence) that failed and were restarted.
+    task_failures: int = 0
 
 
 @attrs.frozen(kw_only=True)

@@ -12,14 +12,20 @@
 
 - the broker's background work: with Redis, the bridge (publisher, pub/sub listener thread,
   watchdog); nothing for the in-process broker.
+
+Each runs behind :func:`triows._restart.restarting`: a bug in one is logged, counted
+(``task_failures``) and the task started again with backoff; it never ends the server.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
 import trio
+
+from ._restart import restarting
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -27,12 +33,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("triows.supervisor")
 
 
+#: Connections the idle sweeper looks at in one step before it lets others run.
+SWEEP_BATCH = 1000
+
+
 async def run_supervisor(server: Server, *, task_status: trio.TaskStatus[None]) -> None:
+    def failed() -> None:
+        server.task_failures += 1
+
+    keep = functools.partial(restarting, log=log, failed=failed)
     async with trio.open_nursery() as nursery:
         if server.config.idle_timeout > 0:
-            nursery.start_soon(sweep_idle, server)
-        nursery.start_soon(server.monitor.run)
-        nursery.start_soon(server.presence.run)
+            nursery.start_soon(keep, "idle sweeper", functools.partial(sweep_idle, server))
+        nursery.start_soon(keep, "monitor", server.monitor.run)
+        nursery.start_soon(keep, "presence", server.presence.run)
         await nursery.start(server.broker.run)
         task_status.started()
 
@@ -43,6 +57,8 @@ async def sweep_idle(server: Server) -> None:
     while True:
         await trio.sleep(period)
         cutoff = trio.current_time() - timeout
-        for conn in server.connections():
+        for index, conn in enumerate(server.connections()):
+            if index % SWEEP_BATCH == SWEEP_BATCH - 1:
+                await trio.lowlevel.checkpoint()  # a scan of 100,000 must not stall them all
             if conn.last_activity < cutoff and not server.hub.subscriptions(conn):
                 conn.close(1000, "Idle timeout")

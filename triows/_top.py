@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -27,9 +28,13 @@ from rich.text import Text
 POLL_TIMEOUT = 2.0
 
 
-def fetch(url: str) -> dict[str, Any]:
-    """The server's ``/stats`` (OSError or ValueError when it cannot be had)."""
-    with urllib.request.urlopen(f"{url.rstrip('/')}/stats?history=0", timeout=POLL_TIMEOUT) as r:
+def fetch(url: str, api_key: str | None = None) -> dict[str, Any]:
+    """The server's ``/stats`` (OSError or ValueError when it cannot be had). A server with
+    an API key wants it for ``/stats`` too."""
+    request = urllib.request.Request(f"{url.rstrip('/')}/stats?history=0")
+    if api_key:
+        request.add_header("X-API-Key", api_key)
+    with urllib.request.urlopen(request, timeout=POLL_TIMEOUT) as r:
         answer: dict[str, Any] = json.load(r)
     return answer
 
@@ -113,23 +118,25 @@ def _unreachable(url: str, error: Exception) -> Panel:
     return Panel(f"[bold red]{url} does not answer[/]: {error}", title="triows top")
 
 
-def frame(url: str) -> Group | Panel:
+def frame(url: str, api_key: str | None = None) -> Group | Panel:
     try:
-        return render(fetch(url), url)
+        return render(fetch(url, api_key), url)
     except (OSError, ValueError, KeyError) as error:
         return _unreachable(url, error)
 
 
-def run(url: str, *, once: bool, interval: float, console: Console) -> int:
+def run(
+    url: str, *, once: bool, interval: float, console: Console, api_key: str | None = None
+) -> int:
     if once:
-        view = frame(url)
+        view = frame(url, api_key)
         console.print(view)
         return 1 if isinstance(view, Panel) else 0
-    with Live(frame(url), console=console, refresh_per_second=4, screen=False) as live:
+    with Live(frame(url, api_key), console=console, refresh_per_second=4, screen=False) as live:
         try:
             while True:
                 time.sleep(interval)
-                live.update(frame(url))
+                live.update(frame(url, api_key))
         except KeyboardInterrupt:
             pass
     return 0
@@ -146,9 +153,20 @@ def main(argv: Sequence[str]) -> int:
         "--interval", type=float, default=1.0, help="seconds between refreshes (default: 1)"
     )
     parser.add_argument("--once", action="store_true", help="print one frame and exit")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("TRIOWS_API_KEY"),
+        help="the server's API key, which /stats needs when one is set (default: $TRIOWS_API_KEY)",
+    )
     args = parser.parse_args(argv)
     if not args.url.startswith(("http://", "https://")):
         parser.error(f"--url must start with http:// or https://, got {args.url!r}")
     if not args.interval > 0:
         parser.error("--interval must be positive")
-    return run(args.url, once=args.once, interval=args.interval, console=Console(file=sys.stdout))
+    return run(
+        args.url,
+        once=args.once,
+        interval=args.interval,
+        console=Console(file=sys.stdout),
+        api_key=args.api_key,
+    )

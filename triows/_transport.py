@@ -30,9 +30,9 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from ._core.admission import Admission, Refused, Ticket
 from ._core.frame_parser import FrameParser
 from ._core.handshake import (
-    MAX_HEAD,
     HandshakeError,
     HttpRequest,
     accept_response,
@@ -42,7 +42,7 @@ from ._core.handshake import (
     upgrade_key,
     wants_upgrade,
 )
-from ._core.proxy import Network, client_address
+from ._core.proxy import Network, client_address, is_trusted
 
 __all__ = [
     "Closed",
@@ -50,6 +50,7 @@ __all__ = [
     "ConnectionRejected",
     "HandshakeRequest",
     "PendingHandshake",
+    "PlainRequest",
     "WebSocket",
     "WebSocketConnection",
     "open_client",
@@ -60,6 +61,11 @@ log = logging.getLogger("triows.transport")
 
 #: Bytes read per ``receive_some``; also bounds what one read can add to memory.
 RECEIVE_BUFFER = 16 * 1024
+#: Time an answer still gets to be written once its request's deadline has passed (a 504 or
+#: a refusal must reach a client that does read).
+ANSWER_GRACE = 1.0
+#: Reads of leftover request bytes at most after an answer (see :func:`linger`).
+LINGER_READS = 16
 
 
 class Closed(Exception):
@@ -176,7 +182,13 @@ class HandshakeRequest:
 
 
 class PendingHandshake:
-    """A handshake the server has yet to accept or reject."""
+    """A handshake the server has yet to accept or reject.
+
+    ``ticket`` is the stream's admission ticket, still pending: the server moves it to a
+    connection before its first await, adds the user and marks it open. ``deadline`` bounds
+    the whole handshake, from the moment the stream was accepted to the last byte of the
+    answer.
+    """
 
     def __init__(
         self,
@@ -187,13 +199,15 @@ class PendingHandshake:
         remote: str,
         ip: str,
         max_message_size: int,
-        write_timeout: float,
+        ticket: Ticket,
+        deadline: float,
     ) -> None:
         self._stream = stream
         self._key = upgrade_key(request)
         self._leftover = leftover
         self._max_message_size = max_message_size
-        self._write_timeout = write_timeout
+        self.ticket = ticket
+        self.deadline = deadline
         target = urlsplit(request.target)
         self.info = HandshakeRequest(
             path=target.path or "/",
@@ -208,14 +222,32 @@ class PendingHandshake:
         response = accept_response(self._key)
         written = ws.write_nowait(response)  # an empty socket takes it whole: no wait, no scope
         if written < len(response):
-            with trio.fail_after(self._write_timeout):
+            with trio.fail_at(self.deadline):
                 await self._stream.send_all(response[written:])
         else:
             await trio.lowlevel.checkpoint()  # a checkpoint either way, as send_all is
         return ws
 
     async def reject(self, status: int, message: str) -> None:
-        await _refuse(self._stream, status, message, (), self._write_timeout)
+        await _refuse(self._stream, status, message, (), self.deadline)
+
+
+@attrs.define(slots=True, eq=False)
+class PlainRequest:
+    """A request without ``Upgrade: websocket``, handed to the HTTP endpoints.
+
+    ``ticket`` is still pending: the endpoints move it to ``http`` (or answer a probe
+    without it). ``deadline`` bounds reading the body and answering.
+    """
+
+    stream: trio.abc.Stream
+    request: HttpRequest
+    #: Bytes the client sent after its head: the start of its body.
+    leftover: bytes
+    remote: str
+    ip: str
+    ticket: Ticket
+    deadline: float
 
 
 async def _refuse(
@@ -223,60 +255,66 @@ async def _refuse(
     status: int,
     reason: str,
     headers: tuple[tuple[str, str], ...],
-    write_bound: float,
+    deadline: float,
 ) -> None:
     """Answer with an HTTP error (the connection then ends); a peer that does not read it
-    gets ``write_bound`` seconds at most."""
-    with trio.move_on_after(write_bound):
+    holds the stream until ``deadline``, or :data:`ANSWER_GRACE` when that has passed."""
+    with trio.move_on_at(max(deadline, trio.current_time() + ANSWER_GRACE)):
         await stream.send_all(http_response(status, reason.encode() + b"\n", headers=headers))
+    await linger(stream)
 
 
-def _peer(
-    stream: trio.abc.Stream, request: HttpRequest, trusted: tuple[Network, ...]
+async def linger(stream: trio.abc.Stream) -> None:
+    """After answering a request that may not have been read to its end (a head over the
+    limit, a body never read): closing a socket with unread bytes makes the kernel send a
+    reset, which can destroy the answer before the client reads it. So say we are done
+    (half-close) and read what is left, for :data:`ANSWER_GRACE` seconds at most."""
+    if not isinstance(stream, trio.SocketStream):
+        return
+    with trio.move_on_after(ANSWER_GRACE):
+        try:
+            await stream.send_eof()
+            for _ in range(LINGER_READS):
+                if not await stream.receive_some(RECEIVE_BUFFER):
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+def peer_address(stream: trio.abc.Stream) -> tuple[str, int | None]:
+    """The TCP peer's address and port; a memory stream's ``peer`` (``triows.testing``), or
+    its repr, which makes every such stream an address of its own."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            address, port = stream.socket.getpeername()[:2]
+        except OSError:  # reset before we asked
+            return "", None
+        return str(address), int(port)
+    peer = getattr(stream, "peer", None)
+    return (peer if isinstance(peer, str) else repr(stream)), None
+
+
+def _client(
+    peer: tuple[str, int | None], request: HttpRequest, trusted: tuple[Network, ...]
 ) -> tuple[str, str]:
     """``(host:port, host)`` of the client: the TCP peer's, or the address a trusted proxy
-    forwarded (``host`` twice: its port is the proxy's business). Other streams are named by
-    their repr."""
-    if not isinstance(stream, trio.SocketStream):
-        return repr(stream), repr(stream)
-    address, port = stream.socket.getpeername()[:2]
-    address = str(address)
+    forwarded (``host`` twice: its port is the proxy's business)."""
+    address, port = peer
     client = client_address(address, request.headers.get("x-forwarded-for"), trusted)
-    if client != address:
+    if client != address or port is None:
         return client, client
     host = f"[{address}]" if ":" in address else address
     return f"{host}:{port}", address
 
 
-class WaitingStreams:
-    """Streams accepted whose HTTP request has not arrived yet: counted against the
-    connection limit, and at most ``limit`` of them (more are closed at once)."""
-
-    __slots__ = ("count", "limit", "refused")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.count = 0
-        self.refused = 0
-
-    def admit(self) -> bool:
-        if self.count >= self.limit:
-            self.refused += 1
-            return False
-        self.count += 1
-        return True
-
-    def release(self) -> None:
-        self.count -= 1
-
-
 HandshakeHandler = Callable[[PendingHandshake], Awaitable[None]]
-#: ``(stream, request, bytes after the head, client address)``: answers a plain HTTP request.
-HttpHandler = Callable[[trio.abc.Stream, HttpRequest, bytes, str], Awaitable[None]]
+#: Answers a plain HTTP request; the transport closes the stream afterwards.
+HttpHandler = Callable[[PlainRequest], Awaitable[None]]
 
 
 async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
-    """The request head and the bytes after it; None when the peer left first."""
+    """The request head and the bytes after it; None when the peer left first. 431 as soon
+    as the head is over ``MAX_HEAD``, however it was split across reads."""
     buffer = b""
     while True:
         data = await stream.receive_some(RECEIVE_BUFFER)
@@ -286,8 +324,6 @@ async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
         end = head_end(buffer)
         if end >= 0:
             return buffer[:end], buffer[end:]
-        if len(buffer) > MAX_HEAD:
-            raise HandshakeError(431, "request head too large")
 
 
 async def _serve_stream(
@@ -298,27 +334,36 @@ async def _serve_stream(
     trusted_proxies: tuple[Network, ...],
     max_message_size: int,
     handshake_timeout: float,
-    waiting: WaitingStreams,
+    admission: Admission,
 ) -> None:
-    """Everything about one TCP stream, behind a boundary no exception crosses."""
-    if not waiting.admit():
-        # Already as many streams that never finished their request as connections allowed:
-        # only the fd limit would cap a flood of half-open handshakes otherwise.
+    """Everything about one TCP stream, behind a boundary no exception crosses.
+
+    Its admission ticket is taken before the first byte is read and released when this
+    returns, whatever happened in between.
+    """
+    peer = peer_address(stream)
+    try:
+        trusted = bool(trusted_proxies) and is_trusted(peer[0], trusted_proxies)
+        ticket = admission.stream(peer[0], trusted=trusted)
+    except Refused:
+        # As many streams as allowed are waiting for their request (from this address, or in
+        # all): one more would cost a descriptor and a task for nothing. No answer: nothing
+        # was read, and a flood is best met with the least work.
         await trio.aclose_forcefully(stream)
         return
+    deadline = trio.current_time() + handshake_timeout
     try:
-        try:
-            head = None
-            with trio.move_on_after(handshake_timeout):
-                head = await _read_head(stream)
-        finally:
-            waiting.release()
+        head = None
+        with trio.move_on_at(deadline):
+            head = await _read_head(stream)
         if head is None:  # a slowloris, or a client that left before its request
             return
         request = parse_request(head[0])
-        remote, ip = _peer(stream, request, trusted_proxies)
+        remote, ip = _client(peer, request, trusted_proxies)
         if not wants_upgrade(request):
-            return await http_handler(stream, request, head[1], remote)
+            plain = PlainRequest(stream, request, head[1], remote, ip, ticket, deadline)
+            del head, request
+            return await http_handler(plain)
         pending = [
             PendingHandshake(
                 stream,
@@ -327,21 +372,27 @@ async def _serve_stream(
                 remote=remote,
                 ip=ip,
                 max_message_size=max_message_size,
-                write_timeout=handshake_timeout,
+                ticket=ticket,
+                deadline=deadline,
             )
         ]
         del head, request
         # Handed over, not kept: the handler drops the request once it has answered it, and
         # nothing in this frame holds its headers for the connection's lifetime.
         await handler(pending.pop())
+    except Refused as refused:
+        log.info("refused %s: %d %s", peer[0], refused.status, refused.reason)
+        await _refuse(stream, refused.status, refused.reason, (), deadline)
     except HandshakeError as refused:
         log.debug("refused a request: %d %s", refused.status, refused.reason)
-        await _refuse(stream, refused.status, refused.reason, refused.headers, handshake_timeout)
+        await _refuse(stream, refused.status, refused.reason, refused.headers, deadline)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.TooSlowError) as gone:
         # The peer went away or stalled mid-handshake (a reset, a scanner): not our failure.
         log.debug("peer left during the handshake: %r", gone)
     except Exception:
         log.exception("connection task failed")
+    finally:
+        ticket.release()
     # trio.serve_listeners closes the stream when this returns, whatever happened.
 
 
@@ -354,7 +405,7 @@ async def serve_streams(
     trusted_proxies: tuple[Network, ...],
     max_message_size: int,
     handshake_timeout: float,
-    waiting: WaitingStreams,
+    admission: Admission,
     task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     # A partial, not a wrapper coroutine: one frame less held by every connection.
@@ -365,7 +416,7 @@ async def serve_streams(
         trusted_proxies=trusted_proxies,
         max_message_size=max_message_size,
         handshake_timeout=handshake_timeout,
-        waiting=waiting,
+        admission=admission,
     )
     await trio.serve_listeners(
         serve_one, listeners, handler_nursery=handler_nursery, task_status=task_status

@@ -43,20 +43,40 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 #: Flags the supervisor sets itself, with and without a value.
 _OWN_FLAGS = ("--port", "--workers", "--reuse-port")
+#: Flags whose values are secrets: a worker gets them through its environment, never on its
+#: command line, which every user of the machine can read (``ps``, ``/proc/<pid>/cmdline``).
+SECRET_FLAGS = {
+    "--api-key": ("api_key", "TRIOWS_API_KEY"),
+    "--jwt-secret": ("jwt_secret", "TRIOWS_JWT_SECRET"),
+    "--redis-url": ("redis_url", "TRIOWS_REDIS_URL"),  # may carry a password
+}
 
 
 def worker_arguments(argv: Sequence[str]) -> list[str]:
-    """``argv`` without the flags the supervisor decides for its workers."""
+    """``argv`` without the flags the supervisor decides for its workers, and without
+    secrets (see :func:`secret_environment`)."""
+    dropped = (*_OWN_FLAGS, *SECRET_FLAGS)
     kept: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg in _OWN_FLAGS:
+        elif arg in dropped:
             skip = True
-        elif not arg.startswith(tuple(f"{flag}=" for flag in _OWN_FLAGS)):
+        elif not arg.startswith(tuple(f"{flag}=" for flag in dropped)):
             kept.append(arg)
     return kept
+
+
+def secret_environment(config: Config) -> dict[str, str]:
+    """The secrets a worker needs, as ``TRIOWS_*`` variables (from flags or variables alike:
+    the supervisor's resolved configuration)."""
+    found = {}
+    for field, variable in SECRET_FLAGS.values():
+        value = getattr(config, field)
+        if value is not None:
+            found[variable] = str(value)
+    return found
 
 
 def supervise_workers(argv: Sequence[str], count: int, config: Config) -> int:
@@ -89,6 +109,7 @@ class _Supervisor:
 
     def environment(self, index: int) -> dict[str, str]:
         env = dict(os.environ)
+        env.update(secret_environment(self.config))
         env.update(
             {
                 "TRIOWS_PORT": str(self.port),

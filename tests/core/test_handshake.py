@@ -42,9 +42,37 @@ def test_a_valid_request() -> None:
     assert request.headers["upgrade"] == "websocket"
 
 
-def test_header_names_are_case_insensitive_and_first_value_wins() -> None:
-    data = head().replace(b"\r\n\r\n", b"\r\nx-a: 1\r\nX-A: 2\r\n\r\n")
-    assert parse_upgrade(data).headers["x-a"] == "1"
+def test_header_names_are_case_insensitive_and_repeated_lines_are_one_list() -> None:
+    # RFC 9110 §5.3: a proxy that appends its own X-Forwarded-For line must not let the
+    # client's first line win.
+    data = head().replace(
+        b"\r\n\r\n", b"\r\nx-a: 1\r\nX-A: 2\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n"
+    )
+    headers = parse_upgrade(data).headers
+    assert headers["x-a"] == "1, 2"
+    assert headers["cookie"] == "a=1; b=2"
+
+
+@pytest.mark.parametrize(
+    "name", ["Host", "Content-Length", "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Origin"]
+)
+def test_a_field_that_must_be_single_is_refused_twice(name: str) -> None:
+    value = {"Content-Length": "0", "Origin": "https://a.example"}.get(name, GOOD.get(name))
+    data = head().replace(b"\r\n\r\n", f"\r\n{name}: {value}\r\n\r\n".encode())
+    if name in ("Content-Length", "Origin"):
+        data = data.replace(b"\r\n\r\n", f"\r\n{name}: {value}\r\n\r\n".encode())
+    with pytest.raises(HandshakeError) as refused:
+        parse_upgrade(data)
+    assert refused.value.status == 400
+    assert name.lower() in refused.value.reason
+
+
+def test_two_different_content_lengths_are_refused() -> None:
+    from triows._core.handshake import parse_request
+
+    with pytest.raises(HandshakeError) as refused:
+        parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n")
+    assert refused.value.status == 400
 
 
 @pytest.mark.parametrize(
@@ -78,6 +106,22 @@ def test_head_end() -> None:
     assert data[head_end(data) :] == b"\x81\x80frame"
 
 
+@pytest.mark.parametrize("size", [17 * 1024, 31 * 1024])
+def test_a_head_over_the_cap_is_431_however_it_arrives(size: int) -> None:
+    from triows._core.handshake import MAX_HEAD
+
+    long_value = head(**{"X-Long": "v" * size})
+    with pytest.raises(HandshakeError) as whole:
+        head_end(long_value)  # the whole head in one read, blank line included
+    assert whole.value.status == 431
+    with pytest.raises(HandshakeError) as growing:
+        head_end(long_value[: MAX_HEAD + 1])  # no blank line yet, already too long
+    assert growing.value.status == 431
+    long_path = head(f"GET /{'p' * size} HTTP/1.1")
+    with pytest.raises(HandshakeError):
+        head_end(long_path)
+
+
 def test_http_response_is_complete() -> None:
     response = http_response(426, b"upgrade\n", headers=(("Upgrade", "websocket"),))
     head_part, body = response.split(b"\r\n\r\n")
@@ -103,3 +147,17 @@ def test_a_request_without_upgrade_is_plain_http() -> None:
     with pytest.raises(HandshakeError) as refused:
         content_length(chunked, 100)
     assert refused.value.status == 411
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [("\u00b2", 400), ("\u00b9", 400), ("-1", 400), ("", 400), ("1 2", 400), ("9" * 4400, 413)],
+)
+def test_content_length_reads_ascii_digits_only(value: str, status: int) -> None:
+    from triows._core.handshake import content_length, parse_request
+
+    # Bytes on the wire are read as latin-1: b"\xb2" is "²", which str.isdigit() accepts.
+    request = parse_request(f"POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\n".encode("latin-1"))
+    with pytest.raises(HandshakeError) as refused:
+        content_length(request, 100)
+    assert refused.value.status == status

@@ -72,13 +72,17 @@ def verify_token(
     audience: str | None = None,
     issuer: str | None = None,
     leeway: float = 0.0,
+    require_exp: bool = False,
+    max_age: float = 0.0,
 ) -> Principal:
     """Check an HS256 token and turn its claims into a :class:`Principal`.
 
     ``alg`` is pinned to HS256: a token that names another algorithm (``none`` included) is
     refused rather than trusted. With ``audience`` / ``issuer``, the ``aud`` / ``iss`` claims
     must name them. ``exp`` and ``nbf`` are checked against ``now`` (the injected clock, never
-    the library's), each with ``leeway`` seconds of tolerance for clock skew.
+    the library's), each with ``leeway`` seconds of tolerance for clock skew. With
+    ``require_exp`` a token without ``exp`` (valid forever) is refused; with ``max_age`` (> 0)
+    one issued (``iat``) more than that many seconds ago, or without ``iat``, is refused.
     """
     try:
         claims = jwt.decode(
@@ -119,6 +123,16 @@ def verify_token(
             raise AuthError("claim 'exp' must be a number")
         if exp <= now - leeway:
             raise AuthError("token expired")
+    elif require_exp:
+        raise AuthError("token has no 'exp' claim (this server requires one)")
+    if max_age > 0:
+        iat = claims.get("iat")
+        if iat is None:
+            raise AuthError("token has no 'iat' claim (this server limits token age)")
+        if isinstance(iat, bool) or not isinstance(iat, int | float):
+            raise AuthError("claim 'iat' must be a number")
+        if now - iat > max_age + leeway:
+            raise AuthError(f"token is older than {max_age:g} seconds")
     nbf = claims.get("nbf")
     if nbf is not None:
         if isinstance(nbf, bool) or not isinstance(nbf, int | float):

@@ -89,6 +89,11 @@ class DedupeWindow:
         if not keys:
             del self._principals[principal]
 
+    def forget(self, principal: Hashable) -> None:
+        """Drop a principal's window at once (it can publish no more)."""
+        if principal in self._principals:
+            self._forget_principal(principal)
+
     def _forget_principal(self, principal: Hashable) -> None:
         for channel, publish_id in self._principals.pop(principal):
             del self._entries[(principal, channel, publish_id)]

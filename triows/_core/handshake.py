@@ -6,10 +6,14 @@ lives. An upgrade request is one bounded block of header lines; parsing it is a 
 operations, and once the answer is written nothing of it stays but what the server kept on
 purpose (:class:`UpgradeRequest` goes to the ``authenticate`` hook and is then dropped).
 
-Rules: the request line must be ``GET <target> HTTP/1.1``; header lines are ``name: value``
-with no obsolete line folding; ``Host``, ``Upgrade: websocket``, ``Connection: upgrade``,
-``Sec-WebSocket-Version: 13`` and a ``Sec-WebSocket-Key`` of 16 base64-encoded bytes are
-required. Anything else is refused with a status and a reason a person can read.
+Rules: the head is at most :data:`MAX_HEAD` bytes, every line included (431); the request
+line must be ``GET <target> HTTP/1.1``; header lines are ``name: value`` with no obsolete line
+folding; a field sent on several lines is one comma-separated list, in order (RFC 9110 §5.3),
+except the fields in :data:`SINGLETONS`, which a second line makes a 400 (two ``Content-Length``
+lines are a request-smuggling vector, RFC 9112 §6.3; two ``Host`` lines, RFC 9112 §3.2).
+``Host``, ``Upgrade: websocket``, ``Connection: upgrade``, ``Sec-WebSocket-Version: 13`` and a
+``Sec-WebSocket-Key`` of 16 base64-encoded bytes are required. Anything else is refused with a
+status and a reason a person can read.
 """
 
 from __future__ import annotations
@@ -22,9 +26,23 @@ from typing import Final
 
 import attrs
 
+from .numbers import ascii_int
+
 #: Largest request head (request line and headers) the server reads before refusing: 431.
 MAX_HEAD: Final = 16 * 1024
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: Fields that must not be repeated: the server could not tell which line to believe.
+SINGLETONS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "authorization",
+        "origin",
+        "x-api-key",
+        "sec-websocket-key",
+        "sec-websocket-version",
+    }
+)
 _TOKEN_CHARS: Final = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -46,7 +64,8 @@ class HttpRequest:
 
     method: str
     target: str
-    #: Header names in lower case; a repeated header keeps its first value.
+    #: Header names in lower case; a field on several lines is joined with ", " (cookies
+    #: with "; "), in the order the lines came.
     headers: dict[str, str]
     version: str = "HTTP/1.1"
 
@@ -68,9 +87,17 @@ class UpgradeRequest:
 
 
 def head_end(buffer: bytes | bytearray) -> int:
-    """Where the request head ends (just after its blank line), or -1 when not complete."""
+    """Where the request head ends (just after its blank line), or -1 when not complete.
+
+    Raises 431 when the head is, or would become, larger than :data:`MAX_HEAD`: checked on
+    every call, however the head was split across reads.
+    """
     end = buffer.find(b"\r\n\r\n")
-    return -1 if end < 0 else end + 4
+    if end >= 0 and end + 4 <= MAX_HEAD:
+        return end + 4
+    if end >= 0 or len(buffer) >= MAX_HEAD:
+        raise HandshakeError(431, f"request head larger than {MAX_HEAD} bytes")
+    return -1
 
 
 def parse_request(head: bytes | bytearray) -> HttpRequest:
@@ -91,7 +118,14 @@ def parse_request(head: bytes | bytearray) -> HttpRequest:
         name, colon, value = line.partition(":")
         if not colon or not name or not _TOKEN_CHARS.issuperset(name):
             raise HandshakeError(400, "malformed header line")
-        headers.setdefault(name.lower(), value.strip(" \t"))
+        name, value = name.lower(), value.strip(" \t")
+        before = headers.get(name)
+        if before is None:
+            headers[name] = value
+        elif name in SINGLETONS:
+            raise HandshakeError(400, f"{name} header sent more than once")
+        else:
+            headers[name] = f"{before}{'; ' if name == 'cookie' else ', '}{value}"
     return HttpRequest(method=method, target=target, headers=headers, version=version)
 
 
@@ -144,10 +178,14 @@ def content_length(request: HttpRequest, limit: int) -> int:
     headers = request.headers
     if "transfer-encoding" in headers:
         raise HandshakeError(411, "send the body with a Content-Length, not chunked")
-    text = headers.get("content-length", "0")
-    if not text.isdigit():
-        raise HandshakeError(400, "invalid Content-Length")
-    length = int(text)
+    text = headers.get("content-length")
+    if text is None:
+        return 0
+    length = ascii_int(text)
+    if length is None:
+        if text and set(text) <= set("0123456789"):  # only too long to read
+            raise HandshakeError(413, f"request body is larger than {limit} bytes")
+        raise HandshakeError(400, "Content-Length must be a whole number of bytes")
     if length > limit:
         raise HandshakeError(413, f"request body is larger than {limit} bytes")
     return length

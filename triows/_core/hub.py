@@ -116,7 +116,10 @@ class Hub(Generic[M]):
         self._max_idle = max_idle_channels
         self._channel_history_bytes = channel_history_bytes
         self._max_history_bytes = max_history_bytes
+        #: Kept as they change, so that statistics cost O(1) with any number of channels.
         self._history_bytes = 0
+        self._history_messages = 0
+        self._subscription_count = 0
         #: Channels holding history, least recently published first.
         self._recency: dict[str, ChannelState[M]] = {}
         #: ``(deadline, tiebreak, channel)``: when a channel's oldest message outlives its ttl.
@@ -145,6 +148,7 @@ class Hub(Generic[M]):
         state.members[member] = None
         self._idle.pop(channel, None)
         held[channel] = state
+        self._subscription_count += 1
         return state
 
     def unsubscribe(self, member: M, channel: str) -> bool:
@@ -153,6 +157,7 @@ class Hub(Generic[M]):
         if state is None:
             return False
         del state.members[member]
+        self._subscription_count -= 1
         self._discard_if_unused(state)
         return True
 
@@ -160,6 +165,7 @@ class Hub(Generic[M]):
         """Forget every membership of a member that is gone."""
         for state in self._memberships.pop(member, {}).values():
             del state.members[member]
+            self._subscription_count -= 1
             self._discard_if_unused(state)
 
     def subscriptions(self, member: M) -> int:
@@ -185,9 +191,10 @@ class Hub(Generic[M]):
         """Keep a published message in history; forget a channel nobody can resume."""
         history = state.history
         if history.enabled:
-            before = history.nbytes
+            before, count = history.nbytes, len(history)
             history.append(seq, now, frame)
             self._history_bytes += history.nbytes - before
+            self._history_messages += len(history) - count
             self._recency.pop(state.name, None)
             if history:
                 self._recency[state.name] = state  # most recently published goes last
@@ -236,7 +243,7 @@ class Hub(Generic[M]):
 
     @property
     def subscription_count(self) -> int:
-        return sum(len(held) for held in self._memberships.values())
+        return self._subscription_count
 
     @property
     def history_bytes(self) -> int:
@@ -244,7 +251,7 @@ class Hub(Generic[M]):
 
     @property
     def history_messages(self) -> int:
-        return sum(len(state.history) for state in self._recency.values())
+        return self._history_messages
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -283,6 +290,7 @@ class Hub(Generic[M]):
             drops[state.policy] = drops.get(state.policy, 0) + state.dropped
             state.dropped = 0
         self._history_bytes -= state.history.nbytes
+        self._history_messages -= len(state.history)
         state.history.clear()
         state.expiry_deadline = None  # its heap entry is now stale
         self._recency.pop(state.name, None)
@@ -292,9 +300,10 @@ class Hub(Generic[M]):
 
     def _prune(self, state: ChannelState[M], now: float) -> None:
         history = state.history
-        before = history.nbytes
+        before, count = history.nbytes, len(history)
         history.prune(now)
         self._history_bytes += history.nbytes - before
+        self._history_messages += len(history) - count
         if not history:
             self._recency.pop(state.name, None)
 
@@ -312,9 +321,10 @@ class Hub(Generic[M]):
         while self._history_bytes > self._max_history_bytes and self._recency:
             state = next(iter(self._recency.values()))
             history = state.history
-            before = history.nbytes
+            before, count = history.nbytes, len(history)
             history.drop_oldest()
             self._history_bytes += history.nbytes - before
+            self._history_messages += len(history) - count
             if not history:
                 del self._recency[state.name]
                 self._discard_if_unused(state)

@@ -33,6 +33,33 @@ def validate_channel(value: object) -> str:
     return value
 
 
+_PATTERN_RE: Final = re.compile(r"[A-Za-z0-9_\-.:@/=+*?\[\]!]{1,255}")
+
+
+def validate_pattern(value: object) -> str:
+    """A glob pattern over channel names: their characters and ``* ? [ ] !``, with every
+    ``[`` closed (``fnmatch`` would read ``chat[`` as a literal ``[``, which no channel name
+    holds: a pattern that can never match is a typo to report, not to accept)."""
+    if not isinstance(value, str) or not _PATTERN_RE.fullmatch(value):
+        raise ChannelNameError(
+            f"{value!r} is not a channel pattern: 1 to 255 characters from "
+            "A-Z a-z 0-9 _ - . : @ / = + and the globs * ? [...]"
+        )
+    depth = 0
+    for char in value:
+        if char == "[":
+            if depth:
+                raise ChannelNameError(f"{value!r}: '[' inside a [...] class")
+            depth = 1
+        elif char == "]":
+            if not depth:
+                raise ChannelNameError(f"{value!r}: a ']' without its '['")
+            depth = 0
+    if depth:
+        raise ChannelNameError(f"{value!r}: a '[' is never closed")
+    return value
+
+
 class PatternSet:
     """An ordered set of glob patterns, compiled once into one regular expression.
 

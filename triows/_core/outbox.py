@@ -53,14 +53,37 @@ _DROPPABLE = (SlowConsumerPolicy.DROP_OLDEST, SlowConsumerPolicy.DROP_NEWEST)
 _Entry = tuple[bytes | memoryview, SlowConsumerPolicy | None, DropCounter | None]
 
 
-class Outbox:
-    __slots__ = ("_entries", "_in_flight", "capacity", "dropped", "max_bytes", "queued_bytes")
+class OutboxTotals:
+    """What all the outboxes of a server hold and dropped, kept up to date as each changes,
+    so that statistics cost the same with 10 connections or 100,000 (no sum over them)."""
 
-    def __init__(self, capacity: int, max_bytes: int = 1 << 62) -> None:
+    __slots__ = ("bytes", "dropped", "frames")
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.bytes = 0
+        self.dropped = 0
+
+
+class Outbox:
+    __slots__ = (
+        "_entries",
+        "_in_flight",
+        "capacity",
+        "dropped",
+        "max_bytes",
+        "queued_bytes",
+        "totals",
+    )
+
+    def __init__(
+        self, capacity: int, max_bytes: int = 1 << 62, totals: OutboxTotals | None = None
+    ) -> None:
         if capacity < 1 or max_bytes < 1:
             raise ValueError("outbox capacity and max_bytes must be at least 1")
         self.capacity = capacity
         self.max_bytes = max_bytes
+        self.totals = totals if totals is not None else OutboxTotals()
         #: Created when the first frame is queued and dropped once the outbox is empty again:
         #: an empty deque still holds a block of 64 slots, and most outboxes are empty.
         self._entries: deque[_Entry] | None = None
@@ -108,6 +131,9 @@ class Outbox:
             self._entries = deque()
         self._entries.appendleft((rest, None, None))
         self.queued_bytes += len(rest)
+        totals = self.totals
+        totals.frames += 1
+        totals.bytes += len(rest)
 
     def take(self, max_bytes: int) -> list[bytes | memoryview]:
         """Hand frames to the writer (at least one, then up to ``max_bytes`` in total).
@@ -129,10 +155,17 @@ class Outbox:
 
     def written(self, batch: list[bytes | memoryview]) -> None:
         """The socket accepted a batch from :meth:`take`."""
+        size = sum(len(frame) for frame in batch)
         self._in_flight -= len(batch)
-        self.queued_bytes -= sum(len(frame) for frame in batch)
+        self.queued_bytes -= size
+        totals = self.totals
+        totals.frames -= len(batch)
+        totals.bytes -= size
 
     def clear(self) -> None:
+        totals = self.totals
+        totals.frames -= len(self)
+        totals.bytes -= self.queued_bytes
         self._entries = None
         self._in_flight = 0
         self.queued_bytes = 0
@@ -147,6 +180,9 @@ class Outbox:
             self._entries = deque()
         self._entries.append((frame, policy, counter))
         self.queued_bytes += len(frame)
+        totals = self.totals
+        totals.frames += 1
+        totals.bytes += len(frame)
 
     def _make_room_for(self, size: int) -> bool:
         """Evict the oldest droppable frames until a new frame of ``size`` bytes fits, or at
@@ -173,10 +209,13 @@ class Outbox:
             frame, _, counter = entries[index]
             del entries[index]
             self.queued_bytes -= len(frame)
+            self.totals.frames -= 1
+            self.totals.bytes -= len(frame)
             self._count_drop(counter)
         return True
 
     def _count_drop(self, counter: DropCounter | None) -> None:
         self.dropped += 1
+        self.totals.dropped += 1
         if counter is not None:
             counter.dropped += 1

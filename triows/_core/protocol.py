@@ -170,6 +170,28 @@ def _optional_str(
     return value
 
 
+def decode_json(text: str) -> Any:
+    """Decode JSON as every client-written document is decoded (frames, HTTP API bodies):
+    finite numbers only (no ``NaN``, ``Infinity`` or ``1e999``, which could not be sent on),
+    a nesting bomb refused, never anything but :class:`ProtocolError`."""
+    try:
+        return _decoder.decode(text)
+    except RecursionError:
+        raise ProtocolError(BAD_REQUEST, "not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise ProtocolError(BAD_REQUEST, f"not valid JSON: {_short(exc)}") from None
+
+
+def check_data(data: Any, request_id: RequestId | None = None) -> Any:
+    """``data`` as published: at most :data:`MAX_DEPTH` levels deep (what every subscriber's
+    decoder must then take)."""
+    if _depth_exceeds(data, MAX_DEPTH):
+        raise ProtocolError(
+            BAD_REQUEST, f"'data' is nested deeper than {MAX_DEPTH} levels", request_id
+        )
+    return data
+
+
 def parse_request(raw: str | bytes) -> Request:
     """Decode and validate one client frame.
 
@@ -178,10 +200,7 @@ def parse_request(raw: str | bytes) -> Request:
     """
     if isinstance(raw, bytes | bytearray):
         raise ProtocolError(BAD_REQUEST, "binary frames are not supported; send JSON text")
-    try:
-        frame = _decoder.decode(raw)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(BAD_REQUEST, f"not valid JSON: {_short(exc)}") from None
+    frame = decode_json(raw)
     if not isinstance(frame, dict):
         raise ProtocolError(BAD_REQUEST, "a frame must be a JSON object")
     request_id = _request_id(frame)
@@ -192,11 +211,7 @@ def parse_request(raw: str | bytes) -> Request:
         channel = _channel(frame, request_id)
         if "data" not in frame:
             raise ProtocolError(BAD_REQUEST, "missing field 'data'", request_id)
-        data = frame["data"]
-        if _depth_exceeds(data, MAX_DEPTH):
-            raise ProtocolError(
-                BAD_REQUEST, f"'data' is nested deeper than {MAX_DEPTH} levels", request_id
-            )
+        data = check_data(frame["data"], request_id)
         echo = frame.get("echo", False)
         if not isinstance(echo, bool):
             raise ProtocolError(BAD_REQUEST, "'echo' must be true or false", request_id)

@@ -114,16 +114,18 @@ class TestServer:
         headers: Mapping[str, str] | None = None,
         message_queue_size: int = 64,
         receive_timeout: float = 60,
+        peer: str | None = None,
     ) -> AsyncIterator[TestClient]:
         """Open a client; raises ``ConnectionRejected`` (with ``status_code``) when refused.
 
         ``token`` is sent as ``Authorization: Bearer``. A small ``message_queue_size`` with a
-        client that stops reading makes a realistic stalled consumer.
+        client that stops reading makes a realistic stalled consumer. ``peer`` is the address
+        the server sees (for per-address limits); by default every client has its own.
         """
         extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
         if token is not None:
             extra.append((b"Authorization", f"Bearer {token}".encode()))
-        stream = await self.listener.connect()
+        stream = await self.listener.connect(peer=peer)
         closing = False
         try:
             async with trio.open_nursery() as nursery:

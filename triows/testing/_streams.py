@@ -37,12 +37,17 @@ class _Pipe:
 
 
 class MemoryStream(trio.abc.HalfCloseableStream):
-    """One end of :func:`memory_stream_pair`."""
+    """One end of :func:`memory_stream_pair`.
 
-    def __init__(self, outgoing: _Pipe, incoming: _Pipe) -> None:
+    ``peer`` is the address the server sees for the other end (``None``: an address of its
+    own), so that per-address limits can be tested in virtual time.
+    """
+
+    def __init__(self, outgoing: _Pipe, incoming: _Pipe, peer: str | None = None) -> None:
         self._out = outgoing
         self._in = incoming
         self._closed = False
+        self.peer = peer
 
     def send_some_nowait(self, data: bytes | memoryview) -> int:
         """Write what fits in the buffer now; 0 when it is full or the stream is broken."""
@@ -118,8 +123,11 @@ class MemoryListener(trio.abc.Listener[MemoryStream]):
         self._send, self._receive = trio.open_memory_channel[MemoryStream](float("inf"))
         self.accepted = 0
 
-    async def connect(self) -> MemoryStream:
+    async def connect(self, *, peer: str | None = None) -> MemoryStream:
+        """A new client; the server sees it coming from ``peer`` (an address of its own
+        when None)."""
         client, server = memory_stream_pair(self._buffer_size)
+        server.peer = peer
         try:
             await self._send.send(server)
         except (trio.ClosedResourceError, trio.BrokenResourceError):

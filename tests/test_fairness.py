@@ -1,0 +1,113 @@
+"""No client, and no channel, can stall the event loop for the others.
+
+Fairness is measured in work per task step, not in seconds: a trio instrument counts the
+deliveries and requests done between two checkpoints of the same task. That is exact and
+deterministic in virtual time, where a stall shows no elapsed time at all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+import trio
+from wsproto.events import TextMessage
+
+from triows import Server, SlowConsumerPolicy
+from triows._connection import DELIVERIES_PER_STEP, REQUESTS_PER_STEP
+from triows.testing import open_test_server
+
+from .rawclient import RawClient
+
+
+class WorkPerStep(trio.abc.Instrument):
+    """The most deliveries and inbound messages any single task step did."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._before = (0, 0)
+        self.deliveries = 0
+        self.messages = 0
+
+    def _now(self) -> tuple[int, int]:
+        received, _ = self._server.frame_totals()
+        return self._server.fanout.delivered, received
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._before = self._now()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        delivered, received = self._now()
+        self.deliveries = max(self.deliveries, delivered - self._before[0])
+        self.messages = max(self.messages, received - self._before[1])
+
+
+async def test_a_burst_of_publishes_is_served_in_bounded_steps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    subscribers, publishes = 50, 240
+    async with open_test_server(publish_rate=0, outbox_size=1000) as harness:
+        readers = [await RawClient.connect(harness.listener) for _ in range(subscribers)]
+        for reader in readers:
+            await reader.subscribe("burst")
+        publisher = await RawClient.connect(harness.listener)
+        # Every publish in one write, so the server reads them all at once.
+        burst = b"".join(
+            publisher.ws.send(
+                TextMessage(data=json.dumps({"type": "publish", "channel": "burst", "data": n}))
+            )
+            for n in range(publishes)
+        )
+        assert len(burst) < 16 * 1024  # one read
+        instrument = WorkPerStep(harness.server)
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            await publisher.stream.send_all(burst)
+            with trio.fail_after(10):
+                while harness.server.fanout.delivered < subscribers * publishes:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # no event to wait on: the counter is the signal
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+        # Served inline, all of it would be one step: 12,000 deliveries, 240 requests.
+        assert instrument.deliveries <= DELIVERIES_PER_STEP + subscribers
+        assert instrument.messages <= REQUESTS_PER_STEP
+        for reader in [*readers, publisher]:
+            await reader.abort()
+
+
+_names = itertools.count()
+
+
+@pytest.mark.real_socket
+async def test_a_blocked_channel_does_not_stall_the_other_channels_of_a_redis_node(
+    redis_url: str,
+) -> None:
+    n = next(_names)
+    blocked, free = f"block-{n}-{trio.current_time():.0f}", f"free-{n}"
+    options: dict[str, Any] = {
+        "redis_url": redis_url,
+        "buffer_size": 2048,
+        "outbox_size": 4,
+        "block_timeout": 5.0,
+        "channel_policies": [("block-*", SlowConsumerPolicy.BLOCK)],
+    }
+    async with open_test_server(**options) as harness:
+        with trio.fail_after(10):
+            await harness.server.broker.up.wait_value(True)
+        stalled = await RawClient.connect(harness.listener)
+        await stalled.subscribe(blocked)  # then never reads again
+        async with harness.connect() as reader, harness.connect() as publisher:
+            await reader.request({"type": "subscribe", "channel": free})
+            for i in range(30):  # far more than the stalled socket and outbox hold
+                ack = await publisher.request(
+                    {"type": "publish", "channel": blocked, "data": "x" * 300, "id": i}
+                )
+                assert ack["type"] == "ack"
+            await publisher.request({"type": "publish", "channel": free, "data": "hi", "id": "f"})
+            # The blocked channel may wait up to block_timeout (5 s); this one must not.
+            with trio.fail_after(2):
+                message = await reader.receive_type("message")
+            assert message["data"] == "hi"
+        assert await stalled.read_until_closed(timeout=20) == 1013
