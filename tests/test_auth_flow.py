@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -290,3 +291,110 @@ async def test_the_handshake_request_is_not_kept_once_the_connection_runs(
             gc.collect()
             assert seen
             assert seen[0]() is None
+
+
+async def test_an_authorize_hook_that_times_out_on_refresh_keeps_the_subscription(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A timeout is not a "no": the subscription stays, and the log says why."""
+    slow: set[str] = set()
+
+    async def authorize(principal: Principal, action: Action, channel: str) -> bool:
+        if channel in slow:
+            await trio.sleep_forever()
+        return True
+
+    async with open_test_server(
+        jwt_secret=SECRET, authorize=authorize, handshake_timeout=2
+    ) as harness:
+        async with harness.connect(token=make_token()) as client:
+            for channel in ("slow", "fine"):
+                await client.request({"type": "subscribe", "channel": channel})
+            slow.add("slow")
+            reply = await client.request({"type": "refresh", "token": make_token(), "id": 1})
+            assert reply["type"] == "refreshed"
+            await trio.sleep(5)
+            (stats,) = harness.server.connection_statistics()
+            assert sorted(stats.subscriptions) == ["fine", "slow"]
+            assert "subscription kept" in caplog.text
+            # A subscribe that times out is answered 503 "try again", not refused.
+            refused = await client.request({"type": "subscribe", "channel": "slow", "id": 2})
+            assert (refused["type"], refused["code"]) == ("error", 503)
+
+
+async def test_a_client_flushing_its_offline_queue_behind_an_async_hook_is_not_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def authorize(principal: Principal, action: Action, channel: str) -> bool:
+        await trio.sleep(0.001)  # a lookup that waits
+        return True
+
+    async with open_test_server(authorize=authorize) as harness:
+        async with harness.connect(message_queue_size=500) as client:
+            for n in range(200):  # as a client that was offline sends its queue
+                await client.send({"type": "publish", "channel": "c", "data": n, "id": n})
+            replies = [await client.receive() for _ in range(200)]
+            assert [r["type"] for r in replies] == ["ack"] * 200
+
+
+@pytest.mark.parametrize(
+    ("options", "claims", "accepted"),
+    [
+        ({"jwt_require_exp": True}, {}, False),
+        ({"jwt_require_exp": True}, {"exp": time.time() + 60}, True),
+        ({"jwt_max_age": 60}, {}, False),  # no iat: its age is unknown
+        ({"jwt_max_age": 60}, {"iat": time.time() - 30}, True),
+        ({"jwt_max_age": 60}, {"iat": time.time() - 90}, False),
+        ({"jwt_max_age": 60, "jwt_leeway": 60}, {"iat": time.time() - 90}, True),
+    ],
+)
+async def test_tokens_without_expiry_or_too_old_can_be_refused(
+    options: dict[str, Any], claims: dict[str, Any], accepted: bool
+) -> None:
+    async with open_test_server(jwt_secret=SECRET, **options) as harness:
+        if accepted:
+            async with harness.connect(token=make_token(**claims)):
+                pass
+        else:
+            with pytest.raises(ConnectionRejected) as info:
+                async with harness.connect(token=make_token(**claims)):
+                    pass
+            assert info.value.status_code == 401
+
+
+async def test_a_refused_origin_is_named_in_the_log(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="triows.server")
+    async with open_test_server(allow_origins=["https://app.example"]) as harness:
+        with pytest.raises(ConnectionRejected):
+            async with harness.connect(headers={"Origin": "https://evil.example"}):
+                pass
+    assert "'https://evil.example'" in caplog.text
+
+
+@pytest.mark.parametrize("origin", ["app.example.com", "https://app.example.com/path", "//x"])
+def test_an_origin_without_its_scheme_is_refused_at_start(origin: str) -> None:
+    from triows import Config
+
+    with pytest.raises(ValueError, match="allow_origins"):
+        Config(allow_origins=[origin])
+    assert Config(allow_origins=["https://app.example.com/", "*"]).allow_origins == (
+        "https://app.example.com",
+        "*",
+    )
+
+
+async def test_an_authenticate_hook_without_an_origin_list_is_warned_about(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def authenticate(request: HandshakeRequest) -> Principal:
+        return Principal(user_id=request.header("cookie"))
+
+    async with open_test_server(authenticate=authenticate):
+        pass
+    assert "cross-site WebSocket hijacking" in caplog.text
+    caplog.clear()
+    async with open_test_server(authenticate=authenticate, allow_origins=["https://a.example"]):
+        pass
+    assert "hijacking" not in caplog.text

@@ -91,6 +91,28 @@ def test_unknown_variables_are_named_with_a_suggestion() -> None:
     assert parse_config([], internal).warnings == ()
 
 
+def test_sizes_take_units_and_levels_take_any_case() -> None:
+    options = parse_config(
+        ["--max-message-size", "64KiB", "--log-level", "DEBUG", "--inbox-max-bytes", "2MiB"],
+        {"TRIOWS_LOG_LEVEL": "Warning"},
+    )
+    assert options.config.max_message_size == 64 * 1024
+    assert options.config.inbox_max_bytes == 2 * 2**20
+    assert options.log_level == "debug"
+    assert parse_config([], {"TRIOWS_LOG_LEVEL": "Warning"}).log_level == "warning"
+
+
+def test_admission_and_token_flags() -> None:
+    config = parse_config(
+        ["--max-pending", "10", "--max-pending-per-ip", "0", "--jwt-require-exp"],
+        {"TRIOWS_MAX_HTTP_REQUESTS": "7", "TRIOWS_MAX_HTTP_REQUESTS_PER_IP": "2"},
+    ).config
+    assert (config.max_pending, config.max_pending_per_ip) == (10, 0)
+    assert (config.max_http_requests, config.max_http_requests_per_ip) == (7, 2)
+    assert config.jwt_require_exp
+    assert parse_config([], {"TRIOWS_JWT_MAX_AGE": "3600"}).config.jwt_max_age == 3600
+
+
 def test_operability_flags() -> None:
     config = parse_config(
         ["--api-key", "k" * 20, "--trusted-proxy", "10.0.0.0/8", "--metrics", "no"],
@@ -137,6 +159,14 @@ def test_operability_flags() -> None:
         ([], {"TRIOWS_TRUSTED_PROXY": "10.0.0.1,nope"}, "'nope'"),
         (["--metrics", "maybe"], {}, "expected yes or no"),
         (["--warn-memory", "lots"], {}, "expected a size in bytes"),
+        ([], {"TRIOWS_SLOW_CONSUMER": "maybe"}, "must be one of block, drop_oldest"),
+        (["--workers", "auto"], {}, "--workers auto ("),
+        (["--presence", "chat["], {}, "--presence (TRIOWS_PRESENCE): 'chat[': a '[' is never"),
+        (["--presence-counts", "a b"], {}, "is not a channel pattern"),
+        (["--channel-policy", "x]=block"], {}, "']' without"),
+        (["--allow-origin", "app.example.com"], {}, "--allow-origin (TRIOWS_ALLOW_ORIGIN)"),
+        (["--max-message-size", "1KiB"], {}, "at least 2048 bytes"),
+        (["--jwt-max-age", "-5"], {}, "--jwt-max-age"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(

@@ -376,3 +376,48 @@ async def test_triows_js_and_the_demo_page() -> None:
         assert page.headers["content-type"] == "text/html; charset=utf-8"
         assert "${location.host}/ws`" in page.text  # the server's WebSocket path
         assert "__TRIOWS_PATH__" not in page.text
+
+
+async def test_stats_needs_the_key_when_one_is_set() -> None:
+    async with running(api_key=KEY) as (_, http):
+        assert (await http.get("/stats")).status_code == 401
+        assert (await http.get("/stats", headers={"X-API-Key": KEY})).status_code == 200
+        assert (await http.get("/health")).status_code == 200  # probes never need it
+    async with running() as (_, http):
+        assert (await http.get("/stats")).status_code == 200  # no key, nothing to check
+
+
+async def test_triows_js_may_be_loaded_by_a_page_of_another_origin() -> None:
+    async with running() as (_, http):
+        script = await http.get("/triows.js", headers={"Origin": "http://localhost:8000"})
+        assert script.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-origin" not in (await http.get("/health")).headers
+
+
+async def test_the_start_log_names_the_demo_page(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="triows.server")
+    async with running(demo=True) as (server, _):
+        assert f"demo chat page: http://127.0.0.1:{server.port}/demo" in caplog.text
+
+
+async def test_an_http_request_holds_its_socket_one_handshake_timeout_at_most(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Head, body and answer share one deadline: a client that sends its head late and its
+    body never gets its 504 at ``handshake_timeout`` (plus a moment to write it)."""
+    from triows._transport import ANSWER_GRACE
+    from triows.testing import open_test_server
+
+    async with open_test_server(api_key=KEY, handshake_timeout=5) as harness:
+        stream = await harness.listener.connect()
+        start = trio.current_time()
+        await trio.sleep(4.5)
+        await stream.send_all(
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() + b"\r\n"
+            b"Content-Length: 10\r\n\r\n{"
+        )
+        answer = b""
+        while chunk := await stream.receive_some(4096):
+            answer += chunk
+        assert answer.split(b" ")[1] == b"504"
+        assert trio.current_time() - start <= 5 + ANSWER_GRACE

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -57,3 +61,61 @@ async def test_memory_warning_is_one_line_not_one_per_sample(
         await trio.sleep(30)
     lines = [r.getMessage() for r in caplog.records if "warning level" in r.getMessage()]
     assert len(lines) == 1
+
+
+async def test_a_bug_in_a_supervisor_task_restarts_it_instead_of_ending_the_server(
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with open_test_server(monitor_interval=1) as harness:
+        server = harness.server
+        calls = 0
+        real = server.monitor._warn
+
+        def failing_once(sample: object) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise RuntimeError("a bug in the monitor")
+            real(sample)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(server.monitor, "_warn", failing_once)
+        async with harness.connect() as client:
+            await trio.sleep(5)
+            assert (await client.request({"type": "ping", "id": 1}))["type"] == "pong"
+        assert calls > 3  # it kept sampling after the failure
+        assert server.statistics().task_failures == 1
+    assert "background task 'monitor' failed; restarting it" in caplog.text
+
+
+async def test_sharing_figures_with_other_workers_does_not_block_the_event_loop(
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from triows import _shared_stats
+
+    disk = threading.Event()  # a disk that does not answer until told to
+    stuck: list[bool] = []
+    real_write = _shared_stats.write
+
+    def slow_write(*args: Any) -> None:
+        if not disk.wait(5):  # nobody could tell it: the writer blocked the event loop
+            stuck.append(True)
+        real_write(*args)
+
+    monkeypatch.setattr(_shared_stats, "write", slow_write)
+    options: dict[str, Any] = {"monitor_interval": 1, "shared_stats_dir": str(tmp_path)}
+    async with open_test_server(**options) as harness:
+        async with harness.connect() as client:
+            await trio.sleep(1.5)  # the first write is stuck in the disk
+            for n in range(3):  # the loop still serves clients meanwhile
+                assert (await client.request({"type": "ping", "id": n}))["type"] == "pong"
+            disk.set()
+            for _ in range(1000):  # real time: the write happens in a thread
+                if list(tmp_path.glob("*.json")):
+                    break
+                await trio.to_thread.run_sync(time.sleep, 0.01)
+    assert list(tmp_path.glob("*.json"))
+    assert not stuck

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from triows._core.hub import Hub, Resume, SubscriptionLimitError
 from triows._core.outbox import SlowConsumerPolicy
@@ -180,3 +182,47 @@ def test_message_ids_are_unique_across_epochs() -> None:
     hub.unsubscribe("a", "c")
     second = hub.subscribe("a", "c")
     assert first.message_id(1) != second.message_id(1)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["subscribe", "unsubscribe", "remove", "publish", "expire"]),
+            st.sampled_from(["m1", "m2", "m3"]),
+            st.sampled_from(["a", "b", "c", "d"]),
+            st.floats(0, 50),
+        ),
+        max_size=80,
+    )
+)
+def test_counters_equal_a_recount(ops: list[tuple[str, str, str, float]]) -> None:
+    """Subscriptions and history messages are counted as they change (statistics read them
+    in O(1)); they must always equal a recount."""
+    hub = Hub[str](
+        epoch_prefix="E",
+        max_subscriptions=3,
+        policy_for=lambda name: SlowConsumerPolicy.DISCONNECT,
+        history_for=lambda name: (3, 10.0),
+        max_idle_channels=2,
+        channel_history_bytes=40,
+        max_history_bytes=100,
+    )
+    now = 0.0
+    for op, member, channel, step in ops:
+        now += step
+        if op == "subscribe":
+            try:
+                hub.subscribe(member, channel)
+            except SubscriptionLimitError:
+                pass
+        elif op == "unsubscribe":
+            hub.unsubscribe(member, channel)
+        elif op == "remove":
+            hub.remove_member(member)
+        elif op == "publish":
+            state, seq = hub.publish(channel)
+            hub.record(state, seq, b"f" * 15, now)
+        else:
+            hub.expire(now)
+        assert hub.subscription_count == sum(hub.subscriptions(m) for m in ("m1", "m2", "m3"))
+        assert hub.history_messages == sum(len(s.history) for s in hub.channels())

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from triows._core.outbox import Outbox, SlowConsumerPolicy, Verdict
+from triows._core.outbox import Outbox, OutboxTotals, SlowConsumerPolicy, Verdict
 
 P = SlowConsumerPolicy
 
@@ -114,3 +118,41 @@ def test_frames_being_written_still_take_room() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Outbox(0)
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["offer", "reply", "front", "take", "written", "clear"]),
+        st.integers(0, 2),
+        st.sampled_from(list(P)),
+        st.integers(1, 40),
+    ),
+    max_size=60,
+)
+
+
+@given(OPS)
+def test_shared_totals_equal_the_sum_of_the_outboxes(ops: list[Any]) -> None:
+    """Statistics read the totals in O(1): they must always equal what a sum would say."""
+    totals = OutboxTotals()
+    boxes = [Outbox(3, 100, totals) for _ in range(3)]
+    taken: list[list[Any]] = [[], [], []]
+    for op, index, policy, size in ops:
+        box = boxes[index]
+        if op == "offer":
+            box.offer(b"x" * size, policy)
+        elif op == "reply":
+            box.offer_reply(b"r" * size)
+        elif op == "front":
+            box.push_front(memoryview(b"t" * size))
+        elif op == "take" and box and not taken[index]:
+            taken[index] = box.take(size * 4)
+        elif op == "written" and taken[index]:
+            box.written(taken[index])
+            taken[index] = []
+        elif op == "clear":
+            box.clear()
+            taken[index] = []
+        assert totals.frames == sum(len(b) for b in boxes)
+        assert totals.bytes == sum(b.queued_bytes for b in boxes)
+        assert totals.dropped == sum(b.dropped for b in boxes)
