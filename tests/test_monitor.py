@@ -113,9 +113,13 @@ async def test_sharing_figures_with_other_workers_does_not_block_the_event_loop(
             for n in range(3):  # the loop still serves clients meanwhile
                 assert (await client.request({"type": "ping", "id": n}))["type"] == "pong"
             disk.set()
-            for _ in range(1000):  # real time: the write happens in a thread
-                if list(tmp_path.glob("*.json")):
-                    break
-                await trio.to_thread.run_sync(time.sleep, 0.01)
-    assert list(tmp_path.glob("*.json"))
+
+            def written() -> bool:
+                for _ in range(1000):  # real time: the write happens in a thread
+                    if list(tmp_path.glob("*.json")):
+                        return True
+                    time.sleep(0.01)
+                return False
+
+            assert await trio.to_thread.run_sync(written)
     assert not stuck
