@@ -112,6 +112,8 @@ def start_server(
             # One load generator on one address, publishing as fast as it can.
             "--max-connections-per-ip",
             "0",
+            "--max-pending-per-ip",
+            "0",
             "--publish-rate",
             "0",
             "--log-level",
