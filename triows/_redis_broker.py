@@ -93,6 +93,9 @@ TRANSIENT_REPLIES: tuple[type[Exception], ...] = (
 TRANSIENT_CODES = ("BUSY", "MISCONF", "NOREPLICAS")
 #: Rounds of stream reads a resume may take to catch up with a busy channel.
 RESUME_ROUNDS = 20
+#: Stream entries read (and delivered) per step of a node's catch-up: a node far behind
+#: catches up in bounded steps instead of one huge read and one long synchronous delivery.
+FILL_CHUNK = 1000
 
 
 @attrs.define(eq=False)
@@ -172,6 +175,10 @@ class RedisBroker(Broker):
         self._ever_up = False
         self.up = trio_util.AsyncBool(False)
         self._since: float | None = None
+        #: Whether this node's publications trim streams now, and from when they may again
+        #: (see :meth:`_send_batch`).
+        self._may_trim = False
+        self._trim_after = 0.0
         self.refused = 0
         self.reconnects = 0
         self.repairs = 0
@@ -258,6 +265,7 @@ class RedisBroker(Broker):
     # -- link state -----------------------------------------------------------------------------
 
     def _part_down(self, part: str, reason: str) -> None:
+        self._may_trim = False
         if not self._down:
             self._since = trio.current_time()
             self.up.value = False
@@ -288,6 +296,8 @@ class RedisBroker(Broker):
             log.info("connected to Redis")
         self._ever_up = True
         self._since = now
+        # The other nodes may still have to catch up from what was written before the outage.
+        self._trim_after = now + self._config.redis_retention
         self.up.value = True
 
     # -- publishing -----------------------------------------------------------------------------
@@ -313,7 +323,7 @@ class RedisBroker(Broker):
             once_ttl = max(1, int(config.dedupe_ttl))
         else:
             once, once_ttl = fmt.dedupe_key(), 0
-        size, _ = config.history_for(pub.channel)
+        keep, _ = config.history_for(pub.channel)  # the scripts keep at least this many
         self._buffer.append(
             _Pending(
                 token,
@@ -329,7 +339,7 @@ class RedisBroker(Broker):
                     fmt.payload_head(pub.payload(0, "")),
                     f"{self.node_id}.{next(self._epochs)}",
                     fmt.pubsub_channel(pub.channel),
-                    size,
+                    keep,
                     int(config.redis_key_ttl * 1000),
                     once_ttl,
                     fmt.origin(token, pub.excluded),
@@ -358,9 +368,8 @@ class RedisBroker(Broker):
             answered = self._answered
             self._answered = []
             try:
-                results = await self._call(
-                    "publish", functools.partial(self._send_batch, batch, answered), mark_up=False
-                )
+                send = functools.partial(self._send_batch, batch, answered)
+                results = await self._call("publish", send, mark_up=False)
             except BaseException:
                 self._answered = answered + self._answered  # still to delete
                 raise
@@ -406,14 +415,23 @@ class RedisBroker(Broker):
         self, batch: list[_Pending], answered: list[str], client: redis.Redis
     ) -> list[Any]:
         """In a worker thread: one pipeline for the whole batch, after deleting the pending
-        fields of publications answered before (their answer arrived: no resend can come)."""
+        fields of publications answered before (their answer arrived: no resend can come).
+
+        The scripts trim each stream to what is both beyond the channel's history size and
+        older than ``redis_retention`` (:data:`~triows._core.redis_format.TRIM`), except while
+        this node's link is or was recently down (``_may_trim`` is read here, at send time, so
+        that the batch resent after an outage does not trim): after an outage every node
+        flushes what it held, and the others must still be able to catch up from the streams
+        what they had not received before it, however long it was."""
         if self._publish_sha is None:
             self._publish_sha = str(client.script_load(fmt.PUBLISH_SCRIPT))
+        retention = int(self._config.redis_retention * 1000) if self._may_trim else -1
         pipe = client.pipeline(transaction=False)
         if answered:
             pipe.hdel(self._pending_key, *answered)
         for pending in batch:
-            pipe.evalsha(self._publish_sha, len(pending.keys), *pending.keys, *pending.args)
+            keys, args = pending.keys, pending.args
+            pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention)
         results = pipe.execute(raise_on_error=False)
         return results[1:] if answered else results
 
@@ -510,10 +528,13 @@ class RedisBroker(Broker):
             return known
         found: list[tuple[Entry, int]] = []
         after = since
+        size, ttl = self._config.history_for(ch.name)
         for _ in range(RESUME_ROUNDS):
             upto = feed.seq
             try:
-                read = functools.partial(_read_stream_in_thread, ch.name, after, upto)
+                # Only the newest ``size`` can be replayed: the stream may hold many more.
+                start = max(after, upto - size)
+                read = functools.partial(_read_stream_in_thread, ch.name, start, upto)
                 entries, stream_epoch = await self._bridge.call(read)
             except LINK_ERRORS:
                 raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
@@ -525,7 +546,6 @@ class RedisBroker(Broker):
                 break
         else:
             raise BrokerUnavailableError("channel too busy to resume now; try again")
-        size, ttl = self._config.history_for(ch.name)
         cutoff = self._now_ms() - ttl * 1000
         kept = [entry for entry, at in found if at >= cutoff][-size:] if size and ttl else []
         return resume_from_history(
@@ -619,7 +639,7 @@ class RedisBroker(Broker):
                     blocked += self._fanout.deliver(state, text_frame(entry.payload), entry.sender)
             elif isinstance(action, Fill):
                 if self._nursery is not None:
-                    fill = functools.partial(self._fill, ch, action.after, action.upto)
+                    fill = functools.partial(self._fill, ch, action)
                     self._nursery.start_soon(self._restarting, f"fill {ch.name}", fill)
             elif state is not None:  # Restart: the numbering began again
                 state.seq, state.epoch = 0, action.epoch
@@ -658,15 +678,23 @@ class RedisBroker(Broker):
         seq, epoch = client.eval(fmt.JOIN_SCRIPT, 2, *keys, *args)
         return int(seq), epoch.decode()
 
-    async def _fill(self, ch: _Channel, after: int, upto: int) -> None:
-        read = functools.partial(_read_stream_in_thread, ch.name, after, upto)
-        try:
-            found, _ = await self._call("commands", read, lambda: self._follows(ch))
-        except _NotWanted:
-            return
-        self.filled += len(found)
-        entries = [entry for entry, _ in found]
-        await self._fanout.wait_for_blocked(self._apply(ch, ch.feed.filled(entries)))
+    async def _fill(self, ch: _Channel, fill: Fill) -> None:
+        """Catch the channel up from its stream, :data:`FILL_CHUNK` entries per step."""
+        after = fill.after
+        while after < fill.upto:
+            through = min(fill.upto, after + FILL_CHUNK)
+            read = functools.partial(_read_stream_in_thread, ch.name, after, through)
+            try:
+                found, _ = await self._call("commands", read, lambda: self._follows(ch))
+            except _NotWanted:
+                return
+            self.filled += len(found)
+            entries = [entry for entry, _ in found]
+            actions = ch.feed.filled(entries, fill=fill, through=through)
+            await self._fanout.wait_for_blocked(self._apply(ch, actions))
+            if ch.feed.filling is not fill:
+                return  # done, or superseded (the numbering restarted meanwhile)
+            after = through
 
     # -- the watchdog ---------------------------------------------------------------------------
 
@@ -675,7 +703,8 @@ class RedisBroker(Broker):
         tells whether commands work (the link is marked up again by the first that does, even
         when nothing else is being sent). A ping nobody receives, or pings that do not come
         back, mean the pub/sub link went silent although Redis answers: it is rebuilt. Keys of
-        the channels this node follows get their ttl refreshed now and then."""
+        the channels this node follows get their ttl refreshed now and then. Once the link has
+        been up for ``redis_retention``, publications trim streams again."""
         period = self._config.redis_timeout
         refresh_every = max(1, int(min(self._config.redis_key_ttl / 4, 600) / period))
         ticks = 0
@@ -696,6 +725,8 @@ class RedisBroker(Broker):
                 self._part_down("commands", _describe(exc))
                 continue
             self._part_up("commands")
+            if not self._down and trio.current_time() >= self._trim_after:
+                self._may_trim = True
             if "pubsub" in self._down:
                 self._ping_seen = number  # the listener is reconnecting; judge it afterwards
                 continue
