@@ -5,6 +5,7 @@ that stopped. Real Redis, real time, every wait bounded.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -138,6 +139,45 @@ async def test_a_resend_long_after_a_lost_reply_is_not_published_twice(
             assert await node.server.publish(channel, "once") == 1
             assert await node.server.publish(channel, "next") == 2
             got = [(await reader.receive_type("message"))["data"] for _ in range(2)]
+        assert got == ["once", "next"]
+
+
+async def test_a_publication_that_came_back_is_not_resent_to_a_redis_that_lost_it(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis ran the batch and published the message (the node saw it come back), then died
+    before its reply and came back without its data (no persistence: emulated by deleting
+    the channel's keys and the node's pending hash). Resending would publish the message a
+    second time, in the new epoch; subscribers that had it would get it twice."""
+    original = RedisBroker._send_batch
+    calls = [0]
+    channel = channel_name("echoed")
+
+    def died_after_publishing(
+        self: RedisBroker, batch: Any, answered: Any, client: redis.Redis
+    ) -> Any:
+        results = original(self, batch, answered, client)
+        calls[0] += 1
+        if calls[0] == 1:
+            for _ in range(200):  # bounded: 2 s for the message to come back by pub/sub
+                if batch[0].pub.numbered is None:
+                    break
+                time.sleep(0.01)
+            client.delete(
+                fmt.numbering_key(channel), fmt.stream_key(channel), fmt.pending_key(self.node_id)
+            )
+            raise redis.ConnectionError("Redis died before its reply")
+        return results
+
+    monkeypatch.setattr(RedisBroker, "_send_batch", died_after_publishing)
+    async with open_node(redis_url) as node, node.connect() as reader:
+        await reader.request({"type": "subscribe", "channel": channel, "id": 1})
+        with trio.fail_after(10):
+            assert await node.server.publish(channel, "once") == 1
+            await node.server.publish(channel, "next")
+            got: list[Any] = []
+            while not got or got[-1] != "next":
+                got.append((await reader.receive_type("message"))["data"])
         assert got == ["once", "next"]
 
 

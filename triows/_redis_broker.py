@@ -120,6 +120,10 @@ class _Pending:
     pub: Publication
     keys: tuple[str, str, str, str]
     args: tuple[Any, ...]
+    #: The message itself came back (pub/sub or a stream read): Redis has it, whatever
+    #: became of its reply. It is not sent again: a Redis that lost its data (no persistence)
+    #: would otherwise publish it a second time, in its new epoch.
+    echoed: bool = False
 
 
 class _NotWanted(Exception):
@@ -162,7 +166,7 @@ class RedisBroker(Broker):
         self.on_presence: Callable[[bytes], None] | None = None
         self._channels: dict[str, _Channel] = {}
         self._buffer: deque[_Pending] = deque()
-        self._in_flight: dict[str, Publication] = {}  # by token, until Redis answered
+        self._in_flight: dict[str, _Pending] = {}  # by token, until Redis answered
         self._buffer_changed = trio.Event()
         self._publish_sha: str | None = None
         self._nursery: trio.Nursery | None = None
@@ -324,31 +328,30 @@ class RedisBroker(Broker):
         else:
             once, once_ttl = fmt.dedupe_key(), 0
         keep, _ = config.history_for(pub.channel)  # the scripts keep at least this many
-        self._buffer.append(
-            _Pending(
-                token,
+        pending = _Pending(
+            token,
+            number,
+            pub,
+            (
+                fmt.numbering_key(pub.channel),
+                fmt.stream_key(pub.channel),
+                once,
+                self._pending_key,
+            ),
+            (
+                fmt.payload_head(pub.payload(0, "")),
+                f"{self.node_id}.{next(self._epochs)}",
+                fmt.pubsub_channel(pub.channel),
+                keep,
+                int(config.redis_key_ttl * 1000),
+                once_ttl,
+                fmt.origin(token, pub.excluded),
+                pub.timestamp_ms,
                 number,
-                pub,
-                (
-                    fmt.numbering_key(pub.channel),
-                    fmt.stream_key(pub.channel),
-                    once,
-                    self._pending_key,
-                ),
-                (
-                    fmt.payload_head(pub.payload(0, "")),
-                    f"{self.node_id}.{next(self._epochs)}",
-                    fmt.pubsub_channel(pub.channel),
-                    keep,
-                    int(config.redis_key_ttl * 1000),
-                    once_ttl,
-                    fmt.origin(token, pub.excluded),
-                    pub.timestamp_ms,
-                    number,
-                ),
-            )
+            ),
         )
-        self._in_flight[token] = pub
+        self._buffer.append(pending)
+        self._in_flight[token] = pending
         self._buffer_changed.set()
         return []
 
@@ -369,11 +372,11 @@ class RedisBroker(Broker):
             self._answered = []
             try:
                 send = functools.partial(self._send_batch, batch, answered)
-                results = await self._call("publish", send, mark_up=False)
+                sent, results = await self._call("publish", send, mark_up=False)
             except BaseException:
                 self._answered = answered + self._answered  # still to delete
                 raise
-            retry = self._take_results(batch, results)
+            retry = self._take_results(batch, sent, results)
             if retry is None:
                 attempt = 0
                 self._part_up("publish")
@@ -382,10 +385,20 @@ class RedisBroker(Broker):
                 await trio.sleep(backoff(attempt))
                 attempt += 1
 
-    def _take_results(self, batch: list[_Pending], results: list[Any]) -> str | None:
+    def _take_results(
+        self, batch: list[_Pending], sent: list[_Pending], results: list[Any]
+    ) -> str | None:
         """Settle what Redis answered, in order; stops at the first publication to send again
-        and returns why (None when the whole batch is done)."""
-        for pending, result in zip(batch, results, strict=True):
+        and returns why (None when the whole batch is done). Publications of the batch that
+        were not ``sent`` had come back already: they are done."""
+        answers = dict(zip(map(id, sent), results, strict=True))
+        for pending in batch:
+            if id(pending) not in answers:
+                self._buffer.popleft()
+                self._in_flight.pop(pending.token, None)
+                self._answered.append(pending.number)
+                continue
+            result = answers[id(pending)]
             if isinstance(result, redis.exceptions.NoScriptError):
                 self._publish_sha = None  # Redis restarted: load it again, resend the rest
                 return "the publish script was gone (Redis restarted)"
@@ -413,9 +426,12 @@ class RedisBroker(Broker):
 
     def _send_batch(
         self, batch: list[_Pending], answered: list[str], client: redis.Redis
-    ) -> list[Any]:
-        """In a worker thread: one pipeline for the whole batch, after deleting the pending
-        fields of publications answered before (their answer arrived: no resend can come).
+    ) -> tuple[list[_Pending], list[Any]]:
+        """In a worker thread: one pipeline for the publications of the batch that did not
+        come back yet (``echoed`` is read here, at send time: a batch resent after an outage
+        leaves out what came back meanwhile), after deleting the pending fields of
+        publications answered before (their answer arrived: no resend can come). Returns what
+        was sent and Redis' answers.
 
         The scripts trim each stream to what is both beyond the channel's history size and
         older than ``redis_retention`` (:data:`~triows._core.redis_format.TRIM`), except while
@@ -429,11 +445,12 @@ class RedisBroker(Broker):
         pipe = client.pipeline(transaction=False)
         if answered:
             pipe.hdel(self._pending_key, *answered)
-        for pending in batch:
+        sent = [pending for pending in batch if not pending.echoed]
+        for pending in sent:
             keys, args = pending.keys, pending.args
             pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention)
         results = pipe.execute(raise_on_error=False)
-        return results[1:] if answered else results
+        return sent, results[1:] if answered else results
 
     def _settle(self, pub: Publication, seq: int) -> bool:
         """Tell the publisher its seq, once; False if it was told already."""
@@ -617,10 +634,11 @@ class RedisBroker(Broker):
             )
 
     def _settle_own(self, entry: Entry) -> None:
-        pub = self._in_flight.get(entry.token)
-        if pub is not None:
-            pub.epoch = entry.epoch
-            self._settle_published(pub, entry.seq)
+        pending = self._in_flight.get(entry.token)
+        if pending is not None:
+            pending.echoed = True
+            pending.pub.epoch = entry.epoch
+            self._settle_published(pending.pub, entry.seq)
 
     def _apply(self, ch: _Channel, actions: Sequence[Deliver | Fill | Restart]) -> list[Subscriber]:
         blocked: list[Subscriber] = []
