@@ -12,7 +12,7 @@ import pytest
 import redis
 import trio
 
-from triows import BrokerUnavailableError
+from triows import BrokerUnavailableError, OutcomeUnknownError
 from triows._core import redis_format as fmt
 from triows._redis_broker import RedisBroker
 
@@ -179,6 +179,36 @@ async def test_a_publication_that_came_back_is_not_resent_to_a_redis_that_lost_i
             while not got or got[-1] != "next":
                 got.append((await reader.receive_type("message"))["data"])
         assert got == ["once", "next"]
+
+
+async def test_a_node_that_stops_before_redis_answered_says_the_outcome_is_unknown(
+    own_redis: RedisServer,
+) -> None:
+    """Sent, then the node stopped without an answer: Redis may have run it, so the publisher
+    must not read it as a failure (a retry with the same key tells)."""
+    channel = channel_name("unknown")
+    outcome: list[BaseException] = []
+
+    async def publish_and_keep_the_error(server: Any) -> None:
+        try:
+            await server.publish(channel, "x", idempotency_key="k")
+        except BrokerUnavailableError as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        async with open_node(own_redis.url, redis_timeout=0.2) as node:
+            await node.server.publish(channel, "first")  # the script is loaded
+            own_redis.kill()
+            with trio.fail_after(10):
+                await node.server.broker.up.wait_value(False)
+            nursery.start_soon(publish_and_keep_the_error, node.server)
+            buffer = node.server.broker._buffer  # type: ignore[attr-defined]
+            for _ in range(200):  # bounded: until the publisher tried to send it
+                if buffer and buffer[0].sent:
+                    break
+                await trio.sleep(0.02)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], OutcomeUnknownError), outcome
 
 
 async def test_redis_out_of_memory_holds_publications_and_hides_its_text(

@@ -41,6 +41,7 @@ from ._broker import (
     Broker,
     BrokerStatistics,
     BrokerUnavailableError,
+    OutcomeUnknownError,
     Publication,
     Subscribed,
     WallClockMs,
@@ -124,6 +125,8 @@ class _Pending:
     #: became of its reply. It is not sent again: a Redis that lost its data (no persistence)
     #: would otherwise publish it a second time, in its new epoch.
     echoed: bool = False
+    #: It was handed to Redis at least once: until an answer, Redis may have run it.
+    sent: bool = False
 
 
 class _NotWanted(Exception):
@@ -219,9 +222,13 @@ class RedisBroker(Broker):
                 task_status.started()
         finally:
             self._nursery = None
-            gone = BrokerUnavailableError("server shut down before Redis accepted the message")
+            unsent = BrokerUnavailableError("server shut down before it sent the message to Redis")
+            unknown = OutcomeUnknownError(
+                "server shut down before Redis answered; the message may have been published"
+            )
             while self._buffer:
-                self._fail(self._buffer.popleft().pub, gone)
+                pending = self._buffer.popleft()
+                self._fail(pending.pub, unknown if pending.sent else unsent)
             self._bridge.close()
 
     async def _listen(self) -> None:
@@ -447,6 +454,7 @@ class RedisBroker(Broker):
             pipe.hdel(self._pending_key, *answered)
         sent = [pending for pending in batch if not pending.echoed]
         for pending in sent:
+            pending.sent = True
             keys, args = pending.keys, pending.args
             pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention)
         results = pipe.execute(raise_on_error=False)
