@@ -227,8 +227,20 @@ class HttpEndpoints:
         return _json(200, {"ready": True})
 
     async def _metrics(self, request: HttpRequest, body: bytes) -> Response:
-        families = [_metrics.collect(self._server)]
-        families += [record["families"] for record in await self._other_workers()]
+        server = self._server
+        own = _metrics.collect(server)
+        families = [own]
+        directory = server.config.shared_stats_dir
+        if directory is not None:
+            # Under --workers: what this answer says of this worker goes to its file first,
+            # so that no later scrape, on any worker, reads less (triows._shared_stats).
+            try:
+                _shared_stats.write(directory, own, server.monitor.summary())
+            except OSError as exc:
+                log.warning("cannot write shared statistics to %s: %s", directory, exc)
+            families += await trio.to_thread.run_sync(
+                _shared_stats.read_other_families, directory, server.config.monitor_interval
+            )
         text = _metrics.render(_metrics.merge(families))
         return Response(200, text, _metrics.CONTENT_TYPE_LATEST)
 
