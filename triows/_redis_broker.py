@@ -16,10 +16,14 @@ seq order, drops duplicates and asks for what pub/sub missed to be read from the
 delivery is exactly once and complete as long as the stream holds it.
 
 Outage: clients stay connected; publications wait in the buffer; the listener reconnects with
-backoff and subscribes again, and each channel catches up from its stream. A watchdog publishes
-a ping to the node's control channel every ``redis_timeout`` seconds: if Redis says nobody
-received it, or it does not come back, the pub/sub link went silent while Redis is up, and it is
-rebuilt (``repairs`` in the statistics).
+backoff and subscribes again, and each channel catches up from its stream. Streams keep what
+nodes need for that whatever the history size: an entry goes only once it is beyond the
+history size and older than ``redis_retention``, and a node whose link was down trims
+nothing for ``redis_retention`` after it is back (``docs/design.md``, stream retention).
+
+A watchdog publishes a ping to the node's control channel every ``redis_timeout`` seconds: if
+Redis says nobody received it, or it does not come back, the pub/sub link went silent while
+Redis is up, and it is rebuilt (``repairs`` in the statistics).
 """
 
 from __future__ import annotations
