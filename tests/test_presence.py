@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 import redis
 import trio
@@ -148,3 +150,36 @@ async def test_the_python_client_sees_presence(autojump_clock: trio.testing.Mock
             with pytest.raises(wsclient.RequestError) as refused:
                 await alice.presence("other")
             assert refused.value.code == 400
+
+
+@pytest.mark.real_socket
+def test_a_member_is_announced_each_time_it_enters_the_hash_and_only_then(redis_url: str) -> None:
+    """Joins and refreshes share PUT_SCRIPT: a refresh that finds a member swept announces
+    it; a join racing a refresh (or a refresh of a member present) announces nothing more."""
+    channel = f"put-{secrets.token_hex(4)}"  # the session's Redis is shared
+    client = redis.Redis.from_url(redis_url)
+    listener = client.pubsub()
+    listener.subscribe(core.EVENTS_CHANNEL)
+    member = core.Member("c1", "u1")
+    event = core.encode_event("join", channel, member, "node")
+
+    def put() -> int:
+        entry = core.encode_entry(10**13, "node", "u1")
+        args = [core.EVENTS_CHANNEL, 60_000, "c1", entry, event]
+        return int(client.eval(core.PUT_SCRIPT, 1, core.key(channel), *args))  # type: ignore[arg-type]
+
+    try:
+        assert [put(), put()] == [1, 0]
+        client.hdel(core.key(channel), "c1")  # swept by another node
+        assert put() == 1
+        published = []
+        for _ in range(50):
+            message = listener.get_message(timeout=0.1)
+            if message is not None and message["type"] == "message":
+                published.append(message["data"])
+            if len(published) == 2:
+                break
+        assert published == [event.encode()] * 2
+    finally:
+        listener.close()
+        client.close()

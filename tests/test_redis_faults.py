@@ -5,13 +5,14 @@ that stopped. Real Redis, real time, every wait bounded.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 import redis
 import trio
 
-from triows import BrokerUnavailableError
+from triows import BrokerUnavailableError, OutcomeUnknownError
 from triows._core import redis_format as fmt
 from triows._redis_broker import RedisBroker
 
@@ -139,6 +140,75 @@ async def test_a_resend_long_after_a_lost_reply_is_not_published_twice(
             assert await node.server.publish(channel, "next") == 2
             got = [(await reader.receive_type("message"))["data"] for _ in range(2)]
         assert got == ["once", "next"]
+
+
+async def test_a_publication_that_came_back_is_not_resent_to_a_redis_that_lost_it(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis ran the batch and published the message (the node saw it come back), then died
+    before its reply and came back without its data (no persistence: emulated by deleting
+    the channel's keys and the node's pending hash). Resending would publish the message a
+    second time, in the new epoch; subscribers that had it would get it twice."""
+    original = RedisBroker._send_batch
+    calls = [0]
+    channel = channel_name("echoed")
+
+    def died_after_publishing(
+        self: RedisBroker, batch: Any, answered: Any, client: redis.Redis
+    ) -> Any:
+        results = original(self, batch, answered, client)
+        calls[0] += 1
+        if calls[0] == 1:
+            for _ in range(200):  # bounded: 2 s for the message to come back by pub/sub
+                if batch[0].pub.numbered is None:
+                    break
+                time.sleep(0.01)
+            client.delete(
+                fmt.numbering_key(channel), fmt.stream_key(channel), fmt.pending_key(self.node_id)
+            )
+            raise redis.ConnectionError("Redis died before its reply")
+        return results
+
+    monkeypatch.setattr(RedisBroker, "_send_batch", died_after_publishing)
+    async with open_node(redis_url) as node, node.connect() as reader:
+        await reader.request({"type": "subscribe", "channel": channel, "id": 1})
+        with trio.fail_after(10):
+            assert await node.server.publish(channel, "once") == 1
+            await node.server.publish(channel, "next")
+            got: list[Any] = []
+            while not got or got[-1] != "next":
+                got.append((await reader.receive_type("message"))["data"])
+        assert got == ["once", "next"]
+
+
+async def test_a_node_that_stops_before_redis_answered_says_the_outcome_is_unknown(
+    own_redis: RedisServer,
+) -> None:
+    """Sent, then the node stopped without an answer: Redis may have run it, so the publisher
+    must not read it as a failure (a retry with the same key tells)."""
+    channel = channel_name("unknown")
+    outcome: list[BaseException] = []
+
+    async def publish_and_keep_the_error(server: Any) -> None:
+        try:
+            await server.publish(channel, "x", idempotency_key="k")
+        except BrokerUnavailableError as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        async with open_node(own_redis.url, redis_timeout=0.2) as node:
+            await node.server.publish(channel, "first")  # the script is loaded
+            own_redis.kill()
+            with trio.fail_after(10):
+                await node.server.broker.up.wait_value(False)
+            nursery.start_soon(publish_and_keep_the_error, node.server)
+            buffer = node.server.broker._buffer  # type: ignore[attr-defined]
+            for _ in range(200):  # bounded: until the publisher tried to send it
+                if buffer and buffer[0].sent:
+                    break
+                await trio.sleep(0.02)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], OutcomeUnknownError), outcome
 
 
 async def test_redis_out_of_memory_holds_publications_and_hides_its_text(

@@ -8,7 +8,7 @@ Embed it::
 """
 
 from . import client
-from ._broker import BrokerStatistics, BrokerUnavailableError
+from ._broker import BrokerStatistics, BrokerUnavailableError, OutcomeUnknownError
 from ._config import Authenticate, Authorize, Config, Rejected
 from ._core.auth import Action, Principal
 from ._core.outbox import SlowConsumerPolicy
@@ -28,6 +28,7 @@ __all__ = [
     "Config",
     "ConnectionStatistics",
     "HandshakeRequest",
+    "OutcomeUnknownError",
     "Principal",
     "Published",
     "Rejected",

@@ -45,6 +45,12 @@ class BrokerUnavailableError(Exception):
     that cannot be joined while Redis is away). Clients get error 503."""
 
 
+class OutcomeUnknownError(BrokerUnavailableError):
+    """The broker stopped before it learnt whether Redis took a publication it had sent: it
+    may have been published. A retry with the same idempotency key (or publish id) tells,
+    without publishing it twice. The HTTP API answers 202 ``"outcome": "unknown"``."""
+
+
 @attrs.define(slots=True, eq=False)
 class Publication:
     channel: str

@@ -341,6 +341,13 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "publications held while Redis is unreachable (more: error 503)",
     ),
     (
+        "--redis-retention",
+        _SECONDS,
+        "redis_retention",
+        "seconds a message stays in its channel's Redis stream beyond the history size, "
+        "for nodes catching up after their link to Redis broke",
+    ),
+    (
         "--presence",
         str,
         "presence",

@@ -247,6 +247,9 @@ class Config:
     redis_timeout: float = attrs.field(default=2.0, validator=_positive)
     #: Seconds Redis keeps a channel's numbering and stream after its last use.
     redis_key_ttl: float = attrs.field(default=86_400.0, validator=_positive)
+    #: Seconds a message stays in its channel's Redis stream beyond the history size, so that a
+    #: node whose link to Redis broke (an outage, a partition, a pause) catches up from it.
+    redis_retention: float = attrs.field(default=60.0, validator=_not_negative)
     #: Channel patterns with presence: ``presence`` requests list members, and subscribers
     #: get ``join``/``leave`` frames. ``presence_counts`` patterns answer counts only.
     presence: tuple[str, ...] = attrs.field(default=(), converter=_presence_patterns)

@@ -20,10 +20,18 @@ path                 method   answer
 The ``/api/`` paths need ``X-API-Key`` and exist only when ``api_key`` is set (404 otherwise,
 so a server without a key does not even say it has an API). Errors are JSON
 ``{"error": message}`` with the status.
+
+A publication that has its number is published: the publish API never answers as if it had
+failed after that, or a retry would publish it twice. It answers as soon as the number is
+known (``block`` subscribers that ran out of room are waited for in a background task, not in
+the request), and when the request's time runs out first (Redis unreachable: the publication
+waits in the outage buffer) it answers 202 with ``"outcome": "unknown"`` and what it did
+publish. See ``docs/http.md``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -37,7 +45,7 @@ import attrs
 import trio
 
 from . import _metrics, _shared_stats
-from ._broker import BrokerUnavailableError
+from ._broker import BrokerUnavailableError, OutcomeUnknownError
 from ._core import protocol
 from ._core.admission import Refused
 from ._core.handshake import HandshakeError, HttpRequest, content_length, http_response
@@ -46,6 +54,7 @@ from ._core.numbers import ascii_int
 from ._transport import ANSWER_GRACE, PlainRequest, linger
 
 if TYPE_CHECKING:
+    from ._fanout import Subscriber
     from ._server import Server
 
 log = logging.getLogger("triows.http")
@@ -60,6 +69,15 @@ MAX_IDEMPOTENCY_KEY = 256
 DEFAULT_HISTORY = 60
 #: Channels ``/api/channels`` lists unless ``?limit=N`` asks for another number.
 DEFAULT_CHANNEL_LIMIT = 1000
+#: HTTP publications whose ``block`` subscribers are still waited for in the background (each
+#: holds at most ``block_timeout``). A subscriber is over capacity by one frame per waiting
+#: publication, as with waiting WebSocket publishers; beyond this many a publication is
+#: refused (503) before it is published.
+MAX_BLOCKED_WAITS = 256
+#: How long before the request's deadline a publish stops waiting for its number, to answer
+#: "unknown" in time (at most this share of ``handshake_timeout``).
+ANSWER_MARGIN = 0.25
+ANSWER_MARGIN_SHARE = 0.1
 
 
 @attrs.frozen
@@ -78,6 +96,10 @@ class HttpError(Exception):
         self.extra = extra
 
 
+#: The body's marker of a publication whose fate is not known yet (202).
+_UNKNOWN = {"outcome": "unknown"}
+
+
 def _json(status: int, value: Any) -> Response:
     return Response(status, json.dumps(value, separators=(",", ":")).encode() + b"\n")
 
@@ -89,6 +111,8 @@ class HttpEndpoints:
     def __init__(self, server: Server) -> None:
         self._server = server
         config = server.config
+        #: Publications whose ``block`` subscribers are being waited for in the background.
+        self.blocked_waits = 0
         #: path -> (method, handler, needs the API key)
         self.routes: dict[str, tuple[str, Handler, bool]] = {
             "/stats": ("GET", self._stats, True),
@@ -252,8 +276,23 @@ class HttpEndpoints:
         return Response(302, b"", "text/plain; charset=utf-8", (("Location", "/demo"),))
 
     async def _metrics(self, request: HttpRequest, body: bytes) -> Response:
-        families = [_metrics.collect(self._server)]
-        families += [record["families"] for record in await self._other_workers()]
+        server = self._server
+        own = _metrics.collect(server)
+        families = [own]
+        directory = server.config.shared_stats_dir
+        if directory is not None:
+            # Under --workers: what this answer says of this worker goes to its file first,
+            # so that no later scrape, on any worker, reads less (triows._shared_stats).
+            write = functools.partial(
+                _shared_stats.write, directory, own, server.monitor.summary()
+            )
+            try:
+                await trio.to_thread.run_sync(write)
+            except OSError as exc:
+                log.warning("cannot write shared statistics to %s: %s", directory, exc)
+            families += await trio.to_thread.run_sync(
+                _shared_stats.read_other_families, directory, server.config.monitor_interval
+            )
         text = _metrics.render(_metrics.merge(families))
         return Response(200, text, _metrics.CONTENT_TYPE_LATEST)
 
@@ -291,7 +330,12 @@ class HttpEndpoints:
         payload = _object(body, required=("channel", "data"), optional=("idempotency_key",))
         channel = _channel(payload["channel"])
         key = _idempotency_key(payload.get("idempotency_key"))
-        return _json(200, await self._publish_one(channel, payload["data"], key))
+        try:
+            with trio.move_on_at(self._answer_deadline()):
+                return _json(200, await self._publish_one(channel, payload["data"], key))
+        except OutcomeUnknownError:
+            pass
+        return _json(202, {**_UNKNOWN, "channel": channel, "error": self._unknown_reason()})
 
     async def _broadcast(self, request: HttpRequest, body: bytes) -> Response:
         payload = _object(body, required=("channels", "data"), optional=("idempotency_key",))
@@ -305,27 +349,105 @@ class HttpEndpoints:
             raise HttpError(400, "channels must not repeat a name")
         key = _idempotency_key(payload.get("idempotency_key"))
         results: list[dict[str, Any]] = []
-        for name in names:
-            try:
-                results.append(await self._publish_one(name, payload["data"], key))
-            except HttpError as exc:
-                # What was published stays published: say which, so a retry (with the same
-                # idempotency key) can be safe.
-                raise HttpError(exc.status, exc.message, results=results) from None
-        return _json(200, {"results": results})
+        with trio.move_on_at(self._answer_deadline()):
+            for name in names:
+                try:
+                    results.append(await self._publish_one(name, payload["data"], key))
+                except OutcomeUnknownError:
+                    break
+                except HttpError as exc:
+                    # What was published stays published: say which, so that a retry (with
+                    # the same idempotency key) is safe.
+                    raise HttpError(
+                        exc.status,
+                        exc.message,
+                        outcome="partial" if results else "not_published",
+                        results=results,
+                        not_published=names[len(results) :],
+                    ) from None
+            else:
+                return _json(200, {"results": results})
+        # Out of time while one channel waited for its number (or the server stopped before
+        # it knew): that one may yet be published, the rest were not.
+        return _json(
+            202,
+            {
+                **_UNKNOWN,
+                "results": results,
+                "unknown": [names[len(results)]],
+                "not_published": names[len(results) + 1 :],
+                "error": self._unknown_reason(),
+            },
+        )
+
+    def _answer_deadline(self) -> float:
+        """When a publish stops waiting for its number: a little before the request's own
+        deadline (``serve`` answers 504 at that deadline, which would read as a failure)."""
+        timeout = self._server.config.handshake_timeout
+        margin = min(ANSWER_MARGIN, timeout * ANSWER_MARGIN_SHARE)
+        return trio.current_effective_deadline() - margin
+
+    def _unknown_reason(self) -> str:
+        server = self._server
+        why = (
+            "the server is stopping"
+            if server.closing
+            else "Redis is unreachable"
+            if not server.broker.up.value
+            else "the broker is slow"
+        )
+        return (
+            f"not numbered in time ({why}); it may still be published: retry with the same "
+            "idempotency_key to learn its seq without publishing it twice"
+        )
 
     async def _publish_one(self, channel: str, data: Any, key: str | None) -> dict[str, Any]:
+        """Publish and answer once numbered; the ``block`` subscribers it filled up are waited
+        for in the background (a slot of :data:`MAX_BLOCKED_WAITS`, reserved first)."""
         from ._server import DataTooLargeError
 
+        if self.blocked_waits >= MAX_BLOCKED_WAITS:
+            raise HttpError(
+                503,
+                f"{self.blocked_waits} publications are waiting for 'block' subscribers to "
+                "make room; try again later",
+            )
+        self.blocked_waits += 1
+        waiting = False
         try:
-            published = await self._server.publish_message(channel, data, idempotency_key=key)
+            published, blocked = await self._server.publish_numbered(
+                channel, data, idempotency_key=key
+            )
+            waiting = self._wait_in_background(blocked)
         except DataTooLargeError as exc:
             raise HttpError(413, str(exc)) from None
+        except OutcomeUnknownError:
+            raise  # not a refusal: the caller answers "unknown"
         except BrokerUnavailableError as exc:
             raise HttpError(503, str(exc)) from None
         except TypeError as exc:  # cannot happen with data decoded from JSON; kept honest
             raise HttpError(400, str(exc)) from None
+        finally:
+            if not waiting:
+                self.blocked_waits -= 1
         return {"channel": published.channel, "seq": published.seq, "epoch": published.epoch}
+
+    def _wait_in_background(self, blocked: list[Subscriber]) -> bool:
+        """Start waiting for ``blocked`` in a task of the server's connections nursery (which
+        then releases the reserved slot); False when there is nothing to wait for."""
+        nursery = self._server._connections_nursery
+        if not blocked or nursery is None:
+            return False
+        nursery.start_soon(self._wait_for_blocked, blocked)
+        return True
+
+    async def _wait_for_blocked(self, blocked: list[Subscriber]) -> None:
+        try:
+            await self._server.fanout.wait_for_blocked(blocked)
+        except Exception:  # a bug of ours must not reach the server
+            log.exception("waiting for block subscribers after an HTTP publish failed")
+        finally:
+            self.blocked_waits -= 1
 
     async def _channels(self, request: HttpRequest, body: bytes) -> Response:
         limit = _int_parameter(request, "limit", DEFAULT_CHANNEL_LIMIT)

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("triows.presence")
 
+#: Members written by one script call of a refresh.
+PUT_CHUNK = 500
+
 
 class Presence:
     def __init__(self, server: Server) -> None:
@@ -50,6 +53,10 @@ class Presence:
         self._wake = trio.Event()
         #: With Redis: live members per channel at the last sweep (all nodes).
         self._known: dict[str, int] = {}
+        #: With Redis: ``(channel, client id)`` of members of this node that a sweep announced
+        #: as gone (this node missed its refreshes) while they are still here. When this
+        #: node's refresh brings them back, its own subscribers are told too.
+        self._swept: set[tuple[str, str]] = set()
         if self._redis is not None and self.enabled:
             self._redis.on_presence = self._on_event
 
@@ -82,7 +89,10 @@ class Presence:
         if mode is None:
             return
         member = Member(conn.client_id, conn.principal.user_id)
-        if mode is PresenceMode.FULL:
+        swept = (channel, member.client_id) in self._swept
+        self._swept.discard((channel, member.client_id))
+        # A member a sweep announced as gone, leaving for real now: already told.
+        if mode is PresenceMode.FULL and not (kind == "leave" and swept):
             self._notify(kind, channel, member)
         if self._redis is not None:
             self._writes.append((kind, channel, member))
@@ -106,8 +116,22 @@ class Presence:
         except (ValueError, KeyError, TypeError):
             log.warning("skipped a malformed presence event: %r", data[:80])
             return
-        if node != self._redis.node_id and self.mode(channel) is PresenceMode.FULL:
+        if self.mode(channel) is not PresenceMode.FULL:
+            return
+        key = (channel, member.client_id)
+        if node == core.SWEEPER and kind == "leave" and self._is_here(channel, member):
+            self._swept.add(key)  # every node tells its subscribers, this one too
+        if node != self._redis.node_id:
             self._notify(kind, channel, member)
+        elif kind == "join" and key in self._swept:
+            # Our refresh put back a member a sweep had announced as gone: our subscribers
+            # heard that leave too, so they hear this join (in order: same pub/sub channel).
+            self._swept.discard(key)
+            self._notify(kind, channel, member)
+
+    def _is_here(self, channel: str, member: Member) -> bool:
+        conn = self._server.fanout.by_id(member.client_id)
+        return conn is not None and self._server.hub.is_member(conn, channel)
 
     # -- answering ``presence`` -----------------------------------------------------------------
 
@@ -187,17 +211,36 @@ class Presence:
         if not channels:
             return
         try:
-            counts = await self._redis.call(
+            counts, announced = await self._redis.call(
                 functools.partial(_refresh_and_sweep, mine, channels, node, now, expires, self._ttl)
             )
         except Exception as exc:
             log.warning("presence: refresh failed: %s", exc)
             return
         self._known = counts
+        if announced:
+            log.warning(
+                "presence: %d member(s) of this node were missing from Redis (swept while this "
+                "node missed its refreshes for presence_ttl, or never written): announced "
+                "again with join",
+                announced,
+            )
 
 
 def _hgetall(name: str, client: redis.Redis) -> dict[bytes, bytes]:
     return client.hgetall(name)  # type: ignore[return-value, unused-ignore]
+
+
+def _put(
+    pipe: Any, channel: str, members: list[Member], node: str, expires: int, ttl: float
+) -> None:
+    """Queue :data:`~triows._core.presence.PUT_SCRIPT` for ``members`` of ``channel``: written,
+    and announced (``join``) when they were not in the hash."""
+    args: list[Any] = [core.EVENTS_CHANNEL, int(ttl * 3000)]
+    for member in members:
+        entry = core.encode_entry(expires, node, member.user_id)
+        args += [member.client_id, entry, core.encode_event("join", channel, member, node)]
+    pipe.eval(core.PUT_SCRIPT, 1, core.key(channel), *args)
 
 
 def _write(
@@ -205,16 +248,10 @@ def _write(
 ) -> None:
     pipe = client.pipeline(transaction=False)
     for kind, channel, member in batch:
-        event = core.encode_event(kind, channel, member, node)
         if kind == "join":
-            pipe.hset(
-                core.key(channel),
-                member.client_id,
-                core.encode_entry(expires, node, member.user_id),
-            )
-            pipe.pexpire(core.key(channel), int(ttl * 3000))
-            pipe.publish(core.EVENTS_CHANNEL, event)
+            _put(pipe, channel, [member], node, expires, ttl)
         else:
+            event = core.encode_event(kind, channel, member, node)
             pipe.eval(
                 core.LEAVE_SCRIPT,
                 1,
@@ -234,16 +271,17 @@ def _refresh_and_sweep(
     expires: int,
     ttl: float,
     client: redis.Redis,
-) -> dict[str, int]:
-    """Refresh this node's members; remove (and announce) expired ones; live counts."""
-    pipe = client.pipeline(transaction=False)
+) -> tuple[dict[str, int], int]:
+    """Refresh this node's members (announcing those that were swept meanwhile); remove (and
+    announce) expired ones; live counts, and how many of ours were announced again."""
+    by_channel: dict[str, list[Member]] = {channel: [] for channel in channels}
     for channel, member in mine:
-        pipe.hset(
-            core.key(channel), member.client_id, core.encode_entry(expires, node, member.user_id)
-        )
-    for channel in channels:
-        pipe.pexpire(core.key(channel), int(ttl * 3000))
-    pipe.execute()
+        by_channel[channel].append(member)
+    pipe = client.pipeline(transaction=False)
+    for channel, members in by_channel.items():
+        for start in range(0, len(members), PUT_CHUNK):  # a bounded script each
+            _put(pipe, channel, members[start : start + PUT_CHUNK], node, expires, ttl)
+    announced = sum(int(n) for n in pipe.execute())
     counts: dict[str, int] = {}
     for channel in channels:
         entries = client.hgetall(core.key(channel))
@@ -259,4 +297,4 @@ def _refresh_and_sweep(
                 core.EVENTS_CHANNEL,
                 event,
             )
-    return counts
+    return counts, announced

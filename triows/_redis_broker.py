@@ -16,10 +16,14 @@ seq order, drops duplicates and asks for what pub/sub missed to be read from the
 delivery is exactly once and complete as long as the stream holds it.
 
 Outage: clients stay connected; publications wait in the buffer; the listener reconnects with
-backoff and subscribes again, and each channel catches up from its stream. A watchdog publishes
-a ping to the node's control channel every ``redis_timeout`` seconds: if Redis says nobody
-received it, or it does not come back, the pub/sub link went silent while Redis is up, and it is
-rebuilt (``repairs`` in the statistics).
+backoff and subscribes again, and each channel catches up from its stream. Streams keep what
+nodes need for that whatever the history size: an entry goes only once it is beyond the
+history size and older than ``redis_retention``, and a node whose link was down trims
+nothing for ``redis_retention`` after it is back (``docs/design.md``, stream retention).
+
+A watchdog publishes a ping to the node's control channel every ``redis_timeout`` seconds: if
+Redis says nobody received it, or it does not come back, the pub/sub link went silent while
+Redis is up, and it is rebuilt (``repairs`` in the statistics).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from ._broker import (
     Broker,
     BrokerStatistics,
     BrokerUnavailableError,
+    OutcomeUnknownError,
     Publication,
     Subscribed,
     WallClockMs,
@@ -93,6 +98,9 @@ TRANSIENT_REPLIES: tuple[type[Exception], ...] = (
 TRANSIENT_CODES = ("BUSY", "MISCONF", "NOREPLICAS")
 #: Rounds of stream reads a resume may take to catch up with a busy channel.
 RESUME_ROUNDS = 20
+#: Stream entries read (and delivered) per step of a node's catch-up: a node far behind
+#: catches up in bounded steps instead of one huge read and one long synchronous delivery.
+FILL_CHUNK = 1000
 #: Pub/sub events (or held inputs) handled in one step before other tasks get to run.
 DISPATCH_STEP = 256
 
@@ -120,6 +128,8 @@ class _Channel:
     held: deque[_Step] = attrs.field(factory=deque)
     #: Cancels the wait at once: ``held`` grew past its bound.
     hurry: trio.CancelScope | None = None
+    #: Set when the channel stops waiting (a catch-up reads no more meanwhile).
+    flowing: trio.Event | None = None
 
 
 @attrs.define(eq=False, slots=True)
@@ -130,6 +140,12 @@ class _Pending:
     pub: Publication
     keys: tuple[str, str, str, str]
     args: tuple[Any, ...]
+    #: The message itself came back (pub/sub or a stream read): Redis has it, whatever
+    #: became of its reply. It is not sent again: a Redis that lost its data (no persistence)
+    #: would otherwise publish it a second time, in its new epoch.
+    echoed: bool = False
+    #: It was handed to Redis at least once: until an answer, Redis may have run it.
+    sent: bool = False
 
 
 class _NotWanted(Exception):
@@ -172,7 +188,7 @@ class RedisBroker(Broker):
         self.on_presence: Callable[[bytes], None] | None = None
         self._channels: dict[str, _Channel] = {}
         self._buffer: deque[_Pending] = deque()
-        self._in_flight: dict[str, Publication] = {}  # by token, until Redis answered
+        self._in_flight: dict[str, _Pending] = {}  # by token, until Redis answered
         self._buffer_changed = trio.Event()
         self._publish_sha: str | None = None
         self._nursery: trio.Nursery | None = None
@@ -185,6 +201,10 @@ class RedisBroker(Broker):
         self._ever_up = False
         self.up = trio_util.AsyncBool(False)
         self._since: float | None = None
+        #: Whether this node's publications trim streams now, and from when they may again
+        #: (see :meth:`_send_batch`).
+        self._may_trim = False
+        self._trim_after = 0.0
         self.refused = 0
         self.reconnects = 0
         self.repairs = 0
@@ -221,9 +241,13 @@ class RedisBroker(Broker):
                 task_status.started()
         finally:
             self._nursery = None
-            gone = BrokerUnavailableError("server shut down before Redis accepted the message")
+            unsent = BrokerUnavailableError("server shut down before it sent the message to Redis")
+            unknown = OutcomeUnknownError(
+                "server shut down before Redis answered; the message may have been published"
+            )
             while self._buffer:
-                self._fail(self._buffer.popleft().pub, gone)
+                pending = self._buffer.popleft()
+                self._fail(pending.pub, unknown if pending.sent else unsent)
             self._bridge.close()
 
     async def _listen(self) -> None:
@@ -271,6 +295,7 @@ class RedisBroker(Broker):
     # -- link state -----------------------------------------------------------------------------
 
     def _part_down(self, part: str, reason: str) -> None:
+        self._may_trim = False
         if not self._down:
             self._since = trio.current_time()
             self.up.value = False
@@ -301,6 +326,8 @@ class RedisBroker(Broker):
             log.info("connected to Redis")
         self._ever_up = True
         self._since = now
+        # The other nodes may still have to catch up from what was written before the outage.
+        self._trim_after = now + self._config.redis_retention
         self.up.value = True
 
     # -- publishing -----------------------------------------------------------------------------
@@ -326,32 +353,31 @@ class RedisBroker(Broker):
             once_ttl = max(1, int(config.dedupe_ttl))
         else:
             once, once_ttl = fmt.dedupe_key(), 0
-        size, _ = config.history_for(pub.channel)
-        self._buffer.append(
-            _Pending(
-                token,
+        keep, _ = config.history_for(pub.channel)  # the scripts keep at least this many
+        pending = _Pending(
+            token,
+            number,
+            pub,
+            (
+                fmt.numbering_key(pub.channel),
+                fmt.stream_key(pub.channel),
+                once,
+                self._pending_key,
+            ),
+            (
+                fmt.payload_head(pub.payload(0, "")),
+                f"{self.node_id}.{next(self._epochs)}",
+                fmt.pubsub_channel(pub.channel),
+                keep,
+                int(config.redis_key_ttl * 1000),
+                once_ttl,
+                fmt.origin(token, pub.excluded),
+                pub.timestamp_ms,
                 number,
-                pub,
-                (
-                    fmt.numbering_key(pub.channel),
-                    fmt.stream_key(pub.channel),
-                    once,
-                    self._pending_key,
-                ),
-                (
-                    fmt.payload_head(pub.payload(0, "")),
-                    f"{self.node_id}.{next(self._epochs)}",
-                    fmt.pubsub_channel(pub.channel),
-                    size,
-                    int(config.redis_key_ttl * 1000),
-                    once_ttl,
-                    fmt.origin(token, pub.excluded),
-                    pub.timestamp_ms,
-                    number,
-                ),
-            )
+            ),
         )
-        self._in_flight[token] = pub
+        self._buffer.append(pending)
+        self._in_flight[token] = pending
         self._buffer_changed.set()
         return []
 
@@ -371,13 +397,12 @@ class RedisBroker(Broker):
             answered = self._answered
             self._answered = []
             try:
-                results = await self._call(
-                    "publish", functools.partial(self._send_batch, batch, answered), mark_up=False
-                )
+                send = functools.partial(self._send_batch, batch, answered)
+                sent, results = await self._call("publish", send, mark_up=False)
             except BaseException:
                 self._answered = answered + self._answered  # still to delete
                 raise
-            retry = self._take_results(batch, results)
+            retry = self._take_results(batch, sent, results)
             if retry is None:
                 attempt = 0
                 self._part_up("publish")
@@ -386,10 +411,20 @@ class RedisBroker(Broker):
                 await trio.sleep(backoff(attempt))
                 attempt += 1
 
-    def _take_results(self, batch: list[_Pending], results: list[Any]) -> str | None:
+    def _take_results(
+        self, batch: list[_Pending], sent: list[_Pending], results: list[Any]
+    ) -> str | None:
         """Settle what Redis answered, in order; stops at the first publication to send again
-        and returns why (None when the whole batch is done)."""
-        for pending, result in zip(batch, results, strict=True):
+        and returns why (None when the whole batch is done). Publications of the batch that
+        were not ``sent`` had come back already: they are done."""
+        answers = dict(zip(map(id, sent), results, strict=True))
+        for pending in batch:
+            if id(pending) not in answers:
+                self._buffer.popleft()
+                self._in_flight.pop(pending.token, None)
+                self._answered.append(pending.number)
+                continue
+            result = answers[id(pending)]
             if isinstance(result, redis.exceptions.NoScriptError):
                 self._publish_sha = None  # Redis restarted: load it again, resend the rest
                 return "the publish script was gone (Redis restarted)"
@@ -417,18 +452,32 @@ class RedisBroker(Broker):
 
     def _send_batch(
         self, batch: list[_Pending], answered: list[str], client: redis.Redis
-    ) -> list[Any]:
-        """In a worker thread: one pipeline for the whole batch, after deleting the pending
-        fields of publications answered before (their answer arrived: no resend can come)."""
+    ) -> tuple[list[_Pending], list[Any]]:
+        """In a worker thread: one pipeline for the publications of the batch that did not
+        come back yet (``echoed`` is read here, at send time: a batch resent after an outage
+        leaves out what came back meanwhile), after deleting the pending fields of
+        publications answered before (their answer arrived: no resend can come). Returns what
+        was sent and Redis' answers.
+
+        The scripts trim each stream to what is both beyond the channel's history size and
+        older than ``redis_retention`` (:data:`~triows._core.redis_format.TRIM`), except while
+        this node's link is or was recently down (``_may_trim`` is read here, at send time, so
+        that the batch resent after an outage does not trim): after an outage every node
+        flushes what it held, and the others must still be able to catch up from the streams
+        what they had not received before it, however long it was."""
         if self._publish_sha is None:
             self._publish_sha = str(client.script_load(fmt.PUBLISH_SCRIPT))
+        retention = int(self._config.redis_retention * 1000) if self._may_trim else -1
         pipe = client.pipeline(transaction=False)
         if answered:
             pipe.hdel(self._pending_key, *answered)
-        for pending in batch:
-            pipe.evalsha(self._publish_sha, len(pending.keys), *pending.keys, *pending.args)
+        sent = [pending for pending in batch if not pending.echoed]
+        for pending in sent:
+            pending.sent = True
+            keys, args = pending.keys, pending.args
+            pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention)
         results = pipe.execute(raise_on_error=False)
-        return results[1:] if answered else results
+        return sent, results[1:] if answered else results
 
     def _settle(self, pub: Publication, seq: int) -> bool:
         """Tell the publisher its seq, once; False if it was told already."""
@@ -523,10 +572,13 @@ class RedisBroker(Broker):
             return known
         found: list[tuple[Entry, int]] = []
         after = since
+        size, ttl = self._config.history_for(ch.name)
         for _ in range(RESUME_ROUNDS):
             upto = feed.seq
             try:
-                read = functools.partial(_read_stream_in_thread, ch.name, after, upto)
+                # Only the newest ``size`` can be replayed: the stream may hold many more.
+                start = max(after, upto - size)
+                read = functools.partial(_read_stream_in_thread, ch.name, start, upto)
                 entries, stream_epoch = await self._bridge.call(read)
             except LINK_ERRORS:
                 raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
@@ -538,7 +590,6 @@ class RedisBroker(Broker):
                 break
         else:
             raise BrokerUnavailableError("channel too busy to resume now; try again")
-        size, ttl = self._config.history_for(ch.name)
         cutoff = self._now_ms() - ttl * 1000
         kept = [entry for entry, at in found if at >= cutoff][-size:] if size and ttl else []
         return resume_from_history(
@@ -626,6 +677,9 @@ class RedisBroker(Broker):
         finally:
             ch.waiting = False
             ch.hurry = None
+            if ch.flowing is not None:
+                ch.flowing.set()
+                ch.flowing = None
 
     def _on_confirmed(self, channel: str) -> None:
         if channel == presence.EVENTS_CHANNEL:
@@ -648,10 +702,11 @@ class RedisBroker(Broker):
             )
 
     def _settle_own(self, entry: Entry) -> None:
-        pub = self._in_flight.get(entry.token)
-        if pub is not None:
-            pub.epoch = entry.epoch
-            self._settle_published(pub, entry.seq)
+        pending = self._in_flight.get(entry.token)
+        if pending is not None:
+            pending.echoed = True
+            pending.pub.epoch = entry.epoch
+            self._settle_published(pending.pub, entry.seq)
 
     def _apply(self, ch: _Channel, actions: Sequence[Deliver | Fill | Restart]) -> list[Subscriber]:
         blocked: list[Subscriber] = []
@@ -670,7 +725,7 @@ class RedisBroker(Broker):
                     blocked += self._fanout.deliver(state, text_frame(entry.payload), entry.sender)
             elif isinstance(action, Fill):
                 if self._nursery is not None:
-                    fill = functools.partial(self._fill, ch, action.after, action.upto)
+                    fill = functools.partial(self._fill, ch, action)
                     self._nursery.start_soon(self._restarting, f"fill {ch.name}", fill)
             elif state is not None:  # Restart: the numbering began again
                 state.seq, state.epoch = 0, action.epoch
@@ -709,15 +764,32 @@ class RedisBroker(Broker):
         seq, epoch = client.eval(fmt.JOIN_SCRIPT, 2, *keys, *args)
         return int(seq), epoch.decode()
 
-    async def _fill(self, ch: _Channel, after: int, upto: int) -> None:
-        read = functools.partial(_read_stream_in_thread, ch.name, after, upto)
-        try:
-            found, _ = await self._call("commands", read, lambda: self._follows(ch))
-        except _NotWanted:
-            return
-        self.filled += len(found)
-        entries = [entry for entry, _ in found]
-        self._feed(ch, functools.partial(ch.feed.filled, entries))
+    async def _fill(self, ch: _Channel, fill: Fill) -> None:
+        """Catch the channel up from its stream, :data:`FILL_CHUNK` entries per step. A
+        channel that waits for a ``block`` subscriber reads no more until it flows again."""
+        after = fill.after
+        while after < fill.upto:
+            await self._flowing(ch)
+            if ch.feed.filling is not fill:
+                return  # done, or superseded (the numbering restarted meanwhile)
+            through = min(fill.upto, after + FILL_CHUNK)
+            read = functools.partial(_read_stream_in_thread, ch.name, after, through)
+            try:
+                found, _ = await self._call("commands", read, lambda: self._follows(ch))
+            except _NotWanted:
+                return
+            self.filled += len(found)
+            entries = [entry for entry, _ in found]
+            self._feed(ch, functools.partial(ch.feed.filled, entries, fill=fill, through=through))
+            after = through
+
+    @staticmethod
+    async def _flowing(ch: _Channel) -> None:
+        """Until the channel no longer waits for a ``block`` subscriber."""
+        while ch.waiting:
+            if ch.flowing is None:
+                ch.flowing = trio.Event()
+            await ch.flowing.wait()
 
     # -- the watchdog ---------------------------------------------------------------------------
 
@@ -726,7 +798,8 @@ class RedisBroker(Broker):
         tells whether commands work (the link is marked up again by the first that does, even
         when nothing else is being sent). A ping nobody receives, or pings that do not come
         back, mean the pub/sub link went silent although Redis answers: it is rebuilt. Keys of
-        the channels this node follows get their ttl refreshed now and then."""
+        the channels this node follows get their ttl refreshed now and then. Once the link has
+        been up for ``redis_retention``, publications trim streams again."""
         period = self._config.redis_timeout
         refresh_every = max(1, int(min(self._config.redis_key_ttl / 4, 600) / period))
         ticks = 0
@@ -747,6 +820,8 @@ class RedisBroker(Broker):
                 self._part_down("commands", _describe(exc))
                 continue
             self._part_up("commands")
+            if not self._down and trio.current_time() >= self._trim_after:
+                self._may_trim = True
             if "pubsub" in self._down:
                 self._ping_seen = number  # the listener is reconnecting; judge it afterwards
                 continue

@@ -154,6 +154,25 @@ class Server:
         idempotency_key: str | None = None,
     ) -> Published:
         """:meth:`publish`, answering with the channel's epoch as well as the seq."""
+        published, blocked = await self.publish_numbered(
+            channel, data, sender=sender, idempotency_key=idempotency_key
+        )
+        await self.fanout.wait_for_blocked(blocked)
+        return published
+
+    async def publish_numbered(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        sender: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Published, list[Subscriber]]:
+        """:meth:`publish_message` up to the moment the publication has its number: returns
+        it with the ``block`` subscribers that ran out of room, which the caller must pass to
+        ``fanout.wait_for_blocked`` (the HTTP API answers first and waits in the background).
+        Cancelled before it returns, the publication may still be published: it waits in the
+        Redis outage buffer."""
         # A checkpoint, as trio's own APIs are, whichever broker: an application loop of
         # publishes must let readers, writers and heartbeats run.
         await trio.lowlevel.checkpoint()
@@ -168,12 +187,12 @@ class Server:
         if idempotency_key is not None:
             pub.dedupe = (SERVER_PUBLISHER, idempotency_key)
         pub.numbered = pub.failed = settle
-        await self.fanout.wait_for_blocked(self.broker.publish(pub))
+        blocked = self.broker.publish(pub)
         if not outcome:  # in process it is numbered at once
             await done.wait()
         if isinstance(outcome[0], Exception):
             raise outcome[0]
-        return Published(channel=pub.channel, seq=outcome[0], epoch=pub.epoch)
+        return Published(channel=pub.channel, seq=outcome[0], epoch=pub.epoch), blocked
 
     def publish_nowait(self, channel: str, data: Any, *, sender: str | None = None) -> int:
         """Like :meth:`publish`, but raises ``trio.WouldBlock`` (and publishes nothing) when a

@@ -172,3 +172,35 @@ def test_outages_and_lost_entries_never_reorder_duplicate_or_lose_what_the_strea
     answer_fills()
     assert out == sorted(set(out))  # in order, once
     assert set(stream) <= set(out)  # whatever the stream holds is delivered
+
+
+def test_a_long_fill_is_answered_in_parts() -> None:
+    feed = Feed()
+    feed.baseline(0, "e1")
+    feed.resync()
+    feed.receive(entry(10))
+    (fill,) = feed.baseline(9, "e1")
+    assert isinstance(fill, Fill)
+    assert fill == Fill(0, 9)
+    assert delivered(feed.filled([entry(1), entry(2)], fill=fill, through=4)) == [1, 2]
+    assert feed.filling is fill  # entries 3 and 4 are gone: skipped, the fill goes on
+    assert delivered(feed.filled([entry(n) for n in range(5, 10)], fill=fill)) == [*range(5, 11)]
+    assert feed.filling is None
+
+
+def test_the_answer_of_a_fill_superseded_by_a_restart_is_ignored() -> None:
+    """Redis lost the channel while a fill was read: the numbering restarted, so the old
+    fill's range now names other messages. Its answer must not be delivered, nor move the
+    new numbering forward."""
+    feed = Feed()
+    feed.baseline(0, "e1")
+    (old,) = feed.receive(entry(5))
+    assert isinstance(old, Fill)
+    feed.resync()
+    actions = feed.baseline(3, "e2")
+    assert actions == [Restart("e2"), Fill(0, 3)]
+    new = actions[1]
+    assert isinstance(new, Fill)
+    assert feed.filled([entry(n, "e2") for n in range(1, 5)], fill=old) == []
+    assert feed.seq == 0
+    assert delivered(feed.filled([entry(n, "e2") for n in range(1, 4)], fill=new)) == [1, 2, 3]

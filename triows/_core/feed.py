@@ -14,8 +14,10 @@ delivers to its local subscribers through a :class:`Feed`:
   local subscribers, and numbering continues from 0 in the new epoch.
 
 What the stream no longer holds is skipped: subscribers see the jump in ``seq`` and report a gap,
-exactly as with a ``drop_*`` policy. Nothing here does I/O; the shell acts on the returned
-actions in order.
+exactly as with a ``drop_*`` policy (the streams keep what a node needs to catch up for the
+retention window, see :mod:`triows._core.redis_format`). A long fill may be read and answered in
+parts; a fill whose numbering restarted while it was read is dropped and its answer ignored.
+Nothing here does I/O; the shell acts on the returned actions in order.
 """
 
 from __future__ import annotations
@@ -42,10 +44,14 @@ class Deliver:
 
 @attrs.frozen
 class Fill:
-    """Read the stream for seqs ``after < seq <= upto`` and hand them to :meth:`Feed.filled`."""
+    """Read the stream for seqs ``after < seq <= upto`` and hand them to :meth:`Feed.filled`
+    (in parts if the range is long)."""
 
     after: int
     upto: int
+    #: Which fill this is. A fill can be superseded while it is being read (the numbering
+    #: restarted: its range means other messages now); the answer of such a fill is ignored.
+    number: int = attrs.field(default=0, eq=False)
 
 
 @attrs.frozen
@@ -64,8 +70,9 @@ class Feed:
         #: The last seq delivered (or accounted for by the baseline).
         self.seq = 0
         self._waiting_for_baseline = True
-        #: The ``upto`` of the fill in progress, if any.
-        self._filling: int | None = None
+        #: The fill in progress, if any.
+        self._filling: Fill | None = None
+        self._fills = 0
         #: The highest seq a baseline said exists: filled up to, even if nothing new arrives.
         self._known = 0
         #: Messages waiting for a baseline or a fill, by ``(epoch, seq)`` in arrival order.
@@ -79,6 +86,11 @@ class Feed:
     @property
     def held(self) -> int:
         return len(self._held)
+
+    @property
+    def filling(self) -> Fill | None:
+        """The fill in progress: a fill read in parts stops once it is not this one."""
+        return self._filling
 
     def baseline(self, seq: int, epoch: str) -> list[Action]:
         """The channel's ``(seq, epoch)`` as Redis has it, read after the subscription was
@@ -107,16 +119,28 @@ class Feed:
             return []
         return self._accept(entry)
 
-    def filled(self, entries: list[Entry]) -> list[Action]:
-        """Entries read from the stream for the last ``Fill``, in seq order. What the fill's
-        range lacks is gone from the stream for good: subscribers see the jump."""
-        upto, self._filling = self._filling, None
+    def filled(
+        self, entries: list[Entry], *, fill: Fill | None = None, through: int | None = None
+    ) -> list[Action]:
+        """Entries read from the stream for ``fill`` (the one in progress when None), in seq
+        order, covering seqs up to ``through`` (the whole fill when None: a long fill may be
+        read and answered in parts, the last one reaching ``fill.upto``). What the range read
+        lacks is gone from the stream for good: subscribers see the jump. The answer of a fill
+        that was superseded meanwhile (the numbering restarted) is ignored."""
+        current = self._filling
+        if current is None or (fill is not None and fill.number != current.number):
+            return []
+        upto = current.upto
+        end = upto if through is None else min(through, upto)
         actions: list[Action] = []
         for entry in entries:
-            if entry.epoch == self.epoch and self.seq < entry.seq <= (upto or 0):
+            if entry.epoch == self.epoch and self.seq < entry.seq <= end:
                 self.seq = entry.seq
                 actions.append(Deliver(entry))
-        self.seq = max(self.seq, upto or 0)
+        self.seq = max(self.seq, end)
+        if end < upto:
+            return actions  # more parts to come
+        self._filling = None
         if not self._waiting_for_baseline:
             actions.extend(self._drain())
             if self._filling is None and self.seq < self._known:
@@ -131,6 +155,8 @@ class Feed:
 
     def _restart(self, epoch: str) -> Restart:
         self.epoch, self.seq, self._known = epoch, 0, 0
+        # A fill being read was for the old numbering: its answer no longer fits.
+        self._filling = None
         # Messages of an older numbering cannot be placed in the new one.
         self._held = {key: e for key, e in self._held.items() if e.epoch == epoch}
         return Restart(epoch)
@@ -150,8 +176,9 @@ class Feed:
         return actions
 
     def _fill(self, upto: int) -> Fill:
-        self._filling = upto
-        return Fill(self.seq, upto)
+        self._fills += 1
+        self._filling = Fill(self.seq, upto, self._fills)
+        return self._filling
 
     def _drain(self) -> list[Action]:
         """Deliver held messages in order, until one is missing: that asks for a fill."""

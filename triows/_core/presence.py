@@ -10,6 +10,12 @@ With Redis, members live in a hash per channel (``triows:p:<channel>``): field c
 value ``<expiry ms> <node> <user id>``. Each node refreshes its own members' expiry, so a
 crashed node's members stop counting once their expiry passes, and the first node to delete
 an expired field (an atomic HDEL) announces its ``leave``, so exactly one does.
+
+A node that only paused (a GC pause, SIGSTOP, a saturated loop) for longer than the ttl is
+swept like a crashed one while its members are still connected. Its next refresh writes them
+back with :data:`PUT_SCRIPT`, which announces ``join`` for every member that was not in the
+hash: the writes and the announcements are one rule, so a member is announced each time it
+(re)enters the hash and never twice in a row, whether a join or a refresh put it there.
 """
 
 from __future__ import annotations
@@ -38,6 +44,23 @@ if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
   return 1
 end
 return 0
+"""
+
+
+#: KEYS: the channel's hash. ARGV: events channel, the hash's ttl in ms, then per member:
+#: client id, entry (:func:`encode_entry`), its ``join`` event. Writes every member; publishes
+#: the event of each that was not in the hash (a new member, or one swept while its node was
+#: away). Returns how many were announced.
+PUT_SCRIPT: Final = """
+local announced = 0
+for i = 3, #ARGV, 3 do
+  if redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('PUBLISH', ARGV[1], ARGV[i + 2])
+    announced = announced + 1
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return announced
 """
 
 

@@ -6,7 +6,13 @@ Per channel ``c``:
   (chosen by the node that creates it) when missing, so a Redis that lost its data starts a new
   epoch instead of reusing numbers.
 - ``triows:l:c`` a stream, entry id ``<seq>-0``, fields ``p`` (the message payload), ``t`` (ms
-  timestamp) and ``o`` (the publishing node's token): the history, capped with ``MAXLEN ~``.
+  timestamp), ``o`` (the publishing node's token) and ``a`` (when Redis appended it, Redis' own
+  clock in ms). It serves two readers with different needs: clients resuming (the channel's
+  history size and ttl, applied when reading) and nodes catching up after their pub/sub link
+  broke (everything they have not delivered yet, however many). So an entry is trimmed only
+  once it is both beyond the history size and older than the retention window
+  (``redis_retention``): a node that catches up within the window reads every message, whatever
+  the history size (:data:`TRIM`).
 - ``triows:m:c`` the pub/sub channel; each message is ``"<seq> <epoch> <token> <sender>\\n"``
   followed by the payload.
 - ``triows:o:...`` one key per publication with a dedupe id, for ``dedupe_ttl``: a client's
@@ -44,12 +50,47 @@ end
 """
 
 
+#: Lua: trim the stream ``KEYS[2]`` after appending ``seq``. Kept: the newest ``keep`` entries
+#: (the history size) and every entry appended at or after ``cutoff`` (Redis ms). Both leave a
+#: prefix of the stream to remove (entries are appended in seq order, and ``a`` only grows
+#: unless Redis' clock steps back, which only keeps more). Runs on every 16th seq and looks at
+#: up to 32 head entries, so it keeps up with any rate at a bounded cost per publication.
+TRIM = """
+local function trim(seq, keep, cutoff)
+  if seq % 16 ~= 0 or redis.call('XLEN', KEYS[2]) <= keep then
+    return
+  end
+  local cut = nil
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 32)) do
+    local entry_seq = tonumber(string.match(entry[1], '^%d+'))
+    if entry_seq > seq - keep then
+      break
+    end
+    local fields, added = entry[2], 0
+    for i = 1, #fields, 2 do
+      if fields[i] == 'a' then
+        added = tonumber(fields[i + 1])
+      end
+    end
+    if added >= cutoff then
+      break
+    end
+    cut = entry_seq
+  end
+  if cut then
+    redis.call('XTRIM', KEYS[2], 'MINID', (cut + 1) .. '-0')
+  end
+end
+"""
+
 #: KEYS: numbering, stream, dedupe key, the node's pending hash. ARGV: payload head (up to
-#: ``"seq":``), epoch to create, pub/sub channel, stream maxlen (0: no history), key ttl ms,
-#: dedupe ttl s (0: no dedupe id), :func:`origin`, timestamp ms, token (the pending field).
-#: Returns ``{seq, epoch, 1 if it was a duplicate else 0}``.
+#: ``"seq":``), epoch to create, pub/sub channel, history size (entries always kept), key ttl
+#: ms, dedupe ttl s (0: no dedupe id), :func:`origin`, timestamp ms, token (the pending field),
+#: retention ms (entries younger than this are kept; ``-1``: trim nothing now, see
+#: ``RedisBroker``). Returns ``{seq, epoch, 1 if it was a duplicate else 0}``.
 PUBLISH_SCRIPT = (
-    """
+    TRIM
+    + """
 local done = redis.call('HGET', KEYS[4], ARGV[9])
 if not done and ARGV[6] ~= '0' then
   done = redis.call('GET', KEYS[3])
@@ -63,11 +104,13 @@ end
     + """
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local payload = ARGV[1] .. seq .. ',"id":"' .. epoch .. ':' .. seq .. '"}'
-if tonumber(ARGV[4]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0',
-             'p', payload, 't', ARGV[8], 'o', ARGV[7])
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('XADD', KEYS[2], seq .. '-0', 'p', payload, 't', ARGV[8], 'o', ARGV[7], 'a', now)
+if ARGV[10] ~= '-1' then
+  trim(seq, tonumber(ARGV[4]), now - tonumber(ARGV[10]))
 end
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 if ARGV[6] ~= '0' then
   redis.call('SET', KEYS[3], seq, 'EX', ARGV[6])
