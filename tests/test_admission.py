@@ -4,8 +4,10 @@ client addresses (loopback has the whole 127.0.0.0/8), and peers that misbehave 
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -206,5 +208,97 @@ async def test_a_repeated_forwarded_for_line_cannot_pick_the_client_address() ->
         assert sorted(statuses) == [101, 429, 429, 429]
         (conn,) = server.connection_statistics()
         assert conn.remote == "203.0.113.9"
+        for sock in socks:
+            sock.close()
+
+
+async def test_a_refusal_being_written_holds_no_connection_place(secret: str) -> None:
+    async with running(jwt_secret=secret, max_connections=2) as server:
+
+        def refused_clients() -> list[socket.socket]:
+            """Bad tokens, from clients that read nothing and do not close: their 401s
+            linger (the server waits a moment for them to close)."""
+            socks = []
+            for _ in range(2):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                sock.sendall(upgrade({"Authorization": "Bearer nonsense"}))
+                socks.append(sock)
+            return socks
+
+        lingering = await trio.to_thread.run_sync(refused_clients)
+        await trio.sleep(0.2)  # refused, the answers written
+        auth = {"Authorization": f"Bearer {make_token('ann')}"}
+        statuses, socks = await handshakes_at_once(server.port, [upgrade(auth)])
+        assert statuses == [101]
+        for sock in lingering + socks:
+            sock.close()
+
+
+async def test_a_crowd_of_idle_sockets_cannot_lock_out_a_probe() -> None:
+    async with running(max_pending=32, max_pending_per_ip=8, handshake_timeout=30) as server:
+        idle = [await open_from(server.port, f"127.0.1.{n // 8}") for n in range(32)]
+        await trio.sleep(0.2)  # every place taken, by 4 addresses
+        probe = await open_from(server.port, "127.0.2.1")
+        await probe.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await status_of(probe) == 200  # the oldest idle socket made room
+        assert server.admission.refused["evicted"] >= 1
+        for sock in [*idle, probe]:
+            sock.close()
+
+
+async def test_requests_without_the_key_or_with_an_unsent_body_to_a_get_hold_no_place() -> None:
+    key = "k" * 16
+    async with running(api_key=key, max_http_requests=2, handshake_timeout=30) as server:
+        held = []
+        for head in (
+            # A GET reads no body: answered at once whatever it announces.
+            b"GET /triows.js HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n",
+            b"GET /triows.js HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n",
+            # Without the key: refused before it takes a place or waits for its body.
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+        ):
+            sock = await open_from(server.port, "127.0.0.2")
+            await sock.send(head)
+            held.append(sock)
+        assert [await status_of(sock) for sock in held] == [200, 200, 401, 401]
+        body = b'{"channel":"a","data":1}'
+        keyed = await open_from(server.port, "127.0.0.3")
+        await keyed.send(
+            b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key.encode() + b"\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        assert await status_of(keyed) == 200
+        for sock in [*held, keyed]:
+            sock.close()
+
+
+async def test_a_client_that_resets_mid_body_is_no_server_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = "k" * 16
+    async with running(api_key=key) as server:
+        for _ in range(5):
+            sock = await open_from(server.port)
+            await sock.send(
+                b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key.encode() + b"\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+            await trio.sleep(0.05)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, mid-body
+        await trio.sleep(0.2)
+        assert 500 not in server.http_requests
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_clients_of_one_ipv6_network_share_their_per_address_limit() -> None:
+    """One subscriber line gets a whole /64: counted per full address, a client could pick a
+    new address for each connection."""
+    async with running(trusted_proxies=["127.0.0.0/8"], max_connections_per_ip=1) as server:
+        heads = [upgrade({"X-Forwarded-For": f"2001:db8:1:2::{n}"}) for n in range(1, 5)]
+        heads.append(upgrade({"X-Forwarded-For": "2001:db8:1:3::1"}))  # another /64
+        statuses, socks = await handshakes_at_once(server.port, heads)
+        assert sorted(statuses) == [101, 101, 429, 429, 429]
         for sock in socks:
             sock.close()

@@ -316,7 +316,7 @@ async def test_an_authorize_hook_that_times_out_on_refresh_keeps_the_subscriptio
             await trio.sleep(5)
             (stats,) = harness.server.connection_statistics()
             assert sorted(stats.subscriptions) == ["fine", "slow"]
-            assert "subscription kept" in caplog.text
+            assert "kept" in caplog.text
             # A subscribe that times out is answered 503 "try again", not refused.
             refused = await client.request({"type": "subscribe", "channel": "slow", "id": 2})
             assert (refused["type"], refused["code"]) == ("error", 503)
@@ -398,3 +398,53 @@ async def test_an_authenticate_hook_without_an_origin_list_is_warned_about(
     async with open_test_server(authenticate=authenticate, allow_origins=["https://a.example"]):
         pass
     assert "hijacking" not in caplog.text
+
+
+async def test_a_silent_hook_on_refresh_holds_the_connection_one_timeout_not_one_per_channel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    silent = False
+
+    async def authorize(principal: Principal, action: Action, channel: str) -> bool:
+        if silent:
+            await trio.sleep_forever()
+        return True
+
+    async with open_test_server(
+        jwt_secret=SECRET, authorize=authorize, handshake_timeout=1
+    ) as harness:
+        async with harness.connect(token=make_token()) as client:
+            for n in range(8):
+                await client.request({"type": "subscribe", "channel": f"c{n}"})
+            silent = True
+            start = trio.current_time()
+            await client.send({"type": "refresh", "token": make_token(), "id": "r"})
+            await client.send({"type": "ping", "id": "p"})
+            replies = [await client.receive() for _ in range(2)]
+            assert [r["type"] for r in replies] == ["refreshed", "pong"]
+            assert trio.current_time() - start <= 1.5  # not 8 channels x 1 s
+            (stats,) = harness.server.connection_statistics()
+            assert len(stats.subscriptions) == 8  # no answer: all kept
+
+
+async def test_a_handshake_whose_hook_answers_during_shutdown_is_refused_in_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def authenticate(request: HandshakeRequest) -> Principal:
+        await trio.sleep(1)
+        return Principal(user_id="late")
+
+    async with trio.open_nursery() as nursery:
+        async with open_test_server(authenticate=authenticate, shutdown_timeout=2) as harness:
+
+            async def late_client() -> None:
+                with pytest.raises(ConnectionRejected) as info:
+                    async with harness.connect():
+                        pass
+                assert info.value.status_code == 503
+
+            nursery.start_soon(late_client)
+            await trio.sleep(0.5)  # the hook is deciding
+            start = trio.current_time()
+            await harness.server.aclose()
+            assert trio.current_time() - start <= 2

@@ -16,7 +16,7 @@ import trio
 from wsproto.events import TextMessage
 
 from triows import Server, SlowConsumerPolicy
-from triows._connection import DELIVERIES_PER_STEP, REQUESTS_PER_STEP
+from triows._fanout import DELIVERIES_PER_STEP, ITEMS_PER_STEP
 from triows.testing import open_test_server
 
 from .rawclient import RawClient
@@ -72,7 +72,7 @@ async def test_a_burst_of_publishes_is_served_in_bounded_steps(
             trio.lowlevel.remove_instrument(instrument)
         # Served inline, all of it would be one step: 12,000 deliveries, 240 requests.
         assert instrument.deliveries <= DELIVERIES_PER_STEP + subscribers
-        assert instrument.messages <= REQUESTS_PER_STEP
+        assert instrument.messages <= ITEMS_PER_STEP
         for reader in [*readers, publisher]:
             await reader.abort()
 
@@ -111,3 +111,87 @@ async def test_a_blocked_channel_does_not_stall_the_other_channels_of_a_redis_no
                 message = await reader.receive_type("message")
             assert message["data"] == "hi"
         assert await stalled.read_until_closed(timeout=20) == 1013
+
+
+async def test_requests_queued_behind_a_hook_are_served_in_bounded_steps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A hook that answers without awaiting (a plain function, or a cache hit) never yields:
+    the queued requests' task counts its work like the reader does."""
+    subscribers, publishes = 50, 240
+
+    def authorize(*_: object) -> bool:
+        return True
+
+    async with open_test_server(publish_rate=0, outbox_size=1000, authorize=authorize) as harness:
+        readers = [await RawClient.connect(harness.listener) for _ in range(subscribers)]
+        for reader in readers:
+            await reader.subscribe("burst")
+        publisher = await RawClient.connect(harness.listener)
+        burst = b"".join(
+            publisher.ws.send(
+                TextMessage(data=json.dumps({"type": "publish", "channel": "burst", "data": n}))
+            )
+            for n in range(publishes)
+        )
+        instrument = WorkPerStep(harness.server)
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            await publisher.stream.send_all(burst)
+            with trio.fail_after(10):
+                while harness.server.fanout.delivered < subscribers * publishes:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # no event to wait on: the counter is the signal
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+        assert instrument.deliveries <= DELIVERIES_PER_STEP + subscribers
+        for reader in [*readers, publisher]:
+            await reader.abort()
+
+
+@pytest.mark.real_socket
+async def test_a_redis_node_delivers_a_burst_in_bounded_steps(redis_url: str) -> None:
+    subscribers, publishes = 100, 300
+    channel = f"burst-{next(_names)}-{trio.current_time():.0f}"
+    async with open_test_server(redis_url=redis_url, outbox_size=1000) as harness:
+        with trio.fail_after(10):
+            await harness.server.broker.up.wait_value(True)
+        readers = [await RawClient.connect(harness.listener) for _ in range(subscribers)]
+        for reader in readers:
+            await reader.subscribe(channel)
+        instrument = WorkPerStep(harness.server)
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            for n in range(publishes):  # handed to Redis at once; they come back in batches
+                harness.server.broker.publish(harness.server._publication(channel, n, None))
+            with trio.fail_after(20):
+                while harness.server.fanout.delivered < subscribers * publishes:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # no event to wait on: the counter is the signal
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+        assert instrument.deliveries <= DELIVERIES_PER_STEP + subscribers
+        for reader in readers:
+            await reader.abort()
+
+
+@pytest.mark.real_socket
+async def test_what_a_blocked_redis_channel_holds_is_bounded_in_bytes(redis_url: str) -> None:
+    n = next(_names)
+    blocked = f"block-{n}-{trio.current_time():.0f}"
+    options: dict[str, Any] = {
+        "redis_url": redis_url,
+        "buffer_size": 2048,
+        "outbox_size": 1000,
+        "outbox_max_bytes": 64 * 1024,
+        "block_timeout": 30.0,
+        "channel_policies": [("block-*", SlowConsumerPolicy.BLOCK)],
+    }
+    async with open_test_server(**options) as harness:
+        with trio.fail_after(10):
+            await harness.server.broker.up.wait_value(True)
+        stalled = await RawClient.connect(harness.listener)
+        await stalled.subscribe(blocked)  # then never reads again
+        big = "x" * 20_000
+        for _ in range(20):  # 400 KB: far over what one outbox may hold
+            await harness.server.publish_numbered(blocked, big)
+        # Not after block_timeout (30 s): as soon as what is held is over the bound.
+        assert await stalled.read_until_closed(timeout=10) == 1013

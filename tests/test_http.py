@@ -184,6 +184,7 @@ async def test_api_broadcast_and_channels() -> None:
         (b'{"channel": "a", "data": ' + b"[" * 1000 + b"]" * 1000 + b"}", 400, "nested"),
         (b'{"channel": "a", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 413, "larger"),
         (b"[" * 60_000 + b"]" * 2, 400, "body is not valid JSON"),
+        (b'{"channel": "a", "data": 1, "channel": "b"}', 400, "field 'channel' appears twice"),
         (b"[1]", 400, "body must be a JSON object"),
         (b'{"data": 1}', 400, "missing field 'channel'"),
         (b'{"channel": "a"}', 400, "missing field 'data'"),

@@ -86,10 +86,11 @@ def _networks(value: Any) -> tuple[str, ...]:
 
 
 def _origins(value: Any) -> tuple[str, ...]:
-    """Each an origin as browsers send it (``scheme://host[:port]``), or ``*``."""
+    """Each an origin as browsers send it (``scheme://host[:port]``, in lower case: browsers
+    serialize it so), or ``*``."""
     origins = []
     for origin in [value] if isinstance(value, str) else value:
-        text = str(origin).strip().rstrip("/")
+        text = str(origin).strip().rstrip("/").lower()
         if text != "*":
             parts = urlsplit(text)
             if not (parts.scheme and parts.netloc) or parts.path or parts.query:
@@ -294,7 +295,7 @@ class Config:
         """Browsers always send ``Origin``; other clients usually do not and are allowed."""
         if not self.allow_origins or origin is None or "*" in self.allow_origins:
             return True
-        return origin.rstrip("/") in self.allow_origins
+        return origin.rstrip("/").lower() in self.allow_origins
 
 
 class Rejected(Exception):  # a verdict, not a failure: hence no "Error" suffix

@@ -39,7 +39,7 @@ from ._core.hub import SubscriptionLimitError
 from ._core.outbox import DropCounter, Outbox, SlowConsumerPolicy, Verdict
 from ._core.protocol import ProtocolError
 from ._core.ratelimit import TokenBucket
-from ._fanout import Subscriber
+from ._fanout import StepBudget, Subscriber
 from ._transport import Closed, WebSocket
 
 if TYPE_CHECKING:
@@ -54,11 +54,7 @@ MAX_UNACKED = 1000
 WRITE_BATCH = 64 * 1024
 #: Without ``Server.aclose()`` (plain cancellation) a connection still gets this long to say 1001.
 CANCELLED_GOODBYE = 1.0
-#: Work one connection does in one step before it lets the others run: requests served, and
-#: the deliveries they caused. One 16 KiB read holds hundreds of small publishes; served in one
-#: go to a few hundred subscribers each, they stalled every other connection for 0.6 s.
-REQUESTS_PER_STEP = 64
-DELIVERIES_PER_STEP = 2048
+
 
 NORMAL = 1000
 GOING_AWAY = 1001
@@ -464,22 +460,14 @@ class Connection:
     async def _read(self) -> None:
         ws = self.ws
         parser = ws.parser
-        fanout = self._server.fanout
+        budget = StepBudget(self._server.fanout)
         data, ws.leftover = ws.leftover, b""
         while True:
             if data:
-                served, delivered = 0, fanout.delivered
+                budget.reset()
                 for event in parser.feed(data):
                     if isinstance(event, Message):
                         self._on_message(event.data)
-                        served += 1
-                        if (
-                            served >= REQUESTS_PER_STEP
-                            or fanout.delivered - delivered >= DELIVERIES_PER_STEP
-                        ):
-                            # Let every other connection run before serving more of this read.
-                            await trio.lowlevel.checkpoint()
-                            served, delivered = 0, fanout.delivered
                     elif isinstance(event, Ping):
                         if self._send(frame(PONG, event.payload)) is Verdict.OVER:
                             self._close_not_reading()
@@ -495,6 +483,10 @@ class Connection:
                         return
                     if self.close_code is not None:
                         return
+                    if budget.spend():
+                        # Let every other connection run before serving more of this read.
+                        await trio.lowlevel.checkpoint()
+                        budget.reset()
             data = await ws.receive()
             if not data:
                 self._peer_left(ABNORMAL, "")
@@ -542,14 +534,14 @@ class Connection:
 
     async def _serve_backlog(self, first: Wait) -> None:
         try:
+            budget = StepBudget(self._server.fanout)
             await first()
-            served = 0
             while self._backlog:
+                if budget.spend():  # a hook that answers without awaiting never yields
+                    await trio.lowlevel.checkpoint()
+                    budget.reset()
                 request, size = self._backlog.popleft()
                 self._backlog_bytes -= size
-                served += 1
-                if served % REQUESTS_PER_STEP == 0:  # a sync authorize hook never yields
-                    await trio.lowlevel.checkpoint()
                 if self._may_wait(request):
                     await self._serve_waiting(request)
                 else:
@@ -621,8 +613,7 @@ class Connection:
                 return self._subscribed(request, subscribed, joining)
             case protocol.PresenceQuery(channel=channel, id=request_id):
                 self._check_presence(channel, request_id)
-                answer = server.presence.local_answer(channel)
-                return self._reply(self._presence_reply(channel, request_id, answer))
+                return self._reply(server.presence.local_frame(channel, request_id))
             case protocol.Unsubscribe(channel=channel, id=request_id):
                 self._unsubscribe(channel)
                 return self._reply(
@@ -669,16 +660,25 @@ class Connection:
                 case protocol.PresenceQuery(channel=channel, id=request_id):
                     self._check_presence(channel, request_id)
                     await server.authorize(self.principal, Action.SUBSCRIBE, channel, request_id)
-                    answer = await server.presence.answer(channel)
-                    wait = self._reply(self._presence_reply(channel, request_id, answer))
+                    wait = self._reply(await server.presence.frame(channel, request_id))
                 case protocol.Refresh(token=token, id=request_id):
                     wait = self._refreshed(token, request_id)
                     if wait is not None:
                         await wait()
                     wait = None
-                    for channel in self._server.broker.hub.channels_of(self):
-                        if await self._still_allowed(channel) is False:
-                            wait = self._leave_refused(channel) or wait
+                    # One deadline for them all: a hook that stops answering must not hold
+                    # this connection's requests for every channel it follows in turn.
+                    with trio.move_on_after(server.config.handshake_timeout) as scope:
+                        for channel in self._server.broker.hub.channels_of(self):
+                            if await self._still_allowed(channel) is False:
+                                wait = self._leave_refused(channel) or wait
+                    if scope.cancelled_caught:
+                        log.warning(
+                            "authorize did not answer for %s after a refresh within %gs: "
+                            "the subscriptions it was not asked about are kept",
+                            self.client_id,
+                            server.config.handshake_timeout,
+                        )
                 case _:
                     wait = self._serve_now(request)
         except Exception as exc:
@@ -769,12 +769,6 @@ class Connection:
                 request_id,
             )
         self._server.check_allowed(self.principal, Action.SUBSCRIBE, channel, request_id)
-
-    @staticmethod
-    def _presence_reply(
-        channel: str, request_id: protocol.RequestId | None, answer: dict[str, object]
-    ) -> dict[str, object]:
-        return protocol.with_id({"type": "presence", "channel": channel, **answer}, request_id)
 
     def _subscribed(
         self, request: protocol.Subscribe, subscribed: Subscribed, joining: bool = False

@@ -51,7 +51,7 @@ from ._core.admission import Refused
 from ._core.handshake import HandshakeError, HttpRequest, content_length, http_response
 from ._core.names import ChannelNameError, validate_channel
 from ._core.numbers import ascii_int
-from ._transport import ANSWER_GRACE, PlainRequest, linger
+from ._transport import PlainRequest, answer
 
 if TYPE_CHECKING:
     from ._fanout import Subscriber
@@ -150,9 +150,12 @@ class HttpEndpoints:
         request = plain.request
         probe = self.probes.get(request.path)
         if probe is not None and request.method == "GET":
-            response = self._safely(request, probe)
+            response: Response | None = self._safely(request, probe)
         else:
             response = await self._pooled(plain)
+        if response is None:  # the client left mid-request: nobody to answer
+            return
+        plain.ticket.closing()  # answered: the pool place is free while the answer goes out
         self._server.http_requests[response.status] += 1
         log.debug("%s %s %s -> %d", plain.remote, request.method, request.path, response.status)
         data = http_response(
@@ -163,19 +166,28 @@ class HttpEndpoints:
         )
         # The request's deadline bounds the answer too; one that ran out still gets a moment
         # to say so (504) to a client that reads.
-        with trio.move_on_at(max(plain.deadline, trio.current_time() + ANSWER_GRACE)):
-            await plain.stream.send_all(data)
-        await linger(plain.stream)
+        await answer(plain.stream, data, plain.deadline)
 
-    async def _pooled(self, plain: PlainRequest) -> Response:
-        """A request that counts against the HTTP pool (its ticket moves there first), read
-        and answered by the request's deadline."""
+    async def _pooled(self, plain: PlainRequest) -> Response | None:
+        """A request that counts against the HTTP pool, read and answered by the request's
+        deadline; None when the client left before it could be answered.
+
+        The route, the method and the key are checked before the request takes a place, and
+        only a request that carries a body (not a GET) waits for one: a client without the
+        key, or one announcing a body it never sends to a GET, holds no place."""
         request = plain.request
         response: Response | None = None
         with trio.move_on_at(plain.deadline):
             try:
+                handler = self._route(request)
                 plain.ticket.http(plain.ip)
-                response = await self._respond(plain)
+                body = b""
+                if request.method != "GET":
+                    body = await _read_body(plain, self._server.config.max_message_size)
+                response = await handler(request, body)
+            except _PeerGone:
+                log.debug("%s left during %s %s", plain.remote, request.method, request.path)
+                return None
             except Refused as exc:
                 response = _json(exc.status, {"error": exc.reason})
             except HttpError as exc:
@@ -205,8 +217,8 @@ class HttpEndpoints:
         log.exception("%s %s failed", request.method, request.path)
         return _json(500, {"error": "internal error"})
 
-    async def _respond(self, plain: PlainRequest) -> Response:
-        request = plain.request
+    def _route(self, request: HttpRequest) -> Handler:
+        """The handler of a request, once its path, method and key are right."""
         route = self.routes.get(request.path)
         if request.path in self.probes:
             raise HttpError(405, f"{request.path} takes GET")
@@ -218,8 +230,7 @@ class HttpEndpoints:
             raise HttpError(405, f"{request.path} takes {method}") from None
         if needs_key and self._server.config.api_key is not None:
             self._check_key(request)
-        body = await _read_body(plain, self._server.config.max_message_size)
-        return await handler(request, body)
+        return handler
 
     def _check_key(self, request: HttpRequest) -> None:
         key = self._server.config.api_key
@@ -283,9 +294,7 @@ class HttpEndpoints:
         if directory is not None:
             # Under --workers: what this answer says of this worker goes to its file first,
             # so that no later scrape, on any worker, reads less (triows._shared_stats).
-            write = functools.partial(
-                _shared_stats.write, directory, own, server.monitor.summary()
-            )
+            write = functools.partial(_shared_stats.write, directory, own, server.monitor.summary())
             try:
                 await trio.to_thread.run_sync(write)
             except OSError as exc:
@@ -459,11 +468,18 @@ class HttpEndpoints:
         return _json(200, {"channels": listed, "total": len(channels)})
 
 
+class _PeerGone(Exception):
+    """The client went away while its request was being read."""
+
+
 async def _read_body(plain: PlainRequest, limit: int) -> bytes:
     length = content_length(plain.request, limit)
     body = bytearray(plain.leftover[:length])
     while len(body) < length:
-        data = await plain.stream.receive_some(min(65536, length - len(body)))
+        try:
+            data = await plain.stream.receive_some(min(65536, length - len(body)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            raise _PeerGone from None
         if not data:
             raise HttpError(400, "request body ended early")
         body += data
@@ -473,7 +489,7 @@ async def _read_body(plain: PlainRequest, limit: int) -> bytes:
 def _object(body: bytes, *, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
     """A JSON object body, decoded and checked as WebSocket frames are (one validation)."""
     try:
-        payload = protocol.decode_json(body.decode("utf-8"))
+        payload = protocol.decode_json(body.decode("utf-8"), unique_keys=True)
     except UnicodeDecodeError:
         raise HttpError(400, "body is not valid JSON: not UTF-8") from None
     except protocol.ProtocolError as exc:

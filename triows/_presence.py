@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -22,7 +23,7 @@ import trio
 from ._core import presence as core
 from ._core.frames import text_frame
 from ._core.presence import Member, PresenceMode
-from ._core.protocol import encode
+from ._core.protocol import RequestId, encode
 from ._redis_broker import RedisBroker
 
 if TYPE_CHECKING:
@@ -32,6 +33,12 @@ if TYPE_CHECKING:
     from ._server import Server
 
 log = logging.getLogger("triows.presence")
+
+#: Seconds a ``presence`` answer read from Redis is reused (joins and leaves announced by
+#: other nodes make it anew at once; this bounds what a crashed node's members cost).
+ANSWER_TTL = 1.0
+#: Channels whose answer is kept, the least recently made forgotten first.
+ANSWERS_KEPT = 1024
 
 #: Members written by one script call of a refresh.
 PUT_CHUNK = 500
@@ -57,6 +64,11 @@ class Presence:
         #: as gone (this node missed its refreshes) while they are still here. When this
         #: node's refresh brings them back, its own subscribers are told too.
         self._swept: set[tuple[str, str]] = set()
+        #: Encoded answers per channel (the part after ``"channel"``), until its members
+        #: change; with Redis also when each was read, and the reads in progress.
+        self._answers: OrderedDict[str, bytes] = OrderedDict()
+        self._answered_at: dict[str, float] = {}
+        self._reading: dict[str, trio.Event] = {}
         if self._redis is not None and self.enabled:
             self._redis.on_presence = self._on_event
 
@@ -88,6 +100,7 @@ class Presence:
         mode = self.mode(channel)
         if mode is None:
             return
+        self._forget_answer(channel)
         member = Member(conn.client_id, conn.principal.user_id)
         swept = (channel, member.client_id) in self._swept
         self._swept.discard((channel, member.client_id))
@@ -116,6 +129,7 @@ class Presence:
         except (ValueError, KeyError, TypeError):
             log.warning("skipped a malformed presence event: %r", data[:80])
             return
+        self._forget_answer(channel)
         if self.mode(channel) is not PresenceMode.FULL:
             return
         key = (channel, member.client_id)
@@ -135,21 +149,62 @@ class Presence:
 
     # -- answering ``presence`` -----------------------------------------------------------------
 
-    def local_answer(self, channel: str) -> dict[str, Any]:
-        """The ``presence`` reply's fields from this process's members: ``count`` and
-        ``members`` (None when counts only). Complete with the in-process broker."""
-        return self._reply(channel, self._local_members(channel))
+    def local_frame(self, channel: str, request_id: RequestId | None) -> bytes:
+        """The ``presence`` reply, from this process's members: complete with the in-process
+        broker. Made once per change of the channel's members, not once per request."""
+        body = self._answers.get(channel)
+        if body is None:
+            state = self._server.hub.channel(channel)
+            members = state.members if state is not None else {}
+            body = self._body(channel, len(members), lambda: self._local_members(channel))
+            self._remember(channel, body)
+        return self._frame(channel, body, request_id)
 
-    async def answer(self, channel: str) -> dict[str, Any]:
-        """:meth:`local_answer`, with every node's members when there is Redis."""
+    async def frame(self, channel: str, request_id: RequestId | None) -> bytes:
+        """:meth:`local_frame`, with every node's members when there is Redis: one Redis read
+        per channel at a time (concurrent requests share it), kept until the channel's
+        members change or :data:`ANSWER_TTL` passes; counts only need ``HLEN``."""
         if self._redis is None:
-            return self.local_answer(channel)
-        members = self._local_members(channel)
-        entries = await self._redis.call(functools.partial(_hgetall, core.key(channel)))
-        for member in core.live_members(entries, self._server.now_ms()):
-            members.setdefault(member.client_id, member)
-        self._known[channel] = len(members)
-        return self._reply(channel, members)
+            return self.local_frame(channel, request_id)
+        cached = self._answers.get(channel)
+        now = trio.current_time()
+        if cached is None or now - self._answered_at.get(channel, -ANSWER_TTL) >= ANSWER_TTL:
+            reading = self._reading.get(channel)
+            if reading is not None:
+                await reading.wait()  # another request is reading it: share its answer
+            else:
+                self._reading[channel] = done = trio.Event()
+                try:
+                    await self._read_from_redis(channel)
+                finally:
+                    del self._reading[channel]
+                    done.set()
+            cached = self._answers.get(channel) or await self._read_from_redis(channel)
+        return self._frame(channel, cached, request_id)
+
+    async def _read_from_redis(self, channel: str) -> bytes:
+        assert self._redis is not None
+        key = core.key(channel)
+        if self.mode(channel) is PresenceMode.COUNTS:
+            # O(1) in Redis; a crashed node's members count until the next sweep removes them.
+            stored = await self._redis.call(functools.partial(_hlen, key))
+            count = max(stored, self._local_count(channel))
+            body = self._body(channel, count, dict)
+        else:
+            entries = await self._redis.call(functools.partial(_hgetall, key))
+            members = self._local_members(channel)
+            for member in core.live_members(entries, self._server.now_ms()):
+                members.setdefault(member.client_id, member)
+            body = self._body(channel, len(members), lambda: members)
+            count = len(members)
+        self._known[channel] = count
+        self._remember(channel, body)
+        self._answered_at[channel] = trio.current_time()
+        return body
+
+    def _local_count(self, channel: str) -> int:
+        state = self._server.hub.channel(channel)
+        return len(state.members) if state is not None else 0
 
     def _local_members(self, channel: str) -> dict[str, Member]:
         state = self._server.hub.channel(channel)
@@ -158,12 +213,34 @@ class Presence:
             for c in (state.members if state is not None else ())
         }
 
-    def _reply(self, channel: str, members: dict[str, Member]) -> dict[str, Any]:
-        count = len(members)
+    def _body(self, channel: str, count: int, members: Callable[[], dict[str, Member]]) -> bytes:
+        """The reply's ``"count":N,"members":...`` part; the member list is only built (and
+        only asked for) when it is shown: counts only, or over the limit, is O(1)."""
         if self.mode(channel) is PresenceMode.COUNTS or count > self._max_members:
-            return {"count": count, "members": None}
-        listed = sorted(members.values(), key=lambda m: m.client_id)
-        return {"count": count, "members": [m.as_json() for m in listed]}
+            return b'"count":%d,"members":null' % count
+        listed = sorted(members().values(), key=lambda m: m.client_id)
+        return b'"count":%d,"members":%s' % (len(listed), encode([m.as_json() for m in listed]))
+
+    @staticmethod
+    def _frame(channel: str, body: bytes, request_id: RequestId | None) -> bytes:
+        """``{"type":"presence","channel":C,<body>,"id":...}`` (channel names are ASCII)."""
+        tail = b"}" if request_id is None else b',"id":' + encode(request_id) + b"}"
+        return text_frame(
+            b'{"type":"presence","channel":"' + channel.encode("ascii") + b'",' + body + tail
+        )
+
+    def _remember(self, channel: str, body: bytes) -> None:
+        answers = self._answers
+        answers[channel] = body
+        answers.move_to_end(channel)
+        while len(answers) > ANSWERS_KEPT:
+            oldest, _ = answers.popitem(last=False)
+            self._answered_at.pop(oldest, None)
+
+    def _forget_answer(self, channel: str) -> None:
+        """The channel's members changed: its next ``presence`` answer is made anew."""
+        self._answers.pop(channel, None)
+        self._answered_at.pop(channel, None)
 
     # -- Redis: writes, refreshes, sweeps -------------------------------------------------------
 
@@ -225,6 +302,10 @@ class Presence:
                 "again with join",
                 announced,
             )
+
+
+def _hlen(name: str, client: redis.Redis) -> int:
+    return int(client.hlen(name))  # type: ignore[arg-type, unused-ignore]
 
 
 def _hgetall(name: str, client: redis.Redis) -> dict[bytes, bytes]:

@@ -63,7 +63,7 @@ from ._core.hub import (
     resume_without_history,
 )
 from ._core.latency import histogram
-from ._fanout import FanOut, Subscriber
+from ._fanout import DELIVERIES_PER_STEP, FanOut, StepBudget, Subscriber
 from ._redis_bridge import (
     LINK_ERRORS,
     Confirmed,
@@ -101,8 +101,6 @@ RESUME_ROUNDS = 20
 #: Stream entries read (and delivered) per step of a node's catch-up: a node far behind
 #: catches up in bounded steps instead of one huge read and one long synchronous delivery.
 FILL_CHUNK = 1000
-#: Pub/sub events (or held inputs) handled in one step before other tasks get to run.
-DISPATCH_STEP = 256
 
 
 #: What the feed does with one input (a message, a fill, a baseline): its actions.
@@ -125,7 +123,9 @@ class _Channel:
     #: in ``held`` (not yet fed: the feed's seq stays what its members were handed) until it
     #: has room. Only this channel waits; the others, and the pub/sub thread, go on.
     waiting: bool = False
-    held: deque[_Step] = attrs.field(factory=deque)
+    #: Inputs held, with the bytes of the messages among them (what they cost in memory).
+    held: deque[tuple[_Step, int]] = attrs.field(factory=deque)
+    held_bytes: int = 0
     #: Cancels the wait at once: ``held`` grew past its bound.
     hurry: trio.CancelScope | None = None
     #: Set when the channel stops waiting (a catch-up reads no more meanwhile).
@@ -602,10 +602,12 @@ class RedisBroker(Broker):
         """A batch from the listener thread, which waits for this (its backpressure). It never
         waits for a ``block`` subscriber: that channel alone waits (:meth:`_feed`)."""
         self._dispatching = True
+        budget = StepBudget(self._fanout)
         try:
-            for index, event in enumerate(events):
-                if index % DISPATCH_STEP == DISPATCH_STEP - 1:
-                    await trio.lowlevel.checkpoint()  # a batch of 1000 must not stall the rest
+            for event in events:
+                if budget.spend():  # a batch of 1000 to many subscribers must not stall all
+                    await trio.lowlevel.checkpoint()
+                    budget.reset()
                 if isinstance(event, Message):
                     try:
                         self._on_message(event)
@@ -639,16 +641,20 @@ class RedisBroker(Broker):
             return
         entry = fmt.parse_published(message.data)
         self._settle_own(entry)  # the publisher's ack does not wait for the channel
-        self._feed(ch, functools.partial(ch.feed.receive, entry))
+        self._feed(ch, functools.partial(ch.feed.receive, entry), len(entry.payload))
 
-    def _feed(self, ch: _Channel, step: _Step) -> None:
+    def _feed(self, ch: _Channel, step: _Step, size: int = 0) -> None:
         """Feed one input to the channel and deliver what it gives, at once, unless the
         channel waits for a ``block`` subscriber: then it waits its turn in ``held``, bounded
-        by ``outbox_size`` inputs (beyond, the subscribers still full are disconnected now,
-        as a ``block`` publisher would at its timeout)."""
+        as one subscriber's outbox is (``outbox_size`` inputs, ``outbox_max_bytes`` bytes);
+        beyond, the subscribers still full are disconnected now, as a ``block`` publisher's
+        would be at its timeout."""
         if ch.waiting:
-            ch.held.append(step)
-            if len(ch.held) > self._config.outbox_size and ch.hurry is not None:
+            ch.held.append((step, size))
+            ch.held_bytes += size
+            config = self._config
+            over = len(ch.held) > config.outbox_size or ch.held_bytes > config.outbox_max_bytes
+            if over and ch.hurry is not None:
                 ch.hurry.cancel()
             return
         blocked = self._apply(ch, step())
@@ -658,7 +664,20 @@ class RedisBroker(Broker):
 
     async def _wait_for_room(self, ch: _Channel, blocked: list[Subscriber]) -> None:
         """Wait for a channel's ``block`` subscribers (at most ``block_timeout``), then feed
-        what the channel held meanwhile, in order."""
+        what the channel held meanwhile, in order. A bug here must cost neither the server
+        nor the held messages: it is logged, and what is held is fed without waiting."""
+        try:
+            await self._drain_held(ch, blocked)
+        except Exception:
+            self.task_failures += 1
+            log.exception("waiting for block subscribers of %r failed", ch.name)
+            ch.waiting, ch.hurry = False, None
+            while ch.held and not ch.waiting:
+                step, size = ch.held.popleft()
+                ch.held_bytes -= size
+                self._feed(ch, step, size)
+
+    async def _drain_held(self, ch: _Channel, blocked: list[Subscriber]) -> None:
         try:
             while blocked:
                 with trio.CancelScope() as ch.hurry:
@@ -668,12 +687,14 @@ class RedisBroker(Broker):
                     if not member.outbox.has_room and member.close_code is None:
                         self._fanout.slow_consumer(member, "Slow consumer")
                 blocked = []
-                fed = 0
+                budget = StepBudget(self._fanout)
                 while ch.held and not blocked:
-                    blocked = self._apply(ch, ch.held.popleft()())
-                    fed += 1
-                    if fed % DISPATCH_STEP == 0:
+                    step, size = ch.held.popleft()
+                    ch.held_bytes -= size
+                    blocked = self._apply(ch, step())
+                    if budget.spend():
                         await trio.lowlevel.checkpoint()
+                        budget.reset()
         finally:
             ch.waiting = False
             ch.hurry = None
@@ -779,9 +800,28 @@ class RedisBroker(Broker):
             except _NotWanted:
                 return
             self.filled += len(found)
-            entries = [entry for entry, _ in found]
-            self._feed(ch, functools.partial(ch.feed.filled, entries, fill=fill, through=through))
+            await self._feed_filled(ch, fill, [entry for entry, _ in found], through)
             after = through
+
+    async def _feed_filled(
+        self, ch: _Channel, fill: Fill, entries: list[Entry], through: int
+    ) -> None:
+        """Hand a fill's entries to the feed in parts of about ``DELIVERIES_PER_STEP``
+        deliveries, with a checkpoint between parts: after an outage every followed channel
+        catches up at once, and a thousand entries to a thousand members are a million."""
+        state = self.hub.channel(ch.name)
+        per_step = max(1, DELIVERIES_PER_STEP // max(1, len(state.members) if state else 0))
+        start = 0
+        while True:
+            part = entries[start : start + per_step]
+            start += per_step
+            last = start >= len(entries)
+            upto = through if last else part[-1].seq
+            size = sum(len(entry.payload) for entry in part)
+            self._feed(ch, functools.partial(ch.feed.filled, part, fill=fill, through=upto), size)
+            if last:
+                return
+            await trio.lowlevel.checkpoint()
 
     @staticmethod
     async def _flowing(ch: _Channel) -> None:

@@ -37,7 +37,7 @@ from ._core.memory_guard import MemoryGuard
 from ._core.names import ChannelNameError, validate_channel
 from ._core.outbox import OutboxTotals
 from ._core.protocol import ProtocolError
-from ._core.proxy import parse_networks
+from ._core.proxy import address_key, parse_networks
 from ._core.ratelimit import PerKey, TokenBucket
 from ._fanout import FanOut, Subscriber
 from ._http import HttpEndpoints
@@ -88,6 +88,7 @@ class Server:
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._connections: dict[Connection, None] = {}
         self._closing = False
+        self._shutdown_deadline: float | None = None
         self._accept_scope = trio.CancelScope()
         self._connections_nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
@@ -341,14 +342,16 @@ class Server:
         if not self._closing:
             self._closing = True
             self._accept_scope.cancel()
-            deadline = trio.current_time() + self.config.shutdown_timeout
+            deadline = self._shutdown_deadline = trio.current_time() + self.config.shutdown_timeout
             log.info(
                 "shutting down: closing %d connection(s), timeout %.1fs",
                 len(self._connections),
                 self.config.shutdown_timeout,
             )
-            for conn in list(self._connections):
+            for index, conn in enumerate(list(self._connections)):
                 conn.close(GOING_AWAY, "Server shutting down", drain=True, deadline=deadline)
+                if index % 1000 == 999:
+                    await trio.lowlevel.checkpoint()
             with trio.move_on_at(deadline):
                 while self._connections or self.admission.handshakes:
                     self._population_changed = trio.Event()
@@ -415,15 +418,15 @@ class Server:
         try:
             conn = await self._open(pending)
         finally:
-            if pending.ticket.stage is Stage.HANDSHAKE:  # refused: it counts no more
-                pending.ticket.release()
+            if pending.ticket.stage is Stage.HANDSHAKE:  # failed: it counts no more
+                pending.ticket.closing()
             self._population_changed.set()
         if conn is None:
             return
         log.debug("connected %r", conn)
         del pending  # the request's headers need not live as long as the connection
         if self._closing:  # shutdown began while we were accepting it
-            conn.close(GOING_AWAY, "Server shutting down")
+            conn.close(GOING_AWAY, "Server shutting down", deadline=self._shutdown_deadline)
         await conn.run()
 
     async def _open(self, pending: PendingHandshake) -> Connection | None:
@@ -444,12 +447,15 @@ class Server:
             return None
         try:
             # Counted now, before the first await: concurrent handshakes cannot all pass.
-            pending.ticket.connection(info.ip)
+            pending.ticket.connection(address_key(info.ip))
             principal = await self._authenticate(info, pending.deadline)
             if principal.user_id is not None:
                 pending.ticket.user(principal.user_id)
         except (Rejected, Refused) as refused:
             await self._reject(pending, refused.status, refused.reason)
+            return None
+        if self._closing:  # shutdown began while the hook was deciding
+            await self._reject(pending, 503, "server is shutting down")
             return None
         ws = await pending.accept()
         pending.ticket.opened()
@@ -470,6 +476,7 @@ class Server:
         self, pending: PendingHandshake, status: int, reason: str, *, detail: str = ""
     ) -> None:
         self._rejected[status] += 1
+        pending.ticket.closing()  # a refusal being written holds no connection place
         log.info(
             "rejected handshake from %s: %d %s%s",
             pending.info.remote,

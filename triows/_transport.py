@@ -42,7 +42,7 @@ from ._core.handshake import (
     upgrade_key,
     wants_upgrade,
 )
-from ._core.proxy import Network, client_address, is_trusted
+from ._core.proxy import Network, address_key, client_address, is_trusted
 
 __all__ = [
     "Closed",
@@ -257,28 +257,29 @@ async def _refuse(
     headers: tuple[tuple[str, str], ...],
     deadline: float,
 ) -> None:
-    """Answer with an HTTP error (the connection then ends); a peer that does not read it
-    holds the stream until ``deadline``, or :data:`ANSWER_GRACE` when that has passed."""
+    """Answer with an HTTP error; the connection then ends."""
+    await answer(stream, http_response(status, reason.encode() + b"\n", headers=headers), deadline)
+
+
+async def answer(stream: trio.abc.Stream, response: bytes, deadline: float) -> None:
+    """Write a complete HTTP answer, then close gracefully, all by ``deadline`` (or within
+    :data:`ANSWER_GRACE` when it has passed: a 504 must still reach a client that reads).
+
+    Closing a socket with unread bytes makes the kernel send a reset, which can destroy the
+    answer before the client reads it (a head over the limit, a body never read). So after
+    the answer we say we are done (half-close) and read what is left until the client
+    closes, at most :data:`LINGER_READS` reads, within the same bound.
+    """
     with trio.move_on_at(max(deadline, trio.current_time() + ANSWER_GRACE)):
-        await stream.send_all(http_response(status, reason.encode() + b"\n", headers=headers))
-    await linger(stream)
-
-
-async def linger(stream: trio.abc.Stream) -> None:
-    """After answering a request that may not have been read to its end (a head over the
-    limit, a body never read): closing a socket with unread bytes makes the kernel send a
-    reset, which can destroy the answer before the client reads it. So say we are done
-    (half-close) and read what is left, for :data:`ANSWER_GRACE` seconds at most."""
-    if not isinstance(stream, trio.SocketStream):
-        return
-    with trio.move_on_after(ANSWER_GRACE):
         try:
-            await stream.send_eof()
-            for _ in range(LINGER_READS):
-                if not await stream.receive_some(RECEIVE_BUFFER):
-                    return
+            await stream.send_all(response)
+            if isinstance(stream, trio.SocketStream):
+                await stream.send_eof()
+                for _ in range(LINGER_READS):
+                    if not await stream.receive_some(RECEIVE_BUFFER):
+                        return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+            pass  # the client left: nothing more to say
 
 
 def peer_address(stream: trio.abc.Stream) -> tuple[str, int | None]:
@@ -344,7 +345,7 @@ async def _serve_stream(
     peer = peer_address(stream)
     try:
         trusted = bool(trusted_proxies) and is_trusted(peer[0], trusted_proxies)
-        ticket = admission.stream(peer[0], trusted=trusted)
+        ticket = admission.stream(address_key(peer[0]), trusted=trusted)
     except Refused:
         # As many streams as allowed are waiting for their request (from this address, or in
         # all): one more would cost a descriptor and a task for nothing. No answer: nothing
@@ -352,6 +353,38 @@ async def _serve_stream(
         await trio.aclose_forcefully(stream)
         return
     deadline = trio.current_time() + handshake_timeout
+    evictable = trio.CancelScope()
+    # All places taken, the admission may close this stream (while it waits for its request
+    # or closes) to make room for a newer one; never once it is a connection.
+    ticket.on_evict = evictable.cancel
+    try:
+        with evictable:
+            await _serve_head(
+                stream,
+                ticket,
+                peer,
+                deadline,
+                handler=handler,
+                http_handler=http_handler,
+                trusted_proxies=trusted_proxies,
+                max_message_size=max_message_size,
+            )
+    finally:
+        ticket.release()
+    # trio.serve_listeners closes the stream when this returns, whatever happened.
+
+
+async def _serve_head(
+    stream: trio.abc.Stream,
+    ticket: Ticket,
+    peer: tuple[str, int | None],
+    deadline: float,
+    *,
+    handler: HandshakeHandler,
+    http_handler: HttpHandler,
+    trusted_proxies: tuple[Network, ...],
+    max_message_size: int,
+) -> None:
     try:
         head = None
         with trio.move_on_at(deadline):
@@ -361,7 +394,9 @@ async def _serve_stream(
         request = parse_request(head[0])
         remote, ip = _client(peer, request, trusted_proxies)
         if not wants_upgrade(request):
-            plain = PlainRequest(stream, request, head[1], remote, ip, ticket, deadline)
+            plain = PlainRequest(
+                stream, request, head[1], remote, address_key(ip), ticket, deadline
+            )
             del head, request
             return await http_handler(plain)
         pending = [
@@ -380,20 +415,15 @@ async def _serve_stream(
         # Handed over, not kept: the handler drops the request once it has answered it, and
         # nothing in this frame holds its headers for the connection's lifetime.
         await handler(pending.pop())
-    except Refused as refused:
-        log.info("refused %s: %d %s", peer[0], refused.status, refused.reason)
-        await _refuse(stream, refused.status, refused.reason, (), deadline)
     except HandshakeError as refused:
         log.debug("refused a request: %d %s", refused.status, refused.reason)
+        ticket.closing()
         await _refuse(stream, refused.status, refused.reason, refused.headers, deadline)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.TooSlowError) as gone:
         # The peer went away or stalled mid-handshake (a reset, a scanner): not our failure.
         log.debug("peer left during the handshake: %r", gone)
     except Exception:
         log.exception("connection task failed")
-    finally:
-        ticket.release()
-    # trio.serve_listeners closes the stream when this returns, whatever happened.
 
 
 async def serve_streams(

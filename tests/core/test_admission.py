@@ -25,18 +25,42 @@ def counts(admission: Admission) -> tuple[int, int, int, int]:
 
 def test_pending_per_address_and_in_all() -> None:
     admission = Admission(LIMITS)
+    evicted: list[str] = []
     tickets = [admission.stream("a"), admission.stream("a")]
     with pytest.raises(Refused) as refused:
         admission.stream("a")
     assert refused.value.status == 429
     tickets += [admission.stream("b"), admission.stream("proxy", trusted=True)]
-    with pytest.raises(Refused) as full:
-        admission.stream("c")
-    assert full.value.status == 503
-    assert admission.refused == {"pending": 2}
-    for ticket in tickets:
+    for name, ticket in zip("aabp", tickets, strict=True):
+        ticket.on_evict = lambda name=name: evicted.append(name)  # type: ignore[misc]
+    # All places taken: the oldest waiting stream makes room for the new one.
+    newest = admission.stream("c")
+    assert evicted == ["a"]
+    assert tickets[0].stage is Stage.RELEASED
+    assert admission.pending == LIMITS.max_pending
+    assert admission.refused == {"pending": 1, "evicted": 1}
+    for ticket in [*tickets, newest]:
         ticket.release()
         ticket.release()  # twice is harmless
+    assert counts(admission) == (0, 0, 0, 0)
+
+
+def test_an_answered_stream_gives_its_place_back_while_it_closes() -> None:
+    admission = Admission(LIMITS)
+    ticket = admission.stream("a")
+    ticket.connection("a")
+    ticket.user("ann")
+    ticket.closing()  # refused: the 401 is being written
+    assert ticket.stage is Stage.CLOSING
+    assert counts(admission) == (1, 0, 0, 0)
+    assert (admission.connections_from("a"), admission.connections_of("ann")) == (0, 0)
+    ticket.release()
+    assert counts(admission) == (0, 0, 0, 0)
+    http = admission.stream("b")
+    http.http("b")
+    http.closing()
+    assert counts(admission) == (1, 0, 0, 0)
+    http.release()
     assert counts(admission) == (0, 0, 0, 0)
 
 
@@ -105,7 +129,7 @@ def test_moves_happen_once_and_in_order() -> None:
 ADDRESSES = st.sampled_from(["a", "b", "c"])
 STEPS = st.lists(
     st.tuples(
-        st.sampled_from(["stream", "http", "connection", "user", "opened", "release"]),
+        st.sampled_from(["stream", "http", "connection", "user", "opened", "closing", "release"]),
         ADDRESSES,
         st.integers(0, 7),
     ),
@@ -133,11 +157,14 @@ def test_no_sequence_of_moves_passes_a_limit_or_leaks(steps: list[tuple[str, str
                 ticket.user(address)
             elif action == "opened":
                 ticket.opened()
+            elif action == "closing":
+                ticket.closing()
             else:
                 ticket.release()
         except (Refused, RuntimeError):
             pass
         assert admission.pending <= LIMITS.max_pending
+        assert admission.pending == sum(t.stage in (Stage.PENDING, Stage.CLOSING) for t in tickets)
         assert admission.http <= LIMITS.max_http
         assert admission.connections <= LIMITS.max_connections
         assert 0 <= admission.handshakes <= admission.connections

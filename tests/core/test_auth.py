@@ -93,3 +93,19 @@ def test_nbf_and_exp_use_the_injected_clock_with_leeway() -> None:
     with pytest.raises(AuthError, match="expired"):
         verify_token(late, SECRET, now=NOW)
     assert verify_token(late, SECRET, now=NOW, leeway=10).expires_at == NOW + 5
+
+
+def test_a_stored_presence_entry_with_odd_digits_is_skipped() -> None:
+    from triows._core import presence
+
+    entries = {b"a": "\u00b2 node user".encode(), b"b": b"99999999999999 node bob", b"c": b"\xff"}
+    assert presence.live_members(entries, 0) == [presence.Member("b", "bob")]
+    assert {m.client_id for m in presence.expired(entries, 0)} == {"a", "c"}
+
+
+def test_origins_are_compared_as_browsers_send_them() -> None:
+    from triows import Config
+
+    config = Config(allow_origins=["https://App.Example.com"])
+    assert config.origin_allowed("https://app.example.com")
+    assert not config.origin_allowed("https://evil.example.com")

@@ -71,7 +71,9 @@ def test_two_different_content_lengths_are_refused() -> None:
     from triows._core.handshake import parse_request
 
     with pytest.raises(HandshakeError) as refused:
-        parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n")
+        parse_request(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n"
+        )
     assert refused.value.status == 400
 
 
@@ -143,7 +145,7 @@ def test_a_request_without_upgrade_is_plain_http() -> None:
     with pytest.raises(HandshakeError) as over:
         content_length(request, 10)
     assert over.value.status == 413
-    chunked = parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunked = parse_request(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
     with pytest.raises(HandshakeError) as refused:
         content_length(chunked, 100)
     assert refused.value.status == 411
@@ -157,7 +159,30 @@ def test_content_length_reads_ascii_digits_only(value: str, status: int) -> None
     from triows._core.handshake import content_length, parse_request
 
     # Bytes on the wire are read as latin-1: b"\xb2" is "²", which str.isdigit() accepts.
-    request = parse_request(f"POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\n".encode("latin-1"))
+    request = parse_request(
+        f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n".encode("latin-1")
+    )
     with pytest.raises(HandshakeError) as refused:
         content_length(request, 100)
     assert refused.value.status == status
+
+
+@pytest.mark.parametrize(
+    "line", [b"X-A: a\nX-B: b", b"X-A: a\x00b", b"X-A: \x7f", b"Host: x\rX-B: y"]
+)
+def test_control_characters_in_a_header_are_refused(line: bytes) -> None:
+    from triows._core.handshake import parse_request
+
+    with pytest.raises(HandshakeError) as refused:
+        parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
+    assert refused.value.status == 400
+    assert parse_request(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\tb\r\n\r\n").headers["x-a"] == "a\tb"
+
+
+def test_http_1_1_needs_a_host_and_1_0_does_not() -> None:
+    from triows._core.handshake import parse_request
+
+    with pytest.raises(HandshakeError) as refused:
+        parse_request(b"GET /health HTTP/1.1\r\n\r\n")
+    assert refused.value.status == 400
+    assert parse_request(b"GET /health HTTP/1.0\r\n\r\n").path == "/health"

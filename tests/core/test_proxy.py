@@ -38,3 +38,19 @@ def test_nothing_is_trusted_by_default() -> None:
 def test_a_bad_network_is_named() -> None:
     with pytest.raises(ValueError, match=r"'10\.0\.0\.0/33'"):
         parse_networks(["10.0.0.0/33"])
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2::7", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("<MemoryStream at 0x1>", "<MemoryStream at 0x1>"),
+    ],
+)
+def test_per_address_limits_count_an_ipv6_client_by_its_64(address: str, key: str) -> None:
+    from triows._core.proxy import address_key
+
+    assert address_key(address) == key

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from http import HTTPStatus
 from typing import Final
 
@@ -43,6 +44,7 @@ SINGLETONS: Final = frozenset(
         "sec-websocket-version",
     }
 )
+_CONTROL: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 _TOKEN_CHARS: Final = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -119,6 +121,8 @@ def parse_request(head: bytes | bytearray) -> HttpRequest:
         if not colon or not name or not _TOKEN_CHARS.issuperset(name):
             raise HandshakeError(400, "malformed header line")
         name, value = name.lower(), value.strip(" \t")
+        if _CONTROL.search(value):  # a bare LF or CR, NUL: RFC 9110 §5.5 allows none
+            raise HandshakeError(400, f"control character in the {name} header")
         before = headers.get(name)
         if before is None:
             headers[name] = value
@@ -126,6 +130,8 @@ def parse_request(head: bytes | bytearray) -> HttpRequest:
             raise HandshakeError(400, f"{name} header sent more than once")
         else:
             headers[name] = f"{before}{'; ' if name == 'cookie' else ', '}{value}"
+    if version == "HTTP/1.1" and "host" not in headers:
+        raise HandshakeError(400, "missing Host header")  # RFC 9112 §3.2
     return HttpRequest(method=method, target=target, headers=headers, version=version)
 
 

@@ -28,6 +28,7 @@ from typing import Any, Final
 import attrs
 
 from .names import first_match
+from .numbers import ascii_int
 
 #: Pub/sub channel every node with presence listens to for other nodes' joins and leaves.
 EVENTS_CHANNEL: Final = "triows:presence"
@@ -93,12 +94,12 @@ def encode_entry(expires_ms: int, node: str, user_id: str | None) -> str:
 
 
 def _decode_entry(value: bytes | str) -> tuple[int, str, str | None] | None:
-    text = value.decode() if isinstance(value, bytes) else value
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
     parts = text.split(" ", 2)
-    if len(parts) != 3 or not parts[0].isdigit():
+    expires = ascii_int(parts[0]) if len(parts) == 3 else None
+    if expires is None:
         return None
-    expires, node, user = parts
-    return int(expires), node, user or None
+    return expires, parts[1], parts[2] or None
 
 
 def live_members(entries: Mapping[Any, Any], now_ms: int) -> list[Member]:

@@ -104,7 +104,23 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"field {_short(key)!r} appears twice")
+            seen.add(key)
+    return found
+
+
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+#: The same, refusing an object that names a field twice (which value would count?). Slower
+#: (a Python hook per object): for documents read once per request, not for every frame.
+_strict_decoder = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+)
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
@@ -170,12 +186,13 @@ def _optional_str(
     return value
 
 
-def decode_json(text: str) -> Any:
+def decode_json(text: str, *, unique_keys: bool = False) -> Any:
     """Decode JSON as every client-written document is decoded (frames, HTTP API bodies):
     finite numbers only (no ``NaN``, ``Infinity`` or ``1e999``, which could not be sent on),
-    a nesting bomb refused, never anything but :class:`ProtocolError`."""
+    a nesting bomb refused, never anything but :class:`ProtocolError`. ``unique_keys``: an
+    object naming a field twice is refused too."""
     try:
-        return _decoder.decode(text)
+        return (_strict_decoder if unique_keys else _decoder).decode(text)
     except RecursionError:
         raise ProtocolError(BAD_REQUEST, "not valid JSON: nested too deeply") from None
     except ValueError as exc:

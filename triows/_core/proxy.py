@@ -61,3 +61,13 @@ def client_address(peer: str, forwarded_for: str | None, networks: tuple[Network
         if not any(parsed in network for network in networks):
             break
     return client
+
+
+def address_key(address: str) -> str:
+    """What per-address limits count ``address`` under: an IPv4 address itself, an IPv6
+    address's /64 network (one subscriber line gets a whole /64, so a per-address limit on
+    full IPv6 addresses would be no limit), anything else (a test stream's name) as is."""
+    parsed = _address(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return address if parsed is None else str(parsed)
