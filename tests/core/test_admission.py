@@ -32,7 +32,7 @@ def test_pending_per_address_and_in_all() -> None:
     assert refused.value.status == 429
     tickets += [admission.stream("b"), admission.stream("proxy", trusted=True)]
     for name, ticket in zip("aabp", tickets, strict=True):
-        ticket.on_evict = lambda name=name: evicted.append(name)  # type: ignore[misc]
+        ticket.on_evict = lambda name=name: evicted.append(name)
     # All places taken: the oldest waiting stream makes room for the new one.
     newest = admission.stream("c")
     assert evicted == ["a"]
