@@ -228,7 +228,7 @@ class Server:
             deduplicated=self.broker.deduplicated,
             broker=self.broker.statistics(),
             rate_limited=dict(self.rate_limited),
-            streams_refused=self.admission.refused["pending"],
+            streams_refused=self.admission.refused["pending"] + self.admission.refused["evicted"],
             rss_bytes=self.memory_guard.rss,
             memory_limited=self.memory_guard.over,
             memory_limit_trips=self.memory_guard.trips,

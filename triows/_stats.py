@@ -57,7 +57,8 @@ class ServerStatistics:
     #: connections now (``memory_limit``), and how often it started to.
     #: Requests refused with 429 by a rate limit, by action (``publish``, ``subscribe``).
     rate_limited: dict[str, int] = attrs.field(factory=dict)
-    #: Streams closed at once because as many others had not sent their HTTP request yet.
+    #: Streams closed unanswered while waiting for their HTTP request: refused at once (their
+    #: address had its share) or closed to make room for a newer one (every place taken).
     streams_refused: int = 0
     rss_bytes: int = 0
     memory_limited: bool = False
