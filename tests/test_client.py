@@ -456,3 +456,124 @@ async def test_requests_while_the_connection_drops_raise_client_errors_or_wait(
             assert isinstance(event, wsclient.Message)
             with pytest.raises(wsclient.ClientError):
                 raise wsclient.ConnectionLostError("a ClientError")
+
+
+async def test_a_refused_token_raises_client_closed_error_itself_from_the_block(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``except ClientClosedError:`` around ``async with connect(...)`` catches it: it is not
+    wrapped in an ExceptionGroup by the client's nursery."""
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        with pytest.raises(wsclient.ClientClosedError, match="HTTP 401"):
+            async with wsclient.connect(
+                URL, token="bad", open_stream=harness.listener.connect
+            ) as client:
+                await client.wait_open()
+
+
+async def test_an_error_of_the_block_comes_out_as_it_is(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as harness:
+        with pytest.raises(KeyError, match="mine"):
+            async with client_for(harness):
+                raise KeyError("mine")
+
+
+async def test_no_first_connection_within_connect_timeout_is_connection_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With no server, ``wait_open()`` does not hang: after ``connect_timeout`` (attempts and
+    backoff included) the client stops and says why."""
+    async with open_test_server() as harness:
+        cutter = Cutter(harness)
+        cutter.refuse = 1000
+        start = trio.current_time()
+        with trio.fail_after(60), pytest.raises(wsclient.ConnectionLostError) as info:
+            async with wsclient.connect(URL, open_stream=cutter.open, connect_timeout=5) as c:
+                await c.wait_open()
+        assert trio.current_time() - start == pytest.approx(5)
+        assert "within 5s" in str(info.value)
+        assert "refused by the test" in str(info.value)  # the last attempt's failure
+        assert c.state.value is wsclient.ClientState.CLOSED
+        with pytest.raises(wsclient.ConnectionLostError):
+            await c.publish("c", 1)
+
+
+async def test_a_first_connection_that_hangs_is_bounded_by_connect_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def silent() -> trio.abc.Stream:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    start = trio.current_time()
+    with trio.fail_after(60), pytest.raises(wsclient.ConnectionLostError):
+        async with wsclient.connect(URL, open_stream=silent, connect_timeout=3) as client:
+            await client.wait_open()
+    assert trio.current_time() - start == pytest.approx(3)
+
+
+async def test_connect_timeout_bounds_only_the_first_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as harness:
+        cutter = Cutter(harness)
+        async with client_for(harness, cutter, connect_timeout=2, backoff_cap=1) as client:
+            cutter.refuse = 20  # about 10 s of failed reconnects: longer than connect_timeout
+            await cutter.cut()
+            with trio.fail_after(60):
+                await client.state.wait_value(
+                    lambda state: state is wsclient.ClientState.OPEN and client.connects == 2
+                )
+            assert cutter.attempts == 22
+
+
+async def test_every_failure_of_a_connection_is_logged_not_only_the_first(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from triows import _client
+
+    async def two_failures(nursery: trio.Nursery, stream: object, **options: object) -> None:
+        async def fail(exc: Exception) -> None:
+            raise exc
+
+        nursery.start_soon(fail, ValueError("the first failure"))
+        nursery.start_soon(fail, LookupError("the second failure"))
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(_client, "open_client", two_failures)
+    async with open_test_server() as harness:
+        async with wsclient.connect(URL, open_stream=harness.listener.connect, max_attempts=0):
+            await trio.sleep(1)
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "the first failure" in logged
+    assert "the second failure" in logged
+
+
+async def test_a_close_during_a_failure_is_not_turned_into_a_reconnect(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection's task group ends with the close's ``Cancelled`` and a failure at once:
+    the ``Cancelled`` is not dropped, so the closed client does not go on reconnecting."""
+    from triows import _client
+
+    clients: list[wsclient.Client] = []
+
+    async def fails_as_it_closes(nursery: trio.Nursery, stream: object, **options: object) -> None:
+        async def fail() -> None:
+            await trio.sleep(1)
+            clients[0]._close("closed by the application")
+            raise OSError("the link broke as it closed")
+
+        nursery.start_soon(fail)
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(_client, "open_client", fails_as_it_closes)
+    async with open_test_server() as harness:
+        async with wsclient.connect(URL, open_stream=harness.listener.connect) as client:
+            clients.append(client)
+            await trio.sleep(5)
+            assert client.state.value is wsclient.ClientState.CLOSED
