@@ -68,9 +68,15 @@ async def stalled_feed(a: TestServer, b: TestServer, staller: TestClient, channe
     return seq
 
 
-async def test_a_node_behind_the_client_catches_up_before_answering(redis_url: str) -> None:
+async def test_a_node_behind_the_client_catches_up_before_answering(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """B waits (bounded) for its feed to reach the client's ``since``, then answers
     ``recovered``: the client gets exactly what follows, with no duplicate on the wire."""
+    from triows import _redis_broker
+
+    # The wait is bounded by redis_timeout (2 s here): room for a busy test machine.
+    monkeypatch.setattr(_redis_broker, "RESUME_LAG_WAIT", 5.0)
     channel = channel_name("lag")
     async with lagging_pair(redis_url, channel) as (a, b):
         async with a.connect() as seen_on_a:
@@ -175,9 +181,12 @@ async def test_a_client_moving_to_a_node_behind_it_sees_every_message_once(
             async with wsclient.connect(
                 "ws://cluster.test/", open_stream=mover.open, backoff_base=0.01
             ) as client:
+                with trio.fail_after(10):
+                    await client.wait_open()
                 subscription = await client.subscribe(channel)
                 last = await stalled_feed(a, b, staller, channel)
-                events: list[Any] = [await subscription.__anext__() for _ in range(last)]
+                with trio.fail_after(10):
+                    events: list[Any] = [await subscription.__anext__() for _ in range(last)]
                 await mover.move_to(b)
                 with trio.fail_after(10):
                     await client.state.wait_value(
