@@ -44,7 +44,7 @@ test("the clients of a server that went away come back spread out, not at once",
   const before = FakeSocket.made.length;
   for (const ws of clients) ws.gone(1001, "Server shutting down");
   const at = [];
-  for (let step = 0; step < 100 && FakeSocket.made.length < before + 20; step++) {
+  for (let step = 0; step < 150 && FakeSocket.made.length < before + 20; step++) {
     const count = FakeSocket.made.length;
     await advance(0.01);
     for (let n = count; n < FakeSocket.made.length; n++) at.push(step);

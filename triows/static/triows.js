@@ -694,7 +694,8 @@ export class TriowsClient {
     conn.pending = Math.max(0, conn.pending - 1);
     if (frame.type === "subscribed") {
       this._onSubscribed(frame);
-      conn.retries = 0;
+      // Slowly out of a rate limit: the wait learnt stays a while, the window grows back.
+      conn.retries = Math.max(0, conn.retries - 1);
       conn.window = Math.min(this.options.resubscribeWindow, conn.window * 2);
     } else if (frame.code === RATE_LIMITED) {
       // Over the server's subscribe rate: again on this connection, one at a time, after a
