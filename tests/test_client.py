@@ -28,6 +28,7 @@ class Cutter:
         self.refuse = 0  # refuse this many next connection attempts
         self.attempts = 0
         self.eat_next_ack = False  # cut the link instead of delivering the next ack
+        self.mute_after_welcome = False  # the next connection hears nothing after its welcome
 
     async def open(self) -> trio.abc.Stream:
         self.attempts += 1
@@ -50,6 +51,19 @@ class Cutter:
             return write_some(data)
 
         pipe.write_some = maybe_eat  # type: ignore[method-assign]
+        if self.mute_after_welcome:
+            self.mute_after_welcome = False
+
+            welcomed = False
+
+            def until_welcome(data: bytes | memoryview) -> int:
+                nonlocal welcomed
+                if welcomed:
+                    return len(data)  # lost on the way
+                welcomed = b'"type":"welcome"' in bytes(data)
+                return write_some(data)
+
+            pipe.write_some = until_welcome  # type: ignore[method-assign]
         return stream
 
     def freeze(self) -> None:
@@ -577,3 +591,55 @@ async def test_a_close_during_a_failure_is_not_turned_into_a_reconnect(
             clients.append(client)
             await trio.sleep(5)
             assert client.state.value is wsclient.ClientState.CLOSED
+
+
+async def test_resubscribing_against_a_subscribe_rate_limit_converges_on_one_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``subscribe_rate=1``: a connection may subscribe 2 channels at once, then one a second.
+    Six channels resubscribed at connect get 429s: they are sent again on the same connection
+    after a random wait, a window at a time. Reconnecting instead would meet a fresh bucket of
+    two each time, and never get all six."""
+    channels = [f"ch{n}" for n in range(6)]
+    async with open_test_server(subscribe_rate=1) as harness:
+        cutter = Cutter(harness)
+        async with wsclient.connect(
+            URL, open_stream=cutter.open, backoff_base=0.5, backoff_cap=5
+        ) as client:
+            subscriptions = [await client.subscribe(channel) for channel in channels]  # offline
+            with trio.fail_after(60):
+                await client.wait_open()
+            for _ in range(600):  # a minute, virtual
+                if harness.server.statistics().subscriptions == len(channels):
+                    break
+                await trio.sleep(0.1)
+            for channel in channels:
+                await harness.server.publish(channel, channel)
+            with trio.fail_after(5):
+                got = [await s.__anext__() for s in subscriptions]
+            assert [event.data for event in got] == channels  # type: ignore[union-attr]
+            assert client.connects == 1
+            assert cutter.attempts == 1
+
+
+async def test_resubscribes_go_out_a_window_at_a_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After a reconnect, 40 channels are resubscribed 16 at a time: with the server's
+    replies held back, the server receives 16 subscribes, not 40."""
+    from triows import _client
+
+    async with open_test_server(subscribe_rate=0) as harness:
+        cutter = Cutter(harness)
+        async with client_for(harness, cutter, ping_min=1000, ping_max=1000) as client:
+            for n in range(40):
+                await client.subscribe(f"ch{n}")
+            cutter.mute_after_welcome = True
+            await cutter.cut()
+            with trio.fail_after(30):
+                await client.state.wait_value(
+                    lambda state: state is wsclient.ClientState.OPEN and client.connects == 2
+                )
+            await trio.sleep(5)
+            newest = min(harness.server.connection_statistics(), key=lambda s: s.connected_for)
+            assert newest.frames_in == _client.RESUBSCRIBE_WINDOW == 16

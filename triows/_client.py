@@ -25,7 +25,7 @@ import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlencode, urlsplit
 
 import attrs
@@ -59,11 +59,44 @@ RESUBSCRIBE = "resubscribe:"
 PERMANENT_REJECTIONS = frozenset({400, 401, 403, 404})
 #: Error codes that mean "not now" (e.g. 503 while the server's Redis is away): a resubscribe
 #: refused with one is tried again by reconnecting, with growing backoff.
-TRANSIENT_ERRORS = frozenset({429, 500, 503})
+TRANSIENT_ERRORS = frozenset({500, 503})
+#: A resubscribe over the server's subscribe rate: sent again on the same connection after a
+#: random wait (a new connection would meet the same limit, and never get them all).
+RATE_LIMITED = 429
+#: Resubscribes awaiting their reply at once after a reconnect (as in triows.js).
+RESUBSCRIBE_WINDOW = 16
 
 
 class _ResubscribeRefusedForNow(Exception):
     pass
+
+
+@attrs.define(eq=False)
+class _Resubscribes:
+    """One connection's resubscribes: sent a window at a time; after a 429 one at a time,
+    after a wait that grows with each refusal (and shrinks again with each success)."""
+
+    queue: deque[str]
+    window: int = RESUBSCRIBE_WINDOW
+    pending: int = 0
+    retries: int = 0
+    #: Seconds to wait before sending more (after a refusal).
+    wait: float = 0.0
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def answered(self) -> None:
+        self.pending = max(0, self.pending - 1)
+        self.retries = max(0, self.retries - 1)
+        self.window = min(RESUBSCRIBE_WINDOW, self.window * 2)
+        self.changed.set()
+
+    def rate_limited(self, channel: str, delay: float) -> None:
+        self.pending = max(0, self.pending - 1)
+        self.queue.append(channel)
+        self.window = 1
+        self.retries += 1
+        self.wait = max(self.wait, delay)
+        self.changed.set()
 
 
 class ClientState(enum.StrEnum):
@@ -230,6 +263,7 @@ class Client:
         self._id_prefix = secrets.token_hex(6)
         self._ws: Any = None
         self._wake_sender = trio.Event()
+        self._resubscribing: _Resubscribes | None = None
         self._closed_reason: str | None = None
         self._closed_error: type[ClientError] = ClientClosedError
         self._saying_goodbye = False
@@ -502,10 +536,10 @@ class Client:
                 self._unsent.extendleft(reversed(self._inflight.values()))
                 self._inflight.clear()
                 # Open first: a subscribe() from now on sends its own request; the ones
-                # made before are resubscribed here, from where their cursors stand.
+                # made before are resubscribed, from where their cursors stand.
                 self.state.value = ClientState.OPEN
-                for channel in list(self._subscriptions):
-                    await ws.send_message(json.dumps(self._subscribe_frame(channel)))
+                self._resubscribing = _Resubscribes(deque(self._subscriptions))
+                nursery.start_soon(self._resubscribe, ws, self._resubscribing)
                 nursery.start_soon(self._send_publishes, ws)
                 nursery.start_soon(self._heartbeat, ws)
                 await self._read(ws)  # returns when the connection ends
@@ -516,6 +550,7 @@ class Client:
             if self.state.value is ClientState.OPEN:
                 self.state.value = ClientState.RECONNECTING
             self._ws = None
+            self._resubscribing = None
             for waiter in self._subscribed.values():
                 waiter.set()
             # A cancelled trio-websocket connection leaves its socket open: close it here.
@@ -566,7 +601,10 @@ class Client:
                     item.done.set()
             elif kind == "subscribed":
                 self._dispatch(frame["channel"], self._tracker.on_subscribed(frame))
-                self._answer(frame)
+                if _is_resubscribe(frame.get("id")) and self._resubscribing is not None:
+                    self._resubscribing.answered()
+                else:
+                    self._answer(frame)
             elif kind == "error":
                 request_id = frame.get("id")
                 self._tracker.forget_ack(request_id)
@@ -574,8 +612,16 @@ class Client:
                 if item is not None:
                     item.error = RequestError(frame["code"], frame["message"])
                     item.done.set()
-                elif isinstance(request_id, str) and request_id.startswith(RESUBSCRIBE):
+                elif _is_resubscribe(request_id):
                     channel = request_id.removeprefix(RESUBSCRIBE)
+                    resubscribing = self._resubscribing
+                    if frame["code"] == RATE_LIMITED and resubscribing is not None:
+                        delay = full_jitter(resubscribing.retries, *self._backoff)
+                        log.info("resubscribing %s: rate-limited, again in %.1fs", channel, delay)
+                        resubscribing.rate_limited(channel, delay)
+                        continue
+                    if resubscribing is not None:
+                        resubscribing.answered()
                     if frame["code"] in TRANSIENT_ERRORS:
                         raise _ResubscribeRefusedForNow(
                             f"resubscribing {channel}: {frame['code']} {frame.get('message')}"
@@ -620,6 +666,23 @@ class Client:
                 log.debug("resumed %s: nothing missed", channel)
             else:
                 subscription._put(event)  # never waits: see Subscription
+
+    async def _resubscribe(self, ws: Any, state: _Resubscribes) -> None:
+        """Resubscribe what was followed, a window at a time (replies come through _read)."""
+        while True:
+            if state.wait:
+                wait, state.wait = state.wait, 0.0
+                await trio.sleep(wait)
+            while state.queue and state.pending < state.window:
+                channel = state.queue.popleft()
+                if channel in self._subscriptions:
+                    state.pending += 1
+                    await ws.send_message(json.dumps(self._subscribe_frame(channel)))
+            if not state.queue and not state.pending:
+                return
+            if not state.wait and (state.pending >= state.window or not state.queue):
+                state.changed = trio.Event()  # no checkpoint since the checks: no lost wakeup
+                await state.changed.wait()
 
     async def _send_publishes(self, ws: Any) -> None:
         while True:
@@ -739,6 +802,10 @@ class _Ending:
     refused_for_now: bool = False
     #: What went wrong, for the message when the first connection times out.
     failure: str | None = None
+
+
+def _is_resubscribe(request_id: object) -> TypeGuard[str]:
+    return isinstance(request_id, str) and request_id.startswith(RESUBSCRIBE)
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
