@@ -330,7 +330,10 @@ class Client:
                 await item.done.wait()
         finally:
             if not item.done.is_set() and item in self._unsent:
-                self._unsent.remove(item)  # never sent: it will not be
+                # Not sent on this connection: it will not be. (Sent on an earlier one, its
+                # ack can no longer come; a replay of it names an earlier client id of ours.)
+                self._unsent.remove(item)
+                self._tracker.forget_ack(item.id)
         if not item.done.is_set():
             raise PublishTimeoutError(f"no ack for publish {item.id} to {channel!r}")
         if item.error is not None:

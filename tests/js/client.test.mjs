@@ -338,3 +338,15 @@ test("handshakes that fail while the server is down or busy are retried", async 
     await c.close();
   }
 });
+
+test("a publish that times out before it is sent again leaves no expected ack behind", async (t) => {
+  useFakes(t);
+  const { c, ws } = await opened();
+  const outcome = c.publish("c", 1, { timeout: 5 }).then(() => "acked", (error) => error.message);
+  assert.equal(ws.of("publish").length, 1);
+  ws.gone(1006); // sent, no ack: queued again for the next connection
+  await advance(5.1);
+  assert.match(await outcome, /no ack/);
+  assert.equal(c._tracker.expected.size, 0);
+  assert.equal(c._unsent.length, 0);
+});

@@ -20,7 +20,7 @@ data in ``tests/vectors/tracking.json``, which this tracker and triows.js's both
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable
 from typing import Any
 
 import attrs
@@ -180,10 +180,6 @@ class Tracker:
         """The publish was refused (an error reply): no ack will come."""
         self._expected.pop(publish_id, None)
 
-    @property
-    def acks_expected(self) -> int:
-        return len(self._expected)
-
     def on_ack(self, publish_id: Hashable, seq: int) -> None:
         channel = self._expected.pop(publish_id, None)
         cursor = None if channel is None else self._cursors.get(channel)
@@ -320,11 +316,6 @@ class Backlog:
         self._held = Gap(
             channel=self.channel, first=first, last=last, reason=SUBSCRIPTION_BUFFER_FULL
         )
-
-
-def events_of(tracked: Iterable[Tracked]) -> Iterator[Message | Gap]:
-    """What triows.client hands a subscription: ``Recovered`` needs no action there."""
-    return (event for event in tracked if not isinstance(event, Recovered))
 
 
 class AdaptiveInterval:

@@ -369,9 +369,14 @@ export class TriowsClient {
     return new Promise((resolve, reject) => {
       const item = { id, channel, data, frame, resolve, reject, timer: 0 };
       item.timer = this._after(options.timeout ?? this.options.publishTimeout, () => {
-        // Never sent: it will not be. Sent: its ack is still expected (a late one still
-        // tells the tracker which seq is ours) and it is resent after a reconnect.
-        this._unsent = this._unsent.filter((other) => other !== item);
+        // Not sent on this connection: it will not be (sent on an earlier one, its ack can no
+        // longer come; a replay of it names an earlier client id of ours). Sent: its ack is
+        // still expected (a late one tells the tracker which seq is ours), and it is resent
+        // after a reconnect, as triows.client does.
+        if (this._unsent.includes(item)) {
+          this._unsent = this._unsent.filter((other) => other !== item);
+          this._tracker.forgetAck(id);
+        }
         reject(new TriowsError(`no ack for publish ${id} to ${channel}`));
       });
       this._unsent.push(item);
