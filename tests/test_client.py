@@ -643,3 +643,17 @@ async def test_resubscribes_go_out_a_window_at_a_time(
             await trio.sleep(5)
             newest = min(harness.server.connection_statistics(), key=lambda s: s.connected_for)
             assert newest.frames_in == _client.RESUBSCRIBE_WINDOW == 16
+
+
+async def test_the_error_of_the_block_keeps_its_own_context(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as harness:
+
+        async def failing_block() -> None:
+            async with client_for(harness):
+                raise KeyError("mine")
+
+        with pytest.raises(KeyError) as info:
+            await failing_block()
+        assert info.value.__context__ is None  # not the client's task group

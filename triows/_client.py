@@ -819,11 +819,18 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 
 
 def _raise_single(group: BaseExceptionGroup[Any]) -> None:
-    """Raise the one exception inside ``group`` (however nested) by itself; else the group."""
+    """Raise the one exception inside ``group`` (however nested) by itself, with its own
+    context (not the group as its context); else the group."""
     leaves = _leaves(group)
-    if len(leaves) == 1:
-        raise leaves[0]
-    raise group
+    if len(leaves) != 1:
+        raise group
+    exc = leaves[0]
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context
 
 
 def _describe(exc: BaseException) -> str:
