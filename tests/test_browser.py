@@ -308,6 +308,11 @@ def test_triows_js_reconnects_queues_and_acks() -> None:
     assert summary["finalState"] == "closed"
     assert summary["closedPublish"] == {"error": "client is closed"}
     assert summary["tokenCalls"] >= 2  # asked again for every connect
+    assert summary["refused"] == {
+        "error": "client is closed: the server refused the connection: HTTP 401"
+    }
+    assert summary["refusedErrors"] == [401]
+    assert summary["refusedConnects"] == 0
 
 
 def open_page(browser: Browser, url: str, **viewport: int) -> int:
