@@ -3,7 +3,7 @@
     .venv/bin/python -m triows &                 # in one terminal
     .venv/bin/python examples/python_subscriber.py ws://127.0.0.1:8080/ news
 
-(A reconnecting client with resume comes as ``triows.client``.)
+(A reconnecting client with resume comes as ``triows.client``.) Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ async def main(url: str, channel: str) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(
-        main,
-        sys.argv[1] if len(sys.argv) > 1 else "ws://127.0.0.1:8080/",
-        sys.argv[2] if len(sys.argv) > 2 else "news",
-    )
+    try:
+        trio.run(
+            main,
+            sys.argv[1] if len(sys.argv) > 1 else "ws://127.0.0.1:8080/",
+            sys.argv[2] if len(sys.argv) > 2 else "news",
+        )
+    except* KeyboardInterrupt:  # Ctrl-C stops it without a traceback
+        pass

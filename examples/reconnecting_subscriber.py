@@ -5,7 +5,8 @@
 
 Kill and restart the server, or cut the network: the subscriber reconnects with backoff,
 resumes from the server's history, and prints every message once and in order. What it
-cannot get (history expired, or a restarted server) it is told about as a gap.
+cannot get (history expired, or a restarted server) it is told about as a gap. Ctrl-C stops
+it.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ async def follow(url: str, channel: str, *, limit: int | None = None) -> list[ob
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    trio.run(
-        follow,
-        sys.argv[1] if len(sys.argv) > 1 else "ws://127.0.0.1:8080/",
-        sys.argv[2] if len(sys.argv) > 2 else "news",
-    )
+    logging.basicConfig(level=logging.INFO)  # the client's reconnects, as they happen
+    try:
+        trio.run(
+            follow,
+            sys.argv[1] if len(sys.argv) > 1 else "ws://127.0.0.1:8080/",
+            sys.argv[2] if len(sys.argv) > 2 else "news",
+        )
+    except* KeyboardInterrupt:  # Ctrl-C stops it without a traceback
+        pass

@@ -300,7 +300,7 @@ def test_triows_js_reconnects_queues_and_acks() -> None:
     assert summary["offline"] == {"value": 1}
     assert summary["afterRestart"] == 2
     assert summary["gaps"] == [
-        {"channel": "t", "first": None, "last": None, "reason": "epoch changed"}
+        {"type": "gap", "channel": "t", "first": None, "last": None, "reason": "epoch changed"}
     ]
     assert summary["full"] == {"error": "1 publishes already wait for the server"}
     assert summary["timedOut"]["error"].startswith("no ack for publish")
@@ -308,3 +308,256 @@ def test_triows_js_reconnects_queues_and_acks() -> None:
     assert summary["finalState"] == "closed"
     assert summary["closedPublish"] == {"error": "client is closed"}
     assert summary["tokenCalls"] >= 2  # asked again for every connect
+    assert summary["refused"] == {
+        "error": "client is closed: the server refused the connection: HTTP 401"
+    }
+    assert summary["refusedErrors"] == [401]
+    assert summary["refusedConnects"] == 0
+
+
+def open_page(browser: Browser, url: str, **viewport: int) -> int:
+    page: int = browser(cmd="page", url=url, **viewport)["page"]
+    return page
+
+
+def wait_for(browser: Browser, page: int, expression: str, seconds: float = 20) -> None:
+    """Until ``expression`` is truthy in the page (a RuntimeError naming it if it never is)."""
+    browser(seconds + 30, cmd="waitfor", page=page, js=expression, ms=int(seconds * 1000))
+
+
+def evaluate(browser: Browser, page: int, js: str, arg: Any = None) -> Any:
+    return browser(cmd="eval", page=page, js=js, arg=arg).get("value")
+
+
+def test_the_demo_fits_a_phone(browser: Browser) -> None:
+    """At 390 px nothing spills sideways: the header wraps, the member list goes below the
+    messages, and the send button is on the screen."""
+    server = Server(free_port(), [])
+    server.start()
+    try:
+        page = open_page(
+            browser, f"http://127.0.0.1:{server.port}/demo?name=phone", width=390, height=844
+        )
+        wait_for(browser, page, "document.getElementById('state').textContent === 'open'")
+        layout = evaluate(
+            browser,
+            page,
+            """() => {
+              const box = (el) => el.getBoundingClientRect();
+              const send = box(document.getElementById("send"));
+              const header = document.querySelector("header");
+              return {
+                width: document.documentElement.scrollWidth,
+                viewport: [innerWidth, innerHeight],
+                send: [send.left, send.right, send.top, send.bottom],
+                headerSpills: header.scrollWidth > header.clientWidth,
+                asideRight: box(document.querySelector("aside")).right,
+                textWidth: box(document.getElementById("text")).width,
+              };
+            }""",
+        )
+        width, height = layout["viewport"]
+        assert width == 390
+        assert layout["width"] <= width, layout
+        assert not layout["headerSpills"], layout
+        assert layout["asideRight"] <= width, layout
+        left, right, top, bottom = layout["send"]
+        assert left >= 0, layout
+        assert right <= width, layout
+        assert top >= 0, layout
+        assert bottom <= height, layout
+        assert layout["textWidth"] >= 150, layout  # room to type
+        OUTPUT.mkdir(exist_ok=True)
+        browser(cmd="screenshot", page=page, path=str(OUTPUT / "demo-phone.png"))
+    finally:
+        server.stop()
+
+
+def test_a_bad_token_stops_the_demo_and_says_why(browser: Browser) -> None:
+    """401 at the handshake: the page says so and stops ("closed", not "reconnecting" for
+    ever); what was typed meanwhile shows as not sent instead of vanishing."""
+    from .conftest import SECRET
+
+    server = Server(free_port(), ["--jwt-secret", SECRET])
+    server.start()
+    try:
+        page = open_page(browser, f"http://127.0.0.1:{server.port}/demo?token=bad&name=eve")
+        evaluate(
+            browser,
+            page,
+            """() => {
+              document.getElementById("text").value = "typed before it gave up";
+              document.getElementById("send").click();
+            }""",
+        )
+        wait_for(browser, page, "document.getElementById('state').textContent === 'closed'")
+        wait_for(browser, page, "document.querySelector('#messages .failed') !== null")
+        shown = evaluate(
+            browser,
+            page,
+            """() => ({
+              error: document.getElementById("error").textContent,
+              failed: document.querySelector("#messages .failed").textContent,
+              pending: document.querySelectorAll("#messages .pending").length,
+              connects: window.triows.connects,
+            })""",
+        )
+        assert "refused" in shown["error"], shown
+        assert "typed before it gave up" in shown["failed"], shown
+        assert "not sent" in shown["failed"], shown
+        assert shown["pending"] == 0, shown
+        assert shown["connects"] == 0, shown
+    finally:
+        server.stop()
+
+
+def test_an_invalid_channel_name_in_the_demo_is_shown_not_thrown(browser: Browser) -> None:
+    server = Server(free_port(), [])
+    server.start()
+    try:
+        page = open_page(browser, f"http://127.0.0.1:{server.port}/demo?name=ann")
+        wait_for(browser, page, "document.getElementById('state').textContent === 'open'")
+        evaluate(
+            browser,
+            page,
+            """() => {
+              document.getElementById("channel").value = "no spaces allowed!";
+              document.getElementById("join").click();
+            }""",
+        )
+        wait_for(browser, page, "document.getElementById('error').textContent !== ''")
+        error = evaluate(browser, page, "() => document.getElementById('error').textContent")
+        assert "cannot join no spaces allowed!" in error, error
+        assert "400" in error or "may only contain" in error, error
+        # No unhandled rejection (the fixture fails on any page error), and joining a valid
+        # channel still works.
+        evaluate(
+            browser,
+            page,
+            """() => {
+              document.getElementById("channel").value = "chat.fine";
+              document.getElementById("join").click();
+            }""",
+        )
+        wait_for(browser, page, "document.getElementById('error').textContent === ''")
+    finally:
+        server.stop()
+
+
+RATE_LIMITED_CLIENT = """async ({ channels }) => {
+  const { connect } = await import("/triows.js");
+  const state = { sockets: 0, subscribes: 0, resumed: [], messages: [] };
+  class Counting extends WebSocket {
+    constructor(url) {
+      super(url);
+      state.sockets += 1;
+    }
+    send(data) {
+      if (JSON.parse(data).type === "subscribe") state.subscribes += 1;
+      super.send(data);
+    }
+  }
+  const client = connect(`ws://${location.host}/`, { WebSocket: Counting, backoffBase: 0.2 });
+  // After the cut each channel is resumed: recovered, or (in process, the channel was
+  // forgotten with its last member) a new epoch.
+  client.on("recovered", (r) => state.resumed.push(r.channel));
+  client.on("gap", (g) => state.resumed.push(g.channel));
+  client.on("message", (m) => state.messages.push(m.channel));
+  for (const channel of channels) client.subscribe(channel); // made on connect, rate-limited
+  window.limited = { client, state };
+  await client.waitOpen();
+  return true;
+}"""
+
+
+def test_resubscribing_against_a_subscribe_rate_limit_converges(browser: Browser) -> None:
+    """``--subscribe-rate 1``: a new connection may subscribe 2 channels at once, then one a
+    second. A client following 4 resubscribes them on its connection, in windows, with
+    backoff: two connections in all (the first and one after a cut), every channel followed,
+    instead of a reconnect storm."""
+    channels = ["rl.a", "rl.b", "rl.c", "rl.d"]
+    server = Server(free_port(), ["--subscribe-rate", "1"])
+    server.start()
+    try:
+        page = open_page(browser, f"http://127.0.0.1:{server.port}/demo?name=rl")
+        evaluate(browser, page, RATE_LIMITED_CLIENT, {"channels": channels})
+        all_followed = (
+            f"{json.dumps(channels)}.every("
+            "(c) => window.limited.client._tracker.resumeFrom(c) !== null)"
+        )
+        wait_for(browser, page, all_followed, seconds=30)
+        evaluate(browser, page, "() => window.limited.client._ws.close(4000, 'cut')")
+        wait_for(
+            browser,
+            page,
+            f"new Set(window.limited.state.resumed).size === {len(channels)}",
+            seconds=30,
+        )
+        deadline = time.monotonic() + 20
+        for n, channel in enumerate(channels):
+            publish(server.port, channel, f"to {channel}", f"rl-{n}", deadline)
+        wait_for(browser, page, f"window.limited.state.messages.length === {len(channels)}")
+        state = evaluate(
+            browser,
+            page,
+            "() => ({ ...window.limited.state, connects: window.limited.client.connects })",
+        )
+        assert sorted(state["messages"]) == channels
+        assert state["connects"] == 2, state
+        assert state["sockets"] == 2, state
+        # The limit was met (refused subscribes were sent again), and it was not a storm (the
+        # old client sent thousands in as many connections, and never got all four).
+        assert 2 * len(channels) < state["subscribes"] < 10 * len(channels), state
+    finally:
+        server.stop()
+
+
+STORM_CLIENTS = """async ({ count, base }) => {
+  const { connect } = await import("/triows.js");
+  window.storm = [];
+  for (let n = 0; n < count; n++) {
+    const record = { made: [], closed: [] };
+    class Recording extends WebSocket {
+      constructor(url) {
+        super(url);
+        record.made.push(performance.now());
+        this.addEventListener("close", () => record.closed.push(performance.now()));
+      }
+    }
+    record.client = connect(`ws://${location.host}/`, { WebSocket: Recording, backoffBase: base });
+    window.storm.push(record);
+  }
+  await Promise.all(window.storm.map((r) => r.client.waitOpen()));
+  return true;
+}"""
+
+STORM_DELAYS = """() => window.storm.map(({ made, closed }) => {
+  const next = made.find((t) => t > closed[0]);
+  return (next - closed[0]) / 1000;
+})"""
+
+
+def test_twenty_clients_come_back_spread_out_after_a_restart(browser: Browser) -> None:
+    """The server shuts down (1001 to everyone) and starts again: 20 clients reconnect after
+    random waits in [0, backoffBase], not all in the same instant. The property is the
+    spread of each client's own wait from its close to its next attempt: with 20 draws it
+    is under 0.3 s only by a one-in-a-billion chance; the old client's were all 0."""
+    server = Server(free_port(), [])
+    server.start()
+    try:
+        page = open_page(browser, f"http://127.0.0.1:{server.port}/demo?name=storm")
+        evaluate(browser, page, STORM_CLIENTS, {"count": 20, "base": 1.0})
+        server.stop()  # SIGTERM: a graceful shutdown, 1001 to every client
+        server.start()
+        wait_for(
+            browser,
+            page,
+            "window.storm.every((r) => r.client.connects === 2 && r.client.state === 'open')",
+            seconds=40,
+        )
+        delays = evaluate(browser, page, STORM_DELAYS)
+        assert len(delays) == 20
+        assert all(0 <= d <= 1.5 for d in delays), delays
+        assert max(delays) - min(delays) >= 0.3, sorted(delays)
+    finally:
+        server.stop()

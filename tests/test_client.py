@@ -28,6 +28,7 @@ class Cutter:
         self.refuse = 0  # refuse this many next connection attempts
         self.attempts = 0
         self.eat_next_ack = False  # cut the link instead of delivering the next ack
+        self.mute_after_welcome = False  # the next connection hears nothing after its welcome
 
     async def open(self) -> trio.abc.Stream:
         self.attempts += 1
@@ -50,6 +51,19 @@ class Cutter:
             return write_some(data)
 
         pipe.write_some = maybe_eat  # type: ignore[method-assign]
+        if self.mute_after_welcome:
+            self.mute_after_welcome = False
+
+            welcomed = False
+
+            def until_welcome(data: bytes | memoryview) -> int:
+                nonlocal welcomed
+                if welcomed:
+                    return len(data)  # lost on the way
+                welcomed = b'"type":"welcome"' in bytes(data)
+                return write_some(data)
+
+            pipe.write_some = until_welcome  # type: ignore[method-assign]
         return stream
 
     def freeze(self) -> None:
@@ -456,3 +470,190 @@ async def test_requests_while_the_connection_drops_raise_client_errors_or_wait(
             assert isinstance(event, wsclient.Message)
             with pytest.raises(wsclient.ClientError):
                 raise wsclient.ConnectionLostError("a ClientError")
+
+
+async def test_a_refused_token_raises_client_closed_error_itself_from_the_block(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``except ClientClosedError:`` around ``async with connect(...)`` catches it: it is not
+    wrapped in an ExceptionGroup by the client's nursery."""
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        with pytest.raises(wsclient.ClientClosedError, match="HTTP 401"):
+            async with wsclient.connect(
+                URL, token="bad", open_stream=harness.listener.connect
+            ) as client:
+                await client.wait_open()
+
+
+async def test_an_error_of_the_block_comes_out_as_it_is(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as harness:
+        with pytest.raises(KeyError, match="mine"):
+            async with client_for(harness):
+                raise KeyError("mine")
+
+
+async def test_no_first_connection_within_connect_timeout_is_connection_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With no server, ``wait_open()`` does not hang: after ``connect_timeout`` (attempts and
+    backoff included) the client stops and says why."""
+    async with open_test_server() as harness:
+        cutter = Cutter(harness)
+        cutter.refuse = 1000
+        start = trio.current_time()
+        with trio.fail_after(60), pytest.raises(wsclient.ConnectionLostError) as info:
+            async with wsclient.connect(URL, open_stream=cutter.open, connect_timeout=5) as c:
+                await c.wait_open()
+        assert trio.current_time() - start == pytest.approx(5)
+        assert "within 5s" in str(info.value)
+        assert "refused by the test" in str(info.value)  # the last attempt's failure
+        assert c.state.value is wsclient.ClientState.CLOSED
+        with pytest.raises(wsclient.ConnectionLostError):
+            await c.publish("c", 1)
+
+
+async def test_a_first_connection_that_hangs_is_bounded_by_connect_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def silent() -> trio.abc.Stream:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    start = trio.current_time()
+    with trio.fail_after(60), pytest.raises(wsclient.ConnectionLostError):
+        async with wsclient.connect(URL, open_stream=silent, connect_timeout=3) as client:
+            await client.wait_open()
+    assert trio.current_time() - start == pytest.approx(3)
+
+
+async def test_connect_timeout_bounds_only_the_first_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as harness:
+        cutter = Cutter(harness)
+        async with client_for(harness, cutter, connect_timeout=2, backoff_cap=1) as client:
+            cutter.refuse = 20  # about 10 s of failed reconnects: longer than connect_timeout
+            await cutter.cut()
+            with trio.fail_after(60):
+                await client.state.wait_value(
+                    lambda state: state is wsclient.ClientState.OPEN and client.connects == 2
+                )
+            assert cutter.attempts == 22
+
+
+async def test_every_failure_of_a_connection_is_logged_not_only_the_first(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from triows import _client
+
+    async def two_failures(nursery: trio.Nursery, stream: object, **options: object) -> None:
+        async def fail(exc: Exception) -> None:
+            raise exc
+
+        nursery.start_soon(fail, ValueError("the first failure"))
+        nursery.start_soon(fail, LookupError("the second failure"))
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(_client, "open_client", two_failures)
+    async with open_test_server() as harness:
+        async with wsclient.connect(URL, open_stream=harness.listener.connect, max_attempts=0):
+            await trio.sleep(1)
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "the first failure" in logged
+    assert "the second failure" in logged
+
+
+async def test_a_close_during_a_failure_is_not_turned_into_a_reconnect(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection's task group ends with the close's ``Cancelled`` and a failure at once:
+    the ``Cancelled`` is not dropped, so the closed client does not go on reconnecting."""
+    from triows import _client
+
+    clients: list[wsclient.Client] = []
+
+    async def fails_as_it_closes(nursery: trio.Nursery, stream: object, **options: object) -> None:
+        async def fail() -> None:
+            await trio.sleep(1)
+            clients[0]._close("closed by the application")
+            raise OSError("the link broke as it closed")
+
+        nursery.start_soon(fail)
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(_client, "open_client", fails_as_it_closes)
+    async with open_test_server() as harness:
+        async with wsclient.connect(URL, open_stream=harness.listener.connect) as client:
+            clients.append(client)
+            await trio.sleep(5)
+            assert client.state.value is wsclient.ClientState.CLOSED
+
+
+async def test_resubscribing_against_a_subscribe_rate_limit_converges_on_one_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``subscribe_rate=1``: a connection may subscribe 2 channels at once, then one a second.
+    Six channels resubscribed at connect get 429s: they are sent again on the same connection
+    after a random wait, a window at a time. Reconnecting instead would meet a fresh bucket of
+    two each time, and never get all six."""
+    channels = [f"ch{n}" for n in range(6)]
+    async with open_test_server(subscribe_rate=1) as harness:
+        cutter = Cutter(harness)
+        async with wsclient.connect(
+            URL, open_stream=cutter.open, backoff_base=0.5, backoff_cap=5
+        ) as client:
+            subscriptions = [await client.subscribe(channel) for channel in channels]  # offline
+            with trio.fail_after(60):
+                await client.wait_open()
+            for _ in range(600):  # a minute, virtual
+                if harness.server.statistics().subscriptions == len(channels):
+                    break
+                await trio.sleep(0.1)
+            for channel in channels:
+                await harness.server.publish(channel, channel)
+            with trio.fail_after(5):
+                got = [await s.__anext__() for s in subscriptions]
+            assert [event.data for event in got] == channels  # type: ignore[union-attr]
+            assert client.connects == 1
+            assert cutter.attempts == 1
+
+
+async def test_resubscribes_go_out_a_window_at_a_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After a reconnect, 40 channels are resubscribed 16 at a time: with the server's
+    replies held back, the server receives 16 subscribes, not 40."""
+    from triows import _client
+
+    async with open_test_server(subscribe_rate=0) as harness:
+        cutter = Cutter(harness)
+        async with client_for(harness, cutter, ping_min=1000, ping_max=1000) as client:
+            for n in range(40):
+                await client.subscribe(f"ch{n}")
+            cutter.mute_after_welcome = True
+            await cutter.cut()
+            with trio.fail_after(30):
+                await client.state.wait_value(
+                    lambda state: state is wsclient.ClientState.OPEN and client.connects == 2
+                )
+            await trio.sleep(5)
+            newest = min(harness.server.connection_statistics(), key=lambda s: s.connected_for)
+            assert newest.frames_in == _client.RESUBSCRIBE_WINDOW == 16
+
+
+async def test_the_error_of_the_block_keeps_its_own_context(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as harness:
+
+        async def failing_block() -> None:
+            async with client_for(harness):
+                raise KeyError("mine")
+
+        with pytest.raises(KeyError) as info:
+            await failing_block()
+        assert info.value.__context__ is None  # not the client's task group

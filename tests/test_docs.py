@@ -23,6 +23,7 @@ import textwrap
 import time
 import types
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -61,14 +62,11 @@ def test_python_snippets_compile(page: str, code: str) -> None:
 
 
 def test_the_test_snippets_pass(tmp_path: Path) -> None:
-    """Test snippets of one page run together (later ones use the earlier ones' imports)."""
-    by_page: dict[str, list[str]] = {}
-    for page, code in PYTHON:
-        if "def test_" in code:
-            by_page.setdefault(page, []).append(code)
-    assert by_page, "docs/testing.md has test snippets"
-    for page, codes in by_page.items():
-        (tmp_path / f"test_{Path(page).stem}.py").write_text("\n\n".join(codes))
+    """Each test snippet runs on its own, as a reader pastes it: with its own imports."""
+    snippets = [(page, code) for page, code in PYTHON if "def test_" in code]
+    assert len(snippets) >= 2, "docs/testing.md has test snippets"
+    for n, (page, code) in enumerate(snippets):
+        (tmp_path / f"test_{Path(page).stem}_{n}.py").write_text(code)
     (tmp_path / "pytest.ini").write_text("[pytest]\ntrio_mode = true\n")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
@@ -80,13 +78,17 @@ def test_the_test_snippets_pass(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.fixture
-def server_port() -> Iterator[int]:
-    """``python -m triows`` with the publish API on, for programs and curl."""
+#: The JWT secret of the server that programs with a ``token=`` run against (client.md reads
+#: it from the environment, as ``python -m triows`` does).
+JWT_SECRET = "docs-test-jwt-secret-0123456789abcdef"
+
+
+@contextmanager
+def running_server(env: dict[str, str]) -> Iterator[int]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "triows", "--port", str(port), "--log-level", "warning"],
-        env={**os.environ, "TRIOWS_API_KEY": KEY},
+        env={**os.environ, **env},
     )
     try:
         wait_listening(port)
@@ -94,6 +96,20 @@ def server_port() -> Iterator[int]:
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@pytest.fixture
+def server_port() -> Iterator[int]:
+    """``python -m triows`` with the publish API on, for programs and curl."""
+    with running_server({"TRIOWS_API_KEY": KEY}) as port:
+        yield port
+
+
+@pytest.fixture
+def jwt_server_port() -> Iterator[int]:
+    """``python -m triows`` with token authentication on (``TRIOWS_JWT_SECRET``)."""
+    with running_server({"TRIOWS_JWT_SECRET": JWT_SECRET}) as port:
+        yield port
 
 
 def wait_listening(port: int) -> None:
@@ -114,11 +130,11 @@ def run_program(code: str, port: int, seconds: float) -> subprocess.CompletedPro
     subscriber) is stopped with SIGINT, which must not show a traceback of ours either."""
     code = code.replace("127.0.0.1:8080", f"127.0.0.1:{port}").replace("port=8080", f"port={port}")
     process = subprocess.Popen(
-        [sys.executable, "-c", "my_jwt = None\n" + code],
+        [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "TRIOWS_API_KEY": KEY},
+        env={**os.environ, "TRIOWS_API_KEY": KEY, "TRIOWS_JWT_SECRET": JWT_SECRET},
     )
     try:
         out, err = process.communicate(timeout=seconds)
@@ -132,12 +148,29 @@ PROGRAMS = [(p, c) for p, c in PYTHON if "trio.run(" in c and "triows.serve" not
 
 
 @pytest.mark.parametrize(("page", "code"), PROGRAMS, ids=ids(PROGRAMS))
-def test_client_programs_run(page: str, code: str, server_port: int) -> None:
-    result = run_program(code, server_port, seconds=5)
+def test_client_programs_run(page: str, code: str, request: pytest.FixtureRequest) -> None:
+    """Programs run as pasted (nothing defined for them); those that send a token against a
+    server with authentication on."""
+    port = request.getfixturevalue("jwt_server_port" if "token=" in code else "server_port")
+    result = run_program(code, port, seconds=5)
     assert "Traceback" not in result.stderr, result.stderr
     if "print(await client.publish" in code:
         assert result.returncode == 0
         assert result.stdout.strip() == "1"
+    if "token=my_jwt" in code:  # the minted token was accepted
+        assert "published as 1" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_refused_token_snippet_catches_client_closed_error(jwt_server_port: int) -> None:
+    """Exactly the snippet docs/client.md shows: ``except ClientClosedError`` around
+    ``async with connect(...)`` catches a 401, and nothing else reaches stderr."""
+    (code,) = [
+        c for p, c in PYTHON if p == "client.md" and "except wsclient.ClientClosedError" in c
+    ]
+    result = run_program(code, jwt_server_port, seconds=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "the server refused us: rejected with HTTP 401\n"
+    assert result.stderr == ""
 
 
 SERVERS = [(p, c) for p, c in PYTHON if "triows.serve" in c]

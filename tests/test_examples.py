@@ -129,3 +129,41 @@ async def test_embedded_app_logs_its_start_and_stops_cleanly_on_ctrl_c() -> None
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.real_socket
+@pytest.mark.parametrize("name", ["reconnecting_subscriber", "python_subscriber"])
+async def test_a_client_example_stops_on_ctrl_c_without_a_traceback(name: str) -> None:
+    import signal
+    import subprocess
+
+    import triows
+
+    async with trio.open_nursery() as nursery:
+        server: triows.Server = await nursery.start(triows.serve, triows.Config(port=0))
+        url = f"ws://127.0.0.1:{server.port}/"
+        process = await trio.lowlevel.open_process(
+            [sys.executable, str(EXAMPLES / f"{name}.py"), url, "news"],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            for _ in range(300):  # up to 15 s, until it subscribed: it is running
+                if server.statistics().subscriptions:
+                    break
+                await trio.sleep(0.05)
+            assert server.statistics().subscriptions == 1
+            process.send_signal(signal.SIGINT)
+            with trio.fail_after(20):
+                returncode = await process.wait()
+            assert process.stderr is not None
+            err = b""
+            while chunk := await process.stderr.receive_some():
+                err += chunk
+            assert "Traceback" not in err.decode(), err.decode()
+            assert returncode == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        await server.aclose()

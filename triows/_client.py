@@ -25,7 +25,7 @@ import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlencode, urlsplit
 
 import attrs
@@ -35,17 +35,21 @@ from trio_util import AsyncValue
 from ._core.backoff import full_jitter
 from ._core.tracking import (
     AdaptiveInterval,
+    Backlog,
     Event,
-    Gap,
     Join,
     Leave,
-    Message,
     Presence,
+    Recovered,
+    Tracked,
     Tracker,
 )
 from ._transport import ConnectionClosed, ConnectionRejected, open_client
 
 log = logging.getLogger("triows.client")
+# A library logs, the application decides what is shown: without logging configured nothing
+# reaches stderr (errors reach the caller as exceptions). logging.basicConfig() shows them.
+log.addHandler(logging.NullHandler())
 
 #: How long the client waits for the server's close frame when it closes.
 CLOSE_TIMEOUT = 1.0
@@ -53,15 +57,46 @@ CLOSE_TIMEOUT = 1.0
 RESUBSCRIBE = "resubscribe:"
 #: HTTP statuses that no retry can fix.
 PERMANENT_REJECTIONS = frozenset({400, 401, 403, 404})
-#: ``Gap.reason`` of messages a subscription skipped because the application fell behind.
-SUBSCRIPTION_BUFFER_FULL = "subscription buffer full"
 #: Error codes that mean "not now" (e.g. 503 while the server's Redis is away): a resubscribe
 #: refused with one is tried again by reconnecting, with growing backoff.
-TRANSIENT_ERRORS = frozenset({429, 500, 503})
+TRANSIENT_ERRORS = frozenset({500, 503})
+#: A resubscribe over the server's subscribe rate: sent again on the same connection after a
+#: random wait (a new connection would meet the same limit, and never get them all).
+RATE_LIMITED = 429
+#: Resubscribes awaiting their reply at once after a reconnect (as in triows.js).
+RESUBSCRIBE_WINDOW = 16
 
 
 class _ResubscribeRefusedForNow(Exception):
     pass
+
+
+@attrs.define(eq=False)
+class _Resubscribes:
+    """One connection's resubscribes: sent a window at a time; after a 429 one at a time,
+    after a wait that grows with each refusal (and shrinks again with each success)."""
+
+    queue: deque[str]
+    window: int = RESUBSCRIBE_WINDOW
+    pending: int = 0
+    retries: int = 0
+    #: Seconds to wait before sending more (after a refusal).
+    wait: float = 0.0
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def answered(self) -> None:
+        self.pending = max(0, self.pending - 1)
+        self.retries = max(0, self.retries - 1)
+        self.window = min(RESUBSCRIBE_WINDOW, self.window * 2)
+        self.changed.set()
+
+    def rate_limited(self, channel: str, delay: float) -> None:
+        self.pending = max(0, self.pending - 1)
+        self.queue.append(channel)
+        self.window = 1
+        self.retries += 1
+        self.wait = max(self.wait, delay)
+        self.changed.set()
 
 
 class ClientState(enum.StrEnum):
@@ -88,7 +123,8 @@ class OfflineQueueFullError(ClientError):
 
 
 class ConnectionLostError(ClientError):
-    """The connection ended before the server answered; the client is reconnecting."""
+    """The connection ended before the server answered (the client is reconnecting), or no
+    first connection could be made within ``connect_timeout`` (the client is closed)."""
 
 
 class RequestTimeoutError(ClientError, trio.TooSlowError):
@@ -128,14 +164,15 @@ class Subscription:
     def __init__(self, client: Client, channel: str, buffer: int) -> None:
         self.channel = channel
         self._client = client
-        self._capacity = buffer
-        self._events: deque[Event] = deque()
-        self._skipped: Gap | None = None
+        self._backlog = Backlog(channel, buffer)
         self._wakeup = trio.Event()
         self._ended = False
         self._error: ClientError | None = None  # why it ended, when the server ended it
-        #: Messages skipped because the buffer was full.
-        self.skipped = 0
+
+    @property
+    def skipped(self) -> int:
+        """Messages (and joins and leaves) skipped because the buffer was full."""
+        return self._backlog.skipped
 
     def __aiter__(self) -> Subscription:
         return self
@@ -143,11 +180,9 @@ class Subscription:
     async def __anext__(self) -> Event:
         await trio.lowlevel.checkpoint()
         while True:
-            if self._events:
-                return self._events.popleft()
-            if self._skipped is not None:
-                gap, self._skipped = self._skipped, None
-                return gap
+            event = self._backlog.take()
+            if event is not None:
+                return event
             if self._ended:
                 if self._error is not None:
                     raise self._error
@@ -160,42 +195,8 @@ class Subscription:
 
     def _put(self, event: Event) -> None:
         """From the client's reader: queue ``event`` without waiting, or skip it."""
-        if self._ended:
-            return
-        room = self._capacity - len(self._events)
-        if self._skipped is not None:
-            if room < 2:  # the gap and the event both need room
-                self._skip(event)
-                return
-            self._events.append(self._skipped)
-            self._skipped = None
-        elif room < 1:
-            self._skip(event)
-            return
-        self._events.append(event)
-        self._wakeup.set()
-
-    def _skip(self, event: Event) -> None:
-        first: int | None
-        last: int | None
-        if isinstance(event, Join | Leave):
-            # Not numbered, so no gap can say it: counted; ask presence() again to catch up.
-            self.skipped += 1
-            return
-        if isinstance(event, Message):
-            self.skipped += 1
-            first, last = event.seq, event.seq
-        else:
-            first, last = event.first, event.last
-        held = self._skipped
-        if held is not None:
-            if held.first is None or held.last is None or first is None or last is None:
-                first = last = None  # a range that is not known makes the whole one unknown
-            else:
-                first, last = min(held.first, first), max(held.last, last)
-        self._skipped = Gap(
-            channel=self.channel, first=first, last=last, reason=SUBSCRIPTION_BUFFER_FULL
-        )
+        if not self._ended and self._backlog.put(event):
+            self._wakeup.set()
 
     def _end(self, error: ClientError | None) -> None:
         self._ended = True
@@ -262,7 +263,9 @@ class Client:
         self._id_prefix = secrets.token_hex(6)
         self._ws: Any = None
         self._wake_sender = trio.Event()
+        self._resubscribing: _Resubscribes | None = None
         self._closed_reason: str | None = None
+        self._closed_error: type[ClientError] = ClientClosedError
         self._saying_goodbye = False
         self._scope = trio.CancelScope()
 
@@ -327,7 +330,10 @@ class Client:
                 await item.done.wait()
         finally:
             if not item.done.is_set() and item in self._unsent:
-                self._unsent.remove(item)  # never sent: it will not be
+                # Not sent on this connection: it will not be. (Sent on an earlier one, its
+                # ack can no longer come; a replay of it names an earlier client id of ours.)
+                self._unsent.remove(item)
+                self._tracker.forget_ack(item.id)
         if not item.done.is_set():
             raise PublishTimeoutError(f"no ack for publish {item.id} to {channel!r}")
         if item.error is not None:
@@ -370,7 +376,7 @@ class Client:
 
     def _check_open(self) -> None:
         if self._closed_reason is not None:
-            raise ClientClosedError(self._closed_reason)
+            raise self._closed_error(self._closed_reason)
 
     def _forget_subscription(self, channel: str, error: ClientError | None = None) -> bool:
         """Stop following ``channel``; with ``error``, its iteration raises it (after the
@@ -381,18 +387,20 @@ class Client:
             subscription._end(error)
         return subscription is not None
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, error: type[ClientError] = ClientClosedError) -> None:
+        """Stop for good; what is pending fails with ``error(reason)``."""
         if self._closed_reason is None:
             self._closed_reason = reason
+            self._closed_error = error
             self.state.value = ClientState.CLOSED
             for item in [*self._inflight.values(), *self._unsent]:
-                item.error = ClientClosedError(reason)
+                item.error = error(reason)
                 item.done.set()
             self._inflight.clear()
             self._unsent.clear()
-            error = None if reason == "closed by the application" else ClientClosedError(reason)
+            ended = None if reason == "closed by the application" else error(reason)
             for channel in list(self._subscriptions):
-                self._forget_subscription(channel, error)
+                self._forget_subscription(channel, ended)
         self._scope.cancel()
 
     async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
@@ -432,50 +440,86 @@ class Client:
     async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()
         attempt = 0
+        # The first connection is bounded as a whole (attempts and backoff): with no server, a
+        # program says so after connect_timeout instead of waiting for ever.
+        first_deadline = trio.current_time() + self._connect_timeout
+        last_failure = "no attempt finished"
         with self._scope:
             while True:
                 connects = self.connects
-                refused_for_now = False
-                try:
-                    await self._connect_once()
-                except ConnectionRejected as rejected:
-                    if rejected.status_code in PERMANENT_REJECTIONS:
-                        log.error("server refused the connection: HTTP %d", rejected.status_code)
-                        self._close(f"rejected with HTTP {rejected.status_code}")
-                        return
-                    log.warning("server refused the connection: HTTP %d", rejected.status_code)
-                except (
-                    OSError,
-                    trio.BrokenResourceError,
-                    trio.TooSlowError,
-                    ConnectionClosed,
-                ) as exc:
-                    log.info("connection lost: %s", _describe(exc))
-                except _ResubscribeRefusedForNow as exc:
-                    log.warning("%s; reconnecting later", exc)
-                    refused_for_now = True
-                except Exception:
-                    log.exception("connection failed unexpectedly; reconnecting")
-                if self.connects > connects and not refused_for_now:
+                deadline = trio.current_time() + self._connect_timeout
+                if not connects:
+                    deadline = min(deadline, first_deadline)
+                ending = await self._run_connection(deadline)
+                if ending.closed:
+                    return
+                last_failure = ending.failure or last_failure
+                if self.connects > connects and not ending.refused_for_now:
                     attempt = 0  # it got through: count failed attempts from here
+                if not self.connects and trio.current_time() >= first_deadline:
+                    self._close(
+                        f"no connection to {self.url} within {self._connect_timeout:g}s "
+                        f"(connect_timeout); the last attempt: {last_failure}",
+                        ConnectionLostError,
+                    )
+                    return
                 if self._max_attempts is not None and attempt >= self._max_attempts:
                     self._close(f"gave up after {attempt} reconnect attempts")
                     return
                 self.state.value = ClientState.RECONNECTING
-                await trio.sleep(full_jitter(attempt, *self._backoff))
+                delay = full_jitter(attempt, *self._backoff)
+                if not self.connects:
+                    delay = min(delay, first_deadline - trio.current_time())
+                await trio.sleep(delay)
                 attempt += 1
 
-    async def _connect_once(self) -> None:
+    async def _run_connection(self, deadline: float) -> _Ending:
+        """One attempt, and the connection's life if it gets through: how it ended.
+
+        Every failure of the connection's tasks is judged and logged, not only the first; a
+        ``Cancelled`` among them (the client is closing) goes on to its cancel scope.
+        """
+        ending = _Ending()
+        try:
+            await self._connect_once(deadline)
+        except* ConnectionRejected as group:
+            for rejected in _leaves(group):
+                assert isinstance(rejected, ConnectionRejected)
+                status = rejected.status_code
+                if status in PERMANENT_REJECTIONS:
+                    log.error("server refused the connection: HTTP %d", status)
+                    self._close(f"rejected with HTTP {status}")
+                    ending.closed = True
+                else:
+                    log.warning("server refused the connection: HTTP %d", status)
+                    ending.failure = f"refused with HTTP {status}"
+        except* (OSError, trio.BrokenResourceError, trio.TooSlowError, ConnectionClosed) as group:
+            for exc in _leaves(group):
+                log.info("connection lost: %s", _describe(exc))
+                ending.failure = _describe(exc)
+        except* _ResubscribeRefusedForNow as group:
+            for exc in _leaves(group):
+                log.warning("%s; reconnecting later", exc)
+            ending.refused_for_now = True
+        except* Exception as group:
+            log.error("connection failed unexpectedly; reconnecting", exc_info=group)
+            ending.failure = "; ".join(_describe(exc) for exc in _leaves(group))
+        return ending
+
+    async def _connect_once(self, deadline: float) -> None:
+        """Connect (by ``deadline``: the stream, the handshake and the welcome), then serve the
+        connection until it ends."""
         parts = self._parts
         path = parts.path or "/"
         query = parts.query
-        token = await self._current_token()
+        with trio.fail_at(deadline):
+            token = await self._current_token()
         if token is not None:
             query = "&".join(q for q in (query, urlencode({"token": token})) if q)
         stream: trio.abc.Stream | None = None
         try:
             async with trio.open_nursery() as nursery:
-                with trio.fail_after(self._connect_timeout):
+                with trio.fail_at(deadline):
                     stream = await self._open_stream()
                     ws = await open_client(
                         nursery,
@@ -495,26 +539,21 @@ class Client:
                 self._unsent.extendleft(reversed(self._inflight.values()))
                 self._inflight.clear()
                 # Open first: a subscribe() from now on sends its own request; the ones
-                # made before are resubscribed here, from where their cursors stand.
+                # made before are resubscribed, from where their cursors stand.
                 self.state.value = ClientState.OPEN
-                for channel in list(self._subscriptions):
-                    await ws.send_message(json.dumps(self._subscribe_frame(channel)))
+                self._resubscribing = _Resubscribes(deque(self._subscriptions))
+                nursery.start_soon(self._resubscribe, ws, self._resubscribing)
                 nursery.start_soon(self._send_publishes, ws)
                 nursery.start_soon(self._heartbeat, ws)
                 await self._read(ws)  # returns when the connection ends
                 nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # One connection's failure is one exception for _supervise to judge.
-            leaf: BaseException = group
-            while isinstance(leaf, BaseExceptionGroup):
-                leaf = leaf.exceptions[0]
-            raise leaf from None
         finally:
             # Not open any more, before the connection is gone: a request made from now on
             # sees "offline", never an open state without a connection.
             if self.state.value is ClientState.OPEN:
                 self.state.value = ClientState.RECONNECTING
             self._ws = None
+            self._resubscribing = None
             for waiter in self._subscribed.values():
                 waiter.set()
             # A cancelled trio-websocket connection leaves its socket open: close it here.
@@ -527,8 +566,7 @@ class Client:
             return source
         token = source()
         if inspect.isawaitable(token):
-            with trio.fail_after(self._connect_timeout):
-                token = await token
+            token = await token  # bounded by the caller's deadline
         return token
 
     def _subscribe_frame(self, channel: str) -> dict[str, Any]:
@@ -558,22 +596,35 @@ class Client:
             if kind == "message":
                 self._dispatch(frame["channel"], self._tracker.on_message(frame))
             elif kind == "ack":
+                # Also when the caller stopped waiting: the tracker still expects it.
+                self._tracker.on_ack(frame.get("id"), frame["seq"])
                 item = self._inflight.pop(frame.get("id"), None)
                 if item is not None:
-                    self._tracker.on_ack(item.channel, frame["seq"])
                     item.seq = frame["seq"]
                     item.done.set()
             elif kind == "subscribed":
                 self._dispatch(frame["channel"], self._tracker.on_subscribed(frame))
-                self._answer(frame)
+                if _is_resubscribe(frame.get("id")) and self._resubscribing is not None:
+                    self._resubscribing.answered()
+                else:
+                    self._answer(frame)
             elif kind == "error":
                 request_id = frame.get("id")
+                self._tracker.forget_ack(request_id)
                 item = self._inflight.pop(request_id, None)
                 if item is not None:
                     item.error = RequestError(frame["code"], frame["message"])
                     item.done.set()
-                elif isinstance(request_id, str) and request_id.startswith(RESUBSCRIBE):
+                elif _is_resubscribe(request_id):
                     channel = request_id.removeprefix(RESUBSCRIBE)
+                    resubscribing = self._resubscribing
+                    if frame["code"] == RATE_LIMITED and resubscribing is not None:
+                        delay = full_jitter(resubscribing.retries, *self._backoff)
+                        log.info("resubscribing %s: rate-limited, again in %.1fs", channel, delay)
+                        resubscribing.rate_limited(channel, delay)
+                        continue
+                    if resubscribing is not None:
+                        resubscribing.answered()
                     if frame["code"] in TRANSIENT_ERRORS:
                         raise _ResubscribeRefusedForNow(
                             f"resubscribing {channel}: {frame['code']} {frame.get('message')}"
@@ -609,18 +660,39 @@ class Client:
         waiter.set()
         return True
 
-    def _dispatch(self, channel: str, events: Sequence[Event]) -> None:
+    def _dispatch(self, channel: str, events: Sequence[Tracked | Join | Leave]) -> None:
         subscription = self._subscriptions.get(channel)
         if subscription is None:
             return
         for event in events:
-            subscription._put(event)  # never waits: see Subscription
+            if isinstance(event, Recovered):
+                log.debug("resumed %s: nothing missed", channel)
+            else:
+                subscription._put(event)  # never waits: see Subscription
+
+    async def _resubscribe(self, ws: Any, state: _Resubscribes) -> None:
+        """Resubscribe what was followed, a window at a time (replies come through _read)."""
+        while True:
+            if state.wait:
+                wait, state.wait = state.wait, 0.0
+                await trio.sleep(wait)
+            while state.queue and state.pending < state.window:
+                channel = state.queue.popleft()
+                if channel in self._subscriptions:
+                    state.pending += 1
+                    await ws.send_message(json.dumps(self._subscribe_frame(channel)))
+            if not state.queue and not state.pending:
+                return
+            if not state.wait and (state.pending >= state.window or not state.queue):
+                state.changed = trio.Event()  # no checkpoint since the checks: no lost wakeup
+                await state.changed.wait()
 
     async def _send_publishes(self, ws: Any) -> None:
         while True:
             while self._unsent:
                 item = self._unsent.popleft()
                 self._inflight[item.id] = item
+                self._tracker.expect_ack(item.id, item.channel)
                 await ws.send_message(item.frame)
             self._wake_sender = trio.Event()
             await self._wake_sender.wait()
@@ -680,14 +752,20 @@ async def connect(
         connect_timeout=connect_timeout,
         subscription_buffer=subscription_buffer,
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(client._supervise)
-        try:
-            yield client
-        finally:
-            with trio.CancelScope(shield=True):
-                await client.aclose()
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client._supervise)
+            try:
+                yield client
+            finally:
+                with trio.CancelScope(shield=True):
+                    await client.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery is ours, not the caller's: what the block raised (ClientClosedError
+        # after a 401, say) comes out as it is, as trio's own context managers do. More than
+        # one exception (Cancelled included) stays a group: nothing is dropped.
+        _raise_single(group)
 
 
 class Pool:
@@ -717,6 +795,42 @@ async def _open_many(url: str, size: int, options: dict[str, Any]) -> AsyncItera
         return
     async with connect(url, **options) as first, _open_many(url, size - 1, options) as rest:
         yield [first, *rest]
+
+
+@attrs.define
+class _Ending:
+    """How one connection attempt ended, for the supervisor."""
+
+    closed: bool = False
+    refused_for_now: bool = False
+    #: What went wrong, for the message when the first connection times out.
+    failure: str | None = None
+
+
+def _is_resubscribe(request_id: object) -> TypeGuard[str]:
+    return isinstance(request_id, str) and request_id.startswith(RESUBSCRIBE)
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
+
+
+def _raise_single(group: BaseExceptionGroup[Any]) -> None:
+    """Raise the one exception inside ``group`` (however nested) by itself, with its own
+    context (not the group as its context); else the group."""
+    leaves = _leaves(group)
+    if len(leaves) != 1:
+        raise group
+    exc = leaves[0]
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context
 
 
 def _describe(exc: BaseException) -> str:

@@ -59,6 +59,7 @@ from ._core.hub import (
     Hub,
     Resume,
     SubscriptionLimitError,
+    resume_ahead_of_feed,
     resume_from_history,
     resume_without_history,
 )
@@ -105,6 +106,9 @@ FILL_CHUNK = 1000
 
 #: What the feed does with one input (a message, a fill, a baseline): its actions.
 _Step = Callable[[], Sequence[Deliver | Fill | Restart]]
+#: Seconds (at most ``redis_timeout``) a resume from beyond this node's feed waits for the
+#: feed to get there before asking Redis.
+RESUME_LAG_WAIT = 0.5
 
 
 @attrs.define(eq=False)
@@ -130,6 +134,8 @@ class _Channel:
     hurry: trio.CancelScope | None = None
     #: Set when the channel stops waiting (a catch-up reads no more meanwhile).
     flowing: trio.Event | None = None
+    #: Set (and dropped) whenever the feed may have moved, while a resume waits for it.
+    moved: trio.Event | None = None
 
 
 @attrs.define(eq=False, slots=True)
@@ -564,9 +570,20 @@ class RedisBroker(Broker):
         """What a client that last saw ``(epoch, since)`` missed, read from the stream.
 
         Reads until the stream read reaches what local members were last handed (the feed's
-        seq), so the replay and live delivery meet without a hole.
+        seq), so the replay and live delivery meet without a hole. A client that saw more of
+        this epoch elsewhere than this node's feed has delivered (the node lags) missed
+        nothing: the feed is given a moment to catch up (then the client gets exactly what
+        follows), else Redis's numbering confirms ``since`` (see ``resume_ahead_of_feed``).
         """
         feed = ch.feed
+        if epoch == feed.epoch and since > feed.seq and not await self._feed_reaches(ch, since):
+            try:
+                numbering = functools.partial(_numbering_in_thread, ch.name)
+                channel_seq, channel_epoch = await self._bridge.call(numbering)
+            except LINK_ERRORS:
+                raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
+            if feed.seq < since:
+                return resume_ahead_of_feed(since, epoch, channel_epoch, channel_seq)
         known = resume_without_history(since, epoch, feed.epoch, feed.seq)
         if known is not None:
             return known
@@ -595,6 +612,16 @@ class RedisBroker(Broker):
         return resume_from_history(
             since, feed.seq, [(entry.seq, text_frame(entry.payload)) for entry in kept]
         )
+
+    async def _feed_reaches(self, ch: _Channel, since: int) -> bool:
+        """Wait (bounded) until the feed delivered ``since`` in its epoch; False if it did not."""
+        feed, epoch = ch.feed, ch.feed.epoch
+        with trio.move_on_after(min(RESUME_LAG_WAIT, self._config.redis_timeout)):
+            while feed.epoch == epoch and feed.seq < since:
+                if ch.moved is None:
+                    ch.moved = trio.Event()
+                await ch.moved.wait()
+        return feed.epoch != epoch or feed.seq >= since
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -754,6 +781,9 @@ class RedisBroker(Broker):
                 notice = {"type": "subscribed", "channel": ch.name, "seq": 0}
                 for member in state.members:
                     member.reply_nowait({**notice, "epoch": action.epoch, "recovered": False})
+        if ch.moved is not None:  # a resume waits for the feed (_feed_reaches)
+            ch.moved.set()
+            ch.moved = None
         return blocked
 
     async def _sync(self, ch: _Channel) -> None:
@@ -943,6 +973,12 @@ def _read_stream_in_thread(
     epoch = epoch_bytes.decode()
     entries = raw[0] if raw else []
     return [fmt.parse_stream_entry(i, f, epoch) for i, f in entries], epoch
+
+
+def _numbering_in_thread(name: str, client: redis.Redis) -> tuple[int, str | None]:
+    """The channel's ``(seq, epoch)`` as Redis numbers it now (no epoch: not numbered)."""
+    seq, epoch = client.hmget(fmt.numbering_key(name), "seq", "epoch")
+    return int(seq or 0), None if epoch is None else _text(epoch)
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,6 +8,9 @@
 //   {"cmd": "members"}                               each page's presence list
 //   {"cmd": "close", "page": 1}                      close a page
 //   {"cmd": "screenshot", "page": 0, "path": "..."}
+//   {"cmd": "page", "url": "...", "width": 390, "height": 844}   one more page; its index
+//   {"cmd": "eval", "page": 2, "js": "async (arg) => ...", "arg": ...}   run JS, its result
+//   {"cmd": "waitfor", "page": 2, "js": "window.x > 1", "ms": 10000}   until the expression is truthy
 //   {"cmd": "quit"}
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -87,6 +90,18 @@ async function run(command) {
         })
         .catch(() => null); // the caller sees the view and says what is wrong
       return { views: [await view(pages[command.page])] };
+    case "page": {
+      const page = await browser.newPage({ viewport: { width: command.width ?? 900, height: command.height ?? 560 } });
+      page.on("pageerror", (error) => answer({ pageerror: String(error) }));
+      await page.goto(command.url);
+      pages.push(page);
+      return { page: pages.length - 1 };
+    }
+    case "eval":
+      return { value: await pages[command.page].evaluate(`(${command.js})(${JSON.stringify(command.arg ?? null)})`) };
+    case "waitfor":
+      await pages[command.page].waitForFunction(command.js, null, { timeout: command.ms ?? 10000 });
+      return { ok: true };
     case "quit":
       await browser.close();
       process.exit(0);

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from triows._core.backoff import full_jitter
-from triows._core.tracking import AdaptiveInterval, Gap, Message, Tracker
+from triows._core.tracking import AdaptiveInterval, Gap, Message, Recovered, Tracker
 
 
 def subscribed(seq: int, epoch: str = "e1", **extra: Any) -> dict[str, Any]:
@@ -35,6 +35,12 @@ def tracker_at(seq: int) -> Tracker:
     return tracker
 
 
+def own(tracker: Tracker, seq: int) -> None:
+    """An ack of this client's publication with ``seq``."""
+    tracker.expect_ack(f"p{seq}", "c")
+    tracker.on_ack(f"p{seq}", seq)
+
+
 def seqs(events: list[Any]) -> list[int]:
     return [e.seq for e in events if isinstance(e, Message)]
 
@@ -49,7 +55,7 @@ def test_in_order_messages_pass_and_duplicates_drop() -> None:
 
 def test_own_acks_are_not_gaps() -> None:
     tracker = tracker_at(0)
-    tracker.on_ack("c", 2)
+    own(tracker, 2)
     assert seqs(tracker.on_message(message(1))) == [1]
     assert tracker.on_message(message(3)) == [
         Message(channel="c", data=3, seq=3, id="e1:3", sender="other", timestamp=0)
@@ -73,7 +79,9 @@ def test_replayed_own_messages_from_earlier_connections_are_skipped() -> None:
 
 def test_resume_outcomes() -> None:
     tracker = tracker_at(5)
-    assert tracker.on_subscribed(subscribed(9, recovered=True)) == []
+    assert tracker.on_subscribed(subscribed(9, recovered=True)) == [
+        Recovered(channel="c", epoch="e1", seq=9)
+    ]
     assert tracker.on_subscribed(subscribed(9, recovered=False, gap=[6, 7])) == [
         Gap(channel="c", first=6, last=7, reason="history expired")
     ]
@@ -92,29 +100,30 @@ def test_untracked_channels_are_ignored() -> None:
 
 
 @given(st.lists(st.integers(1, 30), max_size=80), st.sets(st.integers(1, 30)))
-def test_every_seq_is_delivered_or_reported_once(arrivals: list[int], own: set[int]) -> None:
+def test_every_seq_is_delivered_or_reported_once(arrivals: list[int], mine: set[int]) -> None:
     """Whatever order and repetition messages arrive in, the output is increasing, has no
-    duplicate, and together with gaps and own publications accounts for every seq up to the
-    highest one delivered."""
+    duplicate, never reports one seq twice or an own seq at all, and together with gaps and
+    own publications accounts for every seq up to the highest one delivered."""
     tracker = tracker_at(0)
-    for seq in sorted(own):
-        tracker.on_ack("c", seq)
+    for seq in sorted(mine):
+        own(tracker, seq)
     delivered: list[int] = []
-    reported: set[int] = set()
+    reported: list[int] = []
     for seq in arrivals:
-        if seq in own:
-            continue
         for event in tracker.on_message(message(seq)):
             if isinstance(event, Gap):
                 assert event.first is not None
                 assert event.last is not None
-                reported |= set(range(event.first, event.last + 1))
+                reported += range(event.first, event.last + 1)
             else:
+                assert isinstance(event, Message)
                 delivered.append(event.seq)
     assert delivered == sorted(set(delivered))
+    assert len(reported) == len(set(reported))
+    assert not set(reported) & (mine | set(delivered))
+    assert not set(delivered) & mine
     if delivered:
-        assert set(range(1, delivered[-1] + 1)) <= set(delivered) | reported | own
-        assert not set(delivered) & own
+        assert set(range(1, delivered[-1] + 1)) <= set(delivered) | set(reported) | mine
 
 
 def test_full_jitter_stays_within_its_cap() -> None:

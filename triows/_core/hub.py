@@ -71,14 +71,36 @@ def resume_without_history(
 ) -> Resume | None:
     """The answer to a resume from ``(epoch, since)`` when no history is needed, else None.
 
-    Another epoch (or a seq from the future) means the numbers the client holds mean nothing
-    here: ``recovered`` is false and nothing is replayed. Nothing missed: recovered.
+    Another epoch means the numbers the client holds mean nothing here: ``recovered`` is false
+    and nothing is replayed. Nothing missed: recovered.
+
+    ``since`` beyond ``current_seq`` in the same epoch: where ``current_seq`` is the channel's
+    own numbering (in process) this cannot be lag, only a client's bug: ``recovered`` false, no
+    gap, nothing replayed (a tracker keeps its cursor: within an epoch it never moves back).
+    Where it is only how far a node's feed got (Redis), the broker first lets the feed catch up
+    or asks the numbering itself: :func:`resume_ahead_of_feed`.
     """
     if epoch != current_epoch or since > current_seq:
         return Resume(recovered=False)
     if since == current_seq:
         return Resume(recovered=True)
     return None
+
+
+def resume_ahead_of_feed(
+    since: int, epoch: str | None, channel_epoch: str | None, channel_seq: int
+) -> Resume:
+    """A resume from beyond what this node has delivered, in its feed's epoch, answered by the
+    channel's numbering (``channel_epoch``, ``channel_seq``, read from where it lives).
+
+    The node is behind the client (pub/sub in flight, a fill after a link reset, a blocked
+    subscriber): ``since`` was numbered in this epoch, so the client missed nothing and nothing
+    is replayed; what the node hands over later up to ``since`` the client already has.
+    Beyond the numbering itself, the client's numbers are not this epoch's: not recovered.
+    """
+    if epoch == channel_epoch and since <= channel_seq:
+        return Resume(recovered=True)
+    return Resume(recovered=False)
 
 
 def resume_from_history(since: int, current_seq: int, held: Sequence[tuple[int, bytes]]) -> Resume:

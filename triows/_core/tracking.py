@@ -1,22 +1,39 @@
 """What a reconnecting client has seen, so that its application gets each message once.
 
-Rules of this file:
+The rules are written once, in docs/delivery.md ("What a client does with it"), and pinned as
+data in ``tests/vectors/tracking.json``, which this tracker and triows.js's both pass. In short:
 
 - Per channel a cursor holds the epoch and the last sequence number accounted for. A message
-  at or below the cursor is a duplicate (a replay overlapping live traffic) and is dropped.
-- The server never sends a client its own publications, so the seqs of our own acks are
-  accounted for without a message; so are replayed messages from this client's earlier
-  connections (their ``from`` is one of our past client ids).
-- Anything else missing is reported as a :class:`Gap`, never skipped silently: a jump in live
-  seqs (a ``drop_*`` policy), a ``gap`` the server reports on resume, or a new epoch (the
-  numbering restarted: what was missed cannot be known).
+  at or below the cursor is a duplicate (a replay overlapping live traffic, or a node catching
+  up) and is dropped; within an epoch the cursor never moves backwards.
+- The server never sends a client its own publications: the seqs of its acks are accounted for
+  without a message, late acks (after the caller stopped waiting) included, and so are replayed
+  messages of this client's earlier connections (their ``from`` is one of its last
+  :data:`CLIENT_IDS_KEPT` client ids) and any message whose seq was acked to it.
+- A resume answered ``recovered``, or in the same epoch without a ``gap`` (a node whose feed is
+  behind the client's cursor), missed nothing. Anything else missing is reported as a
+  :class:`Gap`, never skipped silently: a jump in live seqs (a ``drop_*`` policy), a ``gap``
+  the server reports on resume, or a new epoch (the numbering restarted: what was missed
+  cannot be known). Gaps name exact ranges: never a seq this client published.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Hashable
 from typing import Any
 
 import attrs
+
+#: Client ids of earlier connections whose replayed publications are recognised as this
+#: client's own. Older ones are forgotten (a bound): a publication of theirs still unacked
+#: when its connection died is resent with its id, and its ack accounts for it too.
+CLIENT_IDS_KEPT = 16
+#: ``Gap.reason`` values.
+HISTORY_EXPIRED = "history expired"
+EPOCH_CHANGED = "epoch changed"
+MESSAGES_SKIPPED = "messages skipped"
+SUBSCRIPTION_BUFFER_FULL = "subscription buffer full"
 
 
 @attrs.frozen(kw_only=True)
@@ -41,6 +58,17 @@ class Gap:
     first: int | None
     last: int | None
     reason: str
+
+
+@attrs.frozen(kw_only=True)
+class Recovered:
+    """A resume missed nothing: the server said ``recovered``, or the node answering is behind
+    the client's cursor in the same epoch. What history replays follows. (triows.js emits it as
+    its ``recovered`` event; triows.client has nothing to tell the application.)"""
+
+    channel: str
+    epoch: str
+    seq: int
 
 
 @attrs.frozen(kw_only=True)
@@ -71,31 +99,56 @@ class Presence:
     members: tuple[tuple[str, str | None], ...] | None
 
 
+#: What a subscription yields.
 Event = Message | Gap | Join | Leave
+#: What the tracker makes of a frame.
+Tracked = Message | Gap | Recovered
 
 
 @attrs.define
 class _Cursor:
     epoch: str | None = None
+    #: The last seq accounted for: delivered, reported missing, or this client's own.
     seq: int = 0
+    #: Seqs above ``seq`` acked to this client (its own publications).
     own: set[int] = attrs.field(factory=set)
 
-    def advance_over_own(self) -> None:
+    def settle(self) -> None:
+        """Move over own seqs that now follow the cursor; forget those at or below it."""
         while self.seq + 1 in self.own:
             self.seq += 1
-            self.own.discard(self.seq)
         self.own = {s for s in self.own if s > self.seq}
+
+    def gaps(self, channel: str, first: int, last: int, reason: str) -> list[Gap]:
+        """Exact ranges of ``first..last`` still missing: above the cursor, not our own."""
+        low = max(first, self.seq + 1)
+        gaps = []
+        for own in sorted(s for s in self.own if low <= s <= last):
+            if own > low:
+                gaps.append(Gap(channel=channel, first=low, last=own - 1, reason=reason))
+            low = own + 1
+        if low <= last:
+            gaps.append(Gap(channel=channel, first=low, last=last, reason=reason))
+        return gaps
 
 
 class Tracker:
+    """Per channel cursors, this client's ids and the acks it expects (see the module doc)."""
+
     def __init__(self) -> None:
         self._cursors: dict[str, _Cursor] = {}
-        self._my_ids: set[str] = set()
+        self._my_ids: deque[str] = deque(maxlen=CLIENT_IDS_KEPT)
+        #: Publish id -> channel, from the moment it is sent until its ack or error: a late
+        #: ack (after the caller stopped waiting) still tells which seq is ours.
+        self._expected: dict[Hashable, str] = {}
+
+    # -- what is followed -----------------------------------------------------------------------
 
     def track(self, channel: str) -> None:
         self._cursors.setdefault(channel, _Cursor())
 
     def untrack(self, channel: str) -> None:
+        """Unsubscribed, or the subscription was refused: nothing of it is delivered any more."""
         self._cursors.pop(channel, None)
 
     def tracking(self, channel: str) -> bool:
@@ -105,7 +158,10 @@ class Tracker:
         return list(self._cursors)
 
     def add_client_id(self, client_id: str) -> None:
-        self._my_ids.add(client_id)
+        """A new connection's id: messages ``from`` it (or the last few before it) are ours."""
+        if client_id in self._my_ids:
+            self._my_ids.remove(client_id)
+        self._my_ids.append(client_id)
 
     def resume_from(self, channel: str) -> tuple[int, str] | None:
         """``(since, epoch)`` to resubscribe with, once the channel has been seen."""
@@ -114,66 +170,152 @@ class Tracker:
             return None
         return cursor.seq, cursor.epoch
 
-    def on_subscribed(self, frame: dict[str, Any]) -> list[Message | Gap]:
-        cursor = self._cursors.get(frame["channel"])
-        if cursor is None:
-            return []
-        channel, epoch, seq = frame["channel"], frame["epoch"], frame["seq"]
-        if cursor.epoch is None:  # first subscription: live from here
-            cursor.epoch, cursor.seq = epoch, seq
-            return []
-        if frame.get("recovered") is True:
-            return []  # the replay follows
-        gap = frame.get("gap")
-        if epoch == cursor.epoch and gap is not None:
-            first, last = gap
-            cursor.seq = max(cursor.seq, last)
-            cursor.own = {s for s in cursor.own if s > cursor.seq}
-            return [Gap(channel=channel, first=first, last=last, reason="history expired")]
-        if epoch == cursor.epoch and frame.get("recovered") is None:
-            return []  # a plain subscribe to a channel we already follow
-        cursor.epoch, cursor.seq, cursor.own = epoch, seq, set()
-        return [Gap(channel=channel, first=None, last=None, reason="epoch changed")]
+    # -- own publications -----------------------------------------------------------------------
 
-    def on_ack(self, channel: str, seq: int) -> None:
-        cursor = self._cursors.get(channel)
+    def expect_ack(self, publish_id: Hashable, channel: str) -> None:
+        """A publish went out: its ack, whenever it comes, names a seq of ours."""
+        self._expected[publish_id] = channel
+
+    def forget_ack(self, publish_id: Hashable) -> None:
+        """The publish was refused (an error reply): no ack will come."""
+        self._expected.pop(publish_id, None)
+
+    def on_ack(self, publish_id: Hashable, seq: int) -> None:
+        channel = self._expected.pop(publish_id, None)
+        cursor = None if channel is None else self._cursors.get(channel)
         if cursor is not None and seq > cursor.seq:
             cursor.own.add(seq)
-            cursor.advance_over_own()
+            cursor.settle()
 
-    def on_message(self, frame: dict[str, Any]) -> list[Message | Gap]:
-        cursor = self._cursors.get(frame["channel"])
-        seq = frame["seq"]
-        if cursor is None or seq <= cursor.seq:
-            return []  # not followed, or a duplicate
-        if frame.get("from") in self._my_ids:
-            self.on_ack(frame["channel"], seq)
+    # -- frames ---------------------------------------------------------------------------------
+
+    def receive(self, frame: dict[str, Any]) -> list[Tracked]:
+        """Any frame from the server: what the application gets from it."""
+        kind = frame.get("type")
+        if kind == "message":
+            return self.on_message(frame)
+        if kind == "subscribed":
+            return self.on_subscribed(frame)
+        if kind == "ack":
+            self.on_ack(frame.get("id"), frame["seq"])
+        elif kind == "error":
+            self.forget_ack(frame.get("id"))
+        return []
+
+    def on_subscribed(self, frame: dict[str, Any]) -> list[Tracked]:
+        channel = frame["channel"]
+        cursor = self._cursors.get(channel)
+        if cursor is None:
             return []
-        events: list[Message | Gap] = []
-        missing = [s for s in range(cursor.seq + 1, seq) if s not in cursor.own]
-        if missing:
+        epoch, seq = frame["epoch"], frame["seq"]
+        if cursor.epoch is None:  # the first subscription: live from here
+            cursor.epoch, cursor.seq = epoch, seq
+            cursor.settle()
+            return []
+        if epoch != cursor.epoch:  # the numbering restarted: what was missed is unknown
+            cursor.epoch, cursor.seq, cursor.own = epoch, seq, set()
+            return [Gap(channel=channel, first=None, last=None, reason=EPOCH_CHANGED)]
+        if frame.get("recovered") is None:
+            return []  # a plain reply for a channel already followed
+        gap = frame.get("gap")
+        if gap is None:
+            # Recovered, or a node behind our cursor (same epoch: it cannot have messages we
+            # missed). The cursor stays: what the node sends up to it are duplicates.
+            return [Recovered(channel=channel, epoch=epoch, seq=seq)]
+        first, last = gap
+        gaps: list[Tracked] = [*cursor.gaps(channel, first, last, HISTORY_EXPIRED)]
+        cursor.seq = max(cursor.seq, last)
+        cursor.settle()
+        return gaps
+
+    def on_message(self, frame: dict[str, Any]) -> list[Tracked]:
+        channel = frame["channel"]
+        cursor = self._cursors.get(channel)
+        seq = frame["seq"]
+        if cursor is None or cursor.epoch is None or seq <= cursor.seq:
+            return []  # not followed, not subscribed yet (live starts at the reply), a duplicate
+        events: list[Tracked] = [*cursor.gaps(channel, cursor.seq + 1, seq - 1, MESSAGES_SKIPPED)]
+        own = seq in cursor.own or frame.get("from") in self._my_ids
+        cursor.seq = seq
+        cursor.settle()
+        if not own:
             events.append(
-                Gap(
-                    channel=frame["channel"],
-                    first=missing[0],
-                    last=missing[-1],
-                    reason="messages skipped",
+                Message(
+                    channel=channel,
+                    data=frame.get("data"),
+                    seq=seq,
+                    id=frame.get("id", ""),
+                    sender=frame.get("from"),
+                    timestamp=frame.get("timestamp", 0),
                 )
             )
-        cursor.seq = seq
-        cursor.own = {s for s in cursor.own if s > seq}
-        cursor.advance_over_own()
-        events.append(
-            Message(
-                channel=frame["channel"],
-                data=frame.get("data"),
-                seq=seq,
-                id=frame.get("id", ""),
-                sender=frame.get("from"),
-                timestamp=frame.get("timestamp", 0),
-            )
-        )
         return events
+
+
+class Backlog:
+    """A subscription's bounded buffer between the client's reader and the application.
+
+    The reader never waits for the application (acks and every other channel would stall
+    behind it). When the buffer is full, newer events are skipped; once the application has
+    read what was buffered it gets one :class:`Gap` (``reason="subscription buffer full"``)
+    naming exactly the skipped seqs, or with ``first``/``last`` None when a skipped event's
+    range was itself unknown (an epoch change). Joins and leaves carry no seq: skipped ones are
+    only counted in :attr:`skipped`.
+    """
+
+    def __init__(self, channel: str, capacity: int) -> None:
+        self.channel = channel
+        self._capacity = capacity
+        self._events: deque[Event] = deque()
+        self._held: Gap | None = None
+        #: Messages and presence events skipped because the buffer was full.
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self._events) + (self._held is not None)
+
+    def put(self, event: Event) -> bool:
+        """Buffer ``event``, or skip it; True when it was buffered."""
+        room = self._capacity - len(self._events)
+        if self._held is not None:
+            if room < 2:  # the held gap and the event both need room
+                self._skip(event)
+                return False
+            self._events.append(self._held)
+            self._held = None
+        elif room < 1:
+            self._skip(event)
+            return False
+        self._events.append(event)
+        return True
+
+    def take(self) -> Event | None:
+        if self._events:
+            return self._events.popleft()
+        held, self._held = self._held, None
+        return held
+
+    def _skip(self, event: Event) -> None:
+        first: int | None
+        last: int | None
+        if isinstance(event, Join | Leave):
+            # Not numbered, so no gap can say it: counted; ask presence() again to catch up.
+            self.skipped += 1
+            return
+        if isinstance(event, Message):
+            self.skipped += 1
+            first, last = event.seq, event.seq
+        else:
+            first, last = event.first, event.last
+        held = self._held
+        if held is not None:
+            if held.first is None or held.last is None or first is None or last is None:
+                first = last = None  # a range that is not known makes the whole one unknown
+            else:
+                first, last = min(held.first, first), max(held.last, last)
+        self._held = Gap(
+            channel=self.channel, first=first, last=last, reason=SUBSCRIPTION_BUFFER_FULL
+        )
 
 
 class AdaptiveInterval:

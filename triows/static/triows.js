@@ -4,23 +4,30 @@
 //   const client = connect("ws://localhost:8080/", { token: () => fetchToken() });
 //   client.on("message", (m) => console.log(m.channel, m.seq, m.data));
 //   client.on("gap", (g) => console.warn("missed", g.channel, g.first, g.last, g.reason));
+//   client.on("error", (e) => console.error(e.code, e.message));
 //   await client.subscribe("chat");
 //   const seq = await client.publish("chat", { text: "hi" });
 //
 // It mirrors the Python client (triows.client): reconnects with exponential backoff and full
-// jitter; resubscribes every channel with since/epoch so the server replays what was missed,
-// and reports `recovered`, or an exact `gap` when history no longer holds it; publishes are
-// acked through promises, keep their id across resends (the server's dedupe makes a resend
-// exactly-once for an authenticated user) and wait in a bounded offline queue; an adaptive
-// application-level ping finds dead links the browser does not notice. Docs: docs/browser.md.
+// jitter (always: also after a connection that worked, so that the clients of a restarted
+// server do not all come back at once); resubscribes every channel with since/epoch, a window
+// at a time, so the server replays what was missed, and reports `recovered`, or an exact `gap`
+// when history no longer holds it; publishes are acked through promises, keep their id across
+// resends (the server's dedupe makes a resend exactly-once for an authenticated user), wait in
+// a bounded offline queue and go out a window at a time; an adaptive application-level ping
+// finds dead links the browser does not notice; a refused handshake (401, 403) stops it.
+// Its delivery rules are the Tracker below, written once in docs/delivery.md ("What a client
+// does with it") and tested, with the Python tracker, against tests/vectors/tracking.json.
+// Docs: docs/browser.md.
 
 /** @typedef {"connecting" | "open" | "reconnecting" | "closed"} State */
 /**
  * @typedef {object} Message
+ * @property {"message"} type
  * @property {string} channel
  * @property {*} data
  * @property {number} seq
- * @property {string} id
+ * @property {string | null} id   the message id (`epoch:seq`)
  * @property {string | null} from
  * @property {number} timestamp
  * @property {boolean} own   true for this client's own publish (see the `echo` option)
@@ -28,32 +35,38 @@
 /**
  * @typedef {object} Gap  Messages the application will not get. `first`/`last` are the
  *   inclusive seq range when known, both null when the channel's epoch changed.
+ * @property {"gap"} type
  * @property {string} channel
  * @property {number | null} first
  * @property {number | null} last
  * @property {string} reason
  */
-/** @typedef {{channel: string, epoch: string, seq: number}} Recovered */
+/** @typedef {{type: "recovered", channel: string, epoch: string, seq: number}} Recovered */
 /** @typedef {{channel: string, clientId: string, userId: string | null}} Member */
 /** @typedef {{channel: string, count: number, members: Member[] | null}} Presence */
 /** @typedef {{code: number, message: string, channel?: string}} ServerError */
 /**
  * @typedef {object} Options
  * @property {string | (() => string | null | Promise<string | null>)} [token]
- *   sent as the `token` query parameter; a function is called before every connect.
+ *   sent as the `token` query parameter; a function is called before every connect, bounded by
+ *   `connectTimeout`: one that fails or does not answer in time is a failed attempt.
  * @property {number} [backoffBase=0.5]  seconds
  * @property {number} [backoffCap=30]  seconds
- * @property {number | null} [maxAttempts=null]  failed connects in a row before giving up
+ * @property {number | null} [maxAttempts=null]  failed attempts in a row before giving up
  * @property {number} [publishTimeout=10]  seconds for an ack
  * @property {number} [requestTimeout=10]  seconds for other replies
  * @property {number} [offlineQueueSize=1000]  publishes waiting for the server
+ * @property {number} [publishWindow=16]  publishes sent and not acked yet, at most
+ * @property {number} [resubscribeWindow=16]  resubscribes awaiting their reply, at most
  * @property {number} [pingMin=5]  seconds
  * @property {number} [pingMax=60]  seconds
  * @property {number} [pingTimeout=10]  seconds for a pong
- * @property {number} [connectTimeout=10]  seconds for the welcome
+ * @property {number} [connectTimeout=10]  seconds for the token and then for the welcome
  * @property {boolean} [echo=false]  emit this client's own publishes as `message` events
  *   (with `own: true`) once acked; the server never sends a publisher its own messages
  * @property {typeof WebSocket} [WebSocket]  the WebSocket class (default: the global one)
+ * @property {typeof fetch} [fetch]  asks the server's /ready after a refused handshake
+ *   (default: the global fetch)
  */
 
 /** Thrown (as a rejected promise) by publish and requests. */
@@ -68,95 +81,160 @@ export class TriowsError extends Error {
 }
 
 const RESUBSCRIBE = "resubscribe:";
-const TRANSIENT = new Set([429, 500, 503]);
+/** Resubscribe refusals that mean "not now": the node cannot (Redis away), retried by
+ *  reconnecting with growing backoff. A 429 (rate limit) is retried on the same connection. */
+const REFUSED_FOR_NOW = new Set([500, 503]);
+const RATE_LIMITED = 429;
+/** Handshake refusals that no retry can fix (as in triows.client). */
+const PERMANENT = new Set([400, 401, 403, 404]);
+/** How many handshakes refused while the server accepts others (a browser cannot see the
+ *  status) make the client stop. */
+const REFUSALS_TO_STOP = 2;
+/** As CLIENT_IDS_KEPT in triows/_core/tracking.py. */
+const CLIENT_IDS_KEPT = 16;
 
 /** Full jitter: a random delay below an exponentially growing cap. */
 function backoff(attempt, base, cap) {
-  return Math.random() * Math.min(cap, base * 2 ** attempt);
+  return Math.random() * Math.min(cap, base * 2 ** Math.min(attempt, 62));
 }
 
-/** What the application has seen per channel, so that it gets each message once (see
- *  triows/_core/tracking.py: the same rules). */
-class Tracker {
+/** Seqs above the cursor that are acked to us become the cursor; those at or below it go. */
+function settle(cursor) {
+  while (cursor.own.has(cursor.seq + 1)) cursor.seq += 1;
+  for (const s of cursor.own) if (s <= cursor.seq) cursor.own.delete(s);
+}
+
+/** Exact ranges of first..last still missing: above the cursor, not our own. */
+function gaps(channel, cursor, first, last, reason) {
+  const found = [];
+  let low = Math.max(first, cursor.seq + 1);
+  const own = [...cursor.own].filter((s) => s >= low && s <= last).sort((a, b) => a - b);
+  for (const s of own) {
+    if (s > low) found.push({ type: "gap", channel, first: low, last: s - 1, reason });
+    low = s + 1;
+  }
+  if (low <= last) found.push({ type: "gap", channel, first: low, last, reason });
+  return found;
+}
+
+/**
+ * What the application has seen per channel, so that it gets each message once, in order, or
+ * an exact gap. The rules are docs/delivery.md's ("What a client does with it"); this class
+ * and triows/_core/tracking.py both pass tests/vectors/tracking.json. Every method returns the
+ * events for the application: `message`, `gap` and `recovered` objects (with their `type`).
+ */
+export class Tracker {
   constructor() {
     /** @type {Map<string, {epoch: string | null, seq: number, own: Set<number>}>} */
     this.cursors = new Map();
-    /** @type {Set<string>} */
-    this.myIds = new Set();
+    /** client ids of the last connections: replayed messages from them are ours */
+    this.myIds = [];
+    /** publish id -> channel, from sending until its ack or error (late acks included) */
+    this.expected = new Map();
   }
   track(channel) {
     if (!this.cursors.has(channel)) this.cursors.set(channel, { epoch: null, seq: 0, own: new Set() });
   }
+  untrack(channel) {
+    this.cursors.delete(channel);
+  }
+  tracking(channel) {
+    return this.cursors.has(channel);
+  }
+  addClientId(clientId) {
+    this.myIds = this.myIds.filter((id) => id !== clientId);
+    this.myIds.push(clientId);
+    if (this.myIds.length > CLIENT_IDS_KEPT) this.myIds.shift();
+  }
+  /** @returns {{since: number, epoch: string} | null} what to resubscribe with */
   resumeFrom(channel) {
     const c = this.cursors.get(channel);
     return c && c.epoch !== null ? { since: c.seq, epoch: c.epoch } : null;
   }
-  /** @returns {{gap?: Gap, recovered?: boolean}} */
+  expectAck(id, channel) {
+    this.expected.set(id, channel);
+  }
+  forgetAck(id) {
+    this.expected.delete(id);
+  }
+  onAck(id, seq) {
+    const channel = this.expected.get(id);
+    this.expected.delete(id);
+    const c = channel === undefined ? undefined : this.cursors.get(channel);
+    if (c && seq > c.seq) {
+      c.own.add(seq);
+      settle(c);
+    }
+  }
+  /** Any frame from the server. */
+  receive(frame) {
+    switch (frame.type) {
+      case "message":
+        return this.onMessage(frame);
+      case "subscribed":
+        return this.onSubscribed(frame);
+      case "ack":
+        this.onAck(frame.id, frame.seq);
+        return [];
+      case "error":
+        this.forgetAck(frame.id);
+        return [];
+      default:
+        return [];
+    }
+  }
   onSubscribed(frame) {
-    const c = this.cursors.get(frame.channel);
-    if (!c) return {};
-    if (c.epoch === null) {
-      c.epoch = frame.epoch;
-      c.seq = frame.seq;
-      return {};
-    }
-    if (frame.recovered === true) return { recovered: true };
-    if (frame.epoch === c.epoch && Array.isArray(frame.gap)) {
-      const [first, last] = frame.gap;
-      c.seq = Math.max(c.seq, last);
-      for (const s of c.own) if (s <= c.seq) c.own.delete(s);
-      return { gap: { channel: frame.channel, first, last, reason: "history expired" } };
-    }
-    if (frame.epoch === c.epoch && frame.recovered === undefined) return {};
-    c.epoch = frame.epoch;
-    c.seq = frame.seq;
-    c.own.clear();
-    return { gap: { channel: frame.channel, first: null, last: null, reason: "epoch changed" } };
-  }
-  onAck(channel, seq) {
+    const { channel, epoch, seq } = frame;
     const c = this.cursors.get(channel);
-    if (!c || seq <= c.seq) return;
-    c.own.add(seq);
-    while (c.own.has(c.seq + 1)) {
-      c.seq += 1;
-      c.own.delete(c.seq);
+    if (!c) return [];
+    if (c.epoch === null) {
+      // the first subscription: live from here
+      c.epoch = epoch;
+      c.seq = seq;
+      settle(c);
+      return [];
     }
+    if (epoch !== c.epoch) {
+      // the numbering restarted: what was missed cannot be known
+      c.epoch = epoch;
+      c.seq = seq;
+      c.own.clear();
+      return [{ type: "gap", channel, first: null, last: null, reason: "epoch changed" }];
+    }
+    if (frame.recovered === undefined) return []; // a plain reply for a channel already followed
+    if (!Array.isArray(frame.gap)) {
+      // Recovered, or a node behind our cursor (same epoch: it cannot have messages we
+      // missed). The cursor stays: what the node sends up to it are duplicates.
+      return [{ type: "recovered", channel, epoch, seq }];
+    }
+    const [first, last] = frame.gap;
+    const found = gaps(channel, c, first, last, "history expired");
+    c.seq = Math.max(c.seq, last);
+    settle(c);
+    return found;
   }
-  /** @returns {{gap?: Gap, message?: Message}} */
   onMessage(frame) {
-    const c = this.cursors.get(frame.channel);
-    if (!c || frame.seq <= c.seq) return {};
-    if (this.myIds.has(frame.from)) {
-      this.onAck(frame.channel, frame.seq);
-      return {};
+    const { channel, seq } = frame;
+    const c = this.cursors.get(channel);
+    // not followed, not subscribed yet (live starts at the reply), or a duplicate
+    if (!c || c.epoch === null || seq <= c.seq) return [];
+    const events = gaps(channel, c, c.seq + 1, seq - 1, "messages skipped");
+    const own = c.own.has(seq) || this.myIds.includes(frame.from);
+    c.seq = seq;
+    settle(c);
+    if (!own) {
+      events.push({
+        type: "message",
+        channel,
+        data: frame.data,
+        seq,
+        id: frame.id ?? null,
+        from: frame.from ?? null,
+        timestamp: frame.timestamp || 0,
+        own: false,
+      });
     }
-    const result = {};
-    const missing = [];
-    for (let s = c.seq + 1; s < frame.seq; s++) if (!c.own.has(s)) missing.push(s);
-    if (missing.length) {
-      result.gap = {
-        channel: frame.channel,
-        first: missing[0],
-        last: missing[missing.length - 1],
-        reason: "messages skipped",
-      };
-    }
-    c.seq = frame.seq;
-    for (const s of c.own) if (s <= c.seq) c.own.delete(s);
-    while (c.own.has(c.seq + 1)) {
-      c.seq += 1;
-      c.own.delete(c.seq);
-    }
-    result.message = {
-      channel: frame.channel,
-      data: frame.data,
-      seq: frame.seq,
-      id: frame.id || "",
-      from: frame.from ?? null,
-      timestamp: frame.timestamp || 0,
-      own: false,
-    };
-    return result;
+    return events;
   }
 }
 
@@ -172,6 +250,8 @@ export class TriowsClient {
       publishTimeout: 10,
       requestTimeout: 10,
       offlineQueueSize: 1000,
+      publishWindow: 16,
+      resubscribeWindow: 16,
       pingMin: 5,
       pingMax: 60,
       pingTimeout: 10,
@@ -189,6 +269,8 @@ export class TriowsClient {
     this.connects = 0;
     /** the current adaptive ping interval, seconds */
     this.pingInterval = this.options.pingMin;
+    /** why the client closed (null while it is not closed) */
+    this.closedReason = null;
     this._pongsInARow = 0;
     this._listeners = new Map();
     this._tracker = new Tracker();
@@ -202,8 +284,11 @@ export class TriowsClient {
     this._ids = 0;
     this._idPrefix = Math.random().toString(36).slice(2, 10);
     this._ws = null;
+    /** the current connection's state (see _connectOnce) */
+    this._conn = null;
     /** welcomed on the current socket: publishes may go out */
     this._live = false;
+    /** failed attempts in a row (a refused resubscribe counts, though welcomed) */
     this._failures = 0;
     this._timers = new Set();
     this._closing = false;
@@ -221,62 +306,77 @@ export class TriowsClient {
     return () => this._listeners.get(type)?.delete(listener);
   }
 
-  /** Resolves once connected; rejects if the client closes first. */
+  /** Resolves once connected; rejects (with why) if the client closes first. */
   waitOpen() {
     if (this.state === "open") return Promise.resolve();
-    if (this.state === "closed") return Promise.reject(new TriowsError("client is closed"));
+    if (this.state === "closed") return Promise.reject(this._closedError());
     return new Promise((resolve, reject) => {
       const off = this.on("state", ({ state }) => {
         if (state === "open") (off(), resolve());
-        if (state === "closed") (off(), reject(new TriowsError("client is closed")));
+        if (state === "closed") (off(), reject(this._closedError()));
       });
     });
   }
 
   /**
    * Follow a channel. Resolves with the server's `subscribed` reply, or at once with null
-   * while offline: the subscription is then made (and kept) on every reconnect.
+   * while offline: the subscription is then made (and kept) on every reconnect. A refusal
+   * rejects with the server's code, and the channel is not followed.
    * @param {string} channel @returns {Promise<object | null>}
    */
   async subscribe(channel) {
     this._checkOpen();
+    const followed = this._channels.has(channel);
     this._channels.add(channel);
     this._tracker.track(channel);
     if (this.state !== "open") return null;
-    const reply = await this._request(this._subscribeFrame(channel));
-    if (reply === null) return null; // the connection dropped: made on reconnect
-    this._onSubscribed(reply);
-    return reply;
+    try {
+      // The reply reaches the tracker in the frame handler, before any message after it.
+      return await this._request(this._subscribeFrame(channel));
+    } catch (error) {
+      if (!followed) this._forget(channel);
+      throw error;
+    }
   }
 
   /** @param {string} channel */
   async unsubscribe(channel) {
-    this._channels.delete(channel);
-    this._tracker.cursors.delete(channel);
+    this._forget(channel);
     if (this.state === "open") await this._request({ type: "unsubscribe", channel });
   }
 
   /**
    * Publish; resolves with the message's seq from the server's ack. Rejects with a
    * TriowsError on timeout (the publish may still happen, never twice), a full offline
-   * queue, or the server's refusal (with its code).
+   * queue, the server's refusal (with its code), or a closed client.
    * @param {string} channel @param {*} data @param {{timeout?: number}} [options]
    * @returns {Promise<number>}
    */
   publish(channel, data, options = {}) {
-    this._checkOpen();
+    if (this.state === "closed") return Promise.reject(this._closedError());
     if (this._unsent.length + this._inflight.size >= this.options.offlineQueueSize) {
       return Promise.reject(
         new TriowsError(`${this.options.offlineQueueSize} publishes already wait for the server`),
       );
     }
     const id = `${this._idPrefix}-${++this._ids}`;
-    const frame = JSON.stringify({ type: "publish", channel, data, id });
+    let frame;
+    try {
+      frame = JSON.stringify({ type: "publish", channel, data, id });
+    } catch (error) {
+      return Promise.reject(new TriowsError(`publish data must be JSON: ${error.message}`));
+    }
     return new Promise((resolve, reject) => {
       const item = { id, channel, data, frame, resolve, reject, timer: 0 };
       item.timer = this._after(options.timeout ?? this.options.publishTimeout, () => {
-        this._unsent = this._unsent.filter((other) => other !== item);
-        this._inflight.delete(id);
+        // Not sent on this connection: it will not be (sent on an earlier one, its ack can no
+        // longer come; a replay of it names an earlier client id of ours). Sent: its ack is
+        // still expected (a late one tells the tracker which seq is ours), and it is resent
+        // after a reconnect, as triows.client does.
+        if (this._unsent.includes(item)) {
+          this._unsent = this._unsent.filter((other) => other !== item);
+          this._tracker.forgetAck(id);
+        }
         reject(new TriowsError(`no ack for publish ${id} to ${channel}`));
       });
       this._unsent.push(item);
@@ -297,27 +397,7 @@ export class TriowsClient {
 
   /** Close cleanly (code 1000); pending publishes are rejected. */
   close() {
-    if (this.state === "closed") return Promise.resolve();
-    this._closing = true;
-    this._setState("closed");
-    for (const timer of this._timers) clearTimeout(timer);
-    this._timers.clear();
-    const error = new TriowsError("client closed");
-    for (const item of [...this._unsent, ...this._inflight.values()]) {
-      clearTimeout(item.timer);
-      item.reject(error);
-    }
-    this._unsent = [];
-    this._inflight.clear();
-    for (const waiter of this._waiting.values()) waiter(null);
-    this._waiting.clear();
-    const ws = this._ws;
-    if (!ws || ws.readyState >= 2) return Promise.resolve();
-    return new Promise((resolve) => {
-      ws.addEventListener("close", () => resolve(), { once: true });
-      ws.close(1000, "client closed");
-      setTimeout(resolve, 2000);
-    });
+    return this._stop("client closed");
   }
 
   // -- internals ---------------------------------------------------------------------------
@@ -340,8 +420,12 @@ export class TriowsClient {
     this._emit("state", { state });
   }
 
+  _closedError() {
+    return new TriowsError(this.closedReason === "client closed" ? "client is closed" : `client is closed: ${this.closedReason}`);
+  }
+
   _checkOpen() {
-    if (this.state === "closed") throw new TriowsError("client is closed");
+    if (this.state === "closed") throw this._closedError();
   }
 
   _after(seconds, fn) {
@@ -353,37 +437,139 @@ export class TriowsClient {
     return timer;
   }
 
-  async _token() {
-    const token = this.options.token;
-    return typeof token === "function" ? await token() : (token ?? null);
+  _clearTimer(timer) {
+    clearTimeout(timer);
+    this._timers.delete(timer);
+  }
+
+  _sleep(seconds) {
+    return new Promise((resolve) => this._after(seconds, resolve));
+  }
+
+  _forget(channel) {
+    this._channels.delete(channel);
+    this._tracker.untrack(channel);
+  }
+
+  /** Stop for good: reject what is pending with the reason, close the socket. */
+  _stop(reason) {
+    if (this.state === "closed") return Promise.resolve();
+    this._closing = true;
+    this.closedReason = reason;
+    this._setState("closed");
+    for (const timer of this._timers) clearTimeout(timer);
+    this._timers.clear();
+    const error = this._closedError();
+    for (const item of [...this._unsent, ...this._inflight.values()]) item.reject(error);
+    this._unsent = [];
+    this._inflight.clear();
+    for (const waiter of this._waiting.values()) waiter(null);
+    this._waiting.clear();
+    const ws = this._ws;
+    if (!ws || ws.readyState >= 2) return Promise.resolve();
+    return new Promise((resolve) => {
+      ws.addEventListener("close", () => resolve(), { once: true });
+      ws.close(1000, "client closed");
+      setTimeout(resolve, 2000);
+    });
+  }
+
+  /** The token for the next attempt, within connectTimeout; rejects when there is none. */
+  _token() {
+    const source = this.options.token;
+    if (typeof source !== "function") return Promise.resolve(source ?? null);
+    const seconds = this.options.connectTimeout;
+    return new Promise((resolve, reject) => {
+      const timer = this._after(seconds, () => reject(new Error(`no token within ${seconds}s`)));
+      Promise.resolve()
+        .then(() => source())
+        .then(
+          (token) => (this._clearTimer(timer), resolve(token)),
+          (error) => (this._clearTimer(timer), reject(error)),
+        );
+    });
   }
 
   async _run() {
+    let refusals = 0;
     while (!this._closing) {
-      let url = this.url;
-      try {
-        const token = await this._token();
-        if (token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
-      } catch (error) {
-        this._emit("error", { code: 0, message: `token: ${error}` });
+      const outcome = await this._attempt();
+      if (this._closing) return;
+      this._failures = outcome.welcomed && !outcome.refusedForNow ? 0 : this._failures + 1;
+      if (outcome.handshakeFailed) {
+        // The handshake failed while the server answers: why, a browser cannot see.
+        const status = outcome.status ?? (await this._probe());
+        if (this._closing) return;
+        if (PERMANENT.has(status)) {
+          return this._refused(status, `the server refused the connection: HTTP ${status}`);
+        }
+        refusals = status === "ready" ? refusals + 1 : 0;
+        if (refusals >= REFUSALS_TO_STOP) {
+          return this._refused(0, `the server refused the connection ${refusals} times while accepting others: a bad or expired token (401) or a forbidden origin (403)?`);
+        }
+      } else {
+        refusals = 0;
       }
-      if (this._closing) return;
-      const opened = await this._connectOnce(url);
-      if (this._closing) return;
-      this._failures = opened ? 0 : this._failures + 1;
       const { maxAttempts, backoffBase, backoffCap } = this.options;
       if (maxAttempts !== null && this._failures >= maxAttempts) {
         this._emit("error", { code: 0, message: `gave up after ${this._failures} attempts` });
-        this.close();
+        this._stop(`gave up after ${this._failures} attempts`);
         return;
       }
       this._setState("reconnecting");
-      const delay = opened ? 0 : backoff(this._failures - 1, backoffBase, backoffCap);
-      await new Promise((resolve) => this._after(delay, resolve));
+      // Always a random wait, also after a connection that worked: the clients of a server
+      // that restarted do not all come back in the same instant.
+      await this._sleep(backoff(Math.max(0, this._failures - 1), backoffBase, backoffCap));
     }
   }
 
-  /** One connection, from open to close; resolves with whether it got its welcome. */
+  _refused(code, message) {
+    this._emit("error", { code, message });
+    this._stop(message);
+  }
+
+  /** One attempt: the token, then a connection from open to close. */
+  async _attempt() {
+    let token;
+    try {
+      token = await this._token();
+    } catch (error) {
+      // No token: a failed attempt (never an anonymous connection instead).
+      this._emit("error", { code: 0, message: `token: ${error?.message ?? error}` });
+      return { welcomed: false };
+    }
+    if (this._closing) return { welcomed: false };
+    let url = this.url;
+    if (token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+    return this._connectOnce(url);
+  }
+
+  /** After a handshake that failed with no status known: does the server accept others?
+   *  "ready" when its /ready says 200, else null (down, overloaded, or not readable here). */
+  async _probe() {
+    const fetcher = this.options.fetch ?? globalThis.fetch;
+    if (typeof fetcher !== "function") return null;
+    const url = new URL(this.url);
+    url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+    url.pathname = "/ready";
+    url.search = ""; // never the token
+    let timer = 0;
+    try {
+      const timeout = new Promise((_, reject) => {
+        timer = this._after(this.options.connectTimeout, () => reject(new Error("timeout")));
+      });
+      const response = await Promise.race([fetcher(url.href, { cache: "no-store" }), timeout]);
+      return response && response.status === 200 ? "ready" : null;
+    } catch {
+      return null;
+    } finally {
+      this._clearTimer(timer);
+    }
+  }
+
+  /** One connection, from open to close; resolves with how it went: {welcomed,
+   *  refusedForNow (a resubscribe was refused for now), handshakeFailed (it never opened),
+   *  status (the handshake's HTTP status, when the WebSocket implementation tells)}. */
   _connectOnce(url) {
     return new Promise((resolve) => {
       const Impl = this.options.WebSocket ?? globalThis.WebSocket;
@@ -392,11 +578,24 @@ export class TriowsClient {
         ws = new Impl(url);
       } catch (error) {
         this._emit("error", { code: 0, message: String(error) });
-        resolve(false);
+        resolve({ welcomed: false });
         return;
       }
+      const conn = {
+        ws,
+        opened: false,
+        welcomed: false,
+        status: null,
+        refusedForNow: false,
+        /** channels still to resubscribe, and how many wait for their reply */
+        queue: [],
+        pending: 0,
+        window: this.options.resubscribeWindow,
+        retries: 0,
+        paused: false,
+      };
       this._ws = ws;
-      let welcomed = false;
+      this._conn = conn;
       let pingTimer = 0;
       const connectTimer = this._after(this.options.connectTimeout, () => ws.close(4000, "connect timeout"));
       const schedulePing = () => {
@@ -418,6 +617,9 @@ export class TriowsClient {
           schedulePing();
         });
       };
+      ws.onopen = () => {
+        conn.opened = true;
+      };
       ws.onmessage = (event) => {
         let frame;
         try {
@@ -425,36 +627,38 @@ export class TriowsClient {
         } catch {
           return;
         }
-        if (!welcomed) {
+        if (!conn.welcomed) {
           if (frame.type !== "welcome") return;
-          welcomed = true;
-          clearTimeout(connectTimer);
-          this._timers.delete(connectTimer);
+          conn.opened = conn.welcomed = true;
+          this._clearTimer(connectTimer);
           this.clientId = frame.data.clientId;
           this.serverId = frame.data.serverId;
-          this._tracker.myIds.add(this.clientId);
+          this._tracker.addClientId(this.clientId);
           this.connects += 1;
           // Resubscribe first: whatever the application sends when it sees "open" (say, a
-          // presence request) then reaches the server after the subscriptions.
+          // presence request) then reaches the server after the first subscriptions.
           this._live = true;
-          this._resume();
+          this._resume(conn);
           this._setState("open");
           schedulePing();
           return;
         }
-        this._onFrame(frame);
+        this._onFrame(frame, conn);
       };
-      ws.onerror = () => {}; // a close event follows, with what is known
+      ws.onerror = (event) => {
+        // Browsers say nothing; Node's `ws` names the handshake's status.
+        const found = /server response: (\d{3})/.exec(String(event?.message ?? event?.error?.message ?? ""));
+        if (found) conn.status = Number(found[1]);
+      };
       ws.onclose = (event) => {
-        clearTimeout(connectTimer);
-        clearTimeout(pingTimer);
-        this._timers.delete(connectTimer);
-        this._timers.delete(pingTimer);
+        this._clearTimer(connectTimer);
+        this._clearTimer(pingTimer);
         if (this._ws === ws) {
           this._ws = null;
+          this._conn = null;
           this._live = false;
         }
-        // Sent but not acked: sent again, with the same ids, on the next connection.
+        // Sent but not acked: sent again, first and with the same ids, on the next connection.
         this._unsent = [...this._inflight.values(), ...this._unsent];
         this._inflight.clear();
         for (const waiter of this._waiting.values()) waiter(null);
@@ -462,18 +666,64 @@ export class TriowsClient {
         if (event.code === 1008 || event.code === 1011 || event.code === 1013) {
           this._emit("error", { code: event.code, message: event.reason || "connection closed" });
         }
-        resolve(welcomed);
+        resolve({
+          welcomed: conn.welcomed,
+          refusedForNow: conn.refusedForNow,
+          handshakeFailed: !conn.opened && !this._closing,
+          status: conn.status,
+        });
       };
     });
   }
 
-  _resume() {
-    for (const channel of this._channels) {
+  /** After the welcome: every followed channel again, a window at a time. */
+  _resume(conn) {
+    conn.queue = [...this._channels];
+    this._pump(conn);
+    this._flush();
+  }
+
+  _pump(conn) {
+    while (conn === this._conn && !conn.paused && conn.queue.length && conn.pending < conn.window) {
+      const channel = conn.queue.shift();
+      if (!this._channels.has(channel)) continue;
       const frame = this._subscribeFrame(channel);
       frame.id = RESUBSCRIBE + channel;
+      conn.pending += 1;
       this._send(frame);
     }
-    this._flush();
+  }
+
+  _resubscribed(conn, frame) {
+    const channel = frame.id.slice(RESUBSCRIBE.length);
+    conn.pending = Math.max(0, conn.pending - 1);
+    if (frame.type === "subscribed") {
+      this._onSubscribed(frame);
+      // Slowly out of a rate limit: the wait learnt stays a while, the window grows back.
+      conn.retries = Math.max(0, conn.retries - 1);
+      conn.window = Math.min(this.options.resubscribeWindow, conn.window * 2);
+    } else if (frame.code === RATE_LIMITED) {
+      // Over the server's subscribe rate: again on this connection, one at a time, after a
+      // random wait (a new connection would meet the same limit, and livelock).
+      conn.queue.push(channel);
+      conn.window = 1;
+      if (!conn.paused) {
+        conn.paused = true;
+        const { backoffBase, backoffCap } = this.options;
+        this._after(backoff(conn.retries++, backoffBase, backoffCap), () => {
+          conn.paused = false;
+          this._pump(conn);
+        });
+      }
+    } else if (REFUSED_FOR_NOW.has(frame.code)) {
+      conn.refusedForNow = true; // a failed attempt: the backoff grows
+      conn.ws.close(4000, "resubscribe refused for now");
+      return;
+    } else {
+      this._forget(channel);
+      this._emit("error", { code: frame.code, message: frame.message, channel });
+    }
+    this._pump(conn);
   }
 
   _subscribeFrame(channel) {
@@ -487,11 +737,13 @@ export class TriowsClient {
     if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify(frame));
   }
 
+  /** Send queued publishes, up to publishWindow unacked at once. */
   _flush() {
     if (!this._live || !this._ws || this._ws.readyState !== 1) return;
-    while (this._unsent.length) {
+    while (this._unsent.length && this._inflight.size < this.options.publishWindow) {
       const item = this._unsent.shift();
       this._inflight.set(item.id, item);
+      this._tracker.expectAck(item.id, item.channel);
       this._ws.send(item.frame);
     }
   }
@@ -506,8 +758,7 @@ export class TriowsClient {
         resolve(null);
       });
       this._waiting.set(id, (reply) => {
-        clearTimeout(timer);
-        this._timers.delete(timer);
+        this._clearTimer(timer);
         if (reply && reply.type === "error") reject(new TriowsError(reply.message, reply.code));
         else resolve(reply);
       });
@@ -516,52 +767,54 @@ export class TriowsClient {
   }
 
   _onSubscribed(frame) {
-    const { gap, recovered } = this._tracker.onSubscribed(frame);
-    if (gap) this._emit("gap", gap);
-    if (recovered) this._emit("recovered", { channel: frame.channel, epoch: frame.epoch, seq: frame.seq });
+    for (const event of this._tracker.onSubscribed(frame)) this._emit(event.type, event);
   }
 
-  _onFrame(frame) {
+  _answer(frame) {
     const waiter = frame.id !== undefined ? this._waiting.get(frame.id) : undefined;
+    if (!waiter) return false;
+    this._waiting.delete(frame.id);
+    waiter(frame);
+    return true;
+  }
+
+  _onFrame(frame, conn) {
     switch (frame.type) {
-      case "message": {
-        const { gap, message } = this._tracker.onMessage(frame);
-        if (gap) this._emit("gap", gap);
-        if (message) this._emit("message", message);
+      case "message":
+        for (const event of this._tracker.onMessage(frame)) this._emit(event.type, event);
         return;
-      }
       case "ack": {
+        this._tracker.onAck(frame.id, frame.seq); // also a late one: the seq is ours
         const item = this._inflight.get(frame.id);
         if (!item) return;
         this._inflight.delete(frame.id);
-        clearTimeout(item.timer);
-        this._timers.delete(item.timer);
-        this._tracker.onAck(item.channel, frame.seq);
+        this._clearTimer(item.timer);
         if (this.options.echo) {
+          const epoch = this._tracker.resumeFrom(item.channel)?.epoch;
           this._emit("message", {
+            type: "message",
             channel: item.channel,
             data: item.data,
             seq: frame.seq,
-            id: "",
+            id: epoch ? `${epoch}:${frame.seq}` : null,
             from: this.clientId,
             timestamp: Date.now(),
             own: true,
           });
         }
         item.resolve(frame.seq);
+        this._flush();
         return;
       }
       case "subscribed":
         if (typeof frame.id === "string" && frame.id.startsWith(RESUBSCRIBE)) {
-          this._onSubscribed(frame);
+          this._resubscribed(conn, frame);
           return;
         }
-        if (waiter) {
-          this._waiting.delete(frame.id);
-          waiter(frame);
-        } else {
-          this._onSubscribed(frame); // the server restarted a channel's numbering
-        }
+        // Applied here, in the frame handler: a message right behind the reply (in the
+        // same read) must meet the cursor the reply set.
+        this._onSubscribed(frame);
+        this._answer(frame);
         return;
       case "join":
       case "leave":
@@ -570,47 +823,30 @@ export class TriowsClient {
         }
         return;
       case "error": {
+        this._tracker.forgetAck(frame.id);
         const item = this._inflight.get(frame.id);
         if (item) {
           this._inflight.delete(frame.id);
-          clearTimeout(item.timer);
+          this._clearTimer(item.timer);
           item.reject(new TriowsError(frame.message, frame.code));
+          this._flush();
           return;
         }
         if (typeof frame.id === "string" && frame.id.startsWith(RESUBSCRIBE)) {
-          const channel = frame.id.slice(RESUBSCRIBE.length);
-          if (TRANSIENT.has(frame.code)) {
-            this._ws?.close(4000, "resubscribe refused for now"); // try again, with backoff
-          } else {
-            this._channels.delete(channel);
-            this._tracker.cursors.delete(channel);
-            this._emit("error", { code: frame.code, message: frame.message, channel });
-          }
+          this._resubscribed(conn, frame);
           return;
         }
-        if (waiter) {
-          this._waiting.delete(frame.id);
-          waiter(frame);
-        } else {
-          this._emit("error", { code: frame.code, message: frame.message });
-        }
+        if (!this._answer(frame)) this._emit("error", { code: frame.code, message: frame.message });
         return;
       }
       case "unsubscribed":
-        if (waiter) {
-          this._waiting.delete(frame.id);
-          waiter(frame);
-        } else if (frame.reason) {
-          this._channels.delete(frame.channel);
-          this._tracker.cursors.delete(frame.channel);
+        if (!this._answer(frame) && frame.reason) {
+          this._forget(frame.channel);
           this._emit("error", { code: 403, message: frame.reason, channel: frame.channel });
         }
         return;
       default:
-        if (waiter) {
-          this._waiting.delete(frame.id);
-          waiter(frame);
-        }
+        this._answer(frame);
     }
   }
 }

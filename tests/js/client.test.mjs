@@ -1,0 +1,352 @@
+// triows.js's client against a scripted server (tests/js/fake.mjs), in virtual time.
+// Run: node --test tests/js/  (tests/test_js.py runs it under pytest)
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { connect } from "../../triows/static/triows.js";
+import { FakeSocket, advance, fakeFetch, settle, useFakes } from "./fake.mjs";
+
+const URL = "ws://server.test/";
+
+function client(options = {}) {
+  const c = connect(URL, { WebSocket: FakeSocket, fetch: fakeFetch(null).fetch, ...options });
+  const events = [];
+  for (const type of ["message", "gap", "recovered", "error", "state"]) c.on(type, (detail) => events.push({ type, ...detail }));
+  return { c, events, of: (type) => events.filter((e) => e.type === type) };
+}
+
+async function opened(options = {}) {
+  const made = client(options);
+  await settle();
+  FakeSocket.made.at(-1).open();
+  await settle();
+  return { ...made, ws: FakeSocket.made.at(-1) };
+}
+
+const subscribed = (channel, seq, extra = {}) => ({ type: "subscribed", channel, seq, epoch: "e1", ...extra });
+const message = (channel, seq) => ({ type: "message", channel, seq, data: seq, from: "other", id: `e1:${seq}`, timestamp: 0 });
+
+// -- 1. reconnect storms ----------------------------------------------------------------------
+
+test("after a connection that worked, the reconnect waits a random time, not 0", async (t) => {
+  useFakes(t, { random: 0.5 });
+  const { ws } = await opened({ backoffBase: 1 });
+  ws.gone(1001, "Server shutting down");
+  await advance(0.49);
+  assert.equal(FakeSocket.made.length, 1, "no reconnect before the jittered delay");
+  await advance(0.02);
+  assert.equal(FakeSocket.made.length, 2);
+});
+
+test("the clients of a server that went away come back spread out, not at once", async (t) => {
+  useFakes(t, { random: null }); // real randomness: this is about the spread
+  const clients = [];
+  for (let n = 0; n < 20; n++) clients.push((await opened({ backoffBase: 1 })).ws);
+  const before = FakeSocket.made.length;
+  for (const ws of clients) ws.gone(1001, "Server shutting down");
+  const at = [];
+  for (let step = 0; step < 150 && FakeSocket.made.length < before + 20; step++) {
+    const count = FakeSocket.made.length;
+    await advance(0.01);
+    for (let n = count; n < FakeSocket.made.length; n++) at.push(step);
+  }
+  assert.equal(at.length, 20);
+  // Full jitter over [0, 1 s]: 20 draws in 10 ms slots. All in a few slots would take a
+  // one-in-billions draw; the old client put all 20 in the first one.
+  assert.ok(new Set(at).size >= 8, `reconnects at ${at}`);
+  assert.ok(Math.max(...at) - Math.min(...at) >= 30, `reconnects at ${at}`);
+});
+
+test("a resubscribe refused for now (503) keeps counting failures: backoff grows, maxAttempts ends it", async (t) => {
+  useFakes(t, { random: 1 });
+  const { c, of } = client({ backoffBase: 1, backoffCap: 100, maxAttempts: 3 });
+  c.subscribe("news");
+  await settle();
+  const delays = [];
+  let last = 0;
+  for (let round = 0; round < 3; round++) {
+    const ws = FakeSocket.made.at(-1);
+    ws.open();
+    await settle();
+    const frame = ws.of("subscribe")[0];
+    ws.receive({ type: "error", id: frame.id, code: 503, message: "Redis is unreachable" });
+    await settle();
+    assert.equal(ws.closedWith?.code, 4000);
+    const count = FakeSocket.made.length;
+    let waited = 0;
+    while (FakeSocket.made.length === count && c.state !== "closed" && waited < 20) {
+      await advance(0.1, 0.1);
+      waited += 0.1;
+    }
+    delays.push(Math.round(waited * 10) / 10);
+    last = FakeSocket.made.length;
+  }
+  assert.deepEqual(delays.slice(0, 2), [1, 2], "full jitter's cap doubles: 1 s, then 2 s");
+  assert.equal(c.state, "closed", "maxAttempts counts refusals too");
+  assert.equal(last, 3);
+  assert.match(of("error").at(-1).message, /gave up after 3 attempts/);
+});
+
+test("a rate-limited resubscribe (429) is retried on the same connection, not by reconnecting", async (t) => {
+  useFakes(t, { random: 0.5 });
+  const { c } = client({ backoffBase: 0.5 });
+  const channels = ["a", "b", "c", "d"];
+  for (const channel of channels) c.subscribe(channel);
+  await settle();
+  const ws = FakeSocket.made[0];
+  ws.open();
+  await settle();
+  const answered = new Set();
+  // The server's bucket: two subscribes now, then one a second.
+  let tokens = 2;
+  let served = 0;
+  for (let second = 0; second < 30 && answered.size < 4; second++) {
+    for (const frame of ws.of("subscribe").slice(served)) {
+      served += 1;
+      if (tokens >= 1) {
+        tokens -= 1;
+        answered.add(frame.channel);
+        ws.receive(subscribed(frame.channel, 0, { id: frame.id }));
+      } else {
+        ws.receive({ type: "error", id: frame.id, code: 429, message: "subscribe rate limit" });
+      }
+      await settle();
+    }
+    await advance(0.25, 0.05);
+    if (second % 4 === 3) tokens = Math.min(2, tokens + 1);
+  }
+  assert.deepEqual([...answered].sort(), channels);
+  assert.equal(FakeSocket.made.length, 1, "one connection throughout");
+  assert.equal(c.state, "open");
+  assert.ok(ws.of("subscribe").length < 20, `${ws.of("subscribe").length} subscribes sent`);
+});
+
+test("resubscribes go out a window at a time", async (t) => {
+  useFakes(t);
+  const { c } = client({ resubscribeWindow: 16 });
+  for (let n = 0; n < 40; n++) c.subscribe(`ch${n}`);
+  await settle();
+  const ws = FakeSocket.made[0];
+  ws.open();
+  await settle();
+  assert.equal(ws.of("subscribe").length, 16);
+  for (const frame of ws.of("subscribe").slice(0, 4)) ws.receive(subscribed(frame.channel, 0, { id: frame.id }));
+  assert.equal(ws.of("subscribe").length, 20, "each reply lets one more out");
+  for (let n = 4; n < 40; n++) {
+    const frame = ws.of("subscribe")[n];
+    ws.receive(subscribed(frame.channel, 0, { id: frame.id }));
+  }
+  assert.equal(ws.of("subscribe").length, 40);
+  assert.deepEqual(new Set(ws.of("subscribe").map((f) => f.channel)).size, 40);
+});
+
+// -- 2. subscribe() applies its reply at once -------------------------------------------------
+
+test("messages in the same read as the subscribe reply meet the cursor the reply set", async (t) => {
+  useFakes(t);
+  const { c, ws, of } = await opened();
+  const reply = c.subscribe("busy");
+  const frame = ws.of("subscribe")[0];
+  // Node's ws hands a whole read over synchronously: reply and messages, no await between.
+  ws.receive(subscribed("busy", 50, { id: frame.id }));
+  ws.receive(message("busy", 51));
+  ws.receive(message("busy", 52));
+  assert.equal((await reply).seq, 50);
+  assert.deepEqual(of("gap"), []);
+  assert.deepEqual(of("message").map((m) => m.seq), [51, 52]);
+});
+
+// -- 3. late acks ---------------------------------------------------------------------------
+
+test("an ack that comes after the publish timed out still counts: its seq is no gap", async (t) => {
+  useFakes(t);
+  const { c, ws, of } = await opened();
+  c.subscribe("c");
+  ws.receive(subscribed("c", 0, { id: ws.of("subscribe")[0].id }));
+  const outcome = c.publish("c", "mine", { timeout: 1 }).then(
+    () => "acked",
+    (error) => error.message,
+  );
+  await advance(1.1);
+  assert.match(await outcome, /no ack for publish/);
+  ws.receive({ type: "ack", id: ws.of("publish")[0].id, seq: 1 });
+  ws.receive(message("c", 2));
+  assert.deepEqual(of("gap"), []);
+  assert.deepEqual(of("message").map((m) => m.seq), [2]);
+});
+
+// -- 4. token source ------------------------------------------------------------------------
+
+test("a token that never comes is a failed attempt after connectTimeout, then tried again", async (t) => {
+  useFakes(t, { random: 0 });
+  let calls = 0;
+  const { c, of } = client({ token: () => (calls++, new Promise(() => {})), connectTimeout: 2 });
+  await advance(1.9);
+  assert.equal(c.state, "connecting");
+  await advance(0.2);
+  assert.match(of("error")[0].message, /token: no token within 2s/);
+  await advance(0.1);
+  assert.equal(calls, 2, "asked again after the backoff");
+  assert.equal(FakeSocket.made.length, 0, "never connected without a token");
+});
+
+test("a token source that fails is a failed attempt, never an anonymous connection", async (t) => {
+  useFakes(t, { random: 0 });
+  let calls = 0;
+  const { of } = client({
+    token: async () => {
+      calls += 1;
+      if (calls < 3) throw new Error("token service down");
+      return "tok";
+    },
+  });
+  await advance(1);
+  assert.equal(of("error").filter((e) => /token service down/.test(e.message)).length, 2);
+  assert.equal(FakeSocket.made.length, 1);
+  assert.equal(FakeSocket.made[0].url, `${URL}?token=tok`);
+});
+
+// -- 5. burst flush -------------------------------------------------------------------------
+
+test("the offline queue goes out a window of unacked publishes at a time", async (t) => {
+  useFakes(t);
+  const { c } = client({ publishWindow: 16 });
+  const acks = [];
+  for (let n = 0; n < 100; n++) c.publish("c", n).then((seq) => acks.push(seq));
+  await settle();
+  const ws = FakeSocket.made[0];
+  ws.open();
+  await settle();
+  assert.equal(ws.of("publish").length, 16);
+  for (let n = 0; n < 100; n++) {
+    ws.receive({ type: "ack", id: ws.of("publish")[n].id, seq: n + 1 });
+    assert.ok(ws.of("publish").length <= n + 17);
+  }
+  await settle();
+  assert.equal(acks.length, 100);
+  assert.deepEqual(ws.of("publish").map((f) => f.data), [...Array(100).keys()]);
+});
+
+// -- 6. smaller -----------------------------------------------------------------------------
+
+test("publish() on a closed client rejects like the other methods, it does not throw", async (t) => {
+  useFakes(t);
+  const { c } = await opened();
+  await c.close();
+  let returned;
+  assert.doesNotThrow(() => (returned = c.publish("c", 1)));
+  await assert.rejects(returned, /client is closed/);
+  await assert.rejects(c.subscribe("c"), /client is closed/);
+});
+
+test("a refused subscribe() is not followed, nor resubscribed after a reconnect", async (t) => {
+  useFakes(t);
+  const { c, ws } = await opened();
+  const refused = c.subscribe("secret");
+  ws.receive({ type: "error", id: ws.of("subscribe")[0].id, code: 403, message: "not allowed" });
+  await assert.rejects(refused, /not allowed/);
+  ws.gone(1006);
+  await advance(1);
+  FakeSocket.made.at(-1).open();
+  await settle();
+  assert.deepEqual(FakeSocket.made.at(-1).of("subscribe"), []);
+});
+
+test("the client ids kept are bounded however often it reconnects", async (t) => {
+  useFakes(t, { random: 0 });
+  const { c } = await opened();
+  for (let n = 0; n < 40; n++) {
+    FakeSocket.made.at(-1).gone(1006);
+    await advance(0.05);
+    FakeSocket.made.at(-1).open();
+    await settle();
+  }
+  assert.equal(c.connects, 41);
+  assert.ok(c._tracker.myIds.length <= 16);
+});
+
+test("an error reply leaves no timer behind", async (t) => {
+  useFakes(t);
+  const { c, ws } = await opened();
+  const before = c._timers.size;
+  const refused = c.publish("c", 1);
+  ws.receive({ type: "error", id: ws.of("publish")[0].id, code: 403, message: "no" });
+  await assert.rejects(refused, /no/);
+  const presence = c.presence("c");
+  ws.receive({ type: "error", id: ws.sent.at(-1).id, code: 400, message: "no presence" });
+  await assert.rejects(presence, /no presence/);
+  assert.equal(c._timers.size, before);
+});
+
+test("the echo of an own publish carries its message id", async (t) => {
+  useFakes(t);
+  const { c, ws, of } = await opened({ echo: true });
+  c.subscribe("c");
+  ws.receive(subscribed("c", 4, { id: ws.of("subscribe")[0].id }));
+  const seq = c.publish("c", "hi");
+  await settle();
+  ws.receive({ type: "ack", id: ws.of("publish")[0].id, seq: 5 });
+  assert.equal(await seq, 5);
+  assert.deepEqual(
+    of("message").map(({ seq, id, own }) => ({ seq, id, own })),
+    [{ seq: 5, id: "e1:5", own: true }],
+  );
+});
+
+// -- 7. refused handshakes --------------------------------------------------------------------
+
+test("a 401 (as Node's ws reports it) stops the client and says so; queued publishes fail", async (t) => {
+  useFakes(t);
+  const { c, of } = client({ token: "bad" });
+  const queued = c.publish("c", "typed while connecting").then(() => null, (error) => error);
+  await settle();
+  FakeSocket.made[0].refuse("Unexpected server response: 401");
+  await settle();
+  assert.equal(c.state, "closed");
+  assert.equal(of("error")[0].code, 401);
+  assert.match((await queued).message, /HTTP 401/);
+  await advance(60);
+  assert.equal(FakeSocket.made.length, 1, "no retry");
+});
+
+test("in a browser (no status), handshakes refused while the server is ready stop the client", async (t) => {
+  useFakes(t, { random: 0 });
+  const probe = fakeFetch(200);
+  const { c, of } = client({ token: "bad", fetch: probe.fetch });
+  for (let n = 0; n < 2; n++) {
+    await settle();
+    FakeSocket.made.at(-1).refuse();
+    await advance(0.1);
+  }
+  assert.equal(c.state, "closed");
+  assert.equal(FakeSocket.made.length, 2);
+  assert.match(of("error")[0].message, /refused the connection 2 times/);
+  assert.deepEqual(probe.calls, ["http://server.test/ready", "http://server.test/ready"]);
+});
+
+test("handshakes that fail while the server is down or busy are retried", async (t) => {
+  useFakes(t, { random: 0 });
+  for (const status of [null, 503]) {
+    FakeSocket.made = [];
+    const { c } = client({ fetch: fakeFetch(status).fetch });
+    for (let n = 0; n < 5; n++) {
+      await settle();
+      FakeSocket.made.at(-1).refuse();
+      await advance(0.1);
+    }
+    assert.notEqual(c.state, "closed");
+    assert.equal(FakeSocket.made.length, 6);
+    await c.close();
+  }
+});
+
+test("a publish that times out before it is sent again leaves no expected ack behind", async (t) => {
+  useFakes(t);
+  const { c, ws } = await opened();
+  const outcome = c.publish("c", 1, { timeout: 5 }).then(() => "acked", (error) => error.message);
+  assert.equal(ws.of("publish").length, 1);
+  ws.gone(1006); // sent, no ack: queued again for the next connection
+  await advance(5.1);
+  assert.match(await outcome, /no ack/);
+  assert.equal(c._tracker.expected.size, 0);
+  assert.equal(c._unsent.length, 0);
+});
