@@ -561,3 +561,34 @@ def test_twenty_clients_come_back_spread_out_after_a_restart(browser: Browser) -
         assert max(delays) - min(delays) >= 0.3, sorted(delays)
     finally:
         server.stop()
+
+
+def test_a_page_of_another_origin_imports_triows_js(browser: Browser, tmp_path: Path) -> None:
+    """docs/browser.md tells an application served elsewhere (Django on :8000, a static
+    site) to ``import`` the client from the triows server: that needs CORS on /triows.js."""
+    import http.server
+
+    server = Server(free_port(), [])
+    server.start()
+    page_html = (
+        "<!doctype html><script type=module>"
+        f"import('http://127.0.0.1:{server.port}/triows.js')"
+        ".then((m) => { window.loaded = typeof m.TriowsClient; })"
+        ".catch((e) => { window.loaded = 'failed: ' + e; });"
+        "</script>"
+    )
+    (tmp_path / "index.html").write_text(page_html)
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(  # noqa: E731
+        *a, directory=str(tmp_path)
+    )
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page = open_page(browser, f"http://127.0.0.1:{site.server_address[1]}/index.html")
+        wait_for(browser, page, "window.loaded !== undefined")
+        assert evaluate(browser, page, "() => window.loaded") == "function"
+    finally:
+        site.shutdown()
+        site.server_close()
+        server.stop()
