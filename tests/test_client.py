@@ -548,7 +548,7 @@ async def test_every_failure_of_a_connection_is_logged_not_only_the_first(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from triows import _client
+    from triows._client import client as _client
 
     async def two_failures(nursery: trio.Nursery, stream: object, **options: object) -> None:
         async def fail(exc: Exception) -> None:
@@ -572,7 +572,7 @@ async def test_a_close_during_a_failure_is_not_turned_into_a_reconnect(
 ) -> None:
     """The connection's task group ends with the close's ``Cancelled`` and a failure at once:
     the ``Cancelled`` is not dropped, so the closed client does not go on reconnecting."""
-    from triows import _client
+    from triows._client import client as _client
 
     clients: list[wsclient.Client] = []
 
@@ -627,7 +627,7 @@ async def test_resubscribes_go_out_a_window_at_a_time(
 ) -> None:
     """After a reconnect, 40 channels are resubscribed 16 at a time: with the server's
     replies held back, the server receives 16 subscribes, not 40."""
-    from triows import _client
+    from triows._client import client as _client
 
     async with open_test_server(subscribe_rate=0) as harness:
         cutter = Cutter(harness)

@@ -30,7 +30,7 @@ import pytest
 import trio
 
 import triows
-from triows._cli import parse_config
+from triows._cli.main import parse_config
 
 from .redisserver import free_port
 
@@ -269,7 +269,7 @@ def test_shell_snippets(page: str, script: str, server_port: int) -> None:
             if "-m" in words and "triows" in words:
                 args = words[words.index("triows") + 1 :]
                 if args[:1] == ["top"]:
-                    from triows._top import main as top
+                    from triows._ops.top import main as top
 
                     url = f"http://127.0.0.1:{server_port}"
                     top_args = [a if "8080" not in a else url for a in args[1:]]

@@ -16,7 +16,7 @@ import trio
 from wsproto.events import TextMessage
 
 from triows import Server, SlowConsumerPolicy
-from triows._fanout import DELIVERIES_PER_STEP, ITEMS_PER_STEP
+from triows._brokers.fanout import DELIVERIES_PER_STEP, ITEMS_PER_STEP
 from triows.testing import open_test_server
 
 from .rawclient import RawClient

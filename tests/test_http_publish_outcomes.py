@@ -159,7 +159,7 @@ async def test_publications_waiting_for_block_subscribers_are_bounded(
     """Each publication that filled a ``block`` subscriber holds a background wait; beyond
     the bound a publication is refused before it is published (so nothing is lost or
     doubled), and once the waits end publishing works again."""
-    from triows import _http
+    from triows._ops import http as _http
 
     monkeypatch.setattr(_http, "MAX_BLOCKED_WAITS", 1)
     big = "x" * 20_000

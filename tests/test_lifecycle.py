@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from triows._connection import Connection
+from triows._server.connection import Connection
 from triows.testing import open_test_server
 
 from .rawclient import RawClient

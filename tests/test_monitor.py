@@ -94,7 +94,7 @@ async def test_sharing_figures_with_other_workers_does_not_block_the_event_loop(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from triows import _shared_stats
+    from triows._ops import shared_stats as _shared_stats
 
     disk = threading.Event()  # a disk that does not answer until told to
     stuck: list[bool] = []

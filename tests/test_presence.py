@@ -10,8 +10,8 @@ import redis
 import trio
 import trio.testing
 
+from triows._brokers.presence import ANSWER_TTL
 from triows._core import presence as core
-from triows._presence import ANSWER_TTL
 from triows.testing import open_test_server
 
 from .conftest import SECRET, make_token

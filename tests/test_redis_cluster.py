@@ -178,7 +178,7 @@ async def test_resume_from_another_epoch_is_not_recovered(redis_url: str) -> Non
 
 
 def test_logged_redis_urls_hide_the_password() -> None:
-    from triows._redis_broker import _safe_url
+    from triows._brokers.redis.broker import _safe_url
 
     assert _safe_url("redis://:secret@db:6379/0") == "redis://***@db:6379/0"
     assert _safe_url("redis://db:6379/0") == "redis://db:6379/0"

@@ -13,8 +13,8 @@ import redis
 import trio
 
 from triows import BrokerUnavailableError, OutcomeUnknownError
+from triows._brokers.redis.broker import RedisBroker
 from triows._core import redis_format as fmt
-from triows._redis_broker import RedisBroker
 
 from .conftest import SECRET, make_token
 from .redisserver import RedisServer

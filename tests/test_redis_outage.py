@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from triows import client as wsclient
-from triows._connection import MAX_UNACKED
-from triows._redis_bridge import PubSubListener
+from triows._brokers.redis.bridge import PubSubListener
+from triows._server.connection import MAX_UNACKED
 from triows.testing import TestClient
 
 from .redisserver import RedisServer

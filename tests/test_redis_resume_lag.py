@@ -75,7 +75,7 @@ async def test_a_node_behind_the_client_catches_up_before_answering(
 ) -> None:
     """B waits (bounded) for its feed to reach the client's ``since``, then answers
     ``recovered``: the client gets exactly what follows, with no duplicate on the wire."""
-    from triows import _redis_broker
+    from triows._brokers.redis import broker as _redis_broker
 
     # The wait is bounded by redis_timeout (2 s here): room for a busy test machine.
     monkeypatch.setattr(_redis_broker, "RESUME_LAG_WAIT", 5.0)

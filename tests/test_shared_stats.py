@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from triows import _shared_stats
-from triows._metrics import Family, merge
+from triows._ops import shared_stats as _shared_stats
+from triows._ops.metrics import Family, merge
 
 
 def families(requests: float, connections: float) -> list[Family]:

@@ -9,7 +9,7 @@ import trio
 from rich.console import Console
 
 import triows
-from triows import _top
+from triows._ops import top as _top
 
 
 def _console() -> tuple[Console, io.StringIO]:

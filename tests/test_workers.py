@@ -128,15 +128,15 @@ async def test_a_killed_worker_is_restarted_and_its_clients_resume(
 
 
 def test_supervisor_rewrites_only_its_own_flags() -> None:
-    from triows._workers import worker_arguments
+    from triows._cli.workers import worker_arguments
 
     argv = ["--port", "0", "--workers=2", "--history-size", "5", "--reuse-port", "no", "-h"]
     assert worker_arguments(argv) == ["--history-size", "5", "-h"]
 
 
 def test_secrets_reach_workers_through_their_environment_not_their_command_line() -> None:
-    from triows._cli import parse_config
-    from triows._workers import _Supervisor, worker_arguments
+    from triows._cli.main import parse_config
+    from triows._cli.workers import _Supervisor, worker_arguments
 
     key, secret = "k" * 20, "s" * 40
     redis = "redis://:hunter2@127.0.0.1:6379/0"
@@ -160,7 +160,7 @@ def test_secrets_reach_workers_through_their_environment_not_their_command_line(
 
 
 def test_restart_backoff_grows_while_a_worker_keeps_dying() -> None:
-    from triows._workers import restart_delay
+    from triows._cli.workers import restart_delay
 
     assert [restart_delay(n) for n in range(9)] == [0, 0.5, 1, 2, 4, 8, 16, 30, 30]
 

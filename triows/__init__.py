@@ -8,13 +8,13 @@ Embed it::
 """
 
 from . import client
-from ._broker import BrokerStatistics, BrokerUnavailableError, OutcomeUnknownError
+from ._brokers.seam import BrokerStatistics, BrokerUnavailableError, OutcomeUnknownError
 from ._config import Authenticate, Authorize, Config, Rejected
 from ._core.auth import Action, Principal
 from ._core.outbox import SlowConsumerPolicy
-from ._server import Published, Server, serve
-from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics
-from ._transport import HandshakeRequest
+from ._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistics
+from ._server.server import Published, Server, serve
+from ._server.transport import HandshakeRequest
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@
 See docs/client.md for what survives a reconnect and what is guaranteed.
 """
 
-from ._client import (
+from ._client.client import (
     Client,
     ClientClosedError,
     ClientError,

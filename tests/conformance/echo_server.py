@@ -16,9 +16,9 @@ import sys
 import trio
 
 import triows
-from triows._connection import Connection
 from triows._core.frames import BINARY, TEXT, frame
-from triows._server import Server
+from triows._server.connection import Connection
+from triows._server.server import Server
 
 
 class EchoConnection(Connection):

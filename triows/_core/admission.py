@@ -17,7 +17,7 @@ pending        accepted, request head not complete (or answered and closing): at
                then; a trusted proxy carries many clients, so its streams count only in the
                total.
 http           a plain HTTP request being read or answered (probes excepted, see
-               ``triows._http``): ``max_http`` in all, ``max_http_per_ip`` per client address
+               ``triows._ops.http``): ``max_http`` in all, ``max_http_per_ip`` per client address
 connection     a WebSocket handshake in progress or an open connection: ``max_connections``
                in all, ``max_connections_per_ip`` per client address, and once the user is
                known ``max_connections_per_user``

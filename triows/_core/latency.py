@@ -3,7 +3,7 @@
 Why not ``prometheus_client.Histogram``: its ``observe`` takes a lock and walks every bucket,
 and in multiprocess mode it writes to a memory-mapped file; a publish→ack sample would cost
 more than the ack. Here an observation is one ``bisect`` and two additions into plain lists,
-and the exposition (``triows._metrics``) hands the whole batch of counts to
+and the exposition (``triows._ops.metrics``) hands the whole batch of counts to
 ``prometheus_client`` at scrape time. The monitor takes percentiles of what was observed
 between two of its samples from the difference of two :meth:`LatencyHistogram.counts`.
 """

@@ -17,8 +17,8 @@ import trio
 from wsproto.utilities import LocalProtocolError
 
 from .._config import Config
-from .._server import Server, serve
-from .._transport import (
+from .._server.server import Server, serve
+from .._server.transport import (
     ConnectionClosed,
     ConnectionRejected,
     WebSocketConnection,

@@ -3,10 +3,10 @@
 Task tree::
 
     serve()                       root nursery
-    ├─ supervisor                 idle sweeper, monitor, presence, broker (triows._supervisor)
+    ├─ supervisor                 idle sweeper, monitor, presence, broker (_server.supervisor)
     └─ connections nursery
        ├─ accept loop             inside its own cancel scope, so it can stop alone
-       └─ one task per stream     handshake, then Connection.run() (triows._connection)
+       └─ one task per stream     handshake, then Connection.run() (triows._server.connection)
 
 ``Server.aclose()`` stops the accept loop, asks every connection to drain and close with 1001
 by one shared deadline, cancels whatever is left at that deadline, then stops the supervisor.
@@ -26,27 +26,27 @@ from typing import Any
 import attrs
 import trio
 
-from ._broker import BrokerUnavailableError, Publication, open_broker
-from ._config import Config, Rejected
-from ._connection import GOING_AWAY, Connection
-from ._core import protocol
-from ._core.admission import Admission, Limits, Refused, Stage
-from ._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
-from ._core.latency import histogram
-from ._core.memory_guard import MemoryGuard
-from ._core.names import ChannelNameError, validate_channel
-from ._core.outbox import OutboxTotals
-from ._core.protocol import ProtocolError
-from ._core.proxy import address_key, parse_networks
-from ._core.ratelimit import PerKey, TokenBucket
-from ._fanout import FanOut, Subscriber
-from ._http import HttpEndpoints
-from ._listen import open_tcp_listeners
-from ._monitor import Monitor
-from ._presence import Presence
-from ._stats import ChannelStatistics, ConnectionStatistics, ServerStatistics, Traffic
-from ._supervisor import run_supervisor
-from ._transport import HandshakeRequest, PendingHandshake, serve_streams
+from .._brokers.fanout import FanOut, Subscriber
+from .._brokers.presence import Presence
+from .._brokers.seam import BrokerUnavailableError, Publication, open_broker
+from .._config import Config, Rejected
+from .._core import protocol
+from .._core.admission import Admission, Limits, Refused, Stage
+from .._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
+from .._core.latency import histogram
+from .._core.memory_guard import MemoryGuard
+from .._core.names import ChannelNameError, validate_channel
+from .._core.outbox import OutboxTotals
+from .._core.protocol import ProtocolError
+from .._core.proxy import address_key, parse_networks
+from .._core.ratelimit import PerKey, TokenBucket
+from .._ops.http import HttpEndpoints
+from .._ops.monitor import Monitor
+from .._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistics, Traffic
+from .connection import GOING_AWAY, Connection
+from .listen import open_tcp_listeners
+from .supervisor import run_supervisor
+from .transport import HandshakeRequest, PendingHandshake, serve_streams
 
 log = logging.getLogger("triows.server")
 

@@ -28,8 +28,8 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ._core.backoff import full_jitter
-from ._core.latency import LatencyHistogram
+from ..._core.backoff import full_jitter
+from ..._core.latency import LatencyHistogram
 
 log = logging.getLogger("triows.redis")
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._metrics import Family, merge
+from .metrics import Family, merge
 
 #: Samples after which a worker's file is taken for a dead worker's (its gauges stop counting).
 STALE_AFTER = 5

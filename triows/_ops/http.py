@@ -1,6 +1,6 @@
 """Plain HTTP on the WebSocket port: health, metrics, statistics and the publish API.
 
-A request without ``Upgrade: websocket`` lands here (see :mod:`triows._transport`). It is
+A request without ``Upgrade: websocket`` lands here (see :mod:`triows._server.transport`). It is
 bounded like a handshake: its head by ``MAX_HEAD``, its body by ``max_message_size`` (413),
 reading, handling and answering together by ``handshake_timeout``. Every answer closes the
 connection (no keep-alive: these are probes, scrapes and backend calls, not page loads).
@@ -44,18 +44,19 @@ from urllib.parse import parse_qsl
 import attrs
 import trio
 
-from . import _metrics, _shared_stats
-from ._broker import BrokerUnavailableError, OutcomeUnknownError
-from ._core import protocol
-from ._core.admission import Refused
-from ._core.handshake import HandshakeError, HttpRequest, content_length, http_response
-from ._core.names import ChannelNameError, validate_channel
-from ._core.numbers import ascii_int
-from ._transport import PlainRequest, answer
+from .._brokers.seam import BrokerUnavailableError, OutcomeUnknownError
+from .._core import protocol
+from .._core.admission import Refused
+from .._core.handshake import HandshakeError, HttpRequest, content_length, http_response
+from .._core.names import ChannelNameError, validate_channel
+from .._core.numbers import ascii_int
+from .._server.transport import PlainRequest, answer
+from . import metrics as _metrics
+from . import shared_stats as _shared_stats
 
 if TYPE_CHECKING:
-    from ._fanout import Subscriber
-    from ._server import Server
+    from .._brokers.fanout import Subscriber
+    from .._server.server import Server
 
 log = logging.getLogger("triows.http")
 
@@ -293,7 +294,7 @@ class HttpEndpoints:
         directory = server.config.shared_stats_dir
         if directory is not None:
             # Under --workers: what this answer says of this worker goes to its file first,
-            # so that no later scrape, on any worker, reads less (triows._shared_stats).
+            # so that no later scrape, on any worker, reads less (triows._ops.shared_stats).
             write = functools.partial(_shared_stats.write, directory, own, server.monitor.summary())
             try:
                 await trio.to_thread.run_sync(write)
@@ -413,7 +414,7 @@ class HttpEndpoints:
     async def _publish_one(self, channel: str, data: Any, key: str | None) -> dict[str, Any]:
         """Publish and answer once numbered; the ``block`` subscribers it filled up are waited
         for in the background (a slot of :data:`MAX_BLOCKED_WAITS`, reserved first)."""
-        from ._server import DataTooLargeError
+        from .._server.server import DataTooLargeError
 
         if self.blocked_waits >= MAX_BLOCKED_WAITS:
             raise HttpError(

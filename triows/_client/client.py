@@ -32,8 +32,8 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from ._core.backoff import full_jitter
-from ._core.tracking import (
+from .._core.backoff import full_jitter
+from .._core.tracking import (
     AdaptiveInterval,
     Backlog,
     Event,
@@ -44,7 +44,7 @@ from ._core.tracking import (
     Tracked,
     Tracker,
 )
-from ._transport import ConnectionClosed, ConnectionRejected, open_client
+from .._server.transport import ConnectionClosed, ConnectionRejected, open_client
 
 log = logging.getLogger("triows.client")
 # A library logs, the application decides what is shown: without logging configured nothing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from ._broker import BrokerStatistics
+from .._brokers.seam import BrokerStatistics
 
 
 class Traffic:

@@ -12,9 +12,9 @@ from typing import Any, Protocol
 
 import trio
 
-from ._core.auth import Principal
-from ._core.hub import ChannelState
-from ._core.outbox import DropCounter, Outbox, SlowConsumerPolicy
+from .._core.auth import Principal
+from .._core.hub import ChannelState
+from .._core.outbox import DropCounter, Outbox, SlowConsumerPolicy
 
 #: Close code for a subscriber that cannot keep up.
 TRY_AGAIN_LATER = 1013

@@ -29,11 +29,11 @@ from collections.abc import AsyncIterator, Sequence
 
 import trio
 
-from . import _shared_stats
-from ._cli import STATS_DIR_ENV, SUPERVISOR_ENV, WORKER_ENV, cannot_listen
-from ._config import Config
-from ._core.backoff import exponential
-from ._listen import reserve_port
+from .._config import Config
+from .._core.backoff import exponential
+from .._ops import shared_stats as _shared_stats
+from .._server.listen import reserve_port
+from .main import STATS_DIR_ENV, SUPERVISOR_ENV, WORKER_ENV, cannot_listen
 
 log = logging.getLogger("triows.workers")
 
@@ -88,7 +88,7 @@ def supervise_workers(argv: Sequence[str], count: int, config: Config) -> int:
     try:
         command = [sys.executable, "-m", "triows", *worker_arguments(argv)]
         # Where workers share their figures, so that /metrics and /stats on any of them show
-        # the whole server (triows._shared_stats).
+        # the whole server (triows._ops.shared_stats).
         with tempfile.TemporaryDirectory(prefix="triows-stats-") as stats_dir:
             return trio.run(_Supervisor(command, count, port, config, stats_dir).run)
     finally:

@@ -22,11 +22,11 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
-from ._config import Config
-from ._core.names import ChannelNameError
-from ._core.outbox import SlowConsumerPolicy
-from ._listen import ListenError
-from ._server import Server, serve
+from .._config import Config
+from .._core.names import ChannelNameError
+from .._core.outbox import SlowConsumerPolicy
+from .._server.listen import ListenError
+from .._server.server import Server, serve
 
 log = logging.getLogger("triows")
 
@@ -669,7 +669,7 @@ async def run(config: Config, *, worker: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["top"]:
-        from ._top import main as top
+        from .._ops.top import main as top
 
         return top(args[1:])
     options = parse_config(args, dict(os.environ))
@@ -680,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("%s", warning)
     raise_fd_limit(config.max_connections)
     if options.workers > 1:
-        from ._workers import supervise_workers
+        from .workers import supervise_workers
 
         return supervise_workers(args, options.workers, config)
     failure: BaseException | None = None

@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._core import presence as core
-from ._core.frames import text_frame
-from ._core.presence import Member, PresenceMode
-from ._core.protocol import RequestId, encode
-from ._redis_broker import RedisBroker
+from .._core import presence as core
+from .._core.frames import text_frame
+from .._core.presence import Member, PresenceMode
+from .._core.protocol import RequestId, encode
+from .redis.broker import RedisBroker
 
 if TYPE_CHECKING:
     import redis
 
-    from ._connection import Connection
-    from ._server import Server
+    from .._server.connection import Connection
+    from .._server.server import Server
 
 log = logging.getLogger("triows.presence")
 

@@ -10,7 +10,7 @@ warning, and recovering one more line: never a line per sample.
 On the same tick it turns counters into rates, expires history and dedupe entries (so their
 memory follows their ttl without traffic), feeds the memory guard, logs a one-line summary a
 minute while clients are connected, and, under ``--workers``, writes this process's figures
-for the other workers to add up (:mod:`triows._shared_stats`).
+for the other workers to add up (:mod:`triows._ops.shared_stats`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from . import _metrics, _shared_stats
-from ._core import memory_guard
-from ._core.latency import LatencyHistogram, percentile
-from ._core.memory_guard import Crossing, Threshold
+from .._core import memory_guard
+from .._core.latency import LatencyHistogram, percentile
+from .._core.memory_guard import Crossing, Threshold
+from . import metrics as _metrics
+from . import shared_stats as _shared_stats
 
 if TYPE_CHECKING:
-    from ._server import Server
+    from .._server.server import Server
 
 log = logging.getLogger("triows.monitor")
 

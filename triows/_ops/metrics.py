@@ -5,7 +5,7 @@ counters and :class:`~triows._core.latency.LatencyHistogram` buckets; a scrape r
 (:func:`collect`) into plain families, and ``prometheus_client`` writes the exposition
 (:func:`render`). Families are plain JSON-able dicts so that ``--workers`` can add up every
 worker's: each worker's monitor writes its own to a shared directory once per sample
-(:mod:`triows._monitor`), and a scrape on any worker sums them (:func:`merge`). That is the
+(:mod:`triows._ops.monitor`), and a scrape on any worker sums them (:func:`merge`). That is the
 same idea as ``prometheus_client``'s multiprocess mode, which would instead make every
 counter increment a write into a memory-mapped file.
 
@@ -27,11 +27,11 @@ from prometheus_client.core import (
     Metric,
 )
 
-from ._core.latency import LatencyHistogram
-from ._core.memory_guard import read_rss
+from .._core.latency import LatencyHistogram
+from .._core.memory_guard import read_rss
 
 if TYPE_CHECKING:
-    from ._server import Server
+    from .._server.server import Server
 
 __all__ = ["CONTENT_TYPE_LATEST", "Family", "collect", "cpu_seconds", "merge", "render"]
 

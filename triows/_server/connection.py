@@ -30,20 +30,20 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._broker import BrokerUnavailableError, Subscribed
-from ._core import protocol
-from ._core.auth import Action, AuthError, Principal
-from ._core.frame_parser import NO_STATUS, Close, Failure, FrameParser, Message, Ping, Pong
-from ._core.frames import PING, PONG, close_frame, frame, text_frame
-from ._core.hub import SubscriptionLimitError
-from ._core.outbox import DropCounter, Outbox, SlowConsumerPolicy, Verdict
-from ._core.protocol import ProtocolError
-from ._core.ratelimit import TokenBucket
-from ._fanout import StepBudget, Subscriber
-from ._transport import Closed, WebSocket
+from .._brokers.fanout import StepBudget, Subscriber
+from .._brokers.seam import BrokerUnavailableError, Subscribed
+from .._core import protocol
+from .._core.auth import Action, AuthError, Principal
+from .._core.frame_parser import NO_STATUS, Close, Failure, FrameParser, Message, Ping, Pong
+from .._core.frames import PING, PONG, close_frame, frame, text_frame
+from .._core.hub import SubscriptionLimitError
+from .._core.outbox import DropCounter, Outbox, SlowConsumerPolicy, Verdict
+from .._core.protocol import ProtocolError
+from .._core.ratelimit import TokenBucket
+from .transport import Closed, WebSocket
 
 if TYPE_CHECKING:
-    from ._server import Server
+    from .server import Server
 
 log = logging.getLogger("triows.connection")
 

@@ -4,12 +4,12 @@ The server and its connections only talk to a :class:`Broker`:
 
 - :class:`MemoryBroker` (the default) numbers, dedupes and keeps history in this process, and
   hands each message to the local subscribers in the same synchronous step.
-- ``RedisBroker`` (``triows._redis_broker``, chosen by ``Config.redis_url``) lets Redis number
+- ``RedisBroker`` (``triows._brokers.redis``, chosen by ``Config.redis_url``) lets Redis number
   and keep them, so that every node of a cluster agrees on a message's seq and any node can
   resume a client.
 
 Both keep local membership in a :class:`~triows._core.hub.Hub` and fan out through the
-:class:`~triows._fanout.FanOut` they are built with; neither knows the server or its
+:class:`~triows._brokers.fanout.FanOut` they are built with; neither knows the server or its
 connections (``tests/core/test_layering.py`` checks the imports). They differ in when a
 publication is numbered. The contract a publisher
 relies on: ``Publication.numbered(seq)`` is called exactly once (or ``failed(exc)``), and before
@@ -27,14 +27,14 @@ import attrs
 import trio
 import trio_util
 
-from ._config import Config
-from ._core import protocol
-from ._core.dedupe import DedupeWindow
-from ._core.frames import text_frame
-from ._core.hub import Hub, Resume
-from ._core.latency import LatencyHistogram, histogram
-from ._core.outbox import SlowConsumerPolicy
-from ._fanout import FanOut, Subscriber
+from .._config import Config
+from .._core import protocol
+from .._core.dedupe import DedupeWindow
+from .._core.frames import text_frame
+from .._core.hub import Hub, Resume
+from .._core.latency import LatencyHistogram, histogram
+from .._core.outbox import SlowConsumerPolicy
+from .fanout import FanOut, Subscriber
 
 #: The wall clock in milliseconds (message timestamps, history ttl against stream times).
 WallClockMs = Callable[[], int]
@@ -298,7 +298,7 @@ class MemoryBroker(Broker):
 def open_broker(config: Config, fanout: FanOut, wall_clock_ms: WallClockMs) -> Broker:
     """The Redis broker when ``Config.redis_url`` is set, else the in-process one."""
     if config.redis_url is not None:
-        from ._redis_broker import RedisBroker  # imports redis only when it is used
+        from .redis.broker import RedisBroker  # imports redis only when it is used
 
         return RedisBroker(config, fanout, wall_clock_ms, config.redis_url)
     return MemoryBroker(config, fanout, epoch_prefix=secrets.token_hex(4))

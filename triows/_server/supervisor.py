@@ -3,11 +3,11 @@
 - idle sweeper: closes connections that hold no subscription and have sent nothing for
   ``idle_timeout`` seconds (1000 "Idle timeout"). Subscribers that only listen are not idle:
   they are what the server is for.
-- the monitor (:mod:`triows._monitor`): samples loop lag, CPU, memory, rates and latency
+- the monitor (:mod:`triows._ops.monitor`): samples loop lag, CPU, memory, rates and latency
   percentiles into a bounded history, warns on crossings, turns counters into rates, expires
   history and dedupe entries, and logs a one-line summary every minute.
 
-- presence (:mod:`triows._presence`): with Redis, writes joins and leaves, refreshes this
+- presence (:mod:`triows._brokers.presence`): with Redis, writes joins and leaves, refreshes this
   node's members and sweeps a crashed node's; nothing in process.
 
 - the broker's background work: with Redis, the bridge (publisher, pub/sub listener thread,
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._restart import restarting
+from .._restart import restarting
 
 if TYPE_CHECKING:
-    from ._server import Server
+    from .server import Server
 
 log = logging.getLogger("triows.supervisor")
 

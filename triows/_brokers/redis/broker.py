@@ -41,7 +41,22 @@ import redis
 import trio
 import trio_util
 
-from ._broker import (
+from ..._config import Config
+from ..._core import presence, protocol
+from ..._core import redis_format as fmt
+from ..._core.feed import Deliver, Entry, Feed, Fill, Restart
+from ..._core.frames import text_frame
+from ..._core.hub import (
+    Hub,
+    Resume,
+    SubscriptionLimitError,
+    resume_ahead_of_feed,
+    resume_from_history,
+    resume_without_history,
+)
+from ..._core.latency import histogram
+from ..fanout import DELIVERIES_PER_STEP, FanOut, StepBudget, Subscriber
+from ..seam import (
     Broker,
     BrokerStatistics,
     BrokerUnavailableError,
@@ -50,22 +65,7 @@ from ._broker import (
     Subscribed,
     WallClockMs,
 )
-from ._config import Config
-from ._core import presence, protocol
-from ._core import redis_format as fmt
-from ._core.feed import Deliver, Entry, Feed, Fill, Restart
-from ._core.frames import text_frame
-from ._core.hub import (
-    Hub,
-    Resume,
-    SubscriptionLimitError,
-    resume_ahead_of_feed,
-    resume_from_history,
-    resume_without_history,
-)
-from ._core.latency import histogram
-from ._fanout import DELIVERIES_PER_STEP, FanOut, StepBudget, Subscriber
-from ._redis_bridge import (
+from .bridge import (
     LINK_ERRORS,
     Confirmed,
     Event,
@@ -190,7 +190,7 @@ class RedisBroker(Broker):
         self._bridge = RedisBridge(url, config.redis_timeout, self.round_trips)
         self._control = fmt.control_channel(self.node_id)
         self._listener = PubSubListener(self._bridge, self._control, self._dispatch)
-        #: Set by presence (triows._presence): other nodes' joins and leaves go there.
+        #: Set by presence (triows._brokers.presence): other nodes' joins and leaves go there.
         self.on_presence: Callable[[bytes], None] | None = None
         self._channels: dict[str, _Channel] = {}
         self._buffer: deque[_Pending] = deque()

@@ -4,7 +4,7 @@ The server side drives its own engine (see docs/design.md, "Connection engine"):
 handshake is parsed by :mod:`triows._core.handshake`, frames by
 :mod:`triows._core.frame_parser`, and what the server sends is framed by
 :mod:`triows._core.frames`. This module is the I/O around them: it accepts streams, bounds the
-wait for a request head, answers it, and gives :class:`triows._connection.Connection` a
+wait for a request head, answers it, and gives :class:`triows._server.connection.Connection` a
 :class:`WebSocket` with exactly two ways to send bytes, :meth:`WebSocket.write_nowait` and
 :meth:`WebSocket.write`, which the connection uses from one ordered path.
 
@@ -30,9 +30,9 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from ._core.admission import Admission, Refused, Ticket
-from ._core.frame_parser import FrameParser
-from ._core.handshake import (
+from .._core.admission import Admission, Refused, Ticket
+from .._core.frame_parser import FrameParser
+from .._core.handshake import (
     HandshakeError,
     HttpRequest,
     accept_response,
@@ -42,7 +42,7 @@ from ._core.handshake import (
     upgrade_key,
     wants_upgrade,
 )
-from ._core.proxy import Network, address_key, client_address, is_trusted
+from .._core.proxy import Network, address_key, client_address, is_trusted
 
 __all__ = [
     "Closed",
