@@ -11,10 +11,10 @@ from . import client
 from ._brokers.seam import BrokerStatistics, BrokerUnavailableError, OutcomeUnknownError
 from ._config import Authenticate, Authorize, Config, Rejected
 from ._core.auth import Action, Principal
+from ._core.handshake import HandshakeRequest
 from ._core.outbox import SlowConsumerPolicy
 from ._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistics
 from ._server.server import Published, Server, serve
-from ._server.transport import HandshakeRequest
 
 __version__ = "0.1.0"
 

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._core.auth import Action, Principal
+from ._core.handshake import HandshakeRequest
 from ._core.names import first_match, validate_pattern
 from ._core.outbox import SlowConsumerPolicy
 from ._core.proxy import parse_networks
-from ._server.transport import HandshakeRequest
 
 #: ``authenticate(request)``: return a Principal to accept, ``None`` to refuse with 401, or raise
 #: :class:`Rejected` for another status. May be a coroutine function.

@@ -44,7 +44,7 @@ from .._core.tracking import (
     Tracked,
     Tracker,
 )
-from .._server.transport import ConnectionClosed, ConnectionRejected, open_client
+from .transport import ConnectionClosed, ConnectionRejected, open_client
 
 log = logging.getLogger("triows.client")
 # A library logs, the application decides what is shown: without logging configured nothing

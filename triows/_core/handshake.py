@@ -235,3 +235,23 @@ def http_response(
         *(f"{name}: {value}" for name, value in headers),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+@attrs.frozen(kw_only=True)
+class HandshakeRequest:
+    """What the client asked for in its HTTP upgrade request; given to ``authenticate``.
+
+    Header names are lower-case. ``query`` holds the first value of each parameter. Its repr
+    shows header names and query keys, never their values: an application that logs a request
+    must not leak the token it carries.
+    """
+
+    path: str
+    query: dict[str, str] = attrs.field(repr=lambda query: f"<keys {sorted(query)}>")
+    headers: dict[str, str] = attrs.field(repr=lambda headers: f"<names {sorted(headers)}>")
+    remote: str
+    #: The client's address without its port (what per-address limits count).
+    ip: str = ""
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())

@@ -33,6 +33,7 @@ from .._config import Config, Rejected
 from .._core import protocol
 from .._core.admission import Admission, Limits, Refused, Stage
 from .._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
+from .._core.handshake import HandshakeRequest
 from .._core.latency import histogram
 from .._core.memory_guard import MemoryGuard
 from .._core.names import ChannelNameError, validate_channel
@@ -46,7 +47,7 @@ from .._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistic
 from .connection import GOING_AWAY, Connection
 from .listen import open_tcp_listeners
 from .supervisor import run_supervisor
-from .transport import HandshakeRequest, PendingHandshake, serve_streams
+from .transport import PendingHandshake, serve_streams
 
 log = logging.getLogger("triows.server")
 

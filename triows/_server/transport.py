@@ -8,8 +8,7 @@ wait for a request head, answers it, and gives :class:`triows._server.connection
 :class:`WebSocket` with exactly two ways to send bytes, :meth:`WebSocket.write_nowait` and
 :meth:`WebSocket.write`, which the connection uses from one ordered path.
 
-trio-websocket stays on the client side (``triows.client``, ``triows.testing``), through
-:func:`open_client`: that is the one place that imports it.
+trio-websocket stays on the client side (``triows._client.transport``).
 """
 
 from __future__ import annotations
@@ -23,17 +22,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    WebSocketConnection,
-    wrap_client_stream,
-)
 
 from .._core.admission import Admission, Refused, Ticket
 from .._core.frame_parser import FrameParser
 from .._core.handshake import (
     HandshakeError,
+    HandshakeRequest,
     HttpRequest,
     accept_response,
     head_end,
@@ -46,14 +40,10 @@ from .._core.proxy import Network, address_key, client_address, is_trusted
 
 __all__ = [
     "Closed",
-    "ConnectionClosed",
-    "ConnectionRejected",
     "HandshakeRequest",
     "PendingHandshake",
     "PlainRequest",
     "WebSocket",
-    "WebSocketConnection",
-    "open_client",
     "serve_streams",
 ]
 
@@ -159,26 +149,6 @@ class WebSocket:
         closed by the transport when the connection's task returns."""
         if self._sock is not None:
             self.stream.socket.close()  # type: ignore[attr-defined]
-
-
-@attrs.frozen(kw_only=True)
-class HandshakeRequest:
-    """What the client asked for in its HTTP upgrade request; given to ``authenticate``.
-
-    Header names are lower-case. ``query`` holds the first value of each parameter. Its repr
-    shows header names and query keys, never their values: an application that logs a request
-    must not leak the token it carries.
-    """
-
-    path: str
-    query: dict[str, str] = attrs.field(repr=lambda query: f"<keys {sorted(query)}>")
-    headers: dict[str, str] = attrs.field(repr=lambda headers: f"<names {sorted(headers)}>")
-    remote: str
-    #: The client's address without its port (what per-address limits count).
-    ip: str = ""
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
 
 
 class PendingHandshake:
@@ -450,30 +420,4 @@ async def serve_streams(
     )
     await trio.serve_listeners(
         serve_one, listeners, handler_nursery=handler_nursery, task_status=task_status
-    )
-
-
-async def open_client(
-    nursery: trio.Nursery,
-    stream: trio.abc.Stream,
-    *,
-    host: str,
-    path: str,
-    headers: list[tuple[bytes, bytes]] | None = None,
-    message_queue_size: int = 64,
-    max_message_size: int = 16 * 1024 * 1024,
-) -> WebSocketConnection:
-    """Client side over an already open stream (tests and ``triows.testing``).
-
-    A rejected handshake raises ``ConnectionRejected`` out of ``nursery`` (where
-    trio-websocket's reader task runs), not out of this call.
-    """
-    return await wrap_client_stream(
-        nursery,
-        stream,  # type: ignore[arg-type]
-        host,
-        path,
-        extra_headers=headers,
-        message_queue_size=message_queue_size,
-        max_message_size=max_message_size,
     )

@@ -16,14 +16,14 @@ import attrs
 import trio
 from wsproto.utilities import LocalProtocolError
 
-from .._config import Config
-from .._server.server import Server, serve
-from .._server.transport import (
+from .._client.transport import (
     ConnectionClosed,
     ConnectionRejected,
     WebSocketConnection,
     open_client,
 )
+from .._config import Config
+from .._server.server import Server, serve
 from ._streams import DEFAULT_BUFFER, MemoryListener
 
 __all__ = ["ConnectionRejected", "TestClient", "TestServer", "open_test_server"]

@@ -1,0 +1,44 @@
+"""The client side of a WebSocket: trio-websocket, for ``triows.client`` and ``triows.testing``.
+
+The server drives its own engine (``triows._server.transport``); clients and the test kit use
+trio-websocket, and this is the one module that imports it, so that a server that never opens
+a client never loads it (nor wsproto).
+"""
+
+from __future__ import annotations
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+__all__ = ["ConnectionClosed", "ConnectionRejected", "WebSocketConnection", "open_client"]
+
+
+async def open_client(
+    nursery: trio.Nursery,
+    stream: trio.abc.Stream,
+    *,
+    host: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    message_queue_size: int = 64,
+    max_message_size: int = 16 * 1024 * 1024,
+) -> WebSocketConnection:
+    """Client side over an already open stream (tests and ``triows.testing``).
+
+    A rejected handshake raises ``ConnectionRejected`` out of ``nursery`` (where
+    trio-websocket's reader task runs), not out of this call.
+    """
+    return await wrap_client_stream(
+        nursery,
+        stream,  # type: ignore[arg-type]
+        host,
+        path,
+        extra_headers=headers,
+        message_queue_size=message_queue_size,
+        max_message_size=max_message_size,
+    )
