@@ -406,7 +406,7 @@ async def test_an_http_request_holds_its_socket_one_handshake_timeout_at_most(
 ) -> None:
     """Head, body and answer share one deadline: a client that sends its head late and its
     body never gets its 504 at ``handshake_timeout`` (plus a moment to write it)."""
-    from triows._server.transport import ANSWER_GRACE
+    from triows._net.streams import ANSWER_GRACE
     from triows.testing import open_test_server
 
     async with open_test_server(api_key=KEY, handshake_timeout=5) as harness:

@@ -1,4 +1,4 @@
-"""What triows._server.transport relies on inside trio, and how its two write paths stay apart.
+"""What triows._net.streams relies on inside trio, and how its two write paths stay apart.
 
 If a dependency upgrade breaks one of these, this file fails loudly, before a server could
 interleave bytes into a stream or send frames it must not.
@@ -14,7 +14,7 @@ import trio.testing
 import trio_websocket
 
 from triows._core.frame_parser import FrameParser
-from triows._server.transport import WebSocket
+from triows._net.streams import WebSocket
 from triows.testing import memory_stream_pair
 
 pytestmark = pytest.mark.real_socket

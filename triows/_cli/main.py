@@ -25,7 +25,7 @@ import trio
 from .._config import Config
 from .._core.names import ChannelNameError
 from .._core.outbox import SlowConsumerPolicy
-from .._server.listen import ListenError
+from .._net.listen import ListenError
 from .._server.server import Server, serve
 
 log = logging.getLogger("triows")

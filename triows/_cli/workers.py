@@ -31,8 +31,8 @@ import trio
 
 from .._config import Config
 from .._core.backoff import exponential
+from .._net.listen import reserve_port
 from .._ops import shared_stats as _shared_stats
-from .._server.listen import reserve_port
 from .main import STATS_DIR_ENV, SUPERVISOR_ENV, WORKER_ENV, cannot_listen
 
 log = logging.getLogger("triows.workers")

@@ -1,6 +1,6 @@
 """The client side of a WebSocket: trio-websocket, for ``triows.client`` and ``triows.testing``.
 
-The server drives its own engine (``triows._server.transport``); clients and the test kit use
+The server drives its own engine (``triows._net.streams``); clients and the test kit use
 trio-websocket, and this is the one module that imports it, so that a server that never opens
 a client never loads it (nor wsproto).
 """

@@ -1,6 +1,6 @@
 """Plain HTTP on the WebSocket port: health, metrics, statistics and the publish API.
 
-A request without ``Upgrade: websocket`` lands here (see :mod:`triows._server.transport`). It is
+A request without ``Upgrade: websocket`` lands here (see :mod:`triows._net.streams`). It is
 bounded like a handshake: its head by ``MAX_HEAD``, its body by ``max_message_size`` (413),
 reading, handling and answering together by ``handshake_timeout``. Every answer closes the
 connection (no keep-alive: these are probes, scrapes and backend calls, not page loads).
@@ -50,7 +50,7 @@ from .._core.admission import Refused
 from .._core.handshake import HandshakeError, HttpRequest, content_length, http_response
 from .._core.names import ChannelNameError, validate_channel
 from .._core.numbers import ascii_int
-from .._server.transport import PlainRequest, answer
+from .._net.streams import PlainRequest, answer
 from . import metrics as _metrics
 from . import shared_stats as _shared_stats
 

@@ -41,13 +41,13 @@ from .._core.outbox import OutboxTotals
 from .._core.protocol import ProtocolError
 from .._core.proxy import address_key, parse_networks
 from .._core.ratelimit import PerKey, TokenBucket
+from .._net.listen import open_tcp_listeners
+from .._net.streams import PendingHandshake, serve_streams
 from .._ops.http import HttpEndpoints
 from .._ops.monitor import Monitor
 from .._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistics, Traffic
 from .connection import GOING_AWAY, Connection
-from .listen import open_tcp_listeners
 from .supervisor import run_supervisor
-from .transport import PendingHandshake, serve_streams
 
 log = logging.getLogger("triows.server")
 
