@@ -14,7 +14,7 @@ import trio.testing
 import trio_websocket
 
 from triows._core.frame_parser import FrameParser
-from triows._net.streams import WebSocket
+from triows._net.websocket import WebSocket
 from triows.testing import memory_stream_pair
 
 pytestmark = pytest.mark.real_socket

@@ -40,7 +40,7 @@ from .._core.hub import SubscriptionLimitError
 from .._core.outbox import DropCounter, Outbox, SlowConsumerPolicy, Verdict
 from .._core.protocol import ProtocolError
 from .._core.ratelimit import TokenBucket
-from .._net.streams import Closed, WebSocket
+from .._net.websocket import Closed, WebSocket
 
 if TYPE_CHECKING:
     from .server import Server
