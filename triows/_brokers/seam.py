@@ -2,17 +2,17 @@
 
 The server and its connections only talk to a :class:`Broker`:
 
-- :class:`MemoryBroker` (the default) numbers, dedupes and keeps history in this process, and
-  hands each message to the local subscribers in the same synchronous step.
+- ``MemoryBroker`` (``triows._brokers.memory``, the default) numbers, dedupes and keeps
+  history in this process, and hands each message to the local subscribers in the same
+  synchronous step.
 - ``RedisBroker`` (``triows._brokers.redis``, chosen by ``Config.redis_url``) lets Redis number
   and keep them, so that every node of a cluster agrees on a message's seq and any node can
   resume a client.
 
 Both keep local membership in a :class:`~triows._core.hub.Hub` and fan out through the
 :class:`~triows._brokers.fanout.FanOut` they are built with; neither knows the server or its
-connections (``tests/core/test_layering.py`` checks the imports). They differ in when a
-publication is numbered. The contract a publisher
-relies on: ``Publication.numbered(seq)`` is called exactly once (or ``failed(exc)``), and before
+connections (``tests/test_architecture.py`` checks the imports). They differ in when a
+publication is numbered. The contract a publisher relies on: ``Publication.numbered(seq)`` is called exactly once (or ``failed(exc)``), and before
 any later message of that channel reaches the publishing connection, which is what lets a client
 tell its own publications from gaps.
 """
@@ -20,21 +20,16 @@ tell its own publications from gaps.
 from __future__ import annotations
 
 import abc
-import secrets
 from collections.abc import Callable
 
 import attrs
 import trio
 import trio_util
 
-from .._config import Config
 from .._core import protocol
-from .._core.dedupe import DedupeWindow
-from .._core.frames import text_frame
 from .._core.hub import Hub, Resume
-from .._core.latency import LatencyHistogram, histogram
-from .._core.outbox import SlowConsumerPolicy
-from .fanout import FanOut, Subscriber
+from .._core.latency import LatencyHistogram
+from .fanout import Subscriber
 
 #: The wall clock in milliseconds (message timestamps, history ttl against stream times).
 WallClockMs = Callable[[], int]
@@ -191,114 +186,3 @@ class Broker(abc.ABC):
     @property
     def dedupe_principals(self) -> int:
         return 0
-
-
-class MemoryBroker(Broker):
-    """Everything in this process: numbering, history, dedupe. One node only."""
-
-    def __init__(self, config: Config, fanout: FanOut, *, epoch_prefix: str) -> None:
-        self._fanout = fanout
-        self.delivery_lag = histogram(config.metrics)
-        self.round_trips = histogram(config.metrics)
-        self.hub = Hub(
-            epoch_prefix=epoch_prefix,
-            max_subscriptions=config.max_subscriptions,
-            policy_for=config.policy_for,
-            history_for=config.history_for,
-            max_idle_channels=config.max_idle_channels,
-            channel_history_bytes=config.history_max_bytes,
-            max_history_bytes=config.history_total_bytes,
-        )
-        self.up = trio_util.AsyncBool(True)
-        self._dedupe = DedupeWindow(
-            size=config.dedupe_size,
-            ttl=config.dedupe_ttl,
-            max_principals=config.dedupe_max_principals,
-            max_entries=config.dedupe_max_entries,
-        )
-
-    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
-        task_status.started()
-
-    def publish(self, pub: Publication) -> list[Subscriber]:
-        now = trio.current_time()
-        if pub.dedupe is not None:
-            seq = self._dedupe.lookup(pub.dedupe[0], pub.channel, pub.dedupe[1], now)
-            if seq is not None:
-                self.deduplicated += 1
-                state = self.hub.channel(pub.channel)
-                pub.epoch = state.epoch if state is not None else ""
-                if pub.numbered is not None:
-                    pub.numbered(seq)
-                return []
-        seq, blocked = self._broadcast(pub, now)
-        if pub.dedupe is not None:
-            self._dedupe.record(pub.dedupe[0], pub.channel, pub.dedupe[1], seq, now)
-        if pub.numbered is not None:
-            pub.numbered(seq)
-        return blocked
-
-    def publish_nowait(self, pub: Publication) -> int:
-        state = self.hub.channel(pub.channel)
-        if (
-            state is not None
-            and state.policy is SlowConsumerPolicy.BLOCK
-            and any(not member.outbox.has_room for member in state.members)
-        ):
-            raise trio.WouldBlock
-        return self._broadcast(pub, trio.current_time())[0]
-
-    def _broadcast(self, pub: Publication, now: float) -> tuple[int, list[Subscriber]]:
-        """Number, frame once, hand over, keep in history: one synchronous step, so every
-        subscriber receives a channel's messages in sequence order."""
-        state, seq = self.hub.publish(pub.channel)
-        pub.epoch = state.epoch
-        frame = text_frame(pub.payload(seq, state.message_id(seq)))
-        blocked = self._fanout.deliver(state, frame, pub.excluded)
-        self.published += 1
-        self.hub.record(state, seq, frame, now)
-        return seq, blocked
-
-    subscribes_at_once = True
-    numbers_at_once = True
-
-    async def subscribe(
-        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
-    ) -> Subscribed:
-        return self.subscribe_nowait(member, channel, since, epoch)
-
-    def subscribe_nowait(
-        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
-    ) -> Subscribed:
-        state = self.hub.subscribe(member, channel)
-        resume = None
-        if since is not None:
-            resume = self.hub.resume(state, since, epoch, trio.current_time())
-        return Subscribed(seq=state.seq, epoch=state.epoch, resume=resume)
-
-    def expire(self, now: float) -> None:
-        self.hub.expire(now)
-        self._dedupe.expire(now)
-
-    def forget_publisher(self, key: object) -> None:
-        self._dedupe.forget(key)
-
-    def statistics(self) -> BrokerStatistics:
-        return BrokerStatistics(kind="memory")
-
-    @property
-    def dedupe_entries(self) -> int:
-        return self._dedupe.entries
-
-    @property
-    def dedupe_principals(self) -> int:
-        return self._dedupe.principals
-
-
-def open_broker(config: Config, fanout: FanOut, wall_clock_ms: WallClockMs) -> Broker:
-    """The Redis broker when ``Config.redis_url`` is set, else the in-process one."""
-    if config.redis_url is not None:
-        from .redis.broker import RedisBroker  # imports redis only when it is used
-
-        return RedisBroker(config, fanout, wall_clock_ms, config.redis_url)
-    return MemoryBroker(config, fanout, epoch_prefix=secrets.token_hex(4))

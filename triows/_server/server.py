@@ -26,9 +26,10 @@ from typing import Any
 import attrs
 import trio
 
+from .._brokers.factory import open_broker
 from .._brokers.fanout import FanOut, Subscriber
 from .._brokers.presence import Presence
-from .._brokers.seam import BrokerUnavailableError, Publication, open_broker
+from .._brokers.seam import BrokerUnavailableError, Publication
 from .._config import Config, Rejected
 from .._core import protocol
 from .._core.admission import Admission, Limits, Refused, Stage
