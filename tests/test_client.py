@@ -258,7 +258,7 @@ async def test_publish_timeout(autojump_clock: trio.testing.MockClock) -> None:
             with pytest.raises(wsclient.PublishTimeoutError):
                 await client.publish("c", 1)
             assert trio.current_time() - start == pytest.approx(3)
-            assert not client._unsent  # a timed-out, never-sent publish is not sent later
+            assert not client._publishes.unsent  # a timed-out, never-sent publish is not sent later
 
 
 async def test_max_attempts(autojump_clock: trio.testing.MockClock) -> None:
@@ -627,7 +627,7 @@ async def test_resubscribes_go_out_a_window_at_a_time(
 ) -> None:
     """After a reconnect, 40 channels are resubscribed 16 at a time: with the server's
     replies held back, the server receives 16 subscribes, not 40."""
-    from triows._client import client as _client
+    from triows._client import link
 
     async with open_test_server(subscribe_rate=0) as harness:
         cutter = Cutter(harness)
@@ -642,7 +642,7 @@ async def test_resubscribes_go_out_a_window_at_a_time(
                 )
             await trio.sleep(5)
             newest = min(harness.server.connection_statistics(), key=lambda s: s.connected_for)
-            assert newest.frames_in == _client.RESUBSCRIBE_WINDOW == 16
+            assert newest.frames_in == link.RESUBSCRIBE_WINDOW == 16
 
 
 async def test_the_error_of_the_block_keeps_its_own_context(

@@ -11,21 +11,20 @@
 See docs/client.md for what survives a reconnect and what is guaranteed.
 """
 
-from ._client.client import (
-    Client,
+from ._client.client import Client
+from ._client.connect import connect
+from ._client.errors import (
     ClientClosedError,
     ClientError,
     ClientState,
     ConnectionLostError,
     OfflineQueueFullError,
-    Pool,
     PublishTimeoutError,
     RequestError,
     RequestTimeoutError,
-    Subscription,
-    connect,
-    open_pool,
 )
+from ._client.pool import Pool, open_pool
+from ._client.subscription import Subscription
 from ._core.tracking import Gap, Join, Leave, Message, Presence
 
 __all__ = [

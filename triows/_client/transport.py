@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import trio
 from trio_websocket import (
+    CloseReason,
     ConnectionClosed,
     ConnectionRejected,
     WebSocketConnection,
     wrap_client_stream,
 )
 
-__all__ = ["ConnectionClosed", "ConnectionRejected", "WebSocketConnection", "open_client"]
+__all__ = [
+    "CloseReason",
+    "ConnectionClosed",
+    "ConnectionRejected",
+    "WebSocketConnection",
+    "open_client",
+]
 
 
 async def open_client(

@@ -1,0 +1,255 @@
+"""One connection of the client, from the server's welcome until the connection ends.
+
+Its tasks run in the nursery of the connection attempt, next to trio-websocket's reader::
+
+    reader        frames -> Tracker (dedupe, gaps) -> subscriptions; acks -> publishers
+    sender        writes queued publishes in order
+    heartbeat     pings at an adaptive interval; a missed pong ends the connection
+    resubscriber  subscribes again what the client follows, a window at a time
+
+Every connection gets a new ``Link``, so what belongs to one connection (its socket, its
+resubscribe window) cannot leak into the next. What outlives it (subscriptions, the tracker's
+cursors, waiting publishes and requests, the heartbeat's interval) is the client's, handed in
+explicitly when the link is made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, TypeGuard
+
+import attrs
+import trio
+
+from .._core.backoff import full_jitter
+from .._core.tracking import AdaptiveInterval, Join, Leave, Recovered, Tracked, Tracker
+from .errors import ClientError, RequestError
+from .pending import PendingRequests, PublishQueue
+from .subscription import Subscription
+from .transport import CloseReason, ConnectionClosed, WebSocketConnection
+
+log = logging.getLogger("triows.client")
+
+#: Prefix of the ids of subscribe frames sent on reconnect.
+RESUBSCRIBE = "resubscribe:"
+#: Error codes that mean "not now" (e.g. 503 while the server's Redis is away): a resubscribe
+#: refused with one is tried again by reconnecting, with growing backoff.
+TRANSIENT_ERRORS = frozenset({500, 503})
+#: A resubscribe over the server's subscribe rate: sent again on the same connection after a
+#: random wait (a new connection would meet the same limit, and never get them all).
+RATE_LIMITED = 429
+#: Resubscribes awaiting their reply at once after a reconnect (as in triows.js).
+RESUBSCRIBE_WINDOW = 16
+
+
+class ResubscribeRefusedForNow(Exception):
+    """A resubscribe met a transient error: the supervisor reconnects, with backoff."""
+
+
+@attrs.define(eq=False)
+class Resubscribes:
+    """One connection's resubscribes: sent a window at a time; after a 429 one at a time,
+    after a wait that grows with each refusal (and shrinks again with each success)."""
+
+    queue: deque[str]
+    window: int = RESUBSCRIBE_WINDOW
+    pending: int = 0
+    retries: int = 0
+    #: Seconds to wait before sending more (after a refusal).
+    wait: float = 0.0
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def answered(self) -> None:
+        self.pending = max(0, self.pending - 1)
+        self.retries = max(0, self.retries - 1)
+        self.window = min(RESUBSCRIBE_WINDOW, self.window * 2)
+        self.changed.set()
+
+    def rate_limited(self, channel: str, delay: float) -> None:
+        self.pending = max(0, self.pending - 1)
+        self.queue.append(channel)
+        self.window = 1
+        self.retries += 1
+        self.wait = max(self.wait, delay)
+        self.changed.set()
+
+
+def is_resubscribe(request_id: object) -> TypeGuard[str]:
+    return isinstance(request_id, str) and request_id.startswith(RESUBSCRIBE)
+
+
+class Link:
+    """One open connection's tasks, over the client's state that outlives it."""
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        *,
+        tracker: Tracker,
+        subscriptions: dict[str, Subscription],
+        publishes: PublishQueue,
+        requests: PendingRequests,
+        forget_subscription: Callable[[str, ClientError | None], bool],
+        heartbeat: AdaptiveInterval,
+        ping_timeout: float,
+        backoff: tuple[float, float],
+    ) -> None:
+        self.ws = ws
+        self._tracker = tracker
+        self._subscriptions = subscriptions
+        self._publishes = publishes
+        self._requests = requests
+        self._forget_subscription = forget_subscription
+        self._heartbeat = heartbeat
+        self._ping_timeout = ping_timeout
+        self._backoff = backoff
+        #: What the client followed when this connection opened: subscribed again from
+        #: where their cursors stand. A subscribe() from now on sends its own request.
+        self.resubscribes = Resubscribes(deque(subscriptions))
+
+    async def run(self, nursery: trio.Nursery) -> CloseReason | None:
+        """Start the writers in ``nursery`` and read until the connection is closed: how it
+        was closed. A failure of any task (a missed pong, a broken stream) raises instead."""
+        nursery.start_soon(self._resubscribe)
+        nursery.start_soon(self._send_publishes)
+        nursery.start_soon(self._keep_alive)
+        return await self._read()
+
+    # -- reader -------------------------------------------------------------------------------
+
+    async def _read(self) -> CloseReason | None:
+        while True:
+            try:
+                frame = json.loads(await self.ws.get_message())
+            except ConnectionClosed as closed:
+                return closed.reason
+            kind = frame.get("type")
+            if kind == "message":
+                self._dispatch(frame["channel"], self._tracker.on_message(frame))
+            elif kind == "ack":
+                # Also when the caller stopped waiting: the tracker still expects it.
+                self._tracker.on_ack(frame.get("id"), frame["seq"])
+                item = self._publishes.answered(frame.get("id"))
+                if item is not None:
+                    item.succeed(frame["seq"])
+            elif kind == "subscribed":
+                self._dispatch(frame["channel"], self._tracker.on_subscribed(frame))
+                if is_resubscribe(frame.get("id")):
+                    self.resubscribes.answered()
+                else:
+                    self._requests.answer(frame)
+            elif kind == "error":
+                self._on_error(frame)
+            elif kind in ("join", "leave"):
+                event_type = Join if kind == "join" else Leave
+                event = event_type(
+                    channel=frame["channel"],
+                    client_id=frame["clientId"],
+                    user_id=frame.get("userId"),
+                )
+                self._dispatch(frame["channel"], [event])
+            elif kind == "presence":
+                self._requests.answer(frame)
+            elif (
+                kind == "unsubscribed" and not self._requests.answer(frame) and frame.get("reason")
+            ):
+                log.warning(
+                    "server ended subscription %s: %s", frame.get("channel"), frame["reason"]
+                )
+                self._forget_subscription(frame["channel"], RequestError(403, frame["reason"]))
+
+    def _dispatch(self, channel: str, events: Sequence[Tracked | Join | Leave]) -> None:
+        subscription = self._subscriptions.get(channel)
+        if subscription is None:
+            return
+        for event in events:
+            if isinstance(event, Recovered):
+                log.debug("resumed %s: nothing missed", channel)
+            else:
+                subscription._put(event)  # never waits: see Subscription
+
+    def _on_error(self, frame: dict[str, Any]) -> None:
+        """An error frame answers a publish, a resubscribe, or a request (in that order)."""
+        request_id = frame.get("id")
+        self._tracker.forget_ack(request_id)
+        item = self._publishes.answered(request_id)
+        if item is not None:
+            item.fail(RequestError(frame["code"], frame["message"]))
+        elif is_resubscribe(request_id):
+            self._on_resubscribe_refused(request_id.removeprefix(RESUBSCRIBE), frame)
+        elif not self._requests.answer(frame):
+            log.warning("server error %s: %s", frame.get("code"), frame.get("message"))
+
+    def _on_resubscribe_refused(self, channel: str, frame: dict[str, Any]) -> None:
+        """Over the rate: again later on this connection. Transient: again on the next one.
+        Anything else (say, a token that no longer allows it): the subscription ends."""
+        if frame["code"] == RATE_LIMITED:
+            delay = full_jitter(self.resubscribes.retries, *self._backoff)
+            log.info("resubscribing %s: rate-limited, again in %.1fs", channel, delay)
+            self.resubscribes.rate_limited(channel, delay)
+            return
+        self.resubscribes.answered()
+        if frame["code"] in TRANSIENT_ERRORS:
+            raise ResubscribeRefusedForNow(
+                f"resubscribing {channel}: {frame['code']} {frame.get('message')}"
+            )
+        log.warning("resubscribing %s refused: %s", channel, frame.get("message"))
+        self._forget_subscription(channel, RequestError(frame["code"], frame["message"]))
+
+    # -- writers ------------------------------------------------------------------------------
+
+    async def _resubscribe(self) -> None:
+        """Resubscribe what was followed, a window at a time (replies come through _read)."""
+        state = self.resubscribes
+        while True:
+            if state.wait:
+                wait, state.wait = state.wait, 0.0
+                await trio.sleep(wait)
+            while state.queue and state.pending < state.window:
+                channel = state.queue.popleft()
+                if channel in self._subscriptions:
+                    state.pending += 1
+                    await self.ws.send_message(json.dumps(self._subscribe_frame(channel)))
+            if not state.queue and not state.pending:
+                return
+            if not state.wait and (state.pending >= state.window or not state.queue):
+                state.changed = trio.Event()  # no checkpoint since the checks: no lost wakeup
+                await state.changed.wait()
+
+    def _subscribe_frame(self, channel: str) -> dict[str, Any]:
+        # The id lets a refusal (say, a token that no longer allows it) find its channel.
+        frame: dict[str, Any] = {
+            "type": "subscribe",
+            "channel": channel,
+            "id": RESUBSCRIBE + channel,
+        }
+        resume = self._tracker.resume_from(channel)
+        if resume is not None:
+            frame["since"], frame["epoch"] = resume
+        return frame
+
+    async def _send_publishes(self) -> None:
+        while True:
+            while (item := self._publishes.next_to_send()) is not None:
+                self._tracker.expect_ack(item.id, item.channel)
+                await self.ws.send_message(item.frame)
+            await self._publishes.wait_for_more()
+
+    async def _keep_alive(self) -> None:
+        """Ping at the adaptive interval; no pong within ``ping_timeout`` ends the connection."""
+        timeout = self._ping_timeout
+        pings = 0
+        while True:
+            await trio.sleep(self._heartbeat.value)
+            pings += 1
+            try:
+                with trio.fail_after(timeout):
+                    await self.ws.ping(pings.to_bytes(8, "big"))
+            except trio.TooSlowError:
+                self._heartbeat.failure()
+                log.info("no pong within %.1fs: reconnecting", timeout)
+                raise
+            self._heartbeat.success()

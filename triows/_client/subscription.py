@@ -1,0 +1,74 @@
+"""What ``client.subscribe()`` returns: one channel's events, buffered for the application.
+
+The client's reader puts events here without ever waiting, so that one slow consumer cannot
+stall acks and every other channel; the bound and the gap that reports what was skipped live
+in the tracker's ``Backlog``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+
+from .._core.tracking import Backlog, Event
+from .errors import ClientError
+
+
+class Unsubscriber(Protocol):
+    """What a subscription needs of its client: a way to be closed (the client itself)."""
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+
+class Subscription:
+    """Messages (:class:`~triows.client.Message`) and gaps (:class:`~triows.client.Gap`) of one
+    channel, in order, each once. ``async for event in subscription``.
+
+    It holds at most ``subscription_buffer`` events. The client's reader never waits for the
+    application (acks and every other channel would stall behind it): when the buffer is full,
+    newer messages are skipped and, once the application has caught up, one ``Gap`` with
+    ``reason="subscription buffer full"`` names exactly which seqs were skipped.
+    """
+
+    def __init__(self, client: Unsubscriber, channel: str, buffer: int) -> None:
+        self.channel = channel
+        self._client = client
+        self._backlog = Backlog(channel, buffer)
+        self._wakeup = trio.Event()
+        self._ended = False
+        self._error: ClientError | None = None  # why it ended, when the server ended it
+
+    @property
+    def skipped(self) -> int:
+        """Messages (and joins and leaves) skipped because the buffer was full."""
+        return self._backlog.skipped
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        await trio.lowlevel.checkpoint()
+        while True:
+            event = self._backlog.take()
+            if event is not None:
+                return event
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+    async def aclose(self) -> None:
+        await self._client.unsubscribe(self.channel)
+
+    def _put(self, event: Event) -> None:
+        """From the client's reader: queue ``event`` without waiting, or skip it."""
+        if not self._ended and self._backlog.put(event):
+            self._wakeup.set()
+
+    def _end(self, error: ClientError | None) -> None:
+        self._ended = True
+        self._error = error
+        self._wakeup.set()
