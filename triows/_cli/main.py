@@ -25,8 +25,9 @@ import trio
 from .._config import Config
 from .._core.names import ChannelNameError
 from .._core.outbox import SlowConsumerPolicy
-from .._net.listen import ListenError
 from .._server.server import Server, serve
+from .env import INTERNAL_ENV, STATS_DIR_ENV, SUPERVISOR_ENV, WORKER_ENV, env_name
+from .errors import cannot_listen
 
 log = logging.getLogger("triows")
 
@@ -444,10 +445,6 @@ _CLI_DEFAULTS: dict[str, Any] = {"--log-level": "info", "--log-format": "text", 
 _CHOICES = {"--log-level": LOG_LEVELS, "--log-format": ("text", "json")}
 
 
-def _env_name(flag: str) -> str:
-    return "TRIOWS_" + flag[2:].upper().replace("-", "_")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="triows",
@@ -465,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):  # as the flag takes it, not Python's True/False
             default = "yes" if default else "no"
         shown = "" if default in (None, ()) else f" (default: {default})"
-        kwargs: dict[str, Any] = {"help": f"{text}{shown} [env {_env_name(flag)}]", "type": kind}
+        kwargs: dict[str, Any] = {"help": f"{text}{shown} [env {env_name(flag)}]", "type": kind}
         if flag in _CHOICES:
             kwargs["choices"] = _CHOICES[flag]
         if flag == "--slow-consumer":
@@ -494,10 +491,10 @@ class Options:
 def unknown_variables(environ: dict[str, str]) -> list[str]:
     """A warning for each ``TRIOWS_*`` variable no flag reads, with the closest name: a typo
     (``TRIOWS_HIST_SIZE``) must not be silently ignored."""
-    known = [_env_name(flag) for flag, *_ in _OPTIONS]
+    known = [env_name(flag) for flag, *_ in _OPTIONS]
     warnings = []
     for name in sorted(environ):
-        if name.startswith("TRIOWS_") and name not in known and name not in _INTERNAL_ENV:
+        if name.startswith("TRIOWS_") and name not in known and name not in INTERNAL_ENV:
             # Compared without the common prefix, which would make everything look close.
             close = difflib.get_close_matches(name[7:], [k[7:] for k in known], n=1, cutoff=0.6)
             hint = f"; did you mean TRIOWS_{close[0]}?" if close else ""
@@ -514,11 +511,11 @@ def parse_config(argv: Sequence[str], environ: dict[str, str]) -> Options:
         dest = flag[2:].replace("-", "_")
         given = getattr(args, dest)
         from_flag = any(a == flag or a.startswith(flag + "=") for a in argv)
-        env = environ.get(_env_name(flag))
+        env = environ.get(env_name(flag))
         if not from_flag and env is not None:
             given = _from_env(parser, flag, kind, env)
         if flag in _CHOICES and given not in _CHOICES[flag]:
-            parser.error(f"{_env_name(flag)}: must be one of {', '.join(_CHOICES[flag])}")
+            parser.error(f"{env_name(flag)}: must be one of {', '.join(_CHOICES[flag])}")
         values[field or dest] = given
     log_level, log_format = values.pop("log_level"), values.pop("log_format")
     workers = int(values.pop("workers"))
@@ -545,14 +542,14 @@ def _given(argv: Sequence[str], environ: dict[str, str], flag: str) -> str | Non
             found = argv[index + 1]
         elif arg.startswith(flag + "="):
             found = arg.partition("=")[2]
-    return found if found is not None else environ.get(_env_name(flag))
+    return found if found is not None else environ.get(env_name(flag))
 
 
 def _flag_names(message: str) -> str:
     """``Config``'s messages name fields (``jwt_secret must be ...``); a CLI user typed a flag."""
     for flag, _, field, _ in _OPTIONS:
         if field is not None and message.startswith((f"{field} ", f"{field}:")):
-            return f"{flag} ({_env_name(flag)}){message[len(field) :]}"
+            return f"{flag} ({env_name(flag)}){message[len(field) :]}"
     return message
 
 
@@ -564,7 +561,7 @@ def _from_env(
     try:
         converted = [convert(p) for p in parts]
     except (argparse.ArgumentTypeError, ValueError) as exc:
-        parser.error(f"{_env_name(flag)}: {exc}")
+        parser.error(f"{env_name(flag)}: {exc}")
     return converted if flag in _REPEATABLE else converted[0]
 
 
@@ -579,16 +576,6 @@ class _JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
-
-
-#: Set by ``--workers`` for each worker process: its index, shown in every log line.
-WORKER_ENV = "TRIOWS_WORKER_INDEX"
-#: The supervisor's pid, in a worker's environment.
-SUPERVISOR_ENV = "TRIOWS_SUPERVISOR_PID"
-#: The directory where workers share their figures (``Config.shared_stats_dir``).
-STATS_DIR_ENV = "TRIOWS_STATS_DIR"
-#: Variables the supervisor of ``--workers`` sets for its workers: known, not flags.
-_INTERNAL_ENV = (WORKER_ENV, SUPERVISOR_ENV, STATS_DIR_ENV)
 
 
 async def watch_supervisor(supervisor: int) -> None:
@@ -680,6 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("%s", warning)
     raise_fd_limit(config.max_connections)
     if options.workers > 1:
+        # Here, not at the top: a single process has no use for the supervisor.
         from .workers import supervise_workers
 
         return supervise_workers(args, options.workers, config)
@@ -717,10 +705,3 @@ def raise_fd_limit(max_connections: int) -> None:
             soft,
             max_connections,
         )
-
-
-def cannot_listen(config: Config, failure: BaseException) -> str:
-    if isinstance(failure, ListenError):  # it says where already
-        return f"triows: error: {failure.strerror}"
-    reason = getattr(failure, "strerror", None) or failure
-    return f"triows: error: cannot listen on {config.host}:{config.port}: {reason}"

@@ -15,7 +15,7 @@ processes. The supervisor:
   session, so a terminal's Ctrl-C reaches only the supervisor, and a worker treats any number
   of signals as one graceful drain (systemd signals every process of the unit, and the
   supervisor forwards its own): one stop is always one drain. A worker whose supervisor dies
-  sees it go (a pidfd, see ``_cli.watch_supervisor``) and drains too.
+  sees it go (a pidfd, see ``_cli.main.watch_supervisor``) and drains too.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from .._config import Config
 from .._core.backoff import exponential
 from .._net.listen import reserve_port
 from .._ops import shared_stats as _shared_stats
-from .main import STATS_DIR_ENV, SUPERVISOR_ENV, WORKER_ENV, cannot_listen
+from .env import STATS_DIR_ENV, SUPERVISOR_ENV, WORKER_ENV
+from .errors import cannot_listen
 
 log = logging.getLogger("triows.workers")
 
