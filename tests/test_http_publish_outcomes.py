@@ -81,7 +81,7 @@ async def test_a_publish_is_answered_when_numbered_not_when_block_subscribers_ha
             with trio.fail_after(10):
                 while server.fanout.slow_consumer_disconnects == 0:  # noqa: ASYNC110
                     await trio.sleep(0.05)
-        assert server.http.blocked_waits == 0
+        assert server.http.api.blocked_waits == 0
 
 
 async def test_a_broadcast_past_a_block_subscriber_answers_every_channel() -> None:
@@ -159,7 +159,7 @@ async def test_publications_waiting_for_block_subscribers_are_bounded(
     """Each publication that filled a ``block`` subscriber holds a background wait; beyond
     the bound a publication is refused before it is published (so nothing is lost or
     doubled), and once the waits end publishing works again."""
-    from triows._ops import http as _http
+    from triows._ops import api as _http
 
     monkeypatch.setattr(_http, "MAX_BLOCKED_WAITS", 1)
     big = "x" * 20_000
@@ -176,7 +176,7 @@ async def test_publications_waiting_for_block_subscribers_are_bounded(
             published = server.statistics().published
             assert published == len(answers) - 1
             with trio.fail_after(10):
-                while server.http.blocked_waits:  # noqa: ASYNC110 - no event to wait on
+                while server.http.api.blocked_waits:  # noqa: ASYNC110 - no event to wait on
                     await trio.sleep(0.05)
             again = await http.post(
                 "/api/publish", json={"channel": "slow", "data": 1}, headers=HEADERS

@@ -8,13 +8,18 @@ Embed it::
 """
 
 from . import client
-from ._brokers.seam import BrokerStatistics, BrokerUnavailableError, OutcomeUnknownError
+from ._brokers.seam import (
+    BrokerStatistics,
+    BrokerUnavailableError,
+    OutcomeUnknownError,
+    Published,
+)
 from ._config import Authenticate, Authorize, Config, Rejected
 from ._core.auth import Action, Principal
 from ._core.handshake import HandshakeRequest
 from ._core.outbox import SlowConsumerPolicy
 from ._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistics
-from ._server.server import Published, Server, serve
+from ._server.server import Server, serve
 
 __version__ = "0.1.0"
 

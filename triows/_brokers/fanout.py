@@ -50,6 +50,10 @@ class StepBudget:
         self._delivered = self._fanout.delivered
 
 
+class Closable(Protocol):
+    def close(self, code: int, reason: str) -> None: ...
+
+
 class Subscriber(Protocol):
     """What fan-out needs of a connection."""
 
@@ -124,7 +128,7 @@ class FanOut:
             if not member.outbox.has_room and member.close_code is None:
                 self.slow_consumer(member, "Slow consumer")
 
-    def slow_consumer(self, member: Subscriber, reason: str) -> None:
+    def slow_consumer(self, member: Closable, reason: str) -> None:
         """Disconnect ``member`` for not keeping up, and count it."""
         self.slow_consumer_disconnects += 1
         member.close(TRY_AGAIN_LATER, reason)

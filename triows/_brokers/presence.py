@@ -1,36 +1,32 @@
-"""Presence in the shell: join/leave frames to subscribers, ``presence`` answers, and with
-Redis the shared member hashes (rules in :mod:`triows._core.presence`).
+"""Presence: join/leave frames to subscribers, ``presence`` answers, and the members other
+nodes hold, behind a :class:`PresenceStore` (rules in :mod:`triows._core.presence`).
 
-In process, a channel's members are its subscribers (the hub knows them), so nothing is
-stored. With Redis, every join and leave is written to the channel's hash and announced on
-:data:`EVENTS_CHANNEL` (both from one background task, in order, so the subscribe path never
-waits for Redis), and every ``presence_ttl / 3`` seconds the node refreshes its members'
-expiry and sweeps expired members (a crashed node's) out of the channels it follows. A
-``presence`` request reads the hash and adds this node's own members, whose writes may not
-have reached Redis yet.
+In process, a channel's members are its subscribers (the hub knows them), so the store holds
+nothing (:class:`LocalPresenceStore`). With Redis (``triows._brokers.redis.presence_store``),
+every join and leave is written to the channel's hash and announced to the other nodes (both
+from one background task, in order, so the subscribe path never waits for Redis), and every
+``presence_ttl / 3`` seconds the node refreshes its members' expiry and sweeps expired members
+(a crashed node's) out of the channels it follows. A ``presence`` request reads the hash and
+adds this node's own members, whose writes may not have reached Redis yet. The store is chosen
+with the broker (``triows._brokers.factory``).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import trio
 
+from .._config import Config
 from .._core import presence as core
 from .._core.frames import text_frame
+from .._core.hub import Hub
 from .._core.presence import Member, PresenceMode
 from .._core.protocol import RequestId, encode
-from .redis.broker import RedisBroker
-
-if TYPE_CHECKING:
-    import redis
-
-    from .._server.connection import Connection
-    from .._server.server import Server
+from .fanout import FanOut, Subscriber
 
 log = logging.getLogger("triows.presence")
 
@@ -40,21 +36,92 @@ ANSWER_TTL = 1.0
 #: Channels whose answer is kept, the least recently made forgotten first.
 ANSWERS_KEPT = 1024
 
-#: Members written by one script call of a refresh.
-PUT_CHUNK = 500
+#: ``(kind, channel, member)``: a join or a leave of this node, to be written to the store.
+Change = tuple[str, str, Member]
+
+
+class PresenceStore(Protocol):
+    """Where the members of every node live, and how a node hears of the others' changes."""
+
+    #: Whether other nodes share it (False: nothing to write, read or sweep).
+    shared: bool
+    #: This node's name in the store (its members' entries, its own announcements).
+    node_id: str
+
+    def listen(self, on_event: Callable[[bytes], None]) -> None:
+        """Call ``on_event`` with each join or leave announced by any node."""
+        ...
+
+    async def write(self, changes: list[Change], expires_ms: int, ttl: float) -> None: ...
+
+    async def refresh_and_sweep(
+        self,
+        mine: list[tuple[str, Member]],
+        channels: list[str],
+        now_ms: int,
+        expires_ms: int,
+        ttl: float,
+    ) -> tuple[dict[str, int], int]:
+        """Refresh this node's members, sweep expired ones; live counts per channel and how
+        many of ours had to be announced again."""
+        ...
+
+    async def count(self, channel: str) -> int:
+        """Members stored for ``channel`` (every node's; O(1))."""
+        ...
+
+    async def entries(self, channel: str) -> Mapping[Any, Any]:
+        """The stored entries of ``channel`` (``triows._core.presence`` reads them)."""
+        ...
+
+
+class LocalPresenceStore:
+    """One node alone: its subscribers are all the members there are."""
+
+    shared = False
+    node_id = "local"
+
+    def listen(self, on_event: Callable[[bytes], None]) -> None:
+        pass  # nobody else announces anything
+
+    async def write(self, changes: list[Change], expires_ms: int, ttl: float) -> None:
+        raise AssertionError("a local presence store stores nothing")
+
+    async def refresh_and_sweep(
+        self,
+        mine: list[tuple[str, Member]],
+        channels: list[str],
+        now_ms: int,
+        expires_ms: int,
+        ttl: float,
+    ) -> tuple[dict[str, int], int]:
+        raise AssertionError("a local presence store stores nothing")
+
+    async def count(self, channel: str) -> int:
+        return 0
+
+    async def entries(self, channel: str) -> Mapping[Any, Any]:
+        return {}
 
 
 class Presence:
-    def __init__(self, server: Server) -> None:
-        config = server.config
-        self._server = server
+    def __init__(
+        self,
+        config: Config,
+        hub: Hub[Subscriber],
+        fanout: FanOut,
+        now_ms: Callable[[], int],
+        store: PresenceStore,
+    ) -> None:
+        self._hub = hub
+        self._fanout = fanout
+        self._now_ms = now_ms
+        self._store = store
         self._full = config.presence
         self._counts = config.presence_counts
         self.enabled = bool(self._full or self._counts)
         self._max_members = config.presence_max_members
         self._ttl = config.presence_ttl
-        broker = server.broker
-        self._redis: RedisBroker | None = broker if isinstance(broker, RedisBroker) else None
         #: Writes waiting for the background task: ``(kind, channel, member)``.
         self._writes: deque[tuple[str, str, Member]] = deque()
         self._wake = trio.Event()
@@ -69,8 +136,8 @@ class Presence:
         self._answers: OrderedDict[str, bytes] = OrderedDict()
         self._answered_at: dict[str, float] = {}
         self._reading: dict[str, trio.Event] = {}
-        if self._redis is not None and self.enabled:
-            self._redis.on_presence = self._on_event
+        if store.shared and self.enabled:
+            store.listen(self._on_event)
 
     def mode(self, channel: str) -> PresenceMode | None:
         if not self.enabled:
@@ -78,25 +145,25 @@ class Presence:
         return core.mode_for(self._full, self._counts, channel)
 
     def count(self, channel: str) -> int:
-        state = self._server.hub.channel(channel)
+        state = self._hub.channel(channel)
         local = len(state.members) if state is not None else 0
         return max(local, self._known.get(channel, 0))
 
     # -- membership changes (sync: called from the subscribe path) ------------------------------
 
-    def joined(self, conn: Connection, channel: str) -> None:
+    def joined(self, conn: Subscriber, channel: str) -> None:
         self._changed("join", conn, channel)
 
-    def left(self, conn: Connection, channel: str) -> None:
+    def left(self, conn: Subscriber, channel: str) -> None:
         self._changed("leave", conn, channel)
 
-    def left_all(self, conn: Connection) -> None:
+    def left_all(self, conn: Subscriber) -> None:
         """Before a closed connection leaves its channels."""
         if self.enabled:
-            for channel in self._server.hub.channels_of(conn):
+            for channel in self._hub.channels_of(conn):
                 self._changed("leave", conn, channel)
 
-    def _changed(self, kind: str, conn: Connection, channel: str) -> None:
+    def _changed(self, kind: str, conn: Subscriber, channel: str) -> None:
         mode = self.mode(channel)
         if mode is None:
             return
@@ -107,13 +174,13 @@ class Presence:
         # A member a sweep announced as gone, leaving for real now: already told.
         if mode is PresenceMode.FULL and not (kind == "leave" and swept):
             self._notify(kind, channel, member)
-        if self._redis is not None:
+        if self._store.shared:
             self._writes.append((kind, channel, member))
             self._wake.set()
 
     def _notify(self, kind: str, channel: str, member: Member) -> None:
         """Tell this node's subscribers of ``channel`` (but the member itself)."""
-        state = self._server.hub.channel(channel)
+        state = self._hub.channel(channel)
         if state is None or self.count(channel) > self._max_members:
             return
         data = text_frame(encode(core.frame(kind, channel, member)))
@@ -123,7 +190,6 @@ class Presence:
 
     def _on_event(self, data: bytes) -> None:
         """Another node's join or leave, from Redis pub/sub."""
-        assert self._redis is not None
         try:
             kind, channel, member, node = core.decode_event(data)
         except (ValueError, KeyError, TypeError):
@@ -135,7 +201,7 @@ class Presence:
         key = (channel, member.client_id)
         if node == core.SWEEPER and kind == "leave" and self._is_here(channel, member):
             self._swept.add(key)  # every node tells its subscribers, this one too
-        if node != self._redis.node_id:
+        if node != self._store.node_id:
             self._notify(kind, channel, member)
         elif kind == "join" and key in self._swept:
             # Our refresh put back a member a sweep had announced as gone: our subscribers
@@ -144,8 +210,8 @@ class Presence:
             self._notify(kind, channel, member)
 
     def _is_here(self, channel: str, member: Member) -> bool:
-        conn = self._server.fanout.by_id(member.client_id)
-        return conn is not None and self._server.hub.is_member(conn, channel)
+        conn = self._fanout.by_id(member.client_id)
+        return conn is not None and self._hub.is_member(conn, channel)
 
     # -- answering ``presence`` -----------------------------------------------------------------
 
@@ -154,7 +220,7 @@ class Presence:
         broker. Made once per change of the channel's members, not once per request."""
         body = self._answers.get(channel)
         if body is None:
-            state = self._server.hub.channel(channel)
+            state = self._hub.channel(channel)
             members = state.members if state is not None else {}
             body = self._body(channel, len(members), lambda: self._local_members(channel))
             self._remember(channel, body)
@@ -164,7 +230,7 @@ class Presence:
         """:meth:`local_frame`, with every node's members when there is Redis: one Redis read
         per channel at a time (concurrent requests share it), kept until the channel's
         members change or :data:`ANSWER_TTL` passes; counts only need ``HLEN``."""
-        if self._redis is None:
+        if not self._store.shared:
             return self.local_frame(channel, request_id)
         cached = self._answers.get(channel)
         now = trio.current_time()
@@ -175,25 +241,23 @@ class Presence:
             else:
                 self._reading[channel] = done = trio.Event()
                 try:
-                    await self._read_from_redis(channel)
+                    await self._read_from_store(channel)
                 finally:
                     del self._reading[channel]
                     done.set()
-            cached = self._answers.get(channel) or await self._read_from_redis(channel)
+            cached = self._answers.get(channel) or await self._read_from_store(channel)
         return self._frame(channel, cached, request_id)
 
-    async def _read_from_redis(self, channel: str) -> bytes:
-        assert self._redis is not None
-        key = core.key(channel)
+    async def _read_from_store(self, channel: str) -> bytes:
         if self.mode(channel) is PresenceMode.COUNTS:
             # O(1) in Redis; a crashed node's members count until the next sweep removes them.
-            stored = await self._redis.call(functools.partial(_hlen, key))
+            stored = await self._store.count(channel)
             count = max(stored, self._local_count(channel))
             body = self._body(channel, count, dict)
         else:
-            entries = await self._redis.call(functools.partial(_hgetall, key))
+            entries = await self._store.entries(channel)
             members = self._local_members(channel)
-            for member in core.live_members(entries, self._server.now_ms()):
+            for member in core.live_members(entries, self._now_ms()):
                 members.setdefault(member.client_id, member)
             body = self._body(channel, len(members), lambda: members)
             count = len(members)
@@ -203,11 +267,11 @@ class Presence:
         return body
 
     def _local_count(self, channel: str) -> int:
-        state = self._server.hub.channel(channel)
+        state = self._hub.channel(channel)
         return len(state.members) if state is not None else 0
 
     def _local_members(self, channel: str) -> dict[str, Member]:
-        state = self._server.hub.channel(channel)
+        state = self._hub.channel(channel)
         return {
             c.client_id: Member(c.client_id, c.principal.user_id)
             for c in (state.members if state is not None else ())
@@ -246,7 +310,7 @@ class Presence:
 
     async def run(self) -> None:
         """The supervisor task (Redis only): keep the shared hashes true."""
-        if self._redis is None or not self.enabled:
+        if not self._store.shared or not self.enabled:
             return
         period = self._ttl / 3
         next_refresh = trio.current_time()
@@ -262,22 +326,18 @@ class Presence:
                 await self._refresh_and_sweep()
 
     async def _flush_writes(self) -> None:
-        assert self._redis is not None
         batch = list(self._writes)
         self._writes.clear()
-        node = self._redis.node_id
-        expires = self._server.now_ms() + int(self._ttl * 1000)
+        expires = self._now_ms() + int(self._ttl * 1000)
         try:
-            await self._redis.call(functools.partial(_write, batch, node, expires, self._ttl))
+            await self._store.write(batch, expires, self._ttl)
         except Exception as exc:  # Redis away: the refresh will write them again
             log.warning("presence: could not write %d change(s): %s", len(batch), exc)
 
     async def _refresh_and_sweep(self) -> None:
-        assert self._redis is not None
-        node = self._redis.node_id
-        now = self._server.now_ms()
+        now = self._now_ms()
         expires = now + int(self._ttl * 1000)
-        hub = self._server.hub
+        hub = self._hub
         mine: list[tuple[str, Member]] = []
         channels = []
         for state in hub.channels():
@@ -288,8 +348,8 @@ class Presence:
         if not channels:
             return
         try:
-            counts, announced = await self._redis.call(
-                functools.partial(_refresh_and_sweep, mine, channels, node, now, expires, self._ttl)
+            counts, announced = await self._store.refresh_and_sweep(
+                mine, channels, now, expires, self._ttl
             )
         except Exception as exc:
             log.warning("presence: refresh failed: %s", exc)
@@ -302,80 +362,3 @@ class Presence:
                 "again with join",
                 announced,
             )
-
-
-def _hlen(name: str, client: redis.Redis) -> int:
-    return int(client.hlen(name))  # type: ignore[arg-type, unused-ignore]
-
-
-def _hgetall(name: str, client: redis.Redis) -> dict[bytes, bytes]:
-    return client.hgetall(name)  # type: ignore[return-value, unused-ignore]
-
-
-def _put(
-    pipe: Any, channel: str, members: list[Member], node: str, expires: int, ttl: float
-) -> None:
-    """Queue :data:`~triows._core.presence.PUT_SCRIPT` for ``members`` of ``channel``: written,
-    and announced (``join``) when they were not in the hash."""
-    args: list[Any] = [core.EVENTS_CHANNEL, int(ttl * 3000)]
-    for member in members:
-        entry = core.encode_entry(expires, node, member.user_id)
-        args += [member.client_id, entry, core.encode_event("join", channel, member, node)]
-    pipe.eval(core.PUT_SCRIPT, 1, core.key(channel), *args)
-
-
-def _write(
-    batch: list[tuple[str, str, Member]], node: str, expires: int, ttl: float, client: redis.Redis
-) -> None:
-    pipe = client.pipeline(transaction=False)
-    for kind, channel, member in batch:
-        if kind == "join":
-            _put(pipe, channel, [member], node, expires, ttl)
-        else:
-            event = core.encode_event(kind, channel, member, node)
-            pipe.eval(
-                core.LEAVE_SCRIPT,
-                1,
-                core.key(channel),
-                member.client_id,
-                core.EVENTS_CHANNEL,
-                event,
-            )
-    pipe.execute()
-
-
-def _refresh_and_sweep(
-    mine: list[tuple[str, Member]],
-    channels: list[str],
-    node: str,
-    now: int,
-    expires: int,
-    ttl: float,
-    client: redis.Redis,
-) -> tuple[dict[str, int], int]:
-    """Refresh this node's members (announcing those that were swept meanwhile); remove (and
-    announce) expired ones; live counts, and how many of ours were announced again."""
-    by_channel: dict[str, list[Member]] = {channel: [] for channel in channels}
-    for channel, member in mine:
-        by_channel[channel].append(member)
-    pipe = client.pipeline(transaction=False)
-    for channel, members in by_channel.items():
-        for start in range(0, len(members), PUT_CHUNK):  # a bounded script each
-            _put(pipe, channel, members[start : start + PUT_CHUNK], node, expires, ttl)
-    announced = sum(int(n) for n in pipe.execute())
-    counts: dict[str, int] = {}
-    for channel in channels:
-        entries = client.hgetall(core.key(channel))
-        counts[channel] = len(core.live_members(entries, now))
-        for member in core.expired(entries, now):
-            # Announced as nobody's: every node tells its subscribers, this one too.
-            event = core.encode_event("leave", channel, member, core.SWEEPER)
-            client.eval(
-                core.LEAVE_SCRIPT,
-                1,
-                core.key(channel),
-                member.client_id,
-                core.EVENTS_CHANNEL,
-                event,
-            )
-    return counts, announced

@@ -12,9 +12,9 @@ The server and its connections only talk to a :class:`Broker`:
 Both keep local membership in a :class:`~triows._core.hub.Hub` and fan out through the
 :class:`~triows._brokers.fanout.FanOut` they are built with; neither knows the server or its
 connections (``tests/test_architecture.py`` checks the imports). They differ in when a
-publication is numbered. The contract a publisher relies on: ``Publication.numbered(seq)`` is called exactly once (or ``failed(exc)``), and before
-any later message of that channel reaches the publishing connection, which is what lets a client
-tell its own publications from gaps.
+publication is numbered. The contract a publisher relies on: ``Publication.numbered(seq)`` is
+called exactly once (or ``failed(exc)``), and before any later message of that channel reaches
+the publishing connection, which is what lets a client tell its own publications from gaps.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ WallClockMs = Callable[[], int]
 class BrokerUnavailableError(Exception):
     """The broker cannot take this request now (Redis down and its buffer full, or a channel
     that cannot be joined while Redis is away). Clients get error 503."""
+
+
+class DataTooLargeError(ValueError):
+    """Published data that would make a ``message`` frame over ``max_message_size``."""
 
 
 class OutcomeUnknownError(BrokerUnavailableError):
@@ -76,6 +80,16 @@ class Publication:
             seq=seq,
             message_id=message_id,
         )
+
+
+@attrs.frozen
+class Published:
+    """Where a message published by the server (``Server.publish_message``, the HTTP API)
+    went: its channel, number and the channel's epoch."""
+
+    channel: str
+    seq: int
+    epoch: str
 
 
 @attrs.frozen

@@ -16,24 +16,16 @@ actions. Nothing is labelled by channel, client or address.
 from __future__ import annotations
 
 import resource
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
 
 from .._core.latency import LatencyHistogram
 from .._core.memory_guard import read_rss
 
 if TYPE_CHECKING:
-    from .._server.server import Server
+    from .view import ServerView
 
-__all__ = ["CONTENT_TYPE_LATEST", "Family", "collect", "cpu_seconds", "merge", "render"]
+__all__ = ["Family", "collect", "cpu_seconds", "merge", "render"]
 
 #: ``{"name", "type", "help", "labels", "samples": [[label values, value]]}`` for counters and
 #: gauges; histograms have ``"buckets": [[le, cumulative count]], "sum", "count"`` instead.
@@ -71,11 +63,11 @@ def _histogram(name: str, text: str, histogram: LatencyHistogram) -> Family:
     }
 
 
-def collect(server: Server) -> list[Family]:
-    """This process's figures, read now."""
-    stats = server.statistics()
+def collect(view: ServerView, loop_lag: float) -> list[Family]:
+    """This process's figures, read now (``loop_lag``: the monitor's last measure)."""
+    stats = view.statistics()
     broker = stats.broker
-    frames_in, frames_out = server.frame_totals()
+    frames_in, frames_out = view.frame_totals()
     counter, gauge = "counter", "gauge"
     return [
         _one(gauge, "triows_connections", "Open WebSocket connections", stats.connections),
@@ -116,7 +108,7 @@ def collect(server: Server) -> list[Family]:
             "triows_http_requests_total",
             "Plain HTTP requests answered, by status",
             "status",
-            dict(server.http_requests),
+            dict(view.http_requests),
         ),
         _one(counter, "triows_frames_received_total", "WebSocket messages received", frames_in),
         _one(counter, "triows_frames_sent_total", "WebSocket messages sent", frames_out),
@@ -138,7 +130,7 @@ def collect(server: Server) -> list[Family]:
             "triows_dropped_total",
             "Messages a slow-consumer policy discarded, by policy",
             "policy",
-            {str(policy): n for policy, n in server.hub.dropped_by_policy().items()},
+            {str(policy): n for policy, n in view.hub.dropped_by_policy().items()},
         ),
         _one(
             counter,
@@ -156,12 +148,12 @@ def collect(server: Server) -> list[Family]:
         _histogram(
             "triows_publish_ack_seconds",
             "From a client's publish request to its ack",
-            server.ack_latency,
+            view.ack_latency,
         ),
         _histogram(
             "triows_delivery_lag_seconds",
             "From a message's timestamp to its fan-out on this node (Redis broker)",
-            server.broker.delivery_lag,
+            view.broker.delivery_lag,
         ),
         _one(gauge, "triows_outbox_frames", "Frames waiting in outboxes", stats.queued_frames),
         _one(gauge, "triows_outbox_bytes", "Bytes waiting in outboxes", stats.queued_bytes),
@@ -208,13 +200,13 @@ def collect(server: Server) -> list[Family]:
         _histogram(
             "triows_redis_round_trip_seconds",
             "Redis commands, from the server's call to its answer",
-            server.broker.round_trips,
+            view.broker.round_trips,
         ),
         _one(
             gauge,
             "triows_event_loop_lag_seconds",
             "How late the monitor's last timer fired",
-            server.monitor.loop_lag,
+            loop_lag,
         ),
         _one(gauge, "triows_resident_memory_bytes", "Resident memory", read_rss()),
         _one(counter, "triows_cpu_seconds_total", "Process CPU time", cpu_seconds()),
@@ -259,30 +251,9 @@ def _copy(family: Family) -> Family:
     return copied
 
 
-class _Families:
-    """What ``generate_latest`` asks of a registry: ``collect()``."""
+def render(families: list[Family]) -> tuple[bytes, str]:
+    """The Prometheus text of ``families``, and its content type. ``prometheus_client`` is
+    imported here, at the first scrape: a server nobody scrapes never loads it."""
+    from .exposition import render as write
 
-    def __init__(self, families: list[Family]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self._families:
-            name, text = family["name"], family["help"]
-            metric: Metric
-            if family["type"] == "histogram":
-                metric = HistogramMetricFamily(
-                    name,
-                    text,
-                    buckets=[(str(le), count) for le, count in family["buckets"]],
-                    sum_value=family["sum"],
-                )
-            else:
-                cls = CounterMetricFamily if family["type"] == "counter" else GaugeMetricFamily
-                metric = cls(name, text, labels=family["labels"])
-                for labels, value in family["samples"]:
-                    metric.add_metric(labels, float(value))
-            yield metric
-
-
-def render(families: list[Family]) -> bytes:
-    return generate_latest(_Families(families))
+    return write(families)

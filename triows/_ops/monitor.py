@@ -7,10 +7,10 @@ over the interval. Samples are kept in a ring (``monitor_history`` seconds, an h
 default) served by ``GET /stats``. Crossing ``warn_loop_lag`` or ``warn_memory`` logs one
 warning, and recovering one more line: never a line per sample.
 
-On the same tick it turns counters into rates, expires history and dedupe entries (so their
-memory follows their ttl without traffic), feeds the memory guard, logs a one-line summary a
-minute while clients are connected, and, under ``--workers``, writes this process's figures
-for the other workers to add up (:mod:`triows._ops.shared_stats`).
+On the same tick it turns counters into rates, feeds the memory guard, logs a one-line
+summary a minute while clients are connected, and, under ``--workers``, writes this process's
+figures for the other workers to add up (:mod:`triows._ops.shared_stats`). It reads the server
+through :class:`~triows._ops.view.ServerView` only.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import heapq
 import logging
 import os
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -30,9 +30,7 @@ from .._core.latency import LatencyHistogram, percentile
 from .._core.memory_guard import Crossing, Threshold
 from . import metrics as _metrics
 from . import shared_stats as _shared_stats
-
-if TYPE_CHECKING:
-    from .._server.server import Server
+from .view import ServerView
 
 log = logging.getLogger("triows.monitor")
 
@@ -86,24 +84,27 @@ class _Interval:
 
 
 class Monitor:
-    def __init__(self, server: Server) -> None:
-        config = server.config
-        self._server = server
+    def __init__(self, view: ServerView) -> None:
+        config = view.config
+        self._view = view
         self.interval = config.monitor_interval
         self.samples: deque[Sample] = deque(
             maxlen=max(1, int(config.monitor_history / config.monitor_interval))
         )
         #: The last loop lag measured (seconds).
         self.loop_lag = 0.0
+        #: Publications and deliveries per second over the last interval.
+        self.publish_rate = 0.0
+        self.delivery_rate = 0.0
         self._lag_warning = Threshold(config.warn_loop_lag)
         self._memory_warning = Threshold(config.warn_memory)
         #: summary() as of the last sample: ``/stats`` and the shared file reuse it.
         self._summary: dict[str, Any] | None = None
 
     async def run(self) -> None:
-        server = self._server
-        broker, fanout = server.broker, server.fanout
-        acks, lags = _Interval(server.ack_latency), _Interval(broker.delivery_lag)
+        view = self._view
+        broker, fanout = view.broker, view.fanout
+        acks, lags = _Interval(view.ack_latency), _Interval(broker.delivery_lag)
         published, delivered = broker.published, fanout.delivered
         cpu = _metrics.cpu_seconds()
         last = trio.current_time()
@@ -118,23 +119,22 @@ class Monitor:
                 deadline = now + self.interval
             elapsed = max(now - last, 1e-9)
             last = now
-            server.publish_rate = (broker.published - published) / elapsed
-            server.delivery_rate = (fanout.delivered - delivered) / elapsed
+            self.publish_rate = (broker.published - published) / elapsed
+            self.delivery_rate = (fanout.delivered - delivered) / elapsed
             published, delivered = broker.published, fanout.delivered
-            broker.expire(now)
             rss = memory_guard.read_rss()
             self._check_memory_guard(rss)
             used, cpu = _metrics.cpu_seconds() - cpu, _metrics.cpu_seconds()
             ack, lag = acks.percentiles(), lags.percentiles()
             sample = Sample(
-                time=server.wall_clock(),
+                time=view.wall_clock(),
                 loop_lag=self.loop_lag,
                 cpu=used / elapsed,
                 rss=rss,
-                connections=len(server.fanout),
-                subscriptions=server.hub.subscription_count,
-                publish_rate=server.publish_rate,
-                delivery_rate=server.delivery_rate,
+                connections=len(fanout),
+                subscriptions=view.hub.subscription_count,
+                publish_rate=self.publish_rate,
+                delivery_rate=self.delivery_rate,
                 ack_p50=ack[0],
                 ack_p95=ack[1],
                 ack_p99=ack[2],
@@ -145,12 +145,12 @@ class Monitor:
             self.samples.append(sample)
             self._warn(sample)
             self._summary = None  # a new sample: the next summary() is made anew
-            if server.config.shared_stats_dir is not None:
+            if view.config.shared_stats_dir is not None:
                 await self.share()
             if now >= next_summary:
                 next_summary = now + SUMMARY_EVERY
-                if server.connections():
-                    _log_summary(server)
+                if len(fanout):
+                    self._log_summary()
 
     def summary(self) -> dict[str, Any]:
         """This process as of the last sample, for ``/stats``, ``triows top`` and the other
@@ -160,12 +160,12 @@ class Monitor:
         return self._summary
 
     def _make_summary(self) -> dict[str, Any]:
-        server = self._server
-        stats = server.statistics()
+        view = self._view
+        stats = view.statistics()
         latest = attrs.asdict(self.samples[-1]) if self.samples else {}
         # Once a second under --workers: no snapshot of every channel, no full sort.
         channels = heapq.nlargest(
-            TOP_CHANNELS, server.hub.channels(), key=lambda state: len(state.members)
+            TOP_CHANNELS, view.hub.channels(), key=lambda state: len(state.members)
         )
         return {
             **latest,
@@ -190,10 +190,10 @@ class Monitor:
     async def share(self) -> None:
         """Write this process's figures where the other workers read them: gathered on the
         event loop, written by a worker thread (a slow disk must not stall the loop)."""
-        server = self._server
-        directory = server.config.shared_stats_dir
+        view = self._view
+        directory = view.config.shared_stats_dir
         assert directory is not None
-        families = _metrics.collect(server) if server.config.metrics else []
+        families = _metrics.collect(view, self.loop_lag) if view.config.metrics else []
         write = functools.partial(_shared_stats.write, directory, families, self.summary())
         try:
             await trio.to_thread.run_sync(write)
@@ -201,7 +201,7 @@ class Monitor:
             log.warning("cannot write shared statistics to %s: %s", directory, exc)
 
     def _check_memory_guard(self, rss: int) -> None:
-        guard = self._server.memory_guard
+        guard = self._view.memory_guard
         crossing = guard.update(rss)
         if crossing is Crossing.TRIPPED:
             log.warning(
@@ -238,22 +238,21 @@ class Monitor:
         elif crossing is Crossing.CLEARED:
             log.warning("memory is back to %.0f MiB", sample.rss / 2**20)
 
-
-def _log_summary(server: Server) -> None:
-    stats = server.statistics()
-    log.info(
-        "connections=%d channels=%d subscriptions=%d published/s=%.0f delivered/s=%.0f "
-        "queued=%d dropped=%d slow_disconnects=%d broker=%s/%s buffered=%d loop_lag=%.3fs",
-        stats.connections,
-        stats.channels,
-        stats.subscriptions,
-        stats.publish_rate,
-        stats.delivery_rate,
-        stats.queued_frames,
-        stats.dropped,
-        stats.slow_consumer_disconnects,
-        stats.broker.kind,
-        stats.broker.state,
-        stats.broker.buffered,
-        server.monitor.loop_lag,
-    )
+    def _log_summary(self) -> None:
+        stats = self._view.statistics()
+        log.info(
+            "connections=%d channels=%d subscriptions=%d published/s=%.0f delivered/s=%.0f "
+            "queued=%d dropped=%d slow_disconnects=%d broker=%s/%s buffered=%d loop_lag=%.3fs",
+            stats.connections,
+            stats.channels,
+            stats.subscriptions,
+            stats.publish_rate,
+            stats.delivery_rate,
+            stats.queued_frames,
+            stats.dropped,
+            stats.slow_consumer_disconnects,
+            stats.broker.kind,
+            stats.broker.state,
+            stats.broker.buffered,
+            self.loop_lag,
+        )

@@ -1,21 +1,68 @@
-"""Snapshots from ``Server.statistics()`` and friends: frozen, so safe to keep and compare."""
+"""What the operations surface sees of a running server: :class:`ServerView`, and the frozen
+snapshots it returns (public as ``triows.ServerStatistics`` and friends: safe to keep and
+compare).
+
+HTTP, metrics and the monitor read the server through this protocol only, so that they never
+import the server (which builds them). What they may do besides reading is publish (the HTTP
+API) and start a task the server owns (the API waits for ``block`` subscribers after it has
+answered).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
 import attrs
 
-from .._brokers.seam import BrokerStatistics
+from .._brokers.fanout import FanOut, Subscriber
+from .._brokers.seam import Broker, BrokerStatistics, Published
+from .._config import Config
+from .._core.hub import Hub
+from .._core.latency import LatencyHistogram
+from .._core.memory_guard import MemoryGuard
 
 
-class Traffic:
-    """WebSocket messages received and sent by every connection so far, counted as they
-    happen: reading them costs nothing, however many connections there are."""
+class ServerView(Protocol):
+    config: Config
+    server_id: str
+    wall_clock: Callable[[], float]
+    broker: Broker
+    hub: Hub[Subscriber]
+    fanout: FanOut
+    memory_guard: MemoryGuard
+    #: Publish→ack latencies.
+    ack_latency: LatencyHistogram
+    #: Plain HTTP requests answered, by status (the HTTP endpoints count them here).
+    http_requests: Counter[int]
 
-    __slots__ = ("received", "sent")
+    @property
+    def closing(self) -> bool: ...
 
-    def __init__(self) -> None:
-        self.received = 0
-        self.sent = 0
+    def statistics(self) -> ServerStatistics: ...
+
+    def channel_statistics(self) -> tuple[ChannelStatistics, ...]: ...
+
+    def frame_totals(self) -> tuple[int, int]: ...
+
+    def not_ready(self) -> list[str]: ...
+
+    async def publish_numbered(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        sender: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Published, list[Subscriber]]:
+        """The publication's place, and the ``block`` subscribers to wait for: see
+        ``Server.publish_numbered``."""
+        ...
+
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``task`` in a nursery of the server's (False, and nothing run, once it stops)."""
+        ...
 
 
 @attrs.frozen(kw_only=True)

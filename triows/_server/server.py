@@ -1,12 +1,18 @@
-"""``serve()`` and the ``Server`` handle: listeners, handshakes, fan-out, shutdown.
+"""``serve()`` and the ``Server`` handle: the parts of a server, put together and run.
 
 Task tree::
 
     serve()                       root nursery
-    ├─ supervisor                 idle sweeper, monitor, presence, broker (_server.supervisor)
+    ├─ supervisor                 idle sweeper, monitor, expiry, presence, broker
     └─ connections nursery
        ├─ accept loop             inside its own cancel scope, so it can stop alone
-       └─ one task per stream     handshake, then Connection.run() (triows._server.connection)
+       ├─ one task per stream     handshake (triows._server.handshakes), then Connection.run()
+       └─ background tasks        the HTTP API's waits for ``block`` subscribers (spawn())
+
+The server owns the parts and the registry of connections: admission
+(``triows._core.admission``), access (tokens, hooks, rates), publishing, the broker and
+presence (``triows._brokers``), the operations surface (``triows._ops``, which reads it as a
+``ServerView``) and the connections (which know it as a ``ConnectionHost``).
 
 ``Server.aclose()`` stops the accept loop, asks every connection to drain and close with 1001
 by one shared deadline, cancels whatever is left at that deadline, then stops the supervisor.
@@ -14,50 +20,40 @@ by one shared deadline, cancels whatever is left at that deadline, then stops th
 
 from __future__ import annotations
 
-import inspect
+import functools
 import logging
 import os
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import attrs
 import trio
 
 from .._brokers.factory import open_broker
 from .._brokers.fanout import FanOut, Subscriber
 from .._brokers.presence import Presence
-from .._brokers.seam import BrokerUnavailableError, Publication
-from .._config import Config, Rejected
-from .._core import protocol
-from .._core.admission import Admission, Limits, Refused, Stage
-from .._core.auth import ANONYMOUS, Action, AuthError, Principal, verify_token
-from .._core.handshake import HandshakeRequest
+from .._brokers.seam import Published
+from .._config import Config
+from .._core.admission import Admission, Limits, Stage
 from .._core.latency import histogram
 from .._core.memory_guard import MemoryGuard
-from .._core.names import ChannelNameError, validate_channel
 from .._core.outbox import OutboxTotals
-from .._core.protocol import ProtocolError
-from .._core.proxy import address_key, parse_networks
-from .._core.ratelimit import PerKey, TokenBucket
+from .._core.proxy import parse_networks
 from .._net.listen import open_tcp_listeners
 from .._net.streams import PendingHandshake, serve_streams
 from .._ops.http import HttpEndpoints
 from .._ops.monitor import Monitor
-from .._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistics, Traffic
+from .._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistics
+from .access import Access
 from .connection import GOING_AWAY, Connection
+from .handshakes import Handshakes
+from .publishing import Publishing
 from .supervisor import run_supervisor
+from .traffic import Traffic
 
 log = logging.getLogger("triows.server")
-
-#: Room kept in ``max_message_size`` for the envelope of a ``message`` frame around ``data``.
-ENVELOPE_ALLOWANCE = 1024
-
-
-class DataTooLargeError(ValueError):
-    """Published data that would make a ``message`` frame over ``max_message_size``."""
 
 
 class Server:
@@ -84,9 +80,12 @@ class Server:
                 max_connections_per_user=config.max_connections_per_user,
             )
         )
-        self.broker = open_broker(config, self.fanout, self.now_ms)
+        self.broker, presence_store = open_broker(config, self.fanout, self.now_ms)
         self.hub = self.broker.hub
-        self.auth_enabled = config.jwt_secret is not None or config.authenticate is not None
+        self.presence = Presence(config, self.hub, self.fanout, self.now_ms, presence_store)
+        self.access = Access(config, wall_clock)
+        self.publishing = Publishing(self.broker, self.fanout, config.max_message_size, self.now_ms)
+        self.handshakes = Handshakes(config, self.access, self.memory_guard, lambda: self.closing)
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._connections: dict[Connection, None] = {}
         self._closing = False
@@ -96,8 +95,6 @@ class Server:
         self._stopped = trio.Event()
         self._population_changed = trio.Event()
         self._started_at = trio.current_time()
-        self._max_data = config.max_message_size - ENVELOPE_ALLOWANCE
-        # Counters; rates are sampled by the supervisor.
         self.connections_total = 0
         #: Supervisor tasks that failed and were started again (triows._restart).
         self.task_failures = 0
@@ -105,23 +102,13 @@ class Server:
         #: as they change, so statistics cost O(1) at any number of connections.
         self.outbox_totals = OutboxTotals()
         self.traffic = Traffic()
-        self._rejected: Counter[int] = Counter()
-        self._user_rates = {
-            Action.PUBLISH: PerKey(config.user_publish_rate, 2 * config.user_publish_rate),
-            Action.SUBSCRIBE: PerKey(config.user_subscribe_rate, 2 * config.user_subscribe_rate),
-        }
-        #: Requests refused with 429 by a rate limit, by action.
-        self.rate_limited: Counter[str] = Counter()
         self._closed_by_server: Counter[int] = Counter()
-        self.publish_rate = 0.0
-        self.delivery_rate = 0.0
         #: Plain HTTP requests answered, by status.
         self.http_requests: Counter[int] = Counter()
         self.ack_latency = histogram(config.metrics)
         self.trusted_proxies = parse_networks(config.trusted_proxies)
         self.monitor = Monitor(self)
-        self.http = HttpEndpoints(self)
-        self.presence = Presence(self)
+        self.http = HttpEndpoints(self, self.monitor)
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -143,7 +130,7 @@ class Server:
         the channel within ``dedupe_ttl`` is not published again: it returns the first one's
         seq (the HTTP API's keys are the same keys).
         """
-        published = await self.publish_message(
+        published = await self.publishing.publish_message(
             channel, data, sender=sender, idempotency_key=idempotency_key
         )
         return published.seq
@@ -157,11 +144,9 @@ class Server:
         idempotency_key: str | None = None,
     ) -> Published:
         """:meth:`publish`, answering with the channel's epoch as well as the seq."""
-        published, blocked = await self.publish_numbered(
+        return await self.publishing.publish_message(
             channel, data, sender=sender, idempotency_key=idempotency_key
         )
-        await self.fanout.wait_for_blocked(blocked)
-        return published
 
     async def publish_numbered(
         self,
@@ -176,42 +161,23 @@ class Server:
         ``fanout.wait_for_blocked`` (the HTTP API answers first and waits in the background).
         Cancelled before it returns, the publication may still be published: it waits in the
         Redis outage buffer."""
-        # A checkpoint, as trio's own APIs are, whichever broker: an application loop of
-        # publishes must let readers, writers and heartbeats run.
-        await trio.lowlevel.checkpoint()
-        outcome: list[int | Exception] = []
-        done = trio.Event()
-
-        def settle(result: int | Exception) -> None:
-            outcome.append(result)
-            done.set()
-
-        pub = self._publication(self._checked_channel(channel), data, sender)
-        if idempotency_key is not None:
-            pub.dedupe = (SERVER_PUBLISHER, idempotency_key)
-        pub.numbered = pub.failed = settle
-        blocked = self.broker.publish(pub)
-        if not outcome:  # in process it is numbered at once
-            await done.wait()
-        if isinstance(outcome[0], Exception):
-            raise outcome[0]
-        return Published(channel=pub.channel, seq=outcome[0], epoch=pub.epoch), blocked
+        return await self.publishing.publish_numbered(
+            channel, data, sender=sender, idempotency_key=idempotency_key
+        )
 
     def publish_nowait(self, channel: str, data: Any, *, sender: str | None = None) -> int:
         """Like :meth:`publish`, but raises ``trio.WouldBlock`` (and publishes nothing) when a
         ``block`` subscriber has no room. In-process broker only: with Redis the seq is known
         once Redis answered, so it raises ``RuntimeError``."""
-        pub = self._publication(self._checked_channel(channel), data, sender)
-        return self.broker.publish_nowait(pub)
+        return self.publishing.publish_nowait(channel, data, sender=sender)
 
     def statistics(self) -> ServerStatistics:
-        connections = self._connections
         return ServerStatistics(
             server_id=self.server_id,
             uptime=trio.current_time() - self._started_at,
-            connections=len(connections),
+            connections=len(self._connections),
             connections_total=self.connections_total,
-            rejected=dict(self._rejected),
+            rejected=dict(self.handshakes.rejected),
             closed_by_server=dict(self._closed_by_server),
             channels=self.hub.channel_count,
             subscriptions=self.hub.subscription_count,
@@ -221,15 +187,15 @@ class Server:
             slow_consumer_disconnects=self.fanout.slow_consumer_disconnects,
             queued_frames=self.outbox_totals.frames,
             queued_bytes=self.outbox_totals.bytes,
-            publish_rate=self.publish_rate,
-            delivery_rate=self.delivery_rate,
+            publish_rate=self.monitor.publish_rate,
+            delivery_rate=self.monitor.delivery_rate,
             history_messages=self.hub.history_messages,
             history_bytes=self.hub.history_bytes,
             dedupe_entries=self.broker.dedupe_entries,
             dedupe_principals=self.broker.dedupe_principals,
             deduplicated=self.broker.deduplicated,
             broker=self.broker.statistics(),
-            rate_limited=dict(self.rate_limited),
+            rate_limited=dict(self.access.rate_limited),
             streams_refused=self.admission.refused["pending"] + self.admission.refused["evicted"],
             rss_bytes=self.memory_guard.rss,
             memory_limited=self.memory_guard.over,
@@ -377,7 +343,18 @@ class Server:
                     await open_tcp_listeners(config.host, config.port, reuse_port=config.reuse_port)
                 )
             async with trio.open_nursery() as root:
-                await root.start(run_supervisor, self)
+                await root.start(
+                    functools.partial(
+                        run_supervisor,
+                        broker=self.broker,
+                        monitor=self.monitor,
+                        presence=self.presence,
+                        hub=self.hub,
+                        idle_timeout=config.idle_timeout,
+                        connections=self.connections,
+                        failed=self._task_failed,
+                    )
+                )
                 async with trio.open_nursery() as connections:
                     self._connections_nursery = connections
                     self.listeners = await connections.start(self._accept, listeners)
@@ -411,58 +388,30 @@ class Server:
             )
 
     async def _handshake(self, pending: PendingHandshake) -> None:
-        """Answer a WebSocket handshake, then serve the connection until it ends.
-
-        The stream's admission ticket already counts it as a connection (of its address);
-        the user is added to it as soon as it is known, before the first await that follows,
-        so concurrent handshakes cannot all pass a limit.
-        """
+        """Answer a WebSocket handshake, then serve the connection until it ends; it leaves
+        the registry only once its goodbye is said (``aclose()`` waits for that)."""
         try:
-            conn = await self._open(pending)
+            opened = await self.handshakes.accept(pending)
+            conn = None if opened is None else self._register(pending, *opened)
         finally:
-            if pending.ticket.stage is Stage.HANDSHAKE:  # failed: it counts no more
+            if pending.ticket.stage is Stage.HANDSHAKE:  # failed midway: it counts no more
                 pending.ticket.closing()
             self._population_changed.set()
         if conn is None:
             return
         log.debug("connected %r", conn)
-        del pending  # the request's headers need not live as long as the connection
+        del pending, opened  # the request's headers need not live as long as the connection
         if self._closing:  # shutdown began while we were accepting it
             conn.close(GOING_AWAY, "Server shutting down", deadline=self._shutdown_deadline)
-        await conn.run()
-
-    async def _open(self, pending: PendingHandshake) -> Connection | None:
-        info = pending.info
-        config = self.config
-        if self._closing:
-            await self._reject(pending, 503, "server is shutting down")
-            return None
-        if config.path is not None and info.path != config.path:
-            await self._reject(pending, 404, "no WebSocket endpoint at this path")
-            return None
-        origin = info.header("origin")
-        if not config.origin_allowed(origin):
-            await self._reject(pending, 403, "origin not allowed", detail=repr(origin))
-            return None
-        if self.memory_guard.over:
-            await self._reject(pending, 503, "memory limit reached")
-            return None
         try:
-            # Counted now, before the first await: concurrent handshakes cannot all pass.
-            pending.ticket.connection(address_key(info.ip))
-            principal = await self._authenticate(info, pending.deadline)
-            if principal.user_id is not None:
-                pending.ticket.user(principal.user_id)
-        except (Rejected, Refused) as refused:
-            await self._reject(pending, refused.status, refused.reason)
-            return None
-        if self._closing:  # shutdown began while the hook was deciding
-            await self._reject(pending, 503, "server is shutting down")
-            return None
-        ws = await pending.accept()
-        pending.ticket.opened()
+            await conn.run()
+        finally:
+            self._forget(conn)
+
+    def _register(self, pending: PendingHandshake, ws: Any, principal: Any) -> Connection:
+        info = pending.info
         conn = self.connection_class(
-            server=self,
+            host=self,
             ws=ws,
             principal=principal,
             remote=info.remote,
@@ -474,211 +423,37 @@ class Server:
         self.connections_total += 1
         return conn
 
-    async def _reject(
-        self, pending: PendingHandshake, status: int, reason: str, *, detail: str = ""
-    ) -> None:
-        self._rejected[status] += 1
-        pending.ticket.closing()  # a refusal being written holds no connection place
-        log.info(
-            "rejected handshake from %s: %d %s%s",
-            pending.info.remote,
-            status,
-            reason,
-            f" ({detail})" if detail else "",
-        )
-        await pending.reject(status, reason)
+    def _forget(self, conn: Connection) -> None:
+        del self._connections[conn]
+        self.fanout.unregister(conn)
+        if conn.principal.user_id is None:
+            # An anonymous connection's publish ids cannot be sent again from another
+            # connection: its dedupe window goes with it.
+            self.broker.forget_publisher(conn.dedupe_key)
+        self._population_changed.set()
+        log.debug("disconnected %r: %s %s", conn, conn.close_code, conn.close_reason)
 
-    async def _authenticate(self, info: HandshakeRequest, deadline: float) -> Principal:
-        config = self.config
-        if config.authenticate is not None:
-            try:
-                result = config.authenticate(info)
-                if inspect.isawaitable(result):
-                    with trio.fail_at(deadline):
-                        result = await result
-            except Rejected:
-                raise
-            except trio.TooSlowError:
-                raise Rejected(503, "authentication timed out") from None
-            except Exception:
-                log.exception("authenticate hook failed")
-                raise Rejected(500, "authentication failed") from None
-            if result is None:
-                raise Rejected(401, "not authenticated")
-            if not isinstance(result, Principal):
-                log.error("authenticate hook returned %r, not a Principal", type(result))
-                raise Rejected(500, "authentication failed")
-            return result
-        if config.jwt_secret is not None:
-            token = _bearer_token(info)
-            if token is None:
-                raise Rejected(401, "missing token")
-            try:
-                return self.verify_token(token)
-            except AuthError as exc:
-                raise Rejected(401, str(exc)) from None
-        return ANONYMOUS
-
-    def verify_token(self, token: str) -> Principal:
-        config = self.config
-        assert config.jwt_secret is not None
-        return verify_token(
-            token,
-            config.jwt_secret,
-            now=self.wall_clock(),
-            audience=config.jwt_audience,
-            issuer=config.jwt_issuer,
-            leeway=config.jwt_leeway,
-            require_exp=config.jwt_require_exp,
-            max_age=config.jwt_max_age,
-        )
-
-    # -- used by connections --------------------------------------------------------------------
+    # -- what connections and the operations surface use ----------------------------------------
 
     def now_ms(self) -> int:
         return int(self.wall_clock() * 1000)
 
-    def check_allowed(
-        self,
-        principal: Principal,
-        action: Action,
-        channel: str,
-        request_id: protocol.RequestId | None,
-    ) -> None:
-        """What the token allows; the ``authorize`` hook, if any, is asked in :meth:`authorize`."""
-        if not principal.may(action, channel):
-            raise _forbidden(action, channel, request_id)
-
-    async def authorize(
-        self,
-        principal: Principal,
-        action: Action,
-        channel: str,
-        request_id: protocol.RequestId | None,
-    ) -> None:
-        self.check_allowed(principal, action, channel, request_id)
-        hook = self.config.authorize
-        if hook is None:
-            return
-        result = hook(principal, action, channel)
-        if inspect.isawaitable(result):
-            try:
-                with trio.fail_after(self.config.handshake_timeout):
-                    result = await result
-            except trio.TooSlowError:
-                # Not a "no": the client may try again (a refresh keeps its subscriptions).
-                raise ProtocolError(
-                    protocol.UNAVAILABLE, "authorization timed out; try again", request_id
-                ) from None
-        if not result:
-            raise _forbidden(action, channel, request_id)
-
-    def check_rate(
-        self,
-        conn: Connection,
-        action: Action,
-        bucket: TokenBucket,
-        request_id: protocol.RequestId | None,
-    ) -> None:
-        """Take a token from the connection's bucket and its user's; error 429 without one."""
-        now = trio.current_time()
-        user = conn.principal.user_id
-        if bucket.take(now) and (user is None or self._user_rates[action].take(user, now)):
-            return
-        self.rate_limited[str(action)] += 1
-        raise ProtocolError(
-            protocol.TOO_MANY, f"{action} rate limit exceeded; slow down", request_id
-        )
-
-    def publish_from(
-        self,
-        conn: Connection,
-        channel: str,
-        data: Any,
-        request_id: protocol.RequestId | None,
-        numbered: Callable[[int], None],
-        failed: Callable[[Exception], None],
-        *,
-        echo: bool = False,
-    ) -> list[Subscriber]:
-        """A client's publish, handed to the broker without waiting.
-
-        ``numbered(seq)`` is called once the message has its number (at once in process; when
-        Redis accepted it otherwise), always before a later message of the channel reaches
-        ``conn``. Returns the subscribers a ``block`` publisher must wait for.
-        """
-        try:
-            pub = self._publication(channel, data, conn.client_id)
-        except DataTooLargeError as exc:
-            raise ProtocolError(protocol.TOO_LARGE, str(exc), request_id) from None
-        if request_id is not None:
-            pub.dedupe = (conn.dedupe_key, request_id)
-        pub.echo = echo
-        pub.numbered, pub.failed = numbered, failed
-        try:
-            return self.broker.publish(pub)
-        except BrokerUnavailableError as exc:
-            raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
-
-    def forget(self, conn: Connection) -> None:
-        if conn in self._connections:
-            del self._connections[conn]
-            self.fanout.unregister(conn)
-            if conn.principal.user_id is None:
-                # An anonymous connection's publish ids cannot be sent again from another
-                # connection: its dedupe window goes with it.
-                self.broker.forget_publisher(conn.dedupe_key)
-            self._population_changed.set()
-            log.debug("disconnected %r: %s %s", conn, conn.close_code, conn.close_reason)
+    def _task_failed(self) -> None:
+        self.task_failures += 1
 
     def count_close(self, code: int) -> None:
         self._closed_by_server[code] += 1
 
-    # -- fan-out --------------------------------------------------------------------------------
-
-    def _checked_channel(self, channel: str) -> str:
-        try:
-            return validate_channel(channel)
-        except ChannelNameError as exc:
-            raise ValueError(str(exc)) from None
-
-    def _publication(self, channel: str, data: Any, sender_id: str | None) -> Publication:
-        data_json = protocol.encode_value(data)
-        if len(data_json) > self._max_data:
-            raise DataTooLargeError(f"data is larger than {self._max_data} bytes")
-        return Publication(channel, data_json, sender_id, self.now_ms())
+    def spawn(self, task: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``task`` in the connections nursery (False once the server stops)."""
+        nursery = self._connections_nursery
+        if nursery is None or self._closing:
+            return False
+        nursery.start_soon(task)
+        return True
 
     def connections(self) -> list[Connection]:
         return list(self._connections)
-
-
-@attrs.frozen
-class Published:
-    """Where a message published by :meth:`Server.publish_message` went."""
-
-    channel: str
-    seq: int
-    epoch: str
-
-
-#: Whose idempotency keys the server's own publishes (application code, the HTTP API) are.
-SERVER_PUBLISHER = ("server", "api")
-
-
-def _forbidden(
-    action: Action, channel: str, request_id: protocol.RequestId | None
-) -> ProtocolError:
-    return ProtocolError(protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'", request_id)
-
-
-def _bearer_token(info: HandshakeRequest) -> str | None:
-    header = info.header("authorization")
-    if header is not None:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    query_token = info.query.get("token")
-    return query_token or None
 
 
 async def serve(

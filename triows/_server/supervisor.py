@@ -4,8 +4,10 @@
   ``idle_timeout`` seconds (1000 "Idle timeout"). Subscribers that only listen are not idle:
   they are what the server is for.
 - the monitor (:mod:`triows._ops.monitor`): samples loop lag, CPU, memory, rates and latency
-  percentiles into a bounded history, warns on crossings, turns counters into rates, expires
-  history and dedupe entries, and logs a one-line summary every minute.
+  percentiles into a bounded history, warns on crossings, turns counters into rates, and logs
+  a one-line summary every minute.
+- expiry: once a second the broker forgets history and dedupe entries past their ttl, so
+  their memory follows their ttl without traffic.
 
 - presence (:mod:`triows._brokers.presence`): with Redis, writes joins and leaves, refreshes this
   node's members and sweeps a crashed node's; nothing in process.
@@ -21,44 +23,73 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 import trio
 
+from .._brokers.fanout import Subscriber
+from .._brokers.presence import Presence
+from .._brokers.seam import Broker
+from .._core.hub import Hub
+from .._ops.monitor import Monitor
 from .._restart import restarting
-
-if TYPE_CHECKING:
-    from .server import Server
 
 log = logging.getLogger("triows.supervisor")
 
-
 #: Connections the idle sweeper looks at in one step before it lets others run.
 SWEEP_BATCH = 1000
+#: Seconds between two expiries of history and dedupe entries.
+EXPIRE_EVERY = 1.0
 
 
-async def run_supervisor(server: Server, *, task_status: trio.TaskStatus[None]) -> None:
-    def failed() -> None:
-        server.task_failures += 1
+class Idle(Subscriber, Protocol):
+    """What the idle sweeper reads of a connection."""
 
+    last_activity: float
+
+
+async def run_supervisor(
+    *,
+    broker: Broker,
+    monitor: Monitor,
+    presence: Presence,
+    hub: Hub[Subscriber],
+    idle_timeout: float,
+    connections: Callable[[], Iterable[Idle]],
+    failed: Callable[[], None],
+    task_status: trio.TaskStatus[None],
+) -> None:
     keep = functools.partial(restarting, log=log, failed=failed)
+    tasks: dict[str, Callable[[], Awaitable[None]]] = {
+        "monitor": monitor.run,
+        "expiry": functools.partial(expire, broker),
+        "presence": presence.run,
+    }
+    if idle_timeout > 0:
+        tasks["idle sweeper"] = functools.partial(sweep_idle, idle_timeout, hub, connections)
     async with trio.open_nursery() as nursery:
-        if server.config.idle_timeout > 0:
-            nursery.start_soon(keep, "idle sweeper", functools.partial(sweep_idle, server))
-        nursery.start_soon(keep, "monitor", server.monitor.run)
-        nursery.start_soon(keep, "presence", server.presence.run)
-        await nursery.start(server.broker.run)
+        for name, task in tasks.items():
+            nursery.start_soon(keep, name, task)
+        await nursery.start(broker.run)
         task_status.started()
 
 
-async def sweep_idle(server: Server) -> None:
-    timeout = server.config.idle_timeout
-    period = max(timeout / 4, 0.5)
+async def expire(broker: Broker) -> None:
+    while True:
+        await trio.sleep(EXPIRE_EVERY)
+        broker.expire(trio.current_time())
+
+
+async def sweep_idle(
+    idle_timeout: float, hub: Hub[Subscriber], connections: Callable[[], Iterable[Idle]]
+) -> None:
+    period = max(idle_timeout / 4, 0.5)
     while True:
         await trio.sleep(period)
-        cutoff = trio.current_time() - timeout
-        for index, conn in enumerate(server.connections()):
+        cutoff = trio.current_time() - idle_timeout
+        for index, conn in enumerate(connections()):
             if index % SWEEP_BATCH == SWEEP_BATCH - 1:
                 await trio.lowlevel.checkpoint()  # a scan of 100,000 must not stall them all
-            if conn.last_activity < cutoff and not server.hub.subscriptions(conn):
+            if conn.last_activity < cutoff and not hub.subscriptions(conn):
                 conn.close(1000, "Idle timeout")

@@ -1,0 +1,222 @@
+"""The HTTP publish API: ``/api/publish``, ``/api/broadcast``, ``/api/channels``.
+
+What it promises a backend that retries: an answer as soon as a publication has its number
+(never after waiting for ``block`` subscribers, which are waited for in the background); on a
+timeout, 202 ``{"outcome": "unknown"}`` and what is known, never a "failed" for something that
+was published. With an ``idempotency_key`` a retry is always safe. Bodies are decoded and
+checked as WebSocket frames are (:mod:`triows._core.protocol`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import trio
+
+from .._brokers.fanout import Subscriber
+from .._brokers.seam import BrokerUnavailableError, DataTooLargeError, OutcomeUnknownError
+from .._core import protocol
+from .._core.handshake import HttpRequest
+from .._core.names import ChannelNameError, validate_channel
+from .answers import HttpError, Response, int_parameter, json_response
+from .view import ServerView
+
+log = logging.getLogger("triows.http")
+
+#: Channels one ``/api/broadcast`` may name.
+MAX_BROADCAST_CHANNELS = 1000
+#: Longest ``idempotency_key``.
+MAX_IDEMPOTENCY_KEY = 256
+#: Channels ``/api/channels`` lists unless ``?limit=N`` asks for another number.
+DEFAULT_CHANNEL_LIMIT = 1000
+#: HTTP publications whose ``block`` subscribers are still waited for in the background (each
+#: holds at most ``block_timeout``). A subscriber is over capacity by one frame per waiting
+#: publication, as with waiting WebSocket publishers; beyond this many a publication is
+#: refused (503) before it is published.
+MAX_BLOCKED_WAITS = 256
+#: How long before the request's deadline a publish stops waiting for its number, to answer
+#: "unknown" in time (at most this share of ``handshake_timeout``).
+ANSWER_MARGIN = 0.25
+ANSWER_MARGIN_SHARE = 0.1
+#: The body's marker of a publication whose fate is not known yet (202).
+_UNKNOWN = {"outcome": "unknown"}
+
+
+class PublishApi:
+    def __init__(self, view: ServerView) -> None:
+        self._view = view
+        #: Publications whose ``block`` subscribers are being waited for in the background.
+        self.blocked_waits = 0
+
+    async def publish(self, request: HttpRequest, body: bytes) -> Response:
+        payload = _object(body, required=("channel", "data"), optional=("idempotency_key",))
+        channel = _channel(payload["channel"])
+        key = _idempotency_key(payload.get("idempotency_key"))
+        try:
+            with trio.move_on_at(self._answer_deadline()):
+                return json_response(200, await self._publish_one(channel, payload["data"], key))
+        except OutcomeUnknownError:
+            pass
+        return json_response(202, {**_UNKNOWN, "channel": channel, "error": self._unknown_reason()})
+
+    async def broadcast(self, request: HttpRequest, body: bytes) -> Response:
+        payload = _object(body, required=("channels", "data"), optional=("idempotency_key",))
+        channels = payload["channels"]
+        if not isinstance(channels, list) or not channels:
+            raise HttpError(400, "channels must be a non-empty list of channel names")
+        if len(channels) > MAX_BROADCAST_CHANNELS:
+            raise HttpError(400, f"at most {MAX_BROADCAST_CHANNELS} channels per broadcast")
+        names = [_channel(name) for name in channels]
+        if len(set(names)) != len(names):
+            raise HttpError(400, "channels must not repeat a name")
+        key = _idempotency_key(payload.get("idempotency_key"))
+        results: list[dict[str, Any]] = []
+        with trio.move_on_at(self._answer_deadline()):
+            for name in names:
+                try:
+                    results.append(await self._publish_one(name, payload["data"], key))
+                except OutcomeUnknownError:
+                    break
+                except HttpError as exc:
+                    # What was published stays published: say which, so that a retry (with
+                    # the same idempotency key) is safe.
+                    raise HttpError(
+                        exc.status,
+                        exc.message,
+                        outcome="partial" if results else "not_published",
+                        results=results,
+                        not_published=names[len(results) :],
+                    ) from None
+            else:
+                return json_response(200, {"results": results})
+        # Out of time while one channel waited for its number (or the server stopped before
+        # it knew): that one may yet be published, the rest were not.
+        return json_response(
+            202,
+            {
+                **_UNKNOWN,
+                "results": results,
+                "unknown": [names[len(results)]],
+                "not_published": names[len(results) + 1 :],
+                "error": self._unknown_reason(),
+            },
+        )
+
+    def _answer_deadline(self) -> float:
+        """When a publish stops waiting for its number: a little before the request's own
+        deadline (``serve`` answers 504 at that deadline, which would read as a failure)."""
+        timeout = self._view.config.handshake_timeout
+        margin = min(ANSWER_MARGIN, timeout * ANSWER_MARGIN_SHARE)
+        return trio.current_effective_deadline() - margin
+
+    def _unknown_reason(self) -> str:
+        view = self._view
+        why = (
+            "the server is stopping"
+            if view.closing
+            else "Redis is unreachable"
+            if not view.broker.up.value
+            else "the broker is slow"
+        )
+        return (
+            f"not numbered in time ({why}); it may still be published: retry with the same "
+            "idempotency_key to learn its seq without publishing it twice"
+        )
+
+    async def _publish_one(self, channel: str, data: Any, key: str | None) -> dict[str, Any]:
+        """Publish and answer once numbered; the ``block`` subscribers it filled up are waited
+        for in the background (a slot of :data:`MAX_BLOCKED_WAITS`, reserved first)."""
+        if self.blocked_waits >= MAX_BLOCKED_WAITS:
+            raise HttpError(
+                503,
+                f"{self.blocked_waits} publications are waiting for 'block' subscribers to "
+                "make room; try again later",
+            )
+        self.blocked_waits += 1
+        waiting = False
+        try:
+            published, blocked = await self._view.publish_numbered(
+                channel, data, idempotency_key=key
+            )
+            waiting = self._wait_in_background(blocked)
+        except DataTooLargeError as exc:
+            raise HttpError(413, str(exc)) from None
+        except OutcomeUnknownError:
+            raise  # not a refusal: the caller answers "unknown"
+        except BrokerUnavailableError as exc:
+            raise HttpError(503, str(exc)) from None
+        except TypeError as exc:  # cannot happen with data decoded from JSON; kept honest
+            raise HttpError(400, str(exc)) from None
+        finally:
+            if not waiting:
+                self.blocked_waits -= 1
+        return {"channel": published.channel, "seq": published.seq, "epoch": published.epoch}
+
+    def _wait_in_background(self, blocked: list[Subscriber]) -> bool:
+        """Start waiting for ``blocked`` in a task the server owns (which then releases the
+        reserved slot); False when there is nothing to wait for, or the server stops."""
+        return bool(blocked) and self._view.spawn(
+            functools.partial(self._wait_for_blocked, blocked)
+        )
+
+    async def _wait_for_blocked(self, blocked: list[Subscriber]) -> None:
+        try:
+            await self._view.fanout.wait_for_blocked(blocked)
+        except Exception:  # a bug of ours must not reach the server
+            log.exception("waiting for block subscribers after an HTTP publish failed")
+        finally:
+            self.blocked_waits -= 1
+
+    async def channels(self, request: HttpRequest, body: bytes) -> Response:
+        limit = int_parameter(request, "limit", DEFAULT_CHANNEL_LIMIT)
+        channels = sorted(self._view.channel_statistics(), key=lambda c: (-c.subscribers, c.name))
+        listed = [
+            {"channel": c.name, "subscribers": c.subscribers, "seq": c.seq, "epoch": c.epoch}
+            for c in channels[:limit]
+        ]
+        return json_response(200, {"channels": listed, "total": len(channels)})
+
+
+def _object(body: bytes, *, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON object body, decoded and checked as WebSocket frames are (one validation)."""
+    try:
+        payload = protocol.decode_json(body.decode("utf-8"), unique_keys=True)
+    except UnicodeDecodeError:
+        raise HttpError(400, "body is not valid JSON: not UTF-8") from None
+    except protocol.ProtocolError as exc:
+        raise HttpError(400, f"body is {exc.message}") from None
+    if not isinstance(payload, dict):
+        raise HttpError(400, "body must be a JSON object")
+    missing = [name for name in required if name not in payload]
+    if missing:
+        raise HttpError(400, f"missing field {missing[0]!r}")
+    unknown = sorted(set(payload) - set(required) - set(optional))
+    if unknown:
+        raise HttpError(400, f"unknown field {unknown[0]!r}")
+    if "data" in payload:
+        try:
+            protocol.check_data(payload["data"])
+        except protocol.ProtocolError as exc:
+            raise HttpError(400, exc.message) from None
+    return payload
+
+
+def _channel(name: Any) -> str:
+    if not isinstance(name, str):
+        raise HttpError(400, "a channel name must be a string")
+    try:
+        return validate_channel(name)
+    except ChannelNameError as exc:
+        raise HttpError(400, str(exc)) from None
+
+
+def _idempotency_key(key: Any) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise HttpError(
+            400, f"idempotency_key must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        )
+    return key

@@ -1,0 +1,109 @@
+"""Who may do what, and how often: tokens, the ``authorize`` hook and the rate limits.
+
+One place for the rules a request meets after its connection was admitted, shared by the
+handshake (token verification) and by connections (per request): the principal's own channel
+patterns, then the application's ``authorize`` hook (bounded by ``handshake_timeout``; a hook
+that does not answer has not said "no": error 503, try again), then the per-connection and
+per-user token buckets (error 429).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from collections.abc import Callable
+
+import trio
+
+from .._config import Config
+from .._core import protocol
+from .._core.auth import Action, Principal, verify_token
+from .._core.protocol import ProtocolError
+from .._core.ratelimit import PerKey, TokenBucket
+
+
+class Access:
+    def __init__(self, config: Config, wall_clock: Callable[[], float]) -> None:
+        self.config = config
+        self._wall_clock = wall_clock
+        self._user_rates = {
+            Action.PUBLISH: PerKey(config.user_publish_rate, 2 * config.user_publish_rate),
+            Action.SUBSCRIBE: PerKey(config.user_subscribe_rate, 2 * config.user_subscribe_rate),
+        }
+        #: Requests refused with 429 by a rate limit, by action.
+        self.rate_limited: Counter[str] = Counter()
+        #: Whether connections carry a principal that can expire (JWT or a custom hook).
+        self.enabled = config.jwt_secret is not None or config.authenticate is not None
+
+    def verify_token(self, token: str) -> Principal:
+        """A JWT's principal, by the server's clock and settings; ``AuthError`` otherwise."""
+        config = self.config
+        assert config.jwt_secret is not None
+        return verify_token(
+            token,
+            config.jwt_secret,
+            now=self._wall_clock(),
+            audience=config.jwt_audience,
+            issuer=config.jwt_issuer,
+            leeway=config.jwt_leeway,
+            require_exp=config.jwt_require_exp,
+            max_age=config.jwt_max_age,
+        )
+
+    @staticmethod
+    def check_allowed(
+        principal: Principal,
+        action: Action,
+        channel: str,
+        request_id: protocol.RequestId | None,
+    ) -> None:
+        """What the token allows; the ``authorize`` hook, if any, is asked in :meth:`authorize`."""
+        if not principal.may(action, channel):
+            raise _forbidden(action, channel, request_id)
+
+    async def authorize(
+        self,
+        principal: Principal,
+        action: Action,
+        channel: str,
+        request_id: protocol.RequestId | None,
+    ) -> None:
+        self.check_allowed(principal, action, channel, request_id)
+        hook = self.config.authorize
+        if hook is None:
+            return
+        result = hook(principal, action, channel)
+        if inspect.isawaitable(result):
+            try:
+                with trio.fail_after(self.config.handshake_timeout):
+                    result = await result
+            except trio.TooSlowError:
+                # Not a "no": the client may try again (a refresh keeps its subscriptions).
+                raise ProtocolError(
+                    protocol.UNAVAILABLE, "authorization timed out; try again", request_id
+                ) from None
+        if not result:
+            raise _forbidden(action, channel, request_id)
+
+    def check_rate(
+        self,
+        principal: Principal,
+        action: Action,
+        bucket: TokenBucket,
+        request_id: protocol.RequestId | None,
+    ) -> None:
+        """Take a token from the connection's bucket and its user's; error 429 without one."""
+        now = trio.current_time()
+        user = principal.user_id
+        if bucket.take(now) and (user is None or self._user_rates[action].take(user, now)):
+            return
+        self.rate_limited[str(action)] += 1
+        raise ProtocolError(
+            protocol.TOO_MANY, f"{action} rate limit exceeded; slow down", request_id
+        )
+
+
+def _forbidden(
+    action: Action, channel: str, request_id: protocol.RequestId | None
+) -> ProtocolError:
+    return ProtocolError(protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'", request_id)

@@ -1,0 +1,134 @@
+"""The server's answer to a WebSocket handshake: refuse it with a status, or accept it.
+
+In order: shutting down (503), a path not served (404), an origin not allowed (403, logged with
+the origin), the memory guard (503); then the connection's admission ticket moves to
+"connection" (its address's limits, 503/429) before the first await; then authentication
+(the ``authenticate`` hook or a JWT, bounded by the handshake's deadline) and the user's limit
+(429) as soon as the user is known; shutdown once more (a hook that answered late); then the
+101. A refusal gives its connection place back while it is written (the ticket closes).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+import trio
+
+from .._config import Config, Rejected
+from .._core.admission import Refused
+from .._core.auth import ANONYMOUS, AuthError, Principal
+from .._core.handshake import HandshakeRequest
+from .._core.memory_guard import MemoryGuard
+from .._core.proxy import address_key
+from .._net.streams import PendingHandshake
+from .._net.websocket import WebSocket
+from .access import Access
+
+log = logging.getLogger("triows.server")
+
+
+class Handshakes:
+    def __init__(
+        self,
+        config: Config,
+        access: Access,
+        memory_guard: MemoryGuard,
+        closing: Callable[[], bool],
+    ) -> None:
+        self._config = config
+        self._access = access
+        self._memory_guard = memory_guard
+        self._closing = closing
+        #: Handshakes refused, by HTTP status.
+        self.rejected: Counter[int] = Counter()
+
+    async def accept(self, pending: PendingHandshake) -> tuple[WebSocket, Principal] | None:
+        """The accepted socket and who is on it; None when refused (the refusal is sent)."""
+        info = pending.info
+        config = self._config
+        if self._closing():
+            await self._reject(pending, 503, "server is shutting down")
+            return None
+        if config.path is not None and info.path != config.path:
+            await self._reject(pending, 404, "no WebSocket endpoint at this path")
+            return None
+        origin = info.header("origin")
+        if not config.origin_allowed(origin):
+            await self._reject(pending, 403, "origin not allowed", detail=repr(origin))
+            return None
+        if self._memory_guard.over:
+            await self._reject(pending, 503, "memory limit reached")
+            return None
+        try:
+            # Counted now, before the first await: concurrent handshakes cannot all pass.
+            pending.ticket.connection(address_key(info.ip))
+            principal = await self._authenticate(info, pending.deadline)
+            if principal.user_id is not None:
+                pending.ticket.user(principal.user_id)
+        except (Rejected, Refused) as refused:
+            await self._reject(pending, refused.status, refused.reason)
+            return None
+        if self._closing():  # shutdown began while the hook was deciding
+            await self._reject(pending, 503, "server is shutting down")
+            return None
+        ws = await pending.accept()
+        pending.ticket.opened()
+        return ws, principal
+
+    async def _reject(
+        self, pending: PendingHandshake, status: int, reason: str, *, detail: str = ""
+    ) -> None:
+        self.rejected[status] += 1
+        pending.ticket.closing()  # a refusal being written holds no connection place
+        log.info(
+            "rejected handshake from %s: %d %s%s",
+            pending.info.remote,
+            status,
+            reason,
+            f" ({detail})" if detail else "",
+        )
+        await pending.reject(status, reason)
+
+    async def _authenticate(self, info: HandshakeRequest, deadline: float) -> Principal:
+        config = self._config
+        if config.authenticate is not None:
+            try:
+                result = config.authenticate(info)
+                if inspect.isawaitable(result):
+                    with trio.fail_at(deadline):
+                        result = await result
+            except Rejected:
+                raise
+            except trio.TooSlowError:
+                raise Rejected(503, "authentication timed out") from None
+            except Exception:
+                log.exception("authenticate hook failed")
+                raise Rejected(500, "authentication failed") from None
+            if result is None:
+                raise Rejected(401, "not authenticated")
+            if not isinstance(result, Principal):
+                log.error("authenticate hook returned %r, not a Principal", type(result))
+                raise Rejected(500, "authentication failed")
+            return result
+        if config.jwt_secret is not None:
+            token = _bearer_token(info)
+            if token is None:
+                raise Rejected(401, "missing token")
+            try:
+                return self._access.verify_token(token)
+            except AuthError as exc:
+                raise Rejected(401, str(exc)) from None
+        return ANONYMOUS
+
+
+def _bearer_token(info: HandshakeRequest) -> str | None:
+    header = info.header("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    query_token = info.query.get("token")
+    return query_token or None

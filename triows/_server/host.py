@@ -1,0 +1,48 @@
+"""What a connection needs from the server it runs in, and nothing more.
+
+A connection reads its configuration and identity, asks :class:`~triows._server.access.Access`
+what its principal may do, hands publications to
+:class:`~triows._server.publishing.Publishing`, subscribes through the broker, tells presence
+of joins and leaves, and counts what it sends, queues and closes. The server is one such host;
+a test or another shell could be another. Written as a protocol so that connections do not
+import the server (which imports them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from .._brokers.fanout import FanOut
+from .._brokers.presence import Presence
+from .._brokers.seam import Broker
+from .._config import Config
+from .._core.latency import LatencyHistogram
+from .._core.outbox import OutboxTotals
+from .access import Access
+from .publishing import Publishing
+from .traffic import Traffic
+
+
+class ConnectionHost(Protocol):
+    config: Config
+    server_id: str
+    wall_clock: Callable[[], float]
+    access: Access
+    publishing: Publishing
+    broker: Broker
+    presence: Presence
+    fanout: FanOut
+    #: Publish→ack latencies of every connection.
+    ack_latency: LatencyHistogram
+    #: What every connection's outbox holds, and the messages of every connection.
+    outbox_totals: OutboxTotals
+    traffic: Traffic
+
+    def now_ms(self) -> int:
+        """Wall-clock milliseconds (message timestamps, ``welcome``, ``pong``)."""
+        ...
+
+    def count_close(self, code: int) -> None:
+        """A connection the server closed, by close code (statistics)."""
+        ...
