@@ -7,7 +7,9 @@ Embed it::
         await server.publish("news", {"headline": "hello"})
 """
 
-from . import client
+from types import ModuleType
+from typing import TYPE_CHECKING
+
 from ._brokers.seam import (
     BrokerStatistics,
     BrokerUnavailableError,
@@ -21,7 +23,21 @@ from ._core.outbox import SlowConsumerPolicy
 from ._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistics
 from ._server.server import Server, serve
 
+if TYPE_CHECKING:
+    from . import client
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``triows.client`` is imported on first use: a server needs neither it nor the
+    WebSocket client library under it (trio-websocket, wsproto)."""
+    if name == "client":
+        import importlib
+
+        return importlib.import_module(".client", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Action",
