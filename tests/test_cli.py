@@ -15,7 +15,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from triows import SlowConsumerPolicy
-from triows._cli.main import parse_config
+from triows._cli.options import parse_config
 
 
 def test_defaults() -> None:
@@ -280,7 +280,7 @@ def test_the_fd_limit_is_raised_and_a_too_low_one_is_reported(
 
 
 def test_help_shows_booleans_as_the_flag_takes_them() -> None:
-    from triows._cli.main import build_parser
+    from triows._cli.options import build_parser
 
     text = build_parser().format_help()
     assert "(default: no)" in text  # --reuse-port

@@ -30,7 +30,7 @@ import pytest
 import trio
 
 import triows
-from triows._cli.main import parse_config
+from triows._cli.options import parse_config
 
 from .redisserver import free_port
 

@@ -135,7 +135,7 @@ def test_supervisor_rewrites_only_its_own_flags() -> None:
 
 
 def test_secrets_reach_workers_through_their_environment_not_their_command_line() -> None:
-    from triows._cli.main import parse_config
+    from triows._cli.options import parse_config
     from triows._cli.workers import _Supervisor, worker_arguments
 
     key, secret = "k" * 20, "s" * 40
