@@ -13,7 +13,7 @@ import trio
 
 from triows import client as wsclient
 from triows._brokers.redis.bridge import PubSubListener
-from triows._server.requests import MAX_UNACKED
+from triows._server.channels import MAX_UNACKED
 from triows.testing import TestClient
 
 from .redisserver import RedisServer

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ._core.admission import Limits
 from ._core.auth import Action, Principal
 from ._core.handshake import HandshakeRequest
 from ._core.names import first_match, validate_pattern
@@ -283,6 +284,18 @@ class Config:
     server_id: str | None = None
     authenticate: Authenticate | None = attrs.field(default=None, eq=False, repr=False)
     authorize: Authorize | None = attrs.field(default=None, eq=False, repr=False)
+
+    def admission_limits(self) -> Limits:
+        """The limits admission (``triows._core.admission``) holds every stream to."""
+        return Limits(
+            max_pending=self.max_pending,
+            max_pending_per_ip=self.max_pending_per_ip,
+            max_http=self.max_http_requests,
+            max_http_per_ip=self.max_http_requests_per_ip,
+            max_connections=self.max_connections,
+            max_connections_per_ip=self.max_connections_per_ip,
+            max_connections_per_user=self.max_connections_per_user,
+        )
 
     def policy_for(self, channel: str) -> SlowConsumerPolicy:
         return first_match(self.channel_policies, channel, self.slow_consumer)

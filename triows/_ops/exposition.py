@@ -2,11 +2,15 @@
 
 Apart from :mod:`triows._ops.metrics` so that the library is loaded by the first scrape, not
 by ``import triows``.
+
+A family is the plain dict :mod:`triows._ops.metrics` builds (``name``, ``type``, ``help``,
+``labels`` and ``samples``, or ``buckets``, ``sum`` and ``count``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
@@ -16,7 +20,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from .metrics import Family
+Family = dict[str, Any]
 
 
 class _Families:

@@ -19,7 +19,7 @@ import attrs
 from .._brokers.fanout import FanOut, Subscriber
 from .._brokers.seam import Broker, BrokerStatistics, Published
 from .._config import Config
-from .._core.hub import Hub
+from .._core.hub import ChannelState, Hub
 from .._core.latency import LatencyHistogram
 from .._core.memory_guard import MemoryGuard
 
@@ -125,6 +125,20 @@ class ChannelStatistics:
     dropped: int
     policy: str
     history: int
+
+    @classmethod
+    def of(cls, state: ChannelState[Any]) -> ChannelStatistics:
+        return cls(
+            name=state.name,
+            epoch=state.epoch,
+            seq=state.seq,
+            subscribers=len(state.members),
+            published=state.published,
+            delivered=state.delivered,
+            dropped=state.dropped,
+            policy=str(state.policy),
+            history=len(state.history),
+        )
 
 
 @attrs.frozen(kw_only=True)

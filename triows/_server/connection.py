@@ -28,6 +28,7 @@ from .._core.frame_parser import Close, Message, Ping, Pong
 from .._core.frames import PING, PONG, frame
 from .._core.outbox import Verdict
 from .._net.websocket import WebSocket
+from .._ops.view import ConnectionStatistics
 from .host import ConnectionHost
 from .outbound import ABNORMAL, GOING_AWAY, INTERNAL_ERROR
 from .requests import Requests
@@ -57,6 +58,21 @@ class Connection(Requests):
         self._beat: trio.CancelScope | None = None  # the heartbeat's sleep
         self._next_ping = 0.0
         self.connected_at = trio.current_time()
+
+    def statistics(self, now: float) -> ConnectionStatistics:
+        outbox = self.outbox
+        return ConnectionStatistics(
+            client_id=self.client_id,
+            user_id=self.principal.user_id,
+            remote=self.remote,
+            connected_for=now - self.connected_at,
+            subscriptions=tuple(self._host.broker.hub.channels_of(self)),
+            frames_in=self.frames_in,
+            frames_out=self.frames_out,
+            queued_frames=len(outbox),
+            queued_bytes=outbox.queued_bytes,
+            dropped=outbox.dropped,
+        )
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id} user={self.principal.user_id!r} {self.remote}>"

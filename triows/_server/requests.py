@@ -6,91 +6,52 @@ publish, a full outbox) starts a requests task; later requests queue behind it i
 ``inbox_size`` requests and ``inbox_max_bytes``, and the reader goes on reading and answering
 pings meanwhile. Both paths answer failures the same way (:meth:`Requests._failed`).
 
-A publish's ack comes from the broker's ``numbered`` callback, always before a later message
-of the channel reaches this client: that is how a client tells its own publications from gaps.
-The token's expiry lives here too, since a ``refresh`` moves it.
+What each request does on channels is :mod:`triows._server.channels`; the token's expiry
+lives here, since a ``refresh`` moves it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Iterator
 
 import trio
 
-from .._brokers.fanout import StepBudget, Subscriber
-from .._brokers.seam import BrokerUnavailableError, Subscribed
+from .._brokers.fanout import StepBudget
 from .._core import protocol
 from .._core.auth import Action, AuthError, Principal
-from .._core.hub import SubscriptionLimitError
 from .._core.protocol import ProtocolError
-from .._core.ratelimit import TokenBucket
 from .._net.websocket import WebSocket
+from .channels import Channels, subscribe_errors
 from .host import ConnectionHost
-from .outbound import POLICY, Outbound, Wait
+from .outbound import POLICY, Wait
 
 log = logging.getLogger("triows.connection")
 
-#: Publications one connection may have waiting for the broker (with Redis: for Redis to
-#: accept them); more get error 429. In process every publication is numbered at once.
-MAX_UNACKED = 1000
 
-
-@contextlib.contextmanager
-def _subscribe_errors(request_id: protocol.RequestId | None) -> Iterator[None]:
-    """A broker's refusal to subscribe, as the error the client gets."""
-    try:
-        yield
-    except SubscriptionLimitError as exc:
-        raise ProtocolError(protocol.TOO_MANY, str(exc), request_id) from None
-    except BrokerUnavailableError as exc:
-        raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
-
-
-class Requests(Outbound):
+class Requests(Channels):
     __slots__ = (
-        "_acks_over",
         "_backlog",
         "_backlog_bytes",
         "_busy",
         "_expiry_scope",
-        "_publish_bucket",
-        "_subscribe_bucket",
-        "_unacked",
-        "client_id",
         "frames_in",
         "last_activity",
-        "principal",
     )
 
     def __init__(
         self, host: ConnectionHost, ws: WebSocket, principal: Principal, client_id: str
     ) -> None:
-        super().__init__(host, ws)
-        self.principal = principal
-        self.client_id = client_id
+        super().__init__(host, ws, principal, client_id)
         #: Requests read while one waits, with their sizes (at most ``inbox_size`` of them and
         #: ``inbox_max_bytes``); made on need.
         self._backlog: deque[tuple[protocol.Request, int]] | None = None
         self._backlog_bytes = 0
         self._busy = False  # a requests task is serving; later requests queue behind it
         self._expiry_scope: trio.CancelScope | None = None
-        self._acks_over = False  # an ack went over the outbox's capacity: settle
-        self._unacked = 0  # publications handed to the broker, not yet numbered or failed
-        # Made at first use: a bucket made then is full, as one made now would be by then.
-        self._publish_bucket: TokenBucket | None = None
-        self._subscribe_bucket: TokenBucket | None = None
         self.last_activity = trio.current_time()
         self.frames_in = 0
-
-    @property
-    def dedupe_key(self) -> object:
-        """Whose publish ids these are: the user, across reconnects; else this connection."""
-        user = self.principal.user_id
-        return ("user", user) if user is not None else ("connection", self.client_id)
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -154,19 +115,6 @@ class Requests(Outbound):
         finally:
             self._busy = False
 
-    def _bucket(self, action: Action) -> TokenBucket:
-        """This connection's rate bucket for ``action``, made at its first use."""
-        config = self._host.config
-        if action is Action.PUBLISH:
-            if self._publish_bucket is None:
-                rate = config.publish_rate
-                self._publish_bucket = TokenBucket(rate, 2 * rate, trio.current_time())
-            return self._publish_bucket
-        if self._subscribe_bucket is None:
-            rate = config.subscribe_rate
-            self._subscribe_bucket = TokenBucket(rate, 2 * rate, trio.current_time())
-        return self._subscribe_bucket
-
     def _may_wait(self, request: protocol.Request) -> bool:
         """Whether serving ``request`` may need to wait before its reply is known: an
         application ``authorize`` hook (it may be async) or a broker that subscribes over the
@@ -193,9 +141,6 @@ class Requests(Outbound):
         log.error("request %s from %s failed", type(request).__name__, self.client_id, exc_info=exc)
         return self._reply(protocol.error_frame(protocol.INTERNAL, "internal error", request.id))
 
-    def _check_rate(self, action: Action, request_id: protocol.RequestId | None) -> None:
-        self._host.access.check_rate(self.principal, action, self._bucket(action), request_id)
-
     def _serve_now(self, request: protocol.Request) -> Wait | None:
         """Serve a request that needs no waiting; returns what is left to wait for, if any."""
         host = self._host
@@ -208,7 +153,7 @@ class Requests(Outbound):
                 self._check_rate(Action.SUBSCRIBE, request_id)
                 host.access.check_allowed(self.principal, Action.SUBSCRIBE, channel, request_id)
                 joining = self._joining(channel)
-                with _subscribe_errors(request_id):
+                with subscribe_errors(request_id):
                     subscribed = host.broker.subscribe_nowait(
                         self, channel, request.since, request.epoch
                     )
@@ -256,7 +201,7 @@ class Requests(Outbound):
                         self.principal, Action.SUBSCRIBE, channel, request_id
                     )
                     joining = self._joining(channel)
-                    with _subscribe_errors(request_id):
+                    with subscribe_errors(request_id):
                         subscribed = await host.broker.subscribe(
                             self, channel, request.since, request.epoch
                         )
@@ -292,6 +237,8 @@ class Requests(Outbound):
         if wait is not None:
             await wait()
 
+    # -- the token: expiry and refresh ----------------------------------------------------------
+
     async def _still_allowed(self, channel: str) -> bool | None:
         """Ask again, after a token refresh, whether this connection may follow ``channel``:
         False only on a clear "no". A hook that timed out or failed said nothing: the
@@ -316,115 +263,6 @@ class Requests(Outbound):
             )
             return None
         return True
-
-    # -- publishing -----------------------------------------------------------------------------
-
-    def _publish(self, request: protocol.Publish) -> Wait | None:
-        request_id = request.id
-        if self._unacked >= MAX_UNACKED:
-            # One client must not take a cluster node's whole outage buffer.
-            raise ProtocolError(
-                protocol.TOO_MANY,
-                f"{self._unacked} publications are waiting for their ack",
-                request_id,
-            )
-        # The broker calls back with the seq before any later message of the channel reaches
-        # this client (in process: in this very step), which is how a client tells its own
-        # publications from gaps.
-        self._unacked += 1
-        host = self._host
-        # In process the ack is written in this very step: observed as 0 s, with no clock read.
-        started = None if host.broker.numbers_at_once else trio.current_time()
-        try:
-            blocked = host.publishing.publish_from_client(
-                self.client_id,
-                self.dedupe_key,
-                request.channel,
-                request.data,
-                request_id,
-                numbered=functools.partial(self._acknowledge, request_id, started),
-                echo=request.echo,
-                failed=functools.partial(self._publish_failed, request_id),
-            )
-        except ProtocolError:
-            self._unacked -= 1  # refused at once: neither callback will come
-            raise
-        if blocked or self._acks_over:
-            return functools.partial(self._after_publish, blocked)
-        return None
-
-    async def _after_publish(self, blocked: list[Subscriber]) -> None:
-        await self._host.fanout.wait_for_blocked(blocked)
-        if self._acks_over:
-            self._acks_over = False
-            await self.settle()
-
-    def _acknowledge(
-        self, request_id: protocol.RequestId | None, started: float | None, seq: int
-    ) -> None:
-        self._unacked -= 1
-        self._host.ack_latency.observe(0.0 if started is None else trio.current_time() - started)
-        if request_id is not None and self.queue_reply(
-            {"type": "ack", "id": request_id, "seq": seq}
-        ):
-            self._acks_over = True
-
-    def _publish_failed(self, request_id: protocol.RequestId | None, exc: Exception) -> None:
-        self._unacked -= 1
-        if isinstance(exc, BrokerUnavailableError):
-            frame = protocol.error_frame(protocol.UNAVAILABLE, str(exc), request_id)
-        else:  # the reason is in the server's log; it may hold details clients must not see
-            frame = protocol.error_frame(protocol.INTERNAL, "internal error", request_id)
-        self.reply_nowait(frame)
-
-    # -- subscriptions and presence -------------------------------------------------------------
-
-    def _joining(self, channel: str) -> bool:
-        """Whether a subscribe to ``channel`` would be a presence join (a new membership)."""
-        presence = self._host.presence
-        return presence.enabled and not self._host.broker.hub.is_member(self, channel)
-
-    def _unsubscribe(self, channel: str) -> None:
-        if self._host.broker.unsubscribe(self, channel):
-            self._host.presence.left(self, channel)
-
-    def _check_presence(self, channel: str, request_id: protocol.RequestId | None) -> None:
-        # A presence answer costs what a subscribe does (more with Redis): the same rates.
-        self._check_rate(Action.SUBSCRIBE, request_id)
-        if self._host.presence.mode(channel) is None:
-            raise ProtocolError(
-                protocol.BAD_REQUEST,
-                f"presence is off for '{channel}' (the server's --presence patterns)",
-                request_id,
-            )
-        self._host.access.check_allowed(self.principal, Action.SUBSCRIBE, channel, request_id)
-
-    def _subscribed(
-        self, request: protocol.Subscribe, subscribed: Subscribed, joining: bool = False
-    ) -> Wait | None:
-        reply: dict[str, object] = {
-            "type": "subscribed",
-            "channel": request.channel,
-            "seq": subscribed.seq,
-            "epoch": subscribed.epoch,
-        }
-        replay: tuple[bytes, ...] = ()
-        resume = subscribed.resume
-        if resume is not None:
-            reply["recovered"] = resume.recovered
-            if resume.gap is not None:
-                reply["gap"] = list(resume.gap)
-            replay = resume.replay
-        # Membership, reply and replay in one synchronous step: live messages can only come
-        # after the replay, and none is missing between the two.
-        over = self.queue_reply(protocol.with_id(reply, request.id))
-        for replayed in replay:
-            over = self.queue_reply(replayed) or over
-        if joining:
-            self._host.presence.joined(self, request.channel)
-        return self.settle if over else None
-
-    # -- the token: expiry and refresh ----------------------------------------------------------
 
     def _expiry_deadline(self) -> float:
         expires_at = self.principal.expires_at

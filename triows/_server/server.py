@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import secrets
 import time
 from collections import Counter
@@ -36,7 +35,7 @@ from .._brokers.fanout import FanOut, Subscriber
 from .._brokers.presence import Presence
 from .._brokers.seam import Published
 from .._config import Config
-from .._core.admission import Admission, Limits, Stage
+from .._core.admission import Admission, Stage
 from .._core.latency import histogram
 from .._core.memory_guard import MemoryGuard
 from .._core.outbox import OutboxTotals
@@ -46,6 +45,7 @@ from .._net.streams import PendingHandshake, serve_streams
 from .._ops.http import HttpEndpoints
 from .._ops.monitor import Monitor
 from .._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistics
+from . import banner
 from .access import Access
 from .connection import GOING_AWAY, Connection
 from .handshakes import Handshakes
@@ -69,17 +69,7 @@ class Server:
         self.server_id = config.server_id or secrets.token_hex(4)
         self.fanout = FanOut(config.block_timeout)
         self.memory_guard = MemoryGuard(config.memory_limit)
-        self.admission = Admission(
-            Limits(
-                max_pending=config.max_pending,
-                max_pending_per_ip=config.max_pending_per_ip,
-                max_http=config.max_http_requests,
-                max_http_per_ip=config.max_http_requests_per_ip,
-                max_connections=config.max_connections,
-                max_connections_per_ip=config.max_connections_per_ip,
-                max_connections_per_user=config.max_connections_per_user,
-            )
-        )
+        self.admission = Admission(config.admission_limits())
         self.broker, presence_store = open_broker(config, self.fanout, self.now_ms)
         self.hub = self.broker.hub
         self.presence = Presence(config, self.hub, self.fanout, self.now_ms, presence_store)
@@ -204,38 +194,11 @@ class Server:
         )
 
     def channel_statistics(self) -> tuple[ChannelStatistics, ...]:
-        return tuple(
-            ChannelStatistics(
-                name=state.name,
-                epoch=state.epoch,
-                seq=state.seq,
-                subscribers=len(state.members),
-                published=state.published,
-                delivered=state.delivered,
-                dropped=state.dropped,
-                policy=str(state.policy),
-                history=len(state.history),
-            )
-            for state in self.hub.channels()
-        )
+        return tuple(ChannelStatistics.of(state) for state in self.hub.channels())
 
     def connection_statistics(self) -> tuple[ConnectionStatistics, ...]:
         now = trio.current_time()
-        return tuple(
-            ConnectionStatistics(
-                client_id=c.client_id,
-                user_id=c.principal.user_id,
-                remote=c.remote,
-                connected_for=now - c.connected_at,
-                subscriptions=tuple(self.hub.channels_of(c)),
-                frames_in=c.frames_in,
-                frames_out=c.frames_out,
-                queued_frames=len(c.outbox),
-                queued_bytes=c.outbox.queued_bytes,
-                dropped=c.outbox.dropped,
-            )
-            for c in self._connections
-        )
+        return tuple(conn.statistics(now) for conn in self._connections)
 
     def frame_totals(self) -> tuple[int, int]:
         """WebSocket messages received and sent, by every connection so far."""
@@ -243,39 +206,9 @@ class Server:
 
     def describe(self) -> str:
         """The line logged when the server starts listening."""
-        config = self.config
-        path = (config.path or "/")[1:]
-        where = ", ".join(a + path for a in self._addresses("ws")) or "its own listeners"
-        auth = "jwt" if config.jwt_secret else "custom" if config.authenticate else "off"
-        return (
-            f"triows listening on {where} "
-            f"(broker: {self.broker.statistics().kind}, auth: {auth}, "
-            f"server id: {self.server_id}, pid: {os.getpid()})"
+        return banner.describe(
+            self.config, self.listeners, self.broker.statistics().kind, self.server_id
         )
-
-    def _warn_about_config(self) -> None:
-        config = self.config
-        if config.authenticate is not None and not config.allow_origins:
-            log.warning(
-                "an authenticate hook is set and every origin may connect: if it trusts "
-                "cookies, any web page a user visits can open a connection as that user "
-                "(cross-site WebSocket hijacking). Set allow_origins (--allow-origin) to "
-                "your site's origins; see docs/embedding.md"
-            )
-        if config.demo:
-            for address in self._addresses("http"):
-                log.info("demo chat page: %sdemo", address)
-
-    def _addresses(self, scheme: str) -> list[str]:
-        """``scheme://host:port/`` of each TCP listener."""
-        addresses = []
-        for listener in self.listeners:
-            sock = getattr(listener, "socket", None)
-            if sock is not None:
-                host, port = sock.getsockname()[:2]
-                host = f"[{host}]" if ":" in host else host
-                addresses.append(f"{scheme}://{host}:{port}/")
-        return addresses
 
     @property
     def closing(self) -> bool:
@@ -360,7 +293,7 @@ class Server:
                     self.listeners = await connections.start(self._accept, listeners)
                     started = True
                     log.info("%s", self.describe())
-                    self._warn_about_config()
+                    banner.warn_about(config, self.listeners)
                     task_status.started(self)
                 root.cancel_scope.cancel()
         finally:
