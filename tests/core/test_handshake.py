@@ -6,12 +6,23 @@ import pytest
 
 from triows._core.handshake import (
     HandshakeError,
+    HttpRequest,
     accept_key,
     accept_response,
     head_end,
     http_response,
-    parse_upgrade,
+    parse_request,
+    upgrade_key,
+    wants_upgrade,
 )
+
+
+def parse_upgrade(data: bytes) -> tuple[HttpRequest, str]:
+    """What the transport does with a head: parse it, then check it as an upgrade."""
+    request = parse_request(data)
+    assert wants_upgrade(request)
+    return request, upgrade_key(request)
+
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 GOOD = {
@@ -35,9 +46,9 @@ def test_rfc_6455_example_key() -> None:
 
 
 def test_a_valid_request() -> None:
-    request = parse_upgrade(head(Origin="https://a.example", **{"X-Twice": "1"}))
+    request, key = parse_upgrade(head(Origin="https://a.example", **{"X-Twice": "1"}))
     assert request.target == "/chat?token=t"
-    assert request.key == KEY
+    assert key == KEY
     assert request.headers["origin"] == "https://a.example"
     assert request.headers["upgrade"] == "websocket"
 
@@ -48,7 +59,7 @@ def test_header_names_are_case_insensitive_and_repeated_lines_are_one_list() -> 
     data = head().replace(
         b"\r\n\r\n", b"\r\nx-a: 1\r\nX-A: 2\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n"
     )
-    headers = parse_upgrade(data).headers
+    headers = parse_request(data).headers
     assert headers["x-a"] == "1, 2"
     assert headers["cookie"] == "a=1; b=2"
 
@@ -85,8 +96,6 @@ def test_two_different_content_lengths_are_refused() -> None:
         (head("GET /"), 400),
         (head("GET http://x/ HTTP/1.1"), 400),
         (head(Host=None), 400),
-        (head(Upgrade=None), 426),
-        (head(Upgrade="h2c"), 426),
         (head(Connection="keep-alive"), 400),
         (head(**{"Sec-WebSocket-Version": "8"}), 426),
         (head(**{"Sec-WebSocket-Key": "short"}), 400),
@@ -100,6 +109,11 @@ def test_refusals(data: bytes, status: int) -> None:
         parse_upgrade(data)
     assert refused.value.status == status
     assert refused.value.reason
+
+
+@pytest.mark.parametrize("upgrade", [None, "h2c"])
+def test_a_request_that_does_not_ask_for_a_websocket_is_plain_http(upgrade: str | None) -> None:
+    assert not wants_upgrade(parse_request(head(Upgrade=upgrade)))
 
 
 def test_head_end() -> None:

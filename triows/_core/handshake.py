@@ -4,7 +4,7 @@ Why not h11/wsproto's handshake: a general HTTP/1.1 state machine per connection
 CPU than the rest of a connection's setup and keeps its buffers for as long as the connection
 lives. An upgrade request is one bounded block of header lines; parsing it is a few string
 operations, and once the answer is written nothing of it stays but what the server kept on
-purpose (:class:`UpgradeRequest` goes to the ``authenticate`` hook and is then dropped).
+purpose (:class:`HandshakeRequest` goes to the ``authenticate`` hook and is then dropped).
 
 Rules: the head is at most :data:`MAX_HEAD` bytes, every line included (431); the request
 line must be ``GET <target> HTTP/1.1``; header lines are ``name: value`` with no obsolete line
@@ -78,14 +78,6 @@ class HttpRequest:
     @property
     def query(self) -> str:
         return self.target.partition("?")[2]
-
-
-@attrs.frozen
-class UpgradeRequest:
-    target: str
-    #: Header names in lower case; a repeated header keeps its first value.
-    headers: dict[str, str]
-    key: str
 
 
 def head_end(buffer: bytes | bytearray) -> int:
@@ -163,19 +155,6 @@ def upgrade_key(request: HttpRequest) -> str:
     if not valid_key:
         raise HandshakeError(400, "invalid Sec-WebSocket-Key")
     return key
-
-
-def parse_upgrade(head: bytes | bytearray) -> UpgradeRequest:
-    """Check an upgrade request head (up to and including its blank line)."""
-    request = parse_request(head)
-    if not wants_upgrade(request):
-        raise HandshakeError(
-            426,
-            "this is a WebSocket endpoint: send Upgrade: websocket",
-            (("Upgrade", "websocket"), ("Connection", "Upgrade")),
-        )
-    key = upgrade_key(request)
-    return UpgradeRequest(target=request.target, headers=request.headers, key=key)
 
 
 def content_length(request: HttpRequest, limit: int) -> int:
