@@ -151,9 +151,6 @@ class Tracker:
         """Unsubscribed, or the subscription was refused: nothing of it is delivered any more."""
         self._cursors.pop(channel, None)
 
-    def tracking(self, channel: str) -> bool:
-        return channel in self._cursors
-
     def channels(self) -> list[str]:
         return list(self._cursors)
 

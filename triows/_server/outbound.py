@@ -33,7 +33,6 @@ WRITE_BATCH = 64 * 1024
 #: Without ``Server.aclose()`` (plain cancellation) a connection still gets this long to say 1001.
 CANCELLED_GOODBYE = 1.0
 
-NORMAL = 1000
 GOING_AWAY = 1001
 POLICY = 1008
 TOO_BIG = 1009
