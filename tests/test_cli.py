@@ -167,6 +167,7 @@ def test_operability_flags() -> None:
         (["--allow-origin", "app.example.com"], {}, "--allow-origin (TRIOWS_ALLOW_ORIGIN)"),
         (["--max-message-size", "1KiB"], {}, "at least 2048 bytes"),
         (["--jwt-max-age", "-5"], {}, "--jwt-max-age"),
+        (["--inbox-max-bytes", "1e400"], {}, "expected a size in bytes"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(

@@ -162,7 +162,9 @@ async def test_a_redis_node_delivers_a_burst_in_bounded_steps(redis_url: str) ->
         trio.lowlevel.add_instrument(instrument)
         try:
             for n in range(publishes):  # handed to Redis at once; they come back in batches
-                harness.server.broker.publish(harness.server.publishing.publication(channel, n, None))
+                harness.server.broker.publish(
+                    harness.server.publishing.publication(channel, n, None)
+                )
             with trio.fail_after(20):
                 while harness.server.fanout.delivered < subscribers * publishes:  # noqa: ASYNC110
                     await trio.sleep(0.01)  # no event to wait on: the counter is the signal

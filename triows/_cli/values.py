@@ -113,6 +113,8 @@ def byte_size(text: str) -> int:
         value = float(digits) * UNITS[unit]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a size in bytes, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a size in bytes, got {text!r}")
     if value < 0:
         raise argparse.ArgumentTypeError(f"a size cannot be negative, got {text!r}")
     return int(value)
