@@ -56,7 +56,7 @@ async def test_link_state_comes_back_up_after_a_transient_command_failure(
     async with open_node(redis_url, redis_timeout=0.2) as node:
         broker = node.server.broker
         assert isinstance(broker, RedisBroker)
-        broker._part_down("commands", "TimeoutError: simulated")
+        broker._link.part_down("commands", "TimeoutError: simulated")
         assert node.server.statistics().broker.state == "down"
         with trio.fail_after(5):
             await broker.up.wait_value(True)
@@ -222,7 +222,7 @@ async def test_redis_out_of_memory_holds_publications_and_hides_its_text(
         await writer.send({"type": "publish", "channel": channel, "data": "held", "id": 2})
         with trio.fail_after(10):
             await node.server.broker.up.wait_value(False)
-        assert "OutOfMemoryError" in node.server.broker._down["publish"]  # type: ignore[attr-defined]
+        assert "OutOfMemoryError" in node.server.broker._link.down["publish"]  # type: ignore[attr-defined]
         await trio.to_thread.run_sync(raw.config_set, "maxmemory", 0)
         with trio.fail_after(10):
             reply = await writer.receive()

@@ -31,7 +31,7 @@ async def wait_until_trimming(server: Server) -> None:
     """Until the node's publications trim streams again (``redis_retention`` after it
     connected, seen by its watchdog)."""
     for _ in range(200):  # bounded: 10 s
-        if server.broker._may_trim:  # type: ignore[attr-defined]
+        if server.broker._link.may_trim:  # type: ignore[attr-defined]
             return
         await trio.sleep(0.05)
     raise AssertionError("the node never started trimming")

@@ -33,13 +33,12 @@ import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import attrs
 import redis
 import trio
-import trio_util
 
 from ..._config import Config
 from ..._core import presence, protocol
@@ -75,6 +74,8 @@ from .bridge import (
     RedisBridge,
     backoff,
 )
+from .link import Link, NotWanted, describe
+from .tasks import BackgroundTasks
 
 log = logging.getLogger("triows.redis")
 
@@ -154,10 +155,6 @@ class _Pending:
     sent: bool = False
 
 
-class _NotWanted(Exception):
-    """A retried call's work is no longer wanted (its channel is no longer followed)."""
-
-
 class PublishRefusedError(Exception):
     """Redis refused a publication for good (the reason is logged, not shown to clients)."""
 
@@ -197,26 +194,23 @@ class RedisBroker(Broker):
         self._in_flight: dict[str, _Pending] = {}  # by token, until Redis answered
         self._buffer_changed = trio.Event()
         self._publish_sha: str | None = None
-        self._nursery: trio.Nursery | None = None
+        self._tasks = BackgroundTasks()
         self._wake_pending = False
         self._dispatching = False
         self._pings_sent = 0
         self._ping_seen = 0
-        # Link state: which parts are down and why; down while any is.
-        self._down: dict[str, str] = {"pubsub": "not connected yet"}
-        self._ever_up = False
-        self.up = trio_util.AsyncBool(False)
-        self._since: float | None = None
-        #: Whether this node's publications trim streams now, and from when they may again
-        #: (see :meth:`_send_batch`).
-        self._may_trim = False
-        self._trim_after = 0.0
+        self._link = Link(
+            config,
+            self._bridge,
+            connections=lambda: len(fanout),
+            held_publications=lambda: len(self._buffer),
+            followed_channels=lambda: len(self._channels),
+        )
+        self.up = self._link.up
         self.refused = 0
-        self.reconnects = 0
         self.repairs = 0
         self.filled = 0
         self.malformed = 0
-        self.task_failures = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -229,12 +223,12 @@ class RedisBroker(Broker):
         )
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._tasks.nursery = nursery
                 if self.on_presence is not None:
                     self._listener.subscribe(presence.EVENTS_CHANNEL)
                 nursery.start_soon(self._listen)
-                nursery.start_soon(self._restarting, "publisher", self._publish_loop)
-                nursery.start_soon(self._restarting, "watchdog", self._watchdog)
+                self._tasks.start_restarting("publisher", self._publish_loop)
+                self._tasks.start_restarting("watchdog", self._watchdog)
                 # Start serving with Redis ready if it answers soon; without it otherwise
                 # (clients are served, publications held, and the link keeps being retried).
                 with trio.move_on_after(self._config.redis_timeout):
@@ -242,11 +236,11 @@ class RedisBroker(Broker):
                 if not self.up.value:
                     log.warning(
                         "Redis not reachable yet (%s); serving anyway and retrying",
-                        "; ".join(self._down.values()),
+                        "; ".join(self._link.down.values()),
                     )
                 task_status.started()
         finally:
-            self._nursery = None
+            self._tasks.nursery = None
             unsent = BrokerUnavailableError("server shut down before it sent the message to Redis")
             unknown = OutcomeUnknownError(
                 "server shut down before Redis answered; the message may have been published"
@@ -259,94 +253,17 @@ class RedisBroker(Broker):
     async def _listen(self) -> None:
         await trio.to_thread.run_sync(self._listener.run, abandon_on_cancel=False)
 
-    async def _restarting(self, name: str, task: Callable[[], Awaitable[None]]) -> None:
-        """Run a background task; a bug in it is logged and the task started again with
-        backoff, so that it never stops the server (``Cancelled`` passes)."""
-        attempt = 0
-        while True:
-            try:
-                await task()
-                return
-            except Exception:
-                self.task_failures += 1
-                log.exception("Redis broker task %r failed; restarting it", name)
-            await trio.sleep(backoff(attempt))
-            attempt += 1
-
-    async def _call(
-        self,
-        part: str,
-        fn: Callable[[redis.Redis], T],
-        wanted: Callable[[], bool] = lambda: True,
-        *,
-        mark_up: bool = True,
-    ) -> T:
-        """Run ``fn`` in a thread until it works, with backoff. ``part`` of the link is down
-        while it fails and up once it works (unless ``mark_up`` is false: the caller judges
-        the answer first). Raises :class:`_NotWanted` once ``wanted()`` is false."""
-        attempt = 0
-        while wanted():
-            try:
-                result = await self._bridge.call(fn)
-            except LINK_ERRORS as exc:
-                self._part_down(part, _describe(exc))
-                await trio.sleep(backoff(attempt))
-                attempt += 1
-                continue
-            if mark_up:
-                self._part_up(part)
-            return result
-        raise _NotWanted
-
-    # -- link state -----------------------------------------------------------------------------
-
-    def _part_down(self, part: str, reason: str) -> None:
-        self._may_trim = False
-        if not self._down:
-            self._since = trio.current_time()
-            self.up.value = False
-            log.warning(
-                "Redis unreachable (%s: %s); keeping %d connection(s), holding publications "
-                "(up to %d)",
-                part,
-                reason,
-                len(self._fanout),
-                self._config.redis_buffer_size,
-            )
-        self._down[part] = reason  # the latest reason, for the logs
-
-    def _part_up(self, part: str) -> None:
-        if self._down.pop(part, None) is None or self._down:
-            return
-        now = trio.current_time()
-        if self._ever_up:
-            self.reconnects += 1
-            log.warning(
-                "Redis reachable again after %.1fs; sending %d held publication(s), "
-                "catching up %d channel(s) from their streams",
-                now - (self._since or now),
-                len(self._buffer),
-                len(self._channels),
-            )
-        else:
-            log.info("connected to Redis")
-        self._ever_up = True
-        self._since = now
-        # The other nodes may still have to catch up from what was written before the outage.
-        self._trim_after = now + self._config.redis_retention
-        self.up.value = True
-
     # -- publishing -----------------------------------------------------------------------------
 
     def publish(self, pub: Publication) -> list[Subscriber]:
-        if self._nursery is None:
+        if not self._tasks.running:
             self.refused += 1
             raise BrokerUnavailableError("the Redis broker is not running (server stopping)")
         if len(self._buffer) >= self._config.redis_buffer_size:
             self.refused += 1
             raise BrokerUnavailableError(
                 f"{len(self._buffer)} publications are waiting for Redis "
-                f"({'unreachable' if self._down else 'slow'}); try again later"
+                f"({'unreachable' if self._link.down else 'slow'}); try again later"
             )
         config = self._config
         number = f"{next(self._tokens):x}"
@@ -404,16 +321,16 @@ class RedisBroker(Broker):
             self._answered = []
             try:
                 send = functools.partial(self._send_batch, batch, answered)
-                sent, results = await self._call("publish", send, mark_up=False)
+                sent, results = await self._link.call_with_retries("publish", send, mark_up=False)
             except BaseException:
                 self._answered = answered + self._answered  # still to delete
                 raise
             retry = self._take_results(batch, sent, results)
             if retry is None:
                 attempt = 0
-                self._part_up("publish")
+                self._link.part_up("publish")
             else:
-                self._part_down("publish", retry)
+                self._link.part_down("publish", retry)
                 await trio.sleep(backoff(attempt))
                 attempt += 1
 
@@ -437,7 +354,7 @@ class RedisBroker(Broker):
             if isinstance(result, TRANSIENT_REPLIES) or (
                 isinstance(result, Exception) and str(result).startswith(TRANSIENT_CODES)
             ):
-                return f"Redis refused a publication for now: {_describe(result)}"
+                return f"Redis refused a publication for now: {describe(result)}"
             self._buffer.popleft()
             self._in_flight.pop(pending.token, None)
             self._answered.append(pending.number)
@@ -473,7 +390,7 @@ class RedisBroker(Broker):
         what they had not received before it, however long it was."""
         if self._publish_sha is None:
             self._publish_sha = str(client.script_load(fmt.PUBLISH_SCRIPT))
-        retention = int(self._config.redis_retention * 1000) if self._may_trim else -1
+        retention = int(self._config.redis_retention * 1000) if self._link.may_trim else -1
         pipe = client.pipeline(transaction=False)
         if answered:
             pipe.hdel(self._pending_key, *answered)
@@ -522,7 +439,7 @@ class RedisBroker(Broker):
             if not ch.ready.is_set():
                 raise BrokerUnavailableError(
                     "Redis is unreachable; cannot join a new channel now"
-                    if self._down
+                    if self._link.down
                     else "Redis did not confirm the subscription in time"
                 )
             resume = None if since is None else await self._resume(ch, since, epoch)
@@ -645,7 +562,7 @@ class RedisBroker(Broker):
                 elif isinstance(event, Confirmed):
                     self._on_confirmed(event.channel)
                 elif isinstance(event, LinkDown):
-                    self._part_down("pubsub", event.reason)
+                    self._link.part_down("pubsub", event.reason)
         finally:
             self._dispatching = False
 
@@ -685,9 +602,9 @@ class RedisBroker(Broker):
                 ch.hurry.cancel()
             return
         blocked = self._apply(ch, step())
-        if blocked and self._nursery is not None:
+        if blocked and self._tasks.running:
             ch.waiting = True
-            self._nursery.start_soon(self._wait_for_room, ch, blocked)
+            self._tasks.start_soon(self._wait_for_room, ch, blocked)
 
     async def _wait_for_room(self, ch: _Channel, blocked: list[Subscriber]) -> None:
         """Wait for a channel's ``block`` subscribers (at most ``block_timeout``), then feed
@@ -696,7 +613,7 @@ class RedisBroker(Broker):
         try:
             await self._drain_held(ch, blocked)
         except Exception:
-            self.task_failures += 1
+            self._tasks.failures += 1
             log.exception("waiting for block subscribers of %r failed", ch.name)
             ch.waiting, ch.hurry = False, None
             while ch.held and not ch.waiting:
@@ -733,7 +650,7 @@ class RedisBroker(Broker):
         if channel == presence.EVENTS_CHANNEL:
             return
         if channel == self._control:
-            self._part_up("pubsub")
+            self._link.part_up("pubsub")
             return
         ch = self._channels.get(channel.removeprefix(fmt.PUBSUB_PREFIX))
         if ch is None:
@@ -743,11 +660,9 @@ class RedisBroker(Broker):
         ch.confirmed = True
         if ch.syncing:
             ch.sync_again = True
-        elif self._nursery is not None:
+        elif self._tasks.running:
             ch.syncing = True
-            self._nursery.start_soon(
-                self._restarting, f"sync {ch.name}", functools.partial(self._sync, ch)
-            )
+            self._tasks.start_restarting(f"sync {ch.name}", functools.partial(self._sync, ch))
 
     def _settle_own(self, entry: Entry) -> None:
         pending = self._in_flight.get(entry.token)
@@ -772,9 +687,8 @@ class RedisBroker(Broker):
                     state.published += 1
                     blocked += self._fanout.deliver(state, text_frame(entry.payload), entry.sender)
             elif isinstance(action, Fill):
-                if self._nursery is not None:
-                    fill = functools.partial(self._fill, ch, action)
-                    self._nursery.start_soon(self._restarting, f"fill {ch.name}", fill)
+                fill = functools.partial(self._fill, ch, action)
+                self._tasks.start_restarting(f"fill {ch.name}", fill)
             elif state is not None:  # Restart: the numbering began again
                 state.seq, state.epoch = 0, action.epoch
                 log.warning("channel %r restarted its numbering (epoch %s)", ch.name, action.epoch)
@@ -796,12 +710,14 @@ class RedisBroker(Broker):
                 join = functools.partial(
                     self._join_script, ch.name, f"{self.node_id}.{next(self._epochs)}"
                 )
-                seq, epoch = await self._call("commands", join, lambda: self._follows(ch))
+                seq, epoch = await self._link.call_with_retries(
+                    "commands", join, lambda: self._follows(ch)
+                )
                 self._feed(ch, functools.partial(ch.feed.baseline, seq, epoch))
                 ch.ready.set()
                 if not ch.sync_again:
                     break
-        except _NotWanted:
+        except NotWanted:
             pass
         finally:
             ch.syncing = False
@@ -826,8 +742,10 @@ class RedisBroker(Broker):
             through = min(fill.upto, after + FILL_CHUNK)
             read = functools.partial(_read_stream_in_thread, ch.name, after, through)
             try:
-                found, _ = await self._call("commands", read, lambda: self._follows(ch))
-            except _NotWanted:
+                found, _ = await self._link.call_with_retries(
+                    "commands", read, lambda: self._follows(ch)
+                )
+            except NotWanted:
                 return
             self.filled += len(found)
             await self._feed_filled(ch, fill, [entry for entry, _ in found], through)
@@ -887,12 +805,11 @@ class RedisBroker(Broker):
                     await self._refresh_keys()
                     refresh_due = False
             except LINK_ERRORS as exc:
-                self._part_down("commands", _describe(exc))
+                self._link.part_down("commands", describe(exc))
                 continue
-            self._part_up("commands")
-            if not self._down and trio.current_time() >= self._trim_after:
-                self._may_trim = True
-            if "pubsub" in self._down:
+            self._link.part_up("commands")
+            self._link.permit_trimming_when_settled()
+            if "pubsub" in self._link.down:
                 self._ping_seen = number  # the listener is reconnecting; judge it afterwards
                 continue
             silent = self._ping_seen < number - 2 and not self._dispatching
@@ -923,9 +840,9 @@ class RedisBroker(Broker):
     def _wake_listener(self) -> None:
         """Publish to the control channel, so the listener thread applies requests at once
         instead of at the end of its read slice."""
-        if not self._wake_pending and self._nursery is not None:
+        if not self._wake_pending and self._tasks.running:
             self._wake_pending = True
-            self._nursery.start_soon(self._send_wake)
+            self._tasks.start_soon(self._send_wake)
 
     async def _send_wake(self) -> None:
         self._wake_pending = False
@@ -942,15 +859,15 @@ class RedisBroker(Broker):
     def statistics(self) -> BrokerStatistics:
         return BrokerStatistics(
             kind="redis",
-            state="down" if self._down else "up",
-            since=self._since,
+            state="down" if self._link.down else "up",
+            since=self._link.since,
             buffered=len(self._buffer),
             refused=self.refused,
-            reconnects=self.reconnects,
+            reconnects=self._link.reconnects,
             repairs=self.repairs,
             filled=self.filled,
             malformed=self.malformed,
-            task_failures=self.task_failures,
+            task_failures=self._tasks.failures,
         )
 
 
@@ -979,10 +896,6 @@ def _numbering_in_thread(name: str, client: redis.Redis) -> tuple[int, str | Non
     """The channel's ``(seq, epoch)`` as Redis numbers it now (no epoch: not numbered)."""
     seq, epoch = client.hmget(fmt.numbering_key(name), "seq", "epoch")
     return int(seq or 0), None if epoch is None else _text(epoch)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _safe_url(url: str) -> str:
