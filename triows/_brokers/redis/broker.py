@@ -34,7 +34,7 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import redis
@@ -59,7 +59,6 @@ from ..seam import (
     Broker,
     BrokerStatistics,
     BrokerUnavailableError,
-    OutcomeUnknownError,
     Publication,
     Subscribed,
     WallClockMs,
@@ -72,32 +71,16 @@ from .bridge import (
     Message,
     PubSubListener,
     RedisBridge,
-    backoff,
 )
+from .commands import read_numbering, read_stream
 from .link import Link, NotWanted, describe
+from .publisher import Publisher
 from .tasks import BackgroundTasks
 
 log = logging.getLogger("triows.redis")
 
 T = TypeVar("T")
 
-#: Publications sent in one pipeline at most.
-PUBLISH_BATCH = 500
-#: Redis error replies that mean "not now" (out of memory, a read-only replica, loading a
-#: dataset, a busy script, ...): the publication is kept and sent again with backoff, like
-#: during an outage, instead of failing. redis-py turns the known codes into classes and
-#: leaves the others' code at the start of the message.
-TRANSIENT_REPLIES: tuple[type[Exception], ...] = (
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.MasterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-)
-TRANSIENT_CODES = ("BUSY", "MISCONF", "NOREPLICAS")
 #: Rounds of stream reads a resume may take to catch up with a busy channel.
 RESUME_ROUNDS = 20
 #: Stream entries read (and delivered) per step of a node's catch-up: a node far behind
@@ -139,29 +122,6 @@ class _Channel:
     moved: trio.Event | None = None
 
 
-@attrs.define(eq=False, slots=True)
-class _Pending:
-    token: str
-    #: The token's own number: the publication's field in the node's pending hash.
-    number: str
-    pub: Publication
-    keys: tuple[str, str, str, str]
-    args: tuple[Any, ...]
-    #: The message itself came back (pub/sub or a stream read): Redis has it, whatever
-    #: became of its reply. It is not sent again: a Redis that lost its data (no persistence)
-    #: would otherwise publish it a second time, in its new epoch.
-    echoed: bool = False
-    #: It was handed to Redis at least once: until an answer, Redis may have run it.
-    sent: bool = False
-
-
-class PublishRefusedError(Exception):
-    """Redis refused a publication for good (the reason is logged, not shown to clients)."""
-
-    def __init__(self) -> None:
-        super().__init__("internal error")
-
-
 class RedisBroker(Broker):
     def __init__(
         self, config: Config, fanout: FanOut, wall_clock_ms: WallClockMs, url: str
@@ -178,10 +138,6 @@ class RedisBroker(Broker):
         )
         self.node_id = secrets.token_hex(4)
         self._epochs = itertools.count(1)
-        self._tokens = itertools.count(1)
-        self._pending_key = fmt.pending_key(self.node_id)
-        #: Tokens whose answer arrived: their pending fields are deleted with the next batch.
-        self._answered: list[str] = []
         self.round_trips = histogram(config.metrics)
         self.delivery_lag = histogram(config.metrics)
         self._bridge = RedisBridge(url, config.redis_timeout, self.round_trips)
@@ -190,10 +146,6 @@ class RedisBroker(Broker):
         #: Set by presence (triows._brokers.presence): other nodes' joins and leaves go there.
         self.on_presence: Callable[[bytes], None] | None = None
         self._channels: dict[str, _Channel] = {}
-        self._buffer: deque[_Pending] = deque()
-        self._in_flight: dict[str, _Pending] = {}  # by token, until Redis answered
-        self._buffer_changed = trio.Event()
-        self._publish_sha: str | None = None
         self._tasks = BackgroundTasks()
         self._wake_pending = False
         self._dispatching = False
@@ -203,14 +155,19 @@ class RedisBroker(Broker):
             config,
             self._bridge,
             connections=lambda: len(fanout),
-            held_publications=lambda: len(self._buffer),
+            held_publications=lambda: len(self._publisher.buffer),
             followed_channels=lambda: len(self._channels),
         )
         self.up = self._link.up
-        self.refused = 0
+        self._publisher = Publisher(config, self.node_id, self._link, self._tasks, self._new_epoch)
         self.repairs = 0
         self.filled = 0
         self.malformed = 0
+
+    def _new_epoch(self) -> str:
+        """A new epoch for a channel this node starts numbering (a publication or a join
+        that finds no numbering in Redis): one counter for both, so no two are the same."""
+        return f"{self.node_id}.{next(self._epochs)}"
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -227,7 +184,7 @@ class RedisBroker(Broker):
                 if self.on_presence is not None:
                     self._listener.subscribe(presence.EVENTS_CHANNEL)
                 nursery.start_soon(self._listen)
-                self._tasks.start_restarting("publisher", self._publish_loop)
+                self._tasks.start_restarting("publisher", self._publisher.run)
                 self._tasks.start_restarting("watchdog", self._watchdog)
                 # Start serving with Redis ready if it answers soon; without it otherwise
                 # (clients are served, publications held, and the link keeps being retried).
@@ -241,13 +198,7 @@ class RedisBroker(Broker):
                 task_status.started()
         finally:
             self._tasks.nursery = None
-            unsent = BrokerUnavailableError("server shut down before it sent the message to Redis")
-            unknown = OutcomeUnknownError(
-                "server shut down before Redis answered; the message may have been published"
-            )
-            while self._buffer:
-                pending = self._buffer.popleft()
-                self._fail(pending.pub, unknown if pending.sent else unsent)
+            self._publisher.fail_held()
             self._bridge.close()
 
     async def _listen(self) -> None:
@@ -256,52 +207,7 @@ class RedisBroker(Broker):
     # -- publishing -----------------------------------------------------------------------------
 
     def publish(self, pub: Publication) -> list[Subscriber]:
-        if not self._tasks.running:
-            self.refused += 1
-            raise BrokerUnavailableError("the Redis broker is not running (server stopping)")
-        if len(self._buffer) >= self._config.redis_buffer_size:
-            self.refused += 1
-            raise BrokerUnavailableError(
-                f"{len(self._buffer)} publications are waiting for Redis "
-                f"({'unreachable' if self._link.down else 'slow'}); try again later"
-            )
-        config = self._config
-        number = f"{next(self._tokens):x}"
-        token = f"{self.node_id}:{number}"
-        if pub.dedupe is not None and config.dedupe_size > 0 and config.dedupe_ttl > 0:
-            key, request_id = pub.dedupe
-            kind, name = key if isinstance(key, tuple) else ("key", key)
-            request = protocol.encode(request_id).decode()
-            once = fmt.dedupe_key(str(kind), str(name), pub.channel, request)
-            once_ttl = max(1, int(config.dedupe_ttl))
-        else:
-            once, once_ttl = fmt.dedupe_key(), 0
-        keep, _ = config.history_for(pub.channel)  # the scripts keep at least this many
-        pending = _Pending(
-            token,
-            number,
-            pub,
-            (
-                fmt.numbering_key(pub.channel),
-                fmt.stream_key(pub.channel),
-                once,
-                self._pending_key,
-            ),
-            (
-                fmt.payload_head(pub.payload(0, "")),
-                f"{self.node_id}.{next(self._epochs)}",
-                fmt.pubsub_channel(pub.channel),
-                keep,
-                int(config.redis_key_ttl * 1000),
-                once_ttl,
-                fmt.origin(token, pub.excluded),
-                pub.timestamp_ms,
-                number,
-            ),
-        )
-        self._buffer.append(pending)
-        self._in_flight[token] = pending
-        self._buffer_changed.set()
+        self._publisher.publish(pub)
         return []
 
     def publish_nowait(self, pub: Publication) -> int:
@@ -310,114 +216,22 @@ class RedisBroker(Broker):
             "once Redis answered; use 'await server.publish()'"
         )
 
-    async def _publish_loop(self) -> None:
-        attempt = 0
-        while True:
-            while not self._buffer:
-                self._buffer_changed = trio.Event()
-                await self._buffer_changed.wait()
-            batch = list(itertools.islice(self._buffer, PUBLISH_BATCH))
-            answered = self._answered
-            self._answered = []
-            try:
-                send = functools.partial(self._send_batch, batch, answered)
-                sent, results = await self._link.call_with_retries("publish", send, mark_up=False)
-            except BaseException:
-                self._answered = answered + self._answered  # still to delete
-                raise
-            retry = self._take_results(batch, sent, results)
-            if retry is None:
-                attempt = 0
-                self._link.part_up("publish")
-            else:
-                self._link.part_down("publish", retry)
-                await trio.sleep(backoff(attempt))
-                attempt += 1
+    # The publisher counts what it numbered; these are the seam's counters.
+    @property
+    def published(self) -> int:
+        return self._publisher.published
 
-    def _take_results(
-        self, batch: list[_Pending], sent: list[_Pending], results: list[Any]
-    ) -> str | None:
-        """Settle what Redis answered, in order; stops at the first publication to send again
-        and returns why (None when the whole batch is done). Publications of the batch that
-        were not ``sent`` had come back already: they are done."""
-        answers = dict(zip(map(id, sent), results, strict=True))
-        for pending in batch:
-            if id(pending) not in answers:
-                self._buffer.popleft()
-                self._in_flight.pop(pending.token, None)
-                self._answered.append(pending.number)
-                continue
-            result = answers[id(pending)]
-            if isinstance(result, redis.exceptions.NoScriptError):
-                self._publish_sha = None  # Redis restarted: load it again, resend the rest
-                return "the publish script was gone (Redis restarted)"
-            if isinstance(result, TRANSIENT_REPLIES) or (
-                isinstance(result, Exception) and str(result).startswith(TRANSIENT_CODES)
-            ):
-                return f"Redis refused a publication for now: {describe(result)}"
-            self._buffer.popleft()
-            self._in_flight.pop(pending.token, None)
-            self._answered.append(pending.number)
-            if isinstance(result, Exception):
-                # A script error is a bug or a Redis we cannot work with: the reason goes to
-                # the log; the client gets a plain 500.
-                log.error("Redis refused a publication to %r: %s", pending.pub.channel, result)
-                self._fail(pending.pub, PublishRefusedError())
-                continue
-            seq, epoch, duplicate = result
-            pending.pub.epoch = _text(epoch)
-            if duplicate:
-                self.deduplicated += 1
-                self._settle(pending.pub, int(seq))
-            else:
-                self._settle_published(pending.pub, int(seq))
-        return None
+    @published.setter
+    def published(self, value: int) -> None:
+        self._publisher.published = value
 
-    def _send_batch(
-        self, batch: list[_Pending], answered: list[str], client: redis.Redis
-    ) -> tuple[list[_Pending], list[Any]]:
-        """In a worker thread: one pipeline for the publications of the batch that did not
-        come back yet (``echoed`` is read here, at send time: a batch resent after an outage
-        leaves out what came back meanwhile), after deleting the pending fields of
-        publications answered before (their answer arrived: no resend can come). Returns what
-        was sent and Redis' answers.
+    @property
+    def deduplicated(self) -> int:
+        return self._publisher.deduplicated
 
-        The scripts trim each stream to what is both beyond the channel's history size and
-        older than ``redis_retention`` (:data:`~triows._core.redis_format.TRIM`), except while
-        this node's link is or was recently down (``_may_trim`` is read here, at send time, so
-        that the batch resent after an outage does not trim): after an outage every node
-        flushes what it held, and the others must still be able to catch up from the streams
-        what they had not received before it, however long it was."""
-        if self._publish_sha is None:
-            self._publish_sha = str(client.script_load(fmt.PUBLISH_SCRIPT))
-        retention = int(self._config.redis_retention * 1000) if self._link.may_trim else -1
-        pipe = client.pipeline(transaction=False)
-        if answered:
-            pipe.hdel(self._pending_key, *answered)
-        sent = [pending for pending in batch if not pending.echoed]
-        for pending in sent:
-            pending.sent = True
-            keys, args = pending.keys, pending.args
-            pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention)
-        results = pipe.execute(raise_on_error=False)
-        return sent, results[1:] if answered else results
-
-    def _settle(self, pub: Publication, seq: int) -> bool:
-        """Tell the publisher its seq, once; False if it was told already."""
-        numbered, pub.numbered, pub.failed = pub.numbered, None, None
-        if numbered is None:
-            return False
-        numbered(seq)
-        return True
-
-    def _settle_published(self, pub: Publication, seq: int) -> None:
-        if self._settle(pub, seq):
-            self.published += 1
-
-    def _fail(self, pub: Publication, exc: Exception) -> None:
-        failed, pub.numbered, pub.failed = pub.failed, None, None
-        if failed is not None:
-            failed(exc)
+    @deduplicated.setter
+    def deduplicated(self, value: int) -> None:
+        self._publisher.deduplicated = value
 
     # -- subscribing ----------------------------------------------------------------------------
 
@@ -495,7 +309,7 @@ class RedisBroker(Broker):
         feed = ch.feed
         if epoch == feed.epoch and since > feed.seq and not await self._feed_reaches(ch, since):
             try:
-                numbering = functools.partial(_numbering_in_thread, ch.name)
+                numbering = functools.partial(read_numbering, ch.name)
                 channel_seq, channel_epoch = await self._bridge.call(numbering)
             except LINK_ERRORS:
                 raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
@@ -512,7 +326,7 @@ class RedisBroker(Broker):
             try:
                 # Only the newest ``size`` can be replayed: the stream may hold many more.
                 start = max(after, upto - size)
-                read = functools.partial(_read_stream_in_thread, ch.name, start, upto)
+                read = functools.partial(read_stream, ch.name, start, upto)
                 entries, stream_epoch = await self._bridge.call(read)
             except LINK_ERRORS:
                 raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
@@ -584,7 +398,7 @@ class RedisBroker(Broker):
         if ch is None:
             return
         entry = fmt.parse_published(message.data)
-        self._settle_own(entry)  # the publisher's ack does not wait for the channel
+        self._publisher.came_back(entry)  # the publisher's ack does not wait for the channel
         self._feed(ch, functools.partial(ch.feed.receive, entry), len(entry.payload))
 
     def _feed(self, ch: _Channel, step: _Step, size: int = 0) -> None:
@@ -664,13 +478,6 @@ class RedisBroker(Broker):
             ch.syncing = True
             self._tasks.start_restarting(f"sync {ch.name}", functools.partial(self._sync, ch))
 
-    def _settle_own(self, entry: Entry) -> None:
-        pending = self._in_flight.get(entry.token)
-        if pending is not None:
-            pending.echoed = True
-            pending.pub.epoch = entry.epoch
-            self._settle_published(pending.pub, entry.seq)
-
     def _apply(self, ch: _Channel, actions: Sequence[Deliver | Fill | Restart]) -> list[Subscriber]:
         blocked: list[Subscriber] = []
         now_ms = self._now_ms()
@@ -681,7 +488,7 @@ class RedisBroker(Broker):
                 stamped = protocol.timestamp_of(entry.payload)
                 if stamped is not None:
                     self.delivery_lag.observe(max(0, now_ms - stamped) / 1000)
-                self._settle_own(entry)
+                self._publisher.came_back(entry)
                 if state is not None:
                     state.seq, state.epoch = entry.seq, entry.epoch
                     state.published += 1
@@ -707,9 +514,7 @@ class RedisBroker(Broker):
         try:
             while True:
                 ch.sync_again = False
-                join = functools.partial(
-                    self._join_script, ch.name, f"{self.node_id}.{next(self._epochs)}"
-                )
+                join = functools.partial(self._join_script, ch.name, self._new_epoch())
                 seq, epoch = await self._link.call_with_retries(
                     "commands", join, lambda: self._follows(ch)
                 )
@@ -740,7 +545,7 @@ class RedisBroker(Broker):
             if ch.feed.filling is not fill:
                 return  # done, or superseded (the numbering restarted meanwhile)
             through = min(fill.upto, after + FILL_CHUNK)
-            read = functools.partial(_read_stream_in_thread, ch.name, after, through)
+            read = functools.partial(read_stream, ch.name, after, through)
             try:
                 found, _ = await self._link.call_with_retries(
                     "commands", read, lambda: self._follows(ch)
@@ -861,8 +666,8 @@ class RedisBroker(Broker):
             kind="redis",
             state="down" if self._link.down else "up",
             since=self._link.since,
-            buffered=len(self._buffer),
-            refused=self.refused,
+            buffered=len(self._publisher.buffer),
+            refused=self._publisher.refused,
             reconnects=self._link.reconnects,
             repairs=self.repairs,
             filled=self.filled,
@@ -875,36 +680,9 @@ def _publish(channel: str, data: bytes, client: redis.Redis) -> int:
     return int(client.publish(channel, data))
 
 
-def _read_stream_in_thread(
-    name: str, after: int, upto: int, client: redis.Redis
-) -> tuple[list[tuple[Entry, int]], str | None]:
-    """Stream entries ``after < seq <= upto`` (with their ms timestamps) and the channel's
-    epoch, read together; no epoch means the channel has no numbering in Redis now."""
-    pipe = client.pipeline(transaction=True)
-    pipe.hget(fmt.numbering_key(name), "epoch")
-    if upto > after:
-        pipe.xrange(fmt.stream_key(name), f"{after + 1}-0", f"{upto}-0")
-    epoch_bytes, *raw = pipe.execute()
-    if epoch_bytes is None:
-        return [], None
-    epoch = epoch_bytes.decode()
-    entries = raw[0] if raw else []
-    return [fmt.parse_stream_entry(i, f, epoch) for i, f in entries], epoch
-
-
-def _numbering_in_thread(name: str, client: redis.Redis) -> tuple[int, str | None]:
-    """The channel's ``(seq, epoch)`` as Redis numbers it now (no epoch: not numbered)."""
-    seq, epoch = client.hmget(fmt.numbering_key(name), "seq", "epoch")
-    return int(seq or 0), None if epoch is None else _text(epoch)
-
-
 def _safe_url(url: str) -> str:
     """The URL without its password, for logs."""
     scheme, sep, rest = url.partition("://")
     if "@" in rest:
         rest = "***@" + rest.rsplit("@", 1)[1]
     return scheme + sep + rest
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
