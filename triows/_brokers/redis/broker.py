@@ -73,9 +73,10 @@ from .bridge import (
     RedisBridge,
 )
 from .commands import read_numbering, read_stream
-from .link import Link, NotWanted, describe
+from .link import Link, NotWanted
 from .publisher import Publisher
 from .tasks import BackgroundTasks
+from .watchdog import ListenerWaker, Watchdog
 
 log = logging.getLogger("triows.redis")
 
@@ -147,10 +148,7 @@ class RedisBroker(Broker):
         self.on_presence: Callable[[bytes], None] | None = None
         self._channels: dict[str, _Channel] = {}
         self._tasks = BackgroundTasks()
-        self._wake_pending = False
         self._dispatching = False
-        self._pings_sent = 0
-        self._ping_seen = 0
         self._link = Link(
             config,
             self._bridge,
@@ -160,7 +158,17 @@ class RedisBroker(Broker):
         )
         self.up = self._link.up
         self._publisher = Publisher(config, self.node_id, self._link, self._tasks, self._new_epoch)
-        self.repairs = 0
+        self._waker = ListenerWaker(self._bridge, self._control, self._tasks)
+        self._watchdog = Watchdog(
+            config,
+            self._bridge,
+            self._link,
+            self._listener,
+            self._waker,
+            self._control,
+            followed=lambda: list(self._channels),
+            dispatching=lambda: self._dispatching,
+        )
         self.filled = 0
         self.malformed = 0
 
@@ -185,7 +193,7 @@ class RedisBroker(Broker):
                     self._listener.subscribe(presence.EVENTS_CHANNEL)
                 nursery.start_soon(self._listen)
                 self._tasks.start_restarting("publisher", self._publisher.run)
-                self._tasks.start_restarting("watchdog", self._watchdog)
+                self._tasks.start_restarting("watchdog", self._watchdog.run)
                 # Start serving with Redis ready if it answers soon; without it otherwise
                 # (clients are served, publications held, and the link keeps being retried).
                 with trio.move_on_after(self._config.redis_timeout):
@@ -286,7 +294,7 @@ class RedisBroker(Broker):
         if ch is None:
             ch = self._channels[name] = _Channel(name)
             self._listener.subscribe(fmt.pubsub_channel(name))
-            self._wake_listener()
+            self._waker.wake()
         return ch
 
     def _unfollow_if_unused(self, ch: _Channel) -> None:
@@ -295,7 +303,7 @@ class RedisBroker(Broker):
         if self._channels.get(ch.name) is ch:
             del self._channels[ch.name]
             self._listener.unsubscribe(fmt.pubsub_channel(ch.name))
-            self._wake_listener()
+            self._waker.wake()
 
     async def _resume(self, ch: _Channel, since: int, epoch: str | None) -> Resume:
         """What a client that last saw ``(epoch, since)`` missed, read from the stream.
@@ -390,9 +398,7 @@ class RedisBroker(Broker):
                 self.on_presence(message.data)
             return
         if message.channel == self._control:
-            kind, _, number = message.data.partition(b":")
-            if kind == b"ping":
-                self._ping_seen = max(self._ping_seen, int(number))
+            self._watchdog.heard(message.data)
             return
         ch = self._channels.get(message.channel.removeprefix(fmt.PUBSUB_PREFIX))
         if ch is None:
@@ -584,78 +590,6 @@ class RedisBroker(Broker):
                 ch.flowing = trio.Event()
             await ch.flowing.wait()
 
-    # -- the watchdog ---------------------------------------------------------------------------
-
-    async def _watchdog(self) -> None:
-        """Every ``redis_timeout``: ping our own control channel through Redis, which also
-        tells whether commands work (the link is marked up again by the first that does, even
-        when nothing else is being sent). A ping nobody receives, or pings that do not come
-        back, mean the pub/sub link went silent although Redis answers: it is rebuilt. Keys of
-        the channels this node follows get their ttl refreshed now and then. Once the link has
-        been up for ``redis_retention``, publications trim streams again."""
-        period = self._config.redis_timeout
-        refresh_every = max(1, int(min(self._config.redis_key_ttl / 4, 600) / period))
-        ticks = 0
-        refresh_due = False
-        while True:
-            await trio.sleep(period)
-            ticks += 1
-            refresh_due = refresh_due or ticks % refresh_every == 0
-            self._pings_sent += 1
-            number = self._pings_sent
-            try:
-                ping = functools.partial(_publish, self._control, b"ping:%d" % number)
-                receivers = await self._bridge.call(ping)
-                if refresh_due:
-                    await self._refresh_keys()
-                    refresh_due = False
-            except LINK_ERRORS as exc:
-                self._link.part_down("commands", describe(exc))
-                continue
-            self._link.part_up("commands")
-            self._link.permit_trimming_when_settled()
-            if "pubsub" in self._link.down:
-                self._ping_seen = number  # the listener is reconnecting; judge it afterwards
-                continue
-            silent = self._ping_seen < number - 2 and not self._dispatching
-            if receivers == 0 or silent:
-                self.repairs += 1
-                log.warning(
-                    "Redis pub/sub link went silent while Redis answers (%s); rebuilding it",
-                    "our ping had no receiver" if receivers == 0 else "our pings did not return",
-                )
-                self._ping_seen = number
-                self._listener.reset()
-                self._wake_listener()
-
-    async def _refresh_keys(self) -> None:
-        """Keep the numbering of channels this node serves alive in Redis (their ttl)."""
-        names = list(self._channels)
-        if names:
-            await self._bridge.call(functools.partial(self._refresh_in_thread, names))
-
-    def _refresh_in_thread(self, names: list[str], client: redis.Redis) -> None:
-        ttl = int(self._config.redis_key_ttl * 1000)
-        pipe = client.pipeline(transaction=False)
-        for name in names:
-            pipe.pexpire(fmt.numbering_key(name), ttl)
-            pipe.pexpire(fmt.stream_key(name), ttl)
-        pipe.execute()
-
-    def _wake_listener(self) -> None:
-        """Publish to the control channel, so the listener thread applies requests at once
-        instead of at the end of its read slice."""
-        if not self._wake_pending and self._tasks.running:
-            self._wake_pending = True
-            self._tasks.start_soon(self._send_wake)
-
-    async def _send_wake(self) -> None:
-        self._wake_pending = False
-        try:
-            await self._bridge.call(functools.partial(_publish, self._control, b"wake"))
-        except LINK_ERRORS:
-            pass  # the listener is reconnecting and will apply its requests then
-
     # -- statistics -----------------------------------------------------------------------------
 
     def expire(self, now: float) -> None:
@@ -669,15 +603,11 @@ class RedisBroker(Broker):
             buffered=len(self._publisher.buffer),
             refused=self._publisher.refused,
             reconnects=self._link.reconnects,
-            repairs=self.repairs,
+            repairs=self._watchdog.repairs,
             filled=self.filled,
             malformed=self.malformed,
             task_failures=self._tasks.failures,
         )
-
-
-def _publish(channel: str, data: bytes, client: redis.Redis) -> int:
-    return int(client.publish(channel, data))
 
 
 def _safe_url(url: str) -> str:
