@@ -1,60 +1,42 @@
 """The Redis broker: one node of a cluster whose nodes share one Redis.
 
-Publishing: a publication is queued in a bounded buffer (full: 503) and a single publisher task
-sends what is queued as one pipeline of :data:`PUBLISH_SCRIPT` calls per thread hop. The script
-numbers the message, appends it to the channel's stream and publishes it, atomically, so every
-node sees the same seq for the same message. The buffer keeps order and survives an outage: a
-batch that failed is sent again, and the script's once-key makes a resend whose first attempt
-did get through a no-op. ``numbered(seq)`` (the client's ack) is called when Redis answered,
-or earlier, when the message itself comes back by pub/sub: in both cases before any later
-message of the channel reaches the publisher.
+:class:`RedisBroker` is the :class:`~triows._brokers.seam.Broker` the server talks to. It holds
+no policy of its own: it builds the parts, gives each what it needs, and hands the seam's calls
+and the listener thread's events to the part that owns them.
 
-Delivering: the node subscribes to a channel's Redis pub/sub channel while it has local members
-(first join subscribes, last leave unsubscribes, the listener thread is woken at once through a
-control channel). Messages go through a :class:`~triows._core.feed.Feed`, which keeps them in
-seq order, drops duplicates and asks for what pub/sub missed to be read from the stream, so
-delivery is exactly once and complete as long as the stream holds it.
+- :mod:`.publisher`: publications, from the outage buffer to Redis's numbered answer.
+- :mod:`.feeds`: the channels followed in Redis and their in-order, exactly-once delivery.
+- :mod:`.resume`: what a subscribe with ``since`` missed, read from the channel's stream.
+- :mod:`.watchdog`: pings through the node's control channel, repairs a silent pub/sub link,
+  keeps keys alive; and the wake-up that makes the listener apply (un)subscribes at once.
+- :mod:`.link`: which parts of the link are down (``up``, ``since``, ``reconnects``) and the
+  retrying call; :mod:`.tasks`: where background tasks run and restart.
+- :mod:`.bridge`: the threads (one call per hop, the pub/sub listener) below all of them.
 
 Outage: clients stay connected; publications wait in the buffer; the listener reconnects with
 backoff and subscribes again, and each channel catches up from its stream. Streams keep what
 nodes need for that whatever the history size: an entry goes only once it is beyond the
 history size and older than ``redis_retention``, and a node whose link was down trims
 nothing for ``redis_retention`` after it is back (``docs/design.md``, stream retention).
-
-A watchdog publishes a ping to the node's control channel every ``redis_timeout`` seconds: if
-Redis says nobody received it, or it does not come back, the pub/sub link went silent while
-Redis is up, and it is rebuilt (``repairs`` in the statistics).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import secrets
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TypeVar
 
-import attrs
 import redis
 import trio
 
 from ..._config import Config
-from ..._core import presence, protocol
+from ..._core import presence
 from ..._core import redis_format as fmt
-from ..._core.feed import Deliver, Entry, Feed, Fill, Restart
-from ..._core.frames import text_frame
-from ..._core.hub import (
-    Hub,
-    Resume,
-    SubscriptionLimitError,
-    resume_ahead_of_feed,
-    resume_from_history,
-    resume_without_history,
-)
+from ..._core.hub import Hub, SubscriptionLimitError
 from ..._core.latency import histogram
-from ..fanout import DELIVERIES_PER_STEP, FanOut, StepBudget, Subscriber
+from ..fanout import FanOut, StepBudget, Subscriber
 from ..seam import (
     Broker,
     BrokerStatistics,
@@ -63,18 +45,11 @@ from ..seam import (
     Subscribed,
     WallClockMs,
 )
-from .bridge import (
-    LINK_ERRORS,
-    Confirmed,
-    Event,
-    LinkDown,
-    Message,
-    PubSubListener,
-    RedisBridge,
-)
-from .commands import read_numbering, read_stream
-from .link import Link, NotWanted
+from .bridge import Confirmed, Event, LinkDown, Message, PubSubListener, RedisBridge
+from .feeds import ChannelFeeds
+from .link import Link
 from .publisher import Publisher
+from .resume import Resumer
 from .tasks import BackgroundTasks
 from .watchdog import ListenerWaker, Watchdog
 
@@ -82,53 +57,12 @@ log = logging.getLogger("triows.redis")
 
 T = TypeVar("T")
 
-#: Rounds of stream reads a resume may take to catch up with a busy channel.
-RESUME_ROUNDS = 20
-#: Stream entries read (and delivered) per step of a node's catch-up: a node far behind
-#: catches up in bounded steps instead of one huge read and one long synchronous delivery.
-FILL_CHUNK = 1000
-
-
-#: What the feed does with one input (a message, a fill, a baseline): its actions.
-_Step = Callable[[], Sequence[Deliver | Fill | Restart]]
-#: Seconds (at most ``redis_timeout``) a resume from beyond this node's feed waits for the
-#: feed to get there before asking Redis.
-RESUME_LAG_WAIT = 0.5
-
-
-@attrs.define(eq=False)
-class _Channel:
-    """A channel this node follows in Redis."""
-
-    name: str
-    feed: Feed = attrs.field(factory=Feed)
-    ready: trio.Event = attrs.field(factory=trio.Event)
-    confirmed: bool = False
-    #: Subscribes in progress; the channel is kept while any is.
-    joiners: int = 0
-    syncing: bool = False
-    sync_again: bool = False
-    #: A ``block`` subscriber of this channel ran out of room: the channel's later inputs wait
-    #: in ``held`` (not yet fed: the feed's seq stays what its members were handed) until it
-    #: has room. Only this channel waits; the others, and the pub/sub thread, go on.
-    waiting: bool = False
-    #: Inputs held, with the bytes of the messages among them (what they cost in memory).
-    held: deque[tuple[_Step, int]] = attrs.field(factory=deque)
-    held_bytes: int = 0
-    #: Cancels the wait at once: ``held`` grew past its bound.
-    hurry: trio.CancelScope | None = None
-    #: Set when the channel stops waiting (a catch-up reads no more meanwhile).
-    flowing: trio.Event | None = None
-    #: Set (and dropped) whenever the feed may have moved, while a resume waits for it.
-    moved: trio.Event | None = None
-
 
 class RedisBroker(Broker):
     def __init__(
         self, config: Config, fanout: FanOut, wall_clock_ms: WallClockMs, url: str
     ) -> None:
         self._fanout = fanout
-        self._now_ms = wall_clock_ms
         self._config = config
         self.hub = Hub(
             epoch_prefix="redis",  # unused: the epochs come from Redis
@@ -146,19 +80,37 @@ class RedisBroker(Broker):
         self._listener = PubSubListener(self._bridge, self._control, self._dispatch)
         #: Set by presence (triows._brokers.presence): other nodes' joins and leaves go there.
         self.on_presence: Callable[[bytes], None] | None = None
-        self._channels: dict[str, _Channel] = {}
-        self._tasks = BackgroundTasks()
+        #: A batch from the listener is being delivered (the watchdog waits for its pings).
         self._dispatching = False
+        #: Pub/sub messages on triows' channels that could not be parsed, skipped.
+        self.malformed = 0
+
+        self._tasks = BackgroundTasks()
         self._link = Link(
             config,
             self._bridge,
+            # For the outage log lines only, read once every part below exists.
             connections=lambda: len(fanout),
             held_publications=lambda: len(self._publisher.buffer),
-            followed_channels=lambda: len(self._channels),
+            followed_channels=lambda: len(self._feeds.channels),
         )
         self.up = self._link.up
         self._publisher = Publisher(config, self.node_id, self._link, self._tasks, self._new_epoch)
         self._waker = ListenerWaker(self._bridge, self._control, self._tasks)
+        self._feeds = ChannelFeeds(
+            config,
+            self.hub,
+            fanout,
+            self._link,
+            self._tasks,
+            self._listener,
+            wake=self._waker.wake,
+            came_back=self._publisher.came_back,
+            new_epoch=self._new_epoch,
+            now_ms=wall_clock_ms,
+            delivery_lag=self.delivery_lag,
+        )
+        self._resumer = Resumer(config, self._bridge, wall_clock_ms)
         self._watchdog = Watchdog(
             config,
             self._bridge,
@@ -166,11 +118,9 @@ class RedisBroker(Broker):
             self._listener,
             self._waker,
             self._control,
-            followed=lambda: list(self._channels),
+            followed=self._feeds.followed,
             dispatching=lambda: self._dispatching,
         )
-        self.filled = 0
-        self.malformed = 0
 
     def _new_epoch(self) -> str:
         """A new epoch for a channel this node starts numbering (a publication or a join
@@ -212,6 +162,10 @@ class RedisBroker(Broker):
     async def _listen(self) -> None:
         await trio.to_thread.run_sync(self._listener.run, abandon_on_cancel=False)
 
+    async def call(self, fn: Callable[[redis.Redis], T]) -> T:
+        """One call in a Redis thread (presence uses it); errors are the caller's."""
+        return await self._bridge.call(fn)
+
     # -- publishing -----------------------------------------------------------------------------
 
     def publish(self, pub: Publication) -> list[Subscriber]:
@@ -224,7 +178,7 @@ class RedisBroker(Broker):
             "once Redis answered; use 'await server.publish()'"
         )
 
-    # The publisher counts what it numbered; these are the seam's counters.
+    # The seam's counters, kept by the publisher (setters: the seam declares them writable).
     @property
     def published(self) -> int:
         return self._publisher.published
@@ -253,9 +207,7 @@ class RedisBroker(Broker):
             raise SubscriptionLimitError(
                 f"subscription limit of {self._config.max_subscriptions} channels reached"
             )
-        ch = self._follow(channel)
-        ch.joiners += 1
-        try:
+        with self._feeds.joining(channel) as ch:
             with trio.move_on_after(2 * self._config.redis_timeout):
                 await ch.ready.wait()
             if not ch.ready.is_set():
@@ -264,11 +216,8 @@ class RedisBroker(Broker):
                     if self._link.down
                     else "Redis did not confirm the subscription in time"
                 )
-            resume = None if since is None else await self._resume(ch, since, epoch)
+            resume = None if since is None else await self._resumer.resume(ch, since, epoch)
             state = hub.subscribe(member, channel)
-        finally:
-            ch.joiners -= 1
-            self._unfollow_if_unused(ch)
         feed = ch.feed
         assert feed.epoch is not None
         state.seq, state.epoch = feed.seq, feed.epoch
@@ -276,99 +225,26 @@ class RedisBroker(Broker):
 
     def unsubscribe(self, member: Subscriber, channel: str) -> bool:
         left = self.hub.unsubscribe(member, channel)
-        ch = self._channels.get(channel)
-        if ch is not None:
-            self._unfollow_if_unused(ch)
+        self._feeds.release(channel)
         return left
 
     def remove_member(self, member: Subscriber) -> None:
         channels = self.hub.channels_of(member)
         self.hub.remove_member(member)
         for name in channels:
-            ch = self._channels.get(name)
-            if ch is not None:
-                self._unfollow_if_unused(ch)
-
-    def _follow(self, name: str) -> _Channel:
-        ch = self._channels.get(name)
-        if ch is None:
-            ch = self._channels[name] = _Channel(name)
-            self._listener.subscribe(fmt.pubsub_channel(name))
-            self._waker.wake()
-        return ch
-
-    def _unfollow_if_unused(self, ch: _Channel) -> None:
-        if ch.joiners or self.hub.channel(ch.name) is not None:
-            return
-        if self._channels.get(ch.name) is ch:
-            del self._channels[ch.name]
-            self._listener.unsubscribe(fmt.pubsub_channel(ch.name))
-            self._waker.wake()
-
-    async def _resume(self, ch: _Channel, since: int, epoch: str | None) -> Resume:
-        """What a client that last saw ``(epoch, since)`` missed, read from the stream.
-
-        Reads until the stream read reaches what local members were last handed (the feed's
-        seq), so the replay and live delivery meet without a hole. A client that saw more of
-        this epoch elsewhere than this node's feed has delivered (the node lags) missed
-        nothing: the feed is given a moment to catch up (then the client gets exactly what
-        follows), else Redis's numbering confirms ``since`` (see ``resume_ahead_of_feed``).
-        """
-        feed = ch.feed
-        if epoch == feed.epoch and since > feed.seq and not await self._feed_reaches(ch, since):
-            try:
-                numbering = functools.partial(read_numbering, ch.name)
-                channel_seq, channel_epoch = await self._bridge.call(numbering)
-            except LINK_ERRORS:
-                raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
-            if feed.seq < since:
-                return resume_ahead_of_feed(since, epoch, channel_epoch, channel_seq)
-        known = resume_without_history(since, epoch, feed.epoch, feed.seq)
-        if known is not None:
-            return known
-        found: list[tuple[Entry, int]] = []
-        after = since
-        size, ttl = self._config.history_for(ch.name)
-        for _ in range(RESUME_ROUNDS):
-            upto = feed.seq
-            try:
-                # Only the newest ``size`` can be replayed: the stream may hold many more.
-                start = max(after, upto - size)
-                read = functools.partial(read_stream, ch.name, start, upto)
-                entries, stream_epoch = await self._bridge.call(read)
-            except LINK_ERRORS:
-                raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
-            if stream_epoch != epoch or feed.epoch != epoch:
-                return Resume(recovered=False)
-            found.extend(entries)
-            after = upto
-            if feed.seq == upto:
-                break
-        else:
-            raise BrokerUnavailableError("channel too busy to resume now; try again")
-        cutoff = self._now_ms() - ttl * 1000
-        kept = [entry for entry, at in found if at >= cutoff][-size:] if size and ttl else []
-        return resume_from_history(
-            since, feed.seq, [(entry.seq, text_frame(entry.payload)) for entry in kept]
-        )
-
-    async def _feed_reaches(self, ch: _Channel, since: int) -> bool:
-        """Wait (bounded) until the feed delivered ``since`` in its epoch; False if it did not."""
-        feed, epoch = ch.feed, ch.feed.epoch
-        with trio.move_on_after(min(RESUME_LAG_WAIT, self._config.redis_timeout)):
-            while feed.epoch == epoch and feed.seq < since:
-                if ch.moved is None:
-                    ch.moved = trio.Event()
-                await ch.moved.wait()
-        return feed.epoch != epoch or feed.seq >= since
+            self._feeds.release(name)
 
     # -- receiving ------------------------------------------------------------------------------
 
     async def _dispatch(self, events: list[Event]) -> None:
-        """A batch from the listener thread, which waits for this (its backpressure). It never
-        waits for a ``block`` subscriber: that channel alone waits (:meth:`_feed`)."""
+        """A batch from the listener thread, which waits for this (its backpressure). Each
+        event goes to its owner: a channel's message straight to the feeds (the delivery hot
+        path gains no layer here), presence events to presence, the control channel's to the
+        watchdog, confirmations and losses of the pub/sub link to the link and the feeds. It
+        never waits for a ``block`` subscriber: that channel alone waits (see :mod:`.feeds`)."""
         self._dispatching = True
         budget = StepBudget(self._fanout)
+        receive = self._feeds.receive
         try:
             for event in events:
                 if budget.spend():  # a batch of 1000 to many subscribers must not stall all
@@ -376,219 +252,26 @@ class RedisBroker(Broker):
                     budget.reset()
                 if isinstance(event, Message):
                     try:
-                        self._on_message(event)
+                        if event.channel == presence.EVENTS_CHANNEL:
+                            if self.on_presence is not None:
+                                self.on_presence(event.data)
+                        elif event.channel == self._control:
+                            self._watchdog.heard(event.data)
+                        else:
+                            receive(event)
                     except fmt.MalformedError as exc:
                         # Not ours (or not intact): skip it, keep the rest of the batch.
                         self.malformed += 1
                         log.warning("skipped a malformed message on %s: %s", event.channel, exc)
                 elif isinstance(event, Confirmed):
-                    self._on_confirmed(event.channel)
+                    if event.channel == self._control:
+                        self._link.part_up("pubsub")
+                    elif event.channel != presence.EVENTS_CHANNEL:
+                        self._feeds.confirmed(event.channel)
                 elif isinstance(event, LinkDown):
                     self._link.part_down("pubsub", event.reason)
         finally:
             self._dispatching = False
-
-    async def call(self, fn: Callable[[redis.Redis], T]) -> T:
-        """One call in a Redis thread (presence uses it); errors are the caller's."""
-        return await self._bridge.call(fn)
-
-    def _on_message(self, message: Message) -> None:
-        if message.channel == presence.EVENTS_CHANNEL:
-            if self.on_presence is not None:
-                self.on_presence(message.data)
-            return
-        if message.channel == self._control:
-            self._watchdog.heard(message.data)
-            return
-        ch = self._channels.get(message.channel.removeprefix(fmt.PUBSUB_PREFIX))
-        if ch is None:
-            return
-        entry = fmt.parse_published(message.data)
-        self._publisher.came_back(entry)  # the publisher's ack does not wait for the channel
-        self._feed(ch, functools.partial(ch.feed.receive, entry), len(entry.payload))
-
-    def _feed(self, ch: _Channel, step: _Step, size: int = 0) -> None:
-        """Feed one input to the channel and deliver what it gives, at once, unless the
-        channel waits for a ``block`` subscriber: then it waits its turn in ``held``, bounded
-        as one subscriber's outbox is (``outbox_size`` inputs, ``outbox_max_bytes`` bytes);
-        beyond, the subscribers still full are disconnected now, as a ``block`` publisher's
-        would be at its timeout."""
-        if ch.waiting:
-            ch.held.append((step, size))
-            ch.held_bytes += size
-            config = self._config
-            over = len(ch.held) > config.outbox_size or ch.held_bytes > config.outbox_max_bytes
-            if over and ch.hurry is not None:
-                ch.hurry.cancel()
-            return
-        blocked = self._apply(ch, step())
-        if blocked and self._tasks.running:
-            ch.waiting = True
-            self._tasks.start_soon(self._wait_for_room, ch, blocked)
-
-    async def _wait_for_room(self, ch: _Channel, blocked: list[Subscriber]) -> None:
-        """Wait for a channel's ``block`` subscribers (at most ``block_timeout``), then feed
-        what the channel held meanwhile, in order. A bug here must cost neither the server
-        nor the held messages: it is logged, and what is held is fed without waiting."""
-        try:
-            await self._drain_held(ch, blocked)
-        except Exception:
-            self._tasks.failures += 1
-            log.exception("waiting for block subscribers of %r failed", ch.name)
-            ch.waiting, ch.hurry = False, None
-            while ch.held and not ch.waiting:
-                step, size = ch.held.popleft()
-                ch.held_bytes -= size
-                self._feed(ch, step, size)
-
-    async def _drain_held(self, ch: _Channel, blocked: list[Subscriber]) -> None:
-        try:
-            while blocked:
-                with trio.CancelScope() as ch.hurry:
-                    await self._fanout.wait_for_blocked(blocked)
-                ch.hurry = None
-                for member in blocked:  # hurried: still full now is too slow
-                    if not member.outbox.has_room and member.close_code is None:
-                        self._fanout.slow_consumer(member, "Slow consumer")
-                blocked = []
-                budget = StepBudget(self._fanout)
-                while ch.held and not blocked:
-                    step, size = ch.held.popleft()
-                    ch.held_bytes -= size
-                    blocked = self._apply(ch, step())
-                    if budget.spend():
-                        await trio.lowlevel.checkpoint()
-                        budget.reset()
-        finally:
-            ch.waiting = False
-            ch.hurry = None
-            if ch.flowing is not None:
-                ch.flowing.set()
-                ch.flowing = None
-
-    def _on_confirmed(self, channel: str) -> None:
-        if channel == presence.EVENTS_CHANNEL:
-            return
-        if channel == self._control:
-            self._link.part_up("pubsub")
-            return
-        ch = self._channels.get(channel.removeprefix(fmt.PUBSUB_PREFIX))
-        if ch is None:
-            return
-        if ch.confirmed:
-            ch.feed.resync()  # confirmed again: the link was rebuilt, catch up
-        ch.confirmed = True
-        if ch.syncing:
-            ch.sync_again = True
-        elif self._tasks.running:
-            ch.syncing = True
-            self._tasks.start_restarting(f"sync {ch.name}", functools.partial(self._sync, ch))
-
-    def _apply(self, ch: _Channel, actions: Sequence[Deliver | Fill | Restart]) -> list[Subscriber]:
-        blocked: list[Subscriber] = []
-        now_ms = self._now_ms()
-        for action in actions:
-            state = self.hub.channel(ch.name)
-            if isinstance(action, Deliver):
-                entry = action.entry
-                stamped = protocol.timestamp_of(entry.payload)
-                if stamped is not None:
-                    self.delivery_lag.observe(max(0, now_ms - stamped) / 1000)
-                self._publisher.came_back(entry)
-                if state is not None:
-                    state.seq, state.epoch = entry.seq, entry.epoch
-                    state.published += 1
-                    blocked += self._fanout.deliver(state, text_frame(entry.payload), entry.sender)
-            elif isinstance(action, Fill):
-                fill = functools.partial(self._fill, ch, action)
-                self._tasks.start_restarting(f"fill {ch.name}", fill)
-            elif state is not None:  # Restart: the numbering began again
-                state.seq, state.epoch = 0, action.epoch
-                log.warning("channel %r restarted its numbering (epoch %s)", ch.name, action.epoch)
-                notice = {"type": "subscribed", "channel": ch.name, "seq": 0}
-                for member in state.members:
-                    member.reply_nowait({**notice, "epoch": action.epoch, "recovered": False})
-        if ch.moved is not None:  # a resume waits for the feed (_feed_reaches)
-            ch.moved.set()
-            ch.moved = None
-        return blocked
-
-    async def _sync(self, ch: _Channel) -> None:
-        """Read the channel's ``(seq, epoch)`` after a subscription was confirmed: the feed's
-        baseline. Retried until it works or the channel is no longer followed."""
-        ch.syncing = True  # again, when restarted after a failure
-        try:
-            while True:
-                ch.sync_again = False
-                join = functools.partial(self._join_script, ch.name, self._new_epoch())
-                seq, epoch = await self._link.call_with_retries(
-                    "commands", join, lambda: self._follows(ch)
-                )
-                self._feed(ch, functools.partial(ch.feed.baseline, seq, epoch))
-                ch.ready.set()
-                if not ch.sync_again:
-                    break
-        except NotWanted:
-            pass
-        finally:
-            ch.syncing = False
-
-    def _follows(self, ch: _Channel) -> bool:
-        return self._channels.get(ch.name) is ch
-
-    def _join_script(self, name: str, new_epoch: str, client: redis.Redis) -> tuple[int, str]:
-        keys = (fmt.numbering_key(name), fmt.stream_key(name))
-        args = (new_epoch, int(self._config.redis_key_ttl * 1000))
-        seq, epoch = client.eval(fmt.JOIN_SCRIPT, 2, *keys, *args)
-        return int(seq), epoch.decode()
-
-    async def _fill(self, ch: _Channel, fill: Fill) -> None:
-        """Catch the channel up from its stream, :data:`FILL_CHUNK` entries per step. A
-        channel that waits for a ``block`` subscriber reads no more until it flows again."""
-        after = fill.after
-        while after < fill.upto:
-            await self._flowing(ch)
-            if ch.feed.filling is not fill:
-                return  # done, or superseded (the numbering restarted meanwhile)
-            through = min(fill.upto, after + FILL_CHUNK)
-            read = functools.partial(read_stream, ch.name, after, through)
-            try:
-                found, _ = await self._link.call_with_retries(
-                    "commands", read, lambda: self._follows(ch)
-                )
-            except NotWanted:
-                return
-            self.filled += len(found)
-            await self._feed_filled(ch, fill, [entry for entry, _ in found], through)
-            after = through
-
-    async def _feed_filled(
-        self, ch: _Channel, fill: Fill, entries: list[Entry], through: int
-    ) -> None:
-        """Hand a fill's entries to the feed in parts of about ``DELIVERIES_PER_STEP``
-        deliveries, with a checkpoint between parts: after an outage every followed channel
-        catches up at once, and a thousand entries to a thousand members are a million."""
-        state = self.hub.channel(ch.name)
-        per_step = max(1, DELIVERIES_PER_STEP // max(1, len(state.members) if state else 0))
-        start = 0
-        while True:
-            part = entries[start : start + per_step]
-            start += per_step
-            last = start >= len(entries)
-            upto = through if last else part[-1].seq
-            size = sum(len(entry.payload) for entry in part)
-            self._feed(ch, functools.partial(ch.feed.filled, part, fill=fill, through=upto), size)
-            if last:
-                return
-            await trio.lowlevel.checkpoint()
-
-    @staticmethod
-    async def _flowing(ch: _Channel) -> None:
-        """Until the channel no longer waits for a ``block`` subscriber."""
-        while ch.waiting:
-            if ch.flowing is None:
-                ch.flowing = trio.Event()
-            await ch.flowing.wait()
 
     # -- statistics -----------------------------------------------------------------------------
 
@@ -604,7 +287,7 @@ class RedisBroker(Broker):
             refused=self._publisher.refused,
             reconnects=self._link.reconnects,
             repairs=self._watchdog.repairs,
-            filled=self.filled,
+            filled=self._feeds.filled,
             malformed=self.malformed,
             task_failures=self._tasks.failures,
         )
