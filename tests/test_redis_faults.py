@@ -14,6 +14,7 @@ import trio
 
 from triows import BrokerUnavailableError, OutcomeUnknownError
 from triows._brokers.redis.broker import RedisBroker
+from triows._brokers.redis.publisher import Publisher
 from triows._core import redis_format as fmt
 
 from .conftest import SECRET, make_token
@@ -56,7 +57,7 @@ async def test_link_state_comes_back_up_after_a_transient_command_failure(
     async with open_node(redis_url, redis_timeout=0.2) as node:
         broker = node.server.broker
         assert isinstance(broker, RedisBroker)
-        broker._part_down("commands", "TimeoutError: simulated")
+        broker._link.part_down("commands", "TimeoutError: simulated")
         assert node.server.statistics().broker.state == "down"
         with trio.fail_after(5):
             await broker.up.wait_value(True)
@@ -96,16 +97,16 @@ async def test_a_malformed_pubsub_message_is_skipped_and_counted(redis_url: str)
 async def test_a_bug_in_the_publisher_task_restarts_it_and_loses_nothing(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = RedisBroker._send_batch
+    original = Publisher._send_batch
     calls = [0]
 
-    def flaky(self: RedisBroker, *args: Any) -> Any:
+    def flaky(self: Publisher, *args: Any) -> Any:
         calls[0] += 1
         if calls[0] == 1:
             raise RuntimeError("a bug")
         return original(self, *args)
 
-    monkeypatch.setattr(RedisBroker, "_send_batch", flaky)
+    monkeypatch.setattr(Publisher, "_send_batch", flaky)
     channel = channel_name("bug")
     async with open_node(redis_url) as node, node.connect() as writer:
         with trio.fail_after(10):
@@ -118,10 +119,10 @@ async def test_a_resend_long_after_a_lost_reply_is_not_published_twice(
 ) -> None:
     """Redis ran the batch, the reply was lost, and more than two minutes went by before the
     resend (emulated by deleting every key that would have expired by then)."""
-    original = RedisBroker._send_batch
+    original = Publisher._send_batch
     calls = [0]
 
-    def reply_lost(self: RedisBroker, batch: Any, answered: Any, client: redis.Redis) -> Any:
+    def reply_lost(self: Publisher, batch: Any, answered: Any, client: redis.Redis) -> Any:
         results = original(self, batch, answered, client)
         calls[0] += 1
         if calls[0] == 1:
@@ -131,7 +132,7 @@ async def test_a_resend_long_after_a_lost_reply_is_not_published_twice(
             raise redis.ConnectionError("reply lost")
         return results
 
-    monkeypatch.setattr(RedisBroker, "_send_batch", reply_lost)
+    monkeypatch.setattr(Publisher, "_send_batch", reply_lost)
     channel = channel_name("lost")
     async with open_node(redis_url) as node, node.connect() as reader:
         await reader.request({"type": "subscribe", "channel": channel, "id": 1})
@@ -149,12 +150,12 @@ async def test_a_publication_that_came_back_is_not_resent_to_a_redis_that_lost_i
     before its reply and came back without its data (no persistence: emulated by deleting
     the channel's keys and the node's pending hash). Resending would publish the message a
     second time, in the new epoch; subscribers that had it would get it twice."""
-    original = RedisBroker._send_batch
+    original = Publisher._send_batch
     calls = [0]
     channel = channel_name("echoed")
 
     def died_after_publishing(
-        self: RedisBroker, batch: Any, answered: Any, client: redis.Redis
+        self: Publisher, batch: Any, answered: Any, client: redis.Redis
     ) -> Any:
         results = original(self, batch, answered, client)
         calls[0] += 1
@@ -169,7 +170,7 @@ async def test_a_publication_that_came_back_is_not_resent_to_a_redis_that_lost_i
             raise redis.ConnectionError("Redis died before its reply")
         return results
 
-    monkeypatch.setattr(RedisBroker, "_send_batch", died_after_publishing)
+    monkeypatch.setattr(Publisher, "_send_batch", died_after_publishing)
     async with open_node(redis_url) as node, node.connect() as reader:
         await reader.request({"type": "subscribe", "channel": channel, "id": 1})
         with trio.fail_after(10):
@@ -202,7 +203,7 @@ async def test_a_node_that_stops_before_redis_answered_says_the_outcome_is_unkno
             with trio.fail_after(10):
                 await node.server.broker.up.wait_value(False)
             nursery.start_soon(publish_and_keep_the_error, node.server)
-            buffer = node.server.broker._buffer  # type: ignore[attr-defined]
+            buffer = node.server.broker._publisher.buffer  # type: ignore[attr-defined]
             for _ in range(200):  # bounded: until the publisher tried to send it
                 if buffer and buffer[0].sent:
                     break
@@ -222,7 +223,7 @@ async def test_redis_out_of_memory_holds_publications_and_hides_its_text(
         await writer.send({"type": "publish", "channel": channel, "data": "held", "id": 2})
         with trio.fail_after(10):
             await node.server.broker.up.wait_value(False)
-        assert "OutOfMemoryError" in node.server.broker._down["publish"]  # type: ignore[attr-defined]
+        assert "OutOfMemoryError" in node.server.broker._link.down["publish"]  # type: ignore[attr-defined]
         await trio.to_thread.run_sync(raw.config_set, "maxmemory", 0)
         with trio.fail_after(10):
             reply = await writer.receive()

@@ -123,7 +123,7 @@ async def test_a_silent_pubsub_link_is_detected_and_repaired(
         await publish(writer, channel, 0, 0)
         assert (await reader.receive_type("message"))["seq"] == 1
         go_silent_once(monkeypatch)
-        a.server.broker._wake_listener()  # type: ignore[attr-defined]
+        a.server.broker._waker.wake()  # type: ignore[attr-defined]
         with trio.fail_after(10):
             for n in range(1, 10):
                 await publish(writer, channel, n, n)

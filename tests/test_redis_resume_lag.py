@@ -25,7 +25,7 @@ pytestmark = pytest.mark.real_socket
 
 def feed_seq(node: TestServer, channel: str) -> int:
     """How far node's feed of ``channel`` got (what its local subscribers were handed)."""
-    return int(node.server.broker._channels[channel].feed.seq)  # type: ignore[attr-defined]
+    return int(node.server.broker._feeds.channels[channel].feed.seq)  # type: ignore[attr-defined]
 
 
 @asynccontextmanager
@@ -75,10 +75,10 @@ async def test_a_node_behind_the_client_catches_up_before_answering(
 ) -> None:
     """B waits (bounded) for its feed to reach the client's ``since``, then answers
     ``recovered``: the client gets exactly what follows, with no duplicate on the wire."""
-    from triows._brokers.redis import broker as _redis_broker
+    from triows._brokers.redis import resume as _redis_resume
 
     # The wait is bounded by redis_timeout (2 s here): room for a busy test machine.
-    monkeypatch.setattr(_redis_broker, "RESUME_LAG_WAIT", 5.0)
+    monkeypatch.setattr(_redis_resume, "RESUME_LAG_WAIT", 5.0)
     channel = channel_name("lag")
     async with lagging_pair(redis_url, channel) as (a, b):
         async with a.connect() as seen_on_a:

@@ -31,7 +31,7 @@ async def wait_until_trimming(server: Server) -> None:
     """Until the node's publications trim streams again (``redis_retention`` after it
     connected, seen by its watchdog)."""
     for _ in range(200):  # bounded: 10 s
-        if server.broker._may_trim:  # type: ignore[attr-defined]
+        if server.broker._link.may_trim:  # type: ignore[attr-defined]
             return
         await trio.sleep(0.05)
     raise AssertionError("the node never started trimming")
@@ -53,7 +53,7 @@ async def test_a_node_cut_off_catches_up_far_more_than_the_history_size(
         await publish(writer, channel, 0, 0)
         assert (await reader.receive_type("message"))["seq"] == 1
         go_silent_once(monkeypatch)
-        a.server.broker._wake_listener()  # type: ignore[attr-defined]
+        a.server.broker._waker.wake()  # type: ignore[attr-defined]
         with trio.fail_after(10):
             for n in range(1, 61):
                 await b.server.publish(channel, n)
@@ -104,7 +104,7 @@ async def test_history_size_zero_still_lets_a_node_catch_up(
     ):
         await reader.request({"type": "subscribe", "channel": channel, "id": "s"})
         go_silent_once(monkeypatch)
-        a.server.broker._wake_listener()  # type: ignore[attr-defined]
+        a.server.broker._waker.wake()  # type: ignore[attr-defined]
         with trio.fail_after(10):
             for n in range(20):
                 await a.server.publish(channel, n)

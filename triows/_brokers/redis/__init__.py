@@ -1,0 +1,16 @@
+"""The Redis broker, one part per module; each imports only the ones listed before it.
+
+==============  ===============================================================================
+``bridge``      the threads: one redis-py call per hop, and the pub/sub listener thread
+``commands``    stream and numbering reads that both a catch-up and a resume make
+``tasks``       where the broker's background tasks run, restarted with backoff on a bug
+``link``        which parts of the link are down and why; the retrying call
+``publisher``   publications, from the outage buffer to Redis's numbered answer
+``feeds``       the followed channels and their in-order, exactly-once delivery
+``resume``      what a subscribe with ``since`` missed, read from the stream
+``watchdog``    pings that find a silent pub/sub link; the listener's wake-up
+``broker``      :class:`~triows._brokers.redis.broker.RedisBroker`: builds and wires the parts
+==============  ===============================================================================
+
+Nothing is imported here, so that loading one part (the bridge, say) does not load them all.
+"""

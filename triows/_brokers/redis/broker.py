@@ -1,168 +1,61 @@
 """The Redis broker: one node of a cluster whose nodes share one Redis.
 
-Publishing: a publication is queued in a bounded buffer (full: 503) and a single publisher task
-sends what is queued as one pipeline of :data:`PUBLISH_SCRIPT` calls per thread hop. The script
-numbers the message, appends it to the channel's stream and publishes it, atomically, so every
-node sees the same seq for the same message. The buffer keeps order and survives an outage: a
-batch that failed is sent again, and the script's once-key makes a resend whose first attempt
-did get through a no-op. ``numbered(seq)`` (the client's ack) is called when Redis answered,
-or earlier, when the message itself comes back by pub/sub: in both cases before any later
-message of the channel reaches the publisher.
+:class:`RedisBroker` is the :class:`~triows._brokers.seam.Broker` the server talks to. It holds
+no policy of its own: it builds the parts, gives each what it needs, and hands the seam's calls
+and the listener thread's events to the part that owns them.
 
-Delivering: the node subscribes to a channel's Redis pub/sub channel while it has local members
-(first join subscribes, last leave unsubscribes, the listener thread is woken at once through a
-control channel). Messages go through a :class:`~triows._core.feed.Feed`, which keeps them in
-seq order, drops duplicates and asks for what pub/sub missed to be read from the stream, so
-delivery is exactly once and complete as long as the stream holds it.
+- :mod:`.publisher`: publications, from the outage buffer to Redis's numbered answer.
+- :mod:`.feeds`: the channels followed in Redis and their in-order, exactly-once delivery.
+- :mod:`.resume`: what a subscribe with ``since`` missed, read from the channel's stream.
+- :mod:`.watchdog`: pings through the node's control channel, repairs a silent pub/sub link,
+  keeps keys alive; and the wake-up that makes the listener apply (un)subscribes at once.
+- :mod:`.link`: which parts of the link are down (``up``, ``since``, ``reconnects``) and the
+  retrying call; :mod:`.tasks`: where background tasks run and restart.
+- :mod:`.bridge`: the threads (one call per hop, the pub/sub listener) below all of them.
 
 Outage: clients stay connected; publications wait in the buffer; the listener reconnects with
 backoff and subscribes again, and each channel catches up from its stream. Streams keep what
 nodes need for that whatever the history size: an entry goes only once it is beyond the
 history size and older than ``redis_retention``, and a node whose link was down trims
 nothing for ``redis_retention`` after it is back (``docs/design.md``, stream retention).
-
-A watchdog publishes a ping to the node's control channel every ``redis_timeout`` seconds: if
-Redis says nobody received it, or it does not come back, the pub/sub link went silent while
-Redis is up, and it is rebuilt (``repairs`` in the statistics).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import secrets
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
-import attrs
 import redis
 import trio
-import trio_util
 
 from ..._config import Config
-from ..._core import presence, protocol
+from ..._core import presence
 from ..._core import redis_format as fmt
-from ..._core.feed import Deliver, Entry, Feed, Fill, Restart
-from ..._core.frames import text_frame
-from ..._core.hub import (
-    Hub,
-    Resume,
-    SubscriptionLimitError,
-    resume_ahead_of_feed,
-    resume_from_history,
-    resume_without_history,
-)
+from ..._core.hub import Hub, SubscriptionLimitError
 from ..._core.latency import histogram
-from ..fanout import DELIVERIES_PER_STEP, FanOut, StepBudget, Subscriber
+from ..fanout import FanOut, StepBudget, Subscriber
 from ..seam import (
     Broker,
     BrokerStatistics,
     BrokerUnavailableError,
-    OutcomeUnknownError,
     Publication,
     Subscribed,
     WallClockMs,
 )
-from .bridge import (
-    LINK_ERRORS,
-    Confirmed,
-    Event,
-    LinkDown,
-    Message,
-    PubSubListener,
-    RedisBridge,
-    backoff,
-)
+from .bridge import Confirmed, Event, LinkDown, Message, PubSubListener, RedisBridge
+from .feeds import ChannelFeeds
+from .link import Link
+from .publisher import Publisher
+from .resume import Resumer
+from .tasks import BackgroundTasks
+from .watchdog import ListenerWaker, Watchdog
 
 log = logging.getLogger("triows.redis")
 
 T = TypeVar("T")
-
-#: Publications sent in one pipeline at most.
-PUBLISH_BATCH = 500
-#: Redis error replies that mean "not now" (out of memory, a read-only replica, loading a
-#: dataset, a busy script, ...): the publication is kept and sent again with backoff, like
-#: during an outage, instead of failing. redis-py turns the known codes into classes and
-#: leaves the others' code at the start of the message.
-TRANSIENT_REPLIES: tuple[type[Exception], ...] = (
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.MasterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-)
-TRANSIENT_CODES = ("BUSY", "MISCONF", "NOREPLICAS")
-#: Rounds of stream reads a resume may take to catch up with a busy channel.
-RESUME_ROUNDS = 20
-#: Stream entries read (and delivered) per step of a node's catch-up: a node far behind
-#: catches up in bounded steps instead of one huge read and one long synchronous delivery.
-FILL_CHUNK = 1000
-
-
-#: What the feed does with one input (a message, a fill, a baseline): its actions.
-_Step = Callable[[], Sequence[Deliver | Fill | Restart]]
-#: Seconds (at most ``redis_timeout``) a resume from beyond this node's feed waits for the
-#: feed to get there before asking Redis.
-RESUME_LAG_WAIT = 0.5
-
-
-@attrs.define(eq=False)
-class _Channel:
-    """A channel this node follows in Redis."""
-
-    name: str
-    feed: Feed = attrs.field(factory=Feed)
-    ready: trio.Event = attrs.field(factory=trio.Event)
-    confirmed: bool = False
-    #: Subscribes in progress; the channel is kept while any is.
-    joiners: int = 0
-    syncing: bool = False
-    sync_again: bool = False
-    #: A ``block`` subscriber of this channel ran out of room: the channel's later inputs wait
-    #: in ``held`` (not yet fed: the feed's seq stays what its members were handed) until it
-    #: has room. Only this channel waits; the others, and the pub/sub thread, go on.
-    waiting: bool = False
-    #: Inputs held, with the bytes of the messages among them (what they cost in memory).
-    held: deque[tuple[_Step, int]] = attrs.field(factory=deque)
-    held_bytes: int = 0
-    #: Cancels the wait at once: ``held`` grew past its bound.
-    hurry: trio.CancelScope | None = None
-    #: Set when the channel stops waiting (a catch-up reads no more meanwhile).
-    flowing: trio.Event | None = None
-    #: Set (and dropped) whenever the feed may have moved, while a resume waits for it.
-    moved: trio.Event | None = None
-
-
-@attrs.define(eq=False, slots=True)
-class _Pending:
-    token: str
-    #: The token's own number: the publication's field in the node's pending hash.
-    number: str
-    pub: Publication
-    keys: tuple[str, str, str, str]
-    args: tuple[Any, ...]
-    #: The message itself came back (pub/sub or a stream read): Redis has it, whatever
-    #: became of its reply. It is not sent again: a Redis that lost its data (no persistence)
-    #: would otherwise publish it a second time, in its new epoch.
-    echoed: bool = False
-    #: It was handed to Redis at least once: until an answer, Redis may have run it.
-    sent: bool = False
-
-
-class _NotWanted(Exception):
-    """A retried call's work is no longer wanted (its channel is no longer followed)."""
-
-
-class PublishRefusedError(Exception):
-    """Redis refused a publication for good (the reason is logged, not shown to clients)."""
-
-    def __init__(self) -> None:
-        super().__init__("internal error")
 
 
 class RedisBroker(Broker):
@@ -170,7 +63,6 @@ class RedisBroker(Broker):
         self, config: Config, fanout: FanOut, wall_clock_ms: WallClockMs, url: str
     ) -> None:
         self._fanout = fanout
-        self._now_ms = wall_clock_ms
         self._config = config
         self.hub = Hub(
             epoch_prefix="redis",  # unused: the epochs come from Redis
@@ -181,10 +73,6 @@ class RedisBroker(Broker):
         )
         self.node_id = secrets.token_hex(4)
         self._epochs = itertools.count(1)
-        self._tokens = itertools.count(1)
-        self._pending_key = fmt.pending_key(self.node_id)
-        #: Tokens whose answer arrived: their pending fields are deleted with the next batch.
-        self._answered: list[str] = []
         self.round_trips = histogram(config.metrics)
         self.delivery_lag = histogram(config.metrics)
         self._bridge = RedisBridge(url, config.redis_timeout, self.round_trips)
@@ -192,31 +80,52 @@ class RedisBroker(Broker):
         self._listener = PubSubListener(self._bridge, self._control, self._dispatch)
         #: Set by presence (triows._brokers.presence): other nodes' joins and leaves go there.
         self.on_presence: Callable[[bytes], None] | None = None
-        self._channels: dict[str, _Channel] = {}
-        self._buffer: deque[_Pending] = deque()
-        self._in_flight: dict[str, _Pending] = {}  # by token, until Redis answered
-        self._buffer_changed = trio.Event()
-        self._publish_sha: str | None = None
-        self._nursery: trio.Nursery | None = None
-        self._wake_pending = False
+        #: A batch from the listener is being delivered (the watchdog waits for its pings).
         self._dispatching = False
-        self._pings_sent = 0
-        self._ping_seen = 0
-        # Link state: which parts are down and why; down while any is.
-        self._down: dict[str, str] = {"pubsub": "not connected yet"}
-        self._ever_up = False
-        self.up = trio_util.AsyncBool(False)
-        self._since: float | None = None
-        #: Whether this node's publications trim streams now, and from when they may again
-        #: (see :meth:`_send_batch`).
-        self._may_trim = False
-        self._trim_after = 0.0
-        self.refused = 0
-        self.reconnects = 0
-        self.repairs = 0
-        self.filled = 0
+        #: Pub/sub messages on triows' channels that could not be parsed, skipped.
         self.malformed = 0
-        self.task_failures = 0
+
+        self._tasks = BackgroundTasks()
+        self._link = Link(
+            config,
+            self._bridge,
+            # For the outage log lines only, read once every part below exists.
+            connections=lambda: len(fanout),
+            held_publications=lambda: len(self._publisher.buffer),
+            followed_channels=lambda: len(self._feeds.channels),
+        )
+        self.up = self._link.up
+        self._publisher = Publisher(config, self.node_id, self._link, self._tasks, self._new_epoch)
+        self._waker = ListenerWaker(self._bridge, self._control, self._tasks)
+        self._feeds = ChannelFeeds(
+            config,
+            self.hub,
+            fanout,
+            self._link,
+            self._tasks,
+            self._listener,
+            wake=self._waker.wake,
+            came_back=self._publisher.came_back,
+            new_epoch=self._new_epoch,
+            now_ms=wall_clock_ms,
+            delivery_lag=self.delivery_lag,
+        )
+        self._resumer = Resumer(config, self._bridge, wall_clock_ms)
+        self._watchdog = Watchdog(
+            config,
+            self._bridge,
+            self._link,
+            self._listener,
+            self._waker,
+            self._control,
+            followed=self._feeds.followed,
+            dispatching=lambda: self._dispatching,
+        )
+
+    def _new_epoch(self) -> str:
+        """A new epoch for a channel this node starts numbering (a publication or a join
+        that finds no numbering in Redis): one counter for both, so no two are the same."""
+        return f"{self.node_id}.{next(self._epochs)}"
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -229,12 +138,12 @@ class RedisBroker(Broker):
         )
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._tasks.nursery = nursery
                 if self.on_presence is not None:
                     self._listener.subscribe(presence.EVENTS_CHANNEL)
                 nursery.start_soon(self._listen)
-                nursery.start_soon(self._restarting, "publisher", self._publish_loop)
-                nursery.start_soon(self._restarting, "watchdog", self._watchdog)
+                self._tasks.start_restarting("publisher", self._publisher.run)
+                self._tasks.start_restarting("watchdog", self._watchdog.run)
                 # Start serving with Redis ready if it answers soon; without it otherwise
                 # (clients are served, publications held, and the link keeps being retried).
                 with trio.move_on_after(self._config.redis_timeout):
@@ -242,149 +151,25 @@ class RedisBroker(Broker):
                 if not self.up.value:
                     log.warning(
                         "Redis not reachable yet (%s); serving anyway and retrying",
-                        "; ".join(self._down.values()),
+                        "; ".join(self._link.down.values()),
                     )
                 task_status.started()
         finally:
-            self._nursery = None
-            unsent = BrokerUnavailableError("server shut down before it sent the message to Redis")
-            unknown = OutcomeUnknownError(
-                "server shut down before Redis answered; the message may have been published"
-            )
-            while self._buffer:
-                pending = self._buffer.popleft()
-                self._fail(pending.pub, unknown if pending.sent else unsent)
+            self._tasks.nursery = None
+            self._publisher.fail_held()
             self._bridge.close()
 
     async def _listen(self) -> None:
         await trio.to_thread.run_sync(self._listener.run, abandon_on_cancel=False)
 
-    async def _restarting(self, name: str, task: Callable[[], Awaitable[None]]) -> None:
-        """Run a background task; a bug in it is logged and the task started again with
-        backoff, so that it never stops the server (``Cancelled`` passes)."""
-        attempt = 0
-        while True:
-            try:
-                await task()
-                return
-            except Exception:
-                self.task_failures += 1
-                log.exception("Redis broker task %r failed; restarting it", name)
-            await trio.sleep(backoff(attempt))
-            attempt += 1
-
-    async def _call(
-        self,
-        part: str,
-        fn: Callable[[redis.Redis], T],
-        wanted: Callable[[], bool] = lambda: True,
-        *,
-        mark_up: bool = True,
-    ) -> T:
-        """Run ``fn`` in a thread until it works, with backoff. ``part`` of the link is down
-        while it fails and up once it works (unless ``mark_up`` is false: the caller judges
-        the answer first). Raises :class:`_NotWanted` once ``wanted()`` is false."""
-        attempt = 0
-        while wanted():
-            try:
-                result = await self._bridge.call(fn)
-            except LINK_ERRORS as exc:
-                self._part_down(part, _describe(exc))
-                await trio.sleep(backoff(attempt))
-                attempt += 1
-                continue
-            if mark_up:
-                self._part_up(part)
-            return result
-        raise _NotWanted
-
-    # -- link state -----------------------------------------------------------------------------
-
-    def _part_down(self, part: str, reason: str) -> None:
-        self._may_trim = False
-        if not self._down:
-            self._since = trio.current_time()
-            self.up.value = False
-            log.warning(
-                "Redis unreachable (%s: %s); keeping %d connection(s), holding publications "
-                "(up to %d)",
-                part,
-                reason,
-                len(self._fanout),
-                self._config.redis_buffer_size,
-            )
-        self._down[part] = reason  # the latest reason, for the logs
-
-    def _part_up(self, part: str) -> None:
-        if self._down.pop(part, None) is None or self._down:
-            return
-        now = trio.current_time()
-        if self._ever_up:
-            self.reconnects += 1
-            log.warning(
-                "Redis reachable again after %.1fs; sending %d held publication(s), "
-                "catching up %d channel(s) from their streams",
-                now - (self._since or now),
-                len(self._buffer),
-                len(self._channels),
-            )
-        else:
-            log.info("connected to Redis")
-        self._ever_up = True
-        self._since = now
-        # The other nodes may still have to catch up from what was written before the outage.
-        self._trim_after = now + self._config.redis_retention
-        self.up.value = True
+    async def call(self, fn: Callable[[redis.Redis], T]) -> T:
+        """One call in a Redis thread (presence uses it); errors are the caller's."""
+        return await self._bridge.call(fn)
 
     # -- publishing -----------------------------------------------------------------------------
 
     def publish(self, pub: Publication) -> list[Subscriber]:
-        if self._nursery is None:
-            self.refused += 1
-            raise BrokerUnavailableError("the Redis broker is not running (server stopping)")
-        if len(self._buffer) >= self._config.redis_buffer_size:
-            self.refused += 1
-            raise BrokerUnavailableError(
-                f"{len(self._buffer)} publications are waiting for Redis "
-                f"({'unreachable' if self._down else 'slow'}); try again later"
-            )
-        config = self._config
-        number = f"{next(self._tokens):x}"
-        token = f"{self.node_id}:{number}"
-        if pub.dedupe is not None and config.dedupe_size > 0 and config.dedupe_ttl > 0:
-            key, request_id = pub.dedupe
-            kind, name = key if isinstance(key, tuple) else ("key", key)
-            request = protocol.encode(request_id).decode()
-            once = fmt.dedupe_key(str(kind), str(name), pub.channel, request)
-            once_ttl = max(1, int(config.dedupe_ttl))
-        else:
-            once, once_ttl = fmt.dedupe_key(), 0
-        keep, _ = config.history_for(pub.channel)  # the scripts keep at least this many
-        pending = _Pending(
-            token,
-            number,
-            pub,
-            (
-                fmt.numbering_key(pub.channel),
-                fmt.stream_key(pub.channel),
-                once,
-                self._pending_key,
-            ),
-            (
-                fmt.payload_head(pub.payload(0, "")),
-                f"{self.node_id}.{next(self._epochs)}",
-                fmt.pubsub_channel(pub.channel),
-                keep,
-                int(config.redis_key_ttl * 1000),
-                once_ttl,
-                fmt.origin(token, pub.excluded),
-                pub.timestamp_ms,
-                number,
-            ),
-        )
-        self._buffer.append(pending)
-        self._in_flight[token] = pending
-        self._buffer_changed.set()
+        self._publisher.publish(pub)
         return []
 
     def publish_nowait(self, pub: Publication) -> int:
@@ -393,114 +178,22 @@ class RedisBroker(Broker):
             "once Redis answered; use 'await server.publish()'"
         )
 
-    async def _publish_loop(self) -> None:
-        attempt = 0
-        while True:
-            while not self._buffer:
-                self._buffer_changed = trio.Event()
-                await self._buffer_changed.wait()
-            batch = list(itertools.islice(self._buffer, PUBLISH_BATCH))
-            answered = self._answered
-            self._answered = []
-            try:
-                send = functools.partial(self._send_batch, batch, answered)
-                sent, results = await self._call("publish", send, mark_up=False)
-            except BaseException:
-                self._answered = answered + self._answered  # still to delete
-                raise
-            retry = self._take_results(batch, sent, results)
-            if retry is None:
-                attempt = 0
-                self._part_up("publish")
-            else:
-                self._part_down("publish", retry)
-                await trio.sleep(backoff(attempt))
-                attempt += 1
+    # The seam's counters, kept by the publisher (setters: the seam declares them writable).
+    @property
+    def published(self) -> int:
+        return self._publisher.published
 
-    def _take_results(
-        self, batch: list[_Pending], sent: list[_Pending], results: list[Any]
-    ) -> str | None:
-        """Settle what Redis answered, in order; stops at the first publication to send again
-        and returns why (None when the whole batch is done). Publications of the batch that
-        were not ``sent`` had come back already: they are done."""
-        answers = dict(zip(map(id, sent), results, strict=True))
-        for pending in batch:
-            if id(pending) not in answers:
-                self._buffer.popleft()
-                self._in_flight.pop(pending.token, None)
-                self._answered.append(pending.number)
-                continue
-            result = answers[id(pending)]
-            if isinstance(result, redis.exceptions.NoScriptError):
-                self._publish_sha = None  # Redis restarted: load it again, resend the rest
-                return "the publish script was gone (Redis restarted)"
-            if isinstance(result, TRANSIENT_REPLIES) or (
-                isinstance(result, Exception) and str(result).startswith(TRANSIENT_CODES)
-            ):
-                return f"Redis refused a publication for now: {_describe(result)}"
-            self._buffer.popleft()
-            self._in_flight.pop(pending.token, None)
-            self._answered.append(pending.number)
-            if isinstance(result, Exception):
-                # A script error is a bug or a Redis we cannot work with: the reason goes to
-                # the log; the client gets a plain 500.
-                log.error("Redis refused a publication to %r: %s", pending.pub.channel, result)
-                self._fail(pending.pub, PublishRefusedError())
-                continue
-            seq, epoch, duplicate = result
-            pending.pub.epoch = _text(epoch)
-            if duplicate:
-                self.deduplicated += 1
-                self._settle(pending.pub, int(seq))
-            else:
-                self._settle_published(pending.pub, int(seq))
-        return None
+    @published.setter
+    def published(self, value: int) -> None:
+        self._publisher.published = value
 
-    def _send_batch(
-        self, batch: list[_Pending], answered: list[str], client: redis.Redis
-    ) -> tuple[list[_Pending], list[Any]]:
-        """In a worker thread: one pipeline for the publications of the batch that did not
-        come back yet (``echoed`` is read here, at send time: a batch resent after an outage
-        leaves out what came back meanwhile), after deleting the pending fields of
-        publications answered before (their answer arrived: no resend can come). Returns what
-        was sent and Redis' answers.
+    @property
+    def deduplicated(self) -> int:
+        return self._publisher.deduplicated
 
-        The scripts trim each stream to what is both beyond the channel's history size and
-        older than ``redis_retention`` (:data:`~triows._core.redis_format.TRIM`), except while
-        this node's link is or was recently down (``_may_trim`` is read here, at send time, so
-        that the batch resent after an outage does not trim): after an outage every node
-        flushes what it held, and the others must still be able to catch up from the streams
-        what they had not received before it, however long it was."""
-        if self._publish_sha is None:
-            self._publish_sha = str(client.script_load(fmt.PUBLISH_SCRIPT))
-        retention = int(self._config.redis_retention * 1000) if self._may_trim else -1
-        pipe = client.pipeline(transaction=False)
-        if answered:
-            pipe.hdel(self._pending_key, *answered)
-        sent = [pending for pending in batch if not pending.echoed]
-        for pending in sent:
-            pending.sent = True
-            keys, args = pending.keys, pending.args
-            pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention)
-        results = pipe.execute(raise_on_error=False)
-        return sent, results[1:] if answered else results
-
-    def _settle(self, pub: Publication, seq: int) -> bool:
-        """Tell the publisher its seq, once; False if it was told already."""
-        numbered, pub.numbered, pub.failed = pub.numbered, None, None
-        if numbered is None:
-            return False
-        numbered(seq)
-        return True
-
-    def _settle_published(self, pub: Publication, seq: int) -> None:
-        if self._settle(pub, seq):
-            self.published += 1
-
-    def _fail(self, pub: Publication, exc: Exception) -> None:
-        failed, pub.numbered, pub.failed = pub.failed, None, None
-        if failed is not None:
-            failed(exc)
+    @deduplicated.setter
+    def deduplicated(self, value: int) -> None:
+        self._publisher.deduplicated = value
 
     # -- subscribing ----------------------------------------------------------------------------
 
@@ -514,22 +207,17 @@ class RedisBroker(Broker):
             raise SubscriptionLimitError(
                 f"subscription limit of {self._config.max_subscriptions} channels reached"
             )
-        ch = self._follow(channel)
-        ch.joiners += 1
-        try:
+        with self._feeds.joining(channel) as ch:
             with trio.move_on_after(2 * self._config.redis_timeout):
                 await ch.ready.wait()
             if not ch.ready.is_set():
                 raise BrokerUnavailableError(
                     "Redis is unreachable; cannot join a new channel now"
-                    if self._down
+                    if self._link.down
                     else "Redis did not confirm the subscription in time"
                 )
-            resume = None if since is None else await self._resume(ch, since, epoch)
+            resume = None if since is None else await self._resumer.resume(ch, since, epoch)
             state = hub.subscribe(member, channel)
-        finally:
-            ch.joiners -= 1
-            self._unfollow_if_unused(ch)
         feed = ch.feed
         assert feed.epoch is not None
         state.seq, state.epoch = feed.seq, feed.epoch
@@ -537,99 +225,26 @@ class RedisBroker(Broker):
 
     def unsubscribe(self, member: Subscriber, channel: str) -> bool:
         left = self.hub.unsubscribe(member, channel)
-        ch = self._channels.get(channel)
-        if ch is not None:
-            self._unfollow_if_unused(ch)
+        self._feeds.release(channel)
         return left
 
     def remove_member(self, member: Subscriber) -> None:
         channels = self.hub.channels_of(member)
         self.hub.remove_member(member)
         for name in channels:
-            ch = self._channels.get(name)
-            if ch is not None:
-                self._unfollow_if_unused(ch)
-
-    def _follow(self, name: str) -> _Channel:
-        ch = self._channels.get(name)
-        if ch is None:
-            ch = self._channels[name] = _Channel(name)
-            self._listener.subscribe(fmt.pubsub_channel(name))
-            self._wake_listener()
-        return ch
-
-    def _unfollow_if_unused(self, ch: _Channel) -> None:
-        if ch.joiners or self.hub.channel(ch.name) is not None:
-            return
-        if self._channels.get(ch.name) is ch:
-            del self._channels[ch.name]
-            self._listener.unsubscribe(fmt.pubsub_channel(ch.name))
-            self._wake_listener()
-
-    async def _resume(self, ch: _Channel, since: int, epoch: str | None) -> Resume:
-        """What a client that last saw ``(epoch, since)`` missed, read from the stream.
-
-        Reads until the stream read reaches what local members were last handed (the feed's
-        seq), so the replay and live delivery meet without a hole. A client that saw more of
-        this epoch elsewhere than this node's feed has delivered (the node lags) missed
-        nothing: the feed is given a moment to catch up (then the client gets exactly what
-        follows), else Redis's numbering confirms ``since`` (see ``resume_ahead_of_feed``).
-        """
-        feed = ch.feed
-        if epoch == feed.epoch and since > feed.seq and not await self._feed_reaches(ch, since):
-            try:
-                numbering = functools.partial(_numbering_in_thread, ch.name)
-                channel_seq, channel_epoch = await self._bridge.call(numbering)
-            except LINK_ERRORS:
-                raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
-            if feed.seq < since:
-                return resume_ahead_of_feed(since, epoch, channel_epoch, channel_seq)
-        known = resume_without_history(since, epoch, feed.epoch, feed.seq)
-        if known is not None:
-            return known
-        found: list[tuple[Entry, int]] = []
-        after = since
-        size, ttl = self._config.history_for(ch.name)
-        for _ in range(RESUME_ROUNDS):
-            upto = feed.seq
-            try:
-                # Only the newest ``size`` can be replayed: the stream may hold many more.
-                start = max(after, upto - size)
-                read = functools.partial(_read_stream_in_thread, ch.name, start, upto)
-                entries, stream_epoch = await self._bridge.call(read)
-            except LINK_ERRORS:
-                raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
-            if stream_epoch != epoch or feed.epoch != epoch:
-                return Resume(recovered=False)
-            found.extend(entries)
-            after = upto
-            if feed.seq == upto:
-                break
-        else:
-            raise BrokerUnavailableError("channel too busy to resume now; try again")
-        cutoff = self._now_ms() - ttl * 1000
-        kept = [entry for entry, at in found if at >= cutoff][-size:] if size and ttl else []
-        return resume_from_history(
-            since, feed.seq, [(entry.seq, text_frame(entry.payload)) for entry in kept]
-        )
-
-    async def _feed_reaches(self, ch: _Channel, since: int) -> bool:
-        """Wait (bounded) until the feed delivered ``since`` in its epoch; False if it did not."""
-        feed, epoch = ch.feed, ch.feed.epoch
-        with trio.move_on_after(min(RESUME_LAG_WAIT, self._config.redis_timeout)):
-            while feed.epoch == epoch and feed.seq < since:
-                if ch.moved is None:
-                    ch.moved = trio.Event()
-                await ch.moved.wait()
-        return feed.epoch != epoch or feed.seq >= since
+            self._feeds.release(name)
 
     # -- receiving ------------------------------------------------------------------------------
 
     async def _dispatch(self, events: list[Event]) -> None:
-        """A batch from the listener thread, which waits for this (its backpressure). It never
-        waits for a ``block`` subscriber: that channel alone waits (:meth:`_feed`)."""
+        """A batch from the listener thread, which waits for this (its backpressure). Each
+        event goes to its owner: a channel's message straight to the feeds (the delivery hot
+        path gains no layer here), presence events to presence, the control channel's to the
+        watchdog, confirmations and losses of the pub/sub link to the link and the feeds. It
+        never waits for a ``block`` subscriber: that channel alone waits (see :mod:`.feeds`)."""
         self._dispatching = True
         budget = StepBudget(self._fanout)
+        receive = self._feeds.receive
         try:
             for event in events:
                 if budget.spend():  # a batch of 1000 to many subscribers must not stall all
@@ -637,302 +252,26 @@ class RedisBroker(Broker):
                     budget.reset()
                 if isinstance(event, Message):
                     try:
-                        self._on_message(event)
+                        if event.channel == presence.EVENTS_CHANNEL:
+                            if self.on_presence is not None:
+                                self.on_presence(event.data)
+                        elif event.channel == self._control:
+                            self._watchdog.heard(event.data)
+                        else:
+                            receive(event)
                     except fmt.MalformedError as exc:
                         # Not ours (or not intact): skip it, keep the rest of the batch.
                         self.malformed += 1
                         log.warning("skipped a malformed message on %s: %s", event.channel, exc)
                 elif isinstance(event, Confirmed):
-                    self._on_confirmed(event.channel)
+                    if event.channel == self._control:
+                        self._link.part_up("pubsub")
+                    elif event.channel != presence.EVENTS_CHANNEL:
+                        self._feeds.confirmed(event.channel)
                 elif isinstance(event, LinkDown):
-                    self._part_down("pubsub", event.reason)
+                    self._link.part_down("pubsub", event.reason)
         finally:
             self._dispatching = False
-
-    async def call(self, fn: Callable[[redis.Redis], T]) -> T:
-        """One call in a Redis thread (presence uses it); errors are the caller's."""
-        return await self._bridge.call(fn)
-
-    def _on_message(self, message: Message) -> None:
-        if message.channel == presence.EVENTS_CHANNEL:
-            if self.on_presence is not None:
-                self.on_presence(message.data)
-            return
-        if message.channel == self._control:
-            kind, _, number = message.data.partition(b":")
-            if kind == b"ping":
-                self._ping_seen = max(self._ping_seen, int(number))
-            return
-        ch = self._channels.get(message.channel.removeprefix(fmt.PUBSUB_PREFIX))
-        if ch is None:
-            return
-        entry = fmt.parse_published(message.data)
-        self._settle_own(entry)  # the publisher's ack does not wait for the channel
-        self._feed(ch, functools.partial(ch.feed.receive, entry), len(entry.payload))
-
-    def _feed(self, ch: _Channel, step: _Step, size: int = 0) -> None:
-        """Feed one input to the channel and deliver what it gives, at once, unless the
-        channel waits for a ``block`` subscriber: then it waits its turn in ``held``, bounded
-        as one subscriber's outbox is (``outbox_size`` inputs, ``outbox_max_bytes`` bytes);
-        beyond, the subscribers still full are disconnected now, as a ``block`` publisher's
-        would be at its timeout."""
-        if ch.waiting:
-            ch.held.append((step, size))
-            ch.held_bytes += size
-            config = self._config
-            over = len(ch.held) > config.outbox_size or ch.held_bytes > config.outbox_max_bytes
-            if over and ch.hurry is not None:
-                ch.hurry.cancel()
-            return
-        blocked = self._apply(ch, step())
-        if blocked and self._nursery is not None:
-            ch.waiting = True
-            self._nursery.start_soon(self._wait_for_room, ch, blocked)
-
-    async def _wait_for_room(self, ch: _Channel, blocked: list[Subscriber]) -> None:
-        """Wait for a channel's ``block`` subscribers (at most ``block_timeout``), then feed
-        what the channel held meanwhile, in order. A bug here must cost neither the server
-        nor the held messages: it is logged, and what is held is fed without waiting."""
-        try:
-            await self._drain_held(ch, blocked)
-        except Exception:
-            self.task_failures += 1
-            log.exception("waiting for block subscribers of %r failed", ch.name)
-            ch.waiting, ch.hurry = False, None
-            while ch.held and not ch.waiting:
-                step, size = ch.held.popleft()
-                ch.held_bytes -= size
-                self._feed(ch, step, size)
-
-    async def _drain_held(self, ch: _Channel, blocked: list[Subscriber]) -> None:
-        try:
-            while blocked:
-                with trio.CancelScope() as ch.hurry:
-                    await self._fanout.wait_for_blocked(blocked)
-                ch.hurry = None
-                for member in blocked:  # hurried: still full now is too slow
-                    if not member.outbox.has_room and member.close_code is None:
-                        self._fanout.slow_consumer(member, "Slow consumer")
-                blocked = []
-                budget = StepBudget(self._fanout)
-                while ch.held and not blocked:
-                    step, size = ch.held.popleft()
-                    ch.held_bytes -= size
-                    blocked = self._apply(ch, step())
-                    if budget.spend():
-                        await trio.lowlevel.checkpoint()
-                        budget.reset()
-        finally:
-            ch.waiting = False
-            ch.hurry = None
-            if ch.flowing is not None:
-                ch.flowing.set()
-                ch.flowing = None
-
-    def _on_confirmed(self, channel: str) -> None:
-        if channel == presence.EVENTS_CHANNEL:
-            return
-        if channel == self._control:
-            self._part_up("pubsub")
-            return
-        ch = self._channels.get(channel.removeprefix(fmt.PUBSUB_PREFIX))
-        if ch is None:
-            return
-        if ch.confirmed:
-            ch.feed.resync()  # confirmed again: the link was rebuilt, catch up
-        ch.confirmed = True
-        if ch.syncing:
-            ch.sync_again = True
-        elif self._nursery is not None:
-            ch.syncing = True
-            self._nursery.start_soon(
-                self._restarting, f"sync {ch.name}", functools.partial(self._sync, ch)
-            )
-
-    def _settle_own(self, entry: Entry) -> None:
-        pending = self._in_flight.get(entry.token)
-        if pending is not None:
-            pending.echoed = True
-            pending.pub.epoch = entry.epoch
-            self._settle_published(pending.pub, entry.seq)
-
-    def _apply(self, ch: _Channel, actions: Sequence[Deliver | Fill | Restart]) -> list[Subscriber]:
-        blocked: list[Subscriber] = []
-        now_ms = self._now_ms()
-        for action in actions:
-            state = self.hub.channel(ch.name)
-            if isinstance(action, Deliver):
-                entry = action.entry
-                stamped = protocol.timestamp_of(entry.payload)
-                if stamped is not None:
-                    self.delivery_lag.observe(max(0, now_ms - stamped) / 1000)
-                self._settle_own(entry)
-                if state is not None:
-                    state.seq, state.epoch = entry.seq, entry.epoch
-                    state.published += 1
-                    blocked += self._fanout.deliver(state, text_frame(entry.payload), entry.sender)
-            elif isinstance(action, Fill):
-                if self._nursery is not None:
-                    fill = functools.partial(self._fill, ch, action)
-                    self._nursery.start_soon(self._restarting, f"fill {ch.name}", fill)
-            elif state is not None:  # Restart: the numbering began again
-                state.seq, state.epoch = 0, action.epoch
-                log.warning("channel %r restarted its numbering (epoch %s)", ch.name, action.epoch)
-                notice = {"type": "subscribed", "channel": ch.name, "seq": 0}
-                for member in state.members:
-                    member.reply_nowait({**notice, "epoch": action.epoch, "recovered": False})
-        if ch.moved is not None:  # a resume waits for the feed (_feed_reaches)
-            ch.moved.set()
-            ch.moved = None
-        return blocked
-
-    async def _sync(self, ch: _Channel) -> None:
-        """Read the channel's ``(seq, epoch)`` after a subscription was confirmed: the feed's
-        baseline. Retried until it works or the channel is no longer followed."""
-        ch.syncing = True  # again, when restarted after a failure
-        try:
-            while True:
-                ch.sync_again = False
-                join = functools.partial(
-                    self._join_script, ch.name, f"{self.node_id}.{next(self._epochs)}"
-                )
-                seq, epoch = await self._call("commands", join, lambda: self._follows(ch))
-                self._feed(ch, functools.partial(ch.feed.baseline, seq, epoch))
-                ch.ready.set()
-                if not ch.sync_again:
-                    break
-        except _NotWanted:
-            pass
-        finally:
-            ch.syncing = False
-
-    def _follows(self, ch: _Channel) -> bool:
-        return self._channels.get(ch.name) is ch
-
-    def _join_script(self, name: str, new_epoch: str, client: redis.Redis) -> tuple[int, str]:
-        keys = (fmt.numbering_key(name), fmt.stream_key(name))
-        args = (new_epoch, int(self._config.redis_key_ttl * 1000))
-        seq, epoch = client.eval(fmt.JOIN_SCRIPT, 2, *keys, *args)
-        return int(seq), epoch.decode()
-
-    async def _fill(self, ch: _Channel, fill: Fill) -> None:
-        """Catch the channel up from its stream, :data:`FILL_CHUNK` entries per step. A
-        channel that waits for a ``block`` subscriber reads no more until it flows again."""
-        after = fill.after
-        while after < fill.upto:
-            await self._flowing(ch)
-            if ch.feed.filling is not fill:
-                return  # done, or superseded (the numbering restarted meanwhile)
-            through = min(fill.upto, after + FILL_CHUNK)
-            read = functools.partial(_read_stream_in_thread, ch.name, after, through)
-            try:
-                found, _ = await self._call("commands", read, lambda: self._follows(ch))
-            except _NotWanted:
-                return
-            self.filled += len(found)
-            await self._feed_filled(ch, fill, [entry for entry, _ in found], through)
-            after = through
-
-    async def _feed_filled(
-        self, ch: _Channel, fill: Fill, entries: list[Entry], through: int
-    ) -> None:
-        """Hand a fill's entries to the feed in parts of about ``DELIVERIES_PER_STEP``
-        deliveries, with a checkpoint between parts: after an outage every followed channel
-        catches up at once, and a thousand entries to a thousand members are a million."""
-        state = self.hub.channel(ch.name)
-        per_step = max(1, DELIVERIES_PER_STEP // max(1, len(state.members) if state else 0))
-        start = 0
-        while True:
-            part = entries[start : start + per_step]
-            start += per_step
-            last = start >= len(entries)
-            upto = through if last else part[-1].seq
-            size = sum(len(entry.payload) for entry in part)
-            self._feed(ch, functools.partial(ch.feed.filled, part, fill=fill, through=upto), size)
-            if last:
-                return
-            await trio.lowlevel.checkpoint()
-
-    @staticmethod
-    async def _flowing(ch: _Channel) -> None:
-        """Until the channel no longer waits for a ``block`` subscriber."""
-        while ch.waiting:
-            if ch.flowing is None:
-                ch.flowing = trio.Event()
-            await ch.flowing.wait()
-
-    # -- the watchdog ---------------------------------------------------------------------------
-
-    async def _watchdog(self) -> None:
-        """Every ``redis_timeout``: ping our own control channel through Redis, which also
-        tells whether commands work (the link is marked up again by the first that does, even
-        when nothing else is being sent). A ping nobody receives, or pings that do not come
-        back, mean the pub/sub link went silent although Redis answers: it is rebuilt. Keys of
-        the channels this node follows get their ttl refreshed now and then. Once the link has
-        been up for ``redis_retention``, publications trim streams again."""
-        period = self._config.redis_timeout
-        refresh_every = max(1, int(min(self._config.redis_key_ttl / 4, 600) / period))
-        ticks = 0
-        refresh_due = False
-        while True:
-            await trio.sleep(period)
-            ticks += 1
-            refresh_due = refresh_due or ticks % refresh_every == 0
-            self._pings_sent += 1
-            number = self._pings_sent
-            try:
-                ping = functools.partial(_publish, self._control, b"ping:%d" % number)
-                receivers = await self._bridge.call(ping)
-                if refresh_due:
-                    await self._refresh_keys()
-                    refresh_due = False
-            except LINK_ERRORS as exc:
-                self._part_down("commands", _describe(exc))
-                continue
-            self._part_up("commands")
-            if not self._down and trio.current_time() >= self._trim_after:
-                self._may_trim = True
-            if "pubsub" in self._down:
-                self._ping_seen = number  # the listener is reconnecting; judge it afterwards
-                continue
-            silent = self._ping_seen < number - 2 and not self._dispatching
-            if receivers == 0 or silent:
-                self.repairs += 1
-                log.warning(
-                    "Redis pub/sub link went silent while Redis answers (%s); rebuilding it",
-                    "our ping had no receiver" if receivers == 0 else "our pings did not return",
-                )
-                self._ping_seen = number
-                self._listener.reset()
-                self._wake_listener()
-
-    async def _refresh_keys(self) -> None:
-        """Keep the numbering of channels this node serves alive in Redis (their ttl)."""
-        names = list(self._channels)
-        if names:
-            await self._bridge.call(functools.partial(self._refresh_in_thread, names))
-
-    def _refresh_in_thread(self, names: list[str], client: redis.Redis) -> None:
-        ttl = int(self._config.redis_key_ttl * 1000)
-        pipe = client.pipeline(transaction=False)
-        for name in names:
-            pipe.pexpire(fmt.numbering_key(name), ttl)
-            pipe.pexpire(fmt.stream_key(name), ttl)
-        pipe.execute()
-
-    def _wake_listener(self) -> None:
-        """Publish to the control channel, so the listener thread applies requests at once
-        instead of at the end of its read slice."""
-        if not self._wake_pending and self._nursery is not None:
-            self._wake_pending = True
-            self._nursery.start_soon(self._send_wake)
-
-    async def _send_wake(self) -> None:
-        self._wake_pending = False
-        try:
-            await self._bridge.call(functools.partial(_publish, self._control, b"wake"))
-        except LINK_ERRORS:
-            pass  # the listener is reconnecting and will apply its requests then
 
     # -- statistics -----------------------------------------------------------------------------
 
@@ -942,47 +281,16 @@ class RedisBroker(Broker):
     def statistics(self) -> BrokerStatistics:
         return BrokerStatistics(
             kind="redis",
-            state="down" if self._down else "up",
-            since=self._since,
-            buffered=len(self._buffer),
-            refused=self.refused,
-            reconnects=self.reconnects,
-            repairs=self.repairs,
-            filled=self.filled,
+            state="down" if self._link.down else "up",
+            since=self._link.since,
+            buffered=len(self._publisher.buffer),
+            refused=self._publisher.refused,
+            reconnects=self._link.reconnects,
+            repairs=self._watchdog.repairs,
+            filled=self._feeds.filled,
             malformed=self.malformed,
-            task_failures=self.task_failures,
+            task_failures=self._tasks.failures,
         )
-
-
-def _publish(channel: str, data: bytes, client: redis.Redis) -> int:
-    return int(client.publish(channel, data))
-
-
-def _read_stream_in_thread(
-    name: str, after: int, upto: int, client: redis.Redis
-) -> tuple[list[tuple[Entry, int]], str | None]:
-    """Stream entries ``after < seq <= upto`` (with their ms timestamps) and the channel's
-    epoch, read together; no epoch means the channel has no numbering in Redis now."""
-    pipe = client.pipeline(transaction=True)
-    pipe.hget(fmt.numbering_key(name), "epoch")
-    if upto > after:
-        pipe.xrange(fmt.stream_key(name), f"{after + 1}-0", f"{upto}-0")
-    epoch_bytes, *raw = pipe.execute()
-    if epoch_bytes is None:
-        return [], None
-    epoch = epoch_bytes.decode()
-    entries = raw[0] if raw else []
-    return [fmt.parse_stream_entry(i, f, epoch) for i, f in entries], epoch
-
-
-def _numbering_in_thread(name: str, client: redis.Redis) -> tuple[int, str | None]:
-    """The channel's ``(seq, epoch)`` as Redis numbers it now (no epoch: not numbered)."""
-    seq, epoch = client.hmget(fmt.numbering_key(name), "seq", "epoch")
-    return int(seq or 0), None if epoch is None else _text(epoch)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _safe_url(url: str) -> str:
@@ -991,7 +299,3 @@ def _safe_url(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.rsplit("@", 1)[1]
     return scheme + sep + rest
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

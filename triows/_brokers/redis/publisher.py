@@ -1,0 +1,294 @@
+"""The publisher: this node's publications, from the outage buffer to Redis's answer.
+
+A publication is queued in a bounded buffer (full: 503) and one task sends what is queued as
+one pipeline of :data:`~triows._core.redis_format.PUBLISH_SCRIPT` calls per thread hop. The
+script numbers the message, appends it to the channel's stream and publishes it, atomically, so
+every node sees the same seq for the same message. The buffer keeps order and survives an
+outage: a batch that failed is sent again, and the script's once-key makes a resend whose first
+attempt did get through a no-op. Each publication also has a field in the node's pending hash
+until its answer arrived. ``numbered(seq)`` (the client's ack) is called when Redis answered, or
+earlier, when the message itself comes back (:meth:`Publisher.came_back`): in both cases before
+any later message of the channel reaches the publisher.
+
+It is separate from the feeds because the two share nothing but that "came back" call: the
+publisher never delivers, and the feeds never send.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import redis
+import trio
+
+from ..._config import Config
+from ..._core import protocol
+from ..._core import redis_format as fmt
+from ..._core.feed import Entry
+from ..seam import BrokerUnavailableError, OutcomeUnknownError, Publication
+from .bridge import backoff
+from .commands import as_text
+from .link import Link, describe
+from .tasks import BackgroundTasks
+
+log = logging.getLogger("triows.redis")
+
+#: Publications sent in one pipeline at most.
+PUBLISH_BATCH = 500
+#: Redis error replies that mean "not now" (out of memory, a read-only replica, loading a
+#: dataset, a busy script, ...): the publication is kept and sent again with backoff, like
+#: during an outage, instead of failing. redis-py turns the known codes into classes and
+#: leaves the others' code at the start of the message.
+TRANSIENT_REPLIES: tuple[type[Exception], ...] = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+TRANSIENT_CODES = ("BUSY", "MISCONF", "NOREPLICAS")
+
+
+@attrs.define(eq=False, slots=True)
+class _Pending:
+    token: str
+    #: The token's own number: the publication's field in the node's pending hash.
+    number: str
+    pub: Publication
+    keys: tuple[str, str, str, str]
+    args: tuple[Any, ...]
+    #: The message itself came back (pub/sub or a stream read): Redis has it, whatever
+    #: became of its reply. It is not sent again: a Redis that lost its data (no persistence)
+    #: would otherwise publish it a second time, in its new epoch.
+    echoed: bool = False
+    #: It was handed to Redis at least once: until an answer, Redis may have run it.
+    sent: bool = False
+
+
+class PublishRefusedError(Exception):
+    """Redis refused a publication for good (the reason is logged, not shown to clients)."""
+
+    def __init__(self) -> None:
+        super().__init__("internal error")
+
+
+class Publisher:
+    def __init__(
+        self,
+        config: Config,
+        node_id: str,
+        link: Link,
+        tasks: BackgroundTasks,
+        new_epoch: Callable[[], str],
+    ) -> None:
+        self._config = config
+        self.node_id = node_id
+        self._link = link
+        self._tasks = tasks
+        #: The epoch a channel gets if this publication is the one that starts its numbering.
+        self._new_epoch = new_epoch
+        self._tokens = itertools.count(1)
+        self._pending_key = fmt.pending_key(node_id)
+        #: Tokens whose answer arrived: their pending fields are deleted with the next batch.
+        self._answered: list[str] = []
+        #: Publications not answered yet, in order (the outage buffer).
+        self.buffer: deque[_Pending] = deque()
+        self._in_flight: dict[str, _Pending] = {}  # by token, until Redis answered
+        self._buffer_changed = trio.Event()
+        self._publish_sha: str | None = None
+        #: Publications refused with 503 (the broker stopped, or the buffer was full).
+        self.refused = 0
+        #: Publications numbered (each once, even when Redis sent it back).
+        self.published = 0
+        #: Publications Redis answered from its once-keys instead of publishing them again.
+        self.deduplicated = 0
+
+    def publish(self, pub: Publication) -> None:
+        """Queue ``pub`` for the next batch; raises :class:`BrokerUnavailableError` when the
+        broker stopped or the buffer is full."""
+        if not self._tasks.running:
+            self.refused += 1
+            raise BrokerUnavailableError("the Redis broker is not running (server stopping)")
+        if len(self.buffer) >= self._config.redis_buffer_size:
+            self.refused += 1
+            raise BrokerUnavailableError(
+                f"{len(self.buffer)} publications are waiting for Redis "
+                f"({'unreachable' if self._link.down else 'slow'}); try again later"
+            )
+        config = self._config
+        number = f"{next(self._tokens):x}"
+        token = f"{self.node_id}:{number}"
+        if pub.dedupe is not None and config.dedupe_size > 0 and config.dedupe_ttl > 0:
+            key, request_id = pub.dedupe
+            kind, name = key if isinstance(key, tuple) else ("key", key)
+            request = protocol.encode(request_id).decode()
+            once = fmt.dedupe_key(str(kind), str(name), pub.channel, request)
+            once_ttl = max(1, int(config.dedupe_ttl))
+        else:
+            once, once_ttl = fmt.dedupe_key(), 0
+        keep, _ = config.history_for(pub.channel)  # the scripts keep at least this many
+        pending = _Pending(
+            token,
+            number,
+            pub,
+            (
+                fmt.numbering_key(pub.channel),
+                fmt.stream_key(pub.channel),
+                once,
+                self._pending_key,
+            ),
+            (
+                fmt.payload_head(pub.payload(0, "")),
+                self._new_epoch(),
+                fmt.pubsub_channel(pub.channel),
+                keep,
+                int(config.redis_key_ttl * 1000),
+                once_ttl,
+                fmt.origin(token, pub.excluded),
+                pub.timestamp_ms,
+                number,
+            ),
+        )
+        self.buffer.append(pending)
+        self._in_flight[token] = pending
+        self._buffer_changed.set()
+
+    async def run(self) -> None:
+        """Send what is buffered, a batch per thread hop, until cancelled."""
+        attempt = 0
+        while True:
+            while not self.buffer:
+                self._buffer_changed = trio.Event()
+                await self._buffer_changed.wait()
+            batch = list(itertools.islice(self.buffer, PUBLISH_BATCH))
+            answered = self._answered
+            self._answered = []
+            try:
+                send = functools.partial(self._send_batch, batch, answered)
+                sent, results = await self._link.call_with_retries("publish", send, mark_up=False)
+            except BaseException:
+                self._answered = answered + self._answered  # still to delete
+                raise
+            retry = self._take_results(batch, sent, results)
+            if retry is None:
+                attempt = 0
+                self._link.part_up("publish")
+            else:
+                self._link.part_down("publish", retry)
+                await trio.sleep(backoff(attempt))
+                attempt += 1
+
+    def came_back(self, entry: Entry) -> None:
+        """A message came back from Redis (pub/sub or a stream read): if it is one of this
+        node's publications still waiting for its answer, its publisher learns the seq now,
+        and it is never sent again."""
+        pending = self._in_flight.get(entry.token)
+        if pending is not None:
+            pending.echoed = True
+            pending.pub.epoch = entry.epoch
+            self._settle_published(pending.pub, entry.seq)
+
+    def fail_held(self) -> None:
+        """The broker stopped: every publication still held gets its outcome, "not sent" or,
+        once handed to Redis without an answer, "unknown" (it may have been published)."""
+        unsent = BrokerUnavailableError("server shut down before it sent the message to Redis")
+        unknown = OutcomeUnknownError(
+            "server shut down before Redis answered; the message may have been published"
+        )
+        while self.buffer:
+            pending = self.buffer.popleft()
+            self._fail(pending.pub, unknown if pending.sent else unsent)
+
+    def _take_results(
+        self, batch: list[_Pending], sent: list[_Pending], results: list[Any]
+    ) -> str | None:
+        """Settle what Redis answered, in order; stops at the first publication to send again
+        and returns why (None when the whole batch is done). Publications of the batch that
+        were not ``sent`` had come back already: they are done."""
+        answers = dict(zip(map(id, sent), results, strict=True))
+        for pending in batch:
+            if id(pending) not in answers:
+                self.buffer.popleft()
+                self._in_flight.pop(pending.token, None)
+                self._answered.append(pending.number)
+                continue
+            result = answers[id(pending)]
+            if isinstance(result, redis.exceptions.NoScriptError):
+                self._publish_sha = None  # Redis restarted: load it again, resend the rest
+                return "the publish script was gone (Redis restarted)"
+            if isinstance(result, TRANSIENT_REPLIES) or (
+                isinstance(result, Exception) and str(result).startswith(TRANSIENT_CODES)
+            ):
+                return f"Redis refused a publication for now: {describe(result)}"
+            self.buffer.popleft()
+            self._in_flight.pop(pending.token, None)
+            self._answered.append(pending.number)
+            if isinstance(result, Exception):
+                # A script error is a bug or a Redis we cannot work with: the reason goes to
+                # the log; the client gets a plain 500.
+                log.error("Redis refused a publication to %r: %s", pending.pub.channel, result)
+                self._fail(pending.pub, PublishRefusedError())
+                continue
+            seq, epoch, duplicate = result
+            pending.pub.epoch = as_text(epoch)
+            if duplicate:
+                self.deduplicated += 1
+                self._settle(pending.pub, int(seq))
+            else:
+                self._settle_published(pending.pub, int(seq))
+        return None
+
+    def _send_batch(
+        self, batch: list[_Pending], answered: list[str], client: redis.Redis
+    ) -> tuple[list[_Pending], list[Any]]:
+        """In a worker thread: one pipeline for the publications of the batch that did not
+        come back yet (``echoed`` is read here, at send time: a batch resent after an outage
+        leaves out what came back meanwhile), after deleting the pending fields of
+        publications answered before (their answer arrived: no resend can come). Returns what
+        was sent and Redis' answers.
+
+        The scripts trim each stream to what is both beyond the channel's history size and
+        older than ``redis_retention`` (:data:`~triows._core.redis_format.TRIM`), except while
+        this node's link is or was recently down (:attr:`Link.may_trim` is read here, at send
+        time, so that the batch resent after an outage does not trim): after an outage every
+        node flushes what it held, and the others must still be able to catch up from the
+        streams what they had not received before it, however long it was."""
+        if self._publish_sha is None:
+            self._publish_sha = str(client.script_load(fmt.PUBLISH_SCRIPT))
+        retention = int(self._config.redis_retention * 1000) if self._link.may_trim else -1
+        pipe = client.pipeline(transaction=False)
+        if answered:
+            pipe.hdel(self._pending_key, *answered)
+        sent = [pending for pending in batch if not pending.echoed]
+        for pending in sent:
+            pending.sent = True
+            keys, args = pending.keys, pending.args
+            pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention)
+        results = pipe.execute(raise_on_error=False)
+        return sent, results[1:] if answered else results
+
+    def _settle(self, pub: Publication, seq: int) -> bool:
+        """Tell the publisher its seq, once; False if it was told already."""
+        numbered, pub.numbered, pub.failed = pub.numbered, None, None
+        if numbered is None:
+            return False
+        numbered(seq)
+        return True
+
+    def _settle_published(self, pub: Publication, seq: int) -> None:
+        if self._settle(pub, seq):
+            self.published += 1
+
+    def _fail(self, pub: Publication, exc: Exception) -> None:
+        failed, pub.numbered, pub.failed = pub.failed, None, None
+        if failed is not None:
+            failed(exc)

@@ -1,0 +1,102 @@
+"""Resume: what a client that subscribes with ``since``/``epoch`` missed, read from the stream.
+
+The rules of a resume (recovered or not, the gap) are the hub's, shared with the in-process
+broker; what is Redis-specific is where the history comes from and how it meets live delivery.
+The stream is read up to what this node's feed has handed its members, in rounds while the
+channel moves, so the replay and live delivery meet without a hole or a duplicate. A client
+that saw more elsewhere than this node has delivered (this node lags) waits a moment for the
+feed, else Redis's numbering vouches for ``since``.
+
+Separate from the feeds because it only reads a channel (its feed and stream) on behalf of one
+subscribe, and never delivers: the feeds stay the one writer of a channel's state.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import trio
+
+from ..._config import Config
+from ..._core.feed import Entry
+from ..._core.frames import text_frame
+from ..._core.hub import (
+    Resume,
+    resume_ahead_of_feed,
+    resume_from_history,
+    resume_without_history,
+)
+from ..seam import BrokerUnavailableError, WallClockMs
+from .bridge import LINK_ERRORS, RedisBridge
+from .commands import read_numbering, read_stream
+from .feeds import Channel
+
+#: Rounds of stream reads a resume may take to catch up with a busy channel.
+RESUME_ROUNDS = 20
+#: Seconds (at most ``redis_timeout``) a resume from beyond this node's feed waits for the
+#: feed to get there before asking Redis.
+RESUME_LAG_WAIT = 0.5
+
+
+class Resumer:
+    def __init__(self, config: Config, bridge: RedisBridge, now_ms: WallClockMs) -> None:
+        self._config = config
+        self._bridge = bridge
+        self._now_ms = now_ms
+
+    async def resume(self, ch: Channel, since: int, epoch: str | None) -> Resume:
+        """What a client that last saw ``(epoch, since)`` missed, read from the stream.
+
+        Reads until the stream read reaches what local members were last handed (the feed's
+        seq), so the replay and live delivery meet without a hole. A client that saw more of
+        this epoch elsewhere than this node's feed has delivered (the node lags) missed
+        nothing: the feed is given a moment to catch up (then the client gets exactly what
+        follows), else Redis's numbering confirms ``since`` (see ``resume_ahead_of_feed``).
+        """
+        feed = ch.feed
+        if epoch == feed.epoch and since > feed.seq and not await self._feed_reaches(ch, since):
+            try:
+                numbering = functools.partial(read_numbering, ch.name)
+                channel_seq, channel_epoch = await self._bridge.call(numbering)
+            except LINK_ERRORS:
+                raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
+            if feed.seq < since:
+                return resume_ahead_of_feed(since, epoch, channel_epoch, channel_seq)
+        known = resume_without_history(since, epoch, feed.epoch, feed.seq)
+        if known is not None:
+            return known
+        found: list[tuple[Entry, int]] = []
+        after = since
+        size, ttl = self._config.history_for(ch.name)
+        for _ in range(RESUME_ROUNDS):
+            upto = feed.seq
+            try:
+                # Only the newest ``size`` can be replayed: the stream may hold many more.
+                start = max(after, upto - size)
+                read = functools.partial(read_stream, ch.name, start, upto)
+                entries, stream_epoch = await self._bridge.call(read)
+            except LINK_ERRORS:
+                raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
+            if stream_epoch != epoch or feed.epoch != epoch:
+                return Resume(recovered=False)
+            found.extend(entries)
+            after = upto
+            if feed.seq == upto:
+                break
+        else:
+            raise BrokerUnavailableError("channel too busy to resume now; try again")
+        cutoff = self._now_ms() - ttl * 1000
+        kept = [entry for entry, at in found if at >= cutoff][-size:] if size and ttl else []
+        return resume_from_history(
+            since, feed.seq, [(entry.seq, text_frame(entry.payload)) for entry in kept]
+        )
+
+    async def _feed_reaches(self, ch: Channel, since: int) -> bool:
+        """Wait (bounded) until the feed delivered ``since`` in its epoch; False if it did not."""
+        feed, epoch = ch.feed, ch.feed.epoch
+        with trio.move_on_after(min(RESUME_LAG_WAIT, self._config.redis_timeout)):
+            while feed.epoch == epoch and feed.seq < since:
+                if ch.moved is None:
+                    ch.moved = trio.Event()
+                await ch.moved.wait()
+        return feed.epoch != epoch or feed.seq >= since
