@@ -291,7 +291,9 @@ async def test_redis_killed_twice_under_load_loses_no_acked_message(
             f"\nredis restart under load ({'persistent' if persistent else 'volatile'}):", figures
         )
         assert figures["acked"] > 500
-        assert figures["reconnects"] == [len(OUTAGES)] * 2
+        # Each node saw every outage (a resend that finds the publish script gone after a
+        # restart takes the link down and up once more: a reconnect more, honestly counted).
+        assert all(n >= len(OUTAGES) for n in figures["reconnects"]), figures["reconnects"]
         assert figures["faults"] == []
         assert (figures["missed"], figures["holes"], figures["duplicates"]) == (0, 0, 0)
         if persistent:
