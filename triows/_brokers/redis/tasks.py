@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from .bridge import backoff
+from ..._restart import restarting
 
 log = logging.getLogger("triows.redis")
 
@@ -42,15 +42,9 @@ class BackgroundTasks:
             self.nursery.start_soon(self.restarting, name, task)
 
     async def restarting(self, name: str, task: Callable[[], Awaitable[None]]) -> None:
-        """Run a background task; a bug in it is logged and the task started again with
-        backoff, so that it never stops the server (``Cancelled`` passes)."""
-        attempt = 0
-        while True:
-            try:
-                await task()
-                return
-            except Exception:
-                self.failures += 1
-                log.exception("Redis broker task %r failed; restarting it", name)
-            await trio.sleep(backoff(attempt))
-            attempt += 1
+        """Run a background task; a bug in it is logged, counted and the task started again
+        with backoff (the one rule: ``triows._restart``), so that it never stops the server."""
+        await restarting(f"redis {name}", task, log=log, failed=self._failed)
+
+    def _failed(self) -> None:
+        self.failures += 1
