@@ -52,6 +52,8 @@ HEAVY = ("redis", "trio_websocket", "wsproto", "prometheus_client", "rich")
 
 #: For each folder, the triows folders (the first name after ``triows``) it must never import.
 FORBIDDEN = {
+    "_config": {"_net", "_brokers", "_ops", "_server", "_cli", "_client", "client", "testing"},
+    "_restart": {"_net", "_brokers", "_ops", "_server", "_cli", "_client", "client", "testing"},
     "_net": {"_brokers", "_ops", "_server", "_cli", "_client", "client", "testing"},
     "_brokers": {"_net", "_server", "_ops", "_cli", "_client", "client", "testing"},
     "_ops": {"_server", "_cli", "_client", "client", "testing"},
@@ -200,6 +202,20 @@ def test_each_floor_uses_only_the_floors_below(folder: str) -> None:
         if _folder(name) == folder:
             wrong = {t for t in targets if _folder(t) in forbidden}
             assert not wrong, f"{name} imports {sorted(wrong)}"
+
+
+def test_nothing_but_the_entry_points_imports_the_cli() -> None:
+    edges, _ = graph()
+    users = {name for name, targets in edges.items() if any(_folder(t) == "_cli" for t in targets)}
+    assert {u for u in users if _folder(u) != "_cli"} <= {"triows.__main__"}
+
+
+def test_the_console_script_is_main() -> None:
+    """``triows`` (pyproject's console script) must name a callable, as ``python -m`` does."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="triows")
+    assert callable(script.load())
 
 
 def test_import_triows_loads_no_heavy_library() -> None:

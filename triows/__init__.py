@@ -7,8 +7,8 @@ Embed it::
         await server.publish("news", {"headline": "hello"})
 """
 
-from types import ModuleType
-from typing import TYPE_CHECKING
+from types import ModuleType as _ModuleType
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from ._brokers.seam import (
     BrokerStatistics,
@@ -23,13 +23,13 @@ from ._core.outbox import SlowConsumerPolicy
 from ._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistics
 from ._server.server import Server, serve
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from . import client
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> ModuleType:
+def __getattr__(name: str) -> _ModuleType:
     """``triows.client`` is imported on first use: a server needs neither it nor the
     WebSocket client library under it (trio-websocket, wsproto)."""
     if name == "client":
@@ -59,3 +59,7 @@ __all__ = [
     "client",
     "serve",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "client"})

@@ -14,11 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ._core.backoff import full_jitter
-
-#: First and largest delay (seconds) before a failed task is started again.
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 2.0
+from ._core.backoff import retry_delay
 
 
 async def restarting(
@@ -38,5 +34,5 @@ async def restarting(
         except Exception:
             failed()
             log.exception("background task %r failed; restarting it", name)
-        await trio.sleep(full_jitter(attempt, BACKOFF_BASE, BACKOFF_CAP))
+        await trio.sleep(retry_delay(attempt))
         attempt += 1

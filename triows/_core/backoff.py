@@ -22,3 +22,14 @@ def full_jitter(
 ) -> float:
     """A delay uniform in ``[0, exponential(attempt, base, cap)]``."""
     return rand() * exponential(attempt, base, cap)
+
+
+#: A background task's retries (a Redis call, a task restarted after a bug): 50 ms doubling
+#: up to 2 s.
+RETRY_BASE = 0.05
+RETRY_CAP = 2.0
+
+
+def retry_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """Before retry ``attempt`` of a background task: :func:`full_jitter` of the retry base."""
+    return full_jitter(attempt, RETRY_BASE, RETRY_CAP, rand)

@@ -93,7 +93,7 @@ def collect(view: ServerView, loop_lag: float) -> list[Family]:
         _one(
             counter,
             "triows_task_failures_total",
-            "Supervisor tasks (monitor, idle sweeper, presence) that failed and were restarted",
+            "Supervisor tasks (monitor, expiry, idle sweeper, presence) failed and restarted",
             stats.task_failures,
         ),
         _by(

@@ -61,7 +61,8 @@ class ServerView(Protocol):
         ...
 
     def spawn(self, task: Callable[[], Awaitable[None]]) -> bool:
-        """Run ``task`` in a nursery of the server's (False, and nothing run, once it stops)."""
+        """Run ``task`` in a nursery of the server's (False, and nothing run, once that nursery
+        has ended)."""
         ...
 
 
@@ -110,7 +111,8 @@ class ServerStatistics:
     rss_bytes: int = 0
     memory_limited: bool = False
     memory_limit_trips: int = 0
-    #: Supervisor tasks (monitor, idle sweeper, presence) that failed and were restarted.
+    #: Supervisor tasks (monitor, expiry, idle sweeper, presence) that failed and were
+    #: restarted.
     task_failures: int = 0
 
 

@@ -73,7 +73,7 @@ class Server:
         self.broker, presence_store = open_broker(config, self.fanout, self.now_ms)
         self.hub = self.broker.hub
         self.presence = Presence(config, self.hub, self.fanout, self.now_ms, presence_store)
-        self.access = Access(config, wall_clock)
+        self.access = Access(config, lambda: self.wall_clock())
         self.publishing = Publishing(self.broker, self.fanout, config.max_message_size, self.now_ms)
         self.handshakes = Handshakes(config, self.access, self.memory_guard, lambda: self.closing)
         self.listeners: list[trio.abc.Listener[Any]] = []
@@ -288,13 +288,16 @@ class Server:
                         failed=self._task_failed,
                     )
                 )
-                async with trio.open_nursery() as connections:
-                    self._connections_nursery = connections
-                    self.listeners = await connections.start(self._accept, listeners)
-                    started = True
-                    log.info("%s", self.describe())
-                    banner.warn_about(config, self.listeners)
-                    task_status.started(self)
+                try:
+                    async with trio.open_nursery() as connections:
+                        self._connections_nursery = connections
+                        self.listeners = await connections.start(self._accept, listeners)
+                        started = True
+                        log.info("%s", self.describe())
+                        banner.warn_about(config, self.listeners)
+                        task_status.started(self)
+                finally:
+                    self._connections_nursery = None  # spawn() starts nothing more
                 root.cancel_scope.cancel()
         finally:
             self._stopped.set()
@@ -378,9 +381,10 @@ class Server:
         self._closed_by_server[code] += 1
 
     def spawn(self, task: Callable[[], Awaitable[None]]) -> bool:
-        """Run ``task`` in the connections nursery (False once the server stops)."""
+        """Run ``task`` in the connections nursery (False once that has ended); a drain
+        still waits for it, bounded by ``shutdown_timeout``."""
         nursery = self._connections_nursery
-        if nursery is None or self._closing:
+        if nursery is None:
             return False
         nursery.start_soon(task)
         return True

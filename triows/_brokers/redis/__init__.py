@@ -10,6 +10,7 @@
 ``resume``      what a subscribe with ``since`` missed, read from the stream
 ``watchdog``    pings that find a silent pub/sub link; the listener's wake-up
 ``broker``      :class:`~triows._brokers.redis.broker.RedisBroker`: builds and wires the parts
+``presence_store``  presence in Redis hashes and events, over the broker's calls
 ==============  ===============================================================================
 
 Nothing is imported here, so that loading one part (the bridge, say) does not load them all.

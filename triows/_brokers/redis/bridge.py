@@ -28,7 +28,7 @@ import trio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..._core.backoff import full_jitter
+from ..._core.backoff import retry_delay
 from ..._core.latency import LatencyHistogram
 
 log = logging.getLogger("triows.redis")
@@ -58,9 +58,8 @@ def open_client(url: str, timeout: float) -> redis.Redis:
     )
 
 
-def backoff(attempt: int) -> float:
-    """Before retry ``attempt`` of a Redis call: 50 ms doubling up to 2 s, fully jittered."""
-    return full_jitter(attempt, 0.05, 2.0)
+#: Before retry ``attempt`` of a Redis call: the one rule of background retries.
+backoff = retry_delay
 
 
 class RedisBridge:
