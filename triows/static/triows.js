@@ -90,12 +90,25 @@ const PERMANENT = new Set([400, 401, 403, 404]);
 /** How many handshakes refused while the server accepts others (a browser cannot see the
  *  status) make the client stop. */
 const REFUSALS_TO_STOP = 2;
-/** As CLIENT_IDS_KEPT in triows/_core/tracking.py. */
+/** As CLIENT_IDS_KEPT and EPOCHS_LEFT_KEPT in triows/_core/tracking.py (the vectors pin them). */
 const CLIENT_IDS_KEPT = 16;
+const EPOCHS_LEFT_KEPT = 4;
 
 /** Full jitter: a random delay below an exponentially growing cap. */
 function backoff(attempt, base, cap) {
   return Math.random() * Math.min(cap, base * 2 ** Math.min(attempt, 62));
+}
+
+/** A sequence number as the server writes it (a whole number, 0 or more), else null. */
+function seqOf(value) {
+  return Number.isInteger(value) && value >= 0 ? value : null;
+}
+
+/** A `gap` as [first, last], or null when it is not two seqs in order. */
+function rangeOf(value) {
+  if (!Array.isArray(value) || value.length !== 2) return null;
+  const [first, last] = value.map(seqOf);
+  return first === null || last === null || first > last ? null : [first, last];
 }
 
 /** Seqs above the cursor that are acked to us become the cursor; those at or below it go. */
@@ -125,7 +138,7 @@ function gaps(channel, cursor, first, last, reason) {
  */
 export class Tracker {
   constructor() {
-    /** @type {Map<string, {epoch: string | null, seq: number, own: Set<number>}>} */
+    /** @type {Map<string, {epoch: string | null, seq: number, own: Set<number>, left: string[]}>} */
     this.cursors = new Map();
     /** client ids of the last connections: replayed messages from them are ours */
     this.myIds = [];
@@ -133,7 +146,7 @@ export class Tracker {
     this.expected = new Map();
   }
   track(channel) {
-    if (!this.cursors.has(channel)) this.cursors.set(channel, { epoch: null, seq: 0, own: new Set() });
+    if (!this.cursors.has(channel)) this.cursors.set(channel, { epoch: null, seq: 0, own: new Set(), left: [] });
   }
   untrack(channel) {
     this.cursors.delete(channel);
@@ -173,9 +186,11 @@ export class Tracker {
         return this.onMessage(frame);
       case "subscribed":
         return this.onSubscribed(frame);
-      case "ack":
-        this.onAck(frame.id, frame.seq);
+      case "ack": {
+        const seq = seqOf(frame.seq);
+        if (seq !== null) this.onAck(frame.id, seq);
         return [];
+      }
       case "error":
         this.forgetAck(frame.id);
         return [];
@@ -184,9 +199,15 @@ export class Tracker {
     }
   }
   onSubscribed(frame) {
-    const { channel, epoch, seq } = frame;
+    const { channel, epoch } = frame;
+    const seq = seqOf(frame.seq);
+    // malformed: nothing to go by
+    if (typeof channel !== "string" || typeof epoch !== "string" || seq === null) return [];
     const c = this.cursors.get(channel);
     if (!c) return [];
+    const recovered = frame.recovered ?? null;
+    const gap = frame.gap ?? null;
+    if (gap !== null && rangeOf(gap) === null) return []; // malformed
     if (c.epoch === null) {
       // the first subscription: live from here
       c.epoch = epoch;
@@ -194,30 +215,45 @@ export class Tracker {
       settle(c);
       return [];
     }
+    if (c.left.includes(epoch)) {
+      // A node that has not seen the numbering restart yet: nothing missed, and what it sends
+      // of that old numbering is not delivered (onMessage). The cursor stays.
+      return recovered === null ? [] : [{ type: "recovered", channel, epoch: c.epoch, seq: c.seq }];
+    }
     if (epoch !== c.epoch) {
       // the numbering restarted: what was missed cannot be known
+      c.left.push(c.epoch);
+      if (c.left.length > EPOCHS_LEFT_KEPT) c.left.shift();
       c.epoch = epoch;
       c.seq = seq;
       c.own.clear();
       return [{ type: "gap", channel, first: null, last: null, reason: "epoch changed" }];
     }
-    if (frame.recovered === undefined) return []; // a plain reply for a channel already followed
-    if (!Array.isArray(frame.gap)) {
+    if (recovered === null) return []; // a plain reply for a channel already followed
+    if (gap === null) {
+      // The server's notice that the numbering restarted, in the epoch this cursor already
+      // has (it learnt it on another node): nothing new.
+      if (recovered === false && seq === 0) return [];
       // Recovered, or a node behind our cursor (same epoch: it cannot have messages we
       // missed). The cursor stays: what the node sends up to it are duplicates.
       return [{ type: "recovered", channel, epoch, seq }];
     }
-    const [first, last] = frame.gap;
+    const [first, last] = rangeOf(gap);
     const found = gaps(channel, c, first, last, "history expired");
     c.seq = Math.max(c.seq, last);
     settle(c);
     return found;
   }
   onMessage(frame) {
-    const { channel, seq } = frame;
+    const { channel } = frame;
+    const seq = seqOf(frame.seq);
+    if (typeof channel !== "string" || seq === null) return []; // malformed
     const c = this.cursors.get(channel);
     // not followed, not subscribed yet (live starts at the reply), or a duplicate
     if (!c || c.epoch === null || seq <= c.seq) return [];
+    const id = typeof frame.id === "string" ? frame.id : null;
+    // another epoch's message (a node behind a numbering restart)
+    if (id !== null && id.includes(":") && id.slice(0, id.lastIndexOf(":")) !== c.epoch) return [];
     const events = gaps(channel, c, c.seq + 1, seq - 1, "messages skipped");
     const own = c.own.has(seq) || this.myIds.includes(frame.from);
     c.seq = seq;
@@ -228,7 +264,7 @@ export class Tracker {
         channel,
         data: frame.data,
         seq,
-        id: frame.id ?? null,
+        id,
         from: frame.from ?? null,
         timestamp: frame.timestamp || 0,
         own: false,
