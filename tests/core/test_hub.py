@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triows._core.hub import Hub, Resume, SubscriptionLimitError, resume_ahead_of_feed
+from triows._core.hub import (
+    Hub,
+    Resume,
+    SubscriptionLimitError,
+    resume_ahead_of_feed,
+    resume_behind_restart,
+)
 from triows._core.outbox import SlowConsumerPolicy
 
 
@@ -153,6 +159,15 @@ def test_resume_ahead_of_a_nodes_feed_is_judged_by_the_numbering() -> None:
     assert resume_ahead_of_feed(10, "e1", "e1", 9) == Resume(recovered=False)
     assert resume_ahead_of_feed(7, "e1", "e2", 9) == Resume(recovered=False)
     assert resume_ahead_of_feed(7, "e1", None, 0) == Resume(recovered=False)
+
+
+def test_resume_behind_a_restart_is_judged_by_the_numbering() -> None:
+    """The client saw a restart of the numbering that the node has not: lag when the numbering
+    is the client's (answered in the client's epoch at 0), else nothing to say here."""
+    assert resume_behind_restart(5, "e2", "e2", 7) == Resume(recovered=True, numbering=(0, "e2"))
+    assert resume_behind_restart(8, "e2", "e2", 7) is None
+    assert resume_behind_restart(5, "e1", "e2", 7) is None
+    assert resume_behind_restart(5, None, None, 0) is None
 
 
 def test_resume_replays_from_history() -> None:

@@ -65,6 +65,9 @@ class Resume:
     gap: tuple[int, int] | None = None
     #: Frames of the missed messages history still holds, in order, to send before live ones.
     replay: tuple[bytes, ...] = ()
+    #: The ``(seq, epoch)`` the reply states when it is not the node's own (see
+    #: :func:`resume_behind_restart`); None: the node's.
+    numbering: tuple[int, str] | None = None
 
 
 def resume_without_history(
@@ -102,6 +105,22 @@ def resume_ahead_of_feed(
     if epoch == channel_epoch and since <= channel_seq:
         return Resume(recovered=True)
     return Resume(recovered=False)
+
+
+def resume_behind_restart(
+    since: int, epoch: str | None, channel_epoch: str | None, channel_seq: int
+) -> Resume | None:
+    """A resume in another epoch than the node's feed, when the channel's numbering (read from
+    where it lives) is in the client's epoch: the numbering restarted and this node has not
+    seen it yet (its feed is held up, or nothing reached it since). The client, which saw the
+    new numbering elsewhere, missed nothing; the reply states the client's epoch at seq 0 (where
+    this node's traffic in that epoch will start) and what the node still sends of the old
+    numbering is not that epoch's (trackers drop it by its id). None when the numbering is not
+    the client's: the numbers the client holds mean nothing here.
+    """
+    if epoch is None or epoch != channel_epoch or since > channel_seq:
+        return None
+    return Resume(recovered=True, numbering=(0, epoch))
 
 
 def resume_from_history(since: int, current_seq: int, held: Sequence[tuple[int, bytes]]) -> Resume:
