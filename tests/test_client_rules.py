@@ -283,3 +283,23 @@ async def test_a_close_that_says_do_not_reconnect_stops_the_client(
             with trio.fail_after(30):
                 await client.state.wait_value(wsclient.ClientState.CLOSED)
             assert cutter.attempts == 2
+
+
+async def test_a_subscription_nobody_reads_is_bounded_in_bytes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Large messages on a channel nobody iterates: the subscription keeps at most
+    ``subscription_buffer_bytes`` of them (not 1000 of any size), then one exact gap."""
+    async with open_test_server(max_message_size=128 * 1024) as harness:
+        async with client_for(harness, subscription_buffer_bytes=300_000) as client:
+            subscription = await client.subscribe("big")
+            for _ in range(20):
+                await harness.server.publish("big", "x" * 60_000)
+            await trio.sleep(1)
+            assert subscription._backlog.nbytes <= 300_000
+            events = [await subscription.__anext__() for _ in range(len(subscription._backlog))]
+            seqs = [event.seq for event in events if isinstance(event, wsclient.Message)]
+            gaps = [event for event in events if isinstance(event, wsclient.Gap)]
+            assert seqs == list(range(1, len(seqs) + 1))
+            assert len(seqs) <= 5
+            assert [(g.first, g.last) for g in gaps] == [(len(seqs) + 1, 20)]

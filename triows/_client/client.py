@@ -73,6 +73,7 @@ class Client:
         ping_timeout: float,
         connect_timeout: float,
         subscription_buffer: int,
+        subscription_buffer_bytes: int,
     ) -> None:
         self._endpoint = Endpoint(url, token, open_stream)
         self._token_function = callable(token)
@@ -83,7 +84,7 @@ class Client:
         self._offline_queue_size = offline_queue_size
         self._ping_timeout = ping_timeout
         self._connect_timeout = connect_timeout
-        self._subscription_buffer = subscription_buffer
+        self._subscription_buffer = (subscription_buffer, subscription_buffer_bytes)
         #: ``connecting`` / ``open`` / ``reconnecting`` / ``closed``; await changes with
         #: ``await client.state.wait_value(ClientState.OPEN)``.
         self.state: AsyncValue = AsyncValue(ClientState.CONNECTING)
@@ -116,7 +117,7 @@ class Client:
         self._check_open()
         if channel in self._subscriptions:
             return self._subscriptions[channel]
-        subscription = Subscription(self, channel, self._subscription_buffer)
+        subscription = Subscription(self, channel, *self._subscription_buffer)
         self._subscriptions[channel] = subscription
         self._tracker.track(channel)
         try:

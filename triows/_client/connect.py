@@ -34,6 +34,7 @@ async def connect(
     ping_timeout: float = 10.0,
     connect_timeout: float = 10.0,
     subscription_buffer: int = 1000,
+    subscription_buffer_bytes: int = 8 * 1024 * 1024,
 ) -> AsyncIterator[Client]:
     """A reconnecting client for the block's duration.
 
@@ -57,6 +58,7 @@ async def connect(
         ping_timeout=ping_timeout,
         connect_timeout=connect_timeout,
         subscription_buffer=subscription_buffer,
+        subscription_buffer_bytes=subscription_buffer_bytes,
     )
     try:
         async with trio.open_nursery() as nursery:

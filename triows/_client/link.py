@@ -26,7 +26,7 @@ import trio
 
 from .._core.protocol import SUBSCRIPTIONS_LIMIT
 from .._core.retry import Pacer
-from .._core.tracking import AdaptiveInterval, Join, Leave, Recovered, Tracked, Tracker
+from .._core.tracking import AdaptiveInterval, Join, Leave, Message, Recovered, Tracked, Tracker
 from .errors import ClientError, RequestError
 from .pending import PendingRequests, PublishQueue
 from .subscription import Subscription
@@ -126,12 +126,13 @@ class Link:
     async def _read(self) -> CloseReason | None:
         while True:
             try:
-                frame = json.loads(await self.ws.get_message())
+                raw = await self.ws.get_message()
             except ConnectionClosed as closed:
                 return closed.reason
+            frame = json.loads(raw)
             kind = frame.get("type")
             if kind == "message":
-                self._dispatch(frame.get("channel"), self._tracker.on_message(frame))
+                self._dispatch(frame.get("channel"), self._tracker.on_message(frame), len(raw))
             elif kind == "ack":
                 # Also when the caller stopped waiting: the tracker still expects it.
                 self._tracker.receive(frame)
@@ -165,7 +166,10 @@ class Link:
                 )
                 self._forget_subscription(frame["channel"], RequestError(403, frame["reason"]))
 
-    def _dispatch(self, channel: object, events: Sequence[Tracked | Join | Leave]) -> None:
+    def _dispatch(
+        self, channel: object, events: Sequence[Tracked | Join | Leave], size: int = 0
+    ) -> None:
+        """Hand ``events`` to the channel's subscription; a message counts ``size`` bytes."""
         if not events or not isinstance(channel, str):
             return
         subscription = self._subscriptions.get(channel)
@@ -174,8 +178,8 @@ class Link:
         for event in events:
             if isinstance(event, Recovered):
                 log.debug("resumed %s: nothing missed", channel)
-            else:
-                subscription._put(event)  # never waits: see Subscription
+            else:  # never waits: see Subscription
+                subscription._put(event, size if isinstance(event, Message) else 0)
 
     def _on_error(self, frame: dict[str, Any]) -> None:
         """An error frame answers a publish, a resubscribe, or a request (in that order)."""
