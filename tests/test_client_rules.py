@@ -303,3 +303,32 @@ async def test_a_subscription_nobody_reads_is_bounded_in_bytes(
             assert seqs == list(range(1, len(seqs) + 1))
             assert len(seqs) <= 5
             assert [(g.first, g.last) for g in gaps] == [(len(seqs) + 1, 20)]
+
+
+async def test_channels_unsubscribed_while_their_resubscribe_waits_do_not_stall_the_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Five channels against ``subscribe_rate=1``: two go through, three wait out a pause;
+    the application unsubscribes one of them meanwhile. It makes room for the next ones: the
+    other two are subscribed, with no stall until the next reconnect."""
+    random.seed(7)
+    async with open_test_server(subscribe_rate=1) as harness:
+        cutter = Cutter(harness)
+        cutter.refuse = 1
+        async with wsclient.connect(URL, open_stream=cutter.open, backoff_base=0.5) as client:
+            for channel in "abcde":
+                await client.subscribe(channel)
+            await client.wait_open()
+            await subscriptions_reach(harness.server, 2, step=0.01)
+            await client.unsubscribe("c")  # refused, waiting for its pause to end
+            with trio.fail_after(30):
+                await subscriptions_reach(harness.server, 4, step=0.1)
+            assert sorted(client._subscriptions) == ["a", "b", "d", "e"]
+
+
+async def subscriptions_reach(server: Server, count: int, *, step: float) -> None:
+    """Poll (the server has no event for it) until ``count`` subscriptions are held."""
+    for _ in range(100_000):
+        if server.statistics().subscriptions >= count:
+            return
+        await trio.sleep(step)

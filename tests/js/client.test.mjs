@@ -540,3 +540,19 @@ test("a subscribe the server does not answer in time rejects, is not followed, a
   await settle();
   assert.deepEqual(FakeSocket.made.at(-1).of("subscribe"), [], "not resubscribed");
 });
+
+test("channels unsubscribed while their resubscribe waits make room for the next, not a stall", async (t) => {
+  useFakes(t, { random: 1 });
+  const { c } = client({ backoffBase: 0.5 });
+  for (const channel of ["a", "b", "c"]) c.subscribe(channel);
+  await settle();
+  const ws = FakeSocket.made[0];
+  ws.open();
+  await settle();
+  const [a, b, cc] = ws.of("subscribe");
+  ws.receive(subscribed("a", 0, { id: a.id }));
+  for (const frame of [b, cc]) ws.receive({ type: "error", id: frame.id, code: 429, message: "subscribe rate limit" });
+  c.unsubscribe("b"); // during the pause (its reply does not matter here)
+  await advance(0.6);
+  assert.deepEqual(ws.of("subscribe").slice(3).map((f) => f.channel), ["c"]);
+});

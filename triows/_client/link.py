@@ -215,13 +215,15 @@ class Link:
     # -- writers ------------------------------------------------------------------------------
 
     async def _send_resubscribes(self) -> None:
-        """Send what the resubscribe pacer lets go now."""
+        """Send what the resubscribe pacer lets go now (channels unsubscribed meanwhile are
+        let go without a frame, and make room for the next ones)."""
         state = self.resubscribes
-        for channel in state.pacer.take():
-            if channel in self._subscriptions:
-                await self.ws.send_message(json.dumps(self._subscribe_frame(channel)))
-            else:
-                state.answered(channel)  # unsubscribed meanwhile
+        while taken := state.pacer.take():
+            for channel in taken:
+                if channel in self._subscriptions:
+                    await self.ws.send_message(json.dumps(self._subscribe_frame(channel)))
+                else:
+                    state.pacer.answered(channel)
 
     async def _resubscribe(self) -> None:
         """Resubscribe what was followed, as the pacer lets it go (replies come through

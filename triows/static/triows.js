@@ -849,14 +849,16 @@ export class TriowsClient {
 
   _pump(conn) {
     if (conn !== this._conn) return;
-    for (const channel of conn.resubscribes.take()) {
-      if (!this._channels.has(channel)) {
-        conn.resubscribes.answered(channel); // unsubscribed meanwhile
-        continue;
+    for (let taken = conn.resubscribes.take(); taken.length; taken = conn.resubscribes.take()) {
+      for (const channel of taken) {
+        if (!this._channels.has(channel)) {
+          conn.resubscribes.answered(channel); // unsubscribed meanwhile: room for the next
+          continue;
+        }
+        const frame = this._subscribeFrame(channel);
+        frame.id = RESUBSCRIBE + channel;
+        this._send(frame);
       }
-      const frame = this._subscribeFrame(channel);
-      frame.id = RESUBSCRIBE + channel;
-      this._send(frame);
     }
   }
 
