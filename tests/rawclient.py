@@ -31,6 +31,7 @@ class RawClient:
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.messages: list[dict[str, Any]] = []
         self.close_code: int | None = None
+        self.close_reason: str | None = None
         self._parts: list[str] = []
 
     @classmethod
@@ -63,7 +64,7 @@ class RawClient:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await self.stream.send_all(self.ws.send(event.response()))
             elif isinstance(event, CloseConnection):
-                self.close_code = event.code
+                self.close_code, self.close_reason = event.code, event.reason
             elif isinstance(event, RejectConnection):
                 raise ConnectionError(event.status_code)
             else:

@@ -308,8 +308,10 @@ def test_triows_js_reconnects_queues_and_acks() -> None:
     assert summary["finalState"] == "closed"
     assert summary["closedPublish"] == {"error": "client is closed"}
     assert summary["tokenCalls"] >= 2  # asked again for every connect
+    # The refusal came as a close code (triows.js asks, refusal=close), with its reason.
     assert summary["refused"] == {
-        "error": "client is closed: the server refused the connection: HTTP 401"
+        "error": "client is closed: the server refused the connection: HTTP 401 "
+        "(invalid token: DecodeError)"
     }
     assert summary["refusedErrors"] == [401]
     assert summary["refusedConnects"] == 0
@@ -407,6 +409,32 @@ def test_a_bad_token_stops_the_demo_and_says_why(browser: Browser) -> None:
         assert "not sent" in shown["failed"], shown
         assert shown["pending"] == 0, shown
         assert shown["connects"] == 0, shown
+    finally:
+        server.stop()
+
+
+def test_a_refusal_for_now_is_retried_not_taken_for_a_bad_token(browser: Browser) -> None:
+    """``--max-connections-per-ip 1``: a second page is refused with 429, which a browser can
+    only read as a close code (4429, "reconnect allowed"): it keeps retrying with backoff and
+    connects once the first page is gone. (The old client took two such refusals for a bad
+    token and stopped for good.)"""
+    server = Server(free_port(), ["--max-connections-per-ip", "1"])
+    server.start()
+    try:
+        first = open_page(browser, f"http://127.0.0.1:{server.port}/demo?name=first")
+        wait_for(browser, first, "document.getElementById('state').textContent === 'open'")
+        second = open_page(browser, f"http://127.0.0.1:{server.port}/demo?name=second")
+        wait_for(browser, second, "window.triows && window.triows.state === 'reconnecting'")
+        time.sleep(3)  # several refusals meanwhile
+        shown = evaluate(
+            browser,
+            second,
+            "() => ({ state: window.triows.state, "
+            "error: document.getElementById('error').textContent })",
+        )
+        assert shown["state"] != "closed", shown
+        browser(cmd="close", page=first)
+        wait_for(browser, second, "window.triows.state === 'open'", seconds=15)
     finally:
         server.stop()
 

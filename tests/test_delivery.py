@@ -109,12 +109,12 @@ async def test_history_expires_by_ttl(autojump_clock: trio.testing.MockClock) ->
 
 
 async def test_new_epoch_is_never_recovered(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_test_server(history_ttl=10) as harness:
+    async with open_test_server(history_ttl=10, max_idle_channels=1) as harness:
         async with harness.connect() as client:
             first = await client.request({"type": "subscribe", "channel": "c"})
             await harness.server.publish("c", 1)
             await client.request({"type": "unsubscribe", "channel": "c"})
-            await trio.sleep(12)  # history gone, channel forgotten
+            await harness.server.publish("other", 1)  # one idle channel at most: "c" goes
             reply = await client.request(
                 {"type": "subscribe", "channel": "c", "since": 1, "epoch": first["epoch"]}
             )
@@ -138,6 +138,24 @@ async def test_channel_published_without_subscribers_can_be_resumed(
             assert (await late.receive())["data"] == "x"
 
 
+async def test_a_quiet_channel_is_recovered_after_its_only_subscriber_was_away(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Nothing was published while it was followed; its subscriber goes, five messages come,
+    it comes back: recovered, and all five replayed (not "epoch changed")."""
+    async with open_test_server() as harness:
+        async with harness.connect() as client:
+            first = await client.request({"type": "subscribe", "channel": "quiet"})
+        for n in range(5):
+            await harness.server.publish("quiet", n)
+        async with harness.connect() as again:
+            reply = await again.request(
+                {"type": "subscribe", "channel": "quiet", "since": 0, "epoch": first["epoch"]}
+            )
+            assert (reply["epoch"], reply["recovered"]) == (first["epoch"], True)
+            assert await messages(again, 5) == [1, 2, 3, 4, 5]
+
+
 async def test_idle_channels_are_bounded(autojump_clock: trio.testing.MockClock) -> None:
     async with open_test_server(max_idle_channels=10) as harness:
         for n in range(100):
@@ -151,7 +169,8 @@ async def test_channel_history_rules(autojump_clock: trio.testing.MockClock) -> 
     async with open_test_server(channel_history=[("live.*", 0, 0)]) as harness:
         await harness.server.publish("live.x", 1)
         await harness.server.publish("chat", 1)
-        assert {c.name for c in harness.server.channel_statistics()} == {"chat"}
+        held = {c.name: c.history for c in harness.server.channel_statistics()}
+        assert held == {"live.x": 0, "chat": 1}
 
 
 async def dedupe_publish(client: TestClient, publish_id: Any) -> dict[str, Any]:

@@ -59,7 +59,8 @@ async def test_subscription_limit_is_429(autojump_clock: trio.testing.MockClock)
             for channel in ("a", "b"):
                 await client.request({"type": "subscribe", "channel": channel})
             reply = await client.request({"type": "subscribe", "channel": "c", "id": "x"})
-            assert (reply["code"], reply["id"]) == (429, "x")
+            # Marked, so that a client tells it from a rate limit (which passes by waiting).
+            assert (reply["code"], reply["id"], reply["limit"]) == (429, "x", "subscriptions")
             await client.request({"type": "unsubscribe", "channel": "a"})
             assert (await client.request({"type": "subscribe", "channel": "c"}))[
                 "type"
@@ -186,6 +187,7 @@ async def test_publish_and_subscribe_rates_per_connection(
                 ] == "subscribed"
             refused = await client.request({"type": "subscribe", "channel": "s2", "id": "x"})
             assert (refused["code"], refused["id"]) == (429, "x")
+            assert "limit" not in refused  # a rate: it passes by waiting
         stats = harness.server.statistics()
         assert stats.rate_limited == {"publish": 2, "subscribe": 1}
 

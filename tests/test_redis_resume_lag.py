@@ -13,9 +13,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import redis
 import trio
 
 from triows import client as wsclient
+from triows._core import redis_format as fmt
 from triows.testing import TestClient, TestServer
 
 from .test_redis_cluster import channel_name, open_node, publish
@@ -204,3 +206,110 @@ async def test_a_client_moving_to_a_node_behind_it_sees_every_message_once(
     seqs = [event.seq for event in events if isinstance(event, wsclient.Message)]
     assert seqs == list(range(1, last + 2))  # every message once, in order
     assert [e for e in events if isinstance(e, wsclient.Gap)] == []
+
+
+async def drain_until(staller: TestClient, data: Any) -> None:
+    """The stalled subscriber reads again, up to the message carrying ``data``."""
+    while (await staller.receive_type("message"))["data"] != data:
+        pass
+
+
+def feed_epoch(node: TestServer, channel: str) -> str:
+    return str(node.server.broker._feeds.channels[channel].feed.epoch)  # type: ignore[attr-defined]
+
+
+async def restart_numbering(redis_url: str, channel: str) -> None:
+    """Redis loses the channel (as a Redis restarted without persistence would): the next
+    publication or join starts a new epoch."""
+
+    def drop() -> None:
+        connection = redis.Redis.from_url(redis_url)
+        try:
+            connection.delete(fmt.numbering_key(channel), fmt.stream_key(channel))
+        finally:
+            connection.close()
+
+    await trio.to_thread.run_sync(drop)
+
+
+async def test_a_node_behind_a_numbering_restart_answers_in_the_clients_epoch(
+    redis_url: str,
+) -> None:
+    """The numbering restarted; the client saw the new epoch on A; B's feed is still in the old
+    one. B asks Redis, which numbers the channel in the client's epoch: lag, ``recovered``, in
+    the client's epoch (at 0, where B's traffic in it will start), never B's stale epoch."""
+    channel = channel_name("lag")
+    async with lagging_pair(redis_url, channel) as (a, b):
+        async with b.connect(message_queue_size=1) as staller:
+            await stalled_feed(a, b, staller, channel)
+            old_epoch = feed_epoch(b, channel)
+            await restart_numbering(redis_url, channel)
+            async with a.connect() as seen_on_a:
+                reply = await seen_on_a.request({"type": "subscribe", "channel": channel, "id": 1})
+                new_epoch = reply["epoch"]
+                assert (new_epoch != old_epoch, reply["seq"]) == (True, 0)
+                async with a.connect() as writer:
+                    for n in range(2):
+                        await publish(writer, channel, n, f"new-{n}")
+                for seq in (1, 2):
+                    assert (await seen_on_a.receive_type("message"))["seq"] == seq
+            assert feed_epoch(b, channel) == old_epoch, "B saw the restart: the test needs a lag"
+            async with b.connect() as moved:
+                resume = {"type": "subscribe", "channel": channel, "epoch": new_epoch}
+                reply = await moved.request({**resume, "id": 2, "since": 2})
+                assert reply == {
+                    "type": "subscribed",
+                    "channel": channel,
+                    "seq": 0,
+                    "epoch": new_epoch,
+                    "recovered": True,
+                    "id": 2,
+                }
+                # Numbers Redis never gave in that epoch are not lag: another epoch.
+                bogus = await moved.request({**resume, "id": 3, "since": 50})
+                assert (bogus["recovered"], bogus["epoch"]) == (False, old_epoch)
+
+
+async def test_a_client_moving_to_a_node_behind_a_numbering_restart_sees_every_message_once(
+    redis_url: str,
+) -> None:
+    """triows.client follows the channel only after its numbering restarted (it never saw the
+    old epoch) and moves to B, whose feed is still in the old one: no false gap, nothing twice
+    once B catches up, and none of the old epoch's messages delivered as the new one's."""
+    channel = channel_name("lag")
+    async with lagging_pair(redis_url, channel) as (a, b):
+        async with b.connect(message_queue_size=1) as staller:
+            await stalled_feed(a, b, staller, channel)
+            old_epoch = feed_epoch(b, channel)
+            await restart_numbering(redis_url, channel)
+            mover = Mover(a)
+            async with wsclient.connect(
+                "ws://cluster.test/", open_stream=mover.open, backoff_base=0.01
+            ) as client:
+                with trio.fail_after(10):
+                    await client.wait_open()
+                subscription = await client.subscribe(channel)
+                async with a.connect() as writer:
+                    for n in range(2):
+                        await publish(writer, channel, n, f"new-{n}")
+                with trio.fail_after(10):
+                    events: list[Any] = [await subscription.__anext__() for _ in range(2)]
+                assert feed_epoch(b, channel) == old_epoch, "B saw the restart: no lag to test"
+                await mover.move_to(b)
+                with trio.fail_after(10):
+                    await client.state.wait_value(
+                        lambda state: state is wsclient.ClientState.OPEN and client.connects == 2
+                    )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(drain_until, staller, "after")  # old epoch, then new
+                    async with a.connect() as writer:
+                        await publish(writer, channel, "after", "after")
+                    with trio.fail_after(10):
+                        events.append(await subscription.__anext__())
+                    nursery.cancel_scope.cancel()
+    assert [(type(e).__name__, getattr(e, "seq", None)) for e in events] == [
+        ("Message", 1),
+        ("Message", 2),
+        ("Message", 3),
+    ]
+    assert events[-1].data == "after"

@@ -26,7 +26,8 @@ const client = connect(url, {
 client.on("state", ({ state }) => summary.states.push(state));
 client.on("gap", (gap) => summary.gaps.push(gap));
 await client.waitOpen();
-// A bad token: Node's ws names the handshake's 401, and the client stops, saying so.
+// A bad token: refused with close code 4501 (triows.js asks for refusals as close codes), and
+// the client stops, saying so.
 const refused = connect(url, { WebSocket, token: "not-a-token", backoffBase: 0.05 });
 summary.refusedErrors = [];
 refused.on("error", (e) => summary.refusedErrors.push(e.code));

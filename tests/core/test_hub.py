@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triows._core.hub import Hub, Resume, SubscriptionLimitError, resume_ahead_of_feed
+from triows._core.hub import (
+    Hub,
+    Resume,
+    SubscriptionLimitError,
+    resume_ahead_of_feed,
+    resume_behind_restart,
+)
 from triows._core.outbox import SlowConsumerPolicy
 
 
@@ -54,8 +60,8 @@ def test_policy_comes_from_the_channel_name() -> None:
     assert hub.subscribe("a", "chat").policy is SlowConsumerPolicy.DISCONNECT
 
 
-def test_empty_channel_is_discarded_and_gets_a_new_epoch() -> None:
-    hub = make_hub()
+def test_a_channel_forgotten_gets_a_new_epoch() -> None:
+    hub = make_hub(max_idle=0)  # no idle channel kept (the Redis broker's hub)
     state = hub.subscribe("a", "c")
     publish(hub, "c")
     old_epoch = state.epoch
@@ -66,8 +72,8 @@ def test_empty_channel_is_discarded_and_gets_a_new_epoch() -> None:
     assert again.seq == 0
 
 
-def test_publish_without_members_keeps_no_state() -> None:
-    hub = make_hub()
+def test_publish_without_members_keeps_no_state_when_no_idle_channel_is_kept() -> None:
+    hub = make_hub(max_idle=0)
     state, seq = hub.publish("nobody")
     hub.record(state, seq, b"frame", 0.0)
     assert seq == 1
@@ -76,13 +82,41 @@ def test_publish_without_members_keeps_no_state() -> None:
     assert state.published == 1
 
 
+def test_a_quiet_channel_keeps_its_epoch_while_its_subscriber_is_away() -> None:
+    """Nothing published, its only subscriber gone: the channel stays idle with its epoch, so
+    what is published meanwhile is recovered, not an unknown gap."""
+    hub = make_hub(history=(10, 60.0))
+    state = hub.subscribe("a", "c")
+    epoch = state.epoch
+    hub.remove_member("a")
+    for _ in range(5):
+        publish(hub, "c")
+    again = hub.subscribe("a", "c")
+    assert (again.epoch, again.seq) == (epoch, 5)
+    assert hub.resume(again, 0, epoch, 1) == Resume(
+        recovered=True, replay=tuple(b"frame%d" % n for n in range(1, 6))
+    )
+
+
+def test_an_idle_channel_without_history_keeps_its_numbering() -> None:
+    """No history to replay, but the numbering is known: an exact gap, not "epoch changed"."""
+    hub = make_hub()
+    state = hub.subscribe("a", "c")
+    publish(hub, "c")
+    hub.unsubscribe("a", "c")
+    publish(hub, "c")
+    again = hub.subscribe("a", "c")
+    assert (again.epoch, again.seq) == (state.epoch, 2)
+    assert hub.resume(again, 1, state.epoch, 0) == Resume(recovered=False, gap=(2, 2))
+
+
 def test_remove_member_leaves_every_channel() -> None:
     hub = make_hub()
     for channel in ("x", "y"):
         hub.subscribe("a", channel)
     hub.subscribe("b", "y")
     hub.remove_member("a")
-    assert hub.channel("x") is None
+    assert list(hub.channel("x").members) == []  # type: ignore[union-attr]
     assert list(hub.channel("y").members) == ["b"]  # type: ignore[union-attr]
     assert hub.subscriptions("a") == 0
 
@@ -127,6 +161,15 @@ def test_resume_ahead_of_a_nodes_feed_is_judged_by_the_numbering() -> None:
     assert resume_ahead_of_feed(7, "e1", None, 0) == Resume(recovered=False)
 
 
+def test_resume_behind_a_restart_is_judged_by_the_numbering() -> None:
+    """The client saw a restart of the numbering that the node has not: lag when the numbering
+    is the client's (answered in the client's epoch at 0), else nothing to say here."""
+    assert resume_behind_restart(5, "e2", "e2", 7) == Resume(recovered=True, numbering=(0, "e2"))
+    assert resume_behind_restart(8, "e2", "e2", 7) is None
+    assert resume_behind_restart(5, "e1", "e2", 7) is None
+    assert resume_behind_restart(5, None, None, 0) is None
+
+
 def test_resume_replays_from_history() -> None:
     hub = make_hub(history=(3, 60.0))
     state = hub.subscribe("a", "c")
@@ -157,7 +200,7 @@ def test_history_expires_by_age() -> None:
 
 
 def test_channel_with_history_outlives_its_members() -> None:
-    hub = make_hub(history=(10, 60.0))
+    hub = make_hub(history=(10, 60.0), max_idle=1)
     state = hub.subscribe("a", "c")
     publish(hub, "c")
     hub.unsubscribe("a", "c")
@@ -165,6 +208,9 @@ def test_channel_with_history_outlives_its_members() -> None:
     assert hub.subscribe("b", "c").epoch == state.epoch
     hub.remove_member("b")
     hub.expire(now=61)
+    assert hub.channel("c") is state  # history gone, numbering kept
+    assert hub.history_messages == 0
+    publish(hub, "other")  # the idle channels are bounded: "c" goes
     assert hub.channel("c") is None
 
 
@@ -185,10 +231,13 @@ def test_idle_channels_are_capped_least_recently_published_first() -> None:
         publish(hub, channel)
     assert {s.name for s in hub.channels()} == {"x", "z"}
     assert hub.channel_count == 2
+    hub.subscribe("a", "w")
+    hub.remove_member("a")  # left last: the most recent idle channel
+    assert {s.name for s in hub.channels()} == {"z", "w"}
 
 
 def test_message_ids_are_unique_across_epochs() -> None:
-    hub = make_hub()
+    hub = make_hub(max_idle=0)
     first = hub.subscribe("a", "c")
     hub.unsubscribe("a", "c")
     second = hub.subscribe("a", "c")

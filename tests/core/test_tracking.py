@@ -148,3 +148,29 @@ def test_adaptive_interval() -> None:
     assert interval.value == 1
     with pytest.raises(ValueError, match="minimum"):
         AdaptiveInterval(0, 1)
+
+
+def test_a_backlog_is_bounded_in_bytes_too() -> None:
+    """1000 events of 64 KiB would be 64 MiB per subscription: the buffer holds messages up to
+    its byte bound, then skips, and the application learns exactly what was skipped."""
+    from triows._core.tracking import SUBSCRIPTION_BUFFER_FULL, Backlog
+
+    backlog = Backlog("c", capacity=1000, max_bytes=250_000)
+    for seq in range(1, 11):
+        event = Message(channel="c", data="x", seq=seq, id=f"e1:{seq}", sender="o", timestamp=0)
+        backlog.put(event, size=65_536)
+    assert backlog.nbytes == 3 * 65_536
+    assert backlog.skipped == 7
+    read = [backlog.take() for _ in range(4)]
+    assert [getattr(e, "seq", None) for e in read[:3]] == [1, 2, 3]
+    assert read[3] == Gap(channel="c", first=4, last=10, reason=SUBSCRIPTION_BUFFER_FULL)
+    assert backlog.nbytes == 0
+
+
+def test_one_message_larger_than_the_byte_bound_still_gets_through() -> None:
+    from triows._core.tracking import Backlog
+
+    backlog = Backlog("c", capacity=10, max_bytes=100)
+    event = Message(channel="c", data="big", seq=1, id="e1:1", sender="o", timestamp=0)
+    assert backlog.put(event, size=1000)
+    assert backlog.take() == event

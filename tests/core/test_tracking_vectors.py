@@ -24,6 +24,7 @@ def as_dict(event: Tracked) -> dict[str, Any]:
             "type": "message",
             "channel": event.channel,
             "seq": event.seq,
+            "id": event.id,
             "data": event.data,
             "from": event.sender,
         }
@@ -108,6 +109,7 @@ def test_every_rule_has_vectors_for_both_trackers() -> None:
         "subscription refused",
         "subscription overflow",
         "jumps and late arrivals",
+        "malformed frames",
     }
     for case in CASES:
         assert case["rule"], case["name"]

@@ -3,12 +3,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { connect } from "../../triows/static/triows.js";
-import { FakeSocket, advance, fakeFetch, settle, useFakes } from "./fake.mjs";
+import { FakeSocket, advance, settle, useFakes } from "./fake.mjs";
 
 const URL = "ws://server.test/";
 
 function client(options = {}) {
-  const c = connect(URL, { WebSocket: FakeSocket, fetch: fakeFetch(null).fetch, ...options });
+  const c = connect(URL, { WebSocket: FakeSocket, ...options });
   const events = [];
   for (const type of ["message", "gap", "recovered", "error", "state"]) c.on(type, (detail) => events.push({ type, ...detail }));
   return { c, events, of: (type) => events.filter((e) => e.type === type) };
@@ -179,14 +179,21 @@ test("an ack that comes after the publish timed out still counts: its seq is no 
 test("a token that never comes is a failed attempt after connectTimeout, then tried again", async (t) => {
   useFakes(t, { random: 0 });
   let calls = 0;
-  const { c, of } = client({ token: () => (calls++, new Promise(() => {})), connectTimeout: 2 });
+  const { c, of } = client({
+    token: () => (++calls === 1 ? "first" : new Promise(() => {})),
+    connectTimeout: 2,
+  });
+  await settle();
+  FakeSocket.made[0].open();
+  await settle();
+  FakeSocket.made[0].gone(1006);
   await advance(1.9);
-  assert.equal(c.state, "connecting");
+  assert.equal(c.state, "reconnecting");
   await advance(0.2);
   assert.match(of("error")[0].message, /token: no token within 2s/);
   await advance(0.1);
-  assert.equal(calls, 2, "asked again after the backoff");
-  assert.equal(FakeSocket.made.length, 0, "never connected without a token");
+  assert.equal(calls, 3, "asked again after the backoff");
+  assert.equal(FakeSocket.made.length, 1, "never connected without a token");
 });
 
 test("a token source that fails is a failed attempt, never an anonymous connection", async (t) => {
@@ -202,7 +209,7 @@ test("a token source that fails is a failed attempt, never an anonymous connecti
   await advance(1);
   assert.equal(of("error").filter((e) => /token service down/.test(e.message)).length, 2);
   assert.equal(FakeSocket.made.length, 1);
-  assert.equal(FakeSocket.made[0].url, `${URL}?token=tok`);
+  assert.equal(FakeSocket.made[0].url, `${URL}?refusal=close&token=tok`);
 });
 
 // -- 5. burst flush -------------------------------------------------------------------------
@@ -308,37 +315,6 @@ test("a 401 (as Node's ws reports it) stops the client and says so; queued publi
   assert.equal(FakeSocket.made.length, 1, "no retry");
 });
 
-test("in a browser (no status), handshakes refused while the server is ready stop the client", async (t) => {
-  useFakes(t, { random: 0 });
-  const probe = fakeFetch(200);
-  const { c, of } = client({ token: "bad", fetch: probe.fetch });
-  for (let n = 0; n < 2; n++) {
-    await settle();
-    FakeSocket.made.at(-1).refuse();
-    await advance(0.1);
-  }
-  assert.equal(c.state, "closed");
-  assert.equal(FakeSocket.made.length, 2);
-  assert.match(of("error")[0].message, /refused the connection 2 times/);
-  assert.deepEqual(probe.calls, ["http://server.test/ready", "http://server.test/ready"]);
-});
-
-test("handshakes that fail while the server is down or busy are retried", async (t) => {
-  useFakes(t, { random: 0 });
-  for (const status of [null, 503]) {
-    FakeSocket.made = [];
-    const { c } = client({ fetch: fakeFetch(status).fetch });
-    for (let n = 0; n < 5; n++) {
-      await settle();
-      FakeSocket.made.at(-1).refuse();
-      await advance(0.1);
-    }
-    assert.notEqual(c.state, "closed");
-    assert.equal(FakeSocket.made.length, 6);
-    await c.close();
-  }
-});
-
 test("a publish that times out before it is sent again leaves no expected ack behind", async (t) => {
   useFakes(t);
   const { c, ws } = await opened();
@@ -348,5 +324,235 @@ test("a publish that times out before it is sent again leaves no expected ack be
   await advance(5.1);
   assert.match(await outcome, /no ack/);
   assert.equal(c._tracker.expected.size, 0);
-  assert.equal(c._unsent.length, 0);
+  assert.equal(c._publishes.length, 0);
+});
+
+// -- refusals as close codes (the browser learns the real refusal) ----------------------------
+
+test("it asks for refusals as close codes, and one that no retry fixes (4501) stops it", async (t) => {
+  useFakes(t);
+  const { c, of } = client({ token: "bad" });
+  const queued = c.publish("c", "typed while connecting").then(() => null, (error) => error);
+  await settle();
+  assert.match(FakeSocket.made[0].url, /[?&]refusal=close(&|$)/);
+  FakeSocket.made[0].refuseWithClose(4501, "HTTP 401: invalid token");
+  await settle();
+  assert.equal(c.state, "closed");
+  assert.equal(of("error")[0].code, 401);
+  assert.match(of("error")[0].message, /HTTP 401 \(HTTP 401: invalid token\)/);
+  assert.match((await queued).message, /HTTP 401/);
+  await advance(60);
+  assert.equal(FakeSocket.made.length, 1, "no retry");
+});
+
+test("transient refusals (4429, 4453) and failures with no status are retried with backoff, never a stop", async (t) => {
+  useFakes(t, { random: 1 });
+  // The server answers /ready with 200 all along: that no longer makes a failure a refusal.
+  t.mock.method(globalThis, "fetch", async () => ({ status: 200 }));
+  const { c } = client({ backoffBase: 0.1, backoffCap: 0.4, connectTimeout: 1000 });
+  const refusals = [
+    (ws) => ws.refuseWithClose(4429, "HTTP 429: too many connections from this address"),
+    (ws) => ws.refuseWithClose(4453, "HTTP 503: server at capacity"),
+    (ws) => ws.refuse(), // a browser's view of any failure: no status at all
+    (ws) => ws.refuse("connect ECONNREFUSED 127.0.0.1:1"),
+  ];
+  for (let round = 0; round < 12; round++) {
+    await settle();
+    refusals[round % refusals.length](FakeSocket.made.at(-1));
+    await advance(0.41);
+  }
+  assert.notEqual(c.state, "closed");
+  assert.equal(FakeSocket.made.length, 13);
+  FakeSocket.made.at(-1).open();
+  await settle();
+  assert.equal(c.state, "open");
+});
+
+test("the first connection is bounded as a whole by connectTimeout, as in triows.client", async (t) => {
+  useFakes(t, { random: 1 });
+  const { c, of } = client({ backoffBase: 1, connectTimeout: 5 });
+  const opened = c.waitOpen().then(() => "open", (error) => error.message);
+  for (let n = 0; n < 10 && c.state !== "closed"; n++) {
+    await settle();
+    FakeSocket.made.at(-1).refuse();
+    await advance(2);
+  }
+  assert.equal(c.state, "closed");
+  assert.match(await opened, /no connection to ws:\/\/server.test\/ within 5s/);
+  assert.ok(FakeSocket.made.length <= 4, `${FakeSocket.made.length} attempts`);
+});
+
+// -- a token function that hands one stale token ----------------------------------------------
+
+test("with a token function one 401 is a failed attempt: a fresh token is asked for", async (t) => {
+  useFakes(t, { random: 0 });
+  const tokens = ["stale", "fresh"];
+  const { c } = client({ token: () => tokens.shift() ?? "fresh" });
+  await settle();
+  FakeSocket.made[0].refuse("Unexpected server response: 401");
+  await advance(0.1);
+  assert.notEqual(c.state, "closed");
+  assert.match(FakeSocket.made[1].url, /token=fresh/);
+  FakeSocket.made[1].open();
+  await settle();
+  assert.equal(c.state, "open");
+});
+
+test("with a token function two 401s in a row stop the client", async (t) => {
+  useFakes(t, { random: 0 });
+  const { c, of } = client({ token: () => "always-bad" });
+  await settle();
+  FakeSocket.made[0].refuse("Unexpected server response: 401");
+  await advance(0.1);
+  FakeSocket.made[1].refuseWithClose(4501, "HTTP 401: bad signature");
+  await advance(0.1);
+  assert.equal(c.state, "closed");
+  assert.equal(of("error").at(-1).code, 401);
+  assert.equal(FakeSocket.made.length, 2);
+});
+
+// -- a server that closes right after the welcome -----------------------------------------------
+
+test("closes with an error right after the welcome (1013, 1011, 1008) grow the backoff; maxAttempts ends them", async (t) => {
+  useFakes(t, { random: 1 });
+  const { c, of } = client({ backoffBase: 1, backoffCap: 100, maxAttempts: 4 });
+  const delays = [];
+  for (const code of [1013, 1011, 1008, 1013]) {
+    await settle();
+    const ws = FakeSocket.made.at(-1);
+    ws.open();
+    await settle();
+    ws.gone(code, "bye");
+    await settle();
+    const count = FakeSocket.made.length;
+    let waited = 0;
+    while (FakeSocket.made.length === count && c.state !== "closed" && waited < 50) {
+      await advance(0.5, 0.5);
+      waited += 0.5;
+    }
+    delays.push(waited);
+  }
+  assert.deepEqual(delays.slice(0, 3), [1, 2, 4]);
+  assert.equal(c.state, "closed");
+  assert.match(of("error").at(-1).message, /gave up after 4 attempts/);
+});
+
+// -- the subscription limit, told apart from the rate limit --------------------------------------
+
+test("a resubscribe over --max-subscriptions (429, limit: subscriptions) is forgotten and reported, not retried", async (t) => {
+  useFakes(t, { random: 0.5 });
+  const { c, of } = client();
+  for (const channel of ["a", "b"]) c.subscribe(channel);
+  await settle();
+  const ws = FakeSocket.made[0];
+  ws.open();
+  await settle();
+  const [a, b] = ws.of("subscribe");
+  ws.receive(subscribed("a", 0, { id: a.id }));
+  ws.receive({ type: "error", id: b.id, code: 429, limit: "subscriptions", message: "subscription limit of 1 channels reached" });
+  await advance(30);
+  assert.equal(ws.of("subscribe").length, 2, "not sent again");
+  assert.deepEqual(of("error").map((e) => [e.code, e.channel]), [[429, "b"]]);
+  assert.deepEqual([...c._channels], ["a"]);
+});
+
+// -- publishes refused for now are sent again ---------------------------------------------------
+
+test("a publish refused with 429 (never numbered) is sent again with its id after a pause, not rejected", async (t) => {
+  useFakes(t, { random: 1 });
+  const { c, ws } = await opened({ backoffBase: 0.5 });
+  c.subscribe("c");
+  ws.receive(subscribed("c", 0, { id: ws.of("subscribe")[0].id }));
+  const outcomes = [1, 2, 3].map((n) => c.publish("c", n).then((seq) => seq, (error) => error.message));
+  await settle();
+  const [p1, p2, p3] = ws.of("publish");
+  ws.receive({ type: "ack", id: p1.id, seq: 1 });
+  ws.receive({ type: "error", id: p2.id, code: 429, message: "publish rate limit" });
+  ws.receive({ type: "error", id: p3.id, code: 429, message: "publish rate limit" });
+  await advance(0.49);
+  assert.equal(ws.of("publish").length, 3, "a pause first");
+  await advance(0.02);
+  assert.deepEqual(ws.of("publish").slice(3).map((f) => f.id), [p2.id], "one at a time, the same id");
+  ws.receive({ type: "ack", id: p2.id, seq: 2 });
+  await settle();
+  assert.deepEqual(ws.of("publish").slice(4).map((f) => f.id), [p3.id]);
+  ws.receive({ type: "ack", id: p3.id, seq: 3 });
+  assert.deepEqual(await Promise.all(outcomes), [1, 2, 3]);
+});
+
+test("after a reconnect the resubscribes go out before the queued publishes", async (t) => {
+  useFakes(t, { random: 0 });
+  const { c, ws } = await opened();
+  c.subscribe("c");
+  ws.receive(subscribed("c", 0, { id: ws.of("subscribe")[0].id }));
+  ws.gone(1006);
+  c.publish("c", "queued");
+  await advance(0.1);
+  const again = FakeSocket.made.at(-1);
+  again.open();
+  await settle();
+  assert.deepEqual(again.sent.map((f) => f.type), ["subscribe", "publish"]);
+});
+
+// -- smaller ------------------------------------------------------------------------------------
+
+test("close() leaves no timer behind once the socket is closed", async (t) => {
+  useFakes(t);
+  const { c, ws } = await opened();
+  let fired = 0;
+  const realSetTimeout = globalThis.setTimeout;
+  const pending = new Set();
+  t.mock.method(globalThis, "setTimeout", (fn, ms) => {
+    const timer = realSetTimeout(() => (pending.delete(timer), fired++, fn()), ms);
+    pending.add(timer);
+    return timer;
+  });
+  t.mock.method(globalThis, "clearTimeout", (timer) => pending.delete(timer));
+  ws.close = function (code, reason) {
+    this.closedWith = { code, reason };
+    this.gone(code, reason); // the server answers the close at once
+  };
+  await c.close();
+  assert.equal(pending.size, 0, "a timer outlives close()");
+  assert.equal(fired, 0);
+});
+
+test("presence() while offline rejects at once, as triows.client raises", async (t) => {
+  useFakes(t);
+  const { c, ws } = await opened();
+  ws.gone(1006);
+  const started = Date.now();
+  await assert.rejects(c.presence("chat"), /not connected/);
+  assert.equal(Date.now() - started, 0);
+});
+
+test("a subscribe the server does not answer in time rejects, is not followed, and is undone on the server", async (t) => {
+  useFakes(t);
+  const { c, ws } = await opened({ requestTimeout: 2 });
+  const outcome = c.subscribe("slow").then(() => "subscribed", (error) => error.message);
+  await advance(2.1);
+  assert.match(await outcome, /no answer to subscribe slow within 2s/);
+  assert.deepEqual([...c._channels], []);
+  assert.deepEqual(ws.of("unsubscribe").map((f) => f.channel), ["slow"]);
+  ws.gone(1006);
+  await advance(1);
+  FakeSocket.made.at(-1).open();
+  await settle();
+  assert.deepEqual(FakeSocket.made.at(-1).of("subscribe"), [], "not resubscribed");
+});
+
+test("channels unsubscribed while their resubscribe waits make room for the next, not a stall", async (t) => {
+  useFakes(t, { random: 1 });
+  const { c } = client({ backoffBase: 0.5 });
+  for (const channel of ["a", "b", "c"]) c.subscribe(channel);
+  await settle();
+  const ws = FakeSocket.made[0];
+  ws.open();
+  await settle();
+  const [a, b, cc] = ws.of("subscribe");
+  ws.receive(subscribed("a", 0, { id: a.id }));
+  for (const frame of [b, cc]) ws.receive({ type: "error", id: frame.id, code: 429, message: "subscribe rate limit" });
+  c.unsubscribe("b"); // during the pause (its reply does not matter here)
+  await advance(0.6);
+  assert.deepEqual(ws.of("subscribe").slice(3).map((f) => f.channel), ["c"]);
 });

@@ -43,6 +43,13 @@ export class FakeSocket {
     this.onmessage?.({ data: JSON.stringify(frame) });
   }
 
+  /** The server accepts the upgrade, then refuses with a close code (`refusal=close`). */
+  refuseWithClose(code, reason = "") {
+    this.readyState = 1;
+    this.onopen?.({});
+    this.gone(code, reason);
+  }
+
   /** The handshake is refused; `message` is what Node's `ws` says (browsers say nothing). */
   refuse(message) {
     this.onerror?.(message === undefined ? {} : { message });
@@ -84,15 +91,4 @@ export function useFakes(t, { random = 0.5 } = {}) {
     mock.timers.reset();
     mock.restoreAll();
   });
-}
-
-/** A fetch for /ready: answers `status`, or fails like a network error when null. */
-export function fakeFetch(status) {
-  const calls = [];
-  const fetch = async (url) => {
-    calls.push(url);
-    if (status === null) throw new TypeError("fetch failed");
-    return { status };
-  };
-  return { fetch, calls };
 }

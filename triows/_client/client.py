@@ -15,18 +15,19 @@ All of that is kept here; a ``Link`` holds only what one connection owns.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
 import secrets
 from typing import Any
 
-import attrs
 import trio
 from trio_util import AsyncValue
 
-from .._core.backoff import full_jitter
+from .._core.retry import Attempts, Stop, Verdict
 from .._core.tracking import AdaptiveInterval, Presence, Tracker
+from .attempt import AttemptEnding, judge_attempt
 from .endpoint import Endpoint, StreamOpener, TokenSource
 from .errors import (
     ClientClosedError,
@@ -38,11 +39,10 @@ from .errors import (
     RequestError,
     RequestTimeoutError,
 )
-from .groups import leaves
-from .link import Link, ResubscribeRefusedForNow
+from .link import Link
 from .pending import PendingPublish, PendingRequests, PublishQueue
 from .subscription import Subscription
-from .transport import ConnectionClosed, ConnectionRejected, open_client
+from .transport import CloseReason, ConnectionClosed, open_client, say_goodbye
 
 log = logging.getLogger("triows.client")
 # A library logs, the application decides what is shown: without logging configured nothing
@@ -51,8 +51,6 @@ log.addHandler(logging.NullHandler())
 
 #: How long the client waits for the server's close frame when it closes.
 CLOSE_TIMEOUT = 1.0
-#: HTTP statuses that no retry can fix.
-PERMANENT_REJECTIONS = frozenset({400, 401, 403, 404})
 
 
 class Client:
@@ -69,13 +67,16 @@ class Client:
         max_attempts: int | None,
         publish_timeout: float,
         offline_queue_size: int,
+        publish_window: int,
         ping_min: float,
         ping_max: float,
         ping_timeout: float,
         connect_timeout: float,
         subscription_buffer: int,
+        subscription_buffer_bytes: int,
     ) -> None:
         self._endpoint = Endpoint(url, token, open_stream)
+        self._token_function = callable(token)
         self.url = url
         self._backoff = (backoff_base, backoff_cap)
         self._max_attempts = max_attempts
@@ -83,7 +84,7 @@ class Client:
         self._offline_queue_size = offline_queue_size
         self._ping_timeout = ping_timeout
         self._connect_timeout = connect_timeout
-        self._subscription_buffer = subscription_buffer
+        self._subscription_buffer = (subscription_buffer, subscription_buffer_bytes)
         #: ``connecting`` / ``open`` / ``reconnecting`` / ``closed``; await changes with
         #: ``await client.state.wait_value(ClientState.OPEN)``.
         self.state: AsyncValue = AsyncValue(ClientState.CONNECTING)
@@ -95,7 +96,7 @@ class Client:
         self._tracker = Tracker()
         self._subscriptions: dict[str, Subscription] = {}
         self._requests = PendingRequests()
-        self._publishes = PublishQueue()
+        self._publishes = PublishQueue(publish_window, self._backoff)
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(6)
         #: The connection now, None while there is none.
@@ -103,6 +104,7 @@ class Client:
         self._closed_reason: str | None = None
         self._closed_error: type[ClientError] = ClientClosedError
         self._saying_goodbye = False
+        self._welcomed_at = 0.0
         self._scope = trio.CancelScope()
 
     # -- public API -----------------------------------------------------------------------------
@@ -115,15 +117,21 @@ class Client:
         self._check_open()
         if channel in self._subscriptions:
             return self._subscriptions[channel]
-        subscription = Subscription(self, channel, self._subscription_buffer)
+        subscription = Subscription(self, channel, *self._subscription_buffer)
         self._subscriptions[channel] = subscription
         self._tracker.track(channel)
         try:
             await self._request({"type": "subscribe", "channel": channel})
         except ConnectionLostError:
             pass  # offline now: made on (re)connect
-        except BaseException:
+        except BaseException as exc:
             self._forget_subscription(channel)
+            if isinstance(exc, RequestTimeoutError) and (link := self._link) is not None:
+                # The server may still subscribe: it is told not to (as triows.js does).
+                with trio.move_on_after(self._publish_timeout):
+                    await link.ws.send_message(
+                        json.dumps({"type": "unsubscribe", "channel": channel})
+                    )
             raise
         return subscription
 
@@ -197,13 +205,14 @@ class Client:
         await self.state.wait_value(lambda v: v in (ClientState.OPEN, ClientState.CLOSED))
         self._check_open()
 
-    async def aclose(self) -> None:
-        """Close with 1000 (waiting briefly for the server's close frame) and stop."""
+    async def aclose(self, *, wait: bool = True) -> None:
+        """Close with 1000 and stop: waiting briefly for the server's close frame, or, without
+        ``wait`` (the client is being cancelled: its reader is gone), only sending ours."""
         link = self._link
         if link is not None and self._closed_reason is None:
             self._saying_goodbye = True  # the connection must not end meanwhile
             with trio.move_on_after(CLOSE_TIMEOUT):
-                await link.ws.aclose()
+                await say_goodbye(link.ws, wait=wait)
         self._close("closed by the application")
 
     # -- bookkeeping ----------------------------------------------------------------------------
@@ -264,81 +273,71 @@ class Client:
     # -- supervisor -----------------------------------------------------------------------------
 
     async def _supervise(self, task_status: trio.TaskStatus[None]) -> None:
+        """Attempt after attempt, as :class:`~triows._core.retry.Attempts` rules (the rules
+        triows.js follows too): stop for good, or wait and try again."""
         task_status.started()
-        attempt = 0
-        # The first connection is bounded as a whole (attempts and backoff): with no server, a
-        # program says so after connect_timeout instead of waiting for ever.
-        first_deadline = trio.current_time() + self._connect_timeout
+        attempts = Attempts(
+            base=self._backoff[0],
+            cap=self._backoff[1],
+            max_attempts=self._max_attempts,
+            token_function=self._token_function,
+            connect_timeout=self._connect_timeout,
+            now=trio.current_time(),
+        )
         last_failure = "no attempt finished"
         with self._scope:
             while True:
-                connects = self.connects
+                # The first connection is bounded as a whole (attempts and waits): with no
+                # server, a program says so after connect_timeout instead of waiting for ever.
                 deadline = trio.current_time() + self._connect_timeout
-                if not connects:
-                    deadline = min(deadline, first_deadline)
+                if not attempts.connected:
+                    deadline = min(deadline, attempts.first_deadline)
                 ending = await self._run_connection(deadline)
                 if ending.closed:
                     return
                 last_failure = ending.failure or last_failure
-                if self.connects > connects and not ending.refused_for_now:
-                    attempt = 0  # it got through: count failed attempts from here
-                if not self.connects and trio.current_time() >= first_deadline:
-                    self._close(
-                        f"no connection to {self.url} within {self._connect_timeout:g}s "
-                        f"(connect_timeout); the last attempt: {last_failure}",
-                        ConnectionLostError,
-                    )
-                    return
-                if self._max_attempts is not None and attempt >= self._max_attempts:
-                    self._close(f"gave up after {attempt} reconnect attempts")
+                verdict = attempts.ended(ending.core, trio.current_time())
+                if verdict.stop is not None:
+                    self._stop(verdict, ending, last_failure)
                     return
                 self.state.value = ClientState.RECONNECTING
-                delay = full_jitter(attempt, *self._backoff)
-                if not self.connects:
-                    delay = min(delay, first_deadline - trio.current_time())
-                await trio.sleep(delay)
-                attempt += 1
+                await trio.sleep(verdict.wait)
 
-    async def _run_connection(self, deadline: float) -> _Ending:
-        """One attempt, and the connection's life if it gets through: how it ended.
+    def _stop(self, verdict: Verdict, ending: AttemptEnding, last_failure: str) -> None:
+        """Close for good, as ``verdict`` says, with the error the application will get."""
+        if verdict.stop is Stop.NO_CONNECTION:
+            self._close(
+                f"no connection to {self.url} within {self._connect_timeout:g}s "
+                f"(connect_timeout); the last attempt: {last_failure}",
+                ConnectionLostError,
+            )
+        elif verdict.stop is Stop.GAVE_UP:
+            self._close(f"gave up after {verdict.failures} failed attempts in a row")
+        elif verdict.status is not None and ending.core.status is not None:
+            log.error("server refused the connection: HTTP %d", verdict.status)
+            self._close(f"rejected with HTTP {verdict.status}")
+        else:
+            why = f"closed with {verdict.code}: {ending.failure}"
+            log.error("server refused the connection: %s", why)
+            self._close(f"rejected: {why}")
 
-        Every failure of the connection's tasks is judged and logged, not only the first; a
-        ``Cancelled`` among them (the client is closing) goes on to its cancel scope.
-        """
-        ending = _Ending()
-        try:
-            await self._connect_once(deadline)
-        except* ConnectionRejected as group:
-            for rejected in leaves(group):
-                assert isinstance(rejected, ConnectionRejected)
-                status = rejected.status_code
-                if status in PERMANENT_REJECTIONS:
-                    log.error("server refused the connection: HTTP %d", status)
-                    self._close(f"rejected with HTTP {status}")
-                    ending.closed = True
-                else:
-                    log.warning("server refused the connection: HTTP %d", status)
-                    ending.failure = f"refused with HTTP {status}"
-        except* (OSError, trio.BrokenResourceError, trio.TooSlowError, ConnectionClosed) as group:
-            for exc in leaves(group):
-                log.info("connection lost: %s", _describe(exc))
-                ending.failure = _describe(exc)
-        except* ResubscribeRefusedForNow as group:
-            for exc in leaves(group):
-                log.warning("%s; reconnecting later", exc)
-            ending.refused_for_now = True
-        except* Exception as group:
-            log.error("connection failed unexpectedly; reconnecting", exc_info=group)
-            ending.failure = "; ".join(_describe(exc) for exc in leaves(group))
-        return ending
+    async def _run_connection(self, deadline: float) -> AttemptEnding:
+        """One attempt, and the connection's life if it gets through: how it ended."""
+        return await judge_attempt(
+            functools.partial(self._connect_once, deadline),
+            connects=lambda: self.connects,
+            closing=lambda: self._closed_reason is not None,
+            since_welcome=lambda: trio.current_time() - self._welcomed_at,
+        )
 
-    async def _connect_once(self, deadline: float) -> None:
+    async def _connect_once(self, deadline: float) -> CloseReason | None:
         """Connect (by ``deadline``: the stream, the handshake and the welcome), then serve the
-        connection until it ends."""
+        connection until it ends: how the server closed it (None: it did not say)."""
         endpoint = self._endpoint
         with trio.fail_at(deadline):
             path = await endpoint.handshake_path()
         stream: trio.abc.Stream | None = None
+        closed: CloseReason | None = None
         try:
             async with trio.open_nursery() as nursery:
                 with trio.fail_at(deadline):
@@ -364,6 +363,7 @@ class Client:
                 self.server_id = welcome["data"].get("serverId")
                 self._tracker.add_client_id(self.client_id)
                 self.connects += 1
+                self._welcomed_at = trio.current_time()
                 # Unacked publishes go first, in their order, with their ids: the server's
                 # dedupe acks any it already has instead of delivering them twice.
                 self._publishes.resend_unacked()
@@ -375,6 +375,7 @@ class Client:
                     await trio.sleep_forever()
                 log.info("connection closed: %s", closed)
                 nursery.cancel_scope.cancel()
+            return closed
         finally:
             # Not open any more, before the connection is gone: a request made from now on
             # sees "offline", never an open state without a connection.
@@ -385,22 +386,3 @@ class Client:
             # A cancelled trio-websocket connection leaves its socket open: close it here.
             if stream is not None:
                 await trio.aclose_forcefully(stream)
-
-
-@attrs.define
-class _Ending:
-    """How one connection attempt ended, for the supervisor."""
-
-    closed: bool = False
-    refused_for_now: bool = False
-    #: What went wrong, for the message when the first connection times out.
-    failure: str | None = None
-
-
-def _describe(exc: BaseException) -> str:
-    """``TypeName: detail`` (or the close code and reason), for one log line."""
-    if isinstance(exc, ConnectionClosed) and exc.reason is not None:
-        return f"closed {exc.reason.code} {exc.reason.reason or ''}".rstrip()
-    # trio's connect errors often carry the reason only in their cause (ECONNREFUSED...).
-    detail = str(exc) or str(exc.__cause__ or exc.__context__ or "")
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

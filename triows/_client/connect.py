@@ -6,6 +6,7 @@ block is the natural owner: leaving it closes the client (with 1000) and ends it
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,11 +28,13 @@ async def connect(
     max_attempts: int | None = None,
     publish_timeout: float = 10.0,
     offline_queue_size: int = 1000,
+    publish_window: int = 16,
     ping_min: float = 5.0,
     ping_max: float = 30.0,
     ping_timeout: float = 10.0,
     connect_timeout: float = 10.0,
     subscription_buffer: int = 1000,
+    subscription_buffer_bytes: int = 8 * 1024 * 1024,
 ) -> AsyncIterator[Client]:
     """A reconnecting client for the block's duration.
 
@@ -49,11 +52,13 @@ async def connect(
         max_attempts=max_attempts,
         publish_timeout=publish_timeout,
         offline_queue_size=offline_queue_size,
+        publish_window=publish_window,
         ping_min=ping_min,
         ping_max=ping_max,
         ping_timeout=ping_timeout,
         connect_timeout=connect_timeout,
         subscription_buffer=subscription_buffer,
+        subscription_buffer_bytes=subscription_buffer_bytes,
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -61,8 +66,12 @@ async def connect(
             try:
                 yield client
             finally:
+                # Cancelled (the caller's deadline passed): the client's reader is cancelled
+                # too, so the server's close frame could not be read. Say goodbye without
+                # waiting for it, rather than overrun the caller's deadline.
+                cancelled = trio.current_effective_deadline() == -math.inf
                 with trio.CancelScope(shield=True):
-                    await client.aclose()
+                    await client.aclose(wait=not cancelled)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The nursery is ours, not the caller's: what the block raised (ClientClosedError

@@ -27,7 +27,9 @@ class ClientClosedError(ClientError):
 
 
 class PublishTimeoutError(ClientError, trio.TooSlowError):
-    """No ack in time. The publish may still happen; it will not happen twice."""
+    """No ack in time. The publish may still happen (it is resent with its id after a
+    reconnect): exactly once for an authenticated user, whose dedupe window spans connections;
+    at least once for an anonymous client, whose window is its connection."""
 
 
 class OfflineQueueFullError(ClientError):

@@ -5,7 +5,8 @@ Its tasks run in the nursery of the connection attempt, next to trio-websocket's
     reader        frames -> Tracker (dedupe, gaps) -> subscriptions; acks -> publishers
     sender        writes queued publishes in order
     heartbeat     pings at an adaptive interval; a missed pong ends the connection
-    resubscriber  subscribes again what the client follows, a window at a time
+    resubscriber  subscribes again what the client follows, paced (its first window goes out
+                  before the other tasks start, so before any publish)
 
 Every connection gets a new ``Link``, so what belongs to one connection (its socket, its
 resubscribe window) cannot leak into the next. What outlives it (subscriptions, the tracker's
@@ -17,15 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, TypeGuard
 
 import attrs
 import trio
 
-from .._core.backoff import full_jitter
-from .._core.tracking import AdaptiveInterval, Join, Leave, Recovered, Tracked, Tracker
+from .._core.protocol import SUBSCRIPTIONS_LIMIT
+from .._core.retry import Pacer
+from .._core.tracking import AdaptiveInterval, Join, Leave, Message, Recovered, Tracked, Tracker
 from .errors import ClientError, RequestError
 from .pending import PendingRequests, PublishQueue
 from .subscription import Subscription
@@ -39,8 +40,11 @@ RESUBSCRIBE = "resubscribe:"
 #: refused with one is tried again by reconnecting, with growing backoff.
 TRANSIENT_ERRORS = frozenset({500, 503})
 #: A resubscribe over the server's subscribe rate: sent again on the same connection after a
-#: random wait (a new connection would meet the same limit, and never get them all).
+#: pause (a new connection would meet the same limit, and never get them all). Not over
+#: ``--max-subscriptions`` (the error's ``limit``): waiting does not help there.
 RATE_LIMITED = 429
+#: Publish refusals after which the publish was not numbered: sent again after a pause.
+PUBLISH_NOT_NOW = frozenset({429, 503})
 #: Resubscribes awaiting their reply at once after a reconnect (as in triows.js).
 RESUBSCRIBE_WINDOW = 16
 
@@ -51,29 +55,22 @@ class ResubscribeRefusedForNow(Exception):
 
 @attrs.define(eq=False)
 class Resubscribes:
-    """One connection's resubscribes: sent a window at a time; after a 429 one at a time,
-    after a wait that grows with each refusal (and shrinks again with each success)."""
+    """One connection's resubscribes, paced (``triows._core.retry.Pacer``: a window at a time;
+    after a 429 one at a time, after a pause), and the wake-ups of the task that sends them."""
 
-    queue: deque[str]
-    window: int = RESUBSCRIBE_WINDOW
-    pending: int = 0
-    retries: int = 0
-    #: Seconds to wait before sending more (after a refusal).
-    wait: float = 0.0
+    pacer: Pacer[str]
+    #: The pause a refusal started, for the sender to sleep first.
+    pause: float | None = None
     changed: trio.Event = attrs.field(factory=trio.Event)
 
-    def answered(self) -> None:
-        self.pending = max(0, self.pending - 1)
-        self.retries = max(0, self.retries - 1)
-        self.window = min(RESUBSCRIBE_WINDOW, self.window * 2)
+    def answered(self, channel: str) -> None:
+        self.pacer.answered(channel)
         self.changed.set()
 
-    def rate_limited(self, channel: str, delay: float) -> None:
-        self.pending = max(0, self.pending - 1)
-        self.queue.append(channel)
-        self.window = 1
-        self.retries += 1
-        self.wait = max(self.wait, delay)
+    def rate_limited(self, channel: str) -> None:
+        pause = self.pacer.refused(channel)
+        if pause is not None:
+            self.pause = pause
         self.changed.set()
 
 
@@ -108,11 +105,17 @@ class Link:
         self._backoff = backoff
         #: What the client followed when this connection opened: subscribed again from
         #: where their cursors stand. A subscribe() from now on sends its own request.
-        self.resubscribes = Resubscribes(deque(subscriptions))
+        self.resubscribes = Resubscribes(Pacer(RESUBSCRIBE_WINDOW, *backoff))
+        for channel in subscriptions:
+            self.resubscribes.pacer.add(channel)
 
     async def run(self, nursery: trio.Nursery) -> CloseReason | None:
         """Start the writers in ``nursery`` and read until the connection is closed: how it
-        was closed. A failure of any task (a missed pong, a broken stream) raises instead."""
+        was closed. A failure of any task (a missed pong, a broken stream) raises instead.
+
+        The first window of resubscribes goes out before any publish (as in triows.js): what
+        the application publishes lands after its subscriptions are back."""
+        await self._send_resubscribes()
         nursery.start_soon(self._resubscribe)
         nursery.start_soon(self._send_publishes)
         nursery.start_soon(self._keep_alive)
@@ -123,22 +126,24 @@ class Link:
     async def _read(self) -> CloseReason | None:
         while True:
             try:
-                frame = json.loads(await self.ws.get_message())
+                raw = await self.ws.get_message()
             except ConnectionClosed as closed:
                 return closed.reason
+            frame = json.loads(raw)
             kind = frame.get("type")
             if kind == "message":
-                self._dispatch(frame["channel"], self._tracker.on_message(frame))
+                self._dispatch(frame.get("channel"), self._tracker.on_message(frame), len(raw))
             elif kind == "ack":
                 # Also when the caller stopped waiting: the tracker still expects it.
-                self._tracker.on_ack(frame.get("id"), frame["seq"])
+                self._tracker.receive(frame)
                 item = self._publishes.answered(frame.get("id"))
-                if item is not None:
+                if item is not None and isinstance(frame.get("seq"), int):
                     item.succeed(frame["seq"])
             elif kind == "subscribed":
-                self._dispatch(frame["channel"], self._tracker.on_subscribed(frame))
-                if is_resubscribe(frame.get("id")):
-                    self.resubscribes.answered()
+                self._dispatch(frame.get("channel"), self._tracker.on_subscribed(frame))
+                request_id = frame.get("id")
+                if is_resubscribe(request_id):
+                    self.resubscribes.answered(request_id.removeprefix(RESUBSCRIBE))
                 else:
                     self._requests.answer(frame)
             elif kind == "error":
@@ -161,19 +166,26 @@ class Link:
                 )
                 self._forget_subscription(frame["channel"], RequestError(403, frame["reason"]))
 
-    def _dispatch(self, channel: str, events: Sequence[Tracked | Join | Leave]) -> None:
+    def _dispatch(
+        self, channel: object, events: Sequence[Tracked | Join | Leave], size: int = 0
+    ) -> None:
+        """Hand ``events`` to the channel's subscription; a message counts ``size`` bytes."""
+        if not events or not isinstance(channel, str):
+            return
         subscription = self._subscriptions.get(channel)
         if subscription is None:
             return
         for event in events:
             if isinstance(event, Recovered):
                 log.debug("resumed %s: nothing missed", channel)
-            else:
-                subscription._put(event)  # never waits: see Subscription
+            else:  # never waits: see Subscription
+                subscription._put(event, size if isinstance(event, Message) else 0)
 
     def _on_error(self, frame: dict[str, Any]) -> None:
         """An error frame answers a publish, a resubscribe, or a request (in that order)."""
         request_id = frame.get("id")
+        if frame.get("code") in PUBLISH_NOT_NOW and self._publishes.refused_for_now(request_id):
+            return  # never numbered: sent again with its id (its ack is still expected)
         self._tracker.forget_ack(request_id)
         item = self._publishes.answered(request_id)
         if item is not None:
@@ -185,37 +197,45 @@ class Link:
 
     def _on_resubscribe_refused(self, channel: str, frame: dict[str, Any]) -> None:
         """Over the rate: again later on this connection. Transient: again on the next one.
-        Anything else (say, a token that no longer allows it): the subscription ends."""
-        if frame["code"] == RATE_LIMITED:
-            delay = full_jitter(self.resubscribes.retries, *self._backoff)
-            log.info("resubscribing %s: rate-limited, again in %.1fs", channel, delay)
-            self.resubscribes.rate_limited(channel, delay)
+        Anything else (a token that no longer allows it, the subscription limit): the
+        subscription ends with the error."""
+        code = frame["code"]
+        if code == RATE_LIMITED and frame.get("limit") != SUBSCRIPTIONS_LIMIT:
+            log.info("resubscribing %s: rate-limited, again after a pause", channel)
+            self.resubscribes.rate_limited(channel)
             return
-        self.resubscribes.answered()
-        if frame["code"] in TRANSIENT_ERRORS:
+        self.resubscribes.answered(channel)
+        if code in TRANSIENT_ERRORS:
             raise ResubscribeRefusedForNow(
-                f"resubscribing {channel}: {frame['code']} {frame.get('message')}"
+                f"resubscribing {channel}: {code} {frame.get('message')}"
             )
         log.warning("resubscribing %s refused: %s", channel, frame.get("message"))
-        self._forget_subscription(channel, RequestError(frame["code"], frame["message"]))
+        self._forget_subscription(channel, RequestError(code, frame["message"]))
 
     # -- writers ------------------------------------------------------------------------------
 
-    async def _resubscribe(self) -> None:
-        """Resubscribe what was followed, a window at a time (replies come through _read)."""
+    async def _send_resubscribes(self) -> None:
+        """Send what the resubscribe pacer lets go now (channels unsubscribed meanwhile are
+        let go without a frame, and make room for the next ones)."""
         state = self.resubscribes
-        while True:
-            if state.wait:
-                wait, state.wait = state.wait, 0.0
-                await trio.sleep(wait)
-            while state.queue and state.pending < state.window:
-                channel = state.queue.popleft()
+        while taken := state.pacer.take():
+            for channel in taken:
                 if channel in self._subscriptions:
-                    state.pending += 1
                     await self.ws.send_message(json.dumps(self._subscribe_frame(channel)))
-            if not state.queue and not state.pending:
-                return
-            if not state.wait and (state.pending >= state.window or not state.queue):
+                else:
+                    state.pacer.answered(channel)
+
+    async def _resubscribe(self) -> None:
+        """Resubscribe what was followed, as the pacer lets it go (replies come through
+        _read); done once every channel was answered."""
+        state = self.resubscribes
+        while len(state.pacer):
+            if state.pause is not None:
+                pause, state.pause = state.pause, None
+                await trio.sleep(pause)
+                state.pacer.resume()
+            await self._send_resubscribes()
+            if len(state.pacer) and state.pause is None:
                 state.changed = trio.Event()  # no checkpoint since the checks: no lost wakeup
                 await state.changed.wait()
 
@@ -233,10 +253,9 @@ class Link:
 
     async def _send_publishes(self) -> None:
         while True:
-            while (item := self._publishes.next_to_send()) is not None:
+            for item in await self._publishes.next_batch():
                 self._tracker.expect_ack(item.id, item.channel)
                 await self.ws.send_message(item.frame)
-            await self._publishes.wait_for_more()
 
     async def _keep_alive(self) -> None:
         """Ping at the adaptive interval; no pong within ``ping_timeout`` ends the connection."""

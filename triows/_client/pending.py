@@ -8,12 +8,13 @@ dictionaries.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import trio
+
+from .._core.retry import Pacer
 
 
 @attrs.define(eq=False)
@@ -38,60 +39,82 @@ class PendingPublish:
 
 
 class PublishQueue:
-    """Publishes the server has not acked: ``unsent`` in call order, ``in_flight`` by id.
+    """Publishes the server has not acked, paced by a :class:`~triows._core.retry.Pacer`: at
+    most ``window`` in flight; one refused for now (429, 503: never numbered) goes again with
+    its id, first, after a pause.
 
-    A reconnect puts the ones in flight back in front of the unsent ones, with their ids: the
+    A reconnect puts the ones in flight back in front of the others, with their ids: the
     server's dedupe acks any it already has instead of delivering it twice.
     """
 
-    def __init__(self) -> None:
-        self.unsent: deque[PendingPublish] = deque()
-        self.in_flight: dict[str, PendingPublish] = {}
+    def __init__(self, window: int, backoff: tuple[float, float]) -> None:
+        self._window, self._backoff = window, backoff
+        self._pacer = self._new_pacer()
+        self._items: dict[str, PendingPublish] = {}
         self._more = trio.Event()
+        #: The pause a refusal started, for the sender to sleep before sending more.
+        self._pause: float | None = None
 
     def __len__(self) -> int:
-        return len(self.unsent) + len(self.in_flight)
+        return len(self._items)
+
+    def _new_pacer(self) -> Pacer[str]:
+        return Pacer(self._window, *self._backoff)
 
     def add(self, item: PendingPublish) -> None:
-        self.unsent.append(item)
+        self._items[item.id] = item
+        self._pacer.add(item.id)
         self._more.set()
 
     def withdraw(self, item: PendingPublish) -> bool:
-        """Take ``item`` back if it was not sent yet (its caller stopped waiting)."""
-        if item in self.unsent:
-            self.unsent.remove(item)
+        """Take ``item`` back if it is not in flight (its caller stopped waiting)."""
+        if self._pacer.discard(item.id):
+            del self._items[item.id]
             return True
         return False
 
-    def next_to_send(self) -> PendingPublish | None:
-        """The oldest unsent publish, now counted in flight; None when none is left."""
-        if not self.unsent:
-            return None
-        item = self.unsent.popleft()
-        self.in_flight[item.id] = item
-        return item
-
-    async def wait_for_more(self) -> None:
-        """Until a publish is added. Call it right after ``next_to_send()`` returned None,
-        with no checkpoint between, so that no wakeup is lost."""
-        self._more = trio.Event()
-        await self._more.wait()
+    async def next_batch(self) -> list[PendingPublish]:
+        """What may be sent now, waiting (and pausing after a refusal) until there is some."""
+        while True:
+            if self._pause is not None:
+                pause, self._pause = self._pause, None
+                await trio.sleep(pause)
+                self._pacer.resume()
+            taken = self._pacer.take()
+            if taken:
+                return [self._items[key] for key in taken]
+            self._more = trio.Event()  # no checkpoint since take(): no lost wakeup
+            await self._more.wait()
 
     def answered(self, publish_id: Any) -> PendingPublish | None:
-        """The publish in flight that a frame with ``publish_id`` answers, if any."""
-        return self.in_flight.pop(publish_id, None)
+        """The publish in flight that a frame with ``publish_id`` answers for good, if any."""
+        if not isinstance(publish_id, str) or not self._pacer.answered(publish_id):
+            return None
+        self._more.set()  # room for the next one
+        return self._items.pop(publish_id)
+
+    def refused_for_now(self, publish_id: Any) -> bool:
+        """A publish in flight refused for now (never numbered): it goes again after a pause.
+        False if no publish in flight has that id."""
+        if not isinstance(publish_id, str) or publish_id not in self._items:
+            return False
+        pause = self._pacer.refused(publish_id)
+        if pause is not None:
+            self._pause = pause
+            self._more.set()
+        return True
 
     def resend_unacked(self) -> None:
         """On a new connection: the publishes sent on the last one go again, first, in order."""
-        self.unsent.extendleft(reversed(self.in_flight.values()))
-        self.in_flight.clear()
+        self._pacer.restart()
+        self._pause = None
 
     def fail_all(self, error: Callable[[], Exception]) -> None:
         """The client closed: every waiting publish fails (each with its own exception)."""
-        for item in [*self.in_flight.values(), *self.unsent]:
+        for item in self._items.values():
             item.fail(error())
-        self.in_flight.clear()
-        self.unsent.clear()
+        self._items.clear()
+        self._pacer = self._new_pacer()
 
 
 class PendingRequests:

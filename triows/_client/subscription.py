@@ -25,16 +25,17 @@ class Subscription:
     """Messages (:class:`~triows.client.Message`) and gaps (:class:`~triows.client.Gap`) of one
     channel, in order, each once. ``async for event in subscription``.
 
-    It holds at most ``subscription_buffer`` events. The client's reader never waits for the
-    application (acks and every other channel would stall behind it): when the buffer is full,
-    newer messages are skipped and, once the application has caught up, one ``Gap`` with
-    ``reason="subscription buffer full"`` names exactly which seqs were skipped.
+    It holds at most ``subscription_buffer`` events and ``subscription_buffer_bytes`` bytes of
+    messages. The client's reader never waits for the application (acks and every other
+    channel would stall behind it): when the buffer is full, newer messages are skipped and,
+    once the application has caught up, one ``Gap`` with ``reason="subscription buffer full"``
+    names exactly which seqs were skipped.
     """
 
-    def __init__(self, client: Unsubscriber, channel: str, buffer: int) -> None:
+    def __init__(self, client: Unsubscriber, channel: str, buffer: int, buffer_bytes: int) -> None:
         self.channel = channel
         self._client = client
-        self._backlog = Backlog(channel, buffer)
+        self._backlog = Backlog(channel, buffer, buffer_bytes)
         self._wakeup = trio.Event()
         self._ended = False
         self._error: ClientError | None = None  # why it ended, when the server ended it
@@ -63,9 +64,10 @@ class Subscription:
     async def aclose(self) -> None:
         await self._client.unsubscribe(self.channel)
 
-    def _put(self, event: Event) -> None:
-        """From the client's reader: queue ``event`` without waiting, or skip it."""
-        if not self._ended and self._backlog.put(event):
+    def _put(self, event: Event, size: int = 0) -> None:
+        """From the client's reader: queue ``event`` (``size`` bytes on the wire) without
+        waiting, or skip it."""
+        if not self._ended and self._backlog.put(event, size):
             self._wakeup.set()
 
     def _end(self, error: ClientError | None) -> None:

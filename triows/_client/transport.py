@@ -22,6 +22,7 @@ __all__ = [
     "ConnectionRejected",
     "WebSocketConnection",
     "open_client",
+    "say_goodbye",
 ]
 
 
@@ -49,3 +50,14 @@ async def open_client(
         message_queue_size=message_queue_size,
         max_message_size=max_message_size,
     )
+
+
+async def say_goodbye(ws: WebSocketConnection, *, wait: bool) -> None:
+    """Close with 1000. With ``wait``, until the peer's close frame arrives (trio-websocket's
+    reader task receives it). Without (the client is being cancelled, and that reader with
+    it), the close frame is sent and the stream closed at once: ``aclose`` waits for an event
+    only that reader sets, so it is set here first. (The one reach into trio-websocket's
+    internals, kept in the one module that imports it.)"""
+    if not wait:
+        ws._close_handshake.set()
+    await ws.aclose()

@@ -3,15 +3,16 @@
 Rules of this file:
 
 - Sequence numbers are per channel, start at 1 and strictly increase within an epoch.
-- A channel's epoch names one lifetime of its numbering. A channel's state is kept while it has
-  members or history; then it (and what its numbers meant) is discarded, and the next lifetime
-  gets a new epoch. A client holding ``(epoch, seq)`` can therefore always tell "nothing
-  missed" from "cannot know".
+- A channel's epoch names one lifetime of its numbering. A channel without members stays
+  *idle*, keeping its epoch and seq (and its history, until that expires), so that a client
+  coming back to a quiet channel is told exactly what it missed; only a channel evicted from
+  the idle ones is forgotten, and its next lifetime gets a new epoch. A client holding
+  ``(epoch, seq)`` can therefore always tell "nothing missed" from "cannot know".
 - Memory is bounded: channels with members are bounded by the connections' subscription
-  limits; channels held only by their history are at most ``max_idle_channels`` (the one
-  published to least recently is forgotten first), each history by its size, bytes and ttl,
-  and all histories together by ``max_history_bytes`` (the oldest messages of the channel
-  published to least recently go first).
+  limits; idle channels are at most ``max_idle_channels`` (the one published to, or left,
+  least recently is forgotten first; 0 forgets a channel as soon as it has no members), each
+  history by its size, bytes and ttl, and all histories together by ``max_history_bytes`` (the
+  oldest messages of the channel published to least recently go first).
 - Periodic work costs what it removes: histories expire through a heap of deadlines, never by
   walking every channel.
 - The hub never sends anything. It answers who should receive a message and what its number is;
@@ -64,6 +65,9 @@ class Resume:
     gap: tuple[int, int] | None = None
     #: Frames of the missed messages history still holds, in order, to send before live ones.
     replay: tuple[bytes, ...] = ()
+    #: The ``(seq, epoch)`` the reply states when it is not the node's own (see
+    #: :func:`resume_behind_restart`); None: the node's.
+    numbering: tuple[int, str] | None = None
 
 
 def resume_without_history(
@@ -101,6 +105,22 @@ def resume_ahead_of_feed(
     if epoch == channel_epoch and since <= channel_seq:
         return Resume(recovered=True)
     return Resume(recovered=False)
+
+
+def resume_behind_restart(
+    since: int, epoch: str | None, channel_epoch: str | None, channel_seq: int
+) -> Resume | None:
+    """A resume in another epoch than the node's feed, when the channel's numbering (read from
+    where it lives) is in the client's epoch: the numbering restarted and this node has not
+    seen it yet (its feed is held up, or nothing reached it since). The client, which saw the
+    new numbering elsewhere, missed nothing; the reply states the client's epoch at seq 0 (where
+    this node's traffic in that epoch will start) and what the node still sends of the old
+    numbering is not that epoch's (trackers drop it by its id). None when the numbering is not
+    the client's: the numbers the client holds mean nothing here.
+    """
+    if epoch is None or epoch != channel_epoch or since > channel_seq:
+        return None
+    return Resume(recovered=True, numbering=(0, epoch))
 
 
 def resume_from_history(since: int, current_seq: int, held: Sequence[tuple[int, bytes]]) -> Resume:
@@ -149,7 +169,7 @@ class Hub(Generic[M]):
         self._tiebreak = itertools.count()
         self._channels: dict[str, ChannelState[M]] = {}
         self._memberships: dict[M, dict[str, ChannelState[M]]] = {}
-        #: Channels without members kept for their history, least recently published first.
+        #: Channels without members, kept with their numbering, least recently used first.
         self._idle: dict[str, ChannelState[M]] = {}
         #: Frames dropped on channels forgotten since, by slow-consumer policy.
         self._retired_drops: dict[SlowConsumerPolicy, int] = {}
@@ -210,7 +230,8 @@ class Hub(Generic[M]):
         return state, state.seq
 
     def record(self, state: ChannelState[M], seq: int, frame: bytes, now: float) -> None:
-        """Keep a published message in history; forget a channel nobody can resume."""
+        """Keep a published message in history; a channel without members goes idle (the most
+        recently published last)."""
         history = state.history
         if history.enabled:
             before, count = history.nbytes, len(history)
@@ -236,8 +257,8 @@ class Hub(Generic[M]):
         return resume_from_history(since, state.seq, state.history.after(since))
 
     def expire(self, now: float) -> None:
-        """Prune histories whose oldest message outlived its ttl, and forget member-less
-        channels left with none. Looks only at channels whose deadline passed."""
+        """Prune histories whose oldest message outlived its ttl. Looks only at channels whose
+        deadline passed."""
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             deadline, _, name = heapq.heappop(deadlines)
@@ -289,14 +310,14 @@ class Hub(Generic[M]):
         return state
 
     def _discard_if_unused(self, state: ChannelState[M]) -> None:
+        """A channel without members goes idle, keeping its epoch and seq, history or not: a
+        subscriber of a quiet channel that was away is then told exactly what it missed, not
+        "epoch changed". The idle ones are bounded; the oldest is forgotten first."""
         if state.members:
             return
-        if state.history:
-            self._idle.setdefault(state.name, state)
-            while len(self._idle) > self._max_idle:
-                self._forget(next(iter(self._idle.values())))
-        else:
-            self._forget(state)
+        self._idle.setdefault(state.name, state)
+        while len(self._idle) > self._max_idle:
+            self._forget(next(iter(self._idle.values())))
 
     def dropped_by_policy(self) -> dict[SlowConsumerPolicy, int]:
         """Frames slow-consumer policies dropped, ever (channels forgotten included)."""

@@ -40,14 +40,32 @@ UNAVAILABLE: Final = 503
 RequestId = str | int
 
 
-class ProtocolError(Exception):
-    """A client frame that cannot be served; becomes an ``error`` reply, not a disconnect."""
+#: The ``limit`` of a 429 over ``--max-subscriptions``: told apart from a rate, it is not
+#: "try again later" but "not while you follow as many channels".
+SUBSCRIPTIONS_LIMIT: Final = "subscriptions"
 
-    def __init__(self, code: int, message: str, request_id: RequestId | None = None) -> None:
+
+class ProtocolError(Exception):
+    """A client frame that cannot be served; becomes an ``error`` reply, not a disconnect.
+    ``limit`` names a limit that is no rate (:data:`SUBSCRIPTIONS_LIMIT`)."""
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        request_id: RequestId | None = None,
+        *,
+        limit: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.limit = limit
+
+    def frame(self) -> dict[str, Any]:
+        """The ``error`` reply."""
+        return error_frame(self.code, self.message, self.request_id, limit=self.limit)
 
 
 @attrs.frozen(kw_only=True)
@@ -282,8 +300,13 @@ def with_id(frame: dict[str, Any], request_id: RequestId | None) -> dict[str, An
     return frame
 
 
-def error_frame(code: int, message: str, request_id: RequestId | None = None) -> dict[str, Any]:
-    return with_id({"type": "error", "code": code, "message": message}, request_id)
+def error_frame(
+    code: int, message: str, request_id: RequestId | None = None, *, limit: str | None = None
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if limit is not None:
+        frame["limit"] = limit
+    return with_id(frame, request_id)
 
 
 def welcome_frame(

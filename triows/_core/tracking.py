@@ -11,10 +11,15 @@ data in ``tests/vectors/tracking.json``, which this tracker and triows.js's both
   messages of this client's earlier connections (their ``from`` is one of its last
   :data:`CLIENT_IDS_KEPT` client ids) and any message whose seq was acked to it.
 - A resume answered ``recovered``, or in the same epoch without a ``gap`` (a node whose feed is
-  behind the client's cursor), missed nothing. Anything else missing is reported as a
-  :class:`Gap`, never skipped silently: a jump in live seqs (a ``drop_*`` policy), a ``gap``
-  the server reports on resume, or a new epoch (the numbering restarted: what was missed
-  cannot be known). Gaps name exact ranges: never a seq this client published.
+  behind the client's cursor), missed nothing. So does a reply in an epoch the cursor left (a
+  node that has not seen the numbering restart yet): a cursor never goes back to an epoch it
+  left, and a message whose id names another epoch than the cursor's is not delivered.
+  Anything else missing is reported as a :class:`Gap`, never skipped silently: a jump in live
+  seqs (a ``drop_*`` policy), a ``gap`` the server reports on resume, or a new epoch (the
+  numbering restarted: what was missed cannot be known). Gaps name exact ranges: never a seq
+  this client published.
+- A frame without what its rule needs (a channel, a whole-number seq, an epoch, a gap of two
+  seqs) is ignored; ``recovered: null`` is no ``recovered`` field.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ import attrs
 #: client's own. Older ones are forgotten (a bound): a publication of theirs still unacked
 #: when its connection died is resent with its id, and its ack accounts for it too.
 CLIENT_IDS_KEPT = 16
+#: Epochs a cursor left that it still recognises (its last epoch changes): a reply in one of
+#: them comes from a node that has not seen the numbering restart yet.
+EPOCHS_LEFT_KEPT = 4
 #: ``Gap.reason`` values.
 HISTORY_EXPIRED = "history expired"
 EPOCH_CHANGED = "epoch changed"
@@ -41,7 +49,8 @@ class Message:
     channel: str
     data: Any
     seq: int
-    id: str
+    #: ``<epoch>:<seq>`` (None only if the server sent none).
+    id: str | None
     sender: str | None
     timestamp: int
 
@@ -112,6 +121,14 @@ class _Cursor:
     seq: int = 0
     #: Seqs above ``seq`` acked to this client (its own publications).
     own: set[int] = attrs.field(factory=set)
+    #: Epochs this cursor left, the last :data:`EPOCHS_LEFT_KEPT` of them.
+    left: deque[str] = attrs.field(factory=lambda: deque(maxlen=EPOCHS_LEFT_KEPT))
+
+    def restart(self, epoch: str, seq: int) -> None:
+        """The numbering restarted: start again at ``(epoch, seq)``, remembering the old one."""
+        if self.epoch is not None:
+            self.left.append(self.epoch)
+        self.epoch, self.seq, self.own = epoch, seq, set()
 
     def settle(self) -> None:
         """Move over own seqs that now follow the cursor; forget those at or below it."""
@@ -194,43 +211,65 @@ class Tracker:
         if kind == "subscribed":
             return self.on_subscribed(frame)
         if kind == "ack":
-            self.on_ack(frame.get("id"), frame["seq"])
+            seq = _seq(frame.get("seq"))
+            if seq is not None:
+                self.on_ack(frame.get("id"), seq)
         elif kind == "error":
             self.forget_ack(frame.get("id"))
         return []
 
     def on_subscribed(self, frame: dict[str, Any]) -> list[Tracked]:
-        channel = frame["channel"]
+        channel, epoch, seq = frame.get("channel"), frame.get("epoch"), _seq(frame.get("seq"))
+        if not isinstance(channel, str) or not isinstance(epoch, str) or seq is None:
+            return []  # malformed: nothing to go by
         cursor = self._cursors.get(channel)
         if cursor is None:
             return []
-        epoch, seq = frame["epoch"], frame["seq"]
+        recovered, gap = frame.get("recovered"), frame.get("gap")
+        if gap is not None and _range(gap) is None:
+            return []  # malformed
         if cursor.epoch is None:  # the first subscription: live from here
             cursor.epoch, cursor.seq = epoch, seq
             cursor.settle()
             return []
+        if epoch in cursor.left:
+            # A node that has not seen the numbering restart yet: nothing missed, and what it
+            # sends of that old numbering is not delivered (on_message). The cursor stays.
+            if recovered is None:
+                return []
+            return [Recovered(channel=channel, epoch=cursor.epoch, seq=cursor.seq)]
         if epoch != cursor.epoch:  # the numbering restarted: what was missed is unknown
-            cursor.epoch, cursor.seq, cursor.own = epoch, seq, set()
+            cursor.restart(epoch, seq)
             return [Gap(channel=channel, first=None, last=None, reason=EPOCH_CHANGED)]
-        if frame.get("recovered") is None:
+        if recovered is None:
             return []  # a plain reply for a channel already followed
-        gap = frame.get("gap")
-        if gap is None:
+        found = _range(gap)
+        if found is None:
+            if recovered is False and seq == 0:
+                # The server's notice that the numbering restarted, in the epoch this cursor
+                # already has (it learnt it on another node): nothing new.
+                return []
             # Recovered, or a node behind our cursor (same epoch: it cannot have messages we
             # missed). The cursor stays: what the node sends up to it are duplicates.
             return [Recovered(channel=channel, epoch=epoch, seq=seq)]
-        first, last = gap
+        first, last = found
         gaps: list[Tracked] = [*cursor.gaps(channel, first, last, HISTORY_EXPIRED)]
         cursor.seq = max(cursor.seq, last)
         cursor.settle()
         return gaps
 
     def on_message(self, frame: dict[str, Any]) -> list[Tracked]:
-        channel = frame["channel"]
+        channel, seq = frame.get("channel"), _seq(frame.get("seq"))
+        if not isinstance(channel, str) or seq is None:
+            return []  # malformed
         cursor = self._cursors.get(channel)
-        seq = frame["seq"]
         if cursor is None or cursor.epoch is None or seq <= cursor.seq:
             return []  # not followed, not subscribed yet (live starts at the reply), a duplicate
+        message_id = frame.get("id")
+        if not isinstance(message_id, str):
+            message_id = None
+        elif ":" in message_id and message_id.rpartition(":")[0] != cursor.epoch:
+            return []  # another epoch's message (a node behind a numbering restart)
         events: list[Tracked] = [*cursor.gaps(channel, cursor.seq + 1, seq - 1, MESSAGES_SKIPPED)]
         own = seq in cursor.own or frame.get("from") in self._my_ids
         cursor.seq = seq
@@ -241,7 +280,7 @@ class Tracker:
                     channel=channel,
                     data=frame.get("data"),
                     seq=seq,
-                    id=frame.get("id", ""),
+                    id=message_id,
                     sender=frame.get("from"),
                     timestamp=frame.get("timestamp", 0),
                 )
@@ -249,46 +288,74 @@ class Tracker:
         return events
 
 
+def _seq(value: object) -> int | None:
+    """A sequence number as the server writes it (a whole number, 0 or more), else None.
+    (JSON has one number type: 4.0 is 4, as it is for triows.js; true is not a number.)"""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value) if value >= 0 else None
+
+
+def _range(value: object) -> tuple[int, int] | None:
+    """A ``gap`` as ``(first, last)``, or None when it is not two seqs in order."""
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    first, last = _seq(value[0]), _seq(value[1])
+    if first is None or last is None or first > last:
+        return None
+    return first, last
+
+
 class Backlog:
     """A subscription's bounded buffer between the client's reader and the application.
 
     The reader never waits for the application (acks and every other channel would stall
-    behind it). When the buffer is full, newer events are skipped; once the application has
-    read what was buffered it gets one :class:`Gap` (``reason="subscription buffer full"``)
-    naming exactly the skipped seqs, or with ``first``/``last`` None when a skipped event's
-    range was itself unknown (an epoch change). Joins and leaves carry no seq: skipped ones are
-    only counted in :attr:`skipped`.
+    behind it). The buffer holds at most ``capacity`` events and ``max_bytes`` bytes of
+    messages (as they came on the wire; one message alone always fits); when it is full, newer
+    events are skipped; once the application has read what was buffered it gets one
+    :class:`Gap` (``reason="subscription buffer full"``) naming exactly the skipped seqs, or
+    with ``first``/``last`` None when a skipped event's range was itself unknown (an epoch
+    change). Joins and leaves carry no seq: skipped ones are only counted in :attr:`skipped`.
     """
 
-    def __init__(self, channel: str, capacity: int) -> None:
+    def __init__(self, channel: str, capacity: int, max_bytes: int = 1 << 62) -> None:
         self.channel = channel
         self._capacity = capacity
-        self._events: deque[Event] = deque()
+        self._max_bytes = max_bytes
+        self._events: deque[tuple[Event, int]] = deque()
         self._held: Gap | None = None
+        #: Bytes of the messages buffered.
+        self.nbytes = 0
         #: Messages and presence events skipped because the buffer was full.
         self.skipped = 0
 
     def __len__(self) -> int:
         return len(self._events) + (self._held is not None)
 
-    def put(self, event: Event) -> bool:
-        """Buffer ``event``, or skip it; True when it was buffered."""
-        room = self._capacity - len(self._events)
-        if self._held is not None:
-            if room < 2:  # the held gap and the event both need room
-                self._skip(event)
-                return False
-            self._events.append(self._held)
-            self._held = None
-        elif room < 1:
+    def put(self, event: Event, size: int = 0) -> bool:
+        """Buffer ``event`` (``size`` bytes on the wire), or skip it; True when it was
+        buffered."""
+        need = 2 if self._held is not None else 1  # the held gap and the event both need room
+        fits = len(self._events) + need <= self._capacity and (
+            not self._events or self.nbytes + size <= self._max_bytes
+        )
+        if not fits:
             self._skip(event)
             return False
-        self._events.append(event)
+        if self._held is not None:
+            self._events.append((self._held, 0))
+            self._held = None
+        self._events.append((event, size))
+        self.nbytes += size
         return True
 
     def take(self) -> Event | None:
         if self._events:
-            return self._events.popleft()
+            event, size = self._events.popleft()
+            self.nbytes -= size
+            return event
         held, self._held = self._held, None
         return held
 

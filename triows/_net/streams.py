@@ -23,7 +23,8 @@ import attrs
 import trio
 
 from .._core.admission import Admission, Refused, Ticket
-from .._core.frame_parser import FrameParser
+from .._core.frame_parser import Close, Failure, FrameParser
+from .._core.frames import close_frame
 from .._core.handshake import (
     HandshakeError,
     HandshakeRequest,
@@ -36,7 +37,7 @@ from .._core.handshake import (
     wants_upgrade,
 )
 from .._core.proxy import Network, address_key, client_address, is_trusted
-from .websocket import RECEIVE_BUFFER, WebSocket
+from .websocket import RECEIVE_BUFFER, Closed, WebSocket
 
 __all__ = ["PendingHandshake", "PlainRequest", "answer", "serve_streams"]
 
@@ -98,6 +99,27 @@ class PendingHandshake:
 
     async def reject(self, status: int, message: str) -> None:
         await _refuse(self._stream, status, message, (), self.deadline)
+
+    async def reject_by_close(self, code: int, reason: str) -> None:
+        """Refuse after the upgrade instead: the 101, then at once a close frame with ``code``
+        (a browser cannot read a refused handshake's status, but it reads a close code). Waits
+        for the client's close frame within the handshake's deadline (or a short grace), then
+        closes."""
+        with trio.move_on_at(max(self.deadline, trio.current_time() + ANSWER_GRACE)):
+            try:
+                ws = await self.accept()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
+                return  # the client left, or does not read: nothing more to say
+            try:
+                await ws.write(close_frame(code, reason))
+                parser = ws.parser
+                while data := await ws.receive():
+                    if any(isinstance(event, Close | Failure) for event in parser.feed(data)):
+                        break
+            except Closed:
+                pass
+            finally:
+                ws.close_now()
 
 
 @attrs.define(slots=True, eq=False)

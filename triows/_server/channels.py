@@ -40,7 +40,9 @@ def subscribe_errors(request_id: protocol.RequestId | None) -> Iterator[None]:
     try:
         yield
     except SubscriptionLimitError as exc:
-        raise ProtocolError(protocol.TOO_MANY, str(exc), request_id) from None
+        raise ProtocolError(
+            protocol.TOO_MANY, str(exc), request_id, limit=protocol.SUBSCRIPTIONS_LIMIT
+        ) from None
     except BrokerUnavailableError as exc:
         raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
 

@@ -5,7 +5,10 @@ the origin), the memory guard (503); then the connection's admission ticket move
 "connection" (its address's limits, 503/429) before the first await; then authentication
 (the ``authenticate`` hook or a JWT, bounded by the handshake's deadline) and the user's limit
 (429) as soon as the user is known; shutdown once more (a hook that answered late); then the
-101. A refusal gives its connection place back while it is written (the ticket closes).
+101. A refusal gives its connection place back while it is written (the ticket closes). It is
+an HTTP status, or, for a client that asks with ``refusal=close`` (a browser cannot read a
+refused handshake's status), the 101 and at once a close frame whose code carries the status
+(``triows._core.close_codes``: 4500-4999 "do not reconnect", 4000-4499 "reconnect allowed").
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import trio
 from .._config import Config, Rejected
 from .._core.admission import Refused
 from .._core.auth import ANONYMOUS, AuthError, Principal
+from .._core.close_codes import REFUSAL_BY_CLOSE, REFUSAL_PARAMETER, refusal_close_code
 from .._core.handshake import HandshakeRequest
 from .._core.memory_guard import MemoryGuard
 from .._core.proxy import address_key
@@ -90,7 +94,10 @@ class Handshakes:
             reason,
             f" ({detail})" if detail else "",
         )
-        await pending.reject(status, reason)
+        if pending.info.query.get(REFUSAL_PARAMETER) == REFUSAL_BY_CLOSE:
+            await pending.reject_by_close(refusal_close_code(status), reason)
+        else:
+            await pending.reject(status, reason)
 
     async def _authenticate(self, info: HandshakeRequest, deadline: float) -> Principal:
         config = self._config

@@ -62,7 +62,7 @@ class Requests(Channels):
         try:
             request = protocol.parse_request(raw)
         except ProtocolError as exc:
-            self.reply_nowait(protocol.error_frame(exc.code, exc.message, exc.request_id))
+            self.reply_nowait(exc.frame())
             return
         if self._busy:  # behind a request that waits: keep the order
             config = self._host.config
@@ -137,7 +137,7 @@ class Requests(Channels):
     def _failed(self, request: protocol.Request, exc: Exception) -> Wait | None:
         """Answer a request that failed: its error, or a plain 500 for a bug (logged)."""
         if isinstance(exc, ProtocolError):
-            return self._reply(protocol.error_frame(exc.code, exc.message, exc.request_id))
+            return self._reply(exc.frame())
         log.error("request %s from %s failed", type(request).__name__, self.client_id, exc_info=exc)
         return self._reply(protocol.error_frame(protocol.INTERNAL, "internal error", request.id))
 

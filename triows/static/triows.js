@@ -15,10 +15,12 @@
 // when history no longer holds it; publishes are acked through promises, keep their id across
 // resends (the server's dedupe makes a resend exactly-once for an authenticated user), wait in
 // a bounded offline queue and go out a window at a time; an adaptive application-level ping
-// finds dead links the browser does not notice; a refused handshake (401, 403) stops it.
-// Its delivery rules are the Tracker below, written once in docs/delivery.md ("What a client
-// does with it") and tested, with the Python tracker, against tests/vectors/tracking.json.
-// Docs: docs/browser.md.
+// finds dead links the browser does not notice. It asks for refusals as close codes
+// (`refusal=close`), since a browser cannot see a refused handshake's HTTP status: a refusal
+// no retry can fix (401, 403) stops it, others (429, 503) are retried with backoff.
+// Its rules are written once in docs/delivery.md and tested, with the Python client's, against
+// shared vectors: the Tracker below against tests/vectors/tracking.json, the Pacer and
+// Attempts against tests/vectors/retry.json. Docs: docs/browser.md.
 
 /** @typedef {"connecting" | "open" | "reconnecting" | "closed"} State */
 /**
@@ -61,12 +63,11 @@
  * @property {number} [pingMin=5]  seconds
  * @property {number} [pingMax=60]  seconds
  * @property {number} [pingTimeout=10]  seconds for a pong
- * @property {number} [connectTimeout=10]  seconds for the token and then for the welcome
+ * @property {number} [connectTimeout=10]  seconds for the token and then for the welcome;
+ *   and for the first connection as a whole (attempts and waits): none by then closes it
  * @property {boolean} [echo=false]  emit this client's own publishes as `message` events
  *   (with `own: true`) once acked; the server never sends a publisher its own messages
  * @property {typeof WebSocket} [WebSocket]  the WebSocket class (default: the global one)
- * @property {typeof fetch} [fetch]  asks the server's /ready after a refused handshake
- *   (default: the global fetch)
  */
 
 /** Thrown (as a rejected promise) by publish and requests. */
@@ -85,17 +86,162 @@ const RESUBSCRIBE = "resubscribe:";
  *  reconnecting with growing backoff. A 429 (rate limit) is retried on the same connection. */
 const REFUSED_FOR_NOW = new Set([500, 503]);
 const RATE_LIMITED = 429;
-/** Handshake refusals that no retry can fix (as in triows.client). */
+/** Publish refusals after which the publish was not numbered: sent again after a pause. */
+const PUBLISH_NOT_NOW = new Set([429, 503]);
+/** As triows/_core/close_codes.py: refusals no retry can fix, and the close-code ranges. */
 const PERMANENT = new Set([400, 401, 403, 404]);
-/** How many handshakes refused while the server accepts others (a browser cannot see the
- *  status) make the client stop. */
-const REFUSALS_TO_STOP = 2;
-/** As CLIENT_IDS_KEPT in triows/_core/tracking.py. */
+const isDoNotReconnect = (code) => code >= 4500 && code < 5000;
+/** As triows/_core/retry.py: closes after a welcome that mean "the connection worked", the
+ *  seconds after which any connection worked, and 401s in a row (each with a fresh token from
+ *  a token function) that stop the client. */
+const WORKED = new Set([null, 1000, 1001, 1005, 1006]);
+const STABLE_AFTER = 10;
+const UNAUTHORIZED_TO_STOP = 2;
+/** As CLIENT_IDS_KEPT and EPOCHS_LEFT_KEPT in triows/_core/tracking.py (the vectors pin them). */
 const CLIENT_IDS_KEPT = 16;
+const EPOCHS_LEFT_KEPT = 4;
 
 /** Full jitter: a random delay below an exponentially growing cap. */
-function backoff(attempt, base, cap) {
-  return Math.random() * Math.min(cap, base * 2 ** Math.min(attempt, 62));
+function backoff(attempt, base, cap, random = Math.random) {
+  return random() * Math.min(cap, base * 2 ** Math.min(Math.max(attempt, 0), 62));
+}
+
+/** The HTTP status a refusal close code carries (as triows/_core/close_codes.py), else null:
+ *  4500 + s - 400 for 400/401/403/404, 4400 + s - 400 for 429, 4450 + s - 500 for a 5xx. */
+export function refusalStatus(code) {
+  if (code >= 4500 && code < 4550) return PERMANENT.has(400 + code - 4500) ? 400 + code - 4500 : null;
+  if (code >= 4400 && code < 4450) return PERMANENT.has(400 + code - 4400) ? null : 400 + code - 4400;
+  if (code >= 4450 && code < 4500) return 500 + code - 4450;
+  return null;
+}
+
+/**
+ * Requests that wait for an answer (resubscribes, publishes) go out `window` at a time; a
+ * "not now" sends one again later, first, after a pause drawn once per pause. The rules are
+ * triows/_core/retry.py's `Pacer`; both pass tests/vectors/retry.json.
+ */
+export class Pacer {
+  constructor(window, base, cap, random = Math.random) {
+    if (window < 1) throw new RangeError("the window must be at least 1");
+    this.full = this.window = window;
+    this.base = base;
+    this.cap = cap;
+    this.random = random;
+    /** pauses in a row (each answer takes one off): the next pause's exponent */
+    this.retries = 0;
+    this.paused = false;
+    this._again = [];
+    this._queue = [];
+    /** @type {Set<any>} in sending order */
+    this._inFlight = new Set();
+  }
+  get length() {
+    return this._again.length + this._queue.length + this._inFlight.size;
+  }
+  get inFlight() {
+    return this._inFlight.size;
+  }
+  add(key) {
+    this._queue.push(key);
+  }
+  /** Take back a request not sent (or to be sent again); true if it was waiting. */
+  discard(key) {
+    for (const waiting of [this._again, this._queue]) {
+      const at = waiting.indexOf(key);
+      if (at >= 0) {
+        waiting.splice(at, 1);
+        return true;
+      }
+    }
+    return false;
+  }
+  /** What may go now, in order (now counted in flight); nothing while paused. */
+  take() {
+    const taken = [];
+    if (this.paused) return taken;
+    while (this._inFlight.size < this.window && (this._again.length || this._queue.length)) {
+      const key = (this._again.length ? this._again : this._queue).shift();
+      this._inFlight.add(key);
+      taken.push(key);
+    }
+    return taken;
+  }
+  /** A final answer (done, or refused for good): true if `key` was in flight. */
+  answered(key) {
+    if (!this._inFlight.delete(key)) return false;
+    this.retries = Math.max(0, this.retries - 1);
+    this.window = Math.min(this.full, this.window * 2);
+    return true;
+  }
+  /** "Not now": the wait before resume() when this refusal starts a pause, else null. */
+  refused(key) {
+    if (!this._inFlight.delete(key)) return null;
+    this._again.push(key);
+    this.window = 1;
+    if (this.paused) return null;
+    this.paused = true;
+    return backoff(this.retries++, this.base, this.cap, this.random);
+  }
+  resume() {
+    this.paused = false;
+  }
+  /** A new connection: what was in flight goes first again, in its order; no pause. */
+  restart() {
+    this._again = [...this._inFlight, ...this._again];
+    this._inFlight.clear();
+    this.window = this.full;
+    this.retries = 0;
+    this.paused = false;
+  }
+}
+
+/**
+ * The reconnect rule (triows/_core/retry.py's `Attempts`, same vectors): after each attempt,
+ * stop for good (`stop`: "refused", "gave up", "no connection") or wait `wait` seconds.
+ */
+export class Attempts {
+  constructor({ base, cap, maxAttempts, tokenFunction, connectTimeout, now, random = Math.random }) {
+    Object.assign(this, { base, cap, maxAttempts, tokenFunction, random });
+    /** no first connection by then: stop */
+    this.firstDeadline = now + connectTimeout;
+    this.connected = false;
+    this.failures = 0;
+    this._unauthorized = 0;
+  }
+  /** @param {{welcomed?: boolean, status?: number | null, code?: number | null, refusedForNow?: boolean, lasted?: number}} ending */
+  ended({ welcomed = false, status = null, code = null, refusedForNow = false, lasted = 0 }, now) {
+    // a refusal as a close code: its HTTP status
+    if (status === null && code !== null && !welcomed) status = refusalStatus(code);
+    this._unauthorized = status === 401 ? this._unauthorized + 1 : 0;
+    this.connected = this.connected || welcomed;
+    let refused = PERMANENT.has(status) || isDoNotReconnect(code);
+    // The function may have handed one stale token: it gets a second chance.
+    if (status === 401 && this.tokenFunction) refused = this._unauthorized >= UNAUTHORIZED_TO_STOP;
+    const failed = !welcomed || refusedForNow || (!WORKED.has(code) && lasted < STABLE_AFTER);
+    this.failures = failed ? this.failures + 1 : 0;
+    const verdict = (extra) => ({ stop: null, wait: 0, failures: this.failures, status, code, ...extra });
+    if (refused) return verdict({ stop: "refused" });
+    let wait = backoff(this.failures - 1, this.base, this.cap, this.random);
+    if (!this.connected) {
+      const left = this.firstDeadline - now;
+      if (left <= 0) return verdict({ stop: "no connection" });
+      wait = Math.min(wait, left);
+    }
+    if (this.maxAttempts !== null && this.failures >= this.maxAttempts) return verdict({ stop: "gave up" });
+    return verdict({ wait });
+  }
+}
+
+/** A sequence number as the server writes it (a whole number, 0 or more), else null. */
+function seqOf(value) {
+  return Number.isInteger(value) && value >= 0 ? value : null;
+}
+
+/** A `gap` as [first, last], or null when it is not two seqs in order. */
+function rangeOf(value) {
+  if (!Array.isArray(value) || value.length !== 2) return null;
+  const [first, last] = value.map(seqOf);
+  return first === null || last === null || first > last ? null : [first, last];
 }
 
 /** Seqs above the cursor that are acked to us become the cursor; those at or below it go. */
@@ -125,7 +271,7 @@ function gaps(channel, cursor, first, last, reason) {
  */
 export class Tracker {
   constructor() {
-    /** @type {Map<string, {epoch: string | null, seq: number, own: Set<number>}>} */
+    /** @type {Map<string, {epoch: string | null, seq: number, own: Set<number>, left: string[]}>} */
     this.cursors = new Map();
     /** client ids of the last connections: replayed messages from them are ours */
     this.myIds = [];
@@ -133,7 +279,7 @@ export class Tracker {
     this.expected = new Map();
   }
   track(channel) {
-    if (!this.cursors.has(channel)) this.cursors.set(channel, { epoch: null, seq: 0, own: new Set() });
+    if (!this.cursors.has(channel)) this.cursors.set(channel, { epoch: null, seq: 0, own: new Set(), left: [] });
   }
   untrack(channel) {
     this.cursors.delete(channel);
@@ -173,9 +319,11 @@ export class Tracker {
         return this.onMessage(frame);
       case "subscribed":
         return this.onSubscribed(frame);
-      case "ack":
-        this.onAck(frame.id, frame.seq);
+      case "ack": {
+        const seq = seqOf(frame.seq);
+        if (seq !== null) this.onAck(frame.id, seq);
         return [];
+      }
       case "error":
         this.forgetAck(frame.id);
         return [];
@@ -184,9 +332,15 @@ export class Tracker {
     }
   }
   onSubscribed(frame) {
-    const { channel, epoch, seq } = frame;
+    const { channel, epoch } = frame;
+    const seq = seqOf(frame.seq);
+    // malformed: nothing to go by
+    if (typeof channel !== "string" || typeof epoch !== "string" || seq === null) return [];
     const c = this.cursors.get(channel);
     if (!c) return [];
+    const recovered = frame.recovered ?? null;
+    const gap = frame.gap ?? null;
+    if (gap !== null && rangeOf(gap) === null) return []; // malformed
     if (c.epoch === null) {
       // the first subscription: live from here
       c.epoch = epoch;
@@ -194,30 +348,45 @@ export class Tracker {
       settle(c);
       return [];
     }
+    if (c.left.includes(epoch)) {
+      // A node that has not seen the numbering restart yet: nothing missed, and what it sends
+      // of that old numbering is not delivered (onMessage). The cursor stays.
+      return recovered === null ? [] : [{ type: "recovered", channel, epoch: c.epoch, seq: c.seq }];
+    }
     if (epoch !== c.epoch) {
       // the numbering restarted: what was missed cannot be known
+      c.left.push(c.epoch);
+      if (c.left.length > EPOCHS_LEFT_KEPT) c.left.shift();
       c.epoch = epoch;
       c.seq = seq;
       c.own.clear();
       return [{ type: "gap", channel, first: null, last: null, reason: "epoch changed" }];
     }
-    if (frame.recovered === undefined) return []; // a plain reply for a channel already followed
-    if (!Array.isArray(frame.gap)) {
+    if (recovered === null) return []; // a plain reply for a channel already followed
+    if (gap === null) {
+      // The server's notice that the numbering restarted, in the epoch this cursor already
+      // has (it learnt it on another node): nothing new.
+      if (recovered === false && seq === 0) return [];
       // Recovered, or a node behind our cursor (same epoch: it cannot have messages we
       // missed). The cursor stays: what the node sends up to it are duplicates.
       return [{ type: "recovered", channel, epoch, seq }];
     }
-    const [first, last] = frame.gap;
+    const [first, last] = rangeOf(gap);
     const found = gaps(channel, c, first, last, "history expired");
     c.seq = Math.max(c.seq, last);
     settle(c);
     return found;
   }
   onMessage(frame) {
-    const { channel, seq } = frame;
+    const { channel } = frame;
+    const seq = seqOf(frame.seq);
+    if (typeof channel !== "string" || seq === null) return []; // malformed
     const c = this.cursors.get(channel);
     // not followed, not subscribed yet (live starts at the reply), or a duplicate
     if (!c || c.epoch === null || seq <= c.seq) return [];
+    const id = typeof frame.id === "string" ? frame.id : null;
+    // another epoch's message (a node behind a numbering restart)
+    if (id !== null && id.includes(":") && id.slice(0, id.lastIndexOf(":")) !== c.epoch) return [];
     const events = gaps(channel, c, c.seq + 1, seq - 1, "messages skipped");
     const own = c.own.has(seq) || this.myIds.includes(frame.from);
     c.seq = seq;
@@ -228,7 +397,7 @@ export class Tracker {
         channel,
         data: frame.data,
         seq,
-        id: frame.id ?? null,
+        id,
         from: frame.from ?? null,
         timestamp: frame.timestamp || 0,
         own: false,
@@ -276,9 +445,10 @@ export class TriowsClient {
     this._tracker = new Tracker();
     /** @type {Set<string>} channels followed */
     this._channels = new Set();
-    /** publishes not sent yet, then sent and waiting for their ack (by id) */
-    this._unsent = [];
-    this._inflight = new Map();
+    const { publishWindow, backoffBase, backoffCap } = this.options;
+    /** publishes by id, from the call until their ack or error, and their pacing by id */
+    this._items = new Map();
+    this._publishes = new Pacer(publishWindow, backoffBase, backoffCap);
     /** replies awaited by request id */
     this._waiting = new Map();
     this._ids = 0;
@@ -288,8 +458,6 @@ export class TriowsClient {
     this._conn = null;
     /** welcomed on the current socket: publishes may go out */
     this._live = false;
-    /** failed attempts in a row (a refused resubscribe counts, though welcomed) */
-    this._failures = 0;
     this._timers = new Set();
     this._closing = false;
     this._run();
@@ -319,9 +487,10 @@ export class TriowsClient {
   }
 
   /**
-   * Follow a channel. Resolves with the server's `subscribed` reply, or at once with null
-   * while offline: the subscription is then made (and kept) on every reconnect. A refusal
-   * rejects with the server's code, and the channel is not followed.
+   * Follow a channel. Resolves with the server's `subscribed` reply, or with null while
+   * offline (also when the connection drops before the reply): the subscription is then made
+   * (and kept) on every reconnect. A refusal rejects with the server's code, and no answer
+   * within requestTimeout rejects with code 0; either way the channel is not followed.
    * @param {string} channel @returns {Promise<object | null>}
    */
   async subscribe(channel) {
@@ -329,12 +498,16 @@ export class TriowsClient {
     const followed = this._channels.has(channel);
     this._channels.add(channel);
     this._tracker.track(channel);
-    if (this.state !== "open") return null;
+    if (!this._live) return null;
     try {
       // The reply reaches the tracker in the frame handler, before any message after it.
       return await this._request(this._subscribeFrame(channel));
     } catch (error) {
-      if (!followed) this._forget(channel);
+      if (!followed) {
+        this._forget(channel);
+        // No answer in time: the server may still subscribe; it is told not to.
+        if (error.timeout) this._send({ type: "unsubscribe", channel });
+      }
       throw error;
     }
   }
@@ -342,19 +515,26 @@ export class TriowsClient {
   /** @param {string} channel */
   async unsubscribe(channel) {
     this._forget(channel);
-    if (this.state === "open") await this._request({ type: "unsubscribe", channel });
+    if (!this._live) return;
+    try {
+      await this._request({ type: "unsubscribe", channel });
+    } catch (error) {
+      if (!error.timeout) throw error;
+    }
   }
 
   /**
    * Publish; resolves with the message's seq from the server's ack. Rejects with a
-   * TriowsError on timeout (the publish may still happen, never twice), a full offline
-   * queue, the server's refusal (with its code), or a closed client.
+   * TriowsError on timeout (the publish may still happen: exactly once for an authenticated
+   * user, at least once for an anonymous one), a full offline queue, the server's refusal
+   * (with its code), or a closed client. A publish the server refused for now (429, 503:
+   * not numbered) is sent again with its id after a pause, within its timeout.
    * @param {string} channel @param {*} data @param {{timeout?: number}} [options]
    * @returns {Promise<number>}
    */
   publish(channel, data, options = {}) {
     if (this.state === "closed") return Promise.reject(this._closedError());
-    if (this._unsent.length + this._inflight.size >= this.options.offlineQueueSize) {
+    if (this._publishes.length >= this.options.offlineQueueSize) {
       return Promise.reject(
         new TriowsError(`${this.options.offlineQueueSize} publishes already wait for the server`),
       );
@@ -369,27 +549,30 @@ export class TriowsClient {
     return new Promise((resolve, reject) => {
       const item = { id, channel, data, frame, resolve, reject, timer: 0 };
       item.timer = this._after(options.timeout ?? this.options.publishTimeout, () => {
-        // Not sent on this connection: it will not be (sent on an earlier one, its ack can no
-        // longer come; a replay of it names an earlier client id of ours). Sent: its ack is
-        // still expected (a late one tells the tracker which seq is ours), and it is resent
-        // after a reconnect, as triows.client does.
-        if (this._unsent.includes(item)) {
-          this._unsent = this._unsent.filter((other) => other !== item);
+        // Waiting to be sent (again): it will not be (sent on an earlier connection, its ack
+        // can no longer come; a replay of it names an earlier client id of ours). In flight:
+        // its ack is still expected (a late one tells the tracker which seq is ours), and it
+        // is resent after a reconnect, as triows.client does.
+        if (this._publishes.discard(id)) {
+          this._items.delete(id);
           this._tracker.forgetAck(id);
         }
         reject(new TriowsError(`no ack for publish ${id} to ${channel}`));
       });
-      this._unsent.push(item);
+      this._items.set(id, item);
+      this._publishes.add(id);
       this._flush();
     });
   }
 
   /**
-   * Who is subscribed to a presence channel (the server's `--presence` patterns).
+   * Who is subscribed to a presence channel (the server's `--presence` patterns). Rejects at
+   * once while offline, as triows.client raises.
    * @param {string} channel @returns {Promise<Presence>}
    */
   async presence(channel) {
     this._checkOpen();
+    if (!this._live) throw new TriowsError("not connected");
     const reply = await this._request({ type: "presence", channel });
     if (reply === null) throw new TriowsError("connection lost");
     return { channel, count: reply.count, members: reply.members };
@@ -460,17 +643,18 @@ export class TriowsClient {
     for (const timer of this._timers) clearTimeout(timer);
     this._timers.clear();
     const error = this._closedError();
-    for (const item of [...this._unsent, ...this._inflight.values()]) item.reject(error);
-    this._unsent = [];
-    this._inflight.clear();
+    for (const item of this._items.values()) item.reject(error);
+    this._items.clear();
+    this._publishes = new Pacer(this.options.publishWindow, this.options.backoffBase, this.options.backoffCap);
     for (const waiter of this._waiting.values()) waiter(null);
     this._waiting.clear();
     const ws = this._ws;
     if (!ws || ws.readyState >= 2) return Promise.resolve();
     return new Promise((resolve) => {
-      ws.addEventListener("close", () => resolve(), { once: true });
+      // Bounded, and the bound is cleared once the close comes: no timer outlives it.
+      const timer = setTimeout(resolve, 2000);
+      ws.addEventListener("close", () => (clearTimeout(timer), resolve()), { once: true });
       ws.close(1000, "client closed");
-      setTimeout(resolve, 2000);
     });
   }
 
@@ -490,36 +674,33 @@ export class TriowsClient {
     });
   }
 
+  /** Attempt after attempt, as `Attempts` rules: stop for good, or wait and try again. */
   async _run() {
-    let refusals = 0;
+    const { maxAttempts, backoffBase, backoffCap, connectTimeout, token } = this.options;
+    const attempts = new Attempts({
+      base: backoffBase,
+      cap: backoffCap,
+      maxAttempts,
+      tokenFunction: typeof token === "function",
+      connectTimeout,
+      now: Date.now() / 1000,
+    });
     while (!this._closing) {
-      const outcome = await this._attempt();
+      const ending = await this._attempt();
       if (this._closing) return;
-      this._failures = outcome.welcomed && !outcome.refusedForNow ? 0 : this._failures + 1;
-      if (outcome.handshakeFailed) {
-        // The handshake failed while the server answers: why, a browser cannot see.
-        const status = outcome.status ?? (await this._probe());
-        if (this._closing) return;
-        if (PERMANENT.has(status)) {
-          return this._refused(status, `the server refused the connection: HTTP ${status}`);
-        }
-        refusals = status === "ready" ? refusals + 1 : 0;
-        if (refusals >= REFUSALS_TO_STOP) {
-          return this._refused(0, `the server refused the connection ${refusals} times while accepting others: a bad or expired token (401) or a forbidden origin (403)?`);
-        }
-      } else {
-        refusals = 0;
+      const verdict = attempts.ended(ending, Date.now() / 1000);
+      if (verdict.stop === "refused") {
+        const why = verdict.status !== null ? `HTTP ${verdict.status}` : `close ${verdict.code}`;
+        return this._refused(verdict.status ?? verdict.code, `the server refused the connection: ${why}${ending.reason ? ` (${ending.reason})` : ""}`);
       }
-      const { maxAttempts, backoffBase, backoffCap } = this.options;
-      if (maxAttempts !== null && this._failures >= maxAttempts) {
-        this._emit("error", { code: 0, message: `gave up after ${this._failures} attempts` });
-        this._stop(`gave up after ${this._failures} attempts`);
-        return;
+      if (verdict.stop === "no connection") {
+        return this._refused(0, `no connection to ${this.url} within ${connectTimeout}s (connectTimeout)`);
       }
+      if (verdict.stop === "gave up") return this._refused(0, `gave up after ${verdict.failures} attempts`);
       this._setState("reconnecting");
       // Always a random wait, also after a connection that worked: the clients of a server
       // that restarted do not all come back in the same instant.
-      await this._sleep(backoff(Math.max(0, this._failures - 1), backoffBase, backoffCap));
+      await this._sleep(verdict.wait);
     }
   }
 
@@ -539,37 +720,16 @@ export class TriowsClient {
       return { welcomed: false };
     }
     if (this._closing) return { welcomed: false };
-    let url = this.url;
-    if (token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+    // Refusals as close codes: a browser cannot see a refused handshake's HTTP status.
+    let url = this.url + (this.url.includes("?") ? "&" : "?") + "refusal=close";
+    if (token) url += "&token=" + encodeURIComponent(token);
     return this._connectOnce(url);
   }
 
-  /** After a handshake that failed with no status known: does the server accept others?
-   *  "ready" when its /ready says 200, else null (down, overloaded, or not readable here). */
-  async _probe() {
-    const fetcher = this.options.fetch ?? globalThis.fetch;
-    if (typeof fetcher !== "function") return null;
-    const url = new URL(this.url);
-    url.protocol = url.protocol === "wss:" ? "https:" : "http:";
-    url.pathname = "/ready";
-    url.search = ""; // never the token
-    let timer = 0;
-    try {
-      const timeout = new Promise((_, reject) => {
-        timer = this._after(this.options.connectTimeout, () => reject(new Error("timeout")));
-      });
-      const response = await Promise.race([fetcher(url.href, { cache: "no-store" }), timeout]);
-      return response && response.status === 200 ? "ready" : null;
-    } catch {
-      return null;
-    } finally {
-      this._clearTimer(timer);
-    }
-  }
-
-  /** One connection, from open to close; resolves with how it went: {welcomed,
-   *  refusedForNow (a resubscribe was refused for now), handshakeFailed (it never opened),
-   *  status (the handshake's HTTP status, when the WebSocket implementation tells)}. */
+  /** One connection, from open to close; resolves with how it ended, for `Attempts`:
+   *  {welcomed, status (a refused handshake's HTTP status, when the WebSocket implementation
+   *  tells), code (the server's close code; null when the client closed), refusedForNow (a
+   *  resubscribe was refused for now), reason}. */
   _connectOnce(url) {
     return new Promise((resolve) => {
       const Impl = this.options.WebSocket ?? globalThis.WebSocket;
@@ -583,30 +743,32 @@ export class TriowsClient {
       }
       const conn = {
         ws,
-        opened: false,
         welcomed: false,
         status: null,
         refusedForNow: false,
-        /** channels still to resubscribe, and how many wait for their reply */
-        queue: [],
-        pending: 0,
-        window: this.options.resubscribeWindow,
-        retries: 0,
-        paused: false,
+        /** the client closed this socket itself (its close code is not the server's) */
+        closedByClient: false,
+        /** channels still to resubscribe, paced */
+        resubscribes: null,
       };
+      const close = (code, reason) => {
+        conn.closedByClient = true;
+        ws.close(code, reason);
+      };
+      conn.close = close;
       this._ws = ws;
       this._conn = conn;
       let pingTimer = 0;
-      const connectTimer = this._after(this.options.connectTimeout, () => ws.close(4000, "connect timeout"));
+      const connectTimer = this._after(this.options.connectTimeout, () => close(4000, "connect timeout"));
       const schedulePing = () => {
         pingTimer = this._after(this.pingInterval, async () => {
           const started = performance.now();
-          const pong = await this._request({ type: "ping" }, this.options.pingTimeout);
+          const pong = await this._request({ type: "ping" }, this.options.pingTimeout).catch(() => null);
           if (ws !== this._ws || this._closing) return;
           if (pong === null) {
             this.pingInterval = Math.max(this.options.pingMin, this.pingInterval / 2);
             this._pongsInARow = 0;
-            ws.close(4000, "no pong"); // the browser may not notice a dead link for minutes
+            close(4000, "no pong"); // the browser may not notice a dead link for minutes
             return;
           }
           this.lastRtt = performance.now() - started;
@@ -617,9 +779,6 @@ export class TriowsClient {
           schedulePing();
         });
       };
-      ws.onopen = () => {
-        conn.opened = true;
-      };
       ws.onmessage = (event) => {
         let frame;
         try {
@@ -629,7 +788,8 @@ export class TriowsClient {
         }
         if (!conn.welcomed) {
           if (frame.type !== "welcome") return;
-          conn.opened = conn.welcomed = true;
+          conn.welcomed = true;
+          conn.welcomedAt = Date.now() / 1000;
           this._clearTimer(connectTimer);
           this.clientId = frame.data.clientId;
           this.serverId = frame.data.serverId;
@@ -646,7 +806,7 @@ export class TriowsClient {
         this._onFrame(frame, conn);
       };
       ws.onerror = (event) => {
-        // Browsers say nothing; Node's `ws` names the handshake's status.
+        // Browsers say nothing; Node's `ws` names the status of a refusal by HTTP.
         const found = /server response: (\d{3})/.exec(String(event?.message ?? event?.error?.message ?? ""));
         if (found) conn.status = Number(found[1]);
       };
@@ -659,67 +819,73 @@ export class TriowsClient {
           this._live = false;
         }
         // Sent but not acked: sent again, first and with the same ids, on the next connection.
-        this._unsent = [...this._inflight.values(), ...this._unsent];
-        this._inflight.clear();
+        this._publishes.restart();
         for (const waiter of this._waiting.values()) waiter(null);
         this._waiting.clear();
-        if (event.code === 1008 || event.code === 1011 || event.code === 1013) {
-          this._emit("error", { code: event.code, message: event.reason || "connection closed" });
+        const code = conn.closedByClient ? null : (event.code ?? null);
+        if (conn.welcomed && code !== null && !WORKED.has(code)) {
+          this._emit("error", { code, message: event.reason || "connection closed" });
         }
         resolve({
           welcomed: conn.welcomed,
-          refusedForNow: conn.refusedForNow,
-          handshakeFailed: !conn.opened && !this._closing,
           status: conn.status,
+          code,
+          refusedForNow: conn.refusedForNow,
+          lasted: conn.welcomed ? Date.now() / 1000 - conn.welcomedAt : 0,
+          reason: event.reason || "",
         });
       };
     });
   }
 
-  /** After the welcome: every followed channel again, a window at a time. */
+  /** After the welcome: every followed channel again, a window at a time, then publishes. */
   _resume(conn) {
-    conn.queue = [...this._channels];
+    const { resubscribeWindow, backoffBase, backoffCap } = this.options;
+    conn.resubscribes = new Pacer(resubscribeWindow, backoffBase, backoffCap);
+    for (const channel of this._channels) conn.resubscribes.add(channel);
     this._pump(conn);
     this._flush();
   }
 
   _pump(conn) {
-    while (conn === this._conn && !conn.paused && conn.queue.length && conn.pending < conn.window) {
-      const channel = conn.queue.shift();
-      if (!this._channels.has(channel)) continue;
-      const frame = this._subscribeFrame(channel);
-      frame.id = RESUBSCRIBE + channel;
-      conn.pending += 1;
-      this._send(frame);
+    if (conn !== this._conn) return;
+    for (let taken = conn.resubscribes.take(); taken.length; taken = conn.resubscribes.take()) {
+      for (const channel of taken) {
+        if (!this._channels.has(channel)) {
+          conn.resubscribes.answered(channel); // unsubscribed meanwhile: room for the next
+          continue;
+        }
+        const frame = this._subscribeFrame(channel);
+        frame.id = RESUBSCRIBE + channel;
+        this._send(frame);
+      }
     }
   }
 
   _resubscribed(conn, frame) {
     const channel = frame.id.slice(RESUBSCRIBE.length);
-    conn.pending = Math.max(0, conn.pending - 1);
+    const pacer = conn.resubscribes;
     if (frame.type === "subscribed") {
       this._onSubscribed(frame);
-      // Slowly out of a rate limit: the wait learnt stays a while, the window grows back.
-      conn.retries = Math.max(0, conn.retries - 1);
-      conn.window = Math.min(this.options.resubscribeWindow, conn.window * 2);
-    } else if (frame.code === RATE_LIMITED) {
-      // Over the server's subscribe rate: again on this connection, one at a time, after a
-      // random wait (a new connection would meet the same limit, and livelock).
-      conn.queue.push(channel);
-      conn.window = 1;
-      if (!conn.paused) {
-        conn.paused = true;
-        const { backoffBase, backoffCap } = this.options;
-        this._after(backoff(conn.retries++, backoffBase, backoffCap), () => {
-          conn.paused = false;
+      pacer.answered(channel);
+    } else if (frame.code === RATE_LIMITED && frame.limit !== "subscriptions") {
+      // Over the server's subscribe rate: again on this connection, after a pause (a new
+      // connection would meet the same limit, and livelock).
+      const wait = pacer.refused(channel);
+      if (wait !== null) {
+        this._after(wait, () => {
+          pacer.resume();
           this._pump(conn);
         });
       }
     } else if (REFUSED_FOR_NOW.has(frame.code)) {
+      pacer.answered(channel);
       conn.refusedForNow = true; // a failed attempt: the backoff grows
-      conn.ws.close(4000, "resubscribe refused for now");
+      conn.close(4000, "resubscribe refused for now");
       return;
     } else {
+      // Refused for good (403; 429 over --max-subscriptions): forgotten, and said.
+      pacer.answered(channel);
       this._forget(channel);
       this._emit("error", { code: frame.code, message: frame.message, channel });
     }
@@ -737,25 +903,28 @@ export class TriowsClient {
     if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify(frame));
   }
 
-  /** Send queued publishes, up to publishWindow unacked at once. */
+  /** Send what the publish pacer lets go: a window of unacked publishes at most. */
   _flush() {
     if (!this._live || !this._ws || this._ws.readyState !== 1) return;
-    while (this._unsent.length && this._inflight.size < this.options.publishWindow) {
-      const item = this._unsent.shift();
-      this._inflight.set(item.id, item);
-      this._tracker.expectAck(item.id, item.channel);
+    for (const id of this._publishes.take()) {
+      const item = this._items.get(id);
+      this._tracker.expectAck(id, item.channel);
       this._ws.send(item.frame);
     }
   }
 
-  /** Send a request with an id; resolves with its reply, or null when the connection drops
-   *  or the timeout passes. Error replies reject with a TriowsError. */
+  /** Send a request with an id; resolves with its reply, or null when the connection drops.
+   *  Error replies, and no reply within `timeout`, reject with a TriowsError (the latter
+   *  with `timeout` true). */
   _request(frame, timeout = this.options.requestTimeout) {
     const id = frame.id ?? `${this._idPrefix}-r${++this._ids}`;
     return new Promise((resolve, reject) => {
       const timer = this._after(timeout, () => {
         this._waiting.delete(id);
-        resolve(null);
+        const what = frame.channel === undefined ? frame.type : `${frame.type} ${frame.channel}`;
+        const error = new TriowsError(`no answer to ${what} within ${timeout}s`);
+        error.timeout = true;
+        reject(error);
       });
       this._waiting.set(id, (reply) => {
         this._clearTimer(timer);
@@ -778,34 +947,55 @@ export class TriowsClient {
     return true;
   }
 
+  /** A publish's ack or error: its promise settles, the pacer lets the next one go. A
+   *  refusal for now (not numbered) sends it again, with its id, after a pause. */
+  _onPublishAnswer(frame) {
+    const item = this._items.get(frame.id);
+    if (!item) return false;
+    if (frame.type === "error" && PUBLISH_NOT_NOW.has(frame.code)) {
+      const wait = this._publishes.refused(frame.id);
+      if (wait !== null) {
+        this._after(wait, () => {
+          this._publishes.resume();
+          this._flush();
+        });
+      }
+      return true;
+    }
+    this._publishes.answered(frame.id);
+    this._items.delete(frame.id);
+    this._clearTimer(item.timer);
+    if (frame.type === "error") {
+      item.reject(new TriowsError(frame.message, frame.code));
+    } else {
+      if (this.options.echo) {
+        const epoch = this._tracker.resumeFrom(item.channel)?.epoch;
+        this._emit("message", {
+          type: "message",
+          channel: item.channel,
+          data: item.data,
+          seq: frame.seq,
+          id: epoch ? `${epoch}:${frame.seq}` : null,
+          from: this.clientId,
+          timestamp: Date.now(),
+          own: true,
+        });
+      }
+      item.resolve(frame.seq);
+    }
+    this._flush();
+    return true;
+  }
+
   _onFrame(frame, conn) {
     switch (frame.type) {
       case "message":
         for (const event of this._tracker.onMessage(frame)) this._emit(event.type, event);
         return;
-      case "ack": {
-        this._tracker.onAck(frame.id, frame.seq); // also a late one: the seq is ours
-        const item = this._inflight.get(frame.id);
-        if (!item) return;
-        this._inflight.delete(frame.id);
-        this._clearTimer(item.timer);
-        if (this.options.echo) {
-          const epoch = this._tracker.resumeFrom(item.channel)?.epoch;
-          this._emit("message", {
-            type: "message",
-            channel: item.channel,
-            data: item.data,
-            seq: frame.seq,
-            id: epoch ? `${epoch}:${frame.seq}` : null,
-            from: this.clientId,
-            timestamp: Date.now(),
-            own: true,
-          });
-        }
-        item.resolve(frame.seq);
-        this._flush();
+      case "ack":
+        this._tracker.receive(frame); // also a late one: the seq is ours
+        this._onPublishAnswer(frame);
         return;
-      }
       case "subscribed":
         if (typeof frame.id === "string" && frame.id.startsWith(RESUBSCRIBE)) {
           this._resubscribed(conn, frame);
@@ -823,15 +1013,13 @@ export class TriowsClient {
         }
         return;
       case "error": {
-        this._tracker.forgetAck(frame.id);
-        const item = this._inflight.get(frame.id);
-        if (item) {
-          this._inflight.delete(frame.id);
-          this._clearTimer(item.timer);
-          item.reject(new TriowsError(frame.message, frame.code));
-          this._flush();
+        if (this._items.has(frame.id)) {
+          // A refusal for now leaves the ack expected: the publish goes again, same id.
+          if (!PUBLISH_NOT_NOW.has(frame.code)) this._tracker.forgetAck(frame.id);
+          this._onPublishAnswer(frame);
           return;
         }
+        this._tracker.forgetAck(frame.id);
         if (typeof frame.id === "string" && frame.id.startsWith(RESUBSCRIBE)) {
           this._resubscribed(conn, frame);
           return;

@@ -221,6 +221,10 @@ class RedisBroker(Broker):
         feed = ch.feed
         assert feed.epoch is not None
         state.seq, state.epoch = feed.seq, feed.epoch
+        if resume is not None and resume.numbering is not None:
+            # A node behind a restart of the numbering answers in the client's epoch.
+            seq, epoch = resume.numbering
+            return Subscribed(seq=seq, epoch=epoch, resume=resume)
         return Subscribed(seq=feed.seq, epoch=feed.epoch, resume=resume)
 
     def unsubscribe(self, member: Subscriber, channel: str) -> bool:

@@ -4,8 +4,9 @@ The rules of a resume (recovered or not, the gap) are the hub's, shared with the
 broker; what is Redis-specific is where the history comes from and how it meets live delivery.
 The stream is read up to what this node's feed has handed its members, in rounds while the
 channel moves, so the replay and live delivery meet without a hole or a duplicate. A client
-that saw more elsewhere than this node has delivered (this node lags) waits a moment for the
-feed, else Redis's numbering vouches for ``since``.
+that saw more elsewhere than this node has delivered (this node lags, also behind a restart of
+the channel's numbering) waits a moment for the feed, else Redis's numbering vouches for
+``since``.
 
 Separate from the feeds because it only reads a channel (its feed and stream) on behalf of one
 subscribe, and never delivers: the feeds stay the one writer of a channel's state.
@@ -23,6 +24,7 @@ from ..._core.frames import text_frame
 from ..._core.hub import (
     Resume,
     resume_ahead_of_feed,
+    resume_behind_restart,
     resume_from_history,
     resume_without_history,
 )
@@ -52,14 +54,24 @@ class Resumer:
         this epoch elsewhere than this node's feed has delivered (the node lags) missed
         nothing: the feed is given a moment to catch up (then the client gets exactly what
         follows), else Redis's numbering confirms ``since`` (see ``resume_ahead_of_feed``).
+        The same holds when the client saw a restart of the numbering that this node has not
+        seen yet (``resume_behind_restart``).
         """
         feed = ch.feed
-        if epoch == feed.epoch and since > feed.seq and not await self._feed_reaches(ch, since):
-            try:
-                numbering = functools.partial(read_numbering, ch.name)
-                channel_seq, channel_epoch = await self._bridge.call(numbering)
-            except LINK_ERRORS:
-                raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
+        if epoch is not None and epoch != feed.epoch:
+            # Another epoch than the feed's: the client's numbers are stale, or this node has
+            # not seen the numbering restart yet. Redis's numbering tells which; a lag gets the
+            # moment the feed may need to catch up.
+            channel_seq, channel_epoch = await self._numbering(ch)
+            lag = resume_behind_restart(since, epoch, channel_epoch, channel_seq)
+            if lag is not None and not await self._feed_reaches(ch, epoch, since):
+                return lag
+        elif (
+            epoch is not None
+            and since > feed.seq
+            and not await self._feed_reaches(ch, epoch, since)
+        ):
+            channel_seq, channel_epoch = await self._numbering(ch)
             if feed.seq < since:
                 return resume_ahead_of_feed(since, epoch, channel_epoch, channel_seq)
         known = resume_without_history(since, epoch, feed.epoch, feed.seq)
@@ -91,12 +103,24 @@ class Resumer:
             since, feed.seq, [(entry.seq, text_frame(entry.payload)) for entry in kept]
         )
 
-    async def _feed_reaches(self, ch: Channel, since: int) -> bool:
-        """Wait (bounded) until the feed delivered ``since`` in its epoch; False if it did not."""
-        feed, epoch = ch.feed, ch.feed.epoch
+    async def _numbering(self, ch: Channel) -> tuple[int, str | None]:
+        """The channel's ``(seq, epoch)`` as Redis numbers it now."""
+        try:
+            return await self._bridge.call(functools.partial(read_numbering, ch.name))
+        except LINK_ERRORS:
+            raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
+
+    async def _feed_reaches(self, ch: Channel, epoch: str, since: int) -> bool:
+        """Wait (bounded) until the feed delivered ``since`` in ``epoch``; False if it did not
+        (also when it moved on to yet another epoch meanwhile)."""
+        feed, started = ch.feed, ch.feed.epoch
+
+        def reached() -> bool:
+            return feed.epoch == epoch and feed.seq >= since
+
         with trio.move_on_after(min(RESUME_LAG_WAIT, self._config.redis_timeout)):
-            while feed.epoch == epoch and feed.seq < since:
+            while not reached() and feed.epoch in (started, epoch):
                 if ch.moved is None:
                     ch.moved = trio.Event()
                 await ch.moved.wait()
-        return feed.epoch != epoch or feed.seq >= since
+        return reached()
