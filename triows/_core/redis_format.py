@@ -15,7 +15,8 @@ Per channel ``c``:
   the history size (:data:`TRIM`).
 - ``triows:m:c`` the pub/sub channel; each message is ``"<seq> <epoch> <token> <sender>\\n"``
   followed by the payload.
-- ``triows:o:...`` one key per publication with a dedupe id, for ``dedupe_ttl``: a client's
+- ``triows:o:...`` one key per publication with a dedupe id, for ``dedupe_ttl`` (to the
+  millisecond, :class:`~triows._core.dedupe.DedupeRule`): a client's
   resend is acked with the first seq. Its name encodes every part with a length prefix
   (:func:`dedupe_key`), so no user name or channel name can make two publications share it.
 - ``triows:n:<node>`` a hash per node: publication token -> seq, for each publication the node
@@ -85,7 +86,7 @@ end
 
 #: KEYS: numbering, stream, dedupe key, the node's pending hash. ARGV: payload head (up to
 #: ``"seq":``), epoch to create, pub/sub channel, history size (entries always kept), key ttl
-#: ms, dedupe ttl s (0: no dedupe id), :func:`origin`, timestamp ms, token (the pending field),
+#: ms, dedupe ttl ms (0: no dedupe id), :func:`origin`, timestamp ms, token (the pending field),
 #: retention ms (entries younger than this are kept; ``-1``: trim nothing now, see
 #: ``RedisBroker``). Returns ``{seq, epoch, 1 if it was a duplicate else 0}``.
 PUBLISH_SCRIPT = (
@@ -113,7 +114,7 @@ end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 if ARGV[6] ~= '0' then
-  redis.call('SET', KEYS[3], seq, 'EX', ARGV[6])
+  redis.call('SET', KEYS[3], seq, 'PX', ARGV[6])
 end
 redis.call('HSET', KEYS[4], ARGV[9], seq)
 redis.call('PEXPIRE', KEYS[4], ARGV[5])

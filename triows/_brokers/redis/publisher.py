@@ -91,6 +91,7 @@ class Publisher:
         new_epoch: Callable[[], str],
     ) -> None:
         self._config = config
+        self._dedupe = config.dedupe_rule()
         self.node_id = node_id
         self._link = link
         self._tasks = tasks
@@ -127,12 +128,14 @@ class Publisher:
         config = self._config
         number = f"{next(self._tokens):x}"
         token = f"{self.node_id}:{number}"
-        if pub.dedupe is not None and config.dedupe_size > 0 and config.dedupe_ttl > 0:
+        if pub.dedupe is not None and self._dedupe.enabled:
+            # The same rule as in process (triows._core.dedupe): remembered for the ttl,
+            # which Redis applies; no count (Redis' maxmemory bounds the keys).
             key, request_id = pub.dedupe
             kind, name = key if isinstance(key, tuple) else ("key", key)
             request = protocol.encode(request_id).decode()
             once = fmt.dedupe_key(str(kind), str(name), pub.channel, request)
-            once_ttl = max(1, int(config.dedupe_ttl))
+            once_ttl = self._dedupe.ttl_ms
         else:
             once, once_ttl = fmt.dedupe_key(), 0
         keep, _ = config.history_for(pub.channel)  # the scripts keep at least this many
