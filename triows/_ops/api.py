@@ -116,7 +116,7 @@ class PublishApi:
         why = (
             "the server is stopping"
             if view.closing
-            else "Redis is unreachable"
+            else view.broker.statistics().reason or "the broker is down"
             if not view.broker.up.value
             else "the broker is slow"
         )

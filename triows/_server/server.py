@@ -221,7 +221,7 @@ class Server:
         if self._closing:
             reasons.append("shutting down")
         if not self.broker.up.value:
-            reasons.append("broker down: Redis unreachable")
+            reasons.append(f"broker down: {self.broker.statistics().reason or 'unreachable'}")
         if self.memory_guard.over:
             reasons.append("memory limit reached")
         if self.admission.full():

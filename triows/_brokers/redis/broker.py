@@ -212,7 +212,7 @@ class RedisBroker(Broker):
                 await ch.ready.wait()
             if not ch.ready.is_set():
                 raise BrokerUnavailableError(
-                    "Redis is unreachable; cannot join a new channel now"
+                    f"{self._link.state()}; cannot join a new channel now"
                     if self._link.down
                     else "Redis did not confirm the subscription in time"
                 )
@@ -282,6 +282,7 @@ class RedisBroker(Broker):
         return BrokerStatistics(
             kind="redis",
             state="down" if self._link.down else "up",
+            reason=self._link.state(),
             since=self._link.since,
             buffered=len(self._publisher.buffer),
             refused=self._publisher.refused,

@@ -56,6 +56,18 @@ TRANSIENT_REPLIES: tuple[type[Exception], ...] = (
     redis.exceptions.TimeoutError,
 )
 TRANSIENT_CODES = ("BUSY", "MISCONF", "NOREPLICAS")
+#: What Redis refuses, in a few words, by the refusal (the link's state shows it: "Redis
+#: refuses writes (out of memory)", not "unreachable", while Redis answers).
+REFUSALS: tuple[tuple[type[Exception] | str, str], ...] = (
+    (redis.exceptions.OutOfMemoryError, "writes (out of memory)"),
+    (redis.exceptions.ReadOnlyError, "writes (a read-only replica)"),
+    (redis.exceptions.BusyLoadingError, "commands (loading its data)"),
+    (redis.exceptions.MasterDownError, "commands (its master is down)"),
+    (redis.exceptions.TryAgainError, "publications for now"),
+    ("BUSY", "commands (a script is running)"),
+    ("MISCONF", "writes (it cannot persist)"),
+    ("NOREPLICAS", "writes (not enough replicas)"),
+)
 
 
 @attrs.define(eq=False, slots=True)
@@ -72,6 +84,16 @@ class _Pending:
     echoed: bool = False
     #: It was handed to Redis at least once: until an answer, Redis may have run it.
     sent: bool = False
+
+
+def refusal(result: Exception) -> str | None:
+    """What a refusal for now refuses, in a few words; None for a connection error."""
+    for kind, words in REFUSALS:
+        if isinstance(kind, str) and str(result).startswith(kind):
+            return words
+        if not isinstance(kind, str) and isinstance(result, kind):
+            return words
+    return None
 
 
 class PublishRefusedError(Exception):
@@ -123,7 +145,7 @@ class Publisher:
             self.refused += 1
             raise BrokerUnavailableError(
                 f"{len(self.buffer)} publications are waiting for Redis "
-                f"({'unreachable' if self._link.down else 'slow'}); try again later"
+                f"({self._link.state() or 'Redis is slow'}); try again later"
             )
         config = self._config
         number = f"{next(self._tokens):x}"
@@ -186,7 +208,10 @@ class Publisher:
                 attempt = 0
                 self._link.part_up("publish")
             else:
-                self._link.part_down("publish", retry)
+                reason, refused = retry
+                self._link.part_down("publish", reason, refusing=refused)
+                if isinstance(refused, str) and "out of memory" in refused:
+                    await self._trim_for_memory(batch)
                 await trio.sleep(backoff(attempt))
                 attempt += 1
 
@@ -213,10 +238,13 @@ class Publisher:
 
     def _take_results(
         self, batch: list[_Pending], sent: list[_Pending], results: list[Any]
-    ) -> str | None:
+    ) -> tuple[str, str | None] | None:
         """Settle what Redis answered, in order; stops at the first publication to send again
-        and returns why (None when the whole batch is done). Publications of the batch that
-        were not ``sent`` had come back already: they are done."""
+        and returns why, and what Redis refuses if it answered (None when the whole batch is
+        done). Publications of the batch that were not ``sent`` had come back already: they
+        are done. Those after the one to send again may have run (a pipeline is no
+        transaction): they are sent again too, and found done, or refused until their
+        predecessor ran (:data:`~triows._core.redis_format.OUT_OF_ORDER`)."""
         answers = dict(zip(map(id, sent), results, strict=True))
         for pending in batch:
             if id(pending) not in answers:
@@ -227,11 +255,12 @@ class Publisher:
             result = answers[id(pending)]
             if isinstance(result, redis.exceptions.NoScriptError):
                 self._publish_sha = None  # Redis restarted: load it again, resend the rest
-                return "the publish script was gone (Redis restarted)"
+                return "the publish script was gone (Redis restarted)", None
             if isinstance(result, TRANSIENT_REPLIES) or (
                 isinstance(result, Exception) and str(result).startswith(TRANSIENT_CODES)
             ):
-                return f"Redis refused a publication for now: {describe(result)}"
+                why = f"Redis refused a publication for now: {describe(result)}"
+                return why, refusal(result)
             self.buffer.popleft()
             self._in_flight.pop(pending.token, None)
             self._answered.append(pending.number)
@@ -272,12 +301,48 @@ class Publisher:
         if answered:
             pipe.hdel(self._pending_key, *answered)
         sent = [pending for pending in batch if not pending.echoed]
+        #: Per channel, the pending field of the publication sent just before in this batch:
+        #: the script refuses one whose predecessor did not run (order kept, see the script).
+        previous: dict[str, str] = {}
         for pending in sent:
             pending.sent = True
             keys, args = pending.keys, pending.args
-            pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention)
+            after = previous.get(pending.pub.channel, "")
+            previous[pending.pub.channel] = pending.number
+            pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention, after)
         results = pipe.execute(raise_on_error=False)
         return sent, results[1:] if answered else results
+
+    async def _trim_for_memory(self, batch: list[_Pending]) -> None:
+        """Redis refused publications for lack of memory: trim the streams of the batch's
+        channels by the usual rule (beyond the history size and older than
+        ``redis_retention``), which the publish script cannot do now (its first write is
+        refused). Without it a stream full of old entries would hold Redis full for good."""
+        channels = sorted({pending.pub.channel for pending in batch})
+        trim = functools.partial(self._trim_in_thread, channels)
+        trimmed = await self._link.call_with_retries("publish", trim, mark_up=False)
+        if trimmed:
+            log.warning(
+                "Redis is out of memory: trimmed %d old stream entries of %d channel(s)",
+                trimmed,
+                len(channels),
+            )
+
+    def _trim_in_thread(self, channels: list[str], client: redis.Redis) -> int:
+        retention = int(self._config.redis_retention * 1000)
+        pipe = client.pipeline(transaction=False)
+        for channel in channels:
+            keep, _ = self._config.history_for(channel)
+            pipe.eval(
+                fmt.TRIM_SCRIPT,
+                2,
+                fmt.numbering_key(channel),
+                fmt.stream_key(channel),
+                keep,
+                retention,
+                fmt.TRIM_COUNT,
+            )
+        return sum(n for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
 
     def _settle(self, pub: Publication, seq: int) -> bool:
         """Tell the publisher its seq, once; False if it was told already."""
