@@ -8,6 +8,8 @@ import pytest
 import redis
 import trio
 
+from triows import Config
+from triows._brokers.redis.link import Link
 from triows._brokers.seam import Publication
 from triows._core import redis_format as fmt
 
@@ -102,3 +104,33 @@ async def test_a_refused_publication_keeps_its_place_before_the_next_ones(
         with trio.fail_after(10):
             await done.wait()
     assert seqs == {"refuse-once": 2, "second": 3, "third": 4}
+
+
+async def test_a_refusal_does_not_hold_back_trimming_as_an_outage_does() -> None:
+    """After an outage a node trims nothing for ``redis_retention`` (other nodes may catch up
+    from the streams); a refusal loses no pub/sub message, and holding trimming back then kept
+    a Redis near ``maxmemory`` full (each refusal restarted the wait)."""
+    config = Config(redis_url="redis://127.0.0.1:1/0", redis_retention=60)
+    link = Link(
+        config,
+        None,  # type: ignore[arg-type]  # no call goes through it here
+        connections=lambda: 0,
+        held_publications=lambda: 0,
+        followed_channels=lambda: 0,
+    )
+    link.part_up("pubsub")
+    link.trim_after = 0.0
+    link.permit_trimming_when_settled()
+    assert link.may_trim
+    link.part_down("publish", "OutOfMemoryError: ...", refusing="writes (out of memory)")
+    assert link.state() == "Redis refuses writes (out of memory)"
+    assert link.may_trim
+    link.part_up("publish")
+    assert link.may_trim and link.state() is None and link.reconnects == 0
+    link.part_down("publish", "ConnectionError: refused")
+    assert link.state() == "Redis unreachable"
+    assert not link.may_trim
+    link.part_up("publish")
+    assert link.reconnects == 1
+    link.permit_trimming_when_settled()
+    assert not link.may_trim  # not before redis_retention has passed
