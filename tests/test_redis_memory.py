@@ -126,7 +126,7 @@ async def test_a_refusal_does_not_hold_back_trimming_as_an_outage_does() -> None
     assert link.state() == "Redis refuses writes (out of memory)"
     assert link.may_trim
     link.part_up("publish")
-    assert link.may_trim and link.state() is None and link.reconnects == 0
+    assert (link.may_trim, link.state(), link.reconnects) == (True, None, 0)
     link.part_down("publish", "ConnectionError: refused")
     assert link.state() == "Redis unreachable"
     assert not link.may_trim
