@@ -195,6 +195,11 @@ class Publisher:
                 self._buffer_changed = trio.Event()
                 await self._buffer_changed.wait()
             batch = list(itertools.islice(self.buffer, PUBLISH_BATCH))
+            for pending in batch:
+                # Set here, in trio, before the thread starts: cancelled meanwhile (the server
+                # stops), trio abandons the thread, which may still send the batch, and
+                # fail_held() must then say "unknown", not "not sent".
+                pending.sent = pending.sent or not pending.echoed
             answered = self._answered
             self._answered = []
             try:
@@ -305,7 +310,6 @@ class Publisher:
         #: the script refuses one whose predecessor did not run (order kept, see the script).
         previous: dict[str, str] = {}
         for pending in sent:
-            pending.sent = True
             keys, args = pending.keys, pending.args
             after = previous.get(pending.pub.channel, "")
             previous[pending.pub.channel] = pending.number
