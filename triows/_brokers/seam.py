@@ -142,6 +142,9 @@ class Broker(abc.ABC):
     round_trips: LatencyHistogram
     #: Whether ``publish`` numbers a publication (and calls ``numbered``) before it returns.
     numbers_at_once = False
+    #: Whether ``publish`` can return ``block`` subscribers for the publisher to wait for (in
+    #: process; with Redis the channel's feed waits for them, not the publisher).
+    hands_back_blocked = True
 
     @abc.abstractmethod
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:

@@ -112,6 +112,9 @@ class ServerStatistics:
     memory_limit_trips: int = 0
     #: Supervisor tasks (monitor, idle sweeper, presence) that failed and were restarted.
     task_failures: int = 0
+    #: HTTP publications to ``block`` channels in flight or whose ``block`` subscribers are
+    #: waited for in the background (the HTTP API refuses more than 256 with 503).
+    http_block_waits: int = 0
 
 
 @attrs.frozen(kw_only=True)

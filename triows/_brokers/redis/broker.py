@@ -59,6 +59,8 @@ T = TypeVar("T")
 
 
 class RedisBroker(Broker):
+    hands_back_blocked = False  # the feeds wait for block subscribers (triows._brokers.redis.feeds)
+
     def __init__(
         self, config: Config, fanout: FanOut, wall_clock_ms: WallClockMs, url: str
     ) -> None:
