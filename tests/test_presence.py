@@ -216,3 +216,50 @@ async def test_presence_answers_cost_nothing_per_member_until_the_members_change
             answer = await b.request({"type": "presence", "channel": "room", "id": "x"})
             assert answer["count"] == 2
             assert listed == ["room", "room"]
+
+
+async def test_a_refresh_lists_a_large_channels_members_in_steps() -> None:
+    """A refresh lists every member of every presence channel here: with many, it must let the
+    other tasks run meanwhile, not stall the event loop."""
+    from types import SimpleNamespace
+
+    from triows import Config
+    from triows._brokers.fanout import FanOut
+    from triows._brokers.memory import MemoryBroker
+    from triows._brokers.presence import MEMBERS_PER_STEP, Presence
+
+    config = Config(presence=("room*",))
+    fanout = FanOut(1.0)
+    hub = MemoryBroker(config, fanout, epoch_prefix="t").hub
+
+    class Member:
+        principal = SimpleNamespace(user_id=None)
+
+        def __init__(self, client_id: str) -> None:
+            self.client_id = client_id
+
+    for n in range(2 * MEMBERS_PER_STEP + 1):
+        hub.subscribe(Member(f"c{n}"), "room")  # type: ignore[arg-type]
+    others_ran: list[bool] = []
+    seen: list[bool] = []
+
+    class Store:
+        shared, node_id = True, "here"
+
+        def listen(self, *callbacks: Any) -> None:
+            pass
+
+        async def refresh_and_sweep(self, mine: list[Any], *rest: Any) -> Any:
+            seen.append(bool(others_ran))  # before this call's first checkpoint
+            assert len(mine) == 2 * MEMBERS_PER_STEP + 1
+            return {"room": []}, 0
+
+    presence = Presence(config, hub, fanout, lambda: 0, Store())  # type: ignore[arg-type]
+
+    async def another_task() -> None:
+        others_ran.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(another_task)
+        await presence._refresh_and_sweep()
+    assert seen == [True]

@@ -80,8 +80,10 @@ class RedisBroker(Broker):
         self._bridge = RedisBridge(url, config.redis_timeout, self.round_trips)
         self._control = fmt.control_channel(self.node_id)
         self._listener = PubSubListener(self._bridge, self._control, self._dispatch)
-        #: Set by presence (triows._brokers.presence): other nodes' joins and leaves go there.
+        #: Set by presence (triows._brokers.presence): other nodes' joins and leaves go there,
+        #: and each confirmation of their channel (again after a break: some were lost).
         self.on_presence: Callable[[bytes], None] | None = None
+        self.on_presence_resync: Callable[[], None] | None = None
         #: A batch from the listener is being delivered (the watchdog waits for its pings).
         self._dispatching = False
         #: Pub/sub messages on triows' channels that could not be parsed, skipped.
@@ -270,6 +272,8 @@ class RedisBroker(Broker):
                         self._link.part_up("pubsub")
                     elif event.channel != presence.EVENTS_CHANNEL:
                         self._feeds.confirmed(event.channel)
+                    elif self.on_presence_resync is not None:
+                        self.on_presence_resync()
                 elif isinstance(event, LinkDown):
                     self._link.part_down("pubsub", event.reason)
         finally:

@@ -1,0 +1,85 @@
+"""What a node's subscribers were told of a channel's members (``Announced``): events and
+reads of the hash applied so that each change is heard once and a read never undoes a newer
+event. Pure data: no Redis, no clock."""
+
+from __future__ import annotations
+
+from triows._core.presence import Announced, Member
+
+A, B, C = Member("a", None), Member("b", "bob"), Member("c", None)
+
+
+def settled(*members: Member) -> Announced:
+    told = Announced()
+    told.follow("room", [])
+    touched = told.begin_read()
+    assert told.settle("room", {m.client_id: m for m in members}, touched, refresh=True) == (
+        [],
+        [],
+    )
+    told.end_read(touched)
+    return told
+
+
+def test_the_first_read_is_the_starting_point_and_says_nothing() -> None:
+    told = settled(A, B)
+    assert told.knows("room", "a")
+    assert told.knows("room", "b")
+    assert told.unsettled() == []
+
+
+def test_events_are_news_once() -> None:
+    told = settled(A)
+    assert not told.joined("room", A)  # told already (a node writing it back)
+    assert told.joined("room", B)
+    assert told.left("room", B)
+    assert not told.left("room", B)  # a second leave (a sweep, then the node's own)
+
+
+def test_until_settled_events_pass_as_they_come() -> None:
+    told = Announced()
+    told.follow("room", [])
+    assert told.left("room", A)  # its subscribers' presence answer may list it
+    assert told.joined("room", A)
+    assert told.joined("room", A)
+
+
+def test_a_read_tells_joins_at_once_and_leaves_after_two_refreshes() -> None:
+    told = settled(A, B)
+    touched = told.begin_read()
+    assert told.settle("room", {"a": A, "c": C}, touched, refresh=False) == ([C], [])
+    assert told.settle("room", {"a": A, "c": C}, touched, refresh=True) == ([], [])
+    assert told.settle("room", {"a": A, "c": C}, touched, refresh=False) == ([], [])
+    assert told.settle("room", {"a": A, "c": C}, touched, refresh=True) == ([], [B])
+    told.end_read(touched)
+
+
+def test_a_member_missed_once_then_found_is_not_a_leave() -> None:
+    told = settled(A, B)
+    touched = told.begin_read()
+    assert told.settle("room", {"a": A}, touched, refresh=True) == ([], [])
+    assert told.settle("room", {"a": A, "b": B}, touched, refresh=True) == ([], [])
+    assert told.settle("room", {"a": A}, touched, refresh=True) == ([], [])
+    assert told.knows("room", "b")
+    told.end_read(touched)
+
+
+def test_a_read_leaves_alone_what_events_changed_meanwhile() -> None:
+    told = settled(A)
+    touched = told.begin_read()
+    assert told.left("room", A)  # newer than the read, which still found it
+    assert told.joined("room", B)  # newer than the read, which did not find it
+    assert told.settle("room", {"a": A}, touched, refresh=True) == ([], [])
+    assert told.settle("room", {"a": A}, touched, refresh=True) == ([], [])
+    told.end_read(touched)
+    assert not told.knows("room", "a")
+    assert told.knows("room", "b")
+
+
+def test_a_channel_followed_anew_starts_over() -> None:
+    told = settled(A, B)
+    told.follow("room", [])  # its first member here again
+    assert told.unsettled() == ["room"]
+    assert not told.knows("room", "a")
+    told.forget("room")
+    assert not told.follows("room")
