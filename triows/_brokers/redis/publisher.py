@@ -41,6 +41,11 @@ log = logging.getLogger("triows.redis")
 
 #: Publications sent in one pipeline at most.
 PUBLISH_BATCH = 500
+#: Seconds the pending field of a publication sent in an attempt that failed on the link is
+#: kept after its answer: a copy of that attempt can still run later (bytes a stopped Redis
+#: reads when it resumes, a closed socket's data the kernel still retransmits), and finds its
+#: field then: a no-op, not a second publication. Other fields go with the next batch.
+LINGERING_COPY_GRACE = 300.0
 #: Redis error replies that mean "not now" (out of memory, a read-only replica, loading a
 #: dataset, a busy script, ...): the publication is kept and sent again with backoff, like
 #: during an outage, instead of failing. redis-py turns the known codes into classes and
@@ -84,6 +89,9 @@ class _Pending:
     echoed: bool = False
     #: It was handed to Redis at least once: until an answer, Redis may have run it.
     sent: bool = False
+    #: It went out in an attempt that failed on the link (a timeout, a reset): that copy may
+    #: still reach Redis and run later (a Redis that was stopped reads it when it resumes).
+    lingering: bool = False
 
 
 def refusal(result: Exception) -> str | None:
@@ -121,8 +129,10 @@ class Publisher:
         self._new_epoch = new_epoch
         self._tokens = itertools.count(1)
         self._pending_key = fmt.pending_key(node_id)
-        #: Tokens whose answer arrived: their pending fields are deleted with the next batch.
+        #: Tokens whose answer arrived: their pending fields are deleted with the next batch;
+        #: those of publications that may have a lingering copy, later (``(when, token)``).
         self._answered: list[str] = []
+        self._answered_later: deque[tuple[float, str]] = deque()
         #: Publications not answered yet, in order (the outage buffer).
         self.buffer: deque[_Pending] = deque()
         self._in_flight: dict[str, _Pending] = {}  # by token, until Redis answered
@@ -200,14 +210,26 @@ class Publisher:
                 # stops), trio abandons the thread, which may still send the batch, and
                 # fail_held() must then say "unknown", not "not sent".
                 pending.sent = pending.sent or not pending.echoed
+            later, now = self._answered_later, trio.current_time()
+            while later and later[0][0] <= now:
+                self._answered.append(later.popleft()[1])
             answered = self._answered
             self._answered = []
+            attempts = 0
+
+            def send(client: redis.Redis) -> tuple[list[_Pending], list[Any]]:
+                nonlocal attempts
+                attempts += 1
+                return self._send_batch(batch, answered, client)
+
             try:
-                send = functools.partial(self._send_batch, batch, answered)
                 sent, results = await self._link.call_with_retries("publish", send, mark_up=False)
             except BaseException:
                 self._answered = answered + self._answered  # still to delete
                 raise
+            if attempts > 1:  # an attempt failed on the link: its copies may still run
+                for pending in sent:
+                    pending.lingering = True
             retry = self._take_results(batch, sent, results)
             if retry is None:
                 attempt = 0
@@ -253,9 +275,7 @@ class Publisher:
         answers = dict(zip(map(id, sent), results, strict=True))
         for pending in batch:
             if id(pending) not in answers:
-                self.buffer.popleft()
-                self._in_flight.pop(pending.token, None)
-                self._answered.append(pending.number)
+                self._done(pending)
                 continue
             result = answers[id(pending)]
             if isinstance(result, redis.exceptions.NoScriptError):
@@ -266,9 +286,7 @@ class Publisher:
             ):
                 why = f"Redis refused a publication for now: {describe(result)}"
                 return why, refusal(result)
-            self.buffer.popleft()
-            self._in_flight.pop(pending.token, None)
-            self._answered.append(pending.number)
+            self._done(pending)
             if isinstance(result, Exception):
                 # A script error is a bug or a Redis we cannot work with: the reason goes to
                 # the log; the client gets a plain 500.
@@ -283,6 +301,17 @@ class Publisher:
             else:
                 self._settle_published(pending.pub, int(seq))
         return None
+
+    def _done(self, pending: _Pending) -> None:
+        """``pending``, first in the buffer, has its answer: out of the buffer; its pending
+        field is deleted with the next batch, or after :data:`LINGERING_COPY_GRACE`."""
+        self.buffer.popleft()
+        self._in_flight.pop(pending.token, None)
+        if pending.lingering:
+            due = trio.current_time() + LINGERING_COPY_GRACE
+            self._answered_later.append((due, pending.number))
+        else:
+            self._answered.append(pending.number)
 
     def _send_batch(
         self, batch: list[_Pending], answered: list[str], client: redis.Redis
