@@ -215,19 +215,14 @@ class Publisher:
                 self._answered.append(later.popleft()[1])
             answered = self._answered
             self._answered = []
-            attempts = 0
-
-            def send(client: redis.Redis) -> tuple[list[_Pending], list[Any]]:
-                nonlocal attempts
-                attempts += 1
-                return self._send_batch(batch, answered, client)
-
+            attempts: list[None] = []  # one per thread call (each retry is one)
+            send = functools.partial(self._attempt, batch, answered, attempts)
             try:
                 sent, results = await self._link.call_with_retries("publish", send, mark_up=False)
             except BaseException:
                 self._answered = answered + self._answered  # still to delete
                 raise
-            if attempts > 1:  # an attempt failed on the link: its copies may still run
+            if len(attempts) > 1:  # an attempt failed on the link: its copies may still run
                 for pending in sent:
                     pending.lingering = True
             retry = self._take_results(batch, sent, results)
@@ -312,6 +307,12 @@ class Publisher:
             self._answered_later.append((due, pending.number))
         else:
             self._answered.append(pending.number)
+
+    def _attempt(
+        self, batch: list[_Pending], answered: list[str], attempts: list[None], client: redis.Redis
+    ) -> tuple[list[_Pending], list[Any]]:
+        attempts.append(None)
+        return self._send_batch(batch, answered, client)
 
     def _send_batch(
         self, batch: list[_Pending], answered: list[str], client: redis.Redis
