@@ -232,7 +232,9 @@ class Publisher:
             else:
                 reason, refused = retry
                 self._link.part_down("publish", reason, refusing=refused)
-                if isinstance(refused, str) and "out of memory" in refused:
+                out_of_memory = isinstance(refused, str) and "out of memory" in refused
+                # Not while a reconnect holds trimming back (Link.trim_after), as for any trim.
+                if out_of_memory and trio.current_time() >= self._link.trim_after:
                     await self._trim_for_memory(batch)
                 await trio.sleep(backoff(attempt))
                 attempt += 1
