@@ -13,10 +13,8 @@ def settled(*members: Member) -> Announced:
     told = Announced()
     told.follow("room", [])
     touched = told.begin_read()
-    assert told.settle("room", {m.client_id: m for m in members}, touched, refresh=True) == (
-        [],
-        [],
-    )
+    found = {m.client_id: m for m in members}
+    assert told.settle("room", found, touched, now=0, wait=10) == ([], [])
     told.end_read(touched)
     return told
 
@@ -44,23 +42,24 @@ def test_until_settled_events_pass_as_they_come() -> None:
     assert told.joined("room", A)
 
 
-def test_a_read_tells_joins_at_once_and_leaves_after_two_refreshes() -> None:
+def test_a_read_tells_joins_at_once_and_leaves_once_missed_long_enough() -> None:
     told = settled(A, B)
     touched = told.begin_read()
-    assert told.settle("room", {"a": A, "c": C}, touched, refresh=False) == ([C], [])
-    assert told.settle("room", {"a": A, "c": C}, touched, refresh=True) == ([], [])
-    assert told.settle("room", {"a": A, "c": C}, touched, refresh=False) == ([], [])
-    assert told.settle("room", {"a": A, "c": C}, touched, refresh=True) == ([], [B])
+    assert told.settle("room", {"a": A, "c": C}, touched, now=1, wait=10) == ([C], [])
+    assert told.settle("room", {"a": A, "c": C}, touched, now=5, wait=10) == ([], [])
+    assert told.settle("room", {"a": A, "c": C}, touched, now=11, wait=10) == ([], [B])
+    assert told.settle("room", {"a": A, "c": C}, touched, now=30, wait=10) == ([], [])
     told.end_read(touched)
 
 
-def test_a_member_missed_once_then_found_is_not_a_leave() -> None:
+def test_a_member_missed_then_found_again_is_not_a_leave() -> None:
     told = settled(A, B)
     touched = told.begin_read()
-    assert told.settle("room", {"a": A}, touched, refresh=True) == ([], [])
-    assert told.settle("room", {"a": A, "b": B}, touched, refresh=True) == ([], [])
-    assert told.settle("room", {"a": A}, touched, refresh=True) == ([], [])
+    assert told.settle("room", {"a": A}, touched, now=1, wait=10) == ([], [])
+    assert told.settle("room", {"a": A, "b": B}, touched, now=8, wait=10) == ([], [])
+    assert told.settle("room", {"a": A}, touched, now=12, wait=10) == ([], [])  # anew
     assert told.knows("room", "b")
+    assert told.settle("room", {"a": A}, touched, now=22, wait=10) == ([], [B])
     told.end_read(touched)
 
 
@@ -69,8 +68,8 @@ def test_a_read_leaves_alone_what_events_changed_meanwhile() -> None:
     touched = told.begin_read()
     assert told.left("room", A)  # newer than the read, which still found it
     assert told.joined("room", B)  # newer than the read, which did not find it
-    assert told.settle("room", {"a": A}, touched, refresh=True) == ([], [])
-    assert told.settle("room", {"a": A}, touched, refresh=True) == ([], [])
+    assert told.settle("room", {"a": A}, touched, now=1, wait=10) == ([], [])
+    assert told.settle("room", {"a": A}, touched, now=99, wait=10) == ([], [])
     told.end_read(touched)
     assert not told.knows("room", "a")
     assert told.knows("room", "b")

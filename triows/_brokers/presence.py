@@ -15,15 +15,15 @@ Announcements are pub/sub messages, and pub/sub loses what is published while a 
 So the subscribers of a ``full`` channel hear what this node told them (:class:`~triows._core.
 presence.Announced`), kept true against the hashes: when the announcements are followed again
 after a break, and at every refresh, the node reads the hashes of the channels it follows and
-tells its subscribers the difference (a join at once; a leave when two refreshes in a row did
-not find the member). A leave this node could not write is written again.
+tells its subscribers the difference (a join at once; a leave once reads have missed the
+member for more than a refresh period). A leave this node could not write is written again.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 
 import trio
@@ -36,17 +36,15 @@ from .._core.hub import Hub
 from .._core.presence import Member, PresenceMode
 from .._core.protocol import RequestId, encode
 from .fanout import FanOut, Subscriber
+from .presence_answers import PresenceAnswers, local_members
 from .presence_store import Change, Found, PresenceStore
 
 log = logging.getLogger("triows.presence")
 
-#: Seconds a ``presence`` answer read from Redis is reused (joins and leaves announced by
-#: other nodes make it anew at once; this bounds what a crashed node's members cost).
-ANSWER_TTL = 1.0
-#: Channels whose answer is kept, the least recently made forgotten first.
-ANSWERS_KEPT = 1024
 #: Members listed for a refresh between two checkpoints (the refresh must not stall the loop).
 MEMBERS_PER_STEP = 1000
+#: Refresh periods a member told of must be missing from the hash before it is told gone.
+MISSED_PERIODS = 1.5
 
 
 class Presence:
@@ -77,13 +75,7 @@ class Presence:
         #: With Redis: when the background task may try Redis again after a failure.
         self._retry_at = -math.inf
         self._failures = 0
-        #: With Redis: live members per channel at the last sweep (all nodes).
-        self._known: dict[str, int] = {}
-        #: Encoded answers per channel (the part after ``"channel"``), until its members
-        #: change; with Redis also when each was read, and the reads in progress.
-        self._answers: OrderedDict[str, bytes] = OrderedDict()
-        self._answered_at: dict[str, float] = {}
-        self._reading: dict[str, trio.Event] = {}
+        self._answers = PresenceAnswers(hub, store, now_ms, self.mode, self._max_members)
         if store.shared and self.enabled:
             store.listen(self._on_event, self._on_resync)
 
@@ -95,7 +87,7 @@ class Presence:
     def count(self, channel: str) -> int:
         state = self._hub.channel(channel)
         local = len(state.members) if state is not None else 0
-        return max(local, self._known.get(channel, 0))
+        return max(local, self._answers.known.get(channel, 0))
 
     # -- membership changes (sync: called from the subscribe path) ------------------------------
 
@@ -115,7 +107,7 @@ class Presence:
         mode = self.mode(channel)
         if mode is None:
             return
-        self._forget_answer(channel)
+        self._answers.forget(channel)
         member = Member(conn.client_id, conn.principal.user_id)
         if not self._store.shared:
             if mode is PresenceMode.FULL:
@@ -155,15 +147,23 @@ class Presence:
         except (ValueError, KeyError, TypeError):
             log.warning("skipped a malformed presence event: %r", data[:80])
             return
-        self._forget_answer(channel)
+        self._answers.forget(channel)
         if self.mode(channel) is not PresenceMode.FULL:
             return
-        if node == self._store.node_id and not (kind == "join" and self._is_here(channel, member)):
+        announced = self._announced
+        if node == self._store.node_id:
             # Our own announcement: our subscribers heard it from us first. Except a join our
             # refresh wrote back after a sweep had announced the member gone: they heard that
             # leave too (the sweeper's, on the same pub/sub channel, before this join).
+            if (
+                kind == "join"
+                and self._is_here(channel, member)
+                and not announced.knows(channel, member.client_id)
+            ):
+                announced.joined(channel, member)
+                self._notify(kind, channel, member)
             return
-        news = self._announced.joined if kind == "join" else self._announced.left
+        news = announced.joined if kind == "join" else announced.left
         if news(channel, member):
             self._notify(kind, channel, member)
 
@@ -177,98 +177,15 @@ class Presence:
         conn = self._fanout.by_id(member.client_id)
         return conn is not None and self._hub.is_member(conn, channel)
 
-    # -- answering ``presence`` -----------------------------------------------------------------
+    # -- answering ``presence`` (triows._brokers.presence_answers) ------------------------------
 
     def local_frame(self, channel: str, request_id: RequestId | None) -> bytes:
-        """The ``presence`` reply, from this process's members: complete with the in-process
-        broker. Made once per change of the channel's members, not once per request."""
-        body = self._answers.get(channel)
-        if body is None:
-            state = self._hub.channel(channel)
-            members = state.members if state is not None else {}
-            body = self._body(channel, len(members), lambda: self._local_members(channel))
-            self._remember(channel, body)
-        return self._frame(channel, body, request_id)
+        """The ``presence`` reply from this process's members (complete in process)."""
+        return self._answers.local_frame(channel, request_id)
 
     async def frame(self, channel: str, request_id: RequestId | None) -> bytes:
-        """:meth:`local_frame`, with every node's members when there is Redis: one Redis read
-        per channel at a time (concurrent requests share it), kept until the channel's
-        members change or :data:`ANSWER_TTL` passes; counts only need ``HLEN``."""
-        if not self._store.shared:
-            return self.local_frame(channel, request_id)
-        cached = self._answers.get(channel)
-        now = trio.current_time()
-        if cached is None or now - self._answered_at.get(channel, -ANSWER_TTL) >= ANSWER_TTL:
-            reading = self._reading.get(channel)
-            if reading is not None:
-                await reading.wait()  # another request is reading it: share its answer
-            else:
-                self._reading[channel] = done = trio.Event()
-                try:
-                    await self._read_from_store(channel)
-                finally:
-                    del self._reading[channel]
-                    done.set()
-            cached = self._answers.get(channel) or await self._read_from_store(channel)
-        return self._frame(channel, cached, request_id)
-
-    async def _read_from_store(self, channel: str) -> bytes:
-        if self.mode(channel) is PresenceMode.COUNTS:
-            # O(1) in Redis; a crashed node's members count until the next sweep removes them.
-            stored = await self._store.count(channel)
-            count = max(stored, self._local_count(channel))
-            body = self._body(channel, count, dict)
-        else:
-            entries = await self._store.entries(channel)
-            members = self._local_members(channel)
-            for member in core.live_members(entries, self._now_ms()):
-                members.setdefault(member.client_id, member)
-            body = self._body(channel, len(members), lambda: members)
-            count = len(members)
-        self._known[channel] = count
-        self._remember(channel, body)
-        self._answered_at[channel] = trio.current_time()
-        return body
-
-    def _local_count(self, channel: str) -> int:
-        state = self._hub.channel(channel)
-        return len(state.members) if state is not None else 0
-
-    def _local_members(self, channel: str) -> dict[str, Member]:
-        state = self._hub.channel(channel)
-        return {
-            c.client_id: Member(c.client_id, c.principal.user_id)
-            for c in (state.members if state is not None else ())
-        }
-
-    def _body(self, channel: str, count: int, members: Callable[[], dict[str, Member]]) -> bytes:
-        """The reply's ``"count":N,"members":...`` part; the member list is only built (and
-        only asked for) when it is shown: counts only, or over the limit, is O(1)."""
-        if self.mode(channel) is PresenceMode.COUNTS or count > self._max_members:
-            return b'"count":%d,"members":null' % count
-        listed = sorted(members().values(), key=lambda m: m.client_id)
-        return b'"count":%d,"members":%s' % (len(listed), encode([m.as_json() for m in listed]))
-
-    @staticmethod
-    def _frame(channel: str, body: bytes, request_id: RequestId | None) -> bytes:
-        """``{"type":"presence","channel":C,<body>,"id":...}`` (channel names are ASCII)."""
-        tail = b"}" if request_id is None else b',"id":' + encode(request_id) + b"}"
-        return text_frame(
-            b'{"type":"presence","channel":"' + channel.encode("ascii") + b'",' + body + tail
-        )
-
-    def _remember(self, channel: str, body: bytes) -> None:
-        answers = self._answers
-        answers[channel] = body
-        answers.move_to_end(channel)
-        while len(answers) > ANSWERS_KEPT:
-            oldest, _ = answers.popitem(last=False)
-            self._answered_at.pop(oldest, None)
-
-    def _forget_answer(self, channel: str) -> None:
-        """The channel's members changed: its next ``presence`` answer is made anew."""
-        self._answers.pop(channel, None)
-        self._answered_at.pop(channel, None)
+        """The ``presence`` reply, with every node's members when there is Redis."""
+        return await self._answers.frame(channel, request_id)
 
     # -- Redis: writes, refreshes, sweeps, and what subscribers were told ----------------------
 
@@ -300,7 +217,9 @@ class Presence:
         """Until writes or reads are due (not before a failed attempt's retry time)."""
         while not ((self._writes and trio.current_time() >= self._retry_at) or self._reads_due()):
             self._wake = trio.Event()
-            with trio.move_on_at(self._retry_at):
+            waiting = self._writes or self._resync_due or self._announced.unsettled()
+            # Work held back by a failure waits for its retry time; else for news.
+            with trio.move_on_at(self._retry_at if waiting else math.inf):
                 await self._wake.wait()
 
     def _failed(self, what: str, exc: Exception) -> None:
@@ -364,8 +283,8 @@ class Presence:
         finally:
             self._announced.end_read(touched)
         self._worked()
-        self._known = {channel: len(members) for channel, members in found.items()}
-        self._settle(found, touched, refresh=True)
+        self._answers.known = {channel: len(members) for channel, members in found.items()}
+        self._settle(found, touched)
         if announced:
             log.warning(
                 "presence: %d member(s) of this node were missing from Redis (swept while this "
@@ -380,6 +299,8 @@ class Presence:
         resync = self._resync_due
         channels = self._announced.channels() if resync else self._announced.unsettled()
         self._resync_due = False
+        if not channels:
+            return
         touched = self._announced.begin_read()
         try:
             found = await self._store.read(channels, self._now_ms())
@@ -390,21 +311,26 @@ class Presence:
         finally:
             self._announced.end_read(touched)
         self._worked()
-        self._settle(found, touched, refresh=False)
+        self._settle(found, touched)
 
-    def _settle(self, found: Found, touched: set[tuple[str, str]], *, refresh: bool) -> None:
+    def _settle(self, found: Found, touched: set[tuple[str, str]]) -> None:
         node = self._store.node_id
+        # Every live node writes its members back within a refresh period (after a Redis that
+        # lost them): missed for longer, with a margin, a member is gone.
+        wait = MISSED_PERIODS * self._ttl / 3
         for channel, entries in found.items():
             if not self._announced.follows(channel):
                 continue
             # This node's own entries are what it wrote (a leave may not be written yet): its
             # members are the ones here.
             members = {m.client_id: m for m, at in entries if at != node}
-            members.update(self._local_members(channel))
-            joins, leaves = self._announced.settle(channel, members, touched, refresh=refresh)
+            members.update(local_members(self._hub, channel))
+            joins, leaves = self._announced.settle(
+                channel, members, touched, now=trio.current_time(), wait=wait
+            )
             for member in joins:
                 self._notify("join", channel, member)
             for member in leaves:
                 self._notify("leave", channel, member)
             if joins or leaves:
-                self._forget_answer(channel)
+                self._answers.forget(channel)

@@ -175,8 +175,8 @@ class _Told:
     members: dict[str, Member] = attrs.Factory(dict)
     #: False until a read of the hash gave the starting point (told as it was, silently).
     settled: bool = False
-    #: Members told of that the last refresh's read did not find (a second miss: leave).
-    missing: set[str] = attrs.Factory(set)
+    #: Members told of that reads did not find, since when (a miss long enough: leave).
+    missing: dict[str, float] = attrs.Factory(dict)
 
 
 class Announced:
@@ -187,9 +187,9 @@ class Announced:
     - An event is news only if it changes what was told (a join of a member told already, or
       a leave of one not told, is not repeated).
     - :meth:`settle` compares a read of the hash with what was told: members found are
-      ``join`` news at once; a member not found is ``leave`` news only when two reads of
-      refreshes in a row missed it (a refresh period apart: every live node has written its
-      members back by then, after a Redis that lost them).
+      ``join`` news at once; a member not found is ``leave`` news only once reads have missed
+      it for a refresh period (every live node has written its members back by then, after a
+      Redis that lost them).
     - A read takes time; what events changed meanwhile is newer than the read, and the read
       leaves those members alone (:meth:`begin_read`).
     - A channel starts to be followed with its first member here (:meth:`follow`); until its
@@ -230,7 +230,7 @@ class Announced:
             return True
         known = member.client_id in told.members
         told.members[member.client_id] = member
-        told.missing.discard(member.client_id)
+        told.missing.pop(member.client_id, None)
         return not (known and told.settled)
 
     def left(self, channel: str, member: Member) -> bool:
@@ -240,7 +240,7 @@ class Announced:
         if told is None:
             return True
         known = told.members.pop(member.client_id, None) is not None
-        told.missing.discard(member.client_id)
+        told.missing.pop(member.client_id, None)
         return known or not told.settled
 
     def _touch(self, channel: str, client_id: str) -> None:
@@ -262,11 +262,12 @@ class Announced:
         found: Mapping[str, Member],
         touched: set[tuple[str, str]],
         *,
-        refresh: bool,
+        now: float,
+        wait: float,
     ) -> tuple[list[Member], list[Member]]:
         """What subscribers must hear so that what they were told matches ``found`` (the
-        members read from the hash and the members here): ``(joins, leaves)``. ``refresh``:
-        the read is a refresh's (the only kind that may count a miss)."""
+        members read from the hash and the members here, at ``now``): ``(joins, leaves)``. A
+        member not found is gone once reads have missed it for ``wait`` seconds."""
         told = self._told.get(channel)
         if told is None:
             return [], []
@@ -289,16 +290,12 @@ class Announced:
         ]
         for member in joins:
             told.members[member.client_id] = member
-        told.missing -= found.keys()
         leaves = []
-        if refresh:
-            for client, member in list(told.members.items()):
-                if client in found or (channel, client) in touched:
-                    continue
-                if client in told.missing:
-                    told.missing.discard(client)
-                    del told.members[client]
-                    leaves.append(member)
-                else:
-                    told.missing.add(client)
+        for client, member in list(told.members.items()):
+            if client in found or (channel, client) in touched:
+                told.missing.pop(client, None)
+            elif now - told.missing.setdefault(client, now) >= wait:
+                del told.missing[client]
+                del told.members[client]
+                leaves.append(member)
         return joins, leaves
