@@ -94,6 +94,7 @@ async def test_members_written_back_after_redis_lost_them_are_not_announced_twic
             await member.request({"type": "subscribe", "channel": channel, "id": 1})
             with trio.fail_after(5):
                 assert (await watcher.receive_type("join"))["clientId"] == member.client_id
+            await trio.sleep(TTL)  # settled (until then events pass as they come)
             with redis.Redis.from_url(redis_url) as raw:
                 raw.delete(core.key(channel))
                 for _ in range(100):  # until the refreshes wrote them back

@@ -14,6 +14,7 @@ def settled(*members: Member) -> Announced:
     told.follow("room", [])
     touched = told.begin_read()
     found = {m.client_id: m for m in members}
+    assert told.settle("room", found, touched, now=0, wait=10) == ([], [])  # starting point
     assert told.settle("room", found, touched, now=0, wait=10) == ([], [])
     told.end_read(touched)
     return told
@@ -24,6 +25,22 @@ def test_the_first_read_is_the_starting_point_and_says_nothing() -> None:
     assert told.knows("room", "a")
     assert told.knows("room", "b")
     assert told.unsettled() == []
+
+
+def test_events_in_flight_during_the_first_read_are_still_heard() -> None:
+    """The first read found a member whose join was announced before it and arrives after
+    it: the subscribers (who subscribed before) must hear that join."""
+    told = Announced()
+    told.follow("room", [])
+    touched = told.begin_read()
+    assert told.settle("room", {"a": A}, touched, now=0, wait=10) == ([], [])
+    told.end_read(touched)
+    assert told.joined("room", A)
+    assert told.left("room", B)  # a leave in flight, of a member the read did not find
+    touched = told.begin_read()
+    assert told.settle("room", {"a": A}, touched, now=1, wait=10) == ([], [])
+    told.end_read(touched)
+    assert not told.joined("room", A)  # settled: news once only
 
 
 def test_events_are_news_once() -> None:

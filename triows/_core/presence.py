@@ -173,8 +173,14 @@ class _Told:
     """One channel: the members its subscribers here were told of."""
 
     members: dict[str, Member] = attrs.Factory(dict)
-    #: False until a read of the hash gave the starting point (told as it was, silently).
-    settled: bool = False
+    #: Reads of the hash settled so far: the first is the starting point (taken silently),
+    #: and from the second on, events are news only if they change what was told.
+    reads: int = 0
+
+    @property
+    def settled(self) -> bool:
+        return self.reads >= 2
+
     #: Members told of that reads did not find, since when (a miss long enough: leave).
     missing: dict[str, float] = attrs.Factory(dict)
 
@@ -192,9 +198,10 @@ class Announced:
       Redis that lost them).
     - A read takes time; what events changed meanwhile is newer than the read, and the read
       leaves those members alone (:meth:`begin_read`).
-    - A channel starts to be followed with its first member here (:meth:`follow`); until its
-      first read settles it, events are passed on as they come (its subscribers' ``presence``
-      answers are the starting point they know).
+    - A channel starts to be followed with its first member here (:meth:`follow`). Its first
+      read is the starting point, taken silently (its subscribers' ``presence`` answers are
+      what they know); until the next read, events are passed on as they come, since some
+      were in flight during the first read (a member found by it whose join comes after).
     """
 
     def __init__(self) -> None:
@@ -216,7 +223,8 @@ class Announced:
         return list(self._told)
 
     def unsettled(self) -> list[str]:
-        return [name for name, told in self._told.items() if not told.settled]
+        """Channels without a starting point yet (their first read is due)."""
+        return [name for name, told in self._told.items() if not told.reads]
 
     def knows(self, channel: str, client_id: str) -> bool:
         told = self._told.get(channel)
@@ -271,8 +279,8 @@ class Announced:
         told = self._told.get(channel)
         if told is None:
             return [], []
-        if not told.settled:
-            told.settled = True
+        told.reads += 1
+        if told.reads == 1:
             told.members = {
                 client: member
                 for client, member in found.items()
