@@ -232,6 +232,7 @@ def test_the_http_snippets_run(server_port: int) -> None:
 
     stub = types.ModuleType("fastapi")
     stub.FastAPI = FastAPI  # type: ignore[attr-defined]
+    stub.Header = lambda default=None: default  # type: ignore[attr-defined]
     sys.modules["fastapi"] = stub
     os.environ["TRIOWS_API_KEY"] = KEY
     try:
@@ -244,11 +245,52 @@ def test_the_http_snippets_run(server_port: int) -> None:
 
         import anyio
 
-        answer = anyio.run(call, backend="trio")
+        answer = anyio.run(call, backend="asyncio")
         assert answer["seq"] >= 1
+        assert_the_fastapi_handler_retries_safely(namespace)
     finally:
         del sys.modules["fastapi"]
         os.environ.pop("TRIOWS_API_KEY", None)
+
+
+def assert_the_fastapi_handler_retries_safely(namespace: dict[str, object]) -> None:
+    """The documented FastAPI handler waits longer than the server takes to answer 202, and
+    retries with the same key on no answer, 503 and 202: a timeout on the caller's side
+    used to raise (and the caller's retry minted a new key: published twice)."""
+    import anyio
+    import httpx
+
+    from triows import Config
+
+    client = namespace["triows"]
+    assert isinstance(client, httpx.AsyncClient)
+    assert client.timeout.read is not None
+    assert client.timeout.read > Config().handshake_timeout
+    keys: list[str] = []
+    replies = iter([0, 503, 202, 200])  # 0: no answer in time
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        keys.append(json.loads(request.content)["idempotency_key"])
+        reply = next(replies)
+        if not reply:
+            raise httpx.ReadTimeout("no answer in time", request=request)
+        body = {"seq": 7} if reply == 200 else {"error": "not yet", "outcome": "unknown"}
+        return httpx.Response(reply, json=body)
+
+    namespace["triows"] = httpx.AsyncClient(
+        transport=httpx.MockTransport(answer), base_url="http://x"
+    )
+    import asyncio
+
+    # The handler's backoff, without its seconds (its globals are the namespace).
+    namespace["asyncio"] = types.SimpleNamespace(sleep=lambda seconds: asyncio.sleep(0))
+    handler = namespace["post_message"]
+
+    async def call() -> dict[str, int]:
+        return await handler("lobby", "hi", "caller-key-1")  # type: ignore[operator, no-any-return]
+
+    assert anyio.run(call, backend="asyncio") == {"seq": 7}
+    assert keys == ["caller-key-1"] * 4
 
 
 SHELL = blocks("sh")

@@ -172,7 +172,8 @@ async def test_publications_waiting_for_block_subscribers_are_bounded(
                 answers.append(await http.post("/api/publish", json=body, headers=HEADERS))
             refused = answers[-1]
             assert refused.status_code == 503
-            assert "waiting for 'block' subscribers" in refused.json()["error"]
+            assert "HTTP publications to 'block' channels are waiting" in refused.json()["error"]
+            assert server.statistics().http_block_waits == 1
             published = server.statistics().published
             assert published == len(answers) - 1
             with trio.fail_after(10):
@@ -182,3 +183,66 @@ async def test_publications_waiting_for_block_subscribers_are_bounded(
                 "/api/publish", json={"channel": "slow", "data": 1}, headers=HEADERS
             )
             assert (again.status_code, again.json()["seq"]) == (200, published + 1)
+
+
+async def test_a_publish_waiting_when_the_server_stops_is_answered_unknown() -> None:
+    """Shutdown while a publication waits for its number (Redis away, or slow): the backend
+    gets 202 "unknown" before the server cancels what is left, not a dropped connection."""
+    async with running(handshake_timeout=10.0, shutdown_timeout=1.0) as (harness, http):
+        server = harness.server
+        taken = trio.Event()
+
+        def publish(pub: Any) -> list[Any]:
+            taken.set()
+            return []  # taken, never numbered
+
+        server.broker.publish = publish  # type: ignore[method-assign]
+        answers: list[httpx.Response] = []
+
+        async def post() -> None:
+            body = {"channel": "news", "data": 1, "idempotency_key": "k"}
+            answers.append(await http.post("/api/publish", json=body, headers=HEADERS))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(post)
+            with trio.fail_after(5):
+                await taken.wait()
+            stopped_at = trio.current_time()
+            await server.aclose()
+        assert trio.current_time() - stopped_at < 1.5
+        assert answers[0].status_code == 202, answers[0].text
+        reply = answers[0].json()
+        assert reply["outcome"] == "unknown"
+        assert "the server is stopping" in reply["error"]
+
+
+async def test_publications_waiting_for_a_number_take_no_block_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bound is for background waits of ``block`` subscribers: a publication to another
+    channel, or one waiting for its number (Redis), must not use it up (it used to: any HTTP
+    publish in flight took a slot, and the 503 blamed ``block`` subscribers)."""
+    from triows._ops import api as _http
+
+    monkeypatch.setattr(_http, "MAX_BLOCKED_WAITS", 1)
+    async with running(handshake_timeout=1.0) as (harness, http):
+        server = harness.server
+        original = server.broker.publish
+
+        def publish(pub: Any) -> Any:
+            return [] if pub.channel == "hangs" else original(pub)  # "hangs": never numbered
+
+        server.broker.publish = publish  # type: ignore[method-assign]
+        answers: list[httpx.Response] = []
+
+        async def post(channel: str) -> None:
+            body = {"channel": channel, "data": 1}
+            answers.append(await http.post("/api/publish", json=body, headers=HEADERS))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(post, "hangs")
+            await trio.sleep(0.2)  # waiting for its number
+            await post("news")
+            assert answers[0].status_code == 200, answers[0].text
+            assert server.statistics().http_block_waits == 0
+        assert answers[1].status_code == 202

@@ -10,7 +10,7 @@ import redis
 import trio
 import trio.testing
 
-from triows._brokers.presence import ANSWER_TTL
+from triows._brokers.presence_answers import ANSWER_TTL
 from triows._core import presence as core
 from triows.testing import open_test_server
 
@@ -194,15 +194,16 @@ async def test_presence_answers_cost_nothing_per_member_until_the_members_change
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with open_test_server(presence=["room"], presence_counts=["hall"]) as harness:
-        presence = harness.server.presence
+        from triows._brokers import presence_answers
+
         listed: list[str] = []
-        real = presence._local_members
+        real = presence_answers.local_members
 
-        def counting(channel: str) -> Any:
+        def counting(hub: Any, channel: str) -> Any:
             listed.append(channel)
-            return real(channel)
+            return real(hub, channel)
 
-        monkeypatch.setattr(presence, "_local_members", counting)
+        monkeypatch.setattr(presence_answers, "local_members", counting)
         async with harness.connect() as a, harness.connect() as b:
             for channel in ("room", "hall"):
                 await a.request({"type": "subscribe", "channel": channel})
@@ -216,3 +217,141 @@ async def test_presence_answers_cost_nothing_per_member_until_the_members_change
             answer = await b.request({"type": "presence", "channel": "room", "id": "x"})
             assert answer["count"] == 2
             assert listed == ["room", "room"]
+
+
+async def test_a_refresh_lists_a_large_channels_members_in_steps() -> None:
+    """A refresh lists every member of every presence channel here: with many, it must let the
+    other tasks run meanwhile, not stall the event loop."""
+    from types import SimpleNamespace
+
+    from triows import Config
+    from triows._brokers.fanout import FanOut
+    from triows._brokers.memory import MemoryBroker
+    from triows._brokers.presence import MEMBERS_PER_STEP, Presence
+
+    config = Config(presence=("room*",))
+    fanout = FanOut(1.0)
+    hub = MemoryBroker(config, fanout, epoch_prefix="t").hub
+
+    class Member:
+        principal = SimpleNamespace(user_id=None)
+
+        def __init__(self, client_id: str) -> None:
+            self.client_id = client_id
+
+    for n in range(2 * MEMBERS_PER_STEP + 1):
+        hub.subscribe(Member(f"c{n}"), "room")  # type: ignore[arg-type]
+    others_ran: list[bool] = []
+    seen: list[bool] = []
+
+    class Store:
+        shared, node_id = True, "here"
+
+        def listen(self, *callbacks: Any) -> None:
+            pass
+
+        async def refresh_and_sweep(self, mine: list[Any], *rest: Any) -> Any:
+            seen.append(bool(others_ran))  # before this call's first checkpoint
+            assert len(mine) == 2 * MEMBERS_PER_STEP + 1
+            return {"room": []}, 0
+
+    presence = Presence(config, hub, fanout, lambda: 0, Store())  # type: ignore[arg-type]
+
+    async def another_task() -> None:
+        others_ran.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(another_task)
+        await presence._refresh_and_sweep()
+    assert seen == [True]
+
+
+async def test_the_presence_task_sleeps_between_refreshes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With nothing to write or read, the Redis presence task waits for its next refresh: it
+    must not spin (a bounded count of its steps over a minute of virtual time)."""
+    from triows import Config
+    from triows._brokers.fanout import FanOut
+    from triows._brokers.memory import MemoryBroker
+    from triows._brokers.presence import Presence
+
+    config = Config(presence=("room*",), presence_ttl=30)
+    fanout = FanOut(1.0)
+    hub = MemoryBroker(config, fanout, epoch_prefix="t").hub
+    refreshes: list[int] = []
+
+    class Store:
+        shared, node_id = True, "here"
+
+        def listen(self, *callbacks: Any) -> None:
+            pass
+
+        async def refresh_and_sweep(self, *args: Any) -> Any:
+            refreshes.append(1)
+            return {}, 0
+
+    presence = Presence(config, hub, fanout, lambda: 0, Store())  # type: ignore[arg-type]
+    steps: list[int] = []
+
+    class CountSteps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name.endswith("Presence.run"):
+                steps.append(1)
+                if len(steps) > 1000:
+                    scope.cancel()  # spinning: stop it, and fail below
+
+    trio.lowlevel.add_instrument(CountSteps())
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(presence.run)
+            await trio.sleep(60)
+            nursery.cancel_scope.cancel()
+    assert len(steps) < 100
+
+
+async def test_this_nodes_own_announcements_are_not_told_twice() -> None:
+    """Joins here are told at once; the same joins come back from Redis pub/sub (this node
+    announced them), before or after the channel's first read: they are not news then."""
+    import json
+    from types import SimpleNamespace
+
+    from triows import Config
+    from triows._brokers.fanout import FanOut
+    from triows._brokers.memory import MemoryBroker
+    from triows._brokers.presence import Presence
+
+    config = Config(presence=("room*",))
+    fanout = FanOut(1.0)
+    hub = MemoryBroker(config, fanout, epoch_prefix="t").hub
+    heard: dict[str, list[tuple[str, str]]] = {}
+
+    class Member:
+        principal = SimpleNamespace(user_id=None)
+
+        def __init__(self, client_id: str) -> None:
+            self.client_id = client_id
+            heard[client_id] = []
+
+        def deliver(self, frame: bytes, *args: Any) -> bool:
+            event = json.loads(frame[2:])  # a small unmasked text frame: 2 bytes of header
+            heard[self.client_id].append((event["type"], event["clientId"]))
+            return True
+
+    class Store:
+        shared, node_id = True, "here"
+
+        def listen(self, on_event: Any, on_resync: Any) -> None:
+            self.on_event = on_event
+
+    store = Store()
+    presence = Presence(config, hub, fanout, lambda: 0, store)  # type: ignore[arg-type]
+    first, second = Member("first"), Member("second")
+    for member in (first, second):
+        fanout.register(member)  # type: ignore[arg-type]
+        hub.subscribe(member, "room")  # type: ignore[arg-type]
+        presence.joined(member, "room")  # type: ignore[arg-type]
+    for member in (first, second):  # this node's announcements, back from pub/sub
+        event = core.encode_event("join", "room", core.Member(member.client_id, None), "here")
+        store.on_event(event.encode())
+    assert heard == {"first": [("join", "second")], "second": []}

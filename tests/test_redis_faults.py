@@ -5,6 +5,7 @@ that stopped. Real Redis, real time, every wait bounded.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -251,3 +252,81 @@ async def test_a_publication_redis_refuses_for_good_is_500_without_redis_text(
             {"type": "publish", "channel": channel_name("bad"), "data": 1, "id": 1}
         )
         assert reply == {"type": "error", "code": 500, "message": "internal error", "id": 1}
+
+
+async def test_a_batch_in_a_thread_when_the_broker_stops_is_unknown_not_unsent(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stops while the publisher's thread holds a batch it has not sent yet: trio
+    abandons the thread, which goes on and sends it. "Not sent" (503, nothing was done) would
+    be a lie then; the outcome is unknown."""
+    channel = channel_name("stopping")
+    entered, gate = threading.Event(), threading.Event()
+    real_send = Publisher._send_batch
+
+    def send(self: Publisher, batch: list[Any], answered: list[str], client: Any) -> Any:
+        if any(pending.pub.channel == channel for pending in batch):
+            entered.set()
+            gate.wait(5)  # the thread is slow to start sending
+        return real_send(self, batch, answered, client)
+
+    monkeypatch.setattr(Publisher, "_send_batch", send)
+    outcome: list[Exception] = []
+
+    async def publish_and_keep_the_error(server: Any) -> None:
+        try:
+            await server.publish(channel, "x", idempotency_key="k")
+        except BrokerUnavailableError as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            async with open_node(redis_url) as node:
+                nursery.start_soon(publish_and_keep_the_error, node.server)
+                await trio.to_thread.run_sync(entered.wait, 5)
+            gate.set()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], OutcomeUnknownError), outcome
+    raw = redis.Redis.from_url(redis_url)
+    for _ in range(100):  # and it was published indeed, by the abandoned thread
+        if raw.xlen(fmt.stream_key(channel)):
+            break
+        await trio.sleep(0.02)
+    assert raw.xlen(fmt.stream_key(channel)) == 1
+    raw.close()
+
+
+async def test_a_copy_of_a_failed_attempt_that_runs_late_publishes_nothing(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch ran in Redis but its reply was lost (a timeout: Redis was stopped); the resend
+    finds it done. A copy of that first attempt may still run later (a stopped Redis reads it
+    when it resumes, after the node's next batches): it must find the publication done too,
+    not publish it a second time (its pending field used to go with the next batch)."""
+    channel = channel_name("late-copy")
+    real_send = Publisher._send_batch
+    first: list[tuple[Any, ...]] = []
+
+    def send(self: Publisher, batch: list[Any], answered: list[str], client: Any) -> Any:
+        sent, results = real_send(self, batch, answered, client)
+        if not first and any(pending.pub.channel == channel for pending in sent):
+            pending = sent[-1]
+            first.append((pending.keys, pending.args, self._publish_sha))
+            raise redis.ConnectionError("the reply was lost")  # Redis did run it
+        return sent, results
+
+    monkeypatch.setattr(Publisher, "_send_batch", send)
+    async with open_node(redis_url, redis_timeout=0.3) as node:
+        server = node.server
+        with trio.fail_after(10):
+            assert await server.publish(channel, "once") == 1
+            assert await server.publish(channel, "next") == 2  # a later batch
+            assert await server.publish(channel, "and next") == 3
+        keys, args, sha = first[0]
+        raw = redis.Redis.from_url(redis_url)
+        late = await trio.to_thread.run_sync(
+            lambda: raw.evalsha(sha, len(keys), *keys, *args, -1, "")
+        )
+        assert [int(late[0]), int(late[2])] == [1, 1]  # done already: seq 1, a duplicate
+        assert raw.xlen(fmt.stream_key(channel)) == 3
+        raw.close()

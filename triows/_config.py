@@ -16,6 +16,7 @@ import attrs
 
 from ._core.admission import Limits
 from ._core.auth import Action, Principal
+from ._core.dedupe import DedupeRule
 from ._core.handshake import HandshakeRequest
 from ._core.names import first_match, validate_pattern
 from ._core.outbox import SlowConsumerPolicy
@@ -295,6 +296,12 @@ class Config:
             max_connections=self.max_connections,
             max_connections_per_ip=self.max_connections_per_ip,
             max_connections_per_user=self.max_connections_per_user,
+        )
+
+    def dedupe_rule(self) -> DedupeRule:
+        """What both brokers remember of publish ids (``triows._core.dedupe``)."""
+        return DedupeRule(
+            size=self.dedupe_size, ttl=self.dedupe_ttl, max_entries=self.dedupe_max_entries
         )
 
     def policy_for(self, channel: str) -> SlowConsumerPolicy:

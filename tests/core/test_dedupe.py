@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triows._core.dedupe import DedupeWindow
+from triows._core.dedupe import SERVER_PRINCIPAL, DedupeWindow
 
 
 def test_repeat_is_found_with_its_seq() -> None:
@@ -101,3 +101,19 @@ def test_model_of_the_window(records: list[tuple[str, int, float]]) -> None:
         for (p, ch, pid), (_, at) in window._entries.items():
             assert now - at < 5
             assert (ch, pid) in window._principals[p]
+
+
+def test_the_servers_own_keys_have_no_count_of_their_own() -> None:
+    """Every backend caller publishes as the server's principal: its keys go by ttl (and the
+    total cap), not by ``size``, and it is not forgotten as the least recently active."""
+    window = DedupeWindow(size=2, ttl=60, max_principals=2, max_entries=100)
+    for n in range(10):
+        window.record(SERVER_PRINCIPAL, "c", f"k{n}", n, now=0)
+    for name in ("a", "b", "c"):  # clients, more recently active than the server
+        for n in range(3):
+            window.record(name, "c", n, n, now=1)
+    assert all(window.lookup(SERVER_PRINCIPAL, "c", f"k{n}", now=2) == n for n in range(10))
+    assert window.lookup("c", "c", 0, now=2) is None  # a client's count still applies
+    assert window.lookup("c", "c", 2, now=2) == 2
+    assert window.lookup("a", "c", 2, now=2) is None  # and so does the principals' cap
+    assert window.lookup(SERVER_PRINCIPAL, "c", "k0", now=60) is None  # and the ttl

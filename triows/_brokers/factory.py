@@ -11,7 +11,7 @@ import secrets
 from .._config import Config
 from .fanout import FanOut
 from .memory import MemoryBroker
-from .presence import LocalPresenceStore, PresenceStore
+from .presence_store import LocalPresenceStore, PresenceStore
 from .seam import Broker, WallClockMs
 
 

@@ -38,11 +38,12 @@ class MemoryBroker(Broker):
             max_history_bytes=config.history_total_bytes,
         )
         self.up = trio_util.AsyncBool(True)
+        rule = config.dedupe_rule()
         self._dedupe = DedupeWindow(
-            size=config.dedupe_size,
-            ttl=config.dedupe_ttl,
+            size=rule.size,
+            ttl=rule.ttl,
             max_principals=config.dedupe_max_principals,
-            max_entries=config.dedupe_max_entries,
+            max_entries=rule.max_entries,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:

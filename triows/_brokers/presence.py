@@ -1,107 +1,50 @@
 """Presence: join/leave frames to subscribers, ``presence`` answers, and the members other
-nodes hold, behind a :class:`PresenceStore` (rules in :mod:`triows._core.presence`).
+nodes hold, behind a :class:`~triows._brokers.presence_store.PresenceStore` (rules in
+:mod:`triows._core.presence`).
 
 In process, a channel's members are its subscribers (the hub knows them), so the store holds
-nothing (:class:`LocalPresenceStore`). With Redis (``triows._brokers.redis.presence_store``),
-every join and leave is written to the channel's hash and announced to the other nodes (both
-from one background task, in order, so the subscribe path never waits for Redis), and every
-``presence_ttl / 3`` seconds the node refreshes its members' expiry and sweeps expired members
-(a crashed node's) out of the channels it follows. A ``presence`` request reads the hash and
-adds this node's own members, whose writes may not have reached Redis yet. The store is chosen
-with the broker (``triows._brokers.factory``).
+nothing. With Redis (``triows._brokers.redis.presence_store``), every join and leave is
+written to the channel's hash and announced to the other nodes (both from one background
+task, in order, so the subscribe path never waits for Redis), and every ``presence_ttl / 3``
+seconds the node refreshes its members' expiry and sweeps expired members (a crashed node's)
+out of the channels it follows. A ``presence`` request reads the hash and adds this node's own
+members, whose writes may not have reached Redis yet. The store is chosen with the broker
+(``triows._brokers.factory``).
+
+Announcements are pub/sub messages, and pub/sub loses what is published while a link is down.
+So the subscribers of a ``full`` channel hear what this node told them (:class:`~triows._core.
+presence.Announced`), kept true against the hashes: when the announcements are followed again
+after a break, and at every refresh, the node reads the hashes of the channels it follows and
+tells its subscribers the difference (a join at once; a leave once reads have missed the
+member for more than a refresh period). A leave this node could not write is written again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+import math
+from collections import deque
+from collections.abc import Callable
 
 import trio
 
 from .._config import Config
 from .._core import presence as core
+from .._core.backoff import full_jitter
 from .._core.frames import text_frame
 from .._core.hub import Hub
 from .._core.presence import Member, PresenceMode
 from .._core.protocol import RequestId, encode
 from .fanout import FanOut, Subscriber
+from .presence_answers import PresenceAnswers, local_members
+from .presence_store import Change, Found, PresenceStore
 
 log = logging.getLogger("triows.presence")
 
-#: Seconds a ``presence`` answer read from Redis is reused (joins and leaves announced by
-#: other nodes make it anew at once; this bounds what a crashed node's members cost).
-ANSWER_TTL = 1.0
-#: Channels whose answer is kept, the least recently made forgotten first.
-ANSWERS_KEPT = 1024
-
-#: ``(kind, channel, member)``: a join or a leave of this node, to be written to the store.
-Change = tuple[str, str, Member]
-
-
-class PresenceStore(Protocol):
-    """Where the members of every node live, and how a node hears of the others' changes."""
-
-    #: Whether other nodes share it (False: nothing to write, read or sweep).
-    shared: bool
-    #: This node's name in the store (its members' entries, its own announcements).
-    node_id: str
-
-    def listen(self, on_event: Callable[[bytes], None]) -> None:
-        """Call ``on_event`` with each join or leave announced by any node."""
-        ...
-
-    async def write(self, changes: list[Change], expires_ms: int, ttl: float) -> None: ...
-
-    async def refresh_and_sweep(
-        self,
-        mine: list[tuple[str, Member]],
-        channels: list[str],
-        now_ms: int,
-        expires_ms: int,
-        ttl: float,
-    ) -> tuple[dict[str, int], int]:
-        """Refresh this node's members, sweep expired ones; live counts per channel and how
-        many of ours had to be announced again."""
-        ...
-
-    async def count(self, channel: str) -> int:
-        """Members stored for ``channel`` (every node's; O(1))."""
-        ...
-
-    async def entries(self, channel: str) -> Mapping[Any, Any]:
-        """The stored entries of ``channel`` (``triows._core.presence`` reads them)."""
-        ...
-
-
-class LocalPresenceStore:
-    """One node alone: its subscribers are all the members there are."""
-
-    shared = False
-    node_id = "local"
-
-    def listen(self, on_event: Callable[[bytes], None]) -> None:
-        pass  # nobody else announces anything
-
-    async def write(self, changes: list[Change], expires_ms: int, ttl: float) -> None:
-        raise AssertionError("a local presence store stores nothing")
-
-    async def refresh_and_sweep(
-        self,
-        mine: list[tuple[str, Member]],
-        channels: list[str],
-        now_ms: int,
-        expires_ms: int,
-        ttl: float,
-    ) -> tuple[dict[str, int], int]:
-        raise AssertionError("a local presence store stores nothing")
-
-    async def count(self, channel: str) -> int:
-        return 0
-
-    async def entries(self, channel: str) -> Mapping[Any, Any]:
-        return {}
+#: Members listed for a refresh between two checkpoints (the refresh must not stall the loop).
+MEMBERS_PER_STEP = 1000
+#: Refresh periods a member told of must be missing from the hash before it is told gone.
+MISSED_PERIODS = 1.5
 
 
 class Presence:
@@ -123,21 +66,18 @@ class Presence:
         self._max_members = config.presence_max_members
         self._ttl = config.presence_ttl
         #: Writes waiting for the background task: ``(kind, channel, member)``.
-        self._writes: deque[tuple[str, str, Member]] = deque()
+        self._writes: deque[Change] = deque()
         self._wake = trio.Event()
-        #: With Redis: live members per channel at the last sweep (all nodes).
-        self._known: dict[str, int] = {}
-        #: With Redis: ``(channel, client id)`` of members of this node that a sweep announced
-        #: as gone (this node missed its refreshes) while they are still here. When this
-        #: node's refresh brings them back, its own subscribers are told too.
-        self._swept: set[tuple[str, str]] = set()
-        #: Encoded answers per channel (the part after ``"channel"``), until its members
-        #: change; with Redis also when each was read, and the reads in progress.
-        self._answers: OrderedDict[str, bytes] = OrderedDict()
-        self._answered_at: dict[str, float] = {}
-        self._reading: dict[str, trio.Event] = {}
+        #: With Redis: what this node's subscribers were told, kept true against the hashes;
+        #: the announcements were followed again (their pub/sub link came back).
+        self._announced = core.Announced()
+        self._resync_due = False
+        #: With Redis: when the background task may try Redis again after a failure.
+        self._retry_at = -math.inf
+        self._failures = 0
+        self._answers = PresenceAnswers(hub, store, now_ms, self.mode, self._max_members)
         if store.shared and self.enabled:
-            store.listen(self._on_event)
+            store.listen(self._on_event, self._on_resync)
 
     def mode(self, channel: str) -> PresenceMode | None:
         if not self.enabled:
@@ -147,7 +87,7 @@ class Presence:
     def count(self, channel: str) -> int:
         state = self._hub.channel(channel)
         local = len(state.members) if state is not None else 0
-        return max(local, self._known.get(channel, 0))
+        return max(local, self._answers.known.get(channel, 0))
 
     # -- membership changes (sync: called from the subscribe path) ------------------------------
 
@@ -167,16 +107,28 @@ class Presence:
         mode = self.mode(channel)
         if mode is None:
             return
-        self._forget_answer(channel)
+        self._answers.forget(channel)
         member = Member(conn.client_id, conn.principal.user_id)
-        swept = (channel, member.client_id) in self._swept
-        self._swept.discard((channel, member.client_id))
-        # A member a sweep announced as gone, leaving for real now: already told.
-        if mode is PresenceMode.FULL and not (kind == "leave" and swept):
-            self._notify(kind, channel, member)
-        if self._store.shared:
-            self._writes.append((kind, channel, member))
-            self._wake.set()
+        if not self._store.shared:
+            if mode is PresenceMode.FULL:
+                self._notify(kind, channel, member)
+            return
+        if mode is PresenceMode.FULL:
+            announced = self._announced
+            state = self._hub.channel(channel)
+            if kind == "join" and (
+                not announced.follows(channel) or (state is not None and len(state.members) == 1)
+            ):
+                # Its first member here: what its subscribers know starts now, settled by the
+                # background task's first read of the hash.
+                announced.follow(channel, [])
+                self._wake.set()
+            news = announced.joined if kind == "join" else announced.left
+            # A member a sweep announced as gone, leaving for real now, is not news.
+            if news(channel, member):
+                self._notify(kind, channel, member)
+        self._writes.append((kind, channel, member))
+        self._wake.set()
 
     def _notify(self, kind: str, channel: str, member: Member) -> None:
         """Tell this node's subscribers of ``channel`` (but the member itself)."""
@@ -189,141 +141,96 @@ class Presence:
                 subscriber.deliver(data, state.policy, state)
 
     def _on_event(self, data: bytes) -> None:
-        """Another node's join or leave, from Redis pub/sub."""
+        """A join or leave announced on Redis pub/sub (by any node, this one too)."""
         try:
             kind, channel, member, node = core.decode_event(data)
         except (ValueError, KeyError, TypeError):
             log.warning("skipped a malformed presence event: %r", data[:80])
             return
-        self._forget_answer(channel)
+        self._answers.forget(channel)
         if self.mode(channel) is not PresenceMode.FULL:
             return
-        key = (channel, member.client_id)
-        if node == core.SWEEPER and kind == "leave" and self._is_here(channel, member):
-            self._swept.add(key)  # every node tells its subscribers, this one too
-        if node != self._store.node_id:
+        announced = self._announced
+        if node == self._store.node_id:
+            # Our own announcement: our subscribers heard it from us first. Except a join our
+            # refresh wrote back after a sweep had announced the member gone: they heard that
+            # leave too (the sweeper's, on the same pub/sub channel, before this join).
+            if (
+                kind == "join"
+                and self._is_here(channel, member)
+                and not announced.knows(channel, member.client_id)
+            ):
+                announced.joined(channel, member)
+                self._notify(kind, channel, member)
+            return
+        news = announced.joined if kind == "join" else announced.left
+        if news(channel, member):
             self._notify(kind, channel, member)
-        elif kind == "join" and key in self._swept:
-            # Our refresh put back a member a sweep had announced as gone: our subscribers
-            # heard that leave too, so they hear this join (in order: same pub/sub channel).
-            self._swept.discard(key)
-            self._notify(kind, channel, member)
+
+    def _on_resync(self) -> None:
+        """The announcements are followed again: what was announced while the link was down
+        is lost. The background task reads the hashes and tells what changed."""
+        self._resync_due = True
+        self._wake.set()
 
     def _is_here(self, channel: str, member: Member) -> bool:
         conn = self._fanout.by_id(member.client_id)
         return conn is not None and self._hub.is_member(conn, channel)
 
-    # -- answering ``presence`` -----------------------------------------------------------------
+    # -- answering ``presence`` (triows._brokers.presence_answers) ------------------------------
 
     def local_frame(self, channel: str, request_id: RequestId | None) -> bytes:
-        """The ``presence`` reply, from this process's members: complete with the in-process
-        broker. Made once per change of the channel's members, not once per request."""
-        body = self._answers.get(channel)
-        if body is None:
-            state = self._hub.channel(channel)
-            members = state.members if state is not None else {}
-            body = self._body(channel, len(members), lambda: self._local_members(channel))
-            self._remember(channel, body)
-        return self._frame(channel, body, request_id)
+        """The ``presence`` reply from this process's members (complete in process)."""
+        return self._answers.local_frame(channel, request_id)
 
     async def frame(self, channel: str, request_id: RequestId | None) -> bytes:
-        """:meth:`local_frame`, with every node's members when there is Redis: one Redis read
-        per channel at a time (concurrent requests share it), kept until the channel's
-        members change or :data:`ANSWER_TTL` passes; counts only need ``HLEN``."""
-        if not self._store.shared:
-            return self.local_frame(channel, request_id)
-        cached = self._answers.get(channel)
-        now = trio.current_time()
-        if cached is None or now - self._answered_at.get(channel, -ANSWER_TTL) >= ANSWER_TTL:
-            reading = self._reading.get(channel)
-            if reading is not None:
-                await reading.wait()  # another request is reading it: share its answer
-            else:
-                self._reading[channel] = done = trio.Event()
-                try:
-                    await self._read_from_store(channel)
-                finally:
-                    del self._reading[channel]
-                    done.set()
-            cached = self._answers.get(channel) or await self._read_from_store(channel)
-        return self._frame(channel, cached, request_id)
+        """The ``presence`` reply, with every node's members when there is Redis."""
+        return await self._answers.frame(channel, request_id)
 
-    async def _read_from_store(self, channel: str) -> bytes:
-        if self.mode(channel) is PresenceMode.COUNTS:
-            # O(1) in Redis; a crashed node's members count until the next sweep removes them.
-            stored = await self._store.count(channel)
-            count = max(stored, self._local_count(channel))
-            body = self._body(channel, count, dict)
-        else:
-            entries = await self._store.entries(channel)
-            members = self._local_members(channel)
-            for member in core.live_members(entries, self._now_ms()):
-                members.setdefault(member.client_id, member)
-            body = self._body(channel, len(members), lambda: members)
-            count = len(members)
-        self._known[channel] = count
-        self._remember(channel, body)
-        self._answered_at[channel] = trio.current_time()
-        return body
-
-    def _local_count(self, channel: str) -> int:
-        state = self._hub.channel(channel)
-        return len(state.members) if state is not None else 0
-
-    def _local_members(self, channel: str) -> dict[str, Member]:
-        state = self._hub.channel(channel)
-        return {
-            c.client_id: Member(c.client_id, c.principal.user_id)
-            for c in (state.members if state is not None else ())
-        }
-
-    def _body(self, channel: str, count: int, members: Callable[[], dict[str, Member]]) -> bytes:
-        """The reply's ``"count":N,"members":...`` part; the member list is only built (and
-        only asked for) when it is shown: counts only, or over the limit, is O(1)."""
-        if self.mode(channel) is PresenceMode.COUNTS or count > self._max_members:
-            return b'"count":%d,"members":null' % count
-        listed = sorted(members().values(), key=lambda m: m.client_id)
-        return b'"count":%d,"members":%s' % (len(listed), encode([m.as_json() for m in listed]))
-
-    @staticmethod
-    def _frame(channel: str, body: bytes, request_id: RequestId | None) -> bytes:
-        """``{"type":"presence","channel":C,<body>,"id":...}`` (channel names are ASCII)."""
-        tail = b"}" if request_id is None else b',"id":' + encode(request_id) + b"}"
-        return text_frame(
-            b'{"type":"presence","channel":"' + channel.encode("ascii") + b'",' + body + tail
-        )
-
-    def _remember(self, channel: str, body: bytes) -> None:
-        answers = self._answers
-        answers[channel] = body
-        answers.move_to_end(channel)
-        while len(answers) > ANSWERS_KEPT:
-            oldest, _ = answers.popitem(last=False)
-            self._answered_at.pop(oldest, None)
-
-    def _forget_answer(self, channel: str) -> None:
-        """The channel's members changed: its next ``presence`` answer is made anew."""
-        self._answers.pop(channel, None)
-        self._answered_at.pop(channel, None)
-
-    # -- Redis: writes, refreshes, sweeps -------------------------------------------------------
+    # -- Redis: writes, refreshes, sweeps, and what subscribers were told ----------------------
 
     async def run(self) -> None:
-        """The supervisor task (Redis only): keep the shared hashes true."""
+        """The supervisor task (Redis only): keep the shared hashes, and what this node's
+        subscribers were told, true."""
         if not self._store.shared or not self.enabled:
             return
         period = self._ttl / 3
         next_refresh = trio.current_time()
         while True:
             with trio.move_on_at(next_refresh):
-                while not self._writes:
-                    self._wake = trio.Event()
-                    await self._wake.wait()
-            if self._writes:
+                await self._work_due()
+            if self._writes and trio.current_time() >= self._retry_at:
                 await self._flush_writes()
             if trio.current_time() >= next_refresh:
                 next_refresh = trio.current_time() + period
+                self._resync_due = False  # the refresh reads every channel followed
                 await self._refresh_and_sweep()
+            elif self._reads_due():
+                await self._read_and_settle()
+
+    def _reads_due(self) -> bool:
+        return (self._resync_due or bool(self._announced.unsettled())) and (
+            trio.current_time() >= self._retry_at
+        )
+
+    async def _work_due(self) -> None:
+        """Until writes or reads are due (not before a failed attempt's retry time)."""
+        while not ((self._writes and trio.current_time() >= self._retry_at) or self._reads_due()):
+            self._wake = trio.Event()
+            waiting = self._writes or self._resync_due or self._announced.unsettled()
+            # Work held back by a failure waits for its retry time; else for news.
+            with trio.move_on_at(self._retry_at if waiting else math.inf):
+                await self._wake.wait()
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self._failures += 1
+        delay = full_jitter(self._failures, 0.1, self._ttl / 3)
+        self._retry_at = trio.current_time() + delay
+        log.warning("presence: %s failed (%s); trying again in %.1fs", what, exc, delay)
+
+    def _worked(self) -> None:
+        self._failures = 0
+        self._retry_at = -math.inf
 
     async def _flush_writes(self) -> None:
         batch = list(self._writes)
@@ -331,34 +238,99 @@ class Presence:
         expires = self._now_ms() + int(self._ttl * 1000)
         try:
             await self._store.write(batch, expires, self._ttl)
-        except Exception as exc:  # Redis away: the refresh will write them again
-            log.warning("presence: could not write %d change(s): %s", len(batch), exc)
+        except Exception as exc:
+            # Redis away. A join is written again by the next refresh (if the member is still
+            # here); a leave would be lost: it goes back, first, to be written when Redis is.
+            leaves = [change for change in batch if change[0] == "leave"]
+            self._writes.extendleft(reversed(leaves))
+            self._failed(f"writing {len(batch)} change(s)", exc)
+            return
+        self._worked()
 
-    async def _refresh_and_sweep(self) -> None:
-        now = self._now_ms()
-        expires = now + int(self._ttl * 1000)
-        hub = self._hub
+    async def _mine(self) -> tuple[list[tuple[str, Member]], list[str]]:
+        """This node's members of presence channels, by channel: listed in steps."""
         mine: list[tuple[str, Member]] = []
         channels = []
-        for state in hub.channels():
+        listed = 0
+        for state in list(self._hub.channels()):
             if self.mode(state.name) is None or not state.members:
                 continue
             channels.append(state.name)
-            mine += [(state.name, Member(c.client_id, c.principal.user_id)) for c in state.members]
+            for conn in list(state.members):
+                mine.append((state.name, Member(conn.client_id, conn.principal.user_id)))
+                listed += 1
+                if listed % MEMBERS_PER_STEP == 0:
+                    await trio.lowlevel.checkpoint()
+        return mine, channels
+
+    async def _refresh_and_sweep(self) -> None:
+        mine, channels = await self._mine()
+        for channel in self._announced.channels():
+            if channel not in channels:
+                self._announced.forget(channel)  # no subscriber here any more
         if not channels:
             return
+        now = self._now_ms()
+        expires = now + int(self._ttl * 1000)
+        touched = self._announced.begin_read()
         try:
-            counts, announced = await self._store.refresh_and_sweep(
+            found, announced = await self._store.refresh_and_sweep(
                 mine, channels, now, expires, self._ttl
             )
         except Exception as exc:
-            log.warning("presence: refresh failed: %s", exc)
+            self._failed("refresh", exc)
             return
-        self._known = counts
+        finally:
+            self._announced.end_read(touched)
+        self._worked()
+        self._answers.known = {channel: len(members) for channel, members in found.items()}
+        self._settle(found, touched)
         if announced:
             log.warning(
                 "presence: %d member(s) of this node were missing from Redis (swept while this "
-                "node missed its refreshes for presence_ttl, or never written): announced "
+                "node missed its refreshes for presence_ttl, or lost by Redis): announced "
                 "again with join",
                 announced,
             )
+
+    async def _read_and_settle(self) -> None:
+        """Read the hashes of the channels whose subscribers' view is unsettled (or all, when
+        the announcements were followed again) and tell the difference."""
+        resync = self._resync_due
+        channels = self._announced.channels() if resync else self._announced.unsettled()
+        self._resync_due = False
+        if not channels:
+            return
+        touched = self._announced.begin_read()
+        try:
+            found = await self._store.read(channels, self._now_ms())
+        except Exception as exc:
+            self._resync_due = resync
+            self._failed("reading members", exc)
+            return
+        finally:
+            self._announced.end_read(touched)
+        self._worked()
+        self._settle(found, touched)
+
+    def _settle(self, found: Found, touched: set[tuple[str, str]]) -> None:
+        node = self._store.node_id
+        # Every live node writes its members back within a refresh period (after a Redis that
+        # lost them): missed for longer, with a margin, a member is gone.
+        wait = MISSED_PERIODS * self._ttl / 3
+        for channel, entries in found.items():
+            if not self._announced.follows(channel):
+                continue
+            # This node's own entries are what it wrote (a leave may not be written yet): its
+            # members are the ones here.
+            members = {m.client_id: m for m, at in entries if at != node}
+            members.update(local_members(self._hub, channel))
+            joins, leaves = self._announced.settle(
+                channel, members, touched, now=trio.current_time(), wait=wait
+            )
+            for member in joins:
+                self._notify("join", channel, member)
+            for member in leaves:
+                self._notify("leave", channel, member)
+            if joins or leaves:
+                self._answers.forget(channel)

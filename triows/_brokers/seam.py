@@ -104,8 +104,12 @@ class Subscribed:
 @attrs.frozen(kw_only=True)
 class BrokerStatistics:
     kind: str
-    #: ``up`` or ``down`` (Redis unreachable); the in-process broker is always up.
+    #: ``up`` or ``down`` (Redis unreachable, or refusing writes); the in-process broker is
+    #: always up.
     state: str = "up"
+    #: Why it is down, in a few words ("Redis unreachable", "Redis refuses writes (out of
+    #: memory)"); None while up.
+    reason: str | None = None
     #: When ``state`` last changed (``trio.current_time()``), None if it never did.
     since: float | None = None
     #: Publications waiting for Redis (while it is down, or in the batch being sent).
@@ -138,6 +142,9 @@ class Broker(abc.ABC):
     round_trips: LatencyHistogram
     #: Whether ``publish`` numbers a publication (and calls ``numbered``) before it returns.
     numbers_at_once = False
+    #: Whether ``publish`` can return ``block`` subscribers for the publisher to wait for (in
+    #: process; with Redis the channel's feed waits for them, not the publisher).
+    hands_back_blocked = True
 
     @abc.abstractmethod
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:

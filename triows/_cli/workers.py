@@ -178,7 +178,11 @@ class _Supervisor:
                     with trio.CancelScope(shield=True):
                         await process.wait()
                 del self.processes[index]
-                _shared_stats.remove(self.stats_dir, process.pid)
+                # File work in a thread: a slow disk must not stall the supervisor's loop
+                # (it forwards signals); shielded, so that a stopping supervisor still folds
+                # the worker's counters into the retired counters.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(_shared_stats.remove, self.stats_dir, process.pid)
             if self.stopping:
                 log.info("worker %d (pid %d) stopped with exit code %d", index, process.pid, code)
                 return

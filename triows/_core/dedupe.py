@@ -1,34 +1,71 @@
 """Publish dedupe: a repeated publish ``id`` is acked again with its first seq, not re-sent.
 
 Keyed by principal (the authenticated user, so a client that reconnects keeps its window) and
-by ``(channel, id)``. Bounded four ways: at most ``size`` ids per principal, none older than
-``ttl`` seconds, at most ``max_principals`` principals (the least recently active is
-forgotten first) and at most ``max_entries`` ids in all (the oldest is forgotten first).
+by ``(channel, id)``. :class:`DedupeRule` is the one rule both brokers follow: an id is
+remembered for ``ttl`` seconds (the in-process :class:`DedupeWindow`, and the once-keys of the
+Redis broker, which Redis expires). In process, memory bounds may forget an id earlier: at
+most ``size`` ids per client principal, at most ``max_principals`` principals (the least
+recently active is forgotten first) and at most ``max_entries`` ids in all (the oldest is
+forgotten first). The server's own principal (:data:`SERVER_PRINCIPAL`: application code and
+the HTTP API, every backend caller at once) has no count of its own and is never forgotten as
+a principal: one caller's traffic must not push out another caller's key before its ttl.
 
 Every entry has the same ttl, so one insertion-ordered table of all entries is also their
-order of expiry: :meth:`expire` pops from its front and costs only what it removes, however
-many principals there are. ``now`` is the shell's monotonic clock.
+order of expiry: :meth:`DedupeWindow.expire` pops from its front and costs only what it
+removes, however many principals there are. ``now`` is the shell's monotonic clock.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Final
+
+import attrs
 
 Key = tuple[str, str | int]  # (channel, publish id)
 _Entry = tuple[Hashable, str, str | int]  # (principal, channel, publish id)
 
+#: Whose idempotency keys the server's own publishes are: application code
+#: (``Server.publish``) and the HTTP API, whoever calls them.
+SERVER_PRINCIPAL: Final = ("server", "api")
+
+
+@attrs.frozen
+class DedupeRule:
+    """What a broker remembers of publish ids; both brokers read this one rule."""
+
+    #: Ids kept per client principal (in process); 0 turns dedupe off.
+    size: int
+    #: Seconds an id is remembered; 0 turns dedupe off.
+    ttl: float
+    #: Ids kept in all (in process).
+    max_entries: int = 1_000_000
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0 and self.ttl > 0 and self.max_entries > 0
+
+    @property
+    def ttl_ms(self) -> int:
+        """The ttl as Redis takes it (``PX``): whole milliseconds, rounded up."""
+        return max(1, math.ceil(self.ttl * 1000))
+
+    def size_for(self, principal: Hashable) -> int | None:
+        """Ids ``principal``'s window holds at most; None: bounded by the ttl and
+        ``max_entries`` only (the server's own principal, shared by every backend caller)."""
+        return None if principal == SERVER_PRINCIPAL else self.size
+
 
 class DedupeWindow:
-    __slots__ = ("_entries", "_principals", "max_entries", "max_principals", "size", "ttl")
+    __slots__ = ("_entries", "_principals", "max_principals", "rule")
 
     def __init__(
         self, *, size: int, ttl: float, max_principals: int, max_entries: int = 1_000_000
     ) -> None:
-        self.size = size
-        self.ttl = ttl
+        self.rule = DedupeRule(size=size, ttl=ttl, max_entries=max_entries)
         self.max_principals = max_principals
-        self.max_entries = max_entries
         #: Every entry, oldest first: ``(principal, channel, id) -> (seq, recorded at)``.
         self._entries: OrderedDict[_Entry, tuple[int, float]] = OrderedDict()
         #: Each principal's keys, oldest first; principals least recently active first.
@@ -36,7 +73,11 @@ class DedupeWindow:
 
     @property
     def enabled(self) -> bool:
-        return self.size > 0 and self.ttl > 0 and self.max_entries > 0
+        return self.rule.enabled
+
+    @property
+    def ttl(self) -> float:
+        return self.rule.ttl
 
     def lookup(
         self, principal: Hashable, channel: str, publish_id: str | int, now: float
@@ -58,16 +99,28 @@ class DedupeWindow:
         keys = self._principals.get(principal)
         if keys is None:
             keys = self._principals[principal] = OrderedDict()
-            while len(self._principals) > self.max_principals:
-                self._forget_principal(next(iter(self._principals)))
+            self._cap_principals()
         else:
             self._principals.move_to_end(principal)
         self._entries[entry] = (seq, now)
         keys[(channel, publish_id)] = None
-        while len(keys) > self.size:
-            self._remove((principal, *next(iter(keys))))
-        while len(self._entries) > self.max_entries:
+        size = self.rule.size_for(principal)
+        if size is not None:
+            while len(keys) > size:
+                self._remove((principal, *next(iter(keys))))
+        while len(self._entries) > self.rule.max_entries:
             self._remove(next(iter(self._entries)))
+
+    def _cap_principals(self) -> None:
+        """Forget the least recently active principals over ``max_principals``; not a
+        principal without a count of its own (its keys go by ttl and ``max_entries``)."""
+        principals = self._principals
+        while len(principals) > self.max_principals:
+            oldest = next(iter(principals))
+            if self.rule.size_for(oldest) is None:
+                principals.move_to_end(oldest)
+                oldest = next(iter(principals))
+            self._forget_principal(oldest)
 
     def expire(self, now: float) -> None:
         """Drop expired entries (and principals left with none); costs what it removes."""

@@ -16,6 +16,14 @@ swept like a crashed one while its members are still connected. Its next refresh
 back with :data:`PUT_SCRIPT`, which announces ``join`` for every member that was not in the
 hash: the writes and the announcements are one rule, so a member is announced each time it
 (re)enters the hash and never twice in a row, whether a join or a refresh put it there.
+
+Announcements travel on pub/sub, which loses what is published while a node's link is down
+(a Redis restart, a dropped connection, a node stopped while others announce). So each node
+also keeps what its subscribers were told (:class:`Announced`) and checks it against the
+hashes: after its events channel is confirmed again and at every refresh it reads the hashes
+and tells its subscribers the difference. Events and reads are applied so that neither
+repeats the other (a join of a member already told is not sent again) and a read never
+undoes a newer event.
 """
 
 from __future__ import annotations
@@ -102,6 +110,17 @@ def _decode_entry(value: bytes | str) -> tuple[int, str, str | None] | None:
     return expires, parts[1], parts[2] or None
 
 
+def live_entries(entries: Mapping[Any, Any], now_ms: int) -> list[tuple[Member, str]]:
+    """:func:`live_members`, each with the node that wrote it."""
+    members = []
+    for field, value in entries.items():
+        decoded = _decode_entry(value)
+        if decoded is not None and decoded[0] > now_ms:
+            client = field.decode() if isinstance(field, bytes) else field
+            members.append((Member(client, decoded[2]), decoded[1]))
+    return members
+
+
 def live_members(entries: Mapping[Any, Any], now_ms: int) -> list[Member]:
     """The members of a presence hash whose expiry has not passed (malformed fields skipped)."""
     members = []
@@ -147,3 +166,144 @@ def decode_event(data: bytes) -> tuple[str, str, Member, str]:
     if user is not None and not isinstance(user, str):
         raise ValueError(f"not a presence event: {data[:80]!r}")
     return kind, channel, Member(client, user), node
+
+
+@attrs.define
+class _Told:
+    """One channel: the members its subscribers here were told of."""
+
+    members: dict[str, Member] = attrs.Factory(dict)
+    #: Reads of the hash settled so far: the first is the starting point (taken silently),
+    #: and from the second on, events are news only if they change what was told.
+    reads: int = 0
+
+    @property
+    def settled(self) -> bool:
+        return self.reads >= 2
+
+    #: Members told of that reads did not find, since when (a miss long enough: leave).
+    missing: dict[str, float] = attrs.Factory(dict)
+
+
+class Announced:
+    """What the subscribers of each ``full`` channel on this node were told: the members, as
+    ``join`` and ``leave`` frames made them. Events and reads of the hash go through it, so
+    that subscribers hear each change once, and hear what pub/sub lost.
+
+    - An event is news only if it changes what was told (a join of a member told already, or
+      a leave of one not told, is not repeated).
+    - :meth:`settle` compares a read of the hash with what was told: members found are
+      ``join`` news at once; a member not found is ``leave`` news only once reads have missed
+      it for a refresh period (every live node has written its members back by then, after a
+      Redis that lost them).
+    - A read takes time; what events changed meanwhile is newer than the read, and the read
+      leaves those members alone (:meth:`begin_read`).
+    - A channel starts to be followed with its first member here (:meth:`follow`). Its first
+      read is the starting point, taken silently (its subscribers' ``presence`` answers are
+      what they know); until the next read, events are passed on as they come, since some
+      were in flight during the first read (a member found by it whose join comes after).
+    """
+
+    def __init__(self) -> None:
+        self._told: dict[str, _Told] = {}
+        #: Per read in progress, the ``(channel, client id)`` events touched meanwhile.
+        self._reads: list[set[tuple[str, str]]] = []
+
+    def follow(self, channel: str, here: list[Member]) -> None:
+        """``channel`` got its first member here (again): start anew from its members here."""
+        self._told[channel] = _Told({member.client_id: member for member in here})
+
+    def forget(self, channel: str) -> None:
+        self._told.pop(channel, None)
+
+    def follows(self, channel: str) -> bool:
+        return channel in self._told
+
+    def channels(self) -> list[str]:
+        return list(self._told)
+
+    def unsettled(self) -> list[str]:
+        """Channels without a starting point yet (their first read is due)."""
+        return [name for name, told in self._told.items() if not told.reads]
+
+    def knows(self, channel: str, client_id: str) -> bool:
+        told = self._told.get(channel)
+        return told is not None and client_id in told.members
+
+    def joined(self, channel: str, member: Member) -> bool:
+        """A join (an event, or a member here): True if subscribers are to hear it."""
+        self._touch(channel, member.client_id)
+        told = self._told.get(channel)
+        if told is None:
+            return True
+        known = member.client_id in told.members
+        told.members[member.client_id] = member
+        told.missing.pop(member.client_id, None)
+        return not (known and told.settled)
+
+    def left(self, channel: str, member: Member) -> bool:
+        """A leave: True if subscribers are to hear it."""
+        self._touch(channel, member.client_id)
+        told = self._told.get(channel)
+        if told is None:
+            return True
+        known = told.members.pop(member.client_id, None) is not None
+        told.missing.pop(member.client_id, None)
+        return known or not told.settled
+
+    def _touch(self, channel: str, client_id: str) -> None:
+        for touched in self._reads:
+            touched.add((channel, client_id))
+
+    def begin_read(self) -> set[tuple[str, str]]:
+        """Before reading the hashes: from now on, events are newer than the read."""
+        touched: set[tuple[str, str]] = set()
+        self._reads.append(touched)
+        return touched
+
+    def end_read(self, touched: set[tuple[str, str]]) -> None:
+        self._reads.remove(touched)
+
+    def settle(
+        self,
+        channel: str,
+        found: Mapping[str, Member],
+        touched: set[tuple[str, str]],
+        *,
+        now: float,
+        wait: float,
+    ) -> tuple[list[Member], list[Member]]:
+        """What subscribers must hear so that what they were told matches ``found`` (the
+        members read from the hash and the members here, at ``now``): ``(joins, leaves)``. A
+        member not found is gone once reads have missed it for ``wait`` seconds."""
+        told = self._told.get(channel)
+        if told is None:
+            return [], []
+        told.reads += 1
+        if told.reads == 1:
+            told.members = {
+                client: member
+                for client, member in found.items()
+                if (channel, client) not in touched
+            } | {
+                client: member
+                for client, member in told.members.items()
+                if (channel, client) in touched
+            }
+            return [], []
+        joins = [
+            member
+            for client, member in found.items()
+            if client not in told.members and (channel, client) not in touched
+        ]
+        for member in joins:
+            told.members[member.client_id] = member
+        leaves = []
+        for client, member in list(told.members.items()):
+            if client in found or (channel, client) in touched:
+                told.missing.pop(client, None)
+            elif now - told.missing.setdefault(client, now) >= wait:
+                del told.missing[client]
+                del told.members[client]
+                leaves.append(member)
+        return joins, leaves

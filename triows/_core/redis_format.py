@@ -15,7 +15,8 @@ Per channel ``c``:
   the history size (:data:`TRIM`).
 - ``triows:m:c`` the pub/sub channel; each message is ``"<seq> <epoch> <token> <sender>\\n"``
   followed by the payload.
-- ``triows:o:...`` one key per publication with a dedupe id, for ``dedupe_ttl``: a client's
+- ``triows:o:...`` one key per publication with a dedupe id, for ``dedupe_ttl`` (to the
+  millisecond, :class:`~triows._core.dedupe.DedupeRule`): a client's
   resend is acked with the first seq. Its name encodes every part with a length prefix
   (:func:`dedupe_key`), so no user name or channel name can make two publications share it.
 - ``triows:n:<node>`` a hash per node: publication token -> seq, for each publication the node
@@ -50,18 +51,20 @@ end
 """
 
 
-#: Lua: trim the stream ``KEYS[2]`` after appending ``seq``. Kept: the newest ``keep`` entries
-#: (the history size) and every entry appended at or after ``cutoff`` (Redis ms). Both leave a
-#: prefix of the stream to remove (entries are appended in seq order, and ``a`` only grows
-#: unless Redis' clock steps back, which only keeps more). Runs on every 16th seq and looks at
-#: up to 32 head entries, so it keeps up with any rate at a bounded cost per publication.
+#: Lua: trim the stream ``KEYS[2]``, whose last entry is ``seq``. Kept: the newest ``keep``
+#: entries (the history size) and every entry appended at or after ``cutoff`` (Redis ms). Both
+#: leave a prefix of the stream to remove (entries are appended in seq order, and ``a`` only
+#: grows unless Redis' clock steps back, which only keeps more). Looks at up to ``count`` head
+#: entries: the publish script runs it on every 16th seq with 32, so it keeps up with any rate
+#: at a bounded cost per publication. XTRIM is a write Redis allows at ``maxmemory``
+#: (it frees memory), so :data:`TRIM_SCRIPT` can run while publications are refused.
 TRIM = """
-local function trim(seq, keep, cutoff)
-  if seq % 16 ~= 0 or redis.call('XLEN', KEYS[2]) <= keep then
+local function trim(seq, keep, cutoff, count)
+  if redis.call('XLEN', KEYS[2]) <= keep then
     return
   end
   local cut = nil
-  for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 32)) do
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', count)) do
     local entry_seq = tonumber(string.match(entry[1], '^%d+'))
     if entry_seq > seq - keep then
       break
@@ -81,13 +84,51 @@ local function trim(seq, keep, cutoff)
     redis.call('XTRIM', KEYS[2], 'MINID', (cut + 1) .. '-0')
   end
 end
+
+local function redis_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
 """
+
+#: Entries :data:`TRIM_SCRIPT` looks at per call.
+TRIM_COUNT = 1024
+
+#: KEYS: (unused), stream. ARGV: history size (entries always kept), retention ms, how many
+#: head entries to look at. Trims by the same rule as the publish script, and nothing else: a
+#: node whose publications Redis refuses at ``maxmemory`` runs it for the channels it holds
+#: publications for (the publish script cannot trim then: its first write is refused). Returns
+#: how many entries went.
+TRIM_SCRIPT = (
+    TRIM
+    + """
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+if not last then
+  return 0
+end
+local before = redis.call('XLEN', KEYS[2])
+trim(tonumber(string.match(last[1], '^%d+')), tonumber(ARGV[1]),
+  redis_ms() - tonumber(ARGV[2]), tonumber(ARGV[3]))
+return before - redis.call('XLEN', KEYS[2])
+"""
+)
+
+#: The publish script's refusal of a publication whose predecessor did not run (a ``TRYAGAIN``
+#: error: redis-py's TryAgainError, sent again like any refusal for now).
+OUT_OF_ORDER = "TRYAGAIN the publication before this one on its channel was not taken"
 
 #: KEYS: numbering, stream, dedupe key, the node's pending hash. ARGV: payload head (up to
 #: ``"seq":``), epoch to create, pub/sub channel, history size (entries always kept), key ttl
-#: ms, dedupe ttl s (0: no dedupe id), :func:`origin`, timestamp ms, token (the pending field),
+#: ms, dedupe ttl ms (0: no dedupe id), :func:`origin`, timestamp ms, token (the pending field),
 #: retention ms (entries younger than this are kept; ``-1``: trim nothing now, see
-#: ``RedisBroker``). Returns ``{seq, epoch, 1 if it was a duplicate else 0}``.
+#: ``RedisBroker``), and the pending field of this node's publication of the same channel sent
+#: just before in the same pipeline (``''``: none). Returns ``{seq, epoch, 1 if it was a
+#: duplicate else 0}``.
+#:
+#: A pipeline is not a transaction: when Redis refuses one script (out of memory, say) the
+#: next ones still run. A publication whose predecessor of the same channel did not run is
+#: refused (:data:`OUT_OF_ORDER`, before any write), so that the predecessor, sent again, is
+#: still numbered first: a publisher's messages keep their order whatever Redis refuses.
 PUBLISH_SCRIPT = (
     TRIM
     + """
@@ -99,21 +140,25 @@ if done then
   redis.call('HSET', KEYS[4], ARGV[9], done)
   return {tonumber(done), redis.call('HGET', KEYS[1], 'epoch') or '', 1}
 end
+if ARGV[11] ~= '' and not redis.call('HGET', KEYS[4], ARGV[11]) then
+  return redis.error_reply('"""
+    + OUT_OF_ORDER
+    + """')
+end
 """
     + _ensure_numbering("ARGV[2]")
     + """
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local payload = ARGV[1] .. seq .. ',"id":"' .. epoch .. ':' .. seq .. '"}'
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = redis_ms()
 redis.call('XADD', KEYS[2], seq .. '-0', 'p', payload, 't', ARGV[8], 'o', ARGV[7], 'a', now)
-if ARGV[10] ~= '-1' then
-  trim(seq, tonumber(ARGV[4]), now - tonumber(ARGV[10]))
+if ARGV[10] ~= '-1' and seq % 16 == 0 then
+  trim(seq, tonumber(ARGV[4]), now - tonumber(ARGV[10]), 32)
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 if ARGV[6] ~= '0' then
-  redis.call('SET', KEYS[3], seq, 'EX', ARGV[6])
+  redis.call('SET', KEYS[3], seq, 'PX', ARGV[6])
 end
 redis.call('HSET', KEYS[4], ARGV[9], seq)
 redis.call('PEXPIRE', KEYS[4], ARGV[5])

@@ -9,8 +9,11 @@ checked as WebSocket frames are (:mod:`triows._core.protocol`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -20,6 +23,7 @@ from .._brokers.seam import BrokerUnavailableError, DataTooLargeError, OutcomeUn
 from .._core import protocol
 from .._core.handshake import HttpRequest
 from .._core.names import ChannelNameError, validate_channel
+from .._core.outbox import SlowConsumerPolicy
 from .answers import HttpError, Response, int_parameter, json_response
 from .view import ServerView
 
@@ -31,10 +35,11 @@ MAX_BROADCAST_CHANNELS = 1000
 MAX_IDEMPOTENCY_KEY = 256
 #: Channels ``/api/channels`` lists unless ``?limit=N`` asks for another number.
 DEFAULT_CHANNEL_LIMIT = 1000
-#: HTTP publications whose ``block`` subscribers are still waited for in the background (each
-#: holds at most ``block_timeout``). A subscriber is over capacity by one frame per waiting
-#: publication, as with waiting WebSocket publishers; beyond this many a publication is
-#: refused (503) before it is published.
+#: HTTP publications to ``block`` channels in flight or whose ``block`` subscribers are still
+#: waited for in the background (each holds at most ``block_timeout``). A subscriber is over
+#: capacity by one frame per waiting publication, as with waiting WebSocket publishers; beyond
+#: this many a publication to a ``block`` channel is refused (503) before it is published.
+#: Only a broker that hands ``block`` subscribers back to the publisher needs it (in process).
 MAX_BLOCKED_WAITS = 256
 #: How long before the request's deadline a publish stops waiting for its number, to answer
 #: "unknown" in time (at most this share of ``handshake_timeout``).
@@ -49,13 +54,37 @@ class PublishApi:
         self._view = view
         #: Publications whose ``block`` subscribers are being waited for in the background.
         self.blocked_waits = 0
+        #: The waits for a number in progress, and when they must end at the latest (the
+        #: server is stopping: :meth:`stopping`).
+        self._waits: set[trio.CancelScope] = set()
+        self._stop_at = math.inf
+
+    def stopping(self, deadline: float) -> None:
+        """The server stops by ``deadline``: every publish still waiting for its number stops
+        waiting in time to answer 202 "unknown" before the server cancels what is left (a
+        dropped connection would tell the backend nothing)."""
+        margin = min(ANSWER_MARGIN, self._view.config.shutdown_timeout * ANSWER_MARGIN_SHARE)
+        self._stop_at = deadline - margin
+        for scope in self._waits:
+            scope.deadline = min(scope.deadline, self._stop_at)
+
+    @contextlib.contextmanager
+    def _waiting_for_numbers(self) -> Iterator[trio.CancelScope]:
+        """The scope a request waits for its numbers in: ends a little before the request's
+        own deadline, or before the server stops."""
+        with trio.move_on_at(min(self._answer_deadline(), self._stop_at)) as scope:
+            self._waits.add(scope)
+            try:
+                yield scope
+            finally:
+                self._waits.discard(scope)
 
     async def publish(self, request: HttpRequest, body: bytes) -> Response:
         payload = _object(body, required=("channel", "data"), optional=("idempotency_key",))
         channel = _channel(payload["channel"])
         key = _idempotency_key(payload.get("idempotency_key"))
         try:
-            with trio.move_on_at(self._answer_deadline()):
+            with self._waiting_for_numbers():
                 return json_response(200, await self._publish_one(channel, payload["data"], key))
         except OutcomeUnknownError:
             pass
@@ -73,7 +102,7 @@ class PublishApi:
             raise HttpError(400, "channels must not repeat a name")
         key = _idempotency_key(payload.get("idempotency_key"))
         results: list[dict[str, Any]] = []
-        with trio.move_on_at(self._answer_deadline()):
+        with self._waiting_for_numbers():
             for name in names:
                 try:
                     results.append(await self._publish_one(name, payload["data"], key))
@@ -116,7 +145,7 @@ class PublishApi:
         why = (
             "the server is stopping"
             if view.closing
-            else "Redis is unreachable"
+            else view.broker.statistics().reason or "the broker is down"
             if not view.broker.up.value
             else "the broker is slow"
         )
@@ -127,20 +156,27 @@ class PublishApi:
 
     async def _publish_one(self, channel: str, data: Any, key: str | None) -> dict[str, Any]:
         """Publish and answer once numbered; the ``block`` subscribers it filled up are waited
-        for in the background (a slot of :data:`MAX_BLOCKED_WAITS`, reserved first)."""
-        if self.blocked_waits >= MAX_BLOCKED_WAITS:
+        for in the background (a slot of :data:`MAX_BLOCKED_WAITS`, reserved first, when the
+        channel is a ``block`` one and the broker hands such subscribers back)."""
+        view = self._view
+        may_block = (
+            view.broker.hands_back_blocked
+            and view.config.policy_for(channel) is SlowConsumerPolicy.BLOCK
+        )
+        if may_block and self.blocked_waits >= MAX_BLOCKED_WAITS:
             raise HttpError(
                 503,
-                f"{self.blocked_waits} publications are waiting for 'block' subscribers to "
-                "make room; try again later",
+                f"{self.blocked_waits} HTTP publications to 'block' channels are waiting for "
+                "their subscribers to make room; try again later",
             )
-        self.blocked_waits += 1
-        waiting = False
+        if may_block:
+            self.blocked_waits += 1
+        handed_over = False  # the reserved slot went to a background wait, which releases it
         try:
             published, blocked = await self._view.publish_numbered(
                 channel, data, idempotency_key=key
             )
-            waiting = self._wait_in_background(blocked)
+            handed_over = may_block and self._wait_in_background(blocked)
         except DataTooLargeError as exc:
             raise HttpError(413, str(exc)) from None
         except OutcomeUnknownError:
@@ -150,7 +186,7 @@ class PublishApi:
         except TypeError as exc:  # cannot happen with data decoded from JSON; kept honest
             raise HttpError(400, str(exc)) from None
         finally:
-            if not waiting:
+            if may_block and not handed_over:
                 self.blocked_waits -= 1
         return {"channel": published.channel, "seq": published.seq, "epoch": published.epoch}
 

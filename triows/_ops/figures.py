@@ -3,7 +3,6 @@ under ``--workers`` (every worker's figures, through :mod:`triows._ops.shared_st
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -30,38 +29,38 @@ class Figures:
 
     async def metrics(self, request: HttpRequest, body: bytes) -> Response:
         view = self._view
-        own = _metrics.collect(view, self._monitor.loop_lag)
-        families = [own]
         directory = view.config.shared_stats_dir
-        if directory is not None:
+        if directory is None:
+            families = [_metrics.collect(view, self._monitor.loop_lag)]
+        else:
             # Under --workers: what this answer says of this worker goes to its file first,
             # so that no later scrape, on any worker, reads less (triows._ops.shared_stats).
-            write = functools.partial(_shared_stats.write, directory, own, self._monitor.summary())
-            try:
-                await trio.to_thread.run_sync(write)
-            except OSError as exc:
-                log.warning("cannot write shared statistics to %s: %s", directory, exc)
+            own = await self._monitor.share()
+            families = [own.families]
             families += await trio.to_thread.run_sync(
                 _shared_stats.read_other_families, directory, view.config.monitor_interval
             )
         text, content_type = _metrics.render(_metrics.merge(families))
         return Response(200, text, content_type)
 
-    async def _other_workers(self) -> list[dict[str, Any]]:
-        """Under ``--workers``: the other workers' latest figures (none otherwise)."""
-        config = self._view.config
-        if config.shared_stats_dir is None:
-            return []
-        return await trio.to_thread.run_sync(
-            _shared_stats.read_others, config.shared_stats_dir, config.monitor_interval
+    async def _workers(self) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """Every live worker's summary, this one's first, and the counters of workers gone
+        (under ``--workers``; this process's summary alone otherwise)."""
+        view = self._view
+        directory = view.config.shared_stats_dir
+        if directory is None:
+            return [self._monitor.summary()], {}
+        own = await self._monitor.share()  # as for /metrics: written before it is shown
+        others, gone = await trio.to_thread.run_sync(
+            _shared_stats.read_other_summaries, directory, view.config.monitor_interval
         )
+        return [own.summary, *others], gone
 
     async def stats(self, request: HttpRequest, body: bytes) -> Response:
         view, monitor = self._view, self._monitor
         wanted = int_parameter(request, "history", DEFAULT_HISTORY)
         samples = list(monitor.samples)[-wanted:] if wanted else []
-        workers = [self._monitor.summary()]
-        workers += [record["summary"] for record in await self._other_workers()]
+        workers, gone = await self._workers()
         return json_response(
             200,
             {
@@ -71,7 +70,7 @@ class Figures:
                     "samples": [attrs.asdict(sample) for sample in samples],
                 },
                 "workers": sorted(workers, key=lambda w: str(w.get("worker"))),
-                "total": total(workers),
+                "total": total(workers, gone),
             },
         )
 
@@ -94,11 +93,13 @@ _SUMMED = (
 )
 
 
-def total(workers: list[dict[str, Any]]) -> dict[str, Any]:
-    """One summary for all workers: sums, the worst latencies, channels added up by name."""
+def total(workers: list[dict[str, Any]], gone: dict[str, float] | None = None) -> dict[str, Any]:
+    """One summary for all workers: sums, the worst latencies, channels added up by name.
+    ``gone``: the counters of workers that exited or stopped writing, still counted
+    (``published`` and the like never go down because a worker died)."""
     result: dict[str, Any] = {"workers": len(workers)}
     for name in _SUMMED:
-        result[name] = sum(w.get(name) or 0 for w in workers)
+        result[name] = sum(w.get(name) or 0 for w in workers) + (gone or {}).get(name, 0)
     for name in _WORST:
         values = [w[name] for w in workers if w.get(name) is not None]
         result[name] = max(values) if values else None

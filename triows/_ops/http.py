@@ -88,9 +88,33 @@ class HttpEndpoints:
             "/health": self._health,
             "/ready": self._ready,
         }
+        #: Requests being served, and the event set when that falls to none.
+        self.in_flight = 0
+        self._drained = trio.Event()
 
     async def serve(self, plain: PlainRequest) -> None:
-        """Answer one request; the transport closes the stream afterwards."""
+        """Answer one request; the transport closes the stream afterwards. Counted until it
+        is answered: the server's shutdown waits for that (:meth:`drained`)."""
+        self.in_flight += 1
+        try:
+            await self._serve(plain)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._drained.set()
+
+    async def drained(self) -> None:
+        """Wait until no request is being served (the server stops accepting first)."""
+        while self.in_flight:
+            self._drained = trio.Event()
+            await self._drained.wait()
+
+    def stopping(self, deadline: float) -> None:
+        """The server stops by ``deadline``: requests waiting for a publication's number
+        answer before it (:meth:`PublishApi.stopping`)."""
+        self.api.stopping(deadline)
+
+    async def _serve(self, plain: PlainRequest) -> None:
         request = plain.request
         probe = self.probes.get(request.path)
         if probe is not None and request.method == "GET":

@@ -155,6 +155,12 @@ def collect(view: ServerView, loop_lag: float) -> list[Family]:
             "From a message's timestamp to its fan-out on this node (Redis broker)",
             view.broker.delivery_lag,
         ),
+        _one(
+            gauge,
+            "triows_http_block_waits",
+            "HTTP publications to block channels in flight or waiting for block subscribers",
+            stats.http_block_waits,
+        ),
         _one(gauge, "triows_outbox_frames", "Frames waiting in outboxes", stats.queued_frames),
         _one(gauge, "triows_outbox_bytes", "Bytes waiting in outboxes", stats.queued_bytes),
         _one(gauge, "triows_channels", "Channels with a subscriber or history", stats.channels),

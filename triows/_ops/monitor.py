@@ -187,18 +187,22 @@ class Monitor:
             "top_channels": [[c.name, len(c.members), c.published] for c in channels],
         }
 
-    async def share(self) -> None:
-        """Write this process's figures where the other workers read them: gathered on the
-        event loop, written by a worker thread (a slow disk must not stall the loop)."""
+    async def share(self) -> _shared_stats.Snapshot:
+        """Write this process's figures where the other workers read them, and return them:
+        gathered on the event loop, written by a worker thread (a slow disk must not stall
+        the loop). What an answer says of this worker must be what it wrote first
+        (:mod:`triows._ops.shared_stats`): ``/metrics`` and ``/stats`` answer with this."""
         view = self._view
         directory = view.config.shared_stats_dir
         assert directory is not None
         families = _metrics.collect(view, self.loop_lag) if view.config.metrics else []
-        write = functools.partial(_shared_stats.write, directory, families, self.summary())
+        figures = _shared_stats.snapshot(families, self.summary())
+        write = functools.partial(_shared_stats.write, directory, figures)
         try:
             await trio.to_thread.run_sync(write)
         except OSError as exc:
             log.warning("cannot write shared statistics to %s: %s", directory, exc)
+        return figures
 
     def _check_memory_guard(self, rss: int) -> None:
         guard = self._view.memory_guard

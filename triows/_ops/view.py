@@ -114,6 +114,9 @@ class ServerStatistics:
     #: Supervisor tasks (monitor, expiry, idle sweeper, presence) that failed and were
     #: restarted.
     task_failures: int = 0
+    #: HTTP publications to ``block`` channels in flight or whose ``block`` subscribers are
+    #: waited for in the background (the HTTP API refuses more than 256 with 503).
+    http_block_waits: int = 0
 
 
 @attrs.frozen(kw_only=True)

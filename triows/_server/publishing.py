@@ -23,13 +23,12 @@ from .._brokers.seam import (
     Published,
 )
 from .._core import protocol
+from .._core.dedupe import SERVER_PRINCIPAL
 from .._core.names import ChannelNameError, validate_channel
 from .._core.protocol import ProtocolError
 
 #: Room kept in ``max_message_size`` for the envelope of a ``message`` frame around ``data``.
 ENVELOPE_ALLOWANCE = 1024
-#: Whose idempotency keys the server's own publishes (application code, the HTTP API) are.
-SERVER_PUBLISHER = ("server", "api")
 
 
 class Publishing:
@@ -71,7 +70,7 @@ class Publishing:
 
         pub = self.publication(_checked_channel(channel), data, sender)
         if idempotency_key is not None:
-            pub.dedupe = (SERVER_PUBLISHER, idempotency_key)
+            pub.dedupe = (SERVER_PRINCIPAL, idempotency_key)
         pub.numbered = pub.failed = settle
         blocked = self._broker.publish(pub)
         if not outcome:  # in process it is numbered at once

@@ -211,7 +211,8 @@ class Requests(Channels):
                     await host.access.authorize(
                         self.principal, Action.SUBSCRIBE, channel, request_id
                     )
-                    wait = self._reply(await host.presence.frame(channel, request_id))
+                    with subscribe_errors(request_id):  # Redis away: 503, as a subscribe
+                        wait = self._reply(await host.presence.frame(channel, request_id))
                 case protocol.Refresh(token=token, id=request_id):
                     wait = self._refreshed(token, request_id)
                     if wait is not None:

@@ -15,7 +15,8 @@ presence (``triows._brokers``), the operations surface (``triows._ops``, which r
 ``ServerView``) and the connections (which know it as a ``ConnectionHost``).
 
 ``Server.aclose()`` stops the accept loop, asks every connection to drain and close with 1001
-by one shared deadline, cancels whatever is left at that deadline, then stops the supervisor.
+by one shared deadline (HTTP publishes still waiting for their number answer 202 "unknown"
+before it), cancels whatever is left at that deadline, then stops the supervisor.
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ class Server:
             memory_limited=self.memory_guard.over,
             memory_limit_trips=self.memory_guard.trips,
             task_failures=self.task_failures,
+            http_block_waits=self.http.api.blocked_waits,
         )
 
     def channel_statistics(self) -> tuple[ChannelStatistics, ...]:
@@ -221,7 +223,7 @@ class Server:
         if self._closing:
             reasons.append("shutting down")
         if not self.broker.up.value:
-            reasons.append("broker down: Redis unreachable")
+            reasons.append(f"broker down: {self.broker.statistics().reason or 'unreachable'}")
         if self.memory_guard.over:
             reasons.append("memory limit reached")
         if self.admission.full():
@@ -249,6 +251,7 @@ class Server:
                 len(self._connections),
                 self.config.shutdown_timeout,
             )
+            self.http.stopping(deadline)
             for index, conn in enumerate(list(self._connections)):
                 conn.close(GOING_AWAY, "Server shutting down", drain=True, deadline=deadline)
                 if index % 1000 == 999:
@@ -257,6 +260,9 @@ class Server:
                 while self._connections or self.admission.handshakes:
                     self._population_changed = trio.Event()
                     await self._population_changed.wait()
+                # HTTP requests too: a publish waiting for its number answers 202 "unknown"
+                # before the deadline, rather than being cut off.
+                await self.http.drained()
             if self._connections_nursery is not None:
                 self._connections_nursery.cancel_scope.cancel()
         await self._stopped.wait()

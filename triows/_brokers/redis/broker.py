@@ -59,6 +59,8 @@ T = TypeVar("T")
 
 
 class RedisBroker(Broker):
+    hands_back_blocked = False  # the feeds wait for block subscribers (triows._brokers.redis.feeds)
+
     def __init__(
         self, config: Config, fanout: FanOut, wall_clock_ms: WallClockMs, url: str
     ) -> None:
@@ -78,8 +80,10 @@ class RedisBroker(Broker):
         self._bridge = RedisBridge(url, config.redis_timeout, self.round_trips)
         self._control = fmt.control_channel(self.node_id)
         self._listener = PubSubListener(self._bridge, self._control, self._dispatch)
-        #: Set by presence (triows._brokers.presence): other nodes' joins and leaves go there.
+        #: Set by presence (triows._brokers.presence): other nodes' joins and leaves go there,
+        #: and each confirmation of their channel (again after a break: some were lost).
         self.on_presence: Callable[[bytes], None] | None = None
+        self.on_presence_resync: Callable[[], None] | None = None
         #: A batch from the listener is being delivered (the watchdog waits for its pings).
         self._dispatching = False
         #: Pub/sub messages on triows' channels that could not be parsed, skipped.
@@ -212,7 +216,7 @@ class RedisBroker(Broker):
                 await ch.ready.wait()
             if not ch.ready.is_set():
                 raise BrokerUnavailableError(
-                    "Redis is unreachable; cannot join a new channel now"
+                    f"{self._link.state()}; cannot join a new channel now"
                     if self._link.down
                     else "Redis did not confirm the subscription in time"
                 )
@@ -272,6 +276,8 @@ class RedisBroker(Broker):
                         self._link.part_up("pubsub")
                     elif event.channel != presence.EVENTS_CHANNEL:
                         self._feeds.confirmed(event.channel)
+                    elif self.on_presence_resync is not None:
+                        self.on_presence_resync()
                 elif isinstance(event, LinkDown):
                     self._link.part_down("pubsub", event.reason)
         finally:
@@ -286,6 +292,7 @@ class RedisBroker(Broker):
         return BrokerStatistics(
             kind="redis",
             state="down" if self._link.down else "up",
+            reason=self._link.state(),
             since=self._link.since,
             buffered=len(self._publisher.buffer),
             refused=self._publisher.refused,

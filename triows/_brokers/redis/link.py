@@ -5,11 +5,15 @@ Three parts fail on their own: ``pubsub`` (the listener thread's connection), ``
 refuse for now: out of memory, a read-only replica, ...). The link is up only while no part is
 down. Every part reports here, whichever noticed, so that ``up`` (what health checks and
 subscribes wait on), ``since``, ``reconnects`` and the log lines that say "unreachable" and
-"reachable again" are kept in one place and said once per outage.
+"reachable again" are kept in one place and said once per outage. A part Redis answers but
+refuses for now is down too, and said for what it is (:meth:`Link.state`: "Redis refuses
+writes (out of memory)", not "unreachable").
 
-The same state decides when this node's publications may trim streams: not while the link is
-down, nor for ``redis_retention`` after it is back, since other nodes may still have to catch
-up from what was written before the outage (``docs/design.md``, stream retention).
+The same state decides when this node's publications may trim streams: not while Redis is
+unreachable, nor for ``redis_retention`` after it is back, since other nodes may still have to
+catch up from what was written before the outage (``docs/design.md``, stream retention). A
+refusal does not hold trimming back: no pub/sub message is lost to it, and trimming is what
+frees a Redis at ``maxmemory``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ class Link:
         self._followed_channels = followed_channels
         #: The parts that are down, each with its latest reason (for the logs).
         self.down: dict[str, str] = {"pubsub": "not connected yet"}
+        #: Parts down because Redis answered "not now" (out of memory, a read-only replica),
+        #: not because it could not be reached: part -> what it refuses, in a few words.
+        self.refusing: dict[str, str] = {}
         self.up = trio_util.AsyncBool(False)
         #: When ``up`` last changed (``trio.current_time()``), None until it first did.
         self.since: float | None = None
@@ -63,27 +70,55 @@ class Link:
         #: sends a batch), and from when they may again (:meth:`permit_trimming_when_settled`).
         self.may_trim = False
         self.trim_after = 0.0
+        #: This spell of being down had a part Redis could not be reached for (not only
+        #: refusals): what holds trimming back afterwards.
+        self._unreachable = True
 
-    def part_down(self, part: str, reason: str) -> None:
-        self.may_trim = False
+    def part_down(self, part: str, reason: str, *, refusing: str | None = None) -> None:
+        """``part`` failed; ``refusing``: Redis answered, refusing it for now (what, in a few
+        words: "writes (out of memory)"), rather than not being reachable.
+
+        Only a part that cannot reach Redis stops trimming: then other nodes may have to
+        catch up from the streams afterwards. A refusal loses no pub/sub message, so the
+        streams go on being trimmed (and trimming is what frees a full Redis)."""
+        if refusing is None:
+            self.may_trim = False
         if not self.down:
+            self._unreachable = False
             self.since = trio.current_time()
             self.up.value = False
             log.warning(
-                "Redis unreachable (%s: %s); keeping %d connection(s), holding publications "
-                "(up to %d)",
+                "%s (%s: %s); keeping %d connection(s), holding publications (up to %d)",
+                "Redis unreachable" if refusing is None else f"Redis refuses {refusing}",
                 part,
                 reason,
                 self._connections(),
                 self._config.redis_buffer_size,
             )
         self.down[part] = reason  # the latest reason, for the logs
+        if refusing is None:
+            self._unreachable = True
+            self.refusing.pop(part, None)
+        else:
+            self.refusing[part] = refusing
+
+    def state(self) -> str | None:
+        """Why the link is down, in a few words for clients and probes (no addresses, no
+        Redis text): None while it is up."""
+        if not self.down:
+            return None
+        if all(part in self.refusing for part in self.down):
+            return "Redis refuses " + ", ".join(sorted(set(self.refusing.values())))
+        return "Redis unreachable"
 
     def part_up(self, part: str) -> None:
+        self.refusing.pop(part, None)
         if self.down.pop(part, None) is None or self.down:
             return
         now = trio.current_time()
-        if self._ever_up:
+        if not self._ever_up:
+            log.info("connected to Redis")
+        elif self._unreachable:
             self.reconnects += 1
             log.warning(
                 "Redis reachable again after %.1fs; sending %d held publication(s), "
@@ -93,11 +128,16 @@ class Link:
                 self._followed_channels(),
             )
         else:
-            log.info("connected to Redis")
+            log.warning(
+                "Redis takes publications again after %.1fs; sending %d held publication(s)",
+                now - (self.since or now),
+                self._held_publications(),
+            )
         self._ever_up = True
         self.since = now
-        # The other nodes may still have to catch up from what was written before the outage.
-        self.trim_after = now + self._config.redis_retention
+        if self._unreachable:
+            # The other nodes may still have to catch up from what was written before.
+            self.trim_after = now + self._config.redis_retention
         self.up.value = True
 
     def permit_trimming_when_settled(self) -> None:

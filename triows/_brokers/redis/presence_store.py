@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
 from ..._core import presence as core
 from ..._core.presence import Member
-from ..presence import Change
+from ..presence_store import Change, Found
+from ..seam import BrokerUnavailableError
+from .bridge import LINK_ERRORS
 from .broker import RedisBroker
 
 #: Members written by one script call of a refresh.
 PUT_CHUNK = 500
+
+T = TypeVar("T")
 
 
 class RedisPresenceStore:
@@ -31,8 +35,9 @@ class RedisPresenceStore:
         self._broker = broker
         self.node_id = broker.node_id
 
-    def listen(self, on_event: Callable[[bytes], None]) -> None:
+    def listen(self, on_event: Callable[[bytes], None], on_resync: Callable[[], None]) -> None:
         self._broker.on_presence = on_event
+        self._broker.on_presence_resync = on_resync
 
     async def write(self, changes: list[Change], expires_ms: int, ttl: float) -> None:
         await self._broker.call(functools.partial(_write, changes, self.node_id, expires_ms, ttl))
@@ -44,18 +49,41 @@ class RedisPresenceStore:
         now_ms: int,
         expires_ms: int,
         ttl: float,
-    ) -> tuple[dict[str, int], int]:
+    ) -> tuple[Found, int]:
         return await self._broker.call(
             functools.partial(
                 _refresh_and_sweep, mine, channels, self.node_id, now_ms, expires_ms, ttl
             )
         )
 
+    async def read(self, channels: list[str], now_ms: int) -> Found:
+        return await self._broker.call(functools.partial(_read, channels, now_ms))
+
     async def count(self, channel: str) -> int:
-        return await self._broker.call(functools.partial(_hlen, core.key(channel)))
+        return await self._answer(functools.partial(_hlen, core.key(channel)))
 
     async def entries(self, channel: str) -> Mapping[Any, Any]:
-        return await self._broker.call(functools.partial(_hgetall, core.key(channel)))
+        return await self._answer(functools.partial(_hgetall, core.key(channel)))
+
+    async def _answer(self, read: Callable[[redis.Redis], T]) -> T:
+        """A read for a client's ``presence`` request: Redis away is error 503 for it, not a
+        failure of ours (500)."""
+        try:
+            return await self._broker.call(read)
+        except LINK_ERRORS as exc:
+            raise BrokerUnavailableError(
+                "Redis is unreachable; cannot read the channel's members now"
+            ) from exc
+
+
+def _read(channels: list[str], now: int, client: redis.Redis) -> Found:
+    pipe = client.pipeline(transaction=False)
+    for channel in channels:
+        pipe.hgetall(core.key(channel))
+    return {
+        channel: core.live_entries(entries, now)
+        for channel, entries in zip(channels, pipe.execute(), strict=True)
+    }
 
 
 def _hlen(name: str, client: redis.Redis) -> int:
@@ -106,9 +134,9 @@ def _refresh_and_sweep(
     expires: int,
     ttl: float,
     client: redis.Redis,
-) -> tuple[dict[str, int], int]:
+) -> tuple[Found, int]:
     """Refresh this node's members (announcing those that were swept meanwhile); remove (and
-    announce) expired ones; live counts, and how many of ours were announced again."""
+    announce) expired ones; the live members, and how many of ours were announced again."""
     by_channel: dict[str, list[Member]] = {channel: [] for channel in channels}
     for channel, member in mine:
         by_channel[channel].append(member)
@@ -117,10 +145,10 @@ def _refresh_and_sweep(
         for start in range(0, len(members), PUT_CHUNK):  # a bounded script each
             _put(pipe, channel, members[start : start + PUT_CHUNK], node, expires, ttl)
     announced = sum(int(n) for n in pipe.execute())
-    counts: dict[str, int] = {}
+    found: Found = {}
     for channel in channels:
         entries = client.hgetall(core.key(channel))
-        counts[channel] = len(core.live_members(entries, now))
+        found[channel] = core.live_entries(entries, now)
         for member in core.expired(entries, now):
             # Announced as nobody's: every node tells its subscribers, this one too.
             event = core.encode_event("leave", channel, member, core.SWEEPER)
@@ -132,4 +160,4 @@ def _refresh_and_sweep(
                 core.EVENTS_CHANNEL,
                 event,
             )
-    return counts, announced
+    return found, announced

@@ -41,6 +41,11 @@ log = logging.getLogger("triows.redis")
 
 #: Publications sent in one pipeline at most.
 PUBLISH_BATCH = 500
+#: Seconds the pending field of a publication sent in an attempt that failed on the link is
+#: kept after its answer: a copy of that attempt can still run later (bytes a stopped Redis
+#: reads when it resumes, a closed socket's data the kernel still retransmits), and finds its
+#: field then: a no-op, not a second publication. Other fields go with the next batch.
+LINGERING_COPY_GRACE = 300.0
 #: Redis error replies that mean "not now" (out of memory, a read-only replica, loading a
 #: dataset, a busy script, ...): the publication is kept and sent again with backoff, like
 #: during an outage, instead of failing. redis-py turns the known codes into classes and
@@ -56,6 +61,18 @@ TRANSIENT_REPLIES: tuple[type[Exception], ...] = (
     redis.exceptions.TimeoutError,
 )
 TRANSIENT_CODES = ("BUSY", "MISCONF", "NOREPLICAS")
+#: What Redis refuses, in a few words, by the refusal (the link's state shows it: "Redis
+#: refuses writes (out of memory)", not "unreachable", while Redis answers).
+REFUSALS: tuple[tuple[type[Exception] | str, str], ...] = (
+    (redis.exceptions.OutOfMemoryError, "writes (out of memory)"),
+    (redis.exceptions.ReadOnlyError, "writes (a read-only replica)"),
+    (redis.exceptions.BusyLoadingError, "commands (loading its data)"),
+    (redis.exceptions.MasterDownError, "commands (its master is down)"),
+    (redis.exceptions.TryAgainError, "publications for now"),
+    ("BUSY", "commands (a script is running)"),
+    ("MISCONF", "writes (it cannot persist)"),
+    ("NOREPLICAS", "writes (not enough replicas)"),
+)
 
 
 @attrs.define(eq=False, slots=True)
@@ -72,6 +89,19 @@ class _Pending:
     echoed: bool = False
     #: It was handed to Redis at least once: until an answer, Redis may have run it.
     sent: bool = False
+    #: It went out in an attempt that failed on the link (a timeout, a reset): that copy may
+    #: still reach Redis and run later (a Redis that was stopped reads it when it resumes).
+    lingering: bool = False
+
+
+def refusal(result: Exception) -> str | None:
+    """What a refusal for now refuses, in a few words; None for a connection error."""
+    for kind, words in REFUSALS:
+        if isinstance(kind, str) and str(result).startswith(kind):
+            return words
+        if not isinstance(kind, str) and isinstance(result, kind):
+            return words
+    return None
 
 
 class PublishRefusedError(Exception):
@@ -91,6 +121,7 @@ class Publisher:
         new_epoch: Callable[[], str],
     ) -> None:
         self._config = config
+        self._dedupe = config.dedupe_rule()
         self.node_id = node_id
         self._link = link
         self._tasks = tasks
@@ -98,8 +129,10 @@ class Publisher:
         self._new_epoch = new_epoch
         self._tokens = itertools.count(1)
         self._pending_key = fmt.pending_key(node_id)
-        #: Tokens whose answer arrived: their pending fields are deleted with the next batch.
+        #: Tokens whose answer arrived: their pending fields are deleted with the next batch;
+        #: those of publications that may have a lingering copy, later (``(when, token)``).
         self._answered: list[str] = []
+        self._answered_later: deque[tuple[float, str]] = deque()
         #: Publications not answered yet, in order (the outage buffer).
         self.buffer: deque[_Pending] = deque()
         self._in_flight: dict[str, _Pending] = {}  # by token, until Redis answered
@@ -122,17 +155,19 @@ class Publisher:
             self.refused += 1
             raise BrokerUnavailableError(
                 f"{len(self.buffer)} publications are waiting for Redis "
-                f"({'unreachable' if self._link.down else 'slow'}); try again later"
+                f"({self._link.state() or 'Redis is slow'}); try again later"
             )
         config = self._config
         number = f"{next(self._tokens):x}"
         token = f"{self.node_id}:{number}"
-        if pub.dedupe is not None and config.dedupe_size > 0 and config.dedupe_ttl > 0:
+        if pub.dedupe is not None and self._dedupe.enabled:
+            # The same rule as in process (triows._core.dedupe): remembered for the ttl,
+            # which Redis applies; no count (Redis' maxmemory bounds the keys).
             key, request_id = pub.dedupe
             kind, name = key if isinstance(key, tuple) else ("key", key)
             request = protocol.encode(request_id).decode()
             once = fmt.dedupe_key(str(kind), str(name), pub.channel, request)
-            once_ttl = max(1, int(config.dedupe_ttl))
+            once_ttl = self._dedupe.ttl_ms
         else:
             once, once_ttl = fmt.dedupe_key(), 0
         keep, _ = config.history_for(pub.channel)  # the scripts keep at least this many
@@ -170,20 +205,37 @@ class Publisher:
                 self._buffer_changed = trio.Event()
                 await self._buffer_changed.wait()
             batch = list(itertools.islice(self.buffer, PUBLISH_BATCH))
+            for pending in batch:
+                # Set here, in trio, before the thread starts: cancelled meanwhile (the server
+                # stops), trio abandons the thread, which may still send the batch, and
+                # fail_held() must then say "unknown", not "not sent".
+                pending.sent = pending.sent or not pending.echoed
+            later, now = self._answered_later, trio.current_time()
+            while later and later[0][0] <= now:
+                self._answered.append(later.popleft()[1])
             answered = self._answered
             self._answered = []
+            attempts: list[None] = []  # one per thread call (each retry is one)
+            send = functools.partial(self._attempt, batch, answered, attempts)
             try:
-                send = functools.partial(self._send_batch, batch, answered)
                 sent, results = await self._link.call_with_retries("publish", send, mark_up=False)
             except BaseException:
                 self._answered = answered + self._answered  # still to delete
                 raise
+            if len(attempts) > 1:  # an attempt failed on the link: its copies may still run
+                for pending in sent:
+                    pending.lingering = True
             retry = self._take_results(batch, sent, results)
             if retry is None:
                 attempt = 0
                 self._link.part_up("publish")
             else:
-                self._link.part_down("publish", retry)
+                reason, refused = retry
+                self._link.part_down("publish", reason, refusing=refused)
+                out_of_memory = isinstance(refused, str) and "out of memory" in refused
+                # Not while a reconnect holds trimming back (Link.trim_after), as for any trim.
+                if out_of_memory and trio.current_time() >= self._link.trim_after:
+                    await self._trim_for_memory(batch)
                 await trio.sleep(backoff(attempt))
                 attempt += 1
 
@@ -210,28 +262,28 @@ class Publisher:
 
     def _take_results(
         self, batch: list[_Pending], sent: list[_Pending], results: list[Any]
-    ) -> str | None:
+    ) -> tuple[str, str | None] | None:
         """Settle what Redis answered, in order; stops at the first publication to send again
-        and returns why (None when the whole batch is done). Publications of the batch that
-        were not ``sent`` had come back already: they are done."""
+        and returns why, and what Redis refuses if it answered (None when the whole batch is
+        done). Publications of the batch that were not ``sent`` had come back already: they
+        are done. Those after the one to send again may have run (a pipeline is no
+        transaction): they are sent again too, and found done, or refused until their
+        predecessor ran (:data:`~triows._core.redis_format.OUT_OF_ORDER`)."""
         answers = dict(zip(map(id, sent), results, strict=True))
         for pending in batch:
             if id(pending) not in answers:
-                self.buffer.popleft()
-                self._in_flight.pop(pending.token, None)
-                self._answered.append(pending.number)
+                self._done(pending)
                 continue
             result = answers[id(pending)]
             if isinstance(result, redis.exceptions.NoScriptError):
                 self._publish_sha = None  # Redis restarted: load it again, resend the rest
-                return "the publish script was gone (Redis restarted)"
+                return "the publish script was gone (Redis restarted)", None
             if isinstance(result, TRANSIENT_REPLIES) or (
                 isinstance(result, Exception) and str(result).startswith(TRANSIENT_CODES)
             ):
-                return f"Redis refused a publication for now: {describe(result)}"
-            self.buffer.popleft()
-            self._in_flight.pop(pending.token, None)
-            self._answered.append(pending.number)
+                why = f"Redis refused a publication for now: {describe(result)}"
+                return why, refusal(result)
+            self._done(pending)
             if isinstance(result, Exception):
                 # A script error is a bug or a Redis we cannot work with: the reason goes to
                 # the log; the client gets a plain 500.
@@ -246,6 +298,23 @@ class Publisher:
             else:
                 self._settle_published(pending.pub, int(seq))
         return None
+
+    def _done(self, pending: _Pending) -> None:
+        """``pending``, first in the buffer, has its answer: out of the buffer; its pending
+        field is deleted with the next batch, or after :data:`LINGERING_COPY_GRACE`."""
+        self.buffer.popleft()
+        self._in_flight.pop(pending.token, None)
+        if pending.lingering:
+            due = trio.current_time() + LINGERING_COPY_GRACE
+            self._answered_later.append((due, pending.number))
+        else:
+            self._answered.append(pending.number)
+
+    def _attempt(
+        self, batch: list[_Pending], answered: list[str], attempts: list[None], client: redis.Redis
+    ) -> tuple[list[_Pending], list[Any]]:
+        attempts.append(None)
+        return self._send_batch(batch, answered, client)
 
     def _send_batch(
         self, batch: list[_Pending], answered: list[str], client: redis.Redis
@@ -269,12 +338,47 @@ class Publisher:
         if answered:
             pipe.hdel(self._pending_key, *answered)
         sent = [pending for pending in batch if not pending.echoed]
+        #: Per channel, the pending field of the publication sent just before in this batch:
+        #: the script refuses one whose predecessor did not run (order kept, see the script).
+        previous: dict[str, str] = {}
         for pending in sent:
-            pending.sent = True
             keys, args = pending.keys, pending.args
-            pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention)
+            after = previous.get(pending.pub.channel, "")
+            previous[pending.pub.channel] = pending.number
+            pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention, after)
         results = pipe.execute(raise_on_error=False)
         return sent, results[1:] if answered else results
+
+    async def _trim_for_memory(self, batch: list[_Pending]) -> None:
+        """Redis refused publications for lack of memory: trim the streams of the batch's
+        channels by the usual rule (beyond the history size and older than
+        ``redis_retention``), which the publish script cannot do now (its first write is
+        refused). Without it a stream full of old entries would hold Redis full for good."""
+        channels = sorted({pending.pub.channel for pending in batch})
+        trim = functools.partial(self._trim_in_thread, channels)
+        trimmed = await self._link.call_with_retries("publish", trim, mark_up=False)
+        if trimmed:
+            log.warning(
+                "Redis is out of memory: trimmed %d old stream entries of %d channel(s)",
+                trimmed,
+                len(channels),
+            )
+
+    def _trim_in_thread(self, channels: list[str], client: redis.Redis) -> int:
+        retention = int(self._config.redis_retention * 1000)
+        pipe = client.pipeline(transaction=False)
+        for channel in channels:
+            keep, _ = self._config.history_for(channel)
+            pipe.eval(
+                fmt.TRIM_SCRIPT,
+                2,
+                fmt.numbering_key(channel),
+                fmt.stream_key(channel),
+                keep,
+                retention,
+                fmt.TRIM_COUNT,
+            )
+        return sum(n for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
 
     def _settle(self, pub: Publication, seq: int) -> bool:
         """Tell the publisher its seq, once; False if it was told already."""
