@@ -341,16 +341,19 @@ async def test_a_client_flushing_its_offline_queue_behind_an_async_hook_is_not_r
     ("options", "claims", "accepted"),
     [
         ({"jwt_require_exp": True}, {}, False),
-        ({"jwt_require_exp": True}, {"exp": time.time() + 60}, True),
+        ({"jwt_require_exp": True}, {"exp": 60}, True),
         ({"jwt_max_age": 60}, {}, False),  # no iat: its age is unknown
-        ({"jwt_max_age": 60}, {"iat": time.time() - 30}, True),
-        ({"jwt_max_age": 60}, {"iat": time.time() - 90}, False),
-        ({"jwt_max_age": 60, "jwt_leeway": 60}, {"iat": time.time() - 90}, True),
+        ({"jwt_max_age": 60}, {"iat": -30}, True),
+        ({"jwt_max_age": 60}, {"iat": -90}, False),
+        ({"jwt_max_age": 60, "jwt_leeway": 60}, {"iat": -90}, True),
     ],
 )
 async def test_tokens_without_expiry_or_too_old_can_be_refused(
-    options: dict[str, Any], claims: dict[str, Any], accepted: bool
+    options: dict[str, Any], claims: dict[str, float], accepted: bool
 ) -> None:
+    # The claims are offsets from now, taken when the test runs (not when it was collected).
+    now = time.time()
+    claims = {name: now + offset for name, offset in claims.items()}
     async with open_test_server(jwt_secret=SECRET, **options) as harness:
         if accepted:
             async with harness.connect(token=make_token(**claims)):

@@ -178,7 +178,12 @@ async def test_stats_totals_keep_the_counters_of_a_worker_that_exited(tmp_path: 
     (tmp_path / "999999.json").write_text(json.dumps({**other, "families": [], "summary": summary}))
     async with running(shared_stats_dir=str(tmp_path)) as (server, http):
         await server.publish("news", 1)
-        before = (await http.get("/stats?history=0")).json()["total"]
+        # A worker's summary is as of its last sample: wait (bounded) for one after the publish.
+        for _ in range(100):
+            before = (await http.get("/stats?history=0")).json()["total"]
+            if before["published"] == 6:
+                break
+            await trio.sleep(0.05)
         assert (before["published"], before["delivered"], before["workers"]) == (6, 7, 2)
         await trio.to_thread.run_sync(_shared_stats.remove, str(tmp_path), 999_999)
         after = (await http.get("/stats?history=0")).json()["total"]
