@@ -353,14 +353,14 @@ async def test_tokens_without_expiry_or_too_old_can_be_refused(
 ) -> None:
     # The claims are offsets from now, taken when the test runs (not when it was collected).
     now = time.time()
-    claims = {name: now + offset for name, offset in claims.items()}
+    timed: dict[str, Any] = {name: now + offset for name, offset in claims.items()}
     async with open_test_server(jwt_secret=SECRET, **options) as harness:
         if accepted:
-            async with harness.connect(token=make_token(**claims)):
+            async with harness.connect(token=make_token(**timed)):
                 pass
         else:
             with pytest.raises(ConnectionRejected) as info:
-                async with harness.connect(token=make_token(**claims)):
+                async with harness.connect(token=make_token(**timed)):
                     pass
             assert info.value.status_code == 401
 
