@@ -221,3 +221,27 @@ async def test_echo_reaches_the_publisher_across_redis(redis_url: str) -> None:
             assert (await reader.receive_type("message"))["seq"] == 2
             await writer.send({"type": "ping", "id": 4})
             assert (await writer.receive())["type"] == "pong"
+
+
+async def test_rewind_and_history_on_another_node(redis_url: str) -> None:
+    """What one node published, another rewinds and pages from the stream, by the same
+    rule as in process (tests/test_control.py)."""
+    channel = channel_name()
+    async with (
+        open_node(redis_url, history_size=10) as a,
+        open_node(redis_url, history_size=10) as b,
+    ):
+        async with a.connect() as writer, b.connect() as late:
+            seqs = [await publish(writer, channel, n, n) for n in range(12)]
+            reply = await late.request({"type": "subscribe", "channel": channel, "rewind": 20})
+            assert (reply["seq"], reply["rewound"]) == (12, 10)
+            rewound = [await late.receive() for _ in range(10)]
+            assert [m["seq"] for m in rewound] == seqs[2:]
+            await publish(writer, channel, "live", "live")
+            live = await late.receive()
+            assert (live["seq"], live["data"]) == (13, "live")
+            page = await late.request(
+                {"type": "history", "channel": channel, "limit": 3, "reverse": True, "since": 12}
+            )
+            assert page["messages"] == rewound[-2:-5:-1]
+            assert (page["seq"], page["epoch"]) == (13, reply["epoch"])
