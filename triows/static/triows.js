@@ -342,9 +342,11 @@ export class Tracker {
     const gap = frame.gap ?? null;
     if (gap !== null && rangeOf(gap) === null) return []; // malformed
     if (c.epoch === null) {
-      // the first subscription: live from here
+      // the first subscription: live from here (with rewind: before the rewound messages)
       c.epoch = epoch;
       c.seq = seq;
+      const rewound = seqOf(frame.rewound);
+      if (rewound !== null && rewound <= seq) c.seq = seq - rewound;
       settle(c);
       return [];
     }
