@@ -275,7 +275,7 @@ async def test_rewind_while_the_channel_moves_loses_and_doubles_nothing(redis_ur
                 await trio.sleep(0.2)
                 stop.set()
             last = await publish(writer, channel, "end", "end")
-            got = []
+            got: list[int] = []
             while not got or got[-1] != last:
                 got.append((await late.receive_type("message"))["seq"])
             first = reply["seq"] - reply["rewound"] + 1
