@@ -266,7 +266,11 @@ class Server(PublicMethods):
                 log.info("stopped")
 
     async def _load_revocations(self) -> None:
-        """Revocations made before this node started (kept in Redis), before it accepts."""
+        """Revocations made before this node started (kept in Redis), before it accepts
+        (not while Redis is away: the node serves without them rather than wait)."""
+        if not self.broker.up.value:
+            log.warning("revocations made before this start are unknown: Redis unreachable")
+            return
         with trio.move_on_after(self.config.handshake_timeout):
             try:
                 if await self.control.load_revocations():
