@@ -65,6 +65,33 @@ class ServerView(Protocol):
         has ended)."""
         ...
 
+    # The application's hands on connections and channels (``triows._server.public``): bad
+    # arguments raise ValueError, and nothing is done.
+
+    async def disconnect(
+        self, *, user: str | None = None, client: str | None = None, code: int, reason: str
+    ) -> int: ...
+
+    async def unsubscribe(
+        self, channel: str, *, user: str | None = None, client: str | None = None, reason: str
+    ) -> int: ...
+
+    async def subscribe(
+        self, channel: str, *, user: str | None = None, client: str | None = None
+    ) -> int: ...
+
+    async def revoke(self, user: str, before: float | None = None) -> int: ...
+
+    async def history(
+        self, channel: str, *, limit: int, since: int | None = None, reverse: bool = False
+    ) -> HistoryResult: ...
+
+    async def channel(self, channel: str) -> ChannelInfo: ...
+
+    async def channel_presence(self, channel: str) -> dict[str, Any]: ...
+
+    async def channels(self) -> list[dict[str, Any]]: ...
+
 
 @attrs.frozen(kw_only=True)
 class ServerStatistics:
@@ -158,3 +185,29 @@ class ConnectionStatistics:
     queued_frames: int
     queued_bytes: int
     dropped: int
+
+
+@attrs.frozen(kw_only=True)
+class ChannelInfo:
+    """Where a channel is now: its epoch (None: never numbered), its last seq, and how many
+    connections follow it (every node's, with Redis)."""
+
+    channel: str
+    epoch: str | None
+    seq: int
+    subscribers: int
+
+
+@attrs.frozen(kw_only=True)
+class HistoryResult:
+    """A page of history: the channel's ``epoch``/``seq`` when read and its ``messages``
+    (each a ``message`` frame as it was delivered, decoded)."""
+
+    channel: str
+    epoch: str | None
+    seq: int
+    messages: list[dict[str, Any]]
+
+
+class ControlFailed(Exception):
+    """A node could not do what a control request asked (its revocation list is full)."""

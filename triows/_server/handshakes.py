@@ -33,6 +33,10 @@ from .access import Access
 
 log = logging.getLogger("triows.server")
 
+#: With ``--demo`` and no authentication, the query parameter ``name`` names a connection (its
+#: ``info``, which presence shows), cut to this many characters.
+DEMO_NAME_LENGTH = 40
+
 
 class Handshakes:
     def __init__(
@@ -70,6 +74,8 @@ class Handshakes:
             # Counted now, before the first await: concurrent handshakes cannot all pass.
             pending.ticket.connection(address_key(info.ip))
             principal = await self._authenticate(info, pending.deadline)
+            if self._access.is_revoked(principal):
+                raise Rejected(401, "token revoked")
             if principal.user_id is not None:
                 pending.ticket.user(principal.user_id)
         except (Rejected, Refused) as refused:
@@ -128,6 +134,10 @@ class Handshakes:
                 return self._access.verify_token(token)
             except AuthError as exc:
                 raise Rejected(401, str(exc)) from None
+        name = info.query.get("name") if config.demo else None
+        if name:
+            # The demo without authentication: a page names itself, for presence to show.
+            return Principal(info={"name": name[:DEMO_NAME_LENGTH]})
         return ANONYMOUS
 
 
