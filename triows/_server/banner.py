@@ -32,7 +32,7 @@ def describe(
     """The line logged when the server starts listening."""
     path = (config.path or "/")[1:]
     where = ", ".join(a + path for a in addresses(listeners, "ws")) or "its own listeners"
-    auth = "jwt" if config.jwt_secret else "custom" if config.authenticate else "off"
+    auth = "jwt" if config.jwt_enabled else "custom" if config.authenticate else "off"
     return (
         f"triows listening on {where} (broker: {broker}, auth: {auth}, "
         f"server id: {server_id}, pid: {os.getpid()})"

@@ -292,6 +292,7 @@ class Server:
                         idle_timeout=config.idle_timeout,
                         connections=self.connections,
                         failed=self._task_failed,
+                        token_keys=self.access.run,
                     )
                 )
                 try:
