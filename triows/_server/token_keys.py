@@ -66,7 +66,8 @@ class KeySet:
             return key
         if self._fetching or cache.may_fetch(trio.current_time()):
             done = self._done
-            self._wanted.set()
+            if not self._fetching:  # else the fetch under way answers: no second one
+                self._wanted.set()
             await done.wait()
             key = cache.find(kid)
             if key is not None:
