@@ -314,7 +314,7 @@ def test_the_triows_api_snippets_run(server_port: int) -> None:
     def shared_task(**options: object):  # type: ignore[no-untyped-def]
         return lambda function: lambda *args: function(Task(), *args)
 
-    stubs = {
+    stubs: dict[str, dict[str, object]] = {
         "fastapi": {"FastAPI": FastAPI, "Header": lambda default=None: default},
         "celery": {"shared_task": shared_task},
     }
