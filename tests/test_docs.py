@@ -220,7 +220,7 @@ async def test_embedded_servers_run(page: str, code: str) -> None:
 def test_the_http_snippets_run(server_port: int) -> None:
     """The Django helper publishes for real; the FastAPI handler too, with FastAPI stubbed
     (its decorator is all the snippet needs of it)."""
-    django, fastapi = [c for p, c in PYTHON if p == "http.md" and "triows.api" not in c]
+    django, fastapi = [c for p, c in PYTHON if p == "http.md" and "import httpx" in c]
     url = f"127.0.0.1:{server_port}"
     result = run_program(django, server_port, seconds=20)
     assert result.returncode == 0, result.stderr
@@ -344,6 +344,21 @@ def test_the_triows_api_snippets_run(server_port: int) -> None:
         for name in stubs:
             del sys.modules[name]
         os.environ.pop("TRIOWS_API_KEY", None)
+
+
+def test_the_outbox_snippet_writes_a_row(tmp_path: Path) -> None:
+    """docs/http.md's outbox snippet, run where the reader runs it (examples/ importable):
+    each run commits the order and one message in the outbox together."""
+    (code,) = [c for p, c in PYTHON if p == "http.md" and "outbox_relay" in c]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "examples")}
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, timeout=30)
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "app.db")
+    rows = db.execute("SELECT channel, data FROM triows_outbox").fetchall()
+    assert rows == [("orders.7", '{"id": 42, "status": "paid"}')] * 2
+    assert db.execute("SELECT status FROM orders").fetchall() == [("paid",)]
 
 
 SHELL = blocks("sh")
