@@ -278,3 +278,16 @@ def test_a_private_key_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         parse_config(["--jwt-public-key", str(pem)], {})
     assert "is a private key" in capsys.readouterr().err
+
+
+def test_keys_over_plain_http_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from triows._server.banner import warn_about
+
+    for url, warned in (
+        ("http://idp.internal/jwks.json", True),
+        ("https://idp.example/jwks.json", False),
+        ("http://127.0.0.1:9000/jwks.json", False),
+    ):
+        caplog.clear()
+        warn_about(Config(jwt_jwks_url=url), [])
+        assert ("plain http" in caplog.text) is warned, url
