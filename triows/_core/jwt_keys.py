@@ -134,9 +134,6 @@ class KeySetCache:
     def may_fetch(self, now: float) -> bool:
         return now - self.attempted_at >= self.min_interval
 
-    def stale(self, now: float) -> bool:
-        return now - self.fetched_at >= self.ttl
-
     def next_refresh(self, now: float) -> float:
         """When the background refresh should fetch next: at the ttl, or after a failure as
         soon as the interval allows."""
