@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from trio_websocket import ConnectionRejected
 
-from triows import Config
+from triows import Config, Principal
 from triows._cli.options import parse_config
 from triows.testing import open_test_server
 
@@ -180,10 +180,16 @@ async def test_a_key_set_over_http(provider: IdentityProvider) -> None:
             await trio.sleep(0.1)  # past the (short) interval
             async with harness.connect(token=rs256(kid="r2", key=rotated, **good)) as new:
                 assert new.welcome["type"] == "welcome"
-                reply = await new.request(
-                    {"type": "refresh", "token": rs256(kid="r2", key=rotated, **good), "id": 1}
-                )
+                subscribed = await new.request({"type": "subscribe", "channel": "room.1"})
+                assert subscribed["type"] == "subscribed"
+                narrower = rs256(kid="r2", key=rotated, channels=["other"], **good)
+                reply = await new.request({"type": "refresh", "token": narrower, "id": 1})
                 assert reply["type"] == "refreshed"
+                dropped = await new.receive_type("unsubscribed")
+                assert dropped["channel"] == "room.1"
+                unknown = rs256(kid="gone", key=rotated, **good)
+                reply = await new.request({"type": "refresh", "token": unknown, "id": 2})
+                assert (reply["type"], reply["code"]) == ("error", 401)
 
 
 @pytest.mark.real_socket
@@ -214,6 +220,18 @@ async def test_an_unreachable_or_hanging_provider_is_a_503_not_a_hang(
             assert status == 503
             assert reason.startswith("token keys unavailable (")
             assert "try again" in reason
+
+    def let_in(request: object) -> Principal:
+        return Principal(user_id="ann")
+
+    async with open_test_server(
+        jwt_jwks_url=url, jwt_jwks_timeout=0.5, authenticate=let_in, idle_timeout=0
+    ) as harness:
+        with trio.fail_after(20):
+            async with harness.connect() as ann:
+                reply = await ann.request({"type": "refresh", "token": rs256(), "id": 1})
+                assert (reply["type"], reply["code"]) == ("error", 503)
+                assert "token keys unavailable" in reply["message"]
     provider.hang = True
     async with open_test_server(jwt_jwks_url=provider.url, jwt_jwks_timeout=0.5) as harness:
         with trio.fail_after(20):

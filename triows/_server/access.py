@@ -21,7 +21,7 @@ from .._core.auth import Action, Principal, verify_token
 from .._core.jwt_keys import KeySetCache, VerifyingKey, public_key_from_pem, token_kid
 from .._core.protocol import ProtocolError
 from .._core.ratelimit import PerKey, TokenBucket
-from .token_keys import KeySet, fetch_over_http
+from .token_keys import KeySet, KeysUnavailable, fetch_over_http
 
 
 class Access:
@@ -64,7 +64,11 @@ class Access:
         key = self._key
         if key is None:
             assert self.key_set is not None
-            key = await self.key_set.key_for(token_kid(token))
+            kid = token_kid(token)
+            with trio.move_on_after(self.config.handshake_timeout):
+                key = await self.key_set.key_for(kid)
+            if key is None:
+                raise KeysUnavailable("token keys unavailable (still fetching); try again")
         return self._verify(token, key)
 
     def verify_token_nowait(self, token: str) -> Principal:
