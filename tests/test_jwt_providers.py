@@ -137,10 +137,13 @@ async def test_refresh_with_a_public_key(autojump_clock: trio.testing.MockClock)
 @pytest.mark.real_socket
 async def test_a_key_set_over_http(provider: IdentityProvider) -> None:
     async with open_test_server(
-        jwt_jwks_url=provider.url, jwt_issuer="https://id.example", jwt_jwks_min_interval=0.05
+        jwt_jwks_url=provider.url,
+        jwt_issuer="https://id.example",
+        jwt_audience="chat",
+        jwt_jwks_min_interval=0.05,
     ) as harness:
         with trio.fail_after(20):
-            good = {"iss": "https://id.example"}
+            good = {"iss": "https://id.example", "aud": "chat"}
             async with harness.connect(token=rs256(**good)) as ann:
                 assert ann.welcome["type"] == "welcome"
             async with harness.connect(token=es256(**good)) as eve:
@@ -149,23 +152,25 @@ async def test_a_key_set_over_http(provider: IdentityProvider) -> None:
                 401,
                 "invalid token: no key for its 'kid'",
             )
-            assert await refused(harness, rs256(iss="https://evil.example")) == (
+            assert await refused(harness, rs256(iss="https://evil.example", aud="chat")) == (
                 401,
                 "invalid token: wrong issuer",
+            )
+            assert await refused(harness, rs256(iss="https://id.example", aud="shop")) == (
+                401,
+                "invalid token: wrong audience",
             )
             assert await refused(harness, rs256(exp=time.time() - 5, **good)) == (
                 401,
                 "token expired",
             )
-            forged = forged_hs256({"sub": "mallory", "iss": "https://id.example"}, b"r1")
+            forged = forged_hs256({"sub": "mallory", **good}, b"r1")
             header = jwt.get_unverified_header(forged)
             assert header["alg"] == "HS256"
             # A kid-less HS256 token: the set has two keys, so it names none; with a kid of
             # a real key, the key's algorithm (RS256) refuses it.
             assert (await refused(harness, forged))[0] == 401
-            pem_forged = forged_hs256(
-                {"sub": "mallory", "iss": "https://id.example"}, PUBLIC_PEM.encode()
-            )
+            pem_forged = forged_hs256({"sub": "mallory", **good}, PUBLIC_PEM.encode())
             _head, body, sig = pem_forged.split(".")
             with_kid = jwt.utils.base64url_encode(
                 json.dumps({"alg": "HS256", "kid": "r1"}).encode()
