@@ -15,7 +15,8 @@ below it (docs/design.md, "The map"):
 =================  ==================================================================
 
 And ``import triows`` costs what an embedded in-process server needs: no redis, no
-trio-websocket or wsproto (client side), no prometheus_client (a scrape), no rich (``top``).
+trio-websocket or wsproto (client side), no prometheus_client (a scrape), no rich (``top``), no
+httpx (``triows.api``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ IO_LIBRARIES = {
     "threading",
 }
 #: What ``import triows`` must not load.
-HEAVY = ("redis", "trio_websocket", "wsproto", "prometheus_client", "rich")
+HEAVY = ("redis", "trio_websocket", "wsproto", "prometheus_client", "rich", "httpx")
 
 #: For each folder, the triows folders (the first name after ``triows``) it must never import.
 FORBIDDEN = {
@@ -60,6 +61,9 @@ FORBIDDEN = {
     "_server": {"_cli", "_client", "client", "testing"},
     "_client": {"_net", "_server", "_brokers", "_ops", "_cli", "testing"},
     "client": {"_net", "_server", "_brokers", "_ops", "_cli", "testing"},
+    # The HTTP API's client: the core's backoff rule, nothing of the server.
+    "_api": {"_config", "_restart", "_net", "_brokers", "_ops", "_server", "_cli", "_client"},
+    "api": {"_config", "_restart", "_net", "_brokers", "_ops", "_server", "_cli", "_client"},
 }
 
 

@@ -220,7 +220,7 @@ async def test_embedded_servers_run(page: str, code: str) -> None:
 def test_the_http_snippets_run(server_port: int) -> None:
     """The Django helper publishes for real; the FastAPI handler too, with FastAPI stubbed
     (its decorator is all the snippet needs of it)."""
-    django, fastapi = [c for p, c in PYTHON if p == "http.md"]
+    django, fastapi = [c for p, c in PYTHON if p == "http.md" and "import httpx" in c]
     url = f"127.0.0.1:{server_port}"
     result = run_program(django, server_port, seconds=20)
     assert result.returncode == 0, result.stderr
@@ -291,6 +291,74 @@ def assert_the_fastapi_handler_retries_safely(namespace: dict[str, object]) -> N
 
     assert anyio.run(call, backend="asyncio") == {"seq": 7}
     assert keys == ["caller-key-1"] * 4
+
+
+def test_the_triows_api_snippets_run(server_port: int) -> None:
+    """docs/http.md's triows.api snippets publish for real: Django's as pasted, FastAPI's and
+    Celery's with their framework stubbed (a decorator is all they need of it)."""
+    django, fastapi, celery = [c for p, c in PYTHON if p == "http.md" and "triows.api" in c]
+    result = run_program(django, server_port, seconds=20)
+    assert result.returncode == 0, result.stderr
+    first = int(result.stdout)
+    result = run_program(django, server_port, seconds=20)  # the same key: the same seq
+    assert int(result.stdout) == first
+
+    class FastAPI:
+        def post(self, path: str):  # type: ignore[no-untyped-def]
+            return lambda function: function
+
+    class Task:
+        def retry(self, exc: Exception, countdown: float) -> Exception:
+            raise AssertionError(f"retried: {exc}")
+
+    def shared_task(**options: object):  # type: ignore[no-untyped-def]
+        return lambda function: lambda *args: function(Task(), *args)
+
+    stubs: dict[str, dict[str, object]] = {
+        "fastapi": {"FastAPI": FastAPI, "Header": lambda default=None: default},
+        "celery": {"shared_task": shared_task},
+    }
+    for name, attributes in stubs.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attributes)
+        sys.modules[name] = module
+    os.environ["TRIOWS_API_KEY"] = KEY
+    url = f"127.0.0.1:{server_port}"
+    try:
+        namespace: dict[str, object] = {}
+        exec(compile(fastapi.replace("127.0.0.1:8080", url), "http.md", "exec"), namespace)
+        handler = namespace["post_message"]
+
+        async def call() -> dict[str, int]:
+            return await handler("lobby", "hi", "fastapi-key-1")  # type: ignore[operator, no-any-return]
+
+        import anyio
+
+        seq = anyio.run(call, backend="asyncio")["seq"]
+        assert anyio.run(call, backend="asyncio")["seq"] == seq
+        namespace = {}
+        exec(compile(celery.replace("127.0.0.1:8080", url), "http.md", "exec"), namespace)
+        notify = namespace["notify"]
+        assert notify("jobs", {"done": 1}, "job-1") == notify("jobs", {"done": 1}, "job-1")  # type: ignore[operator]
+    finally:
+        for name in stubs:
+            del sys.modules[name]
+        os.environ.pop("TRIOWS_API_KEY", None)
+
+
+def test_the_outbox_snippet_writes_a_row(tmp_path: Path) -> None:
+    """docs/http.md's outbox snippet, run where the reader runs it (examples/ importable):
+    each run commits the order and one message in the outbox together."""
+    (code,) = [c for p, c in PYTHON if p == "http.md" and "outbox_relay" in c]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "examples")}
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, timeout=30)
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "app.db")
+    rows = db.execute("SELECT channel, data FROM triows_outbox").fetchall()
+    assert rows == [("orders.7", '{"id": 42, "status": "paid"}')] * 2
+    assert db.execute("SELECT status FROM orders").fetchall() == [("paid",)]
 
 
 SHELL = blocks("sh")

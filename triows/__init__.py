@@ -31,18 +31,18 @@ from ._ops.view import (
 from ._server.server import Server, serve
 
 if _TYPE_CHECKING:
-    from . import client
+    from . import api, client
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> _ModuleType:
-    """``triows.client`` is imported on first use: a server needs neither it nor the
-    WebSocket client library under it (trio-websocket, wsproto)."""
-    if name == "client":
+    """``triows.client`` and ``triows.api`` are imported on first use: a server needs
+    neither them nor the client libraries under them (trio-websocket, wsproto; httpx)."""
+    if name in ("client", "api"):
         import importlib
 
-        return importlib.import_module(".client", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -66,10 +66,11 @@ __all__ = [
     "Server",
     "ServerStatistics",
     "SlowConsumerPolicy",
+    "api",
     "client",
     "serve",
 ]
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "client"})
+    return sorted({*globals(), "api", "client"})

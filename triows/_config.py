@@ -18,6 +18,7 @@ from ._core.admission import Limits
 from ._core.auth import Action, Principal
 from ._core.dedupe import DedupeRule
 from ._core.handshake import HandshakeRequest
+from ._core.jwt_keys import public_key_from_pem
 from ._core.names import first_match, validate_pattern
 from ._core.outbox import SlowConsumerPolicy
 from ._core.proxy import parse_networks
@@ -64,6 +65,28 @@ def _secret(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
         # HS256 with a short secret can be brute-forced offline from one captured token;
         # RFC 7518 §3.2 asks for a key at least as long as the hash (32 bytes).
         raise ValueError("jwt_secret must be at least 32 bytes long")
+
+
+def _public_key(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None:
+        try:
+            public_key_from_pem(value)
+        except ValueError as exc:
+            raise ValueError(f"jwt_public_key {exc}") from None
+
+
+def _jwks_url(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "jwt_jwks_url must be an http(s) URL, e.g. "
+                f"https://id.example.com/.well-known/jwks.json, got {value!r}"
+            )
+
+
+#: The ways to check tokens; one at most (a token names no way to tell which is meant).
+_TOKEN_KEYS = ("jwt_secret", "jwt_public_key", "jwt_jwks_url")
 
 
 def _redis_url(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
@@ -160,6 +183,18 @@ class Config:
     #: Refuse tokens issued (``iat``) more than this many seconds ago, and tokens without
     #: ``iat``; 0: no limit.
     jwt_max_age: float = attrs.field(default=0.0, validator=_not_negative)
+    #: An identity provider's public key, as PEM text (``BEGIN PUBLIC KEY`` or a certificate):
+    #: tokens it signed (RS256, ES256, ...) are accepted. Instead of ``jwt_secret``.
+    jwt_public_key: str | None = attrs.field(default=None, validator=_public_key)
+    #: An identity provider's key set (JWKS) URL: a token is checked with the key its ``kid``
+    #: names. Instead of ``jwt_secret`` or ``jwt_public_key``.
+    jwt_jwks_url: str | None = attrs.field(default=None, validator=_jwks_url)
+    #: At most one fetch of the key set per this many seconds (an unknown ``kid`` asks for one).
+    jwt_jwks_min_interval: float = attrs.field(default=10.0, validator=_positive)
+    #: Seconds the key set is used before it is fetched again, in the background.
+    jwt_jwks_ttl: float = attrs.field(default=300.0, validator=_positive)
+    #: Seconds one fetch of the key set may take; a slower provider is a failed fetch.
+    jwt_jwks_timeout: float = attrs.field(default=5.0, validator=_positive)
     #: Origins allowed to connect (e.g. ``https://app.example``); empty allows every origin.
     allow_origins: tuple[str, ...] = attrs.field(default=(), converter=_origins)
     max_connections: int = attrs.field(default=10_000, validator=_int_at_least(1))
@@ -285,6 +320,19 @@ class Config:
     server_id: str | None = None
     authenticate: Authenticate | None = attrs.field(default=None, eq=False, repr=False)
     authorize: Authorize | None = attrs.field(default=None, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        given = [name for name in _TOKEN_KEYS if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"{given[0]} and {given[1]} cannot be used together: tokens are checked "
+                "either with a shared secret, or a public key, or a key set (JWKS)"
+            )
+
+    @property
+    def jwt_enabled(self) -> bool:
+        """Whether tokens are checked here (with a secret, a public key or a key set)."""
+        return any(getattr(self, name) is not None for name in _TOKEN_KEYS)
 
     def admission_limits(self) -> Limits:
         """The limits admission (``triows._core.admission``) holds every stream to."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -29,6 +30,7 @@ from .values import (
     channel_history,
     channel_policy,
     message_size,
+    pem_file,
     port,
     slow_consumer,
     worker_count,
@@ -69,6 +71,38 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "jwt_max_age",
         "refuse tokens issued ('iat') longer ago than this many seconds, or without 'iat' "
         "(0: no limit)",
+    ),
+    (
+        "--jwt-public-key",
+        pem_file,
+        "jwt_public_key",
+        "FILE with an identity provider's PEM public key (or certificate): accept the tokens "
+        "it signs (RS256, ES256, ...); instead of --jwt-secret",
+    ),
+    (
+        "--jwt-jwks-url",
+        str,
+        "jwt_jwks_url",
+        "an identity provider's key set (JWKS) URL: check each token with the key its 'kid' "
+        "names; instead of --jwt-secret or --jwt-public-key",
+    ),
+    (
+        "--jwt-jwks-min-interval",
+        POSITIVE_SECONDS,
+        "jwt_jwks_min_interval",
+        "at most one fetch of the key set per this many seconds (an unknown 'kid' asks for one)",
+    ),
+    (
+        "--jwt-jwks-ttl",
+        POSITIVE_SECONDS,
+        "jwt_jwks_ttl",
+        "seconds the key set is used before it is fetched again",
+    ),
+    (
+        "--jwt-jwks-timeout",
+        POSITIVE_SECONDS,
+        "jwt_jwks_timeout",
+        "seconds one fetch of the key set may take",
     ),
     (
         "--allow-origin",
@@ -357,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = Config()
     for flag, kind, field, text in _OPTIONS:
         default = _CLI_DEFAULTS.get(flag) if field is None else getattr(defaults, field)
-        if field == "jwt_secret":
+        if field in ("jwt_secret", "jwt_public_key"):
             default = None
         if isinstance(default, SlowConsumerPolicy):
             default = default.value
@@ -454,7 +488,16 @@ def _flag_names(message: str) -> str:
     """``Config``'s messages name fields (``jwt_secret must be ...``); a CLI user typed a flag."""
     for flag, _, field, _ in _OPTIONS:
         if field is not None and message.startswith((f"{field} ", f"{field}:")):
-            return f"{flag} ({env_name(flag)}){message[len(field) :]}"
+            return _other_flags(f"{flag} ({env_name(flag)}){message[len(field) :]}")
+    return message
+
+
+def _other_flags(message: str) -> str:
+    """Fields named further in a message (``jwt_secret and jwt_jwks_url cannot ...``), as
+    flags; only names with an underscore, which plain words never have."""
+    for flag, _, field, _ in _OPTIONS:
+        if field is not None and "_" in field:
+            message = re.sub(rf"\b{field}\b", flag, message)
     return message
 
 

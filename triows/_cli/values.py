@@ -126,3 +126,13 @@ COUNT = number("an integer", 0, integer=True)
 SECONDS = number("a number of seconds", 0, integer=False)
 RATE = number("a number per second", 0, integer=False)
 POSITIVE_SECONDS = number("a positive number of seconds", 1e-3, integer=False)
+
+
+def pem_file(text: str) -> str:
+    """A file's text (``--jwt-public-key FILE``): read at start, so a wrong path stops the
+    process at once rather than refusing every token later."""
+    try:
+        with open(os.path.expanduser(text), encoding="ascii") as file:
+            return file.read(1 << 20)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {exc}") from None

@@ -1,7 +1,9 @@
 """Who a connection is, and what its token lets it do.
 
-Tokens are HS256 JWTs. The clock is an argument (``now``, unix seconds) so that expiry is
-checked exactly the same way in tests and in production. Error messages never contain the
+Tokens are JWTs: HS256 with a shared secret, or signed by an identity provider whose public
+key (RS256, ES256, ...; :mod:`triows._core.jwt_keys`) checks them. The clock is an argument
+(``now``, unix seconds) so that expiry is checked exactly the same way in tests and in
+production. Error messages never contain the
 token: they end up in logs and in replies.
 """
 
@@ -70,29 +72,32 @@ def _pattern_claim(claims: dict[str, Any], name: str) -> list[str] | None:
 
 def verify_token(
     token: str,
-    secret: str,
+    key: Any,
     *,
     now: float,
+    algorithms: tuple[str, ...] = ("HS256",),
     audience: str | None = None,
     issuer: str | None = None,
     leeway: float = 0.0,
     require_exp: bool = False,
     max_age: float = 0.0,
 ) -> Principal:
-    """Check an HS256 token and turn its claims into a :class:`Principal`.
+    """Check a token with ``key`` (the HS256 secret, or a public key with the ``algorithms``
+    it may verify) and turn its claims into a :class:`Principal`.
 
-    ``alg`` is pinned to HS256: a token that names another algorithm (``none`` included) is
-    refused rather than trusted. With ``audience`` / ``issuer``, the ``aud`` / ``iss`` claims
-    must name them. ``exp`` and ``nbf`` are checked against ``now`` (the injected clock, never
-    the library's), each with ``leeway`` seconds of tolerance for clock skew. With
-    ``require_exp`` a token without ``exp`` (valid forever) is refused; with ``max_age`` (> 0)
-    one issued (``iat``) more than that many seconds ago, or without ``iat``, is refused.
+    ``alg`` is pinned to ``algorithms`` (HS256 by default): a token that names another
+    algorithm (``none`` included) is refused rather than trusted. With ``audience`` /
+    ``issuer``, the ``aud`` / ``iss`` claims must name them. ``exp`` and ``nbf`` are checked
+    against ``now`` (the injected clock, never the library's), each with ``leeway`` seconds
+    of tolerance for clock skew. With ``require_exp`` a token without ``exp`` (valid
+    forever) is refused; with ``max_age`` (> 0) one issued (``iat``) more than that many
+    seconds ago, or without ``iat``, is refused.
     """
     try:
         claims = jwt.decode(
             token,
-            secret,
-            algorithms=["HS256"],
+            key,
+            algorithms=list(algorithms),
             audience=audience,
             issuer=issuer,
             options={
@@ -110,6 +115,8 @@ def verify_token(
         raise AuthError("invalid token: wrong audience") from None
     except jwt.InvalidIssuerError:
         raise AuthError("invalid token: wrong issuer") from None
+    except jwt.InvalidAlgorithmError:
+        raise AuthError("invalid token: algorithm not allowed") from None
     except jwt.MissingRequiredClaimError as exc:
         raise AuthError(f"invalid token: no '{exc.claim}' claim") from None
     except jwt.InvalidTokenError as exc:

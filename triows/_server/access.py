@@ -18,9 +18,11 @@ import trio
 from .._config import Config
 from .._core import protocol
 from .._core.auth import Action, Principal, verify_token
+from .._core.jwt_keys import KeySetCache, VerifyingKey, public_key_from_pem, token_kid
 from .._core.protocol import ProtocolError
 from .._core.ratelimit import PerKey, TokenBucket
 from .._core.revocations import DEFAULT_TTL, Revocations
+from .token_keys import KeySet, KeysUnavailable, fetch_over_http
 
 
 class Access:
@@ -34,10 +36,21 @@ class Access:
         #: Requests refused with 429 by a rate limit, by action.
         self.rate_limited: Counter[str] = Counter()
         #: Whether connections carry a principal that can expire (JWT or a custom hook).
-        self.enabled = config.jwt_secret is not None or config.authenticate is not None
+        self.enabled = config.jwt_enabled or config.authenticate is not None
         #: Users whose older tokens are refused (``Server.revoke``); with ``jwt_max_age`` a
         #: revocation lasts that long (older tokens are refused anyway then).
         self.revocations = Revocations(config.jwt_max_age or DEFAULT_TTL)
+        self._key: VerifyingKey | None = None
+        if config.jwt_secret is not None:
+            self._key = VerifyingKey(config.jwt_secret, ("HS256",))
+        elif config.jwt_public_key is not None:
+            self._key = public_key_from_pem(config.jwt_public_key)
+        #: The identity provider's key set (``jwt_jwks_url``), fetched by :meth:`run`.
+        self.key_set: KeySet | None = None
+        if config.jwt_jwks_url is not None:
+            cache = KeySetCache(config.jwt_jwks_min_interval, config.jwt_jwks_ttl)
+            fetch = fetch_over_http(config.jwt_jwks_url, config.jwt_jwks_timeout)
+            self.key_set = KeySet(cache, fetch, config.jwt_jwks_timeout)
 
     def is_revoked(self, principal: Principal) -> bool:
         """Whether ``principal``'s token was revoked (issued before its user's revocation)."""
@@ -45,13 +58,40 @@ class Access:
             return False
         return self.revocations.revoked(principal.user_id, principal.claims, self._wall_clock())
 
-    def verify_token(self, token: str) -> Principal:
-        """A JWT's principal, by the server's clock and settings; ``AuthError`` otherwise."""
+    async def run(self) -> None:
+        """Keep the key set fresh (a supervisor task); nothing to do without one."""
+        if self.key_set is not None:
+            await self.key_set.run()
+
+    @property
+    def keys_may_wait(self) -> bool:
+        """Whether checking a token may wait for its key (a key set fetched over HTTP)."""
+        return self.key_set is not None
+
+    async def verify_token(self, token: str) -> Principal:
+        """A JWT's principal, by the server's clock and settings; ``AuthError`` otherwise,
+        ``KeysUnavailable`` when its key cannot be had now. May wait for the key set."""
+        key = self._key
+        if key is None:
+            assert self.key_set is not None
+            kid = token_kid(token)
+            with trio.move_on_after(self.config.handshake_timeout):
+                key = await self.key_set.key_for(kid)
+            if key is None:
+                raise KeysUnavailable("token keys unavailable (still fetching); try again")
+        return self._verify(token, key)
+
+    def verify_token_nowait(self, token: str) -> Principal:
+        """The same, with a key at hand (a secret or a public key; not a key set)."""
+        assert self._key is not None
+        return self._verify(token, self._key)
+
+    def _verify(self, token: str, key: VerifyingKey) -> Principal:
         config = self.config
-        assert config.jwt_secret is not None
         return verify_token(
             token,
-            config.jwt_secret,
+            key.key,
+            algorithms=key.algorithms,
             now=self._wall_clock(),
             audience=config.jwt_audience,
             issuer=config.jwt_issuer,

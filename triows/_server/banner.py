@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 
@@ -32,7 +33,7 @@ def describe(
     """The line logged when the server starts listening."""
     path = (config.path or "/")[1:]
     where = ", ".join(a + path for a in addresses(listeners, "ws")) or "its own listeners"
-    auth = "jwt" if config.jwt_secret else "custom" if config.authenticate else "off"
+    auth = "jwt" if config.jwt_enabled else "custom" if config.authenticate else "off"
     return (
         f"triows listening on {where} (broker: {broker}, auth: {auth}, "
         f"server id: {server_id}, pid: {os.getpid()})"
@@ -46,6 +47,13 @@ def warn_about(config: Config, listeners: Sequence[trio.abc.Listener[Any]]) -> N
             "cookies, any web page a user visits can open a connection as that user "
             "(cross-site WebSocket hijacking). Set allow_origins (--allow-origin) to "
             "your site's origins; see docs/embedding.md"
+        )
+    keys = urlsplit(config.jwt_jwks_url or "")
+    if keys.scheme == "http" and keys.hostname not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "the token keys come over plain http (--jwt-jwks-url %s): whoever is on the way "
+            "can swap them and sign any token; use https",
+            config.jwt_jwks_url,
         )
     if config.demo:
         for address in addresses(listeners, "http"):

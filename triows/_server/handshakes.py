@@ -30,6 +30,7 @@ from .._core.proxy import address_key
 from .._net.streams import PendingHandshake
 from .._net.websocket import WebSocket
 from .access import Access
+from .token_keys import KeysUnavailable
 
 log = logging.getLogger("triows.server")
 
@@ -126,14 +127,19 @@ class Handshakes:
                 log.error("authenticate hook returned %r, not a Principal", type(result))
                 raise Rejected(500, "authentication failed")
             return result
-        if config.jwt_secret is not None:
+        if config.jwt_enabled:
             token = _bearer_token(info)
             if token is None:
                 raise Rejected(401, "missing token")
             try:
-                return self._access.verify_token(token)
+                with trio.fail_at(deadline):
+                    return await self._access.verify_token(token)
             except AuthError as exc:
                 raise Rejected(401, str(exc)) from None
+            except KeysUnavailable as exc:
+                raise Rejected(503, str(exc)) from None
+            except trio.TooSlowError:
+                raise Rejected(503, "token keys unavailable (still fetching); try again") from None
         name = info.query.get("name") if config.demo else None
         if name:
             # The demo without authentication: a page names itself, for presence to show.

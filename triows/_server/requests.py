@@ -12,14 +12,17 @@ lives here, since a ``refresh`` moves it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections import deque
+from collections.abc import Iterator
 
 import attrs
 import trio
 
 from .._brokers.fanout import StepBudget
+from .._config import Config
 from .._core import protocol
 from .._core.auth import Action, AuthError, Principal
 from .._core.frames import text_frame
@@ -29,6 +32,7 @@ from .._net.websocket import WebSocket
 from .channels import Channels, subscribe_errors
 from .host import ConnectionHost
 from .outbound import POLICY, Wait
+from .token_keys import KeysUnavailable
 
 log = logging.getLogger("triows.connection")
 
@@ -138,6 +142,8 @@ class Requests(Channels):
             return False
         if isinstance(request, protocol.HistoryQuery | ServerSubscribe):
             return True
+        if isinstance(request, protocol.Refresh) and self._host.access.keys_may_wait:
+            return True  # its key may have to be fetched
         if self._host.config.authorize is not None:
             return True
         return (
@@ -195,7 +201,9 @@ class Requests(Channels):
                     )
                 )
             case protocol.Refresh(token=token, id=request_id):
-                wait = self._refreshed(token, request_id)
+                with _token_errors(host.config, request_id):
+                    principal = host.access.verify_token_nowait(token)
+                wait = self._refreshed(principal, request_id)
                 broker = host.broker
                 for channel in broker.hub.channels_of(self):
                     if not self.principal.may(Action.SUBSCRIBE, channel):
@@ -247,7 +255,9 @@ class Requests(Channels):
                     with subscribe_errors(request_id):  # Redis away: 503, as a subscribe
                         wait = self._reply(await host.presence.frame(channel, request_id))
                 case protocol.Refresh(token=token, id=request_id):
-                    wait = self._refreshed(token, request_id)
+                    with _token_errors(host.config, request_id):
+                        principal = await host.access.verify_token(token)
+                    wait = self._refreshed(principal, request_id)
                     if wait is not None:
                         await wait()
                     wait = None
@@ -343,15 +353,10 @@ class Requests(Channels):
             await trio.sleep_forever()
         self.close(POLICY, "Token expired")
 
-    def _refreshed(self, token: str, request_id: protocol.RequestId | None) -> Wait | None:
-        """Take a new token for this connection's user; its reply is queued."""
-        secret = self._host.config.jwt_secret
-        if secret is None:
-            raise ProtocolError(protocol.BAD_REQUEST, "token refresh needs JWT auth", request_id)
-        try:
-            principal = self._host.access.verify_token(token)
-        except AuthError as exc:
-            raise ProtocolError(protocol.UNAUTHORIZED, str(exc), request_id) from None
+    def _refreshed(
+        self, principal: Principal, request_id: protocol.RequestId | None
+    ) -> Wait | None:
+        """Take a new token's principal for this connection's user; its reply is queued."""
         if principal.user_id != self.principal.user_id:
             raise ProtocolError(protocol.UNAUTHORIZED, "token is for another user", request_id)
         if self._host.access.is_revoked(principal):
@@ -374,3 +379,16 @@ class Requests(Channels):
                 "reason": "the refreshed token does not allow this channel",
             }
         )
+
+
+@contextlib.contextmanager
+def _token_errors(config: Config, request_id: protocol.RequestId | None) -> Iterator[None]:
+    """A refresh's token refused: 401; its key not to be had now: 503 (the old token stands)."""
+    if not config.jwt_enabled:
+        raise ProtocolError(protocol.BAD_REQUEST, "token refresh needs JWT auth", request_id)
+    try:
+        yield
+    except AuthError as exc:
+        raise ProtocolError(protocol.UNAUTHORIZED, str(exc), request_id) from None
+    except KeysUnavailable as exc:
+        raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None

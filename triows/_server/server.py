@@ -246,6 +246,7 @@ class Server(PublicMethods):
                         idle_timeout=config.idle_timeout,
                         connections=self.connections,
                         failed=self._task_failed,
+                        token_keys=self.access.run,
                     )
                 )
                 await self._load_revocations()

@@ -12,6 +12,9 @@
 - presence (:mod:`triows._brokers.presence`): with Redis, writes joins and leaves, refreshes this
   node's members and sweeps a crashed node's; nothing in process.
 
+- token keys (:mod:`triows._server.token_keys`): with ``jwt_jwks_url``, fetches the
+  identity provider's key set at start, when it is old and when a token asks for a new key.
+
 - the broker's background work: with Redis, the bridge (publisher, pub/sub listener thread,
   watchdog); nothing for the in-process broker.
 
@@ -58,6 +61,7 @@ async def run_supervisor(
     idle_timeout: float,
     connections: Callable[[], Iterable[Idle]],
     failed: Callable[[], None],
+    token_keys: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[None],
 ) -> None:
     keep = functools.partial(restarting, log=log, failed=failed)
@@ -65,6 +69,7 @@ async def run_supervisor(
         "monitor": monitor.run,
         "expiry": functools.partial(expire, broker),
         "presence": presence.run,
+        "token keys": token_keys,
     }
     if idle_timeout > 0:
         tasks["idle sweeper"] = functools.partial(sweep_idle, idle_timeout, hub, connections)
