@@ -209,7 +209,14 @@ class PublishApi:
         limit = int_parameter(request, "limit", DEFAULT_CHANNEL_LIMIT)
         channels = sorted(self._view.channel_statistics(), key=lambda c: (-c.subscribers, c.name))
         listed = [
-            {"channel": c.name, "subscribers": c.subscribers, "seq": c.seq, "epoch": c.epoch}
+            {
+                "channel": c.name,
+                "subscribers": c.subscribers,
+                "seq": c.seq,
+                "epoch": c.epoch,
+                "published": c.published,
+                "history": c.history,
+            }
             for c in channels[:limit]
         ]
         return json_response(200, {"channels": listed, "total": len(channels)})

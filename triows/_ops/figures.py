@@ -106,6 +106,7 @@ def total(workers: list[dict[str, Any]], gone: dict[str, float] | None = None) -
     states = {w.get("broker_state") for w in workers}
     result["broker"] = workers[0].get("broker") if workers else None
     result["broker_state"] = "up" if states == {"up"} else "down"
+    result["memory_limited"] = any(w.get("memory_limited") for w in workers)
     channels: dict[str, list[int]] = {}
     for worker in workers:
         for name, subscribers, published in worker.get("top_channels", []):

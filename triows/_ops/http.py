@@ -15,6 +15,8 @@ path                 method   answer
 ``/api/publish``     POST     ``{"channel", "data", "idempotency_key"?}`` → seq and epoch
 ``/api/broadcast``   POST     ``{"channels": [...], "data", "idempotency_key"?}``
 ``/api/channels``    GET      channels with subscriber counts
+``/api/connections`` POST     ``{"user"}`` or ``{"client"}`` → its connections (dashboard)
+``/dashboard``       GET      the dashboard page (only with an API key: it uses the API)
 ===================  =======  ==========================================================
 
 The ``/api/`` paths need ``X-API-Key`` and exist only when ``api_key`` is set (404 otherwise,
@@ -43,6 +45,7 @@ from .._core.handshake import HandshakeError, HttpRequest, content_length, http_
 from .._net.streams import PlainRequest, answer
 from .answers import Handler, HttpError, Response, json_response
 from .api import PublishApi
+from .dashboard import Dashboard
 from .figures import Figures
 from .monitor import Monitor
 from .static import static_file
@@ -68,7 +71,10 @@ class HttpEndpoints:
             self.routes["/api/publish"] = ("POST", self.api.publish, True)
             self.routes["/api/broadcast"] = ("POST", self.api.broadcast, True)
             self.routes["/api/channels"] = ("GET", self.api.channels, True)
+            self.routes.update(Dashboard(view).routes())  # the page speaks through the API
         else:
+            for path in ("/dashboard", "/dashboard.js", "/dashboard.css", "/api/connections"):
+                self._off[path] = "the dashboard is off: start the server with --api-key"
             for path in ("/api/publish", "/api/broadcast", "/api/channels"):
                 self._off[path] = "the HTTP API is off: start the server with --api-key"
         if config.metrics:

@@ -11,7 +11,7 @@ answered).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -19,9 +19,19 @@ import attrs
 from .._brokers.fanout import FanOut, Subscriber
 from .._brokers.seam import Broker, BrokerStatistics, Published
 from .._config import Config
+from .._core.auth import Principal
 from .._core.hub import ChannelState, Hub
 from .._core.latency import LatencyHistogram
 from .._core.memory_guard import MemoryGuard
+
+
+class Connected(Protocol):
+    """A connection as the operations surface sees it (the dashboard's lookup)."""
+
+    client_id: str
+    principal: Principal
+
+    def statistics(self, now: float) -> ConnectionStatistics: ...
 
 
 class ServerView(Protocol):
@@ -45,6 +55,10 @@ class ServerView(Protocol):
     def channel_statistics(self) -> tuple[ChannelStatistics, ...]: ...
 
     def frame_totals(self) -> tuple[int, int]: ...
+
+    def connections(self) -> Sequence[Connected]:
+        """Every connection of this process, at this moment (a copy)."""
+        ...
 
     def not_ready(self) -> list[str]: ...
 

@@ -1,0 +1,226 @@
+"""The dashboard's HTTP side: the page exists only with an API key, the connections lookup
+(auth, bad input, one process and two Redis nodes), and the marks the monitor's samples carry
+for its time axis. The page itself runs in a real browser in tests/test_dashboard_browser.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+import triows
+from triows.testing import open_test_server
+
+from .conftest import SECRET, make_token
+
+KEY = "dashboard-test-key-0123456789"
+HEADERS = {"X-API-Key": KEY}
+
+
+@asynccontextmanager
+async def running(**overrides: Any) -> AsyncIterator[tuple[triows.Server, httpx.AsyncClient]]:
+    async with trio.open_nursery() as nursery:
+        config = triows.Config(port=0, monitor_interval=0.05, **overrides)
+        server: triows.Server = await nursery.start(triows.serve, config)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+            with trio.fail_after(20):
+                yield server, http
+        await server.aclose()
+
+
+async def subscribed(ws: WebSocketConnection, *channels: str) -> str:
+    """Subscribe to ``channels``; the client id from the welcome."""
+    welcome = json.loads(await ws.get_message())
+    for channel in channels:
+        await ws.send_message(json.dumps({"type": "subscribe", "channel": channel}))
+        assert json.loads(await ws.get_message())["type"] == "subscribed"
+    return str(welcome["data"]["clientId"])
+
+
+@pytest.mark.real_socket
+async def test_the_page_is_there_only_with_an_api_key() -> None:
+    async with running() as (_, http):
+        for path in ("/dashboard", "/dashboard.js", "/dashboard.css", "/api/connections"):
+            off = await http.get(path)
+            assert off.status_code == 404, path
+            assert "--api-key" in off.json()["error"]
+    async with running(api_key=KEY) as (_, http):
+        page = await http.get("/dashboard")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "/dashboard.js" in page.text
+        # Its own script only, its own origin only, never in a frame.
+        policy = page.headers["content-security-policy"]
+        assert "script-src 'self'" in policy
+        assert "frame-ancestors 'none'" in policy
+        assert page.headers["x-frame-options"] == "DENY"
+        script = await http.get("/dashboard.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "sessionStorage" in script.text
+        assert "localStorage" not in script.text
+        assert (await http.get("/dashboard.css")).headers["content-type"].startswith("text/css")
+        # The page is public code; what it shows is not.
+        assert (await http.get("/stats")).status_code == 401
+
+
+@pytest.mark.real_socket
+async def test_connections_of_a_user_and_of_a_client() -> None:
+    async with running(api_key=KEY, jwt_secret=SECRET) as (server, http):
+        url = f"ws://127.0.0.1:{server.port}/?token="
+        async with (
+            open_websocket_url(url + make_token("ann")) as one,
+            open_websocket_url(url + make_token("ann")) as two,
+            open_websocket_url(url + make_token("bob")) as other,
+        ):
+            first = await subscribed(one, "news", "chat.a")
+            second = await subscribed(two)
+            await subscribed(other, "news")
+            answer = await http.post("/api/connections", json={"user": "ann"}, headers=HEADERS)
+            assert answer.status_code == 200
+            found = answer.json()
+            assert (found["total"], found["scope"]) == (2, "process")
+            assert found["server_id"] == server.server_id
+            by_client = {c["client"]: c for c in found["connections"]}
+            assert set(by_client) == {first, second}
+            assert by_client[first]["subscriptions"] == ["chat.a", "news"]
+            assert by_client[second]["subscriptions"] == []
+            assert by_client[first]["user"] == "ann"
+            assert by_client[first]["remote"].startswith("127.0.0.1:")
+            assert by_client[first]["frames_in"] == 2
+            one_client = await http.post(
+                "/api/connections", json={"client": first}, headers=HEADERS
+            )
+            assert [c["client"] for c in one_client.json()["connections"]] == [first]
+            nobody = await http.post("/api/connections", json={"user": "cyd"}, headers=HEADERS)
+            assert nobody.json()["connections"] == []
+            assert nobody.json()["total"] == 0
+
+
+@pytest.mark.real_socket
+async def test_a_lookup_lists_at_most_max_listed_and_counts_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from triows._ops import dashboard
+
+    monkeypatch.setattr(dashboard, "MAX_LISTED", 2)
+    monkeypatch.setattr(dashboard, "SCAN_STEP", 2)  # a checkpoint on the way
+    async with running(api_key=KEY, jwt_secret=SECRET) as (server, http):
+        url = f"ws://127.0.0.1:{server.port}/?token=" + make_token("ann")
+        async with (
+            open_websocket_url(url) as a,
+            open_websocket_url(url) as b,
+            open_websocket_url(url) as c,
+        ):
+            for ws in (a, b, c):
+                await subscribed(ws)
+            found = (
+                await http.post("/api/connections", json={"user": "ann"}, headers=HEADERS)
+            ).json()
+            assert (len(found["connections"]), found["total"]) == (2, 3)
+
+
+@pytest.mark.real_socket
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        (b'{"user": "a", "client": "b"}', 400, "either 'user' or 'client'"),
+        (b"{}", 400, "either 'user' or 'client'"),
+        (b'{"user": 5}', 400, "user must be a string"),
+        (b'{"client": ""}', 400, "client must be a string of 1 to 256"),
+        (b'{"user": "' + b"u" * 257 + b'"}', 400, "user must be a string of 1 to 256"),
+        (b'{"user": "a", "channel": "x"}', 400, "unknown field 'channel'"),
+        (b'{"user": "a", "user": "b"}', 400, "body is"),
+        (b"[1]", 400, "body must be a JSON object"),
+        (b"user=a", 400, "body is"),
+    ],
+)
+async def test_a_bad_lookup_is_a_400_with_the_reason(body: bytes, status: int, error: str) -> None:
+    async with running(api_key=KEY) as (_, http):
+        answer = await http.post("/api/connections", content=body, headers=HEADERS)
+        assert answer.status_code == status
+        assert error in answer.json()["error"]
+
+
+@pytest.mark.real_socket
+async def test_a_lookup_needs_the_key_and_a_post() -> None:
+    async with running(api_key=KEY) as (_, http):
+        body = {"user": "ann"}
+        missing = await http.post("/api/connections", json=body)
+        assert (missing.status_code, missing.json()["error"]) == (401, "missing X-API-Key header")
+        wrong = await http.post("/api/connections", json=body, headers={"X-API-Key": KEY + "x"})
+        assert (wrong.status_code, wrong.json()["error"]) == (401, "wrong API key")
+        assert "connections" not in wrong.text
+        get = await http.get("/api/connections", headers=HEADERS)
+        assert get.status_code == 405
+
+
+@pytest.mark.real_socket
+async def test_two_redis_nodes_each_list_their_own_and_chart_the_same_channels(
+    redis_url: str,
+) -> None:
+    """Over Redis the lookup searches the node that answered (documented); channels, their
+    publications and the figures the charts read come from each node's /stats and API."""
+    channel = f"dash-{trio.current_time():.0f}-{id(object())}"
+    async with (
+        running(api_key=KEY, jwt_secret=SECRET, redis_url=redis_url) as (a, http_a),
+        running(api_key=KEY, jwt_secret=SECRET, redis_url=redis_url) as (b, http_b),
+    ):
+        url_a = f"ws://127.0.0.1:{a.port}/?token=" + make_token("ann")
+        url_b = f"ws://127.0.0.1:{b.port}/?token=" + make_token("ann")
+        async with open_websocket_url(url_a) as on_a, open_websocket_url(url_b) as on_b:
+            client_a = await subscribed(on_a, channel)
+            client_b = await subscribed(on_b, channel)
+            body = {"user": "ann"}
+            found_a = (await http_a.post("/api/connections", json=body, headers=HEADERS)).json()
+            found_b = (await http_b.post("/api/connections", json=body, headers=HEADERS)).json()
+            assert [c["client"] for c in found_a["connections"]] == [client_a]
+            assert [c["client"] for c in found_b["connections"]] == [client_b]
+            assert found_a["server_id"] == a.server_id != found_b["server_id"]
+            published = {"channel": channel, "data": {"n": 1}}
+            answer = await http_a.post("/api/publish", json=published, headers=HEADERS)
+            assert answer.status_code == 200
+            for ws in (on_a, on_b):
+                assert json.loads(await ws.get_message())["data"] == {"n": 1}
+            listed = (await http_b.get("/api/channels", headers=HEADERS)).json()["channels"]
+            entry = next(c for c in listed if c["channel"] == channel)
+            assert (entry["subscribers"], entry["seq"]) == (1, 1)
+            assert {"published", "history", "epoch"} <= set(entry)
+            stats = (await http_b.get("/stats?history=3", headers=HEADERS)).json()
+            assert stats["total"]["broker_state"] == "up"
+            assert stats["monitor"]["samples"][-1]["broker_up"] is True
+
+
+async def test_samples_mark_memory_limit_trips_and_broker_state(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from triows._core import memory_guard
+
+    rss = [100 << 20]
+    monkeypatch.setattr(memory_guard, "read_rss", lambda: rss[0])
+    async with open_test_server(memory_limit=200 << 20, monitor_interval=1) as harness:
+        monitor = harness.server.monitor
+        await trio.sleep(1.5)
+        rss[0] = 300 << 20
+        await trio.sleep(2)
+        rss[0] = 100 << 20
+        await trio.sleep(2)
+        harness.server.broker.up.value = False  # as a Redis outage does
+        await trio.sleep(1)
+        marks = [(s.memory_limited, s.broker_up) for s in monitor.samples]
+        assert marks == [
+            (False, True),
+            (True, True),
+            (True, True),
+            (False, True),
+            (False, True),
+            (False, False),
+        ]
+        assert monitor.summary()["memory_limited"] is False
+        harness.server.broker.up.value = True
