@@ -162,9 +162,9 @@
     { id: "connections", title: "Connections", unit: "count", lines: [["connections", "all"]], perWorker: true },
     { id: "rates", title: "Publications and deliveries", unit: "rate",
       lines: [["publish_rate", "published"], ["delivery_rate", "delivered"]] },
-    { id: "ack", title: "Publish→ack", unit: "seconds",
+    { id: "ack", title: "Publish→ack", unit: "seconds", empty: "no WebSocket publish in this window",
       lines: [["ack_p50", "p50"], ["ack_p95", "p95"], ["ack_p99", "p99"]] },
-    { id: "lag", title: "Delivery lag", unit: "seconds",
+    { id: "lag", title: "Delivery lag", unit: "seconds", empty: "measured through Redis only: none in this window",
       lines: [["lag_p50", "p50"], ["lag_p95", "p95"], ["lag_p99", "p99"]] },
     { id: "loop", title: "Event-loop lag", unit: "seconds", lines: [["loop_lag", "worst"]], perWorker: true },
     { id: "cpu", title: "CPU", unit: "cores", lines: [["cpu", "sum"]], perWorker: true },
@@ -262,8 +262,9 @@
     const total = totalSeries();
     $("charts-empty").hidden = total.length > 0;
     if (!total.length) return;
-    const span = Number($("window").value);
+    // The window chosen, or less while the data covers less (a minute at the least).
     const end = total[total.length - 1].time;
+    const span = Math.min(Number($("window").value), Math.max(60, end - total[0].time));
     const from = end - span;
     const format = (unit, value) => UNITS[unit](value);
     const workers = workersSeen.size > 1 ? [...workersSeen].sort() : [];
@@ -314,7 +315,7 @@
       const last = total[total.length - 1];
       const value = last[chart.lines[0][0]];
       now.textContent = chart.lines.map(([field, label]) => `${chart.lines.length > 1 ? `${label} ` : ""}${format(chart.unit, last[field])}`).join(" · ");
-      ymax.textContent = format(chart.unit, top);
+      ymax.textContent = drawn || !chart.empty ? format(chart.unit, top) : chart.empty;
       start.textContent = `−${UNITS.duration(span)}`;
       figure.dataset.points = String(drawn);
       figure.dataset.last = String(value ?? "");
