@@ -85,7 +85,7 @@ async def test_connections_of_a_user_and_of_a_client() -> None:
             answer = await http.post("/api/connections", json={"user": "ann"}, headers=HEADERS)
             assert answer.status_code == 200
             found = answer.json()
-            assert (found["total"], found["scope"]) == (2, "process")
+            assert (found["total"], found["nodes"]) == (2, 1)
             assert found["server_id"] == server.server_id
             by_client = {c["client"]: c for c in found["connections"]}
             assert set(by_client) == {first, second}
@@ -94,6 +94,7 @@ async def test_connections_of_a_user_and_of_a_client() -> None:
             assert by_client[first]["user"] == "ann"
             assert by_client[first]["remote"].startswith("127.0.0.1:")
             assert by_client[first]["frames_in"] == 2
+            assert by_client[first]["server_id"] == server.server_id
             one_client = await http.post(
                 "/api/connections", json={"client": first}, headers=HEADERS
             )
@@ -110,7 +111,6 @@ async def test_a_lookup_lists_at_most_max_listed_and_counts_all(
     from triows._ops import dashboard
 
     monkeypatch.setattr(dashboard, "MAX_LISTED", 2)
-    monkeypatch.setattr(dashboard, "SCAN_STEP", 2)  # a checkpoint on the way
     async with running(api_key=KEY, jwt_secret=SECRET) as (server, http):
         url = f"ws://127.0.0.1:{server.port}/?token=" + make_token("ann")
         async with (
@@ -162,27 +162,31 @@ async def test_a_lookup_needs_the_key_and_a_post() -> None:
 
 
 @pytest.mark.real_socket
-async def test_two_redis_nodes_each_list_their_own_and_chart_the_same_channels(
-    redis_url: str,
-) -> None:
-    """Over Redis the lookup searches the node that answered (documented); channels, their
-    publications and the figures the charts read come from each node's /stats and API."""
+async def test_two_redis_nodes_each_find_every_nodes_connections(redis_url: str) -> None:
+    """Over Redis the lookup is a control request: whichever node is asked, every node's
+    connections of the user are listed, each with the node that holds it. The channel table
+    lists every node's channels with their publications; /stats carries the charts' marks."""
     channel = f"dash-{trio.current_time():.0f}-{id(object())}"
     async with (
         running(api_key=KEY, jwt_secret=SECRET, redis_url=redis_url) as (a, http_a),
         running(api_key=KEY, jwt_secret=SECRET, redis_url=redis_url) as (b, http_b),
     ):
-        url_a = f"ws://127.0.0.1:{a.port}/?token=" + make_token("ann")
-        url_b = f"ws://127.0.0.1:{b.port}/?token=" + make_token("ann")
+        user = f"ann-{channel}"
+        url_a = f"ws://127.0.0.1:{a.port}/?token=" + make_token(user)
+        url_b = f"ws://127.0.0.1:{b.port}/?token=" + make_token(user)
         async with open_websocket_url(url_a) as on_a, open_websocket_url(url_b) as on_b:
             client_a = await subscribed(on_a, channel)
             client_b = await subscribed(on_b, channel)
-            body = {"user": "ann"}
-            found_a = (await http_a.post("/api/connections", json=body, headers=HEADERS)).json()
-            found_b = (await http_b.post("/api/connections", json=body, headers=HEADERS)).json()
-            assert [c["client"] for c in found_a["connections"]] == [client_a]
-            assert [c["client"] for c in found_b["connections"]] == [client_b]
-            assert found_a["server_id"] == a.server_id != found_b["server_id"]
+            for http in (http_a, http_b):
+                body = {"user": user}
+                found = (await http.post("/api/connections", json=body, headers=HEADERS)).json()
+                assert (found["total"], found["nodes"]) == (2, 2)
+                held = {c["client"]: c["server_id"] for c in found["connections"]}
+                assert held == {client_a: a.server_id, client_b: b.server_id}
+                body = {"client": client_b}
+                one = (await http.post("/api/connections", json=body, headers=HEADERS)).json()
+                assert [c["client"] for c in one["connections"]] == [client_b]
+                assert one["connections"][0]["subscriptions"] == [channel]
             published = {"channel": channel, "data": {"n": 1}}
             answer = await http_a.post("/api/publish", json=published, headers=HEADERS)
             assert answer.status_code == 200
@@ -190,11 +194,27 @@ async def test_two_redis_nodes_each_list_their_own_and_chart_the_same_channels(
                 assert json.loads(await ws.get_message())["data"] == {"n": 1}
             listed = (await http_b.get("/api/channels", headers=HEADERS)).json()["channels"]
             entry = next(c for c in listed if c["channel"] == channel)
-            assert (entry["subscribers"], entry["seq"]) == (1, 1)
-            assert {"published", "history", "epoch"} <= set(entry)
+            # Every node's subscribers (the server API's /api/channels), and what the
+            # dashboard's table adds: publications seen (history is in the Redis streams).
+            assert (entry["subscribers"], entry["seq"], entry["published"]) == (2, 1, 1)
+            assert "history" not in entry
             stats = (await http_b.get("/stats?history=3", headers=HEADERS)).json()
             assert stats["total"]["broker_state"] == "up"
             assert stats["monitor"]["samples"][-1]["broker_up"] is True
+
+
+@pytest.mark.real_socket
+async def test_the_channel_table_counts_publications_and_history_in_process() -> None:
+    async with running(api_key=KEY) as (server, http):
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as ws:
+            await subscribed(ws, "table")
+            for n in range(3):
+                body = {"channel": "table", "data": n}
+                assert (await http.post("/api/publish", json=body, headers=HEADERS)).is_success
+            listed = (await http.get("/api/channels", headers=HEADERS)).json()["channels"]
+            assert [(c["channel"], c["published"], c["history"]) for c in listed] == [
+                ("table", 3, 3)
+            ]
 
 
 async def test_samples_mark_memory_limit_trips_and_broker_state(

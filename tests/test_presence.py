@@ -234,7 +234,7 @@ async def test_a_refresh_lists_a_large_channels_members_in_steps() -> None:
     hub = MemoryBroker(config, fanout, epoch_prefix="t").hub
 
     class Member:
-        principal = SimpleNamespace(user_id=None)
+        principal = SimpleNamespace(user_id=None, info=None)
 
         def __init__(self, client_id: str) -> None:
             self.client_id = client_id
@@ -327,7 +327,7 @@ async def test_this_nodes_own_announcements_are_not_told_twice() -> None:
     heard: dict[str, list[tuple[str, str]]] = {}
 
     class Member:
-        principal = SimpleNamespace(user_id=None)
+        principal = SimpleNamespace(user_id=None, info=None)
 
         def __init__(self, client_id: str) -> None:
             self.client_id = client_id

@@ -8,17 +8,20 @@ sequence order whoever publishes them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 import trio_util
 
 from .._config import Config
 from .._core.dedupe import DedupeWindow
-from .._core.frames import text_frame
-from .._core.hub import Hub
+from .._core.frames import text_frame, text_payload
+from .._core.history import page, rewind_since
+from .._core.hub import Hub, Resume
 from .._core.latency import histogram
 from .._core.outbox import SlowConsumerPolicy
 from .fanout import FanOut, Subscriber
-from .seam import Broker, BrokerStatistics, Publication, Subscribed
+from .seam import Broker, BrokerStatistics, HistoryPage, Publication, Subscribed
 
 
 class MemoryBroker(Broker):
@@ -92,18 +95,58 @@ class MemoryBroker(Broker):
     numbers_at_once = True
 
     async def subscribe(
-        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
+        self,
+        member: Subscriber,
+        channel: str,
+        since: int | None,
+        epoch: str | None,
+        rewind: int | None = None,
     ) -> Subscribed:
-        return self.subscribe_nowait(member, channel, since, epoch)
+        return self.subscribe_nowait(member, channel, since, epoch, rewind)
 
     def subscribe_nowait(
-        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
+        self,
+        member: Subscriber,
+        channel: str,
+        since: int | None,
+        epoch: str | None,
+        rewind: int | None = None,
     ) -> Subscribed:
         state = self.hub.subscribe(member, channel)
-        resume = None
+        now = trio.current_time()
         if since is not None:
-            resume = self.hub.resume(state, since, epoch, trio.current_time())
-        return Subscribed(seq=state.seq, epoch=state.epoch, resume=resume)
+            resume = self.hub.resume(state, since, epoch, now)
+            return Subscribed(seq=state.seq, epoch=state.epoch, resume=resume)
+        if rewind:
+            start = rewind_since(state.seq, rewind)
+            replay = self.hub.resume(state, start, state.epoch, now).replay
+            return Subscribed(
+                seq=state.seq,
+                epoch=state.epoch,
+                resume=Resume(recovered=True, replay=replay),
+                rewound=len(replay),
+            )
+        return Subscribed(seq=state.seq, epoch=state.epoch, rewound=None if rewind is None else 0)
+
+    async def history(
+        self, channel: str, *, since: int | None, limit: int, reverse: bool, max_bytes: int
+    ) -> HistoryPage:
+        state = self.hub.channel(channel)
+        if state is None:
+            return HistoryPage(epoch=None, seq=0, payloads=[])
+        held = [(seq, text_payload(f)) for seq, f in self.hub.held(state, trio.current_time())]
+        chosen = page(held, since=since, limit=limit, reverse=reverse, max_bytes=max_bytes)
+        return HistoryPage(
+            epoch=state.epoch, seq=state.seq, payloads=[payload for _, payload in chosen]
+        )
+
+    async def numbering(self, channel: str) -> tuple[int, str | None]:
+        state = self.hub.channel(channel)
+        return (0, None) if state is None else (state.seq, state.epoch)
+
+    async def control(self, request: dict[str, Any], answer_within: float) -> list[dict[str, Any]]:
+        assert self.on_control is not None, "the server sets on_control"
+        return [await self.on_control(request)]
 
     def expire(self, now: float) -> None:
         self.hub.expire(now)

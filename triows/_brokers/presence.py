@@ -108,7 +108,7 @@ class Presence:
         if mode is None:
             return
         self._answers.forget(channel)
-        member = Member(conn.client_id, conn.principal.user_id)
+        member = Member(conn.client_id, conn.principal.user_id, conn.principal.info)
         if not self._store.shared:
             if mode is PresenceMode.FULL:
                 self._notify(kind, channel, member)
@@ -257,7 +257,12 @@ class Presence:
                 continue
             channels.append(state.name)
             for conn in list(state.members):
-                mine.append((state.name, Member(conn.client_id, conn.principal.user_id)))
+                mine.append(
+                    (
+                        state.name,
+                        Member(conn.client_id, conn.principal.user_id, conn.principal.info),
+                    )
+                )
                 listed += 1
                 if listed % MEMBERS_PER_STEP == 0:
                     await trio.lowlevel.checkpoint()

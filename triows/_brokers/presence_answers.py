@@ -29,7 +29,7 @@ def local_members(hub: Hub[Subscriber], channel: str) -> dict[str, Member]:
     """The members of ``channel`` on this node, by client id."""
     state = hub.channel(channel)
     return {
-        c.client_id: Member(c.client_id, c.principal.user_id)
+        c.client_id: Member(c.client_id, c.principal.user_id, c.principal.info)
         for c in (state.members if state is not None else ())
     }
 

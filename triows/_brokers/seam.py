@@ -20,7 +20,8 @@ the publishing connection, which is what lets a client tell its own publications
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 import trio
@@ -99,6 +100,23 @@ class Subscribed:
     seq: int
     epoch: str
     resume: Resume | None = None
+    #: With ``rewind`` (and no ``since``): how many messages of history follow the reply.
+    rewound: int | None = None
+
+
+@attrs.frozen
+class HistoryPage:
+    """A page of a channel's history (``triows._core.history.page``): each message's payload
+    exactly as it was delivered, and the channel's numbering when it was read (``epoch``
+    None: the channel has none yet)."""
+
+    epoch: str | None
+    seq: int
+    payloads: list[bytes]
+
+
+#: A node's answer to a control request (``Broker.control``): a JSON object.
+ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 @attrs.frozen(kw_only=True)
@@ -163,19 +181,52 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def subscribe(
-        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
+        self,
+        member: Subscriber,
+        channel: str,
+        since: int | None,
+        epoch: str | None,
+        rewind: int | None = None,
     ) -> Subscribed:
         """Make ``member`` a subscriber; it receives everything after the returned ``seq``.
 
         The membership is added in the last synchronous step before returning, so the caller
-        can queue its reply and replay before any live message.
+        can queue its reply and replay before any live message. ``rewind`` (without
+        ``since``): the channel's last ``rewind`` messages history holds are replayed, read
+        as a resume from ``triows._core.history.rewind_since`` (one rule, both brokers).
         """
 
     #: Whether :meth:`subscribe_nowait` can serve every subscribe (no network round trip).
     subscribes_at_once = False
 
+    #: The server's handler of control requests (set by the server): what this node does,
+    #: and answers, for a request of :meth:`control`.
+    on_control: ControlHandler | None = None
+
+    @abc.abstractmethod
+    async def history(
+        self, channel: str, *, since: int | None, limit: int, reverse: bool, max_bytes: int
+    ) -> HistoryPage:
+        """A page of the channel's history, by the one rule (``triows._core.history.page``)."""
+
+    @abc.abstractmethod
+    async def numbering(self, channel: str) -> tuple[int, str | None]:
+        """The channel's ``(seq, epoch)`` where it is numbered (epoch None: not numbered)."""
+
+    @abc.abstractmethod
+    async def control(self, request: dict[str, Any], answer_within: float) -> list[dict[str, Any]]:
+        """Have every node (this one included) serve ``request`` with its :attr:`on_control`,
+        and return their answers; nodes that did not answer within ``answer_within`` seconds
+        are missing. In process that is this node alone; with Redis, every node connected to
+        it."""
+
     def subscribe_nowait(
-        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
+        self,
+        member: Subscriber,
+        channel: str,
+        since: int | None,
+        epoch: str | None,
+        rewind: int | None = None,
     ) -> Subscribed:
         """:meth:`subscribe` in one synchronous step, for brokers with ``subscribes_at_once``."""
         raise NotImplementedError

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import jwt
 
+from .conninfo import InfoError, check_info
 from .names import PatternSet
 
 
@@ -46,6 +47,9 @@ class Principal:
     channels: PatternSet | None = attrs.field(default=None, converter=_patterns)
     publish: PatternSet | None = attrs.field(default=None, converter=_patterns)
     claims: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    #: What others see of this connection in presence (a name...): a JSON object of at most
+    #: 1 KiB encoded (``triows._core.conninfo``); from the JWT claim ``info``.
+    info: dict[str, Any] | None = attrs.field(default=None, eq=False, converter=check_info)
 
     def may(self, action: Action, channel: str) -> bool:
         patterns = self.channels if action is Action.SUBSCRIBE else self.publish
@@ -139,10 +143,15 @@ def verify_token(
             raise AuthError("claim 'nbf' must be a number")
         if nbf > now + leeway:
             raise AuthError("token not valid yet")
+    try:
+        info = check_info(claims.get("info"))
+    except InfoError as exc:
+        raise AuthError(f"claim {exc}") from None
     return Principal(
         user_id=sub,
         expires_at=None if exp is None else float(exp) + leeway,
         channels=_pattern_claim(claims, "channels"),
         publish=_pattern_claim(claims, "publish"),
         claims=claims,
+        info=info,
     )

@@ -56,3 +56,31 @@ def refusal_status(code: int) -> int | None:
     if code in range(4450, 4500):
         return 500 + code - 4450
     return None
+
+
+#: A disconnect the application asked for (``Server.disconnect``, ``/api/disconnect``), by
+#: default "do not reconnect": a user logged out or banned. ``FORCE_RECONNECT`` asks the client
+#: to connect again (its token or role changed).
+DISCONNECTED: Final = 4600
+FORCE_RECONNECT: Final = 4000
+#: The user's token was revoked (``Server.revoke``, ``/api/revoke``).
+REVOKED: Final = 4601
+#: Codes that carry a refusal's HTTP status (:func:`refusal_status`): not for disconnects,
+#: which a client would read as a refusal.
+_REFUSAL_CODES: Final = range(4400, 4550)
+
+
+def check_disconnect_code(code: int) -> int:
+    """``code`` when an application may close a connection with it: 4000-4999 but the
+    refusal codes (4400-4549). ValueError otherwise, naming what is allowed."""
+    if (
+        isinstance(code, bool)
+        or not isinstance(code, int)
+        or code not in range(4000, 5000)
+        or code in _REFUSAL_CODES
+    ):
+        raise ValueError(
+            "code must be an integer in 4000-4399 (reconnect allowed) or 4550-4999 (do not "
+            "reconnect); 4400-4549 carry handshake refusals"
+        )
+    return code

@@ -50,3 +50,11 @@ def close_frame(code: int | None, reason: str = "") -> bytes:
     encoded = reason.encode()[: MAX_CONTROL_PAYLOAD - 2]
     payload = code.to_bytes(2, "big") + encoded.decode(errors="ignore").encode()
     return frame(CLOSE, payload)
+
+
+def text_payload(framed: bytes) -> bytes:
+    """The payload of a frame made by :func:`frame` (unmasked, unfragmented): a message kept
+    as its frame is read back without a copy of its own."""
+    length = framed[1] & 0x7F
+    start = 2 if length < 126 else 4 if length == 126 else 10
+    return framed[start:]

@@ -62,3 +62,50 @@ class History:
     def clear(self) -> None:
         self._entries.clear()
         self.nbytes = 0
+
+
+#: Most messages one ``history`` request may ask for (``limit``); more is error 400.
+MAX_HISTORY_LIMIT = 1000
+#: ``limit`` when a request gives none.
+DEFAULT_HISTORY_LIMIT = 100
+
+
+def held_frames(history: History) -> list[tuple[int, bytes]]:
+    """``(seq, frame)`` of every message ``history`` holds, oldest first."""
+    return history.after(0)
+
+
+def page(
+    held: list[tuple[int, bytes]],
+    *,
+    since: int | None,
+    limit: int,
+    reverse: bool,
+    max_bytes: int,
+) -> list[tuple[int, bytes]]:
+    """One page of a channel's history: the rule of a ``history`` request, for both brokers.
+
+    ``held`` is what history holds, oldest first (``(seq, payload)``). Forward: the messages
+    after ``since`` (from the oldest held without it), oldest first. ``reverse``: the messages
+    before ``since`` (from the newest without it), newest first. So the next page is always
+    asked with ``since`` = the last message's seq. At most ``limit`` messages, and no more
+    than ``max_bytes`` of payload (one message always; the client pages on).
+    """
+    if reverse:
+        chosen = [entry for entry in reversed(held) if since is None or entry[0] < since]
+    else:
+        chosen = [entry for entry in held if since is None or entry[0] > since]
+    result: list[tuple[int, bytes]] = []
+    size = 0
+    for seq, payload in chosen[:limit]:
+        size += len(payload) + 1
+        if result and size > max_bytes:
+            break
+        result.append((seq, payload))
+    return result
+
+
+def rewind_since(seq: int, rewind: int) -> int:
+    """Where a ``subscribe`` with ``rewind`` starts: the ``since`` of a resume that replays
+    the channel's last ``rewind`` messages (as many as history still holds)."""
+    return max(0, seq - rewind)

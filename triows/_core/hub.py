@@ -256,6 +256,11 @@ class Hub(Generic[M]):
         self._prune(state, now)
         return resume_from_history(since, state.seq, state.history.after(since))
 
+    def held(self, state: ChannelState[M], now: float) -> list[tuple[int, bytes]]:
+        """``(seq, frame)`` of what the channel's history holds now, oldest first."""
+        self._prune(state, now)
+        return state.history.after(0)
+
     def expire(self, now: float) -> None:
         """Prune histories whose oldest message outlived its ttl. Looks only at channels whose
         deadline passed."""

@@ -82,9 +82,14 @@ class PresenceMode(enum.StrEnum):
 class Member:
     client_id: str
     user_id: str | None
+    #: The connection's ``info`` (``triows._core.conninfo``); shown, never compared.
+    info: dict[str, Any] | None = attrs.field(default=None, eq=False)
 
     def as_json(self) -> dict[str, Any]:
-        return {"clientId": self.client_id, "userId": self.user_id}
+        found: dict[str, Any] = {"clientId": self.client_id, "userId": self.user_id}
+        if self.info is not None:
+            found["info"] = self.info
+        return found
 
 
 def mode_for(full: Sequence[str], counts: Sequence[str], channel: str) -> PresenceMode | None:
@@ -97,17 +102,45 @@ def key(channel: str) -> str:
     return _KEY_PREFIX + channel
 
 
-def encode_entry(expires_ms: int, node: str, user_id: str | None) -> str:
+#: Ends the node of an entry whose last part is JSON ``[user id, info]`` (a member with info).
+_WITH_INFO: Final = "+"
+
+
+def encode_entry(
+    expires_ms: int, node: str, user_id: str | None, info: dict[str, Any] | None = None
+) -> str:
+    """``<expiry ms> <node> <user id>``, or with info ``<expiry ms> <node>+ [user, info]``."""
+    if info is not None:
+        return f"{expires_ms} {node}{_WITH_INFO} {_compact([user_id, info])}"
     return f"{expires_ms} {node} {user_id if user_id is not None else ''}"
 
 
-def _decode_entry(value: bytes | str) -> tuple[int, str, str | None] | None:
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _decode_entry(value: bytes | str) -> tuple[int, str, Member] | None:
+    """``(expiry, node, member without its client id)``; None when malformed."""
     text = value.decode(errors="replace") if isinstance(value, bytes) else value
     parts = text.split(" ", 2)
     expires = ascii_int(parts[0]) if len(parts) == 3 else None
     if expires is None:
         return None
-    return expires, parts[1], parts[2] or None
+    node = parts[1]
+    if not node.endswith(_WITH_INFO):
+        return expires, node, Member("", parts[2] or None)
+    try:
+        user, info = json.loads(parts[2])
+    except ValueError:
+        return None
+    if not (user is None or isinstance(user, str)) or not isinstance(info, dict):
+        return None
+    return expires, node[: -len(_WITH_INFO)], Member("", user, info)
+
+
+def _member(field: Any, decoded: tuple[int, str, Member]) -> Member:
+    client = field.decode() if isinstance(field, bytes) else field
+    return Member(client, decoded[2].user_id, decoded[2].info)
 
 
 def live_entries(entries: Mapping[Any, Any], now_ms: int) -> list[tuple[Member, str]]:
@@ -116,8 +149,7 @@ def live_entries(entries: Mapping[Any, Any], now_ms: int) -> list[tuple[Member, 
     for field, value in entries.items():
         decoded = _decode_entry(value)
         if decoded is not None and decoded[0] > now_ms:
-            client = field.decode() if isinstance(field, bytes) else field
-            members.append((Member(client, decoded[2]), decoded[1]))
+            members.append((_member(field, decoded), decoded[1]))
     return members
 
 
@@ -127,8 +159,7 @@ def live_members(entries: Mapping[Any, Any], now_ms: int) -> list[Member]:
     for field, value in entries.items():
         decoded = _decode_entry(value)
         if decoded is not None and decoded[0] > now_ms:
-            client = field.decode() if isinstance(field, bytes) else field
-            members.append(Member(client, decoded[2]))
+            members.append(_member(field, decoded))
     return members
 
 
@@ -139,7 +170,7 @@ def expired(entries: Mapping[Any, Any], now_ms: int) -> list[Member]:
         decoded = _decode_entry(value)
         if decoded is None or decoded[0] <= now_ms:
             client = field.decode() if isinstance(field, bytes) else field
-            gone.append(Member(client, decoded[2] if decoded else None))
+            gone.append(_member(field, decoded) if decoded else Member(client, None))
     return gone
 
 
@@ -149,10 +180,16 @@ def frame(kind: str, channel: str, member: Member) -> dict[str, Any]:
 
 
 def encode_event(kind: str, channel: str, member: Member, node: str) -> str:
-    return json.dumps(
-        {"k": kind, "c": channel, "i": member.client_id, "u": member.user_id, "n": node},
-        separators=(",", ":"),
-    )
+    event: dict[str, Any] = {
+        "k": kind,
+        "c": channel,
+        "i": member.client_id,
+        "u": member.user_id,
+        "n": node,
+    }
+    if member.info is not None:
+        event["f"] = member.info
+    return _compact(event)
 
 
 def decode_event(data: bytes) -> tuple[str, str, Member, str]:
@@ -163,9 +200,12 @@ def decode_event(data: bytes) -> tuple[str, str, Member, str]:
         isinstance(v, str) for v in (channel, client, node)
     ):
         raise ValueError(f"not a presence event: {data[:80]!r}")
-    if user is not None and not isinstance(user, str):
+    info = event.get("f")
+    if (user is not None and not isinstance(user, str)) or not (
+        info is None or isinstance(info, dict)
+    ):
         raise ValueError(f"not a presence event: {data[:80]!r}")
-    return kind, channel, Member(client, user), node
+    return kind, channel, Member(client, user, info), node
 
 
 @attrs.define

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import attrs
 
+from .history import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
 from .names import ChannelNameError, validate_channel
 
 #: Largest integer every JSON client (JavaScript included) represents exactly.
@@ -74,6 +75,9 @@ class Subscribe:
     id: RequestId | None = None
     since: int | None = None
     epoch: str | None = None
+    #: Replay the channel's last ``rewind`` messages (as many as history holds) before live
+    #: ones; ignored with ``since`` (a resume wins).
+    rewind: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -108,7 +112,18 @@ class PresenceQuery:
     id: RequestId | None = None
 
 
-Request = Subscribe | Unsubscribe | Publish | Ping | Refresh | PresenceQuery
+@attrs.frozen(kw_only=True)
+class HistoryQuery:
+    """A page of a channel's history (the rule: :func:`triows._core.history.page`)."""
+
+    channel: str
+    limit: int = DEFAULT_HISTORY_LIMIT
+    since: int | None = None
+    reverse: bool = False
+    id: RequestId | None = None
+
+
+Request = Subscribe | Unsubscribe | Publish | Ping | Refresh | PresenceQuery | HistoryQuery
 
 
 def _reject_constant(name: str) -> Any:
@@ -141,7 +156,7 @@ _strict_decoder = json.JSONDecoder(
 )
 
 
-def _depth_exceeds(value: Any, limit: int) -> bool:
+def depth_exceeds(value: Any, limit: int) -> bool:
     """Iterative depth check: a recursive one is exactly what a deep document would crash."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -220,7 +235,7 @@ def decode_json(text: str, *, unique_keys: bool = False) -> Any:
 def check_data(data: Any, request_id: RequestId | None = None) -> Any:
     """``data`` as published: at most :data:`MAX_DEPTH` levels deep (what every subscriber's
     decoder must then take)."""
-    if _depth_exceeds(data, MAX_DEPTH):
+    if depth_exceeds(data, MAX_DEPTH):
         raise ProtocolError(
             BAD_REQUEST, f"'data' is nested deeper than {MAX_DEPTH} levels", request_id
         )
@@ -255,7 +270,10 @@ def parse_request(raw: str | bytes) -> Request:
         channel = _channel(frame, request_id)
         since = _optional_int(frame, "since", request_id)
         epoch = _optional_str(frame, "epoch", MAX_EPOCH_LENGTH, request_id)
-        return Subscribe(channel=channel, id=request_id, since=since, epoch=epoch)
+        rewind = _optional_int(frame, "rewind", request_id)
+        return Subscribe(channel=channel, id=request_id, since=since, epoch=epoch, rewind=rewind)
+    if kind == "history":
+        return parse_history(frame, request_id)
     if kind == "unsubscribe":
         return Unsubscribe(channel=_channel(frame, request_id), id=request_id)
     if kind == "ping":
@@ -268,6 +286,23 @@ def parse_request(raw: str | bytes) -> Request:
             raise ProtocolError(BAD_REQUEST, "missing field 'token'", request_id)
         return Refresh(token=token, id=request_id)
     raise ProtocolError(BAD_REQUEST, f"unknown type {_short(kind)!r}", request_id)
+
+
+def parse_history(frame: dict[str, Any], request_id: RequestId | None = None) -> HistoryQuery:
+    """A ``history`` request's fields (the frame's, or an HTTP body's)."""
+    channel = _channel(frame, request_id)
+    limit = frame.get("limit", DEFAULT_HISTORY_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise ProtocolError(
+            BAD_REQUEST,
+            f"'limit' must be an integer from 1 to {MAX_HISTORY_LIMIT} (the cap)",
+            request_id,
+        )
+    since = _optional_int(frame, "since", request_id)
+    reverse = frame.get("reverse", False)
+    if not isinstance(reverse, bool):
+        raise ProtocolError(BAD_REQUEST, "'reverse' must be true or false", request_id)
+    return HistoryQuery(channel=channel, limit=limit, since=since, reverse=reverse, id=request_id)
 
 
 def _short(value: object, limit: int = 60) -> str:

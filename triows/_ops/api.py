@@ -1,4 +1,4 @@
-"""The HTTP publish API: ``/api/publish``, ``/api/broadcast``, ``/api/channels``.
+"""The HTTP publish API: ``/api/publish``, ``/api/broadcast``.
 
 What it promises a backend that retries: an answer as soon as a publication has its number
 (never after waiting for ``block`` subscribers, which are waited for in the background); on a
@@ -24,7 +24,7 @@ from .._core import protocol
 from .._core.handshake import HttpRequest
 from .._core.names import ChannelNameError, validate_channel
 from .._core.outbox import SlowConsumerPolicy
-from .answers import HttpError, Response, int_parameter, json_response
+from .answers import HttpError, Response, json_response
 from .view import ServerView
 
 log = logging.getLogger("triows.http")
@@ -80,7 +80,7 @@ class PublishApi:
                 self._waits.discard(scope)
 
     async def publish(self, request: HttpRequest, body: bytes) -> Response:
-        payload = _object(body, required=("channel", "data"), optional=("idempotency_key",))
+        payload = object_body(body, required=("channel", "data"), optional=("idempotency_key",))
         channel = _channel(payload["channel"])
         key = _idempotency_key(payload.get("idempotency_key"))
         try:
@@ -91,7 +91,7 @@ class PublishApi:
         return json_response(202, {**_UNKNOWN, "channel": channel, "error": self._unknown_reason()})
 
     async def broadcast(self, request: HttpRequest, body: bytes) -> Response:
-        payload = _object(body, required=("channels", "data"), optional=("idempotency_key",))
+        payload = object_body(body, required=("channels", "data"), optional=("idempotency_key",))
         channels = payload["channels"]
         if not isinstance(channels, list) or not channels:
             raise HttpError(400, "channels must be a non-empty list of channel names")
@@ -205,24 +205,10 @@ class PublishApi:
         finally:
             self.blocked_waits -= 1
 
-    async def channels(self, request: HttpRequest, body: bytes) -> Response:
-        limit = int_parameter(request, "limit", DEFAULT_CHANNEL_LIMIT)
-        channels = sorted(self._view.channel_statistics(), key=lambda c: (-c.subscribers, c.name))
-        listed = [
-            {
-                "channel": c.name,
-                "subscribers": c.subscribers,
-                "seq": c.seq,
-                "epoch": c.epoch,
-                "published": c.published,
-                "history": c.history,
-            }
-            for c in channels[:limit]
-        ]
-        return json_response(200, {"channels": listed, "total": len(channels)})
 
-
-def _object(body: bytes, *, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
+def object_body(
+    body: bytes, *, required: tuple[str, ...], optional: tuple[str, ...]
+) -> dict[str, Any]:
     """A JSON object body, decoded and checked as WebSocket frames are (one validation)."""
     try:
         payload = protocol.decode_json(body.decode("utf-8"), unique_keys=True)

@@ -10,27 +10,27 @@ admitted and bounded like every other HTTP client's, costs one small JSON answer
 needs no task that outlives it (see ``docs/dashboard.md``).
 
 ``POST /api/connections {"user": U}`` or ``{"client": ID}`` lists that user's (or client's)
-connections to this process: address, subscriptions, traffic. It scans the connections in
-steps (a checkpoint every :data:`SCAN_STEP`), so that a lookup among 100,000 connections never
-stalls the others, and lists at most :data:`MAX_LISTED` of them (``total`` says how many).
+connections: address, subscriptions, traffic, and the server that holds each. It is a control
+request (``Broker.control``, as ``/api/disconnect`` is): in process this node answers, with
+Redis every node (and every ``--workers`` process) answers for the connections it holds, found
+through the server's index by user or client id, never by a scan. Each node lists at most
+:data:`MAX_LISTED` (``total`` counts them all).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-import trio
-
+from .._brokers.seam import BrokerUnavailableError
 from .._core.handshake import HttpRequest
 from .answers import Handler, HttpError, Response, json_response
-from .api import _object
+from .api import object_body
 from .static import static_file
-from .view import Connected, ServerView
+from .view import Connected, ConnectionStatistics, ServerView
 
 #: Connections a lookup lists (``total`` counts them all).
 MAX_LISTED = 100
-#: Connections looked at between two checkpoints.
-SCAN_STEP = 1000
 #: Longest user or client id a lookup takes.
 MAX_ID = 256
 
@@ -63,43 +63,48 @@ class Dashboard:
         }
 
     async def connections(self, request: HttpRequest, body: bytes) -> Response:
-        payload = _object(body, required=(), optional=("user", "client"))
+        payload = object_body(body, required=(), optional=("user", "client"))
         if len(payload) != 1:
             raise HttpError(400, "give either 'user' or 'client'")
         (field, wanted), *_ = payload.items()
         if not isinstance(wanted, str) or not 1 <= len(wanted) <= MAX_ID:
             raise HttpError(400, f"{field} must be a string of 1 to {MAX_ID} characters")
-        found, total = await self._find(field, wanted)
-        now = trio.current_time()
-        server_id = self._view.server_id
+        view = self._view
+        lookup = {"op": CONNECTIONS, field: wanted}
+        try:
+            answers = await view.broker.control(lookup, view.config.handshake_timeout / 2)
+        except BrokerUnavailableError as exc:
+            raise HttpError(503, str(exc)) from None
+        found: list[dict[str, Any]] = []
+        total = 0
+        for answer in answers:
+            found += answer.get("connections") or []
+            total += int(answer.get("total") or 0)
+        found.sort(key=lambda c: (str(c.get("server_id")), -float(c.get("connected_for") or 0)))
         return json_response(
             200,
             {
-                "connections": [_describe(conn, now, server_id) for conn in found],
+                "connections": found[:MAX_LISTED],
                 "total": total,
-                "scope": "process",
-                "server_id": server_id,
+                "nodes": len(answers),
+                "server_id": view.server_id,
             },
         )
 
-    async def _find(self, field: str, wanted: str) -> tuple[list[Connected], int]:
-        found: list[Connected] = []
-        total = 0
-        for index, conn in enumerate(self._view.connections()):
-            if index % SCAN_STEP == SCAN_STEP - 1:
-                await trio.lowlevel.checkpoint()
-            key = conn.client_id if field == "client" else conn.principal.user_id
-            if key == wanted:
-                total += 1
-                if len(found) < MAX_LISTED:
-                    found.append(conn)
-                if field == "client":
-                    break  # client ids are unique
-        return found, total
+
+#: The control request's operation (served on every node by :func:`connections_answer`).
+CONNECTIONS = "connections"
 
 
-def _describe(conn: Connected, now: float, server_id: str) -> dict[str, Any]:
-    stats = conn.statistics(now)
+def connections_answer(found: Sequence[Connected], now: float) -> dict[str, Any]:
+    """One node's answer to a lookup: its connections of the user (or client) asked for."""
+    return {
+        "connections": [describe(conn.statistics(now)) for conn in found[:MAX_LISTED]],
+        "total": len(found),
+    }
+
+
+def describe(stats: ConnectionStatistics) -> dict[str, Any]:
     return {
         "client": stats.client_id,
         "user": stats.user_id,
@@ -111,5 +116,5 @@ def _describe(conn: Connected, now: float, server_id: str) -> dict[str, Any]:
         "queued_frames": stats.queued_frames,
         "queued_bytes": stats.queued_bytes,
         "dropped": stats.dropped,
-        "server_id": server_id,
+        "server_id": stats.server_id,
     }

@@ -14,7 +14,9 @@ path                 method   answer
 ``/stats``           GET      JSON: statistics, the monitor's samples, top channels, workers
 ``/api/publish``     POST     ``{"channel", "data", "idempotency_key"?}`` → seq and epoch
 ``/api/broadcast``   POST     ``{"channels": [...], "data", "idempotency_key"?}``
-``/api/channels``    GET      channels with subscriber counts
+``/api/channels``    GET      channels with subscriber counts (every node's)
+``/api/...``         POST     disconnect, unsubscribe, subscribe, revoke, history, channel,
+                              presence (:mod:`triows._ops.control_api`)
 ``/api/connections`` POST     ``{"user"}`` or ``{"client"}`` → its connections (dashboard)
 ``/dashboard``       GET      the dashboard page (only with an API key: it uses the API)
 ===================  =======  ==========================================================
@@ -45,6 +47,7 @@ from .._core.handshake import HandshakeError, HttpRequest, content_length, http_
 from .._net.streams import PlainRequest, answer
 from .answers import Handler, HttpError, Response, json_response
 from .api import PublishApi
+from .control_api import ControlApi
 from .dashboard import Dashboard
 from .figures import Figures
 from .monitor import Monitor
@@ -67,15 +70,18 @@ class HttpEndpoints:
         }
         #: What answers a path that is off, and which flag turns it on.
         self._off: dict[str, str] = {}
+        control = ControlApi(view)
         if config.api_key is not None:
             self.routes["/api/publish"] = ("POST", self.api.publish, True)
             self.routes["/api/broadcast"] = ("POST", self.api.broadcast, True)
-            self.routes["/api/channels"] = ("GET", self.api.channels, True)
+            self.routes["/api/channels"] = ("GET", control.channels, True)
+            for path, handler in control.routes().items():
+                self.routes[path] = ("POST", handler, True)
             self.routes.update(Dashboard(view).routes())  # the page speaks through the API
         else:
             for path in ("/dashboard", "/dashboard.js", "/dashboard.css", "/api/connections"):
                 self._off[path] = "the dashboard is off: start the server with --api-key"
-            for path in ("/api/publish", "/api/broadcast", "/api/channels"):
+            for path in ("/api/publish", "/api/broadcast", "/api/channels", *control.routes()):
                 self._off[path] = "the HTTP API is off: start the server with --api-key"
         if config.metrics:
             self.routes["/metrics"] = ("GET", figures.metrics, False)

@@ -11,7 +11,7 @@ answered).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
@@ -56,10 +56,6 @@ class ServerView(Protocol):
 
     def frame_totals(self) -> tuple[int, int]: ...
 
-    def connections(self) -> Sequence[Connected]:
-        """Every connection of this process, at this moment (a copy)."""
-        ...
-
     def not_ready(self) -> list[str]: ...
 
     async def publish_numbered(
@@ -78,6 +74,33 @@ class ServerView(Protocol):
         """Run ``task`` in a nursery of the server's (False, and nothing run, once that nursery
         has ended)."""
         ...
+
+    # The application's hands on connections and channels (``triows._server.public``): bad
+    # arguments raise ValueError, and nothing is done.
+
+    async def disconnect(
+        self, *, user: str | None = None, client: str | None = None, code: int, reason: str
+    ) -> int: ...
+
+    async def unsubscribe(
+        self, channel: str, *, user: str | None = None, client: str | None = None, reason: str
+    ) -> int: ...
+
+    async def subscribe(
+        self, channel: str, *, user: str | None = None, client: str | None = None
+    ) -> int: ...
+
+    async def revoke(self, user: str, before: float | None = None) -> int: ...
+
+    async def history(
+        self, channel: str, *, limit: int, since: int | None = None, reverse: bool = False
+    ) -> HistoryResult: ...
+
+    async def channel(self, channel: str) -> ChannelInfo: ...
+
+    async def channel_presence(self, channel: str) -> dict[str, Any]: ...
+
+    async def channels(self) -> list[dict[str, Any]]: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -172,3 +195,31 @@ class ConnectionStatistics:
     queued_frames: int
     queued_bytes: int
     dropped: int
+    #: The server (node, worker) that holds it.
+    server_id: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class ChannelInfo:
+    """Where a channel is now: its epoch (None: never numbered), its last seq, and how many
+    connections follow it (every node's, with Redis)."""
+
+    channel: str
+    epoch: str | None
+    seq: int
+    subscribers: int
+
+
+@attrs.frozen(kw_only=True)
+class HistoryResult:
+    """A page of history: the channel's ``epoch``/``seq`` when read and its ``messages``
+    (each a ``message`` frame as it was delivered, decoded)."""
+
+    channel: str
+    epoch: str | None
+    seq: int
+    messages: list[dict[str, Any]]
+
+
+class ControlFailed(Exception):
+    """A node could not do what a control request asked (its revocation list is full)."""

@@ -20,6 +20,7 @@ from .._core import protocol
 from .._core.auth import Action, Principal, verify_token
 from .._core.protocol import ProtocolError
 from .._core.ratelimit import PerKey, TokenBucket
+from .._core.revocations import DEFAULT_TTL, Revocations
 
 
 class Access:
@@ -34,6 +35,15 @@ class Access:
         self.rate_limited: Counter[str] = Counter()
         #: Whether connections carry a principal that can expire (JWT or a custom hook).
         self.enabled = config.jwt_secret is not None or config.authenticate is not None
+        #: Users whose older tokens are refused (``Server.revoke``); with ``jwt_max_age`` a
+        #: revocation lasts that long (older tokens are refused anyway then).
+        self.revocations = Revocations(config.jwt_max_age or DEFAULT_TTL)
+
+    def is_revoked(self, principal: Principal) -> bool:
+        """Whether ``principal``'s token was revoked (issued before its user's revocation)."""
+        if not len(self.revocations):
+            return False
+        return self.revocations.revoked(principal.user_id, principal.claims, self._wall_clock())
 
     def verify_token(self, token: str) -> Principal:
         """A JWT's principal, by the server's clock and settings; ``AuthError`` otherwise."""

@@ -158,9 +158,19 @@ class Channels(Outbound):
         presence = self._host.presence
         return presence.enabled and not self._host.broker.hub.is_member(self, channel)
 
-    def _unsubscribe(self, channel: str) -> None:
+    def _unsubscribe(self, channel: str) -> bool:
         if self._host.broker.unsubscribe(self, channel):
             self._host.presence.left(self, channel)
+            return True
+        return False
+
+    def unsubscribe_by_server(self, channel: str, reason: str) -> bool:
+        """The application drops this subscription (``Server.unsubscribe``): the client gets
+        ``unsubscribed`` with the reason; False when it did not follow ``channel``."""
+        if self.close_code is not None or not self._unsubscribe(channel):
+            return False
+        self.reply_nowait({"type": "unsubscribed", "channel": channel, "reason": reason})
+        return True
 
     def _check_presence(self, channel: str, request_id: protocol.RequestId | None) -> None:
         # A presence answer costs what a subscribe does (more with Redis): the same rates.
@@ -174,8 +184,15 @@ class Channels(Outbound):
         self._host.access.check_allowed(self.principal, Action.SUBSCRIBE, channel, request_id)
 
     def _subscribed(
-        self, request: protocol.Subscribe, subscribed: Subscribed, joining: bool = False
+        self,
+        request: protocol.Subscribe,
+        subscribed: Subscribed,
+        joining: bool = False,
+        *,
+        server: bool = False,
     ) -> Wait | None:
+        """Queue the ``subscribed`` reply (``server``: a subscription the application made,
+        ``Server.subscribe``), then what history replays (``since``/``rewind``)."""
         reply: dict[str, object] = {
             "type": "subscribed",
             "channel": request.channel,
@@ -184,7 +201,12 @@ class Channels(Outbound):
         }
         replay: tuple[bytes, ...] = ()
         resume = subscribed.resume
-        if resume is not None:
+        if server:
+            reply["server"] = True
+        if subscribed.rewound is not None:
+            reply["rewound"] = subscribed.rewound
+            replay = resume.replay if resume is not None else ()
+        elif resume is not None:
             reply["recovered"] = resume.recovered
             if resume.gap is not None:
                 reply["gap"] = list(resume.gap)

@@ -70,6 +70,8 @@ class Handshakes:
             # Counted now, before the first await: concurrent handshakes cannot all pass.
             pending.ticket.connection(address_key(info.ip))
             principal = await self._authenticate(info, pending.deadline)
+            if self._access.is_revoked(principal):
+                raise Rejected(401, "token revoked")
             if principal.user_id is not None:
                 pending.ticket.user(principal.user_id)
         except (Rejected, Refused) as refused:

@@ -16,11 +16,14 @@ import functools
 import logging
 from collections import deque
 
+import attrs
 import trio
 
 from .._brokers.fanout import StepBudget
 from .._core import protocol
 from .._core.auth import Action, AuthError, Principal
+from .._core.frames import text_frame
+from .._core.history_frames import history_reply
 from .._core.protocol import ProtocolError
 from .._net.websocket import WebSocket
 from .channels import Channels, subscribe_errors
@@ -28,6 +31,17 @@ from .host import ConnectionHost
 from .outbound import POLICY, Wait
 
 log = logging.getLogger("triows.connection")
+
+
+@attrs.frozen
+class ServerSubscribe:
+    """A subscription the application makes for this connection (not a client frame)."""
+
+    channel: str
+    id: None = None
+
+
+Request = protocol.Request | ServerSubscribe
 
 
 class Requests(Channels):
@@ -46,7 +60,7 @@ class Requests(Channels):
         super().__init__(host, ws, principal, client_id)
         #: Requests read while one waits, with their sizes (at most ``inbox_size`` of them and
         #: ``inbox_max_bytes``); made on need.
-        self._backlog: deque[tuple[protocol.Request, int]] | None = None
+        self._backlog: deque[tuple[Request, int]] | None = None
         self._backlog_bytes = 0
         self._busy = False  # a requests task is serving; later requests queue behind it
         self._expiry_scope: trio.CancelScope | None = None
@@ -115,12 +129,15 @@ class Requests(Channels):
         finally:
             self._busy = False
 
-    def _may_wait(self, request: protocol.Request) -> bool:
+    def _may_wait(self, request: Request) -> bool:
         """Whether serving ``request`` may need to wait before its reply is known: an
-        application ``authorize`` hook (it may be async) or a broker that subscribes over the
-        network. Everything else is served by the reader, inline."""
+        application ``authorize`` hook (it may be async), a broker that subscribes over the
+        network, a history read, a subscription the server makes. Everything else is served
+        by the reader, inline."""
         if isinstance(request, protocol.Ping | protocol.Unsubscribe):
             return False
+        if isinstance(request, protocol.HistoryQuery | ServerSubscribe):
+            return True
         if self._host.config.authorize is not None:
             return True
         return (
@@ -128,20 +145,20 @@ class Requests(Channels):
             and not self._host.broker.subscribes_at_once
         )
 
-    def _serve_safely(self, request: protocol.Request) -> Wait | None:
+    def _serve_safely(self, request: Request) -> Wait | None:
         try:
             return self._serve_now(request)
         except Exception as exc:
             return self._failed(request, exc)
 
-    def _failed(self, request: protocol.Request, exc: Exception) -> Wait | None:
+    def _failed(self, request: Request, exc: Exception) -> Wait | None:
         """Answer a request that failed: its error, or a plain 500 for a bug (logged)."""
         if isinstance(exc, ProtocolError):
             return self._reply(exc.frame())
         log.error("request %s from %s failed", type(request).__name__, self.client_id, exc_info=exc)
         return self._reply(protocol.error_frame(protocol.INTERNAL, "internal error", request.id))
 
-    def _serve_now(self, request: protocol.Request) -> Wait | None:
+    def _serve_now(self, request: Request) -> Wait | None:
         """Serve a request that needs no waiting; returns what is left to wait for, if any."""
         host = self._host
         match request:
@@ -155,7 +172,7 @@ class Requests(Channels):
                 joining = self._joining(channel)
                 with subscribe_errors(request_id):
                     subscribed = host.broker.subscribe_nowait(
-                        self, channel, request.since, request.epoch
+                        self, channel, request.since, request.epoch, request.rewind
                     )
                 return self._subscribed(request, subscribed, joining)
             case protocol.PresenceQuery(channel=channel, id=request_id):
@@ -186,7 +203,7 @@ class Requests(Channels):
                 return wait
         raise AssertionError(f"unknown request {request!r}")  # pragma: no cover
 
-    async def _serve_waiting(self, request: protocol.Request) -> None:
+    async def _serve_waiting(self, request: Request) -> None:
         """Serve a request that may wait; in the requests task, errors answered here."""
         host = self._host
         try:
@@ -203,9 +220,25 @@ class Requests(Channels):
                     joining = self._joining(channel)
                     with subscribe_errors(request_id):
                         subscribed = await host.broker.subscribe(
-                            self, channel, request.since, request.epoch
+                            self, channel, request.since, request.epoch, request.rewind
                         )
                     wait = self._subscribed(request, subscribed, joining)
+                case protocol.HistoryQuery(channel=channel, id=request_id):
+                    self._check_rate(Action.SUBSCRIBE, request_id)
+                    await host.access.authorize(
+                        self.principal, Action.SUBSCRIBE, channel, request_id
+                    )
+                    with subscribe_errors(request_id):
+                        wait = self._reply(await self._history(request))
+                case ServerSubscribe(channel=channel):
+                    wait = None
+                    if not host.broker.hub.is_member(self, channel):
+                        joining = self._joining(channel)
+                        with subscribe_errors(None):
+                            subscribed = await host.broker.subscribe(self, channel, None, None)
+                        wait = self._subscribed(
+                            protocol.Subscribe(channel=channel), subscribed, joining, server=True
+                        )
                 case protocol.PresenceQuery(channel=channel, id=request_id):
                     self._check_presence(channel, request_id)
                     await host.access.authorize(
@@ -237,6 +270,40 @@ class Requests(Channels):
             wait = self._failed(request, exc)
         if wait is not None:
             await wait()
+
+    async def _history(self, request: protocol.HistoryQuery) -> bytes:
+        found = await self._host.broker.history(
+            request.channel,
+            since=request.since,
+            limit=request.limit,
+            reverse=request.reverse,
+            max_bytes=self._host.config.max_message_size,
+        )
+        return text_frame(
+            history_reply(request.channel, found.epoch, found.seq, found.payloads, request.id)
+        )
+
+    def subscribe_by_server(self, channel: str) -> bool:
+        """The application subscribes this connection (``Server.subscribe``): served in
+        order with its own requests; the client gets ``subscribed`` (``"server": true``) and
+        then the channel's messages. False when it follows the channel already, its inbox is
+        full or it is closing."""
+        if (
+            self.close_code is not None
+            or self._nursery is None
+            or self._host.broker.hub.is_member(self, channel)
+        ):
+            return False
+        request = ServerSubscribe(channel=channel)
+        if self._busy:
+            if self._backlog is None:
+                self._backlog = deque()
+            if len(self._backlog) >= self._host.config.inbox_size:
+                return False
+            self._backlog.append((request, 0))
+            return True
+        self._serve_in_task(functools.partial(self._serve_waiting, request))
+        return True
 
     # -- the token: expiry and refresh ----------------------------------------------------------
 
@@ -287,6 +354,8 @@ class Requests(Channels):
             raise ProtocolError(protocol.UNAUTHORIZED, str(exc), request_id) from None
         if principal.user_id != self.principal.user_id:
             raise ProtocolError(protocol.UNAUTHORIZED, "token is for another user", request_id)
+        if self._host.access.is_revoked(principal):
+            raise ProtocolError(protocol.UNAUTHORIZED, "token revoked", request_id)
         self.principal = principal
         if self._expiry_scope is not None:
             self._expiry_scope.deadline = self._expiry_deadline()

@@ -32,9 +32,8 @@ from typing import Any
 import trio
 
 from .._brokers.factory import open_broker
-from .._brokers.fanout import FanOut, Subscriber
+from .._brokers.fanout import FanOut
 from .._brokers.presence import Presence
-from .._brokers.seam import Published
 from .._config import Config
 from .._core.admission import Admission, Stage
 from .._core.latency import histogram
@@ -49,7 +48,9 @@ from .._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistic
 from . import banner
 from .access import Access
 from .connection import GOING_AWAY, Connection
+from .control import Control
 from .handshakes import Handshakes
+from .public import PublicMethods
 from .publishing import Publishing
 from .supervisor import run_supervisor
 from .traffic import Traffic
@@ -57,7 +58,7 @@ from .traffic import Traffic
 log = logging.getLogger("triows.server")
 
 
-class Server:
+class Server(PublicMethods):
     """A running triows server; get one from ``await nursery.start(triows.serve, config)``."""
 
     #: What serves an accepted WebSocket. Internal: the conformance echo server
@@ -98,69 +99,21 @@ class Server:
         self.http_requests: Counter[int] = Counter()
         self.ack_latency = histogram(config.metrics)
         self.trusted_proxies = parse_networks(config.trusted_proxies)
+        self._by_user: dict[str, dict[Connection, None]] = {}
+        self.control = Control(
+            self.broker,
+            self.presence,
+            self.access,
+            by_user=lambda user: list(self._by_user.get(user, ())),
+            by_client=self._by_client,
+            wall_clock=lambda: self.wall_clock(),
+            timeout=config.handshake_timeout / 2,
+            max_message_size=config.max_message_size,
+        )
         self.monitor = Monitor(self)
         self.http = HttpEndpoints(self, self.monitor)
 
     # -- public API -----------------------------------------------------------------------------
-
-    async def publish(
-        self,
-        channel: str,
-        data: Any,
-        *,
-        sender: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> int:
-        """Publish from application code; returns the message's sequence number.
-
-        With Redis, returns once Redis accepted it (while Redis is down it waits in the
-        outage buffer; cancelling the wait does not withdraw it). Raises
-        :class:`BrokerUnavailableError` when that buffer is full. Waits for subscribers of
-        ``block`` channels whose outbox is full (at most ``block_timeout``; those still full
-        then are disconnected with 1013). A publish repeating an ``idempotency_key`` seen on
-        the channel within ``dedupe_ttl`` is not published again: it returns the first one's
-        seq (the HTTP API's keys are the same keys).
-        """
-        published = await self.publishing.publish_message(
-            channel, data, sender=sender, idempotency_key=idempotency_key
-        )
-        return published.seq
-
-    async def publish_message(
-        self,
-        channel: str,
-        data: Any,
-        *,
-        sender: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Published:
-        """:meth:`publish`, answering with the channel's epoch as well as the seq."""
-        return await self.publishing.publish_message(
-            channel, data, sender=sender, idempotency_key=idempotency_key
-        )
-
-    async def publish_numbered(
-        self,
-        channel: str,
-        data: Any,
-        *,
-        sender: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> tuple[Published, list[Subscriber]]:
-        """:meth:`publish_message` up to the moment the publication has its number: returns
-        it with the ``block`` subscribers that ran out of room, which the caller must pass to
-        ``fanout.wait_for_blocked`` (the HTTP API answers first and waits in the background).
-        Cancelled before it returns, the publication may still be published: it waits in the
-        Redis outage buffer."""
-        return await self.publishing.publish_numbered(
-            channel, data, sender=sender, idempotency_key=idempotency_key
-        )
-
-    def publish_nowait(self, channel: str, data: Any, *, sender: str | None = None) -> int:
-        """Like :meth:`publish`, but raises ``trio.WouldBlock`` (and publishes nothing) when a
-        ``block`` subscriber has no room. In-process broker only: with Redis the seq is known
-        once Redis answered, so it raises ``RuntimeError``."""
-        return self.publishing.publish_nowait(channel, data, sender=sender)
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(
@@ -361,12 +314,20 @@ class Server:
             client_id=secrets.token_urlsafe(9),
         )
         self._connections[conn] = None
+        if principal.user_id is not None:
+            self._by_user.setdefault(principal.user_id, {})[conn] = None
         self.fanout.register(conn)
         self.connections_total += 1
         return conn
 
     def _forget(self, conn: Connection) -> None:
         del self._connections[conn]
+        user = conn.principal.user_id
+        held = self._by_user.get(user) if user is not None else None
+        if held is not None:
+            held.pop(conn, None)
+            if not held:
+                del self._by_user[user]  # type: ignore[arg-type]
         self.fanout.unregister(conn)
         if conn.principal.user_id is None:
             # An anonymous connection's publish ids cannot be sent again from another
@@ -397,6 +358,10 @@ class Server:
 
     def connections(self) -> list[Connection]:
         return list(self._connections)
+
+    def _by_client(self, client_id: str) -> Connection | None:
+        conn = self.fanout.by_id(client_id)
+        return conn if isinstance(conn, Connection) else None
 
 
 async def serve(

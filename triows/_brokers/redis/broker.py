@@ -22,11 +22,12 @@ nothing for ``redis_retention`` after it is back (``docs/design.md``, stream ret
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 import trio
@@ -34,18 +35,22 @@ import trio
 from ..._config import Config
 from ..._core import presence
 from ..._core import redis_format as fmt
-from ..._core.hub import Hub, SubscriptionLimitError
+from ..._core.history import rewind_since
+from ..._core.hub import Hub, Resume, SubscriptionLimitError
 from ..._core.latency import histogram
 from ..fanout import FanOut, StepBudget, Subscriber
 from ..seam import (
     Broker,
     BrokerStatistics,
     BrokerUnavailableError,
+    HistoryPage,
     Publication,
     Subscribed,
     WallClockMs,
 )
-from .bridge import Confirmed, Event, LinkDown, Message, PubSubListener, RedisBridge
+from .bridge import LINK_ERRORS, Confirmed, Event, LinkDown, Message, PubSubListener, RedisBridge
+from .commands import read_numbering
+from .control import ClusterControl, read_history
 from .feeds import ChannelFeeds
 from .link import Link
 from .publisher import Publisher
@@ -115,6 +120,8 @@ class RedisBroker(Broker):
             delivery_lag=self.delivery_lag,
         )
         self._resumer = Resumer(config, self._bridge, wall_clock_ms)
+        self._now_ms = wall_clock_ms
+        self._cluster = ClusterControl(self._bridge, self._tasks, self.node_id)
         self._watchdog = Watchdog(
             config,
             self._bridge,
@@ -145,6 +152,9 @@ class RedisBroker(Broker):
                 self._tasks.nursery = nursery
                 if self.on_presence is not None:
                     self._listener.subscribe(presence.EVENTS_CHANNEL)
+                self._cluster.handler = self.on_control
+                for channel in self._cluster.channels():
+                    self._listener.subscribe(channel)
                 nursery.start_soon(self._listen)
                 self._tasks.start_restarting("publisher", self._publisher.run)
                 self._tasks.start_restarting("watchdog", self._watchdog.run)
@@ -202,7 +212,12 @@ class RedisBroker(Broker):
     # -- subscribing ----------------------------------------------------------------------------
 
     async def subscribe(
-        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
+        self,
+        member: Subscriber,
+        channel: str,
+        since: int | None,
+        epoch: str | None,
+        rewind: int | None = None,
     ) -> Subscribed:
         hub = self.hub
         if channel not in hub.channels_of(member) and hub.subscriptions(member) >= (
@@ -220,7 +235,16 @@ class RedisBroker(Broker):
                     if self._link.down
                     else "Redis did not confirm the subscription in time"
                 )
-            resume = None if since is None else await self._resumer.resume(ch, since, epoch)
+            rewound: int | None = None
+            if since is None and rewind:
+                # The same rule as in process: a resume from the last ``rewind`` messages.
+                start = rewind_since(ch.feed.seq, rewind)
+                rewind_resume = await self._resumer.resume(ch, start, ch.feed.epoch)
+                rewound = len(rewind_resume.replay)
+                resume: Resume | None = rewind_resume
+            else:
+                resume = None if since is None else await self._resumer.resume(ch, since, epoch)
+                rewound = None if rewind is None or since is not None else 0
             state = hub.subscribe(member, channel)
         feed = ch.feed
         assert feed.epoch is not None
@@ -229,7 +253,32 @@ class RedisBroker(Broker):
             # A node behind a restart of the numbering answers in the client's epoch.
             seq, epoch = resume.numbering
             return Subscribed(seq=seq, epoch=epoch, resume=resume)
-        return Subscribed(seq=feed.seq, epoch=feed.epoch, resume=resume)
+        return Subscribed(seq=feed.seq, epoch=feed.epoch, resume=resume, rewound=rewound)
+
+    # -- reading and control --------------------------------------------------------------------
+
+    async def history(
+        self, channel: str, *, since: int | None, limit: int, reverse: bool, max_bytes: int
+    ) -> HistoryPage:
+        return await read_history(
+            self._config,
+            self._bridge,
+            self._now_ms,
+            channel,
+            since=since,
+            limit=limit,
+            reverse=reverse,
+            max_bytes=max_bytes,
+        )
+
+    async def numbering(self, channel: str) -> tuple[int, str | None]:
+        try:
+            return await self._bridge.call(functools.partial(read_numbering, channel))
+        except LINK_ERRORS:
+            raise BrokerUnavailableError("Redis is unreachable; try again") from None
+
+    async def control(self, request: dict[str, Any], answer_within: float) -> list[dict[str, Any]]:
+        return await self._cluster.request(request, answer_within)
 
     def unsubscribe(self, member: Subscriber, channel: str) -> bool:
         left = self.hub.unsubscribe(member, channel)
@@ -265,6 +314,8 @@ class RedisBroker(Broker):
                                 self.on_presence(event.data)
                         elif event.channel == self._control:
                             self._watchdog.heard(event.data)
+                        elif event.channel in self._cluster.channels():
+                            self._cluster.heard(event.channel, event.data)
                         else:
                             receive(event)
                     except fmt.MalformedError as exc:
@@ -274,6 +325,8 @@ class RedisBroker(Broker):
                 elif isinstance(event, Confirmed):
                     if event.channel == self._control:
                         self._link.part_up("pubsub")
+                    elif event.channel in self._cluster.channels():
+                        pass
                     elif event.channel != presence.EVENTS_CHANNEL:
                         self._feeds.confirmed(event.channel)
                     elif self.on_presence_resync is not None:

@@ -101,7 +101,7 @@ def _put(
     and announced (``join``) when they were not in the hash."""
     args: list[Any] = [core.EVENTS_CHANNEL, int(ttl * 3000)]
     for member in members:
-        entry = core.encode_entry(expires, node, member.user_id)
+        entry = core.encode_entry(expires, node, member.user_id, member.info)
         args += [member.client_id, entry, core.encode_event("join", channel, member, node)]
     pipe.eval(core.PUT_SCRIPT, 1, core.key(channel), *args)
 

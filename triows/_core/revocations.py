@@ -1,0 +1,74 @@
+"""Revoked tokens: a user's tokens issued before a moment are refused, for a while.
+
+``revoke(user, before)`` makes every token of ``user`` issued (``iat``) before ``before`` (unix
+seconds) invalid: at the handshake, on ``refresh``, and its live connections are closed. A
+token without ``iat`` counts as issued before. The state is bounded: one entry per user (a
+later revocation of the same user replaces the earlier one if it reaches further), at most
+``max_entries`` users (more are refused, never silently forgotten), and each entry expires
+``ttl`` seconds after its ``before``: with ``--jwt-max-age`` such tokens are refused anyway
+by then; without it the ttl is :data:`DEFAULT_TTL`. No clock is read here: ``now`` is passed.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, Final
+
+#: How long a revocation lasts without ``--jwt-max-age`` (seconds).
+DEFAULT_TTL: Final = 24 * 3600.0
+#: Users revoked at once at most.
+MAX_REVOKED: Final = 100_000
+
+
+class RevocationsFull(Exception):
+    """Too many users revoked at once: nothing was revoked."""
+
+
+class Revocations:
+    def __init__(self, ttl: float, max_entries: int = MAX_REVOKED) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        #: user -> (before, expires at)
+        self._entries: dict[str, tuple[float, float]] = {}
+        self._deadlines: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def revoke(self, user: str, before: float, now: float) -> None:
+        """Refuse ``user``'s tokens issued before ``before``; :class:`RevocationsFull` when
+        ``max_entries`` other users are revoked already."""
+        self.expire(now)
+        held = self._entries.get(user)
+        if held is not None and held[0] >= before:
+            return  # an earlier revocation reaches as far
+        if held is None and len(self._entries) >= self.max_entries:
+            raise RevocationsFull(f"{self.max_entries} users are revoked already")
+        expires = before + self.ttl
+        if expires <= now:
+            return  # every such token is too old to be accepted anyway
+        self._entries[user] = (before, expires)
+        heapq.heappush(self._deadlines, (expires, user))
+        if len(self._deadlines) > 2 * len(self._entries) + 64:  # replaced ones: rebuild
+            self._deadlines = [(exp, name) for name, (_, exp) in self._entries.items()]
+            heapq.heapify(self._deadlines)
+
+    def revoked(self, user: str | None, claims: dict[str, Any], now: float) -> bool:
+        """Whether a token of ``user`` with ``claims`` is revoked at ``now``."""
+        if user is None:
+            return False
+        held = self._entries.get(user)
+        if held is None or held[1] <= now:
+            return False
+        iat = claims.get("iat")
+        if isinstance(iat, bool) or not isinstance(iat, int | float):
+            return True
+        return iat < held[0]
+
+    def expire(self, now: float) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            expires, user = heapq.heappop(deadlines)
+            held = self._entries.get(user)
+            if held is not None and held[1] == expires:
+                del self._entries[user]

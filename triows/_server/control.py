@@ -1,0 +1,257 @@
+"""The application's hands on connections and channels: ``Server.disconnect``,
+``unsubscribe``, ``subscribe``, ``revoke``, ``history``, ``channel``, ``presence``, ``channels``
+(and the HTTP API's ``/api/...`` endpoints, which call these).
+
+Every request is checked whole before anything is done (a bad one raises ``ValueError`` and
+changes nothing). What acts on connections is a *control request* sent through the broker to
+every node (``Broker.control``: in process this node alone; with Redis every node of the
+cluster, which each act on the connections they hold and answer what they did), so that a
+user is disconnected wherever they are connected. Reads come from where the state lives: the
+broker's numbering and history, the presence store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import trio
+
+from .._brokers.presence import Presence
+from .._brokers.seam import Broker
+from .._core import protocol
+from .._core.close_codes import DISCONNECTED, REVOKED, check_disconnect_code
+from .._core.frames import text_payload
+from .._core.history import DEFAULT_HISTORY_LIMIT
+from .._core.names import validate_channel
+from .._core.revocations import RevocationsFull
+from .._ops.dashboard import CONNECTIONS, connections_answer
+from .._ops.view import ChannelInfo, ControlFailed, HistoryResult
+from .access import Access
+from .connection import Connection
+
+log = logging.getLogger("triows.server")
+
+#: Connections acted on between two checkpoints.
+CONNECTIONS_PER_STEP = 500
+#: Longest ``reason`` sent with a disconnect (a close frame holds 123 bytes of it).
+MAX_REASON = 120
+#: Longest user id or client id a request may name.
+MAX_ID = 1024
+#: What each control request answers, by operation (disconnect and revoke: "disconnected").
+_COUNTED = {"subscribe": "subscribed", "unsubscribe": "unsubscribed"}
+
+
+def target(user: Any, client: Any) -> dict[str, str]:
+    """``{"user": U}`` or ``{"client": ID}``: exactly one, a non-empty string."""
+    if (user is None) == (client is None):
+        raise ValueError("give exactly one of 'user' and 'client'")
+    name, value = ("user", user) if user is not None else ("client", client)
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID:
+        raise ValueError(f"'{name}' must be a string of 1 to {MAX_ID} characters")
+    return {name: value}
+
+
+def check_reason(reason: Any) -> str:
+    if not isinstance(reason, str) or len(reason.encode()) > MAX_REASON:
+        raise ValueError(f"'reason' must be a string of at most {MAX_REASON} bytes")
+    return reason
+
+
+def check_time(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e11:
+        raise ValueError(f"'{name}' must be unix seconds (a number)")
+    return float(value)
+
+
+class Control:
+    def __init__(
+        self,
+        broker: Broker,
+        presence: Presence,
+        access: Access,
+        *,
+        by_user: Callable[[str], Iterable[Connection]],
+        by_client: Callable[[str], Connection | None],
+        wall_clock: Callable[[], float],
+        timeout: float,
+        max_message_size: int,
+    ) -> None:
+        self._broker = broker
+        self._presence = presence
+        self._access = access
+        self._by_user = by_user
+        self._by_client = by_client
+        self._wall_clock = wall_clock
+        self._timeout = timeout
+        self._max_message_size = max_message_size
+        broker.on_control = self.serve
+
+    # -- what the application calls -------------------------------------------------------------
+
+    async def disconnect(
+        self,
+        *,
+        user: str | None = None,
+        client: str | None = None,
+        code: int = DISCONNECTED,
+        reason: str = "disconnected by the server",
+    ) -> int:
+        request = {
+            "op": "disconnect",
+            **target(user, client),
+            "code": check_disconnect_code(code),
+            "reason": check_reason(reason),
+        }
+        return await self._total(request, "disconnected")
+
+    async def unsubscribe(
+        self,
+        channel: str,
+        *,
+        user: str | None = None,
+        client: str | None = None,
+        reason: str = "unsubscribed by the server",
+    ) -> int:
+        request = {
+            "op": "unsubscribe",
+            **target(user, client),
+            "channel": validate_channel(channel),
+            "reason": check_reason(reason),
+        }
+        return await self._total(request, "unsubscribed")
+
+    async def subscribe(
+        self, channel: str, *, user: str | None = None, client: str | None = None
+    ) -> int:
+        request = {"op": "subscribe", **target(user, client), "channel": validate_channel(channel)}
+        return await self._total(request, "subscribed")
+
+    async def revoke(self, user: str, before: float | None = None) -> int:
+        request = {
+            "op": "revoke",
+            **target(user, None),
+            "before": self._wall_clock() if before is None else check_time(before, "before"),
+        }
+        return await self._total(request, "disconnected")
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = DEFAULT_HISTORY_LIMIT,
+        since: int | None = None,
+        reverse: bool = False,
+    ) -> HistoryResult:
+        fields = {"channel": channel, "limit": limit, "since": since, "reverse": reverse}
+        try:
+            query = protocol.parse_history(fields)
+        except protocol.ProtocolError as exc:
+            raise ValueError(exc.message) from None
+        found = await self._broker.history(
+            query.channel,
+            since=query.since,
+            limit=query.limit,
+            reverse=query.reverse,
+            max_bytes=self._max_message_size,
+        )
+        return HistoryResult(
+            channel=query.channel,
+            epoch=found.epoch,
+            seq=found.seq,
+            messages=[json.loads(payload) for payload in found.payloads],
+        )
+
+    async def channel(self, channel: str) -> ChannelInfo:
+        name = validate_channel(channel)
+        seq, epoch = await self._broker.numbering(name)
+        subscribers = await self._total({"op": "subscribers", "channel": name}, "subscribers")
+        return ChannelInfo(channel=name, epoch=epoch, seq=seq, subscribers=subscribers)
+
+    async def presence(self, channel: str) -> dict[str, Any]:
+        name = validate_channel(channel)
+        if self._presence.mode(name) is None:
+            raise ValueError(f"presence is off for '{name}' (the server's --presence patterns)")
+        answer = json.loads(text_payload(await self._presence.frame(name, None)))
+        return {key: answer[key] for key in ("channel", "count", "members")}
+
+    async def channels(self) -> list[dict[str, Any]]:
+        """Every node's channels with their subscribers here and there, summed."""
+        merged: dict[str, dict[str, Any]] = {}
+        for answer in await self._broker.control({"op": "channels"}, self._timeout):
+            for name, subscribers, seq, epoch, *counts in answer.get("channels", ()):
+                entry = merged.setdefault(
+                    name, {"channel": name, "subscribers": 0, "seq": seq, "epoch": epoch}
+                )
+                entry["subscribers"] += subscribers
+                if seq > entry["seq"]:
+                    entry["seq"], entry["epoch"] = seq, epoch
+                # What the dashboard adds: publications seen and history held by the node
+                # that saw the most (every node following a channel sees its publications).
+                for key, value in zip(("published", "history"), counts, strict=False):
+                    entry[key] = max(entry.get(key, 0), value)
+        return list(merged.values())
+
+    async def _total(self, request: dict[str, Any], key: str) -> int:
+        answers = await self._broker.control(request, self._timeout)
+        for answer in answers:
+            if "error" in answer:
+                raise ControlFailed(answer["error"])
+        return sum(int(answer.get(key, 0)) for answer in answers)
+
+    # -- what each node does --------------------------------------------------------------------
+
+    async def serve(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Serve a control request on this node's connections; its answer."""
+        op = request.get("op")
+        if op == "channels":
+            hub = self._broker.hub
+            # History held here (in process); with Redis it is in the streams: not counted.
+            local = self._broker.statistics().kind == "memory"
+            listed = [
+                [s.name, len(s.members), s.seq, s.epoch, s.published]
+                + ([len(s.history)] if local else [])
+                for s in hub.channels()
+            ]
+            return {"channels": listed}
+        if op == CONNECTIONS:  # the dashboard's lookup
+            return connections_answer(self._targets(request), trio.current_time())
+        if op == "subscribers":
+            state = self._broker.hub.channel(request["channel"])
+            return {"subscribers": 0 if state is None else len(state.members)}
+        if op == "revoke":
+            try:
+                self._access.revocations.revoke(
+                    request["user"], request["before"], self._wall_clock()
+                )
+            except RevocationsFull as exc:
+                return {"error": str(exc)}
+        done = 0
+        for index, conn in enumerate(self._targets(request)):
+            if index % CONNECTIONS_PER_STEP == CONNECTIONS_PER_STEP - 1:
+                await trio.lowlevel.checkpoint()
+            done += self._act(op, request, conn)
+        return {_COUNTED.get(str(op), "disconnected"): done}
+
+    def _targets(self, request: dict[str, Any]) -> list[Connection]:
+        if "client" in request:
+            conn = self._by_client(request["client"])
+            return [] if conn is None else [conn]
+        return list(self._by_user(request["user"]))
+
+    def _act(self, op: Any, request: dict[str, Any], conn: Connection) -> int:
+        if conn.close_code is not None:
+            return 0
+        if op == "disconnect":
+            conn.close(request["code"], request["reason"])
+            return 1
+        if op == "unsubscribe":
+            return int(conn.unsubscribe_by_server(request["channel"], request["reason"]))
+        if op == "subscribe":
+            return int(conn.subscribe_by_server(request["channel"]))
+        if op == "revoke" and self._access.is_revoked(conn.principal):
+            conn.close(REVOKED, "token revoked")
+            return 1
+        return 0
