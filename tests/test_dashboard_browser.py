@@ -21,6 +21,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from .conftest import SECRET, make_token
 from .redisserver import free_port
 from .test_browser import KEY, OUTPUT, Browser, Server, browser, evaluate, open_page, wait_for
 
@@ -64,9 +65,12 @@ def publish_load(port: int, channel: str, count: int) -> None:
 
 
 @contextmanager
-def subscriber(port: int, channel: str) -> Iterator[tuple[ClientConnection, str]]:
+def subscriber(
+    port: int, channel: str, token: str | None = None
+) -> Iterator[tuple[ClientConnection, str]]:
     """A WebSocket client subscribed to ``channel``, and its client id."""
-    with connect(f"ws://127.0.0.1:{port}/", open_timeout=5) as ws:
+    query = "" if token is None else f"?token={token}"
+    with connect(f"ws://127.0.0.1:{port}/{query}", open_timeout=5) as ws:
         welcome = json.loads(ws.recv(timeout=5))
         ws.send(json.dumps({"type": "subscribe", "channel": channel}))
         assert json.loads(ws.recv(timeout=5))["type"] == "subscribed"
@@ -181,51 +185,87 @@ def test_charts_move_under_load_and_the_form_publishes(browser: Browser) -> None
             assert (OUTPUT / "dashboard.png").stat().st_size > 20_000
 
 
-def test_a_disconnect_from_the_page_closes_that_client_with_its_code(browser: Browser) -> None:
-    with dashboard_server() as server:
-        with subscriber(server.port, "chat.room") as (ws, client_id):
-            page = signed_in(browser, server)
-            wait_for(browser, page, "!document.getElementById('app').hidden")
-            evaluate(
-                browser,
-                page,
-                """(id) => {
-                  document.getElementById("lookup-kind").value = "client";
-                  document.getElementById("lookup-id").value = id;
-                  document.getElementById("lookup").requestSubmit();
-                }""",
-                client_id,
-            )
-            wait_for(browser, page, "document.querySelector('[data-disconnect]') !== null")
-            card = evaluate(browser, page, "() => document.querySelector('.conn').textContent")
-            assert client_id in card
-            assert "chat.room" in card
-            assert "127.0.0.1:" in card
-            # The button asks first: nothing happens until the confirmation.
-            evaluate(browser, page, "() => document.querySelector('[data-disconnect]').click()")
-            wait_for(browser, page, "document.getElementById('confirm').open")
-            assert lookup(server.port, client_id) == [client_id]  # still connected
-            evaluate(
-                browser,
-                page,
-                """() => {
-                  document.getElementById("confirm-code").value = "4321";
-                  document.getElementById("confirm-reason").value = "bye from the dashboard";
-                  document.getElementById("confirm-form").requestSubmit();
-                }""",
-            )
-            with pytest.raises(ConnectionClosed) as closed:
-                ws.recv(timeout=10)  # nothing else comes on this channel: only the close
-            assert closed.value.rcvd is not None
-            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
-                4321,
-                "bye from the dashboard",
-            )
-            wait_for(
-                browser,
-                page,
-                "document.getElementById('lookup-result').textContent.includes('disconnected 1')",
-            )
+def test_a_channel_opened_and_a_disconnect_from_the_page_with_its_code(
+    browser: Browser,
+) -> None:
+    """A channel opened shows its history (paged) and its presence members with their info;
+    a client looked up by its id is disconnected, after a confirmation, with the code given."""
+    token = make_token("alice", info={"name": "Alice Liddell"})
+    with (
+        dashboard_server("--jwt-secret", SECRET) as server,
+        subscriber(server.port, "chat.room", token) as (ws, client_id),
+    ):
+        publish_load(server.port, "chat.room", 25)
+        assert [json.loads(ws.recv(timeout=5))["seq"] for _ in range(25)] == list(range(1, 26))
+        page = signed_in(browser, server)
+        wait_for(browser, page, "document.querySelector('tr[data-channel=\"chat.room\"]')")
+        evaluate(
+            browser,
+            page,
+            "() => document.querySelector('tr[data-channel=\"chat.room\"] button').click()",
+        )
+        wait_for(browser, page, "document.querySelectorAll('#history li').length === 20")
+        wait_for(browser, page, "document.querySelectorAll('#presence li').length === 1")
+        evaluate(browser, page, "() => document.getElementById('older').click()")
+        wait_for(browser, page, "document.querySelectorAll('#history li').length === 25")
+        detail = evaluate(
+            browser,
+            page,
+            """() => ({
+              seqs: [...document.querySelectorAll("#history li")]
+                .map((li) => Number(li.dataset.seq)),
+              member: document.querySelector("#presence li").textContent,
+              state: document.getElementById("channel-state").textContent,
+              older: document.getElementById("older").hidden,
+            })""",
+        )
+        assert detail["seqs"] == list(range(25, 0, -1)), detail  # newest first, then older
+        assert "alice" in detail["member"], detail
+        assert client_id in detail["member"], detail
+        assert "Alice Liddell" in detail["member"], detail  # the connection's info
+        assert "last seq 25" in detail["state"], detail
+        assert detail["older"], detail  # nothing older: no button
+
+        evaluate(
+            browser,
+            page,
+            """(id) => {
+              document.getElementById("lookup-kind").value = "client";
+              document.getElementById("lookup-id").value = id;
+              document.getElementById("lookup").requestSubmit();
+            }""",
+            client_id,
+        )
+        wait_for(browser, page, "document.querySelector('[data-disconnect]') !== null")
+        card = evaluate(browser, page, "() => document.querySelector('.conn').textContent")
+        assert client_id in card
+        assert "chat.room" in card
+        assert "127.0.0.1:" in card
+        # The button asks first: nothing happens until the confirmation.
+        evaluate(browser, page, "() => document.querySelector('[data-disconnect]').click()")
+        wait_for(browser, page, "document.getElementById('confirm').open")
+        assert lookup(server.port, client_id) == [client_id]  # still connected
+        evaluate(
+            browser,
+            page,
+            """() => {
+              document.getElementById("confirm-code").value = "4321";
+              document.getElementById("confirm-reason").value = "bye from the dashboard";
+              document.getElementById("confirm-form").requestSubmit();
+            }""",
+        )
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)  # nothing else comes on this channel: only the close
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+            4321,
+            "bye from the dashboard",
+        )
+        wait_for(
+            browser,
+            page,
+            "document.getElementById('lookup-result').textContent.includes('disconnected 1')",
+        )
 
 
 def test_the_dashboard_fits_a_phone_in_the_dark(browser: Browser) -> None:

@@ -414,8 +414,8 @@
     $("history").replaceChildren();
     $("older").hidden = true;
     for (const row of $("channel-table").tBodies[0].rows) row.classList.toggle("open", row.dataset.channel === channel);
-    const state = await refreshDetail();
-    if (state) await loadHistory(state.seq);
+    await refreshDetail();
+    await loadHistory();
   }
 
   async function refreshDetail() {
@@ -437,9 +437,7 @@
       $("presence").replaceChildren();
       $("presence-empty").hidden = false;
       $("presence-empty").textContent =
-        error.status === 400 || error.status === 403 || error.status === 404
-          ? `No presence here: ${error.message} (presence is kept for the channels of --presence).`
-          : `presence: ${error.message}`;
+        error.status === 400 ? `No presence here: ${error.message}.` : `presence: ${error.message}`;
     }
     return state;
   }
@@ -448,44 +446,39 @@
     const members = Array.isArray(presence.members) ? presence.members : [];
     $("presence").replaceChildren(
       ...members.map((member) => {
-        const who = member.user || member.user_id || member.userId || "anonymous";
-        const client = member.client || member.client_id || member.clientId || "";
-        const item = element("li", { "data-client": client }, element("strong", { text: who }), element("span", { class: "muted", text: ` · ${client}` }));
+        const client = member.clientId || "";
+        const item = element("li", { "data-client": client }, element("strong", { text: member.userId ?? "anonymous" }), element("span", { class: "muted", text: ` · ${client}` }));
         if (member.info !== undefined && member.info !== null) item.append(element("pre", { class: "data", text: JSON.stringify(member.info) }));
         return item;
       }),
     );
     const empty = $("presence-empty");
     empty.hidden = members.length > 0;
-    if (!members.length) {
-      const counted = presence.count ?? presence.clients ?? presence.members;
-      empty.textContent = typeof counted === "number" ? `${counted} members (the server gives counts only)` : "Nobody here: no client is subscribed to this channel now.";
-    }
+    if (presence.members === null) empty.textContent = `${UNITS.count(presence.count)} members (this channel's presence keeps counts only)`;
+    else if (!members.length) empty.textContent = "Nobody here: no client is subscribed to this channel now.";
   }
 
-  async function loadHistory(seq) {
-    // Pages by `since`: the page before `oldest` is the messages after `oldest - 1 - PAGE`.
+  async function loadHistory() {
+    // Newest first, a page at a time: `reverse` with `since` = the oldest seq shown.
     const channel = openChannel;
-    const top = oldest === null ? seq : oldest - 1;
-    if (top < 1) return;
-    const since = Math.max(0, top - PAGE);
+    const body = { channel, limit: PAGE, reverse: true };
+    if (oldest !== null) body.since = oldest;
     let answer;
     try {
-      answer = await api("POST", "/api/history", { channel, limit: top - since, since });
+      answer = await api("POST", "/api/history", body);
     } catch (error) {
       $("history-empty").hidden = false;
       $("history-empty").textContent = `history: ${error.message}`;
       return;
     }
     if (channel !== openChannel) return;
-    const messages = (answer.messages || []).filter((m) => m.seq <= top).sort((a, b) => b.seq - a.seq);
+    const messages = answer.messages || [];
     $("history").append(...messages.map(message));
     if (messages.length) oldest = messages[messages.length - 1].seq;
-    else oldest = 0;
     const shown = $("history").children.length;
     $("history-empty").hidden = shown > 0;
     $("history-empty").textContent = "No messages in this channel's history: publish one with the form below.";
-    $("older").hidden = !(oldest > 1 && messages.length);
+    $("older").hidden = !(messages.length === PAGE && oldest > 1);
   }
 
   async function publish(event) {
@@ -507,7 +500,7 @@
       if (channel === openChannel) {
         oldest = null;
         $("history").replaceChildren();
-        await loadHistory(answer.seq);
+        await loadHistory();
       }
       listChannels();
     } catch (error) {
@@ -537,10 +530,10 @@
     }
     const list = answer.connections;
     result.className = list.length ? "muted" : "empty";
-    const where = `on server ${answer.server_id}`;
+    const where = `on ${answer.nodes} server${answer.nodes === 1 ? "" : "s"}`;
     result.textContent = list.length
       ? `${answer.total} connection${answer.total === 1 ? "" : "s"} of ${kind} ${id} ${where}${answer.total > list.length ? ` (${list.length} shown)` : ""}`
-      : `No connection of ${kind} ${id} ${where}. Under --workers or with Redis the lookup searches the process that answered; disconnect and unsubscribe reach every node.`;
+      : `No connection of ${kind} ${id} ${where}: check the id (a user id is the token's sub; anonymous connections are found by client id).`;
     const cards = list.map(card);
     if (kind === "user" && list.length) {
       cards.unshift(element("div", { class: "row" }, element("button", { type: "button", class: "danger", text: `Disconnect every connection of ${id}…`, onclick: () => disconnect({ user: id }, `every connection of user ${id}`) })));
@@ -687,7 +680,7 @@
   $("publish").addEventListener("submit", publish);
   $("lookup").addEventListener("submit", lookup);
   $("window").addEventListener("change", draw);
-  $("older").addEventListener("click", () => loadHistory(null));
+  $("older").addEventListener("click", () => loadHistory());
   $("channel-close").addEventListener("click", () => {
     openChannel = null;
     $("channel-detail").hidden = true;
