@@ -244,3 +244,34 @@ async def test_samples_mark_memory_limit_trips_and_broker_state(
         ]
         assert monitor.summary()["memory_limited"] is False
         harness.server.broker.up.value = True
+
+
+async def test_a_long_history_is_encoded_in_steps_and_whole(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard asks /stats for an hour of samples when it opens (about 1 MB of JSON):
+    they are encoded a step at a time, with a checkpoint between, and the answer is the same
+    document."""
+    import attrs
+
+    from triows._core.handshake import HttpRequest
+    from triows._ops import figures
+
+    monkeypatch.setattr(figures, "SAMPLES_PER_STEP", 2)
+    steps = []
+
+    async def counted() -> None:
+        steps.append(1)
+        await trio.lowlevel.checkpoint()
+
+    async with open_test_server(monitor_interval=1) as harness:
+        await trio.sleep(5.5)
+        _, stats, _ = harness.server.http.routes["/stats"]
+        monkeypatch.setattr(figures, "_step", counted)
+        answer = await stats(HttpRequest("GET", "/stats?history=5", {}), b"")
+        document = json.loads(answer.body)
+        expected = [attrs.asdict(s) for s in harness.server.monitor.samples]
+        assert document["monitor"]["samples"] == expected
+        assert len(expected) == 5
+        assert len(steps) == 2  # 5 samples, 2 a step: two checkpoints between three steps
+        assert document["server"]["server_id"] == harness.server.server_id
