@@ -394,7 +394,7 @@
   }
 
   function message(item) {
-    const data = element("pre", { class: "data", text: JSON.stringify(item.data, null, 1) });
+    const data = element("pre", { class: "data", text: JSON.stringify(item.data) });
     const when = item.timestamp ? new Date(item.timestamp).toLocaleTimeString() : "";
     return element(
       "li",
