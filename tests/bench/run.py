@@ -290,13 +290,18 @@ def dashboard_cost(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         setting: {name: statistics.median(values) for name, values in row.items()}
         for setting, row in rows.items()
     }
-    print(f"\ndashboard open / closed, medians of {runs}:", flush=True)
+    print(f"\ndashboard open / closed, medians of {runs} (spread: (max - min) / median):")
     for name in rows["closed"]:
         ratio = section["open"][name] / section["closed"][name]
         section[f"ratio_{name}"] = ratio
+        spread = {
+            setting: (max(row[name]) - min(row[name])) / statistics.median(row[name])
+            for setting, row in rows.items()
+        }
+        section[f"spread_{name}"] = spread
         print(
-            f"  {name:24} closed {section['closed'][name]:>10,.2f}  "
-            f"open {section['open'][name]:>10,.2f}  {ratio:.3f}x",
+            f"  {name:24} closed {section['closed'][name]:>10,.2f} ±{spread['closed']:4.0%}  "
+            f"open {section['open'][name]:>10,.2f} ±{spread['open']:4.0%}  {ratio:.3f}x",
             flush=True,
         )
 
