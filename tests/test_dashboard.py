@@ -4,7 +4,9 @@ for its time axis. The page itself runs in a real browser in tests/test_dashboar
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -275,3 +277,61 @@ async def test_a_long_history_is_encoded_in_steps_and_whole(
         assert len(expected) == 5
         assert len(steps) == 2  # 5 samples, 2 a step: two checkpoints between three steps
         assert document["server"]["server_id"] == harness.server.server_id
+
+
+@pytest.mark.real_socket
+async def test_under_workers_a_lookup_and_the_figures_cover_every_worker(
+    redis_server: Any,
+) -> None:
+    """``--workers 2``: whichever worker answers, the lookup lists the user's connections on
+    both workers, and /stats gives each worker's summary (the page's dashed lines) with the
+    charts' marks."""
+    import subprocess
+    import sys
+
+    from .redisserver import free_port
+    from .test_workers import Supervisor, kill_if_running
+
+    port = free_port()
+    command = [sys.executable, "-m", "triows", "--workers", "2", "--port", str(port)]
+    command += ["--redis-url", redis_server.url, "--jwt-secret", SECRET, "--api-key", KEY]
+    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
+    supervisor = Supervisor(process)
+    user = f"worker-user-{port}"
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(supervisor.read_log)
+            await supervisor.wait_for("triows listening", count=2)
+            workers = supervisor.workers()
+            async with contextlib.AsyncExitStack() as stack:
+                held: dict[str, str] = {}  # client id -> server id
+                url = f"ws://127.0.0.1:{port}/?token=" + make_token(user)
+                while len(set(held.values())) < 2:  # the kernel spreads connections
+                    assert len(held) < 64, held
+                    ws = await stack.enter_async_context(open_websocket_url(url))
+                    welcome = json.loads(await ws.get_message())["data"]
+                    held[welcome["clientId"]] = welcome["serverId"]
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                    for _ in range(4):  # each request may reach either worker
+                        body = {"user": user}
+                        answer = await http.post("/api/connections", json=body, headers=HEADERS)
+                        found = answer.json()
+                        assert (found["total"], found["nodes"]) == (len(held), 2), found
+                        assert {c["client"]: c["server_id"] for c in found["connections"]} == held
+                    with trio.fail_after(10):
+                        while True:
+                            stats = (await http.get("/stats", headers=HEADERS)).json()
+                            sampled = [w for w in stats["workers"] if "time" in w]
+                            if len(sampled) == 2:  # each worker took a sample
+                                break
+                            await trio.sleep(0.2)
+                    assert {w["pid"] for w in stats["workers"]} == set(workers.values())
+                    assert all(w["broker_up"] is True for w in stats["workers"])
+                    assert stats["total"]["memory_limited"] is False
+                    assert stats["total"]["connections"] == len(held)
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                assert await process.wait() == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        await kill_if_running(process)

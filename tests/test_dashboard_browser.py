@@ -225,6 +225,13 @@ def test_a_channel_opened_and_a_disconnect_from_the_page_with_its_code(
         assert "Alice Liddell" in detail["member"], detail  # the connection's info
         assert "last seq 25" in detail["state"], detail
         assert detail["older"], detail  # nothing older: no button
+        # What is published meanwhile comes on top at the next refresh.
+        publish_load(server.port, "chat.room", 1)
+        assert json.loads(ws.recv(timeout=5))["seq"] == 26
+        wait_for(browser, page, "document.querySelector('#history li').dataset.seq === '26'")
+        assert (
+            evaluate(browser, page, "() => document.querySelectorAll('#history li').length") == 26
+        )
 
         evaluate(
             browser,

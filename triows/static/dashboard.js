@@ -16,7 +16,7 @@
   const STORE = "triows.dashboard.key";
   const HOUR = 3600;
   const PAGE = 20; // history messages per page
-  const CHANNELS_EVERY = 2; // seconds between two channel listings
+  const CHANNELS_EVERY = 3; // seconds between two channel listings (and channel refreshes)
   const $ = (id) => document.getElementById(id);
 
   let key = sessionStorage.getItem(STORE);
@@ -330,7 +330,7 @@
     const total = stats.total;
     const server = stats.server;
     const items = [
-      ["connections", UNITS.count(server.connections === undefined ? total.connections : total.connections)],
+      ["connections", UNITS.count(total.connections)],
       ["published", UNITS.rate(total.publish_rate)],
       ["delivered", UNITS.rate(total.delivery_rate)],
       ["publish→ack p99", UNITS.seconds(total.ack_p99)],
@@ -359,6 +359,8 @@
   const published = new Map(); // channel -> [time, published] of the last listing
   let openChannel = null;
   let oldest = null; // the oldest seq shown in the open channel's history
+  let newest = null; // and the newest, with its epoch
+  let shownEpoch = null;
 
   async function listChannels() {
     let answer;
@@ -408,6 +410,7 @@
   async function openDetail(channel) {
     openChannel = channel;
     oldest = null;
+    newest = null;
     $("channel-detail").hidden = false;
     $("channel-name").textContent = channel;
     $("publish-channel").value = channel;
@@ -426,6 +429,7 @@
       state = await api("POST", "/api/channel", { channel });
       if (channel !== openChannel) return null;
       $("channel-state").textContent = `epoch ${state.epoch} · last seq ${state.seq} · ${UNITS.count(state.subscribers)} subscribers`;
+      if (newest !== null && (state.epoch !== shownEpoch || state.seq > newest)) await loadNewer(state);
     } catch (error) {
       $("channel-state").textContent = `channel state: ${error.message}`;
     }
@@ -458,6 +462,31 @@
     else if (!members.length) empty.textContent = "Nobody here: no client is subscribed to this channel now.";
   }
 
+  async function loadNewer(state) {
+    // What was published since the history was shown: prepended, or the page loaded anew
+    // when that is more than a page or another epoch.
+    const channel = openChannel;
+    if (state.epoch !== shownEpoch || state.seq - newest > PAGE) {
+      oldest = null;
+      newest = null;
+      $("history").replaceChildren();
+      await loadHistory();
+      return;
+    }
+    let answer;
+    try {
+      answer = await api("POST", "/api/history", { channel, since: newest, limit: PAGE });
+    } catch (error) {
+      return; // the next refresh tries again
+    }
+    if (channel !== openChannel || answer.epoch !== shownEpoch) return;
+    const messages = (answer.messages || []).filter((m) => m.seq > newest);
+    if (!messages.length) return;
+    $("history").prepend(...messages.reverse().map(message));
+    newest = messages[0].seq;
+    $("history-empty").hidden = true;
+  }
+
   async function loadHistory() {
     // Newest first, a page at a time: `reverse` with `since` = the oldest seq shown.
     const channel = openChannel;
@@ -473,6 +502,10 @@
     }
     if (channel !== openChannel) return;
     const messages = answer.messages || [];
+    if (newest === null) {
+      newest = messages.length ? messages[0].seq : 0;
+      shownEpoch = answer.epoch;
+    }
     $("history").append(...messages.map(message));
     if (messages.length) oldest = messages[messages.length - 1].seq;
     const shown = $("history").children.length;
@@ -497,11 +530,7 @@
     try {
       const answer = await api("POST", "/api/publish", { channel, data });
       result.textContent = answer.outcome === "unknown" ? `not known yet: ${answer.error}` : `published as #${answer.seq} (epoch ${answer.epoch})`;
-      if (channel === openChannel) {
-        oldest = null;
-        $("history").replaceChildren();
-        await loadHistory();
-      }
+      if (channel === openChannel) refreshDetail();
       listChannels();
     } catch (error) {
       result.className = "error";
