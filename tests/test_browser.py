@@ -227,14 +227,14 @@ def test_chat_survives_a_server_restart_with_nothing_lost(
         # Presence: the pages' old connections died with the server and expire (ttl 3 s);
         # closing page 1 is a leave that page 0 sees.
         settled = browser(cmd="waitmembers", page=0, count=2, seconds=15, timeout=30)
-        clients = sorted(v["clientId"] for v in browser(cmd="members")["views"])
-        assert sorted(settled["views"][0]["members"]) == clients, settled
+        # Each page is listed by the name it gave (its connection's info).
+        assert sorted(settled["views"][0]["members"]) == ["alice", "bob"], settled
         OUTPUT.mkdir(exist_ok=True)
         browser(cmd="screenshot", page=0, path=str(OUTPUT / "demo.png"))
         assert (OUTPUT / "demo.png").stat().st_size > 10_000
         browser(cmd="close", page=1)
         after = browser(cmd="waitmembers", page=0, count=1, seconds=15, timeout=30)
-        assert after["views"][0]["members"] == [after["views"][0]["clientId"]], after
+        assert after["views"][0]["members"] == ["alice"], after
     finally:
         server.stop()
 
@@ -619,4 +619,81 @@ def test_a_page_of_another_origin_imports_triows_js(browser: Browser, tmp_path: 
     finally:
         site.shutdown()
         site.server_close()
+        server.stop()
+
+
+def api_post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        found: dict[str, Any] = json.load(answer)
+        return found
+
+
+SHOWN_SEQS = (
+    "[...document.querySelectorAll('#messages li[data-seq]')].map((li) => Number(li.dataset.seq))"
+)
+
+
+def test_a_late_joiner_sees_the_last_20_and_the_server_can_disconnect_a_page(
+    browser: Browser,
+) -> None:
+    """Names in presence, rewind for a late joiner, "load older" through history, and a
+    visible notice when the server ends a subscription or disconnects the page."""
+    server = Server(free_port(), [])
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/demo"
+        early = open_page(browser, f"{url}?name=ann")
+        wait_for(browser, early, "window.triows.state === 'open'")
+        deadline = time.monotonic() + 30
+        seqs = [
+            publish(server.port, "chat.lobby", f"m{n}", f"late-{n}", deadline) for n in range(25)
+        ]
+        assert seqs == list(range(1, 26))
+        late = open_page(browser, f"{url}?name=bea")
+        wait_for(browser, late, f"{SHOWN_SEQS}.length === 20")
+        assert evaluate(browser, late, f"() => {SHOWN_SEQS}") == list(range(6, 26))
+        # The names the pages gave are what presence shows.
+        wait_for(
+            browser,
+            early,
+            "[...document.querySelectorAll('#members li')].map((li) => li.textContent).sort()"
+            ".join() === 'ann,bea'",
+        )
+        evaluate(browser, late, "() => document.getElementById('older').click()")
+        wait_for(browser, late, f"{SHOWN_SEQS}.length === 25")
+        assert evaluate(browser, late, f"() => {SHOWN_SEQS}") == list(range(1, 26))
+        assert evaluate(browser, late, "() => document.getElementById('older').hidden") is True
+        # The server ends the early page's subscription: said on the page.
+        early_id = evaluate(browser, early, "() => window.triows.clientId")
+        body = {"client": early_id, "channel": "chat.lobby", "reason": "moderated"}
+        assert api_post(server.port, "/api/unsubscribe", body) == {"unsubscribed": 1}
+        wait_for(browser, early, "document.querySelector('#messages .notice.server') !== null")
+        notice = evaluate(
+            browser, early, "() => document.querySelector('#messages .notice.server').textContent"
+        )
+        assert "moderated" in notice
+        # The server disconnects the late page ("do not reconnect"): said, and it stops.
+        late_id = evaluate(browser, late, "() => window.triows.clientId")
+        body = {"client": late_id, "reason": "kicked by the test"}
+        assert api_post(server.port, "/api/disconnect", body) == {"disconnected": 1}
+        wait_for(browser, late, "document.getElementById('state').textContent === 'closed'")
+        shown = evaluate(
+            browser,
+            late,
+            """() => ({
+              notices: [...document.querySelectorAll('#messages .notice.server')]
+                .map((li) => li.textContent),
+              error: document.getElementById('error').textContent,
+            })""",
+        )
+        assert shown["notices"] == [
+            "disconnected by the server: kicked by the test (4600, not reconnecting)"
+        ], shown
+        assert "kicked by the test" in shown["error"]
+    finally:
         server.stop()

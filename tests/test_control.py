@@ -173,7 +173,7 @@ async def test_info_from_the_token_is_in_presence_and_joins(
 def test_a_principals_info_is_checked() -> None:
     assert Principal(user_id="u", info={"name": "n"}).info == {"name": "n"}
     with pytest.raises(ValueError, match="JSON object"):
-        Principal(info="alice")  # type: ignore[arg-type]
+        Principal(info="alice")
     with pytest.raises(ValueError, match="1024"):
         Principal(info={"a": "b" * 1100})
 

@@ -375,7 +375,8 @@ async def test_triows_js_and_the_demo_page() -> None:
     async with running(path="/ws", demo=True) as (_, http):
         page = await http.get("/demo")
         assert page.headers["content-type"] == "text/html; charset=utf-8"
-        assert "${location.host}/ws`" in page.text  # the server's WebSocket path
+        # The server's WebSocket path (then the page's name for presence, see the demo).
+        assert "${location.host}/ws${named}`" in page.text
         assert "__TRIOWS_PATH__" not in page.text
 
 

@@ -221,3 +221,63 @@ async def test_echo_reaches_the_publisher_across_redis(redis_url: str) -> None:
             assert (await reader.receive_type("message"))["seq"] == 2
             await writer.send({"type": "ping", "id": 4})
             assert (await writer.receive())["type"] == "pong"
+
+
+async def test_rewind_and_history_on_another_node(redis_url: str) -> None:
+    """What one node published, another rewinds and pages from the stream, by the same
+    rule as in process (tests/test_control.py)."""
+    channel = channel_name()
+    async with (
+        open_node(redis_url, history_size=10) as a,
+        open_node(redis_url, history_size=10) as b,
+    ):
+        async with a.connect() as writer, b.connect() as late:
+            seqs = [await publish(writer, channel, n, n) for n in range(12)]
+            reply = await late.request({"type": "subscribe", "channel": channel, "rewind": 20})
+            assert (reply["seq"], reply["rewound"]) == (12, 10)
+            rewound = [await late.receive() for _ in range(10)]
+            assert [m["seq"] for m in rewound] == seqs[2:]
+            await publish(writer, channel, "live", "live")
+            live = await late.receive()
+            assert (live["seq"], live["data"]) == (13, "live")
+            page = await late.request(
+                {"type": "history", "channel": channel, "limit": 3, "reverse": True, "since": 12}
+            )
+            assert page["messages"] == rewound[-2:-5:-1]
+            assert (page["seq"], page["epoch"]) == (13, reply["epoch"])
+
+
+async def test_rewind_while_the_channel_moves_loses_and_doubles_nothing(redis_url: str) -> None:
+    """A late joiner rewinds on one node while another publishes without pause: the rewound
+    messages and the live ones meet exactly (the same care as a resume)."""
+    channel = channel_name()
+    async with (
+        open_node(redis_url, history_size=50) as a,
+        open_node(redis_url, history_size=50) as b,
+    ):
+        async with a.connect() as writer, b.connect() as late:
+            for n in range(30):
+                await publish(writer, channel, n, n)
+            stop = trio.Event()
+
+            async def keep_publishing() -> None:
+                n = 30
+                while not stop.is_set():
+                    await publish(writer, channel, n, n)
+                    n += 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep_publishing)
+                await trio.sleep(0.05)
+                reply = await late.request(
+                    {"type": "subscribe", "channel": channel, "rewind": 10, "id": "r"}
+                )
+                await trio.sleep(0.2)
+                stop.set()
+            last = await publish(writer, channel, "end", "end")
+            got: list[int] = []
+            while not got or got[-1] != last:
+                got.append((await late.receive_type("message"))["seq"])
+            first = reply["seq"] - reply["rewound"] + 1
+            assert reply["rewound"] >= 10
+            assert got == list(range(first, last + 1))

@@ -22,8 +22,10 @@ from ._client.errors import (
     PublishTimeoutError,
     RequestError,
     RequestTimeoutError,
+    UnsubscribedError,
 )
 from ._client.pool import Pool, open_pool
+from ._client.queries import HistoryPage
 from ._client.subscription import Subscription
 from ._core.tracking import Gap, Join, Leave, Message, Presence
 
@@ -34,6 +36,7 @@ __all__ = [
     "ClientState",
     "ConnectionLostError",
     "Gap",
+    "HistoryPage",
     "Join",
     "Leave",
     "Message",
@@ -44,6 +47,7 @@ __all__ = [
     "RequestError",
     "RequestTimeoutError",
     "Subscription",
+    "UnsubscribedError",
     "connect",
     "open_pool",
 ]

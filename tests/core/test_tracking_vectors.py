@@ -110,6 +110,7 @@ def test_every_rule_has_vectors_for_both_trackers() -> None:
         "subscription overflow",
         "jumps and late arrivals",
         "malformed frames",
+        "rewind",
     }
     for case in CASES:
         assert case["rule"], case["name"]

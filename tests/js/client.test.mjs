@@ -556,3 +556,80 @@ test("channels unsubscribed while their resubscribe waits make room for the next
   await advance(0.6);
   assert.deepEqual(ws.of("subscribe").slice(3).map((f) => f.channel), ["c"]);
 });
+
+// -- issue 22: rewind, history, info, what the server does to a client ------------------------
+
+test("subscribe with rewind: the rewound messages come first, once; a reconnect resumes instead", async (t) => {
+  useFakes(t);
+  const { c, ws, of } = await opened();
+  const done = c.subscribe("chat", { rewind: 2 });
+  await settle();
+  const sent = ws.of("subscribe")[0];
+  assert.equal(sent.rewind, 2);
+  ws.receive({ ...subscribed("chat", 10, { rewound: 2 }), id: sent.id });
+  ws.receive(message("chat", 9));
+  ws.receive(message("chat", 10));
+  ws.receive(message("chat", 10));
+  ws.receive(message("chat", 11));
+  await done;
+  assert.deepEqual(of("message").map((m) => m.seq), [9, 10, 11]);
+  ws.gone(1006);
+  await advance(2);
+  const next = FakeSocket.made.at(-1);
+  next.open();
+  await settle();
+  const again = next.of("subscribe")[0];
+  assert.equal(again.rewind, undefined);
+  assert.equal(again.since, 11);
+});
+
+test("history asks a page and answers the server's reply; presence and joins carry info", async (t) => {
+  useFakes(t);
+  const { c, ws } = await opened();
+  const page = c.history("chat", { limit: 2, reverse: true, since: 9 });
+  await settle();
+  const asked = ws.of("history")[0];
+  assert.deepEqual({ ...asked, id: undefined }, { type: "history", channel: "chat", limit: 2, reverse: true, since: 9, id: undefined });
+  ws.receive({ type: "history", channel: "chat", epoch: "e1", seq: 12, messages: [message("chat", 8), message("chat", 7)], id: asked.id });
+  const got = await page;
+  assert.equal(got.seq, 12);
+  assert.deepEqual(got.messages.map((m) => m.seq), [8, 7]);
+  const joins = [];
+  c.on("join", (event) => joins.push(event));
+  const sub = c.subscribe("room");
+  await settle();
+  ws.receive({ ...subscribed("room", 0), id: ws.of("subscribe")[0].id });
+  await sub;
+  ws.receive({ type: "join", channel: "room", clientId: "x", userId: "alice", info: { name: "Alice" } });
+  assert.deepEqual(joins[0].info, { name: "Alice" });
+});
+
+test("the server's subscribe, unsubscribe and disconnect are told to the application", async (t) => {
+  useFakes(t);
+  const { c, ws, of } = await opened();
+  const told = [];
+  for (const type of ["subscribed", "unsubscribed", "disconnected"]) c.on(type, (detail) => told.push({ type, ...detail }));
+  ws.receive(subscribed("news", 4, { server: true }));
+  ws.receive(message("news", 5));
+  assert.deepEqual(told, [{ type: "subscribed", channel: "news", server: true }]);
+  assert.deepEqual(of("message").map((m) => m.seq), [5]);
+  ws.receive({ type: "unsubscribed", channel: "news", reason: "plan expired" });
+  assert.deepEqual(told.at(-1), { type: "unsubscribed", channel: "news", reason: "plan expired" });
+  ws.receive(message("news", 6));
+  assert.equal(of("message").length, 1, "nothing more of a channel the server ended");
+  // 4000-4499: said, and the client connects again.
+  ws.gone(4000, "come back");
+  assert.deepEqual(told.at(-1), { type: "disconnected", code: 4000, reason: "come back", reconnect: true });
+  await advance(2);
+  const next = FakeSocket.made.at(-1);
+  assert.notEqual(next, ws);
+  next.open();
+  await settle();
+  // 4500-4999: said, and it stops.
+  next.gone(4600, "banned");
+  assert.deepEqual(told.at(-1), { type: "disconnected", code: 4600, reason: "banned", reconnect: false });
+  await advance(5);
+  assert.equal(c.state, "closed");
+  assert.equal(FakeSocket.made.at(-1), next);
+  assert.equal(c.closeCode, 4600);
+});

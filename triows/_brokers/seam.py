@@ -220,6 +220,15 @@ class Broker(abc.ABC):
         are missing. In process that is this node alone; with Redis, every node connected to
         it."""
 
+    async def share_revocation(self, user: str, before: float, ttl: float) -> None:
+        """Keep a revocation where nodes started later find it (:meth:`shared_revocations`);
+        in process there are none."""
+        return None
+
+    async def shared_revocations(self) -> list[tuple[str, float]]:
+        """The revocations kept by :meth:`share_revocation` that have not expired."""
+        return []
+
     def subscribe_nowait(
         self,
         member: Subscriber,

@@ -26,7 +26,7 @@ import trio
 from trio_util import AsyncValue
 
 from .._core.retry import Attempts, Stop, Verdict
-from .._core.tracking import AdaptiveInterval, Presence, Tracker
+from .._core.tracking import AdaptiveInterval, Tracker
 from .attempt import AttemptEnding, judge_attempt
 from .endpoint import Endpoint, StreamOpener, TokenSource
 from .errors import (
@@ -41,7 +41,8 @@ from .errors import (
 )
 from .link import Link
 from .pending import PendingPublish, PendingRequests, PublishQueue
-from .subscription import Subscription
+from .queries import Queries
+from .subscription import Offered, Subscription
 from .transport import CloseReason, ConnectionClosed, open_client, say_goodbye
 
 log = logging.getLogger("triows.client")
@@ -53,7 +54,7 @@ log.addHandler(logging.NullHandler())
 CLOSE_TIMEOUT = 1.0
 
 
-class Client:
+class Client(Queries):
     """A connection to a triows server that outlives network failures."""
 
     def __init__(
@@ -102,26 +103,37 @@ class Client:
         #: The connection now, None while there is none.
         self._link: Link | None = None
         self._closed_reason: str | None = None
+        #: The close code and reason of the server's last close (4000-4499: the client
+        #: reconnects; 4500-4999: it stopped; ``Server.disconnect`` and ``revoke`` use them).
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
         self._closed_error: type[ClientError] = ClientClosedError
         self._saying_goodbye = False
         self._welcomed_at = 0.0
         self._scope = trio.CancelScope()
+        self._offered = Offered()
 
     # -- public API -----------------------------------------------------------------------------
 
-    async def subscribe(self, channel: str) -> Subscription:
+    async def subscribe(self, channel: str, *, rewind: int | None = None) -> Subscription:
         """Follow ``channel``; returns once the server confirmed it, or at once while offline
         (also when the connection drops before the reply): the subscription is then made on
-        connect. Raises :class:`RequestError` when the server refuses (403, 429, ...) and
+        connect. With ``rewind`` the channel's last ``rewind`` messages (as many as its
+        history holds) come first, then live ones; a reconnect resumes from the last one seen
+        instead. Raises :class:`RequestError` when the server refuses (403, 429, ...) and
         :class:`RequestTimeoutError` when it does not answer in time."""
         self._check_open()
         if channel in self._subscriptions:
             return self._subscriptions[channel]
         subscription = Subscription(self, channel, *self._subscription_buffer)
+        subscription.rewind = rewind
         self._subscriptions[channel] = subscription
         self._tracker.track(channel)
+        frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
+        if rewind is not None:
+            frame["rewind"] = rewind
         try:
-            await self._request({"type": "subscribe", "channel": channel})
+            await self._request(frame)
         except ConnectionLostError:
             pass  # offline now: made on (re)connect
         except BaseException as exc:
@@ -183,22 +195,6 @@ class Client:
         assert item.seq is not None
         return item.seq
 
-    async def presence(self, channel: str) -> Presence:
-        """Who is subscribed to a presence channel now (every node's clients, with Redis).
-        Raises :class:`RequestError` (400) when the server has no presence for it, and
-        :class:`ConnectionLostError` while offline. Joins and leaves of a channel this client
-        follows arrive on its :class:`Subscription` as :class:`Join` / :class:`Leave`."""
-        self._check_open()
-        reply = await self._request({"type": "presence", "channel": channel})
-        members = reply.get("members")
-        return Presence(
-            channel=channel,
-            count=reply["count"],
-            members=None
-            if members is None
-            else tuple((m["clientId"], m.get("userId")) for m in members),
-        )
-
     async def wait_open(self) -> None:
         """Wait until connected; raises :class:`ClientClosedError` if the client closes first
         (a permanent rejection such as 401, or ``max_attempts`` reached)."""
@@ -229,6 +225,17 @@ class Client:
         if subscription is not None:
             subscription._end(error)
         return subscription is not None
+
+    def _adopt(self, channel: str) -> bool:
+        """The server subscribed this client to ``channel`` (``Server.subscribe``): follow it
+        as if the application had, and offer it on :meth:`server_subscriptions`."""
+        if channel in self._subscriptions or self._closed_reason is not None:
+            return False
+        subscription = Subscription(self, channel, *self._subscription_buffer)
+        self._subscriptions[channel] = subscription
+        self._tracker.track(channel)
+        self._offered.put(subscription)
+        return True
 
     def _close(self, reason: str, error: type[ClientError] = ClientClosedError) -> None:
         """Stop for good; what is pending fails with ``error(reason)``."""
@@ -355,6 +362,7 @@ class Client:
                     publishes=self._publishes,
                     requests=self._requests,
                     forget_subscription=self._forget_subscription,
+                    adopt=self._adopt,
                     heartbeat=self.heartbeat,
                     ping_timeout=self._ping_timeout,
                     backoff=self._backoff,
@@ -369,6 +377,8 @@ class Client:
                 self._publishes.resend_unacked()
                 self.state.value = ClientState.OPEN
                 closed = await link.run(nursery)  # returns when the connection is closed
+                if closed is not None:
+                    self.close_code, self.close_reason = closed.code, closed.reason
                 if self._saying_goodbye:
                     # aclose() is finishing the closing handshake, which needs the
                     # library's reader task: keep the connection up until it is done.

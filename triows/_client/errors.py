@@ -52,3 +52,13 @@ class RequestError(ClientError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class UnsubscribedError(RequestError):
+    """The server ended a subscription: the application's ``Server.unsubscribe`` (or
+    ``/api/unsubscribe``), or a refreshed token that no longer allows the channel. ``reason``
+    is the server's; ``code`` is 403 (not allowed any more)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(403, reason)
+        self.reason = reason

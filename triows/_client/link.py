@@ -27,7 +27,7 @@ import trio
 from .._core.protocol import SUBSCRIPTIONS_LIMIT
 from .._core.retry import Pacer
 from .._core.tracking import AdaptiveInterval, Join, Leave, Message, Recovered, Tracked, Tracker
-from .errors import ClientError, RequestError
+from .errors import ClientError, RequestError, UnsubscribedError
 from .pending import PendingRequests, PublishQueue
 from .subscription import Subscription
 from .transport import CloseReason, ConnectionClosed, WebSocketConnection
@@ -90,6 +90,7 @@ class Link:
         publishes: PublishQueue,
         requests: PendingRequests,
         forget_subscription: Callable[[str, ClientError | None], bool],
+        adopt: Callable[[str], bool],
         heartbeat: AdaptiveInterval,
         ping_timeout: float,
         backoff: tuple[float, float],
@@ -100,6 +101,7 @@ class Link:
         self._publishes = publishes
         self._requests = requests
         self._forget_subscription = forget_subscription
+        self._adopt = adopt
         self._heartbeat = heartbeat
         self._ping_timeout = ping_timeout
         self._backoff = backoff
@@ -140,6 +142,8 @@ class Link:
                 if item is not None and isinstance(frame.get("seq"), int):
                     item.succeed(frame["seq"])
             elif kind == "subscribed":
+                if frame.get("server") is True and isinstance(frame.get("channel"), str):
+                    self._adopt(frame["channel"])  # a subscription the server made
                 self._dispatch(frame.get("channel"), self._tracker.on_subscribed(frame))
                 request_id = frame.get("id")
                 if is_resubscribe(request_id):
@@ -154,9 +158,10 @@ class Link:
                     channel=frame["channel"],
                     client_id=frame["clientId"],
                     user_id=frame.get("userId"),
+                    info=frame.get("info"),
                 )
                 self._dispatch(frame["channel"], [event])
-            elif kind == "presence":
+            elif kind in ("presence", "history"):
                 self._requests.answer(frame)
             elif (
                 kind == "unsubscribed" and not self._requests.answer(frame) and frame.get("reason")
@@ -164,7 +169,7 @@ class Link:
                 log.warning(
                     "server ended subscription %s: %s", frame.get("channel"), frame["reason"]
                 )
-                self._forget_subscription(frame["channel"], RequestError(403, frame["reason"]))
+                self._forget_subscription(frame["channel"], UnsubscribedError(frame["reason"]))
 
     def _dispatch(
         self, channel: object, events: Sequence[Tracked | Join | Leave], size: int = 0
@@ -249,6 +254,10 @@ class Link:
         resume = self._tracker.resume_from(channel)
         if resume is not None:
             frame["since"], frame["epoch"] = resume
+        elif (subscription := self._subscriptions.get(channel)) is not None and (
+            subscription.rewind is not None
+        ):
+            frame["rewind"] = subscription.rewind  # asked offline: the first subscribe
         return frame
 
     async def _send_publishes(self) -> None:

@@ -7,6 +7,7 @@ in the tracker's ``Backlog``.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Protocol
 
 import trio
@@ -39,6 +40,8 @@ class Subscription:
         self._wakeup = trio.Event()
         self._ended = False
         self._error: ClientError | None = None  # why it ended, when the server ended it
+        #: Asked with ``rewind``: sent with the first subscribe (also one made on connect).
+        self.rewind: int | None = None
 
     @property
     def skipped(self) -> int:
@@ -74,3 +77,27 @@ class Subscription:
         self._ended = True
         self._error = error
         self._wakeup.set()
+
+
+#: Subscriptions the server made that the application has not taken yet, at most.
+OFFERED_KEPT = 64
+
+
+class Offered:
+    """Subscriptions the server made (``Server.subscribe``), for the application to take in
+    order; at most :data:`OFFERED_KEPT` wait (older ones are still followed, just not
+    offered: ``client.subscriptions`` has them)."""
+
+    def __init__(self) -> None:
+        self._waiting: deque[Subscription] = deque(maxlen=OFFERED_KEPT)
+        self._wakeup = trio.Event()
+
+    def put(self, subscription: Subscription) -> None:
+        self._waiting.append(subscription)
+        self._wakeup.set()
+
+    async def take(self) -> Subscription:
+        while not self._waiting:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        return self._waiting.popleft()

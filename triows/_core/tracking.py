@@ -18,6 +18,8 @@ data in ``tests/vectors/tracking.json``, which this tracker and triows.js's both
   seqs (a ``drop_*`` policy), a ``gap`` the server reports on resume, or a new epoch (the
   numbering restarted: what was missed cannot be known). Gaps name exact ranges: never a seq
   this client published.
+- A first subscription with ``rewound: k`` (``rewind``) starts its cursor ``k`` below the
+  reply's seq: the rewound messages that follow are delivered, once, in order, then live.
 - A frame without what its rule needs (a channel, a whole-number seq, an epoch, a gap of two
   seqs) is ignored; ``recovered: null`` is no ``recovered`` field.
 """
@@ -87,6 +89,8 @@ class Join:
     channel: str
     client_id: str
     user_id: str | None
+    #: The connection's ``info`` (a JSON object its token or the server gave), if any.
+    info: dict[str, Any] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -96,6 +100,7 @@ class Leave:
     channel: str
     client_id: str
     user_id: str | None
+    info: dict[str, Any] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -106,6 +111,8 @@ class Presence:
     channel: str
     count: int
     members: tuple[tuple[str, str | None], ...] | None
+    #: Members' ``info`` by client id (those that have one).
+    info: dict[str, dict[str, Any]] = attrs.field(factory=dict)
 
 
 #: What a subscription yields.
@@ -230,6 +237,10 @@ class Tracker:
             return []  # malformed
         if cursor.epoch is None:  # the first subscription: live from here
             cursor.epoch, cursor.seq = epoch, seq
+            rewound = _seq(frame.get("rewound"))
+            if rewound is not None and rewound <= seq:
+                # The last ``rewound`` messages follow from history: start before them.
+                cursor.seq = seq - rewound
             cursor.settle()
             return []
         if epoch in cursor.left:

@@ -130,12 +130,25 @@ class Control:
         return await self._total(request, "subscribed")
 
     async def revoke(self, user: str, before: float | None = None) -> int:
-        request = {
-            "op": "revoke",
-            **target(user, None),
-            "before": self._wall_clock() if before is None else check_time(before, "before"),
-        }
+        start = self._wall_clock() if before is None else check_time(before, "before")
+        request = {"op": "revoke", **target(user, None), "before": start}
+        # Kept where a node started later finds it (Redis), then told to every node now.
+        lasts = start + self._access.revocations.ttl - self._wall_clock()
+        if lasts > 0:
+            await self._broker.share_revocation(user, start, lasts)
         return await self._total(request, "disconnected")
+
+    async def load_revocations(self) -> int:
+        """Take the revocations kept in Redis before this node started; how many."""
+        found = await self._broker.shared_revocations()
+        now = self._wall_clock()
+        for user, before in found:
+            try:
+                self._access.revocations.revoke(user, before, now)
+            except RevocationsFull:
+                log.warning("revocations full: %d kept ones not taken", len(found))
+                break
+        return len(found)
 
     async def history(
         self,

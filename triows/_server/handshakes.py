@@ -33,6 +33,10 @@ from .access import Access
 
 log = logging.getLogger("triows.server")
 
+#: With ``--demo`` and no authentication, the query parameter ``name`` names a connection (its
+#: ``info``, which presence shows), cut to this many characters.
+DEMO_NAME_LENGTH = 40
+
 
 class Handshakes:
     def __init__(
@@ -130,6 +134,10 @@ class Handshakes:
                 return self._access.verify_token(token)
             except AuthError as exc:
                 raise Rejected(401, str(exc)) from None
+        name = info.query.get("name") if config.demo else None
+        if name:
+            # The demo without authentication: a page names itself, for presence to show.
+            return Principal(info={"name": name[:DEMO_NAME_LENGTH]})
         return ANONYMOUS
 
 

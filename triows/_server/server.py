@@ -34,6 +34,7 @@ import trio
 from .._brokers.factory import open_broker
 from .._brokers.fanout import FanOut
 from .._brokers.presence import Presence
+from .._brokers.seam import BrokerUnavailableError
 from .._config import Config
 from .._core.admission import Admission, Stage
 from .._core.latency import histogram
@@ -247,6 +248,7 @@ class Server(PublicMethods):
                         failed=self._task_failed,
                     )
                 )
+                await self._load_revocations()
                 try:
                     async with trio.open_nursery() as connections:
                         self._connections_nursery = connections
@@ -262,6 +264,19 @@ class Server(PublicMethods):
             self._stopped.set()
             if started:  # a server that never listened did not stop either
                 log.info("stopped")
+
+    async def _load_revocations(self) -> None:
+        """Revocations made before this node started (kept in Redis), before it accepts
+        (not while Redis is away: the node serves without them rather than wait)."""
+        if not self.broker.up.value:
+            log.warning("revocations made before this start are unknown: Redis unreachable")
+            return
+        with trio.move_on_after(self.config.handshake_timeout):
+            try:
+                if await self.control.load_revocations():
+                    log.info("%d revocation(s) in force", len(self.access.revocations))
+            except BrokerUnavailableError:
+                log.warning("revocations made before this start are unknown: Redis unreachable")
 
     async def _accept(
         self,

@@ -342,9 +342,11 @@ export class Tracker {
     const gap = frame.gap ?? null;
     if (gap !== null && rangeOf(gap) === null) return []; // malformed
     if (c.epoch === null) {
-      // the first subscription: live from here
+      // the first subscription: live from here (with rewind: before the rewound messages)
       c.epoch = epoch;
       c.seq = seq;
+      const rewound = seqOf(frame.rewound);
+      if (rewound !== null && rewound <= seq) c.seq = seq - rewound;
       settle(c);
       return [];
     }
@@ -440,6 +442,12 @@ export class TriowsClient {
     this.pingInterval = this.options.pingMin;
     /** why the client closed (null while it is not closed) */
     this.closedReason = null;
+    /** the close code and reason of the server's last close (4000-4499: the client
+     *  reconnects; 4500-4999: it stopped); null until the server closes a connection */
+    this.closeCode = null;
+    this.closeReason = null;
+    /** channel -> rewind asked (sent with its first subscribe, also one made on connect) */
+    this._rewind = new Map();
     this._pongsInARow = 0;
     this._listeners = new Map();
     this._tracker = new Tracker();
@@ -464,7 +472,10 @@ export class TriowsClient {
   }
 
   /**
-   * Listen for "message", "gap", "recovered", "join", "leave", "state", "error".
+   * Listen for "message", "gap", "recovered", "join", "leave", "state", "error",
+   * "subscribed" (a subscription the server made: {channel, server: true}), "unsubscribed"
+   * (the server ended one: {channel, reason}) and "disconnected" (the server closed the
+   * connection: {code, reason, reconnect}).
    * @param {string} type @param {(detail: any) => void} listener
    * @returns {() => void} stops listening
    */
@@ -490,14 +501,17 @@ export class TriowsClient {
    * Follow a channel. Resolves with the server's `subscribed` reply, or with null while
    * offline (also when the connection drops before the reply): the subscription is then made
    * (and kept) on every reconnect. A refusal rejects with the server's code, and no answer
-   * within requestTimeout rejects with code 0; either way the channel is not followed.
-   * @param {string} channel @returns {Promise<object | null>}
+   * within requestTimeout rejects with code 0; either way the channel is not followed. With
+   * `rewind: N` the channel's last N messages (as many as its history holds) come first, as
+   * "message" events, then live ones; a reconnect resumes from the last one seen instead.
+   * @param {string} channel @param {{rewind?: number}} [options] @returns {Promise<object | null>}
    */
-  async subscribe(channel) {
+  async subscribe(channel, options = {}) {
     this._checkOpen();
     const followed = this._channels.has(channel);
     this._channels.add(channel);
     this._tracker.track(channel);
+    if (!followed && options.rewind !== undefined) this._rewind.set(channel, options.rewind);
     if (!this._live) return null;
     try {
       // The reply reaches the tracker in the frame handler, before any message after it.
@@ -578,6 +592,24 @@ export class TriowsClient {
     return { channel, count: reply.count, members: reply.members };
   }
 
+  /**
+   * A page of a channel's history (the token must allow subscribing to it): the messages
+   * after `since`, oldest first, or with `reverse` those before `since`, newest first ("load
+   * older": `since` = the oldest seq shown). Each message is as it was delivered.
+   * @param {string} channel @param {{limit?: number, since?: number, reverse?: boolean}} [options]
+   * @returns {Promise<{channel: string, epoch: string | null, seq: number, messages: object[]}>}
+   */
+  async history(channel, { limit = 100, since, reverse = false } = {}) {
+    this._checkOpen();
+    if (!this._live) throw new TriowsError("not connected");
+    const frame = { type: "history", channel, limit };
+    if (since !== undefined && since !== null) frame.since = since;
+    if (reverse) frame.reverse = true;
+    const reply = await this._request(frame);
+    if (reply === null) throw new TriowsError("connection lost");
+    return { channel, epoch: reply.epoch ?? null, seq: reply.seq, messages: reply.messages };
+  }
+
   /** Close cleanly (code 1000); pending publishes are rejected. */
   close() {
     return this._stop("client closed");
@@ -631,6 +663,7 @@ export class TriowsClient {
 
   _forget(channel) {
     this._channels.delete(channel);
+    this._rewind.delete(channel);
     this._tracker.untrack(channel);
   }
 
@@ -826,6 +859,13 @@ export class TriowsClient {
         if (conn.welcomed && code !== null && !WORKED.has(code)) {
           this._emit("error", { code, message: event.reason || "connection closed" });
         }
+        if (conn.welcomed && code !== null && code >= 4000 && code < 5000) {
+          // The server disconnected this client (Server.disconnect, revoke): said, with
+          // whether it connects again (the ranges: 4000-4499 yes, 4500-4999 no).
+          this.closeCode = code;
+          this.closeReason = event.reason || "";
+          this._emit("disconnected", { code, reason: this.closeReason, reconnect: code < 4500 });
+        }
         resolve({
           welcomed: conn.welcomed,
           status: conn.status,
@@ -896,6 +936,7 @@ export class TriowsClient {
     const frame = { type: "subscribe", channel, id: `${this._idPrefix}-s${++this._ids}` };
     const resume = this._tracker.resumeFrom(channel);
     if (resume) Object.assign(frame, resume);
+    else if (this._rewind.has(channel)) frame.rewind = this._rewind.get(channel);
     return frame;
   }
 
@@ -1001,6 +1042,14 @@ export class TriowsClient {
           this._resubscribed(conn, frame);
           return;
         }
+        if (frame.server === true && typeof frame.channel === "string" && !this._channels.has(frame.channel)) {
+          // A subscription the server made (Server.subscribe): followed as the app's own.
+          this._channels.add(frame.channel);
+          this._tracker.track(frame.channel);
+          this._onSubscribed(frame);
+          this._emit("subscribed", { channel: frame.channel, server: true });
+          return;
+        }
         // Applied here, in the frame handler: a message right behind the reply (in the
         // same read) must meet the cursor the reply set.
         this._onSubscribed(frame);
@@ -1009,7 +1058,12 @@ export class TriowsClient {
       case "join":
       case "leave":
         if (this._channels.has(frame.channel)) {
-          this._emit(frame.type, { channel: frame.channel, clientId: frame.clientId, userId: frame.userId ?? null });
+          this._emit(frame.type, {
+            channel: frame.channel,
+            clientId: frame.clientId,
+            userId: frame.userId ?? null,
+            info: frame.info ?? null,
+          });
         }
         return;
       case "error": {
@@ -1030,6 +1084,7 @@ export class TriowsClient {
       case "unsubscribed":
         if (!this._answer(frame) && frame.reason) {
           this._forget(frame.channel);
+          this._emit("unsubscribed", { channel: frame.channel, reason: frame.reason });
           this._emit("error", { code: 403, message: frame.reason, channel: frame.channel });
         }
         return;

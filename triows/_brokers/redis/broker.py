@@ -50,7 +50,7 @@ from ..seam import (
 )
 from .bridge import LINK_ERRORS, Confirmed, Event, LinkDown, Message, PubSubListener, RedisBridge
 from .commands import read_numbering
-from .control import ClusterControl, read_history
+from .control import ClusterControl, load_revocations, read_history, store_revocation
 from .feeds import ChannelFeeds
 from .link import Link
 from .publisher import Publisher
@@ -279,6 +279,18 @@ class RedisBroker(Broker):
 
     async def control(self, request: dict[str, Any], answer_within: float) -> list[dict[str, Any]]:
         return await self._cluster.request(request, answer_within)
+
+    async def share_revocation(self, user: str, before: float, ttl: float) -> None:
+        try:
+            await self._bridge.call(functools.partial(store_revocation, user, before, ttl))
+        except LINK_ERRORS:
+            raise BrokerUnavailableError("Redis is unreachable; nothing was revoked") from None
+
+    async def shared_revocations(self) -> list[tuple[str, float]]:
+        try:
+            return await self._bridge.call(load_revocations)
+        except LINK_ERRORS:
+            raise BrokerUnavailableError("Redis is unreachable") from None
 
     def unsubscribe(self, member: Subscriber, channel: str) -> bool:
         left = self.hub.unsubscribe(member, channel)

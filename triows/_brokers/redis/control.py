@@ -176,3 +176,41 @@ def _read_held(
         entry, at = fmt.parse_stream_entry(entry_id, fields, text)
         found.append((entry.seq, entry.payload, at))
     return int(seq or 0), text, found
+
+
+#: A revocation (``Server.revoke``) kept for nodes started later: its value is ``before``.
+REVOKED_PREFIX: Final = "triows:revoked:"
+#: Revocation keys read per SCAN step at a node's start.
+_SCAN_COUNT = 1000
+
+
+def store_revocation(user: str, before: float, ttl: float, client: redis.Redis) -> None:
+    """Keep ``user``'s revocation until it expires (``ttl`` seconds from now); a later one
+    that reaches further replaces it (the script keeps the larger ``before``)."""
+    client.eval(_STORE_SCRIPT, 1, REVOKED_PREFIX + user, repr(before), max(1, int(ttl * 1000)))
+
+
+_STORE_SCRIPT = """
+local held = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > held then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"""
+
+
+def load_revocations(client: redis.Redis) -> list[tuple[str, float]]:
+    """Every revocation kept, ``(user, before)``."""
+    found: list[tuple[str, float]] = []
+    keys = list(client.scan_iter(match=REVOKED_PREFIX + "*", count=_SCAN_COUNT))
+    for start in range(0, len(keys), _SCAN_COUNT):
+        chunk = keys[start : start + _SCAN_COUNT]
+        for key, value in zip(chunk, client.mget(chunk), strict=True):
+            if value is None:
+                continue  # expired meanwhile
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            try:
+                found.append((name[len(REVOKED_PREFIX) :], float(value)))
+            except ValueError:
+                continue  # not ours
+    return found

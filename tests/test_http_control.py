@@ -1,0 +1,262 @@
+"""The HTTP API's hands on connections and channels (/api/disconnect, unsubscribe, subscribe,
+revoke, history, channel, presence, channels) through a real HTTP client on real sockets: in
+one process, and across two nodes sharing a real Redis (asked on one node, acting on the
+other's connections)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+import triows
+
+from .conftest import SECRET, make_token
+
+pytestmark = pytest.mark.real_socket
+
+KEY = "test-api-key-0123456789"
+_names = itertools.count()
+
+
+def channel_name(prefix: str = "ctl") -> str:
+    """A channel no other test of the session uses (they may share one Redis)."""
+    return f"{prefix}-{time.time():.0f}-{next(_names)}"
+
+
+@asynccontextmanager
+async def nodes(count: int, **overrides: Any) -> AsyncIterator[list[triows.Server]]:
+    async with trio.open_nursery() as nursery:
+        servers: list[triows.Server] = []
+        for _ in range(count):
+            config = triows.Config(port=0, api_key=KEY, jwt_secret=SECRET, **overrides)
+            servers.append(await nursery.start(triows.serve, config))
+        for server in servers:
+            with trio.fail_after(10):
+                await server.broker.up.wait_value(True)
+        with trio.fail_after(30):
+            yield servers
+        for server in servers:
+            await server.aclose()
+
+
+def api(server: triows.Server) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", headers={"X-API-Key": KEY})
+
+
+class Ws:
+    """A WebSocket client on a real socket, frames as dicts."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.client_id = ""
+
+    async def receive(self) -> dict[str, Any]:
+        with trio.fail_after(10):
+            frame: dict[str, Any] = json.loads(await self.ws.get_message())
+            return frame
+
+    async def receive_type(self, kind: str) -> dict[str, Any]:
+        while True:
+            frame = await self.receive()
+            if frame["type"] == kind:
+                return frame
+
+    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        await self.ws.send_message(json.dumps(frame))
+        while True:
+            reply = await self.receive()
+            if reply["type"] not in ("message", "join", "leave"):
+                return reply
+
+    async def closed(self) -> tuple[int, str]:
+        with trio.fail_after(10):
+            try:
+                while True:
+                    await self.ws.get_message()
+            except ConnectionClosed as exc:
+                assert exc.reason is not None
+                return exc.reason.code, exc.reason.reason or ""
+
+
+@asynccontextmanager
+async def ws_client(server: triows.Server, user: str, **claims: Any) -> AsyncIterator[Ws]:
+    url = f"ws://127.0.0.1:{server.port}/?token={make_token(user, **claims)}"
+    async with open_websocket_url(url) as ws:
+        client = Ws(ws)
+        client.client_id = (await client.receive())["data"]["clientId"]
+        yield client
+
+
+async def post(http: httpx.AsyncClient, path: str, body: Any) -> tuple[int, Any]:
+    response = await http.post(path, json=body)
+    return response.status_code, response.json()
+
+
+async def test_each_endpoint_in_process() -> None:
+    channel = channel_name()
+    async with nodes(1, presence=["ctl-*"]) as (server,), api(server) as http:
+        async with ws_client(server, "alice", info={"name": "Alice"}) as alice:
+            async with ws_client(server, "bob") as bob:
+                await alice.request({"type": "subscribe", "channel": channel})
+                for n in range(3):
+                    status, _ = await post(http, "/api/publish", {"channel": channel, "data": n})
+                    assert status == 200
+                delivered = [await alice.receive_type("message") for _ in range(3)]
+                status, page = await post(
+                    http, "/api/history", {"channel": channel, "limit": 2, "reverse": True}
+                )
+                assert status == 200
+                assert page["messages"] == delivered[:0:-1]
+                assert page["seq"] == 3
+                status, state = await post(http, "/api/channel", {"channel": channel})
+                assert (status, state["seq"], state["subscribers"]) == (200, 3, 1)
+                assert state["epoch"] == page["epoch"]
+                status, found = await post(http, "/api/presence", {"channel": channel})
+                assert status == 200
+                assert found["members"] == [
+                    {"clientId": alice.client_id, "userId": "alice", "info": {"name": "Alice"}}
+                ]
+                listed = (await http.get("/api/channels")).json()
+                assert {c["channel"]: c["subscribers"] for c in listed["channels"]} == {channel: 1}
+                status, body = await post(
+                    http, "/api/subscribe", {"client": bob.client_id, "channel": channel}
+                )
+                assert (status, body) == (200, {"subscribed": 1})
+                reply = await bob.receive()
+                assert (reply["type"], reply["channel"], reply["server"]) == (
+                    "subscribed",
+                    channel,
+                    True,
+                )
+                status, body = await post(
+                    http, "/api/unsubscribe", {"user": "bob", "channel": channel, "reason": "r"}
+                )
+                assert (status, body) == (200, {"unsubscribed": 1})
+                assert await bob.receive() == {
+                    "type": "unsubscribed",
+                    "channel": channel,
+                    "reason": "r",
+                }
+                status, body = await post(
+                    http, "/api/disconnect", {"user": "bob", "code": 4000, "reason": "again"}
+                )
+                assert (status, body) == (200, {"disconnected": 1})
+                assert await bob.closed() == (4000, "again")
+            status, body = await post(http, "/api/revoke", {"user": "alice"})
+            assert (status, body) == (200, {"disconnected": 1})
+            assert await alice.closed() == (4601, "token revoked")
+
+
+BAD_BODIES = [
+    ("/api/disconnect", {}, "exactly one of 'user' and 'client'"),
+    ("/api/disconnect", {"user": "bob", "client": "x"}, "exactly one"),
+    ("/api/disconnect", {"user": "bob", "extra": 1}, "unknown field 'extra'"),
+    ("/api/disconnect", {"user": "bob", "code": 1000}, "code must be"),
+    ("/api/disconnect", {"user": "bob", "code": 4501}, "code must be"),
+    ("/api/disconnect", {"user": "bob", "reason": "x" * 500}, "reason"),
+    ("/api/disconnect", {"user": 5}, "'user' must be a string"),
+    ("/api/unsubscribe", {"user": "bob"}, "missing field 'channel'"),
+    ("/api/unsubscribe", {"user": "bob", "channel": "a b"}, "channel name"),
+    ("/api/subscribe", {"channel": "ok"}, "exactly one"),
+    ("/api/subscribe", {"user": "bob", "channel": "*"}, "channel name"),
+    ("/api/revoke", {}, "missing field 'user'"),
+    ("/api/revoke", {"user": "bob", "before": "now"}, "unix seconds"),
+    ("/api/history", {"channel": "ok", "limit": 1001}, "cap"),
+    ("/api/history", {"channel": "ok", "reverse": "yes"}, "reverse"),
+    ("/api/history", {"channel": "ok", "since": -1}, "since"),
+    ("/api/channel", {"channel": "ok", "seq": 1}, "unknown field 'seq'"),
+    ("/api/presence", {"channel": "ok"}, "presence is off"),
+]
+
+
+async def test_bad_input_is_400_with_the_reason_and_changes_nothing() -> None:
+    async with nodes(1) as (server,), api(server) as http:
+        async with ws_client(server, "bob") as bob:
+            await bob.request({"type": "subscribe", "channel": "ok"})
+            for path, body, reason in BAD_BODIES:
+                status, answer = await post(http, path, body)
+                assert status == 400, (path, body, answer)
+                assert reason in answer["error"], (path, body, answer)
+            # Not JSON, not an object.
+            response = await http.post("/api/disconnect", content=b"[1]")
+            assert response.status_code == 400
+            # Nothing was applied: bob is still connected and subscribed, not revoked.
+            assert (await bob.request({"type": "ping"}))["type"] == "pong"
+            state = (await http.post("/api/channel", json={"channel": "ok"})).json()
+            assert state["subscribers"] == 1
+            assert len(server.access.revocations) == 0
+        # Without the key: 401, nothing done.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as anonymous:
+            response = await anonymous.post("/api/disconnect", json={"user": "bob"})
+            assert response.status_code == 401
+
+
+async def test_each_endpoint_acts_on_the_whole_cluster(redis_url: str) -> None:
+    """Asked on node B, acting on (and reading) what node A holds."""
+    channel = channel_name()
+    alice_name = channel_name("alice")  # its revocation stays in the session's Redis
+    async with nodes(2, redis_url=redis_url, presence=["ctl-*"]) as (a, b), api(b) as http:
+        async with ws_client(a, alice_name, info={"name": "Alice"}) as alice:
+            await alice.request({"type": "subscribe", "channel": channel})
+            async with ws_client(a, "carol") as carol:
+                for n in range(3):
+                    status, _ = await post(http, "/api/publish", {"channel": channel, "data": n})
+                    assert status == 200
+                delivered = [await alice.receive_type("message") for _ in range(3)]
+                status, page = await post(http, "/api/history", {"channel": channel, "since": 1})
+                assert (status, page["messages"]) == (200, delivered[1:])
+                status, state = await post(http, "/api/channel", {"channel": channel})
+                assert (status, state["seq"], state["subscribers"]) == (200, 3, 1)
+                status, found = await post(http, "/api/presence", {"channel": channel})
+                assert status == 200
+                assert [m["info"] for m in found["members"]] == [{"name": "Alice"}]
+                listed = (await http.get("/api/channels")).json()["channels"]
+                assert {"channel": channel, "subscribers": 1, "seq": 3} in [
+                    {k: c[k] for k in ("channel", "subscribers", "seq")} for c in listed
+                ]
+                status, body = await post(
+                    http, "/api/subscribe", {"user": "carol", "channel": channel}
+                )
+                assert (status, body) == (200, {"subscribed": 1})
+                reply = await carol.receive()
+                assert (reply["type"], reply["server"]) == ("subscribed", True)
+                status, body = await post(
+                    http, "/api/unsubscribe", {"user": "carol", "channel": channel}
+                )
+                assert (status, body) == (200, {"unsubscribed": 1})
+                assert (await carol.receive_type("unsubscribed"))["channel"] == channel
+                status, body = await post(http, "/api/disconnect", {"client": carol.client_id})
+                assert (status, body) == (200, {"disconnected": 1})
+                assert (await carol.closed())[0] == 4600
+            status, body = await post(http, "/api/revoke", {"user": alice_name})
+            assert (status, body) == (200, {"disconnected": 1})
+            assert await alice.closed() == (4601, "token revoked")
+        # The revocation holds on every node: a's handshake refuses the old token...
+        old = int(time.time()) - 5
+        with pytest.raises(ConnectionRejected) as refused:
+            async with ws_client(a, alice_name, iat=old):
+                pass
+        assert refused.value.status_code == 401
+    # ... and on a node started after it (kept in Redis), which takes a newer token.
+    async with nodes(1, redis_url=redis_url) as (late,):
+        assert len(late.access.revocations) >= 1
+        with pytest.raises(ConnectionRejected) as refused:
+            async with ws_client(late, alice_name, iat=old):
+                pass
+        assert refused.value.status_code == 401
+        async with ws_client(late, alice_name, iat=int(time.time()) + 5) as again:
+            assert (await again.request({"type": "ping"}))["type"] == "pong"
