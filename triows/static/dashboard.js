@@ -16,7 +16,11 @@
   const STORE = "triows.dashboard.key";
   const HOUR = 3600;
   const PAGE = 20; // history messages per page
-  const CHANNELS_EVERY = 3; // seconds between two channel listings (and channel refreshes)
+  const CHANNELS_EVERY = 3; // seconds between two refreshes of an open channel, and at least
+  // between two channel listings: a listing reads every channel of every node, so with more
+  // than a thousand channels it comes 3 s later per thousand (at most every 5 minutes).
+  let listEvery = CHANNELS_EVERY;
+  let listedAt = 0;
   const $ = (id) => document.getElementById(id);
 
   let key = sessionStorage.getItem(STORE);
@@ -363,6 +367,7 @@
   let shownEpoch = null;
 
   async function listChannels() {
+    listedAt = ticks;
     let answer;
     try {
       answer = await api("GET", "/api/channels?limit=20");
@@ -370,6 +375,7 @@
       $("channels-note").textContent = `channels: ${error.message}`;
       return;
     }
+    listEvery = Math.min(300, CHANNELS_EVERY * Math.max(1, Math.ceil(answer.total / 1000)));
     const now = performance.now() / 1000;
     const rows = answer.channels.map((c) => {
       let rate = null;
@@ -392,7 +398,8 @@
     $("channel-table").hidden = rows.length === 0;
     $("channels-empty").hidden = rows.length > 0;
     $("channels-note").textContent =
-      answer.total > rows.length ? `${rows.length} busiest of ${answer.total} channels, by subscribers` : "";
+      (answer.total > rows.length ? `${rows.length} busiest of ${answer.total} channels, by subscribers. ` : "") +
+      (listEvery > CHANNELS_EVERY ? `Listed every ${UNITS.duration(listEvery)} (many channels).` : "");
   }
 
   function message(item) {
@@ -647,7 +654,11 @@
 
   // -- running ---------------------------------------------------------------------------------
 
+  let polling = false; // one poll at a time: a slow answer delays the next, never piles up
+
   async function tick() {
+    if (polling) return;
+    polling = true;
     ticks += 1;
     try {
       take(await api("GET", "/stats?history=5"));
@@ -656,10 +667,9 @@
     } catch (error) {
       if (error.status !== 401) $("server").textContent = `not updated: ${error.message}`;
     }
-    if (ticks % CHANNELS_EVERY === 0) {
-      listChannels();
-      if (openChannel !== null) refreshDetail();
-    }
+    polling = false;
+    if (ticks - listedAt >= listEvery) listChannels();
+    if (ticks % CHANNELS_EVERY === 0 && openChannel !== null) refreshDetail();
   }
 
   async function start() {
