@@ -260,3 +260,34 @@ async def test_each_endpoint_acts_on_the_whole_cluster(redis_url: str) -> None:
         assert refused.value.status_code == 401
         async with ws_client(late, alice_name, iat=int(time.time()) + 5) as again:
             assert (await again.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_a_node_that_does_not_answer_is_left_out_in_bounded_time(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node that got the control request (it holds the control channel) but never answers
+    costs the request half of handshake_timeout, not the request: the others' total comes."""
+    import redis
+
+    from triows._brokers.redis.control import CONTROL_CHANNEL
+
+    mute = redis.Redis.from_url(redis_url)
+    listener = mute.pubsub()
+    listener.subscribe(CONTROL_CHANNEL)  # a "node" that hears requests and never answers
+    try:
+        async with (
+            nodes(1, redis_url=redis_url, handshake_timeout=2) as (server,),
+            api(server) as http,
+        ):
+            async with ws_client(server, channel_name("dora")) as dora:
+                user = "nobody-" + channel_name()
+                status, body = await post(http, "/api/disconnect", {"client": dora.client_id})
+                assert (status, body) == (200, {"disconnected": 1})
+                assert await dora.closed() == (4600, "disconnected by the server")
+                # It waited for the mute node (half of handshake_timeout), and said so.
+                assert "disconnect: 1 of 2 nodes answered in 1s" in caplog.text
+                status, body = await post(http, "/api/disconnect", {"user": user})
+                assert (status, body) == (200, {"disconnected": 0})
+    finally:
+        listener.close()
+        mute.close()

@@ -281,3 +281,24 @@ async def test_rewind_while_the_channel_moves_loses_and_doubles_nothing(redis_ur
             first = reply["seq"] - reply["rewound"] + 1
             assert reply["rewound"] >= 10
             assert got == list(range(first, last + 1))
+
+
+async def test_info_travels_with_presence_between_nodes(redis_url: str) -> None:
+    """A member's info, from its token, in the other node's joins, leaves and answers."""
+    from .conftest import SECRET, make_token
+
+    channel = channel_name("room")
+    options: dict[str, Any] = {"jwt_secret": SECRET, "presence": ["room-*"]}
+    async with open_node(redis_url, **options) as a, open_node(redis_url, **options) as b:
+        async with b.connect(token=make_token("bob")) as bob:
+            await bob.request({"type": "subscribe", "channel": channel})
+            token = make_token("ann", info={"name": "Ann"})
+            async with a.connect(token=token) as ann:
+                await ann.request({"type": "subscribe", "channel": channel})
+                join = await bob.receive_type("join")
+                assert (join["userId"], join["info"]) == ("ann", {"name": "Ann"})
+                answer = await bob.request({"type": "presence", "channel": channel})
+                infos = {m["userId"]: m.get("info") for m in answer["members"]}
+                assert infos == {"ann": {"name": "Ann"}, "bob": None}
+            leave = await bob.receive_type("leave")
+            assert (leave["userId"], leave["info"]) == ("ann", {"name": "Ann"})

@@ -20,7 +20,14 @@ from ._config import Authenticate, Authorize, Config, Rejected
 from ._core.auth import Action, Principal
 from ._core.handshake import HandshakeRequest
 from ._core.outbox import SlowConsumerPolicy
-from ._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistics
+from ._ops.view import (
+    ChannelInfo,
+    ChannelStatistics,
+    ConnectionStatistics,
+    ControlFailed,
+    HistoryResult,
+    ServerStatistics,
+)
 from ._server.server import Server, serve
 
 if _TYPE_CHECKING:
@@ -45,10 +52,13 @@ __all__ = [
     "Authorize",
     "BrokerStatistics",
     "BrokerUnavailableError",
+    "ChannelInfo",
     "ChannelStatistics",
     "Config",
     "ConnectionStatistics",
+    "ControlFailed",
     "HandshakeRequest",
+    "HistoryResult",
     "OutcomeUnknownError",
     "Principal",
     "Published",
