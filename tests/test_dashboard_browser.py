@@ -248,6 +248,13 @@ def test_a_channel_opened_and_a_disconnect_from_the_page_with_its_code(
         assert client_id in card
         assert "chat.room" in card
         assert "127.0.0.1:" in card
+        # Unsubscribe, confirmed: the client is told, and the card shows no subscription.
+        evaluate(browser, page, "() => document.querySelector('[data-unsubscribe]').click()")
+        wait_for(browser, page, "document.getElementById('confirm').open")
+        evaluate(browser, page, "() => document.getElementById('confirm-form').requestSubmit()")
+        told = json.loads(ws.recv(timeout=10))
+        assert (told["type"], told["channel"]) == ("unsubscribed", "chat.room"), told
+        wait_for(browser, page, "document.querySelector('[data-unsubscribe]') === null")
         # The button asks first: nothing happens until the confirmation.
         evaluate(browser, page, "() => document.querySelector('[data-disconnect]').click()")
         wait_for(browser, page, "document.getElementById('confirm').open")
