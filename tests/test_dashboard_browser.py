@@ -11,7 +11,9 @@ copy of one).
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,9 +32,24 @@ pytestmark = pytest.mark.real_socket
 __all__ = ["browser"]  # the fixture, shared with the demo's tests
 
 
+class DashboardServer(Server):
+    """Ready when it answers /health: a server over its memory limit is never /ready."""
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("triows did not start")
+
+
 @contextmanager
 def dashboard_server(*extra: str) -> Iterator[Server]:
-    server = Server(free_port(), list(extra))
+    server = DashboardServer(free_port(), list(extra))
     server.start()
     try:
         yield server
@@ -282,8 +299,12 @@ def test_a_channel_opened_and_a_disconnect_from_the_page_with_its_code(
         )
 
 
-def test_the_dashboard_fits_a_phone_in_the_dark(browser: Browser) -> None:
-    with dashboard_server() as server:
+def test_the_dashboard_fits_a_phone_in_the_dark_and_marks_the_memory_guard(
+    browser: Browser,
+) -> None:
+    """At 390 px nothing spills sideways, in the dark theme; a server over its memory limit
+    (1 MiB: always) shows the guard's band on every chart and in its badge."""
+    with dashboard_server("--memory-limit", "1MiB") as server:
         page = signed_in(browser, server, width=390, height=844, dark=1)
         wait_for(browser, page, "document.querySelectorAll('figure.chart').length === 7")
         wait_for(browser, page, "document.querySelector('[data-chart=rss]').dataset.last > 0")
@@ -295,11 +316,15 @@ def test_the_dashboard_fits_a_phone_in_the_dark(browser: Browser) -> None:
               dark: matchMedia("(prefers-color-scheme: dark)").matches,
               background: getComputedStyle(document.body).backgroundColor,
               empty: document.getElementById("channels-empty").textContent.trim(),
+              bands: document.querySelectorAll("figure.chart rect.memory").length,
+              badge: document.getElementById("broker").textContent,
             })""",
         )
         assert layout["width"] <= 390, layout
         assert layout["dark"], layout
         assert layout["background"] == "rgb(15, 18, 22)", layout
         assert layout["empty"].startswith("No channels yet: publish to one"), layout
+        assert layout["bands"] == 7, layout
+        assert layout["badge"].endswith("memory limit"), layout
         OUTPUT.mkdir(exist_ok=True)
         browser(cmd="screenshot", page=page, path=str(OUTPUT / "dashboard-phone.png"))
