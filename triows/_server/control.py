@@ -34,8 +34,9 @@ from .connection import Connection
 
 log = logging.getLogger("triows.server")
 
-#: Connections acted on between two checkpoints.
+#: Connections acted on, and channels listed, between two checkpoints.
 CONNECTIONS_PER_STEP = 500
+CHANNELS_PER_STEP = 2000
 #: Longest ``reason`` sent with a disconnect (a close frame holds 123 bytes of it).
 MAX_REASON = 120
 #: Longest user id or client id a request may name.
@@ -220,14 +221,16 @@ class Control:
         """Serve a control request on this node's connections; its answer."""
         op = request.get("op")
         if op == "channels":
-            hub = self._broker.hub
             # History held here (in process); with Redis it is in the streams: not counted.
             local = self._broker.statistics().kind == "memory"
-            listed = [
-                [s.name, len(s.members), s.seq, s.epoch, s.published]
-                + ([len(s.history)] if local else [])
-                for s in hub.channels()
-            ]
+            listed: list[list[Any]] = []
+            for index, held in enumerate(list(self._broker.hub.channels())):
+                if index % CHANNELS_PER_STEP == CHANNELS_PER_STEP - 1:
+                    await trio.lowlevel.checkpoint()  # many channels must not stall the rest
+                listed.append(
+                    [held.name, len(held.members), held.seq, held.epoch, held.published]
+                    + ([len(held.history)] if local else [])
+                )
             return {"channels": listed}
         if op == CONNECTIONS:  # the dashboard's lookup
             return connections_answer(self._targets(request), trio.current_time())
