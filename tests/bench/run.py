@@ -157,6 +157,7 @@ def fanout(
     window: int = 16,
     redis_pid: int | None = None,
     scrape: bool = False,
+    dashboard: bool = False,
 ) -> dict[str, float]:
     port = free_port()
     server = start_server(kind, port, extra)
@@ -164,7 +165,7 @@ def fanout(
         time.sleep(1.0)  # every worker listening, not only the first
     pids = process_tree(server.pid)
     try:
-        with scraping(port, scrape):
+        with scraping(port, scrape), dashboard_open(port, dashboard):
             result, cpu, redis_cpu = drive(
                 [
                     "fanout",
@@ -220,6 +221,89 @@ def scraping(port: int, enabled: bool) -> Iterator[None]:
         thread.join()
     if failures:
         raise RuntimeError(f"scraping failed: {failures[0]}")
+
+
+#: The key the dashboard cost runs give the server (the dashboard is on only with a key).
+DASHBOARD_KEY = "bench-dashboard-key-0123456789"
+
+
+@contextlib.contextmanager
+def dashboard_open(port: int, enabled: bool) -> Iterator[None]:
+    """While enabled: what an open dashboard page asks, in a thread of this process: the
+    monitor's last hour once, then ``/stats?history=5`` every second and ``/api/channels``
+    every other second, with the API key."""
+    if not enabled:
+        yield
+        return
+    done = threading.Event()
+    failures: list[BaseException] = []
+    headers = {"X-API-Key": DASHBOARD_KEY}
+
+    def get(path: str) -> None:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            answer.read()
+
+    def poll() -> None:
+        try:
+            get("/stats?history=3600")
+            tick = 0
+            while not done.wait(1.0):
+                tick += 1
+                get("/stats?history=5")
+                if tick % 2 == 0:
+                    get("/api/channels?limit=20")
+        except OSError as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    if failures:
+        raise RuntimeError(f"the dashboard's polling failed: {failures[0]}")
+
+
+def dashboard_cost(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    """triows with a dashboard open against none, interleaved runs in one invocation (both
+    with the API key set): fan-out to 1000 subscribers, and publish→ack (request→reply)."""
+    runs = max(args.repeat, 3)
+    rows: dict[str, dict[str, list[float]]] = {"closed": {}, "open": {}}
+    extra = ["--api-key", DASHBOARD_KEY]
+    for _ in range(runs):
+        for setting in ("closed", "open"):
+            on = setting == "open"
+            fan = fanout("triows", 1000, args.warmup, args.measure, extra=extra, dashboard=on)
+            rpc = request_reply("triows", 50, args.warmup, args.measure, extra=extra, dashboard=on)
+            row = rows[setting]
+            row.setdefault("fanout_deliveries_per_s", []).append(fan["deliveries_per_s"])
+            row.setdefault("fanout_per_cpu_second", []).append(fan["per_cpu_second"])
+            row.setdefault("fanout_p99_ms", []).append(fan["p99_ms"])
+            row.setdefault("replies_per_s", []).append(rpc["replies_per_s"])
+            row.setdefault("replies_per_cpu_second", []).append(rpc["per_cpu_second"])
+            row.setdefault("ack_p50_ms", []).append(rpc["p50_ms"])
+            row.setdefault("ack_p99_ms", []).append(rpc["p99_ms"])
+    section = figures["dashboard"] = {
+        setting: {name: statistics.median(values) for name, values in row.items()}
+        for setting, row in rows.items()
+    }
+    print(f"\ndashboard open / closed, medians of {runs} (spread: (max - min) / median):")
+    for name in rows["closed"]:
+        ratio = section["open"][name] / section["closed"][name]
+        section[f"ratio_{name}"] = ratio
+        spread = {
+            setting: (max(row[name]) - min(row[name])) / statistics.median(row[name])
+            for setting, row in rows.items()
+        }
+        section[f"spread_{name}"] = spread
+        print(
+            f"  {name:24} closed {section['closed'][name]:>10,.2f} ±{spread['closed']:4.0%}  "
+            f"open {section['open'][name]:>10,.2f} ±{spread['open']:4.0%}  {ratio:.3f}x",
+            flush=True,
+        )
 
 
 def metrics_cost(args: argparse.Namespace, figures: dict[str, Any]) -> None:
@@ -289,13 +373,14 @@ def against(
     timeout: float,
     extra: list[str] | None = None,
     scrape: bool = False,
+    dashboard: bool = False,
 ) -> tuple[dict[str, Any], float]:
     """Start one ``kind`` server, run the generator in ``generator_mode`` against it; returns
     the generator's result and the server's CPU seconds over the measured window."""
     port = free_port()
     server = start_server(kind, port, extra, mode=mode)
     try:
-        with scraping(port, scrape):
+        with scraping(port, scrape), dashboard_open(port, dashboard):
             result, cpu, _ = drive(
                 [generator_mode, f"ws://127.0.0.1:{port}/", kind, *arguments],
                 process_tree(server.pid),
@@ -314,6 +399,7 @@ def request_reply(
     *,
     extra: list[str] | None = None,
     scrape: bool = False,
+    dashboard: bool = False,
 ) -> dict[str, float]:
     result, cpu = against(
         kind,
@@ -323,6 +409,7 @@ def request_reply(
         timeout=warmup + measure + 120,
         extra=extra,
         scrape=scrape,
+        dashboard=dashboard,
     )
     return {
         "replies_per_s": result["replies"] / result["seconds"],
@@ -626,8 +713,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument(
         "--only",
-        choices=("single", "cluster", "metrics"),
-        help="run one part (default: single and cluster; metrics: the cost of metrics)",
+        choices=("single", "cluster", "metrics", "dashboard"),
+        help="run one part (default: single and cluster; metrics: the cost of metrics; "
+        "dashboard: the cost of an open dashboard)",
     )
     parser.add_argument(
         "--scale", action="store_true", help="only the scale mode: idle connections at scale"
@@ -648,11 +736,14 @@ def main() -> None:
         "paced": {},
         "cluster": {},
         "metrics": {},
+        "dashboard": {},
     }
     if args.scale:
         scale(args, figures)
     elif args.only == "metrics":
         metrics_cost(args, figures)
+    elif args.only == "dashboard":
+        dashboard_cost(args, figures)
     else:
         if args.only != "cluster":
             single(args, figures)

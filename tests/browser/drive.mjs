@@ -8,7 +8,7 @@
 //   {"cmd": "members"}                               each page's presence list
 //   {"cmd": "close", "page": 1}                      close a page
 //   {"cmd": "screenshot", "page": 0, "path": "..."}
-//   {"cmd": "page", "url": "...", "width": 390, "height": 844}   one more page; its index
+//   {"cmd": "page", "url": "...", "width": 390, "height": 844, "dark": 1}   one more page; its index
 //   {"cmd": "eval", "page": 2, "js": "async (arg) => ...", "arg": ...}   run JS, its result
 //   {"cmd": "waitfor", "page": 2, "js": "window.x > 1", "ms": 10000}   until the expression is truthy
 //   {"cmd": "quit"}
@@ -91,7 +91,10 @@ async function run(command) {
         .catch(() => null); // the caller sees the view and says what is wrong
       return { views: [await view(pages[command.page])] };
     case "page": {
-      const page = await browser.newPage({ viewport: { width: command.width ?? 900, height: command.height ?? 560 } });
+      const page = await browser.newPage({
+        viewport: { width: command.width ?? 900, height: command.height ?? 560 },
+        colorScheme: command.dark ? "dark" : "light",
+      });
       page.on("pageerror", (error) => answer({ pageerror: String(error) }));
       await page.goto(command.url);
       pages.push(page);
@@ -99,9 +102,16 @@ async function run(command) {
     }
     case "eval":
       return { value: await pages[command.page].evaluate(`(${command.js})(${JSON.stringify(command.arg ?? null)})`) };
-    case "waitfor":
-      await pages[command.page].waitForFunction(command.js, null, { timeout: command.ms ?? 10000 });
-      return { ok: true };
+    case "waitfor": {
+      // Polled through evaluate (the DevTools protocol), not waitForFunction: a page with a
+      // content security policy without 'unsafe-eval' (the dashboard) refuses the latter.
+      const deadline = Date.now() + (command.ms ?? 10000);
+      for (;;) {
+        if (await pages[command.page].evaluate(command.js)) return { ok: true };
+        if (Date.now() > deadline) throw new Error(`timed out waiting for: ${command.js}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
     case "quit":
       await browser.close();
       process.exit(0);

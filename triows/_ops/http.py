@@ -17,6 +17,8 @@ path                 method   answer
 ``/api/channels``    GET      channels with subscriber counts (every node's)
 ``/api/...``         POST     disconnect, unsubscribe, subscribe, revoke, history, channel,
                               presence (:mod:`triows._ops.control_api`)
+``/api/connections`` POST     ``{"user"}`` or ``{"client"}`` → its connections (dashboard)
+``/dashboard``       GET      the dashboard page (only with an API key: it uses the API)
 ===================  =======  ==========================================================
 
 The ``/api/`` paths need ``X-API-Key`` and exist only when ``api_key`` is set (404 otherwise,
@@ -46,6 +48,7 @@ from .._net.streams import PlainRequest, answer
 from .answers import Handler, HttpError, Response, json_response
 from .api import PublishApi
 from .control_api import ControlApi
+from .dashboard import Dashboard
 from .figures import Figures
 from .monitor import Monitor
 from .static import static_file
@@ -74,7 +77,10 @@ class HttpEndpoints:
             self.routes["/api/channels"] = ("GET", control.channels, True)
             for path, handler in control.routes().items():
                 self.routes[path] = ("POST", handler, True)
+            self.routes.update(Dashboard(view).routes())  # the page speaks through the API
         else:
+            for path in ("/dashboard", "/dashboard.js", "/dashboard.css", "/api/connections"):
+                self._off[path] = "the dashboard is off: start the server with --api-key"
             for path in ("/api/publish", "/api/broadcast", "/api/channels", *control.routes()):
                 self._off[path] = "the HTTP API is off: start the server with --api-key"
         if config.metrics:

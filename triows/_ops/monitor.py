@@ -60,6 +60,10 @@ class Sample:
     lag_p50: float | None
     lag_p95: float | None
     lag_p99: float | None
+    #: Marks for the time axis (the dashboard): whether the broker took publications at this
+    #: sample, and whether the memory guard refused new connections.
+    broker_up: bool = True
+    memory_limited: bool = False
 
 
 class _Interval:
@@ -141,6 +145,8 @@ class Monitor:
                 lag_p50=lag[0],
                 lag_p95=lag[1],
                 lag_p99=lag[2],
+                broker_up=bool(broker.up.value),
+                memory_limited=view.memory_guard.over,
             )
             self.samples.append(sample)
             self._warn(sample)

@@ -19,9 +19,19 @@ import attrs
 from .._brokers.fanout import FanOut, Subscriber
 from .._brokers.seam import Broker, BrokerStatistics, Published
 from .._config import Config
+from .._core.auth import Principal
 from .._core.hub import ChannelState, Hub
 from .._core.latency import LatencyHistogram
 from .._core.memory_guard import MemoryGuard
+
+
+class Connected(Protocol):
+    """A connection as the operations surface sees it (the dashboard's lookup)."""
+
+    client_id: str
+    principal: Principal
+
+    def statistics(self, now: float) -> ConnectionStatistics: ...
 
 
 class ServerView(Protocol):
@@ -185,6 +195,8 @@ class ConnectionStatistics:
     queued_frames: int
     queued_bytes: int
     dropped: int
+    #: The server (node, worker) that holds it.
+    server_id: str = ""
 
 
 @attrs.frozen(kw_only=True)

@@ -72,6 +72,7 @@ class Connection(Requests):
             queued_frames=len(outbox),
             queued_bytes=outbox.queued_bytes,
             dropped=outbox.dropped,
+            server_id=self._host.server_id,
         )
 
     def __repr__(self) -> str:

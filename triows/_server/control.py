@@ -27,6 +27,7 @@ from .._core.frames import text_payload
 from .._core.history import DEFAULT_HISTORY_LIMIT
 from .._core.names import validate_channel
 from .._core.revocations import RevocationsFull
+from .._ops.dashboard import CONNECTIONS, connections_answer
 from .._ops.view import ChannelInfo, ControlFailed, HistoryResult
 from .access import Access
 from .connection import Connection
@@ -194,13 +195,17 @@ class Control:
         """Every node's channels with their subscribers here and there, summed."""
         merged: dict[str, dict[str, Any]] = {}
         for answer in await self._broker.control({"op": "channels"}, self._timeout):
-            for name, subscribers, seq, epoch in answer.get("channels", ()):
+            for name, subscribers, seq, epoch, *counts in answer.get("channels", ()):
                 entry = merged.setdefault(
                     name, {"channel": name, "subscribers": 0, "seq": seq, "epoch": epoch}
                 )
                 entry["subscribers"] += subscribers
                 if seq > entry["seq"]:
                     entry["seq"], entry["epoch"] = seq, epoch
+                # What the dashboard adds: publications seen and history held by the node
+                # that saw the most (every node following a channel sees its publications).
+                for key, value in zip(("published", "history"), counts, strict=False):
+                    entry[key] = max(entry.get(key, 0), value)
         return list(merged.values())
 
     async def _total(self, request: dict[str, Any], key: str) -> int:
@@ -216,12 +221,19 @@ class Control:
         """Serve a control request on this node's connections; its answer."""
         op = request.get("op")
         if op == "channels":
+            # History held here (in process); with Redis it is in the streams: not counted.
+            local = self._broker.statistics().kind == "memory"
             listed: list[list[Any]] = []
             for index, held in enumerate(list(self._broker.hub.channels())):
                 if index % CHANNELS_PER_STEP == CHANNELS_PER_STEP - 1:
                     await trio.lowlevel.checkpoint()  # many channels must not stall the rest
-                listed.append([held.name, len(held.members), held.seq, held.epoch])
+                listed.append(
+                    [held.name, len(held.members), held.seq, held.epoch, held.published]
+                    + ([len(held.history)] if local else [])
+                )
             return {"channels": listed}
+        if op == CONNECTIONS:  # the dashboard's lookup
+            return connections_answer(self._targets(request), trio.current_time())
         if op == "subscribers":
             state = self._broker.hub.channel(request["channel"])
             return {"subscribers": 0 if state is None else len(state.members)}
