@@ -187,9 +187,17 @@ def publish(port: int, channel: str, text: str, key: str, deadline: float) -> in
             time.sleep(0.05)
 
 
+#: A page's notice that it reconnected and resubscribed: what it missed, or nothing missed.
+RECONNECTED = (
+    'document.querySelectorAll("#messages li.notice.gap, #messages li.notice.recovered")'
+    ".length >= 1"
+)
+
+
 def run_chat(browser: Browser, server: Server, channel: str) -> tuple[list[int], list[Any]]:
     """Two pages chat; Python publishes 30 messages while the server is killed and restarted
-    and page 1's socket is cut. Returns the seqs Python got and the pages' final views."""
+    (after the 10th; the last 15 once both pages are back) and page 1's socket is cut (after
+    the 20th). Returns the seqs Python got and the pages' final views."""
     url = f"http://127.0.0.1:{server.port}/demo"
     opened = browser(cmd="open", url=url, channel=channel)
     assert [v["state"] for v in opened["views"]] == ["open", "open"]
@@ -203,6 +211,12 @@ def run_chat(browser: Browser, server: Server, channel: str) -> tuple[list[int],
         if n == 10:
             server.kill()
             server.start()
+        if n == 15:
+            # Some were published while the pages were away; the rest only once each page
+            # is back (its "missed" or "nothing missed" notice), so they follow the reconnect
+            # however slow it is under load.
+            for page in (0, 1):
+                browser(cmd="waitfor", page=page, js=RECONNECTED, ms=30000, timeout=40)
         if n == 20:
             browser(cmd="cut", page=1)
         seqs.append(publish(server.port, channel, f"m{n}", f"{channel}-{n}", deadline))

@@ -173,6 +173,15 @@ def test_the_refused_token_snippet_catches_client_closed_error(jwt_server_port: 
     assert result.stderr == ""
 
 
+def test_the_load_then_subscribe_recipe_shows_every_order(server_port: int) -> None:
+    """docs/delivery.md's recipe: the order saved while the page loaded comes by the
+    subscription from the position, and the one in the state is shown once."""
+    (code,) = [c for p, c in PYTHON if p == "delivery.md" and "render_orders" in c]
+    result = run_program(code, server_port, seconds=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[1, 2]\n"
+
+
 SERVERS = [(p, c) for p, c in PYTHON if "triows.serve" in c]
 
 

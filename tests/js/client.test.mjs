@@ -583,6 +583,34 @@ test("subscribe with rewind: the rewound messages come first, once; a reconnect 
   assert.equal(again.since, 11);
 });
 
+test("subscribe from a position (load state, then subscribe): a resume from it, or every held message", async (t) => {
+  useFakes(t);
+  const { c, ws, of } = await opened();
+  const done = c.subscribe("orders", { since: 7, epoch: "e1" });
+  await settle();
+  const sent = ws.of("subscribe")[0];
+  assert.deepEqual([sent.since, sent.epoch, sent.rewind], [7, "e1", undefined]);
+  ws.receive({ ...subscribed("orders", 9, { recovered: true }), id: sent.id });
+  for (const seq of [7, 8, 9, 9, 10]) ws.receive(message("orders", seq));
+  await done;
+  assert.deepEqual(of("message").map((m) => m.seq), [8, 9, 10]);
+  // Its history expired meanwhile: the exact gap, then what is held.
+  const late = c.subscribe("late", { since: 2, epoch: "e1" });
+  await settle();
+  const asked = ws.of("subscribe")[1];
+  ws.receive({ ...subscribed("late", 9, { recovered: false, gap: [3, 5] }), id: asked.id });
+  await late;
+  assert.deepEqual(of("gap").map((g) => [g.channel, g.first, g.last]), [["late", 3, 5]]);
+  // Never numbered when read: every message history holds.
+  const fresh = c.subscribe("fresh", { since: 0, epoch: null });
+  await settle();
+  const first = ws.of("subscribe")[2];
+  assert.deepEqual([first.since, first.rewind], [undefined, Number.MAX_SAFE_INTEGER]);
+  ws.receive({ ...subscribed("fresh", 2, { rewound: 2 }), id: first.id });
+  await fresh;
+  await assert.rejects(c.subscribe("bad", { since: 3, epoch: null }), TypeError);
+});
+
 test("history asks a page and answers the server's reply; presence and joins carry info", async (t) => {
   useFakes(t);
   const { c, ws } = await opened();

@@ -25,6 +25,7 @@ from typing import Any
 import trio
 from trio_util import AsyncValue
 
+from .._core.protocol import MAX_SAFE_INTEGER
 from .._core.retry import Attempts, Stop, Verdict
 from .._core.tracking import AdaptiveInterval, Tracker
 from .attempt import AttemptEnding, judge_attempt
@@ -115,22 +116,38 @@ class Client(Queries):
 
     # -- public API -----------------------------------------------------------------------------
 
-    async def subscribe(self, channel: str, *, rewind: int | None = None) -> Subscription:
+    async def subscribe(
+        self,
+        channel: str,
+        *,
+        rewind: int | None = None,
+        since: int | None = None,
+        epoch: str | None = None,
+    ) -> Subscription:
         """Follow ``channel``; returns once the server confirmed it, or at once while offline
         (also when the connection drops before the reply): the subscription is then made on
         connect. With ``rewind`` the channel's last ``rewind`` messages (as many as its
         history holds) come first, then live ones; a reconnect resumes from the last one seen
-        instead. Raises :class:`RequestError` when the server refuses (403, 429, ...) and
-        :class:`RequestTimeoutError` when it does not answer in time."""
+        instead. With ``since`` and ``epoch`` (a position from ``/api/channel``) every message
+        after it comes first, or the gap; ``since=0, epoch=None`` (a channel never numbered)
+        is every message history holds. Raises :class:`RequestError` when the server refuses
+        (403, 429, ...) and :class:`RequestTimeoutError` when it does not answer in time."""
         self._check_open()
         if channel in self._subscriptions:
             return self._subscriptions[channel]
+        if since is not None and epoch is None:
+            if since != 0:
+                raise ValueError("a position with a seq has an epoch")
+            rewind = MAX_SAFE_INTEGER  # never numbered: all that came since is in history
         subscription = Subscription(self, channel, *self._subscription_buffer)
         subscription.rewind = rewind
         self._subscriptions[channel] = subscription
         self._tracker.track(channel)
         frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
-        if rewind is not None:
+        if since is not None and epoch is not None:
+            self._tracker.start_at(channel, since, epoch)
+            frame.update(since=since, epoch=epoch)
+        elif rewind is not None:
             frame["rewind"] = rewind
         try:
             await self._request(frame)

@@ -171,6 +171,11 @@ class Tracker:
     def track(self, channel: str) -> None:
         self._cursors.setdefault(channel, _Cursor())
 
+    def start_at(self, channel: str, seq: int, epoch: str) -> None:
+        """Follow ``channel`` from a position read elsewhere (``/api/channel``): its first
+        reply is then a resume from there (rules 2-5): every message after it, or the gap."""
+        self._cursors[channel] = _Cursor(epoch=epoch, seq=seq)
+
     def untrack(self, channel: str) -> None:
         """Unsubscribed, or the subscription was refused: nothing of it is delivered any more."""
         self._cursors.pop(channel, None)

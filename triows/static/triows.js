@@ -281,6 +281,10 @@ export class Tracker {
   track(channel) {
     if (!this.cursors.has(channel)) this.cursors.set(channel, { epoch: null, seq: 0, own: new Set(), left: [] });
   }
+  /** Follow from a position read elsewhere (/api/channel): the first reply is a resume. */
+  startAt(channel, seq, epoch) {
+    this.cursors.set(channel, { epoch, seq, own: new Set(), left: [] });
+  }
   untrack(channel) {
     this.cursors.delete(channel);
   }
@@ -504,14 +508,25 @@ export class TriowsClient {
    * within requestTimeout rejects with code 0; either way the channel is not followed. With
    * `rewind: N` the channel's last N messages (as many as its history holds) come first, as
    * "message" events, then live ones; a reconnect resumes from the last one seen instead.
-   * @param {string} channel @param {{rewind?: number}} [options] @returns {Promise<object | null>}
+   * With `since` and `epoch` (a position from /api/channel: "load state, then subscribe")
+   * every message after it comes first, or the gap; `since: 0, epoch: null` (a channel never
+   * numbered) is every message history holds.
+   * @param {string} channel @param {{rewind?: number, since?: number, epoch?: string | null}} [options]
+   * @returns {Promise<object | null>}
    */
   async subscribe(channel, options = {}) {
     this._checkOpen();
     const followed = this._channels.has(channel);
+    const { since, epoch } = options;
+    let rewind = options.rewind;
+    if (!followed && since !== undefined && since !== null && epoch == null) {
+      if (since !== 0) throw new TypeError("a position with a seq has an epoch");
+      rewind = Number.MAX_SAFE_INTEGER; // never numbered: all that came since is in history
+    }
     this._channels.add(channel);
     this._tracker.track(channel);
-    if (!followed && options.rewind !== undefined) this._rewind.set(channel, options.rewind);
+    if (!followed && typeof epoch === "string" && Number.isInteger(since)) this._tracker.startAt(channel, since, epoch);
+    else if (!followed && rewind !== undefined) this._rewind.set(channel, rewind);
     if (!this._live) return null;
     try {
       // The reply reaches the tracker in the frame handler, before any message after it.
