@@ -177,6 +177,11 @@ class Tracker:
             self._my_ids.remove(client_id)
         self._my_ids.append(client_id)
 
+    def restore(self, channel: str, epoch: str, seq: int) -> None:
+        """Follow ``channel`` from ``(epoch, seq)`` as if it had been seen up to there: a
+        position carried over from elsewhere (an SSE stream's ``Last-Event-ID``)."""
+        self._cursors[channel] = _Cursor(epoch=epoch, seq=seq)
+
     def resume_from(self, channel: str) -> tuple[int, str] | None:
         """``(since, epoch)`` to resubscribe with, once the channel has been seen."""
         cursor = self._cursors.get(channel)

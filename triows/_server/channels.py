@@ -47,6 +47,26 @@ def subscribe_errors(request_id: protocol.RequestId | None) -> Iterator[None]:
         raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
 
 
+def subscribed_reply(
+    channel: str, subscribed: Subscribed
+) -> tuple[dict[str, object], tuple[bytes, ...]]:
+    """The ``subscribed`` reply to a subscribe, and the frames its resume replays after it
+    (every transport answers a subscribe so)."""
+    reply: dict[str, object] = {
+        "type": "subscribed",
+        "channel": channel,
+        "seq": subscribed.seq,
+        "epoch": subscribed.epoch,
+    }
+    resume = subscribed.resume
+    if resume is None:
+        return reply, ()
+    reply["recovered"] = resume.recovered
+    if resume.gap is not None:
+        reply["gap"] = list(resume.gap)
+    return reply, resume.replay
+
+
 class Channels(Outbound):
     __slots__ = (
         "_acks_over",
@@ -176,19 +196,7 @@ class Channels(Outbound):
     def _subscribed(
         self, request: protocol.Subscribe, subscribed: Subscribed, joining: bool = False
     ) -> Wait | None:
-        reply: dict[str, object] = {
-            "type": "subscribed",
-            "channel": request.channel,
-            "seq": subscribed.seq,
-            "epoch": subscribed.epoch,
-        }
-        replay: tuple[bytes, ...] = ()
-        resume = subscribed.resume
-        if resume is not None:
-            reply["recovered"] = resume.recovered
-            if resume.gap is not None:
-                reply["gap"] = list(resume.gap)
-            replay = resume.replay
+        reply, replay = subscribed_reply(request.channel, subscribed)
         # Membership, reply and replay in one synchronous step: live messages can only come
         # after the replay, and none is missing between the two.
         over = self.queue_reply(protocol.with_id(reply, request.id))

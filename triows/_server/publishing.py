@@ -121,3 +121,69 @@ def _checked_channel(channel: str) -> str:
         return validate_channel(channel)
     except ChannelNameError as exc:
         raise ValueError(str(exc)) from None
+
+
+class PublishingApi:
+    """The ``Server``'s publishing methods, for application code (one place with
+    :class:`Publishing`, which they call)."""
+
+    publishing: Publishing
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        sender: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Publish from application code; returns the message's sequence number.
+
+        With Redis, returns once Redis accepted it (while Redis is down it waits in the
+        outage buffer; cancelling the wait does not withdraw it). Raises
+        :class:`BrokerUnavailableError` when that buffer is full. Waits for subscribers of
+        ``block`` channels whose outbox is full (at most ``block_timeout``; those still full
+        then are disconnected with 1013). A publish repeating an ``idempotency_key`` seen on
+        the channel within ``dedupe_ttl`` is not published again: it returns the first one's
+        seq (the HTTP API's keys are the same keys).
+        """
+        published = await self.publishing.publish_message(
+            channel, data, sender=sender, idempotency_key=idempotency_key
+        )
+        return published.seq
+
+    async def publish_message(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        sender: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Published:
+        """:meth:`publish`, answering with the channel's epoch as well as the seq."""
+        return await self.publishing.publish_message(
+            channel, data, sender=sender, idempotency_key=idempotency_key
+        )
+
+    async def publish_numbered(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        sender: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Published, list[Subscriber]]:
+        """:meth:`publish_message` up to the moment the publication has its number: returns
+        it with the ``block`` subscribers that ran out of room, which the caller must pass to
+        ``fanout.wait_for_blocked`` (the HTTP API answers first and waits in the background).
+        Cancelled before it returns, the publication may still be published: it waits in the
+        Redis outage buffer."""
+        return await self.publishing.publish_numbered(
+            channel, data, sender=sender, idempotency_key=idempotency_key
+        )
+
+    def publish_nowait(self, channel: str, data: Any, *, sender: str | None = None) -> int:
+        """Like :meth:`publish`, but raises ``trio.WouldBlock`` (and publishes nothing) when a
+        ``block`` subscriber has no room. In-process broker only: with Redis the seq is known
+        once Redis answered, so it raises ``RuntimeError``."""
+        return self.publishing.publish_nowait(channel, data, sender=sender)

@@ -32,9 +32,8 @@ from typing import Any
 import trio
 
 from .._brokers.factory import open_broker
-from .._brokers.fanout import FanOut, Subscriber
+from .._brokers.fanout import FanOut
 from .._brokers.presence import Presence
-from .._brokers.seam import Published
 from .._config import Config
 from .._core.admission import Admission, Stage
 from .._core.latency import histogram
@@ -50,14 +49,16 @@ from . import banner
 from .access import Access
 from .connection import GOING_AWAY, Connection
 from .handshakes import Handshakes
-from .publishing import Publishing
+from .publishing import Publishing, PublishingApi
+from .sse import SseStream
+from .sse_endpoint import SseEndpoint
 from .supervisor import run_supervisor
 from .traffic import Traffic
 
 log = logging.getLogger("triows.server")
 
 
-class Server:
+class Server(PublishingApi):
     """A running triows server; get one from ``await nursery.start(triows.serve, config)``."""
 
     #: What serves an accepted WebSocket. Internal: the conformance echo server
@@ -78,9 +79,10 @@ class Server:
         self.publishing = Publishing(self.broker, self.fanout, config.max_message_size, self.now_ms)
         self.handshakes = Handshakes(config, self.access, self.memory_guard, lambda: self.closing)
         self.listeners: list[trio.abc.Listener[Any]] = []
-        self._connections: dict[Connection, None] = {}
+        self._connections: dict[Connection | SseStream, None] = {}
         self._closing = False
-        self._shutdown_deadline: float | None = None
+        #: When shutdown cuts what is left (set by aclose()).
+        self.shutdown_deadline: float | None = None
         self._accept_scope = trio.CancelScope()
         self._connections_nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
@@ -100,67 +102,9 @@ class Server:
         self.trusted_proxies = parse_networks(config.trusted_proxies)
         self.monitor = Monitor(self)
         self.http = HttpEndpoints(self, self.monitor)
+        self.sse = SseEndpoint(self, self.http.serve)
 
     # -- public API -----------------------------------------------------------------------------
-
-    async def publish(
-        self,
-        channel: str,
-        data: Any,
-        *,
-        sender: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> int:
-        """Publish from application code; returns the message's sequence number.
-
-        With Redis, returns once Redis accepted it (while Redis is down it waits in the
-        outage buffer; cancelling the wait does not withdraw it). Raises
-        :class:`BrokerUnavailableError` when that buffer is full. Waits for subscribers of
-        ``block`` channels whose outbox is full (at most ``block_timeout``; those still full
-        then are disconnected with 1013). A publish repeating an ``idempotency_key`` seen on
-        the channel within ``dedupe_ttl`` is not published again: it returns the first one's
-        seq (the HTTP API's keys are the same keys).
-        """
-        published = await self.publishing.publish_message(
-            channel, data, sender=sender, idempotency_key=idempotency_key
-        )
-        return published.seq
-
-    async def publish_message(
-        self,
-        channel: str,
-        data: Any,
-        *,
-        sender: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Published:
-        """:meth:`publish`, answering with the channel's epoch as well as the seq."""
-        return await self.publishing.publish_message(
-            channel, data, sender=sender, idempotency_key=idempotency_key
-        )
-
-    async def publish_numbered(
-        self,
-        channel: str,
-        data: Any,
-        *,
-        sender: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> tuple[Published, list[Subscriber]]:
-        """:meth:`publish_message` up to the moment the publication has its number: returns
-        it with the ``block`` subscribers that ran out of room, which the caller must pass to
-        ``fanout.wait_for_blocked`` (the HTTP API answers first and waits in the background).
-        Cancelled before it returns, the publication may still be published: it waits in the
-        Redis outage buffer."""
-        return await self.publishing.publish_numbered(
-            channel, data, sender=sender, idempotency_key=idempotency_key
-        )
-
-    def publish_nowait(self, channel: str, data: Any, *, sender: str | None = None) -> int:
-        """Like :meth:`publish`, but raises ``trio.WouldBlock`` (and publishes nothing) when a
-        ``block`` subscriber has no room. In-process broker only: with Redis the seq is known
-        once Redis answered, so it raises ``RuntimeError``."""
-        return self.publishing.publish_nowait(channel, data, sender=sender)
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(
@@ -245,7 +189,7 @@ class Server:
         if not self._closing:
             self._closing = True
             self._accept_scope.cancel()
-            deadline = self._shutdown_deadline = trio.current_time() + self.config.shutdown_timeout
+            deadline = self.shutdown_deadline = trio.current_time() + self.config.shutdown_timeout
             log.info(
                 "shutting down: closing %d connection(s), timeout %.1fs",
                 len(self._connections),
@@ -321,7 +265,7 @@ class Server:
                 self._handshake,
                 listeners,
                 handler_nursery=self._connections_nursery,
-                http_handler=self.http.serve,
+                http_handler=self.sse.route,
                 trusted_proxies=self.trusted_proxies,
                 max_message_size=self.config.max_message_size,
                 handshake_timeout=self.config.handshake_timeout,
@@ -344,11 +288,11 @@ class Server:
         log.debug("connected %r", conn)
         del pending, opened  # the request's headers need not live as long as the connection
         if self._closing:  # shutdown began while we were accepting it
-            conn.close(GOING_AWAY, "Server shutting down", deadline=self._shutdown_deadline)
+            conn.close(GOING_AWAY, "Server shutting down", deadline=self.shutdown_deadline)
         try:
             await conn.run()
         finally:
-            self._forget(conn)
+            self.forget(conn)
 
     def _register(self, pending: PendingHandshake, ws: Any, principal: Any) -> Connection:
         info = pending.info
@@ -360,12 +304,18 @@ class Server:
             ip=info.ip,
             client_id=secrets.token_urlsafe(9),
         )
+        self.adopt(conn)
+        return conn
+
+    def adopt(self, conn: Connection | SseStream) -> None:
         self._connections[conn] = None
         self.fanout.register(conn)
         self.connections_total += 1
-        return conn
 
-    def _forget(self, conn: Connection) -> None:
+    def population_changed(self) -> None:
+        self._population_changed.set()
+
+    def forget(self, conn: Connection | SseStream) -> None:
         del self._connections[conn]
         self.fanout.unregister(conn)
         if conn.principal.user_id is None:
@@ -395,7 +345,7 @@ class Server:
         nursery.start_soon(task)
         return True
 
-    def connections(self) -> list[Connection]:
+    def connections(self) -> list[Connection | SseStream]:
         return list(self._connections)
 
 

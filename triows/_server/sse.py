@@ -1,0 +1,308 @@
+"""One Server-Sent Events stream: a one-way subscriber with the WebSocket connection's write
+path, limits and slow-consumer policies.
+
+Task tree (all in the stream's own nursery, as a connection's)::
+
+    reader      the nursery's body: subscribes to the stream's channels (in order, each with
+                its position from ``Last-Event-ID``), then reads until the client leaves
+                (what a client sends after its request is thrown away, within a bound)
+    keep-alive  a comment every ``sse_keepalive`` seconds while nothing else is queued
+    expiry      (with auth) closes the stream when its token expires
+    writer      only while the socket refuses bytes (``triows._server.outbound``)
+
+Every frame fan-out hands this subscriber (framed once per broadcast for WebSocket clients) is
+turned into an event here: its text payload is the event's ``data``, and a triows client's
+delivery rules (``triows._core.tracking``) decide what is delivered, what is a duplicate and
+which gap to report; every event that moves a channel carries the stream's position in all of
+them as its ``id`` (``triows._core.sse``). The goodbye, whatever ended the stream, is an
+``event: close`` with the close code and reason and a new ``retry:`` hint.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import trio
+
+from .._core import protocol, sse
+from .._core.auth import Principal
+from .._core.outbox import DropCounter, SlowConsumerPolicy
+from .._core.tracking import Gap, Message, Tracked, Tracker
+from .._net.websocket import Closed, WebSocket
+from .._ops.view import ConnectionStatistics
+from .channels import subscribed_reply
+from .host import ConnectionHost
+from .outbound import ABNORMAL, CANCELLED_GOODBYE, GOING_AWAY, POLICY, Outbound
+
+log = logging.getLogger("triows.sse")
+
+#: Bytes a client may send after its request (an EventSource sends none); more ends the stream.
+MAX_CLIENT_BYTES = 64 * 1024
+_MESSAGE_START = b'{"type":"message","channel":"'
+
+
+class SseStream(Outbound):
+    __slots__ = (
+        "_channels",
+        "_positions",
+        "_tracker",
+        "client_id",
+        "connected_at",
+        "frames_in",
+        "ip",
+        "last_activity",
+        "principal",
+        "remote",
+    )
+
+    def __init__(
+        self,
+        *,
+        host: ConnectionHost,
+        ws: WebSocket,
+        principal: Principal,
+        client_id: str,
+        channels: list[str],
+        positions: list[sse.Position],
+        remote: str = "",
+        ip: str = "",
+    ) -> None:
+        super().__init__(host, ws)
+        self.principal = principal
+        self.client_id = client_id
+        self.remote = remote
+        self.ip = ip
+        self._channels = channels
+        #: Positions from ``Last-Event-ID``, each used by its channel's subscribe.
+        self._positions = positions
+        self._tracker = Tracker()
+        for channel, position in zip(channels, positions, strict=True):
+            if position is None:
+                self._tracker.track(channel)
+            else:
+                self._tracker.restore(channel, *position)
+        self.connected_at = self.last_activity = trio.current_time()
+        self.frames_in = 0
+
+    @property
+    def dedupe_key(self) -> object:
+        """An event stream publishes nothing: no publish ids of its own."""
+        return ("connection", self.client_id)
+
+    def __repr__(self) -> str:
+        return f"<SseStream {self.client_id} user={self.principal.user_id!r} {self.remote}>"
+
+    def statistics(self, now: float) -> ConnectionStatistics:
+        outbox = self.outbox
+        return ConnectionStatistics(
+            client_id=self.client_id,
+            user_id=self.principal.user_id,
+            remote=self.remote,
+            connected_for=now - self.connected_at,
+            subscriptions=tuple(self._host.broker.hub.channels_of(self)),
+            frames_in=0,
+            frames_out=self.frames_out,
+            queued_frames=len(outbox),
+            queued_bytes=outbox.queued_bytes,
+            dropped=outbox.dropped,
+        )
+
+    # -- the task tree --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._ending:  # closed before it ran (a shutdown that raced it)
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._keep_alive)
+                if self._host.access.enabled:
+                    nursery.start_soon(self._watch_expiry)
+                try:
+                    await self._subscribe_all()
+                    await self._read()
+                finally:
+                    self._end()
+        except* Exception as group:
+            # A bug here costs this client its stream, never the server.
+            log.error("SSE stream %s failed", self.client_id, exc_info=group)
+            self.close(1011, "Internal error")
+        finally:
+            self._nursery = None
+            self._host.broker.remove_member(self)
+            await self._say_goodbye()
+
+    async def _subscribe_all(self) -> None:
+        """Each channel as a WebSocket ``subscribe`` (with ``since``/``epoch`` when the stream
+        holds a position for it); its reply and replay are turned into events in the step
+        that made it a member, so that live messages can only come after them."""
+        broker = self._host.broker
+        for channel, position in zip(self._channels, self._positions, strict=True):
+            since, epoch = (None, None) if position is None else (position[1], position[0])
+            try:
+                if broker.subscribes_at_once:
+                    subscribed = broker.subscribe_nowait(self, channel, since, epoch)
+                    await trio.lowlevel.checkpoint()
+                else:
+                    with trio.fail_after(self._host.config.handshake_timeout):
+                        subscribed = await broker.subscribe(self, channel, since, epoch)
+            except Exception as exc:  # a subscription limit, Redis away, a timeout
+                log.info("SSE %s could not subscribe to %r: %r", self.client_id, channel, exc)
+                self.close(1013, f"cannot subscribe to '{channel}' now; try again")
+                return
+            reply, replay = subscribed_reply(channel, subscribed)
+            events = self._reply_events(reply)
+            for frame in replay:
+                events += self._frame_events(frame)
+            if self._queue(events):
+                await self.settle()
+
+    async def _read(self) -> None:
+        """Until the client leaves; what it sends is not ours to read, and bounded."""
+        received = len(self.ws.leftover)
+        self.ws.leftover = b""
+        while received <= MAX_CLIENT_BYTES:
+            data = await self.ws.receive()
+            if not data:
+                self._peer_left(ABNORMAL, "")
+                return
+            received += len(data)
+        self.close(POLICY, "an event stream takes no request body")
+
+    async def _keep_alive(self) -> None:
+        interval = self._host.config.sse_keepalive
+        while True:
+            await trio.sleep(interval)
+            if not self.outbox:  # bytes queued are moving, or the writer's timeout acts
+                self._send(sse.comment())
+
+    async def _watch_expiry(self) -> None:
+        expires_at = self.principal.expires_at
+        if expires_at is None:
+            return
+        await trio.sleep_until(trio.current_time() + (expires_at - self._host.wall_clock()))
+        self.close(POLICY, "Token expired")
+
+    # -- what fan-out hands this subscriber -----------------------------------------------------
+
+    def deliver(self, frame: bytes, policy: SlowConsumerPolicy, counter: DropCounter) -> bool:
+        data = self._frame_events(frame)
+        if not data:
+            return True  # a duplicate, or not for this stream
+        return super().deliver(data, policy, counter)
+
+    def reply_nowait(self, frame: dict[str, object]) -> None:
+        """A notice from the broker (a numbering that restarted, an error): an event that is
+        never dropped, like a WebSocket reply."""
+        if self._queue(self._reply_events(frame)):
+            self._close_not_reading()
+
+    def _queue(self, data: bytes) -> bool:
+        """Queue events that must not be dropped; True when the outbox went over capacity."""
+        return bool(data) and self.queue_reply(data)
+
+    def _frame_events(self, frame: bytes) -> bytes:
+        payload = sse.text_payload(frame)
+        if payload is None:
+            return b""
+        if not payload.startswith(_MESSAGE_START):
+            kind = sse.frame_type(payload)  # join, leave
+            return sse.event(payload, name=kind) if kind else b""
+        found = sse.message_position(payload)
+        if found is None:
+            return b""
+        end = payload.find(b'"', len(_MESSAGE_START))
+        channel = payload[len(_MESSAGE_START) : end].decode("ascii", "replace")
+        message_id, seq = found
+        tracked = self._tracker.on_message({"channel": channel, "seq": seq, "id": message_id})
+        return self._message_events(tracked, payload)
+
+    def _reply_events(self, frame: dict[str, object]) -> bytes:
+        data = protocol.encode(frame)
+        kind = frame.get("type")
+        if kind != "subscribed":
+            return sse.event(data, name=str(kind))
+        tracked = self._tracker.on_subscribed(frame)
+        return self._events([(data, "subscribed"), *self._gaps(tracked)])
+
+    def _message_events(self, tracked: list[Tracked], payload: bytes) -> bytes:
+        parts = self._gaps(tracked)
+        if any(isinstance(item, Message) for item in tracked):
+            parts.append((payload, None))
+        return self._events(parts)
+
+    @staticmethod
+    def _gaps(tracked: list[Tracked]) -> list[tuple[bytes, str | None]]:
+        return [
+            (
+                protocol.encode(
+                    {
+                        "channel": item.channel,
+                        "first": item.first,
+                        "last": item.last,
+                        "reason": item.reason,
+                    }
+                ),
+                "gap",
+            )
+            for item in tracked
+            if isinstance(item, Gap)
+        ]
+
+    def _events(self, parts: list[tuple[bytes, str | None]]) -> bytes:
+        """Events in order; the last one carries the stream's id, the position after them all
+        (an event without ``id:`` leaves the client's last id as it was, so a client that
+        received only the first ones resumes before them)."""
+        if not parts:
+            return b""
+        out = [sse.event(data, name=name) for data, name in parts[:-1]]
+        data, name = parts[-1]
+        out.append(sse.event(data, name=name, event_id=self._id()))
+        return b"".join(out)
+
+    def _id(self) -> str:
+        tracker = self._tracker
+        positions: list[sse.Position] = []
+        for channel in self._channels:
+            found = tracker.resume_from(channel)
+            positions.append(None if found is None else (found[1], found[0]))
+        return sse.encode_id(self._channels, positions)
+
+    # -- the goodbye ----------------------------------------------------------------------------
+
+    async def _say_goodbye(self) -> None:
+        deadline = self._close_deadline
+        if deadline is None:
+            deadline = trio.current_time() + CANCELLED_GOODBYE
+        if self.close_code is None:  # cancelled from outside: still a goodbye
+            self.close(GOING_AWAY, "Server shutting down", deadline=deadline)
+        ws = self.ws
+        with trio.move_on_at(deadline) as scope:
+            scope.shield = True
+            try:
+                if self._drain:
+                    while self.outbox:
+                        await self._write_batch(64 * 1024)
+                elif self._tail_queued:  # an event is half on the wire: finish it first
+                    await self._write_batch(0)
+                if self.closed_by_server:
+                    await ws.write(self.close_event())
+                    stream = ws.stream
+                    if isinstance(stream, trio.SocketStream):
+                        await stream.send_eof()
+                        while await ws.receive():
+                            pass
+            except (Closed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        self.outbox.clear()
+        if self._room is not None:
+            self._room.set()
+        ws.close_now()
+
+    def close_event(self) -> bytes:
+        """The last event: why the stream ends, and when to come back."""
+        code = self.close_code
+        data = protocol.encode({"code": code, "reason": self.close_reason})
+        retry = sse.retry_with_jitter(self._host.config.sse_retry, random.random())
+        return sse.retry_field(retry)[:-1] + sse.event(data, name="close")
