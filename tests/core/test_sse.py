@@ -1,0 +1,132 @@
+"""The SSE event format and the ids that resume a stream (triows._core.sse)."""
+
+from __future__ import annotations
+
+import pytest
+
+from triows._core import protocol, sse
+from triows._core.frames import frame, text_frame
+
+CHANNELS = ["news", "chat.room-1", "prices"]
+
+
+def test_id_round_trip_and_compact() -> None:
+    positions: list[sse.Position] = [("a41c09de.1", 1000), None, ("a41c09de.12", 0)]
+    text = sse.encode_id(CHANNELS, positions)
+    assert text.startswith("1:")
+    assert sse.decode_id(text, CHANNELS) == positions
+    # One node's epochs share a prefix: written once.
+    assert "a41c09de.1~*12" in text
+    assert text.endswith(":0.rs,,1.0")  # 1000 in base 36 is "rs"
+
+
+def test_id_with_epochs_of_different_nodes() -> None:
+    positions: list[sse.Position] = [("aa.1", 5), ("bb.1", 6), ("aa.1", 7)]
+    text = sse.encode_id(CHANNELS, positions)
+    assert sse.decode_id(text, CHANNELS) == positions
+    assert text.split(":")[2] == "aa.1~bb.1"  # distinct epochs once each
+
+
+def test_nothing_known_yet() -> None:
+    text = sse.encode_id(["a"], [None])
+    assert sse.decode_id(text, ["a"]) == [None]
+
+
+def test_id_is_bounded_by_the_channel_count() -> None:
+    channels = [f"channel-{i}" for i in range(100)]
+    positions: list[sse.Position] = [(f"{i:08x}.{i}", sse.MAX_SEQ) for i in range(100)]
+    text = sse.encode_id(channels, positions)
+    assert len(text) <= 100 * (sse.MAX_EPOCH_LENGTH + 20)
+    assert sse.decode_id(text, channels) == positions
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "4 fields"),
+        ("hello", "4 fields"),
+        ("2:x:a.1:0.1", "version"),
+        ("1:wrong:a.1:0.1,,", "another list"),
+        ("x" * (sse.MAX_ID_LENGTH + 1), "longer"),
+    ],
+)
+def test_garbled_ids_are_refused_with_a_reason(text: str, why: str) -> None:
+    with pytest.raises(sse.LastEventIdError, match=why):
+        sse.decode_id(text, CHANNELS)
+
+
+@pytest.mark.parametrize(
+    ("table", "entries", "why"),
+    [
+        ("a.1", "0.1,0.2", "2 positions for 3"),
+        ("a.1", "0.1,0.2,0.3,0.4", "4 positions for 3"),
+        ("a.1", "1.1,,", "epoch index 1 beyond"),
+        ("a.1", "0.-1,,", "base-36"),
+        ("a.1", "0.+1,,", "base-36"),
+        ("a.1", "0.1_0,,", "base-36"),
+        ("a.1", "0. 1,,", "base-36"),
+        ("a.1", "0.A,,", "base-36"),
+        ("a.1", "01,,", "bad position"),
+        ("a.1", "0.zzzzzzzzzzzzz,,", "out of range"),
+        ("a.1", "0." + "1" * 14 + ",,", "base-36"),
+        ("a b", "0.1,,", "bad epoch"),
+        ("*1", "0.1,,", "abbreviated"),
+        ("x" * 65, "0.1,,", "bad epoch"),
+        ("a.1~", "0.1,,", "bad epoch"),
+    ],
+)
+def test_hostile_positions_are_refused(table: str, entries: str, why: str) -> None:
+    text = f"1:{sse.fingerprint(CHANNELS)}:{table}:{entries}"
+    with pytest.raises(sse.LastEventIdError, match=why):
+        sse.decode_id(text, CHANNELS)
+
+
+def test_an_epoch_an_id_cannot_hold_is_no_position() -> None:
+    assert sse.encode_id(["a"], [("with space", 3)]).endswith(":")
+    assert not sse.epoch_allowed("x" * 65)
+
+
+def test_channel_list_keeps_order_and_drops_repeats() -> None:
+    assert sse.channels_of(["b", "a", "b"]) == ["b", "a"]
+    assert sse.fingerprint(["a", "b"]) != sse.fingerprint(["b", "a"])
+
+
+def test_event_format() -> None:
+    assert sse.event(b'{"a":1}') == b'data: {"a":1}\n\n'
+    assert sse.event(b"x", name="gap", event_id="1:a::") == b"event: gap\nid: 1:a::\ndata: x\n\n"
+    # A line break (never in compact JSON) becomes a data line of its own.
+    assert sse.event(b"a\nb\r\nc\rd") == b"data: a\ndata: b\ndata: c\ndata: d\n\n"
+    assert sse.comment() == b":\n\n"
+    assert sse.comment("hi") == b": hi\n\n"
+    assert sse.retry_field(1500) == b"retry: 1500\n\n"
+
+
+def test_retry_jitter_spreads_within_half_the_base() -> None:
+    assert sse.retry_with_jitter(2.0, 0.0) == 1000
+    assert sse.retry_with_jitter(2.0, 0.5) == 2000
+    assert sse.retry_with_jitter(2.0, 0.999999) == 3000
+    assert sse.retry_with_jitter(0.0001, 0.0) == 1
+
+
+@pytest.mark.parametrize("size", [3, 200, 70_000])
+def test_text_payload_of_frames_of_every_length(size: int) -> None:
+    payload = b"x" * size
+    assert sse.text_payload(text_frame(payload)) == payload
+    assert sse.text_payload(frame(0x9, b"ping")) is None
+    assert sse.text_payload(b"") is None
+
+
+def test_message_fields_without_decoding() -> None:
+    payload = protocol.message_payload(
+        channel="c",
+        data_json=protocol.encode({"id": "decoy:9", "type": "x"}),
+        sender="s",
+        timestamp_ms=5,
+        seq=42,
+        message_id="ab.1:42",
+    )
+    assert sse.frame_type(payload) == "message"
+    assert sse.message_position(payload) == ("ab.1:42", 42)
+    assert sse.frame_type(b'{"type":"join","channel":"c"}') == "join"
+    assert sse.frame_type(b"[]") is None
+    assert sse.message_position(b'{"type":"message"}') is None
