@@ -377,3 +377,41 @@ async def test_resume_across_two_redis_nodes(redis_url: str) -> None:
         (event,) = await again.events(1)
         assert event.json()["seq"] == live
         await again.aclose()
+
+
+async def test_a_bug_in_one_stream_costs_that_stream_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from triows._server.sse import SseStream
+
+    async with running() as server:
+        broken = await SseClient.open(server.port, "channel=a")
+        await broken.events(1)
+        healthy = await SseClient.open(server.port, "channel=a&channel=b")
+        await healthy.events(2)
+        victims = [c for c in server.connections() if "b" not in server.hub.channels_of(c)]
+        original = SseStream._frame_events
+
+        def failing(self: SseStream, frame: bytes) -> bytes:
+            if self in victims:
+                raise RuntimeError("a bug")
+            return original(self, frame)
+
+        monkeypatch.setattr(SseStream, "_frame_events", failing)
+        assert await server.publish("a", "x") == 1  # the publisher is not hurt
+        (close,) = await broken.events(1)
+        assert close.json() == {"code": 1011, "reason": "Internal error"}
+        (message,) = await healthy.events(1)
+        assert message.json()["data"] == "x"
+        await broken.aclose()
+        await healthy.aclose()
+
+
+async def test_a_failing_authorize_hook_is_a_500() -> None:
+    def authorize(principal: triows.Principal, action: triows.Action, channel: str) -> bool:
+        raise RuntimeError("a bug in the application")
+
+    async with running(authorize=authorize) as server:
+        client = await SseClient.open(server.port, "channel=a")
+        assert client.status == 500
+        await client.body()
+        await client.aclose()
+        assert server.admission.connections == 0

@@ -81,6 +81,10 @@ def _api_key(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None
         )
 
 
+def _none_if_empty(value: str | None) -> str | None:
+    return value or None
+
+
 def _sse_path(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
     _path(_, attribute, value)
     if value in ("/health", "/ready", "/metrics", "/stats", "/demo", "/triows.js") or (
@@ -290,10 +294,12 @@ class Config:
     #: the ``--workers`` supervisor.
     shared_stats_dir: str | None = None
     #: Server-Sent Events (``GET <sse_path>?channel=...``, docs/browser.md): the path, or
-    #: ``None`` to turn them off (404); seconds between keep-alive comments; the ``retry:``
-    #: hint in seconds (each stream gets it within ±50%, so that browsers disconnected
-    #: together do not all come back at the same instant).
-    sse_path: str | None = attrs.field(default="/sse", validator=_sse_path)
+    #: ``None`` (or ``""``) to turn them off (404); seconds between keep-alive comments; the
+    #: ``retry:`` hint in seconds (each stream gets it within ±50%, so that browsers
+    #: disconnected together do not all come back at the same instant).
+    sse_path: str | None = attrs.field(
+        default="/sse", converter=_none_if_empty, validator=_sse_path
+    )
     sse_keepalive: float = attrs.field(default=15.0, validator=_positive)
     sse_retry: float = attrs.field(default=3.0, validator=_positive)
     #: Shown to clients in ``welcome`` and ``pong``; random when not set.

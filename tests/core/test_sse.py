@@ -130,3 +130,29 @@ def test_message_fields_without_decoding() -> None:
     assert sse.frame_type(b'{"type":"join","channel":"c"}') == "join"
     assert sse.frame_type(b"[]") is None
     assert sse.message_position(b'{"type":"message"}') is None
+
+
+def test_sse_flags_and_variables() -> None:
+    from triows._cli.options import parse_config
+
+    config = parse_config(["--sse-path", "/events", "--sse-keepalive", "5"], {}).config
+    assert (config.sse_path, config.sse_keepalive, config.sse_retry) == ("/events", 5, 3)
+    config = parse_config([], {"TRIOWS_SSE_PATH": "off", "TRIOWS_SSE_RETRY": "0.5"}).config
+    assert (config.sse_path, config.sse_retry) == (None, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--sse-path", "events"], "starting with '/'"),
+        (["--sse-path", "/api/x"], "HTTP endpoint"),
+        (["--sse-keepalive", "0"], "--sse-keepalive"),
+    ],
+)
+def test_bad_sse_flags(argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from triows._cli.options import parse_config
+
+    with pytest.raises(SystemExit) as exited:
+        parse_config(argv, {})
+    assert exited.value.code == 2
+    assert fragment in capsys.readouterr().err

@@ -187,7 +187,14 @@ class SseStream(Outbound):
     # -- what fan-out hands this subscriber -----------------------------------------------------
 
     def deliver(self, frame: bytes, policy: SlowConsumerPolicy, counter: DropCounter) -> bool:
-        data = self._frame_events(frame)
+        # Called by the publisher's task: a bug in turning a frame into events must cost this
+        # stream, never the publisher or the other subscribers.
+        try:
+            data = self._frame_events(frame)
+        except Exception:
+            log.exception("SSE stream %s could not make events of a frame", self.client_id)
+            self.close(1011, "Internal error")
+            return True
         if not data:
             return True  # a duplicate, or not for this stream
         return super().deliver(data, policy, counter)
@@ -195,7 +202,13 @@ class SseStream(Outbound):
     def reply_nowait(self, frame: dict[str, object]) -> None:
         """A notice from the broker (a numbering that restarted, an error): an event that is
         never dropped, like a WebSocket reply."""
-        if self._queue(self._reply_events(frame)):
+        try:
+            data = self._reply_events(frame)
+        except Exception:
+            log.exception("SSE stream %s could not make events of a notice", self.client_id)
+            self.close(1011, "Internal error")
+            return
+        if self._queue(data):
             self._close_not_reading()
 
     def _queue(self, data: bytes) -> bool:

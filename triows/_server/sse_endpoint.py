@@ -146,6 +146,9 @@ class SseEndpoint:
             raise _Refusal(_STATUS_OF_ERROR.get(error.code, 400), error.message) from None
         except trio.TooSlowError:
             raise _Refusal(503, "authorization timed out") from None
+        except Exception:  # a bug in a hook: the client gets a plain 500, the log the details
+            log.exception("authorizing an SSE stream failed")
+            raise _Refusal(500, "internal error") from None
         if host.closing:
             raise _Refusal(503, "server is shutting down")
         retry = sse.retry_with_jitter(config.sse_retry, random.random())
