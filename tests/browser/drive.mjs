@@ -11,6 +11,7 @@
 //   {"cmd": "page", "url": "...", "width": 390, "height": 844}   one more page; its index
 //   {"cmd": "eval", "page": 2, "js": "async (arg) => ...", "arg": ...}   run JS, its result
 //   {"cmd": "waitfor", "page": 2, "js": "window.x > 1", "ms": 10000}   until the expression is truthy
+//   {"cmd": "reload", "page": 2}                    reload a page (waits for its load)
 //   {"cmd": "quit"}
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -101,6 +102,9 @@ async function run(command) {
       return { value: await pages[command.page].evaluate(`(${command.js})(${JSON.stringify(command.arg ?? null)})`) };
     case "waitfor":
       await pages[command.page].waitForFunction(command.js, null, { timeout: command.ms ?? 10000 });
+      return { ok: true };
+    case "reload":
+      await pages[command.page].reload();
       return { ok: true };
     case "quit":
       await browser.close();
