@@ -109,27 +109,59 @@ def test_retry_jitter_spreads_within_half_the_base() -> None:
 
 
 @pytest.mark.parametrize("size", [3, 200, 70_000])
-def test_text_payload_of_frames_of_every_length(size: int) -> None:
+def test_payload_of_frames_of_every_length(size: int) -> None:
     payload = b"x" * size
-    assert sse.text_payload(text_frame(payload)) == payload
-    assert sse.text_payload(frame(0x9, b"ping")) is None
-    assert sse.text_payload(b"") is None
+    framed = text_frame(payload)
+    assert framed[sse.payload_start(framed) :] == payload
+    assert sse.payload_start(frame(0x9, b"ping")) == -1
+    assert sse.payload_start(b"") == -1
 
 
 def test_message_fields_without_decoding() -> None:
     payload = protocol.message_payload(
         channel="c",
-        data_json=protocol.encode({"id": "decoy:9", "type": "x"}),
+        data_json=protocol.encode({"id": "decoy:9", "type": "x", "channel": "d"}),
         sender="s",
         timestamp_ms=5,
         seq=42,
         message_id="ab.1:42",
     )
-    assert sse.frame_type(payload) == "message"
-    assert sse.message_position(payload) == ("ab.1:42", 42)
+    framed = text_frame(payload)
+    start = sse.payload_start(framed)
+    assert sse.frame_type(framed, start) == "message"
+    assert sse.message_fields(framed, start) == ("c", "ab.1:42", 42)
+    assert sse.message_fields(payload) == ("c", "ab.1:42", 42)
     assert sse.frame_type(b'{"type":"join","channel":"c"}') == "join"
     assert sse.frame_type(b"[]") is None
-    assert sse.message_position(b'{"type":"message"}') is None
+    assert sse.message_fields(b'{"type":"join","channel":"c"}') is None
+    assert sse.message_fields(b'{"type":"message","channel":"c"}') is None
+    assert sse.message_fields(b'{"type":"message","channel":"c","id":"e:x"}') is None
+
+
+def test_a_message_event_copies_the_payload_once() -> None:
+    framed = text_frame(b'{"a":1}')
+    start = sse.payload_start(framed)
+    assert sse.message_event(framed, start, "1:x::") == b'id: 1:x::\ndata: {"a":1}\n\n'
+    assert sse.message_event(framed, start, None) == b'data: {"a":1}\n\n'
+
+
+def test_the_id_writer_moves_as_encode_id_writes() -> None:
+    channels = ["a", "b", "c"]
+    positions: list[sse.Position] = [None, ("n.1", 0), ("n.2", 5)]
+    writer = sse.IdWriter(channels, positions)
+    assert writer.text() == sse.encode_id(channels, positions)
+    for channel, position in [
+        ("a", ("n.1", 1)),
+        ("b", ("n.1", 7)),  # the same epoch: one entry rewritten
+        ("c", ("m.9", 0)),  # a new epoch: the table rebuilt
+        ("a", None),
+        ("x", ("n.1", 3)),  # not a channel of the stream: nothing
+    ]:
+        writer.move(channel, position)
+        if channel in channels:
+            positions[channels.index(channel)] = position
+        assert writer.text() == sse.encode_id(channels, positions)
+        assert sse.decode_id(writer.text(), channels) == positions
 
 
 def test_sse_flags_and_variables() -> None:

@@ -84,18 +84,54 @@ def epoch_allowed(epoch: str) -> bool:
 
 def encode_id(channels: Sequence[str], positions: Sequence[Position]) -> str:
     """The id of a stream following ``channels`` that stands at ``positions``."""
-    table: dict[str, int] = {}
-    entries = []
-    for position in positions:
-        if position is None or not epoch_allowed(position[0]):
-            entries.append("")
-            continue
-        epoch, seq = position
-        index = table.setdefault(epoch, len(table))
-        entries.append(f"{base36(index)}.{base36(seq)}")
-    return ":".join(
-        (ID_VERSION, fingerprint(channels), _write_table(list(table)), ",".join(entries))
-    )
+    return IdWriter(channels, positions).text()
+
+
+class IdWriter:
+    """A stream's id as its positions move, rewritten in part: a message moves one channel's
+    seq (its entry alone is written again); a new epoch rebuilds the epoch table."""
+
+    __slots__ = ("_entries", "_head", "_index", "_positions", "_table", "_text")
+
+    def __init__(self, channels: Sequence[str], positions: Sequence[Position]) -> None:
+        self._head = f"{ID_VERSION}:{fingerprint(channels)}:"
+        self._index = {channel: n for n, channel in enumerate(channels)}
+        self._positions = list(positions)
+        self._table: dict[str, int] = {}
+        self._entries: list[str] = []
+        self._text: str | None = None
+        self._rebuild()
+
+    def move(self, channel: str, position: Position) -> None:
+        n = self._index.get(channel)
+        if n is None or self._positions[n] == position:
+            return
+        before = self._positions[n]
+        self._positions[n] = position
+        self._text = None
+        if position is not None and before is not None and before[0] == position[0]:
+            index = self._table.get(position[0])
+            if index is not None:  # the same epoch: only this entry changes
+                self._entries[n] = f"{base36(index)}.{base36(position[1])}"
+                return
+        self._rebuild()
+
+    def text(self) -> str:
+        if self._text is None:
+            self._text = f"{self._head}{_write_table(list(self._table))}:{','.join(self._entries)}"
+        return self._text
+
+    def _rebuild(self) -> None:
+        table: dict[str, int] = {}
+        entries = []
+        for position in self._positions:
+            if position is None or not epoch_allowed(position[0]):
+                entries.append("")
+                continue
+            epoch, seq = position
+            index = table.setdefault(epoch, len(table))
+            entries.append(f"{base36(index)}.{base36(seq)}")
+        self._table, self._entries, self._text = table, entries, None
 
 
 def _write_table(epochs: Sequence[str]) -> str:
@@ -182,10 +218,22 @@ def event(data: bytes, *, name: str | None = None, event_id: str | None = None) 
         parts.append(b"event: " + name.encode("ascii") + b"\n")
     if event_id is not None:
         parts.append(b"id: " + event_id.encode("ascii") + b"\n")
-    for line in data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
-        parts.append(b"data: " + line + b"\n")
-    parts.append(b"\n")
+    if b"\n" in data or b"\r" in data:
+        for line in data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+            parts.append(b"data: " + line + b"\n")
+        parts.append(b"\n")
+    else:
+        parts += (b"data: ", data, b"\n\n")
     return b"".join(parts)
+
+
+def message_event(frame: bytes, start: int, event_id: str | None) -> bytes:
+    """A ``message`` event of the JSON payload at ``frame[start:]``, copied once (the server
+    encodes every payload it frames as compact JSON: no line break)."""
+    view = memoryview(frame)[start:]
+    if event_id is None:
+        return b"".join((b"data: ", view, b"\n\n"))
+    return b"".join((b"id: ", event_id.encode("ascii"), b"\ndata: ", view, b"\n\n"))
 
 
 def comment(text: str = "") -> bytes:
@@ -207,37 +255,43 @@ def retry_with_jitter(base_seconds: float, random01: float) -> int:
 # -- reading what fan-out hands a subscriber -----------------------------------------------------
 
 _TYPE: Final = b'{"type":"'
+_MESSAGE: Final = b'{"type":"message","channel":"'
 _ID: Final = b',"id":"'
 
 
-def text_payload(frame: bytes) -> bytes | None:
-    """The payload of an unmasked, unfragmented WebSocket text frame (what the server frames
-    once per broadcast, ``triows._core.frames``); None for any other frame."""
+def payload_start(frame: bytes) -> int:
+    """Where the payload of an unmasked, unfragmented WebSocket text frame (what the server
+    frames once per broadcast, ``triows._core.frames``) begins; -1 for any other frame."""
     if len(frame) < 2 or frame[0] != 0x81:
-        return None
+        return -1
     length = frame[1] & 0x7F
-    start = 2 if length < 126 else 4 if length == 126 else 10
-    return frame[start:]
+    return 2 if length < 126 else 4 if length == 126 else 10
 
 
-def frame_type(payload: bytes) -> str | None:
+def frame_type(payload: bytes, start: int = 0) -> str | None:
     """The ``type`` of a frame the server encoded (it always comes first)."""
-    if not payload.startswith(_TYPE):
+    if not payload.startswith(_TYPE, start):
         return None
-    end = payload.find(b'"', len(_TYPE))
-    return payload[len(_TYPE) : end].decode("ascii", "replace") if end > 0 else None
+    begin = start + len(_TYPE)
+    end = payload.find(b'"', begin)
+    return payload[begin:end].decode("ascii", "replace") if end > 0 else None
 
 
-def message_position(payload: bytes) -> tuple[str, int] | None:
-    """``(message id, seq)`` of a ``message`` payload (``protocol.message_payload``) without
-    decoding it: its ``id`` is the envelope's last field, after ``data``."""
-    at = payload.rfind(_ID)
-    if at < 0:
+def message_fields(payload: bytes, start: int = 0) -> tuple[str, str, int] | None:
+    """``(channel, message id, seq)`` of a ``message`` payload (``protocol.message_payload``)
+    without decoding it: its channel comes first, its ``id`` is the envelope's last field
+    (after ``data``)."""
+    if not payload.startswith(_MESSAGE, start):
         return None
-    start = at + len(_ID)
-    end = payload.find(b'"', start)
-    message_id = payload[start:end].decode("ascii", "replace")
+    begin = start + len(_MESSAGE)
+    end = payload.find(b'"', begin)
+    at = payload.rfind(_ID, begin)
+    if end < 0 or at < 0:
+        return None
+    channel = payload[begin:end].decode("ascii", "replace")
+    id_start = at + len(_ID)
+    message_id = payload[id_start : payload.find(b'"', id_start)].decode("ascii", "replace")
     seq_text = message_id.rpartition(":")[2]
     if not seq_text.isdigit():
         return None
-    return message_id, int(seq_text)
+    return channel, message_id, int(seq_text)

@@ -39,12 +39,12 @@ log = logging.getLogger("triows.sse")
 
 #: Bytes a client may send after its request (an EventSource sends none); more ends the stream.
 MAX_CLIENT_BYTES = 64 * 1024
-_MESSAGE_START = b'{"type":"message","channel":"'
 
 
 class SseStream(Outbound):
     __slots__ = (
         "_channels",
+        "_ids",
         "_positions",
         "_tracker",
         "client_id",
@@ -77,6 +77,7 @@ class SseStream(Outbound):
         #: Positions from ``Last-Event-ID``, each used by its channel's subscribe.
         self._positions = positions
         self._tracker = Tracker()
+        self._ids = sse.IdWriter(channels, positions)
         for channel, position in zip(channels, positions, strict=True):
             if position is None:
                 self._tracker.track(channel)
@@ -216,20 +217,27 @@ class SseStream(Outbound):
         return bool(data) and self.queue_reply(data)
 
     def _frame_events(self, frame: bytes) -> bytes:
-        payload = sse.text_payload(frame)
-        if payload is None:
+        start = sse.payload_start(frame)
+        if start < 0:
             return b""
-        if not payload.startswith(_MESSAGE_START):
-            kind = sse.frame_type(payload)  # join, leave
-            return sse.event(payload, name=kind) if kind else b""
-        found = sse.message_position(payload)
-        if found is None:
-            return b""
-        end = payload.find(b'"', len(_MESSAGE_START))
-        channel = payload[len(_MESSAGE_START) : end].decode("ascii", "replace")
-        message_id, seq = found
+        fields = sse.message_fields(frame, start)
+        if fields is None:
+            kind = sse.frame_type(frame, start)  # join, leave
+            return sse.event(frame[start:], name=kind) if kind else b""
+        channel, message_id, seq = fields
         tracked = self._tracker.on_message({"channel": channel, "seq": seq, "id": message_id})
-        return self._message_events(tracked, payload)
+        if len(tracked) == 1 and isinstance(tracked[0], Message):  # the common case
+            self._moved(channel)
+            return sse.message_event(frame, start, self._ids.text())
+        parts = self._gaps(tracked)
+        if any(isinstance(item, Message) for item in tracked):
+            parts.append((frame[start:], None))
+        self._moved(channel)
+        return self._events(parts)
+
+    def _moved(self, channel: str) -> None:
+        found = self._tracker.resume_from(channel)
+        self._ids.move(channel, None if found is None else (found[1], found[0]))
 
     def _reply_events(self, frame: dict[str, object]) -> bytes:
         data = protocol.encode(frame)
@@ -237,13 +245,10 @@ class SseStream(Outbound):
         if kind != "subscribed":
             return sse.event(data, name=str(kind))
         tracked = self._tracker.on_subscribed(frame)
+        channel = frame.get("channel")
+        if isinstance(channel, str):
+            self._moved(channel)
         return self._events([(data, "subscribed"), *self._gaps(tracked)])
-
-    def _message_events(self, tracked: list[Tracked], payload: bytes) -> bytes:
-        parts = self._gaps(tracked)
-        if any(isinstance(item, Message) for item in tracked):
-            parts.append((payload, None))
-        return self._events(parts)
 
     @staticmethod
     def _gaps(tracked: list[Tracked]) -> list[tuple[bytes, str | None]]:
@@ -271,16 +276,8 @@ class SseStream(Outbound):
             return b""
         out = [sse.event(data, name=name) for data, name in parts[:-1]]
         data, name = parts[-1]
-        out.append(sse.event(data, name=name, event_id=self._id()))
+        out.append(sse.event(data, name=name, event_id=self._ids.text()))
         return b"".join(out)
-
-    def _id(self) -> str:
-        tracker = self._tracker
-        positions: list[sse.Position] = []
-        for channel in self._channels:
-            found = tracker.resume_from(channel)
-            positions.append(None if found is None else (found[1], found[0]))
-        return sse.encode_id(self._channels, positions)
 
     # -- the goodbye ----------------------------------------------------------------------------
 
