@@ -3,6 +3,7 @@ process and across two Redis nodes), authentication, limits, slow consumers and 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -415,3 +416,14 @@ async def test_a_failing_authorize_hook_is_a_500() -> None:
         await client.body()
         await client.aclose()
         assert server.admission.connections == 0
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
+async def test_a_silent_peer_is_given_up_by_the_kernel() -> None:
+    async with running(sse_keepalive=4, heartbeat_timeout=3) as server:
+        client = await SseClient.open(server.port, "channel=a")
+        await client.events(1)
+        (stream,) = server.connections()
+        sock = stream.ws.stream.socket  # type: ignore[attr-defined]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 7000
+        await client.aclose()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
@@ -156,6 +157,7 @@ class SseEndpoint:
         with trio.fail_at(plain.deadline):
             await plain.stream.send_all(head)
         plain.ticket.opened()
+        _give_up_on_silent_peers(plain.stream, config)
         stream = SseStream(
             host=host,
             ws=WebSocket(plain.stream, FrameParser(125), plain.leftover),
@@ -208,6 +210,22 @@ def _channels_and_positions(
         return channels, sse.decode_id(last.strip(), channels)
     except sse.LastEventIdError as exc:
         raise _Refusal(400, f"bad Last-Event-ID: {exc}") from None
+
+
+def _give_up_on_silent_peers(stream: trio.abc.Stream, config: Config) -> None:
+    """An event stream has no pong to wait for: a peer that vanished without a reset (a laptop
+    closed, a network gone) would hold its place until TCP gave up, many minutes later. With
+    ``TCP_USER_TIMEOUT`` (Linux) the kernel gives up once bytes sent (a keep-alive comment at
+    the latest) stay unacknowledged for the keep-alive interval plus the heartbeat timeout, and
+    the stream's reader sees the end."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None or not isinstance(stream, trio.SocketStream):
+        return
+    milliseconds = int((config.sse_keepalive + config.heartbeat_timeout) * 1000)
+    try:
+        stream.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
+    except OSError:  # not TCP after all (a Unix socket), or the peer is gone
+        pass
 
 
 def _head(origin: str | None) -> bytes:
