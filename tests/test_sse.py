@@ -427,3 +427,20 @@ async def test_a_silent_peer_is_given_up_by_the_kernel() -> None:
         sock = stream.ws.stream.socket  # type: ignore[attr-defined]
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 7000
         await client.aclose()
+
+
+async def test_cross_origin_streams_and_refusals_carry_cors_headers() -> None:
+    origin = "https://app.example.com"
+    async with running(allow_origins=[origin], max_connections=1) as server:
+        ok = await SseClient.open(server.port, "channel=a", headers={"Origin": origin})
+        assert ok.status == 200
+        assert f"Access-Control-Allow-Origin: {origin}" in ok.head
+        full = await SseClient.open(server.port, "channel=a", headers={"Origin": origin})
+        assert full.status == 200  # a refusal for now, readable by that page
+        assert f"Access-Control-Allow-Origin: {origin}" in full.head
+        await full.body()
+        other = await SseClient.open(server.port, "channel=a", headers={"Origin": "https://x.y"})
+        assert other.status == 403
+        assert "Access-Control-Allow-Origin" not in other.head
+        await other.body()
+        await ok.aclose()

@@ -25,8 +25,10 @@ import random
 
 import trio
 
+from .._brokers.seam import BrokerUnavailableError
 from .._core import protocol, sse
 from .._core.auth import Principal
+from .._core.hub import SubscriptionLimitError
 from .._core.outbox import DropCounter, SlowConsumerPolicy
 from .._core.tracking import Gap, Message, Tracked, Tracker
 from .._net.websocket import Closed, WebSocket
@@ -148,7 +150,8 @@ class SseStream(Outbound):
                 else:
                     with trio.fail_after(self._host.config.handshake_timeout):
                         subscribed = await broker.subscribe(self, channel, since, epoch)
-            except Exception as exc:  # a subscription limit, Redis away, a timeout
+            except (SubscriptionLimitError, BrokerUnavailableError, trio.TooSlowError) as exc:
+                # Redis away or slow: worth coming back (a bug goes on, to 1011).
                 log.info("SSE %s could not subscribe to %r: %r", self.client_id, channel, exc)
                 self.close(1013, f"cannot subscribe to '{channel}' now; try again")
                 return

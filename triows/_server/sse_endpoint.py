@@ -97,9 +97,11 @@ class SseEndpoint:
             host.handshakes.count_refusal(refusal.status)
             log.info("refused an SSE stream from %s: %d %s", plain.remote, *refusal.args)
             plain.ticket.closing()
-            await answer(
-                plain.stream, _refusal(refusal.status, refusal.reason, host.config), plain.deadline
-            )
+            origin = plain.request.headers.get("origin")
+            if not host.config.origin_allowed(origin):
+                origin = None
+            response = _refusal(refusal.status, refusal.reason, host.config, origin)
+            await answer(plain.stream, response, plain.deadline)
             return
         finally:
             if plain.ticket.stage is Stage.HANDSHAKE:  # failed midway: it counts no more
@@ -228,28 +230,36 @@ def _give_up_on_silent_peers(stream: trio.abc.Stream, config: Config) -> None:
         pass
 
 
+def _cors(origin: str | None) -> tuple[tuple[str, str], ...]:
+    """What lets a page of another allowed origin read the stream (or its refusal)."""
+    if origin is None:
+        return ()
+    return (
+        ("Access-Control-Allow-Origin", origin.encode("latin-1", "replace").decode("latin-1")),
+        ("Access-Control-Allow-Credentials", "true"),
+        ("Vary", "Origin"),
+    )
+
+
 def _head(origin: str | None) -> bytes:
     lines = [
-        b"HTTP/1.1 200 OK",
-        b"Content-Type: text/event-stream; charset=utf-8",
-        b"Cache-Control: no-cache, no-transform",
-        b"Connection: close",
-        b"X-Accel-Buffering: no",  # nginx: pass events on as they come
+        "HTTP/1.1 200 OK",
+        "Content-Type: text/event-stream; charset=utf-8",
+        "Cache-Control: no-cache, no-transform",
+        "Connection: close",
+        "X-Accel-Buffering: no",  # nginx: pass events on as they come
+        *(f"{name}: {value}" for name, value in _cors(origin)),
     ]
-    if origin is not None:  # allowed (checked before): a cross-origin EventSource may read it
-        lines += [
-            b"Access-Control-Allow-Origin: " + origin.encode("latin-1", "replace"),
-            b"Access-Control-Allow-Credentials: true",
-            b"Vary: Origin",
-        ]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
 
-def _refusal(status: int, reason: str, config: Config) -> bytes:
+def _refusal(status: int, reason: str, config: Config, origin: str | None) -> bytes:
     if status not in _TRY_AGAIN:
-        return http_response(status, reason.encode() + b"\n")
+        return http_response(status, reason.encode() + b"\n", headers=_cors(origin))
     retry = sse.retry_with_jitter(config.sse_retry, random.random())
     body = sse.retry_field(retry)[:-1] + sse.event(
         protocol.encode({"status": status, "reason": reason}), name="refused"
     )
-    return http_response(200, body, content_type="text/event-stream; charset=utf-8")
+    return http_response(
+        200, body, content_type="text/event-stream; charset=utf-8", headers=_cors(origin)
+    )
