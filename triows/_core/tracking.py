@@ -179,8 +179,14 @@ class Tracker:
 
     def restore(self, channel: str, epoch: str, seq: int) -> None:
         """Follow ``channel`` from ``(epoch, seq)`` as if it had been seen up to there: a
-        position carried over from elsewhere (an SSE stream's ``Last-Event-ID``)."""
-        self._cursors[channel] = _Cursor(epoch=epoch, seq=seq)
+        position carried over from elsewhere (an SSE stream's ``Last-Event-ID``, another
+        stream's step). In the cursor's own epoch it only moves (the epochs it left stay)."""
+        cursor = self._cursors.get(channel)
+        if cursor is None or cursor.epoch != epoch:
+            self._cursors[channel] = _Cursor(epoch=epoch, seq=seq)
+        else:
+            cursor.seq = seq
+            cursor.settle()
 
     def resume_from(self, channel: str) -> tuple[int, str] | None:
         """``(since, epoch)`` to resubscribe with, once the channel has been seen."""

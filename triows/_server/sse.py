@@ -43,11 +43,43 @@ log = logging.getLogger("triows.sse")
 MAX_CLIENT_BYTES = 64 * 1024
 
 
+class SharedEvents:
+    """The events the last stream made of a broadcast frame.
+
+    Fan-out hands one frame to every subscriber in a row. A stream that follows the same
+    channels and stands at the same position (its id is the same) makes the same events of it
+    and moves to the same position: it takes them as they are, and a broadcast to many streams
+    of one channel is turned into events about once, as it is framed once for WebSockets.
+    One per server; it holds one frame and one set of events at most.
+    """
+
+    __slots__ = ("after", "before", "channels", "data", "frame")
+
+    def __init__(self) -> None:
+        self.frame: bytes | None = None
+        self.channels: list[str] = []
+        self.before = ""
+        self.after: sse.Position = None
+        self.data = b""
+
+    def remember(
+        self, frame: bytes, channels: list[str], before: str, after: sse.Position, data: bytes
+    ) -> None:
+        self.frame, self.channels, self.before, self.after, self.data = (
+            frame,
+            channels,
+            before,
+            after,
+            data,
+        )
+
+
 class SseStream(Outbound):
     __slots__ = (
         "_channels",
         "_ids",
         "_positions",
+        "_shared",
         "_tracker",
         "client_id",
         "connected_at",
@@ -69,8 +101,10 @@ class SseStream(Outbound):
         positions: list[sse.Position],
         remote: str = "",
         ip: str = "",
+        shared: SharedEvents | None = None,
     ) -> None:
         super().__init__(host, ws)
+        self._shared = shared if shared is not None else SharedEvents()
         self.principal = principal
         self.client_id = client_id
         self.remote = remote
@@ -228,19 +262,34 @@ class SseStream(Outbound):
             kind = sse.frame_type(frame, start)  # join, leave
             return sse.event(frame[start:], name=kind) if kind else b""
         channel, message_id, seq = fields
+        shared = self._shared
+        before = self._ids.text()
+        if shared.frame is frame and shared.before == before and shared.channels == self._channels:
+            # The stream before this one stood where this one stands: the same events, and
+            # the same move (the rules read nothing else of an SSE stream).
+            if shared.after is not None:
+                self._tracker.restore(channel, *shared.after)
+                self._ids.move(channel, shared.after)
+            return shared.data
         tracked = self._tracker.on_message({"channel": channel, "seq": seq, "id": message_id})
         if len(tracked) == 1 and isinstance(tracked[0], Message):  # the common case
-            self._moved(channel)
-            return sse.message_event(frame, start, self._ids.text())
-        parts = self._gaps(tracked)
-        if any(isinstance(item, Message) for item in tracked):
-            parts.append((frame[start:], None))
-        self._moved(channel)
-        return self._events(parts)
+            after = self._moved(channel)
+            data = sse.message_event(frame, start, self._ids.text())
+        else:
+            parts = self._gaps(tracked)
+            if any(isinstance(item, Message) for item in tracked):
+                parts.append((frame[start:], None))
+            after = self._moved(channel)
+            data = self._events(parts)
+        shared.remember(frame, self._channels, before, after, data)
+        return data
 
-    def _moved(self, channel: str) -> None:
+    def _moved(self, channel: str) -> sse.Position:
+        """Bring the id to the tracker's cursor of ``channel``; returns that position."""
         found = self._tracker.resume_from(channel)
-        self._ids.move(channel, None if found is None else (found[1], found[0]))
+        position = None if found is None else (found[1], found[0])
+        self._ids.move(channel, position)
+        return position
 
     def _reply_events(self, frame: dict[str, object]) -> bytes:
         data = protocol.encode(frame)

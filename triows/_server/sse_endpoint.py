@@ -43,7 +43,7 @@ from .access import Access
 from .handshakes import Handshakes
 from .host import ConnectionHost
 from .outbound import GOING_AWAY
-from .sse import SseStream
+from .sse import SharedEvents, SseStream
 
 log = logging.getLogger("triows.sse")
 
@@ -81,6 +81,7 @@ class SseEndpoint:
         self._host = host
         self._fallback = fallback
         self._path = host.config.sse_path
+        self._shared = SharedEvents()
 
     async def route(self, plain: PlainRequest) -> None:
         """Every plain HTTP request: an event stream's, or one for the HTTP endpoints."""
@@ -169,6 +170,7 @@ class SseEndpoint:
             positions=positions,
             remote=plain.remote,
             ip=plain.ip,
+            shared=self._shared,
         )
         host.adopt(stream)
         return stream
