@@ -104,6 +104,18 @@ def _api_key(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None
         )
 
 
+def _none_if_empty(value: str | None) -> str | None:
+    return value or None
+
+
+def _sse_path(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    _path(_, attribute, value)
+    if value in ("/health", "/ready", "/metrics", "/stats", "/demo", "/triows.js") or (
+        value is not None and value.startswith("/api/")
+    ):
+        raise ValueError(f"sse_path {value!r} is an HTTP endpoint's path")
+
+
 def _networks(value: Any) -> tuple[str, ...]:
     return tuple(
         str(network) for network in parse_networks([value] if isinstance(value, str) else value)
@@ -316,6 +328,15 @@ class Config:
     #: there once per monitor sample, and ``/metrics`` and ``/stats`` add them all up. Set by
     #: the ``--workers`` supervisor.
     shared_stats_dir: str | None = None
+    #: Server-Sent Events (``GET <sse_path>?channel=...``, docs/browser.md): the path, or
+    #: ``None`` (or ``""``) to turn them off (404); seconds between keep-alive comments; the
+    #: ``retry:`` hint in seconds (each stream gets it within ±50%, so that browsers
+    #: disconnected together do not all come back at the same instant).
+    sse_path: str | None = attrs.field(
+        default="/sse", converter=_none_if_empty, validator=_sse_path
+    )
+    sse_keepalive: float = attrs.field(default=15.0, validator=_positive)
+    sse_retry: float = attrs.field(default=3.0, validator=_positive)
     #: Shown to clients in ``welcome`` and ``pong``; random when not set.
     server_id: str | None = None
     authenticate: Authenticate | None = attrs.field(default=None, eq=False, repr=False)

@@ -11,6 +11,7 @@
 //   {"cmd": "page", "url": "...", "width": 390, "height": 844, "dark": 1}   one more page; its index
 //   {"cmd": "eval", "page": 2, "js": "async (arg) => ...", "arg": ...}   run JS, its result
 //   {"cmd": "waitfor", "page": 2, "js": "window.x > 1", "ms": 10000}   until the expression is truthy
+//   {"cmd": "reload", "page": 2}                    reload a page (waits for its load)
 //   {"cmd": "quit"}
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
@@ -112,6 +113,9 @@ async function run(command) {
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
     }
+    case "reload":
+      await pages[command.page].reload();
+      return { ok: true };
     case "quit":
       await browser.close();
       process.exit(0);

@@ -153,7 +153,8 @@ def test_adaptive_interval() -> None:
 def test_a_backlog_is_bounded_in_bytes_too() -> None:
     """1000 events of 64 KiB would be 64 MiB per subscription: the buffer holds messages up to
     its byte bound, then skips, and the application learns exactly what was skipped."""
-    from triows._core.tracking import SUBSCRIPTION_BUFFER_FULL, Backlog
+    from triows._core.backlog import Backlog
+    from triows._core.tracking import SUBSCRIPTION_BUFFER_FULL
 
     backlog = Backlog("c", capacity=1000, max_bytes=250_000)
     for seq in range(1, 11):
@@ -168,7 +169,7 @@ def test_a_backlog_is_bounded_in_bytes_too() -> None:
 
 
 def test_one_message_larger_than_the_byte_bound_still_gets_through() -> None:
-    from triows._core.tracking import Backlog
+    from triows._core.backlog import Backlog
 
     backlog = Backlog("c", capacity=10, max_bytes=100)
     event = Message(channel="c", data="big", seq=1, id="e1:1", sender="o", timestamp=0)

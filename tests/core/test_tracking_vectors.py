@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from triows._core.tracking import Backlog, Gap, Message, Recovered, Tracked, Tracker
+from triows._core.backlog import Backlog
+from triows._core.tracking import Gap, Message, Recovered, Tracked, Tracker
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "tracking.json"
 CASES: list[dict[str, Any]] = json.loads(VECTORS.read_text())["vectors"]

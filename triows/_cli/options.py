@@ -30,6 +30,7 @@ from .values import (
     channel_history,
     channel_policy,
     message_size,
+    path_or_off,
     pem_file,
     port,
     slow_consumer,
@@ -325,6 +326,24 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "trusted_proxies",
         "reverse proxy address or CIDR whose X-Forwarded-For gives the client address, "
         "repeatable (env: comma-separated)",
+    ),
+    (
+        "--sse-path",
+        path_or_off,
+        "sse_path",
+        "URL path of Server-Sent Events streams (GET ?channel=...); off: none (404)",
+    ),
+    (
+        "--sse-keepalive",
+        POSITIVE_SECONDS,
+        "sse_keepalive",
+        "seconds between keep-alive comments on an SSE stream",
+    ),
+    (
+        "--sse-retry",
+        POSITIVE_SECONDS,
+        "sse_retry",
+        "retry: hint of SSE streams in seconds (each gets it within +-50%%)",
     ),
     ("--metrics", yes_no, "metrics", "latency histograms and GET /metrics"),
     (

@@ -86,6 +86,15 @@ def yes_no(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
 
 
+def path_or_off(text: str) -> str:
+    """A URL path, or ``off`` for none (``--sse-path off``): ``""``."""
+    if text.lower() in ("off", "no", "none"):
+        return ""
+    if not text.startswith("/") or "?" in text:
+        raise argparse.ArgumentTypeError(f"expected a path starting with '/' or off, got {text!r}")
+    return text
+
+
 def channel_history(text: str) -> tuple[str, int, float]:
     pattern, sep, bounds = text.rpartition("=")
     size, colon, ttl = bounds.partition(":")

@@ -12,7 +12,8 @@ from typing import Protocol
 
 import trio
 
-from .._core.tracking import Backlog, Event
+from .._core.backlog import Backlog
+from .._core.tracking import Event
 from .errors import ClientError
 
 

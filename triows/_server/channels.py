@@ -47,6 +47,32 @@ def subscribe_errors(request_id: protocol.RequestId | None) -> Iterator[None]:
         raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
 
 
+def subscribed_reply(
+    channel: str, subscribed: Subscribed, *, server: bool = False
+) -> tuple[dict[str, object], tuple[bytes, ...]]:
+    """The ``subscribed`` reply to a subscribe, and the frames its resume (``since``) or its
+    rewind replays after it (every transport answers a subscribe so). ``server``: a
+    subscription the application made (``Server.subscribe``)."""
+    reply: dict[str, object] = {
+        "type": "subscribed",
+        "channel": channel,
+        "seq": subscribed.seq,
+        "epoch": subscribed.epoch,
+    }
+    if server:
+        reply["server"] = True
+    resume = subscribed.resume
+    if subscribed.rewound is not None:
+        reply["rewound"] = subscribed.rewound
+        return reply, resume.replay if resume is not None else ()
+    if resume is None:
+        return reply, ()
+    reply["recovered"] = resume.recovered
+    if resume.gap is not None:
+        reply["gap"] = list(resume.gap)
+    return reply, resume.replay
+
+
 class Channels(Outbound):
     __slots__ = (
         "_acks_over",
@@ -191,26 +217,7 @@ class Channels(Outbound):
         *,
         server: bool = False,
     ) -> Wait | None:
-        """Queue the ``subscribed`` reply (``server``: a subscription the application made,
-        ``Server.subscribe``), then what history replays (``since``/``rewind``)."""
-        reply: dict[str, object] = {
-            "type": "subscribed",
-            "channel": request.channel,
-            "seq": subscribed.seq,
-            "epoch": subscribed.epoch,
-        }
-        replay: tuple[bytes, ...] = ()
-        resume = subscribed.resume
-        if server:
-            reply["server"] = True
-        if subscribed.rewound is not None:
-            reply["rewound"] = subscribed.rewound
-            replay = resume.replay if resume is not None else ()
-        elif resume is not None:
-            reply["recovered"] = resume.recovered
-            if resume.gap is not None:
-                reply["gap"] = list(resume.gap)
-            replay = resume.replay
+        reply, replay = subscribed_reply(request.channel, subscribed, server=server)
         # Membership, reply and replay in one synchronous step: live messages can only come
         # after the replay, and none is missing between the two.
         over = self.queue_reply(protocol.with_id(reply, request.id))

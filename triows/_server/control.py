@@ -31,6 +31,7 @@ from .._ops.dashboard import CONNECTIONS, connections_answer
 from .._ops.view import ChannelInfo, ControlFailed, HistoryResult
 from .access import Access
 from .connection import Connection
+from .sse import SseStream
 
 log = logging.getLogger("triows.server")
 
@@ -74,7 +75,7 @@ class Control:
         presence: Presence,
         access: Access,
         *,
-        by_user: Callable[[str], Iterable[Connection]],
+        by_user: Callable[[str], Iterable[Connection | SseStream]],
         by_client: Callable[[str], Connection | None],
         wall_clock: Callable[[], float],
         timeout: float,
@@ -251,23 +252,30 @@ class Control:
             done += self._act(op, request, conn)
         return {_COUNTED.get(str(op), "disconnected"): done}
 
-    def _targets(self, request: dict[str, Any]) -> list[Connection]:
+    def _targets(self, request: dict[str, Any]) -> list[Connection | SseStream]:
         if "client" in request:
             conn = self._by_client(request["client"])
             return [] if conn is None else [conn]
         return list(self._by_user(request["user"]))
 
-    def _act(self, op: Any, request: dict[str, Any], conn: Connection) -> int:
+    def _act(self, op: Any, request: dict[str, Any], conn: Connection | SseStream) -> int:
         if conn.close_code is not None:
             return 0
         if op == "disconnect":
             conn.close(request["code"], request["reason"])
             return 1
+        if isinstance(conn, SseStream):
+            # An SSE stream's channels are its URL's: the server can end it (disconnect,
+            # revoke), not change what it follows.
+            return int(op == "revoke" and self._close_revoked(conn))
         if op == "unsubscribe":
             return int(conn.unsubscribe_by_server(request["channel"], request["reason"]))
         if op == "subscribe":
             return int(conn.subscribe_by_server(request["channel"]))
-        if op == "revoke" and self._access.is_revoked(conn.principal):
-            conn.close(REVOKED, "token revoked")
-            return 1
-        return 0
+        return int(op == "revoke" and self._close_revoked(conn))
+
+    def _close_revoked(self, conn: Connection | SseStream) -> bool:
+        if not self._access.is_revoked(conn.principal):
+            return False
+        conn.close(REVOKED, "token revoked")
+        return True

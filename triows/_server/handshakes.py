@@ -21,7 +21,7 @@ from collections.abc import Callable
 import trio
 
 from .._config import Config, Rejected
-from .._core.admission import Refused
+from .._core.admission import Refused, Ticket
 from .._core.auth import ANONYMOUS, AuthError, Principal
 from .._core.close_codes import REFUSAL_BY_CLOSE, REFUSAL_PARAMETER, refusal_close_code
 from .._core.handshake import HandshakeRequest
@@ -68,26 +68,35 @@ class Handshakes:
         if not config.origin_allowed(origin):
             await self._reject(pending, 403, "origin not allowed", detail=repr(origin))
             return None
-        if self._memory_guard.over:
-            await self._reject(pending, 503, "memory limit reached")
-            return None
         try:
-            # Counted now, before the first await: concurrent handshakes cannot all pass.
-            pending.ticket.connection(address_key(info.ip))
-            principal = await self._authenticate(info, pending.deadline)
-            if self._access.is_revoked(principal):
-                raise Rejected(401, "token revoked")
-            if principal.user_id is not None:
-                pending.ticket.user(principal.user_id)
+            principal = await self.admit(info, pending.ticket, pending.deadline)
         except (Rejected, Refused) as refused:
             await self._reject(pending, refused.status, refused.reason)
-            return None
-        if self._closing():  # shutdown began while the hook was deciding
-            await self._reject(pending, 503, "server is shutting down")
             return None
         ws = await pending.accept()
         pending.ticket.opened()
         return ws, principal
+
+    async def admit(self, info: HandshakeRequest, ticket: Ticket, deadline: float) -> Principal:
+        """The rules every transport's connection meets once its path and origin are right
+        (a WebSocket handshake, an SSE stream): the memory guard, the connection's place
+        (reserved before the first await), who it is, its user's place, and shutdown once
+        more. Raises :class:`Rejected` or :class:`Refused` with the status to answer."""
+        if self._memory_guard.over:
+            raise Rejected(503, "memory limit reached")
+        # Counted now, before the first await: concurrent handshakes cannot all pass.
+        ticket.connection(address_key(info.ip))
+        principal = await self._authenticate(info, deadline)
+        if self._access.is_revoked(principal):
+            raise Rejected(401, "token revoked")
+        if principal.user_id is not None:
+            ticket.user(principal.user_id)
+        if self._closing():  # shutdown began while the hook was deciding
+            raise Rejected(503, "server is shutting down")
+        return principal
+
+    def count_refusal(self, status: int) -> None:
+        self.rejected[status] += 1
 
     async def _reject(
         self, pending: PendingHandshake, status: int, reason: str, *, detail: str = ""

@@ -53,6 +53,8 @@ from .control import Control
 from .handshakes import Handshakes
 from .public import PublicMethods
 from .publishing import Publishing
+from .sse import SseStream
+from .sse_endpoint import SseEndpoint
 from .supervisor import run_supervisor
 from .traffic import Traffic
 
@@ -80,9 +82,10 @@ class Server(PublicMethods):
         self.publishing = Publishing(self.broker, self.fanout, config.max_message_size, self.now_ms)
         self.handshakes = Handshakes(config, self.access, self.memory_guard, lambda: self.closing)
         self.listeners: list[trio.abc.Listener[Any]] = []
-        self._connections: dict[Connection, None] = {}
+        self._connections: dict[Connection | SseStream, None] = {}
         self._closing = False
-        self._shutdown_deadline: float | None = None
+        #: When shutdown cuts what is left (set by aclose()).
+        self.shutdown_deadline: float | None = None
         self._accept_scope = trio.CancelScope()
         self._connections_nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
@@ -100,7 +103,7 @@ class Server(PublicMethods):
         self.http_requests: Counter[int] = Counter()
         self.ack_latency = histogram(config.metrics)
         self.trusted_proxies = parse_networks(config.trusted_proxies)
-        self._by_user: dict[str, dict[Connection, None]] = {}
+        self._by_user: dict[str, dict[Connection | SseStream, None]] = {}
         self.control = Control(
             self.broker,
             self.presence,
@@ -113,6 +116,7 @@ class Server(PublicMethods):
         )
         self.monitor = Monitor(self)
         self.http = HttpEndpoints(self, self.monitor)
+        self.sse = SseEndpoint(self, self.http.serve)
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -199,7 +203,7 @@ class Server(PublicMethods):
         if not self._closing:
             self._closing = True
             self._accept_scope.cancel()
-            deadline = self._shutdown_deadline = trio.current_time() + self.config.shutdown_timeout
+            deadline = self.shutdown_deadline = trio.current_time() + self.config.shutdown_timeout
             log.info(
                 "shutting down: closing %d connection(s), timeout %.1fs",
                 len(self._connections),
@@ -290,7 +294,7 @@ class Server(PublicMethods):
                 self._handshake,
                 listeners,
                 handler_nursery=self._connections_nursery,
-                http_handler=self.http.serve,
+                http_handler=self.sse.route,
                 trusted_proxies=self.trusted_proxies,
                 max_message_size=self.config.max_message_size,
                 handshake_timeout=self.config.handshake_timeout,
@@ -313,11 +317,11 @@ class Server(PublicMethods):
         log.debug("connected %r", conn)
         del pending, opened  # the request's headers need not live as long as the connection
         if self._closing:  # shutdown began while we were accepting it
-            conn.close(GOING_AWAY, "Server shutting down", deadline=self._shutdown_deadline)
+            conn.close(GOING_AWAY, "Server shutting down", deadline=self.shutdown_deadline)
         try:
             await conn.run()
         finally:
-            self._forget(conn)
+            self.forget(conn)
 
     def _register(self, pending: PendingHandshake, ws: Any, principal: Any) -> Connection:
         info = pending.info
@@ -329,14 +333,20 @@ class Server(PublicMethods):
             ip=info.ip,
             client_id=secrets.token_urlsafe(9),
         )
-        self._connections[conn] = None
-        if principal.user_id is not None:
-            self._by_user.setdefault(principal.user_id, {})[conn] = None
-        self.fanout.register(conn)
-        self.connections_total += 1
+        self.adopt(conn)
         return conn
 
-    def _forget(self, conn: Connection) -> None:
+    def adopt(self, conn: Connection | SseStream) -> None:
+        self._connections[conn] = None
+        if conn.principal.user_id is not None:
+            self._by_user.setdefault(conn.principal.user_id, {})[conn] = None
+        self.fanout.register(conn)
+        self.connections_total += 1
+
+    def population_changed(self) -> None:
+        self._population_changed.set()
+
+    def forget(self, conn: Connection | SseStream) -> None:
         del self._connections[conn]
         user = conn.principal.user_id
         if user is not None and (held := self._by_user.get(user)) is not None:
@@ -371,7 +381,7 @@ class Server(PublicMethods):
         nursery.start_soon(task)
         return True
 
-    def connections(self) -> list[Connection]:
+    def connections(self) -> list[Connection | SseStream]:
         return list(self._connections)
 
     def _by_client(self, client_id: str) -> Connection | None:
