@@ -338,19 +338,22 @@ async def test_a_client_flushing_its_offline_queue_behind_an_async_hook_is_not_r
 
 
 @pytest.mark.parametrize(
-    ("options", "claims", "accepted"),
+    ("options", "offsets", "accepted"),
     [
         ({"jwt_require_exp": True}, {}, False),
-        ({"jwt_require_exp": True}, {"exp": time.time() + 60}, True),
+        ({"jwt_require_exp": True}, {"exp": 60}, True),
         ({"jwt_max_age": 60}, {}, False),  # no iat: its age is unknown
-        ({"jwt_max_age": 60}, {"iat": time.time() - 30}, True),
-        ({"jwt_max_age": 60}, {"iat": time.time() - 90}, False),
-        ({"jwt_max_age": 60, "jwt_leeway": 60}, {"iat": time.time() - 90}, True),
+        ({"jwt_max_age": 60}, {"iat": -30}, True),
+        ({"jwt_max_age": 60}, {"iat": -90}, False),
+        ({"jwt_max_age": 60, "jwt_leeway": 60}, {"iat": -90}, True),
     ],
 )
 async def test_tokens_without_expiry_or_too_old_can_be_refused(
-    options: dict[str, Any], claims: dict[str, Any], accepted: bool
+    options: dict[str, Any], offsets: dict[str, float], accepted: bool
 ) -> None:
+    # Times relative to now when the test runs (not when it was collected: a long suite
+    # reaches it minutes later).
+    claims = {name: time.time() + offset for name, offset in offsets.items()}
     async with open_test_server(jwt_secret=SECRET, **options) as harness:
         if accepted:
             async with harness.connect(token=make_token(**claims)):

@@ -72,7 +72,6 @@ class Requests(Channels):
     def _on_message(self, raw: str | bytes) -> None:
         self.frames_in += 1
         self._traffic.received += 1
-        self.last_activity = trio.current_time()
         try:
             request = protocol.parse_request(raw)
         except ProtocolError as exc:
@@ -134,6 +133,8 @@ class Requests(Channels):
         application ``authorize`` hook (it may be async), a broker that subscribes over the
         network, a history read, a subscription the server makes. Everything else is served
         by the reader, inline."""
+        if type(request) is protocol.Publish:  # the common request first
+            return self._host.config.authorize is not None
         if isinstance(request, protocol.Ping | protocol.Unsubscribe):
             return False
         if isinstance(request, protocol.HistoryQuery | ServerSubscribe):
