@@ -290,3 +290,15 @@ async def test_channel_state_history_and_presence_from_the_server(
                 await server.channel_presence("elsewhere")
             with pytest.raises(ValueError, match="cap"):
                 await server.history("room", limit=100_000)
+
+
+async def test_listing_many_channels_lets_the_others_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_server() as harness:
+        server = harness.server
+        for n in range(5000):
+            server.publish_nowait(f"c{n}", n)
+        with trio.testing.assert_checkpoints():
+            listed = await server.control.serve({"op": "channels"})
+        assert len(listed["channels"]) == 5000

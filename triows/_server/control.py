@@ -33,8 +33,9 @@ from .connection import Connection
 
 log = logging.getLogger("triows.server")
 
-#: Connections acted on between two checkpoints.
+#: Connections acted on, and channels listed, between two checkpoints.
 CONNECTIONS_PER_STEP = 500
+CHANNELS_PER_STEP = 2000
 #: Longest ``reason`` sent with a disconnect (a close frame holds 123 bytes of it).
 MAX_REASON = 120
 #: Longest user id or client id a request may name.
@@ -215,8 +216,11 @@ class Control:
         """Serve a control request on this node's connections; its answer."""
         op = request.get("op")
         if op == "channels":
-            hub = self._broker.hub
-            listed = [[s.name, len(s.members), s.seq, s.epoch] for s in hub.channels()]
+            listed: list[list[Any]] = []
+            for index, held in enumerate(list(self._broker.hub.channels())):
+                if index % CHANNELS_PER_STEP == CHANNELS_PER_STEP - 1:
+                    await trio.lowlevel.checkpoint()  # many channels must not stall the rest
+                listed.append([held.name, len(held.members), held.seq, held.epoch])
             return {"channels": listed}
         if op == "subscribers":
             state = self._broker.hub.channel(request["channel"])

@@ -338,11 +338,10 @@ class Server(PublicMethods):
     def _forget(self, conn: Connection) -> None:
         del self._connections[conn]
         user = conn.principal.user_id
-        held = self._by_user.get(user) if user is not None else None
-        if held is not None:
+        if user is not None and (held := self._by_user.get(user)) is not None:
             held.pop(conn, None)
             if not held:
-                del self._by_user[user]  # type: ignore[arg-type]
+                del self._by_user[user]
         self.fanout.unregister(conn)
         if conn.principal.user_id is None:
             # An anonymous connection's publish ids cannot be sent again from another
