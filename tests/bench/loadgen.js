@@ -2,7 +2,8 @@
 // under test, not the generator, is the bottleneck.
 //
 //   node loadgen.js fanout     <url> <protocol: triows|bare|websockets> <subscribers> <warmup s> <measure s> [window]
-//   node loadgen.js rpc        <url> <protocol> <clients> <warmup s> <measure s>
+//   node loadgen.js rpc        <url> <protocol> <clients> <warmup s> <measure s> [pad bytes]
+//   node loadgen.js chat       <url> <protocol> <clients> <warmup s> <measure s> <rooms> <per client per s>
 //   node loadgen.js handshakes <url> <protocol> <connections> [in flight]
 //   node loadgen.js idle       <url> <protocol> <connections>
 //   node loadgen.js hold       <url> <protocol> <connections> <local address> [in flight]
@@ -14,6 +15,12 @@
 // server's CPU time at those moments) and then one JSON line of results.
 // rpc: N closed-loop clients, each with one request in flight: triows answers a publish (to a
 // channel nobody follows) with its ack, the peers echo the frame. Prints MEASURE_* and JSON.
+// chat: N clients in ROOMS rooms (client i in room i % ROOMS), each publishing PER CLIENT PER S
+// messages (paced, random phase) that every other member of its room receives. triows: each
+// client subscribes to its room's channel and publishes with an id (so it gets acks, as
+// triows.js does); the peers take the room from the URL path and relay each message to the
+// room's other members. Prints MEASURE_* and JSON: publications and deliveries in the window,
+// publish→delivery p50/p99.
 // handshakes: opens and closes N connections, at most IN FLIGHT at once (default 100);
 // MEASURE_START / MEASURE_END bracket the whole run.
 // idle: opens N connections, prints "IDLE_READY", and holds them until stdin closes.
@@ -33,9 +40,13 @@ const PAD = "x".repeat(64);
 let closedAfterOpen = 0;
 const closeCodes = {}; // close code -> connections the server closed after they opened
 
-function open(onMessage) {
+function open(onMessage, channel = "bench", path = "") {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 1 << 20, localAddress });
+    const ws = new WebSocket(url + path, {
+      perMessageDeflate: false,
+      maxPayload: 1 << 20,
+      localAddress,
+    });
     let ready = false;
     ws.on("error", (err) => (ready ? console.error("socket error", err.message) : reject(err)));
     ws.on("close", (code) => {
@@ -51,7 +62,7 @@ function open(onMessage) {
           ready = true; // idle connections: connected, greeted, subscribed to nothing
           resolve(ws);
         } else if (frame.type === "welcome") {
-          ws.send(JSON.stringify({ type: "subscribe", channel: "bench" }));
+          ws.send(JSON.stringify({ type: "subscribe", channel }));
         } else if (frame.type === "subscribed") {
           ready = true;
           resolve(ws);
@@ -171,6 +182,7 @@ async function idle() {
 }
 
 async function rpc() {
+  const pad = windowText ? "x".repeat(Number(windowText)) : PAD;
   const warmup = Number(warmupText) * 1000;
   const measure = Number(measureText) * 1000;
   let replies = 0;
@@ -186,8 +198,8 @@ async function rpc() {
       n++;
       const frame =
         protocol === "triows"
-          ? { type: "publish", channel: "rpc", data: { n, pad: PAD }, id: n }
-          : { n, pad: PAD };
+          ? { type: "publish", channel: "rpc", data: { n, pad }, id: n }
+          : { n, pad };
       client.ws.send(JSON.stringify(frame));
     };
     client.ws = await open(() => {
@@ -316,7 +328,74 @@ async function hold() {
   });
 }
 
-const modes = { idle, fanout, rpc, handshakes, hold };
+async function chat() {
+  const warmup = Number(warmupText) * 1000;
+  const measure = Number(measureText) * 1000;
+  const rooms = Number(process.argv[9]);
+  const perSecond = Number(process.argv[10]);
+  let publications = 0;
+  let deliveries = 0;
+  let measuring = false;
+  let latencies = [];
+  const triows = protocol === "triows";
+  function onMessage(raw) {
+    const frame = JSON.parse(raw);
+    let sent;
+    if (triows) {
+      if (frame.type !== "message") return; // acks
+      sent = frame.data.t;
+    } else {
+      sent = frame.t;
+    }
+    if (measuring) {
+      deliveries++;
+      if ((deliveries & 3) === 0) latencies.push(performance.now() - sent);
+    }
+  }
+  const clients = [];
+  for (let i = 0; i < count; i += 200) {
+    const batch = [];
+    for (let j = i; j < Math.min(count, i + 200); j++) {
+      const room = `room-${j % rooms}`;
+      batch.push(open(onMessage, room, triows ? "" : room).then((ws) => ({ ws, room, n: 0 })));
+    }
+    clients.push(...(await Promise.all(batch)));
+  }
+  const period = 1000 / perSecond;
+  for (const client of clients) {
+    const publish = () => {
+      client.n++;
+      const data = { t: performance.now(), pad: PAD };
+      const frame = triows
+        ? { type: "publish", channel: client.room, data, id: client.n }
+        : data;
+      client.ws.send(JSON.stringify(frame));
+      if (measuring) publications++;
+    };
+    setTimeout(() => setInterval(publish, period), Math.random() * period);
+  }
+  const elapsed = await measureWindow(warmup, measure, (on) => {
+    measuring = on;
+    if (on) {
+      latencies = [];
+      publications = 0;
+      deliveries = 0;
+    }
+  });
+  latencies.sort((a, b) => a - b);
+  console.log(
+    JSON.stringify({
+      publications,
+      deliveries,
+      seconds: elapsed,
+      p50_ms: percentile(latencies, 50),
+      p99_ms: percentile(latencies, 99),
+    })
+  );
+  process.exit(0);
+}
+
+const modes = { idle, fanout, rpc, handshakes, hold, chat };
 modes[mode]().catch((err) => {
   console.error(err && err.message ? err.message : err);
   process.exit(1);

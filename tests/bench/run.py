@@ -2,12 +2,19 @@
 
     nox -s bench                      # or: python tests/bench/run.py [--repeat 3]
 
-Peers: a bare trio-websocket server as a tutorial writes it (bare_server.py), and the
-`websockets` library (websockets_server.py). Each server runs as a subprocess pinned to one
-core, and the Node `ws` load generator (loadgen.js) to the other. Figures:
+Peers: a bare trio-websocket server as a tutorial writes it (bare_server.py), the
+`websockets` library on asyncio (websockets_server.py) and its Trio implementation
+(websockets_trio_server.py), and for the chat scenarios Node `ws` running the same room logic
+(room_server.js). Each server runs as a subprocess pinned to one core, and the Node `ws` load
+generator (loadgen.js) to the other. Figures:
 
 - request→reply: 50 closed-loop clients; triows answers a publish with its ack, the peers
-  echo the frame. Replies/s, replies per server CPU-second, p50/p99 round trip.
+  echo the frame, and so does triows' own engine (tests/conformance/echo_server.py: the same
+  reader and write path without the protocol), which shows the protocol's share. Small
+  (64-byte pad) and 1 KB payloads. Replies/s, replies per server CPU-second, p50/p99.
+- chat: one room of 200 clients and 200 rooms of 10 (2,000 clients), every client
+  publishing 5 messages a second to its room; publications and deliveries per server
+  CPU-second, publish→delivery p50/p99.
 - handshakes per server CPU-second: 5,000 connections opened and closed, 100 at a time.
 - KiB per idle connection: 5,000 held open for a while, heartbeats on where the server has
   them (triows every 25 s, websockets every 20 s; bare trio-websocket has none).
@@ -46,7 +53,22 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "loadgen.js"
 TICKS = os.sysconf("SC_CLK_TCK")
-SERVERS = ("bare", "websockets", "triows")
+SERVERS = ("bare", "wstrio", "websockets", "triows")
+#: request→reply adds triows' engine answering an echo (the protocol's share is the difference).
+ECHO_SERVERS = ("bare", "wstrio", "websockets", "engine", "triows")
+#: The chat scenarios: the same room logic on Node ws, websockets (asyncio) and triows.
+CHAT_SERVERS = ("node", "websockets", "triows")
+#: (name, clients, rooms, publications per client per second)
+CHAT_SCENARIOS = (("one room", 200, 1, 5), ("small rooms", 2000, 200, 5))
+#: request→reply payload pads: small, and 1 KB.
+PADS = (64, 1024)
+#: The source tree of the "baseline" server (--baseline), when given.
+BASELINE: list[str] = []
+PEER_SCRIPTS = {
+    "bare": "bare_server.py",
+    "websockets": "websockets_server.py",
+    "wstrio": "websockets_trio_server.py",
+}
 #: The generator on core 0, servers on core 1 (when there are two).
 GENERATOR_CPU, SERVER_CPU = 0, 1
 #: Messages in flight in the cluster scenarios: each one takes a Redis round trip.
@@ -100,7 +122,7 @@ def pinned(cpu: int) -> Any:
 def start_server(
     kind: str, port: int, extra: list[str] | None = None, *, mode: str = "broadcast"
 ) -> subprocess.Popen[bytes]:
-    if kind == "triows":
+    if kind in ("triows", "baseline"):
         command = [
             sys.executable,
             "-m",
@@ -120,11 +142,23 @@ def start_server(
             "warning",
             *(extra or []),
         ]
+    elif kind == "engine":
+        command = [sys.executable, "-m", "tests.conformance.echo_server", str(port)]
+    elif kind == "node":
+        command = ["node", str(HERE / "room_server.js"), str(port)]
     else:
-        script = "bare_server.py" if kind == "bare" else "websockets_server.py"
-        command = [sys.executable, str(HERE / script), str(port), mode]
+        command = [sys.executable, str(HERE / PEER_SCRIPTS[kind]), str(port), mode]
     workers = extra is not None and "--workers" in extra
-    server = subprocess.Popen(command, preexec_fn=None if workers else pinned(SERVER_CPU))
+    env = None
+    if kind == "baseline":  # another version's source tree (--baseline), same options
+        env = {**os.environ, "PYTHONPATH": BASELINE[0]}
+    server = subprocess.Popen(
+        command,
+        preexec_fn=None if workers else pinned(SERVER_CPU),
+        # `python -m` puts the working directory first on the path: the baseline runs in its own.
+        cwd=BASELINE[0] if kind == "baseline" else HERE.parent.parent,
+        env=env,
+    )
     for _ in range(200):  # up to 10 s for the port to accept
         if server.poll() is not None:
             raise RuntimeError(f"{kind} server exited with {server.returncode}")
@@ -364,6 +398,11 @@ def drive(
     return result, max(cpu_end - cpu_start, 1e-9), redis_end - redis_start
 
 
+def protocol_of(kind: str) -> str:
+    """What the load generator speaks to ``kind``: triows' protocol, or raw messages."""
+    return "triows" if kind == "baseline" else kind
+
+
 def against(
     kind: str,
     generator_mode: str,
@@ -382,7 +421,7 @@ def against(
     try:
         with scraping(port, scrape), dashboard_open(port, dashboard):
             result, cpu, _ = drive(
-                [generator_mode, f"ws://127.0.0.1:{port}/", kind, *arguments],
+                [generator_mode, f"ws://127.0.0.1:{port}/", protocol_of(kind), *arguments],
                 process_tree(server.pid),
                 timeout=timeout,
             )
@@ -400,11 +439,12 @@ def request_reply(
     extra: list[str] | None = None,
     scrape: bool = False,
     dashboard: bool = False,
+    pad: int = 64,
 ) -> dict[str, float]:
     result, cpu = against(
         kind,
         "rpc",
-        [str(clients), str(warmup), str(measure)],
+        [str(clients), str(warmup), str(measure), str(pad)],
         mode="echo",
         timeout=warmup + measure + 120,
         extra=extra,
@@ -418,6 +458,82 @@ def request_reply(
         "p50_ms": result["p50_ms"],
         "p99_ms": result["p99_ms"],
     }
+
+
+def chat(
+    kind: str, clients: int, rooms: int, per_second: int, warmup: float, measure: float
+) -> dict[str, float]:
+    result, cpu = against(
+        kind,
+        "chat",
+        [str(clients), str(warmup), str(measure), "0", str(rooms), str(per_second)],
+        mode="rooms",
+        timeout=warmup + measure + 180,
+    )
+    return {
+        "publications_per_s": result["publications"] / result["seconds"],
+        "publications_per_cpu_second": result["publications"] / cpu,
+        "deliveries_per_cpu_second": result["deliveries"] / cpu,
+        "server_cpu_share": cpu / result["seconds"],
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+    }
+
+
+def chat_scenarios(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    print(
+        f"\n{'chat':24} {'pubs/s':>8} {'pubs/CPU-s':>11} {'deliv/CPU-s':>12} {'CPU':>5} "
+        f"{'p50 ms':>7} {'p99 ms':>7}",
+        flush=True,
+    )
+    for name, clients, rooms, per_second in CHAT_SCENARIOS:
+        section: dict[str, Any] = {}
+        figures["chat"][name] = section
+        for kind in CHAT_SERVERS + (("baseline",) if BASELINE else ()):
+            runs = [
+                chat(kind, clients, rooms, per_second, args.warmup, args.measure)
+                for _ in range(args.repeat)
+            ]
+            row = section[kind] = median_of(runs)
+            print(
+                f"{name + ' ' + kind:24} {row['publications_per_s']:>8,.0f} "
+                f"{row['publications_per_cpu_second']:>11,.0f} "
+                f"{row['deliveries_per_cpu_second']:>12,.0f} {row['server_cpu_share']:>5.2f} "
+                f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f}",
+                flush=True,
+            )
+        for peer in ("node", "websockets", *(("baseline",) if BASELINE else ())):
+            ratio = (
+                section["triows"]["publications_per_cpu_second"]
+                / section[peer]["publications_per_cpu_second"]
+            )
+            section[f"ratio_{peer}"] = ratio
+            print(f"  {name}: triows / {peer}, publications per CPU-s: {ratio:.2f}x", flush=True)
+
+
+def request_replies(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    print(
+        f"{'request→reply':14} {'pad':>5} {'replies/s':>10} {'per CPU-s':>10} "
+        f"{'CPU':>5} {'p50 ms':>7} {'p99 ms':>7}",
+        flush=True,
+    )
+    for pad in PADS:
+        section: dict[str, Any] = {}
+        figures["request_reply"][f"pad {pad}"] = section
+        for kind in ECHO_SERVERS + (("baseline",) if BASELINE else ()):
+            runs = [
+                request_reply(kind, args.clients, args.warmup, args.measure, pad=pad)
+                for _ in range(args.repeat)
+            ]
+            row = section[kind] = median_of(runs)
+            print(
+                f"{kind:14} {pad:>5} {row['replies_per_s']:>10,.0f} "
+                f"{row['per_cpu_second']:>10,.0f} {row['server_cpu_share']:>5.2f} "
+                f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f}",
+                flush=True,
+            )
+        kinds = ECHO_SERVERS + (("baseline",) if BASELINE else ())
+        ratios(section, "replies_per_s", f"request→reply throughput, pad {pad}", kinds)
 
 
 def handshakes(kind: str, connections: int) -> dict[str, float]:
@@ -710,12 +826,21 @@ def main() -> None:
     parser.add_argument(
         "--paced", type=int, default=5000, help="deliveries/s for the paced latency (0: skip)"
     )
+    parser.add_argument(
+        "--chat", type=int, default=1, help="run the chat scenarios (0: skip)", choices=(0, 1)
+    )
+    parser.add_argument(
+        "--baseline",
+        help="a source tree of another triows version (the folder holding its triows/), run "
+        "beside this one in request→reply and the chat scenarios",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument(
         "--only",
-        choices=("single", "cluster", "metrics", "dashboard"),
+        choices=("single", "cluster", "metrics", "dashboard", "inbound"),
         help="run one part (default: single and cluster; metrics: the cost of metrics; "
-        "dashboard: the cost of an open dashboard)",
+        "dashboard: the cost of an open dashboard; inbound: request→reply and the chat "
+        "scenarios only)",
     )
     parser.add_argument(
         "--scale", action="store_true", help="only the scale mode: idle connections at scale"
@@ -724,12 +849,15 @@ def main() -> None:
     parser.add_argument("--scale-workers", type=int, default=6)
     parser.add_argument("--scale-hold", type=float, default=60.0, help="seconds to hold them")
     args = parser.parse_args()
+    if args.baseline:
+        BASELINE.append(str(Path(args.baseline).resolve()))
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
 
     figures: dict[str, Any] = {
         "request_reply": {},
+        "chat": {},
         "handshakes": {},
         "idle_kib_per_connection": {},
         "fanout": {},
@@ -747,8 +875,9 @@ def main() -> None:
     else:
         if args.only != "cluster":
             single(args, figures)
-            metrics_cost(args, figures)
-        if args.only != "single":
+            if args.only != "inbound":
+                metrics_cost(args, figures)
+        if args.only not in ("single", "inbound"):
             cluster(args, figures)
     if args.json:
         print(json.dumps(figures, indent=2))
@@ -756,25 +885,11 @@ def main() -> None:
 
 def single(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     if args.clients:
-        print(
-            f"{'request→reply':14} {'clients':>7} {'replies/s':>10} {'per CPU-s':>10} "
-            f"{'CPU':>5} {'p50 ms':>7} {'p99 ms':>7}",
-            flush=True,
-        )
-        section = figures["request_reply"]
-        for kind in SERVERS:
-            runs = [
-                request_reply(kind, args.clients, args.warmup, args.measure)
-                for _ in range(args.repeat)
-            ]
-            row = section[kind] = median_of(runs)
-            print(
-                f"{kind:14} {args.clients:>7} {row['replies_per_s']:>10,.0f} "
-                f"{row['per_cpu_second']:>10,.0f} {row['server_cpu_share']:>5.2f} "
-                f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f}",
-                flush=True,
-            )
-        ratios(section, "replies_per_s", "request→reply throughput")
+        request_replies(args, figures)
+    if args.chat:
+        chat_scenarios(args, figures)
+    if args.only == "inbound":
+        return
     if args.handshakes:
         section = figures["handshakes"]
         for kind in SERVERS:
@@ -802,7 +917,7 @@ def single(args: argparse.Namespace, figures: dict[str, Any]) -> None:
                 fanout(kind, subscribers, args.warmup, args.measure) for _ in range(args.repeat)
             ]
             record(figures["fanout"], kind, subscribers, runs, with_redis=False)
-        for peer in ("bare", "websockets"):
+        for peer in ("bare", "wstrio", "websockets"):
             compare(
                 figures["fanout"],
                 ("triows", peer),
@@ -837,8 +952,12 @@ def paced_latency(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         )
 
 
-def ratios(section: dict[str, Any], field: str, text: str) -> None:
-    for peer in ("bare", "websockets"):
+def ratios(
+    section: dict[str, Any], field: str, text: str, kinds: tuple[str, ...] = SERVERS
+) -> None:
+    for peer in kinds:
+        if peer == "triows":
+            continue
         ratio = section["triows"][field] / section[peer][field]
         section[f"ratio_{peer}"] = ratio
         print(f"  triows / {peer}, {text}: {ratio:.2f}x", flush=True)

@@ -2,6 +2,8 @@
 
     python websockets_server.py PORT broadcast   # relay each message to every other client
     python websockets_server.py PORT echo        # answer each message with itself
+    python websockets_server.py PORT rooms       # relay to the other members of the room
+                                                 # named by the URL path (chat scenarios)
 
 Broadcast uses ``websockets.broadcast`` (frames once, writes without awaiting, skips clients
 whose buffer is full), the library's recommended way. Its default keepalive pings stay on
@@ -17,6 +19,7 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
 clients: set[ServerConnection] = set()
+rooms: dict[str, set[ServerConnection]] = {}
 
 
 async def relay(ws: ServerConnection) -> None:
@@ -30,6 +33,21 @@ async def relay(ws: ServerConnection) -> None:
         clients.discard(ws)
 
 
+async def room(ws: ServerConnection) -> None:
+    name = ws.request.path if ws.request is not None else "/"
+    members = rooms.setdefault(name, set())
+    members.add(ws)
+    try:
+        async for message in ws:
+            broadcast([c for c in members if c is not ws], message)
+    except ConnectionClosed:
+        pass
+    finally:
+        members.discard(ws)
+        if not members:
+            rooms.pop(name, None)
+
+
 async def echo(ws: ServerConnection) -> None:
     try:
         async for message in ws:
@@ -39,7 +57,7 @@ async def echo(ws: ServerConnection) -> None:
 
 
 async def main(port: int, mode: str) -> None:
-    handler = echo if mode == "echo" else relay
+    handler = {"echo": echo, "rooms": room}.get(mode, relay)
     async with serve(handler, "127.0.0.1", port, compression=None, max_size=1 << 20) as server:
         await server.serve_forever()
 

@@ -100,7 +100,7 @@ def test_model_of_the_window(records: list[tuple[str, int, float]]) -> None:
         assert sum(len(keys) for keys in window._principals.values()) == window.entries
         for (p, ch, pid), (_, at) in window._entries.items():
             assert now - at < 5
-            assert (ch, pid) in window._principals[p]
+            assert (p, ch, pid) in window._principals[p]
 
 
 def test_the_servers_own_keys_have_no_count_of_their_own() -> None:

@@ -60,10 +60,12 @@ class MemoryBroker(Broker):
                 self.deduplicated += 1
                 state = self.hub.channel(pub.channel)
                 pub.epoch = state.epoch if state is not None else ""
+                pub.seq = seq
                 if pub.numbered is not None:
                     pub.numbered(seq)
                 return []
         seq, blocked = self._broadcast(pub, now)
+        pub.seq = seq
         if pub.dedupe is not None:
             self._dedupe.record(pub.dedupe[0], pub.channel, pub.dedupe[1], seq, now)
         if pub.numbered is not None:

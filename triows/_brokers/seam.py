@@ -66,6 +66,9 @@ class Publication:
     epoch: str = ""
     #: The publisher asked to receive its own message too (``"echo": true``).
     echo: bool = False
+    #: Its number, set before ``publish`` returns by a broker that numbers at once
+    #: (``Broker.numbers_at_once``): such a publisher reads it here, with no callback.
+    seq: int = 0
 
     @property
     def excluded(self) -> str | None:

@@ -59,21 +59,23 @@ class DedupeRule:
 
 
 class DedupeWindow:
-    __slots__ = ("_entries", "_principals", "max_principals", "rule")
+    __slots__ = ("_enabled", "_entries", "_principals", "max_principals", "rule")
 
     def __init__(
         self, *, size: int, ttl: float, max_principals: int, max_entries: int = 1_000_000
     ) -> None:
         self.rule = DedupeRule(size=size, ttl=ttl, max_entries=max_entries)
+        self._enabled = self.rule.enabled
         self.max_principals = max_principals
         #: Every entry, oldest first: ``(principal, channel, id) -> (seq, recorded at)``.
         self._entries: OrderedDict[_Entry, tuple[int, float]] = OrderedDict()
-        #: Each principal's keys, oldest first; principals least recently active first.
-        self._principals: OrderedDict[Hashable, OrderedDict[Key, None]] = OrderedDict()
+        #: Each principal's entries (the same tuples as keys of ``_entries``), oldest first;
+        #: principals least recently active first.
+        self._principals: OrderedDict[Hashable, OrderedDict[_Entry, None]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
-        return self.rule.enabled
+        return self._enabled
 
     @property
     def ttl(self) -> float:
@@ -91,25 +93,27 @@ class DedupeWindow:
     def record(
         self, principal: Hashable, channel: str, publish_id: str | int, seq: int, now: float
     ) -> None:
-        if not self.enabled:
+        if not self._enabled:
             return
         entry = (principal, channel, publish_id)
-        if entry in self._entries:  # expired but not yet collected: recorded anew
+        entries = self._entries
+        if entry in entries:  # expired but not yet collected: recorded anew
             self._remove(entry)
-        keys = self._principals.get(principal)
+        principals = self._principals
+        keys = principals.get(principal)
         if keys is None:
-            keys = self._principals[principal] = OrderedDict()
+            keys = principals[principal] = OrderedDict()
             self._cap_principals()
         else:
-            self._principals.move_to_end(principal)
-        self._entries[entry] = (seq, now)
-        keys[(channel, publish_id)] = None
-        size = self.rule.size_for(principal)
-        if size is not None:
-            while len(keys) > size:
-                self._remove((principal, *next(iter(keys))))
-        while len(self._entries) > self.rule.max_entries:
-            self._remove(next(iter(self._entries)))
+            principals.move_to_end(principal)
+        entries[entry] = (seq, now)
+        keys[entry] = None
+        rule = self.rule
+        if len(keys) > rule.size and principal != SERVER_PRINCIPAL:
+            while len(keys) > rule.size:
+                self._remove(next(iter(keys)))
+        while len(entries) > rule.max_entries:
+            self._remove(next(iter(entries)))
 
     def _cap_principals(self) -> None:
         """Forget the least recently active principals over ``max_principals``; not a
@@ -136,9 +140,9 @@ class DedupeWindow:
 
     def _remove(self, entry: _Entry) -> None:
         del self._entries[entry]
-        principal, channel, publish_id = entry
+        principal = entry[0]
         keys = self._principals[principal]
-        del keys[(channel, publish_id)]
+        del keys[entry]
         if not keys:
             del self._principals[principal]
 
@@ -148,8 +152,9 @@ class DedupeWindow:
             self._forget_principal(principal)
 
     def _forget_principal(self, principal: Hashable) -> None:
-        for channel, publish_id in self._principals.pop(principal):
-            del self._entries[(principal, channel, publish_id)]
+        entries = self._entries
+        for entry in self._principals.pop(principal):
+            del entries[entry]
 
     @property
     def principals(self) -> int:

@@ -12,28 +12,37 @@ from collections import deque
 
 
 class History:
-    __slots__ = ("_entries", "max_bytes", "nbytes", "size", "ttl")
+    __slots__ = ("_entries", "enabled", "max_bytes", "nbytes", "size", "ttl")
 
     def __init__(self, size: int, ttl: float, max_bytes: int = 1 << 62) -> None:
         self.size = size
         self.ttl = ttl
         self.max_bytes = max_bytes
+        #: Whether it keeps anything: a channel whose history is off costs one test per message.
+        self.enabled = size > 0 and ttl > 0 and max_bytes > 0
+        #: ``(seq, kept at, frame)``: a tuple per message, the frame shared with delivery.
         self._entries: deque[tuple[int, float, bytes]] = deque()
         self.nbytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    @property
-    def enabled(self) -> bool:
-        return self.size > 0 and self.ttl > 0 and self.max_bytes > 0
-
-    def append(self, seq: int, now: float, frame: bytes) -> None:
+    def append(self, seq: int, now: float, frame: bytes) -> int:
+        """Keep a message; returns how many older ones it pushed out (usually none)."""
         if not self.enabled:
-            return
-        self._entries.append((seq, now, frame))
+            return 0
+        entries = self._entries
+        entries.append((seq, now, frame))
         self.nbytes += len(frame)
-        self.prune(now)
+        if (
+            len(entries) > self.size
+            or self.nbytes > self.max_bytes
+            or entries[0][1] <= now - self.ttl
+        ):
+            held = len(entries)
+            self.prune(now)
+            return held - len(entries)
+        return 0
 
     def prune(self, now: float) -> None:
         """Forget what is over the size or the byte cap, or older than the ttl."""

@@ -233,19 +233,26 @@ class Hub(Generic[M]):
         """Keep a published message in history; a channel without members goes idle (the most
         recently published last)."""
         history = state.history
+        name = state.name
         if history.enabled:
-            before, count = history.nbytes, len(history)
-            history.append(seq, now, frame)
+            before = history.nbytes
+            pushed_out = history.append(seq, now, frame)
             self._history_bytes += history.nbytes - before
-            self._history_messages += len(history) - count
-            self._recency.pop(state.name, None)
-            if history:
-                self._recency[state.name] = state  # most recently published goes last
-                self._schedule(state)
-            self._enforce_total()
+            self._history_messages += 1 - pushed_out
+            recency = self._recency
+            recency.pop(name, None)
+            if history.nbytes or len(history):
+                recency[name] = state  # most recently published goes last
+                if state.expiry_deadline is None:
+                    self._schedule(state)
+            if self._history_bytes > self._max_history_bytes:
+                self._enforce_total()
         if not state.members:
-            self._idle.pop(state.name, None)  # most recently published goes last
-            self._discard_if_unused(state)
+            idle = self._idle
+            idle.pop(name, None)  # most recently published goes last
+            idle[name] = state
+            if len(idle) > self._max_idle:
+                self._discard_if_unused(state)
 
     def resume(self, state: ChannelState[M], since: int, epoch: str | None, now: float) -> Resume:
         """What a client that last saw ``(epoch, since)`` missed, and what history can replay

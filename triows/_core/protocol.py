@@ -19,6 +19,12 @@ from typing import Any, Final
 
 import attrs
 
+from .envelopes import ack_payload as ack_payload
+from .envelopes import encode as encode
+from .envelopes import encode_parsed as encode_parsed
+from .envelopes import encode_value as encode_value
+from .envelopes import message_payload as message_payload
+from .envelopes import timestamp_of as timestamp_of
 from .history import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
 from .names import ChannelNameError, validate_channel
 
@@ -151,6 +157,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 #: The same, refusing an object that names a field twice (which value would count?). Slower
 #: (a Python hook per object): for documents read once per request, not for every frame.
+_raw_decode = _decoder.raw_decode
 _strict_decoder = json.JSONDecoder(
     parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
 )
@@ -184,6 +191,21 @@ def _request_id(frame: dict[str, Any]) -> RequestId | None:
     if isinstance(raw, str) and not 0 < len(raw) <= MAX_ID_LENGTH:
         raise ProtocolError(BAD_REQUEST, f"'id' must be 1 to {MAX_ID_LENGTH} characters")
     return raw
+
+
+#: Channel names already found valid: a dict lookup instead of the pattern, per frame. Bounded
+#: (emptied when full): it is a cache, never a rule.
+_valid_channels: dict[str, None] = {}
+_VALID_CHANNELS_KEPT: Final = 4096
+
+
+def _known_channel(frame: dict[str, Any], request_id: RequestId | None) -> str:
+    """``frame``'s channel, checked by the full rule, and remembered as valid."""
+    channel = _channel(frame, request_id)
+    if len(_valid_channels) >= _VALID_CHANNELS_KEPT:
+        _valid_channels.clear()
+    _valid_channels[channel] = None
+    return channel
 
 
 def _channel(frame: dict[str, Any], request_id: RequestId | None) -> str:
@@ -225,6 +247,16 @@ def decode_json(text: str, *, unique_keys: bool = False) -> Any:
     a nesting bomb refused, never anything but :class:`ProtocolError`. ``unique_keys``: an
     object naming a field twice is refused too."""
     try:
+        if not unique_keys:
+            # A frame as clients write it (no whitespace around it) in one scan; anything
+            # else, errors included, takes the full path below and its messages.
+            try:
+                value, end = _raw_decode(text)
+            except ValueError:
+                pass
+            else:
+                if end == len(text):
+                    return value
         return (_strict_decoder if unique_keys else _decoder).decode(text)
     except RecursionError:
         raise ProtocolError(BAD_REQUEST, "not valid JSON: nested too deeply") from None
@@ -253,17 +285,27 @@ def parse_request(raw: str | bytes) -> Request:
     frame = decode_json(raw)
     if not isinstance(frame, dict):
         raise ProtocolError(BAD_REQUEST, "a frame must be a JSON object")
-    request_id = _request_id(frame)
+    request_id = frame.get("id")
+    # The common ids (a small integer) pass with one test; the rest by the full rule.
+    if request_id is not None and not (
+        type(request_id) is int and -MAX_SAFE_INTEGER <= request_id <= MAX_SAFE_INTEGER
+    ):
+        request_id = _request_id(frame)
     kind = frame.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(BAD_REQUEST, "missing or non-string field 'type'", request_id)
     if kind == "publish":
-        channel = _channel(frame, request_id)
+        channel = frame.get("channel")
+        if type(channel) is not str or channel not in _valid_channels:
+            channel = _known_channel(frame, request_id)
         if "data" not in frame:
             raise ProtocolError(BAD_REQUEST, "missing field 'data'", request_id)
-        data = check_data(frame["data"], request_id)
+        data = frame["data"]
+        # A value nests no deeper than the frame has brackets: most frames need no walk.
+        if raw.count("{") + raw.count("[") > MAX_DEPTH:
+            check_data(data, request_id)
         echo = frame.get("echo", False)
-        if not isinstance(echo, bool):
+        if echo is not False and echo is not True:
             raise ProtocolError(BAD_REQUEST, "'echo' must be true or false", request_id)
         return Publish(channel=channel, data=data, id=request_id, echo=echo)
     if kind == "subscribe":
@@ -310,24 +352,6 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_ascii_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def encode(frame: Any) -> bytes:
-    """Compact UTF-8 JSON, ready to be framed.
-
-    JSON lets a client send a lone surrogate escape (``"\\ud800"``), which has no UTF-8 form;
-    such a frame falls back to ASCII escapes instead of failing, so any value that was accepted
-    can be delivered.
-    """
-    text = _encoder.encode(frame)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _ascii_encoder.encode(frame).encode("ascii")
-
-
 def with_id(frame: dict[str, Any], request_id: RequestId | None) -> dict[str, Any]:
     """Echo the request id in a reply, as the contract promises, only when there was one."""
     if request_id is not None:
@@ -356,58 +380,3 @@ def welcome_frame(
             "heartbeat": heartbeat,
         },
     }
-
-
-def encode_value(value: Any) -> bytes:
-    """The JSON of a published ``data`` value, encoded once per broadcast."""
-    return encode(value)
-
-
-def message_payload(
-    *,
-    channel: str,
-    data_json: bytes,
-    sender: str | None,
-    timestamp_ms: int,
-    seq: int,
-    message_id: str,
-) -> bytes:
-    """The ``message`` frame, spliced from parts instead of re-encoding ``data``.
-
-    Equal to ``encode({"type": "message", "channel": ..., "data": ..., ...})`` (a test holds
-    it to that); channel names and message ids are validated ASCII that JSON leaves as is.
-    """
-    return b"".join(
-        (
-            b'{"type":"message","channel":"',
-            channel.encode("ascii"),
-            b'","data":',
-            data_json,
-            b',"from":',
-            encode(sender),
-            b',"timestamp":',
-            str(timestamp_ms).encode("ascii"),
-            b',"seq":',
-            str(seq).encode("ascii"),
-            b',"id":"',
-            message_id.encode("ascii"),
-            b'"}',
-        )
-    )
-
-
-_TIMESTAMP = b',"timestamp":'
-
-
-def timestamp_of(payload: bytes) -> int | None:
-    """The ``timestamp`` of a :func:`message_payload` without decoding it: the envelope's
-    fields follow ``data``, so the last occurrence is the envelope's own."""
-    at = payload.rfind(_TIMESTAMP)
-    if at < 0:
-        return None
-    start = at + len(_TIMESTAMP)
-    end = payload.find(b",", start)
-    try:
-        return int(payload[start:end])
-    except ValueError:
-        return None

@@ -20,6 +20,7 @@ from .._brokers.fanout import Subscriber
 from .._brokers.seam import BrokerUnavailableError, Subscribed
 from .._core import protocol
 from .._core.auth import Action, Principal
+from .._core.frames import text_frame
 from .._core.hub import SubscriptionLimitError
 from .._core.protocol import ProtocolError
 from .._core.ratelimit import TokenBucket
@@ -76,6 +77,7 @@ def subscribed_reply(
 class Channels(Outbound):
     __slots__ = (
         "_acks_over",
+        "_dedupe_key",
         "_publish_bucket",
         "_subscribe_bucket",
         "_unacked",
@@ -89,6 +91,10 @@ class Channels(Outbound):
         super().__init__(host, ws)
         self.principal = principal
         self.client_id = client_id
+        # Whose publish ids these are: the user, across reconnects; else this connection. A
+        # refreshed token is the same user's, so the key is made once.
+        user = principal.user_id
+        self._dedupe_key = ("user", user) if user is not None else ("connection", client_id)
         self._acks_over = False  # an ack went over the outbox's capacity: settle
         self._unacked = 0  # publications handed to the broker, not yet numbered or failed
         # Made at first use: a bucket made then is full, as one made now would be by then.
@@ -98,8 +104,7 @@ class Channels(Outbound):
     @property
     def dedupe_key(self) -> object:
         """Whose publish ids these are: the user, across reconnects; else this connection."""
-        user = self.principal.user_id
-        return ("user", user) if user is not None else ("connection", self.client_id)
+        return self._dedupe_key
 
     def _bucket(self, action: Action) -> TokenBucket:
         """This connection's rate bucket for ``action``, made at its first use."""
@@ -128,15 +133,35 @@ class Channels(Outbound):
                 f"{self._unacked} publications are waiting for their ack",
                 request_id,
             )
-        # The broker calls back with the seq before any later message of the channel reaches
-        # this client (in process: in this very step), which is how a client tells its own
-        # publications from gaps.
-        self._unacked += 1
         host = self._host
-        # In process the ack is written in this very step: observed as 0 s, with no clock read.
-        started = None if host.broker.numbers_at_once else trio.current_time()
+        publishing = host.publishing
+        if host.broker.numbers_at_once:
+            # In process: numbered, delivered and kept in this very step, so the ack is written
+            # now, before any later message of the channel can reach this client; no callback,
+            # no clock (observed as 0 s).
+            pub = publishing.client_publication(
+                self.client_id,
+                self._dedupe_key,
+                request.channel,
+                request.data,
+                request_id,
+                request.echo,
+            )
+            blocked = publishing.hand_over(pub, request_id)
+            host.ack_latency.observe(0.0)
+            if request_id is not None and self.queue_reply(
+                text_frame(protocol.ack_payload(request_id, pub.seq))
+            ):
+                self._acks_over = True
+            if blocked or self._acks_over:
+                return functools.partial(self._after_publish, blocked)
+            return None
+        # The broker calls back with the seq before any later message of the channel reaches
+        # this client, which is how a client tells its own publications from gaps.
+        self._unacked += 1
+        started = trio.current_time()
         try:
-            blocked = host.publishing.publish_from_client(
+            blocked = publishing.publish_from_client(
                 self.client_id,
                 self.dedupe_key,
                 request.channel,
@@ -159,13 +184,11 @@ class Channels(Outbound):
             self._acks_over = False
             await self.settle()
 
-    def _acknowledge(
-        self, request_id: protocol.RequestId | None, started: float | None, seq: int
-    ) -> None:
+    def _acknowledge(self, request_id: protocol.RequestId | None, started: float, seq: int) -> None:
         self._unacked -= 1
-        self._host.ack_latency.observe(0.0 if started is None else trio.current_time() - started)
+        self._host.ack_latency.observe(trio.current_time() - started)
         if request_id is not None and self.queue_reply(
-            {"type": "ack", "id": request_id, "seq": seq}
+            text_frame(protocol.ack_payload(request_id, seq))
         ):
             self._acks_over = True
 

@@ -127,8 +127,10 @@ class Connection(Requests):
         while True:
             if data:
                 budget.reset()
+                messages = 0
                 for event in parser.feed(data):
                     if isinstance(event, Message):
+                        messages += 1
                         self._on_message(event.data)
                     elif isinstance(event, Ping):
                         if self._send(frame(PONG, event.payload)) is Verdict.OVER:
@@ -149,6 +151,8 @@ class Connection(Requests):
                         # Let every other connection run before serving more of this read.
                         await trio.lowlevel.checkpoint()
                         budget.reset()
+                if messages:  # activity is messages (not pongs): the clock once per read
+                    self.last_activity = trio.current_time()
             data = await ws.receive()
             if not data:
                 self._peer_left(ABNORMAL, "")

@@ -102,14 +102,37 @@ class Publishing:
         the sender. Returns the subscribers a ``block`` publisher must wait for. Refusals are
         the client's error frames (413, 503).
         """
-        try:
-            pub = self.publication(channel, data, sender_id)
-        except DataTooLargeError as exc:
-            raise ProtocolError(protocol.TOO_LARGE, str(exc), request_id) from None
+        pub = self.client_publication(sender_id, dedupe_key, channel, data, request_id, echo)
+        pub.numbered, pub.failed = numbered, failed
+        return self.hand_over(pub, request_id)
+
+    def client_publication(
+        self,
+        sender_id: str,
+        dedupe_key: object,
+        channel: str,
+        data: Any,
+        request_id: protocol.RequestId | None,
+        echo: bool,
+    ) -> Publication:
+        """A client's publication: ``data`` as parsed from its frame (so encoded without the
+        search for cycles), a dedupe entry only when the client gave an ``id``."""
+        data_json = protocol.encode_parsed(data)
+        if len(data_json) > self._max_data:
+            raise ProtocolError(
+                protocol.TOO_LARGE, f"data is larger than {self._max_data} bytes", request_id
+            )
+        pub = Publication(channel, data_json, sender_id, self._now_ms())
         if request_id is not None:
             pub.dedupe = (dedupe_key, request_id)
         pub.echo = echo
-        pub.numbered, pub.failed = numbered, failed
+        return pub
+
+    def hand_over(
+        self, pub: Publication, request_id: protocol.RequestId | None
+    ) -> list[Subscriber]:
+        """Give a client's publication to the broker; returns the subscribers a ``block``
+        publisher must wait for. A broker that numbers at once has set ``pub.seq``."""
         try:
             return self._broker.publish(pub)
         except BrokerUnavailableError as exc:

@@ -76,7 +76,6 @@ class Requests(Channels):
     def _on_message(self, raw: str | bytes) -> None:
         self.frames_in += 1
         self._traffic.received += 1
-        self.last_activity = trio.current_time()
         try:
             request = protocol.parse_request(raw)
         except ProtocolError as exc:
@@ -101,10 +100,17 @@ class Requests(Channels):
                     )
                 )
             return
-        if self._may_wait(request):
+        if type(request) is protocol.Publish and self._host.config.authorize is None:
+            # The common request, served without the general dispatch.
+            try:
+                wait = self._serve_publish(request)
+            except Exception as exc:
+                wait = self._failed(request, exc)
+        elif self._may_wait(request):
             self._serve_in_task(functools.partial(self._serve_waiting, request))
             return
-        wait = self._serve_safely(request)
+        else:
+            wait = self._serve_safely(request)
         if wait is not None:
             self._serve_in_task(wait)
 
@@ -138,6 +144,8 @@ class Requests(Channels):
         application ``authorize`` hook (it may be async), a broker that subscribes over the
         network, a history read, a subscription the server makes. Everything else is served
         by the reader, inline."""
+        if type(request) is protocol.Publish:  # the common request first
+            return self._host.config.authorize is not None
         if isinstance(request, protocol.Ping | protocol.Unsubscribe):
             return False
         if isinstance(request, protocol.HistoryQuery | ServerSubscribe):
@@ -168,10 +176,8 @@ class Requests(Channels):
         """Serve a request that needs no waiting; returns what is left to wait for, if any."""
         host = self._host
         match request:
-            case protocol.Publish(channel=channel, id=request_id):
-                self._check_rate(Action.PUBLISH, request_id)
-                host.access.check_allowed(self.principal, Action.PUBLISH, channel, request_id)
-                return self._publish(request)
+            case protocol.Publish():
+                return self._serve_publish(request)
             case protocol.Subscribe(channel=channel, id=request_id):
                 self._check_rate(Action.SUBSCRIBE, request_id)
                 host.access.check_allowed(self.principal, Action.SUBSCRIBE, channel, request_id)
@@ -210,6 +216,14 @@ class Requests(Channels):
                         wait = self._leave_refused(channel) or wait
                 return wait
         raise AssertionError(f"unknown request {request!r}")  # pragma: no cover
+
+    def _serve_publish(self, request: protocol.Publish) -> Wait | None:
+        """A publish, once no hook has to be asked: its rates, what the token allows, then
+        the publication."""
+        request_id = request.id
+        self._check_rate(Action.PUBLISH, request_id)
+        self._host.access.check_allowed(self.principal, Action.PUBLISH, request.channel, request_id)
+        return self._publish(request)
 
     async def _serve_waiting(self, request: Request) -> None:
         """Serve a request that may wait; in the requests task, errors answered here."""
