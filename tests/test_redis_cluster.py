@@ -1,5 +1,9 @@
 """Nodes sharing a real Redis: one numbering per channel, fan-out and resume across nodes.
 
+Every test runs twice: on one Redis, and on a Redis Cluster of three masters (given by one
+node's URL, as a user would: the node says it is in a cluster), where the channels spread over
+the shards and travel by sharded pub/sub.
+
 Real time (threads talk to a real server), so no autojump clock; every wait is bounded.
 """
 
@@ -17,6 +21,12 @@ from triows import Server
 from triows.testing import TestClient, TestServer, open_test_server
 
 pytestmark = pytest.mark.real_socket
+
+
+@pytest.fixture
+def redis_url(shared_redis_url: str) -> str:
+    """One Redis, then a cluster (:func:`tests.conftest.shared_redis_url`)."""
+    return shared_redis_url
 
 _names = itertools.count()
 

@@ -27,8 +27,10 @@ pytestmark = pytest.mark.real_socket
 
 def test_dedupe_keys_of_different_users_and_channels_never_collide() -> None:
     # User "a:b" on channel "c" and user "a" on channel "b:c" used to share "d:user:a:b:c:1".
-    assert fmt.dedupe_key("user", "a:b", "c", "1") != fmt.dedupe_key("user", "a", "b:c", "1")
-    assert fmt.dedupe_key("user", "a", "b", "1") == "triows:o:4:user1:a1:b1:1"
+    # The channel is the key's hash tag; the other parts are length-prefixed.
+    assert fmt.dedupe_key("c", "user", "a:b", "1") != fmt.dedupe_key("b:c", "user", "a", "1")
+    assert fmt.dedupe_key("c", "user", "a:b", "1") != fmt.dedupe_key("c", "user", "a", "b:1")
+    assert fmt.dedupe_key("b", "user", "a", "1") == "triows:{b}:o:4:user1:a1:1"
 
 
 async def test_colliding_names_are_two_publications(redis_url: str) -> None:

@@ -27,7 +27,14 @@ def read_stream(
         return [], None
     epoch = epoch_bytes.decode()
     entries = raw[0] if raw else []
-    return [fmt.parse_stream_entry(i, f, epoch) for i, f in entries], epoch
+    return [fmt.parse_stream_entry(i, _as_dict(f), epoch) for i, f in entries], epoch
+
+
+def _as_dict(fields: dict[bytes, bytes] | list[bytes]) -> dict[bytes, bytes]:
+    """A stream entry's fields: a cluster client's transaction leaves them a flat list."""
+    if isinstance(fields, dict):
+        return fields
+    return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 def read_numbering(name: str, client: redis.Redis) -> tuple[int, str | None]:

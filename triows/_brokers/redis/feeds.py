@@ -140,7 +140,8 @@ class ChannelFeeds:
     def receive(self, message: Message) -> None:
         """A message on a followed channel's pub/sub channel (others are skipped). Raises
         :class:`~triows._core.redis_format.MalformedError` if it is not intact."""
-        ch = self.channels.get(message.channel.removeprefix(fmt.PUBSUB_PREFIX))
+        name = fmt.channel_of(message.channel)
+        ch = None if name is None else self.channels.get(name)
         if ch is None:
             return
         entry = fmt.parse_published(message.data)
@@ -167,7 +168,8 @@ class ChannelFeeds:
         """Redis confirmed our subscription to ``pubsub_channel``: everything published there
         from now on reaches us. The feed's baseline is read (again, when the link was rebuilt:
         the feed then catches up on what it missed meanwhile)."""
-        ch = self.channels.get(pubsub_channel.removeprefix(fmt.PUBSUB_PREFIX))
+        name = fmt.channel_of(pubsub_channel)
+        ch = None if name is None else self.channels.get(name)
         if ch is None:
             return
         if ch.confirmed:

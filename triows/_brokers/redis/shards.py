@@ -1,0 +1,191 @@
+"""Listening to a Redis Cluster: one pub/sub connection per shard, sharded pub/sub.
+
+A channel's messages are published with ``SPUBLISH`` on its own slot (``triows:{c}:m``), so
+they travel only to the shard that owns the channel and to the nodes that follow it there. The
+listener thread holds one connection per master it follows channels on (bounded by the number
+of shards, not the number of channels) and one classic connection, to any node, for the
+node-wide channels (its control channel and presence events, which the cluster carries to
+every node). Subscriptions are sent in batches: one ``SSUBSCRIBE`` per slot (a command may not
+cross slots), written back to back on the shard's connection without waiting for replies.
+
+When a slot moves (resharding) or its master is demoted (a failover), Redis unsubscribes the
+channels of that slot on the old owner (an ``sunsubscribe`` we did not ask for): the session
+refreshes the cluster's slot map and subscribes them on the new owner; the confirmation that
+follows is a confirmation "again", so the channel's feed catches up from its stream (nothing
+published meanwhile is lost, nothing is delivered twice). A connection that breaks (a master
+killed) ends the session: the listener reports the link down, starts a new session with a
+fresh slot map after a backoff, and every channel catches up the same way.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from ..._core import redis_format as fmt
+from .clients import Clients
+from .events import Confirmed, Event, Message
+
+#: Events read in one batch at most (the listener hands them to trio together).
+MAX_BATCH = 1000
+#: Seconds between two reads of the slot map while channels wait for their new master.
+PLACE_AGAIN_EVERY = 0.1
+
+
+class ShardedSession:
+    """One session of the listener thread on a cluster; only that thread uses it."""
+
+    def __init__(self, clients: Clients, cluster: redis.Redis) -> None:
+        self._clients = clients
+        # redis-py's cluster API is untyped: Any, at this one place.
+        self._cluster: Any = cluster
+        self._classic: Any = None
+        #: Per master (its ``host:port`` name), the pub/sub connection to it.
+        self._shards: dict[str, Any] = {}
+        #: Per sharded channel followed, the master it is subscribed on.
+        self._owner: dict[str, str] = {}
+        #: Channels a master unsubscribed us from (their slot moved): channel -> that master.
+        self._moved: dict[str, str] = {}
+        self._placed_at = 0.0
+
+    def open(self, channels: Iterable[str]) -> None:
+        # A new session follows the cluster as it is now (after a failover, say).
+        self._cluster.nodes_manager.initialize()
+        self.subscribe(list(channels))
+
+    def subscribe(self, channels: list[str]) -> None:
+        classic = [name for name in channels if fmt.channel_of(name) is None]
+        if classic:
+            self._classic_pubsub().subscribe(*classic)
+        groups: dict[str, dict[int, list[str]]] = {}
+        for name in channels:
+            if fmt.channel_of(name) is None:
+                continue
+            slot = self._cluster.keyslot(name)
+            node = self._cluster.nodes_manager.get_node_from_slot(slot)
+            self._owner[name] = node.name
+            self._moved.pop(name, None)
+            groups.setdefault(node.name, {}).setdefault(slot, []).append(name)
+        for node_name, slots in groups.items():
+            pubsub = self._shard(node_name)
+            for names in slots.values():
+                pubsub.ssubscribe(*names)
+
+    def unsubscribe(self, channels: list[str]) -> None:
+        classic = [name for name in channels if fmt.channel_of(name) is None]
+        if classic and self._classic is not None:
+            self._classic.unsubscribe(*classic)
+        groups: dict[str, dict[int, list[str]]] = {}
+        for name in channels:
+            self._moved.pop(name, None)
+            node_name = self._owner.pop(name, None)
+            if node_name is not None:
+                slot = self._cluster.keyslot(name)
+                groups.setdefault(node_name, {}).setdefault(slot, []).append(name)
+        for node_name, slots in groups.items():
+            pubsub = self._shards.get(node_name)
+            if pubsub is not None:
+                for names in slots.values():
+                    pubsub.sunsubscribe(*names)
+
+    def read(self, timeout: float) -> list[Event]:
+        """What arrived on any connection, waiting up to ``timeout`` when nothing had."""
+        events = self._drain()
+        if not events:
+            sockets = [sock for sock in map(_socket, self._pubsubs()) if sock is not None]
+            if sockets:
+                select.select(sockets, [], [], timeout)
+            events = self._drain()
+        if self._moved and time.monotonic() - self._placed_at >= PLACE_AGAIN_EVERY:
+            self._placed_at = time.monotonic()
+            self._place_moved()
+        return events
+
+    def close(self) -> None:
+        for pubsub in self._pubsubs():
+            _close_quietly(pubsub)
+        self._shards.clear()
+        self._classic = None
+
+    # -- inside ---------------------------------------------------------------------------------
+
+    def _pubsubs(self) -> list[Any]:
+        found = list(self._shards.values())
+        if self._classic is not None:
+            found.append(self._classic)
+        return found
+
+    def _classic_pubsub(self) -> Any:
+        if self._classic is None:
+            node = self._cluster.get_default_node()
+            self._classic = self._clients.node(node.host, node.port).pubsub()
+        return self._classic
+
+    def _shard(self, node_name: str) -> Any:
+        pubsub = self._shards.get(node_name)
+        if pubsub is None:
+            host, _, port = node_name.rpartition(":")
+            pubsub = self._shards[node_name] = self._clients.node(host, int(port)).pubsub()
+        return pubsub
+
+    def _drain(self) -> list[Event]:
+        events: list[Event] = []
+        for node_name, pubsub in [*self._shards.items(), ("", self._classic)]:
+            if pubsub is None:
+                continue
+            while len(events) < MAX_BATCH:
+                message = pubsub.get_message(timeout=0)
+                if message is None:
+                    break
+                event = self._event(node_name, message)
+                if event is not None:
+                    events.append(event)
+        return events
+
+    def _event(self, node_name: str, message: dict[str, Any]) -> Event | None:
+        kind = message["type"]
+        if message["channel"] is None:
+            return None  # a pong
+        channel = message["channel"].decode()
+        if kind in ("smessage", "message"):
+            return Message(channel, message["data"])
+        if kind in ("ssubscribe", "subscribe"):
+            return Confirmed(channel)
+        if kind == "sunsubscribe" and node_name and self._owner.get(channel) == node_name:
+            # Not asked for: the slot moved away from this master, or it became a replica.
+            del self._owner[channel]
+            self._moved[channel] = node_name
+        return None
+
+    def _place_moved(self) -> None:
+        """Subscribe channels whose slot moved on their new master. While the slot map still
+        names the master that dropped them (it has not heard of the move yet), try again at
+        the next read."""
+        self._cluster.nodes_manager.initialize()
+        ready = []
+        for name, old in list(self._moved.items()):
+            slot = self._cluster.keyslot(name)
+            if self._cluster.nodes_manager.get_node_from_slot(slot).name != old:
+                ready.append(name)
+        if ready:
+            self.subscribe(ready)
+
+
+def _socket(pubsub: Any) -> Any:
+    """The socket a pub/sub connection reads from, None before it connected or once it
+    holds no subscription (nothing more can arrive then)."""
+    connection = pubsub.connection
+    if connection is None or not pubsub.subscribed:
+        return None
+    return getattr(connection, "_sock", None)
+
+
+def _close_quietly(pubsub: Any) -> None:
+    try:
+        pubsub.close()
+    except Exception:  # a broken connection: nothing more to release
+        pass
