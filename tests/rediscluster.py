@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import attrs
 import redis
@@ -90,24 +91,24 @@ class RedisClusterNodes:
         first = self.client(self.nodes[0])
         for node in self.nodes[1:]:
             bus = self.bus_ports[node.port]
-            first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
+            command(first, "CLUSTER", "MEET", "127.0.0.1", node.port, bus)
         per = SLOTS // len(self.masters)
         for index, node in enumerate(self.masters):
             low = index * per
             high = SLOTS - 1 if index == len(self.masters) - 1 else low + per - 1
-            self.client(node).execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
+            command(self.client(node), "CLUSTER", "ADDSLOTSRANGE", low, high)
         self._wait(lambda: all(self._knows_all(node) for node in self.nodes), "meet")
         for index, replica in enumerate(self.replicas):
             master = self.masters[index % len(self.masters)]
             master_id = self.node_id(master)
-            self.client(replica).execute_command("CLUSTER", "REPLICATE", master_id)
+            command(self.client(replica), "CLUSTER", "REPLICATE", master_id)
         self._wait(self.ready, "cluster ok")
 
     def node_id(self, node: RedisServer) -> str:
-        return str(self.client(node).execute_command("CLUSTER", "MYID"))
+        return str(command(self.client(node), "CLUSTER", "MYID"))
 
     def _knows_all(self, node: RedisServer) -> bool:
-        info = self.client(node).execute_command("CLUSTER", "INFO")
+        info = command(self.client(node), "CLUSTER", "INFO")
         known = int(_field(info, "cluster_known_nodes"))
         return known == len(self.nodes)
 
@@ -119,7 +120,7 @@ class RedisClusterNodes:
                 if node.process is None:
                     continue
                 client = self.client(node)
-                info = client.execute_command("CLUSTER", "INFO")
+                info = command(client, "CLUSTER", "INFO")
                 if _field(info, "cluster_state") != "ok":
                     return False
                 covered = sum(
@@ -130,7 +131,7 @@ class RedisClusterNodes:
             for replica in self.replicas:
                 if replica.process is None:
                     continue
-                role = self.client(replica).execute_command("ROLE")
+                role = command(self.client(replica), "ROLE")
                 if role[0] == "slave" and role[3] != "connected":
                     return False
         except redis.RedisError:
@@ -150,7 +151,8 @@ class RedisClusterNodes:
 
     def master_of(self, key: str) -> RedisServer:
         """The master node that serves ``key`` now."""
-        slot = int(self.client(self.masters[0]).execute_command("CLUSTER", "KEYSLOT", key))
+        running = next(node for node in self.nodes if node.process is not None)
+        slot = int(command(self.client(running), "CLUSTER", "KEYSLOT", key))
         return self.owner_of_slot(slot)
 
     def owner_of_slot(self, slot: int) -> RedisServer:
@@ -170,7 +172,7 @@ class RedisClusterNodes:
         for replica in self.replicas:
             if replica.process is None:
                 continue
-            role = self.client(replica).execute_command("ROLE")
+            role = command(self.client(replica), "ROLE")
             if role[0] == "slave" and int(role[2]) == master.port:
                 return replica
         raise LookupError(master.port)
@@ -190,7 +192,7 @@ class _Entry:
 
 def _nodes(client: redis.Redis) -> list[_Entry]:
     """``CLUSTER NODES`` as this node sees it."""
-    text = client.execute_command("CLUSTER", "NODES")
+    text = command(client, "CLUSTER", "NODES")
     if isinstance(text, dict):  # redis-py may parse it; ask for the raw text then
         raise TypeError("expected raw CLUSTER NODES")
     entries = []
@@ -207,6 +209,11 @@ def _nodes(client: redis.Redis) -> list[_Entry]:
             slots.append((int(low), int(high or low)))
         entries.append(_Entry(parts[0], port, frozenset(parts[2].split(",")), tuple(slots)))
     return entries
+
+
+def command(client: redis.Redis, *args: object) -> Any:
+    """One command to one node (redis-py leaves ``execute_command`` untyped)."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 def _field(info: str, name: str) -> str:

@@ -168,7 +168,9 @@ async def test_a_publication_that_came_back_is_not_resent_to_a_redis_that_lost_i
                     break
                 time.sleep(0.01)
             client.delete(
-                fmt.numbering_key(channel), fmt.stream_key(channel), fmt.pending_key(self.node_id)
+                fmt.numbering_key(channel),
+                fmt.stream_key(channel),
+                fmt.pending_key(self.node_id, channel),
             )
             raise redis.ConnectionError("Redis died before its reply")
         return results
@@ -266,7 +268,9 @@ async def test_a_batch_in_a_thread_when_the_broker_stops_is_unknown_not_unsent(
     entered, gate = threading.Event(), threading.Event()
     real_send = Publisher._send_batch
 
-    def send(self: Publisher, batch: list[Any], answered: list[str], client: Any) -> Any:
+    def send(
+        self: Publisher, batch: list[Any], answered: list[tuple[str, str]], client: Any
+    ) -> Any:
         if any(pending.pub.channel == channel for pending in batch):
             entered.set()
             gate.wait(5)  # the thread is slow to start sending
@@ -309,7 +313,9 @@ async def test_a_copy_of_a_failed_attempt_that_runs_late_publishes_nothing(
     real_send = Publisher._send_batch
     first: list[tuple[Any, ...]] = []
 
-    def send(self: Publisher, batch: list[Any], answered: list[str], client: Any) -> Any:
+    def send(
+        self: Publisher, batch: list[Any], answered: list[tuple[str, str]], client: Any
+    ) -> Any:
         sent, results = real_send(self, batch, answered, client)
         if not first and any(pending.pub.channel == channel for pending in sent):
             pending = sent[-1]
@@ -327,7 +333,7 @@ async def test_a_copy_of_a_failed_attempt_that_runs_late_publishes_nothing(
         keys, args, sha = first[0]
         raw = redis.Redis.from_url(redis_url)
         late = await trio.to_thread.run_sync(
-            lambda: raw.evalsha(sha, len(keys), *keys, *args, -1, "")
+            lambda: raw.evalsha(sha, len(keys), *keys, *args, -1, "", fmt.PUBLISH)
         )
         assert [int(late[0]), int(late[2])] == [1, 1]  # done already: seq 1, a duplicate
         assert raw.xlen(fmt.stream_key(channel)) == 3

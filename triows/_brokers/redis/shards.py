@@ -34,6 +34,9 @@ from .events import Confirmed, Event, Message
 MAX_BATCH = 1000
 #: Seconds between two reads of the slot map while channels wait for their new master.
 PLACE_AGAIN_EVERY = 0.1
+#: Seconds after which a channel is subscribed again on the master that dropped it, when the
+#: slot map still names that master.
+SAME_MASTER_AFTER = 0.5
 
 
 class ShardedSession:
@@ -48,8 +51,9 @@ class ShardedSession:
         self._shards: dict[str, Any] = {}
         #: Per sharded channel followed, the master it is subscribed on.
         self._owner: dict[str, str] = {}
-        #: Channels a master unsubscribed us from (their slot moved): channel -> that master.
-        self._moved: dict[str, str] = {}
+        #: Channels a master unsubscribed us from (their slot moved, or it is no longer a
+        #: master): channel -> that master and when it did.
+        self._moved: dict[str, tuple[str, float]] = {}
         self._placed_at = 0.0
 
     def open(self, channels: Iterable[str]) -> None:
@@ -158,18 +162,22 @@ class ShardedSession:
         if kind == "sunsubscribe" and node_name and self._owner.get(channel) == node_name:
             # Not asked for: the slot moved away from this master, or it became a replica.
             del self._owner[channel]
-            self._moved[channel] = node_name
+            self._moved[channel] = (node_name, time.monotonic())
         return None
 
     def _place_moved(self) -> None:
         """Subscribe channels whose slot moved on their new master. While the slot map still
-        names the master that dropped them (it has not heard of the move yet), try again at
-        the next read."""
+        names the master that dropped them, it may not have heard of the move yet: try again
+        at the next read, for up to :data:`SAME_MASTER_AFTER`; then subscribe there anyway (a
+        master drops a slot's subscribers also when told again that it owns the slot; one
+        that does not own it answers MOVED, and the session starts over)."""
         self._cluster.nodes_manager.initialize()
         ready = []
-        for name, old in list(self._moved.items()):
+        now = time.monotonic()
+        for name, (old, when) in list(self._moved.items()):
             slot = self._cluster.keyslot(name)
-            if self._cluster.nodes_manager.get_node_from_slot(slot).name != old:
+            owner = self._cluster.nodes_manager.get_node_from_slot(slot).name
+            if owner != old or now - when >= SAME_MASTER_AFTER:
                 ready.append(name)
         if ready:
             self.subscribe(ready)
