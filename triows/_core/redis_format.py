@@ -184,13 +184,25 @@ return {seq, epoch, 0}
 """
 )
 
-#: KEYS: numbering, stream. ARGV: epoch to create, key ttl ms. Returns ``{seq, epoch}``.
+#: KEYS: numbering, stream. ARGV: epoch to create, key ttl ms, the epoch and seq this node
+#: delivered last (``''`` and 0: none). Returns ``{seq, epoch}``.
+#:
+#: A numbering found *below* what the node delivered in the same epoch means Redis lost
+#: acknowledged writes (a failover to a replica that lagged, a restart from an older file):
+#: the script raises it to what the node delivered, so those numbers are never given again
+#: (they would reach the node's subscribers as duplicates and be dropped) and a client that
+#: resumes sees the lost ones as an exact gap.
 JOIN_SCRIPT = (
     _ensure_numbering("ARGV[1]")
     + """
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+if epoch == ARGV[3] and seq < tonumber(ARGV[4]) then
+  seq = tonumber(ARGV[4])
+  redis.call('HSET', KEYS[1], 'seq', seq)
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return {tonumber(redis.call('HGET', KEYS[1], 'seq')), epoch}
+return {seq, epoch}
 """
 )
 
