@@ -7,6 +7,8 @@ once here, as plain functions of a redis-py client, for :meth:`RedisBridge.call`
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 from ..._core import redis_format as fmt
@@ -46,3 +48,9 @@ def read_numbering(name: str, client: redis.Redis) -> tuple[int, str | None]:
 def as_text(value: bytes | str) -> str:
     """A reply as text, whether the client decodes replies or not."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def pipe_eval(pipe: Any, script: str, numkeys: int, *keys_and_args: Any) -> None:
+    """Queue ``EVAL`` on a pipeline: a cluster client's pipeline has no ``eval()`` (it raises),
+    but sends the command itself to the node of its keys."""
+    pipe.execute_command("EVAL", script, numkeys, *keys_and_args)

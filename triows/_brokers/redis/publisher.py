@@ -33,7 +33,7 @@ from ..._core import redis_format as fmt
 from ..._core.feed import Entry
 from ..seam import BrokerUnavailableError, OutcomeUnknownError, Publication
 from .bridge import backoff
-from .commands import as_text
+from .commands import as_text, pipe_eval
 from .link import Link, describe
 from .tasks import BackgroundTasks
 
@@ -381,7 +381,8 @@ class Publisher:
         pipe = client.pipeline(transaction=False)
         for channel in channels:
             keep, _ = self._config.history_for(channel)
-            pipe.eval(
+            pipe_eval(
+                pipe,
                 fmt.TRIM_SCRIPT,
                 2,
                 fmt.numbering_key(channel),
