@@ -338,3 +338,18 @@ async def test_a_copy_of_a_failed_attempt_that_runs_late_publishes_nothing(
         assert [int(late[0]), int(late[2])] == [1, 1]  # done already: seq 1, a duplicate
         assert raw.xlen(fmt.stream_key(channel)) == 3
         raw.close()
+
+
+async def test_nodes_of_the_old_key_layout_are_reported(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node of a version before Redis Cluster support follows ``triows:m:<channel>``: it
+    numbers channels apart from this version, so a new node says so at start."""
+    old_node = redis.Redis.from_url(redis_url).pubsub()
+    old_node.subscribe("triows:m:" + channel_name("old"))
+    try:
+        async with open_node(redis_url):
+            pass
+    finally:
+        old_node.close()
+    assert any("key layout 1" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
