@@ -148,3 +148,32 @@ def test_a_cluster_url_names_its_seeds() -> None:
     )
     with pytest.raises(RedisUrlError):
         cluster_seeds("redis+cluster://h1,h2:7001")
+
+
+async def test_a_node_holds_one_pubsub_connection_per_shard_not_per_channel(
+    redis_cluster: RedisClusterNodes,
+) -> None:
+    names = [channel_name("bounded") for _ in range(30)]
+    async with open_node(redis_cluster.url) as node, node.connect() as client:
+        for n, name in enumerate(names):
+            await client.request({"type": "subscribe", "channel": name, "id": n})
+
+        def shard_subscribers() -> list[list[int]]:
+            found = []
+            for master in redis_cluster.masters:
+                listed = command(redis_cluster.client(master), "CLIENT", "LIST", "TYPE", "pubsub")
+                found.append(
+                    [
+                        int(field.split("=")[1])
+                        for line in str(listed).splitlines()
+                        for field in line.split()
+                        if field.startswith("ssub=") and field != "ssub=0"
+                    ]
+                )
+            return found
+
+        per_master = await trio.to_thread.run_sync(shard_subscribers)
+        # The channels spread over the three masters; each master has one connection of
+        # this node holding all of its channels there.
+        assert all(len(connections) == 1 for connections in per_master), per_master
+        assert sum(sum(connections) for connections in per_master) == len(names)
