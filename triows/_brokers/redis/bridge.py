@@ -41,7 +41,13 @@ T = TypeVar("T")
 #: Errors that mean "Redis cannot serve us now": unreachable, loading, or refusing commands
 #: (out of memory, read-only replica, ...). Background work retries them with backoff and
 #: reports the link down; requests get 503.
-LINK_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+#: A cluster client's own errors (no node reachable, a slot not covered while a failover is
+#: under way) are not ``RedisError``s: listed too.
+LINK_ERRORS: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    OSError,
+    redis.exceptions.RedisClusterException,
+)
 
 #: How long one pub/sub read waits before the thread looks at its requests again.
 READ_SLICE = 0.1

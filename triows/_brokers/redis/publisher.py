@@ -57,6 +57,7 @@ TRANSIENT_REPLIES: tuple[type[Exception], ...] = (
     redis.exceptions.MasterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
+    redis.exceptions.RedisClusterException,  # a slot not covered while a failover is under way
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
