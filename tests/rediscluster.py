@@ -164,6 +164,14 @@ class RedisClusterNodes:
                     return self.by_port(entry.port)
         raise LookupError(slot)
 
+    def owner_seen_by(self, node: RedisServer, slot: int) -> int | None:
+        """The port of the master that ``node`` says serves ``slot`` (asks that node only:
+        another may be stopped)."""
+        for entry in _nodes(self.client(node)):
+            if "master" in entry.flags and any(lo <= slot <= hi for lo, hi in entry.slots):
+                return entry.port
+        return None
+
     def by_port(self, port: int) -> RedisServer:
         return next(node for node in self.nodes if node.port == port)
 

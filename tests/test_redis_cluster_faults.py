@@ -7,6 +7,7 @@ Real time (threads talk to real servers), so no autojump clock; every wait is bo
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import pytest
@@ -177,3 +178,52 @@ async def test_a_node_holds_one_pubsub_connection_per_shard_not_per_channel(
         # this node holding all of its channels there.
         assert all(len(connections) == 1 for connections in per_master), per_master
         assert sum(sum(connections) for connections in per_master) == len(names)
+
+
+async def test_a_stopped_master_is_noticed_and_its_replica_followed(
+    own_redis_cluster: RedisClusterNodes,
+) -> None:
+    """A master that stops (SIGSTOP: no reset, no error, its sockets just go quiet) while its
+    replica takes over: a node's shard connection to it would wait forever. Its pings go
+    unanswered, the node starts its pub/sub session again on the cluster as it is now, and
+    the channel's subscribers get what is published on the new master."""
+    cluster = own_redis_cluster
+    # Not on the first master: the cluster client's default node, which carries the classic
+    # pub/sub connection and the watchdog's pings (that would notice a stop on their own).
+    channel = channel_name("stopped")
+    while cluster.master_of(fmt.numbering_key(channel)) is cluster.masters[0]:
+        channel = channel_name("stopped")
+    key = fmt.numbering_key(channel)
+    master = cluster.master_of(key)
+    replica = cluster.replica_of(master)
+    witness = next(node for node in cluster.masters if node is not master)
+    slot = int(command(cluster.client(witness), "CLUSTER", "KEYSLOT", key))
+    assert master.process is not None
+    async with (
+        open_node(cluster.cluster_url, redis_timeout=0.5) as a,
+        open_node(cluster.cluster_url, redis_timeout=0.5) as b,
+        a.connect() as reader,
+        b.connect() as writer,
+    ):
+        await reader.request({"type": "subscribe", "channel": channel, "id": 1})
+        with trio.fail_after(60):
+            seqs = [await publish(writer, channel, n, n) for n in range(10)]
+            assert await collect(reader, 10) == seqs
+            replicated = await trio.to_thread.run_sync(
+                lambda: command(cluster.client(master), "WAIT", 1, 5000)
+            )
+            assert int(replicated) == 1
+            master.process.send_signal(signal.SIGSTOP)
+            try:
+                await trio.to_thread.run_sync(
+                    lambda: command(cluster.client(replica), "CLUSTER", "FAILOVER", "TAKEOVER")
+                )
+                for _ in range(400):  # the other masters hear of the takeover
+                    if cluster.owner_seen_by(witness, slot) == replica.port:
+                        break
+                    await trio.sleep(0.05)
+                seqs += [await publish(writer, channel, n, n) for n in range(10, 20)]
+                assert seqs == list(range(1, 21))
+                assert await collect(reader, 10) == seqs[10:]
+            finally:
+                master.process.send_signal(signal.SIGCONT)

@@ -55,6 +55,10 @@ class ShardedSession:
         #: master): channel -> that master and when it did.
         self._moved: dict[str, tuple[str, float]] = {}
         self._placed_at = 0.0
+        #: Per master, when the ping we are waiting for the answer of was sent; and when the
+        #: masters were last pinged.
+        self._ping_sent: dict[str, float] = {}
+        self._pinged_at = time.monotonic()
 
     def open(self, channels: Iterable[str]) -> None:
         # A new session follows the cluster as it is now (after a failover, say).
@@ -104,6 +108,7 @@ class ShardedSession:
             if sockets:
                 select.select(sockets, [], [], timeout)
             events = self._drain()
+        self._check_liveness()
         if self._moved and time.monotonic() - self._placed_at >= PLACE_AGAIN_EVERY:
             self._placed_at = time.monotonic()
             self._place_moved()
@@ -152,8 +157,11 @@ class ShardedSession:
 
     def _event(self, node_name: str, message: dict[str, Any]) -> Event | None:
         kind = message["type"]
+        if kind == "pong":
+            self._ping_sent.pop(node_name, None)
+            return None
         if message["channel"] is None:
-            return None  # a pong
+            return None
         channel = message["channel"].decode()
         if kind in ("smessage", "message"):
             return Message(channel, message["data"])
@@ -164,6 +172,27 @@ class ShardedSession:
             del self._owner[channel]
             self._moved[channel] = (node_name, time.monotonic())
         return None
+
+    def _check_liveness(self) -> None:
+        """Ping each master's connection every ``timeout`` (the client's ``redis_timeout``);
+        one that has not answered its ping for twice that went silent (a master stopped, a
+        network that drops without a reset) and ends the session, as a broken one does: the
+        next session finds the slot map as it is then (a replica promoted), and every channel
+        catches up from its stream. The classic connection is watched by the watchdog."""
+        now = time.monotonic()
+        period = self._clients.timeout
+        for node_name, sent in self._ping_sent.items():
+            if now - sent > 2 * period:
+                raise redis.ConnectionError(
+                    f"{node_name} did not answer a ping for {now - sent:.1f}s"
+                )
+        if now - self._pinged_at < period:
+            return
+        self._pinged_at = now
+        for node_name, pubsub in self._shards.items():
+            if pubsub.subscribed and node_name not in self._ping_sent:
+                self._ping_sent[node_name] = now
+                pubsub.ping()
 
     def _place_moved(self) -> None:
         """Subscribe channels whose slot moved on their new master. While the slot map still
