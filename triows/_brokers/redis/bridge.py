@@ -7,11 +7,16 @@ A thread hop costs ~100 µs, so callers batch (one pipeline per hop). Two kinds 
   worker thread (publish batches, joins, stream reads, pings). Thread calls cannot be
   cancelled, so every command has ``socket_timeout``; a cancelled caller abandons the thread,
   which ends within that timeout.
-- :class:`PubSubListener` is one dedicated thread that owns the ``PubSub`` object (it is not
-  thread-safe). It applies (un)subscribe requests queued by trio code between reads, hands each
-  batch of events to trio with ``trio.from_thread.run`` (that blocking call is the
-  backpressure), and on any connection error reconnects with backoff and subscribes to its whole
-  channel set again: a subscribe sent during an outage is otherwise lost.
+- :class:`PubSubListener` is one dedicated thread that owns a *session* (redis-py's ``PubSub``
+  is not thread-safe): on one Redis a :class:`SingleSession`, one ``PubSub``; on a cluster a
+  :class:`~triows._brokers.redis.shards.ShardedSession`, one per master. It applies
+  (un)subscribe requests queued by trio code between reads, hands each batch of events to trio
+  with ``trio.from_thread.run`` (that blocking call is the backpressure), and on any connection
+  error starts a new session with backoff and subscribes to its whole channel set again: a
+  subscribe sent during an outage is otherwise lost.
+
+The command client is opened by the first call (:meth:`RedisBridge.client`): only then is it
+known whether the URL names one Redis or a cluster (:mod:`.clients`).
 """
 
 from __future__ import annotations

@@ -95,6 +95,8 @@ class Clients:
             options["ssl"] = True
         seed = (str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379)))
         single.close()
+        if int(kwargs.get("db") or 0) != 0:
+            log.warning("a Redis Cluster has only database 0: the URL's database is ignored")
         return self._open_cluster([seed], options)
 
     def _open_cluster(self, seeds: list[tuple[str, int]], options: dict[str, Any]) -> redis.Redis:
