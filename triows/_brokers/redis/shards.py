@@ -59,6 +59,8 @@ class ShardedSession:
         #: masters were last pinged.
         self._ping_sent: dict[str, float] = {}
         self._pinged_at = time.monotonic()
+        #: Masters whose connection the last read left unfinished (a full batch).
+        self._unread: set[str] = set()
 
     def open(self, channels: Iterable[str]) -> None:
         # A new session follows the cluster as it is now (after a failover, say).
@@ -107,6 +109,8 @@ class ShardedSession:
             sockets = [sock for sock in map(_socket, self._pubsubs()) if sock is not None]
             if sockets:
                 select.select(sockets, [], [], timeout)
+            else:
+                time.sleep(timeout)  # nothing to read from yet: no busy loop
             events = self._drain()
         self._check_liveness()
         if self._moved and time.monotonic() - self._placed_at >= PLACE_AGAIN_EVERY:
@@ -146,9 +150,14 @@ class ShardedSession:
         for node_name, pubsub in [*self._shards.items(), ("", self._classic)]:
             if pubsub is None:
                 continue
-            while len(events) < MAX_BATCH:
+            while True:
+                if len(events) >= MAX_BATCH:
+                    # Not read to the end: its ping's answer may still be waiting behind.
+                    self._unread.add(node_name)
+                    break
                 message = pubsub.get_message(timeout=0)
                 if message is None:
+                    self._unread.discard(node_name)
                     break
                 event = self._event(node_name, message)
                 if event is not None:
@@ -181,8 +190,11 @@ class ShardedSession:
         catches up from its stream. The classic connection is watched by the watchdog."""
         now = time.monotonic()
         period = self._clients.timeout
-        for node_name, sent in self._ping_sent.items():
-            if now - sent > 2 * period:
+        for node_name, sent in list(self._ping_sent.items()):
+            if not self._shards[node_name].subscribed:
+                # It holds no channel now (its answer is no longer read): nothing to watch.
+                del self._ping_sent[node_name]
+            elif now - sent > 2 * period and node_name not in self._unread:
                 raise redis.ConnectionError(
                     f"{node_name} did not answer a ping for {now - sent:.1f}s"
                 )
