@@ -43,6 +43,8 @@ class RedisServer:
         self.directory = directory
         self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
+        #: More options for the server (a cluster node's, say).
+        self.extra_options: list[str] = []
 
     @property
     def url(self) -> str:
@@ -65,16 +67,16 @@ class RedisServer:
         }
         command = [server_binary(), *(part for item in options.items() for part in item)]
         self.process = subprocess.Popen(
-            [*command, *durability],
+            [*command, *durability, *self.extra_options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=1)
         for _ in range(500):  # bounded: about 5 s
             try:
                 if client.ping():
                     return
-            except (redis.ConnectionError, redis.BusyLoadingError):
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
                 time.sleep(0.01)
         raise RuntimeError(f"{server_binary()} did not start on port {self.port}")
 

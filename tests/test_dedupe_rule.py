@@ -19,16 +19,20 @@ import trio
 
 from triows.testing import TestServer, open_test_server
 
+from .rediscluster import RedisClusterNodes
 from .test_redis_cluster import channel_name, open_node
 
 pytestmark = pytest.mark.real_socket
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 def broker(request: pytest.FixtureRequest) -> str | None:
-    """None for the in-process broker, else a Redis URL."""
+    """None for the in-process broker, else a Redis URL: one Redis, or a Redis Cluster's."""
     if request.param == "memory":
         return None
+    if request.param == "redis-cluster":
+        cluster: RedisClusterNodes = request.getfixturevalue("redis_cluster")
+        return cluster.url
     url: str = request.getfixturevalue("redis_url")
     return url
 

@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from triows._brokers.presence_answers import ANSWER_TTL
+from triows._brokers.redis.clients import Clients
 from triows._core import presence as core
 from triows.testing import open_test_server
 
@@ -86,8 +87,11 @@ async def test_counts_only_and_the_member_limit(autojump_clock: trio.testing.Moc
 
 @pytest.mark.real_socket
 async def test_presence_across_nodes_and_a_crashed_nodes_members_expire(
-    redis_url: str,
+    shared_redis_url: str,
 ) -> None:
+    """On one Redis and on a Redis Cluster (where the channel's hash is on its shard and the
+    events cross the cluster by classic pub/sub)."""
+    redis_url = shared_redis_url
     channel = channel_name("room")
     options = {"presence": ["room*"], "presence_ttl": 0.9}
     async with open_node(redis_url, **options) as a, open_node(redis_url, **options) as b:
@@ -101,7 +105,7 @@ async def test_presence_across_nodes_and_a_crashed_nodes_members_expire(
             # A member of a node that crashed: in the hash, never refreshed again.
             ghost = core.Member("ghost-client", "ghost")
             expires = a.server.now_ms() + int(ANSWER_TTL * 1000) + 500
-            connection = redis.Redis.from_url(redis_url)
+            connection = Clients(redis_url, 5).open()  # a cluster client on a cluster
             connection.hset(
                 core.key(channel), "ghost-client", core.encode_entry(expires, "dead", "ghost")
             )

@@ -1,5 +1,9 @@
 """Nodes sharing a real Redis: one numbering per channel, fan-out and resume across nodes.
 
+Every test runs twice: on one Redis, and on a Redis Cluster of three masters (given by one
+node's URL, as a user would: the node says it is in a cluster), where the channels spread over
+the shards and travel by sharded pub/sub.
+
 Real time (threads talk to a real server), so no autojump clock; every wait is bounded.
 """
 
@@ -14,9 +18,18 @@ import pytest
 import trio
 
 from triows import Server
+from triows._brokers.redis.clients import Clients
+from triows._core import redis_format as fmt
 from triows.testing import TestClient, TestServer, open_test_server
 
 pytestmark = pytest.mark.real_socket
+
+
+@pytest.fixture
+def redis_url(shared_redis_url: str) -> str:
+    """One Redis, then a cluster (:func:`tests.conftest.shared_redis_url`)."""
+    return shared_redis_url
+
 
 _names = itertools.count()
 
@@ -302,3 +315,42 @@ async def test_info_travels_with_presence_between_nodes(redis_url: str) -> None:
                 assert infos == {"ann": {"name": "Ann"}, "bob": None}
             leave = await bob.receive_type("leave")
             assert (leave["userId"], leave["info"]) == ("ann", {"name": "Ann"})
+
+
+async def test_numbers_redis_lost_are_not_given_again(redis_url: str) -> None:
+    """Redis comes back with part of its data (a failover to a replica that lagged, a restart
+    from an older file): its numbering is below what a node delivered. The node's resync
+    raises it again, so the next publication is not numbered like a lost one (which the node
+    would drop as a duplicate: a message acked and never delivered)."""
+    channel = channel_name("lost")
+    clients = Clients(redis_url, 5)
+    raw = await trio.to_thread.run_sync(clients.open)
+    async with open_node(redis_url) as a, open_node(redis_url) as b:
+        async with a.connect() as reader, b.connect() as writer:
+            await reader.request({"type": "subscribe", "channel": channel, "id": 1})
+            assert [await publish(writer, channel, n, n) for n in range(5)] == [1, 2, 3, 4, 5]
+            assert [m["seq"] for m in [await reader.receive_type("message") for _ in range(5)]]
+
+            def lose_the_last_three() -> None:
+                raw.hset(fmt.numbering_key(channel), "seq", 2)
+                raw.xdel(fmt.stream_key(channel), "3-0", "4-0", "5-0")
+                # Every pub/sub connection breaks, as in a failover: the nodes resync.
+                nodes = (
+                    [clients.node(n.host, n.port) for n in raw.get_primaries()]  # type: ignore[attr-defined]
+                    if clients.cluster
+                    else [raw]
+                )
+                for node in nodes:
+                    node.client_kill_filter(_type="pubsub")
+
+            await trio.to_thread.run_sync(lose_the_last_three)
+            with trio.fail_after(10):
+                for _ in range(500):  # node a raises it back to what it delivered
+                    seq = await trio.to_thread.run_sync(raw.hget, fmt.numbering_key(channel), "seq")
+                    if int(seq or 0) >= 5:
+                        break
+                    await trio.sleep(0.02)
+                assert await publish(writer, channel, "after", "after") == 6
+                message = await reader.receive_type("message")
+                assert (message["seq"], message["data"]) == (6, "after")
+    raw.close()

@@ -27,8 +27,10 @@ pytestmark = pytest.mark.real_socket
 
 def test_dedupe_keys_of_different_users_and_channels_never_collide() -> None:
     # User "a:b" on channel "c" and user "a" on channel "b:c" used to share "d:user:a:b:c:1".
-    assert fmt.dedupe_key("user", "a:b", "c", "1") != fmt.dedupe_key("user", "a", "b:c", "1")
-    assert fmt.dedupe_key("user", "a", "b", "1") == "triows:o:4:user1:a1:b1:1"
+    # The channel is the key's hash tag; the other parts are length-prefixed.
+    assert fmt.dedupe_key("c", "user", "a:b", "1") != fmt.dedupe_key("b:c", "user", "a", "1")
+    assert fmt.dedupe_key("c", "user", "a:b", "1") != fmt.dedupe_key("c", "user", "a", "b:1")
+    assert fmt.dedupe_key("b", "user", "a", "1") == "triows:{b}:o:4:user1:a1:1"
 
 
 async def test_colliding_names_are_two_publications(redis_url: str) -> None:
@@ -166,7 +168,9 @@ async def test_a_publication_that_came_back_is_not_resent_to_a_redis_that_lost_i
                     break
                 time.sleep(0.01)
             client.delete(
-                fmt.numbering_key(channel), fmt.stream_key(channel), fmt.pending_key(self.node_id)
+                fmt.numbering_key(channel),
+                fmt.stream_key(channel),
+                fmt.pending_key(self.node_id, channel),
             )
             raise redis.ConnectionError("Redis died before its reply")
         return results
@@ -264,7 +268,9 @@ async def test_a_batch_in_a_thread_when_the_broker_stops_is_unknown_not_unsent(
     entered, gate = threading.Event(), threading.Event()
     real_send = Publisher._send_batch
 
-    def send(self: Publisher, batch: list[Any], answered: list[str], client: Any) -> Any:
+    def send(
+        self: Publisher, batch: list[Any], answered: list[tuple[str, str]], client: Any
+    ) -> Any:
         if any(pending.pub.channel == channel for pending in batch):
             entered.set()
             gate.wait(5)  # the thread is slow to start sending
@@ -307,7 +313,9 @@ async def test_a_copy_of_a_failed_attempt_that_runs_late_publishes_nothing(
     real_send = Publisher._send_batch
     first: list[tuple[Any, ...]] = []
 
-    def send(self: Publisher, batch: list[Any], answered: list[str], client: Any) -> Any:
+    def send(
+        self: Publisher, batch: list[Any], answered: list[tuple[str, str]], client: Any
+    ) -> Any:
         sent, results = real_send(self, batch, answered, client)
         if not first and any(pending.pub.channel == channel for pending in sent):
             pending = sent[-1]
@@ -325,8 +333,23 @@ async def test_a_copy_of_a_failed_attempt_that_runs_late_publishes_nothing(
         keys, args, sha = first[0]
         raw = redis.Redis.from_url(redis_url)
         late = await trio.to_thread.run_sync(
-            lambda: raw.evalsha(sha, len(keys), *keys, *args, -1, "")
+            lambda: raw.evalsha(sha, len(keys), *keys, *args, -1, "", fmt.PUBLISH)
         )
         assert [int(late[0]), int(late[2])] == [1, 1]  # done already: seq 1, a duplicate
         assert raw.xlen(fmt.stream_key(channel)) == 3
         raw.close()
+
+
+async def test_nodes_of_the_old_key_layout_are_reported(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node of a version before Redis Cluster support follows ``triows:m:<channel>``: it
+    numbers channels apart from this version, so a new node says so at start."""
+    old_node = redis.Redis.from_url(redis_url).pubsub()
+    old_node.subscribe("triows:m:" + channel_name("old"))
+    try:
+        async with open_node(redis_url):
+            pass
+    finally:
+        old_node.close()
+    assert any("key layout 1" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")

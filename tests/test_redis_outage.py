@@ -100,11 +100,11 @@ def go_silent_once(monkeypatch: pytest.MonkeyPatch) -> None:
     original = PubSubListener._apply_requests
     armed = [True]
 
-    def apply_requests(self: PubSubListener, pubsub: Any) -> None:
+    def apply_requests(self: PubSubListener, session: Any) -> None:
         if armed[0]:
             armed[0] = False
-            pubsub.unsubscribe()
-        original(self, pubsub)
+            session._pubsub.unsubscribe()  # every channel, unknown to the listener
+        original(self, session)
 
     monkeypatch.setattr(PubSubListener, "_apply_requests", apply_requests)
 

@@ -13,16 +13,22 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-import redis
 import trio
 
 from triows import client as wsclient
+from triows._brokers.redis.clients import Clients
 from triows._core import redis_format as fmt
 from triows.testing import TestClient, TestServer
 
 from .test_redis_cluster import channel_name, open_node, publish
 
 pytestmark = pytest.mark.real_socket
+
+
+@pytest.fixture
+def redis_url(shared_redis_url: str) -> str:
+    """One Redis, then a Redis Cluster (:func:`tests.conftest.shared_redis_url`)."""
+    return shared_redis_url
 
 
 def feed_seq(node: TestServer, channel: str) -> int:
@@ -223,7 +229,7 @@ async def restart_numbering(redis_url: str, channel: str) -> None:
     publication or join starts a new epoch."""
 
     def drop() -> None:
-        connection = redis.Redis.from_url(redis_url)
+        connection = Clients(redis_url, 5).open()  # a cluster client on a cluster
         try:
             connection.delete(fmt.numbering_key(channel), fmt.stream_key(channel))
         finally:

@@ -90,9 +90,11 @@ _TOKEN_KEYS = ("jwt_secret", "jwt_public_key", "jwt_jwks_url")
 
 
 def _redis_url(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+    schemes = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+    if value is not None and not value.startswith(schemes):
         raise ValueError(
-            f"redis_url must look like redis://host:port/db (or rediss://, unix://), got {value!r}"
+            "redis_url must look like redis://host:port/db (or rediss://, unix://, or "
+            f"redis+cluster://host1:port1,host2:port2 for a cluster), got {value!r}"
         )
 
 
@@ -290,6 +292,8 @@ class Config:
     reuse_port: bool = False
     #: ``redis://host:port/db``: this server becomes one node of a cluster sharing that Redis
     #: (numbering, history, dedupe and fan-out go through it). ``None``: in-process broker.
+    #: A node of a Redis Cluster is found to be one (``INFO cluster``); several seeds:
+    #: ``redis+cluster://host1:port1,host2:port2``.
     redis_url: str | None = attrs.field(default=None, validator=_redis_url)
     #: Publications held in order while Redis is unreachable; beyond it publishers get 503.
     redis_buffer_size: int = attrs.field(default=10_000, validator=_int_at_least(1))

@@ -269,7 +269,8 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         str,
         "redis_url",
         "redis://host:port/db: become one node of a cluster sharing this Redis "
-        "(default: in-process broker, one node)",
+        "(a Redis Cluster node is found to be one; several seeds: "
+        "redis+cluster://host1:port1,host2:port2) (default: in-process broker, one node)",
     ),
     (
         "--redis-buffer-size",

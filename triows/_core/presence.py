@@ -6,7 +6,8 @@ answer with the count only and send nothing (a channel of 100,000 subscribers wo
 send 100,000 frames for every arrival). A ``full`` channel over ``presence_max_members``
 behaves as ``counts`` until it is back under the limit.
 
-With Redis, members live in a hash per channel (``triows:p:<channel>``): field client id,
+With Redis, members live in a hash per channel (``triows:{<channel>}:p``, in the channel's
+cluster slot): field client id,
 value ``<expiry ms> <node> <user id>``. Each node refreshes its own members' expiry, so a
 crashed node's members stop counting once their expiry passes, and the first node to delete
 an expired field (an atomic HDEL) announces its ``leave``, so exactly one does.
@@ -37,10 +38,10 @@ import attrs
 
 from .names import first_match
 from .numbers import ascii_int
+from .redis_format import channel_prefix
 
 #: Pub/sub channel every node with presence listens to for other nodes' joins and leaves.
 EVENTS_CHANNEL: Final = "triows:presence"
-_KEY_PREFIX: Final = "triows:p:"
 #: The ``node`` of a leave announced by a sweep (a crashed node's member): every node,
 #: the sweeping one included, tells its subscribers.
 SWEEPER: Final = "-"
@@ -99,7 +100,8 @@ def mode_for(full: Sequence[str], counts: Sequence[str], channel: str) -> Presen
 
 
 def key(channel: str) -> str:
-    return _KEY_PREFIX + channel
+    """The channel's presence hash (in the channel's slot, beside its other keys)."""
+    return channel_prefix(channel) + "p"
 
 
 #: Ends the node of an entry whose last part is JSON ``[user id, info]`` (a member with info).

@@ -1,28 +1,44 @@
 """How triows lays its data out in Redis: key names, the Lua scripts, the pub/sub header.
 
-Per channel ``c``:
+Every key of a channel ``c`` carries the hash tag ``{c}`` (channel names cannot contain braces,
+:mod:`~triows._core.names`), so on a Redis Cluster a channel lives on one shard: its numbering,
+stream, dedupe entries, presence and this node's pending publications are in one slot, the
+scripts that touch them together stay atomic, and the channels spread over the shards. One
+Redis ignores the tags (the same layout serves both).
 
-- ``triows:s:c`` a hash ``{seq, epoch}``: the channel's numbering. Created with a new epoch
+- ``triows:{c}:s`` a hash ``{seq, epoch}``: the channel's numbering. Created with a new epoch
   (chosen by the node that creates it) when missing, so a Redis that lost its data starts a new
   epoch instead of reusing numbers.
-- ``triows:l:c`` a stream, entry id ``<seq>-0``, fields ``p`` (the message payload), ``t`` (ms
-  timestamp), ``o`` (the publishing node's token) and ``a`` (when Redis appended it, Redis' own
-  clock in ms). It serves two readers with different needs: clients resuming (the channel's
+- ``triows:{c}:l`` a stream, entry id ``<seq>-0``, fields ``p`` (the message payload), ``t``
+  (ms timestamp), ``o`` (the publishing node's token) and ``a`` (when Redis appended it, Redis'
+  own clock in ms). It serves two readers with different needs: clients resuming (the channel's
   history size and ttl, applied when reading) and nodes catching up after their pub/sub link
   broke (everything they have not delivered yet, however many). So an entry is trimmed only
   once it is both beyond the history size and older than the retention window
   (``redis_retention``): a node that catches up within the window reads every message, whatever
   the history size (:data:`TRIM`).
-- ``triows:m:c`` the pub/sub channel; each message is ``"<seq> <epoch> <token> <sender>\\n"``
-  followed by the payload.
-- ``triows:o:...`` one key per publication with a dedupe id, for ``dedupe_ttl`` (to the
+- ``triows:{c}:m`` the pub/sub channel (sharded pub/sub, ``SPUBLISH``/``SSUBSCRIBE``, on a
+  cluster); each message is ``"<seq> <epoch> <token> <sender>\\n"`` followed by the payload.
+- ``triows:{c}:o:...`` one key per publication with a dedupe id, for ``dedupe_ttl`` (to the
   millisecond, :class:`~triows._core.dedupe.DedupeRule`): a client's
   resend is acked with the first seq. Its name encodes every part with a length prefix
-  (:func:`dedupe_key`), so no user name or channel name can make two publications share it.
-- ``triows:n:<node>`` a hash per node: publication token -> seq, for each publication the node
-  sent and has not yet seen the answer of. A resend after a lost reply, however late, finds
-  its first seq here instead of publishing twice; the node deletes the fields of answered
-  publications with its next batch, so the hash holds at most about one outage buffer.
+  (:func:`dedupe_key`), so no user name can make two publications share it.
+- ``triows:{c}:n:<node>`` a hash per channel and node: publication token -> seq, for each
+  publication of the channel the node sent and has not yet seen the answer of. A resend after
+  a lost reply, however late, finds its first seq here instead of publishing twice; the node
+  deletes the fields of answered publications with its next batch, so the hashes hold at most
+  about one outage buffer.
+- ``triows:{c}:p`` the channel's presence hash (:func:`triows._core.presence.key`).
+
+Node-wide names hold no data: ``triows:ctl:<node>`` (a node's control channel) and
+``triows:presence`` (presence events) are classic pub/sub channels, which a cluster carries to
+every node.
+
+Layout 1 (before Redis Cluster support) named the keys ``triows:s:c``, ``triows:l:c``, ...
+without a tag. A node of this version does not read them: a channel numbered there starts a
+new epoch here (clients are told they cannot know what they missed, nothing is numbered
+twice), and a node that finds nodes of layout 1 still following channels in the same Redis
+says so at start (:data:`LAYOUT_1_PUBSUB_PATTERN`).
 
 Both scripts refresh the channel's keys' ttl; a node refreshes the channels it serves.
 """
@@ -121,8 +137,9 @@ OUT_OF_ORDER = "TRYAGAIN the publication before this one on its channel was not 
 #: ``"seq":``), epoch to create, pub/sub channel, history size (entries always kept), key ttl
 #: ms, dedupe ttl ms (0: no dedupe id), :func:`origin`, timestamp ms, token (the pending field),
 #: retention ms (entries younger than this are kept; ``-1``: trim nothing now, see
-#: ``RedisBroker``), and the pending field of this node's publication of the same channel sent
-#: just before in the same pipeline (``''``: none). Returns ``{seq, epoch, 1 if it was a
+#: ``RedisBroker``), the pending field of this node's publication of the same channel sent
+#: just before in the same pipeline (``''``: none), and the publish command (:data:`PUBLISH`
+#: on one Redis, :data:`SPUBLISH` on a cluster). Returns ``{seq, epoch, 1 if it was a
 #: duplicate else 0}``.
 #:
 #: A pipeline is not a transaction: when Redis refuses one script (out of memory, say) the
@@ -162,49 +179,83 @@ if ARGV[6] ~= '0' then
 end
 redis.call('HSET', KEYS[4], ARGV[9], seq)
 redis.call('PEXPIRE', KEYS[4], ARGV[5])
-redis.call('PUBLISH', ARGV[3], seq .. ' ' .. epoch .. ' ' .. ARGV[7] .. '\\n' .. payload)
+redis.call(ARGV[12], ARGV[3], seq .. ' ' .. epoch .. ' ' .. ARGV[7] .. '\\n' .. payload)
 return {seq, epoch, 0}
 """
 )
 
-#: KEYS: numbering, stream. ARGV: epoch to create, key ttl ms. Returns ``{seq, epoch}``.
+#: KEYS: numbering, stream. ARGV: epoch to create, key ttl ms, the epoch and seq this node
+#: delivered last (``''`` and 0: none). Returns ``{seq, epoch}``.
+#:
+#: A numbering found *below* what the node delivered in the same epoch means Redis lost
+#: acknowledged writes (a failover to a replica that lagged, a restart from an older file):
+#: the script raises it to what the node delivered, so those numbers are never given again
+#: (they would reach the node's subscribers as duplicates and be dropped) and a client that
+#: resumes sees the lost ones as an exact gap.
 JOIN_SCRIPT = (
     _ensure_numbering("ARGV[1]")
     + """
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+if epoch == ARGV[3] and seq < tonumber(ARGV[4]) then
+  seq = tonumber(ARGV[4])
+  redis.call('HSET', KEYS[1], 'seq', seq)
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return {tonumber(redis.call('HGET', KEYS[1], 'seq')), epoch}
+return {seq, epoch}
 """
 )
 
 
+#: The pub/sub command of one Redis, and the sharded one of a cluster (the publish script's
+#: last argument).
+PUBLISH = "PUBLISH"
+SPUBLISH = "SPUBLISH"
+
+
+def channel_prefix(channel: str) -> str:
+    """The prefix of every key of ``channel``: its hash tag decides its cluster slot."""
+    return f"triows:{{{channel}}}:"
+
+
 def numbering_key(channel: str) -> str:
-    return f"triows:s:{channel}"
+    return channel_prefix(channel) + "s"
 
 
 def stream_key(channel: str) -> str:
-    return f"triows:l:{channel}"
+    return channel_prefix(channel) + "l"
 
 
 def pubsub_channel(channel: str) -> str:
-    return f"triows:m:{channel}"
+    return channel_prefix(channel) + "m"
 
 
-PUBSUB_PREFIX = "triows:m:"
+def channel_of(pubsub: str) -> str | None:
+    """The channel whose pub/sub channel is ``pubsub``; None for another name."""
+    if pubsub.startswith("triows:{") and pubsub.endswith("}:m"):
+        return pubsub[len("triows:{") : -len("}:m")]
+    return None
 
 
-def dedupe_key(*parts: str) -> str:
-    """The key of one dedupe entry: each part length-prefixed (``<len>:<part>``), so parts that
-    contain ``:`` (user ids, channel names) can never run into each other."""
-    return "triows:o:" + "".join(f"{len(part)}:{part}" for part in parts)
+def dedupe_key(channel: str, *parts: str) -> str:
+    """The key of one dedupe entry of ``channel``: each part length-prefixed
+    (``<len>:<part>``), so parts that contain ``:`` (user ids) can never run into each other."""
+    return channel_prefix(channel) + "o:" + "".join(f"{len(part)}:{part}" for part in parts)
 
 
-def pending_key(node_id: str) -> str:
-    return f"triows:n:{node_id}"
+def pending_key(node_id: str, channel: str) -> str:
+    """This node's pending publications of ``channel`` (in the channel's slot: the publish
+    script writes it with the channel's other keys)."""
+    return channel_prefix(channel) + "n:" + node_id
 
 
 def control_channel(node_id: str) -> str:
     return f"triows:ctl:{node_id}"
+
+
+#: The pub/sub channels nodes of layout 1 follow (``triows:m:<channel>``): found at start, they
+#: mean nodes of an older version share this Redis, numbering apart from this one.
+LAYOUT_1_PUBSUB_PATTERN = "triows:m:*"
 
 
 def payload_head(payload_without_seq: bytes) -> bytes:

@@ -1,6 +1,9 @@
 """The Redis broker, one part per module; each imports only the ones listed before it.
 
 ==============  ===============================================================================
+``events``      what the listener thread hands to trio
+``clients``     opening clients: one Redis, or a Redis Cluster found from the URL
+``shards``      listening to a cluster: a pub/sub connection per shard, slots that move
 ``bridge``      the threads: one redis-py call per hop, and the pub/sub listener thread
 ``commands``    stream and numbering reads that both a catch-up and a resume make
 ``tasks``       where the broker's background tasks run, restarted with backoff on a bug

@@ -7,29 +7,37 @@ A thread hop costs ~100 µs, so callers batch (one pipeline per hop). Two kinds 
   worker thread (publish batches, joins, stream reads, pings). Thread calls cannot be
   cancelled, so every command has ``socket_timeout``; a cancelled caller abandons the thread,
   which ends within that timeout.
-- :class:`PubSubListener` is one dedicated thread that owns the ``PubSub`` object (it is not
-  thread-safe). It applies (un)subscribe requests queued by trio code between reads, hands each
-  batch of events to trio with ``trio.from_thread.run`` (that blocking call is the
-  backpressure), and on any connection error reconnects with backoff and subscribes to its whole
-  channel set again: a subscribe sent during an outage is otherwise lost.
+- :class:`PubSubListener` is one dedicated thread that owns a *session* (redis-py's ``PubSub``
+  is not thread-safe): on one Redis a :class:`SingleSession`, one ``PubSub``; on a cluster a
+  :class:`~triows._brokers.redis.shards.ShardedSession`, one per master. It applies
+  (un)subscribe requests queued by trio code between reads, hands each batch of events to trio
+  with ``trio.from_thread.run`` (that blocking call is the backpressure), and on any connection
+  error starts a new session with backoff and subscribes to its whole channel set again: a
+  subscribe sent during an outage is otherwise lost.
+
+The command client is opened by the first call (:meth:`RedisBridge.client`): only then is it
+known whether the URL names one Redis or a cluster (:mod:`.clients`).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol, TypeVar
 
-import attrs
 import redis
 import trio
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..._core.backoff import retry_delay
 from ..._core.latency import LatencyHistogram
+from .clients import Clients
+from .events import Confirmed, Event, LinkDown, Message
+from .shards import MAX_BATCH, ShardedSession
+
+__all__ = ["Confirmed", "Event", "LinkDown", "Message"]  # the events, for the other parts
 
 log = logging.getLogger("triows.redis")
 
@@ -38,24 +46,16 @@ T = TypeVar("T")
 #: Errors that mean "Redis cannot serve us now": unreachable, loading, or refusing commands
 #: (out of memory, read-only replica, ...). Background work retries them with backoff and
 #: reports the link down; requests get 503.
-LINK_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+#: A cluster client's own errors (no node reachable, a slot not covered while a failover is
+#: under way) are not ``RedisError``s: listed too.
+LINK_ERRORS: tuple[type[BaseException], ...] = (
+    redis.RedisError,
+    OSError,
+    redis.exceptions.RedisClusterException,
+)
 
 #: How long one pub/sub read waits before the thread looks at its requests again.
 READ_SLICE = 0.1
-#: Events handed to trio in one hop at most.
-MAX_BATCH = 1000
-
-
-def open_client(url: str, timeout: float) -> redis.Redis:
-    """A client that fails fast: no retries inside redis-py (it would retry for ~4 s by
-    default); the broker decides what to retry and reports the outage."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
 
 
 #: Before retry ``attempt`` of a Redis call: the one rule of background retries.
@@ -66,43 +66,95 @@ class RedisBridge:
     def __init__(self, url: str, timeout: float, round_trips: LatencyHistogram) -> None:
         self.url = url
         self.timeout = timeout
-        self.client = open_client(url, timeout)
+        self.clients = Clients(url, timeout)
+        #: The command client, opened by the first call that needs it (it finds out whether
+        #: the URL names one Redis or a cluster: I/O, so in a thread, and retried like any
+        #: call while Redis is away).
+        self._client: redis.Redis | None = None
+        self._opening = threading.Lock()
         # Few threads suffice: each carries a whole batch.
         self._limiter = trio.CapacityLimiter(4)
         #: Every call that got an answer, thread hop included: what a publish waits for.
         self.round_trips = round_trips
 
+    @property
+    def cluster(self) -> bool:
+        """Whether Redis turned out to be a cluster (False until the first call answered)."""
+        return self.clients.cluster
+
+    def client(self) -> redis.Redis:
+        """The command client, opened on first use. In a worker thread: it may do I/O."""
+        with self._opening:
+            if self._client is None:
+                self._client = self.clients.open()
+            return self._client
+
     async def call(self, fn: Callable[[redis.Redis], T]) -> T:
         started = trio.current_time()
         result = await trio.to_thread.run_sync(
-            fn, self.client, limiter=self._limiter, abandon_on_cancel=True
+            self._run, fn, limiter=self._limiter, abandon_on_cancel=True
         )
         self.round_trips.observe(trio.current_time() - started)
         return result
 
+    def _run(self, fn: Callable[[redis.Redis], T]) -> T:
+        return fn(self.client())
+
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
 
-@attrs.frozen
-class Message:
-    channel: str
-    data: bytes
+class Session(Protocol):
+    """One connection's worth (or, on a cluster, one per shard) of subscriptions, used by the
+    listener thread alone until it breaks."""
+
+    def open(self, channels: Iterable[str]) -> None: ...
+    def subscribe(self, channels: list[str]) -> None: ...
+    def unsubscribe(self, channels: list[str]) -> None: ...
+    def read(self, timeout: float) -> list[Event]: ...
+    def close(self) -> None: ...
 
 
-@attrs.frozen
-class Confirmed:
-    """Redis confirmed a subscription: everything published later arrives here."""
+class SingleSession:
+    """One Redis: one pub/sub connection for every channel."""
 
-    channel: str
+    def __init__(self, client: redis.Redis) -> None:
+        self._pubsub: Any = client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
+
+    def open(self, channels: Iterable[str]) -> None:
+        self._pubsub.subscribe(*channels)
+
+    def subscribe(self, channels: list[str]) -> None:
+        self._pubsub.subscribe(*channels)
+
+    def unsubscribe(self, channels: list[str]) -> None:
+        # (No arguments would mean "all channels": the callers never pass none.)
+        self._pubsub.unsubscribe(*channels)
+
+    def read(self, timeout: float) -> list[Event]:
+        events: list[Event] = []
+        message = self._pubsub.get_message(timeout=timeout)
+        while message is not None:
+            event = _event(message)
+            if event is not None:
+                events.append(event)
+            if len(events) >= MAX_BATCH:
+                break
+            message = self._pubsub.get_message(timeout=0)
+        return events
+
+    def close(self) -> None:
+        _close_quietly(self._pubsub)
 
 
-@attrs.frozen
-class LinkDown:
-    reason: str
-
-
-Event = Message | Confirmed | LinkDown
+def _event(message: dict[str, Any]) -> Event | None:
+    kind = message["type"]
+    if kind == "message":
+        return Message(message["channel"].decode(), message["data"])
+    if kind == "subscribe":
+        return Confirmed(message["channel"].decode())
+    return None
 
 
 class PubSubListener:
@@ -136,11 +188,17 @@ class PubSubListener:
         """The thread's body, until trio cancels the task waiting for it."""
         attempt = 0
         while True:
-            pubsub = self._bridge.client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
+            session: Session | None = None
             try:
-                pubsub.subscribe(self._control, *self._held)
+                client = self._bridge.client()
+                session = (
+                    ShardedSession(self._bridge.clients, client)
+                    if self._bridge.cluster
+                    else SingleSession(client)
+                )
+                session.open([self._control, *self._held])
                 attempt = 0
-                self._serve(pubsub)
+                self._serve(session)
             except _Reset:
                 pass
             except Exception as exc:  # never let the listener die: log, start over
@@ -148,7 +206,8 @@ class PubSubListener:
                     log.exception("pub/sub listener failed; reconnecting")
                 self._hand_over([LinkDown(f"{type(exc).__name__}: {exc}")])
             finally:
-                _close_quietly(pubsub)
+                if session is not None:
+                    session.close()
             # Wait before reconnecting, still answering cancellation.
             until = time.monotonic() + backoff(attempt)
             attempt += 1
@@ -156,23 +215,15 @@ class PubSubListener:
                 trio.from_thread.check_cancelled()
                 time.sleep(min(READ_SLICE, max(0.0, until - time.monotonic())))
 
-    def _serve(self, pubsub: Any) -> None:
+    def _serve(self, session: Session) -> None:
         while True:
             trio.from_thread.check_cancelled()
-            self._apply_requests(pubsub)
-            events: list[Event] = []
-            message = pubsub.get_message(timeout=READ_SLICE)
-            while message is not None:
-                event = self._event(message)
-                if event is not None:
-                    events.append(event)
-                if len(events) >= MAX_BATCH:
-                    break
-                message = pubsub.get_message(timeout=0)
+            self._apply_requests(session)
+            events = session.read(READ_SLICE)
             if events:
                 self._hand_over(events)
 
-    def _apply_requests(self, pubsub: Any) -> None:
+    def _apply_requests(self, session: Session) -> None:
         subscribe: list[str] = []
         unsubscribe: list[str] = []
         while True:
@@ -188,22 +239,13 @@ class PubSubListener:
                 unsubscribe.append(channel)
             else:
                 raise _Reset
-        # A later request for the same channel wins. (No arguments would mean "all channels".)
+        # A later request for the same channel wins.
         leaving = [c for c in unsubscribe if c not in self._held]
         joining = [c for c in subscribe if c in self._held]
         if leaving:
-            pubsub.unsubscribe(*leaving)
+            session.unsubscribe(leaving)
         if joining:
-            pubsub.subscribe(*joining)
-
-    def _event(self, message: dict[str, Any]) -> Event | None:
-        kind = message["type"]
-        channel = message["channel"].decode()
-        if kind == "message":
-            return Message(channel, message["data"])
-        if kind == "subscribe":
-            return Confirmed(channel)
-        return None
+            session.subscribe(joining)
 
     def _hand_over(self, events: list[Event]) -> None:
         trio.from_thread.run(self._dispatch, events)

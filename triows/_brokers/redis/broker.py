@@ -1,4 +1,4 @@
-"""The Redis broker: one node of a cluster whose nodes share one Redis.
+"""The Redis broker: one node of a cluster whose nodes share one Redis or one Redis Cluster.
 
 :class:`RedisBroker` is the :class:`~triows._brokers.seam.Broker` the server talks to. It holds
 no policy of its own: it builds the parts, gives each what it needs, and hands the seam's calls
@@ -105,6 +105,9 @@ class RedisBroker(Broker):
         )
         self.up = self._link.up
         self._publisher = Publisher(config, self.node_id, self._link, self._tasks, self._new_epoch)
+        self._publisher.publish_command = lambda: (
+            fmt.SPUBLISH if self._bridge.cluster else fmt.PUBLISH
+        )
         self._waker = ListenerWaker(self._bridge, self._control, self._tasks)
         self._feeds = ChannelFeeds(
             config,

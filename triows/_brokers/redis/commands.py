@@ -7,6 +7,8 @@ once here, as plain functions of a redis-py client, for :meth:`RedisBridge.call`
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 from ..._core import redis_format as fmt
@@ -27,7 +29,14 @@ def read_stream(
         return [], None
     epoch = epoch_bytes.decode()
     entries = raw[0] if raw else []
-    return [fmt.parse_stream_entry(i, f, epoch) for i, f in entries], epoch
+    return [fmt.parse_stream_entry(i, _as_dict(f), epoch) for i, f in entries], epoch
+
+
+def _as_dict(fields: dict[bytes, bytes] | list[bytes]) -> dict[bytes, bytes]:
+    """A stream entry's fields: a cluster client's transaction leaves them a flat list."""
+    if isinstance(fields, dict):
+        return fields
+    return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 def read_numbering(name: str, client: redis.Redis) -> tuple[int, str | None]:
@@ -39,3 +48,9 @@ def read_numbering(name: str, client: redis.Redis) -> tuple[int, str | None]:
 def as_text(value: bytes | str) -> str:
     """A reply as text, whether the client decodes replies or not."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def pipe_eval(pipe: Any, script: str, numkeys: int, *keys_and_args: Any) -> None:
+    """Queue ``EVAL`` on a pipeline: a cluster client's pipeline has no ``eval()`` (it raises),
+    but sends the command itself to the node of its keys."""
+    pipe.execute_command("EVAL", script, numkeys, *keys_and_args)

@@ -140,7 +140,8 @@ class ChannelFeeds:
     def receive(self, message: Message) -> None:
         """A message on a followed channel's pub/sub channel (others are skipped). Raises
         :class:`~triows._core.redis_format.MalformedError` if it is not intact."""
-        ch = self.channels.get(message.channel.removeprefix(fmt.PUBSUB_PREFIX))
+        name = fmt.channel_of(message.channel)
+        ch = None if name is None else self.channels.get(name)
         if ch is None:
             return
         entry = fmt.parse_published(message.data)
@@ -167,7 +168,8 @@ class ChannelFeeds:
         """Redis confirmed our subscription to ``pubsub_channel``: everything published there
         from now on reaches us. The feed's baseline is read (again, when the link was rebuilt:
         the feed then catches up on what it missed meanwhile)."""
-        ch = self.channels.get(pubsub_channel.removeprefix(fmt.PUBSUB_PREFIX))
+        name = fmt.channel_of(pubsub_channel)
+        ch = None if name is None else self.channels.get(name)
         if ch is None:
             return
         if ch.confirmed:
@@ -274,7 +276,8 @@ class ChannelFeeds:
         try:
             while True:
                 ch.sync_again = False
-                join = functools.partial(self._join_script, ch.name, self._new_epoch())
+                delivered = (ch.feed.epoch or "", ch.feed.seq)  # read here, in trio
+                join = functools.partial(self._join_script, ch.name, delivered, self._new_epoch())
                 seq, epoch = await self._link.call_with_retries(
                     "commands", join, lambda: self._follows(ch)
                 )
@@ -290,9 +293,13 @@ class ChannelFeeds:
     def _follows(self, ch: Channel) -> bool:
         return self.channels.get(ch.name) is ch
 
-    def _join_script(self, name: str, new_epoch: str, client: redis.Redis) -> tuple[int, str]:
+    def _join_script(
+        self, name: str, delivered: tuple[str, int], new_epoch: str, client: redis.Redis
+    ) -> tuple[int, str]:
+        """In a thread: the channel's ``(seq, epoch)``, never below what this node delivered
+        in that epoch (:data:`~triows._core.redis_format.JOIN_SCRIPT`)."""
         keys = (fmt.numbering_key(name), fmt.stream_key(name))
-        args = (new_epoch, int(self._config.redis_key_ttl * 1000))
+        args = (new_epoch, int(self._config.redis_key_ttl * 1000), *delivered)
         seq, epoch = client.eval(fmt.JOIN_SCRIPT, 2, *keys, *args)
         return int(seq), epoch.decode()
 

@@ -21,6 +21,7 @@ from ..presence_store import Change, Found
 from ..seam import BrokerUnavailableError
 from .bridge import LINK_ERRORS
 from .broker import RedisBroker
+from .commands import pipe_eval
 
 #: Members written by one script call of a refresh.
 PUT_CHUNK = 500
@@ -103,7 +104,7 @@ def _put(
     for member in members:
         entry = core.encode_entry(expires, node, member.user_id, member.info)
         args += [member.client_id, entry, core.encode_event("join", channel, member, node)]
-    pipe.eval(core.PUT_SCRIPT, 1, core.key(channel), *args)
+    pipe_eval(pipe, core.PUT_SCRIPT, 1, core.key(channel), *args)
 
 
 def _write(
@@ -115,7 +116,8 @@ def _write(
             _put(pipe, channel, [member], node, expires, ttl)
         else:
             event = core.encode_event(kind, channel, member, node)
-            pipe.eval(
+            pipe_eval(
+                pipe,
                 core.LEAVE_SCRIPT,
                 1,
                 core.key(channel),

@@ -33,7 +33,7 @@ from ..._core import redis_format as fmt
 from ..._core.feed import Entry
 from ..seam import BrokerUnavailableError, OutcomeUnknownError, Publication
 from .bridge import backoff
-from .commands import as_text
+from .commands import as_text, pipe_eval
 from .link import Link, describe
 from .tasks import BackgroundTasks
 
@@ -57,6 +57,7 @@ TRANSIENT_REPLIES: tuple[type[Exception], ...] = (
     redis.exceptions.MasterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
+    redis.exceptions.RedisClusterException,  # a slot not covered while a failover is under way
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
@@ -128,11 +129,14 @@ class Publisher:
         #: The epoch a channel gets if this publication is the one that starts its numbering.
         self._new_epoch = new_epoch
         self._tokens = itertools.count(1)
-        self._pending_key = fmt.pending_key(node_id)
-        #: Tokens whose answer arrived: their pending fields are deleted with the next batch;
-        #: those of publications that may have a lingering copy, later (``(when, token)``).
-        self._answered: list[str] = []
-        self._answered_later: deque[tuple[float, str]] = deque()
+        #: Publications whose answer arrived, as ``(channel, token number)``: their pending
+        #: fields are deleted with the next batch; those of publications that may have a
+        #: lingering copy, later (``(when, (channel, number))``).
+        self._answered: list[tuple[str, str]] = []
+        self._answered_later: deque[tuple[float, tuple[str, str]]] = deque()
+        #: The publish command the scripts use: ``SPUBLISH`` on a cluster (set by the broker
+        #: once it knows what it talks to), ``PUBLISH`` on one Redis.
+        self.publish_command: Callable[[], str] = lambda: fmt.PUBLISH
         #: Publications not answered yet, in order (the outage buffer).
         self.buffer: deque[_Pending] = deque()
         self._in_flight: dict[str, _Pending] = {}  # by token, until Redis answered
@@ -166,10 +170,10 @@ class Publisher:
             key, request_id = pub.dedupe
             kind, name = key if isinstance(key, tuple) else ("key", key)
             request = protocol.encode(request_id).decode()
-            once = fmt.dedupe_key(str(kind), str(name), pub.channel, request)
+            once = fmt.dedupe_key(pub.channel, str(kind), str(name), request)
             once_ttl = self._dedupe.ttl_ms
         else:
-            once, once_ttl = fmt.dedupe_key(), 0
+            once, once_ttl = fmt.dedupe_key(pub.channel), 0
         keep, _ = config.history_for(pub.channel)  # the scripts keep at least this many
         pending = _Pending(
             token,
@@ -179,7 +183,7 @@ class Publisher:
                 fmt.numbering_key(pub.channel),
                 fmt.stream_key(pub.channel),
                 once,
-                self._pending_key,
+                fmt.pending_key(self.node_id, pub.channel),
             ),
             (
                 fmt.payload_head(pub.payload(0, "")),
@@ -306,18 +310,22 @@ class Publisher:
         self._in_flight.pop(pending.token, None)
         if pending.lingering:
             due = trio.current_time() + LINGERING_COPY_GRACE
-            self._answered_later.append((due, pending.number))
+            self._answered_later.append((due, (pending.pub.channel, pending.number)))
         else:
-            self._answered.append(pending.number)
+            self._answered.append((pending.pub.channel, pending.number))
 
     def _attempt(
-        self, batch: list[_Pending], answered: list[str], attempts: list[None], client: redis.Redis
+        self,
+        batch: list[_Pending],
+        answered: list[tuple[str, str]],
+        attempts: list[None],
+        client: redis.Redis,
     ) -> tuple[list[_Pending], list[Any]]:
         attempts.append(None)
         return self._send_batch(batch, answered, client)
 
     def _send_batch(
-        self, batch: list[_Pending], answered: list[str], client: redis.Redis
+        self, batch: list[_Pending], answered: list[tuple[str, str]], client: redis.Redis
     ) -> tuple[list[_Pending], list[Any]]:
         """In a worker thread: one pipeline for the publications of the batch that did not
         come back yet (``echoed`` is read here, at send time: a batch resent after an outage
@@ -335,8 +343,13 @@ class Publisher:
             self._publish_sha = str(client.script_load(fmt.PUBLISH_SCRIPT))
         retention = int(self._config.redis_retention * 1000) if self._link.may_trim else -1
         pipe = client.pipeline(transaction=False)
-        if answered:
-            pipe.hdel(self._pending_key, *answered)
+        # One HDEL per channel: a channel's pending hash is in its slot (one command, one slot).
+        by_channel: dict[str, list[str]] = {}
+        for channel, number in answered:
+            by_channel.setdefault(channel, []).append(number)
+        for channel, numbers in by_channel.items():
+            pipe.hdel(fmt.pending_key(self.node_id, channel), *numbers)
+        command = self.publish_command()
         sent = [pending for pending in batch if not pending.echoed]
         #: Per channel, the pending field of the publication sent just before in this batch:
         #: the script refuses one whose predecessor did not run (order kept, see the script).
@@ -345,9 +358,9 @@ class Publisher:
             keys, args = pending.keys, pending.args
             after = previous.get(pending.pub.channel, "")
             previous[pending.pub.channel] = pending.number
-            pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention, after)
+            pipe.evalsha(self._publish_sha, len(keys), *keys, *args, retention, after, command)
         results = pipe.execute(raise_on_error=False)
-        return sent, results[1:] if answered else results
+        return sent, results[len(by_channel) :]
 
     async def _trim_for_memory(self, batch: list[_Pending]) -> None:
         """Redis refused publications for lack of memory: trim the streams of the batch's
@@ -369,7 +382,8 @@ class Publisher:
         pipe = client.pipeline(transaction=False)
         for channel in channels:
             keep, _ = self._config.history_for(channel)
-            pipe.eval(
+            pipe_eval(
+                pipe,
                 fmt.TRIM_SCRIPT,
                 2,
                 fmt.numbering_key(channel),

@@ -119,11 +119,14 @@ class Watchdog:
                 self._ping_seen = number  # the listener is reconnecting; judge it afterwards
                 continue
             silent = self._ping_seen < number - 2 and not self._dispatching()
-            if receivers == 0 or silent:
+            # On a cluster a classic PUBLISH counts the receivers of the node it reached only,
+            # not the one our listener is on: there, only pings that do not return count.
+            unheard = receivers == 0 and not self._bridge.cluster
+            if unheard or silent:
                 self.repairs += 1
                 log.warning(
                     "Redis pub/sub link went silent while Redis answers (%s); rebuilding it",
-                    "our ping had no receiver" if receivers == 0 else "our pings did not return",
+                    "our ping had no receiver" if unheard else "our pings did not return",
                 )
                 self._ping_seen = number
                 self._listener.reset()
