@@ -43,6 +43,10 @@ class ConnectionHost(Protocol):
         """Wall-clock milliseconds (message timestamps, ``welcome``, ``pong``)."""
         ...
 
+    def loop_lag(self) -> float:
+        """The event-loop lag last measured (seconds): heartbeats give peers that much more."""
+        ...
+
     def count_close(self, code: int) -> None:
         """A connection the server closed, by close code (statistics)."""
         ...

@@ -380,6 +380,9 @@ class Server:
     def now_ms(self) -> int:
         return int(self.wall_clock() * 1000)
 
+    def loop_lag(self) -> float:
+        return self.monitor.loop_lag
+
     def _task_failed(self) -> None:
         self.task_failures += 1
 
