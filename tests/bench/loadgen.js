@@ -6,6 +6,7 @@
 //   node loadgen.js handshakes <url> <protocol> <connections> [in flight]
 //   node loadgen.js idle       <url> <protocol> <connections>
 //   node loadgen.js hold       <url> <protocol> <connections> <local address> [in flight]
+//   node loadgen.js subscribes <url> triows <connections> [in flight] [resume]
 //
 // fanout: N subscribers on one channel and one publisher. A negative WINDOW publishes -WINDOW
 // messages per second (paced, for latency); otherwise the publisher keeps WINDOW messages
@@ -20,7 +21,14 @@
 // hold: like idle, from one local address (the scale mode spreads generators over
 // 127.0.0.2-6); prints "HOLD_READY <n>"; each "rtt" line on stdin answers with a JSON line of
 // round trips (a triows ping request) on a sample of connections; at stdin's end prints how
-// many connections the server closed, then exits.
+// many connections the server closed, then exits. With CHANNELS (the scale mode), connection
+// i subscribes to "scale-<i mod CHANNELS>" before it counts as open, and a "deliveries" line
+// on stdin answers with how many messages each connection has received so far (JSON).
+// subscribes: one connection subscribes to "bench" (the node follows it from then on), then N
+// more connect and subscribe to it, IN FLIGHT (default 100) at a time; prints one JSON line:
+// the whole time, and the time from each subscribe to its "subscribed" (p50, p99, max). With
+// "resume", 20 messages are published first and each subscribe resumes from the 10th-last
+// (since/epoch: a reconnect storm), which must be recovered.
 "use strict";
 const WebSocket = require("ws");
 
@@ -316,7 +324,80 @@ async function hold() {
   });
 }
 
-const modes = { idle, fanout, rpc, handshakes, hold };
+async function subscribes() {
+  const inFlight = Number(warmupText || 100);
+  const resume = measureText === "resume";
+  const first = await open(() => {}); // the node follows "bench" from now on
+  const sockets = [first];
+  const latencies = [];
+  let since = null;
+  let epoch = null;
+  if (resume) {
+    // History to resume from: 20 publications; then every subscribe asks for the last 10.
+    await new Promise((resolve) => {
+      first.on("message", (data) => {
+        const frame = JSON.parse(data);
+        if (frame.type === "subscribed") epoch = frame.epoch;
+        if (frame.type === "ack" && frame.id === 20) {
+          since = frame.seq - 10;
+          resolve();
+        }
+      });
+      first.send(JSON.stringify({ type: "subscribe", channel: "bench", id: "s" }));
+      for (let i = 1; i <= 20; i++) {
+        first.send(JSON.stringify({ type: "publish", channel: "bench", data: i, id: i }));
+      }
+    });
+  }
+  function openAndSubscribe() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(url, { perMessageDeflate: false });
+      let sentAt = 0;
+      ws.on("error", reject);
+      ws.on("message", (data) => {
+        const frame = JSON.parse(data);
+        if (frame.type === "welcome") {
+          sentAt = performance.now();
+          const request = { type: "subscribe", channel: "bench" };
+          if (resume) Object.assign(request, { since, epoch });
+          ws.send(JSON.stringify(request));
+        } else if (frame.type === "subscribed") {
+          if (resume && !frame.recovered) reject(new Error(JSON.stringify(frame)));
+          latencies.push(performance.now() - sentAt);
+          resolve(ws);
+        } else if (frame.type === "error") {
+          reject(new Error(JSON.stringify(frame)));
+        }
+      });
+    });
+  }
+  console.log("MEASURE_START");
+  const start = performance.now();
+  let started = 0;
+  async function worker() {
+    while (started < count) {
+      started++;
+      sockets.push(await openAndSubscribe());
+    }
+  }
+  await Promise.all(Array.from({ length: inFlight }, worker));
+  const elapsed = (performance.now() - start) / 1000;
+  console.log("MEASURE_END");
+  latencies.sort((a, b) => a - b);
+  console.log(
+    JSON.stringify({
+      connections: count,
+      seconds: elapsed,
+      p50_ms: percentile(latencies, 50),
+      p99_ms: percentile(latencies, 99),
+      max_ms: latencies[latencies.length - 1],
+    })
+  );
+  for (const ws of sockets) ws.terminate();
+  process.exit(0);
+}
+
+const modes = { idle, fanout, rpc, handshakes, hold, subscribes };
 modes[mode]().catch((err) => {
   console.error(err && err.message ? err.message : err);
   process.exit(1);

@@ -18,6 +18,8 @@ core, and the Node `ws` load generator (loadgen.js) to the other. Figures:
 The cluster part starts a Redis (as the tests do) and measures the same fan-out through it:
 one triows process with ``--redis-url`` against ``--workers 2`` (a supervisor and two worker
 processes sharing the port); CPU is summed over the workers, Redis's own CPU shown apart.
+Then a subscribe storm (``--only subscribes`` alone): 5,000 connections subscribe to a
+channel the node already follows, 100 at a time, in process and with ``--redis-url``.
 
 Figures are medians over --repeat runs. Everything stays on 127.0.0.1; every loop is bounded.
 """
@@ -409,6 +411,84 @@ def cluster(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             p50, p99 = subscribe_latency(redis.url)
             figures["cluster"]["subscribe_new_channel_ms"] = {"p50": p50, "p99": p99}
             print(f"subscribe to a new channel: p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
+            if args.storm:
+                figures["subscribe_storm"] = subscribe_storm(
+                    args.storm, args.repeat, redis.url, redis.process.pid
+                )
+        finally:
+            redis.stop()
+
+
+def subscribe_storm(
+    connections: int, repeat: int, redis_url: str, redis_pid: int
+) -> dict[str, Any]:
+    """``connections`` connect and subscribe to one channel the node already follows, 100 at
+    a time: in process and through Redis, one process each, same run. A subscribe to a
+    followed channel must not wait on Redis round trips in series."""
+    setups = {
+        "in process": ([], "plain"),
+        "redis": (["--redis-url", redis_url], "plain"),
+        "in process, resume": ([], "resume"),
+        "redis, resume": (["--redis-url", redis_url], "resume"),
+    }
+    print(
+        f"\n{'subscribe storm':20} {'conns':>6} {'seconds':>8} {'per CPU-s':>10} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}",
+        flush=True,
+    )
+    section: dict[str, Any] = {}
+    for name, (extra, how) in setups.items():
+        runs = []
+        for _ in range(repeat):
+            port = free_port()
+            server = start_server("triows", port, extra)
+            try:
+                result, cpu, _ = drive(
+                    [
+                        "subscribes",
+                        f"ws://127.0.0.1:{port}/",
+                        "triows",
+                        str(connections),
+                        "100",
+                        how,
+                    ],
+                    process_tree(server.pid),
+                    redis_pid=redis_pid if extra else None,
+                    timeout=600,
+                )
+            finally:
+                stop(server)
+            runs.append(
+                {
+                    "seconds": result["seconds"],
+                    "per_cpu_second": connections / cpu,
+                    "p50_ms": result["p50_ms"],
+                    "p99_ms": result["p99_ms"],
+                    "max_ms": result["max_ms"],
+                }
+            )
+        row = section[name] = median_of(runs)
+        print(
+            f"{name:20} {connections:>6} {row['seconds']:>8.2f} {row['per_cpu_second']:>10,.0f} "
+            f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['max_ms']:>7.1f}",
+            flush=True,
+        )
+    section["redis_over_in_process"] = (
+        section["redis"]["seconds"] / section["in process"]["seconds"]
+    )
+    print(f"  redis / in process, time: {section['redis_over_in_process']:.2f}x", flush=True)
+    return section
+
+
+def subscribes(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        redis = RedisServer(Path(directory))
+        redis.start()
+        try:
+            assert redis.process is not None
+            figures["subscribe_storm"] = subscribe_storm(
+                args.storm, args.repeat, redis.url, redis.process.pid
+            )
         finally:
             redis.stop()
 
@@ -626,8 +706,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument(
         "--only",
-        choices=("single", "cluster", "metrics"),
-        help="run one part (default: single and cluster; metrics: the cost of metrics)",
+        choices=("single", "cluster", "metrics", "subscribes"),
+        help="run one part (default: single and cluster; metrics: the cost of metrics; "
+        "subscribes: the subscribe storm alone)",
+    )
+    parser.add_argument(
+        "--storm", type=int, default=5000, help="connections in the subscribe storm (0: skip)"
     )
     parser.add_argument(
         "--scale", action="store_true", help="only the scale mode: idle connections at scale"
@@ -653,6 +737,8 @@ def main() -> None:
         scale(args, figures)
     elif args.only == "metrics":
         metrics_cost(args, figures)
+    elif args.only == "subscribes":
+        subscribes(args, figures)
     else:
         if args.only != "cluster":
             single(args, figures)
