@@ -473,10 +473,10 @@ def subscribe_storm(
             f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['max_ms']:>7.1f}",
             flush=True,
         )
-    section["redis_over_in_process"] = (
-        section["redis"]["seconds"] / section["in process"]["seconds"]
-    )
-    print(f"  redis / in process, time: {section['redis_over_in_process']:.2f}x", flush=True)
+    for how in ("", ", resume"):
+        ratio = section[f"redis{how}"]["seconds"] / section[f"in process{how}"]["seconds"]
+        section["redis_over_in_process" + how.replace(", ", "_")] = ratio
+        print(f"  redis / in process{how}, time: {ratio:.2f}x", flush=True)
     return section
 
 

@@ -6,7 +6,8 @@ and the listener thread's events to the part that owns them.
 
 - :mod:`.publisher`: publications, from the outage buffer to Redis's numbered answer.
 - :mod:`.feeds`: the channels followed in Redis and their in-order, exactly-once delivery.
-- :mod:`.resume`: what a subscribe with ``since`` missed, read from the channel's stream.
+- :mod:`.resume`: what a subscribe with ``since`` missed, read from the channel's stream;
+  :mod:`.reads` sends the reads of all resumes in flight together.
 - :mod:`.watchdog`: pings through the node's control channel, repairs a silent pub/sub link,
   keeps keys alive; and the wake-up that makes the listener apply (un)subscribes at once.
 - :mod:`.link`: which parts of the link are down (``up``, ``since``, ``reconnects``) and the
@@ -49,6 +50,7 @@ from .bridge import Confirmed, Event, LinkDown, Message, PubSubListener, RedisBr
 from .feeds import ChannelFeeds
 from .link import Link
 from .publisher import Publisher
+from .reads import ResumeReads
 from .resume import Resumer
 from .tasks import BackgroundTasks
 from .watchdog import ListenerWaker, Watchdog
@@ -114,7 +116,8 @@ class RedisBroker(Broker):
             now_ms=wall_clock_ms,
             delivery_lag=self.delivery_lag,
         )
-        self._resumer = Resumer(config, self._bridge, wall_clock_ms)
+        self.resume_reads = ResumeReads(self._bridge, config.redis_timeout)
+        self._resumer = Resumer(config, self.resume_reads, wall_clock_ms)
         self._watchdog = Watchdog(
             config,
             self._bridge,
@@ -148,6 +151,7 @@ class RedisBroker(Broker):
                 nursery.start_soon(self._listen)
                 self._tasks.start_restarting("publisher", self._publisher.run)
                 self._tasks.start_restarting("watchdog", self._watchdog.run)
+                self._tasks.start_restarting("resume reads", self.resume_reads.run)
                 # Start serving with Redis ready if it answers soon; without it otherwise
                 # (clients are served, publications held, and the link keeps being retried).
                 with trio.move_on_after(self._config.redis_timeout):

@@ -1,8 +1,8 @@
 """Redis reads that more than one part makes, each run in a worker thread (one hop).
 
-A node catching a channel up (the feeds) and a client resuming (resume) read the same things:
-a slice of the channel's stream with its epoch, or the channel's numbering. They are written
-once here, as plain functions of a redis-py client, for :meth:`RedisBridge.call`.
+A node catching a channel up (the feeds) reads a slice of the channel's stream with its epoch
+here, as a plain function of a redis-py client for :meth:`RedisBridge.call`; resumes read the
+same in batches (:mod:`.reads`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,6 @@ def read_stream(
     epoch = epoch_bytes.decode()
     entries = raw[0] if raw else []
     return [fmt.parse_stream_entry(i, f, epoch) for i, f in entries], epoch
-
-
-def read_numbering(name: str, client: redis.Redis) -> tuple[int, str | None]:
-    """The channel's ``(seq, epoch)`` as Redis numbers it now (no epoch: not numbered)."""
-    seq, epoch = client.hmget(fmt.numbering_key(name), "seq", "epoch")
-    return int(seq or 0), None if epoch is None else as_text(epoch)
 
 
 def as_text(value: bytes | str) -> str:
