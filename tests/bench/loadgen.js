@@ -5,7 +5,7 @@
 //   node loadgen.js rpc        <url> <protocol> <clients> <warmup s> <measure s>
 //   node loadgen.js handshakes <url> <protocol> <connections> [in flight]
 //   node loadgen.js idle       <url> <protocol> <connections>
-//   node loadgen.js hold       <url> <protocol> <connections> <local address> [in flight]
+//   node loadgen.js hold       <url> <protocol> <connections> <local address> [in flight] [channels] [first index]
 //   node loadgen.js subscribes <url> triows <connections> [in flight] [resume]
 //
 // fanout: N subscribers on one channel and one publisher. A negative WINDOW publishes -WINDOW
@@ -23,7 +23,7 @@
 // round trips (a triows ping request) on a sample of connections; at stdin's end prints how
 // many connections the server closed, then exits. With CHANNELS (the scale mode), connection
 // i subscribes to "scale-<i mod CHANNELS>" before it counts as open, and a "deliveries" line
-// on stdin answers with how many messages each connection has received so far (JSON).
+// on stdin answers with how many connections have received a message so far (JSON).
 // subscribes: one connection subscribes to "bench" (the node follows it from then on), then N
 // more connect and subscribe to it, IN FLIGHT (default 100) at a time; prints one JSON line:
 // the whole time, and the time from each subscribe to its "subscribed" (p50, p99, max). With
@@ -35,6 +35,12 @@ const WebSocket = require("ws");
 const [mode, url, protocol, countText, warmupText, measureText, windowText] =
   process.argv.slice(2);
 const localAddress = mode === "hold" ? warmupText : undefined;
+// hold with channels: connection i (counted from FIRST INDEX over all generators) subscribes to
+// "scale-<i mod CHANNELS>".
+const holdChannels = mode === "hold" ? Number(windowText || 0) : 0;
+const holdFirst = mode === "hold" ? Number(process.argv[9] || 0) : 0;
+let holdNext = 0;
+const received = new Map(); // socket -> messages received (hold with channels)
 const count = Number(countText);
 const WINDOW = Number(windowText || 16);
 const PAD = "x".repeat(64);
@@ -47,7 +53,7 @@ function open(onMessage) {
     let ready = false;
     ws.on("error", (err) => (ready ? console.error("socket error", err.message) : reject(err)));
     ws.on("close", (code) => {
-      if (!ready) return;
+      if (!ready) return reject(new Error(`closed with ${code} before it was ready`));
       closedAfterOpen++; // counted from the start: none may go unnoticed
       closeCodes[code] = (closeCodes[code] || 0) + 1;
     });
@@ -55,7 +61,10 @@ function open(onMessage) {
       if (!ready) {
         // triows greets with "welcome", then answers our subscribe with "subscribed".
         const frame = JSON.parse(data);
-        if (frame.type === "welcome" && mode === "hold") {
+        if (frame.type === "welcome" && mode === "hold" && holdChannels) {
+          const channel = `scale-${(holdFirst + holdNext++) % holdChannels}`;
+          ws.send(JSON.stringify({ type: "subscribe", channel }));
+        } else if (frame.type === "welcome" && mode === "hold") {
           ready = true; // idle connections: connected, greeted, subscribed to nothing
           resolve(ws);
         } else if (frame.type === "welcome") {
@@ -63,6 +72,9 @@ function open(onMessage) {
         } else if (frame.type === "subscribed") {
           ready = true;
           resolve(ws);
+        } else if (frame.type === "error") {
+          ws.terminate();
+          reject(new Error(JSON.stringify(frame)));
         }
         return;
       }
@@ -279,17 +291,32 @@ async function hold() {
   await Promise.all(Array.from({ length: Number(measureText || 100) }, opener));
   const pending = new Map(); // socket -> [resolve, sentAt]
   for (const ws of sockets) {
+    received.set(ws, 0);
     ws.on("message", (raw) => {
+      const frame = JSON.parse(raw);
+      if (frame.type === "message") received.set(ws, received.get(ws) + 1);
       const waiting = pending.get(ws);
-      if (waiting && JSON.parse(raw).type === "pong") {
+      if (waiting && frame.type === "pong") {
         pending.delete(ws);
         waiting[0](performance.now() - waiting[1]);
       }
     });
   }
-  console.log(`HOLD_READY ${sockets.length}`);
+  // How many connections the server closed while they were being opened.
+  console.log(`HOLD_READY ${sockets.length} ${closedAfterOpen}`);
   const lines = require("readline").createInterface({ input: process.stdin });
-  lines.on("line", async () => {
+  lines.on("line", async (line) => {
+    if (line === "deliveries") {
+      const counts = [...received.values()];
+      console.log(
+        JSON.stringify({
+          connections: counts.length,
+          with_message: counts.filter((n) => n > 0).length,
+          messages: counts.reduce((a, b) => a + b, 0),
+        })
+      );
+      return;
+    }
     const live = sockets.filter((ws) => ws.readyState === WebSocket.OPEN);
     const sample = [];
     for (let i = 0; i < live.length; i += Math.max(1, Math.floor(live.length / 100))) {
