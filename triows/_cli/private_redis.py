@@ -11,7 +11,8 @@ none, so the supervisor starts one of its own:
   get its ``unix://`` URL;
 - its lifetime is the supervisor's: started before the workers, stopped after they drained
   (also on SIGINT/SIGTERM), restarted with backoff if it dies; on Linux the kernel kills it
-  when the supervisor dies, however (``PR_SET_PDEATHSIG``, set between fork and exec). That
+  when the supervisor dies, however (``PR_SET_PDEATHSIG``, set between fork and exec), and the
+  next supervisor removes the directory such a death leaves (:func:`sweep_stale`). That
   signal follows the *thread* that forked, so the server is started from the supervisor's
   main thread (``subprocess.Popen`` called by trio's own thread, not ``trio.to_thread``,
   whose threads end when idle).
@@ -22,6 +23,7 @@ a Redis restart, which clients see as a new epoch ("cannot know"), never as a wr
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -46,12 +48,18 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 #: ``prctl`` option: the signal this process gets when its parent (thread) dies.
 PR_SET_PDEATHSIG = 1
+#: The private directories' names start with this (in the temporary directory).
+PREFIX = "triows-redis-"
 #: Binaries looked up on PATH, in this order.
 NAMES = ("valkey-server", "redis-server")
 
 
 class NoServer(Exception):
     """No Redis-protocol server to start: the message says what to install."""
+
+
+class CannotStart(Exception):
+    """The private server did not answer at its first start (the workers never start)."""
 
 
 def install_hint(workers: str) -> str:
@@ -96,12 +104,36 @@ def _die_with(parent: int) -> Callable[[], None] | None:
     return preexec
 
 
+def sweep_stale(parent: str) -> None:
+    """Remove the directories of private servers whose supervisor is gone (a SIGKILL leaves
+    its directory; the kernel took the server itself). Only this user's, only with a
+    ``supervisor.pid`` naming a process that no longer exists."""
+    for path in glob.glob(os.path.join(parent, PREFIX + "*")):
+        try:
+            if os.stat(path).st_uid != os.getuid():
+                continue
+            with open(os.path.join(path, "supervisor.pid")) as file:
+                pid = int(file.read())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError):  # not ours to judge: unreadable, or that pid is alive
+            continue
+
+
+class _Exited(Exception):
+    pass
+
+
 class PrivateRedis:
     """One private server: its directory, its process, its restarts."""
 
     def __init__(self, binary: str) -> None:
         self.binary = binary
-        self.directory = tempfile.mkdtemp(prefix="triows-redis-")  # mode 0700
+        sweep_stale(tempfile.gettempdir())
+        self.directory = tempfile.mkdtemp(prefix=PREFIX)  # mode 0700
+        with open(os.path.join(self.directory, "supervisor.pid"), "w") as file:
+            file.write(str(os.getpid()))
         self.socket = os.path.join(self.directory, "redis.sock")
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -147,7 +179,7 @@ class PrivateRedis:
                     if (await stream.receive_some(64)).startswith(b"+PONG"):
                         return
                 await trio.sleep(0.02)
-        raise RuntimeError(f"{self.binary} exited with code {process.returncode} at start")
+        raise _Exited(f"it exited with code {process.returncode}")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the server running until cancelled; ``started`` once it first answers.
@@ -161,12 +193,13 @@ class PrivateRedis:
                 self.starts += 1
                 try:
                     await self._ready(process)
-                except (RuntimeError, trio.TooSlowError) as exc:
+                except (_Exited, trio.TooSlowError) as exc:
+                    reason = str(exc) or f"no answer on {self.socket} within {START_TIMEOUT:g} s"
                     if self.starts == 1:
-                        raise RuntimeError(
-                            f"the private Redis server did not start: {exc}"
+                        raise CannotStart(
+                            f"the private Redis server ({self.binary}) did not start: {reason}"
                         ) from exc
-                    log.warning("the private Redis server did not start again: %s", exc)
+                    log.warning("the private Redis server did not start again: %s", reason)
                 else:
                     log.info(
                         "private Redis server %s (pid %d) at %s",

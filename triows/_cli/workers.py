@@ -37,7 +37,7 @@ from .._net.listen import reserve_port
 from .._ops import shared_stats as _shared_stats
 from .env import STATS_DIR_ENV, SUPERVISOR_ENV, WORKER_ENV
 from .errors import cannot_listen
-from .private_redis import NoServer, PrivateRedis, find_server
+from .private_redis import CannotStart, NoServer, PrivateRedis, find_server
 
 log = logging.getLogger("triows.workers")
 
@@ -110,7 +110,13 @@ def supervise_workers(
         # the whole server (triows._ops.shared_stats).
         with tempfile.TemporaryDirectory(prefix="triows-stats-") as stats_dir:
             supervisor = _Supervisor(command, count, port, config, stats_dir, private)
-            return trio.run(supervisor.run)
+            failure: BaseException | None = None
+            try:
+                return trio.run(supervisor.run)
+            except* CannotStart as group:
+                failure = group.exceptions[0]
+            print(f"triows: error: {failure}", file=sys.stderr)
+            return 1
     finally:
         reserved.close()
         if private is not None:
