@@ -64,7 +64,9 @@ async def test_a_stall_of_the_server_itself_is_not_the_peers_fault(
         await trio.sleep(0.5)
         assert trio.current_time() - start >= 17.5  # past the deadline, but the server was late
         assert server.statistics().closed_by_server == {}
-        await trio.sleep(3)  # it woke 2.5 s late: that much more, then nothing heard -> 1011
+        # The lag counts while the monitor's samples of the last heartbeat_timeout (5 s) show
+        # it; then, nothing heard: 1011 at the next deadline (at most the 2.5 s lag away).
+        await trio.sleep(5 + 2.5 + 1)
         assert server.statistics().closed_by_server == {1011: 1}
         await frozen.read_until_closed()
         assert frozen.close_code == 1011
@@ -82,3 +84,15 @@ async def test_bytes_waiting_in_the_kernel_count_as_heard() -> None:
         assert ws.has_unread_bytes()
         assert await ws.receive() == b"\\x8a\\x80"
         assert not ws.has_unread_bytes()
+
+
+async def test_a_lag_that_just_ended_still_counts(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(heartbeat_timeout=5, monitor_interval=1) as harness:
+        monitor = harness.server.monitor
+        await trio.sleep(3.5)
+        autojump_clock.jump(2)  # a 2 s stall, measured by the monitor's next tick
+        await trio.sleep(1.1)
+        assert monitor.loop_lag < 0.05 < monitor.recent_lag(5)  # over, but recent
+        assert harness.server.loop_lag() >= 1
+        await trio.sleep(6)
+        assert harness.server.loop_lag() < 0.05  # out of the window

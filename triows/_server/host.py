@@ -44,7 +44,8 @@ class ConnectionHost(Protocol):
         ...
 
     def loop_lag(self) -> float:
-        """The event-loop lag last measured (seconds): heartbeats give peers that much more."""
+        """The largest event-loop lag measured over the last ``heartbeat_timeout`` seconds:
+        heartbeats give peers that much more."""
         ...
 
     def count_close(self, code: int) -> None:

@@ -381,7 +381,7 @@ class Server:
         return int(self.wall_clock() * 1000)
 
     def loop_lag(self) -> float:
-        return self.monitor.loop_lag
+        return self.monitor.recent_lag(self.config.heartbeat_timeout)
 
     def _task_failed(self) -> None:
         self.task_failures += 1
