@@ -200,3 +200,37 @@ def test_read_many_against_redis(redis_url: str) -> None:
         assert read_many([(f"{name}-none", 0, 3, True, True)], client) == [(([], None), (0, None))]
     finally:
         client.delete(fmt.numbering_key(name), fmt.stream_key(name))
+
+
+@pytest.mark.real_socket
+async def test_a_subscribe_to_a_followed_channel_is_served_inline(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No requests task, no wait, no Redis: the reader answers it (the subscription limit
+    still holds)."""
+    from triows._server.requests import Requests
+
+    waited: list[object] = []
+    serve_in_task = Requests._serve_in_task
+
+    def counting(self: Requests, first: Any) -> None:
+        waited.append(first)
+        serve_in_task(self, first)
+
+    monkeypatch.setattr(Requests, "_serve_in_task", counting)
+    channel, other = channel_name(), channel_name()
+    async with open_node(redis_url, max_subscriptions=1) as node:
+        async with node.connect() as first, node.connect() as third, node.connect() as second:
+            await first.request({"type": "subscribe", "channel": channel, "id": 1})
+            await third.request({"type": "subscribe", "channel": other, "id": 1})
+            assert len(waited) == 2  # a subscribe to a channel not followed yet waits for Redis
+            reply = await second.request({"type": "subscribe", "channel": channel, "id": 1})
+            assert reply["type"] == "subscribed"
+            refused = await second.request({"type": "subscribe", "channel": other, "id": 2})
+            assert refused["type"] == "error"  # the subscription limit, inline too
+            assert len(waited) == 2  # both served inline
+            reply = await second.request(
+                {"type": "subscribe", "channel": channel, "id": 3, "since": 0, "epoch": "x"}
+            )
+            assert reply["recovered"] is False
+            assert len(waited) == 3  # a resume goes through the task (it may read Redis)

@@ -209,12 +209,7 @@ class RedisBroker(Broker):
         self, member: Subscriber, channel: str, since: int | None, epoch: str | None
     ) -> Subscribed:
         hub = self.hub
-        if channel not in hub.channels_of(member) and hub.subscriptions(member) >= (
-            self._config.max_subscriptions
-        ):
-            raise SubscriptionLimitError(
-                f"subscription limit of {self._config.max_subscriptions} channels reached"
-            )
+        self._check_limit(member, channel)
         with self._feeds.joining(channel) as ch:
             with trio.move_on_after(2 * self._config.redis_timeout):
                 await ch.ready.wait()
@@ -234,6 +229,35 @@ class RedisBroker(Broker):
             seq, epoch = resume.numbering
             return Subscribed(seq=seq, epoch=epoch, resume=resume)
         return Subscribed(seq=feed.seq, epoch=feed.epoch, resume=resume)
+
+    def _check_limit(self, member: Subscriber, channel: str) -> None:
+        hub = self.hub
+        if channel not in hub.channels_of(member) and hub.subscriptions(member) >= (
+            self._config.max_subscriptions
+        ):
+            raise SubscriptionLimitError(
+                f"subscription limit of {self._config.max_subscriptions} channels reached"
+            )
+
+    def subscribes_now(self, channel: str, since: int | None) -> bool:
+        ch = self._feeds.channels.get(channel)
+        return since is None and ch is not None and ch.ready.is_set()
+
+    def subscribe_nowait(
+        self, member: Subscriber, channel: str, since: int | None, epoch: str | None
+    ) -> Subscribed:
+        """A subscribe without ``since`` to a channel this node follows with its baseline:
+        what :meth:`subscribe` does then, with nothing to wait for, in one step."""
+        hub = self.hub
+        self._check_limit(member, channel)
+        ch = self._feeds.channels.get(channel)
+        if since is not None or ch is None or not ch.ready.is_set():
+            raise RuntimeError("subscribe_nowait() needs a followed channel (subscribes_now)")
+        state = hub.subscribe(member, channel)
+        feed = ch.feed
+        assert feed.epoch is not None
+        state.seq, state.epoch = feed.seq, feed.epoch
+        return Subscribed(seq=feed.seq, epoch=feed.epoch)
 
     def unsubscribe(self, member: Subscriber, channel: str) -> bool:
         left = self.hub.unsubscribe(member, channel)
