@@ -149,7 +149,6 @@ def test_operability_flags() -> None:
         (["--channel-history", "a=1"], {}, "PATTERN=SIZE:TTL"),
         (["--channel-history", "a=x:1"], {}, "must be numbers"),
         (["--history-size", "-1"], {}, "--history-size"),
-        (["--workers", "2"], {}, "--workers 2 needs --redis-url"),
         (["--workers", "0"], {}, "--workers"),
         (["--redis-url", "localhost:6379"], {}, "--redis-url (TRIOWS_REDIS_URL) must look like"),
         (["--reuse-port", "maybe"], {}, "expected yes or no"),
@@ -160,7 +159,6 @@ def test_operability_flags() -> None:
         (["--metrics", "maybe"], {}, "expected yes or no"),
         (["--warn-memory", "lots"], {}, "expected a size in bytes"),
         ([], {"TRIOWS_SLOW_CONSUMER": "maybe"}, "must be one of block, drop_oldest"),
-        (["--workers", "auto"], {}, "--workers auto ("),
         (["--presence", "chat["], {}, "--presence (TRIOWS_PRESENCE): 'chat[': a '[' is never"),
         (["--presence-counts", "a b"], {}, "is not a channel pattern"),
         (["--channel-policy", "x]=block"], {}, "']' without"),
@@ -255,7 +253,9 @@ async def test_real_run_and_graceful_sigterm() -> None:
             await process.wait()
 
 
-def test_workers_auto_is_one_per_cpu_and_needs_redis() -> None:
+def test_workers_auto_is_one_per_cpu() -> None:
+    alone = parse_config(["--workers", "auto"], {})  # a private Redis is started for them
+    assert (alone.workers, alone.config.redis_url) == (len(os.sched_getaffinity(0)), None)
     options = parse_config(["--workers", "auto", "--redis-url", "redis://r:6379/0"], {})
     assert options.workers == len(os.sched_getaffinity(0))
     assert options.config.redis_url == "redis://r:6379/0"

@@ -6,7 +6,8 @@
 //   node loadgen.js chat       <url> <protocol> <clients> <warmup s> <measure s> <rooms> <per client per s>
 //   node loadgen.js handshakes <url> <protocol> <connections> [in flight]
 //   node loadgen.js idle       <url> <protocol> <connections>
-//   node loadgen.js hold       <url> <protocol> <connections> <local address> [in flight]
+//   node loadgen.js hold       <url> <protocol> <connections> <local address> [in flight] [channels] [first index]
+//   node loadgen.js subscribes <url> triows <connections> [in flight] [resume]
 //
 // fanout: N subscribers on one channel and one publisher. A negative WINDOW publishes -WINDOW
 // messages per second (paced, for latency); otherwise the publisher keeps WINDOW messages
@@ -27,13 +28,26 @@
 // hold: like idle, from one local address (the scale mode spreads generators over
 // 127.0.0.2-6); prints "HOLD_READY <n>"; each "rtt" line on stdin answers with a JSON line of
 // round trips (a triows ping request) on a sample of connections; at stdin's end prints how
-// many connections the server closed, then exits.
+// many connections the server closed, then exits. With CHANNELS (the scale mode), connection
+// i subscribes to "scale-<i mod CHANNELS>" before it counts as open, and a "deliveries" line
+// on stdin answers with how many connections have received a message so far (JSON).
+// subscribes: one connection subscribes to "bench" (the node follows it from then on), then N
+// more connect and subscribe to it, IN FLIGHT (default 100) at a time; prints one JSON line:
+// the whole time, and the time from each subscribe to its "subscribed" (p50, p99, max). With
+// "resume", 20 messages are published first and each subscribe resumes from the 10th-last
+// (since/epoch: a reconnect storm), which must be recovered.
 "use strict";
 const WebSocket = require("ws");
 
 const [mode, url, protocol, countText, warmupText, measureText, windowText] =
   process.argv.slice(2);
 const localAddress = mode === "hold" ? warmupText : undefined;
+// hold with channels: connection i (counted from FIRST INDEX over all generators) subscribes to
+// "scale-<i mod CHANNELS>".
+const holdChannels = mode === "hold" ? Number(windowText || 0) : 0;
+const holdFirst = mode === "hold" ? Number(process.argv[9] || 0) : 0;
+let holdNext = 0;
+const received = new Map(); // socket -> messages received (hold with channels)
 const count = Number(countText);
 const WINDOW = Number(windowText || 16);
 const PAD = "x".repeat(64);
@@ -50,7 +64,7 @@ function open(onMessage, channel = "bench", path = "") {
     let ready = false;
     ws.on("error", (err) => (ready ? console.error("socket error", err.message) : reject(err)));
     ws.on("close", (code) => {
-      if (!ready) return;
+      if (!ready) return reject(new Error(`closed with ${code} before it was ready`));
       closedAfterOpen++; // counted from the start: none may go unnoticed
       closeCodes[code] = (closeCodes[code] || 0) + 1;
     });
@@ -58,7 +72,10 @@ function open(onMessage, channel = "bench", path = "") {
       if (!ready) {
         // triows greets with "welcome", then answers our subscribe with "subscribed".
         const frame = JSON.parse(data);
-        if (frame.type === "welcome" && mode === "hold") {
+        if (frame.type === "welcome" && mode === "hold" && holdChannels) {
+          const channel = `scale-${(holdFirst + holdNext++) % holdChannels}`;
+          ws.send(JSON.stringify({ type: "subscribe", channel }));
+        } else if (frame.type === "welcome" && mode === "hold") {
           ready = true; // idle connections: connected, greeted, subscribed to nothing
           resolve(ws);
         } else if (frame.type === "welcome") {
@@ -66,6 +83,9 @@ function open(onMessage, channel = "bench", path = "") {
         } else if (frame.type === "subscribed") {
           ready = true;
           resolve(ws);
+        } else if (frame.type === "error") {
+          ws.terminate();
+          reject(new Error(JSON.stringify(frame)));
         }
         return;
       }
@@ -283,17 +303,32 @@ async function hold() {
   await Promise.all(Array.from({ length: Number(measureText || 100) }, opener));
   const pending = new Map(); // socket -> [resolve, sentAt]
   for (const ws of sockets) {
+    received.set(ws, 0);
     ws.on("message", (raw) => {
+      const frame = JSON.parse(raw);
+      if (frame.type === "message") received.set(ws, received.get(ws) + 1);
       const waiting = pending.get(ws);
-      if (waiting && JSON.parse(raw).type === "pong") {
+      if (waiting && frame.type === "pong") {
         pending.delete(ws);
         waiting[0](performance.now() - waiting[1]);
       }
     });
   }
-  console.log(`HOLD_READY ${sockets.length}`);
+  // How many connections the server closed while they were being opened.
+  console.log(`HOLD_READY ${sockets.length} ${closedAfterOpen}`);
   const lines = require("readline").createInterface({ input: process.stdin });
-  lines.on("line", async () => {
+  lines.on("line", async (line) => {
+    if (line === "deliveries") {
+      const counts = [...received.values()];
+      console.log(
+        JSON.stringify({
+          connections: counts.length,
+          with_message: counts.filter((n) => n > 0).length,
+          messages: counts.reduce((a, b) => a + b, 0),
+        })
+      );
+      return;
+    }
     const live = sockets.filter((ws) => ws.readyState === WebSocket.OPEN);
     const sample = [];
     for (let i = 0; i < live.length; i += Math.max(1, Math.floor(live.length / 100))) {
@@ -395,7 +430,81 @@ async function chat() {
   process.exit(0);
 }
 
-const modes = { idle, fanout, rpc, handshakes, hold, chat };
+
+async function subscribes() {
+  const inFlight = Number(warmupText || 100);
+  const resume = measureText === "resume";
+  const first = await open(() => {}); // the node follows "bench" from now on
+  const sockets = [first];
+  const latencies = [];
+  let since = null;
+  let epoch = null;
+  if (resume) {
+    // History to resume from: 20 publications; then every subscribe asks for the last 10.
+    await new Promise((resolve) => {
+      first.on("message", (data) => {
+        const frame = JSON.parse(data);
+        if (frame.type === "subscribed") epoch = frame.epoch;
+        if (frame.type === "ack" && frame.id === 20) {
+          since = frame.seq - 10;
+          resolve();
+        }
+      });
+      first.send(JSON.stringify({ type: "subscribe", channel: "bench", id: "s" }));
+      for (let i = 1; i <= 20; i++) {
+        first.send(JSON.stringify({ type: "publish", channel: "bench", data: i, id: i }));
+      }
+    });
+  }
+  function openAndSubscribe() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(url, { perMessageDeflate: false });
+      let sentAt = 0;
+      ws.on("error", reject);
+      ws.on("message", (data) => {
+        const frame = JSON.parse(data);
+        if (frame.type === "welcome") {
+          sentAt = performance.now();
+          const request = { type: "subscribe", channel: "bench" };
+          if (resume) Object.assign(request, { since, epoch });
+          ws.send(JSON.stringify(request));
+        } else if (frame.type === "subscribed") {
+          if (resume && !frame.recovered) reject(new Error(JSON.stringify(frame)));
+          latencies.push(performance.now() - sentAt);
+          resolve(ws);
+        } else if (frame.type === "error") {
+          reject(new Error(JSON.stringify(frame)));
+        }
+      });
+    });
+  }
+  console.log("MEASURE_START");
+  const start = performance.now();
+  let started = 0;
+  async function worker() {
+    while (started < count) {
+      started++;
+      sockets.push(await openAndSubscribe());
+    }
+  }
+  await Promise.all(Array.from({ length: inFlight }, worker));
+  const elapsed = (performance.now() - start) / 1000;
+  console.log("MEASURE_END");
+  latencies.sort((a, b) => a - b);
+  console.log(
+    JSON.stringify({
+      connections: count,
+      seconds: elapsed,
+      p50_ms: percentile(latencies, 50),
+      p99_ms: percentile(latencies, 99),
+      max_ms: latencies[latencies.length - 1],
+    })
+  );
+  for (const ws of sockets) ws.terminate();
+  process.exit(0);
+}
+
+const modes = { idle, fanout, rpc, handshakes, hold, chat, subscribes };
 modes[mode]().catch((err) => {
   console.error(err && err.message ? err.message : err);
   process.exit(1);

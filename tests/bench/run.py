@@ -25,6 +25,8 @@ generator (loadgen.js) to the other. Figures:
 The cluster part starts a Redis (as the tests do) and measures the same fan-out through it:
 one triows process with ``--redis-url`` against ``--workers 2`` (a supervisor and two worker
 processes sharing the port); CPU is summed over the workers, Redis's own CPU shown apart.
+Then a subscribe storm (``--only subscribes`` alone): 5,000 connections subscribe to a
+channel the node already follows, 100 at a time, in process and with ``--redis-url``.
 
 Figures are medians over --repeat runs. Everything stays on 127.0.0.1; every loop is bounded.
 """
@@ -612,6 +614,84 @@ def cluster(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             p50, p99 = subscribe_latency(redis.url)
             figures["cluster"]["subscribe_new_channel_ms"] = {"p50": p50, "p99": p99}
             print(f"subscribe to a new channel: p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
+            if args.storm:
+                figures["subscribe_storm"] = subscribe_storm(
+                    args.storm, args.repeat, redis.url, redis.process.pid
+                )
+        finally:
+            redis.stop()
+
+
+def subscribe_storm(
+    connections: int, repeat: int, redis_url: str, redis_pid: int
+) -> dict[str, Any]:
+    """``connections`` connect and subscribe to one channel the node already follows, 100 at
+    a time: in process and through Redis, one process each, same run. A subscribe to a
+    followed channel must not wait on Redis round trips in series."""
+    setups = {
+        "in process": ([], "plain"),
+        "redis": (["--redis-url", redis_url], "plain"),
+        "in process, resume": ([], "resume"),
+        "redis, resume": (["--redis-url", redis_url], "resume"),
+    }
+    print(
+        f"\n{'subscribe storm':20} {'conns':>6} {'seconds':>8} {'per CPU-s':>10} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}",
+        flush=True,
+    )
+    section: dict[str, Any] = {}
+    for name, (extra, how) in setups.items():
+        runs = []
+        for _ in range(repeat):
+            port = free_port()
+            server = start_server("triows", port, extra)
+            try:
+                result, cpu, _ = drive(
+                    [
+                        "subscribes",
+                        f"ws://127.0.0.1:{port}/",
+                        "triows",
+                        str(connections),
+                        "100",
+                        how,
+                    ],
+                    process_tree(server.pid),
+                    redis_pid=redis_pid if extra else None,
+                    timeout=600,
+                )
+            finally:
+                stop(server)
+            runs.append(
+                {
+                    "seconds": result["seconds"],
+                    "per_cpu_second": connections / cpu,
+                    "p50_ms": result["p50_ms"],
+                    "p99_ms": result["p99_ms"],
+                    "max_ms": result["max_ms"],
+                }
+            )
+        row = section[name] = median_of(runs)
+        print(
+            f"{name:20} {connections:>6} {row['seconds']:>8.2f} {row['per_cpu_second']:>10,.0f} "
+            f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['max_ms']:>7.1f}",
+            flush=True,
+        )
+    for how in ("", ", resume"):
+        ratio = section[f"redis{how}"]["seconds"] / section[f"in process{how}"]["seconds"]
+        section["redis_over_in_process" + how.replace(", ", "_")] = ratio
+        print(f"  redis / in process{how}, time: {ratio:.2f}x", flush=True)
+    return section
+
+
+def subscribes(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        redis = RedisServer(Path(directory))
+        redis.start()
+        try:
+            assert redis.process is not None
+            figures["subscribe_storm"] = subscribe_storm(
+                args.storm, args.repeat, redis.url, redis.process.pid
+            )
         finally:
             redis.stop()
 
@@ -684,35 +764,23 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def scale(args: argparse.Namespace, figures: dict[str, Any]) -> None:
-    """Hold ``--scale-connections`` idle connections (heartbeats on) against ``--workers``.
+    """Hold ``--scale-connections`` connections (heartbeats on), each subscribed to one of
+    ``--scale-channels`` channels, against ``--workers`` with no ``--redis-url`` (the
+    supervisor's private Redis, counted with the server), then publish once to every channel.
 
     The fd limit is per process, so the load is spread over generator processes of at most
     10,000 connections each, bound to 127.0.0.2-127.0.0.6 (each source address has its own
     ~28k ephemeral ports), and the server over enough workers to stay under it too.
     """
-    with tempfile.TemporaryDirectory() as directory:
-        redis = RedisServer(Path(directory))  # --workers share channels through Redis
-        redis.start()
-        try:
-            hold_at_scale(args, figures, redis.url)
-        finally:
-            redis.stop()
-
-
-def hold_at_scale(args: argparse.Namespace, figures: dict[str, Any], redis_url: str) -> None:
     total, workers, hold = args.scale_connections, args.scale_workers, args.scale_hold
+    channels = args.scale_channels
     per_generator = 10_000
     generators_needed = -(-total // per_generator)
     port = free_port()
     server = start_server(
         "triows",
         port,
-        [
-            *("--workers", str(workers), "--max-connections", "19000", "--redis-url", redis_url),
-            # Idle means connected and greeted, subscribed to nothing: without this the idle
-            # sweeper would rightly close them after 300 s (listeners hold a subscription).
-            *("--idle-timeout", "0"),
-        ],
+        ["--workers", str(workers), "--max-connections", "19000"],
     )
     generators: list[subprocess.Popen[str]] = []
     try:
@@ -724,33 +792,33 @@ def hold_at_scale(args: argparse.Namespace, figures: dict[str, Any], redis_url: 
             address = f"127.0.0.{2 + index % 5}"
             command = ["node", str(LOADGEN), "hold", f"ws://127.0.0.1:{port}/", "triows"]
             # At most 50 handshakes in flight per generator: ten generators and six workers
-            # share two cores, and a storm that starves them all delays pongs past the
-            # heartbeat timeout (the server then rightly closes those connections, 1011).
-            command += [str(count), address, "50"]
+            # share two cores.
+            command += [str(count), address, "50", str(channels), str(index * per_generator)]
             generators.append(
-                subprocess.Popen(
-                    command,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
+                subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             )
-        held = 0
+        held = closed_connecting = 0
         for generator in generators:
             assert generator.stdout is not None
             line = generator.stdout.readline()
             if not line.startswith("HOLD_READY"):
                 raise RuntimeError(f"a generator failed to open its connections: {line!r}")
             held += int(line.split()[1])
+            closed_connecting += int(line.split()[2])
             print(f"  {held:,} connections open ({time.monotonic() - started:.0f} s)", flush=True)
         connect_seconds = time.monotonic() - started
         time.sleep(5.0)  # the last handshakes settle
         rtt_start = sample_rtt(generators)
+        # Idle CPU over the first three quarters of the hold; then one publication to every
+        # channel, which every connection must have received by the end of the hold.
         cpu_start = tree_cpu_seconds(pids)
         hold_start = time.monotonic()
-        time.sleep(hold)
+        time.sleep(hold * 0.75)
         idle_cpu = (tree_cpu_seconds(pids) - cpu_start) / (time.monotonic() - hold_start)
-        rss_mib = sum(rss_kib(pid) for pid in pids) / 1024
+        rss_mib = sum(rss_kib(pid) for pid in process_tree(server.pid)) / 1024
+        publish_seconds = publish_to_every_channel(port, channels)
+        time.sleep(max(0.0, hold - (time.monotonic() - hold_start)))
+        deliveries = ask_generators(generators, "deliveries")
         rtt_end = sample_rtt(generators)
         closed = held - rtt_end["open"]  # every connection not open now was dropped
     finally:
@@ -763,28 +831,72 @@ def hold_at_scale(args: argparse.Namespace, figures: dict[str, Any], redis_url: 
             except subprocess.TimeoutExpired:
                 generator.kill()
         stop(server)
+    with_message = sum(d["with_message"] for d in deliveries)
     row = {
         "connections_held": held - closed,
+        "closed_while_connecting": closed_connecting,
         "dropped": closed,
+        "channels": channels,
         "connect_seconds": connect_seconds,
         "hold_seconds": hold,
         "rss_mib_total": rss_mib,
         "kib_per_connection": rss_mib * 1024 / max(held, 1),
         "idle_cpu_cores": idle_cpu,
+        "publish_seconds": publish_seconds,
+        "connections_with_the_publication": with_message,
+        "messages_received": sum(d["messages"] for d in deliveries),
         "rtt_start": rtt_start,
         "rtt_end": rtt_end,
     }
     figures["scale"] = row
     print(
         f"scale: {row['connections_held']:,} of {total:,} connections held for {hold:.0f} s "
-        f"(dropped {closed}) by {workers} workers; opened in {connect_seconds:.0f} s\n"
-        f"  server RSS {rss_mib:,.0f} MiB in total ({row['kib_per_connection']:.1f} KiB per "
-        f"connection, processes included); idle CPU {idle_cpu:.2f} cores (heartbeats on)\n"
+        f"(closed while connecting {closed_connecting}, dropped in all {closed}) by {workers} "
+        f"workers, each subscribed to one of {channels:,} channels; opened in "
+        f"{connect_seconds:.0f} s\n"
+        f"  one publication to every channel ({publish_seconds:.1f} s to publish): received by "
+        f"{with_message:,} connections ({row['messages_received']:,} messages)\n"
+        f"  server RSS {rss_mib:,.0f} MiB in total, private Redis included "
+        f"({row['kib_per_connection']:.1f} KiB per connection, processes included); idle CPU "
+        f"{idle_cpu:.2f} cores (heartbeats on)\n"
         f"  live round trips (ping request on {rtt_end['sampled']} connections): "
         f"p50 {rtt_end['p50_ms']:.1f} ms, max {rtt_end['max_ms']:.1f} ms, "
-        f"{rtt_end['answered']} answered",
+        f"{rtt_end['answered']} answered; close codes {rtt_end['close_codes']}",
         flush=True,
     )
+
+
+def publish_to_every_channel(port: int, channels: int) -> float:
+    """One publication to each ``scale-<n>`` channel, acks awaited (at most 100 in flight);
+    returns the seconds it took."""
+    from websockets.sync.client import connect
+
+    started = time.monotonic()
+    with connect(f"ws://127.0.0.1:{port}/", open_timeout=60, max_size=None) as ws:
+        json.loads(ws.recv(timeout=60))  # welcome
+        acked = sent = 0
+        while acked < channels:
+            while sent < channels and sent - acked < 100:
+                frame = {"type": "publish", "channel": f"scale-{sent}", "data": sent, "id": sent}
+                ws.send(json.dumps(frame))
+                sent += 1
+            reply = json.loads(ws.recv(timeout=60))
+            if reply["type"] != "ack":
+                raise RuntimeError(f"publish refused: {reply}")
+            acked += 1
+    return time.monotonic() - started
+
+
+def ask_generators(generators: list[subprocess.Popen[str]], what: str) -> list[dict[str, Any]]:
+    for generator in generators:
+        assert generator.stdin is not None
+        generator.stdin.write(what + "\n")
+        generator.stdin.flush()
+    answers = []
+    for generator in generators:
+        assert generator.stdout is not None
+        answers.append(json.loads(generator.stdout.readline()))
+    return answers
 
 
 def sample_rtt(generators: list[subprocess.Popen[str]]) -> dict[str, Any]:
@@ -837,17 +949,25 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument(
         "--only",
-        choices=("single", "cluster", "metrics", "dashboard", "inbound"),
+        choices=("single", "cluster", "metrics", "dashboard", "inbound", "subscribes"),
         help="run one part (default: single and cluster; metrics: the cost of metrics; "
         "dashboard: the cost of an open dashboard; inbound: request→reply and the chat "
-        "scenarios only)",
+        "scenarios only; subscribes: the subscribe storm alone)",
     )
     parser.add_argument(
-        "--scale", action="store_true", help="only the scale mode: idle connections at scale"
+        "--storm", type=int, default=5000, help="connections in the subscribe storm (0: skip)"
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="only the scale mode: subscribed connections at scale, held with none dropped",
     )
     parser.add_argument("--scale-connections", type=int, default=100_000)
     parser.add_argument("--scale-workers", type=int, default=6)
     parser.add_argument("--scale-hold", type=float, default=60.0, help="seconds to hold them")
+    parser.add_argument(
+        "--scale-channels", type=int, default=1000, help="channels the connections subscribe to"
+    )
     args = parser.parse_args()
     if args.baseline:
         BASELINE.append(str(Path(args.baseline).resolve()))
@@ -872,6 +992,8 @@ def main() -> None:
         metrics_cost(args, figures)
     elif args.only == "dashboard":
         dashboard_cost(args, figures)
+    elif args.only == "subscribes":
+        subscribes(args, figures)
     else:
         if args.only != "cluster":
             single(args, figures)

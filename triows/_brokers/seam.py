@@ -240,8 +240,14 @@ class Broker(abc.ABC):
         epoch: str | None,
         rewind: int | None = None,
     ) -> Subscribed:
-        """:meth:`subscribe` in one synchronous step, for brokers with ``subscribes_at_once``."""
+        """:meth:`subscribe` in one synchronous step, where :meth:`subscribes_now` said so."""
         raise NotImplementedError
+
+    def subscribes_now(self, channel: str, since: int | None, rewind: int | None = None) -> bool:
+        """Whether a subscribe to ``channel`` from ``since`` can be served now, in one
+        synchronous step (:meth:`subscribe_nowait`): always with ``subscribes_at_once``; for a
+        broker over the network, when it needs nothing from it (a channel it follows already)."""
+        return self.subscribes_at_once
 
     def unsubscribe(self, member: Subscriber, channel: str) -> bool:
         return self.hub.unsubscribe(member, channel)

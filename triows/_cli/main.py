@@ -24,7 +24,7 @@ from .._config import Config
 from .._server.server import Server, serve
 from .env import STATS_DIR_ENV, SUPERVISOR_ENV, WORKER_ENV
 from .errors import cannot_listen
-from .options import parse_config
+from .options import given, parse_config
 
 log = logging.getLogger("triows")
 
@@ -134,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Here, not at the top: a single process has no use for the supervisor.
         from .workers import supervise_workers
 
-        return supervise_workers(args, options.workers, config)
+        asked = given(args, dict(os.environ), "--workers") or str(options.workers)
+        return supervise_workers(args, options.workers, config, asked=asked)
     failure: BaseException | None = None
     try:
         trio.run(functools.partial(run, config, worker=os.environ.get(WORKER_ENV) is not None))

@@ -375,8 +375,8 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "--workers",
         worker_count,
         None,
-        "worker processes sharing the port, or 'auto' for one per CPU; more than 1 needs "
-        "--redis-url",
+        "worker processes sharing the port, or 'auto' for one per CPU; more than 1 share "
+        "channels through --redis-url, or without it a private valkey/redis server",
     ),
     (
         "--reuse-port",
@@ -483,17 +483,10 @@ def parse_config(argv: Sequence[str], environ: dict[str, str]) -> Options:
         config = Config(**config_values)
     except (ValueError, TypeError, ChannelNameError) as exc:
         parser.error(_flag_names(str(exc)))
-    if workers > 1 and config.redis_url is None:
-        asked = "auto" if _given(argv, environ, "--workers") == "auto" else str(workers)
-        count = f" ({workers} processes on this machine)" if asked == "auto" else ""
-        parser.error(
-            f"--workers {asked}{count} needs --redis-url: worker processes share channels, "
-            "numbering and history only through Redis"
-        )
     return Options(config, log_level, log_format, workers, tuple(unknown_variables(environ)))
 
 
-def _given(argv: Sequence[str], environ: dict[str, str], flag: str) -> str | None:
+def given(argv: Sequence[str], environ: dict[str, str], flag: str) -> str | None:
     """What the user wrote for ``flag`` (the last flag given, else its variable)."""
     found = None
     for index, arg in enumerate(argv):

@@ -7,7 +7,8 @@ processes. The supervisor:
   for all and a port taken by another program fails at once with exit 1);
 - starts each worker as ``python -m triows`` with the same flags (``--port`` fixed,
   ``--reuse-port yes``, ``--workers 1``); the kernel spreads connections across them, and
-  they share channels through Redis (hence ``--redis-url`` is required);
+  they share channels through Redis: ``--redis-url``, or without it a private server that
+  the supervisor starts, owns and stops (:mod:`triows._cli.private_redis`);
 - restarts a worker that exits without being asked to, after a backoff that grows with
   repeated quick failures, and logs each exit and restart;
 - forwards SIGINT/SIGTERM: the first asks every worker to shut down gracefully; a second one
@@ -25,8 +26,9 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
+import attrs
 import trio
 
 from .._config import Config
@@ -35,6 +37,7 @@ from .._net.listen import reserve_port
 from .._ops import shared_stats as _shared_stats
 from .env import STATS_DIR_ENV, SUPERVISOR_ENV, WORKER_ENV
 from .errors import cannot_listen
+from .private_redis import CannotStart, NoServer, PrivateRedis, find_server
 
 log = logging.getLogger("triows.workers")
 
@@ -80,26 +83,59 @@ def secret_environment(config: Config) -> dict[str, str]:
     return found
 
 
-def supervise_workers(argv: Sequence[str], count: int, config: Config) -> int:
+def supervise_workers(
+    argv: Sequence[str],
+    count: int,
+    config: Config,
+    environ: Mapping[str, str] | None = None,
+    asked: str | None = None,
+) -> int:
+    binary = None
+    if config.redis_url is None:  # the workers share a private server (private_redis)
+        try:
+            binary = find_server(os.environ if environ is None else environ, asked or str(count))
+        except NoServer as exc:
+            print(f"triows: error: {exc}", file=sys.stderr)
+            return 2
     try:
         reserved, port = reserve_port(config.host, config.port)
     except OSError as exc:
         print(cannot_listen(config, exc), file=sys.stderr)
         return 1
+    private = None
     try:
         command = [sys.executable, "-m", "triows", *worker_arguments(argv)]
+        private = None if binary is None else PrivateRedis(binary)
         # Where workers share their figures, so that /metrics and /stats on any of them show
         # the whole server (triows._ops.shared_stats).
         with tempfile.TemporaryDirectory(prefix="triows-stats-") as stats_dir:
-            return trio.run(_Supervisor(command, count, port, config, stats_dir).run)
+            supervisor = _Supervisor(command, count, port, config, stats_dir, private)
+            failure: BaseException | None = None
+            try:
+                return trio.run(supervisor.run)
+            except* CannotStart as group:
+                failure = group.exceptions[0]
+            print(f"triows: error: {failure}", file=sys.stderr)
+            return 1
     finally:
         reserved.close()
+        if private is not None:
+            private.stop()  # already stopped, unless trio.run failed before it could
 
 
 class _Supervisor:
     def __init__(
-        self, command: list[str], count: int, port: int, config: Config, stats_dir: str
+        self,
+        command: list[str],
+        count: int,
+        port: int,
+        config: Config,
+        stats_dir: str,
+        private: PrivateRedis | None = None,
     ) -> None:
+        self.private = private
+        if private is not None:  # the workers get its URL like any --redis-url: by variable
+            config = attrs.evolve(config, redis_url=private.url)
         self.command = command
         self.stats_dir = stats_dir
         self.count = count
@@ -133,6 +169,8 @@ class _Supervisor:
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as outer:
+                if self.private is not None:  # before the workers, stopped after them
+                    await outer.start(self.private.run)
                 async with trio.open_nursery() as workers:
                     outer.start_soon(self.forward_signals, signals, workers.cancel_scope)
                     for index in range(self.count):

@@ -103,6 +103,17 @@ class WebSocket:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             return b""  # reset, or closed under us
 
+    def has_unread_bytes(self) -> bool:
+        """Whether the peer sent bytes the reader has not taken yet (TCP only; a peek, for
+        the rare moments a heartbeat deadline passes, never on the hot path)."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # nothing there (EAGAIN), or the socket broke or was closed
+            return False
+
     def close_now(self) -> None:
         """Close a TCP socket at once (the closing handshake is done). Other streams are
         closed by the transport when the connection's task returns."""

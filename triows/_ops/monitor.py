@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import logging
 import os
 from collections import deque
@@ -104,6 +105,15 @@ class Monitor:
         self._memory_warning = Threshold(config.warn_memory)
         #: summary() as of the last sample: ``/stats`` and the shared file reuse it.
         self._summary: dict[str, Any] | None = None
+
+    def recent_lag(self, seconds: float) -> float:
+        """The largest loop lag measured over about the last ``seconds`` (the samples kept):
+        a stall that just ended still says the process, and likely the machine, was behind."""
+        lag = self.loop_lag
+        count = int(seconds / self.interval) + 1
+        for sample in itertools.islice(reversed(self.samples), count):
+            lag = max(lag, sample.loop_lag)
+        return lag
 
     async def run(self) -> None:
         view = self._view

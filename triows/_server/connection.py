@@ -5,7 +5,8 @@ Task tree (all in the connection's own nursery)::
     reader     the connection's own task (the nursery's body): reads the socket, parses
                frames, answers pings, and serves every request that needs no waiting inline
                (triows._server.requests), a bounded amount of work per step
-    heartbeat  pings every interval; no pong within the timeout closes with 1011
+    heartbeat  pings every interval; closes with 1011 when nothing at all (no pong, no frame,
+               no byte) arrived within the timeout after a ping, stretched by the loop's lag
     expiry     (with auth) closes with 1008 when the token expires, unless refreshed
     writer     started only while the socket refuses bytes (triows._server.outbound)
     requests   started only while a request waits (triows._server.requests)
@@ -37,9 +38,21 @@ __all__ = ["GOING_AWAY", "Connection"]
 
 log = logging.getLogger("triows.connection")
 
+#: Event-loop lag (seconds) below which a server counts as on time. A healthy loop wakes a
+#: task a millisecond or so late; a heartbeat deadline moves only for lag above this.
+LAG_FLOOR = 0.05
+
 
 class Connection(Requests):
-    __slots__ = ("_beat", "_next_ping", "_ping_payload", "connected_at", "ip", "remote")
+    __slots__ = (
+        "_beat",
+        "_heard",
+        "_next_ping",
+        "_ping_payload",
+        "connected_at",
+        "ip",
+        "remote",
+    )
 
     def __init__(
         self,
@@ -57,6 +70,9 @@ class Connection(Requests):
         self._ping_payload: bytes | None = None  # the heartbeat ping not answered yet
         self._beat: trio.CancelScope | None = None  # the heartbeat's sleep
         self._next_ping = 0.0
+        #: Bytes arrived since the last heartbeat ping (set by the reader, one store per read:
+        #: no clock is read on the hot path).
+        self._heard = False
         self.connected_at = trio.current_time()
 
     def statistics(self, now: float) -> ConnectionStatistics:
@@ -157,26 +173,49 @@ class Connection(Requests):
             if not data:
                 self._peer_left(ABNORMAL, "")
                 return
+            self._heard = True
 
     # -- liveness -------------------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        """A ping every ``heartbeat_interval``; 1011 when one is not answered within
-        ``heartbeat_timeout``. After a ping this task sleeps until the pong deadline; the
-        reader, seeing the pong, moves that wake-up to the next ping. One wake-up per ping,
-        no event, no extra task."""
+        """A ping every ``heartbeat_interval``; 1011 when nothing arrived within
+        ``heartbeat_timeout`` of one.
+
+        A peer is alive when anything arrives, not only the pong: a client busy sending (or
+        one whose pong waits behind its own frames) is not dead. The reader marks every read
+        with one attribute store (``_heard``) and this task looks at it only at the deadline,
+        so liveness costs nothing per frame. At the deadline, bytes already in the kernel's
+        buffer that the reader has not taken yet also count (a saturated loop runs readers
+        late). And when this server itself runs late (its event loop lags, as the monitor
+        measures it and as this task feels it waking late), the deadline moves by that lag,
+        again while the lag lasts: a busy server never blames its clients for its own delay.
+
+        After a ping this task sleeps until the deadline; the reader, seeing the pong, moves
+        that wake-up to the next ping. One wake-up per ping, no event, no extra task.
+        """
         config = self._host.config
         pings = 0
         wake = trio.current_time() + config.heartbeat_interval
         while True:
             with trio.CancelScope(deadline=wake) as self._beat:
                 await trio.sleep_forever()
-            if self._ping_payload is not None:  # woken at the pong deadline: none came
-                self.close(INTERNAL_ERROR, "Heartbeat timeout")
-                return
             now = trio.current_time()
+            if self._ping_payload is not None:  # woken at the deadline: no pong came
+                if not (self._heard or self.ws.has_unread_bytes()):
+                    lag = max(self._host.loop_lag(), now - wake)
+                    if lag < LAG_FLOOR:
+                        self.close(INTERNAL_ERROR, "Heartbeat timeout")
+                        return
+                    wake = now + lag  # the server was behind: give the peer that time too
+                    continue
+                # Something arrived since the ping: alive, whether or not the pong did.
+                if now < self._next_ping:
+                    self._ping_payload = None
+                    wake = self._next_ping
+                    continue
             pings += 1
             self._ping_payload = pings.to_bytes(8, "big")
+            self._heard = False
             self._send(frame(PING, self._ping_payload))
             self._next_ping = now + config.heartbeat_interval
             wake = now + config.heartbeat_timeout

@@ -43,6 +43,11 @@ class ConnectionHost(Protocol):
         """Wall-clock milliseconds (message timestamps, ``welcome``, ``pong``)."""
         ...
 
+    def loop_lag(self) -> float:
+        """The largest event-loop lag measured over the last ``heartbeat_timeout`` seconds:
+        heartbeats give peers that much more."""
+        ...
+
     def count_close(self, code: int) -> None:
         """A connection the server closed, by close code (statistics)."""
         ...

@@ -154,10 +154,11 @@ class Requests(Channels):
             return True  # its key may have to be fetched
         if self._host.config.authorize is not None:
             return True
-        return (
-            isinstance(request, protocol.Subscribe | protocol.PresenceQuery)
-            and not self._host.broker.subscribes_at_once
-        )
+        broker = self._host.broker
+        if isinstance(request, protocol.Subscribe):
+            # A channel the node follows already: served inline, no task, no Redis.
+            return not broker.subscribes_now(request.channel, request.since, request.rewind)
+        return isinstance(request, protocol.PresenceQuery) and not broker.subscribes_at_once
 
     def _serve_safely(self, request: Request) -> Wait | None:
         try:

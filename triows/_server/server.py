@@ -366,6 +366,9 @@ class Server(PublicMethods):
     def now_ms(self) -> int:
         return int(self.wall_clock() * 1000)
 
+    def loop_lag(self) -> float:
+        return self.monitor.recent_lag(self.config.heartbeat_timeout)
+
     def _task_failed(self) -> None:
         self.task_failures += 1
 

@@ -6,7 +6,8 @@ and the listener thread's events to the part that owns them.
 
 - :mod:`.publisher`: publications, from the outage buffer to Redis's numbered answer.
 - :mod:`.feeds`: the channels followed in Redis and their in-order, exactly-once delivery.
-- :mod:`.resume`: what a subscribe with ``since`` missed, read from the channel's stream.
+- :mod:`.resume`: what a subscribe with ``since`` missed, read from the channel's stream;
+  :mod:`.reads` sends the reads of all resumes in flight together.
 - :mod:`.watchdog`: pings through the node's control channel, repairs a silent pub/sub link,
   keeps keys alive; and the wake-up that makes the listener apply (un)subscribes at once.
 - :mod:`.link`: which parts of the link are down (``up``, ``since``, ``reconnects``) and the
@@ -54,6 +55,7 @@ from .control import ClusterControl, load_revocations, read_history, store_revoc
 from .feeds import ChannelFeeds
 from .link import Link
 from .publisher import Publisher
+from .reads import ResumeReads
 from .resume import Resumer
 from .tasks import BackgroundTasks
 from .watchdog import ListenerWaker, Watchdog
@@ -122,7 +124,8 @@ class RedisBroker(Broker):
             now_ms=wall_clock_ms,
             delivery_lag=self.delivery_lag,
         )
-        self._resumer = Resumer(config, self._bridge, wall_clock_ms)
+        self.resume_reads = ResumeReads(self._bridge, config.redis_timeout)
+        self._resumer = Resumer(config, self.resume_reads, wall_clock_ms)
         self._now_ms = wall_clock_ms
         self._cluster = ClusterControl(self._bridge, self._tasks, self.node_id)
         self._watchdog = Watchdog(
@@ -161,6 +164,7 @@ class RedisBroker(Broker):
                 nursery.start_soon(self._listen)
                 self._tasks.start_restarting("publisher", self._publisher.run)
                 self._tasks.start_restarting("watchdog", self._watchdog.run)
+                self._tasks.start_restarting("resume reads", self.resume_reads.run)
                 # Start serving with Redis ready if it answers soon; without it otherwise
                 # (clients are served, publications held, and the link keeps being retried).
                 with trio.move_on_after(self._config.redis_timeout):
@@ -223,12 +227,7 @@ class RedisBroker(Broker):
         rewind: int | None = None,
     ) -> Subscribed:
         hub = self.hub
-        if channel not in hub.channels_of(member) and hub.subscriptions(member) >= (
-            self._config.max_subscriptions
-        ):
-            raise SubscriptionLimitError(
-                f"subscription limit of {self._config.max_subscriptions} channels reached"
-            )
+        self._check_limit(member, channel)
         with self._feeds.joining(channel) as ch:
             with trio.move_on_after(2 * self._config.redis_timeout):
                 await ch.ready.wait()
@@ -294,6 +293,41 @@ class RedisBroker(Broker):
             return await self._bridge.call(load_revocations)
         except LINK_ERRORS:
             raise BrokerUnavailableError("Redis is unreachable") from None
+
+    def _check_limit(self, member: Subscriber, channel: str) -> None:
+        hub = self.hub
+        if channel not in hub.channels_of(member) and hub.subscriptions(member) >= (
+            self._config.max_subscriptions
+        ):
+            raise SubscriptionLimitError(
+                f"subscription limit of {self._config.max_subscriptions} channels reached"
+            )
+
+    def subscribes_now(self, channel: str, since: int | None, rewind: int | None = None) -> bool:
+        ch = self._feeds.channels.get(channel)
+        return since is None and rewind is None and ch is not None and ch.ready.is_set()
+
+    def subscribe_nowait(
+        self,
+        member: Subscriber,
+        channel: str,
+        since: int | None,
+        epoch: str | None,
+        rewind: int | None = None,
+    ) -> Subscribed:
+        """A subscribe without ``since`` or ``rewind`` (both read the stream) to a channel
+        this node follows with its baseline: what :meth:`subscribe` does then, with nothing to
+        wait for, in one step."""
+        hub = self.hub
+        self._check_limit(member, channel)
+        ch = self._feeds.channels.get(channel)
+        if not self.subscribes_now(channel, since, rewind) or ch is None:
+            raise RuntimeError("subscribe_nowait() needs a followed channel (subscribes_now)")
+        state = hub.subscribe(member, channel)
+        feed = ch.feed
+        assert feed.epoch is not None
+        state.seq, state.epoch = feed.seq, feed.epoch
+        return Subscribed(seq=feed.seq, epoch=feed.epoch)
 
     def unsubscribe(self, member: Subscriber, channel: str) -> bool:
         left = self.hub.unsubscribe(member, channel)

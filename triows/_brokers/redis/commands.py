@@ -1,8 +1,8 @@
 """Redis reads that more than one part makes, each run in a worker thread (one hop).
 
-A node catching a channel up (the feeds) and a client resuming (resume) read the same things:
-a slice of the channel's stream with its epoch, or the channel's numbering. They are written
-once here, as plain functions of a redis-py client, for :meth:`RedisBridge.call`.
+A node catching a channel up (the feeds) reads a slice of the channel's stream with its epoch
+here, as a plain function of a redis-py client for :meth:`RedisBridge.call`; resumes read the
+same in batches (:mod:`.reads`).
 """
 
 from __future__ import annotations

@@ -14,8 +14,6 @@ subscribe, and never delivers: the feeds stay the one writer of a channel's stat
 
 from __future__ import annotations
 
-import functools
-
 import trio
 
 from ..._config import Config
@@ -29,9 +27,8 @@ from ..._core.hub import (
     resume_without_history,
 )
 from ..seam import BrokerUnavailableError, WallClockMs
-from .bridge import LINK_ERRORS, RedisBridge
-from .commands import read_numbering, read_stream
 from .feeds import Channel
+from .reads import ResumeReads
 
 #: Rounds of stream reads a resume may take to catch up with a busy channel.
 RESUME_ROUNDS = 20
@@ -41,9 +38,10 @@ RESUME_LAG_WAIT = 0.5
 
 
 class Resumer:
-    def __init__(self, config: Config, bridge: RedisBridge, now_ms: WallClockMs) -> None:
+    def __init__(self, config: Config, reads: ResumeReads, now_ms: WallClockMs) -> None:
         self._config = config
-        self._bridge = bridge
+        #: Reads of every resume in flight go to Redis together (one pipeline per hop).
+        self._reads = reads
         self._now_ms = now_ms
 
     async def resume(self, ch: Channel, since: int, epoch: str | None) -> Resume:
@@ -82,13 +80,9 @@ class Resumer:
         size, ttl = self._config.history_for(ch.name)
         for _ in range(RESUME_ROUNDS):
             upto = feed.seq
-            try:
-                # Only the newest ``size`` can be replayed: the stream may hold many more.
-                start = max(after, upto - size)
-                read = functools.partial(read_stream, ch.name, start, upto)
-                entries, stream_epoch = await self._bridge.call(read)
-            except LINK_ERRORS:
-                raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
+            # Only the newest ``size`` can be replayed: the stream may hold many more.
+            start = max(after, upto - size)
+            entries, stream_epoch = await self._reads.stream(ch.name, start, upto)
             if stream_epoch != epoch or feed.epoch != epoch:
                 return Resume(recovered=False)
             found.extend(entries)
@@ -105,10 +99,7 @@ class Resumer:
 
     async def _numbering(self, ch: Channel) -> tuple[int, str | None]:
         """The channel's ``(seq, epoch)`` as Redis numbers it now."""
-        try:
-            return await self._bridge.call(functools.partial(read_numbering, ch.name))
-        except LINK_ERRORS:
-            raise BrokerUnavailableError("Redis is unreachable; cannot resume now") from None
+        return await self._reads.numbering(ch.name)
 
     async def _feed_reaches(self, ch: Channel, epoch: str, since: int) -> bool:
         """Wait (bounded) until the feed delivered ``since`` in ``epoch``; False if it did not
