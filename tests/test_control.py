@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import pytest
 import trio
-from trio_websocket import ConnectionRejected
+from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from triows import Principal
 from triows.testing import TestClient, open_test_server
@@ -302,3 +302,31 @@ async def test_listing_many_channels_lets_the_others_run(
         with trio.testing.assert_checkpoints():
             listed = await server.control.serve({"op": "channels"})
         assert len(listed["channels"]) == 5000
+
+
+async def test_a_revoke_during_the_last_step_of_a_handshake_still_closes_it(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The handshake checks the revocations, then awaits (writing the 101), then registers the
+    # connection: a revoke served in that await found no connection to close, and the token
+    # checked just before it lived on.
+    from triows._net.streams import PendingHandshake
+
+    now = time.time()
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        server = harness.server
+        write_101 = PendingHandshake.accept
+        answers = []
+
+        async def revoked_meanwhile(self: PendingHandshake) -> Any:
+            answers.append(await server.revoke("alice"))
+            return await write_101(self)
+
+        monkeypatch.setattr(PendingHandshake, "accept", revoked_meanwhile)
+        with pytest.RaisesGroup(ConnectionClosed, flatten_subgroups=True) as closed:
+            async with harness.connect(token=token("alice", iat=int(now) - 60)):
+                pass
+        assert answers == [0]  # it was not registered yet
+        reason = closed.value.exceptions[0].reason
+        assert (reason.code, reason.reason) == (4601, "token revoked")
+        assert server.statistics().connections == 0
