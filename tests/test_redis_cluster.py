@@ -302,3 +302,28 @@ async def test_info_travels_with_presence_between_nodes(redis_url: str) -> None:
                 assert infos == {"ann": {"name": "Ann"}, "bob": None}
             leave = await bob.receive_type("leave")
             assert (leave["userId"], leave["info"]) == ("ann", {"name": "Ann"})
+
+
+async def test_foreign_control_messages_are_skipped_and_control_goes_on(redis_url: str) -> None:
+    """Whatever else publishes on the control channels (an id that is not a string, a
+    request without its fields) is skipped or answered as an error; the node goes on."""
+    import redis
+
+    async with open_node(redis_url) as a, open_node(redis_url) as b:
+        broker = b.server.broker
+        reply = f"triows:ctl-reply:{broker.node_id}"  # type: ignore[attr-defined]
+        foreign = redis.Redis.from_url(redis_url)
+        try:
+            for channel, data in [
+                (reply, b'{"id":[1],"answer":{}}'),
+                (reply, b'{"id":{"a":1}}'),
+                ("triows:control", b'{"id":[1],"from":"x","req":{"op":"channels"}}'),
+                ("triows:control", b'{"id":"q","from":"x","req":{"op":"disconnect"}}'),
+            ]:
+                await trio.to_thread.run_sync(foreign.publish, channel, data)
+        finally:
+            foreign.close()
+        async with a.connect() as c1, b.connect() as c2:
+            assert await b.server.disconnect(client=c1.client_id) == 1
+            assert await a.server.disconnect(client=c2.client_id) == 1
+        assert broker.malformed >= 3  # type: ignore[attr-defined]

@@ -99,7 +99,9 @@ class ClusterControl:
             message = json.loads(data)
             request_id = message["id"]
         except (ValueError, KeyError, TypeError):
-            raise fmt.MalformedError(f"not a control message: {data[:80]!r}") from None
+            request_id = None
+        if not isinstance(request_id, str):  # anything may publish here: a list id is no key
+            raise fmt.MalformedError(f"not a control message: {data[:80]!r}")
         if channel == self.reply_channel:
             pending = self._pending.get(request_id)
             answer = message.get("answer")
