@@ -132,6 +132,10 @@ class Control:
     async def revoke(self, user: str, before: float | None = None) -> int:
         start = self._wall_clock() if before is None else check_time(before, "before")
         request = {"op": "revoke", **target(user, None), "before": start}
+        try:  # room here first: a refused revocation must be nowhere, not kept in Redis
+            self._access.revocations.check_room(user, self._wall_clock())
+        except RevocationsFull as exc:
+            raise ControlFailed(str(exc)) from None
         # Kept where a node started later finds it (Redis), then told to every node now.
         lasts = start + self._access.revocations.ttl - self._wall_clock()
         if lasts > 0:
