@@ -330,3 +330,35 @@ async def test_a_revoke_during_the_last_step_of_a_handshake_still_closes_it(
         reason = closed.value.exceptions[0].reason
         assert (reason.code, reason.reason) == (4601, "token revoked")
         assert server.statistics().connections == 0
+
+
+async def test_merging_many_nodes_channels_lets_the_others_run(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each node's listing checkpoints, but the asking node merged every node's answer
+    # (300,000 entries: a third of a second) in one step.
+    async with open_test_server() as harness:
+        control = harness.server.control
+        answers = [{"channels": [[f"c{n}", 1, n, "e.1"] for n in range(5000)]} for _ in range(3)]
+
+        async def every_node(request: dict[str, Any], answer_within: float) -> Any:
+            return answers  # as a cluster answers: no checkpoint of its own
+
+        monkeypatch.setattr(control._broker, "control", every_node)
+        ticks = 0
+
+        async def others() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(others)
+            await trio.lowlevel.checkpoint()
+            before = ticks
+            listed = await control.channels()
+            nursery.cancel_scope.cancel()
+        assert {c["subscribers"] for c in listed} == {3}
+        assert len(listed) == 5000
+        assert ticks - before >= 15000 // 2000 - 1

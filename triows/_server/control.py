@@ -197,8 +197,12 @@ class Control:
     async def channels(self) -> list[dict[str, Any]]:
         """Every node's channels with their subscribers here and there, summed."""
         merged: dict[str, dict[str, Any]] = {}
+        merging = 0
         for answer in await self._broker.control({"op": "channels"}, self._timeout):
             for name, subscribers, seq, epoch in answer.get("channels", ()):
+                merging += 1
+                if merging % CHANNELS_PER_STEP == 0:
+                    await trio.lowlevel.checkpoint()  # every node's, summed: as many again
                 entry = merged.setdefault(
                     name, {"channel": name, "subscribers": 0, "seq": seq, "epoch": epoch}
                 )
