@@ -327,8 +327,10 @@ async def test_a_revoke_during_the_last_step_of_a_handshake_still_closes_it(
             async with harness.connect(token=token("alice", iat=int(now) - 60)):
                 pass
         assert answers == [0]  # it was not registered yet
-        reason = closed.value.exceptions[0].reason
-        assert (reason.code, reason.reason) == (4601, "token revoked")
+        leaf = closed.value.exceptions[0]
+        assert isinstance(leaf, ConnectionClosed)
+        assert leaf.reason is not None
+        assert (leaf.reason.code, leaf.reason.reason) == (4601, "token revoked")
         assert server.statistics().connections == 0
 
 
