@@ -318,3 +318,26 @@ async def test_a_revoke_refused_as_full_is_kept_nowhere(redis_url: str) -> None:
         assert not client.exists(REVOKED_PREFIX + users[2])
     finally:
         client.close()
+
+
+async def test_a_pattern_subscriber_watching_redis_is_not_waited_for(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator watching every channel (``redis-cli psubscribe '*'``) gets each control
+    request too, and PUBLISH counts it as a receiver: every request waited half of
+    handshake_timeout for an answer that never comes."""
+    import redis
+
+    watcher = redis.Redis.from_url(redis_url).pubsub()
+    watcher.psubscribe("*")
+    try:
+        async with (
+            nodes(2, redis_url=redis_url, handshake_timeout=2) as (a, b),
+            api(a) as http,
+        ):
+            async with ws_client(b, channel_name("erin")) as erin:
+                status, body = await post(http, "/api/disconnect", {"client": erin.client_id})
+                assert (status, body) == (200, {"disconnected": 1})
+        assert "nodes answered" not in caplog.text
+    finally:
+        watcher.close()

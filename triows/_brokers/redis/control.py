@@ -3,9 +3,10 @@
 A control request (disconnect a user, drop or add a subscription, revoke, list channels) must
 reach the node that holds the connection, whichever node the application asked. The asking
 node publishes it on :data:`CONTROL_CHANNEL`, which every node's listener holds; Redis answers
-the PUBLISH with how many nodes received it, and each answers on the asking node's reply
-channel with what it did. The asking node waits (bounded) for that many answers: the
-application learns the cluster's total, or how many nodes did not answer in time.
+the PUBLISH with how many nodes received it (bounded by the channel's own subscribers: pattern
+subscribers, such as an operator's ``psubscribe '*'``, never answer), and each answers on
+the asking node's reply channel with what it did. The asking node waits (bounded) for that
+many answers: the application learns the cluster's total, or how many nodes did not answer in time.
 
 History pages are read from the channel's stream (its newest ``history size`` entries within
 the ttl: what a resume could replay) and cut by the same rule as in process
@@ -70,9 +71,7 @@ class ClusterControl:
             ).encode()
             try:
                 try:
-                    receivers = await self._bridge.call(
-                        functools.partial(_publish, CONTROL_CHANNEL, message)
-                    )
+                    receivers = await self._bridge.call(functools.partial(_ask, message))
                 except LINK_ERRORS:
                     raise BrokerUnavailableError("Redis is unreachable; try again") from None
                 expected[0] = receivers
@@ -151,6 +150,17 @@ def _decode_answers(answers: list[bytes]) -> list[dict[str, Any]]:
         if isinstance(value, dict):
             decoded.append(value)
     return decoded
+
+
+def _ask(data: bytes, client: redis.Redis) -> int:
+    """Publish a request; how many nodes got it. PUBLISH also counts pattern subscribers (an
+    operator's ``psubscribe '*'``), which never answer: the channel's own subscribers, read
+    in the same transaction, bound it."""
+    pipe = client.pipeline(transaction=True)
+    pipe.publish(CONTROL_CHANNEL, data)
+    pipe.pubsub_numsub(CONTROL_CHANNEL)
+    received, [(_, subscribers)] = pipe.execute()
+    return min(int(received), int(subscribers))
 
 
 def _publish(channel: str, data: bytes, client: redis.Redis) -> int:
