@@ -20,9 +20,10 @@ The application's side, in any transaction of its own::
         enqueue(db, "orders.7", {"id": 42, "status": "paid"})
 
 Rows go out in the order they were written. A row the server refuses for good (400: a bad
-channel name, data too large) moves to ``triows_outbox_failed`` with the reason, so that one
-bad row cannot stop the others; an unreachable server leaves the rows where they are, tried
-again every ``--interval`` seconds.
+channel name; 413: data too large) moves to ``triows_outbox_failed`` with the reason, so that
+one bad row cannot stop the others; an unreachable server leaves the rows where they are, tried
+again every ``--interval`` seconds. Any other refusal (401: a wrong API key; 404: a wrong
+``--url``) says nothing about the row: the relay stops (exit status 2) and leaves every row.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from typing import Any
 from triows.api import Client, RequestError, UnavailableError
 
 log = logging.getLogger("outbox_relay")
+
+#: Refusals about the row itself (its channel, its data): set it aside. Others (401, 403,
+#: 404...) are about the relay's settings: stop, every row kept.
+ROW_REFUSALS = frozenset({400, 413})
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS triows_outbox (
@@ -83,7 +88,8 @@ def enqueue(db: sqlite3.Connection, channel: str, data: Any) -> int:
 def relay(db: sqlite3.Connection, api: Client, *, batch: int = 100) -> int:
     """Publish every row of the outbox, oldest first, deleting each after its answer; how
     many were published. Raises :class:`triows.api.UnavailableError` when the server cannot
-    be reached (after the client's retries): the rows not yet answered stay."""
+    be reached (after the client's retries), :class:`triows.api.RequestError` when it refuses
+    the relay rather than a row (401, 404...): the rows not yet answered stay."""
     (origin,) = db.execute("SELECT origin FROM triows_outbox_origin").fetchone()
     published = 0
     while True:
@@ -95,7 +101,10 @@ def relay(db: sqlite3.Connection, api: Client, *, batch: int = 100) -> int:
         for row_id, channel, data, created in rows:
             try:
                 api.publish(channel, json.loads(data), idempotency_key=f"{origin}-{row_id}")
-            except RequestError as exc:  # refused for good: set aside, go on with the rest
+            except RequestError as exc:
+                if exc.status not in ROW_REFUSALS:
+                    raise  # not about this row: nothing set aside
+                # Refused for good: set aside, go on with the rest.
                 log.error("outbox row %d refused (%s): moved to triows_outbox_failed", row_id, exc)
                 with db:
                     db.execute(
@@ -131,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                 count = relay(db, api)
                 if count:
                     log.info("published %d", count)
+            except RequestError as exc:
+                log.error("triows refused the relay (%s): fix its settings; rows kept", exc)
+                return 2
             except UnavailableError as exc:
                 log.warning("triows unavailable (%s); trying again in %gs", exc, args.interval)
                 if args.once:

@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import pytest
 import trio
-from trio_websocket import ConnectionRejected
+from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from triows import Principal
 from triows.testing import TestClient, open_test_server
@@ -302,3 +302,65 @@ async def test_listing_many_channels_lets_the_others_run(
         with trio.testing.assert_checkpoints():
             listed = await server.control.serve({"op": "channels"})
         assert len(listed["channels"]) == 5000
+
+
+async def test_a_revoke_during_the_last_step_of_a_handshake_still_closes_it(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The handshake checks the revocations, then awaits (writing the 101), then registers the
+    # connection: a revoke served in that await found no connection to close, and the token
+    # checked just before it lived on.
+    from triows._net.streams import PendingHandshake
+
+    now = time.time()
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        server = harness.server
+        write_101 = PendingHandshake.accept
+        answers = []
+
+        async def revoked_meanwhile(self: PendingHandshake) -> Any:
+            answers.append(await server.revoke("alice"))
+            return await write_101(self)
+
+        monkeypatch.setattr(PendingHandshake, "accept", revoked_meanwhile)
+        with pytest.RaisesGroup(ConnectionClosed, flatten_subgroups=True) as closed:
+            async with harness.connect(token=token("alice", iat=int(now) - 60)):
+                pass
+        assert answers == [0]  # it was not registered yet
+        leaf = closed.value.exceptions[0]
+        assert isinstance(leaf, ConnectionClosed)
+        assert leaf.reason is not None
+        assert (leaf.reason.code, leaf.reason.reason) == (4601, "token revoked")
+        assert server.statistics().connections == 0
+
+
+async def test_merging_many_nodes_channels_lets_the_others_run(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each node's listing checkpoints, but the asking node merged every node's answer
+    # (300,000 entries: a third of a second) in one step.
+    async with open_test_server() as harness:
+        control = harness.server.control
+        answers = [{"channels": [[f"c{n}", 1, n, "e.1"] for n in range(5000)]} for _ in range(3)]
+
+        async def every_node(request: dict[str, Any], answer_within: float) -> Any:
+            return answers  # as a cluster answers: no checkpoint of its own
+
+        monkeypatch.setattr(control._broker, "control", every_node)
+        ticks = 0
+
+        async def others() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(others)
+            await trio.lowlevel.checkpoint()
+            before = ticks
+            listed = await control.channels()
+            nursery.cancel_scope.cancel()
+        assert {c["subscribers"] for c in listed} == {3}
+        assert len(listed) == 5000
+        assert ticks - before >= 15000 // 2000 - 1

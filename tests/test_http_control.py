@@ -291,3 +291,53 @@ async def test_a_node_that_does_not_answer_is_left_out_in_bounded_time(
     finally:
         listener.close()
         mute.close()
+
+
+async def test_a_revoke_refused_as_full_is_kept_nowhere(redis_url: str) -> None:
+    """503 "nothing revoked" when the revocations are full: it was stored in Redis before
+    the nodes were asked, so a node started later (and the other nodes) refused the user's
+    tokens after all."""
+    import redis
+
+    from triows._brokers.redis.control import REVOKED_PREFIX
+
+    users = [channel_name("full") for _ in range(3)]
+    async with nodes(2, redis_url=redis_url) as (a, b), api(b) as http:
+        for server in (a, b):
+            revocations = server.access.revocations
+            revocations.max_entries = len(revocations) + 2
+        for user in users[:2]:
+            assert (await post(http, "/api/revoke", {"user": user}))[0] == 200
+        status, body = await post(http, "/api/revoke", {"user": users[2]})
+        assert status == 503
+        assert "revoked already" in body["error"]
+        assert not a.access.revocations.revoked(users[2], {}, time.time())
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.exists(REVOKED_PREFIX + users[0])
+        assert not client.exists(REVOKED_PREFIX + users[2])
+    finally:
+        client.close()
+
+
+async def test_a_pattern_subscriber_watching_redis_is_not_waited_for(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator watching every channel (``redis-cli psubscribe '*'``) gets each control
+    request too, and PUBLISH counts it as a receiver: every request waited half of
+    handshake_timeout for an answer that never comes."""
+    import redis
+
+    watcher = redis.Redis.from_url(redis_url).pubsub()
+    watcher.psubscribe("*")
+    try:
+        async with (
+            nodes(2, redis_url=redis_url, handshake_timeout=2) as (a, b),
+            api(a) as http,
+        ):
+            async with ws_client(b, channel_name("erin")) as erin:
+                status, body = await post(http, "/api/disconnect", {"client": erin.client_id})
+                assert (status, body) == (200, {"disconnected": 1})
+        assert "nodes answered" not in caplog.text
+    finally:
+        watcher.close()

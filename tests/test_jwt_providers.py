@@ -4,6 +4,7 @@ served over real HTTP on loopback by the test (real clock: the fetch runs in a t
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from trio_websocket import ConnectionRejected
 
 from triows import Config, Principal
 from triows._cli.options import parse_config
+from triows._server.token_keys import fetch_over_http
 from triows.testing import open_test_server
 
 from .conftest import SECRET
@@ -314,3 +316,73 @@ def test_keys_over_plain_http_are_warned_about(caplog: pytest.LogCaptureFixture)
         caplog.clear()
         warn_about(Config(jwt_jwks_url=url), [])
         assert ("plain http" in caplog.text) is warned, url
+
+
+class HostileProvider:
+    """A JWKS endpoint on 127.0.0.1 that answers 200 and then a body that never ends (fast),
+    drips one byte at a time, or nests a JSON array 100,000 levels deep."""
+
+    def __init__(self, body: str) -> None:
+        self.body = body
+        self.sent = 0
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/jwks.json"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        peer, _ = self.listener.accept()
+        with peer:
+            peer.recv(65536)
+            try:
+                peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+                if self.body == "deep":
+                    peer.sendall(b"[" * 100_000)
+                    return  # the body ends with the connection
+                while not self.stop.is_set():
+                    chunk = b'{"keys":[' if self.sent == 0 else b" " * 65536
+                    if self.body == "drip":
+                        chunk = chunk[:1]
+                        self.stop.wait(0.2)
+                    peer.sendall(chunk)
+                    self.sent += len(chunk)
+            except OSError:
+                pass  # the fetcher hung up: what it should do
+
+    def __enter__(self) -> HostileProvider:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.listener.close()
+        self.thread.join(10)
+
+
+@pytest.mark.real_socket
+@pytest.mark.parametrize(
+    ("body", "refusal"),
+    [
+        ("endless", r"more than 1048576 bytes"),
+        ("drip", r"no whole answer within 1s"),
+        ("deep", r"not JSON.*nested too deeply"),
+    ],
+)
+async def test_a_hostile_key_set_endpoint_is_a_bounded_failure(body: str, refusal: str) -> None:
+    # PyJWKClient read the whole body with json.load: an endless one grew in memory without
+    # end (a socket timeout never fires while bytes keep coming) and a drip kept its thread
+    # forever, long after the fetch had been given up; a deep one raised RecursionError,
+    # which the refresher did not expect.
+    threads = threading.active_count()
+    with HostileProvider(body) as hostile:
+        fetch = fetch_over_http(hostile.url, timeout=1)
+        with trio.fail_after(5), pytest.raises(ValueError, match=refusal):
+            await fetch()
+        # It hung up: the endpoint's writes fail and it stops (stop is not set yet).
+        await trio.to_thread.run_sync(hostile.thread.join, 5)
+        assert not hostile.thread.is_alive()
+    for _ in range(100):  # the worker thread has ended too, not abandoned
+        if threading.active_count() <= threads:
+            break
+        await trio.sleep(0.05)
+    assert threading.active_count() <= threads

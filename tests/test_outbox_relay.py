@@ -201,3 +201,35 @@ def test_the_relay_says_how_to_use_it() -> None:
         check=True,
     )
     assert "--once" in result.stdout
+
+
+async def test_a_wrong_api_key_stops_the_relay_and_sets_nothing_aside(tmp_path: Path) -> None:
+    # A 401 (a key rotated on the server first, a typo) or 404 (a wrong --url path) says
+    # nothing about a row: every row of the outbox was moved to triows_outbox_failed, never
+    # to be published.
+    outbox = load("outbox_relay")
+    database = tmp_path / "app.db"
+    db = sqlite3.connect(database)
+    outbox.create_outbox(db)
+    with db:
+        outbox.enqueue(db, "news", "first")
+        outbox.enqueue(db, "news", "second")
+    async with server_and_subscriber("news") as (url, received):
+        with trio.fail_after(60):
+            result = await trio.run_process(
+                [*relay_command(database, url), "--once"],
+                env={**os.environ, "TRIOWS_API_KEY": "not-the-servers-key-0123"},
+                capture_stderr=True,
+                check=False,
+            )
+            assert result.returncode == 2
+            assert b"401" in result.stderr
+            assert b"Traceback" not in result.stderr
+            assert db.execute("SELECT count(*) FROM triows_outbox_failed").fetchone() == (0,)
+            assert db.execute("SELECT count(*) FROM triows_outbox").fetchone() == (2,)
+            # With the right key they all go out.
+            env = {**os.environ, "TRIOWS_API_KEY": KEY}
+            again = await trio.run_process([*relay_command(database, url), "--once"], env=env)
+            assert again.returncode == 0
+            await received.wait_for(2)
+    assert [m["data"] for m in received] == ["first", "second"]

@@ -354,3 +354,60 @@ async def test_numbers_redis_lost_are_not_given_again(redis_url: str) -> None:
                 message = await reader.receive_type("message")
                 assert (message["seq"], message["data"]) == (6, "after")
     raw.close()
+
+
+async def test_foreign_control_messages_are_skipped_and_control_goes_on(redis_url: str) -> None:
+    """Whatever else publishes on the control channels (an id that is not a string, a
+    request without its fields) is skipped or answered as an error; the node goes on."""
+    import redis
+
+    async with open_node(redis_url) as a, open_node(redis_url) as b:
+        broker = b.server.broker
+        reply = f"triows:ctl-reply:{broker.node_id}"  # type: ignore[attr-defined]
+        foreign = redis.Redis.from_url(redis_url)
+        try:
+            for channel, data in [
+                (reply, b'{"id":[1],"answer":{}}'),
+                (reply, b'{"id":{"a":1}}'),
+                ("triows:control", b'{"id":[1],"from":"x","req":{"op":"channels"}}'),
+                ("triows:control", b'{"id":"q","from":"x","req":{"op":"disconnect"}}'),
+            ]:
+                await trio.to_thread.run_sync(foreign.publish, channel, data)
+        finally:
+            foreign.close()
+        async with a.connect() as c1, b.connect() as c2:
+            assert await b.server.disconnect(client=c1.client_id) == 1
+            assert await a.server.disconnect(client=c2.client_id) == 1
+        assert broker.malformed >= 1  # type: ignore[attr-defined]
+
+
+async def test_big_control_answers_are_encoded_and_read_off_the_event_loop(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node's listing of 100,000 channels is megabytes of JSON: encoded by the answering
+    node and decoded by the asking one on the event loop, it stalled every connection of
+    both for a quarter of a second per /api/channels."""
+    import threading
+
+    from triows._brokers.redis import control
+
+    in_threads: dict[str, list[bool]] = {}
+    for name in ("_encode_answer", "_decode_answers"):
+        step = getattr(control, name)
+        seen: list[bool] = []
+        in_threads[name] = seen
+
+        def watched(value: Any, step: Any = step, seen: list[bool] = seen) -> Any:
+            seen.append(threading.current_thread() is not threading.main_thread())
+            return step(value)
+
+        monkeypatch.setattr(control, name, watched)
+    channel = channel_name()
+    async with open_node(redis_url) as a, open_node(redis_url) as b:
+        async with b.connect() as member:
+            await member.request({"type": "subscribe", "channel": channel})
+            listed = {c["channel"]: c["subscribers"] for c in await a.server.channels()}
+            assert listed[channel] == 1
+    for seen in in_threads.values():
+        assert seen
+        assert all(seen)

@@ -128,3 +128,13 @@ def test_an_application_chooses_close_codes_outside_the_refusal_ones() -> None:
     for code in (1000, 3999, 4400, 4429, 4501, 4549, 5000, True):
         with pytest.raises(ValueError, match="4000-4399"):
             check_disconnect_code(code)
+
+
+@pytest.mark.parametrize("stored", [b"5", b"null", b"true", b'"u"', b"{}"])
+def test_a_stored_presence_entry_with_info_that_is_not_a_pair_is_skipped(stored: bytes) -> None:
+    # ``user, info = json.loads(...)`` raised TypeError for a number or null: a presence
+    # answer failed on one bad entry instead of skipping it.
+    entries = {b"a": b"99999999999999 node+ " + stored, b"b": b"99999999999999 node bob"}
+    assert presence.live_members(entries, 0) == [presence.Member("b", "bob")]
+    assert [(m.client_id, node) for m, node in presence.live_entries(entries, 0)] == [("b", "node")]
+    assert {m.client_id for m in presence.expired(entries, 0)} == {"a"}

@@ -194,3 +194,12 @@ def test_the_cache_fetches_at_most_once_per_interval() -> None:
     cache.stored({"a": VerifyingKey(None, ("RS256",)), "b": VerifyingKey(None, ("RS256",))}, 411)
     assert cache.find(None) is None  # two keys: a token must say which
     assert cache.error is None
+
+
+def test_a_key_set_leaves_out_what_a_pem_key_would_be_refused_for() -> None:
+    # One rule for both ways to give keys: a 1024-bit RSA key (or a curve that is not
+    # P-256/384/521) from a JWKS was kept, while the same key as --jwt-public-key is refused.
+    weak = rsa.generate_private_key(65537, 1024)
+    odd_curve = {**jwk(EC_KEY, "k1"), "crv": "secp256k1"}
+    keys = keys_from_jwks({"keys": [jwk(weak, "weak"), odd_curve, jwk(RSA_KEY, "r1")]})
+    assert set(keys) == {"r1"}

@@ -73,7 +73,8 @@ def public_key_from_pem(pem: str) -> VerifyingKey:
 
 def keys_from_jwks(document: Any) -> dict[str | None, VerifyingKey]:
     """The signing keys of a JWKS document, by ``kid``; keys this server cannot use (symmetric
-    ``oct`` keys, encryption keys, unknown types) are left out. ``ValueError`` when none is
+    ``oct`` keys, encryption keys, unknown types, and what :func:`public_key_from_pem` refuses:
+    RSA under 2048 bits, other curves) are left out. ``ValueError`` when none is
     left: a document without usable keys must not replace keys that worked."""
     if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
         raise ValueError('the JWKS is not a JSON object with a "keys" list')
@@ -87,6 +88,10 @@ def keys_from_jwks(document: Any) -> dict[str | None, VerifyingKey]:
             continue
         algorithm = jwk.algorithm_name
         if algorithm not in ASYMMETRIC:  # an ``oct`` key would make HS256 tokens acceptable
+            continue
+        try:
+            _algorithms_of(jwk.key)  # what a PEM key is refused for: too short, odd curve
+        except ValueError:
             continue
         kid = entry.get("kid")
         keys[kid if isinstance(kid, str) else None] = VerifyingKey(jwk.key, (algorithm,))

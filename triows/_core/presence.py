@@ -133,7 +133,7 @@ def _decode_entry(value: bytes | str) -> tuple[int, str, Member] | None:
         return expires, node, Member("", parts[2] or None)
     try:
         user, info = json.loads(parts[2])
-    except ValueError:
+    except (ValueError, TypeError):  # not JSON, or not a pair
         return None
     if not (user is None or isinstance(user, str)) or not isinstance(info, dict):
         return None

@@ -38,12 +38,10 @@ class Revocations:
     def revoke(self, user: str, before: float, now: float) -> None:
         """Refuse ``user``'s tokens issued before ``before``; :class:`RevocationsFull` when
         ``max_entries`` other users are revoked already."""
-        self.expire(now)
+        self.check_room(user, now)
         held = self._entries.get(user)
         if held is not None and held[0] >= before:
             return  # an earlier revocation reaches as far
-        if held is None and len(self._entries) >= self.max_entries:
-            raise RevocationsFull(f"{self.max_entries} users are revoked already")
         expires = before + self.ttl
         if expires <= now:
             return  # every such token is too old to be accepted anyway
@@ -52,6 +50,14 @@ class Revocations:
         if len(self._deadlines) > 2 * len(self._entries) + 64:  # replaced ones: rebuild
             self._deadlines = [(exp, name) for name, (_, exp) in self._entries.items()]
             heapq.heapify(self._deadlines)
+
+    def check_room(self, user: str, now: float) -> None:
+        """:class:`RevocationsFull` when revoking ``user`` now would be refused: checked
+        before a revocation is shared (kept in Redis, sent to the other nodes), so that a
+        refused one is nowhere."""
+        self.expire(now)
+        if user not in self._entries and len(self._entries) >= self.max_entries:
+            raise RevocationsFull(f"{self.max_entries} users are revoked already")
 
     def revoked(self, user: str | None, claims: dict[str, Any], now: float) -> bool:
         """Whether a token of ``user`` with ``claims`` is revoked at ``now``."""

@@ -134,6 +134,10 @@ class Control:
     async def revoke(self, user: str, before: float | None = None) -> int:
         start = self._wall_clock() if before is None else check_time(before, "before")
         request = {"op": "revoke", **target(user, None), "before": start}
+        try:  # room here first: a refused revocation must be nowhere, not kept in Redis
+            self._access.revocations.check_room(user, self._wall_clock())
+        except RevocationsFull as exc:
+            raise ControlFailed(str(exc)) from None
         # Kept where a node started later finds it (Redis), then told to every node now.
         lasts = start + self._access.revocations.ttl - self._wall_clock()
         if lasts > 0:
@@ -195,8 +199,12 @@ class Control:
     async def channels(self) -> list[dict[str, Any]]:
         """Every node's channels with their subscribers here and there, summed."""
         merged: dict[str, dict[str, Any]] = {}
+        merging = 0
         for answer in await self._broker.control({"op": "channels"}, self._timeout):
             for name, subscribers, seq, epoch, *counts in answer.get("channels", ()):
+                merging += 1
+                if merging % CHANNELS_PER_STEP == 0:
+                    await trio.lowlevel.checkpoint()  # every node's, summed: as many again
                 entry = merged.setdefault(
                     name, {"channel": name, "subscribers": 0, "seq": seq, "epoch": epoch}
                 )

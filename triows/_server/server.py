@@ -37,6 +37,7 @@ from .._brokers.presence import Presence
 from .._brokers.seam import BrokerUnavailableError
 from .._config import Config
 from .._core.admission import Admission, Stage
+from .._core.close_codes import REVOKED
 from .._core.latency import histogram
 from .._core.memory_guard import MemoryGuard
 from .._core.outbox import OutboxTotals
@@ -318,6 +319,10 @@ class Server(PublicMethods):
         del pending, opened  # the request's headers need not live as long as the connection
         if self._closing:  # shutdown began while we were accepting it
             conn.close(GOING_AWAY, "Server shutting down", deadline=self.shutdown_deadline)
+        elif self.access.is_revoked(conn.principal):
+            # Revoked while its 101 was written (checked before that await, registered after
+            # it): the revoke found no connection to close, so it is closed here.
+            conn.close(REVOKED, "token revoked")
         try:
             await conn.run()
         finally:

@@ -4,17 +4,25 @@ One background task (:meth:`KeySet.run`, in the supervisor) does every fetch: at
 the keys are older than ``jwt_jwks_ttl``, and when a token names a ``kid`` the set does not
 hold, at most once per ``jwt_jwks_min_interval`` (:class:`triows._core.jwt_keys.KeySetCache`).
 A handshake that needs keys waits for the fetch under way (never starts its own), within its
-deadline. The fetch is PyJWT's ``PyJWKClient`` (no redirects, http(s) only) in a worker thread,
-bounded by ``jwt_jwks_timeout``; a thread that overruns is abandoned and ends by its own socket
-timeout. A failed fetch keeps the keys that worked; with none yet, tokens are refused with
-503 ("try again"), never left hanging.
+deadline. The fetch (:func:`read_jwks`: no redirects, http(s) only) runs in a worker thread
+bounded by ``jwt_jwks_timeout`` as a whole, not per read, and reads at most
+:data:`MAX_JWKS_BYTES`: an endless or dripping body ends the thread too, rather than leaving
+it abandoned and growing (as ``json.load`` of a response would). A failed fetch keeps the
+keys that worked; with none yet, tokens are refused with 503 ("try again"), never left
+hanging.
 """
 
 from __future__ import annotations
 
+import functools
+import http.client
+import json
 import logging
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import jwt
 import trio
@@ -32,15 +40,56 @@ class KeysUnavailable(Exception):
     """No key can check this token now (the key set could not be fetched): try again."""
 
 
+#: Largest key set document read: a provider's holds a few keys (some KiB).
+MAX_JWKS_BYTES: Final = 1 << 20
+_CHUNK = 65536
+
+
 def fetch_over_http(url: str, timeout: float) -> Fetch:
-    """PyJWKClient's fetch in a thread, which a cancel abandons (its socket's ``timeout`` ends
-    it soon after)."""
-    client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=timeout)
+    """:func:`read_jwks` in a thread, which a cancel abandons (it ends by itself within about
+    ``timeout``)."""
 
     async def fetch() -> Any:
-        return await trio.to_thread.run_sync(client.fetch_data, abandon_on_cancel=True)
+        read = functools.partial(read_jwks, url, timeout)
+        return await trio.to_thread.run_sync(read, abandon_on_cancel=True)
 
     return fetch
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a redirect is an error: the key set is where it was configured
+
+
+def read_jwks(url: str, timeout: float, limit: int = MAX_JWKS_BYTES) -> Any:
+    """The key set document at ``url`` (blocking: run it in a thread). Within ``timeout``
+    seconds as a whole (checked between reads, each bounded by it too) and ``limit`` bytes;
+    ``ValueError`` with the reason otherwise (``OSError`` when the provider cannot be
+    reached)."""
+    if not url.lower().startswith(("http://", "https://")):
+        raise ValueError("the JWKS URL must be http(s)")
+    deadline = time.monotonic() + timeout
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.build_opener(_NoRedirect()).open(request, timeout=timeout) as answer:
+            body = bytearray()
+            while chunk := answer.read1(_CHUNK):
+                body += chunk
+                if len(body) > limit:
+                    raise ValueError(f"the JWKS is more than {limit} bytes")
+                if time.monotonic() > deadline:
+                    raise ValueError(f"no whole answer within {timeout:g}s")
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise OSError(f"the JWKS URL answered {exc.code}") from None
+    except http.client.HTTPException as exc:
+        raise OSError(f"not an HTTP answer: {type(exc).__name__}") from None
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("the JWKS is not JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"the JWKS is not JSON: {exc}") from None
 
 
 class KeySet:

@@ -3,9 +3,10 @@
 A control request (disconnect a user, drop or add a subscription, revoke, list channels) must
 reach the node that holds the connection, whichever node the application asked. The asking
 node publishes it on :data:`CONTROL_CHANNEL`, which every node's listener holds; Redis answers
-the PUBLISH with how many nodes received it, and each answers on the asking node's reply
-channel with what it did. The asking node waits (bounded) for that many answers: the
-application learns the cluster's total, or how many nodes did not answer in time.
+the PUBLISH with how many nodes received it (bounded by the channel's own subscribers: pattern
+subscribers, such as an operator's ``psubscribe '*'``, never answer), and each answers on
+the asking node's reply channel with what it did. The asking node waits (bounded) for that
+many answers: the application learns the cluster's total, or how many nodes did not answer in time.
 
 History pages are read from the channel's stream (its newest ``history size`` entries within
 the ttl: what a resume could replay) and cut by the same rule as in process
@@ -49,8 +50,8 @@ class ClusterControl:
         self._node_id = node_id
         self.reply_channel = reply_channel(node_id)
         self.handler: ControlHandler | None = None
-        #: request id -> (answers so far, set when all came)
-        self._pending: dict[str, tuple[list[dict[str, Any]], trio.Event, list[int]]] = {}
+        #: request id -> (answers so far, still encoded; set when all came; how many to wait for)
+        self._pending: dict[str, tuple[list[bytes], trio.Event, list[int]]] = {}
         self._places = trio.Semaphore(MAX_PENDING)
 
     def channels(self) -> tuple[str, str]:
@@ -61,7 +62,7 @@ class ClusterControl:
         within ``answer_within`` seconds are missing (and logged)."""
         async with self._places:
             request_id = secrets.token_hex(8)
-            answers: list[dict[str, Any]] = []
+            answers: list[bytes] = []
             done = trio.Event()
             expected = [-1]
             self._pending[request_id] = (answers, done, expected)
@@ -70,9 +71,7 @@ class ClusterControl:
             ).encode()
             try:
                 try:
-                    receivers = await self._bridge.call(
-                        functools.partial(_publish, CONTROL_CHANNEL, message)
-                    )
+                    receivers = await self._bridge.call(functools.partial(_ask, message))
                 except LINK_ERRORS:
                     raise BrokerUnavailableError("Redis is unreachable; try again") from None
                 expected[0] = receivers
@@ -88,27 +87,32 @@ class ClusterControl:
                         receivers,
                         answer_within,
                     )
-                return list(answers)
+                got = list(answers)
             finally:
                 del self._pending[request_id]
+        # A listing of many channels is megabytes of JSON: read it off the event loop.
+        return await trio.to_thread.run_sync(_decode_answers, got)
 
     def heard(self, channel: str, data: bytes) -> None:
         """A message on the control channel (a request: answer it in a task) or on this
-        node's reply channel (an answer). Malformed ones raise ``fmt.MalformedError``."""
-        try:
-            message = json.loads(data)
-            request_id = message["id"]
-        except (ValueError, KeyError, TypeError):
-            raise fmt.MalformedError(f"not a control message: {data[:80]!r}") from None
+        node's reply channel (an answer: ``<request id> <JSON>``, kept encoded: the asking
+        task decodes it, off the event loop). Malformed ones raise ``fmt.MalformedError``."""
         if channel == self.reply_channel:
-            pending = self._pending.get(request_id)
-            answer = message.get("answer")
-            if pending is not None and isinstance(answer, dict):
+            head, _, answer = data.partition(b" ")
+            pending = self._pending.get(head.decode("ascii", errors="replace"))
+            if pending is not None and answer:
                 answers, done, expected = pending
                 answers.append(answer)
                 if expected[0] >= 0 and len(answers) >= expected[0]:
                     done.set()
             return
+        try:
+            message = json.loads(data)
+            request_id = message["id"]
+        except (ValueError, KeyError, TypeError):
+            request_id = None
+        if not isinstance(request_id, str):  # anything may publish here: a list id is no key
+            raise fmt.MalformedError(f"not a control message: {data[:80]!r}")
         origin, request = message.get("from"), message.get("req")
         if not isinstance(origin, str) or not isinstance(request, dict):
             raise fmt.MalformedError(f"not a control request: {data[:80]!r}")
@@ -122,13 +126,41 @@ class ClusterControl:
         except Exception:
             log.exception("control request %r failed on this node", request.get("op"))
             answer = {"error": "internal error"}
-        message = json.dumps({"id": request_id, "answer": answer}, separators=(",", ":"))
+        # Encoded off the event loop too (a node's listing of many channels).
+        encoded = await trio.to_thread.run_sync(_encode_answer, answer)
+        message = request_id.encode() + b" " + encoded
         try:
-            await self._bridge.call(
-                functools.partial(_publish, reply_channel(origin), message.encode())
-            )
+            await self._bridge.call(functools.partial(_publish, reply_channel(origin), message))
         except LINK_ERRORS:
             log.warning("could not answer control request %r: Redis unreachable", request_id)
+
+
+def _encode_answer(answer: dict[str, Any]) -> bytes:
+    return json.dumps(answer, separators=(",", ":")).encode()
+
+
+def _decode_answers(answers: list[bytes]) -> list[dict[str, Any]]:
+    """The answers that are JSON objects (anything else on a reply channel is not ours)."""
+    decoded = []
+    for answer in answers:
+        try:
+            value = json.loads(answer)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(value, dict):
+            decoded.append(value)
+    return decoded
+
+
+def _ask(data: bytes, client: redis.Redis) -> int:
+    """Publish a request; how many nodes got it. PUBLISH also counts pattern subscribers (an
+    operator's ``psubscribe '*'``), which never answer: the channel's own subscribers, read
+    in the same transaction, bound it."""
+    pipe = client.pipeline(transaction=True)
+    pipe.publish(CONTROL_CHANNEL, data)
+    pipe.pubsub_numsub(CONTROL_CHANNEL)
+    received, [(_, subscribers)] = pipe.execute()
+    return min(int(received), int(subscribers))
 
 
 def _publish(channel: str, data: bytes, client: redis.Redis) -> int:
