@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from triows._core.history import History
 from triows._core.hub import (
     Hub,
     Resume,
@@ -286,3 +289,34 @@ def test_counters_equal_a_recount(ops: list[tuple[str, str, str, float]]) -> Non
             hub.expire(now)
         assert hub.subscription_count == sum(hub.subscriptions(m) for m in ("m1", "m2", "m3"))
         assert hub.history_messages == sum(len(s.history) for s in hub.channels())
+
+
+#: A message kept at AT with a ttl of TTL is due at AT + TTL; yet in floating point
+#: ``AT <= (AT + TTL) - TTL`` is false for these. Found by hypothesis (a hang in expire()).
+ROUNDING_AT, ROUNDING_TTL = 25.4458609934608, 54.141247279349656
+
+
+def test_an_entry_is_gone_when_its_expiry_is_due_whatever_the_rounding() -> None:
+    history = History(size=10, ttl=ROUNDING_TTL)
+    history.append(1, ROUNDING_AT, b"frame")
+    due = history.expires_at()
+    assert due is not None
+    history.prune(due)
+    assert len(history) == 0
+
+
+def test_expire_ends_when_a_deadline_rounds_badly() -> None:
+    """expire() pruned by ``at <= now - ttl`` but scheduled by ``at + ttl``: a deadline that
+    passed yet pruned nothing was pushed again and again, for ever."""
+    hub = make_hub(history=(10, ROUNDING_TTL))
+    publish(hub, "c", now=ROUNDING_AT)
+    done = threading.Event()
+
+    def expire() -> None:
+        hub.expire(now=ROUNDING_AT + ROUNDING_TTL)
+        done.set()
+
+    threading.Thread(target=expire, daemon=True).start()
+    assert done.wait(timeout=10), "Hub.expire() does not end"
+    state = hub.channel("c")
+    assert state is None or len(state.history) == 0

@@ -37,7 +37,7 @@ class History:
         if (
             len(entries) > self.size
             or self.nbytes > self.max_bytes
-            or entries[0][1] <= now - self.ttl
+            or entries[0][1] + self.ttl <= now
         ):
             held = len(entries)
             self.prune(now)
@@ -47,9 +47,11 @@ class History:
     def prune(self, now: float) -> None:
         """Forget what is over the size or the byte cap, or older than the ttl."""
         entries = self._entries
-        cutoff = now - self.ttl
+        ttl = self.ttl
+        # ``at + ttl <= now``, as expires_at() computes the deadline (``at <= now - ttl`` can
+        # differ in floating point: a deadline due that pruned nothing was scheduled forever).
         while entries and (
-            len(entries) > self.size or self.nbytes > self.max_bytes or entries[0][1] <= cutoff
+            len(entries) > self.size or self.nbytes > self.max_bytes or entries[0][1] + ttl <= now
         ):
             self.drop_oldest()
 
