@@ -12,7 +12,6 @@ from typing import Any
 
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,
@@ -22,6 +21,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import Extension, PerMessageDeflate
 
 from triows.testing import MemoryListener
 

@@ -4,7 +4,6 @@ a broadcast is compressed at most once, and that nothing of zlib stays with a co
 from __future__ import annotations
 
 import gc
-import json
 import tracemalloc
 from typing import Any
 

@@ -32,6 +32,7 @@ def websockets_session(url: str, window: int | None, ready: trio.Event) -> dict[
         None if window is None else [ClientPerMessageDeflateFactory(server_max_window_bits=window)]
     )
     with connect(url, extensions=extensions) as ws:
+        assert ws.response is not None
         answered = ws.response.headers.get("Sec-WebSocket-Extensions")
         json.loads(ws.recv())  # welcome
         ws.send(json.dumps({"type": "subscribe", "channel": "c"}))
@@ -90,7 +91,8 @@ async def test_a_deflate_bomb_gets_1009() -> None:
             client = await WireClient.connect(server.port, extensions="permessage-deflate")
             await client.send_raw(encode_frame(TEXT, data[:-4], rsv=4))
             await client.read_to_end()
-        assert client.close is not None and client.close[0] == 1009
+        assert client.close is not None
+        assert client.close[0] == 1009
         await client.aclose()
         await server.aclose()
 
@@ -103,7 +105,8 @@ async def test_rsv1_without_negotiation_gets_1002() -> None:
             assert b"Sec-WebSocket-Extensions" not in client.head
             await client.send_raw(encode_frame(TEXT, b"\x4b\x04\x00", rsv=4))
             await client.read_to_end()
-        assert client.close is not None and client.close[0] == 1002
+        assert client.close is not None
+        assert client.close[0] == 1002
         await client.aclose()
         await server.aclose()
 

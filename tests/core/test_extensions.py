@@ -35,7 +35,8 @@ BASE = "permessage-deflate; server_no_context_takeover; client_no_context_takeov
         ),
         # Several offers: the first acceptable one.
         (
-            "permessage-deflate; server_max_window_bits=20, permessage-deflate; server_max_window_bits=11",
+            "permessage-deflate; server_max_window_bits=20, "
+            "permessage-deflate; server_max_window_bits=11",
             f"{BASE}; server_max_window_bits=11",
             2048,
         ),
