@@ -427,9 +427,15 @@ def cluster(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             redis.stop()
 
 
-def idle_memory(kind: str, connections: int) -> float:
+def idle_memory(
+    kind: str,
+    connections: int,
+    *,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> float:
     port = free_port()
-    server = start_server(kind, port)
+    server = start_server(kind, port, extra)
     try:
         time.sleep(0.5)
         before = rss_kib(server.pid)
@@ -439,6 +445,7 @@ def idle_memory(kind: str, connections: int) -> float:
             stdout=subprocess.PIPE,
             text=True,
             preexec_fn=pinned(GENERATOR_CPU),
+            env={**os.environ, **(env or {})},
         )
         assert generator.stdout is not None
         assert generator.stdin is not None
@@ -818,6 +825,14 @@ def compression(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             f"on / off {figures_now['on_vs_off_bytes']:.0%} (target <= 45%)",
             flush=True,
         )
+    if args.idle:
+        # Idle memory with deflate negotiated: no zlib context is kept, so the same figure.
+        for name, kind, flags, env in COMPRESSION_RUNS:
+            kib = statistics.median(
+                idle_memory(kind, args.idle, extra=flags, env=env) for _ in range(args.repeat)
+            )
+            section[f"idle_kib/{name}"] = kib
+            print(f"{name:12} {args.idle} idle connections: {kib:.1f} KiB each", flush=True)
 
 
 def ratios(section: dict[str, Any], field: str, text: str) -> None:
