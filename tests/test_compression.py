@@ -4,6 +4,8 @@ a broadcast is compressed at most once, and that nothing of zlib stays with a co
 from __future__ import annotations
 
 import gc
+import json
+import os
 import tracemalloc
 from typing import Any
 
@@ -115,7 +117,7 @@ def server_bytes(snapshot: tracemalloc.Snapshot) -> int:
     return sum(stat.size for stat in mine.statistics("filename"))
 
 
-async def held_per_connection(deflate: bool, connections: int = 40) -> float:
+async def held_per_connection(deflate: bool, connections: int = 20) -> float:
     """Server memory per idle connection once each has received a compressed broadcast and
     sent a compressed publish."""
     async with open_test_server() as harness:
@@ -144,3 +146,51 @@ async def test_idle_connections_hold_no_compression_state(
         tracemalloc.stop()
     # A zlib context alone would be ~10-260 KiB; the same figure within noise means none.
     assert deflate < plain + 256, (plain, deflate)
+
+
+class Member:
+    """A subscriber as fan-out sees it: what it was handed."""
+
+    def __init__(self, client_id: str, deflate_limit: int) -> None:
+        self.client_id = client_id
+        self.deflate_limit = deflate_limit
+        self.frames: list[bytes] = []
+
+    def deliver(self, frame: bytes, *args: Any) -> bool:
+        self.frames.append(frame)
+        return True
+
+
+def fan_out(payload: bytes, limits: list[int]) -> tuple[Any, list[Member]]:
+    from triows._brokers.fanout import FanOut
+    from triows._brokers.memory import MemoryBroker
+    from triows._config import Config
+    from triows._core.frames import BINARY, frame
+
+    fanout = FanOut(1.0, compression_threshold=256)
+    hub = MemoryBroker(Config(), fanout, epoch_prefix="t").hub
+    members = [Member(f"m{n}", limit) for n, limit in enumerate(limits)]
+    for member in members:
+        state = hub.subscribe(member, "c")  # type: ignore[arg-type]
+    fanout.deliver(state, frame(BINARY, payload), None)
+    return fanout, members
+
+
+def test_one_compressed_object_within_each_window() -> None:
+    """Every deflate subscriber gets the same object; a window too small for it gets the plain
+    frame, as does a subscriber without deflate."""
+    payload = json.dumps(DATA).encode()
+    assert 1024 < len(payload) <= 2048
+    fanout, members = fan_out(payload, [1 << 62, 0, 1 << 62, 1024, 2048])
+    unlimited, plain, also, small_window, enough = (m.frames[0] for m in members)
+    assert unlimited is also is enough
+    assert unlimited[0] == 0xC2  # FIN, RSV1, binary
+    assert plain is small_window
+    assert plain[0] == 0x82
+    assert (fanout.compressed, fanout.compressed_deliveries) == (1, 3)
+
+
+def test_what_does_not_shrink_goes_plain_to_everyone() -> None:
+    fanout, members = fan_out(os.urandom(2000), [1 << 62, 1 << 62, 0])
+    assert all(m.frames[0][0] == 0x82 for m in members)
+    assert (fanout.compressed, fanout.compressed_deliveries) == (0, 0)

@@ -149,12 +149,13 @@ class FanOut:
                     if compress and member.deflate_limit >= payload:
                         if deflated is None:
                             deflated = deflated_frame(frame)
-                            self.compressed += 1
                         data = deflated
                         taken += 1
                     if not member.deliver(data, policy, state):
                         blocked.append(member)
-            self.compressed_deliveries += taken
+            if deflated is not None and deflated is not frame:  # else it did not shrink
+                self.compressed += 1
+                self.compressed_deliveries += taken
         state.delivered += delivered
         self.delivered += delivered
         return blocked
