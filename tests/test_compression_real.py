@@ -128,3 +128,30 @@ async def test_a_malformed_extensions_header_gets_400() -> None:
         assert b"Sec-WebSocket-Extensions" in answer
         await stream.aclose()
         await server.aclose()
+
+
+async def test_across_redis_a_broadcast_is_compressed_once_on_each_node(redis_url: str) -> None:
+    """The Redis feed delivers through the same fan-out: compressed once on the node whose
+    deflate subscribers receive it."""
+    from triows.testing import open_test_server
+
+    from .rawclient import RawClient
+    from .test_redis_cluster import channel_name, wait_until_up
+
+    channel = channel_name("deflate")
+    async with (
+        open_test_server(redis_url=redis_url) as a,
+        open_test_server(redis_url=redis_url) as b,
+    ):
+        await wait_until_up(a.server)
+        await wait_until_up(b.server)
+        with trio.fail_after(20):
+            readers = [await RawClient.connect(a.listener, deflate=True) for _ in range(3)]
+            for reader in readers:
+                await reader.subscribe(channel)
+            await b.server.publish(channel, DATA)
+            for reader in readers:
+                await reader.read_until(lambda c: bool(c.of_type("message")))
+                assert reader.of_type("message")[0]["data"] == DATA
+        fanout = a.server.fanout
+        assert (fanout.compressed, fanout.compressed_deliveries) == (1, 3)
