@@ -21,6 +21,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import Extension, PerMessageDeflate
 
 from triows.testing import MemoryListener
 
@@ -33,11 +34,19 @@ class RawClient:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self._parts: list[str] = []
+        #: Bytes read from the server, and the extensions it accepted.
+        self.received = 0
+        self.extensions: list[Extension] = []
 
     @classmethod
-    async def connect(cls, listener: MemoryListener, path: str = "/") -> RawClient:
+    async def connect(
+        cls, listener: MemoryListener, path: str = "/", *, deflate: bool = False
+    ) -> RawClient:
+        """``deflate``: offer permessage-deflate (wsproto's, as a browser offers it)."""
         client = cls(await listener.connect())
-        await client.stream.send_all(client.ws.send(Request(host="t", target=path)))
+        offers: list[Extension] = [PerMessageDeflate()] if deflate else []
+        request = Request(host="t", target=path, extensions=offers)
+        await client.stream.send_all(client.ws.send(request))
         await client.read_until(lambda c: bool(c.messages))  # the welcome
         return client
 
@@ -53,6 +62,7 @@ class RawClient:
 
     async def read_some(self) -> None:
         data = await self.stream.receive_some(65536)
+        self.received += len(data)
         self.ws.receive_data(bytes(data) if data else None)
         for event in self.ws.events():
             if isinstance(event, Message):
@@ -69,6 +79,7 @@ class RawClient:
                 raise ConnectionError(event.status_code)
             else:
                 assert isinstance(event, AcceptConnection), event
+                self.extensions = list(event.extensions)
 
     async def read_until(self, done: Any, timeout: float = 60) -> None:
         with trio.fail_after(timeout):

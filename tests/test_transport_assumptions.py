@@ -54,15 +54,26 @@ async def test_direct_write_steps_aside_while_a_write_is_in_progress() -> None:
     assert await client_end.receive_some() == b"abcd"
 
 
-async def test_no_extension_is_ever_negotiated() -> None:
-    """Frames are built once for every subscriber: that is only right without compression."""
+@pytest.mark.parametrize(
+    ("compression", "answer"),
+    [
+        (True, b"permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
+        (False, None),
+    ],
+)
+async def test_deflate_is_only_ever_negotiated_without_context_takeover(
+    compression: bool, answer: bytes | None
+) -> None:
+    """Frames are built (and compressed) once for every subscriber: that is only right when no
+    side keeps a compression context between messages."""
     import triows
     from triows.testing import MemoryListener
 
     listener = MemoryListener()
+    config = triows.Config(compression=compression)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
-            lambda task_status: triows.serve(listeners=[listener], task_status=task_status)
+            lambda task_status: triows.serve(config, listeners=[listener], task_status=task_status)
         )
         stream = await listener.connect()
         await stream.send_all(
@@ -74,9 +85,12 @@ async def test_no_extension_is_ever_negotiated() -> None:
         with trio.fail_after(5):
             while b"\r\n\r\n" not in response:
                 response += await stream.receive_some()
-        head = response.split(b"\r\n\r\n")[0].lower()
-        assert head.startswith(b"http/1.1 101")
-        assert b"sec-websocket-extensions" not in head
+        head = response.split(b"\r\n\r\n")[0]
+        assert head.startswith(b"HTTP/1.1 101")
+        lines = [
+            line for line in head.split(b"\r\n") if line.lower().startswith(b"sec-websocket-ext")
+        ]
+        assert lines == ([] if answer is None else [b"Sec-WebSocket-Extensions: " + answer])
         await stream.aclose()
         await server.aclose()
 

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import socket
+import zlib
 from typing import Any
 
 import trio
@@ -51,10 +52,20 @@ class WireClient:
         #: Answer the server's pings (from read_some), as any WebSocket client does.
         self.answer_pings = True
         self._pongs_owed: list[bytes] = []
+        #: The 101 answer's head; permessage-deflate accepted (RSV1 frames are inflated, each
+        #: on its own, as without context takeover), and how many frames came compressed.
+        self.head = b""
+        self.inflate = False
+        self.compressed = 0
 
     @classmethod
     async def connect(
-        cls, port: int, *, receive_buffer: int | None = None, welcome: bool = True
+        cls,
+        port: int,
+        *,
+        receive_buffer: int | None = None,
+        welcome: bool = True,
+        extensions: str | None = None,
     ) -> WireClient:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if receive_buffer is not None:  # before connect, so the window is small from the start
@@ -62,10 +73,11 @@ class WireClient:
         await sock.connect(("127.0.0.1", port))
         client = cls(sock)
         key = base64.b64encode(os.urandom(16)).decode()
+        offer = "" if extensions is None else f"Sec-WebSocket-Extensions: {extensions}\r\n"
         await client.send_raw(
             (
                 "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
             ).encode()
         )
         head = b""
@@ -73,6 +85,8 @@ class WireClient:
             while b"\r\n\r\n" not in head:
                 head += await sock.recv(1)
         assert head.startswith(b"HTTP/1.1 101"), head
+        client.head = head
+        client.inflate = b"permessage-deflate" in head
         if welcome:  # triows greets first; the conformance echo server does not
             await client.read_until(lambda c: c.texts())
         return client
@@ -136,8 +150,11 @@ class WireClient:
         while len(buffer) >= 2:
             first, second = buffer[0], buffer[1]
             where = f"frame {len(self.frames)}, first bytes {bytes(buffer[:8])!r}"
-            if first & 0x70:
+            compressed = first & 0x70 == 0x40 and self.inflate
+            if first & 0x70 and not compressed:
                 raise CorruptStream(f"reserved bits set at {where}")
+            if compressed and first & 0x0F not in (TEXT, BINARY):
+                raise CorruptStream(f"RSV1 on a control frame at {where}")
             if not first & 0x80:
                 raise CorruptStream(f"fragmented frame at {where} (triows never fragments)")
             opcode = first & 0x0F
@@ -164,6 +181,12 @@ class WireClient:
                 return
             payload = bytes(buffer[header : header + length])
             del buffer[: header + length]
+            if compressed:
+                self.compressed += 1
+                try:
+                    payload = zlib.decompressobj(-15).decompress(payload + b"\0\0\xff\xff")
+                except zlib.error as exc:
+                    raise CorruptStream(f"compressed frame does not inflate at {where}") from exc
             if opcode == TEXT:
                 try:
                     json.loads(payload.decode())

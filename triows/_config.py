@@ -234,6 +234,12 @@ class Config:
     #: Largest incoming message in bytes; a bigger one closes the connection with 1009. At
     #: least 2048: a ``message`` frame keeps 1024 bytes for its envelope around ``data``.
     max_message_size: int = attrs.field(default=64 * 1024, validator=_int_at_least(2048))
+    #: Accept permessage-deflate when a client offers it (RFC 7692, without context takeover:
+    #: no connection keeps a zlib context; a broadcast is compressed once for every subscriber).
+    compression: bool = True
+    #: Broadcast payloads of at most this many bytes go uncompressed (acks, pongs and other
+    #: replies always do).
+    compression_threshold: int = attrs.field(default=256, validator=_int_at_least(0))
     max_subscriptions: int = attrs.field(default=100, validator=_int_at_least(1))
     heartbeat_interval: float = attrs.field(default=25.0, validator=_positive)
     heartbeat_timeout: float = attrs.field(default=10.0, validator=_positive)

@@ -25,6 +25,10 @@
 // handshakes: opens and closes N connections, at most IN FLIGHT at once (default 100);
 // MEASURE_START / MEASURE_END bracket the whole run.
 // idle: opens N connections, prints "IDLE_READY", and holds them until stdin closes.
+// Environment: LOADGEN_DEFLATE=1 offers permessage-deflate (ws's default offer, as browsers make
+// it); LOADGEN_PAYLOAD=json publishes ~1 KiB of realistic JSON (trade rows with fresh numbers
+// every message) instead of a small padded object. fanout then also reports the bytes its
+// subscribers read off their sockets in the measured window (frames and headers, as on the wire).
 // hold: like idle, from one local address (the scale mode spreads generators over
 // 127.0.0.2-6); prints "HOLD_READY <n>"; each "rtt" line on stdin answers with a JSON line of
 // round trips (a triows ping request) on a sample of connections; at stdin's end prints how
@@ -51,13 +55,34 @@ const received = new Map(); // socket -> messages received (hold with channels)
 const count = Number(countText);
 const WINDOW = Number(windowText || 16);
 const PAD = "x".repeat(64);
+const DEFLATE = process.env.LOADGEN_DEFLATE === "1";
+const REALISTIC = process.env.LOADGEN_PAYLOAD === "json";
+const SYMBOLS = ["AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "META", "TSLA", "NFLX"];
+
+// ~1 KiB of JSON as a market-data or activity feed publishes it: the same keys every time, new
+// numbers and ids in every message (so no two messages are alike).
+function realistic(n) {
+  const rows = [];
+  for (let i = 0; i < 7; i++) {
+    rows.push({
+      id: n * 7 + i,
+      symbol: SYMBOLS[(n + i) % SYMBOLS.length],
+      price: Number((100 + Math.random() * 400).toFixed(2)),
+      qty: Math.floor(Math.random() * 5000),
+      side: Math.random() < 0.5 ? "buy" : "sell",
+      venue: "XNAS",
+      ts: Date.now() + i,
+    });
+  }
+  return { n, kind: "trades", rows };
+}
 let closedAfterOpen = 0;
 const closeCodes = {}; // close code -> connections the server closed after they opened
 
 function open(onMessage, channel = "bench", path = "") {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url + path, {
-      perMessageDeflate: false,
+      perMessageDeflate: DEFLATE,
       maxPayload: 1 << 20,
       localAddress,
     });
@@ -144,7 +169,7 @@ async function fanout() {
     const n = next++;
     sentAt.set(n, performance.now());
     remaining.set(n, count);
-    const data = { n, pad: PAD };
+    const data = REALISTIC ? realistic(n) : { n, pad: PAD };
     publisher.send(JSON.stringify({ type: "publish", channel: "bench", data, id: n }));
   }
 
@@ -166,8 +191,11 @@ async function fanout() {
     }
   }
 
-  await openMany(count, onDelivery);
+  const subscribers = await openMany(count, onDelivery);
   publisher = await open(() => {}); // acks and nothing else
+  const bytesRead = () => subscribers.reduce((sum, ws) => sum + ws._socket.bytesRead, 0);
+  let bytesAtStart = 0;
+  let bytes = 0;
   if (WINDOW < 0) {
     // Paced: -WINDOW messages per second whatever the deliveries, for latency at a known
     // rate (a closed loop measures queueing as much as cost).
@@ -180,12 +208,16 @@ async function fanout() {
     if (on) {
       latencies = [];
       deliveries = 0;
+      bytesAtStart = bytesRead();
+    } else {
+      bytes = bytesRead() - bytesAtStart;
     }
   });
   latencies.sort((a, b) => a - b);
   console.log(
     JSON.stringify({
       deliveries,
+      bytes,
       seconds: elapsed,
       p50_ms: percentile(latencies, 50),
       p99_ms: percentile(latencies, 99),

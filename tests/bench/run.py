@@ -22,6 +22,11 @@ generator (loadgen.js) to the other. Figures:
   CPU-second (the server's user+system time read from /proc over the measured window), and
   p50/p99 latency from publish to delivery.
 
+Compression (permessage-deflate): the same fan-out to 100 and 1000 subscribers with ~1 KiB of
+realistic JSON per message, triows with ``--compression off`` and ``on`` (clients offering
+deflate as browsers do) and `websockets` with its default compression, in the same run:
+deliveries per server CPU-second and the bytes subscribers read per delivery.
+
 The cluster part starts a Redis (as the tests do) and measures the same fan-out through it:
 one triows process with ``--redis-url`` against ``--workers 2`` (a supervisor and two worker
 processes sharing the port); CPU is summed over the workers, Redis's own CPU shown apart.
@@ -149,7 +154,7 @@ def start_server(
     elif kind == "node":
         command = ["node", str(HERE / "room_server.js"), str(port)]
     else:
-        command = [sys.executable, str(HERE / PEER_SCRIPTS[kind]), str(port), mode]
+        command = [sys.executable, str(HERE / PEER_SCRIPTS[kind]), str(port), mode, *(extra or [])]
     workers = extra is not None and "--workers" in extra
     env = None
     if kind == "baseline":  # another version's source tree (--baseline), same options
@@ -194,6 +199,7 @@ def fanout(
     redis_pid: int | None = None,
     scrape: bool = False,
     dashboard: bool = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     port = free_port()
     server = start_server(kind, port, extra)
@@ -215,6 +221,7 @@ def fanout(
                 pids,
                 redis_pid=redis_pid,
                 timeout=warmup + measure + 120,
+                env=env,
             )
     finally:
         stop(server)
@@ -225,6 +232,7 @@ def fanout(
         "redis_cpu_share": redis_cpu / result["seconds"],
         "p50_ms": result["p50_ms"],
         "p99_ms": result["p99_ms"],
+        "bytes_per_delivery": result["bytes"] / max(result["deliveries"], 1),
     }
 
 
@@ -373,7 +381,12 @@ def metrics_cost(args: argparse.Namespace, figures: dict[str, Any]) -> None:
 
 
 def drive(
-    arguments: list[str], pids: list[int], *, redis_pid: int | None = None, timeout: float
+    arguments: list[str],
+    pids: list[int],
+    *,
+    redis_pid: int | None = None,
+    timeout: float,
+    env: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], float, float]:
     """Run the load generator; returns its JSON result, the server's CPU seconds between its
     MEASURE_START and MEASURE_END lines, and Redis's."""
@@ -382,6 +395,7 @@ def drive(
         stdout=subprocess.PIPE,
         text=True,
         preexec_fn=pinned(GENERATOR_CPU),
+        env={**os.environ, **(env or {})},
     )
     assert generator.stdout is not None
     cpu_start = cpu_end = redis_start = redis_end = 0.0
@@ -696,9 +710,15 @@ def subscribes(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             redis.stop()
 
 
-def idle_memory(kind: str, connections: int) -> float:
+def idle_memory(
+    kind: str,
+    connections: int,
+    *,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> float:
     port = free_port()
-    server = start_server(kind, port)
+    server = start_server(kind, port, extra)
     try:
         time.sleep(0.5)
         before = rss_kib(server.pid)
@@ -708,6 +728,7 @@ def idle_memory(kind: str, connections: int) -> float:
             stdout=subprocess.PIPE,
             text=True,
             preexec_fn=pinned(GENERATOR_CPU),
+            env={**os.environ, **(env or {})},
         )
         assert generator.stdout is not None
         assert generator.stdin is not None
@@ -949,9 +970,17 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument(
         "--only",
-        choices=("single", "cluster", "metrics", "dashboard", "inbound", "subscribes"),
-        help="run one part (default: single and cluster; metrics: the cost of metrics; "
-        "dashboard: the cost of an open dashboard; inbound: request→reply and the chat "
+        choices=(
+            "single",
+            "cluster",
+            "metrics",
+            "dashboard",
+            "inbound",
+            "subscribes",
+            "compression",
+        ),
+        help="run one part (default: single, compression and cluster; metrics: the cost of "
+        "metrics; dashboard: the cost of an open dashboard; inbound: request→reply and the chat "
         "scenarios only; subscribes: the subscribe storm alone)",
     )
     parser.add_argument(
@@ -985,6 +1014,7 @@ def main() -> None:
         "cluster": {},
         "metrics": {},
         "dashboard": {},
+        "compression": {},
     }
     if args.scale:
         scale(args, figures)
@@ -994,11 +1024,14 @@ def main() -> None:
         dashboard_cost(args, figures)
     elif args.only == "subscribes":
         subscribes(args, figures)
+    elif args.only == "compression":
+        compression(args, figures)
     else:
         if args.only != "cluster":
             single(args, figures)
             if args.only != "inbound":
                 metrics_cost(args, figures)
+                compression(args, figures)
         if args.only not in ("single", "inbound"):
             cluster(args, figures)
     if args.json:
@@ -1072,6 +1105,69 @@ def paced_latency(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             f"server CPU {row['server_cpu_share']:.2f}",
             flush=True,
         )
+
+
+#: (row name, server kind, server flags, the generator's environment), for compression().
+COMPRESSION_RUNS: tuple[tuple[str, str, list[str], dict[str, str]], ...] = (
+    ("triows off", "triows", ["--compression", "off"], {"LOADGEN_DEFLATE": "1"}),
+    ("triows on", "triows", ["--compression", "on"], {"LOADGEN_DEFLATE": "1"}),
+    ("websockets", "websockets", ["deflate"], {"LOADGEN_DEFLATE": "1"}),
+)
+
+
+def compression(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    """permessage-deflate: triows without and with it against websockets' default compression,
+    ~1 KiB of realistic JSON per message, clients offering deflate as browsers do."""
+    section = figures["compression"]
+    print(
+        f"\n{'compression':12} {'subs':>5} {'deliveries/s':>13} {'per CPU-s':>11} {'CPU':>5} "
+        f"{'B/delivery':>10} {'p50 ms':>8} {'p99 ms':>8}",
+        flush=True,
+    )
+    for subscribers in args.subscribers:
+        for name, kind, flags, env in COMPRESSION_RUNS:
+            runs = [
+                fanout(
+                    kind,
+                    subscribers,
+                    args.warmup,
+                    args.measure,
+                    extra=flags,
+                    env={**env, "LOADGEN_PAYLOAD": "json"},
+                )
+                for _ in range(args.repeat)
+            ]
+            row = section[f"{name}/{subscribers}"] = median_of(runs)
+            print(
+                f"{name:12} {subscribers:>5} {row['deliveries_per_s']:>13,.0f} "
+                f"{row['per_cpu_second']:>11,.0f} {row['server_cpu_share']:>5.2f} "
+                f"{row['bytes_per_delivery']:>10,.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}",
+                flush=True,
+            )
+        on, off, peer = (
+            section[f"{n}/{subscribers}"] for n in ("triows on", "triows off", "websockets")
+        )
+        figures_now = {
+            "on_vs_off_cpu": on["per_cpu_second"] / off["per_cpu_second"],
+            "on_vs_websockets_cpu": on["per_cpu_second"] / peer["per_cpu_second"],
+            "on_vs_off_bytes": on["bytes_per_delivery"] / off["bytes_per_delivery"],
+        }
+        section[f"ratios/{subscribers}"] = figures_now
+        print(
+            f"  at {subscribers}: deliveries per CPU-second, on / off "
+            f"{figures_now['on_vs_off_cpu']:.2f}x (target >= 0.8x at 1000), on / websockets "
+            f"{figures_now['on_vs_websockets_cpu']:.2f}x (target >= 3x); bytes per delivery, "
+            f"on / off {figures_now['on_vs_off_bytes']:.0%} (target <= 45%)",
+            flush=True,
+        )
+    if args.idle:
+        # Idle memory with deflate negotiated: no zlib context is kept, so the same figure.
+        for name, kind, flags, env in COMPRESSION_RUNS:
+            kib = statistics.median(
+                idle_memory(kind, args.idle, extra=flags, env=env) for _ in range(args.repeat)
+            )
+            section[f"idle_kib/{name}"] = kib
+            print(f"{name:12} {args.idle} idle connections: {kib:.1f} KiB each", flush=True)
 
 
 def ratios(

@@ -4,6 +4,7 @@
     python websockets_server.py PORT echo        # answer each message with itself
     python websockets_server.py PORT rooms       # relay to the other members of the room
                                                  # named by the URL path (chat scenarios)
+    python websockets_server.py PORT broadcast deflate  # with its default compression on
 
 Broadcast uses ``websockets.broadcast`` (frames once, writes without awaiting, skips clients
 whose buffer is full), the library's recommended way. Its default keepalive pings stay on
@@ -56,11 +57,15 @@ async def echo(ws: ServerConnection) -> None:
         pass
 
 
-async def main(port: int, mode: str) -> None:
+async def main(port: int, mode: str, compression: str | None) -> None:
     handler = {"echo": echo, "rooms": room}.get(mode, relay)
-    async with serve(handler, "127.0.0.1", port, compression=None, max_size=1 << 20) as server:
+    async with serve(
+        handler, "127.0.0.1", port, compression=compression, max_size=1 << 20
+    ) as server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "broadcast"))
+    mode = sys.argv[2] if len(sys.argv) > 2 else "broadcast"
+    compression = "deflate" if sys.argv[3:] == ["deflate"] else None
+    asyncio.run(main(int(sys.argv[1]), mode, compression))

@@ -5,7 +5,9 @@
 Everything but the application protocol is the server's own: the handshake, the frame parser,
 the ordered write path, pings, the closing handshake and the close codes. Only what a message
 means changes: it is sent back as it came (text as text, binary as binary), and there is no
-welcome. Limits are raised to what the test suite sends (16 MiB messages).
+welcome. Limits are raised to what the test suite sends (16 MiB messages). With
+permessage-deflate negotiated (groups 12 and 13), every echo is compressed the way a broadcast
+is (:func:`triows._core.deflate.deflated_frame`, within the window the client allowed).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import trio
 
 import triows
+from triows._core.deflate import deflated_frame
 from triows._core.frames import BINARY, TEXT, frame
 from triows._server.connection import Connection
 from triows._server.server import Server
@@ -29,10 +32,11 @@ class EchoConnection(Connection):
 
     def _on_message(self, raw: str | bytes) -> None:
         self.frames_in += 1
-        if isinstance(raw, str):
-            self.queue_reply(frame(TEXT, raw.encode()))
-        else:
-            self.queue_reply(frame(BINARY, raw))
+        payload = raw.encode() if isinstance(raw, str) else raw
+        echo = frame(TEXT if isinstance(raw, str) else BINARY, payload)
+        if len(payload) <= self.deflate_limit:
+            echo = deflated_frame(echo)
+        self.queue_reply(echo)
 
 
 def config(port: int) -> triows.Config:

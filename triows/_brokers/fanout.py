@@ -12,7 +12,10 @@ from typing import Any, Protocol
 
 import trio
 
+from .._config import Config
 from .._core.auth import Principal
+from .._core.deflate import deflated_frame
+from .._core.frames import header_length
 from .._core.hub import ChannelState
 from .._core.outbox import DropCounter, Outbox, SlowConsumerPolicy
 
@@ -62,6 +65,8 @@ class Subscriber(Protocol):
     outbox: Outbox
     #: Who it is (presence lists members with their user ids).
     principal: Principal
+    #: Largest payload it may be sent compressed (permessage-deflate); 0: never.
+    deflate_limit: int
 
     def __hash__(self) -> int: ...
 
@@ -76,14 +81,32 @@ class Subscriber(Protocol):
 
 
 class FanOut:
-    """The subscribers connected to this process, by client id, and the delivery counters."""
+    """The subscribers connected to this process, by client id, and the delivery counters.
 
-    def __init__(self, block_timeout: float) -> None:
+    A broadcast whose payload is over ``compression_threshold`` bytes (None: compression off)
+    is compressed the first time a subscriber that negotiated permessage-deflate comes up in
+    the loop, and that one compressed frame goes to every such subscriber; the others get the
+    plain frame. Compressed at most once, and not at all when nobody can take it.
+    """
+
+    def __init__(self, block_timeout: float, *, compression_threshold: int | None = None) -> None:
         self.block_timeout = block_timeout
         self._by_id: dict[str, Subscriber] = {}
         #: Frames handed to subscribers.
         self.delivered = 0
         self.slow_consumer_disconnects = 0
+        #: Smallest frame (header included) worth compressing: past the threshold's payload.
+        self._compress_from = (
+            1 << 62 if compression_threshold is None else compression_threshold + 1
+        )
+        #: Broadcasts compressed, and deliveries that took the compressed frame.
+        self.compressed = 0
+        self.compressed_deliveries = 0
+
+    @classmethod
+    def configured(cls, config: Config) -> FanOut:
+        threshold = config.compression_threshold if config.compression else None
+        return cls(config.block_timeout, compression_threshold=threshold)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -107,11 +130,32 @@ class FanOut:
         policy = state.policy
         blocked: list[Subscriber] = []
         delivered = 0
-        for member in state.members:
-            if member is not sender:
-                delivered += 1
-                if not member.deliver(frame, policy, state):
-                    blocked.append(member)
+        size = len(frame)
+        if size - 2 < self._compress_from:  # the common small case: nothing to decide
+            for member in state.members:
+                if member is not sender:
+                    delivered += 1
+                    if not member.deliver(frame, policy, state):
+                        blocked.append(member)
+        else:
+            payload = size - header_length(frame)
+            compress = payload >= self._compress_from
+            deflated: bytes | None = None
+            taken = 0
+            for member in state.members:
+                if member is not sender:
+                    delivered += 1
+                    data = frame
+                    if compress and member.deflate_limit >= payload:
+                        if deflated is None:
+                            deflated = deflated_frame(frame)
+                        data = deflated
+                        taken += 1
+                    if not member.deliver(data, policy, state):
+                        blocked.append(member)
+            if deflated is not None and deflated is not frame:  # else it did not shrink
+                self.compressed += 1
+                self.compressed_deliveries += taken
         state.delivered += delivered
         self.delivered += delivered
         return blocked

@@ -164,6 +164,19 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "largest incoming message, e.g. 64KiB (bigger: close 1009; at least 2KiB)",
     ),
     (
+        "--compression",
+        yes_no,
+        "compression",
+        "on|off: accept permessage-deflate when a client offers it (a broadcast is compressed "
+        "once for all its subscribers)",
+    ),
+    (
+        "--compression-threshold",
+        byte_size,
+        "compression_threshold",
+        "broadcast payloads of at most this many bytes go uncompressed, e.g. 256",
+    ),
+    (
         "--inbox-size",
         POSITIVE_INT,
         "inbox_size",

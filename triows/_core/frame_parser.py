@@ -11,8 +11,13 @@ request. This one works on the received bytes in place, checks a header as soon 
 complete (a frame too big is refused before its payload is buffered), decodes a message that
 fits one frame in one call, and only a fragmented text message gets an incremental decoder
 (so invalid UTF-8 is refused at the fragment that carries it). Messages are at most
-``max_message_size`` bytes, fragments included. No extension is negotiated, so any reserved
-bit is an error. ``tests/core/test_frame_parser.py`` checks it against wsproto's client.
+``max_message_size`` bytes, fragments included. With permessage-deflate negotiated
+(``inflate=True``), RSV1 on a message's first frame marks it compressed: its frames are inflated
+as they come by a :class:`~triows._core.deflate.Inflater` made for that message, so the limit
+applies to the inflated size (a deflate bomb is 1009, never memory), and its compressed bytes
+may be at most :func:`compressed_limit`. Any other reserved bit, or RSV1 without the extension,
+on a continuation or on a control frame, is 1002. ``tests/core/test_frame_parser.py`` checks it
+against wsproto's client.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from __future__ import annotations
 import codecs
 from typing import Final
 
-from .frames import BINARY, CLOSE, PING, PONG, TEXT
+from .deflate import InflateError, Inflater
+from .frames import BINARY, CLOSE, PING, PONG, RSV1, TEXT
 
 CONTINUATION: Final = 0x0
 
@@ -101,6 +107,12 @@ def valid_close_code(code: int) -> bool:
     return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
+def compressed_limit(max_message: int) -> int:
+    """Most compressed bytes a message may take on the wire: DEFLATE can grow data that does
+    not compress by a few bytes per 16 KiB block, so a little over the message limit."""
+    return max_message + (max_message >> 10) + 64
+
+
 def unmask(payload: bytes | bytearray | memoryview, key: bytes | bytearray) -> bytes:
     """XOR ``payload`` with the 4-byte masking ``key`` (as one big-integer operation: fast in
     C for any size, where a Python loop would cost a microsecond per few bytes)."""
@@ -120,15 +132,24 @@ class FrameParser:
         "_buffer",
         "_decoder",
         "_fragments",
+        "_inflater",
         "_need",
         "_opcode",
         "_size",
+        "_wire",
         "done",
+        "inflate",
         "max_message",
     )
 
-    def __init__(self, max_message_size: int) -> None:
+    def __init__(self, max_message_size: int, *, inflate: bool = False) -> None:
         self.max_message = max_message_size
+        #: permessage-deflate was negotiated: RSV1 marks a compressed message.
+        self.inflate = inflate
+        #: The compressed message in progress (made on need, dropped after its last frame),
+        #: and its compressed bytes so far.
+        self._inflater: Inflater | None = None
+        self._wire = 0
         #: The start of a frame not complete yet (None when there is none: idle connections
         #: hold no buffer), and how long it must grow before parsing can make progress.
         self._buffer: bytearray | None = None
@@ -156,6 +177,7 @@ class FrameParser:
             self.done = True
             self._buffer = None
             self._fragments = None
+            self._inflater = None
             events.append(Failure(fault.code, fault.reason, in_close=fault.in_close))
             return events
         if used == len(data):
@@ -177,7 +199,7 @@ class FrameParser:
         self._need = 2
         while not self.done and end - pos >= 2:
             first, second = data[pos], data[pos + 1]
-            if first & 0x70:
+            if first & 0x70 and (first & 0x70 != RSV1 or not self.inflate):
                 raise _Fault(PROTOCOL_ERROR, "reserved bits set")
             if not second & 0x80:
                 raise _Fault(PROTOCOL_ERROR, "client frame not masked")
@@ -201,7 +223,8 @@ class FrameParser:
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 if length < 1 << 16 or length >> 63:
                     raise _Fault(PROTOCOL_ERROR, "invalid 64-bit payload length")
-            self._check_header(fin, opcode, length)
+            compressed = first & RSV1
+            self._check_header(fin, opcode, length, compressed)
             if end - pos < header + length:
                 self._need = header + length
                 break
@@ -211,11 +234,20 @@ class FrameParser:
             if opcode >= CLOSE:
                 self._control(opcode, payload, events)
             else:
+                if compressed or self._inflater is not None:
+                    payload = self._inflate(fin, opcode, payload)
                 self._data(fin, opcode, payload, events)
         return pos
 
-    def _check_header(self, fin: int, opcode: int, length: int) -> None:
+    def _check_header(self, fin: int, opcode: int, length: int, compressed: int) -> None:
         """Refuse a bad frame from its header alone, before its payload arrives."""
+        if compressed and opcode in (CONTINUATION, PING, PONG, CLOSE):
+            # RFC 7692 §6.1: only a message's first frame says it is compressed.
+            raise _Fault(
+                PROTOCOL_ERROR,
+                "RSV1 set on a continuation or control frame",
+                in_close=opcode == CLOSE,
+            )
         if opcode >= CLOSE:
             if opcode > PONG:
                 raise _Fault(PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
@@ -235,8 +267,27 @@ class FrameParser:
                 raise _Fault(PROTOCOL_ERROR, "new message before the fragmented one ended")
         else:
             raise _Fault(PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
-        if self._size + length > self.max_message:
+        if compressed or self._inflater is not None:
+            if self._wire + length > compressed_limit(self.max_message):
+                raise _Fault(TOO_BIG, f"compressed message over {self.max_message} bytes")
+        elif self._size + length > self.max_message:
             raise _Fault(TOO_BIG, f"message over {self.max_message} bytes")
+
+    def _inflate(self, fin: int, opcode: int, payload: bytes) -> bytes:
+        """A compressed message's frame, inflated: at most what is left of the size limit."""
+        inflater = self._inflater
+        if opcode != CONTINUATION:
+            inflater = self._inflater = Inflater(self.max_message)
+        assert inflater is not None
+        try:
+            out = inflater.feed(payload, bool(fin))
+        except InflateError as error:
+            raise _Fault(error.code, error.reason) from None
+        if fin:
+            self._inflater, self._wire = None, 0
+        else:
+            self._wire += len(payload)
+        return out
 
     def _data(self, fin: int, opcode: int, payload: bytes, events: list[Event]) -> None:
         # ``payload`` is always ``bytes``: unmask() makes a new object.

@@ -1,9 +1,10 @@
 """WebSocket framing for what the server sends (RFC 6455 §5.2), done once per message.
 
-A server's frames are never masked and triows negotiates no extension, so the bytes of a frame
-depend on its opcode and payload alone: a broadcast is framed once and the same ``bytes``
-object is written to every subscriber. ``tests/core/test_frames.py`` checks the output against
-wsproto.
+A server's frames are never masked, and permessage-deflate is only ever negotiated without
+context takeover (:mod:`triows._core.extensions`), so the bytes of a frame depend on its opcode
+and payload alone: a broadcast is framed once, and compressed at most once
+(:mod:`triows._core.deflate`), and the same ``bytes`` object is written to every subscriber.
+``tests/core/test_frames.py`` checks the output against wsproto.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ PING: Final = 0x9
 PONG: Final = 0xA
 
 _FIN: Final = 0x80
+#: The first reserved bit: set on the first frame of a compressed message (RFC 7692 §6).
+RSV1: Final = 0x40
 _SHORT: Final = struct.Struct("!BB")
 _MEDIUM: Final = struct.Struct("!BBH")
 _LONG: Final = struct.Struct("!BBQ")
@@ -25,10 +28,10 @@ _LONG: Final = struct.Struct("!BBQ")
 MAX_CONTROL_PAYLOAD: Final = 125
 
 
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One complete, unfragmented, unmasked frame."""
+def frame(opcode: int, payload: bytes, *, rsv1: bool = False) -> bytes:
+    """One complete, unfragmented, unmasked frame (``rsv1``: its payload is compressed)."""
     length = len(payload)
-    first = _FIN | opcode
+    first = _FIN | opcode | (RSV1 if rsv1 else 0)
     if length < 126:
         header = _SHORT.pack(first, length)
     elif length < 1 << 16:
@@ -36,6 +39,12 @@ def frame(opcode: int, payload: bytes) -> bytes:
     else:
         header = _LONG.pack(first, 127, length)
     return header + payload
+
+
+def header_length(data: bytes) -> int:
+    """How many bytes of an unmasked frame are its header."""
+    length = data[1] & 0x7F
+    return 2 if length < 126 else 4 if length == 126 else 10
 
 
 def text_frame(payload: bytes) -> bytes:

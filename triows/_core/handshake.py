@@ -184,13 +184,15 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
 
 
-def accept_response(key: str) -> bytes:
-    """The 101 answer. No subprotocol and no extension are negotiated."""
+def accept_response(key: str, extensions: str | None = None) -> bytes:
+    """The 101 answer, with the extensions accepted (``Sec-WebSocket-Extensions``) if any. No
+    subprotocol is negotiated."""
+    extension_line = "" if extensions is None else f"Sec-WebSocket-Extensions: {extensions}\r\n"
     return (
         "HTTP/1.1 101 Switching Protocols\r\n"
         "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(key)}\r\n{extension_line}\r\n"
     ).encode()
 
 

@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from .._core.admission import Admission, Refused, Ticket
+from .._core.extensions import Deflate, MalformedExtensions, negotiate
 from .._core.frame_parser import Close, Failure, FrameParser
 from .._core.frames import close_frame
 from .._core.handshake import (
@@ -68,11 +69,19 @@ class PendingHandshake:
         remote: str,
         ip: str,
         max_message_size: int,
+        compression: bool = False,
         ticket: Ticket,
         deadline: float,
     ) -> None:
         self._stream = stream
         self._key = upgrade_key(request)
+        #: permessage-deflate as accepted (offered by the client, and compression is on).
+        self.deflate: Deflate | None = None
+        if compression:
+            try:
+                self.deflate = negotiate(request.headers.get("sec-websocket-extensions"))
+            except MalformedExtensions as exc:
+                raise HandshakeError(400, f"malformed Sec-WebSocket-Extensions: {exc}") from None
         self._leftover = leftover
         self._max_message_size = max_message_size
         self.ticket = ticket
@@ -87,8 +96,12 @@ class PendingHandshake:
         )
 
     async def accept(self) -> WebSocket:
-        ws = WebSocket(self._stream, FrameParser(self._max_message_size), self._leftover)
-        response = accept_response(self._key)
+        deflate = self.deflate
+        parser = FrameParser(self._max_message_size, inflate=deflate is not None)
+        ws = WebSocket(self._stream, parser, self._leftover)
+        if deflate is not None:
+            ws.deflate_limit = deflate.max_payload
+        response = accept_response(self._key, None if deflate is None else deflate.response)
         written = ws.write_nowait(response)  # an empty socket takes it whole: no wait, no scope
         if written < len(response):
             with trio.fail_at(self.deadline):
@@ -224,6 +237,7 @@ async def _serve_stream(
     http_handler: HttpHandler,
     trusted_proxies: tuple[Network, ...],
     max_message_size: int,
+    compression: bool = False,
     handshake_timeout: float,
     admission: Admission,
 ) -> None:
@@ -258,6 +272,7 @@ async def _serve_stream(
                 http_handler=http_handler,
                 trusted_proxies=trusted_proxies,
                 max_message_size=max_message_size,
+                compression=compression,
             )
     finally:
         ticket.release()
@@ -274,6 +289,7 @@ async def _serve_head(
     http_handler: HttpHandler,
     trusted_proxies: tuple[Network, ...],
     max_message_size: int,
+    compression: bool,
 ) -> None:
     try:
         head = None
@@ -297,6 +313,7 @@ async def _serve_head(
                 remote=remote,
                 ip=ip,
                 max_message_size=max_message_size,
+                compression=compression,
                 ticket=ticket,
                 deadline=deadline,
             )
@@ -324,6 +341,7 @@ async def serve_streams(
     http_handler: HttpHandler,
     trusted_proxies: tuple[Network, ...],
     max_message_size: int,
+    compression: bool = False,
     handshake_timeout: float,
     admission: Admission,
     task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]] = trio.TASK_STATUS_IGNORED,
@@ -335,6 +353,7 @@ async def serve_streams(
         http_handler=http_handler,
         trusted_proxies=trusted_proxies,
         max_message_size=max_message_size,
+        compression=compression,
         handshake_timeout=handshake_timeout,
         admission=admission,
     )

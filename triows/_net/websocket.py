@@ -39,7 +39,7 @@ class WebSocket:
     an idle connection should hold as few objects as possible.
     """
 
-    __slots__ = ("_sock", "broken", "leftover", "parser", "stream", "writing")
+    __slots__ = ("_sock", "broken", "deflate_limit", "leftover", "parser", "stream", "writing")
 
     def __init__(self, stream: trio.abc.Stream, parser: FrameParser, leftover: bytes) -> None:
         self.stream = stream
@@ -53,6 +53,8 @@ class WebSocket:
         )
         self.writing = False
         self.broken = False
+        #: Largest payload this peer may be sent compressed; 0 without permessage-deflate.
+        self.deflate_limit = 0
 
     def write_nowait(self, data: bytes | memoryview) -> int:
         """Write what the socket takes now (0 while a :meth:`write` is in progress)."""

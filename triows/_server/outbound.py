@@ -70,6 +70,7 @@ class Outbound:
         "close_code",
         "close_reason",
         "closed_by_server",
+        "deflate_limit",
         "frames_out",
         "outbox",
         "ws",
@@ -95,6 +96,8 @@ class Outbound:
         self.close_reason = ""
         self.closed_by_server = False
         self.frames_out = 0
+        #: Largest broadcast payload this peer may be sent compressed (0: no permessage-deflate).
+        self.deflate_limit = ws.deflate_limit
 
     # -- ending ---------------------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ class Server(PublicMethods):
         self.config = config
         self.wall_clock = wall_clock
         self.server_id = config.server_id or secrets.token_hex(4)
-        self.fanout = FanOut(config.block_timeout)
+        self.fanout = FanOut.configured(config)
         self.memory_guard = MemoryGuard(config.memory_limit)
         self.admission = Admission(config.admission_limits())
         self.broker, presence_store = open_broker(config, self.fanout, self.now_ms)
@@ -298,6 +298,7 @@ class Server(PublicMethods):
                 http_handler=self.sse.route,
                 trusted_proxies=self.trusted_proxies,
                 max_message_size=self.config.max_message_size,
+                compression=self.config.compression,
                 handshake_timeout=self.config.handshake_timeout,
                 admission=self.admission,
                 task_status=task_status,
