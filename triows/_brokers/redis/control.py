@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import redis
 import trio
+from redis.cluster import RedisCluster
 
 from ..._config import Config
 from ..._core import redis_format as fmt
@@ -72,7 +73,7 @@ class ClusterControl:
             try:
                 try:
                     receivers = await self._bridge.call(
-                        functools.partial(_publish, CONTROL_CHANNEL, message)
+                        functools.partial(_publish_counted, CONTROL_CHANNEL, message)
                     )
                 except LINK_ERRORS:
                     raise BrokerUnavailableError("Redis is unreachable; try again") from None
@@ -134,6 +135,27 @@ class ClusterControl:
 
 def _publish(channel: str, data: bytes, client: redis.Redis) -> int:
     return int(client.publish(channel, data))
+
+
+def _publish_counted(channel: str, data: bytes, client: redis.Redis) -> int:
+    """Publish, and how many listeners the message goes to. One Redis says so in PUBLISH's
+    reply; a cluster's node counts only its own subscribers there (the cluster bus carries the
+    message to the others), so the subscribers of every node, masters and replicas, are
+    counted first. A node that does not answer is left out: a listener connected there does
+    not get the message either (its answer, if it comes, is still taken)."""
+    if not isinstance(client, RedisCluster):
+        return _publish(channel, data, client)
+    # redis-py's cluster API is untyped: Any, at this one place.
+    cluster: Any = client
+    receivers = 0
+    for node in cluster.get_nodes():
+        try:
+            counted = cluster.pubsub_numsub(channel, target_nodes=node)
+        except LINK_ERRORS:
+            continue
+        receivers += sum(int(count) for _, count in counted)
+    client.publish(channel, data)
+    return receivers
 
 
 async def read_history(
