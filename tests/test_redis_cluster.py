@@ -354,3 +354,22 @@ async def test_numbers_redis_lost_are_not_given_again(redis_url: str) -> None:
                 message = await reader.receive_type("message")
                 assert (message["seq"], message["data"]) == (6, "after")
     raw.close()
+
+
+async def test_a_node_loads_every_revocation_kept(redis_url: str) -> None:
+    """Revocations of many users (their keys spread over every slot of a cluster) are all
+    found by a node that starts later."""
+    from triows._brokers.redis.control import load_revocations, store_revocation
+
+    users = [channel_name("revoked") for _ in range(40)]
+    clients = Clients(redis_url, 5)
+    raw = await trio.to_thread.run_sync(clients.open)
+    try:
+        for n, user in enumerate(users):
+            await trio.to_thread.run_sync(store_revocation, user, 1000.0 + n, 60, raw)
+        found = dict(await trio.to_thread.run_sync(load_revocations, raw))
+        assert {user: found.get(user) for user in users} == {
+            user: 1000.0 + n for n, user in enumerate(users)
+        }
+    finally:
+        raw.close()

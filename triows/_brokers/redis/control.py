@@ -225,10 +225,14 @@ return 1
 def load_revocations(client: redis.Redis) -> list[tuple[str, float]]:
     """Every revocation kept, ``(user, before)``."""
     found: list[tuple[str, float]] = []
+    # On a cluster SCAN goes to every master (redis-py's scan_iter), and the keys are in
+    # many slots: MGET may not cross slots, so they are read a slot at a time (pipelined).
+    cluster: Any = client if isinstance(client, RedisCluster) else None
     keys = list(client.scan_iter(match=REVOKED_PREFIX + "*", count=_SCAN_COUNT))
     for start in range(0, len(keys), _SCAN_COUNT):
         chunk = keys[start : start + _SCAN_COUNT]
-        for key, value in zip(chunk, client.mget(chunk), strict=True):
+        values = client.mget(chunk) if cluster is None else cluster.mget_nonatomic(chunk)
+        for key, value in zip(chunk, values, strict=True):
             if value is None:
                 continue  # expired meanwhile
             name = key.decode() if isinstance(key, bytes) else str(key)
