@@ -13,6 +13,7 @@ import threading
 import pytest
 import trio
 
+import triows
 from triows._core import redis_format as fmt
 from triows.testing import TestClient
 
@@ -227,3 +228,39 @@ async def test_a_stopped_master_is_noticed_and_its_replica_followed(
                 assert await collect(reader, 10) == seqs[10:]
             finally:
                 master.process.send_signal(signal.SIGCONT)
+
+
+async def test_control_requests_reach_every_node_after_a_failover(
+    own_redis_cluster: RedisClusterNodes,
+) -> None:
+    """The master the nodes hold their classic pub/sub connection to (the control channel,
+    the reply channels) is killed and its replica promoted: control requests asked on either
+    node still reach, and count, every node's connections."""
+    cluster = own_redis_cluster
+    master = cluster.owner_of_slot(0)  # redis-py's default node: the classic connections
+    replica = cluster.replica_of(master)
+    async with (
+        open_node(cluster.cluster_url, redis_timeout=0.5) as a,
+        open_node(cluster.url, redis_timeout=0.5) as b,
+    ):
+        async with a.connect() as on_a, b.connect() as on_b:
+            with trio.fail_after(10):
+                assert await b.server.disconnect(user="nobody") == 0
+            master.kill()
+            await trio.to_thread.run_sync(
+                lambda: command(cluster.client(replica), "CLUSTER", "FAILOVER", "TAKEOVER")
+            )
+            await trio.to_thread.run_sync(cluster.wait_ready)
+            with trio.fail_after(30):
+                for node in (a, b):
+                    await node.server.broker.up.wait_value(True)
+                # A request may fail while the nodes reconnect: asked again until it works.
+                while True:
+                    try:
+                        closed = await b.server.disconnect(client=on_a.client_id)
+                    except triows.BrokerUnavailableError:
+                        await trio.sleep(0.1)
+                        continue
+                    break
+                assert closed == 1
+                assert await a.server.disconnect(client=on_b.client_id) == 1
