@@ -3,8 +3,9 @@
 A control request (disconnect a user, drop or add a subscription, revoke, list channels) must
 reach the node that holds the connection, whichever node the application asked. The asking
 node publishes it on :data:`CONTROL_CHANNEL`, which every node's listener holds; Redis answers
-the PUBLISH with how many nodes received it, and each answers on the asking node's reply
-channel with what it did. The asking node waits (bounded) for that many answers: the
+the PUBLISH with how many nodes received it (a cluster's node counts only its own subscribers:
+there every Redis node is asked, see :func:`_publish_counted`), and each answers on the asking
+node's reply channel with what it did. The asking node waits (bounded) for that many answers: the
 application learns the cluster's total, or how many nodes did not answer in time.
 
 History pages are read from the channel's stream (its newest ``history size`` entries within
