@@ -164,10 +164,12 @@ async def test_a_lookup_needs_the_key_and_a_post() -> None:
 
 
 @pytest.mark.real_socket
-async def test_two_redis_nodes_each_find_every_nodes_connections(redis_url: str) -> None:
+async def test_two_redis_nodes_each_find_every_nodes_connections(shared_redis_url: str) -> None:
     """Over Redis the lookup is a control request: whichever node is asked, every node's
     connections of the user are listed, each with the node that holds it. The channel table
-    lists every node's channels with their publications; /stats carries the charts' marks."""
+    lists every node's channels with their publications; /stats carries the charts' marks.
+    On one Redis and on a Redis Cluster."""
+    redis_url = shared_redis_url
     channel = f"dash-{trio.current_time():.0f}-{id(object())}"
     async with (
         running(api_key=KEY, jwt_secret=SECRET, redis_url=redis_url) as (a, http_a),

@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from trio_websocket import (
 import triows
 
 from .conftest import SECRET, make_token
+from .rediscluster import RedisClusterNodes
 
 pytestmark = pytest.mark.real_socket
 
@@ -205,8 +207,10 @@ async def test_bad_input_is_400_with_the_reason_and_changes_nothing() -> None:
             assert response.status_code == 401
 
 
-async def test_each_endpoint_acts_on_the_whole_cluster(redis_url: str) -> None:
-    """Asked on node B, acting on (and reading) what node A holds."""
+async def test_each_endpoint_acts_on_the_whole_cluster(shared_redis_url: str) -> None:
+    """Asked on node B, acting on (and reading) what node A holds; on one Redis and on a
+    Redis Cluster."""
+    redis_url = shared_redis_url
     channel = channel_name()
     alice_name = channel_name("alice")  # its revocation stays in the session's Redis
     async with nodes(2, redis_url=redis_url, presence=["ctl-*"]) as (a, b), api(b) as http:
@@ -263,10 +267,12 @@ async def test_each_endpoint_acts_on_the_whole_cluster(redis_url: str) -> None:
 
 
 async def test_a_node_that_does_not_answer_is_left_out_in_bounded_time(
-    redis_url: str, caplog: pytest.LogCaptureFixture
+    shared_redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A node that got the control request (it holds the control channel) but never answers
-    costs the request half of handshake_timeout, not the request: the others' total comes."""
+    costs the request half of handshake_timeout, not the request: the others' total comes.
+    On one Redis and on a cluster (where the mute one listens on the first master)."""
+    redis_url = shared_redis_url
     import redis
 
     from triows._brokers.redis.control import CONTROL_CHANNEL
@@ -341,3 +347,24 @@ async def test_a_pattern_subscriber_watching_redis_is_not_waited_for(
         assert "nodes answered" not in caplog.text
     finally:
         watcher.close()
+
+
+async def test_on_a_cluster_every_node_is_waited_for_whichever_redis_node_it_talks_to(
+    tmp_path: Path,
+) -> None:
+    """On a Redis Cluster PUBLISH counts only the subscribers of the Redis node that ran it
+    (the cluster bus carries the message to the others). With four masters the control
+    channel's slot (5416) is not on the node the listeners hold their classic connection to
+    (the first master, slot 0's): the asking node must still wait for every node's answer."""
+    cluster = RedisClusterNodes(tmp_path, masters=4)
+    try:
+        await trio.to_thread.run_sync(cluster.start)
+        channel = channel_name()
+        async with nodes(2, redis_url=cluster.url) as (a, b), api(b) as http:
+            async with ws_client(a, channel_name("erin")) as erin:
+                await erin.request({"type": "subscribe", "channel": channel})
+                status, body = await post(http, "/api/disconnect", {"client": erin.client_id})
+                assert (status, body) == (200, {"disconnected": 1})
+                assert (await erin.closed())[0] == 4600
+    finally:
+        cluster.stop()

@@ -76,13 +76,15 @@ async def the_page(url: str, api: AsyncClient, db: Database, channel: str) -> di
     }
 
 
-@pytest.mark.parametrize("broker", ["memory", "redis"])
+@pytest.mark.parametrize("broker", ["memory", "redis", "redis-cluster"])
 async def test_load_state_then_subscribe_from_the_position_misses_nothing(
     broker: str, request: pytest.FixtureRequest
 ) -> None:
     overrides: dict[str, Any] = {}
     if broker == "redis":
         overrides["redis_url"] = request.getfixturevalue("redis_url")
+    elif broker == "redis-cluster":
+        overrides["redis_url"] = request.getfixturevalue("redis_cluster").url
     channel = f"orders-{time.time():.0f}-{next(_names)}"
     db = Database()
     async with trio.open_nursery() as nursery:

@@ -411,3 +411,22 @@ async def test_big_control_answers_are_encoded_and_read_off_the_event_loop(
     for seen in in_threads.values():
         assert seen
         assert all(seen)
+
+
+async def test_a_node_loads_every_revocation_kept(redis_url: str) -> None:
+    """Revocations of many users (their keys spread over every slot of a cluster) are all
+    found by a node that starts later."""
+    from triows._brokers.redis.control import load_revocations, store_revocation
+
+    users = [channel_name("revoked") for _ in range(40)]
+    clients = Clients(redis_url, 5)
+    raw = await trio.to_thread.run_sync(clients.open)
+    try:
+        for n, user in enumerate(users):
+            await trio.to_thread.run_sync(store_revocation, user, 1000.0 + n, 60, raw)
+        found = dict(await trio.to_thread.run_sync(load_revocations, raw))
+        assert {user: found.get(user) for user in users} == {
+            user: 1000.0 + n for n, user in enumerate(users)
+        }
+    finally:
+        raw.close()

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 import pytest
 import trio
 
+import triows
 from triows._core import redis_format as fmt
-from triows.testing import TestClient
+from triows.testing import TestClient, TestServer
 
 from .rediscluster import RedisClusterNodes, command
+from .redisserver import RedisServer
 from .test_redis_cluster import channel_name, open_node, publish
 
 pytestmark = pytest.mark.real_socket
@@ -227,3 +230,116 @@ async def test_a_stopped_master_is_noticed_and_its_replica_followed(
                 assert await collect(reader, 10) == seqs[10:]
             finally:
                 master.process.send_signal(signal.SIGCONT)
+
+
+def classic_connections_on(cluster: RedisClusterNodes, *nodes: TestServer) -> RedisServer:
+    """The master both nodes hold their classic pub/sub connection (control channel, reply
+    channels) to: their cluster client's default node."""
+    ports = {
+        node.server.broker._bridge.client().get_default_node().port  # type: ignore[attr-defined]
+        for node in nodes
+    }
+    assert len(ports) == 1
+    return cluster.by_port(ports.pop())
+
+
+def _first_slot(cluster: RedisClusterNodes, master: RedisServer) -> int:
+    return next(s for s in range(0, 16384, 64) if cluster.owner_of_slot(s) is master)
+
+
+async def test_control_requests_reach_every_node_after_a_failover(
+    own_redis_cluster: RedisClusterNodes,
+) -> None:
+    """The master the nodes hold their classic pub/sub connection to (the control channel,
+    the reply channels) is killed and its replica promoted: control requests asked on either
+    node still reach, and count, every node's connections."""
+    cluster = own_redis_cluster
+    async with (
+        open_node(cluster.cluster_url, redis_timeout=0.5) as a,
+        open_node(cluster.url, redis_timeout=0.5) as b,
+    ):
+        async with a.connect() as on_a, b.connect() as on_b:
+            with trio.fail_after(10):
+                assert await b.server.disconnect(user="nobody") == 0
+            master = classic_connections_on(cluster, a, b)
+            replica = cluster.replica_of(master)
+            master.kill()
+            await trio.to_thread.run_sync(
+                lambda: command(cluster.client(replica), "CLUSTER", "FAILOVER", "TAKEOVER")
+            )
+            await trio.to_thread.run_sync(cluster.wait_ready)
+            with trio.fail_after(30):
+                for node in (a, b):
+                    await node.server.broker.up.wait_value(True)
+                # A request may fail while the nodes reconnect: asked again until it works.
+                while True:
+                    try:
+                        closed = await b.server.disconnect(client=on_a.client_id)
+                    except triows.BrokerUnavailableError:
+                        await trio.sleep(0.1)
+                        continue
+                    break
+                assert closed == 1
+                assert await a.server.disconnect(client=on_b.client_id) == 1
+
+
+async def test_control_requests_count_nodes_listening_on_a_demoted_master(
+    own_redis_cluster: RedisClusterNodes,
+) -> None:
+    """A manual failover demotes the master the nodes hold their classic pub/sub connection to
+    (Redis keeps such connections; they still get every PUBLISH): the nodes listening there,
+    on a replica now, are counted and waited for."""
+    cluster = own_redis_cluster
+    async with (
+        open_node(cluster.url, redis_timeout=0.5) as a,
+        open_node(cluster.url, redis_timeout=0.5) as b,
+    ):
+        async with a.connect() as on_a, b.connect() as on_b:
+            with trio.fail_after(10):
+                assert await b.server.disconnect(user="nobody") == 0
+            master = classic_connections_on(cluster, a, b)
+            replica = cluster.replica_of(master)
+            await trio.to_thread.run_sync(
+                lambda: command(cluster.client(replica), "CLUSTER", "FAILOVER")
+            )
+            # Every Redis node sees the replica as master of the old one's slots: done.
+            slot = _first_slot(cluster, master)
+            await trio.to_thread.run_sync(
+                lambda: cluster._wait(
+                    lambda: all(
+                        cluster.owner_seen_by(node, slot) == replica.port for node in cluster.nodes
+                    ),
+                    "failover",
+                )
+            )
+            # The nodes' clients learn the new slot map (as any MOVED makes them do).
+            for node in (a, b):
+                client: Any = node.server.broker._bridge.client()  # type: ignore[attr-defined]
+                await trio.to_thread.run_sync(client.nodes_manager.initialize)
+                assert client.nodes_manager.get_node_from_slot(slot).port == replica.port
+            with trio.fail_after(10):
+                assert await b.server.disconnect(client=on_a.client_id) == 1
+                assert await a.server.disconnect(client=on_b.client_id) == 1
+
+
+async def test_a_dead_replica_does_not_stop_control_requests(
+    own_redis_cluster: RedisClusterNodes,
+) -> None:
+    """The control channel's subscribers are counted on every Redis node, replicas included:
+    one that is down is left out of the count, and the request is answered."""
+    cluster = own_redis_cluster
+    async with (
+        open_node(cluster.url, redis_timeout=0.5) as a,
+        open_node(cluster.url, redis_timeout=0.5) as b,
+    ):
+        async with a.connect() as on_a:
+            with trio.fail_after(10):
+                assert await b.server.disconnect(user="nobody") == 0
+            command_client: Any = b.server.broker._bridge.client()  # type: ignore[attr-defined]
+            with trio.fail_after(10):  # until the client knows the replicas
+                while len(command_client.get_nodes()) < len(cluster.nodes):
+                    await trio.sleep(0.1)
+                    await trio.to_thread.run_sync(command_client.nodes_manager.initialize)
+            cluster.replicas[0].kill()
+            with trio.fail_after(10):
+                assert await b.server.disconnect(client=on_a.client_id) == 1

@@ -355,7 +355,8 @@ async def test_sse_path_is_configurable_and_can_be_off() -> None:
         await off.aclose()
 
 
-async def test_resume_across_two_redis_nodes(redis_url: str) -> None:
+async def test_resume_across_two_redis_nodes(shared_redis_url: str) -> None:
+    redis_url = shared_redis_url  # one Redis, then a Redis Cluster
     channel = f"sse-{trio.current_time():.0f}-{id(redis_url)}"
     async with running(redis_url=redis_url) as a, running(redis_url=redis_url) as b:
         for node in (a, b):

@@ -4,9 +4,11 @@ A control request (disconnect a user, drop or add a subscription, revoke, list c
 reach the node that holds the connection, whichever node the application asked. The asking
 node publishes it on :data:`CONTROL_CHANNEL`, which every node's listener holds; Redis answers
 the PUBLISH with how many nodes received it (bounded by the channel's own subscribers: pattern
-subscribers, such as an operator's ``psubscribe '*'``, never answer), and each answers on
-the asking node's reply channel with what it did. The asking node waits (bounded) for that
-many answers: the application learns the cluster's total, or how many nodes did not answer in time.
+subscribers, such as an operator's ``psubscribe '*'``, never answer; a cluster's node counts
+only its own subscribers: there every Redis node is asked, see :func:`_publish_counted`), and
+each answers on the asking node's reply channel with what it did. The asking node waits
+(bounded) for that many answers: the application learns the cluster's total, or how many nodes
+did not answer in time.
 
 History pages are read from the channel's stream (its newest ``history size`` entries within
 the ttl: what a resume could replay) and cut by the same rule as in process
@@ -23,12 +25,14 @@ from typing import Any, Final
 
 import redis
 import trio
+from redis.cluster import RedisCluster
 
 from ..._config import Config
 from ..._core import redis_format as fmt
 from ..._core.history import page
 from ..seam import BrokerUnavailableError, ControlHandler, HistoryPage, WallClockMs
 from .bridge import LINK_ERRORS, RedisBridge
+from .commands import stream_fields
 from .tasks import BackgroundTasks
 
 log = logging.getLogger("triows.redis")
@@ -155,7 +159,9 @@ def _decode_answers(answers: list[bytes]) -> list[dict[str, Any]]:
 def _ask(data: bytes, client: redis.Redis) -> int:
     """Publish a request; how many nodes got it. PUBLISH also counts pattern subscribers (an
     operator's ``psubscribe '*'``), which never answer: the channel's own subscribers, read
-    in the same transaction, bound it."""
+    in the same transaction, bound it. On a Redis Cluster: :func:`_publish_counted`."""
+    if isinstance(client, RedisCluster):
+        return _publish_counted(CONTROL_CHANNEL, data, client)
     pipe = client.pipeline(transaction=True)
     pipe.publish(CONTROL_CHANNEL, data)
     pipe.pubsub_numsub(CONTROL_CHANNEL)
@@ -165,6 +171,27 @@ def _ask(data: bytes, client: redis.Redis) -> int:
 
 def _publish(channel: str, data: bytes, client: redis.Redis) -> int:
     return int(client.publish(channel, data))
+
+
+def _publish_counted(channel: str, data: bytes, client: redis.Redis) -> int:
+    """Publish, and how many listeners the message goes to. One Redis says so in PUBLISH's
+    reply; a cluster's node counts only its own subscribers there (the cluster bus carries the
+    message to the others), so the subscribers of every node, masters and replicas, are
+    counted first. A node that does not answer is left out: a listener connected there does
+    not get the message either (its answer, if it comes, is still taken)."""
+    if not isinstance(client, RedisCluster):
+        return _publish(channel, data, client)
+    # redis-py's cluster API is untyped: Any, at this one place.
+    cluster: Any = client
+    receivers = 0
+    for node in cluster.get_nodes():
+        try:
+            counted = cluster.pubsub_numsub(channel, target_nodes=node)
+        except LINK_ERRORS:
+            continue
+        receivers += sum(int(count) for _, count in counted)
+    client.publish(channel, data)
+    return receivers
 
 
 async def read_history(
@@ -205,7 +232,7 @@ def _read_held(
     text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
     found = []
     for entry_id, fields in reversed(raw[0] if raw else []):
-        entry, at = fmt.parse_stream_entry(entry_id, fields, text)
+        entry, at = fmt.parse_stream_entry(entry_id, stream_fields(fields), text)
         found.append((entry.seq, entry.payload, at))
     return int(seq or 0), text, found
 
@@ -234,10 +261,14 @@ return 1
 def load_revocations(client: redis.Redis) -> list[tuple[str, float]]:
     """Every revocation kept, ``(user, before)``."""
     found: list[tuple[str, float]] = []
+    # On a cluster SCAN goes to every master (redis-py's scan_iter), and the keys are in
+    # many slots: MGET may not cross slots, so they are read a slot at a time (pipelined).
+    cluster: Any = client if isinstance(client, RedisCluster) else None
     keys = list(client.scan_iter(match=REVOKED_PREFIX + "*", count=_SCAN_COUNT))
     for start in range(0, len(keys), _SCAN_COUNT):
         chunk = keys[start : start + _SCAN_COUNT]
-        for key, value in zip(chunk, client.mget(chunk), strict=True):
+        values = client.mget(chunk) if cluster is None else cluster.mget_nonatomic(chunk)
+        for key, value in zip(chunk, values, strict=True):
             if value is None:
                 continue  # expired meanwhile
             name = key.decode() if isinstance(key, bytes) else str(key)
