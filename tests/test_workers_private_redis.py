@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -289,5 +290,54 @@ async def test_a_restart_that_never_answers_is_killed_not_left_running(
     finally:
         for process in spawned:
             if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_a_second_supervisor_cannot_reserve_the_same_port() -> None:
+    from triows._net.listen import ListenError, reserve_port
+
+    first, port = reserve_port("127.0.0.1", 0)
+    try:
+        with pytest.raises(ListenError, match="another triows supervisor serves it"):
+            reserve_port("127.0.0.1", port)
+    finally:
+        for sock in first:
+            sock.close()
+    again, _ = reserve_port("127.0.0.1", port)  # given up: free again
+    for sock in again:
+        sock.close()
+
+
+def test_two_supervisors_started_at_once_on_one_port_one_refused() -> None:
+    # SO_REUSEPORT let both bind: two sets of workers on one port, each on its own private
+    # Redis, clients split between two servers that never see each other's messages.
+    port = str(free_port())
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRIOWS_")}
+    command = [sys.executable, "-m", "triows", "--workers", "2", "--port", port]
+    both = [
+        subprocess.Popen(command, env=environ, stderr=subprocess.PIPE, start_new_session=True)
+        for _ in range(2)
+    ]
+    try:
+        refused = None
+        for _ in range(300):
+            refused = next((p for p in both if p.poll() is not None), None)
+            if refused is not None:
+                break
+            time.sleep(0.1)
+        assert refused is not None, "both supervisors are running on one port"
+        assert refused.returncode == 1
+        assert refused.stderr is not None
+        last = refused.stderr.read().decode().strip().splitlines()[-1]
+        assert "another triows supervisor serves it" in last
+    finally:
+        for process in both:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in both:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
