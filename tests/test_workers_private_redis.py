@@ -341,3 +341,24 @@ def test_two_supervisors_started_at_once_on_one_port_one_refused() -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def test_a_socket_path_too_long_says_so(tmp_path: os.PathLike[str]) -> None:
+    # A deep TMPDIR: valkey-server exits at once (its complaint goes nowhere), and the error
+    # said only "exited with code 1".
+    deep = os.path.join(tmp_path, "t" * 100)
+    os.mkdir(deep)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRIOWS_")}
+    environ["TMPDIR"] = deep
+    done = subprocess.run(
+        [sys.executable, "-m", "triows", "--workers", "2", "--port", "0"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert "set TMPDIR to a shorter directory" in last, done.stderr
+    assert "Traceback" not in done.stderr
+    assert os.listdir(deep) == []  # its directory removed

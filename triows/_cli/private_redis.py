@@ -50,6 +50,9 @@ BACKOFF_CAP = 30.0
 PR_SET_PDEATHSIG = 1
 #: The private directories' names start with this (in the temporary directory).
 PREFIX = "triows-redis-"
+#: The longest path a Unix socket may have (``sun_path`` less its NUL: 108 on Linux, 104 on
+#: the BSDs and macOS).
+MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
 #: Binaries looked up on PATH, in this order.
 NAMES = ("valkey-server", "redis-server")
 
@@ -190,6 +193,13 @@ class PrivateRedis:
         Always stops it and removes its directory on the way out."""
         failures = 0
         try:
+            if len(os.fsencode(self.socket)) > MAX_SOCKET_PATH:  # the server would exit, mute
+                raise CannotStart(
+                    f"the private Redis server cannot start: its socket path {self.socket} "
+                    "is longer than a Unix socket's may be "
+                    f"({MAX_SOCKET_PATH} bytes): set TMPDIR to a shorter directory, or give "
+                    "--redis-url"
+                )
             while True:
                 started = trio.current_time()
                 self.starts += 1
