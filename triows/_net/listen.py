@@ -7,7 +7,10 @@ process hands sockets to another.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
+import sys
 
 import trio
 
@@ -63,17 +66,48 @@ async def _open(host: str, port: int, *, reuse_port: bool) -> list[trio.SocketLi
     return listeners
 
 
-def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+def reserve_port(host: str, port: int, *, claim: bool = False) -> tuple[list[socket.socket], int]:
     """Bind (without listening) a ``SO_REUSEPORT`` socket, so a supervisor can learn the port
-    that ``port=0`` picks and keep it while its workers bind it too. Raises ``OSError`` when the
-    port is taken by another program."""
+    that ``port=0`` picks and keep it while its workers bind it too; with ``claim``, also
+    claim the address for this supervisor alone (:func:`_claim`). Raises ``OSError`` when the
+    port is taken by another program, or claimed by another supervisor. Close every socket
+    returned to give the port up."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
+        port = int(sock.getsockname()[1])
+        held = _claim(host, port) if claim else None
     except BaseException:
         sock.close()
         raise
-    return sock, int(sock.getsockname()[1])
+    return [sock] if held is None else [sock, held], port
+
+
+def _claim(host: str, port: int) -> socket.socket | None:
+    """One supervisor per address where its workers share a private Redis: ``SO_REUSEPORT``
+    lets any process of the same user bind the port again, so a second such supervisor would
+    bind without error and its workers would share the port with the first one's, each set on
+    its own Redis: clients split between two servers that never see each other's messages.
+    (Supervisors on one ``--redis-url`` share channels: overlapping them, as a deploy may, is
+    left alone.) The claim is
+    an abstract Unix socket named after the address (Linux): the kernel lets one process hold a
+    name and frees it when that process dies, however it dies (no file left behind)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0triows-port-{os.getuid()}-{host}-{port}")
+    except OSError as exc:
+        claim.close()
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(
+            errno.EADDRINUSE,
+            f"cannot listen on {where}: another triows supervisor serves it "
+            "(two would share the port without sharing their channels)",
+        ) from None
+    return claim

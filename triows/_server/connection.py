@@ -41,6 +41,10 @@ log = logging.getLogger("triows.connection")
 #: Event-loop lag (seconds) below which a server counts as on time. A healthy loop wakes a
 #: task a millisecond or so late; a heartbeat deadline moves only for lag above this.
 LAG_FLOOR = 0.05
+#: However long the lag lasts, a ping's deadline moves by at most this many times
+#: ``heartbeat_timeout``: a loop that lags for good (or a lag measure gone wrong) must not
+#: keep a silent peer for ever.
+MAX_STRETCH = 4
 
 
 class Connection(Requests):
@@ -188,7 +192,8 @@ class Connection(Requests):
         buffer that the reader has not taken yet also count (a saturated loop runs readers
         late). And when this server itself runs late (its event loop lags, as the monitor
         measures it and as this task feels it waking late), the deadline moves by that lag,
-        again while the lag lasts: a busy server never blames its clients for its own delay.
+        again while the lag lasts (up to ``MAX_STRETCH`` timeouts): a busy server never blames
+        its clients for its own delay, and a lag that never ends never keeps a dead peer.
 
         After a ping this task sleeps until the deadline; the reader, seeing the pong, moves
         that wake-up to the next ping. One wake-up per ping, no event, no extra task.
@@ -196,6 +201,7 @@ class Connection(Requests):
         config = self._host.config
         pings = 0
         wake = trio.current_time() + config.heartbeat_interval
+        limit = wake  # the latest a deadline may move to (set with each ping)
         while True:
             with trio.CancelScope(deadline=wake) as self._beat:
                 await trio.sleep_forever()
@@ -203,10 +209,11 @@ class Connection(Requests):
             if self._ping_payload is not None:  # woken at the deadline: no pong came
                 if not (self._heard or self.ws.has_unread_bytes()):
                     lag = max(self._host.loop_lag(), now - wake)
-                    if lag < LAG_FLOOR:
+                    if lag < LAG_FLOOR or now >= limit:
                         self.close(INTERNAL_ERROR, "Heartbeat timeout")
                         return
-                    wake = now + lag  # the server was behind: give the peer that time too
+                    # The server was behind: give the peer that time too, within the bound.
+                    wake = min(now + lag, limit)
                     continue
                 # Something arrived since the ping: alive, whether or not the pong did.
                 if now < self._next_ping:
@@ -219,6 +226,7 @@ class Connection(Requests):
             self._send(frame(PING, self._ping_payload))
             self._next_ping = now + config.heartbeat_interval
             wake = now + config.heartbeat_timeout
+            limit = wake + MAX_STRETCH * config.heartbeat_timeout
 
     def _pong(self, payload: bytes) -> None:
         if payload == self._ping_payload:
