@@ -444,3 +444,19 @@ async def test_cross_origin_streams_and_refusals_carry_cors_headers() -> None:
         assert "Access-Control-Allow-Origin" not in other.head
         await other.body()
         await ok.aclose()
+
+
+async def test_the_server_finds_and_disconnects_a_stream_by_its_client_id() -> None:
+    # The dashboard lists a user's streams with their client ids and offers "Disconnect…" on
+    # each (POST /api/disconnect {"client": id}); an anonymous stream is found by id alone.
+    async with running() as server:
+        client = await SseClient.open(server.port, "channel=a")
+        await client.events(1)
+        (stream,) = server.connections()
+        found = await server.control.serve({"op": "connections", "client": stream.client_id})
+        assert [c["client"] for c in found["connections"]] == [stream.client_id]
+        assert found["connections"][0]["subscriptions"] == ["a"]
+        assert await server.disconnect(client=stream.client_id, reason="go") == 1
+        (close,) = await client.events(1)
+        assert (close.name, close.json()) == ("close", {"code": 4600, "reason": "go"})
+        await client.aclose()
