@@ -460,3 +460,31 @@ async def test_the_server_finds_and_disconnects_a_stream_by_its_client_id() -> N
         (close,) = await client.events(1)
         assert (close.name, close.json()) == ("close", {"code": 4600, "reason": "go"})
         await client.aclose()
+
+
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+async def test_what_a_drop_policy_dropped_is_told_as_a_gap(policy: str) -> None:
+    # The server's tracker moves past a message when its event is made; the outbox may drop
+    # that event later. The browser must hear of it (a gap), or it never learns it missed it.
+    async with running(outbox_max_bytes=64 * 1024, slow_consumer=policy) as server:
+        client = await SseClient.open(server.port, "channel=a")  # does not read for a while
+        await client.events(1)
+        for _ in range(100):
+            await server.publish("a", "x" * 20_000)
+        assert server.statistics().dropped > 0
+        await server.publish("a", "last")
+        accounted: dict[int, str] = {}
+        while len(accounted) < 101:
+            (event,) = await client.events(1)
+            if event.name == "message":
+                seqs = [event.json()["seq"]]
+            else:
+                assert event.name == "gap"
+                gap = event.json()
+                assert gap["reason"] == "messages skipped"
+                seqs = list(range(gap["first"], gap["last"] + 1))
+            assert not set(seqs) & set(accounted)  # nothing both delivered and missing
+            accounted.update(dict.fromkeys(seqs, event.name))
+        assert sorted(accounted) == list(range(1, 102))
+        assert "gap" in accounted.values()
+        await client.aclose()
