@@ -488,3 +488,22 @@ async def test_what_a_drop_policy_dropped_is_told_as_a_gap(policy: str) -> None:
         assert sorted(accounted) == list(range(1, 102))
         assert "gap" in accounted.values()
         await client.aclose()
+
+
+async def test_a_stream_with_too_many_gaps_waiting_is_a_slow_consumer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("triows._core.sse_skips.MAX_RANGES", 0)
+    async with running(outbox_max_bytes=64 * 1024, slow_consumer="drop_newest") as server:
+        client = await SseClient.open(server.port, "channel=a")
+        await client.events(1)
+        for _ in range(20):
+            await server.publish("a", "x" * 20_000)
+        await server.publish("a", "more")  # the stream finds it cannot tell its gaps
+        assert server.statistics().slow_consumer_disconnects == 1
+        events = []
+        while not events or events[-1].name == "message":
+            events += await client.events(1)
+        assert events[-1].name == "close"
+        assert events[-1].json() == {"code": 1013, "reason": "Slow consumer: too many gaps to tell"}
+        await client.aclose()

@@ -258,10 +258,11 @@ class SseStream(Outbound):
 
     def _report_skips(self) -> None:
         """The gaps of what the outbox dropped, once it has room for them (never dropped)."""
-        if self._skips.overflowed:
-            self._host.fanout.slow_consumer(self, "Slow consumer")
+        if self.close_code is not None:
             return
-        if self.close_code is None and self.outbox.has_room:
+        if self._skips.overflowed:
+            self._host.fanout.slow_consumer(self, "Slow consumer: too many gaps to tell")
+        elif self.outbox.has_room:
             gaps: list[Tracked] = [
                 Gap(channel=channel, first=first, last=last, reason=MESSAGES_SKIPPED)
                 for channel, first, last in self._skips.take()
