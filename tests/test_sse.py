@@ -501,7 +501,7 @@ async def test_a_stream_with_too_many_gaps_waiting_is_a_slow_consumer(
             await server.publish("a", "x" * 20_000)
         await server.publish("a", "more")  # the stream finds it cannot tell its gaps
         assert server.statistics().slow_consumer_disconnects == 1
-        events = []
+        events: list[Event] = []
         while not events or events[-1].name == "message":
             events += await client.events(1)
         assert events[-1].name == "close"
