@@ -456,6 +456,8 @@ async def test_the_server_finds_and_disconnects_a_stream_by_its_client_id() -> N
         found = await server.control.serve({"op": "connections", "client": stream.client_id})
         assert [c["client"] for c in found["connections"]] == [stream.client_id]
         assert found["connections"][0]["subscriptions"] == ["a"]
+        assert found["connections"][0]["transport"] == "sse"
+        assert found["connections"][0]["server_id"] == server.server_id  # which node holds it
         assert await server.disconnect(client=stream.client_id, reason="go") == 1
         (close,) = await client.events(1)
         assert (close.name, close.json()) == ("close", {"code": 4600, "reason": "go"})

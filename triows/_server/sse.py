@@ -151,6 +151,8 @@ class SseStream(Outbound):
             queued_frames=len(outbox),
             queued_bytes=outbox.queued_bytes,
             dropped=outbox.dropped,
+            server_id=self._host.server_id,
+            transport="sse",
         )
 
     # -- the task tree --------------------------------------------------------------------------
