@@ -86,34 +86,60 @@ def publish_over_http(base_url: str, api_key: str, completion: str, chunk: objec
         return int(json.load(answer)["seq"])
 
 
+#: Completions generated at once; more asks are answered 503 (each one is a task and a channel).
+MAX_GENERATING = 16
+
+
 async def serve_page(
     server: triows.Server, nursery: trio.Nursery, port: int, sse_base: str
 ) -> None:
-    """The page and ``POST /generate``: a minimal HTTP server for this example only."""
+    """The page and ``POST /generate``: a minimal HTTP server for this example only. A client
+    that sends garbage or leaves midway costs itself only, never the server."""
+    generating = trio.CapacityLimiter(MAX_GENERATING)
+
+    async def generate_one(completion: str, prompt: str) -> None:
+        try:
+            await generate(server, completion, prompt)
+        finally:
+            generating.release_on_behalf_of(completion)
+
+    async def respond(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 16384:
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            head += data
+        method, _, rest = head.partition(b" ")
+        url = urlsplit(rest.partition(b" ")[0].decode("latin-1"))
+        status, kind = "200 OK", "text/html; charset=utf-8"
+        if method == b"POST" and url.path == "/generate":
+            completion = secrets.token_hex(6)
+            try:
+                generating.acquire_on_behalf_of_nowait(completion)
+            except trio.WouldBlock:
+                status, body = "503 Service Unavailable", b'{"error":"busy, try again"}'
+            else:
+                prompt = parse_qs(url.query).get("prompt", [""])[0]
+                nursery.start_soon(generate_one, completion, prompt)
+                body = json.dumps({"completion": completion}).encode()
+            kind = "application/json"
+        elif method == b"GET":
+            body = PAGE.read_text().replace("__SSE_BASE__", sse_base).encode()
+        else:
+            status, kind, body = "400 Bad Request", "text/plain", b"GET / or POST /generate\n"
+        await stream.send_all(
+            f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
 
     async def handle(stream: trio.SocketStream) -> None:
-        with trio.move_on_after(10):
-            head = b""
-            while b"\r\n\r\n" not in head and len(head) < 16384:
-                data = await stream.receive_some(4096)
-                if not data:
-                    return
-                head += data
-            method, target = head.split(b" ", 2)[:2]
-            url = urlsplit(target.decode("latin-1"))
-            if method == b"POST" and url.path == "/generate":
-                completion = secrets.token_hex(6)
-                prompt = parse_qs(url.query).get("prompt", [""])[0]
-                nursery.start_soon(generate, server, completion, prompt)
-                body, kind = json.dumps({"completion": completion}).encode(), "application/json"
-            else:
-                page = PAGE.read_text().replace("__SSE_BASE__", sse_base)
-                body, kind = page.encode(), "text/html; charset=utf-8"
-            await stream.send_all(
-                f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + body
-            )
+        try:
+            with trio.move_on_after(10):
+                await respond(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client left (a reset): its loss
 
     await trio.serve_tcp(handle, port, host="127.0.0.1")
 

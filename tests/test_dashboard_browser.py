@@ -11,6 +11,7 @@ copy of one).
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -328,3 +329,52 @@ def test_the_dashboard_fits_a_phone_in_the_dark_and_marks_the_memory_guard(
         assert layout["badge"].endswith("memory limit"), layout
         OUTPUT.mkdir(exist_ok=True)
         browser(cmd="screenshot", page=page, path=str(OUTPUT / "dashboard-phone.png"))
+
+
+def test_an_event_stream_is_shown_as_one_and_disconnected_from_the_page(browser: Browser) -> None:
+    """A user's SSE stream is listed with its transport and without unsubscribe buttons (its
+    channels are its URL's); its Disconnect button ends it with the code chosen."""
+    with dashboard_server("--jwt-secret", SECRET) as server:
+        stream = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        token = make_token("carol")
+        request = f"GET /sse?channel=news&token={token} HTTP/1.1\r\nHost: test\r\n\r\n"
+        stream.sendall(request.encode())
+        received = b""
+        while b"event: subscribed" not in received:
+            chunk = stream.recv(65536)
+            assert chunk, received
+            received += chunk
+        page = signed_in(browser, server)
+        evaluate(
+            browser,
+            page,
+            """() => {
+              document.getElementById("lookup-kind").value = "user";
+              document.getElementById("lookup-id").value = "carol";
+              document.getElementById("lookup").requestSubmit();
+            }""",
+        )
+        wait_for(browser, page, "document.querySelector('[data-disconnect]') !== null")
+        card = evaluate(browser, page, "() => document.querySelector('.conn').textContent")
+        assert "Server-Sent Events" in card
+        assert "news" in card
+        assert evaluate(browser, page, "() => document.querySelector('[data-unsubscribe]')") is None
+        evaluate(browser, page, "() => document.querySelector('[data-disconnect]').click()")
+        wait_for(browser, page, "document.getElementById('confirm').open")
+        evaluate(
+            browser,
+            page,
+            """() => {
+              document.getElementById("confirm-code").value = "4321";
+              document.getElementById("confirm-form").requestSubmit();
+            }""",
+        )
+        wait_for(
+            browser,
+            page,
+            "document.getElementById('lookup-result').textContent.includes('disconnected 1')",
+        )
+        while chunk := stream.recv(65536):
+            received += chunk
+        assert b'event: close\ndata: {"code":4321,' in received
+        stream.close()

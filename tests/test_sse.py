@@ -445,3 +445,68 @@ async def test_cross_origin_streams_and_refusals_carry_cors_headers() -> None:
         assert "Access-Control-Allow-Origin" not in other.head
         await other.body()
         await ok.aclose()
+
+
+async def test_the_server_finds_and_disconnects_a_stream_by_its_client_id() -> None:
+    # The dashboard lists a user's streams with their client ids and offers "Disconnect…" on
+    # each (POST /api/disconnect {"client": id}); an anonymous stream is found by id alone.
+    async with running() as server:
+        client = await SseClient.open(server.port, "channel=a")
+        await client.events(1)
+        (stream,) = server.connections()
+        found = await server.control.serve({"op": "connections", "client": stream.client_id})
+        assert [c["client"] for c in found["connections"]] == [stream.client_id]
+        assert found["connections"][0]["subscriptions"] == ["a"]
+        assert found["connections"][0]["transport"] == "sse"
+        assert found["connections"][0]["server_id"] == server.server_id  # which node holds it
+        assert await server.disconnect(client=stream.client_id, reason="go") == 1
+        (close,) = await client.events(1)
+        assert (close.name, close.json()) == ("close", {"code": 4600, "reason": "go"})
+        await client.aclose()
+
+
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+async def test_what_a_drop_policy_dropped_is_told_as_a_gap(policy: str) -> None:
+    # The server's tracker moves past a message when its event is made; the outbox may drop
+    # that event later. The browser must hear of it (a gap), or it never learns it missed it.
+    async with running(outbox_max_bytes=64 * 1024, slow_consumer=policy) as server:
+        client = await SseClient.open(server.port, "channel=a")  # does not read for a while
+        await client.events(1)
+        for _ in range(100):
+            await server.publish("a", "x" * 20_000)
+        assert server.statistics().dropped > 0
+        await server.publish("a", "last")
+        accounted: dict[int, str] = {}
+        while len(accounted) < 101:
+            (event,) = await client.events(1)
+            if event.name == "message":
+                seqs = [event.json()["seq"]]
+            else:
+                assert event.name == "gap"
+                gap = event.json()
+                assert gap["reason"] == "messages skipped"
+                seqs = list(range(gap["first"], gap["last"] + 1))
+            assert not set(seqs) & set(accounted)  # nothing both delivered and missing
+            accounted.update(dict.fromkeys(seqs, event.name))
+        assert sorted(accounted) == list(range(1, 102))
+        assert "gap" in accounted.values()
+        await client.aclose()
+
+
+async def test_a_stream_with_too_many_gaps_waiting_is_a_slow_consumer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("triows._core.sse_skips.MAX_RANGES", 0)
+    async with running(outbox_max_bytes=64 * 1024, slow_consumer="drop_newest") as server:
+        client = await SseClient.open(server.port, "channel=a")
+        await client.events(1)
+        for _ in range(20):
+            await server.publish("a", "x" * 20_000)
+        await server.publish("a", "more")  # the stream finds it cannot tell its gaps
+        assert server.statistics().slow_consumer_disconnects == 1
+        events: list[Event] = []
+        while not events or events[-1].name == "message":
+            events += await client.events(1)
+        assert events[-1].name == "close"
+        assert events[-1].json() == {"code": 1013, "reason": "Slow consumer: too many gaps to tell"}
+        await client.aclose()

@@ -4,6 +4,8 @@ mid-stream by its last event id, published in process or through the HTTP API.""
 from __future__ import annotations
 
 import json
+import socket
+import struct
 
 import attrs
 import pytest
@@ -137,3 +139,41 @@ async def test_chunks_published_over_http() -> None:
             assert (text, seqs) == ("Hello world", [1, 2, 3])
             await client.aclose()
             await server.aclose()
+
+
+async def test_a_bad_or_vanished_client_does_not_bring_the_page_server_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The example is what users copy: one client's garbage must cost that client only.
+    example = load("llm_stream")
+    monkeypatch.setattr(example, "MAX_GENERATING", 1)
+    config = attrs.evolve(example.config(), host="127.0.0.1", port=0)
+    async with trio.open_nursery() as nursery:
+        server: triows.Server = await nursery.start(triows.serve, config)
+        with trio.fail_after(20):
+            page_port = _free_port()
+            nursery.start_soon(
+                example.serve_page, server, nursery, page_port, f"http://127.0.0.1:{server.port}"
+            )
+            while await _request(page_port, b"GET / HTTP/1.1\r\n\r\n") is None:  # noqa: ASYNC110 - until it listens
+                await trio.sleep(0.02)
+            garbage = await _request(page_port, b"garbage\r\n\r\n")
+            assert garbage is not None
+            assert garbage.startswith(b"HTTP/1.1 400 ")
+            # Generations at once are bounded: one more is told to come back.
+            first = await _request(page_port, b"POST /generate HTTP/1.1\r\n\r\n")
+            busy = await _request(page_port, b"POST /generate HTTP/1.1\r\n\r\n")
+            assert first is not None
+            assert first.startswith(b"HTTP/1.1 200 ")
+            assert busy is not None
+            assert busy.startswith(b"HTTP/1.1 503 ")
+            for _ in range(20):  # asks for the page and leaves with a reset at once
+                stream = await trio.open_tcp_stream("127.0.0.1", page_port)
+                stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                await stream.send_all(b"GET / HTTP/1.1\r\n\r\n")
+                await stream.aclose()
+            page = await _request(page_port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert page is not None
+            assert b"EventSource" in page
+            await server.aclose()
+            nursery.cancel_scope.cancel()

@@ -117,4 +117,5 @@ def describe(stats: ConnectionStatistics) -> dict[str, Any]:
         "queued_bytes": stats.queued_bytes,
         "dropped": stats.dropped,
         "server_id": stats.server_id,
+        "transport": stats.transport,
     }

@@ -197,6 +197,9 @@ class ConnectionStatistics:
     dropped: int
     #: The server (node, worker) that holds it.
     server_id: str = ""
+    #: ``"websocket"``, or ``"sse"``: an event stream, whose channels are its URL's (the
+    #: server can end it, not subscribe or unsubscribe it).
+    transport: str = "websocket"
 
 
 @attrs.frozen(kw_only=True)

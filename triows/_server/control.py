@@ -76,7 +76,7 @@ class Control:
         access: Access,
         *,
         by_user: Callable[[str], Iterable[Connection | SseStream]],
-        by_client: Callable[[str], Connection | None],
+        by_client: Callable[[str], Connection | SseStream | None],
         wall_clock: Callable[[], float],
         timeout: float,
         max_message_size: int,

@@ -393,9 +393,9 @@ class Server(PublicMethods):
     def connections(self) -> list[Connection | SseStream]:
         return list(self._connections)
 
-    def _by_client(self, client_id: str) -> Connection | None:
+    def _by_client(self, client_id: str) -> Connection | SseStream | None:
         conn = self.fanout.by_id(client_id)
-        return conn if isinstance(conn, Connection) else None
+        return conn if isinstance(conn, Connection | SseStream) else None
 
 
 async def serve(

@@ -30,7 +30,8 @@ from .._core import protocol, sse
 from .._core.auth import Principal
 from .._core.hub import SubscriptionLimitError
 from .._core.outbox import DropCounter, SlowConsumerPolicy
-from .._core.tracking import Gap, Message, Tracked, Tracker
+from .._core.sse_skips import SkipCounter, Skips
+from .._core.tracking import MESSAGES_SKIPPED, Gap, Message, Tracked, Tracker
 from .._net.websocket import Closed, WebSocket
 from .._ops.view import ConnectionStatistics
 from .channels import subscribed_reply
@@ -41,6 +42,7 @@ log = logging.getLogger("triows.sse")
 
 #: Bytes a client may send after its request (an EventSource sends none); more ends the stream.
 MAX_CLIENT_BYTES = 64 * 1024
+_DROPPABLE = (SlowConsumerPolicy.DROP_OLDEST, SlowConsumerPolicy.DROP_NEWEST)
 
 
 class SharedEvents:
@@ -80,6 +82,8 @@ class SseStream(Outbound):
         "_ids",
         "_positions",
         "_shared",
+        "_skips",
+        "_span",
         "_tracker",
         "client_id",
         "connected_at",
@@ -113,6 +117,10 @@ class SseStream(Outbound):
         #: Positions from ``Last-Event-ID``, each used by its channel's subscribe.
         self._positions = positions
         self._tracker = Tracker()
+        #: What the last message event made moved over: ``(channel, first, last)`` seq.
+        self._span: tuple[str, int, int] | None = None
+        #: Ranges a ``drop_*`` policy dropped, to be told as gaps (``triows._core.sse_skips``).
+        self._skips = Skips()
         self._ids = sse.IdWriter(channels, positions)
         for channel, position in zip(channels, positions, strict=True):
             if position is None:
@@ -143,6 +151,8 @@ class SseStream(Outbound):
             queued_frames=len(outbox),
             queued_bytes=outbox.queued_bytes,
             dropped=outbox.dropped,
+            server_id=self._host.server_id,
+            transport="sse",
         )
 
     # -- the task tree --------------------------------------------------------------------------
@@ -212,6 +222,8 @@ class SseStream(Outbound):
         interval = self._host.config.sse_keepalive
         while True:
             await trio.sleep(interval)
+            if self._skips:
+                self._report_skips()
             if not self.outbox:  # bytes queued are moving, or the writer's timeout acts
                 self._send(sse.comment())
 
@@ -235,7 +247,29 @@ class SseStream(Outbound):
             return True
         if not data:
             return True  # a duplicate, or not for this stream
+        if self._skips:
+            self._report_skips()
+        if policy in _DROPPABLE and self._span is not None:
+            counter = SkipCounter(counter, self._skips, *self._span)
         return super().deliver(data, policy, counter)
+
+    async def _write_batch(self, max_bytes: int) -> None:
+        await super()._write_batch(max_bytes)
+        if self._skips:  # room again, maybe: the gaps first
+            self._report_skips()
+
+    def _report_skips(self) -> None:
+        """The gaps of what the outbox dropped, once it has room for them (never dropped)."""
+        if self.close_code is not None:
+            return
+        if self._skips.overflowed:
+            self._host.fanout.slow_consumer(self, "Slow consumer: too many gaps to tell")
+        elif self.outbox.has_room:
+            gaps: list[Tracked] = [
+                Gap(channel=channel, first=first, last=last, reason=MESSAGES_SKIPPED)
+                for channel, first, last in self._skips.take()
+            ]
+            self._queue(self._events(self._gaps(gaps)))
 
     def reply_nowait(self, frame: dict[str, object]) -> None:
         """A notice from the broker (a numbering that restarted, an error): an event that is
@@ -254,6 +288,7 @@ class SseStream(Outbound):
         return bool(data) and self.queue_reply(data)
 
     def _frame_events(self, frame: bytes) -> bytes:
+        self._span = None
         start = sse.payload_start(frame)
         if start < 0:
             return b""
@@ -264,12 +299,14 @@ class SseStream(Outbound):
         channel, message_id, seq = fields
         shared = self._shared
         before = self._ids.text()
+        prior = self._tracker.resume_from(channel)
         if shared.frame is frame and shared.before == before and shared.channels == self._channels:
             # The stream before this one stood where this one stands: the same events, and
             # the same move (the rules read nothing else of an SSE stream).
             if shared.after is not None:
                 self._tracker.restore(channel, *shared.after)
                 self._ids.move(channel, shared.after)
+                self._note_span(channel, prior, shared.after)
             return shared.data
         tracked = self._tracker.on_message({"channel": channel, "seq": seq, "id": message_id})
         if len(tracked) == 1 and isinstance(tracked[0], Message):  # the common case
@@ -282,7 +319,12 @@ class SseStream(Outbound):
             after = self._moved(channel)
             data = self._events(parts)
         shared.remember(frame, self._channels, before, after, data)
+        self._note_span(channel, prior, after)
         return data
+
+    def _note_span(self, channel: str, prior: tuple[int, str] | None, after: sse.Position) -> None:
+        if prior is not None and after is not None and after[1] > prior[0]:
+            self._span = (channel, prior[0] + 1, after[1])
 
     def _moved(self, channel: str) -> sse.Position:
         """Bring the id to the tracker's cursor of ``channel``; returns that position."""

@@ -578,11 +578,16 @@
   }
 
   function card(conn) {
+    // An event stream follows its URL's channels: the server can end it, not unsubscribe it.
+    const sse = conn.transport === "sse";
     const subs = conn.subscriptions.map((channel) =>
-      element("span", { class: "sub" }, channel, " ", element("button", { type: "button", class: "small", text: "unsubscribe…", "data-unsubscribe": channel, onclick: () => unsubscribe(conn.client, channel) })),
+      sse
+        ? element("span", { class: "sub" }, channel)
+        : element("span", { class: "sub" }, channel, " ", element("button", { type: "button", class: "small", text: "unsubscribe…", "data-unsubscribe": channel, onclick: () => unsubscribe(conn.client, channel) })),
     );
     const fields = [
       ["client", conn.client],
+      ["transport", sse ? "Server-Sent Events" : "WebSocket"],
       ["user", conn.user ?? "anonymous"],
       ["address", conn.remote],
       ["connected for", UNITS.duration(conn.connected_for)],
