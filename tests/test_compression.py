@@ -10,6 +10,7 @@ import tracemalloc
 from typing import Any
 
 import trio
+from wsproto.events import TextMessage
 from wsproto.extensions import PerMessageDeflate
 
 from triows.testing import open_test_server
@@ -109,6 +110,32 @@ async def test_a_compressed_message_over_the_limit_closes_1009(
         client = await RawClient.connect(harness.listener, deflate=True)
         await client.send({"type": "publish", "channel": "c", "data": "a" * 100_000})
         assert await client.read_until_closed() == 1009
+
+
+async def test_a_read_of_many_small_compressed_frames_is_served_in_steps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """~140 compressed pings of 64 KiB each in one 16 KiB write: the reader inflates them a
+    step at a time (never ~9 MiB at once) and answers every one, in order, with no more bytes
+    sent; another connection is served meanwhile."""
+    async with open_test_server() as harness:
+        client = await RawClient.connect(harness.listener, deflate=True)
+        other = await RawClient.connect(harness.listener)
+        pad = "a" * (64 * 1024 - 60)
+        frames, count = b"", 0
+        while True:
+            ping = json.dumps({"type": "ping", "id": count, "pad": pad})
+            one = client.ws.send(TextMessage(data=ping))
+            if len(frames) + len(one) > 16 * 1024:
+                break
+            frames, count = frames + one, count + 1
+        assert count > 100
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.stream.send_all, frames)
+            await other.send({"type": "ping", "id": "other"})
+            await other.read_until(lambda c: bool(c.of_type("pong")))
+        await client.read_until(lambda c: len(c.of_type("pong")) == count)
+        assert [m["id"] for m in client.of_type("pong")] == list(range(count))
 
 
 def server_bytes(snapshot: tracemalloc.Snapshot) -> int:

@@ -170,12 +170,14 @@ class Outbound:
         # of its own, so a fresh parser finds it.
         parser = FrameParser(ws.parser.max_message) if ws.parser.done else ws.parser
         while True:
-            data = await ws.receive()
-            if not data:
+            data = b"" if parser.pending else await ws.receive()
+            if not data and not parser.pending:
                 return
             for event in parser.feed(data):
                 if isinstance(event, Close | Failure):
                     return
+            if parser.pending:
+                await trio.lowlevel.checkpoint()  # what a read inflates, in steps
 
     # -- sending: one ordered path ---------------------------------------------------------------
 
