@@ -164,7 +164,9 @@ class FrameParser:
         self._buffer: bytearray | None = None
         self._need = 0
         self._opcode: int | None = None  # of the fragmented message in progress
-        self._fragments: list[bytes] | None = None  # of a fragmented message, made on need
+        #: A fragmented message so far, made on need: one buffer (a list of the fragments
+        #: held ~40 bytes per 1-byte fragment, and a slot per empty one, never refused).
+        self._fragments: bytearray | None = None
         self._size = 0  # bytes of the fragmented message so far
         self._decoder: codecs.IncrementalDecoder | None = None
         #: A close frame or a fault ended the stream: nothing after it is parsed.
@@ -332,10 +334,10 @@ class FrameParser:
             except UnicodeDecodeError:
                 raise _Fault(INVALID_DATA, "text message is not valid UTF-8") from None
         if self._fragments is None:
-            self._fragments = []
-        self._fragments.append(payload)
+            self._fragments = bytearray()
+        self._fragments += payload
         if fin:
-            whole = b"".join(self._fragments)
+            whole = bytes(self._fragments)
             text = self._opcode == TEXT
             self._fragments = None
             self._opcode, self._decoder, self._size = None, None, 0
