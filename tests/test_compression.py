@@ -13,9 +13,12 @@ import trio
 from wsproto.events import TextMessage
 from wsproto.extensions import PerMessageDeflate
 
+from triows._core.deflate import compress
+from triows._core.frames import TEXT
 from triows.testing import open_test_server
 
 from .rawclient import RawClient
+from .wireclient import encode_frame
 
 #: ~1 KiB of JSON as applications publish it.
 DATA = {
@@ -136,6 +139,26 @@ async def test_a_read_of_many_small_compressed_frames_is_served_in_steps(
             await other.read_until(lambda c: bool(c.of_type("pong")))
         await client.read_until(lambda c: len(c.of_type("pong")) == count)
         assert [m["id"] for m in client.of_type("pong")] == list(range(count))
+
+
+async def test_after_a_1009_compressed_frames_still_reach_the_peers_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After failing a connection the server reads on until the peer's close frame, with a
+    fresh parser: a compressed message the peer sent meanwhile is skipped, not taken for a
+    protocol error that ends the wait (and the TCP connection under the peer's close)."""
+    async with open_test_server(max_message_size=4096) as harness:
+        client = await RawClient.connect(harness.listener, deflate=True)
+        await client.send({"type": "publish", "channel": "c", "data": "a" * 100_000})
+        assert await client.read_until_closed() == 1009
+        late = compress(json.dumps({"type": "ping"}).encode())
+        await client.stream.send_all(encode_frame(TEXT, late, rsv=4))
+        with trio.move_on_after(1):
+            await client.read_some()
+            raise AssertionError("the server ended the connection before the peer's close")
+        await client.stream.send_all(encode_frame(0x8, (1000).to_bytes(2, "big")))
+        with trio.fail_after(5):
+            assert await client.stream.receive_some(100) == b""
 
 
 def server_bytes(snapshot: tracemalloc.Snapshot) -> int:
