@@ -29,10 +29,10 @@ def read_stream(
         return [], None
     epoch = epoch_bytes.decode()
     entries = raw[0] if raw else []
-    return [fmt.parse_stream_entry(i, _as_dict(f), epoch) for i, f in entries], epoch
+    return [fmt.parse_stream_entry(i, stream_fields(f), epoch) for i, f in entries], epoch
 
 
-def _as_dict(fields: dict[bytes, bytes] | list[bytes]) -> dict[bytes, bytes]:
+def stream_fields(fields: dict[bytes, bytes] | list[bytes]) -> dict[bytes, bytes]:
     """A stream entry's fields: a cluster client's transaction leaves them a flat list."""
     if isinstance(fields, dict):
         return fields
