@@ -22,6 +22,7 @@ import secrets
 from typing import Any, Final
 
 import redis
+import redis.cluster
 import trio
 
 from ..._config import Config
@@ -156,7 +157,10 @@ def _decode_answers(answers: list[bytes]) -> list[dict[str, Any]]:
 def _ask(data: bytes, client: redis.Redis) -> int:
     """Publish a request; how many nodes got it. PUBLISH also counts pattern subscribers (an
     operator's ``psubscribe '*'``), which never answer: the channel's own subscribers, read
-    in the same transaction, bound it."""
+    in the same transaction, bound it. A cluster's transaction takes no keyless command (it
+    raised RedisClusterException, so every control request failed): there PUBLISH alone."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return int(client.publish(CONTROL_CHANNEL, data))
     pipe = client.pipeline(transaction=True)
     pipe.publish(CONTROL_CHANNEL, data)
     pipe.pubsub_numsub(CONTROL_CHANNEL)
