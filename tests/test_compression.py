@@ -10,11 +10,15 @@ import tracemalloc
 from typing import Any
 
 import trio
+from wsproto.events import TextMessage
 from wsproto.extensions import PerMessageDeflate
 
+from triows._core.deflate import compress
+from triows._core.frames import TEXT
 from triows.testing import open_test_server
 
 from .rawclient import RawClient
+from .wireclient import encode_frame
 
 #: ~1 KiB of JSON as applications publish it.
 DATA = {
@@ -109,6 +113,52 @@ async def test_a_compressed_message_over_the_limit_closes_1009(
         client = await RawClient.connect(harness.listener, deflate=True)
         await client.send({"type": "publish", "channel": "c", "data": "a" * 100_000})
         assert await client.read_until_closed() == 1009
+
+
+async def test_a_read_of_many_small_compressed_frames_is_served_in_steps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """~140 compressed pings of 64 KiB each in one 16 KiB write: the reader inflates them a
+    step at a time (never ~9 MiB at once) and answers every one, in order, with no more bytes
+    sent; another connection is served meanwhile."""
+    async with open_test_server() as harness:
+        client = await RawClient.connect(harness.listener, deflate=True)
+        other = await RawClient.connect(harness.listener)
+        pad = "a" * (64 * 1024 - 60)
+        frames, count = b"", 0
+        while True:
+            ping = json.dumps({"type": "ping", "id": count, "pad": pad})
+            one = client.ws.send(TextMessage(data=ping))
+            if len(frames) + len(one) > 16 * 1024:
+                break
+            frames, count = frames + one, count + 1
+        assert count > 100
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.stream.send_all, frames)
+            await other.send({"type": "ping", "id": "other"})
+            await other.read_until(lambda c: bool(c.of_type("pong")))
+        await client.read_until(lambda c: len(c.of_type("pong")) == count)
+        assert [m["id"] for m in client.of_type("pong")] == list(range(count))
+
+
+async def test_after_a_1009_compressed_frames_still_reach_the_peers_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After failing a connection the server reads on until the peer's close frame, with a
+    fresh parser: a compressed message the peer sent meanwhile is skipped, not taken for a
+    protocol error that ends the wait (and the TCP connection under the peer's close)."""
+    async with open_test_server(max_message_size=4096) as harness:
+        client = await RawClient.connect(harness.listener, deflate=True)
+        await client.send({"type": "publish", "channel": "c", "data": "a" * 100_000})
+        assert await client.read_until_closed() == 1009
+        late = compress(json.dumps({"type": "ping"}).encode())
+        await client.stream.send_all(encode_frame(TEXT, late, rsv=4))
+        with trio.move_on_after(1):
+            await client.read_some()
+            raise AssertionError("the server ended the connection before the peer's close")
+        await client.stream.send_all(encode_frame(0x8, (1000).to_bytes(2, "big")))
+        with trio.fail_after(5):
+            assert await client.stream.receive_some(100) == b""
 
 
 def server_bytes(snapshot: tracemalloc.Snapshot) -> int:

@@ -11,7 +11,14 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
 from triows._core.deflate import TAIL, compress, deflated_frame, window_bits
-from triows._core.frame_parser import Failure, FrameParser, Message, Ping, compressed_limit
+from triows._core.frame_parser import (
+    INFLATE_STEP,
+    Failure,
+    FrameParser,
+    Message,
+    Ping,
+    compressed_limit,
+)
 from triows._core.frames import BINARY, PING, TEXT, frame, header_length
 
 from ..wireclient import encode_frame
@@ -113,6 +120,41 @@ def test_a_fragmented_bomb_is_1009_too() -> None:
     assert len(events) == 1
     assert isinstance(events[0], Failure)
     assert events[0].code == 1009
+
+
+def test_one_read_of_small_frames_inflates_one_step_at_a_time() -> None:
+    """A 16 KiB read of ~100-byte frames that each inflate to 64 KiB was ~9 MiB of messages
+    (and ~40 ms of work) in one call: now at most a step's worth, the rest on the next call."""
+    payload = b'{"type":"ping","pad":"' + b"a" * (64 * 1024 - 40) + b'"}'
+    one = compressed_message(payload)
+    count = 16 * 1024 // len(one)
+    assert count > 100
+    parser = FrameParser(64 * 1024, inflate=True)
+    events = parser.feed(one * count + encode_frame(TEXT, b"plain"))
+    assert sum(len(e.data) for e in events if isinstance(e, Message)) <= INFLATE_STEP + len(payload)
+    assert parser.pending
+    steps = 1
+    while parser.pending:
+        step = parser.feed(b"")
+        assert sum(len(e.data) for e in step if isinstance(e, Message)) <= INFLATE_STEP + 64 * 1024
+        events += step
+        steps += 1
+    assert steps > count // 2
+    assert [e.data for e in events if isinstance(e, Message)] == [payload.decode()] * count + [
+        "plain"
+    ]
+    assert parser.buffered == 0
+
+
+def test_bytes_that_arrive_while_pending_are_parsed_after_the_rest() -> None:
+    payload = b"x" * 60_000
+    parser = FrameParser(64 * 1024, inflate=True)
+    events = parser.feed(compressed_message(payload) * 3)
+    assert parser.pending
+    events += parser.feed(encode_frame(TEXT, b"late"))
+    while parser.pending:
+        events += parser.feed(b"")
+    assert [len(e.data) for e in events if isinstance(e, Message)] == [60_000] * 3 + [4]
 
 
 def test_the_limit_applies_to_the_inflated_size() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 
 import pytest
 from hypothesis import given
@@ -162,6 +163,41 @@ def test_a_large_frame_in_small_pieces_is_buffered_once() -> None:
     assert isinstance(events[0], Message)
     assert events[0].data == bytes(range(256)) * 8192
     assert parser.buffered == 0
+
+
+def held_while_fragmented(parser: FrameParser, first: bytes, more: bytes, count: int) -> int:
+    """Bytes traced while ``parser`` holds a message started with ``first`` and continued by
+    ``count`` frames ``more`` (fed 2000 at a time)."""
+    tracemalloc.start()
+    try:
+        assert parser.feed(first) == []
+        for _ in range(count // 2000):
+            assert parser.feed(more * 2000) == []
+        return tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_message_in_one_byte_fragments_holds_about_its_size() -> None:
+    """A list of 1-byte ``bytes`` held ~40 bytes per byte: a 60 KB message was 2.4 MiB."""
+    parser = FrameParser(64 * 1024)
+    more = encode_frame(0x0, b"a", fin=False)
+    held = held_while_fragmented(parser, encode_frame(0x1, b"a", fin=False), more, 60_000)
+    assert held < 3 * 60_000, held
+    events = parser.feed(encode_frame(0x0, b"z"))
+    assert isinstance(events[0], Message)
+    assert events[0].data == "a" * 60_001 + "z"
+
+
+def test_empty_fragments_hold_nothing() -> None:
+    """Empty continuation frames never reach the size limit: each held a list slot, for ever."""
+    parser = FrameParser(64 * 1024)
+    more = encode_frame(0x0, b"", fin=False)
+    held = held_while_fragmented(parser, encode_frame(0x2, b"x", fin=False), more, 100_000)
+    assert held < 16 * 1024, held
+    events = parser.feed(encode_frame(0x0, b""))
+    assert isinstance(events[0], Message)
+    assert events[0].data == b"x"
 
 
 @pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4999])

@@ -15,9 +15,12 @@ fits one frame in one call, and only a fragmented text message gets an increment
 (``inflate=True``), RSV1 on a message's first frame marks it compressed: its frames are inflated
 as they come by a :class:`~triows._core.deflate.Inflater` made for that message, so the limit
 applies to the inflated size (a deflate bomb is 1009, never memory), and its compressed bytes
-may be at most :func:`compressed_limit`. Any other reserved bit, or RSV1 without the extension,
-on a continuation or on a control frame, is 1002. ``tests/core/test_frame_parser.py`` checks it
-against wsproto's client.
+may be at most :func:`compressed_limit`. What one call inflates is bounded too: after
+:data:`INFLATE_STEP` bytes of inflated output the rest of the read waits in the buffer
+(:attr:`FrameParser.pending`), so a read of tiny frames that each inflate to a whole message
+costs one step's memory and work, not a thousand times its size. Any other reserved bit, or
+RSV1 without the extension, on a continuation or on a control frame, is 1002.
+``tests/core/test_frame_parser.py`` checks it against wsproto's client.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ INVALID_DATA: Final = 1007
 TOO_BIG: Final = 1009
 #: What a close frame without a code means (RFC 6455 §7.1.5); never sent on the wire.
 NO_STATUS: Final = 1005
+#: Inflated bytes one :meth:`FrameParser.feed` produces before it leaves the rest of its data
+#: for the next call: DEFLATE inflates up to ~1000x, so a 16 KiB read of small compressed
+#: frames would otherwise be ~16 MiB of messages at once (plain frames are never more than
+#: the bytes read, and are not counted).
+INFLATE_STEP: Final = 64 * 1024
 
 
 class Message:
@@ -140,6 +148,7 @@ class FrameParser:
         "done",
         "inflate",
         "max_message",
+        "pending",
     )
 
     def __init__(self, max_message_size: int, *, inflate: bool = False) -> None:
@@ -155,11 +164,16 @@ class FrameParser:
         self._buffer: bytearray | None = None
         self._need = 0
         self._opcode: int | None = None  # of the fragmented message in progress
-        self._fragments: list[bytes] | None = None  # of a fragmented message, made on need
+        #: A fragmented message so far, made on need: one buffer (a list of the fragments
+        #: held ~40 bytes per 1-byte fragment, and a slot per empty one, never refused).
+        self._fragments: bytearray | None = None
         self._size = 0  # bytes of the fragmented message so far
         self._decoder: codecs.IncrementalDecoder | None = None
         #: A close frame or a fault ended the stream: nothing after it is parsed.
         self.done = False
+        #: The last call stopped after :data:`INFLATE_STEP` inflated bytes with complete frames
+        #: left in its buffer: call ``feed(b"")`` (after letting others run) before reading more.
+        self.pending = False
 
     def feed(self, data: bytes | bytearray) -> list[Event]:
         if self.done:
@@ -175,6 +189,7 @@ class FrameParser:
             used = self._parse(data, events)
         except _Fault as fault:
             self.done = True
+            self.pending = False
             self._buffer = None
             self._fragments = None
             self._inflater = None
@@ -197,7 +212,13 @@ class FrameParser:
         pos = 0
         end = len(data)
         self._need = 2
+        self.pending = False
+        inflated = 0
         while not self.done and end - pos >= 2:
+            if inflated >= INFLATE_STEP:
+                self.pending = True
+                self._need = 0  # the next feed, even of no bytes, parses what is left
+                break
             first, second = data[pos], data[pos + 1]
             if first & 0x70 and (first & 0x70 != RSV1 or not self.inflate):
                 raise _Fault(PROTOCOL_ERROR, "reserved bits set")
@@ -236,6 +257,7 @@ class FrameParser:
             else:
                 if compressed or self._inflater is not None:
                     payload = self._inflate(fin, opcode, payload)
+                    inflated += len(payload)
                 self._data(fin, opcode, payload, events)
         return pos
 
@@ -312,10 +334,10 @@ class FrameParser:
             except UnicodeDecodeError:
                 raise _Fault(INVALID_DATA, "text message is not valid UTF-8") from None
         if self._fragments is None:
-            self._fragments = []
-        self._fragments.append(payload)
+            self._fragments = bytearray()
+        self._fragments += payload
         if fin:
-            whole = b"".join(self._fragments)
+            whole = bytes(self._fragments)
             text = self._opcode == TEXT
             self._fragments = None
             self._opcode, self._decoder, self._size = None, None, 0

@@ -126,7 +126,12 @@ class PendingHandshake:
             try:
                 await ws.write(close_frame(code, reason))
                 parser = ws.parser
-                while data := await ws.receive():
+                while True:
+                    if parser.pending:  # what one read inflates is parsed in steps
+                        await trio.lowlevel.checkpoint()
+                        data = b""
+                    elif not (data := await ws.receive()):
+                        break
                     if any(isinstance(event, Close | Failure) for event in parser.feed(data)):
                         break
             except Closed:

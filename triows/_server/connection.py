@@ -145,7 +145,7 @@ class Connection(Requests):
         budget = StepBudget(self._host.fanout)
         data, ws.leftover = ws.leftover, b""
         while True:
-            if data:
+            if data or parser.pending:
                 budget.reset()
                 messages = 0
                 for event in parser.feed(data):
@@ -173,6 +173,11 @@ class Connection(Requests):
                         budget.reset()
                 if messages:  # activity is messages (not pongs): the clock once per read
                     self.last_activity = trio.current_time()
+                if parser.pending:
+                    # The read inflated past one step: the rest of it after the others ran.
+                    await trio.lowlevel.checkpoint()
+                    data = b""
+                    continue
             data = await ws.receive()
             if not data:
                 self._peer_left(ABNORMAL, "")

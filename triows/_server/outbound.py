@@ -167,15 +167,18 @@ class Outbound:
         """Read (and ignore) until the peer's close frame or the end of the stream."""
         ws = self.ws
         # After a protocol error the old parser is done; the peer's answer comes in a segment
-        # of its own, so a fresh parser finds it.
-        parser = FrameParser(ws.parser.max_message) if ws.parser.done else ws.parser
+        # of its own, so a fresh parser finds it (reading compressed frames too, if negotiated).
+        old = ws.parser
+        parser = FrameParser(old.max_message, inflate=old.inflate) if old.done else old
         while True:
-            data = await ws.receive()
-            if not data:
+            data = b"" if parser.pending else await ws.receive()
+            if not data and not parser.pending:
                 return
             for event in parser.feed(data):
                 if isinstance(event, Close | Failure):
                     return
+            if parser.pending:
+                await trio.lowlevel.checkpoint()  # what a read inflates, in steps
 
     # -- sending: one ordered path ---------------------------------------------------------------
 
