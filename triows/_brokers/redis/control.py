@@ -29,6 +29,7 @@ from ..._core import redis_format as fmt
 from ..._core.history import page
 from ..seam import BrokerUnavailableError, ControlHandler, HistoryPage, WallClockMs
 from .bridge import LINK_ERRORS, RedisBridge
+from .commands import _as_dict
 from .tasks import BackgroundTasks
 
 log = logging.getLogger("triows.redis")
@@ -205,7 +206,8 @@ def _read_held(
     text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
     found = []
     for entry_id, fields in reversed(raw[0] if raw else []):
-        entry, at = fmt.parse_stream_entry(entry_id, fields, text)
+        # A cluster client's transaction leaves the fields a flat list.
+        entry, at = fmt.parse_stream_entry(entry_id, _as_dict(fields), text)
         found.append((entry.seq, entry.payload, at))
     return int(seq or 0), text, found
 
