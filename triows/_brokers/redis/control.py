@@ -157,6 +157,10 @@ def _ask(data: bytes, client: redis.Redis) -> int:
     """Publish a request; how many nodes got it. PUBLISH also counts pattern subscribers (an
     operator's ``psubscribe '*'``), which never answer: the channel's own subscribers, read
     in the same transaction, bound it."""
+    if isinstance(client, redis.RedisCluster):
+        # A cluster's transactions take keyed commands only: its PUBLISH count alone, as
+        # before the bound (a pattern watcher there still makes a request wait).
+        return _publish(CONTROL_CHANNEL, data, client)
     pipe = client.pipeline(transaction=True)
     pipe.publish(CONTROL_CHANNEL, data)
     pipe.pubsub_numsub(CONTROL_CHANNEL)
