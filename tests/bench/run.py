@@ -533,10 +533,11 @@ def request_replies(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         f"{'CPU':>5} {'p50 ms':>7} {'p99 ms':>7}",
         flush=True,
     )
-    for pad in PADS:
+    kinds = tuple(args.kinds or ECHO_SERVERS) + (("baseline",) if BASELINE else ())
+    for pad in args.pads or PADS:
         section: dict[str, Any] = {}
         figures["request_reply"][f"pad {pad}"] = section
-        for kind in ECHO_SERVERS + (("baseline",) if BASELINE else ()):
+        for kind in kinds:
             runs = [
                 request_reply(kind, args.clients, args.warmup, args.measure, pad=pad)
                 for _ in range(args.repeat)
@@ -548,7 +549,6 @@ def request_replies(args: argparse.Namespace, figures: dict[str, Any]) -> None:
                 f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f}",
                 flush=True,
             )
-        kinds = ECHO_SERVERS + (("baseline",) if BASELINE else ())
         ratios(section, "replies_per_s", f"request→reply throughput, pad {pad}", kinds)
 
 
@@ -958,6 +958,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--paced", type=int, default=5000, help="deliveries/s for the paced latency (0: skip)"
+    )
+    parser.add_argument(
+        "--kinds",
+        nargs="*",
+        choices=ECHO_SERVERS,
+        help="request→reply: only these servers (default: all of them)",
+    )
+    parser.add_argument(
+        "--pads", type=int, nargs="*", help="request→reply: only these pads (default: 64 1024)"
     )
     parser.add_argument(
         "--chat", type=int, default=1, help="run the chat scenarios (0: skip)", choices=(0, 1)

@@ -52,6 +52,28 @@ def test_a_parsed_value_with_a_lone_surrogate_stays_deliverable() -> None:
     assert protocol.encode_parsed(parsed) == protocol.encode(parsed) == b'{"a":"\\udc00\\u00e9"}'
 
 
+@given(
+    json_values,
+    st.sampled_from(["c1", None, 'c"lient', "é"]),
+    st.integers(0, 2**53),
+    st.sampled_from(["ab.1", "k3x9a.4", ""]),
+)
+def test_the_numbered_template_is_the_message_template(
+    data: Any, sender: str | None, seq: int, epoch: str
+) -> None:
+    data_json = protocol.encode_value(data)
+    assert protocol.numbered_payload(
+        "room:1", data_json, sender, 1700000000000, seq, epoch
+    ) == protocol.message_payload(
+        channel="room:1",
+        data_json=data_json,
+        sender=sender,
+        timestamp_ms=1700000000000,
+        seq=seq,
+        message_id=f"{epoch}:{seq}",
+    )
+
+
 @given(json_values, st.sampled_from(["c1", None, 'c"lient', "é"]))
 def test_the_message_template_is_the_encoded_message(data: Any, sender: str | None) -> None:
     payload = protocol.message_payload(

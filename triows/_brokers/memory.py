@@ -15,6 +15,7 @@ import trio_util
 
 from .._config import Config
 from .._core.dedupe import DedupeWindow
+from .._core.envelopes import numbered_payload
 from .._core.frames import text_frame, text_payload
 from .._core.history import page, rewind_since
 from .._core.hub import Hub, Resume
@@ -86,9 +87,12 @@ class MemoryBroker(Broker):
         """Number, frame once, hand over, keep in history: one synchronous step, so every
         subscriber receives a channel's messages in sequence order."""
         state, seq = self.hub.publish(pub.channel)
-        pub.epoch = state.epoch
-        frame = text_frame(pub.payload(seq, state.message_id(seq)))
-        blocked = self._fanout.deliver(state, frame, pub.excluded)
+        pub.epoch = epoch = state.epoch
+        sender = pub.sender_id
+        frame = text_frame(
+            numbered_payload(pub.channel, pub.data_json, sender, pub.timestamp_ms, seq, epoch)
+        )
+        blocked = self._fanout.deliver(state, frame, None if pub.echo else sender)
         self.published += 1
         self.hub.record(state, seq, frame, now)
         return seq, blocked

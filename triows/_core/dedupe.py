@@ -110,8 +110,10 @@ class DedupeWindow:
         keys[entry] = None
         rule = self.rule
         if len(keys) > rule.size and principal != SERVER_PRINCIPAL:
+            # The principal's oldest goes (one, in the steady state of a full window); it is
+            # never its last, so the principal stays.
             while len(keys) > rule.size:
-                self._remove(next(iter(keys)))
+                del entries[keys.popitem(last=False)[0]]
         while len(entries) > rule.max_entries:
             self._remove(next(iter(entries)))
 

@@ -112,6 +112,28 @@ _MESSAGE: Final = (
 )
 
 
+def numbered_payload(
+    channel: str, data_json: bytes, sender: str | None, timestamp_ms: int, seq: int, epoch: str
+) -> bytes:
+    """:func:`message_payload` with the message id ``"<epoch>:<seq>"`` written by the template
+    itself (the in-process broker's form, once per publication: no id string to build and
+    encode, no keywords)."""
+    return _NUMBERED % (
+        channel.encode("ascii"),
+        data_json,
+        b"null" if sender is None else _json_string(sender),
+        timestamp_ms,
+        seq,
+        epoch.encode("ascii"),
+        seq,
+    )
+
+
+_NUMBERED: Final = (
+    b'{"type":"message","channel":"%s","data":%s,"from":%s,"timestamp":%d,"seq":%d,"id":"%s:%d"}'
+)
+
+
 _TIMESTAMP = b',"timestamp":'
 
 

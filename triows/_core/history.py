@@ -40,6 +40,10 @@ class History:
             or entries[0][1] + self.ttl <= now
         ):
             held = len(entries)
+            if held == self.size + 1:  # a full history's steady state: its oldest goes
+                self.nbytes -= len(entries.popleft()[2])
+                if self.nbytes <= self.max_bytes and entries[0][1] > now - self.ttl:
+                    return 1
             self.prune(now)
             return held - len(entries)
         return 0

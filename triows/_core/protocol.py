@@ -24,6 +24,7 @@ from .envelopes import encode as encode
 from .envelopes import encode_parsed as encode_parsed
 from .envelopes import encode_value as encode_value
 from .envelopes import message_payload as message_payload
+from .envelopes import numbered_payload as numbered_payload
 from .envelopes import timestamp_of as timestamp_of
 from .history import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
 from .names import ChannelNameError, validate_channel
