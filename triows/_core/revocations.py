@@ -12,6 +12,8 @@ by then; without it the ttl is :data:`DEFAULT_TTL`. No clock is read here: ``now
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 #: How long a revocation lasts without ``--jwt-max-age`` (seconds).
@@ -31,6 +33,9 @@ class Revocations:
         #: user -> (before, expires at)
         self._entries: dict[str, tuple[float, float]] = {}
         self._deadlines: list[tuple[float, str]] = []
+        #: users whose revocation is on its way (kept in Redis, sent to the nodes): their
+        #: place is held, so that two at once cannot both pass :meth:`check_room` for one.
+        self._reserved: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -52,12 +57,28 @@ class Revocations:
             heapq.heapify(self._deadlines)
 
     def check_room(self, user: str, now: float) -> None:
-        """:class:`RevocationsFull` when revoking ``user`` now would be refused: checked
-        before a revocation is shared (kept in Redis, sent to the other nodes), so that a
-        refused one is nowhere."""
+        """:class:`RevocationsFull` when revoking ``user`` now would be refused."""
         self.expire(now)
-        if user not in self._entries and len(self._entries) >= self.max_entries:
+        if user in self._entries or user in self._reserved:
+            return
+        held = len(self._entries) + sum(1 for name in self._reserved if name not in self._entries)
+        if held >= self.max_entries:
             raise RevocationsFull(f"{self.max_entries} users are revoked already")
+
+    @contextmanager
+    def reserving(self, user: str, now: float) -> Iterator[None]:
+        """Hold a place for ``user`` while its revocation is shared (kept in Redis, sent to
+        the other nodes), so that a refused one is nowhere and two at once cannot both take
+        the last place (check, await, count); :class:`RevocationsFull` when there is none.
+        The place is given back on every exit: by then the revocation holds it (or expired)."""
+        self.check_room(user, now)
+        self._reserved[user] = self._reserved.get(user, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._reserved.pop(user) - 1
+            if left:
+                self._reserved[user] = left
 
     def revoked(self, user: str | None, claims: dict[str, Any], now: float) -> bool:
         """Whether a token of ``user`` with ``claims`` is revoked at ``now``."""

@@ -134,15 +134,15 @@ class Control:
     async def revoke(self, user: str, before: float | None = None) -> int:
         start = self._wall_clock() if before is None else check_time(before, "before")
         request = {"op": "revoke", **target(user, None), "before": start}
-        try:  # room here first: a refused revocation must be nowhere, not kept in Redis
-            self._access.revocations.check_room(user, self._wall_clock())
-        except RevocationsFull as exc:
+        try:  # a place held first: a refused revocation must be nowhere, not kept in Redis
+            with self._access.revocations.reserving(user, self._wall_clock()):
+                # Kept where a node started later finds it (Redis), then told to every node.
+                lasts = start + self._access.revocations.ttl - self._wall_clock()
+                if lasts > 0:
+                    await self._broker.share_revocation(user, start, lasts)
+                return await self._total(request, "disconnected")
+        except RevocationsFull as exc:  # raised by reserving alone: nothing was shared
             raise ControlFailed(str(exc)) from None
-        # Kept where a node started later finds it (Redis), then told to every node now.
-        lasts = start + self._access.revocations.ttl - self._wall_clock()
-        if lasts > 0:
-            await self._broker.share_revocation(user, start, lasts)
-        return await self._total(request, "disconnected")
 
     async def load_revocations(self) -> int:
         """Take the revocations kept in Redis before this node started; how many."""

@@ -1,0 +1,61 @@
+"""Revocations at their edges, in process and in virtual time: the cap under concurrent
+revokes, principals without a token (the ``authenticate`` hook), ``before`` far away."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from triows import BrokerUnavailableError, ControlFailed
+from triows.testing import open_test_server
+
+
+async def test_concurrent_revokes_at_the_cap_share_only_what_is_kept(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two revokes of different users with one place left: both passed the room check
+    before the first await (sharing it, e.g. in Redis), so both were shared and one was
+    answered "full": a revocation kept in Redis but refused here. The place is held first."""
+    async with open_test_server(jwt_secret="s" * 32) as harness:
+        server = harness.server
+        revocations = server.access.revocations
+        revocations.max_entries = 1
+        shared: list[str] = []
+
+        async def share(user: str, before: float, ttl: float) -> None:
+            await trio.sleep(0.1)  # a round trip to Redis
+            shared.append(user)
+
+        monkeypatch.setattr(server.broker, "share_revocation", share)
+        outcomes: dict[str, Any] = {}
+
+        async def revoke(user: str) -> None:
+            try:
+                outcomes[user] = await server.revoke(user)
+            except ControlFailed as exc:
+                outcomes[user] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(revoke, "alice")
+            nursery.start_soon(revoke, "bob")
+        done = [user for user, outcome in outcomes.items() if outcome == 0]
+        refused = [o for o in outcomes.values() if isinstance(o, ControlFailed)]
+        assert (len(done), len(refused)) == (1, 1)
+        assert "revoked already" in str(refused[0])
+        assert shared == done  # the refused one is nowhere
+        assert len(revocations) == 1
+        # The place is given back on every exit: a failed share leaves nothing held.
+        revocations.max_entries = 2
+
+        async def unreachable(user: str, before: float, ttl: float) -> None:
+            await trio.sleep(0.1)
+            raise BrokerUnavailableError("Redis is unreachable; nothing was revoked")
+
+        monkeypatch.setattr(server.broker, "share_revocation", unreachable)
+        with pytest.raises(BrokerUnavailableError):
+            await server.revoke("carol")
+        monkeypatch.setattr(server.broker, "share_revocation", share)
+        assert await server.revoke("dave") == 0
+        assert len(revocations) == 2
