@@ -3,12 +3,14 @@ revokes, principals without a token (the ``authenticate`` hook), ``before`` far 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 import trio
+from trio_websocket import ConnectionRejected
 
-from triows import BrokerUnavailableError, ControlFailed
+from triows import BrokerUnavailableError, ControlFailed, Principal
 from triows.testing import open_test_server
 
 
@@ -59,3 +61,29 @@ async def test_concurrent_revokes_at_the_cap_share_only_what_is_kept(
         monkeypatch.setattr(server.broker, "share_revocation", share)
         assert await server.revoke("dave") == 0
         assert len(revocations) == 2
+
+
+async def test_a_login_after_a_revoke_is_good_with_the_authenticate_hook(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The hook's principal has no token ``iat``: it counted as issued before every
+    revocation, so revoking a user locked them out for the revocation's whole TTL, even
+    after a new login. It counts as issued when the hook vouched for it."""
+
+    def authenticate(info: Any) -> Principal:
+        iat = info.query.get("iat")
+        claims = {} if iat is None else {"iat": int(iat)}
+        return Principal(user_id=info.query.get("user"), claims=claims)
+
+    async with open_test_server(authenticate=authenticate) as harness:
+        server = harness.server
+        async with harness.connect(path="/?user=alice") as alice:
+            assert await server.revoke("alice") == 1
+            assert await alice.wait_closed() == (4601, "token revoked")
+        async with harness.connect(path="/?user=alice") as again:
+            assert (await again.request({"type": "ping"}))["type"] == "pong"
+        # A hook's principal carrying its own token's iat is compared by that iat.
+        with pytest.raises(ConnectionRejected) as refused:
+            async with harness.connect(path=f"/?user=alice&iat={time.time() - 60:.0f}"):
+                pass
+        assert refused.value.status_code == 401

@@ -52,6 +52,10 @@ class Principal:
     #: What others see of this connection in presence (a name...): a JSON object of at most
     #: 1 KiB encoded (``triows._core.conninfo``); from the JWT claim ``info``.
     info: dict[str, Any] | None = attrs.field(default=None, eq=False, converter=check_info)
+    #: When the ``authenticate`` hook vouched for this principal (unix seconds, set by the
+    #: server at the handshake): what a revocation compares when there is no token ``iat``,
+    #: so that a login after ``Server.revoke`` is good. ``None`` for a JWT's principal.
+    authenticated_at: float | None = attrs.field(default=None, eq=False)
 
     def may(self, action: Action, channel: str) -> bool:
         patterns = self.channels if action is Action.SUBSCRIBE else self.publish

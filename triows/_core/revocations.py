@@ -2,7 +2,9 @@
 
 ``revoke(user, before)`` makes every token of ``user`` issued (``iat``) before ``before`` (unix
 seconds) invalid: at the handshake, on ``refresh``, and its live connections are closed. A
-token without ``iat`` counts as issued before. The state is bounded: one entry per user (a
+token without ``iat`` counts as issued before; a principal without a token (from the
+``authenticate`` hook) counts as issued when the hook vouched for it (``authenticated_at``),
+so that a login after the revocation is good. The state is bounded: one entry per user (a
 later revocation of the same user replaces the earlier one if it reaches further), at most
 ``max_entries`` users (more are refused, never silently forgotten), and each entry expires
 ``ttl`` seconds after its ``before``: with ``--jwt-max-age`` such tokens are refused anyway
@@ -80,17 +82,24 @@ class Revocations:
             if left:
                 self._reserved[user] = left
 
-    def revoked(self, user: str | None, claims: dict[str, Any], now: float) -> bool:
-        """Whether a token of ``user`` with ``claims`` is revoked at ``now``."""
+    def revoked(
+        self,
+        user: str | None,
+        claims: dict[str, Any],
+        now: float,
+        authenticated_at: float | None = None,
+    ) -> bool:
+        """Whether a token of ``user`` with ``claims`` is revoked at ``now``; without an
+        ``iat`` claim, issued at ``authenticated_at`` (the hook's principal), or before."""
         if user is None:
             return False
         held = self._entries.get(user)
         if held is None or held[1] <= now:
             return False
-        iat = claims.get("iat")
-        if isinstance(iat, bool) or not isinstance(iat, int | float):
-            return True
-        return iat < held[0]
+        issued = claims.get("iat")
+        if isinstance(issued, bool) or not isinstance(issued, int | float):
+            issued = authenticated_at
+        return issued is None or issued < held[0]
 
     def expire(self, now: float) -> None:
         deadlines = self._deadlines
