@@ -177,6 +177,7 @@ BAD_BODIES = [
     ("/api/subscribe", {"user": "bob", "channel": "*"}, "channel name"),
     ("/api/revoke", {}, "missing field 'user'"),
     ("/api/revoke", {"user": "bob", "before": "now"}, "unix seconds"),
+    ("/api/revoke", {"user": "bob", "before": 1e10}, "seconds after now"),  # year 2286
     ("/api/history", {"channel": "ok", "limit": 1001}, "cap"),
     ("/api/history", {"channel": "ok", "reverse": "yes"}, "reverse"),
     ("/api/history", {"channel": "ok", "since": -1}, "since"),

@@ -7,7 +7,8 @@ token without ``iat`` counts as issued before; a principal without a token (from
 so that a login after the revocation is good. The state is bounded: one entry per user (a
 later revocation of the same user replaces the earlier one if it reaches further), at most
 ``max_entries`` users (more are refused, never silently forgotten), and each entry expires
-``ttl`` seconds after its ``before``: with ``--jwt-max-age`` such tokens are refused anyway
+``ttl`` seconds after its ``before`` (at most ``ttl`` from now; a ``before`` reaches at most
+:data:`MAX_AHEAD` past now): with ``--jwt-max-age`` such tokens are refused anyway
 by then; without it the ttl is :data:`DEFAULT_TTL`. No clock is read here: ``now`` is passed.
 """
 
@@ -22,6 +23,9 @@ from typing import Any, Final
 DEFAULT_TTL: Final = 24 * 3600.0
 #: Users revoked at once at most.
 MAX_REVOKED: Final = 100_000
+#: How far past now a revocation's ``before`` may reach (seconds): the application's clock
+#: and the nodes' may differ a little; further is a mistake (a year 5138 revocation).
+MAX_AHEAD: Final = 300.0
 
 
 class RevocationsFull(Exception):
@@ -49,7 +53,8 @@ class Revocations:
         held = self._entries.get(user)
         if held is not None and held[0] >= before:
             return  # an earlier revocation reaches as far
-        expires = before + self.ttl
+        # ttl from ``before``, and never more than ttl from now (a ``before`` ahead of now).
+        expires = min(before, now) + self.ttl
         if expires <= now:
             return  # every such token is too old to be accepted anyway
         self._entries[user] = (before, expires)

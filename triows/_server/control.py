@@ -26,7 +26,7 @@ from .._core.close_codes import DISCONNECTED, REVOKED, check_disconnect_code
 from .._core.frames import text_payload
 from .._core.history import DEFAULT_HISTORY_LIMIT
 from .._core.names import validate_channel
-from .._core.revocations import RevocationsFull
+from .._core.revocations import MAX_AHEAD, RevocationsFull
 from .._ops.dashboard import CONNECTIONS, connections_answer
 from .._ops.view import ChannelInfo, ControlFailed, HistoryResult
 from .access import Access
@@ -132,12 +132,18 @@ class Control:
         return await self._total(request, "subscribed")
 
     async def revoke(self, user: str, before: float | None = None) -> int:
-        start = self._wall_clock() if before is None else check_time(before, "before")
+        now = self._wall_clock()
+        start = now if before is None else check_time(before, "before")
+        if start > now + MAX_AHEAD:
+            raise ValueError(
+                f"'before' must be at most {MAX_AHEAD:.0f} seconds after now "
+                "(a revocation reaches tokens issued until then)"
+            )
         request = {"op": "revoke", **target(user, None), "before": start}
         try:  # a place held first: a refused revocation must be nowhere, not kept in Redis
             with self._access.revocations.reserving(user, self._wall_clock()):
                 # Kept where a node started later finds it (Redis), then told to every node.
-                lasts = start + self._access.revocations.ttl - self._wall_clock()
+                lasts = min(start, now) + self._access.revocations.ttl - self._wall_clock()
                 if lasts > 0:
                     await self._broker.share_revocation(user, start, lasts)
                 return await self._total(request, "disconnected")
