@@ -17,6 +17,7 @@ import attrs
 import jwt
 
 from .conninfo import InfoError, check_info
+from .ids import has_utf8_form
 from .names import PatternSet
 
 
@@ -132,6 +133,8 @@ def verify_token(
         sub = str(sub)
     if not isinstance(sub, str) or not sub:
         raise AuthError("token has no 'sub' claim (a non-empty string or an integer)")
+    if not has_utf8_form(sub):
+        raise AuthError("claim 'sub' must be text with a UTF-8 form (it has a lone surrogate)")
     exp = claims.get("exp")
     if exp is not None:
         if isinstance(exp, bool) or not isinstance(exp, int | float):

@@ -25,6 +25,7 @@ from .._core import protocol
 from .._core.close_codes import DISCONNECTED, REVOKED, check_disconnect_code
 from .._core.frames import text_payload
 from .._core.history import DEFAULT_HISTORY_LIMIT
+from .._core.ids import check_id, has_utf8_form
 from .._core.names import validate_channel
 from .._core.revocations import MAX_AHEAD, RevocationsFull
 from .._ops.dashboard import CONNECTIONS, connections_answer
@@ -51,13 +52,15 @@ def target(user: Any, client: Any) -> dict[str, str]:
     if (user is None) == (client is None):
         raise ValueError("give exactly one of 'user' and 'client'")
     name, value = ("user", user) if user is not None else ("client", client)
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID:
-        raise ValueError(f"'{name}' must be a string of 1 to {MAX_ID} characters")
-    return {name: value}
+    return {name: check_id(value, name, MAX_ID)}
 
 
 def check_reason(reason: Any) -> str:
-    if not isinstance(reason, str) or len(reason.encode()) > MAX_REASON:
+    if (
+        not isinstance(reason, str)
+        or not has_utf8_form(reason)
+        or len(reason.encode()) > MAX_REASON
+    ):
         raise ValueError(f"'reason' must be a string of at most {MAX_REASON} bytes")
     return reason
 
