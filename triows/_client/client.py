@@ -25,6 +25,7 @@ from typing import Any
 import trio
 from trio_util import AsyncValue
 
+from .._core.close_codes import is_disconnect
 from .._core.protocol import MAX_SAFE_INTEGER
 from .._core.retry import Attempts, Stop, Verdict
 from .._core.tracking import AdaptiveInterval, Tracker
@@ -345,6 +346,12 @@ class Client(Queries):
             log.error("server refused the connection: %s", why)
             self._close(f"rejected: {why}")
 
+    def _closed_by_server(self, closed: CloseReason | None) -> None:
+        """Keep the server's close (:attr:`close_code`, :attr:`close_reason`) when it is a
+        disconnect (``is_disconnect``, the rule triows.js follows too)."""
+        if closed is not None and is_disconnect(closed.code):
+            self.close_code, self.close_reason = closed.code, closed.reason
+
     async def _run_connection(self, deadline: float) -> AttemptEnding:
         """One attempt, and the connection's life if it gets through: how it ended."""
         return await judge_attempt(
@@ -369,7 +376,13 @@ class Client(Queries):
                     ws = await open_client(
                         nursery, stream, host=endpoint.host, path=path, message_queue_size=64
                     )
-                    welcome = json.loads(await ws.get_message())
+                    try:
+                        welcome = json.loads(await ws.get_message())
+                    except ConnectionClosed as closed_early:
+                        # Closed before its welcome (a revoke served meanwhile): reported
+                        # like a close after it.
+                        self._closed_by_server(closed_early.reason)
+                        raise
                 # Made before it is open, it resubscribes the channels followed so far; a
                 # subscribe() once it is open sends its own request.
                 link = self._link = Link(
@@ -394,8 +407,7 @@ class Client(Queries):
                 self._publishes.resend_unacked()
                 self.state.value = ClientState.OPEN
                 closed = await link.run(nursery)  # returns when the connection is closed
-                if closed is not None:
-                    self.close_code, self.close_reason = closed.code, closed.reason
+                self._closed_by_server(closed)
                 if self._saying_goodbye:
                     # aclose() is finishing the closing handshake, which needs the
                     # library's reader task: keep the connection up until it is done.
