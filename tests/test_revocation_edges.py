@@ -87,3 +87,37 @@ async def test_a_login_after_a_revoke_is_good_with_the_authenticate_hook(
             async with harness.connect(path=f"/?user=alice&iat={time.time() - 60:.0f}"):
                 pass
         assert refused.value.status_code == 401
+
+
+async def test_kept_revocations_are_read_at_each_link_up_and_outlive_a_bug(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from trio_util import AsyncBool
+
+    from triows._server.kept_revocations import RETRY, follow_kept
+
+    reads: list[float] = []
+
+    class Control:
+        async def load_revocations(self) -> int:
+            reads.append(trio.current_time())
+            if len(reads) == 1:
+                raise RuntimeError("a bug")
+            return 1
+
+    up = AsyncBool(False)
+    control: Any = Control()  # what follow_kept uses of the server's Control
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow_kept, control, up, 5.0, False)
+        await trio.sleep(10)
+        assert reads == []  # not while Redis is away
+        up.value = True
+        await trio.sleep(10)
+        assert len(reads) == 2  # the bug logged, read again after the backoff
+        assert reads[1] - reads[0] == RETRY
+        up.value = False
+        await trio.sleep(1)
+        up.value = True
+        await trio.sleep(1)
+        assert len(reads) == 3  # once per link-up
+        nursery.cancel_scope.cancel()

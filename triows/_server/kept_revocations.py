@@ -45,14 +45,19 @@ async def load_kept(control: Control, up: AsyncBool, read_within: float) -> bool
 
 async def follow_kept(control: Control, up: AsyncBool, read_within: float, loaded: bool) -> None:
     """Read the kept revocations once per link-up (``loaded``: already read for the current
-    one); retried with a bounded backoff while the link is up and the read fails."""
+    one); retried with a bounded backoff while the link is up and the read fails (or fails
+    with a bug: this task outlives it, as :func:`triows._restart.restarting` tasks do)."""
     delay = RETRY
     while True:
         if loaded:
             await up.wait_value(False)
             delay = RETRY
         await up.wait_value(True)
-        loaded = await load_kept(control, up, read_within)
+        try:
+            loaded = await load_kept(control, up, read_within)
+        except Exception:  # a bug: logged, tried again after the backoff, never the server's end
+            log.exception("reading the kept revocations failed; trying again")
+            loaded = False
         if not loaded:
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
