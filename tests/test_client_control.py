@@ -4,6 +4,8 @@ streams."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import trio
 
@@ -80,3 +82,30 @@ async def test_what_the_server_does_to_a_client(autojump_clock: trio.testing.Moc
             assert (bob.close_code, bob.close_reason) == (4600, "banned")
             with pytest.raises(wsclient.ClientClosedError, match="4600"):
                 await bob.publish("news", 1)
+
+
+async def test_a_disconnect_before_the_welcome_is_reported(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revoke served during the handshake closes the connection with 4601 before its
+    welcome: the client stopped ("do not reconnect") but kept no close_code, unlike the same
+    close after the welcome (tests/vectors/retry.json, "disconnects", for triows.js too)."""
+    from triows._net.streams import PendingHandshake
+
+    async with open_test_server(jwt_secret=SECRET) as harness:
+        server = harness.server
+        write_101 = PendingHandshake.accept
+
+        async def revoked_meanwhile(self: PendingHandshake) -> object:
+            await server.revoke("alice", before=time.time() + 1)
+            return await write_101(self)
+
+        monkeypatch.setattr(PendingHandshake, "accept", revoked_meanwhile)
+        token = make_token("alice", iat=int(time.time()) - 60)
+        async with wsclient.connect(URL, token=token, open_stream=harness.listener.connect) as c:
+            with trio.fail_after(30):
+                await c.state.wait_value(wsclient.ClientState.CLOSED)
+            assert (c.close_code, c.close_reason) == (4601, "token revoked")
+            assert c.connects == 0
+            with pytest.raises(wsclient.ClientClosedError, match="4601"):
+                await c.publish("news", 1)

@@ -364,3 +364,19 @@ async def test_merging_many_nodes_channels_lets_the_others_run(
         assert {c["subscribers"] for c in listed} == {3}
         assert len(listed) == 5000
         assert ticks - before >= 15000 // 2000 - 1
+
+
+async def test_a_server_subscribe_counts_what_it_queued_even_if_refused_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """docs/http.md: ``/api/subscribe``'s count is of subscriptions queued, not made; one
+    refused when served (here at --max-subscriptions) is counted, and its client gets the
+    error."""
+    async with open_test_server(jwt_secret=SECRET, max_subscriptions=1) as harness:
+        server = harness.server
+        async with harness.connect(token=token("alice")) as alice:
+            await alice.request({"type": "subscribe", "channel": "own"})
+            assert await server.subscribe("news", user="alice") == 1
+            refused = await alice.receive()
+            assert (refused["type"], refused["code"]) == ("error", 429)
+            assert (await server.channel("news")).subscribers == 0

@@ -134,9 +134,10 @@ async def test_a_lookup_lists_at_most_max_listed_and_counts_all(
     [
         (b'{"user": "a", "client": "b"}', 400, "either 'user' or 'client'"),
         (b"{}", 400, "either 'user' or 'client'"),
-        (b'{"user": 5}', 400, "user must be a string"),
-        (b'{"client": ""}', 400, "client must be a string of 1 to 256"),
-        (b'{"user": "' + b"u" * 257 + b'"}', 400, "user must be a string of 1 to 256"),
+        (b'{"user": 5}', 400, "'user' must be a string"),
+        (b'{"client": ""}', 400, "'client' must be a string of 1 to 256"),
+        (b'{"user": "' + b"u" * 257 + b'"}', 400, "'user' must be a string of 1 to 256"),
+        (b'{"user": "u\\ud800"}', 400, "'user' must be text with a UTF-8 form"),
         (b'{"user": "a", "channel": "x"}', 400, "unknown field 'channel'"),
         (b'{"user": "a", "user": "b"}', 400, "body is"),
         (b"[1]", 400, "body must be a JSON object"),

@@ -50,6 +50,7 @@ def test_an_integer_subject_is_its_string_form() -> None:
         (token({"sub": ""}), "'sub'"),
         (token({"sub": True}), "'sub'"),
         (token({"sub": 1.5}), "'sub'"),
+        (token({"sub": "u\ud800"}), "lone surrogate"),  # no UTF-8 form: no Redis key
         (token({"sub": "u1", "channels": "news"}), "'channels'"),
         (token({"sub": "u1", "publish": [1]}), "'publish'"),
         (token({"sub": "u1"}, secret=SECRET * 2, alg="HS512"), "invalid token"),

@@ -87,6 +87,17 @@ def test_revocations_refuse_older_tokens_expire_and_are_bounded() -> None:
     assert len(revoked) == 1
 
 
+def test_a_revocation_lasts_at_most_its_ttl_from_now() -> None:
+    """A ``before`` ahead of now (another node's clock, a kept one) expired ttl after it:
+    a revocation could outlive its ttl by as far as ``before`` reached."""
+    revoked = Revocations(ttl=100)
+    revoked.revoke("u", before=5000, now=1000)
+    assert revoked.revoked("u", {"iat": 4000}, now=1099)
+    assert not revoked.revoked("u", {"iat": 4000}, now=1100)
+    revoked.expire(1100)
+    assert len(revoked) == 0
+
+
 def test_connection_info_is_a_small_json_object() -> None:
     assert check_info(None) is None
     assert check_info({"name": "Ann"}) == {"name": "Ann"}

@@ -15,6 +15,7 @@ import pytest
 from triows._core.close_codes import (
     DO_NOT_RECONNECT,
     RECONNECT_ALLOWED,
+    is_disconnect,
     refusal_close_code,
     refusal_status,
 )
@@ -96,6 +97,14 @@ def test_refusals_as_close_codes(row: dict[str, Any]) -> None:
     assert refusal_status(row["code"]) == row["status"]
     assert (row["code"] in RECONNECT_ALLOWED) == row["reconnect"]
     assert (row["code"] in DO_NOT_RECONNECT) != row["reconnect"]
+
+
+@pytest.mark.parametrize(
+    "row", VECTORS["disconnects"], ids=lambda row: f"{row['code']}-{row['welcomed']}"
+)
+def test_which_server_closes_are_disconnects(row: dict[str, Any]) -> None:
+    assert is_disconnect(row["code"]) == row["reported"]
+    assert (row["code"] is None or row["code"] not in DO_NOT_RECONNECT) == row["reconnect"]
 
 
 def test_every_rule_has_vectors() -> None:

@@ -345,6 +345,49 @@ test("it asks for refusals as close codes, and one that no retry fixes (4501) st
   assert.equal(FakeSocket.made.length, 1, "no retry");
 });
 
+test("a disconnect before the welcome (a revoke during the handshake) is told, and 4601 stops it", async (t) => {
+  useFakes(t);
+  const { c, of } = client();
+  const told = [];
+  c.on("disconnected", (detail) => told.push(detail));
+  c.on("error", () => {});
+  await settle();
+  FakeSocket.made[0].refuseWithClose(4601, "token revoked"); // accepted, closed before welcome
+  await settle();
+  assert.deepEqual(told, [{ code: 4601, reason: "token revoked", reconnect: false }]);
+  assert.deepEqual([c.closeCode, c.closeReason], [4601, "token revoked"]);
+  assert.equal(c.state, "closed");
+  assert.equal(of("error")[0].code, 4601);
+  await advance(60);
+  assert.equal(FakeSocket.made.length, 1, "no retry");
+  // A refusal as a close code is a refusal, not a disconnect: no "disconnected".
+  const other = client({ token: "bad" });
+  const refusedTold = [];
+  other.c.on("disconnected", (detail) => refusedTold.push(detail));
+  await settle();
+  FakeSocket.made.at(-1).refuseWithClose(4501, "HTTP 401: invalid token");
+  await settle();
+  assert.deepEqual(refusedTold, []);
+  assert.equal(other.c.closeCode, null);
+});
+
+test("a reconnect-allowed disconnect before the welcome (4000) is told, and it connects again", async (t) => {
+  useFakes(t, { random: 1 });
+  const { c } = client({ backoffBase: 0.1, backoffCap: 0.4 });
+  const told = [];
+  c.on("disconnected", (detail) => told.push(detail));
+  c.on("error", () => {});
+  await settle();
+  FakeSocket.made[0].refuseWithClose(4000, "come back");
+  await settle();
+  assert.deepEqual(told, [{ code: 4000, reason: "come back", reconnect: true }]);
+  await advance(1);
+  assert.equal(FakeSocket.made.length, 2);
+  FakeSocket.made[1].open();
+  await settle();
+  assert.equal(c.state, "open");
+});
+
 test("transient refusals (4429, 4453) and failures with no status are retried with backoff, never a stop", async (t) => {
   useFakes(t, { random: 1 });
   // The server answers /ready with 200 all along: that no longer makes a failure a refusal.

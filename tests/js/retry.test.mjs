@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { Attempts, Pacer, refusalStatus } from "../../triows/static/triows.js";
+import { Attempts, Pacer, isDisconnect, refusalStatus } from "../../triows/static/triows.js";
 
 const vectors = JSON.parse(readFileSync(new URL("../vectors/retry.json", import.meta.url), "utf8"));
 
@@ -59,5 +59,12 @@ test("refusals as close codes carry their HTTP status, in the documented ranges"
     assert.equal(refusalStatus(code), status, `code ${code}`);
     assert.equal(code >= 4000 && code < 4500, reconnect, `code ${code}`);
     assert.equal(code >= 4500 && code < 5000, !reconnect, `code ${code}`);
+  }
+});
+
+test("server closes reported as disconnects, before the welcome as after it", () => {
+  for (const { code, welcomed, reported, reconnect } of vectors.disconnects) {
+    assert.equal(isDisconnect(code), reported, `code ${code} (welcomed: ${welcomed})`);
+    assert.equal(code === null || !(code >= 4500 && code < 5000), reconnect, `code ${code}`);
   }
 });

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from .._core.retry import Ending
+from .._core.retry import Ending, Stop, Verdict
+from .errors import ClientClosedError, ClientError, ConnectionLostError
 from .groups import leaves
 from .link import ResubscribeRefusedForNow
 from .transport import CloseReason, ConnectionClosed, ConnectionRejected
@@ -83,6 +84,26 @@ async def judge_attempt(
         lasted=since_welcome() if welcomed else 0.0,
     )
     return AttemptEnding(core, closed=closing(), failure=failure)
+
+
+def why_stopped(
+    verdict: Verdict, ending: AttemptEnding, last_failure: str, url: str, connect_timeout: float
+) -> tuple[str, type[ClientError]]:
+    """Why a client stops for good, as ``verdict`` says, and the error the application gets."""
+    if verdict.stop is Stop.NO_CONNECTION:
+        return (
+            f"no connection to {url} within {connect_timeout:g}s "
+            f"(connect_timeout); the last attempt: {last_failure}",
+            ConnectionLostError,
+        )
+    if verdict.stop is Stop.GAVE_UP:
+        return f"gave up after {verdict.failures} failed attempts in a row", ClientClosedError
+    if verdict.status is not None and ending.core.status is not None:
+        log.error("server refused the connection: HTTP %d", verdict.status)
+        return f"rejected with HTTP {verdict.status}", ClientClosedError
+    why = f"closed with {verdict.code}: {ending.failure}"
+    log.error("server refused the connection: %s", why)
+    return f"rejected: {why}", ClientClosedError
 
 
 def describe_close(reason: CloseReason) -> str:

@@ -25,10 +25,11 @@ from typing import Any
 import trio
 from trio_util import AsyncValue
 
+from .._core.close_codes import is_disconnect
 from .._core.protocol import MAX_SAFE_INTEGER
-from .._core.retry import Attempts, Stop, Verdict
+from .._core.retry import Attempts, Verdict
 from .._core.tracking import AdaptiveInterval, Tracker
-from .attempt import AttemptEnding, judge_attempt
+from .attempt import AttemptEnding, judge_attempt, why_stopped
 from .endpoint import Endpoint, StreamOpener, TokenSource
 from .errors import (
     ClientClosedError,
@@ -329,21 +330,13 @@ class Client(Queries):
 
     def _stop(self, verdict: Verdict, ending: AttemptEnding, last_failure: str) -> None:
         """Close for good, as ``verdict`` says, with the error the application will get."""
-        if verdict.stop is Stop.NO_CONNECTION:
-            self._close(
-                f"no connection to {self.url} within {self._connect_timeout:g}s "
-                f"(connect_timeout); the last attempt: {last_failure}",
-                ConnectionLostError,
-            )
-        elif verdict.stop is Stop.GAVE_UP:
-            self._close(f"gave up after {verdict.failures} failed attempts in a row")
-        elif verdict.status is not None and ending.core.status is not None:
-            log.error("server refused the connection: HTTP %d", verdict.status)
-            self._close(f"rejected with HTTP {verdict.status}")
-        else:
-            why = f"closed with {verdict.code}: {ending.failure}"
-            log.error("server refused the connection: %s", why)
-            self._close(f"rejected: {why}")
+        self._close(*why_stopped(verdict, ending, last_failure, self.url, self._connect_timeout))
+
+    def _closed_by_server(self, closed: CloseReason | None) -> None:
+        """Keep the server's close (:attr:`close_code`, :attr:`close_reason`) when it is a
+        disconnect (``is_disconnect``, the rule triows.js follows too)."""
+        if closed is not None and is_disconnect(closed.code):
+            self.close_code, self.close_reason = closed.code, closed.reason
 
     async def _run_connection(self, deadline: float) -> AttemptEnding:
         """One attempt, and the connection's life if it gets through: how it ended."""
@@ -369,7 +362,11 @@ class Client(Queries):
                     ws = await open_client(
                         nursery, stream, host=endpoint.host, path=path, message_queue_size=64
                     )
-                    welcome = json.loads(await ws.get_message())
+                    try:
+                        welcome = json.loads(await ws.get_message())
+                    except ConnectionClosed as early:  # a revoke during the handshake, say
+                        self._closed_by_server(early.reason)
+                        raise
                 # Made before it is open, it resubscribes the channels followed so far; a
                 # subscribe() once it is open sends its own request.
                 link = self._link = Link(
@@ -394,8 +391,7 @@ class Client(Queries):
                 self._publishes.resend_unacked()
                 self.state.value = ClientState.OPEN
                 closed = await link.run(nursery)  # returns when the connection is closed
-                if closed is not None:
-                    self.close_code, self.close_reason = closed.code, closed.reason
+                self._closed_by_server(closed)
                 if self._saying_goodbye:
                     # aclose() is finishing the closing handshake, which needs the
                     # library's reader task: keep the connection up until it is done.

@@ -17,6 +17,7 @@ import attrs
 import jwt
 
 from .conninfo import InfoError, check_info
+from .ids import has_utf8_form
 from .names import PatternSet
 
 
@@ -52,6 +53,10 @@ class Principal:
     #: What others see of this connection in presence (a name...): a JSON object of at most
     #: 1 KiB encoded (``triows._core.conninfo``); from the JWT claim ``info``.
     info: dict[str, Any] | None = attrs.field(default=None, eq=False, converter=check_info)
+    #: When the ``authenticate`` hook vouched for this principal (unix seconds, set by the
+    #: server at the handshake): what a revocation compares when there is no token ``iat``,
+    #: so that a login after ``Server.revoke`` is good. ``None`` for a JWT's principal.
+    authenticated_at: float | None = attrs.field(default=None, eq=False)
 
     def may(self, action: Action, channel: str) -> bool:
         patterns = self.channels if action is Action.SUBSCRIBE else self.publish
@@ -128,6 +133,8 @@ def verify_token(
         sub = str(sub)
     if not isinstance(sub, str) or not sub:
         raise AuthError("token has no 'sub' claim (a non-empty string or an integer)")
+    if not has_utf8_form(sub):
+        raise AuthError("claim 'sub' must be text with a UTF-8 form (it has a lone surrogate)")
     exp = claims.get("exp")
     if exp is not None:
         if isinstance(exp, bool) or not isinstance(exp, int | float):

@@ -70,6 +70,14 @@ REVOKED: Final = 4601
 _REFUSAL_CODES: Final = range(4400, 4550)
 
 
+def is_disconnect(code: int | None) -> bool:
+    """Whether a close with ``code`` is the server disconnecting the client (a code of
+    4000-4999 that carries no refusal): both clients report it (the code, the reason, whether
+    they connect again: :data:`RECONNECT_ALLOWED`), before the welcome as after it.
+    tests/vectors/retry.json ("disconnects") pins it for triows.js too."""
+    return code is not None and code in range(4000, 5000) and code not in _REFUSAL_CODES
+
+
 def check_disconnect_code(code: int) -> int:
     """``code`` when an application may close a connection with it: 4000-4999 but the
     refusal codes (4400-4549). ValueError otherwise, naming what is allowed."""

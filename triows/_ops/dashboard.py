@@ -24,6 +24,7 @@ from typing import Any
 
 from .._brokers.seam import BrokerUnavailableError
 from .._core.handshake import HttpRequest
+from .._core.ids import IdError, check_id
 from .answers import Handler, HttpError, Response, json_response
 from .api import object_body
 from .static import static_file
@@ -67,8 +68,10 @@ class Dashboard:
         if len(payload) != 1:
             raise HttpError(400, "give either 'user' or 'client'")
         (field, wanted), *_ = payload.items()
-        if not isinstance(wanted, str) or not 1 <= len(wanted) <= MAX_ID:
-            raise HttpError(400, f"{field} must be a string of 1 to {MAX_ID} characters")
+        try:
+            check_id(wanted, field, MAX_ID)
+        except IdError as exc:
+            raise HttpError(400, str(exc)) from None
         view = self._view
         lookup = {"op": CONNECTIONS, field: wanted}
         try:

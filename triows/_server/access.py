@@ -13,6 +13,7 @@ import inspect
 from collections import Counter
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from .._config import Config
@@ -56,7 +57,14 @@ class Access:
         """Whether ``principal``'s token was revoked (issued before its user's revocation)."""
         if not len(self.revocations):
             return False
-        return self.revocations.revoked(principal.user_id, principal.claims, self._wall_clock())
+        return self.revocations.revoked(
+            principal.user_id, principal.claims, self._wall_clock(), principal.authenticated_at
+        )
+
+    def vouched(self, principal: Principal) -> Principal:
+        """The ``authenticate`` hook's principal, stamped with the time it was vouched for
+        (what a revocation compares when it has no token ``iat``)."""
+        return attrs.evolve(principal, authenticated_at=self._wall_clock())
 
     async def run(self) -> None:
         """Keep the key set fresh (a supervisor task); nothing to do without one."""

@@ -25,8 +25,9 @@ from .._core import protocol
 from .._core.close_codes import DISCONNECTED, REVOKED, check_disconnect_code
 from .._core.frames import text_payload
 from .._core.history import DEFAULT_HISTORY_LIMIT
+from .._core.ids import check_id, has_utf8_form
 from .._core.names import validate_channel
-from .._core.revocations import RevocationsFull
+from .._core.revocations import MAX_AHEAD, RevocationsFull
 from .._ops.dashboard import CONNECTIONS, connections_answer
 from .._ops.view import ChannelInfo, ControlFailed, HistoryResult
 from .access import Access
@@ -51,13 +52,15 @@ def target(user: Any, client: Any) -> dict[str, str]:
     if (user is None) == (client is None):
         raise ValueError("give exactly one of 'user' and 'client'")
     name, value = ("user", user) if user is not None else ("client", client)
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID:
-        raise ValueError(f"'{name}' must be a string of 1 to {MAX_ID} characters")
-    return {name: value}
+    return {name: check_id(value, name, MAX_ID)}
 
 
 def check_reason(reason: Any) -> str:
-    if not isinstance(reason, str) or len(reason.encode()) > MAX_REASON:
+    if (
+        not isinstance(reason, str)
+        or not has_utf8_form(reason)
+        or len(reason.encode()) > MAX_REASON
+    ):
         raise ValueError(f"'reason' must be a string of at most {MAX_REASON} bytes")
     return reason
 
@@ -132,17 +135,23 @@ class Control:
         return await self._total(request, "subscribed")
 
     async def revoke(self, user: str, before: float | None = None) -> int:
-        start = self._wall_clock() if before is None else check_time(before, "before")
+        now = self._wall_clock()
+        start = now if before is None else check_time(before, "before")
+        if start > now + MAX_AHEAD:
+            raise ValueError(
+                f"'before' must be at most {MAX_AHEAD:.0f} seconds after now "
+                "(a revocation reaches tokens issued until then)"
+            )
         request = {"op": "revoke", **target(user, None), "before": start}
-        try:  # room here first: a refused revocation must be nowhere, not kept in Redis
-            self._access.revocations.check_room(user, self._wall_clock())
-        except RevocationsFull as exc:
+        try:  # a place held first: a refused revocation must be nowhere, not kept in Redis
+            with self._access.revocations.reserving(user, self._wall_clock()):
+                # Kept where a node started later finds it (Redis), then told to every node.
+                lasts = min(start, now) + self._access.revocations.ttl - self._wall_clock()
+                if lasts > 0:
+                    await self._broker.share_revocation(user, start, lasts)
+                return await self._total(request, "disconnected")
+        except RevocationsFull as exc:  # raised by reserving alone: nothing was shared
             raise ControlFailed(str(exc)) from None
-        # Kept where a node started later finds it (Redis), then told to every node now.
-        lasts = start + self._access.revocations.ttl - self._wall_clock()
-        if lasts > 0:
-            await self._broker.share_revocation(user, start, lasts)
-        return await self._total(request, "disconnected")
 
     async def load_revocations(self) -> int:
         """Take the revocations kept in Redis before this node started; how many."""

@@ -135,7 +135,7 @@ class Handshakes:
             if not isinstance(result, Principal):
                 log.error("authenticate hook returned %r, not a Principal", type(result))
                 raise Rejected(500, "authentication failed")
-            return result
+            return self._access.vouched(result)
         if config.jwt_enabled:
             token = _bearer_token(info)
             if token is None:

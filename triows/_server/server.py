@@ -34,7 +34,6 @@ import trio
 from .._brokers.factory import open_broker
 from .._brokers.fanout import FanOut
 from .._brokers.presence import Presence
-from .._brokers.seam import BrokerUnavailableError
 from .._config import Config
 from .._core.admission import Admission, Stage
 from .._core.close_codes import REVOKED
@@ -52,6 +51,7 @@ from .access import Access
 from .connection import GOING_AWAY, Connection
 from .control import Control
 from .handshakes import Handshakes
+from .kept_revocations import follow_kept, load_kept
 from .public import PublicMethods
 from .publishing import Publishing
 from .sse import SseStream
@@ -254,7 +254,10 @@ class Server(PublicMethods):
                         token_keys=self.access.run,
                     )
                 )
-                await self._load_revocations()
+                # Revocations kept in Redis: read before accepting, and at every link-up.
+                up, wait = self.broker.up, config.handshake_timeout
+                loaded = await load_kept(self.control, up, wait)
+                root.start_soon(follow_kept, self.control, up, wait, loaded)
                 try:
                     async with trio.open_nursery() as connections:
                         self._connections_nursery = connections
@@ -270,19 +273,6 @@ class Server(PublicMethods):
             self._stopped.set()
             if started:  # a server that never listened did not stop either
                 log.info("stopped")
-
-    async def _load_revocations(self) -> None:
-        """Revocations made before this node started (kept in Redis), before it accepts
-        (not while Redis is away: the node serves without them rather than wait)."""
-        if not self.broker.up.value:
-            log.warning("revocations made before this start are unknown: Redis unreachable")
-            return
-        with trio.move_on_after(self.config.handshake_timeout):
-            try:
-                if await self.control.load_revocations():
-                    log.info("%d revocation(s) in force", len(self.access.revocations))
-            except BrokerUnavailableError:
-                log.warning("revocations made before this start are unknown: Redis unreachable")
 
     async def _accept(
         self,

@@ -91,6 +91,10 @@ const PUBLISH_NOT_NOW = new Set([429, 503]);
 /** As triows/_core/close_codes.py: refusals no retry can fix, and the close-code ranges. */
 const PERMANENT = new Set([400, 401, 403, 404]);
 const isDoNotReconnect = (code) => code >= 4500 && code < 5000;
+/** As triows/_core/close_codes.py's is_disconnect (tests/vectors/retry.json "disconnects"):
+ *  a server close the client reports ("disconnected"), before the welcome as after it: a code
+ *  of 4000-4999 that carries no refusal (4400-4549). */
+export const isDisconnect = (code) => code !== null && code >= 4000 && code < 5000 && !(code >= 4400 && code < 4550);
 /** As triows/_core/retry.py: closes after a welcome that mean "the connection worked", the
  *  seconds after which any connection worked, and 401s in a row (each with a fresh token from
  *  a token function) that stop the client. */
@@ -874,9 +878,10 @@ export class TriowsClient {
         if (conn.welcomed && code !== null && !WORKED.has(code)) {
           this._emit("error", { code, message: event.reason || "connection closed" });
         }
-        if (conn.welcomed && code !== null && code >= 4000 && code < 5000) {
-          // The server disconnected this client (Server.disconnect, revoke): said, with
-          // whether it connects again (the ranges: 4000-4499 yes, 4500-4999 no).
+        if (isDisconnect(code)) {
+          // The server disconnected this client (Server.disconnect, revoke), also before its
+          // welcome (a revoke served during the handshake): said, with whether it connects
+          // again (the ranges: 4000-4499 yes, 4500-4999 no).
           this.closeCode = code;
           this.closeReason = event.reason || "";
           this._emit("disconnected", { code, reason: this.closeReason, reconnect: code < 4500 });

@@ -51,8 +51,9 @@ from ..seam import (
 )
 from .bridge import LINK_ERRORS, Confirmed, Event, LinkDown, Message, PubSubListener, RedisBridge
 from .commands import read_numbering
-from .control import ClusterControl, load_revocations, read_history, store_revocation
+from .control import ClusterControl, load_revocations, store_revocation
 from .feeds import ChannelFeeds
+from .history_read import read_history
 from .link import Link
 from .publisher import Publisher
 from .reads import ResumeReads

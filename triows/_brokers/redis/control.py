@@ -10,9 +10,7 @@ each answers on the asking node's reply channel with what it did. The asking nod
 (bounded) for that many answers: the application learns the cluster's total, or how many nodes
 did not answer in time.
 
-History pages are read from the channel's stream (its newest ``history size`` entries within
-the ttl: what a resume could replay) and cut by the same rule as in process
-(``triows._core.history.page``).
+History pages are read by :mod:`.history_read`.
 """
 
 from __future__ import annotations
@@ -27,12 +25,9 @@ import redis
 import trio
 from redis.cluster import RedisCluster
 
-from ..._config import Config
 from ..._core import redis_format as fmt
-from ..._core.history import page
-from ..seam import BrokerUnavailableError, ControlHandler, HistoryPage, WallClockMs
+from ..seam import BrokerUnavailableError, ControlHandler
 from .bridge import LINK_ERRORS, RedisBridge
-from .commands import stream_fields
 from .tasks import BackgroundTasks
 
 log = logging.getLogger("triows.redis")
@@ -192,49 +187,6 @@ def _publish_counted(channel: str, data: bytes, client: redis.Redis) -> int:
         receivers += sum(int(count) for _, count in counted)
     client.publish(channel, data)
     return receivers
-
-
-async def read_history(
-    config: Config,
-    bridge: RedisBridge,
-    now_ms: WallClockMs,
-    channel: str,
-    *,
-    since: int | None,
-    limit: int,
-    reverse: bool,
-    max_bytes: int,
-) -> HistoryPage:
-    """A page of ``channel``'s history from its stream."""
-    size, ttl = config.history_for(channel)
-    try:
-        seq, epoch, entries = await bridge.call(functools.partial(_read_held, channel, size))
-    except LINK_ERRORS:
-        raise BrokerUnavailableError("Redis is unreachable; cannot read history now") from None
-    cutoff = now_ms() - ttl * 1000
-    held = [(number, payload) for number, payload, at in entries if at >= cutoff and ttl > 0]
-    chosen = page(held, since=since, limit=limit, reverse=reverse, max_bytes=max_bytes)
-    return HistoryPage(epoch=epoch, seq=seq, payloads=[payload for _, payload in chosen])
-
-
-def _read_held(
-    name: str, size: int, client: redis.Redis
-) -> tuple[int, str | None, list[tuple[int, bytes, int]]]:
-    """The channel's numbering and its newest ``size`` stream entries, oldest first, read
-    together; entries of another epoch than the numbering's are none."""
-    pipe = client.pipeline(transaction=True)
-    pipe.hmget(fmt.numbering_key(name), "seq", "epoch")
-    if size > 0:
-        pipe.xrevrange(fmt.stream_key(name), "+", "-", count=size)
-    (seq, epoch), *raw = pipe.execute()
-    if epoch is None:
-        return 0, None, []
-    text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-    found = []
-    for entry_id, fields in reversed(raw[0] if raw else []):
-        entry, at = fmt.parse_stream_entry(entry_id, stream_fields(fields), text)
-        found.append((entry.seq, entry.payload, at))
-    return int(seq or 0), text, found
 
 
 #: A revocation (``Server.revoke``) kept for nodes started later: its value is ``before``.
