@@ -25,6 +25,7 @@ from .._server.server import Server, serve
 from .env import STATS_DIR_ENV, SUPERVISOR_ENV, WORKER_ENV
 from .errors import cannot_listen
 from .options import given, parse_config
+from .process_exit import wait_exit
 
 log = logging.getLogger("triows")
 
@@ -51,18 +52,7 @@ async def watch_supervisor(supervisor: int) -> None:
     every worker would be stopped some seconds after it started. A pidfd (Linux 5.3) becomes
     readable when the process exits; elsewhere the parent pid is checked once a second.
     """
-    try:
-        pidfd = os.pidfd_open(supervisor)
-    except (AttributeError, OSError):
-        pidfd = None
-    if pidfd is not None:
-        try:
-            await trio.lowlevel.wait_readable(pidfd)
-        finally:
-            os.close(pidfd)
-    else:
-        while os.getppid() == supervisor:  # noqa: ASYNC110 - a parent pid has no event
-            await trio.sleep(1)
+    await wait_exit(supervisor, lambda: os.getppid() != supervisor, every=1.0)
     log.warning("the supervisor (pid %d) is gone: draining", supervisor)
     os.kill(os.getpid(), signal.SIGTERM)
 

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 import trio
 
 from .._core.backoff import exponential
+from .process_exit import wait_exit
 
 log = logging.getLogger("triows.workers")
 
@@ -266,15 +267,5 @@ def _why(exc: BaseException, socket: str) -> str:
 
 
 async def _wait_exit(process: subprocess.Popen[bytes]) -> None:
-    """Until ``process`` exits (reaped): a pidfd where there is one, else polling."""
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    if pidfd is not None:
-        try:
-            await trio.lowlevel.wait_readable(pidfd)
-        finally:
-            os.close(pidfd)
-    while process.poll() is None:  # noqa: ASYNC110 - no pidfd: a child's exit has no event
-        await trio.sleep(0.1)
+    """Until ``process`` exits (reaped)."""
+    await wait_exit(process.pid, lambda: process.poll() is not None, every=0.1)
