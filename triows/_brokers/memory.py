@@ -8,6 +8,7 @@ sequence order whoever publishes them.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 import trio
@@ -15,12 +16,13 @@ import trio_util
 
 from .._config import Config
 from .._core.dedupe import DedupeWindow
-from .._core.envelopes import numbered_payload
-from .._core.frames import text_frame, text_payload
+from .._core.envelopes import numbered_frame
+from .._core.frames import text_payload
 from .._core.history import page, rewind_since
 from .._core.hub import Hub, Resume
 from .._core.latency import histogram
 from .._core.outbox import SlowConsumerPolicy
+from .._core.protocol import RequestId
 from .fanout import FanOut, Subscriber
 from .seam import Broker, BrokerStatistics, HistoryPage, Publication, Subscribed
 
@@ -54,24 +56,66 @@ class MemoryBroker(Broker):
         task_status.started()
 
     def publish(self, pub: Publication) -> list[Subscriber]:
-        now = trio.current_time()
-        if pub.dedupe is not None:
-            seq = self._dedupe.lookup(pub.dedupe[0], pub.channel, pub.dedupe[1], now)
-            if seq is not None:
-                self.deduplicated += 1
-                state = self.hub.channel(pub.channel)
-                pub.epoch = state.epoch if state is not None else ""
-                pub.seq = seq
-                if pub.numbered is not None:
-                    pub.numbered(seq)
-                return []
-        seq, blocked = self._broadcast(pub, now)
+        principal, publish_id = pub.dedupe if pub.dedupe is not None else (None, None)
+        seq, pub.epoch, blocked = self.publish_at_once(
+            pub.channel,
+            pub.data_json,
+            pub.sender_id,
+            pub.timestamp_ms,
+            pub.echo,
+            principal,
+            publish_id,
+        )
         pub.seq = seq
-        if pub.dedupe is not None:
-            self._dedupe.record(pub.dedupe[0], pub.channel, pub.dedupe[1], seq, now)
         if pub.numbered is not None:
             pub.numbered(seq)
         return blocked
+
+    def publish_at_once(
+        self,
+        channel: str,
+        data_json: bytes,
+        sender_id: str | None,
+        timestamp_ms: int,
+        echo: bool,
+        principal: Hashable,
+        publish_id: RequestId | None,
+    ) -> tuple[int, str, list[Subscriber]]:
+        """Dedupe, number, frame once, hand over, keep in history: one synchronous step, so
+        every subscriber receives a channel's messages in sequence order. Returns the seq,
+        the epoch it was numbered in and the ``block`` subscribers to wait for.
+
+        Only the work somebody asked for: the dedupe window is read and written only for a
+        publication with an id (``publish_id``), the clock is read only for the history or
+        that window, and no frame is made when nobody receives or keeps it."""
+        dedupe = self._dedupe
+        keyed = publish_id is not None and dedupe.enabled
+        hub = self.hub
+        now = 0.0
+        if keyed:
+            now = trio.current_time()
+            seq = dedupe.lookup(principal, channel, publish_id, now)  # type: ignore[arg-type]
+            if seq is not None:
+                self.deduplicated += 1
+                state = hub.channel(channel)
+                return seq, state.epoch if state is not None else "", []
+        state, seq = hub.publish(channel)
+        epoch = state.epoch
+        blocked: list[Subscriber] = []
+        if state.members:
+            frame = numbered_frame(channel, data_json, sender_id, timestamp_ms, seq, epoch)
+            blocked = self._fanout.deliver(state, frame, None if echo else sender_id)
+        elif state.history.enabled:
+            frame = numbered_frame(channel, data_json, sender_id, timestamp_ms, seq, epoch)
+        else:
+            frame = b""  # nobody receives it, nothing keeps it
+        self.published += 1
+        if state.history.enabled and not keyed:
+            now = trio.current_time()
+        hub.record(state, seq, frame, now)
+        if keyed:
+            dedupe.record(principal, channel, publish_id, seq, now)  # type: ignore[arg-type]
+        return seq, epoch, blocked
 
     def publish_nowait(self, pub: Publication) -> int:
         state = self.hub.channel(pub.channel)
@@ -81,21 +125,8 @@ class MemoryBroker(Broker):
             and any(not member.outbox.has_room for member in state.members)
         ):
             raise trio.WouldBlock
-        return self._broadcast(pub, trio.current_time())[0]
-
-    def _broadcast(self, pub: Publication, now: float) -> tuple[int, list[Subscriber]]:
-        """Number, frame once, hand over, keep in history: one synchronous step, so every
-        subscriber receives a channel's messages in sequence order."""
-        state, seq = self.hub.publish(pub.channel)
-        pub.epoch = epoch = state.epoch
-        sender = pub.sender_id
-        frame = text_frame(
-            numbered_payload(pub.channel, pub.data_json, sender, pub.timestamp_ms, seq, epoch)
-        )
-        blocked = self._fanout.deliver(state, frame, None if pub.echo else sender)
-        self.published += 1
-        self.hub.record(state, seq, frame, now)
-        return seq, blocked
+        self.publish(pub)
+        return pub.seq
 
     subscribes_at_once = True
     numbers_at_once = True

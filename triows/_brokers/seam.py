@@ -20,7 +20,7 @@ the publishing connection, which is what lets a client tell its own publications
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import attrs
@@ -177,6 +177,22 @@ class Broker(abc.ABC):
 
         Raises :class:`BrokerUnavailableError` when it cannot be taken.
         """
+
+    def publish_at_once(
+        self,
+        channel: str,
+        data_json: bytes,
+        sender_id: str | None,
+        timestamp_ms: int,
+        echo: bool,
+        principal: Hashable,
+        publish_id: protocol.RequestId | None,
+    ) -> tuple[int, str, list[Subscriber]]:
+        """:meth:`publish` by a broker that numbers at once (``numbers_at_once``), without a
+        :class:`Publication`: the fields as arguments (``principal``/``publish_id``: the
+        dedupe key, or ``publish_id`` None for none), ``(seq, epoch, block subscribers)``
+        back. The same rules as :meth:`publish`; a client's publish takes this path."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def publish_nowait(self, pub: Publication) -> int:

@@ -15,6 +15,8 @@ import _json as _c_json  # CPython's C accelerator of the json module
 import json
 from typing import Any, Final
 
+from .frames import _SHORT_TEXT_HEADERS, text_frame
+
 RequestId = str | int
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -83,6 +85,16 @@ def ack_payload(request_id: RequestId, seq: int) -> bytes:
     return b'{"type":"ack","id":%s,"seq":%d}' % (_json_id(request_id), seq)
 
 
+def ack_frame(request_id: RequestId, seq: int) -> bytes:
+    """The ack's text frame: :func:`ack_payload`, framed (once per publish, in one call)."""
+    if type(request_id) is int:
+        payload = b'{"type":"ack","id":%d,"seq":%d}' % (request_id, seq)
+    else:
+        payload = b'{"type":"ack","id":%s,"seq":%d}' % (_json_string(str(request_id)), seq)
+    length = len(payload)
+    return _SHORT_TEXT_HEADERS[length] + payload if length < 126 else text_frame(payload)
+
+
 def message_payload(
     *,
     channel: str,
@@ -129,6 +141,23 @@ def numbered_payload(
     )
 
 
+def numbered_frame(
+    channel: str, data_json: bytes, sender: str | None, timestamp_ms: int, seq: int, epoch: str
+) -> bytes:
+    """:func:`numbered_payload`'s text frame, in one call (once per publication)."""
+    payload = _NUMBERED % (
+        channel.encode("ascii"),
+        data_json,
+        b"null" if sender is None else _json_string(sender),
+        timestamp_ms,
+        seq,
+        epoch.encode("ascii"),
+        seq,
+    )
+    length = len(payload)
+    return _SHORT_TEXT_HEADERS[length] + payload if length < 126 else text_frame(payload)
+
+
 _NUMBERED: Final = (
     b'{"type":"message","channel":"%s","data":%s,"from":%s,"timestamp":%d,"seq":%d,"id":"%s:%d"}'
 )
@@ -149,3 +178,36 @@ def timestamp_of(payload: bytes) -> int | None:
         return int(payload[start:end])
     except ValueError:
         return None
+
+
+# -- replies built as objects (rare: encoded by :func:`encode`) ----------------------------
+
+
+def with_id(frame: dict[str, Any], request_id: RequestId | None) -> dict[str, Any]:
+    """Echo the request id in a reply, as the contract promises, only when there was one."""
+    if request_id is not None:
+        frame["id"] = request_id
+    return frame
+
+
+def error_frame(
+    code: int, message: str, request_id: RequestId | None = None, *, limit: str | None = None
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if limit is not None:
+        frame["limit"] = limit
+    return with_id(frame, request_id)
+
+
+def welcome_frame(
+    client_id: str, timestamp_ms: int, server_id: str, heartbeat: float
+) -> dict[str, Any]:
+    return {
+        "type": "welcome",
+        "data": {
+            "clientId": client_id,
+            "timestamp": timestamp_ms,
+            "serverId": server_id,
+            "heartbeat": heartbeat,
+        },
+    }

@@ -47,8 +47,17 @@ def header_length(data: bytes) -> int:
     return 2 if length < 126 else 4 if length == 126 else 10
 
 
+#: The header of every text frame short enough for the length to fit its second byte.
+_SHORT_TEXT_HEADERS: Final = tuple(bytes((_FIN | TEXT, length)) for length in range(126))
+
+
 def text_frame(payload: bytes) -> bytes:
     """One complete text frame carrying UTF-8 ``payload``."""
+    length = len(payload)
+    if length < 126:  # an ack, a small message: its header from the table
+        return _SHORT_TEXT_HEADERS[length] + payload
+    if length < 1 << 16:
+        return _MEDIUM.pack(_FIN | TEXT, 126, length) + payload
     return frame(TEXT, payload)
 
 

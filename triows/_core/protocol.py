@@ -23,9 +23,12 @@ from .envelopes import ack_payload as ack_payload
 from .envelopes import encode as encode
 from .envelopes import encode_parsed as encode_parsed
 from .envelopes import encode_value as encode_value
+from .envelopes import error_frame as error_frame
 from .envelopes import message_payload as message_payload
 from .envelopes import numbered_payload as numbered_payload
 from .envelopes import timestamp_of as timestamp_of
+from .envelopes import welcome_frame as welcome_frame
+from .envelopes import with_id as with_id
 from .history import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
 from .names import ChannelNameError, validate_channel
 
@@ -283,7 +286,55 @@ def parse_request(raw: str | bytes) -> Request:
     """
     if isinstance(raw, bytes | bytearray):
         raise ProtocolError(BAD_REQUEST, "binary frames are not supported; send JSON text")
-    frame = decode_json(raw)
+    return _request(decode_json(raw), raw)
+
+
+#: A ``publish`` as :func:`read_request` hands it over: ``(channel, data, id, echo)``.
+PublishFields = tuple[str, Any, RequestId | None, bool]
+
+
+def read_request(raw: str | bytes) -> PublishFields | Request:
+    """:func:`parse_request`, with the commonest request handed over as its fields.
+
+    A ``publish`` written as clients write it (no whitespace around the object, a channel
+    already seen valid, a valid id or none, no more brackets in the frame than the depth
+    limit) comes back as a :data:`PublishFields` tuple, checked here by the same rules and
+    decoded once, with no request object built. Anything else, every refusal included, is
+    exactly what :func:`parse_request` answers (a differential test holds the two to that).
+    """
+    if type(raw) is str:
+        try:
+            frame, end = _raw_decode(raw)
+        except (ValueError, RecursionError):
+            return parse_request(raw)  # its error, as the full path words it
+        if end != len(raw):
+            return parse_request(raw)  # whitespace after the object, or more than one
+        if type(frame) is dict and frame.get("type") == "publish":
+            request_id = frame.get("id")
+            channel = frame.get("channel")
+            echo = frame.get("echo", False)
+            if (
+                (
+                    request_id is None
+                    or (
+                        type(request_id) is int
+                        and -MAX_SAFE_INTEGER <= request_id <= MAX_SAFE_INTEGER
+                    )
+                    or (type(request_id) is str and 0 < len(request_id) <= MAX_ID_LENGTH)
+                )
+                and type(channel) is str
+                and channel in _valid_channels
+                and "data" in frame
+                and (echo is False or echo is True)
+                and raw.count("{") + raw.count("[") <= MAX_DEPTH
+            ):
+                return channel, frame["data"], request_id, echo
+        return _request(frame, raw)
+    return parse_request(raw)
+
+
+def _request(frame: Any, raw: str) -> Request:
+    """A decoded frame's request: every field checked, or the error the client is told."""
     if not isinstance(frame, dict):
         raise ProtocolError(BAD_REQUEST, "a frame must be a JSON object")
     request_id = frame.get("id")
@@ -351,33 +402,3 @@ def parse_history(frame: dict[str, Any], request_id: RequestId | None = None) ->
 def _short(value: object, limit: int = 60) -> str:
     text = str(value)
     return text if len(text) <= limit else text[:limit] + "…"
-
-
-def with_id(frame: dict[str, Any], request_id: RequestId | None) -> dict[str, Any]:
-    """Echo the request id in a reply, as the contract promises, only when there was one."""
-    if request_id is not None:
-        frame["id"] = request_id
-    return frame
-
-
-def error_frame(
-    code: int, message: str, request_id: RequestId | None = None, *, limit: str | None = None
-) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if limit is not None:
-        frame["limit"] = limit
-    return with_id(frame, request_id)
-
-
-def welcome_frame(
-    client_id: str, timestamp_ms: int, server_id: str, heartbeat: float
-) -> dict[str, Any]:
-    return {
-        "type": "welcome",
-        "data": {
-            "clientId": client_id,
-            "timestamp": timestamp_ms,
-            "serverId": server_id,
-            "heartbeat": heartbeat,
-        },
-    }

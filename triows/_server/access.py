@@ -9,16 +9,17 @@ per-user token buckets (error 429).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 import trio
 
 from .._config import Config
 from .._core import protocol
-from .._core.auth import Action, Principal, verify_token
+from .._core.auth import Action, AuthError, Principal, verify_token
 from .._core.jwt_keys import KeySetCache, VerifyingKey, public_key_from_pem, token_kid
 from .._core.protocol import ProtocolError
 from .._core.ratelimit import PerKey, TokenBucket
@@ -143,6 +144,14 @@ class Access:
         if not result:
             raise _forbidden(action, channel, request_id)
 
+    def publish_limited(self, principal: Principal) -> bool:
+        """Whether ``principal``'s publishes meet a rate limit at all (per connection, or per
+        user for a principal with a user id): without one a publish takes no token and
+        reads no clock. A connection asks once: a refreshed token is the same user's."""
+        return self.config.publish_rate > 0 or (
+            principal.user_id is not None and self.config.user_publish_rate > 0
+        )
+
     def check_rate(
         self,
         principal: Principal,
@@ -168,3 +177,16 @@ def _forbidden(
     action: Action, channel: str, request_id: protocol.RequestId | None
 ) -> ProtocolError:
     return ProtocolError(protocol.FORBIDDEN, f"not allowed to {action} on '{channel}'", request_id)
+
+
+@contextlib.contextmanager
+def token_errors(config: Config, request_id: protocol.RequestId | None) -> Iterator[None]:
+    """A refresh's token refused: 401; its key not to be had now: 503 (the old token stands)."""
+    if not config.jwt_enabled:
+        raise ProtocolError(protocol.BAD_REQUEST, "token refresh needs JWT auth", request_id)
+    try:
+        yield
+    except AuthError as exc:
+        raise ProtocolError(protocol.UNAUTHORIZED, str(exc), request_id) from None
+    except KeysUnavailable as exc:
+        raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None

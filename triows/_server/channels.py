@@ -20,6 +20,7 @@ from .._brokers.fanout import Subscriber
 from .._brokers.seam import BrokerUnavailableError, Subscribed
 from .._core import protocol
 from .._core.auth import Action, Principal
+from .._core.envelopes import ack_frame
 from .._core.frames import text_frame
 from .._core.hub import SubscriptionLimitError
 from .._core.protocol import ProtocolError
@@ -79,6 +80,7 @@ class Channels(Outbound):
         "_acks_over",
         "_dedupe_key",
         "_publish_bucket",
+        "_publish_limited",
         "_subscribe_bucket",
         "_unacked",
         "client_id",
@@ -100,6 +102,7 @@ class Channels(Outbound):
         # Made at first use: a bucket made then is full, as one made now would be by then.
         self._publish_bucket: TokenBucket | None = None
         self._subscribe_bucket: TokenBucket | None = None
+        self._publish_limited = host.access.publish_limited(principal)
 
     @property
     def dedupe_key(self) -> object:
@@ -126,6 +129,9 @@ class Channels(Outbound):
 
     def _publish(self, request: protocol.Publish) -> Wait | None:
         request_id = request.id
+        host = self._host
+        if host.broker.numbers_at_once:
+            return self._publish_at_once(request.channel, request.data, request_id, request.echo)
         if self._unacked >= MAX_UNACKED:
             # One client must not take a cluster node's whole outage buffer.
             raise ProtocolError(
@@ -133,29 +139,7 @@ class Channels(Outbound):
                 f"{self._unacked} publications are waiting for their ack",
                 request_id,
             )
-        host = self._host
         publishing = host.publishing
-        if host.broker.numbers_at_once:
-            # In process: numbered, delivered and kept in this very step, so the ack is written
-            # now, before any later message of the channel can reach this client; no callback,
-            # no clock (observed as 0 s).
-            pub = publishing.client_publication(
-                self.client_id,
-                self._dedupe_key,
-                request.channel,
-                request.data,
-                request_id,
-                request.echo,
-            )
-            blocked = publishing.hand_over(pub, request_id)
-            host.ack_latency.observe(0.0)
-            if request_id is not None and self.queue_reply(
-                text_frame(protocol.ack_payload(request_id, pub.seq))
-            ):
-                self._acks_over = True
-            if blocked or self._acks_over:
-                return functools.partial(self._after_publish, blocked)
-            return None
         # The broker calls back with the seq before any later message of the channel reaches
         # this client, which is how a client tells its own publications from gaps.
         self._unacked += 1
@@ -174,6 +158,37 @@ class Channels(Outbound):
         except ProtocolError:
             self._unacked -= 1  # refused at once: neither callback will come
             raise
+        if blocked or self._acks_over:
+            return functools.partial(self._after_publish, blocked)
+        return None
+
+    def _publish_now(
+        self, channel: str, data: object, request_id: protocol.RequestId | None, echo: bool
+    ) -> Wait | None:
+        """A publish served in the reader's step (no ``authorize`` hook, a broker that
+        numbers at once): its rates, what the token allows, the publication and its ack, the
+        checks of :meth:`_serve_publish` and :meth:`_publish` in the same order."""
+        host = self._host
+        if self._publish_limited:
+            self._check_rate(Action.PUBLISH, request_id)
+        principal = self.principal
+        if principal.publish is not None:
+            host.access.check_allowed(principal, Action.PUBLISH, channel, request_id)
+        return self._publish_at_once(channel, data, request_id, echo)
+
+    def _publish_at_once(
+        self, channel: str, data: object, request_id: protocol.RequestId | None, echo: bool
+    ) -> Wait | None:
+        # In process: numbered, delivered and kept in this very step, so the ack is written
+        # now, before any later message of the channel can reach this client; no callback,
+        # no clock (observed as 0 s).
+        host = self._host
+        seq, blocked = host.publishing.publish_at_once(
+            self.client_id, self._dedupe_key, channel, data, request_id, echo
+        )
+        host.ack_latency.observe(0.0)
+        if request_id is not None and self.queue_reply(ack_frame(request_id, seq)):
+            self._acks_over = True
         if blocked or self._acks_over:
             return functools.partial(self._after_publish, blocked)
         return None

@@ -128,6 +128,31 @@ class Publishing:
         pub.echo = echo
         return pub
 
+    def publish_at_once(
+        self,
+        sender_id: str,
+        dedupe_key: object,
+        channel: str,
+        data: Any,
+        request_id: protocol.RequestId | None,
+        echo: bool,
+    ) -> tuple[int, list[Subscriber]]:
+        """A client's publish to a broker that numbers at once (``numbers_at_once``): what
+        :meth:`client_publication` and :meth:`hand_over` do, with no publication object.
+        Returns its seq and the subscribers a ``block`` publisher must wait for."""
+        data_json = protocol.encode_parsed(data)
+        if len(data_json) > self._max_data:
+            raise ProtocolError(
+                protocol.TOO_LARGE, f"data is larger than {self._max_data} bytes", request_id
+            )
+        try:
+            seq, _, blocked = self._broker.publish_at_once(
+                channel, data_json, sender_id, self._now_ms(), echo, dedupe_key, request_id
+            )
+        except BrokerUnavailableError as exc:
+            raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
+        return seq, blocked
+
     def hand_over(
         self, pub: Publication, request_id: protocol.RequestId | None
     ) -> list[Subscriber]:

@@ -12,27 +12,24 @@ lives here, since a ``refresh`` moves it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Iterator
 
 import attrs
 import trio
 
 from .._brokers.fanout import StepBudget
-from .._config import Config
 from .._core import protocol
-from .._core.auth import Action, AuthError, Principal
+from .._core.auth import Action, Principal
 from .._core.frames import text_frame
 from .._core.history_frames import history_reply
 from .._core.protocol import ProtocolError
 from .._net.websocket import WebSocket
+from .access import token_errors
 from .channels import Channels, subscribe_errors
 from .host import ConnectionHost
 from .outbound import POLICY, Wait
-from .token_keys import KeysUnavailable
 
 log = logging.getLogger("triows.connection")
 
@@ -54,6 +51,7 @@ class Requests(Channels):
         "_backlog_bytes",
         "_busy",
         "_expiry_scope",
+        "_publishes_now",
         "frames_in",
         "last_activity",
     )
@@ -67,6 +65,9 @@ class Requests(Channels):
         self._backlog: deque[tuple[Request, int]] | None = None
         self._backlog_bytes = 0
         self._busy = False  # a requests task is serving; later requests queue behind it
+        #: A publish needs no waiting here (no ``authorize`` hook, a broker that numbers at
+        #: once): the reader serves it in its step, by :meth:`_publish_now`.
+        self._publishes_now = host.config.authorize is None and host.broker.numbers_at_once
         self._expiry_scope: trio.CancelScope | None = None
         self.last_activity = trio.current_time()
         self.frames_in = 0
@@ -77,10 +78,23 @@ class Requests(Channels):
         self.frames_in += 1
         self._traffic.received += 1
         try:
-            request = protocol.parse_request(raw)
+            request = protocol.read_request(raw)
         except ProtocolError as exc:
             self.reply_nowait(exc.frame())
             return
+        if isinstance(request, tuple):  # the common publish, as its fields
+            channel, data, request_id, echo = request
+            if self._publishes_now and not self._busy:
+                # Served in this step, with no request object and no general dispatch.
+                try:
+                    wait = self._publish_now(channel, data, request_id, echo)
+                except Exception as exc:
+                    publish = protocol.Publish(channel=channel, data=data, id=request_id, echo=echo)
+                    wait = self._failed(publish, exc)
+                if wait is not None:
+                    self._serve_in_task(wait)
+                return
+            request = protocol.Publish(channel=channel, data=data, id=request_id, echo=echo)
         if self._busy:  # behind a request that waits: keep the order
             config = self._host.config
             if self._backlog is None:
@@ -100,17 +114,10 @@ class Requests(Channels):
                     )
                 )
             return
-        if type(request) is protocol.Publish and self._host.config.authorize is None:
-            # The common request, served without the general dispatch.
-            try:
-                wait = self._serve_publish(request)
-            except Exception as exc:
-                wait = self._failed(request, exc)
-        elif self._may_wait(request):
+        if self._may_wait(request):
             self._serve_in_task(functools.partial(self._serve_waiting, request))
             return
-        else:
-            wait = self._serve_safely(request)
+        wait = self._serve_safely(request)
         if wait is not None:
             self._serve_in_task(wait)
 
@@ -208,7 +215,7 @@ class Requests(Channels):
                     )
                 )
             case protocol.Refresh(token=token, id=request_id):
-                with _token_errors(host.config, request_id):
+                with token_errors(host.config, request_id):
                     principal = host.access.verify_token_nowait(token)
                 wait = self._refreshed(principal, request_id)
                 broker = host.broker
@@ -270,7 +277,7 @@ class Requests(Channels):
                     with subscribe_errors(request_id):  # Redis away: 503, as a subscribe
                         wait = self._reply(await host.presence.frame(channel, request_id))
                 case protocol.Refresh(token=token, id=request_id):
-                    with _token_errors(host.config, request_id):
+                    with token_errors(host.config, request_id):
                         principal = await host.access.verify_token(token)
                     wait = self._refreshed(principal, request_id)
                     if wait is not None:
@@ -394,16 +401,3 @@ class Requests(Channels):
                 "reason": "the refreshed token does not allow this channel",
             }
         )
-
-
-@contextlib.contextmanager
-def _token_errors(config: Config, request_id: protocol.RequestId | None) -> Iterator[None]:
-    """A refresh's token refused: 401; its key not to be had now: 503 (the old token stands)."""
-    if not config.jwt_enabled:
-        raise ProtocolError(protocol.BAD_REQUEST, "token refresh needs JWT auth", request_id)
-    try:
-        yield
-    except AuthError as exc:
-        raise ProtocolError(protocol.UNAUTHORIZED, str(exc), request_id) from None
-    except KeysUnavailable as exc:
-        raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
