@@ -59,27 +59,21 @@ class DedupeRule:
 
 
 class DedupeWindow:
-    __slots__ = ("_enabled", "_entries", "_principals", "max_principals", "rule")
+    __slots__ = ("_entries", "_principals", "enabled", "max_principals", "rule", "ttl")
 
     def __init__(
         self, *, size: int, ttl: float, max_principals: int, max_entries: int = 1_000_000
     ) -> None:
         self.rule = DedupeRule(size=size, ttl=ttl, max_entries=max_entries)
-        self._enabled = self.rule.enabled
+        #: Whether it keeps anything (a plain attribute: read once per publish with an id).
+        self.enabled = self.rule.enabled
+        self.ttl = ttl
         self.max_principals = max_principals
         #: Every entry, oldest first: ``(principal, channel, id) -> (seq, recorded at)``.
         self._entries: OrderedDict[_Entry, tuple[int, float]] = OrderedDict()
         #: Each principal's entries (the same tuples as keys of ``_entries``), oldest first;
         #: principals least recently active first.
         self._principals: OrderedDict[Hashable, OrderedDict[_Entry, None]] = OrderedDict()
-
-    @property
-    def enabled(self) -> bool:
-        return self._enabled
-
-    @property
-    def ttl(self) -> float:
-        return self.rule.ttl
 
     def lookup(
         self, principal: Hashable, channel: str, publish_id: str | int, now: float
@@ -93,7 +87,7 @@ class DedupeWindow:
     def record(
         self, principal: Hashable, channel: str, publish_id: str | int, seq: int, now: float
     ) -> None:
-        if not self._enabled:
+        if not self.enabled:
             return
         entry = (principal, channel, publish_id)
         entries = self._entries

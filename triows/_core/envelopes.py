@@ -15,7 +15,7 @@ import _json as _c_json  # CPython's C accelerator of the json module
 import json
 from typing import Any, Final
 
-from .frames import _SHORT_TEXT_HEADERS, text_frame
+from .frames import SHORT_TEXT_HEADERS, medium_text_header, text_frame
 
 RequestId = str | int
 
@@ -92,7 +92,7 @@ def ack_frame(request_id: RequestId, seq: int) -> bytes:
     else:
         payload = b'{"type":"ack","id":%s,"seq":%d}' % (_json_string(str(request_id)), seq)
     length = len(payload)
-    return _SHORT_TEXT_HEADERS[length] + payload if length < 126 else text_frame(payload)
+    return SHORT_TEXT_HEADERS[length] + payload if length < 126 else text_frame(payload)
 
 
 def message_payload(
@@ -145,17 +145,28 @@ def numbered_frame(
     channel: str, data_json: bytes, sender: str | None, timestamp_ms: int, seq: int, epoch: str
 ) -> bytes:
     """:func:`numbered_payload`'s text frame, in one call (once per publication)."""
+    if sender is None:
+        sender_json = b"null"
+    else:
+        try:
+            sender_json = _encode_string(sender).encode("utf-8")
+        except UnicodeEncodeError:
+            sender_json = _json_string(sender)
     payload = _NUMBERED % (
         channel.encode("ascii"),
         data_json,
-        b"null" if sender is None else _json_string(sender),
+        sender_json,
         timestamp_ms,
         seq,
         epoch.encode("ascii"),
         seq,
     )
     length = len(payload)
-    return _SHORT_TEXT_HEADERS[length] + payload if length < 126 else text_frame(payload)
+    if length < 126:
+        return SHORT_TEXT_HEADERS[length] + payload
+    if length < 1 << 16:  # a message with a little data: the header in one call
+        return medium_text_header(length) + payload
+    return text_frame(payload)
 
 
 _NUMBERED: Final = (

@@ -9,6 +9,7 @@ and payload alone: a broadcast is framed once, and compressed at most once
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Final
 
@@ -48,16 +49,18 @@ def header_length(data: bytes) -> int:
 
 
 #: The header of every text frame short enough for the length to fit its second byte.
-_SHORT_TEXT_HEADERS: Final = tuple(bytes((_FIN | TEXT, length)) for length in range(126))
+SHORT_TEXT_HEADERS: Final = tuple(bytes((_FIN | TEXT, length)) for length in range(126))
+#: The header of a text frame of 126 to 65,535 bytes, in one call: ``(length) -> bytes``.
+medium_text_header: Final = functools.partial(_MEDIUM.pack, _FIN | TEXT, 126)
 
 
 def text_frame(payload: bytes) -> bytes:
     """One complete text frame carrying UTF-8 ``payload``."""
     length = len(payload)
     if length < 126:  # an ack, a small message: its header from the table
-        return _SHORT_TEXT_HEADERS[length] + payload
+        return SHORT_TEXT_HEADERS[length] + payload
     if length < 1 << 16:
-        return _MEDIUM.pack(_FIN | TEXT, 126, length) + payload
+        return medium_text_header(length) + payload
     return frame(TEXT, payload)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
@@ -162,6 +163,9 @@ _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite
 #: The same, refusing an object that names a field twice (which value would count?). Slower
 #: (a Python hook per object): for documents read once per request, not for every frame.
 _raw_decode = _decoder.raw_decode
+#: The C scanner under ``raw_decode`` (which adds a Python frame): ``(value, end)``, or
+#: ``StopIteration`` when no value starts at the index.
+_scan_once: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 _strict_decoder = json.JSONDecoder(
     parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
 )
@@ -304,8 +308,8 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
     """
     if type(raw) is str:
         try:
-            frame, end = _raw_decode(raw)
-        except (ValueError, RecursionError):
+            frame, end = _scan_once(raw, 0)
+        except (StopIteration, ValueError, RecursionError):
             return parse_request(raw)  # its error, as the full path words it
         if end != len(raw):
             return parse_request(raw)  # whitespace after the object, or more than one

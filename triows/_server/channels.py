@@ -131,7 +131,8 @@ class Channels(Outbound):
         request_id = request.id
         host = self._host
         if host.broker.numbers_at_once:
-            return self._publish_at_once(request.channel, request.data, request_id, request.echo)
+            data, echo = request.data, request.echo
+            return self._publish_now(request.channel, data, request_id, echo, checked=True)
         if self._unacked >= MAX_UNACKED:
             # One client must not take a cluster node's whole outage buffer.
             raise ProtocolError(
@@ -163,26 +164,27 @@ class Channels(Outbound):
         return None
 
     def _publish_now(
-        self, channel: str, data: object, request_id: protocol.RequestId | None, echo: bool
+        self,
+        channel: str,
+        data: object,
+        request_id: protocol.RequestId | None,
+        echo: bool,
+        *,
+        checked: bool = False,
     ) -> Wait | None:
-        """A publish served in the reader's step (no ``authorize`` hook, a broker that
-        numbers at once): its rates, what the token allows, the publication and its ack, the
-        checks of :meth:`_serve_publish` and :meth:`_publish` in the same order."""
+        """A publish served in this step by a broker that numbers at once: unless
+        ``checked`` already, its rates and what the token allows (the checks of
+        :meth:`_serve_publish`, in its order), then the publication and its ack."""
         host = self._host
-        if self._publish_limited:
-            self._check_rate(Action.PUBLISH, request_id)
-        principal = self.principal
-        if principal.publish is not None:
-            host.access.check_allowed(principal, Action.PUBLISH, channel, request_id)
-        return self._publish_at_once(channel, data, request_id, echo)
-
-    def _publish_at_once(
-        self, channel: str, data: object, request_id: protocol.RequestId | None, echo: bool
-    ) -> Wait | None:
-        # In process: numbered, delivered and kept in this very step, so the ack is written
-        # now, before any later message of the channel can reach this client; no callback,
-        # no clock (observed as 0 s).
-        host = self._host
+        if not checked:  # no authorize hook to ask: the token's patterns are the answer
+            if self._publish_limited:
+                self._check_rate(Action.PUBLISH, request_id)
+            principal = self.principal
+            if principal.publish is not None:
+                host.access.check_allowed(principal, Action.PUBLISH, channel, request_id)
+        # Numbered, delivered and kept in this very step, so the ack is written now, before
+        # any later message of the channel can reach this client; no callback, no clock
+        # (observed as 0 s).
         seq, blocked = host.publishing.publish_at_once(
             self.client_id, self._dedupe_key, channel, data, request_id, echo
         )
