@@ -37,3 +37,13 @@ def test_a_null_histogram_observes_nothing() -> None:
     h.observe(1.0)
     assert h.count == 0
     assert isinstance(histogram(enabled=True), LatencyHistogram)
+
+
+def test_observing_zero_is_observing_0_seconds() -> None:
+    searched, counted = LatencyHistogram(), LatencyHistogram()
+    for _ in range(3):
+        searched.observe(0.0)
+        counted.observe_zero()
+    assert counted.counts() == searched.counts()
+    assert counted.cumulative() == searched.cumulative()
+    assert counted.total == searched.total == 0.0

@@ -47,6 +47,11 @@ class LatencyHistogram:
         self._counts[bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
 
+    def observe_zero(self) -> None:
+        """``observe(0.0)``: an outcome known in the same step (an in-process ack), counted in
+        the first bucket with no search."""
+        self._counts[0] += 1
+
     @property
     def count(self) -> int:
         return sum(self._counts)
@@ -71,6 +76,9 @@ class NullHistogram(LatencyHistogram):
     __slots__ = ()
 
     def observe(self, seconds: float) -> None:
+        pass
+
+    def observe_zero(self) -> None:
         pass
 
 

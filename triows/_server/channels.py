@@ -188,7 +188,7 @@ class Channels(Outbound):
         seq, blocked = host.publishing.publish_at_once(
             self.client_id, self._dedupe_key, channel, data, request_id, echo
         )
-        host.ack_latency.observe(0.0)
+        host.ack_latency.observe_zero()
         if request_id is not None and self.queue_reply(ack_frame(request_id, seq)):
             self._acks_over = True
         if blocked or self._acks_over:
