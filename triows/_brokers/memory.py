@@ -80,20 +80,22 @@ class MemoryBroker(Broker):
         echo: bool,
         principal: Hashable,
         publish_id: RequestId | None,
+        now: float | None = None,
     ) -> tuple[int, str, list[Subscriber]]:
         """Dedupe, number, frame once, hand over, keep in history: one synchronous step, so
         every subscriber receives a channel's messages in sequence order. Returns the seq,
         the epoch it was numbered in and the ``block`` subscribers to wait for.
 
         Only the work somebody asked for: the dedupe window is read and written only for a
-        publication with an id (``publish_id``), the clock is read only for the history or
-        that window, and no frame is made when nobody receives or keeps it."""
+        publication with an id (``publish_id``), the clock is read (once, unless the caller
+        did) only for the history or that window, and no frame is made when nobody receives
+        or keeps it."""
         dedupe = self._dedupe
         keyed = publish_id is not None and dedupe.enabled
         hub = self.hub
-        now = 0.0
         if keyed:
-            now = trio.current_time()
+            if now is None:
+                now = trio.current_time()
             seq = dedupe.lookup(principal, channel, publish_id, now)  # type: ignore[arg-type]
             if seq is not None:
                 self.deduplicated += 1
@@ -110,8 +112,8 @@ class MemoryBroker(Broker):
         else:
             frame = b""  # nobody receives it, nothing keeps it
         self.published += 1
-        if state.history.enabled and not keyed:
-            now = trio.current_time()
+        if now is None:  # the history's clock, read only if it keeps the message
+            now = trio.current_time() if state.history.enabled else 0.0
         hub.record(state, seq, frame, now)
         if keyed:
             dedupe.record(principal, channel, publish_id, seq, now)  # type: ignore[arg-type]

@@ -187,11 +187,13 @@ class Broker(abc.ABC):
         echo: bool,
         principal: Hashable,
         publish_id: protocol.RequestId | None,
+        now: float | None = None,
     ) -> tuple[int, str, list[Subscriber]]:
         """:meth:`publish` by a broker that numbers at once (``numbers_at_once``), without a
         :class:`Publication`: the fields as arguments (``principal``/``publish_id``: the
-        dedupe key, or ``publish_id`` None for none), ``(seq, epoch, block subscribers)``
-        back. The same rules as :meth:`publish`; a client's publish takes this path."""
+        dedupe key, or ``publish_id`` None for none; ``now``: the monotonic clock, if the
+        caller read it in this step), ``(seq, epoch, block subscribers)`` back. The same
+        rules as :meth:`publish`; a client's publish takes this path."""
         raise NotImplementedError
 
     @abc.abstractmethod

@@ -161,11 +161,22 @@ class Access:
     ) -> None:
         """Take a token from the connection's bucket and its user's; error 429 without one."""
         user = principal.user_id
-        per_user = self._user_rates[action]
-        if bucket.rate <= 0 and (user is None or per_user.rate <= 0):
+        if bucket.rate <= 0 and (user is None or self._user_rates[action].rate <= 0):
             return  # no limit: no clock read
-        now = trio.current_time()
-        if bucket.take(now) and (user is None or per_user.take(user, now)):
+        self.take(principal, action, bucket, trio.current_time(), request_id)
+
+    def take(
+        self,
+        principal: Principal,
+        action: Action,
+        bucket: TokenBucket,
+        now: float,
+        request_id: protocol.RequestId | None,
+    ) -> None:
+        """:meth:`check_rate` at ``now``, by a caller that knows a limit applies (and reads
+        the clock once for its whole step)."""
+        user = principal.user_id
+        if bucket.take(now) and (user is None or self._user_rates[action].take(user, now)):
             return
         self.rate_limited[str(action)] += 1
         raise ProtocolError(

@@ -176,17 +176,20 @@ class Channels(Outbound):
         ``checked`` already, its rates and what the token allows (the checks of
         :meth:`_serve_publish`, in its order), then the publication and its ack."""
         host = self._host
+        now = None  # the clock, read once for the rates, the history and the dedupe window
         if not checked:  # no authorize hook to ask: the token's patterns are the answer
-            if self._publish_limited:
-                self._check_rate(Action.PUBLISH, request_id)
             principal = self.principal
+            if self._publish_limited:
+                now = trio.current_time()
+                bucket = self._publish_bucket or self._bucket(Action.PUBLISH)
+                host.access.take(principal, Action.PUBLISH, bucket, now, request_id)
             if principal.publish is not None:
                 host.access.check_allowed(principal, Action.PUBLISH, channel, request_id)
         # Numbered, delivered and kept in this very step, so the ack is written now, before
-        # any later message of the channel can reach this client; no callback, no clock
-        # (observed as 0 s).
+        # any later message of the channel can reach this client; no callback (observed as
+        # 0 s).
         seq, blocked = host.publishing.publish_at_once(
-            self.client_id, self._dedupe_key, channel, data, request_id, echo
+            self.client_id, self._dedupe_key, channel, data, request_id, echo, now
         )
         host.ack_latency.observe_zero()
         if request_id is not None and self.queue_reply(ack_frame(request_id, seq)):

@@ -136,10 +136,12 @@ class Publishing:
         data: Any,
         request_id: protocol.RequestId | None,
         echo: bool,
+        now: float | None = None,
     ) -> tuple[int, list[Subscriber]]:
         """A client's publish to a broker that numbers at once (``numbers_at_once``): what
-        :meth:`client_publication` and :meth:`hand_over` do, with no publication object.
-        Returns its seq and the subscribers a ``block`` publisher must wait for."""
+        :meth:`client_publication` and :meth:`hand_over` do, with no publication object
+        (``now``: the monotonic clock if the caller read it already). Returns its seq and the
+        subscribers a ``block`` publisher must wait for."""
         data_json = protocol.encode_parsed(data)
         if len(data_json) > self._max_data:
             raise ProtocolError(
@@ -147,7 +149,7 @@ class Publishing:
             )
         try:
             seq, _, blocked = self._broker.publish_at_once(
-                channel, data_json, sender_id, self._now_ms(), echo, dedupe_key, request_id
+                channel, data_json, sender_id, self._now_ms(), echo, dedupe_key, request_id, now
             )
         except BrokerUnavailableError as exc:
             raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
