@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triows._core import protocol
+from triows._core import envelopes, protocol
+from triows._core.frames import text_frame
 from triows._core.protocol import ProtocolError, parse_request
 
 json_values = st.recursive(
@@ -72,6 +73,26 @@ def test_the_numbered_template_is_the_message_template(
         seq=seq,
         message_id=f"{epoch}:{seq}",
     )
+
+
+@given(
+    st.sampled_from(
+        [b"1", b'"' + b"x" * 90 + b'"', b'"' + b"y" * 200 + b'"', b"[" + b"0," * 40000 + b"0]"]
+    ),
+    st.sampled_from(["c1", None, 'c"lient', "é", "\ud800"]),
+    st.integers(0, 2**53),
+)
+def test_the_numbered_frame_is_the_framed_numbered_payload(
+    data_json: bytes, sender: str | None, seq: int
+) -> None:
+    """Short, medium and long frames, and a sender with no UTF-8 form (ASCII escapes)."""
+    args = ("room:1", data_json, sender, 1700000000000, seq, "ab.1")
+    assert envelopes.numbered_frame(*args) == text_frame(protocol.numbered_payload(*args))
+
+
+@given(request_ids | st.sampled_from(["\ud800", "x" * 128, '"' * 128]), st.integers(0, 2**53))
+def test_the_ack_frame_is_the_framed_ack(request_id: str | int, seq: int) -> None:
+    assert envelopes.ack_frame(request_id, seq) == text_frame(protocol.ack_payload(request_id, seq))
 
 
 @given(json_values, st.sampled_from(["c1", None, 'c"lient', "é"]))

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from wsproto.events import TextMessage
 from wsproto.frame_protocol import FrameProtocol
 
-from triows._core.frames import text_frame
+from triows._core.frames import TEXT, frame, text_frame
 
 
 def wsproto_frame(payload: bytes) -> bytes:
@@ -30,3 +30,9 @@ def test_any_text_matches_wsproto(text: str) -> None:
     except UnicodeDecodeError:
         return
     assert text_frame(payload) == wsproto_frame(payload)
+
+
+@pytest.mark.parametrize("size", [*range(130), 65535, 65536, 65537])
+def test_the_header_table_and_the_one_call_header_are_the_generic_header(size: int) -> None:
+    payload = b"y" * size
+    assert text_frame(payload) == frame(TEXT, payload)
