@@ -114,10 +114,17 @@ class Requests(Channels):
                     )
                 )
             return
-        if self._may_wait(request):
+        if type(request) is protocol.Publish and self._host.config.authorize is None:
+            # A publish to a broker that numbers later (Redis): no general dispatch either.
+            try:
+                wait = self._serve_publish(request)
+            except Exception as exc:
+                wait = self._failed(request, exc)
+        elif self._may_wait(request):
             self._serve_in_task(functools.partial(self._serve_waiting, request))
             return
-        wait = self._serve_safely(request)
+        else:
+            wait = self._serve_safely(request)
         if wait is not None:
             self._serve_in_task(wait)
 
