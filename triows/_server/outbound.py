@@ -6,17 +6,12 @@ before it and the socket has room, and otherwise queued in the outbox, a partly 
 frame's tail first, for a writer task that runs only while the socket refuses bytes. So no
 frame can land inside another, and an idle connection has no writer task.
 
-"At once" means at the start of the next scheduler batch on a connection that defers (a
-WebSocket :class:`~triows._server.connection.Connection` over a socket with a non-blocking
-write, while the server's :class:`~triows._server.flusher.Flusher` runs): a frame that would
-have been written now is appended to ``_deferred`` instead, the connection registers once
-with the flusher, and the flusher writes the deferred frames as one ``send``
-(:meth:`Outbound.flush_deferred`); what the socket refuses then goes to the outbox exactly as
-if each frame had been written on its own then (a cut frame's tail first, the rest by its
-rules). ``_deferred`` is non-empty only while the outbox is empty and no write is in
-progress, and every way into the write path (a frame to send, the goodbye) settles it first,
-so it is one more place in the same order, never a second path. It holds at most
-``DEFER_MAX`` bytes: more, and it is written at once.
+"At once" means in the next scheduler batch on a connection that defers: a frame that would
+have been written now waits in ``_deferred`` for the server's flusher
+(:mod:`triows._server.flusher`, which says why), never longer than one batch and never past
+``DEFER_MAX`` bytes. It is non-empty only while the outbox is empty and no write is in
+progress, and every way into the write path settles it first: one more place in the same
+order, not a second path.
 
 Whatever ends the connection, :meth:`Outbound._say_goodbye` finishes a half-written frame,
 sends the close frame (after draining the outbox on a graceful shutdown) and waits a bounded
@@ -313,6 +308,7 @@ class Outbound:
             return
         offset = 0
         outbox = self.outbox
+        closing = self.close_code is not None
         for frame, policy, counter in deferred:
             end = offset + len(frame)
             if end <= written:
@@ -325,6 +321,8 @@ class Outbound:
                 outbox.offer_reply(frame)  # over capacity: the next reply settles or closes
             else:
                 self._offer(frame, policy, counter)
+                if self.close_code is not None and not closing:
+                    break  # a slow consumer: closed once, sent nothing more (as deliver())
             offset = end
         self._start_writer()
 
