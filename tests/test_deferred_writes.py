@@ -181,7 +181,7 @@ async def test_refused_deliveries_keep_their_channel_policy(
 )
 @pytest.mark.parametrize("policy", list(SlowConsumerPolicy))
 async def test_tiny_outbox_drops_nothing_the_socket_had_room_for(
-    autojump_clock: trio.testing.MockClock, limits: dict[str, int], policy: SlowConsumerPolicy
+    autojump_clock: trio.testing.MockClock, limits: dict[str, Any], policy: SlowConsumerPolicy
 ) -> None:
     """A reply and deliveries deferred in one batch: the socket has room for all, so none is
     dropped and nobody is a slow consumer, as when each was written at once."""
