@@ -69,29 +69,34 @@ class Flusher:
                 if not self._queue:
                     await self._wait()
                 queue, self._queue = self._queue, []
-                for index, conn in enumerate(queue):
-                    self._flush(conn)
-                    if index % FLUSHES_PER_STEP == FLUSHES_PER_STEP - 1:
-                        # Whatever the rest of this list waits meanwhile is one step more.
-                        self._queue[:0] = queue[index + 1 :]
-                        await trio.lowlevel.checkpoint()
-                        break
+                if len(queue) > FLUSHES_PER_STEP:
+                    # The rest waits one step more, in order.
+                    queue, rest = queue[:FLUSHES_PER_STEP], queue[FLUSHES_PER_STEP:]
+                    self._queue[:0] = rest
+                self.flushed += len(queue)
+                for conn in queue:
+                    try:
+                        conn.flush_deferred()
+                    except Exception:
+                        self._failed(conn)
+                if self._queue:
+                    await trio.lowlevel.checkpoint()
         finally:
             # Whatever ends this task (cancelled, or a bug), nothing registered may be left
             # waiting for a flush that will not come, and nothing new may defer.
             self.running = False
             while self._queue:
                 queue, self._queue = self._queue, []
+                self.flushed += len(queue)
                 for conn in queue:
-                    self._flush(conn)
+                    try:
+                        conn.flush_deferred()
+                    except Exception:
+                        self._failed(conn)
 
-    def _flush(self, conn: Deferring) -> None:
-        self.flushed += 1
-        try:
-            conn.flush_deferred()
-        except Exception:
-            log.exception("writing the deferred frames of %r failed", conn)
-            conn.flush_failed()
+    def _failed(self, conn: Deferring) -> None:
+        log.exception("writing the deferred frames of %r failed", conn)
+        conn.flush_failed()
 
     async def _wait(self) -> None:
         self._parked = trio.lowlevel.current_task()

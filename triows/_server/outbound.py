@@ -260,7 +260,7 @@ class Outbound:
                 deferred.append((frame, policy, counter))
                 self._deferred_bytes += len(frame)
                 return True
-            self._settle_deferred()  # too much for one batch: written now, as it would have been
+            self.flush_deferred()  # too much for one batch: written now, as it would have been
         if self.outbox:  # queued frames, or frames being written: they go first
             return False
         flusher = self._flusher
@@ -286,26 +286,25 @@ class Outbound:
         return False
 
     def flush_deferred(self) -> None:
-        """The flusher's turn (next batch): write what was deferred, as one ``send``."""
-        if self._deferred is not None:
-            self._settle_deferred()
+        """Write the deferred frames now, as one ``send`` (the flusher's turn, or more than
+        one batch should hold); what the socket refuses is queued as if each frame had been
+        written on its own: a cut frame's tail first, then each later frame by its rules
+        (replies kept, broadcasts by their channel's policy)."""
+        deferred = self._deferred
+        if deferred is None:
+            return
+        self._deferred = None
+        self._deferred_bytes = 0
+        data = deferred[0][0] if len(deferred) == 1 else b"".join([d[0] for d in deferred])
+        written = self.ws.write_nowait(data)
+        if written != len(data):
+            self._requeue(deferred, written)
 
     def flush_failed(self) -> None:
         self._deferred = None
         self.close(INTERNAL_ERROR, "Internal error")
 
-    def _settle_deferred(self) -> None:
-        """Write the deferred frames now; what the socket refuses is queued as if each frame
-        had been written on its own: a cut frame's tail first, then each later frame by its
-        rules (replies kept, broadcasts by their channel's policy)."""
-        deferred = self._deferred
-        assert deferred is not None
-        self._deferred = None
-        self._deferred_bytes = 0
-        data = deferred[0][0] if len(deferred) == 1 else b"".join([d[0] for d in deferred])
-        written = self.ws.write_nowait(data)
-        if written == len(data):
-            return
+    def _requeue(self, deferred: list[_Deferred], written: int) -> None:
         offset = 0
         outbox = self.outbox
         closing = self.close_code is not None
