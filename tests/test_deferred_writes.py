@@ -72,6 +72,7 @@ async def test_replies_deliveries_and_pings_keep_their_order(
         assert harness.server.flusher.flushed > flushed  # they did go through the flusher
 
 
+@pytest.mark.real_socket
 async def test_heartbeat_ping_between_deferred_replies_stays_between() -> None:
     """The server's own ping takes the same deferred path: a client reading raw frames sees
     reply, ping, reply, in that order."""
