@@ -212,7 +212,7 @@ def fanout(
                 [
                     "fanout",
                     f"ws://127.0.0.1:{port}/",
-                    kind,
+                    protocol_of(kind),
                     str(subscribers),
                     str(warmup),
                     str(measure),
@@ -974,7 +974,7 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         help="a source tree of another triows version (the folder holding its triows/), run "
-        "beside this one in request→reply and the chat scenarios",
+        "beside this one in request→reply, the chat scenarios and fan-out",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument(
@@ -1075,13 +1075,14 @@ def single(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         f"{'p50 ms':>8} {'p99 ms':>8}",
         flush=True,
     )
+    baseline = ("baseline",) if BASELINE else ()
     for subscribers in args.subscribers:
-        for kind in SERVERS:
+        for kind in SERVERS + baseline:
             runs = [
                 fanout(kind, subscribers, args.warmup, args.measure) for _ in range(args.repeat)
             ]
             record(figures["fanout"], kind, subscribers, runs, with_redis=False)
-        for peer in ("bare", "wstrio", "websockets"):
+        for peer in ("bare", "wstrio", "websockets", *baseline):
             compare(
                 figures["fanout"],
                 ("triows", peer),

@@ -71,6 +71,11 @@ class WebSocket:
         nowait = getattr(self.stream, "send_some_nowait", None)
         return int(nowait(data)) if nowait is not None else 0
 
+    @property
+    def writes_nowait(self) -> bool:
+        """Whether :meth:`write_nowait` can write at all (a TLS stream cannot)."""
+        return self._sock is not None or hasattr(self.stream, "send_some_nowait")
+
     async def write(self, data: bytes | memoryview) -> None:
         if self.broken:
             raise Closed

@@ -48,6 +48,8 @@ MAX_STRETCH = 4
 
 
 class Connection(Requests):
+    DEFERS = True  # its replies, pings and deliveries go out in the flusher's batch
+
     __slots__ = (
         "_beat",
         "_heard",

@@ -20,6 +20,7 @@ from .._config import Config
 from .._core.latency import LatencyHistogram
 from .._core.outbox import OutboxTotals
 from .access import Access
+from .flusher import Flusher
 from .publishing import Publishing
 from .traffic import Traffic
 
@@ -38,6 +39,8 @@ class ConnectionHost(Protocol):
     #: What every connection's outbox holds, and the messages of every connection.
     outbox_totals: OutboxTotals
     traffic: Traffic
+    #: Writes the frames connections deferred during a scheduler batch (triows._server.flusher).
+    flusher: Flusher
 
     def now_ms(self) -> int:
         """Wall-clock milliseconds (message timestamps, ``welcome``, ``pong``)."""

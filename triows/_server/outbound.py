@@ -6,6 +6,13 @@ before it and the socket has room, and otherwise queued in the outbox, a partly 
 frame's tail first, for a writer task that runs only while the socket refuses bytes. So no
 frame can land inside another, and an idle connection has no writer task.
 
+"At once" means in the next scheduler batch on a connection that defers: a frame that would
+have been written now waits in ``_deferred`` for the server's flusher
+(:mod:`triows._server.flusher`, which says why), never longer than one batch and never past
+``DEFER_MAX`` bytes. It is non-empty only while the outbox is empty and no write is in
+progress, and every way into the write path settles it first: one more place in the same
+order, not a second path.
+
 Whatever ends the connection, :meth:`Outbound._say_goodbye` finishes a half-written frame,
 sends the close frame (after draining the outbox on a graceful shutdown) and waits a bounded
 time for the peer's, shielded from cancellation: a cancelled server still owes its clients a
@@ -24,12 +31,16 @@ from .._core.frame_parser import NO_STATUS, Close, Failure, FrameParser
 from .._core.frames import close_frame, text_frame
 from .._core.outbox import DropCounter, Outbox, SlowConsumerPolicy, Verdict
 from .._net.websocket import Closed, WebSocket
+from .flusher import Flusher
 from .host import ConnectionHost
 
 log = logging.getLogger("triows.connection")
 
 #: Largest single write of queued frames; keeps one slow socket from pinning a huge buffer.
 WRITE_BATCH = 64 * 1024
+#: Most bytes a connection defers to the flusher; past it they are written at once. A frame
+#: bigger than this alone is never deferred. At most ``WRITE_BATCH``: one flush, one write.
+DEFER_MAX = 16 * 1024
 #: Without ``Server.aclose()`` (plain cancellation) a connection still gets this long to say 1001.
 CANCELLED_GOODBYE = 1.0
 
@@ -42,6 +53,9 @@ ABNORMAL = 1006
 
 #: Something a request still has to wait for once its synchronous part is done.
 Wait = Callable[[], Awaitable[None]]
+#: A deferred frame: its bytes, and for a broadcast its channel's policy and drop counter
+#: (applied if the socket refuses it when it is flushed; replies have none).
+_Deferred = tuple[bytes, SlowConsumerPolicy | None, DropCounter | None]
 
 
 def _cancelled() -> bool:
@@ -55,10 +69,17 @@ class Outbound:
     ``_nursery`` is the connection's (the writer task runs there) and ``_ending`` says its
     tasks are being cancelled."""
 
+    #: Whether this kind of connection defers its writes to the server's flusher (the
+    #: WebSocket connection does; an SSE stream writes at once).
+    DEFERS = False
+
     __slots__ = (
         "_close_deadline",
+        "_deferred",
+        "_deferred_bytes",
         "_drain",
         "_ending",
+        "_flusher",
         "_host",
         "_nursery",
         "_peer_closed",
@@ -98,6 +119,10 @@ class Outbound:
         self.frames_out = 0
         #: Largest broadcast payload this peer may be sent compressed (0: no permessage-deflate).
         self.deflate_limit = ws.deflate_limit
+        #: Frames that would have been written now, waiting for the flusher (module docstring).
+        self._deferred: list[_Deferred] | None = None
+        self._deferred_bytes = 0
+        self._flusher: Flusher | None = host.flusher if self.DEFERS and ws.writes_nowait else None
 
     # -- ending ---------------------------------------------------------------------------------
 
@@ -144,6 +169,13 @@ class Outbound:
         with trio.move_on_at(deadline) as scope:
             scope.shield = True
             try:
+                deferred = self._deferred
+                if deferred is not None:
+                    # Frames that would have been written at once are owed whatever the close,
+                    # before anything else (nothing is queued or being written before them).
+                    self._deferred = None
+                    self._deferred_bytes = 0
+                    await ws.write(b"".join([d[0] for d in deferred]))
                 if self._drain:
                     while self.outbox:
                         await self._write_batch(WRITE_BATCH)
@@ -192,8 +224,12 @@ class Outbound:
             return True
         self.frames_out += 1
         self._traffic.sent += 1
-        if self._write_now(frame):
+        if self._write_now(frame, policy, counter):
             return True
+        return self._offer(frame, policy, counter)
+
+    def _offer(self, frame: bytes, policy: SlowConsumerPolicy, counter: DropCounter | None) -> bool:
+        """Queue a broadcast frame by its channel's rules (False: a ``block`` outbox is over)."""
         verdict = self.outbox.offer(frame, policy, counter)
         if verdict is Verdict.QUEUED:
             self._start_writer()
@@ -205,14 +241,40 @@ class Outbound:
             self._host.fanout.slow_consumer(self, "Slow consumer")
         return True
 
-    def _write_now(self, frame: bytes) -> bool:
-        """Write ``frame`` straight into the socket if nothing is queued before it.
+    def _write_now(
+        self,
+        frame: bytes,
+        policy: SlowConsumerPolicy | None = None,
+        counter: DropCounter | None = None,
+    ) -> bool:
+        """Write ``frame`` straight into the socket (or defer it to the flusher) if nothing
+        is queued before it.
 
-        True when it is handled: fully written, or written in part with the tail queued first
-        (a tail cannot be dropped). False when the caller must queue the whole frame.
+        True when it is handled: deferred, fully written, or written in part with the tail
+        queued first (a tail cannot be dropped). False when the caller must queue the whole
+        frame.
         """
+        deferred = self._deferred
+        if deferred is not None:
+            if self._deferred_bytes + len(frame) <= DEFER_MAX:
+                deferred.append((frame, policy, counter))
+                self._deferred_bytes += len(frame)
+                return True
+            self.flush_deferred()  # too much for one batch: written now, as it would have been
         if self.outbox:  # queued frames, or frames being written: they go first
             return False
+        flusher = self._flusher
+        if (
+            flusher is not None
+            and flusher.running
+            and len(frame) <= DEFER_MAX
+            and not self._ending
+            and not self.ws.writing
+        ):
+            self._deferred = [(frame, policy, counter)]
+            self._deferred_bytes = len(frame)
+            flusher.register(self)
+            return True
         written = self.ws.write_nowait(frame)
         if written == len(frame):
             return True
@@ -222,6 +284,46 @@ class Outbound:
             self._start_writer()
             return True
         return False
+
+    def flush_deferred(self) -> None:
+        """Write the deferred frames now, as one ``send`` (the flusher's turn, or more than
+        one batch should hold); what the socket refuses is queued as if each frame had been
+        written on its own: a cut frame's tail first, then each later frame by its rules
+        (replies kept, broadcasts by their channel's policy)."""
+        deferred = self._deferred
+        if deferred is None:
+            return
+        self._deferred = None
+        self._deferred_bytes = 0
+        data = deferred[0][0] if len(deferred) == 1 else b"".join([d[0] for d in deferred])
+        written = self.ws.write_nowait(data)
+        if written != len(data):
+            self._requeue(deferred, written)
+
+    def flush_failed(self) -> None:
+        self._deferred = None
+        self.close(INTERNAL_ERROR, "Internal error")
+
+    def _requeue(self, deferred: list[_Deferred], written: int) -> None:
+        offset = 0
+        outbox = self.outbox
+        closing = self.close_code is not None
+        for frame, policy, counter in deferred:
+            end = offset + len(frame)
+            if end <= written:
+                offset = end
+                continue
+            if offset < written:  # the frame the socket cut: its tail before anything else
+                outbox.push_front(memoryview(frame)[written - offset :])
+                self._tail_queued = True
+            elif policy is None:
+                outbox.offer_reply(frame)  # over capacity: the next reply settles or closes
+            else:
+                self._offer(frame, policy, counter)
+                if self.close_code is not None and not closing:
+                    break  # a slow consumer: closed once, sent nothing more (as deliver())
+            offset = end
+        self._start_writer()
 
     def _send(self, frame: bytes) -> Verdict:
         """A frame that must not be dropped (reply, ping, pong): now, or queued in order."""

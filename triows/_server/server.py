@@ -50,6 +50,7 @@ from . import banner
 from .access import Access
 from .connection import GOING_AWAY, Connection
 from .control import Control
+from .flusher import Flusher
 from .handshakes import Handshakes
 from .kept_revocations import follow_kept, load_kept
 from .public import PublicMethods
@@ -99,6 +100,7 @@ class Server(PublicMethods):
         #: as they change, so statistics cost O(1) at any number of connections.
         self.outbox_totals = OutboxTotals()
         self.traffic = Traffic()
+        self.flusher = Flusher()
         self._closed_by_server: Counter[int] = Counter()
         #: Plain HTTP requests answered, by status.
         self.http_requests: Counter[int] = Counter()
@@ -252,6 +254,7 @@ class Server(PublicMethods):
                         connections=self.connections,
                         failed=self._task_failed,
                         token_keys=self.access.run,
+                        flusher=self.flusher.run,
                     )
                 )
                 # Revocations kept in Redis: read before accepting, and at every link-up.

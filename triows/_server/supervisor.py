@@ -15,6 +15,10 @@
 - token keys (:mod:`triows._server.token_keys`): with ``jwt_jwks_url``, fetches the
   identity provider's key set at start, when it is old and when a token asks for a new key.
 
+- the flusher (:mod:`triows._server.flusher`): writes, at the start of each scheduler batch,
+  the frames connections deferred during the last one. Connections write at once while it is
+  not running (before it starts, between a crash and its restart, once it stopped).
+
 - the broker's background work: with Redis, the bridge (publisher, pub/sub listener thread,
   watchdog); nothing for the in-process broker.
 
@@ -62,6 +66,7 @@ async def run_supervisor(
     connections: Callable[[], Iterable[Idle]],
     failed: Callable[[], None],
     token_keys: Callable[[], Awaitable[None]],
+    flusher: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[None],
 ) -> None:
     keep = functools.partial(restarting, log=log, failed=failed)
@@ -71,6 +76,8 @@ async def run_supervisor(
         "presence": presence.run,
         "token keys": token_keys,
     }
+    if flusher is not None:
+        tasks["flusher"] = flusher
     if idle_timeout > 0:
         tasks["idle sweeper"] = functools.partial(sweep_idle, idle_timeout, hub, connections)
     async with trio.open_nursery() as nursery:
