@@ -40,7 +40,7 @@ from .._core.handshake import (
 from .._core.proxy import Network, address_key, client_address, is_trusted
 from .websocket import RECEIVE_BUFFER, Closed, WebSocket
 
-__all__ = ["PendingHandshake", "PlainRequest", "answer", "serve_streams"]
+__all__ = ["PendingHandshake", "PlainRequest", "Serve", "answer", "serve_streams"]
 
 log = logging.getLogger("triows.transport")
 
@@ -216,7 +216,11 @@ def _client(
     return f"{host}:{port}", address
 
 
-HandshakeHandler = Callable[[PendingHandshake], Awaitable[None]]
+#: An accepted connection's life (its reader, heartbeat and goodbye), run by the stream's
+#: task once the handshake's frames and cancel scope are gone.
+Serve = Callable[[], Awaitable[None]]
+#: Answers a handshake: the connection to serve when accepted, None when refused (answered).
+HandshakeHandler = Callable[[PendingHandshake], Awaitable[Serve | None]]
 #: Answers a plain HTTP request; the transport closes the stream afterwards.
 HttpHandler = Callable[[PlainRequest], Awaitable[None]]
 
@@ -249,7 +253,9 @@ async def _serve_stream(
     """Everything about one TCP stream, behind a boundary no exception crosses.
 
     Its admission ticket is taken before the first byte is read and released when this
-    returns, whatever happened in between.
+    returns, whatever happened in between. An accepted connection then runs here, in this
+    frame: the handshake's own frames and its evictable scope are gone by then, so an idle
+    connection does not hold them (about 1 KiB each) for its whole life.
     """
     peer = peer_address(stream)
     try:
@@ -266,9 +272,10 @@ async def _serve_stream(
     # All places taken, the admission may close this stream (while it waits for its request
     # or closes) to make room for a newer one; never once it is a connection.
     ticket.on_evict = evictable.cancel
+    serve: Serve | None = None  # none when evicted
     try:
         with evictable:
-            await _serve_head(
+            serve = await _serve_head(
                 stream,
                 ticket,
                 peer,
@@ -279,6 +286,12 @@ async def _serve_stream(
                 max_message_size=max_message_size,
                 compression=compression,
             )
+        del evictable  # an open connection is never evicted (``Ticket.opened``)
+        if serve is not None:
+            try:
+                await serve()
+            except Exception:
+                log.exception("connection task failed")
     finally:
         ticket.release()
     # trio.serve_listeners closes the stream when this returns, whatever happened.
@@ -295,13 +308,15 @@ async def _serve_head(
     trusted_proxies: tuple[Network, ...],
     max_message_size: int,
     compression: bool,
-) -> None:
+) -> Serve | None:
+    """Read and parse the head, then answer it (plain HTTP) or hand it to the handshake
+    handler; the accepted connection to serve, if any."""
     try:
         head = None
         with trio.move_on_at(deadline):
             head = await _read_head(stream)
         if head is None:  # a slowloris, or a client that left before its request
-            return
+            return None
         request = parse_request(head[0])
         remote, ip = _client(peer, request, trusted_proxies)
         if not wants_upgrade(request):
@@ -309,7 +324,8 @@ async def _serve_head(
                 stream, request, head[1], remote, address_key(ip), ticket, deadline
             )
             del head, request
-            return await http_handler(plain)
+            await http_handler(plain)
+            return None
         pending = [
             PendingHandshake(
                 stream,
@@ -324,9 +340,8 @@ async def _serve_head(
             )
         ]
         del head, request
-        # Handed over, not kept: the handler drops the request once it has answered it, and
-        # nothing in this frame holds its headers for the connection's lifetime.
-        await handler(pending.pop())
+        # Handed over, not kept: the handler drops the request once it has answered it.
+        return await handler(pending.pop())
     except HandshakeError as refused:
         log.debug("refused a request: %d %s", refused.status, refused.reason)
         ticket.closing()
@@ -336,6 +351,7 @@ async def _serve_head(
         log.debug("peer left during the handshake: %r", gone)
     except Exception:
         log.exception("connection task failed")
+    return None
 
 
 async def serve_streams(
