@@ -7,13 +7,18 @@ locals), never a size in bytes: the sizes are measured by the benchmark (``tests
 
 from __future__ import annotations
 
+import errno
+import functools
 import types
 from collections.abc import Iterator
 
+import pytest
 import trio
 
+import triows
+from triows._net.listen import STREAM_TASK
 from triows._server.connection import HEARTBEAT_TASK, Connection
-from triows.testing import open_test_server
+from triows.testing import MemoryListener, open_test_server
 
 from .rawclient import RawClient
 from .tasktree import all_tasks
@@ -52,8 +57,10 @@ async def test_an_idle_connection_holds_nothing_of_its_handshake(
         reader, heartbeat = connection_tasks()
         stack = names(reader)
         # The connection runs in the stream's own frame, once the handshake's frames (the
-        # head's reading and answering, the server's handshake) have returned...
-        assert stack[stack.index("_serve_stream") + 1 : stack.index("_read")] == ["run"]
+        # head's reading and answering, the server's handshake) have returned; the stream's
+        # task is that frame (no wrapper around it), under a name given once...
+        assert stack[: stack.index("_read")] == ["_serve_stream", "run"]
+        assert reader.name == STREAM_TASK
         assert "_serve_head" not in stack
         assert "_handshake" not in stack
         # ...and out of the cancel scope that let the admission evict it while it waited.
@@ -70,3 +77,35 @@ async def test_an_idle_connection_holds_nothing_of_its_handshake(
         assert names(heartbeat)[0] == "_heartbeat"
         assert isinstance(harness.server.connections()[0], Connection)
         await client.abort()
+
+
+class RunningOutOfDescriptors(trio.abc.Listener[trio.abc.Stream]):
+    """A listener whose first ``accept`` fails as a process out of descriptors does."""
+
+    def __init__(self, inner: trio.abc.Listener[trio.abc.Stream]) -> None:
+        self.inner = inner
+        self.failures = 0
+
+    async def accept(self) -> trio.abc.Stream:
+        if not self.failures:
+            self.failures += 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await self.inner.accept()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_the_accept_loop_waits_out_a_lack_of_descriptors(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    listener = MemoryListener()
+    flaky = RunningOutOfDescriptors(listener)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(functools.partial(triows.serve, listeners=[flaky]))
+        client = await RawClient.connect(listener)
+        await client.subscribe("a")
+        assert flaky.failures == 1
+        assert "accept failed with EMFILE" in caplog.text
+        await client.abort()
+        await server.aclose()

@@ -38,6 +38,7 @@ from .._core.handshake import (
     wants_upgrade,
 )
 from .._core.proxy import Network, address_key, client_address, is_trusted
+from .listen import serve_listeners
 from .websocket import RECEIVE_BUFFER, Closed, WebSocket
 
 __all__ = ["PendingHandshake", "PlainRequest", "Serve", "answer", "serve_streams"]
@@ -106,8 +107,8 @@ class PendingHandshake:
         if written < len(response):
             with trio.fail_at(self.deadline):
                 await self._stream.send_all(response[written:])
-        else:
-            await trio.lowlevel.checkpoint()  # a checkpoint either way, as send_all is
+        # No checkpoint otherwise: reading the head was one, and the connection's first read
+        # is the next.
         return ws
 
     async def reject(self, status: int, message: str) -> None:
@@ -257,44 +258,50 @@ async def _serve_stream(
     frame: the handshake's own frames and its evictable scope are gone by then, so an idle
     connection does not hold them (about 1 KiB each) for its whole life.
     """
-    peer = peer_address(stream)
     try:
-        trusted = bool(trusted_proxies) and is_trusted(peer[0], trusted_proxies)
-        ticket = admission.stream(address_key(peer[0]), trusted=trusted)
-    except Refused:
-        # As many streams as allowed are waiting for their request (from this address, or in
-        # all): one more would cost a descriptor and a task for nothing. No answer: nothing
-        # was read, and a flood is best met with the least work.
-        await trio.aclose_forcefully(stream)
-        return
-    deadline = trio.current_time() + handshake_timeout
-    evictable = trio.CancelScope()
-    # All places taken, the admission may close this stream (while it waits for its request
-    # or closes) to make room for a newer one; never once it is a connection.
-    ticket.on_evict = evictable.cancel
-    serve: Serve | None = None  # none when evicted
-    try:
-        with evictable:
-            serve = await _serve_head(
-                stream,
-                ticket,
-                peer,
-                deadline,
-                handler=handler,
-                http_handler=http_handler,
-                trusted_proxies=trusted_proxies,
-                max_message_size=max_message_size,
-                compression=compression,
-            )
-        del evictable  # an open connection is never evicted (``Ticket.opened``)
-        if serve is not None:
-            try:
-                await serve()
-            except Exception:
-                log.exception("connection task failed")
+        peer = peer_address(stream)
+        try:
+            trusted = bool(trusted_proxies) and is_trusted(peer[0], trusted_proxies)
+            ticket = admission.stream(address_key(peer[0]), trusted=trusted)
+        except Refused:
+            # As many streams as allowed are waiting for their request (from this address, or
+            # in all): one more would cost a descriptor and a task for nothing. No answer:
+            # nothing was read, and a flood is best met with the least work.
+            return
+        deadline = trio.current_time() + handshake_timeout
+        evictable = trio.CancelScope()
+        # All places taken, the admission may close this stream (while it waits for its
+        # request or closes) to make room for a newer one; never once it is a connection.
+        ticket.on_evict = evictable.cancel
+        serve: Serve | None = None  # none when evicted
+        try:
+            with evictable:
+                serve = await _serve_head(
+                    stream,
+                    ticket,
+                    peer,
+                    deadline,
+                    handler=handler,
+                    http_handler=http_handler,
+                    trusted_proxies=trusted_proxies,
+                    max_message_size=max_message_size,
+                    compression=compression,
+                )
+            del evictable  # an open connection is never evicted (``Ticket.opened``)
+            if serve is not None:
+                try:
+                    await serve()
+                except Exception:
+                    log.exception("connection task failed")
+        finally:
+            ticket.release()
     finally:
-        ticket.release()
-    # trio.serve_listeners closes the stream when this returns, whatever happened.
+        # This task's stream, closed whatever happened (the accept loop leaves it to us). A
+        # socket is closed at once: a connection's goodbye has closed it already.
+        if isinstance(stream, trio.SocketStream):
+            stream.socket.close()
+        else:
+            await trio.aclose_forcefully(stream)
 
 
 async def _serve_head(
@@ -378,6 +385,6 @@ async def serve_streams(
         handshake_timeout=handshake_timeout,
         admission=admission,
     )
-    await trio.serve_listeners(
+    await serve_listeners(
         serve_one, listeners, handler_nursery=handler_nursery, task_status=task_status
     )

@@ -141,27 +141,45 @@ class Outbound:
         if self.close_code is None:  # cancelled from outside: still a 1001 goodbye
             self.close(GOING_AWAY, "Server shutting down", deadline=deadline)
         ws = self.ws
-        with trio.move_on_at(deadline) as scope:
-            scope.shield = True
-            try:
-                if self._drain:
-                    while self.outbox:
-                        await self._write_batch(WRITE_BATCH)
-                elif self._tail_queued:  # a frame is half on the wire: finish it first
-                    await self._write_batch(0)
-                if self.closed_by_server:
-                    await ws.write(close_frame(self.close_code, self.close_reason))
-                    if not self._peer_closed:
+        goodbye = self._close_frame()
+        if (
+            goodbye
+            and self._peer_closed
+            and not self._tail_queued
+            and not (self._drain and self.outbox)
+            and ws.write_nowait(goodbye) == len(goodbye)
+        ):
+            # The common goodbye (the peer closed; nothing owed before our close frame) taken
+            # whole by the socket: nothing to wait for, so no scope and no task switch.
+            goodbye = b""
+        else:
+            with trio.move_on_at(deadline) as scope:
+                scope.shield = True
+                try:
+                    if self._drain:
+                        while self.outbox:
+                            await self._write_batch(WRITE_BATCH)
+                    elif self._tail_queued:  # a frame is half on the wire: finish it first
+                        await self._write_batch(0)
+                    if goodbye:
+                        await ws.write(goodbye)
+                    if self.closed_by_server and not self._peer_closed:
                         await self._wait_for_peer_close()
-                elif self._peer_closed:  # the peer's close: answer it
-                    echo = None if self.close_code == NO_STATUS else self.close_code
-                    await ws.write(close_frame(echo))
-            except Closed:
-                pass
+                except Closed:
+                    pass
         self.outbox.clear()
         if self._room is not None:
             self._room.set()
         ws.close_now()
+
+    def _close_frame(self) -> bytes:
+        """Our close frame: with our code when we closed, else the peer's echoed (none when
+        the connection ended without the peer's close frame)."""
+        if self.closed_by_server:
+            return close_frame(self.close_code, self.close_reason)
+        if self._peer_closed:  # the peer's close: answer it
+            return close_frame(None if self.close_code == NO_STATUS else self.close_code)
+        return b""
 
     async def _wait_for_peer_close(self) -> None:
         """Read (and ignore) until the peer's close frame or the end of the stream."""
