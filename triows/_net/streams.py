@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -269,9 +270,10 @@ async def _serve_stream(
             # nothing was read, and a flood is best met with the least work.
             return
         deadline = trio.current_time() + handshake_timeout
-        evictable = trio.CancelScope()
         # All places taken, the admission may close this stream (while it waits for its
-        # request or closes) to make room for a newer one; never once it is a connection.
+        # request or closes) to make room for a newer one; never once it is a connection. The
+        # same scope cuts a head that takes longer than the deadline (one scope, not two).
+        evictable = trio.CancelScope(deadline=deadline)
         ticket.on_evict = evictable.cancel
         serve: Serve | None = None  # none when evicted
         try:
@@ -281,6 +283,7 @@ async def _serve_stream(
                     ticket,
                     peer,
                     deadline,
+                    evictable,
                     handler=handler,
                     http_handler=http_handler,
                     trusted_proxies=trusted_proxies,
@@ -309,6 +312,7 @@ async def _serve_head(
     ticket: Ticket,
     peer: tuple[str, int | None],
     deadline: float,
+    scope: trio.CancelScope,
     *,
     handler: HandshakeHandler,
     http_handler: HttpHandler,
@@ -317,12 +321,14 @@ async def _serve_head(
     compression: bool,
 ) -> Serve | None:
     """Read and parse the head, then answer it (plain HTTP) or hand it to the handshake
-    handler; the accepted connection to serve, if any."""
+    handler; the accepted connection to serve, if any. ``scope`` (the stream's) has the
+    deadline while the head is read: a slowloris is cut there, as an evicted stream is."""
     try:
-        head = None
-        with trio.move_on_at(deadline):
+        try:
             head = await _read_head(stream)
-        if head is None:  # a slowloris, or a client that left before its request
+        finally:
+            scope.deadline = math.inf  # answers have bounds of their own (a grace for refusals)
+        if head is None:  # a client that left before its request
             return None
         request = parse_request(head[0])
         remote, ip = _client(peer, request, trusted_proxies)
