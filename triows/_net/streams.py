@@ -88,6 +88,8 @@ class PendingHandshake:
         self._max_message_size = max_message_size
         self.ticket = ticket
         self.deadline = deadline
+        #: The greeting went out with the 101 (:meth:`accept`).
+        self.greeted = False
         target = urlsplit(request.target)
         self.info = HandshakeRequest(
             path=target.path or "/",
@@ -97,17 +99,29 @@ class PendingHandshake:
             ip=ip,
         )
 
-    async def accept(self) -> WebSocket:
+    async def accept(self, greeting: Callable[[], bytes] | None = None) -> WebSocket:
+        """The 101, with ``greeting()`` (the connection's first frames) in the same write: one
+        system call and one wake-up of the client for both. ``greeted`` says whether the
+        greeting went out; it does not when the socket did not take the 101 at once (it then
+        waits for the rest of the 101 alone, and what happened meanwhile may forbid a
+        greeting: the connection greets later, or not at all)."""
         deflate = self.deflate
         parser = FrameParser(self._max_message_size, inflate=deflate is not None)
         ws = WebSocket(self._stream, parser, self._leftover)
         if deflate is not None:
             ws.deflate_limit = deflate.max_payload
         response = accept_response(self._key, None if deflate is None else deflate.response)
-        written = ws.write_nowait(response)  # an empty socket takes it whole: no wait, no scope
+        first = b"" if greeting is None else greeting()
+        # An empty socket takes it whole: no wait, no scope.
+        written = ws.write_nowait(response + first if first else response)
         if written < len(response):
             with trio.fail_at(self.deadline):
                 await self._stream.send_all(response[written:])
+        else:
+            self.greeted = bool(first)
+            if written < len(response) + len(first):  # part of the greeting is out already
+                with trio.fail_at(self.deadline):
+                    await self._stream.send_all((response + first)[written:])
         # No checkpoint otherwise: reading the head was one, and the connection's first read
         # is the next.
         return ws

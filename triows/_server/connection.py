@@ -26,7 +26,7 @@ from .._brokers.fanout import StepBudget
 from .._core import protocol
 from .._core.auth import Principal
 from .._core.frame_parser import Close, Event, Message, Ping, Pong
-from .._core.frames import PING, PONG, frame
+from .._core.frames import PING, PONG, frame, text_frame
 from .._core.outbox import Verdict
 from .._net.websocket import WebSocket
 from .._ops.view import ConnectionStatistics
@@ -76,8 +76,12 @@ class Connection(Requests):
         remote: str,
         client_id: str,
         ip: str = "",
+        greeted: bool = False,
     ) -> None:
         super().__init__(host, ws, principal, client_id)
+        if greeted:  # the server wrote our welcome with the 101 (``welcome``)
+            self.frames_out += 1
+            self._traffic.sent += 1
         self.remote = remote
         self.ip = ip
         self._ping_payload: bytes | None = None  # the heartbeat ping not answered yet
@@ -116,7 +120,8 @@ class Connection(Requests):
                 nursery.start_soon(self._heartbeat, name=HEARTBEAT_TASK)
                 if self._host.access.enabled:
                     nursery.start_soon(self._watch_expiry)
-                self._greet()
+                if not self.frames_out:  # the welcome is the first frame, if not sent yet
+                    self._greet()
                 try:
                     await self._read()
                 finally:
@@ -138,16 +143,20 @@ class Connection(Requests):
             finally:
                 self._host.forget(self)
 
-    def _greet(self) -> None:
-        config = self._host.config
-        self.queue_reply(
-            protocol.welcome_frame(
-                self.client_id,
-                self._host.now_ms(),
-                self._host.server_id,
-                config.heartbeat_interval,
+    @classmethod
+    def welcome(cls, host: ConnectionHost, client_id: str) -> bytes:
+        """The framed welcome a connection's client gets first (the server writes it with the
+        101, before the connection runs)."""
+        return text_frame(
+            protocol.encode(
+                protocol.welcome_frame(
+                    client_id, host.now_ms(), host.server_id, host.config.heartbeat_interval
+                )
             )
         )
+
+    def _greet(self) -> None:
+        self.queue_reply(self.welcome(self._host, self.client_id))
 
     # -- receiving ------------------------------------------------------------------------------
 

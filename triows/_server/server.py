@@ -298,9 +298,12 @@ class Server(PublicMethods):
         """Answer a WebSocket handshake; the accepted connection's ``run``, which the stream's
         task then awaits (the connection leaves the registry at its end, once its goodbye is
         said: ``aclose()`` waits for that)."""
+        client_id = secrets.token_urlsafe(9)
+        # The welcome goes out with the 101, in one write.
+        greeting = functools.partial(self.connection_class.welcome, self, client_id)
         try:
-            opened = await self.handshakes.accept(pending)
-            conn = None if opened is None else self._register(pending, *opened)
+            opened = await self.handshakes.accept(pending, greeting)
+            conn = None if opened is None else self._register(pending, *opened, client_id)
         finally:
             if pending.ticket.stage is Stage.HANDSHAKE:  # failed midway: it counts no more
                 pending.ticket.closing()
@@ -316,7 +319,9 @@ class Server(PublicMethods):
             conn.close(REVOKED, "token revoked")
         return conn.run
 
-    def _register(self, pending: PendingHandshake, ws: Any, principal: Any) -> Connection:
+    def _register(
+        self, pending: PendingHandshake, ws: Any, principal: Any, client_id: str
+    ) -> Connection:
         info = pending.info
         conn = self.connection_class(
             host=self,
@@ -324,7 +329,8 @@ class Server(PublicMethods):
             principal=principal,
             remote=info.remote,
             ip=info.ip,
-            client_id=secrets.token_urlsafe(9),
+            client_id=client_id,
+            greeted=pending.greeted,
         )
         self.adopt(conn)
         return conn
