@@ -244,9 +244,21 @@ HttpHandler = Callable[[PlainRequest], Awaitable[None]]
 async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
     """The request head and the bytes after it; None when the peer left first. 431 as soon
     as the head is over ``MAX_HEAD``, however it was split across reads."""
+    # A TCP stream's head is usually there when its task starts: read the socket first and
+    # wait only when it has nothing (``SocketStream.receive_some`` yields even when data was
+    # there: one more scheduling round per handshake). The task's first step ends at the
+    # connection's first wait for a frame, whatever this does.
+    sock = stream.socket._sock if isinstance(stream, trio.SocketStream) else None  # type: ignore[attr-defined]
     buffer = b""
     while True:
-        data = await stream.receive_some(RECEIVE_BUFFER)
+        if sock is None:
+            data = await stream.receive_some(RECEIVE_BUFFER)
+        else:
+            try:
+                data = sock.recv(RECEIVE_BUFFER)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
         if not data:
             return None
         buffer += data
