@@ -32,13 +32,13 @@ from .._core.handshake import (
     HandshakeRequest,
     HttpRequest,
     accept_response,
-    head_end,
     http_response,
     parse_request,
     upgrade_key,
     wants_upgrade,
 )
-from .._core.proxy import Network, address_key, client_address, is_trusted
+from .._core.proxy import Network, address_key, is_trusted
+from .heads import client_of, peer_address, read_head
 from .listen import serve_listeners
 from .websocket import RECEIVE_BUFFER, Closed, WebSocket
 
@@ -206,32 +206,6 @@ async def answer(stream: trio.abc.Stream, response: bytes, deadline: float) -> N
             pass  # the client left: nothing more to say
 
 
-def peer_address(stream: trio.abc.Stream) -> tuple[str, int | None]:
-    """The TCP peer's address and port; a memory stream's ``peer`` (``triows.testing``), or
-    its repr, which makes every such stream an address of its own."""
-    if isinstance(stream, trio.SocketStream):
-        try:
-            address, port = stream.socket.getpeername()[:2]
-        except OSError:  # reset before we asked
-            return "", None
-        return str(address), int(port)
-    peer = getattr(stream, "peer", None)
-    return (peer if isinstance(peer, str) else repr(stream)), None
-
-
-def _client(
-    peer: tuple[str, int | None], request: HttpRequest, trusted: tuple[Network, ...]
-) -> tuple[str, str]:
-    """``(host:port, host)`` of the client: the TCP peer's, or the address a trusted proxy
-    forwarded (``host`` twice: its port is the proxy's business)."""
-    address, port = peer
-    client = client_address(address, request.headers.get("x-forwarded-for"), trusted)
-    if client != address or port is None:
-        return client, client
-    host = f"[{address}]" if ":" in address else address
-    return f"{host}:{port}", address
-
-
 #: An accepted connection's life (its reader, heartbeat and goodbye), run by the stream's
 #: task once the handshake's frames and cancel scope are gone.
 Serve = Callable[[], Awaitable[None]]
@@ -239,32 +213,6 @@ Serve = Callable[[], Awaitable[None]]
 HandshakeHandler = Callable[[PendingHandshake], Awaitable[Serve | None]]
 #: Answers a plain HTTP request; the transport closes the stream afterwards.
 HttpHandler = Callable[[PlainRequest], Awaitable[None]]
-
-
-async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
-    """The request head and the bytes after it; None when the peer left first. 431 as soon
-    as the head is over ``MAX_HEAD``, however it was split across reads."""
-    # A TCP stream's head is usually there when its task starts: read the socket first and
-    # wait only when it has nothing (``SocketStream.receive_some`` yields even when data was
-    # there: one more scheduling round per handshake). The task's first step ends at the
-    # connection's first wait for a frame, whatever this does.
-    sock = stream.socket._sock if isinstance(stream, trio.SocketStream) else None  # type: ignore[attr-defined]
-    buffer = b""
-    while True:
-        if sock is None:
-            data = await stream.receive_some(RECEIVE_BUFFER)
-        else:
-            try:
-                data = sock.recv(RECEIVE_BUFFER)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                continue
-        if not data:
-            return None
-        buffer += data
-        end = head_end(buffer)
-        if end >= 0:
-            return buffer[:end], buffer[end:]
 
 
 async def _serve_stream(
@@ -351,13 +299,13 @@ async def _serve_head(
     deadline while the head is read: a slowloris is cut there, as an evicted stream is."""
     try:
         try:
-            head = await _read_head(stream)
+            head = await read_head(stream)
         finally:
             scope.deadline = math.inf  # answers have bounds of their own (a grace for refusals)
         if head is None:  # a client that left before its request
             return None
         request = parse_request(head[0])
-        remote, ip = _client(peer, request, trusted_proxies)
+        remote, ip = client_of(peer, request, trusted_proxies)
         if not wants_upgrade(request):
             plain = PlainRequest(
                 stream, request, head[1], remote, address_key(ip), ticket, deadline
