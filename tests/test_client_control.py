@@ -5,6 +5,7 @@ streams."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import trio
@@ -96,9 +97,9 @@ async def test_a_disconnect_before_the_welcome_is_reported(
         server = harness.server
         write_101 = PendingHandshake.accept
 
-        async def revoked_meanwhile(self: PendingHandshake) -> object:
+        async def revoked_meanwhile(self: PendingHandshake, greeting: Any = None) -> object:
             await server.revoke("alice", before=time.time() + 1)
-            return await write_101(self)
+            return await write_101(self, greeting)
 
         monkeypatch.setattr(PendingHandshake, "accept", revoked_meanwhile)
         token = make_token("alice", iat=int(time.time()) - 60)

@@ -318,9 +318,9 @@ async def test_a_revoke_during_the_last_step_of_a_handshake_still_closes_it(
         write_101 = PendingHandshake.accept
         answers = []
 
-        async def revoked_meanwhile(self: PendingHandshake) -> Any:
+        async def revoked_meanwhile(self: PendingHandshake, greeting: Any = None) -> Any:
             answers.append(await server.revoke("alice"))
-            return await write_101(self)
+            return await write_101(self, greeting)
 
         monkeypatch.setattr(PendingHandshake, "accept", revoked_meanwhile)
         with pytest.RaisesGroup(ConnectionClosed, flatten_subgroups=True) as closed:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from triows._net.websocket import WebSocket
 from triows.testing import open_test_server
 
 
@@ -22,6 +24,30 @@ async def test_welcome_frame(autojump_clock: trio.testing.MockClock) -> None:
             assert isinstance(data["timestamp"], int)
             assert isinstance(data["clientId"], str)
             assert data["clientId"]
+
+
+async def test_the_welcome_goes_out_with_the_101_in_one_write(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One system call and one wake-up of the client for both (a handshake's largest cost on
+    # loopback is the kernel's work per write); counted once, as any frame out.
+    writes: list[bytes] = []
+    write_nowait = WebSocket.write_nowait
+
+    def recorded(self: WebSocket, data: bytes | memoryview) -> int:
+        writes.append(bytes(data))
+        return write_nowait(self, data)
+
+    monkeypatch.setattr(WebSocket, "write_nowait", recorded)
+    async with open_test_server() as harness:
+        async with harness.connect() as client:
+            assert client.welcome["type"] == "welcome"
+            assert len(writes) == 1
+            assert writes[0].startswith(b"HTTP/1.1 101 ")
+            assert b'{"type":"welcome"' in writes[0]
+            (conn,) = harness.server.connections()
+            assert conn.frames_out == 1
+            assert harness.server.frame_totals()[1] == 1
 
 
 async def test_publish_reaches_subscribers_but_not_sender(

@@ -146,3 +146,25 @@ async def test_a_taken_port_is_one_clear_error(caplog: pytest.LogCaptureFixture)
     assert not isinstance(error, BaseExceptionGroup)
     assert str(error) == f"[Errno 98] cannot listen on 127.0.0.1:{port}: Address already in use"
     assert "stopped" not in caplog.text  # it never started
+
+
+async def test_a_head_in_pieces_over_tcp_is_read_whole() -> None:
+    # The head is read from the socket directly: what is there at once, then a wait for the
+    # rest (a head split across segments, as a slow client sends it).
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery)
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        head = (
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        with trio.fail_after(10):
+            for start in range(0, len(head), 40):
+                await stream.send_all(head[start : start + 40])
+                await trio.sleep(0.01)  # separate segments, read one by one
+            answer = b""
+            while b'"welcome"' not in answer:
+                answer += await stream.receive_some(4096)
+        assert answer.startswith(b"HTTP/1.1 101 ")
+        await stream.aclose()
+        await server.aclose()

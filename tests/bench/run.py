@@ -63,6 +63,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 SERVERS = ("bare", "wstrio", "websockets", "triows")
 #: request→reply adds triows' engine answering an echo (the protocol's share is the difference).
 ECHO_SERVERS = ("bare", "wstrio", "websockets", "engine", "triows")
+#: Handshakes and idle connections add Node `ws` (room_server.js; it sends no heartbeats).
+CONNECTION_SERVERS = (*SERVERS, "node")
 #: The chat scenarios: the same room logic on Node ws, websockets (asyncio) and triows.
 CHAT_SERVERS = ("node", "websockets", "triows")
 #: (name, clients, rooms, publications per client per second)
@@ -723,7 +725,15 @@ def idle_memory(
         time.sleep(0.5)
         before = rss_kib(server.pid)
         generator = subprocess.Popen(
-            ["node", str(LOADGEN), "idle", f"ws://127.0.0.1:{port}/", kind, str(connections)],
+            # protocol_of: a --baseline tree's connections subscribe as triows' do.
+            [
+                "node",
+                str(LOADGEN),
+                "idle",
+                f"ws://127.0.0.1:{port}/",
+                protocol_of(kind),
+                str(connections),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -966,6 +976,12 @@ def main() -> None:
         help="request→reply: only these servers (default: all of them)",
     )
     parser.add_argument(
+        "--connection-kinds",
+        nargs="*",
+        choices=CONNECTION_SERVERS,
+        help="handshakes and idle connections: only these servers (default: all of them)",
+    )
+    parser.add_argument(
         "--pads", type=int, nargs="*", help="request→reply: only these pads (default: 64 1024)"
     )
     parser.add_argument(
@@ -987,10 +1003,12 @@ def main() -> None:
             "inbound",
             "subscribes",
             "compression",
+            "connections",
         ),
         help="run one part (default: single, compression and cluster; metrics: the cost of "
         "metrics; dashboard: the cost of an open dashboard; inbound: request→reply and the chat "
-        "scenarios only; subscribes: the subscribe storm alone)",
+        "scenarios only; subscribes: the subscribe storm alone; connections: handshakes and idle "
+        "memory alone)",
     )
     parser.add_argument(
         "--storm", type=int, default=5000, help="connections in the subscribe storm (0: skip)"
@@ -1035,6 +1053,8 @@ def main() -> None:
         subscribes(args, figures)
     elif args.only == "compression":
         compression(args, figures)
+    elif args.only == "connections":
+        connections(args, figures)
     else:
         if args.only != "cluster":
             single(args, figures)
@@ -1054,22 +1074,7 @@ def single(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         chat_scenarios(args, figures)
     if args.only == "inbound":
         return
-    if args.handshakes:
-        section = figures["handshakes"]
-        for kind in SERVERS:
-            runs = [handshakes(kind, args.handshakes) for _ in range(args.repeat)]
-            row = section[kind] = median_of(runs)
-            print(
-                f"{kind:14} {args.handshakes} handshakes: {row['per_cpu_second']:,.0f} per "
-                f"server CPU-second ({row['per_second']:,.0f}/s)",
-                flush=True,
-            )
-        ratios(section, "per_cpu_second", "handshakes per server CPU-second")
-    if args.idle:
-        for kind in SERVERS:
-            kib = statistics.median(idle_memory(kind, args.idle) for _ in range(args.repeat))
-            figures["idle_kib_per_connection"][kind] = kib
-            print(f"{kind:14} {args.idle} idle connections: {kib:.1f} KiB each", flush=True)
+    connections(args, figures)
     print(
         f"\n{'fan-out':10} {'subs':>5} {'deliveries/s':>13} {'per CPU-s':>11} {'CPU':>5} "
         f"{'p50 ms':>8} {'p99 ms':>8}",
@@ -1093,6 +1098,42 @@ def single(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             )
     if args.paced:
         paced_latency(args, figures)
+
+
+def connections(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    """Handshakes per server CPU-second and KiB per idle connection (``--only connections``
+    runs these alone)."""
+    # Node `ws` (no heartbeats) and the --baseline tree beside the others; --connection-kinds
+    # narrows the two figures to a few servers.
+    connection_kinds = tuple(args.connection_kinds or CONNECTION_SERVERS) + (
+        ("baseline",) if BASELINE else ()
+    )
+    # Runs alternate between the servers (not all of one server's runs in a row): the
+    # machine's state drifts, and a ratio should compare runs made side by side.
+    if args.handshakes:
+        section = figures["handshakes"]
+        shake_runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in connection_kinds}
+        for _ in range(args.repeat):
+            for kind in connection_kinds:
+                shake_runs[kind].append(handshakes(kind, args.handshakes))
+        for kind in connection_kinds:
+            row = section[kind] = median_of(shake_runs[kind])
+            print(
+                f"{kind:14} {args.handshakes} handshakes: {row['per_cpu_second']:,.0f} per "
+                f"server CPU-second ({row['per_second']:,.0f}/s)",
+                flush=True,
+            )
+        ratios(section, "per_cpu_second", "handshakes per server CPU-second", connection_kinds)
+    if args.idle:
+        section = figures["idle_kib_per_connection"]
+        idle_runs: dict[str, list[float]] = {kind: [] for kind in connection_kinds}
+        for _ in range(args.repeat):
+            for kind in connection_kinds:
+                idle_runs[kind].append(idle_memory(kind, args.idle))
+        for kind in connection_kinds:
+            kib = section[kind] = statistics.median(idle_runs[kind])
+            print(f"{kind:14} {args.idle} idle connections: {kib:.1f} KiB each", flush=True)
+        ratios(section, "", "KiB per idle connection", connection_kinds)
 
 
 def paced_latency(args: argparse.Namespace, figures: dict[str, Any]) -> None:
@@ -1184,9 +1225,10 @@ def ratios(
     section: dict[str, Any], field: str, text: str, kinds: tuple[str, ...] = SERVERS
 ) -> None:
     for peer in kinds:
-        if peer == "triows":
+        if peer == "triows" or "triows" not in section:
             continue
-        ratio = section["triows"][field] / section[peer][field]
+        top, bottom = section["triows"], section[peer]
+        ratio = top[field] / bottom[field] if field else top / bottom
         section[f"ratio_{peer}"] = ratio
         print(f"  triows / {peer}, {text}: {ratio:.2f}x", flush=True)
 

@@ -21,11 +21,16 @@ import triows
 from triows._core.deflate import deflated_frame
 from triows._core.frames import BINARY, TEXT, frame
 from triows._server.connection import Connection
+from triows._server.host import ConnectionHost
 from triows._server.server import Server
 
 
 class EchoConnection(Connection):
     __slots__ = ()
+
+    @classmethod
+    def welcome(cls, host: ConnectionHost, client_id: str) -> bytes:
+        return b""
 
     def _greet(self) -> None:
         pass

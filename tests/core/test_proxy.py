@@ -54,3 +54,15 @@ def test_per_address_limits_count_an_ipv6_client_by_its_64(address: str, key: st
     from triows._core.proxy import address_key
 
     assert address_key(address) == key
+
+
+def test_streams_from_one_address_share_its_key() -> None:
+    """Every stream asks for its address's key twice, and many streams come from one address:
+    the key is parsed once and one string is shared (an idle connection holds it)."""
+    from triows._core.proxy import address_key
+
+    first = address_key("".join(["198.51.100.", "23"]))  # a new string object each time
+    second = address_key("".join(["198.51.100.", "23"]))
+    assert first == "198.51.100.23"
+    assert first is second
+    assert address_key("".join(["2001:db8::", "1"])) is address_key("2001:db8::1")

@@ -9,10 +9,13 @@ per-address connection limit). A malformed entry stops the walk at the last good
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Addresses whose keys :func:`address_key` remembers (a few hundred KiB at most).
+ADDRESS_KEYS_CACHED = 4096
 
 
 def parse_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
@@ -63,10 +66,15 @@ def client_address(peer: str, forwarded_for: str | None, networks: tuple[Network
     return client
 
 
+@functools.lru_cache(maxsize=ADDRESS_KEYS_CACHED)
 def address_key(address: str) -> str:
     """What per-address limits count ``address`` under: an IPv4 address itself, an IPv6
     address's /64 network (one subscriber line gets a whole /64, so a per-address limit on
-    full IPv6 addresses would be no limit), anything else (a test stream's name) as is."""
+    full IPv6 addresses would be no limit), anything else (a test stream's name) as is.
+
+    Remembered for the last addresses seen: every stream asks twice (its pending place, then
+    its connection's), many streams come from one address, and parsing is most of a
+    handshake's address work; connections from one address then share one key string."""
     parsed = _address(address)
     if isinstance(parsed, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((parsed, 64), strict=False))

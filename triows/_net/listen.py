@@ -1,21 +1,44 @@
-"""TCP listeners, optionally shared by several processes (``SO_REUSEPORT``).
+"""TCP listeners, optionally shared by several processes (``SO_REUSEPORT``), and the accept
+loop.
 
 ``trio.open_tcp_listeners`` does everything but ``SO_REUSEPORT``, which ``--workers`` needs: each
 worker process binds the same port and the kernel spreads new connections across them, so no
 process hands sockets to another.
+
+:func:`serve_listeners` is ``trio.serve_listeners`` without its wrapper task around each
+handler: every stream's task is the handler itself, under one given name, and the handler
+closes its stream (``triows._net.streams``). trio's wrapper stays on the stack of every open
+connection (a frame and a name formatted per task) and closes every stream with
+``aclose_forcefully``: a cancel scope and a cancelled checkpoint per handshake, for a socket
+already closed.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
 
 import trio
 
 #: The kernel caps it at net.core.somaxconn (what trio asks for too).
 BACKLOG = 0xFFFF
+#: What ``accept`` fails with when the process or the system is out of descriptors or
+#: memory: logged, and tried again after :data:`ACCEPT_RETRY` seconds (trio's own rule).
+ACCEPT_CAPACITY_ERRNOS = frozenset(
+    code
+    for code in (getattr(errno, name, None) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS"))
+    if code is not None
+)
+ACCEPT_RETRY = 0.1
+#: Every accepted stream's task, named once (trio would format a name per task).
+STREAM_TASK = "triows.stream"
+
+log = logging.getLogger("triows.transport")
 
 
 class ListenError(OSError):
@@ -111,3 +134,44 @@ def _claim(host: str, port: int) -> socket.socket | None:
             "(two would share the port without sharing their channels)",
         ) from None
     return claim
+
+
+async def serve_listeners(
+    handler: Callable[[Any], Awaitable[None]],
+    listeners: list[trio.abc.Listener[Any]],
+    *,
+    handler_nursery: trio.Nursery,
+    task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Accept on every listener; each stream gets a task running ``handler(stream)`` in
+    ``handler_nursery``, which must close the stream whatever happens. Runs until cancelled
+    (the listeners are closed then); ``task_status`` gets the listeners."""
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept, listener, handler_nursery, handler)
+        task_status.started(listeners)
+    raise AssertionError("the accept loops never return")  # pragma: no cover
+
+
+async def _accept(
+    listener: trio.abc.Listener[Any],
+    handler_nursery: trio.Nursery,
+    handler: Callable[[Any], Awaitable[None]],
+) -> NoReturn:
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                code = exc.errno
+                if code is None or code not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error(
+                    "accept failed with %s (%s); trying again in %s seconds",
+                    errno.errorcode[code],
+                    os.strerror(code),
+                    ACCEPT_RETRY,
+                )
+                await trio.sleep(ACCEPT_RETRY)
+            else:
+                handler_nursery.start_soon(handler, stream, name=STREAM_TASK)

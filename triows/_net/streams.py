@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -31,16 +32,17 @@ from .._core.handshake import (
     HandshakeRequest,
     HttpRequest,
     accept_response,
-    head_end,
     http_response,
     parse_request,
     upgrade_key,
     wants_upgrade,
 )
-from .._core.proxy import Network, address_key, client_address, is_trusted
+from .._core.proxy import Network, address_key, is_trusted
+from .heads import client_of, peer_address, read_head
+from .listen import serve_listeners
 from .websocket import RECEIVE_BUFFER, Closed, WebSocket
 
-__all__ = ["PendingHandshake", "PlainRequest", "answer", "serve_streams"]
+__all__ = ["PendingHandshake", "PlainRequest", "Serve", "answer", "serve_streams"]
 
 log = logging.getLogger("triows.transport")
 
@@ -86,6 +88,8 @@ class PendingHandshake:
         self._max_message_size = max_message_size
         self.ticket = ticket
         self.deadline = deadline
+        #: The greeting went out with the 101 (:meth:`accept`).
+        self.greeted = False
         target = urlsplit(request.target)
         self.info = HandshakeRequest(
             path=target.path or "/",
@@ -95,19 +99,31 @@ class PendingHandshake:
             ip=ip,
         )
 
-    async def accept(self) -> WebSocket:
+    async def accept(self, greeting: Callable[[], bytes] | None = None) -> WebSocket:
+        """The 101, with ``greeting()`` (the connection's first frames) in the same write: one
+        system call and one wake-up of the client for both. ``greeted`` says whether the
+        greeting went out; it does not when the socket did not take the 101 at once (it then
+        waits for the rest of the 101 alone, and what happened meanwhile may forbid a
+        greeting: the connection greets later, or not at all)."""
         deflate = self.deflate
         parser = FrameParser(self._max_message_size, inflate=deflate is not None)
         ws = WebSocket(self._stream, parser, self._leftover)
         if deflate is not None:
             ws.deflate_limit = deflate.max_payload
         response = accept_response(self._key, None if deflate is None else deflate.response)
-        written = ws.write_nowait(response)  # an empty socket takes it whole: no wait, no scope
+        first = b"" if greeting is None else greeting()
+        # An empty socket takes it whole: no wait, no scope.
+        written = ws.write_nowait(response + first if first else response)
         if written < len(response):
             with trio.fail_at(self.deadline):
                 await self._stream.send_all(response[written:])
         else:
-            await trio.lowlevel.checkpoint()  # a checkpoint either way, as send_all is
+            self.greeted = bool(first)
+            if written < len(response) + len(first):  # part of the greeting is out already
+                with trio.fail_at(self.deadline):
+                    await self._stream.send_all((response + first)[written:])
+        # No checkpoint otherwise: reading the head was one, and the connection's first read
+        # is the next.
         return ws
 
     async def reject(self, status: int, message: str) -> None:
@@ -190,49 +206,13 @@ async def answer(stream: trio.abc.Stream, response: bytes, deadline: float) -> N
             pass  # the client left: nothing more to say
 
 
-def peer_address(stream: trio.abc.Stream) -> tuple[str, int | None]:
-    """The TCP peer's address and port; a memory stream's ``peer`` (``triows.testing``), or
-    its repr, which makes every such stream an address of its own."""
-    if isinstance(stream, trio.SocketStream):
-        try:
-            address, port = stream.socket.getpeername()[:2]
-        except OSError:  # reset before we asked
-            return "", None
-        return str(address), int(port)
-    peer = getattr(stream, "peer", None)
-    return (peer if isinstance(peer, str) else repr(stream)), None
-
-
-def _client(
-    peer: tuple[str, int | None], request: HttpRequest, trusted: tuple[Network, ...]
-) -> tuple[str, str]:
-    """``(host:port, host)`` of the client: the TCP peer's, or the address a trusted proxy
-    forwarded (``host`` twice: its port is the proxy's business)."""
-    address, port = peer
-    client = client_address(address, request.headers.get("x-forwarded-for"), trusted)
-    if client != address or port is None:
-        return client, client
-    host = f"[{address}]" if ":" in address else address
-    return f"{host}:{port}", address
-
-
-HandshakeHandler = Callable[[PendingHandshake], Awaitable[None]]
+#: An accepted connection's life (its reader, heartbeat and goodbye), run by the stream's
+#: task once the handshake's frames and cancel scope are gone.
+Serve = Callable[[], Awaitable[None]]
+#: Answers a handshake: the connection to serve when accepted, None when refused (answered).
+HandshakeHandler = Callable[[PendingHandshake], Awaitable[Serve | None]]
 #: Answers a plain HTTP request; the transport closes the stream afterwards.
 HttpHandler = Callable[[PlainRequest], Awaitable[None]]
-
-
-async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, bytes] | None:
-    """The request head and the bytes after it; None when the peer left first. 431 as soon
-    as the head is over ``MAX_HEAD``, however it was split across reads."""
-    buffer = b""
-    while True:
-        data = await stream.receive_some(RECEIVE_BUFFER)
-        if not data:
-            return None
-        buffer += data
-        end = head_end(buffer)
-        if end >= 0:
-            return buffer[:end], buffer[end:]
 
 
 async def _serve_stream(
@@ -249,39 +229,56 @@ async def _serve_stream(
     """Everything about one TCP stream, behind a boundary no exception crosses.
 
     Its admission ticket is taken before the first byte is read and released when this
-    returns, whatever happened in between.
+    returns, whatever happened in between. An accepted connection then runs here, in this
+    frame: the handshake's own frames and its evictable scope are gone by then, so an idle
+    connection does not hold them (about 1 KiB each) for its whole life.
     """
-    peer = peer_address(stream)
     try:
-        trusted = bool(trusted_proxies) and is_trusted(peer[0], trusted_proxies)
-        ticket = admission.stream(address_key(peer[0]), trusted=trusted)
-    except Refused:
-        # As many streams as allowed are waiting for their request (from this address, or in
-        # all): one more would cost a descriptor and a task for nothing. No answer: nothing
-        # was read, and a flood is best met with the least work.
-        await trio.aclose_forcefully(stream)
-        return
-    deadline = trio.current_time() + handshake_timeout
-    evictable = trio.CancelScope()
-    # All places taken, the admission may close this stream (while it waits for its request
-    # or closes) to make room for a newer one; never once it is a connection.
-    ticket.on_evict = evictable.cancel
-    try:
-        with evictable:
-            await _serve_head(
-                stream,
-                ticket,
-                peer,
-                deadline,
-                handler=handler,
-                http_handler=http_handler,
-                trusted_proxies=trusted_proxies,
-                max_message_size=max_message_size,
-                compression=compression,
-            )
+        peer = peer_address(stream)
+        try:
+            trusted = bool(trusted_proxies) and is_trusted(peer[0], trusted_proxies)
+            ticket = admission.stream(address_key(peer[0]), trusted=trusted)
+        except Refused:
+            # As many streams as allowed are waiting for their request (from this address, or
+            # in all): one more would cost a descriptor and a task for nothing. No answer:
+            # nothing was read, and a flood is best met with the least work.
+            return
+        deadline = trio.current_time() + handshake_timeout
+        # All places taken, the admission may close this stream (while it waits for its
+        # request or closes) to make room for a newer one; never once it is a connection. The
+        # same scope cuts a head that takes longer than the deadline (one scope, not two).
+        evictable = trio.CancelScope(deadline=deadline)
+        ticket.on_evict = evictable.cancel
+        serve: Serve | None = None  # none when evicted
+        try:
+            with evictable:
+                serve = await _serve_head(
+                    stream,
+                    ticket,
+                    peer,
+                    deadline,
+                    evictable,
+                    handler=handler,
+                    http_handler=http_handler,
+                    trusted_proxies=trusted_proxies,
+                    max_message_size=max_message_size,
+                    compression=compression,
+                )
+            del evictable  # an open connection is never evicted (``Ticket.opened``)
+            if serve is not None:
+                try:
+                    await serve()
+                except Exception:
+                    log.exception("connection task failed")
+        finally:
+            ticket.release()
     finally:
-        ticket.release()
-    # trio.serve_listeners closes the stream when this returns, whatever happened.
+        # This task's stream, closed whatever happened (the accept loop leaves it to us). A
+        # socket is closed at once: a connection's goodbye has closed it already.
+        if isinstance(stream, trio.SocketStream):
+            stream.socket.close()
+        else:
+            await trio.aclose_forcefully(stream)
 
 
 async def _serve_head(
@@ -289,27 +286,33 @@ async def _serve_head(
     ticket: Ticket,
     peer: tuple[str, int | None],
     deadline: float,
+    scope: trio.CancelScope,
     *,
     handler: HandshakeHandler,
     http_handler: HttpHandler,
     trusted_proxies: tuple[Network, ...],
     max_message_size: int,
     compression: bool,
-) -> None:
+) -> Serve | None:
+    """Read and parse the head, then answer it (plain HTTP) or hand it to the handshake
+    handler; the accepted connection to serve, if any. ``scope`` (the stream's) has the
+    deadline while the head is read: a slowloris is cut there, as an evicted stream is."""
     try:
-        head = None
-        with trio.move_on_at(deadline):
-            head = await _read_head(stream)
-        if head is None:  # a slowloris, or a client that left before its request
-            return
+        try:
+            head = await read_head(stream)
+        finally:
+            scope.deadline = math.inf  # answers have bounds of their own (a grace for refusals)
+        if head is None:  # a client that left before its request
+            return None
         request = parse_request(head[0])
-        remote, ip = _client(peer, request, trusted_proxies)
+        remote, ip = client_of(peer, request, trusted_proxies)
         if not wants_upgrade(request):
             plain = PlainRequest(
                 stream, request, head[1], remote, address_key(ip), ticket, deadline
             )
             del head, request
-            return await http_handler(plain)
+            await http_handler(plain)
+            return None
         pending = [
             PendingHandshake(
                 stream,
@@ -324,9 +327,8 @@ async def _serve_head(
             )
         ]
         del head, request
-        # Handed over, not kept: the handler drops the request once it has answered it, and
-        # nothing in this frame holds its headers for the connection's lifetime.
-        await handler(pending.pop())
+        # Handed over, not kept: the handler drops the request once it has answered it.
+        return await handler(pending.pop())
     except HandshakeError as refused:
         log.debug("refused a request: %d %s", refused.status, refused.reason)
         ticket.closing()
@@ -336,6 +338,7 @@ async def _serve_head(
         log.debug("peer left during the handshake: %r", gone)
     except Exception:
         log.exception("connection task failed")
+    return None
 
 
 async def serve_streams(
@@ -362,6 +365,6 @@ async def serve_streams(
         handshake_timeout=handshake_timeout,
         admission=admission,
     )
-    await trio.serve_listeners(
+    await serve_listeners(
         serve_one, listeners, handler_nursery=handler_nursery, task_status=task_status
     )

@@ -11,7 +11,7 @@ import socket
 
 import trio
 
-from .._core.frame_parser import FrameParser
+from .._core.frame_parser import Close, Failure, FrameParser
 
 #: Bytes read per ``receive_some``; also bounds what one read can add to memory.
 RECEIVE_BUFFER = 16 * 1024
@@ -126,3 +126,21 @@ class WebSocket:
         closed by the transport when the connection's task returns."""
         if self._sock is not None:
             self.stream.socket.close()  # type: ignore[attr-defined]
+
+
+async def wait_for_peer_close(ws: WebSocket) -> None:
+    """Read (and ignore) until the peer's close frame or the end of the stream: what a
+    connection that sent its close frame waits for (bounded by its caller)."""
+    # After a protocol error the old parser is done; the peer's answer comes in a segment
+    # of its own, so a fresh parser finds it (reading compressed frames too, if negotiated).
+    old = ws.parser
+    parser = FrameParser(old.max_message, inflate=old.inflate) if old.done else old
+    while True:
+        data = b"" if parser.pending else await ws.receive()
+        if not data and not parser.pending:
+            return
+        for event in parser.feed(data):
+            if isinstance(event, Close | Failure):
+                return
+        if parser.pending:
+            await trio.lowlevel.checkpoint()  # what a read inflates, in steps

@@ -25,8 +25,8 @@ import trio
 from .._brokers.fanout import StepBudget
 from .._core import protocol
 from .._core.auth import Principal
-from .._core.frame_parser import Close, Message, Ping, Pong
-from .._core.frames import PING, PONG, frame
+from .._core.frame_parser import Close, Event, Message, Ping, Pong
+from .._core.frames import PING, PONG, frame, text_frame
 from .._core.outbox import Verdict
 from .._net.websocket import WebSocket
 from .._ops.view import ConnectionStatistics
@@ -45,6 +45,15 @@ LAG_FLOOR = 0.05
 #: ``heartbeat_timeout``: a loop that lags for good (or a lag measure gone wrong) must not
 #: keep a silent peer for ever.
 MAX_STRETCH = 4
+
+
+#: The heartbeat task's name (given, so that trio does not format one per connection).
+HEARTBEAT_TASK = "triows.connection.heartbeat"
+
+
+def _woken_by_deadline(_: object) -> trio.lowlevel.Abort:
+    """The heartbeat's sleep ends only by its cancel scope's deadline (or a cancellation)."""
+    return trio.lowlevel.Abort.SUCCEEDED
 
 
 class Connection(Requests):
@@ -69,8 +78,12 @@ class Connection(Requests):
         remote: str,
         client_id: str,
         ip: str = "",
+        greeted: bool = False,
     ) -> None:
         super().__init__(host, ws, principal, client_id)
+        if greeted:  # the server wrote our welcome with the 101 (``welcome``)
+            self.frames_out += 1
+            self._traffic.sent += 1
         self.remote = remote
         self.ip = ip
         self._ping_payload: bytes | None = None  # the heartbeat ping not answered yet
@@ -106,10 +119,11 @@ class Connection(Requests):
                 self._nursery = nursery
                 if self._ending:  # closed before it ran (a shutdown that raced it)
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._heartbeat, name=HEARTBEAT_TASK)
                 if self._host.access.enabled:
                     nursery.start_soon(self._watch_expiry)
-                self._greet()
+                if not self.frames_out:  # the welcome is the first frame, if not sent yet
+                    self._greet()
                 try:
                     await self._read()
                 finally:
@@ -122,22 +136,29 @@ class Connection(Requests):
         finally:
             self._nursery = None
             # Leave the channels at once (no more deliveries). The server forgets this
-            # connection only once run() returns, after the goodbye: Server.aclose() waits for
-            # that, and must not cancel the tasks the closing handshake still needs.
-            self._host.presence.left_all(self)
-            self._host.broker.remove_member(self)
-            await self._say_goodbye()
+            # connection only at the end, after the goodbye: Server.aclose() waits for that,
+            # and must not cancel the tasks the closing handshake still needs.
+            try:
+                self._host.presence.left_all(self)
+                self._host.broker.remove_member(self)
+                await self._say_goodbye()
+            finally:
+                self._host.forget(self)
 
-    def _greet(self) -> None:
-        config = self._host.config
-        self.queue_reply(
-            protocol.welcome_frame(
-                self.client_id,
-                self._host.now_ms(),
-                self._host.server_id,
-                config.heartbeat_interval,
+    @classmethod
+    def welcome(cls, host: ConnectionHost, client_id: str) -> bytes:
+        """The framed welcome a connection's client gets first (the server writes it with the
+        101, before the connection runs)."""
+        return text_frame(
+            protocol.encode(
+                protocol.welcome_frame(
+                    client_id, host.now_ms(), host.server_id, host.config.heartbeat_interval
+                )
             )
         )
+
+    def _greet(self) -> None:
+        self.queue_reply(self.welcome(self._host, self.client_id))
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -146,6 +167,7 @@ class Connection(Requests):
         parser = ws.parser
         budget = StepBudget(self._host.fanout)
         data, ws.leftover = ws.leftover, b""
+        event: Event | None = None
         while True:
             if data or parser.pending:
                 budget.reset()
@@ -173,12 +195,13 @@ class Connection(Requests):
                         # Let every other connection run before serving more of this read.
                         await trio.lowlevel.checkpoint()
                         budget.reset()
+                # Waiting for the next read holds neither this one nor its last message.
+                data, event = b"", None
                 if messages:  # activity is messages (not pongs): the clock once per read
                     self.last_activity = trio.current_time()
                 if parser.pending:
                     # The read inflated past one step: the rest of it after the others ran.
                     await trio.lowlevel.checkpoint()
-                    data = b""
                     continue
             data = await ws.receive()
             if not data:
@@ -211,7 +234,9 @@ class Connection(Requests):
         limit = wake  # the latest a deadline may move to (set with each ping)
         while True:
             with trio.CancelScope(deadline=wake) as self._beat:
-                await trio.sleep_forever()
+                # trio.sleep_forever() without its frame and its lambda: what an idle
+                # connection's heartbeat holds while it sleeps.
+                await trio.lowlevel.wait_task_rescheduled(_woken_by_deadline)
             now = trio.current_time()
             if self._ping_payload is not None:  # woken at the deadline: no pong came
                 if not (self._heard or self.ws.has_unread_bytes()):

@@ -13,6 +13,7 @@ refused handshake's status), the 101 and at once a close frame whose code carrie
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections import Counter
@@ -54,8 +55,11 @@ class Handshakes:
         #: Handshakes refused, by HTTP status.
         self.rejected: Counter[int] = Counter()
 
-    async def accept(self, pending: PendingHandshake) -> tuple[WebSocket, Principal] | None:
-        """The accepted socket and who is on it; None when refused (the refusal is sent)."""
+    async def accept(
+        self, pending: PendingHandshake, greeting: Callable[[], bytes] | None = None
+    ) -> tuple[WebSocket, Principal] | None:
+        """The accepted socket and who is on it; None when refused (the refusal is sent).
+        ``greeting`` makes the frames written with the 101, once the handshake is accepted."""
         info = pending.info
         config = self._config
         if self._closing():
@@ -73,9 +77,19 @@ class Handshakes:
         except (Rejected, Refused) as refused:
             await self._reject(pending, refused.status, refused.reason)
             return None
-        ws = await pending.accept()
+        ws = await pending.accept(
+            None if greeting is None else functools.partial(self._greeting, greeting, principal)
+        )
         pending.ticket.opened()
         return ws, principal
+
+    def _greeting(self, greeting: Callable[[], bytes], principal: Principal) -> bytes:
+        """The frames written with the 101, unless the connection is to be closed at once (a
+        shutdown begun, or its token revoked, since it was admitted): its goodbye comes
+        without a welcome then."""
+        if self._closing() or self._access.is_revoked(principal):
+            return b""
+        return greeting()
 
     async def admit(self, info: HandshakeRequest, ticket: Ticket, deadline: float) -> Principal:
         """The rules every transport's connection meets once its path and origin are right

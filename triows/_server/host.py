@@ -11,7 +11,7 @@ import the server (which imports them).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._brokers.fanout import FanOut
 from .._brokers.presence import Presence
@@ -53,4 +53,8 @@ class ConnectionHost(Protocol):
 
     def count_close(self, code: int) -> None:
         """A connection the server closed, by close code (statistics)."""
+        ...
+
+    def forget(self, conn: Any) -> None:
+        """The connection has ended and said its goodbye: the last thing its ``run()`` does."""
         ...

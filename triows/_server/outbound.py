@@ -27,10 +27,10 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .._core import protocol
-from .._core.frame_parser import NO_STATUS, Close, Failure, FrameParser
+from .._core.frame_parser import NO_STATUS
 from .._core.frames import close_frame, text_frame
 from .._core.outbox import DropCounter, Outbox, SlowConsumerPolicy, Verdict
-from .._net.websocket import Closed, WebSocket
+from .._net.websocket import Closed, WebSocket, wait_for_peer_close
 from .flusher import Flusher
 from .host import ConnectionHost
 
@@ -166,51 +166,56 @@ class Outbound:
         if self.close_code is None:  # cancelled from outside: still a 1001 goodbye
             self.close(GOING_AWAY, "Server shutting down", deadline=deadline)
         ws = self.ws
-        with trio.move_on_at(deadline) as scope:
-            scope.shield = True
-            try:
-                deferred = self._deferred
-                if deferred is not None:
-                    # Frames that would have been written at once are owed whatever the close,
-                    # before anything else (nothing is queued or being written before them).
-                    self._deferred = None
-                    self._deferred_bytes = 0
-                    await ws.write(b"".join([d[0] for d in deferred]))
-                if self._drain:
-                    while self.outbox:
-                        await self._write_batch(WRITE_BATCH)
-                elif self._tail_queued:  # a frame is half on the wire: finish it first
-                    await self._write_batch(0)
-                if self.closed_by_server:
-                    await ws.write(close_frame(self.close_code, self.close_reason))
-                    if not self._peer_closed:
-                        await self._wait_for_peer_close()
-                elif self._peer_closed:  # the peer's close: answer it
-                    echo = None if self.close_code == NO_STATUS else self.close_code
-                    await ws.write(close_frame(echo))
-            except Closed:
-                pass
+        goodbye = self._close_frame()
+        owed = b""
+        deferred = self._deferred
+        if deferred is not None:
+            # Frames that would have been written at once are owed whatever the close, before
+            # anything else (nothing is queued or being written before them).
+            self._deferred = None
+            self._deferred_bytes = 0
+            owed = b"".join([d[0] for d in deferred])
+        if (
+            goodbye
+            and self._peer_closed
+            and not owed
+            and not self._tail_queued
+            and not (self._drain and self.outbox)
+            and ws.write_nowait(goodbye) == len(goodbye)
+        ):
+            # The common goodbye (the peer closed; nothing owed before our close frame) taken
+            # whole by the socket: nothing to wait for, so no scope and no task switch.
+            goodbye = b""
+        else:
+            with trio.move_on_at(deadline) as scope:
+                scope.shield = True
+                try:
+                    if owed:
+                        await ws.write(owed)
+                    if self._drain:
+                        while self.outbox:
+                            await self._write_batch(WRITE_BATCH)
+                    elif self._tail_queued:  # a frame is half on the wire: finish it first
+                        await self._write_batch(0)
+                    if goodbye:
+                        await ws.write(goodbye)
+                    if self.closed_by_server and not self._peer_closed:
+                        await wait_for_peer_close(ws)
+                except Closed:
+                    pass
         self.outbox.clear()
         if self._room is not None:
             self._room.set()
         ws.close_now()
 
-    async def _wait_for_peer_close(self) -> None:
-        """Read (and ignore) until the peer's close frame or the end of the stream."""
-        ws = self.ws
-        # After a protocol error the old parser is done; the peer's answer comes in a segment
-        # of its own, so a fresh parser finds it (reading compressed frames too, if negotiated).
-        old = ws.parser
-        parser = FrameParser(old.max_message, inflate=old.inflate) if old.done else old
-        while True:
-            data = b"" if parser.pending else await ws.receive()
-            if not data and not parser.pending:
-                return
-            for event in parser.feed(data):
-                if isinstance(event, Close | Failure):
-                    return
-            if parser.pending:
-                await trio.lowlevel.checkpoint()  # what a read inflates, in steps
+    def _close_frame(self) -> bytes:
+        """Our close frame: with our code when we closed, else the peer's echoed (none when
+        the connection ended without the peer's close frame)."""
+        if self.closed_by_server:
+            return close_frame(self.close_code, self.close_reason)
+        if self._peer_closed:  # the peer's close: answer it
+            return close_frame(None if self.close_code == NO_STATUS else self.close_code)
+        return b""
 
     # -- sending: one ordered path ---------------------------------------------------------------
 

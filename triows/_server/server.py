@@ -42,7 +42,7 @@ from .._core.memory_guard import MemoryGuard
 from .._core.outbox import OutboxTotals
 from .._core.proxy import parse_networks
 from .._net.listen import open_tcp_listeners
-from .._net.streams import PendingHandshake, serve_streams
+from .._net.streams import PendingHandshake, Serve, serve_streams
 from .._ops.http import HttpEndpoints
 from .._ops.monitor import Monitor
 from .._ops.view import ChannelStatistics, ConnectionStatistics, ServerStatistics
@@ -297,32 +297,34 @@ class Server(PublicMethods):
                 task_status=task_status,
             )
 
-    async def _handshake(self, pending: PendingHandshake) -> None:
-        """Answer a WebSocket handshake, then serve the connection until it ends; it leaves
-        the registry only once its goodbye is said (``aclose()`` waits for that)."""
+    async def _handshake(self, pending: PendingHandshake) -> Serve | None:
+        """Answer a WebSocket handshake; the accepted connection's ``run``, which the stream's
+        task then awaits (the connection leaves the registry at its end, once its goodbye is
+        said: ``aclose()`` waits for that)."""
+        client_id = secrets.token_urlsafe(9)
+        # The welcome goes out with the 101, in one write.
+        greeting = functools.partial(self.connection_class.welcome, self, client_id)
         try:
-            opened = await self.handshakes.accept(pending)
-            conn = None if opened is None else self._register(pending, *opened)
+            opened = await self.handshakes.accept(pending, greeting)
+            conn = None if opened is None else self._register(pending, *opened, client_id)
         finally:
             if pending.ticket.stage is Stage.HANDSHAKE:  # failed midway: it counts no more
                 pending.ticket.closing()
             self._population_changed.set()
         if conn is None:
-            return
+            return None
         log.debug("connected %r", conn)
-        del pending, opened  # the request's headers need not live as long as the connection
         if self._closing:  # shutdown began while we were accepting it
             conn.close(GOING_AWAY, "Server shutting down", deadline=self.shutdown_deadline)
         elif self.access.is_revoked(conn.principal):
             # Revoked while its 101 was written (checked before that await, registered after
             # it): the revoke found no connection to close, so it is closed here.
             conn.close(REVOKED, "token revoked")
-        try:
-            await conn.run()
-        finally:
-            self.forget(conn)
+        return conn.run
 
-    def _register(self, pending: PendingHandshake, ws: Any, principal: Any) -> Connection:
+    def _register(
+        self, pending: PendingHandshake, ws: Any, principal: Any, client_id: str
+    ) -> Connection:
         info = pending.info
         conn = self.connection_class(
             host=self,
@@ -330,7 +332,8 @@ class Server(PublicMethods):
             principal=principal,
             remote=info.remote,
             ip=info.ip,
-            client_id=secrets.token_urlsafe(9),
+            client_id=client_id,
+            greeted=pending.greeted,
         )
         self.adopt(conn)
         return conn
@@ -346,6 +349,8 @@ class Server(PublicMethods):
         self._population_changed.set()
 
     def forget(self, conn: Connection | SseStream) -> None:
+        """``conn`` has ended and said its goodbye: it leaves the registry (a connection
+        calls this at the end of its ``run()``)."""
         del self._connections[conn]
         user = conn.principal.user_id
         if user is not None and (held := self._by_user.get(user)) is not None:
