@@ -400,3 +400,66 @@ async def test_the_flusher_lets_others_run_between_steps(
     # span at least three of its turns, and no turn sees more than two steps' flushes.
     assert seen[-1] - seen[0] >= 3
     assert max(seen.count(tick) for tick in set(seen)) <= 2 * FLUSHES_PER_STEP
+
+
+async def test_a_flush_that_finds_a_slow_consumer_offers_it_nothing_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """More than DEFER_MAX delivered to a stalled `disconnect` subscriber in one step: the
+    deferred frames are written at once, the socket refuses most, the outbox of 1 overflows
+    and the subscriber is closed there. The frame that made the flush is offered nothing
+    more (as `deliver` does for a closed connection): one slow consumer, counted once."""
+    async with open_test_server(
+        buffer_size=2048,
+        outbox_size=1,
+        slow_consumer=SlowConsumerPolicy.DISCONNECT,
+        **QUIET,
+    ) as harness:
+        stalled = await RawClient.connect(harness.listener)
+        await stalled.subscribe("c")
+        conn = server_side(harness)
+        server = harness.server
+        pad = "p" * 1000
+        count = DEFER_MAX // 1000 + 2
+        for n in range(count):  # one synchronous step: every delivery would be deferred
+            server.publish_nowait("c", {"n": n, "p": pad})
+            if conn.close_code is not None:
+                break
+        assert conn.close_code == 1013
+        assert server.statistics().slow_consumer_disconnects == 1
+        assert await stalled.read_until_closed() == 1013
+        assert server.statistics().slow_consumer_disconnects == 1
+
+
+async def test_a_bug_that_ends_the_flusher_mid_batch_leaves_no_connection_waiting(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever ends the flusher's task in the middle of a batch (here a bug in closing a
+    connection whose flush failed), the connections after it in that batch are still
+    flushed on the way out: none keeps frames deferred to a flush that never comes."""
+    async with open_test_server(**QUIET) as harness:
+        first = await RawClient.connect(harness.listener)
+        second = await RawClient.connect(harness.listener)
+        first_conn, second_conn = sorted(
+            (c for c in harness.server.connections() if isinstance(c, Connection)),
+            key=lambda c: c.connected_at,
+        )
+        flush = Connection.flush_deferred
+
+        def fail_for_first(self: Connection) -> None:
+            if self is first_conn:
+                raise RuntimeError("a bug in a flush")
+            flush(self)
+
+        def fail_to_close(self: Connection) -> None:
+            raise RuntimeError("a bug in closing it")
+
+        monkeypatch.setattr(Connection, "flush_deferred", fail_for_first)
+        monkeypatch.setattr(Connection, "flush_failed", fail_to_close)
+        first_conn.queue_reply({"type": "x", "n": 1})
+        second_conn.queue_reply({"type": "x", "n": 2})  # the same batch, after the first
+        with trio.fail_after(5):
+            await second.read_until(lambda c: c.of_type("x"))
+        assert [m["n"] for m in second.of_type("x")] == [2]
+        assert second_conn._deferred is None
+        del first

@@ -73,12 +73,7 @@ class Flusher:
                     # The rest waits one step more, in order.
                     queue, rest = queue[:FLUSHES_PER_STEP], queue[FLUSHES_PER_STEP:]
                     self._queue[:0] = rest
-                self.flushed += len(queue)
-                for conn in queue:
-                    try:
-                        conn.flush_deferred()
-                    except Exception:
-                        self._failed(conn)
+                self._flush(queue)
                 if self._queue:
                     await trio.lowlevel.checkpoint()
         finally:
@@ -87,12 +82,28 @@ class Flusher:
             self.running = False
             while self._queue:
                 queue, self._queue = self._queue, []
-                self.flushed += len(queue)
-                for conn in queue:
-                    try:
-                        conn.flush_deferred()
-                    except Exception:
-                        self._failed(conn)
+                self._flush(queue)
+
+    def _flush(self, queue: list[Deferring]) -> None:
+        """Flush ``queue`` in order. Should anything escape (a bug in closing a connection
+        whose flush failed, a ``KeyboardInterrupt``), the connections not flushed yet go back
+        to the front of the queue first, so that the ``finally`` of :meth:`run` (or its
+        restart) still flushes them: a connection taken off the queue unflushed would keep
+        its frames deferred for good, since it registers only with its first one."""
+        done = 0
+        try:
+            for conn in queue:
+                try:
+                    conn.flush_deferred()
+                except Exception:
+                    done += 1  # its frames are settled or it is closed: not again
+                    self._failed(conn)
+                else:
+                    done += 1
+        finally:
+            self.flushed += done
+            if done < len(queue):
+                self._queue[:0] = queue[done:]
 
     def _failed(self, conn: Deferring) -> None:
         log.exception("writing the deferred frames of %r failed", conn)

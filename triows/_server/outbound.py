@@ -265,7 +265,12 @@ class Outbound:
                 deferred.append((frame, policy, counter))
                 self._deferred_bytes += len(frame)
                 return True
+            closing = self.close_code is not None
             self.flush_deferred()  # too much for one batch: written now, as it would have been
+            if self.close_code is not None and not closing:
+                # The flush found a slow consumer and closed it: like ``deliver`` on a closed
+                # connection, nothing more is offered (or counted) for it.
+                return True
         if self.outbox:  # queued frames, or frames being written: they go first
             return False
         flusher = self._flusher
