@@ -18,6 +18,14 @@ from __future__ import annotations
 
 from typing import Final
 
+#: RFC 6455 §7.4.1 codes the server sends or records.
+GOING_AWAY: Final = 1001
+POLICY: Final = 1008
+TOO_BIG: Final = 1009
+INTERNAL_ERROR: Final = 1011
+#: What a connection that ended without a close frame counts as (RFC 6455 §7.1.5).
+ABNORMAL: Final = 1006
+
 #: The query parameter (and its value) by which a client asks for refusals as close codes.
 REFUSAL_PARAMETER: Final = "refusal"
 REFUSAL_BY_CLOSE: Final = "close"

@@ -25,13 +25,13 @@ import trio
 from .._brokers.fanout import StepBudget
 from .._core import protocol
 from .._core.auth import Principal
+from .._core.close_codes import ABNORMAL, GOING_AWAY, INTERNAL_ERROR
 from .._core.frame_parser import Close, Event, Message, Ping, Pong
 from .._core.frames import PING, PONG, frame, text_frame
 from .._core.outbox import Verdict
 from .._net.websocket import WebSocket
 from .._ops.view import ConnectionStatistics
 from .host import ConnectionHost
-from .outbound import ABNORMAL, GOING_AWAY, INTERNAL_ERROR
 from .requests import Requests
 
 __all__ = ["GOING_AWAY", "Connection"]

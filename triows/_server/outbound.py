@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .._core import protocol
+from .._core.close_codes import ABNORMAL, GOING_AWAY, INTERNAL_ERROR
 from .._core.frame_parser import NO_STATUS
 from .._core.frames import close_frame, text_frame
 from .._core.outbox import DropCounter, Outbox, SlowConsumerPolicy, Verdict
@@ -43,13 +44,6 @@ WRITE_BATCH = 64 * 1024
 DEFER_MAX = 16 * 1024
 #: Without ``Server.aclose()`` (plain cancellation) a connection still gets this long to say 1001.
 CANCELLED_GOODBYE = 1.0
-
-GOING_AWAY = 1001
-POLICY = 1008
-TOO_BIG = 1009
-INTERNAL_ERROR = 1011
-#: What a connection that ended without a close frame counts as (RFC 6455 §7.1.5).
-ABNORMAL = 1006
 
 #: Something a request still has to wait for once its synchronous part is done.
 Wait = Callable[[], Awaitable[None]]

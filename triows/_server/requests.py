@@ -22,6 +22,7 @@ import trio
 from .._brokers.fanout import StepBudget
 from .._core import protocol
 from .._core.auth import Action, Principal
+from .._core.close_codes import POLICY
 from .._core.frames import text_frame
 from .._core.history_frames import history_reply
 from .._core.protocol import ProtocolError
@@ -29,7 +30,7 @@ from .._net.websocket import WebSocket
 from .access import token_errors
 from .channels import Channels, subscribe_errors
 from .host import ConnectionHost
-from .outbound import POLICY, Wait
+from .outbound import Wait
 
 log = logging.getLogger("triows.connection")
 

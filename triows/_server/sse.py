@@ -28,6 +28,7 @@ import trio
 from .._brokers.seam import BrokerUnavailableError
 from .._core import protocol, sse
 from .._core.auth import Principal
+from .._core.close_codes import ABNORMAL, GOING_AWAY, POLICY
 from .._core.hub import SubscriptionLimitError
 from .._core.outbox import DropCounter, SlowConsumerPolicy
 from .._core.sse_skips import SkipCounter, Skips
@@ -36,7 +37,7 @@ from .._net.websocket import Closed, WebSocket
 from .._ops.view import ConnectionStatistics
 from .channels import subscribed_reply
 from .host import ConnectionHost
-from .outbound import ABNORMAL, CANCELLED_GOODBYE, GOING_AWAY, POLICY, Outbound
+from .outbound import CANCELLED_GOODBYE, Outbound
 
 log = logging.getLogger("triows.sse")
 

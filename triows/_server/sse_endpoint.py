@@ -32,6 +32,7 @@ from .._config import Config, Rejected
 from .._core import protocol, sse
 from .._core.admission import Refused, Stage
 from .._core.auth import Action, Principal
+from .._core.close_codes import GOING_AWAY
 from .._core.frame_parser import FrameParser
 from .._core.handshake import HandshakeRequest, http_response
 from .._core.names import ChannelNameError, validate_channel
@@ -42,7 +43,6 @@ from .._net.websocket import WebSocket
 from .access import Access
 from .handshakes import Handshakes
 from .host import ConnectionHost
-from .outbound import GOING_AWAY
 from .sse import SharedEvents, SseStream
 
 log = logging.getLogger("triows.sse")
