@@ -117,12 +117,7 @@ class Publishing:
     ) -> Publication:
         """A client's publication: ``data`` as parsed from its frame (so encoded without the
         search for cycles), a dedupe entry only when the client gave an ``id``."""
-        data_json = protocol.encode_parsed(data)
-        if len(data_json) > self._max_data:
-            raise ProtocolError(
-                protocol.TOO_LARGE, f"data is larger than {self._max_data} bytes", request_id
-            )
-        pub = Publication(channel, data_json, sender_id, self._now_ms())
+        pub = Publication(channel, self._encoded(data, request_id), sender_id, self._now_ms())
         if request_id is not None:
             pub.dedupe = (dedupe_key, request_id)
         pub.echo = echo
@@ -142,11 +137,7 @@ class Publishing:
         :meth:`client_publication` and :meth:`hand_over` do, with no publication object
         (``now``: the monotonic clock if the caller read it already). Returns its seq and the
         subscribers a ``block`` publisher must wait for."""
-        data_json = protocol.encode_parsed(data)
-        if len(data_json) > self._max_data:
-            raise ProtocolError(
-                protocol.TOO_LARGE, f"data is larger than {self._max_data} bytes", request_id
-            )
+        data_json = self._encoded(data, request_id)
         try:
             seq, _, blocked = self._broker.publish_at_once(
                 channel, data_json, sender_id, self._now_ms(), echo, dedupe_key, request_id, now
@@ -154,6 +145,16 @@ class Publishing:
         except BrokerUnavailableError as exc:
             raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
         return seq, blocked
+
+    def _encoded(self, data: Any, request_id: protocol.RequestId | None) -> bytes:
+        """A client's ``data`` as parsed from its frame, encoded (without the search for
+        cycles) and held to the size limit."""
+        data_json = protocol.encode_parsed(data)
+        if len(data_json) > self._max_data:
+            raise ProtocolError(
+                protocol.TOO_LARGE, f"data is larger than {self._max_data} bytes", request_id
+            )
+        return data_json
 
     def hand_over(
         self, pub: Publication, request_id: protocol.RequestId | None
