@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 
+from triows import HandshakeRequest, Principal
 from triows.testing import ConnectionRejected, open_test_server
 
 from .conftest import SECRET, make_token
@@ -243,3 +246,59 @@ async def test_waiting_streams_do_not_take_the_places_of_connections(
             assert (await client.request({"type": "ping", "id": 1}))["type"] == "pong"
         for stream in silent:
             await stream.aclose()
+
+
+UPGRADE = (
+    b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def test_a_stream_evicted_as_its_head_arrives_is_cut_cleanly(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its head came in the round a newer stream evicted it (its ticket given back, its
+    # scope cancelled): read without a checkpoint, it went on to its handshake with a
+    # released ticket ("a released ticket cannot do this", logged as a failed task).
+    async with open_test_server(max_pending=1) as harness:
+        for turns in range(3):
+            for attempt in range(4):
+                old = await harness.listener.connect(peer=f"10.0.{turns}.{attempt}")
+                old.send_some_nowait(UPGRADE[:30])
+                await trio.sleep(1)
+                new = await harness.listener.connect(peer=f"10.1.{turns}.{attempt}")
+                for _ in range(turns):
+                    await trio.lowlevel.checkpoint()
+                old.send_some_nowait(UPGRADE[30:])  # the head is in as the new one arrives
+                await trio.sleep(1)
+                await old.aclose()
+                await new.aclose()
+        await trio.sleep(1)
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        assert harness.server.admission.pending == 0
+        assert harness.server.statistics().connections == 0
+
+
+async def test_a_head_that_arrives_as_its_deadline_passes_is_cut_before_anything_is_done(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The stream's one scope carries the head's deadline: a head that came in the round that
+    # deadline passed was served up to its next checkpoint (here, in the authenticate hook),
+    # then cut without an answer.
+    asked = []
+
+    async def authenticate(info: HandshakeRequest) -> Principal:
+        asked.append(info.path)
+        await trio.lowlevel.checkpoint()
+        return Principal(user_id="ann")
+
+    async with open_test_server(authenticate=authenticate, handshake_timeout=10) as harness:
+        stream = await harness.listener.connect()
+        stream.send_some_nowait(UPGRADE[:30])
+        await trio.sleep(9)
+        stream.send_some_nowait(UPGRADE[30:])
+        autojump_clock.jump(2)  # the deadline passes in the round the head comes
+        with trio.fail_after(30):
+            assert await stream.receive_some() == b""  # cut, as a head that came late
+        assert asked == []
+        assert harness.server.admission.pending == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import given, settings
@@ -33,3 +34,25 @@ def test_a_test_may_end_at_any_instant(
                 await trio.sleep(max(0.0, interval * multiple + offset))
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_server_that_closes_before_its_101_fails_the_connect(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handshake that fails in the server (here a stub with the wrong signature) ends the
+    stream without an answer; trio-websocket then waits for a 101 for ever, and the autojump
+    clock spun through the server's timers at full CPU instead of failing the test."""
+    from triows._net.streams import PendingHandshake
+
+    async def wrong_signature(self: PendingHandshake) -> None:
+        raise AssertionError("never called with this signature")
+
+    monkeypatch.setattr(PendingHandshake, "accept", wrong_signature)
+    async with open_test_server() as harness:
+        with trio.move_on_after(600) as guard:
+            with pytest.raises(trio.TooSlowError):
+                async with harness.connect(receive_timeout=5):
+                    pass  # pragma: no cover
+        assert not guard.cancelled_caught
+        assert harness.server.statistics().connections == 0
+        assert harness.server.admission.pending == 0

@@ -300,6 +300,12 @@ async def _serve_head(
     try:
         try:
             head = await read_head(stream)
+            if scope.cancel_called:
+                # The head came in the round its deadline passed, or this stream was
+                # evicted meanwhile (its ticket given back): its task was rescheduled with
+                # the data before the cancellation, which would otherwise strike at the next
+                # checkpoint, halfway through an answer. Cut now, as a head that came late.
+                return None
         finally:
             scope.deadline = math.inf  # answers have bounds of their own (a grace for refusals)
         if head is None:  # a client that left before its request
