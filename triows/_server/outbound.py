@@ -63,8 +63,7 @@ class Outbound:
     ``_nursery`` is the connection's (the writer task runs there) and ``_ending`` says its
     tasks are being cancelled."""
 
-    #: Whether this kind of connection defers its writes to the server's flusher (the
-    #: WebSocket connection does; an SSE stream writes at once).
+    #: Whether it defers writes to the server's flusher (a WebSocket does; SSE writes at once).
     DEFERS = False
 
     __slots__ = (
@@ -193,14 +192,17 @@ class Outbound:
                         await self._write_batch(0)
                     if goodbye:
                         await ws.write(goodbye)
-                    if self.closed_by_server and not self._peer_closed:
-                        await wait_for_peer_close(ws)
+                    await self._after_close_frame()
                 except Closed:
                     pass
         self.outbox.clear()
         if self._room is not None:
             self._room.set()
         ws.close_now()
+
+    async def _after_close_frame(self) -> None:  # the goodbye's last wait, when we closed first
+        if self.closed_by_server and not self._peer_closed:
+            await wait_for_peer_close(self.ws)
 
     def _close_frame(self) -> bytes:
         """Our close frame: with our code when we closed, else the peer's echoed (none when

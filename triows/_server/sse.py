@@ -28,16 +28,16 @@ import trio
 from .._brokers.seam import BrokerUnavailableError
 from .._core import protocol, sse
 from .._core.auth import Principal
-from .._core.close_codes import ABNORMAL, GOING_AWAY, POLICY
+from .._core.close_codes import ABNORMAL, POLICY
 from .._core.hub import SubscriptionLimitError
 from .._core.outbox import DropCounter, SlowConsumerPolicy
 from .._core.sse_skips import SkipCounter, Skips
 from .._core.tracking import MESSAGES_SKIPPED, Gap, Message, Tracked, Tracker
-from .._net.websocket import Closed, WebSocket
+from .._net.websocket import WebSocket
 from .._ops.view import ConnectionStatistics
 from .channels import subscribed_reply
 from .host import ConnectionHost
-from .outbound import CANCELLED_GOODBYE, Outbound
+from .outbound import Outbound
 
 log = logging.getLogger("triows.sse")
 
@@ -376,34 +376,22 @@ class SseStream(Outbound):
 
     # -- the goodbye ----------------------------------------------------------------------------
 
-    async def _say_goodbye(self) -> None:
-        deadline = self._close_deadline
-        if deadline is None:
-            deadline = trio.current_time() + CANCELLED_GOODBYE
-        if self.close_code is None:  # cancelled from outside: still a goodbye
-            self.close(GOING_AWAY, "Server shutting down", deadline=deadline)
-        ws = self.ws
-        with trio.move_on_at(deadline) as scope:
-            scope.shield = True
+    def _close_frame(self) -> bytes:
+        """The goodbye's last bytes (:meth:`Outbound._say_goodbye`): the close event, when the
+        server ends the stream."""
+        return self.close_event() if self.closed_by_server else b""
+
+    async def _after_close_frame(self) -> None:
+        """An event stream has no close frame to wait for: end our side and read until the
+        client closes (bounded by the goodbye's deadline)."""
+        stream = self.ws.stream
+        if self.closed_by_server and isinstance(stream, trio.SocketStream):
             try:
-                if self._drain:
-                    while self.outbox:
-                        await self._write_batch(64 * 1024)
-                elif self._tail_queued:  # an event is half on the wire: finish it first
-                    await self._write_batch(0)
-                if self.closed_by_server:
-                    await ws.write(self.close_event())
-                    stream = ws.stream
-                    if isinstance(stream, trio.SocketStream):
-                        await stream.send_eof()
-                        while await ws.receive():
-                            pass
-            except (Closed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await stream.send_eof()
+                while await self.ws.receive():
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
-        self.outbox.clear()
-        if self._room is not None:
-            self._room.set()
-        ws.close_now()
 
     def close_event(self) -> bytes:
         """The last event: why the stream ends, and when to come back."""
