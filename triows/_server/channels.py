@@ -21,7 +21,6 @@ from .._brokers.seam import BrokerUnavailableError, Subscribed
 from .._core import protocol
 from .._core.auth import Action, Principal
 from .._core.envelopes import ack_frame
-from .._core.frames import text_frame
 from .._core.hub import SubscriptionLimitError
 from .._core.protocol import ProtocolError
 from .._core.ratelimit import TokenBucket
@@ -207,9 +206,7 @@ class Channels(Outbound):
     def _acknowledge(self, request_id: protocol.RequestId | None, started: float, seq: int) -> None:
         self._unacked -= 1
         self._host.ack_latency.observe(trio.current_time() - started)
-        if request_id is not None and self.queue_reply(
-            text_frame(protocol.ack_payload(request_id, seq))
-        ):
+        if request_id is not None and self.queue_reply(ack_frame(request_id, seq)):
             self._acks_over = True
 
     def _publish_failed(self, request_id: protocol.RequestId | None, exc: Exception) -> None:
