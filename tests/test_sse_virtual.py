@@ -176,3 +176,26 @@ async def test_a_message_published_while_a_stream_subscribes_is_neither_lost_nor
         seen += await read_until(stream, b'"data":"last"', count=len(channels))
         assert b"event: gap" not in seen
         await stream.aclose()
+
+
+async def test_a_stream_of_a_user_revoked_while_its_channels_were_authorized_does_not_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The revocation was checked once, before the ``authorize`` hook's await; a revoke
+    served meanwhile found no stream of the user to close, and the stream then opened."""
+    import triows
+
+    async def authorize(principal: triows.Principal, action: triows.Action, channel: str) -> bool:
+        await trio.sleep(1)
+        return True
+
+    async with open_test_server(jwt_secret=SECRET, authorize=authorize) as harness:
+        token = make_token("mallory", iat=int(time.time()) - 60).encode()
+        stream = await harness.listener.connect()
+        await stream.send_all(REQUEST % (b"&token=" + token))
+        await trio.sleep(0.5)  # the hook is deciding
+        assert await harness.server.revoke("mallory") == 0  # no stream of hers yet
+        seen = await read_until(stream, b"\n\n")
+        assert b"event: subscribed" not in seen
+        assert seen.startswith(b"HTTP/1.1 401")
+        await stream.aclose()
