@@ -373,3 +373,27 @@ async def test_on_a_cluster_every_node_is_waited_for_whichever_redis_node_it_tal
                 assert (await erin.closed())[0] == 4600
     finally:
         cluster.stop()
+
+
+async def test_a_control_request_whose_publish_timed_out_is_unknown_not_unreachable(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis ran the PUBLISH of a control request but its answer timed out: every node got
+    it and acted (the user was disconnected). It was answered "Redis is unreachable"."""
+    import redis
+
+    from triows._brokers.redis import control
+
+    ask = control._ask
+
+    def slow_ask(data: bytes, client: redis.Redis) -> int:
+        ask(data, client)
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    async with nodes(1, redis_url=redis_url) as (server,):
+        user = channel_name("zed")
+        async with ws_client(server, user) as zed:
+            monkeypatch.setattr(control, "_ask", slow_ask)
+            with pytest.raises(triows.OutcomeUnknownError):
+                await server.disconnect(user=user)
+            assert await zed.closed() == (4600, "disconnected by the server")  # it happened

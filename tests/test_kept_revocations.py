@@ -43,3 +43,31 @@ async def test_revocations_kept_in_redis_are_read_when_the_link_comes_up(
                 await trio.sleep(0.05)
         assert revocations.revoked("mallory", {"iat": time.time() - 60}, time.time())
         await server.aclose()
+
+
+async def test_a_revoke_whose_store_timed_out_is_unknown_not_nothing_revoked(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis ran the store but its answer timed out: the revocation is kept there, and every
+    node takes it at its next link-up (or start). It was answered "nothing was revoked"."""
+    from triows._brokers.redis import broker as redis_broker
+
+    def slow_store(user: str, before: float, ttl: float, client: redis.Redis) -> None:
+        store_revocation(user, before, ttl, client)
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(redis_broker, "store_revocation", slow_store)
+    user = f"trudy-{time.time_ns()}"
+    config = triows.Config(port=0, redis_url=redis_url, jwt_secret="s" * 32)
+    async with trio.open_nursery() as nursery:
+        server: triows.Server = await nursery.start(triows.serve, config)
+        with pytest.raises(triows.OutcomeUnknownError) as caught:
+            await server.revoke(user)
+        assert "nothing was revoked" not in str(caught.value)
+        await server.aclose()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.exists("triows:revoked:" + user)  # kept after all
+        client.delete("triows:revoked:" + user)
+    finally:
+        client.close()

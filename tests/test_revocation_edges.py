@@ -121,3 +121,44 @@ async def test_kept_revocations_are_read_at_each_link_up_and_outlive_a_bug(
         await trio.sleep(1)
         assert len(reads) == 3  # once per link-up
         nursery.cancel_scope.cancel()
+
+
+async def test_taking_many_kept_revocations_lets_the_others_run(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node takes every revocation kept in Redis at each link-up (up to the cap, 100,000):
+    one synchronous loop stalled every connection of the node meanwhile."""
+    async with open_test_server(jwt_secret="s" * 32) as harness:
+        server = harness.server
+        now = time.time()
+        kept = [(f"user-{n}", now) for n in range(5000)]
+
+        async def shared_revocations() -> list[tuple[str, float]]:
+            await trio.lowlevel.checkpoint()
+            return kept
+
+        monkeypatch.setattr(server.broker, "shared_revocations", shared_revocations)
+        ticks = 0
+        seen: set[int] = set()
+        revocations = server.access.revocations
+        revoke = revocations.revoke
+
+        def counting_revoke(user: str, before: float, now: float) -> None:
+            seen.add(ticks)
+            revoke(user, before, now)
+
+        monkeypatch.setattr(revocations, "revoke", counting_revoke)
+        loaded = trio.Event()
+
+        async def others() -> None:
+            nonlocal ticks
+            while not loaded.is_set():
+                ticks += 1
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(others)
+            assert await server.control.load_revocations() == len(kept)
+            loaded.set()
+        assert len(revocations) == len(kept)
+        assert len(seen) > 1  # the others ran between revocations taken

@@ -142,3 +142,60 @@ async def test_a_stream_at_another_position_makes_its_own_events(
         assert [f'"data":{n},'.encode() in seen_ahead for n in range(1, 5)] == [False] * 3 + [True]
         await behind.aclose()
         await ahead.aclose()
+
+
+async def test_a_message_published_while_a_stream_subscribes_is_neither_lost_nor_a_gap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A stream's channels are joined one by one, letting others run between them; a message
+    published to a channel just joined must come after that channel's ``subscribed``, as a
+    message (it was dropped as 'not subscribed yet', and told as a gap with the next one)."""
+    channels = [f"c{n}" for n in range(12)]
+    query = "".join(f"&channel={c}" for c in channels).encode()
+    async with open_test_server() as harness:
+        server = harness.server
+        stream = await harness.listener.connect()
+        subscribed = trio.Event()
+
+        async def publish_every_step() -> None:
+            n = 0
+            while not subscribed.is_set():
+                n += 1
+                for channel in channels:
+                    if server.hub.channel(channel) is not None:
+                        server.publish_nowait(channel, n)
+                await trio.lowlevel.checkpoint()
+            for channel in channels:  # one more each, after everything
+                server.publish_nowait(channel, "last")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publish_every_step)
+            await stream.send_all(REQUEST % query)
+            seen = await read_until(stream, b'"type":"subscribed","channel":"c11"')
+            subscribed.set()
+        seen += await read_until(stream, b'"data":"last"', count=len(channels))
+        assert b"event: gap" not in seen
+        await stream.aclose()
+
+
+async def test_a_stream_of_a_user_revoked_while_its_channels_were_authorized_does_not_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The revocation was checked once, before the ``authorize`` hook's await; a revoke
+    served meanwhile found no stream of the user to close, and the stream then opened."""
+    import triows
+
+    async def authorize(principal: triows.Principal, action: triows.Action, channel: str) -> bool:
+        await trio.sleep(1)
+        return True
+
+    async with open_test_server(jwt_secret=SECRET, authorize=authorize) as harness:
+        token = make_token("mallory", iat=int(time.time()) - 60).encode()
+        stream = await harness.listener.connect()
+        await stream.send_all(REQUEST % (b"&token=" + token))
+        await trio.sleep(0.5)  # the hook is deciding
+        assert await harness.server.revoke("mallory") == 0  # no stream of hers yet
+        seen = await read_until(stream, b"\n\n")
+        assert b"event: subscribed" not in seen
+        assert seen.startswith(b"HTTP/1.1 401")
+        await stream.aclose()

@@ -113,8 +113,35 @@ async def test_a_slow_or_down_provider_is_a_clear_refusal_and_old_keys_stay(
         await trio.sleep(200)  # past the ttl: refreshes fail, the keys stay
         assert await keys.key_for("k1") is not None
         assert keys.failures >= 2
-        with pytest.raises(AuthError, match="no key"):  # not "unavailable": keys are there
+        # A kid the old keys lack while the set cannot be fetched: unknown, not invalid.
+        with pytest.raises(KeysUnavailable, match="connection refused"):
             await keys.key_for("other")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_rotated_key_whose_fetch_timed_out_is_unavailable_not_invalid(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The provider rotated to a new key, and the fetch that would find it timed out: the
+    token was refused 401 "no key for its 'kid'" (which clients take as final) since old keys
+    were held. What that fetch would have said is unknown: 503, try again."""
+    provider = Provider("k1")
+    keys = KeySet(KeySetCache(min_interval=10, ttl=1000), provider.fetch, timeout=5)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keys.run)
+        assert await keys.key_for("k1") is not None
+        provider.kids.append("k2")
+        provider.delay = 3600  # slow now
+        await trio.sleep(10)
+        with pytest.raises(KeysUnavailable, match="no answer within 5s"):
+            await keys.key_for("k2")
+        with pytest.raises(KeysUnavailable):  # within the interval too: still unknown
+            await keys.key_for("k2")
+        provider.delay = 0
+        await trio.sleep(10)
+        assert await keys.key_for("k2") is not None
+        with pytest.raises(AuthError, match="no key"):  # a fetch that worked: a real "no"
+            await keys.key_for("k3")
         nursery.cancel_scope.cancel()
 
 

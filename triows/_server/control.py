@@ -39,6 +39,8 @@ log = logging.getLogger("triows.server")
 #: Connections acted on, and channels listed, between two checkpoints.
 CONNECTIONS_PER_STEP = 500
 CHANNELS_PER_STEP = 2000
+#: Kept revocations taken between two checkpoints (up to the cap of them at every link-up).
+REVOCATIONS_PER_STEP = 1000
 #: Longest ``reason`` sent with a disconnect (a close frame holds 123 bytes of it).
 MAX_REASON = 120
 #: Longest user id or client id a request may name.
@@ -157,7 +159,9 @@ class Control:
         """Take the revocations kept in Redis before this node started; how many."""
         found = await self._broker.shared_revocations()
         now = self._wall_clock()
-        for user, before in found:
+        for index, (user, before) in enumerate(found):
+            if index % REVOCATIONS_PER_STEP == REVOCATIONS_PER_STEP - 1:
+                await trio.lowlevel.checkpoint()
             try:
                 self._access.revocations.revoke(user, before, now)
             except RevocationsFull:

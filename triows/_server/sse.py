@@ -190,8 +190,9 @@ class SseStream(Outbound):
             since, epoch = (None, None) if position is None else (position[1], position[0])
             try:
                 if broker.subscribes_at_once:
+                    # No checkpoint before its reply is queued: a message published meanwhile
+                    # would reach the tracker before its ``subscribed`` and be lost.
                     subscribed = broker.subscribe_nowait(self, channel, since, epoch)
-                    await trio.lowlevel.checkpoint()
                 else:
                     with trio.fail_after(self._host.config.handshake_timeout):
                         subscribed = await broker.subscribe(self, channel, since, epoch)
@@ -206,6 +207,8 @@ class SseStream(Outbound):
                 events += self._frame_events(frame)
             if self._queue(events):
                 await self.settle()
+            if broker.subscribes_at_once:
+                await trio.lowlevel.checkpoint()  # many channels must not stall the others
 
     async def _read(self) -> None:
         """Until the client leaves; what it sends is not ours to read, and bounded."""

@@ -32,7 +32,7 @@ from .._config import Config, Rejected
 from .._core import protocol, sse
 from .._core.admission import Refused, Stage
 from .._core.auth import Action, Principal
-from .._core.close_codes import GOING_AWAY
+from .._core.close_codes import GOING_AWAY, REVOKED
 from .._core.frame_parser import FrameParser
 from .._core.handshake import HandshakeRequest, http_response
 from .._core.names import ChannelNameError, validate_channel
@@ -112,6 +112,8 @@ class SseEndpoint:
         del plain
         if host.closing:  # shutdown began while it was opening
             stream.close(GOING_AWAY, "Server shutting down", deadline=host.shutdown_deadline)
+        elif host.access.is_revoked(stream.principal):  # revoked while its head was written
+            stream.close(REVOKED, "token revoked")
         try:
             await stream.run()
         finally:
@@ -155,6 +157,8 @@ class SseEndpoint:
             raise _Refusal(500, "internal error") from None
         if host.closing:
             raise _Refusal(503, "server is shutting down")
+        if host.access.is_revoked(principal):  # revoked while the hook decided: not found then
+            raise _Refusal(401, "token revoked")
         retry = sse.retry_with_jitter(config.sse_retry, random.random())
         head = _head(origin) + sse.retry_field(retry)
         with trio.fail_at(plain.deadline):

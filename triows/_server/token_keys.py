@@ -108,7 +108,7 @@ class KeySet:
     async def key_for(self, kid: str | None) -> VerifyingKey:
         """The key ``kid`` names; a fetch is waited for when the set does not hold it and
         one may start. ``AuthError`` for a ``kid`` the provider does not publish,
-        ``KeysUnavailable`` while no key set could be fetched."""
+        ``KeysUnavailable`` while no key set could be fetched (or the last fetch failed)."""
         cache = self._cache
         key = cache.find(kid)
         if key is not None:
@@ -121,7 +121,9 @@ class KeySet:
             key = cache.find(kid)
             if key is not None:
                 return key
-        if not cache.keys:
+        if not cache.keys or cache.error is not None:
+            # No keys, or the last fetch failed: a ``kid`` they lack may be one rotated in
+            # since (a "no" now would be final for a client; this is unknown).
             reason = cache.error or "not fetched yet"
             raise KeysUnavailable(f"token keys unavailable ({reason}); try again")
         raise AuthError("invalid token: no key for its 'kid'")

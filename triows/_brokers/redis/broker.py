@@ -45,6 +45,7 @@ from ..seam import (
     BrokerStatistics,
     BrokerUnavailableError,
     HistoryPage,
+    OutcomeUnknownError,
     Publication,
     Subscribed,
     WallClockMs,
@@ -286,6 +287,8 @@ class RedisBroker(Broker):
     async def share_revocation(self, user: str, before: float, ttl: float) -> None:
         try:
             await self._bridge.call(functools.partial(store_revocation, user, before, ttl))
+        except redis.TimeoutError:  # it may have run: kept, taken by every node at link-up
+            raise OutcomeUnknownError("Redis did not answer; it may be revoked: retry") from None
         except LINK_ERRORS:
             raise BrokerUnavailableError("Redis is unreachable; nothing was revoked") from None
 

@@ -26,7 +26,7 @@ import trio
 from redis.cluster import RedisCluster
 
 from ..._core import redis_format as fmt
-from ..seam import BrokerUnavailableError, ControlHandler
+from ..seam import BrokerUnavailableError, ControlHandler, OutcomeUnknownError
 from .bridge import LINK_ERRORS, RedisBridge
 from .tasks import BackgroundTasks
 
@@ -71,6 +71,10 @@ class ClusterControl:
             try:
                 try:
                     receivers = await self._bridge.call(functools.partial(_ask, message))
+                except redis.TimeoutError:  # the PUBLISH may have run: the nodes may have acted
+                    raise OutcomeUnknownError(
+                        "Redis did not answer in time: the nodes may have done it"
+                    ) from None
                 except LINK_ERRORS:
                     raise BrokerUnavailableError("Redis is unreachable; try again") from None
                 expected[0] = receivers
