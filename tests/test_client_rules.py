@@ -202,6 +202,33 @@ async def test_a_subscribe_the_server_does_not_answer_in_time_is_undone(
             assert harness.server.statistics().subscriptions == 1
 
 
+async def test_a_position_the_server_would_refuse_is_refused_before_anything_is_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``check_position`` (tests/vectors/positions.json, the rule triows.js keeps too): a
+    fractional or out-of-range ``since``, an epoch without its since, a bad ``rewind`` raise
+    ValueError at once; nothing reaches the server and the channel is not followed."""
+    async with open_test_server() as harness:
+        async with client_for(harness) as client:
+            await client.subscribe("kept")
+            bad: list[tuple[dict[str, Any], str]] = [
+                ({"since": 1.5, "epoch": "e1"}, "'since' must be an integer"),
+                ({"since": -1, "epoch": "e1"}, "'since' must be an integer"),
+                ({"since": 2**53, "epoch": "e1"}, "'since' must be an integer"),
+                ({"epoch": "e1"}, "an epoch needs its since"),
+                ({"rewind": -1}, "'rewind' must be an integer"),
+                ({"since": 3}, "a position with a seq has an epoch"),
+            ]
+            for position, reason in bad:
+                with pytest.raises(ValueError, match=reason):
+                    await client.subscribe("odd", **position)
+                with pytest.raises(ValueError, match=reason):  # a followed channel too
+                    await client.subscribe("kept", **position)
+            await trio.sleep(1)
+            assert harness.server.statistics().subscriptions == 1
+            assert harness.server.statistics().channels == 1
+
+
 # -- when to stop, when to try again ------------------------------------------------------------
 
 

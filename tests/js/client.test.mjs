@@ -652,6 +652,15 @@ test("subscribe from a position (load state, then subscribe): a resume from it, 
   ws.receive({ ...subscribed("fresh", 2, { rewound: 2 }), id: first.id });
   await fresh;
   await assert.rejects(c.subscribe("bad", { since: 3, epoch: null }), TypeError);
+  // A position the server would refuse, or one that means nothing: refused here, nothing sent,
+  // the channel not followed (it was subscribed live, without its position, silently).
+  const sentBefore = ws.of("subscribe").length;
+  await assert.rejects(c.subscribe("odd", { since: 1.5, epoch: "e1" }), { name: "TypeError", message: /'since' must be an integer/ });
+  await assert.rejects(c.subscribe("odd", { since: "7", epoch: "e1" }), { name: "TypeError", message: /'since' must be an integer/ });
+  await assert.rejects(c.subscribe("odd", { epoch: "e1" }), { name: "TypeError", message: "an epoch needs its since" });
+  await assert.rejects(c.subscribe("fresh", { rewind: -1 }), { name: "TypeError", message: /'rewind' must be an integer/ });
+  await settle();
+  assert.equal(ws.of("subscribe").length, sentBefore);
 });
 
 test("history asks a page and answers the server's reply; presence and joins carry info", async (t) => {

@@ -28,7 +28,7 @@ from trio_util import AsyncValue
 from .._core.close_codes import is_disconnect
 from .._core.protocol import MAX_SAFE_INTEGER
 from .._core.retry import Attempts, Verdict
-from .._core.tracking import AdaptiveInterval, Tracker
+from .._core.tracking import AdaptiveInterval, Tracker, check_position
 from .attempt import AttemptEnding, judge_attempt, why_stopped
 from .endpoint import Endpoint, StreamOpener, TokenSource
 from .errors import (
@@ -131,14 +131,15 @@ class Client(Queries):
         history holds) come first, then live ones; a reconnect resumes from the last one seen
         instead. With ``since`` and ``epoch`` (a position from ``/api/channel``) every message
         after it comes first, or the gap; ``since=0, epoch=None`` (a channel never numbered)
-        is every message history holds. Raises :class:`RequestError` when the server refuses
+        is every message history holds. Raises ValueError, before anything is sent, for a
+        position the server would refuse or that means nothing (``check_position``), and
+        :class:`RequestError` when the server refuses
         (403, 429, ...) and :class:`RequestTimeoutError` when it does not answer in time."""
         self._check_open()
+        check_position(since, epoch, rewind)
         if channel in self._subscriptions:
             return self._subscriptions[channel]
-        if since is not None and epoch is None:
-            if since != 0:
-                raise ValueError("a position with a seq has an epoch")
+        if since is not None and epoch is None:  # since=0: check_position allows no other
             rewind = MAX_SAFE_INTEGER  # never numbered: all that came since is in history
         subscription = Subscription(self, channel, *self._subscription_buffer)
         subscription.rewind = rewind

@@ -32,6 +32,33 @@ from typing import Any
 
 import attrs
 
+from .protocol import MAX_EPOCH_LENGTH, MAX_SAFE_INTEGER
+
+
+def check_position(since: object, epoch: object, rewind: object) -> None:
+    """Refuse, before anything is sent, a ``subscribe`` position the server would refuse or
+    that means nothing (``tests/vectors/positions.json``: triows.js's ``checkPosition`` passes
+    the same vectors). ``None`` is "not given". ``since`` and ``rewind`` are whole numbers from 0
+    to :data:`MAX_SAFE_INTEGER` (not booleans); ``epoch`` a string of 1 to
+    :data:`MAX_EPOCH_LENGTH` characters; a ``since`` above 0 needs its ``epoch`` (``since=0``
+    alone is "a channel never numbered") and an ``epoch`` needs its ``since``.
+
+    Raises ValueError with the reason."""
+    for key, value in (("since", since), ("rewind", rewind)):
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 <= value <= MAX_SAFE_INTEGER
+        ):
+            raise ValueError(f"'{key}' must be an integer from 0 to {MAX_SAFE_INTEGER}")
+    if epoch is not None and (not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_LENGTH):
+        raise ValueError(f"'epoch' must be a string of 1 to {MAX_EPOCH_LENGTH} characters")
+    if epoch is None and since is not None and since != 0:
+        raise ValueError("a position with a seq has an epoch")
+    if epoch is not None and since is None:
+        raise ValueError("an epoch needs its since")
+
+
 #: Client ids of earlier connections whose replayed publications are recognised as this
 #: client's own. Older ones are forgotten (a bound): a publication of theirs still unacked
 #: when its connection died is resent with its id, and its ack accounts for it too.

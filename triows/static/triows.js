@@ -267,6 +267,29 @@ function gaps(channel, cursor, first, last, reason) {
   return found;
 }
 
+const MAX_EPOCH_LENGTH = 64;
+
+/**
+ * Refuse, before anything is sent, a `subscribe` position the server would refuse or that
+ * means nothing: the rule of triows/_core/tracking.py's check_position, both passing
+ * tests/vectors/positions.json. `undefined` and `null` are "not given". `since` and `rewind`
+ * are whole numbers from 0 to Number.MAX_SAFE_INTEGER; `epoch` a string of 1 to 64 characters;
+ * a `since` above 0 needs its `epoch` (`since: 0` alone is "a channel never numbered") and an
+ * `epoch` needs its `since`. Throws a TypeError with the reason.
+ */
+export function checkPosition(since, epoch, rewind) {
+  for (const [key, value] of [["since", since], ["rewind", rewind]]) {
+    if (value != null && !(Number.isInteger(value) && value >= 0 && value <= Number.MAX_SAFE_INTEGER)) {
+      throw new TypeError(`'${key}' must be an integer from 0 to ${Number.MAX_SAFE_INTEGER}`);
+    }
+  }
+  if (epoch != null && !(typeof epoch === "string" && epoch.length > 0 && epoch.length <= MAX_EPOCH_LENGTH)) {
+    throw new TypeError(`'epoch' must be a string of 1 to ${MAX_EPOCH_LENGTH} characters`);
+  }
+  if (epoch == null && since != null && since !== 0) throw new TypeError("a position with a seq has an epoch");
+  if (epoch != null && since == null) throw new TypeError("an epoch needs its since");
+}
+
 /**
  * What the application has seen per channel, so that it gets each message once, in order, or
  * an exact gap. The rules are docs/delivery.md's ("What a client does with it"); this class
@@ -522,14 +545,14 @@ export class TriowsClient {
     this._checkOpen();
     const followed = this._channels.has(channel);
     const { since, epoch } = options;
+    checkPosition(since, epoch, options.rewind);
     let rewind = options.rewind;
-    if (!followed && since !== undefined && since !== null && epoch == null) {
-      if (since !== 0) throw new TypeError("a position with a seq has an epoch");
-      rewind = Number.MAX_SAFE_INTEGER; // never numbered: all that came since is in history
+    if (!followed && since != null && epoch == null) {
+      rewind = Number.MAX_SAFE_INTEGER; // since 0: never numbered, all that came since is in history
     }
     this._channels.add(channel);
     this._tracker.track(channel);
-    if (!followed && typeof epoch === "string" && Number.isInteger(since)) this._tracker.startAt(channel, since, epoch);
+    if (!followed && epoch != null) this._tracker.startAt(channel, since, epoch);
     else if (!followed && rewind !== undefined) this._rewind.set(channel, rewind);
     if (!this._live) return null;
     try {
