@@ -315,7 +315,7 @@ def test_the_server_process_collects_by_its_gc_threshold(
     monkeypatch.setattr(gc, "set_threshold", lambda *values: set_to.append(values))
     monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
     monkeypatch.setattr(cli, "raise_fd_limit", lambda limit: None)
-    monkeypatch.setattr(cli.trio, "run", lambda *args: served.append(bool(set_to)))
+    monkeypatch.setattr(trio, "run", lambda *args: served.append(bool(set_to)))
     assert cli.main(argv) == 0
     assert set_to == ([] if expected is None else [(expected, 11, 12)])
     assert served == [expected is not None]  # set before serving
