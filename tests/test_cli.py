@@ -288,3 +288,34 @@ def test_help_shows_booleans_as_the_flag_takes_them() -> None:
     assert "(default: yes)" in text  # --metrics
     assert "False" not in text
     assert "True" not in text
+
+
+def test_gc_threshold_flag_environment_and_default() -> None:
+    assert parse_config([], {}).gc_threshold == 20_000
+    assert parse_config(["--gc-threshold", "0"], {}).gc_threshold == 0
+    assert parse_config([], {"TRIOWS_GC_THRESHOLD": "5000"}).gc_threshold == 5000
+    assert parse_config(["--gc-threshold=9"], {"TRIOWS_GC_THRESHOLD": "5000"}).gc_threshold == 9
+    with pytest.raises(SystemExit):
+        parse_config(["--gc-threshold", "-1"], {})
+
+
+@pytest.mark.parametrize(("argv", "expected"), [([], 20_000), (["--gc-threshold", "0"], None)])
+def test_the_server_process_collects_by_its_gc_threshold(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], expected: int | None
+) -> None:
+    """``main`` sets the young generation's threshold (keeping the other two) before it
+    serves; 0 leaves Python's own."""
+    import gc
+
+    import triows._cli.main as cli
+
+    set_to: list[tuple[int, int, int]] = []
+    served: list[bool] = []
+    monkeypatch.setattr(gc, "get_threshold", lambda: (700, 11, 12))
+    monkeypatch.setattr(gc, "set_threshold", lambda *values: set_to.append(values))
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(cli, "raise_fd_limit", lambda limit: None)
+    monkeypatch.setattr(trio, "run", lambda *args: served.append(bool(set_to)))
+    assert cli.main(argv) == 0
+    assert set_to == ([] if expected is None else [(expected, 11, 12)])
+    assert served == [expected is not None]  # set before serving

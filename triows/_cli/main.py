@@ -9,6 +9,7 @@ once. ``--workers N`` hands over to the supervisor (``workers``), imported only 
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import os
@@ -120,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in options.warnings:
             log.warning("%s", warning)
     raise_fd_limit(config.max_connections)
+    tune_gc(options.gc_threshold)
     if options.workers > 1:
         # Here, not at the top: a single process has no use for the supervisor.
         from .workers import supervise_workers
@@ -135,6 +137,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(cannot_listen(config, failure), file=sys.stderr)
         return 1
     return 0
+
+
+def tune_gc(threshold: int) -> None:
+    """Let the young generation grow to ``threshold`` objects before a collection (0: leave
+    Python's 700).
+
+    Every waiting reader holds a few new objects (its coroutines, trio's wait record and
+    abort closure) for as long as its client is quiet. With thousands of connections each
+    publishing a few times a second, Python's default collected the young generation a
+    hundred times a second, found those waits still alive, promoted them, and so ran a full
+    collection of the whole heap (every connection's tasks, scopes and frames: 60-90 ms) about
+    once a second, for nothing: those objects die by reference counting when the wait ends.
+    A larger threshold collects the young generation when most of them have already gone.
+    Cyclic garbage is still collected, a little later (docs/design.md, "Small rooms: the
+    delivery path, live")."""
+    if threshold:
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(threshold, middle, old)
 
 
 #: File descriptors a process needs besides its connections (listeners, epoll, Redis, logs).

@@ -39,6 +39,9 @@ from .values import (
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The server process's young-generation threshold (``gc.set_threshold``'s first value);
+#: why not Python's 700: docs/design.md, "Small rooms: the delivery path, live".
+GC_THRESHOLD = 20_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -397,6 +400,13 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
         "reuse_port",
         "yes: let other processes listen on the same port (SO_REUSEPORT)",
     ),
+    (
+        "--gc-threshold",
+        COUNT,
+        None,
+        "objects the garbage collector lets accumulate before a young collection "
+        "(Python's threshold0; 0: Python's own, 700)",
+    ),
     ("--log-level", str.lower, None, "log verbosity"),
     ("--log-format", str, None, "one line of text or one JSON object per record"),
 )
@@ -409,7 +419,12 @@ _REPEATABLE = {
     "--presence-counts",
 }
 _SWITCHES = {"--demo", "--jwt-require-exp"}
-_CLI_DEFAULTS: dict[str, Any] = {"--log-level": "info", "--log-format": "text", "--workers": 1}
+_CLI_DEFAULTS: dict[str, Any] = {
+    "--log-level": "info",
+    "--log-format": "text",
+    "--workers": 1,
+    "--gc-threshold": GC_THRESHOLD,
+}
 _CHOICES = {"--log-level": LOG_LEVELS, "--log-format": ("text", "json")}
 
 
@@ -450,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 @attrs.frozen
 class Options:
     """What the command line asks for: the server's ``Config``, and what only the process
-    uses (its logging and how many worker processes)."""
+    uses (its logging, how many worker processes, its garbage collector's threshold)."""
 
     config: Config
     log_level: str
@@ -458,6 +473,7 @@ class Options:
     workers: int
     #: One line per ``TRIOWS_*`` variable that no flag reads (logged once logging is set up).
     warnings: tuple[str, ...] = ()
+    gc_threshold: int = GC_THRESHOLD
 
 
 def unknown_variables(environ: dict[str, str]) -> list[str]:
@@ -491,12 +507,20 @@ def parse_config(argv: Sequence[str], environ: dict[str, str]) -> Options:
         values[field or dest] = given
     log_level, log_format = values.pop("log_level"), values.pop("log_format")
     workers = int(values.pop("workers"))
+    gc_threshold = int(values.pop("gc_threshold"))
     config_values = {k: v for k, v in values.items() if v is not None}
     try:
         config = Config(**config_values)
     except (ValueError, TypeError, ChannelNameError) as exc:
         parser.error(_flag_names(str(exc)))
-    return Options(config, log_level, log_format, workers, tuple(unknown_variables(environ)))
+    return Options(
+        config,
+        log_level,
+        log_format,
+        workers,
+        tuple(unknown_variables(environ)),
+        gc_threshold,
+    )
 
 
 def given(argv: Sequence[str], environ: dict[str, str], flag: str) -> str | None:
