@@ -24,6 +24,9 @@ import tracemalloc
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+from tests.bench.run import BENCH_FLAGS  # noqa: E402 - the flags every benchmark server gets
+
 #: The server side: SIGUSR1 (re)starts tracemalloc and writes a snapshot to $PROBE_OUT.<n>.
 SERVER = """
 import gc, os, signal, sys, tracemalloc
@@ -40,18 +43,6 @@ signal.signal(signal.SIGUSR1, dump)
 from triows._cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
-FLAGS = [
-    "--max-connections",
-    "19000",
-    "--max-connections-per-ip",
-    "0",
-    "--max-pending-per-ip",
-    "0",
-    "--publish-rate",
-    "0",
-    "--log-level",
-    "warning",
-]
 
 
 def main() -> None:
@@ -64,7 +55,7 @@ def main() -> None:
         out = f"{directory}/snapshot"
         env = {**os.environ, "PYTHONPATH": str(tree), "PROBE_OUT": out}
         server = subprocess.Popen(
-            [sys.executable, "-c", SERVER, "--port", str(port), *FLAGS], cwd=tree, env=env
+            [sys.executable, "-c", SERVER, "--port", str(port), *BENCH_FLAGS], cwd=tree, env=env
         )
         try:
             for _ in range(600):

@@ -82,6 +82,14 @@ PEER_SCRIPTS = {
 GENERATOR_CPU, SERVER_CPU = 0, 1
 #: Messages in flight in the cluster scenarios: each one takes a Redis round trip.
 CLUSTER_WINDOW = 16
+#: The flags every benchmarked triows server gets (shards.py and idle_probe.py too): one load
+#: generator on one address, publishing as fast as it can.
+BENCH_FLAGS = (
+    *("--max-connections", "19000"),
+    *("--max-connections-per-ip", "0", "--max-pending-per-ip", "0"),
+    *("--publish-rate", "0"),
+    *("--log-level", "warning"),
+)
 
 sys.path.insert(0, str(HERE.parent.parent))
 from tests.redisserver import RedisServer  # noqa: E402 - the tests' Redis launcher
@@ -138,17 +146,7 @@ def start_server(
             "triows",
             "--port",
             str(port),
-            "--max-connections",
-            "19000",
-            # One load generator on one address, publishing as fast as it can.
-            "--max-connections-per-ip",
-            "0",
-            "--max-pending-per-ip",
-            "0",
-            "--publish-rate",
-            "0",
-            "--log-level",
-            "warning",
+            *BENCH_FLAGS,
             *(extra or []),
         ]
     elif kind == "engine":

@@ -25,7 +25,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
-from tests.bench.run import cpu_seconds, free_port, stop  # noqa: E402
+from tests.bench.run import BENCH_FLAGS, cpu_seconds, free_port, stop  # noqa: E402
 from tests.rediscluster import RedisClusterNodes  # noqa: E402
 from tests.redisserver import RedisServer  # noqa: E402
 
@@ -41,14 +41,7 @@ def start_node(port: int, redis_url: str) -> subprocess.Popen[bytes]:
         str(port),
         "--redis-url",
         redis_url,
-        "--max-connections-per-ip",
-        "0",
-        "--max-pending-per-ip",
-        "0",
-        "--publish-rate",
-        "0",
-        "--log-level",
-        "warning",
+        *BENCH_FLAGS,
     ]
     node = subprocess.Popen(command)
     for _ in range(200):
