@@ -51,6 +51,9 @@ class ChannelState(Generic[M]):
     dropped: int = 0
     #: The deadline this channel has in the hub's expiry heap, if any.
     expiry_deadline: float | None = None
+    #: What the broker made once to frame this channel's messages (its head and epoch), if
+    #: anything: a channel's name and epoch never change in its lifetime.
+    frame_parts: tuple[bytes, bytes] | None = None
 
     def message_id(self, seq: int) -> str:
         return f"{self.epoch}:{seq}"
