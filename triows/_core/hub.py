@@ -174,6 +174,11 @@ class Hub(Generic[M]):
         self._memberships: dict[M, dict[str, ChannelState[M]]] = {}
         #: Channels without members, kept with their numbering, least recently used first.
         self._idle: dict[str, ChannelState[M]] = {}
+        #: The channel last put at the end of ``_recency`` / ``_idle`` by :meth:`record`, while
+        #: it is still there and still last (anything else that changes either forgets it): a
+        #: channel published to again and again is not moved to where it is.
+        self._recency_last: ChannelState[M] | None = None
+        self._idle_last: ChannelState[M] | None = None
         #: Frames dropped on channels forgotten since, by slow-consumer policy.
         self._retired_drops: dict[SlowConsumerPolicy, int] = {}
 
@@ -192,6 +197,7 @@ class Hub(Generic[M]):
         state = self._channels.get(channel) or self._create(channel)
         state.members[member] = None
         self._idle.pop(channel, None)
+        self._idle_last = None
         held[channel] = state
         self._subscription_count += 1
         return state
@@ -242,18 +248,24 @@ class Hub(Generic[M]):
             pushed_out = history.append(seq, now, frame)
             self._history_bytes += history.nbytes - before
             self._history_messages += 1 - pushed_out
-            recency = self._recency
-            recency.pop(name, None)
             if history.nbytes or len(history):
-                recency[name] = state  # most recently published goes last
+                if self._recency_last is not state:  # else it is the last already
+                    recency = self._recency
+                    recency.pop(name, None)
+                    recency[name] = state  # most recently published goes last
+                    self._recency_last = state
                 if state.expiry_deadline is None:
                     self._schedule(state)
+            else:
+                self._recency.pop(name, None)
+                self._recency_last = None
             if self._history_bytes > self._max_history_bytes:
                 self._enforce_total()
-        if not state.members:
+        if not state.members and self._idle_last is not state:
             idle = self._idle
             idle.pop(name, None)  # most recently published goes last
             idle[name] = state
+            self._idle_last = state
             if len(idle) > self._max_idle:
                 self._discard_if_unused(state)
 
@@ -331,6 +343,7 @@ class Hub(Generic[M]):
         if state.members:
             return
         self._idle.setdefault(state.name, state)
+        self._idle_last = None
         while len(self._idle) > self._max_idle:
             self._forget(next(iter(self._idle.values())))
 
@@ -353,6 +366,7 @@ class Hub(Generic[M]):
         state.expiry_deadline = None  # its heap entry is now stale
         self._recency.pop(state.name, None)
         self._idle.pop(state.name, None)
+        self._recency_last = self._idle_last = None
         if self._channels.get(state.name) is state:
             del self._channels[state.name]
 
@@ -364,6 +378,7 @@ class Hub(Generic[M]):
         self._history_messages += len(history) - count
         if not history:
             self._recency.pop(state.name, None)
+            self._recency_last = None
 
     def _schedule(self, state: ChannelState[M]) -> None:
         """Give a channel with history a deadline in the heap, unless it has one (an early
@@ -385,4 +400,5 @@ class Hub(Generic[M]):
             self._history_messages += len(history) - count
             if not history:
                 del self._recency[state.name]
+                self._recency_last = None
                 self._discard_if_unused(state)
