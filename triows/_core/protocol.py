@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -305,8 +306,27 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
     limit) comes back as a :data:`PublishFields` tuple, checked here by the same rules and
     decoded once, with no request object built. Anything else, every refusal included, is
     exactly what :func:`parse_request` answers (a differential test holds the two to that).
+    In the field order clients write (``type``, ``channel``, ``data``, then an integer
+    ``id`` or nothing) only ``data`` is decoded: no dict of fields, no key strings.
     """
     if type(raw) is str:
+        head = _PUBLISH_HEAD(raw)
+        if head is not None:
+            # The shape clients write (JSON.stringify's order): only ``data`` (and the id) is
+            # decoded, no dict of fields is built; anything else takes the path below.
+            try:
+                data, end = _scan_once(raw, head.end())
+            except (StopIteration, ValueError, RecursionError):
+                return parse_request(raw)  # its error, as the full path words it
+            channel = head[1]
+            if channel in _valid_channels and raw.count("{") + raw.count("[") <= MAX_DEPTH:
+                tail = _PUBLISH_ID_TAIL(raw, end)
+                if tail is not None:
+                    number = int(tail[1])
+                    if -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
+                        return channel, data, number, False
+                elif end == len(raw) - 1 and raw[end] == "}":
+                    return channel, data, None, False
         try:
             frame, end = _scan_once(raw, 0)
         except (StopIteration, ValueError, RecursionError):
@@ -335,6 +355,16 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
                 return channel, frame["data"], request_id, echo
         return _request(frame, raw)
     return parse_request(raw)
+
+
+#: The start of a publish as clients write it, up to its ``data``: a channel name that needs
+#: no escapes (it must still be one already seen valid).
+_PUBLISH_HEAD: Final = re.compile(
+    r'\{"type":"publish","channel":"([^"\\\x00-\x1f]+)","data":'
+).match
+#: What follows ``data`` in that shape when it has an id: an integer (JSON's spelling: no
+#: leading zeros, no sign but ``-``) and the end.
+_PUBLISH_ID_TAIL: Final = re.compile(r',"id":(-?(?:0|[1-9][0-9]{0,19}))\}').fullmatch
 
 
 def _request(frame: Any, raw: str) -> Request:
