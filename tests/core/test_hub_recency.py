@@ -11,6 +11,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from triows._core.history import Unframed
 from triows._core.hub import ChannelState, Hub
 from triows._core.outbox import SlowConsumerPolicy
 
@@ -18,12 +19,19 @@ from triows._core.outbox import SlowConsumerPolicy
 class ReferenceHub(Hub[str]):
     """``record`` as it was: every publication moves its channel to the end."""
 
-    def record(self, state: ChannelState[str], seq: int, frame: bytes, now: float) -> None:
+    def record(
+        self,
+        state: ChannelState[str],
+        seq: int,
+        frame: bytes | Unframed,
+        now: float,
+        size: int = -1,
+    ) -> None:
         history = state.history
         name = state.name
         if history.enabled:
             before = history.nbytes
-            pushed_out = history.append(seq, now, frame)
+            pushed_out = history.append(seq, now, frame, len(frame) if size < 0 else size)
             self._history_bytes += history.nbytes - before
             self._history_messages += 1 - pushed_out
             recency = self._recency

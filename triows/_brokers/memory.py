@@ -16,9 +16,9 @@ import trio_util
 
 from .._config import Config
 from .._core.dedupe import DedupeWindow
-from .._core.envelopes import framed_message, message_head, sender_json
+from .._core.envelopes import framed_message, framed_message_size, message_head, sender_json
 from .._core.frames import text_payload
-from .._core.history import page, rewind_since
+from .._core.history import Unframed, page, rewind_since
 from .._core.hub import Hub, Resume
 from .._core.latency import histogram
 from .._core.outbox import SlowConsumerPolicy
@@ -118,7 +118,10 @@ class MemoryBroker(Broker):
         state, seq = hub.publish(channel)
         blocked: list[Subscriber] = []
         members = state.members
-        if members or state.history.enabled:
+        kept = state.history.enabled
+        frame: bytes | Unframed = b""  # nobody receives it, nothing keeps it
+        size = 0
+        if members or kept:
             # The frame from parts made once per channel and per sender.
             parts = state.frame_parts
             if parts is None:
@@ -126,15 +129,17 @@ class MemoryBroker(Broker):
             sender = self._senders.get(sender_id)
             if sender is None:
                 sender = self._sender_json(sender_id)
-            frame = framed_message(parts[0], data_json, sender, timestamp_ms, seq, parts[1])
             if members:
+                frame = framed_message(parts[0], data_json, sender, timestamp_ms, seq, parts[1])
+                size = len(frame)
                 blocked = self._fanout.deliver(state, frame, None if echo else sender_id)
-        else:
-            frame = b""  # nobody receives it, nothing keeps it
+            else:  # kept, not sent: framed if ever replayed (history.py)
+                frame = (data_json, sender, timestamp_ms)
+                size = framed_message_size(parts[0], data_json, sender, timestamp_ms, seq, parts[1])
         self.published += 1
         if now is None:  # the history's clock, read only if it keeps the message
-            now = trio.current_time() if state.history.enabled else 0.0
-        hub.record(state, seq, frame, now)
+            now = trio.current_time() if kept else 0.0
+        hub.record(state, seq, frame, now, size)
         if keyed:
             dedupe.record(principal, channel, publish_id, seq, now)  # type: ignore[arg-type]
         return seq, state.epoch, blocked

@@ -201,6 +201,25 @@ def framed_message(
 
 
 _FROM_HEAD: Final = b'%s%s,"from":%s,"timestamp":%d,"seq":%d,"id":"%s:%d"}'
+#: The template's own bytes (its seven ``%s``/``%d`` are two bytes each).
+_FROM_HEAD_FIXED: Final = len(_FROM_HEAD) - 14
+
+
+def framed_message_size(
+    head: bytes, data_json: bytes, sender: bytes, timestamp_ms: int, seq: int, epoch: bytes
+) -> int:
+    """``len(framed_message(...))`` without making it: what a history keeping the message
+    unframed counts for it."""
+    length = (
+        _FROM_HEAD_FIXED
+        + len(head)
+        + len(data_json)
+        + len(sender)
+        + len(str(timestamp_ms))
+        + 2 * len(str(seq))
+        + len(epoch)
+    )
+    return length + (2 if length < 126 else 4 if length < 1 << 16 else 10)
 
 
 _TIMESTAMP = b',"timestamp":'

@@ -28,7 +28,7 @@ from typing import Generic, TypeVar
 
 import attrs
 
-from .history import History
+from .history import History, Unframed
 from .outbox import SlowConsumerPolicy
 
 M = TypeVar("M", bound=Hashable)
@@ -238,14 +238,17 @@ class Hub(Generic[M]):
         state.published += 1
         return state, state.seq
 
-    def record(self, state: ChannelState[M], seq: int, frame: bytes, now: float) -> None:
-        """Keep a published message in history; a channel without members goes idle (the most
-        recently published last)."""
+    def record(
+        self, state: ChannelState[M], seq: int, frame: bytes | Unframed, now: float, size: int = -1
+    ) -> None:
+        """Keep a published message in history (its frame, or the parts of a frame of
+        ``size`` bytes: :class:`~triows._core.history.History`); a channel without members
+        goes idle (the most recently published last)."""
         history = state.history
         name = state.name
         if history.enabled:
             before = history.nbytes
-            pushed_out = history.append(seq, now, frame)
+            pushed_out = history.append(seq, now, frame, len(frame) if size < 0 else size)
             self._history_bytes += history.nbytes - before
             self._history_messages += 1 - pushed_out
             if history.nbytes or len(history):
@@ -276,12 +279,12 @@ class Hub(Generic[M]):
         if known is not None:
             return known
         self._prune(state, now)
-        return resume_from_history(since, state.seq, state.history.after(since))
+        return resume_from_history(since, state.seq, state.history.after(since, state.frame_parts))
 
     def held(self, state: ChannelState[M], now: float) -> list[tuple[int, bytes]]:
         """``(seq, frame)`` of what the channel's history holds now, oldest first."""
         self._prune(state, now)
-        return state.history.after(0)
+        return state.history.after(0, state.frame_parts)
 
     def expire(self, now: float) -> None:
         """Prune histories whose oldest message outlived its ttl. Looks only at channels whose
