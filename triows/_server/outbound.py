@@ -201,7 +201,7 @@ class Outbound:
                 # The flush found a slow consumer and closed it: like ``deliver`` on a closed
                 # connection, nothing more is offered (or counted) for it.
                 return True
-        if self.outbox:  # queued frames, or frames being written: they go first
+        if self.outbox.held:  # queued frames, or frames being written: they go first
             return False
         flusher = self._flusher
         if (
