@@ -19,8 +19,6 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
-import attrs
-
 from .envelopes import ack_payload as ack_payload
 from .envelopes import encode as encode
 from .envelopes import encode_parsed as encode_parsed
@@ -33,6 +31,14 @@ from .envelopes import welcome_frame as welcome_frame
 from .envelopes import with_id as with_id
 from .history import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
 from .names import ChannelNameError, validate_channel
+from .request_types import HistoryQuery as HistoryQuery
+from .request_types import Ping as Ping
+from .request_types import PresenceQuery as PresenceQuery
+from .request_types import Publish as Publish
+from .request_types import Refresh as Refresh
+from .request_types import Request as Request
+from .request_types import Subscribe as Subscribe
+from .request_types import Unsubscribe as Unsubscribe
 
 #: Largest integer every JSON client (JavaScript included) represents exactly.
 MAX_SAFE_INTEGER: Final = 2**53 - 1
@@ -79,63 +85,6 @@ class ProtocolError(Exception):
     def frame(self) -> dict[str, Any]:
         """The ``error`` reply."""
         return error_frame(self.code, self.message, self.request_id, limit=self.limit)
-
-
-@attrs.frozen(kw_only=True)
-class Subscribe:
-    channel: str
-    id: RequestId | None = None
-    since: int | None = None
-    epoch: str | None = None
-    #: Replay the channel's last ``rewind`` messages (as many as history holds) before live
-    #: ones; ignored with ``since`` (a resume wins).
-    rewind: int | None = None
-
-
-@attrs.frozen(kw_only=True)
-class Unsubscribe:
-    channel: str
-    id: RequestId | None = None
-
-
-@attrs.frozen(kw_only=True)
-class Publish:
-    channel: str
-    data: Any
-    id: RequestId | None = None
-    #: Deliver to the publisher too (a one-tab chat wants to see its own message).
-    echo: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class Ping:
-    id: RequestId | None = None
-
-
-@attrs.frozen(kw_only=True)
-class Refresh:
-    token: str
-    id: RequestId | None = None
-
-
-@attrs.frozen(kw_only=True)
-class PresenceQuery:
-    channel: str
-    id: RequestId | None = None
-
-
-@attrs.frozen(kw_only=True)
-class HistoryQuery:
-    """A page of a channel's history (the rule: :func:`triows._core.history.page`)."""
-
-    channel: str
-    limit: int = DEFAULT_HISTORY_LIMIT
-    since: int | None = None
-    reverse: bool = False
-    id: RequestId | None = None
-
-
-Request = Subscribe | Unsubscribe | Publish | Ping | Refresh | PresenceQuery | HistoryQuery
 
 
 def _reject_constant(name: str) -> Any:
