@@ -220,7 +220,7 @@ class Channels(Goodbye):
             )
         except BrokerUnavailableError as exc:
             raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
-        host.ack_latency.observe_zero()
+        host.ack_latency.zeros += 1  # observed as 0 s (LatencyHistogram.zeros)
         if request_id is not None and self.queue_reply(ack_frame(request_id, seq)):
             self._acks_over = True
         if blocked or self._acks_over:
