@@ -51,8 +51,10 @@ class ChannelState(Generic[M]):
     dropped: int = 0
     #: The deadline this channel has in the hub's expiry heap, if any.
     expiry_deadline: float | None = None
-    #: What the broker made once to frame this channel's messages (its head and epoch), if
-    #: anything: a channel's name and epoch never change in its lifetime.
+    #: What the in-process broker made once to frame this channel's messages (its head and
+    #: epoch), if anything: there a channel keeps its name and epoch for its lifetime. (The
+    #: Redis broker, whose epochs follow Redis, neither makes nor reads them, and keeps no
+    #: history here.)
     frame_parts: tuple[bytes, bytes] | None = None
 
     def message_id(self, seq: int) -> str:
