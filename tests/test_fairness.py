@@ -197,3 +197,50 @@ async def test_what_a_blocked_redis_channel_holds_is_bounded_in_bytes(redis_url:
             await harness.server.publish_numbered(blocked, big)
         # Not after block_timeout (30 s): as soon as what is held is over the bound.
         assert await stalled.read_until_closed(timeout=10) == 1013
+
+
+class ReadClocks(trio.abc.Instrument):
+    """Whether a connection held its read's clock (``_read_at``) when its step ended: the
+    clock of a read is for the requests served in that step, never for another task's."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self.steps = 0
+        self.held: list[float] = []
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+        for conn in self._server._connections:
+            at = getattr(conn, "_read_at", None)
+            if at is not None:
+                self.held.append(at)
+
+
+async def test_a_read_s_clock_is_not_held_across_its_checkpoints(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A read of more publishes than one step serves checkpoints in the middle: its clock
+    (read once per read) is dropped before and read again after, so that the next part and
+    every other task see the time of their own step."""
+    async with open_test_server(publish_rate=0) as harness:
+        publisher = await RawClient.connect(harness.listener)
+        burst = b"".join(
+            publisher.ws.send(
+                TextMessage(
+                    data=json.dumps({"type": "publish", "channel": "clock", "data": n, "id": n})
+                )
+            )
+            for n in range(3 * ITEMS_PER_STEP)
+        )
+        instrument = ReadClocks(harness.server)
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            await publisher.stream.send_all(burst)
+            with trio.fail_after(10):
+                while harness.server.broker.published < 3 * ITEMS_PER_STEP:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # no event to wait on: the counter is the signal
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+        assert instrument.steps
+        assert instrument.held == []
+        await publisher.abort()

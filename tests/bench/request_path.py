@@ -53,7 +53,8 @@ def frames(count: int, payload: int, with_id: bool = True) -> list[str]:
     return [
         json.dumps(
             {"type": "publish", "channel": "rpc", "data": {"n": n, "pad": pad}}
-            | ({"id": n} if with_id else {})
+            | ({"id": n} if with_id else {}),
+            separators=(",", ":"),  # compact, as JSON.stringify (every browser client) writes
         )
         for n in range(count)
     ]

@@ -90,6 +90,30 @@ def test_the_numbered_frame_is_the_framed_numbered_payload(
     assert envelopes.numbered_frame(*args) == text_frame(protocol.numbered_payload(*args))
 
 
+@given(
+    st.sampled_from(
+        [b"1", b'"' + b"x" * 90 + b'"', b'"' + b"y" * 200 + b'"', b"[" + b"0," * 40000 + b"0]"]
+    ),
+    st.sampled_from(["c1", None, 'c"lient', "é", "\ud800"]),
+    st.integers(0, 2**53),
+    st.sampled_from(["room:1", "a", "x" * 100]),
+    st.sampled_from(["ab.1", "k3x9a.4", ""]),
+)
+def test_the_message_framed_from_parts_is_the_numbered_frame(
+    data_json: bytes, sender: str | None, seq: int, channel: str, epoch: str
+) -> None:
+    """The in-process broker's frame from parts made once per channel and sender."""
+    framed = envelopes.framed_message(
+        envelopes.message_head(channel),
+        data_json,
+        envelopes.sender_json(sender),
+        1700000000000,
+        seq,
+        epoch.encode("ascii"),
+    )
+    assert framed == envelopes.numbered_frame(channel, data_json, sender, 1700000000000, seq, epoch)
+
+
 @given(request_ids | st.sampled_from(["\ud800", "x" * 128, '"' * 128]), st.integers(0, 2**53))
 def test_the_ack_frame_is_the_framed_ack(request_id: str | int, seq: int) -> None:
     assert envelopes.ack_frame(request_id, seq) == text_frame(protocol.ack_payload(request_id, seq))

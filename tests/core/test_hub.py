@@ -298,7 +298,7 @@ ROUNDING_AT, ROUNDING_TTL = 25.4458609934608, 54.141247279349656
 
 def test_an_entry_is_gone_when_its_expiry_is_due_whatever_the_rounding() -> None:
     history = History(size=10, ttl=ROUNDING_TTL)
-    history.append(1, ROUNDING_AT, b"frame")
+    history.append(1, ROUNDING_AT, b"frame", 5)
     due = history.expires_at()
     assert due is not None
     history.prune(due)

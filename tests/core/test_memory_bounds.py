@@ -32,7 +32,7 @@ def publish(h: Hub[str], channel: str, nbytes: int, now: float = 0) -> None:
 def test_history_is_capped_in_bytes_per_channel() -> None:
     history = History(size=100, ttl=60, max_bytes=1000)
     for seq in range(1, 11):
-        history.append(seq, 0, b"x" * 300)
+        history.append(seq, 0, b"x" * 300, 300)
     assert (len(history), history.nbytes, history.first_seq()) == (3, 900, 8)
 
 

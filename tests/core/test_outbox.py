@@ -156,3 +156,6 @@ def test_shared_totals_equal_the_sum_of_the_outboxes(ops: list[Any]) -> None:
         assert totals.frames == sum(len(b) for b in boxes)
         assert totals.bytes == sum(b.queued_bytes for b in boxes)
         assert totals.dropped == sum(b.dropped for b in boxes)
+        # What an outbox holds, kept as it changes (``held``), against a recount.
+        for each, in_writer in zip(boxes, taken, strict=True):
+            assert len(each) == each.held == len(each._entries or ()) + len(in_writer)

@@ -16,15 +16,18 @@ import trio_util
 
 from .._config import Config
 from .._core.dedupe import DedupeWindow
-from .._core.envelopes import numbered_frame
+from .._core.envelopes import framed_message, framed_message_size, message_head, sender_json
 from .._core.frames import text_payload
-from .._core.history import page, rewind_since
+from .._core.history import Unframed, page, rewind_since
 from .._core.hub import Hub, Resume
 from .._core.latency import histogram
 from .._core.outbox import SlowConsumerPolicy
 from .._core.protocol import RequestId
 from .fanout import FanOut, Subscriber
 from .seam import Broker, BrokerStatistics, HistoryPage, Publication, Subscribed
+
+#: Senders whose JSON id the broker remembers (a cache: emptied when full).
+SENDERS_KEPT = 4096
 
 
 class MemoryBroker(Broker):
@@ -51,6 +54,17 @@ class MemoryBroker(Broker):
             max_principals=config.dedupe_max_principals,
             max_entries=rule.max_entries,
         )
+        #: The JSON of recent senders' ids (:meth:`_sender_json`).
+        self._senders: dict[str | None, bytes] = {}
+
+    def _sender_json(self, sender_id: str | None) -> bytes:
+        """``sender_id``'s JSON, remembered (a bounded cache, emptied when full: senders are
+        the connections publishing, made once per sender rather than per message)."""
+        senders = self._senders
+        if len(senders) >= SENDERS_KEPT:
+            senders.clear()
+        found = senders[sender_id] = sender_json(sender_id)
+        return found
 
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()
@@ -102,22 +116,33 @@ class MemoryBroker(Broker):
                 state = hub.channel(channel)
                 return seq, state.epoch if state is not None else "", []
         state, seq = hub.publish(channel)
-        epoch = state.epoch
         blocked: list[Subscriber] = []
-        if state.members:
-            frame = numbered_frame(channel, data_json, sender_id, timestamp_ms, seq, epoch)
-            blocked = self._fanout.deliver(state, frame, None if echo else sender_id)
-        elif state.history.enabled:
-            frame = numbered_frame(channel, data_json, sender_id, timestamp_ms, seq, epoch)
-        else:
-            frame = b""  # nobody receives it, nothing keeps it
+        members = state.members
+        kept = state.history.enabled
+        frame: bytes | Unframed = b""  # nobody receives it, nothing keeps it
+        size = 0
+        if members or kept:
+            # The frame from parts made once per channel and per sender.
+            parts = state.frame_parts
+            if parts is None:
+                parts = state.frame_parts = (message_head(channel), state.epoch.encode("ascii"))
+            sender = self._senders.get(sender_id)
+            if sender is None:
+                sender = self._sender_json(sender_id)
+            if members:
+                frame = framed_message(parts[0], data_json, sender, timestamp_ms, seq, parts[1])
+                size = len(frame)
+                blocked = self._fanout.deliver(state, frame, None if echo else sender_id)
+            else:  # kept, not sent: framed if ever replayed (history.py)
+                frame = (data_json, sender, timestamp_ms)
+                size = framed_message_size(parts[0], data_json, sender, timestamp_ms, seq, parts[1])
         self.published += 1
         if now is None:  # the history's clock, read only if it keeps the message
-            now = trio.current_time() if state.history.enabled else 0.0
-        hub.record(state, seq, frame, now)
+            now = trio.current_time() if kept else 0.0
+        hub.record(state, seq, frame, now, size)
         if keyed:
             dedupe.record(principal, channel, publish_id, seq, now)  # type: ignore[arg-type]
-        return seq, epoch, blocked
+        return seq, state.epoch, blocked
 
     def publish_nowait(self, pub: Publication) -> int:
         state = self.hub.channel(pub.channel)

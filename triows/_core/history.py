@@ -1,14 +1,24 @@
 """A channel's recent messages, kept so that a client that reconnects can get what it missed.
 
 Bounded three ways: at most ``size`` messages, at most ``max_bytes`` bytes, none older than
-``ttl`` seconds (the hub bounds all histories together as well). Entries hold the message's
-ready frame (the very bytes live subscribers got), so a replay is byte-identical to the live
-delivery and costs no encoding. ``now`` is the shell's monotonic clock.
+``ttl`` seconds (the hub bounds all histories together as well). Sizes are those of the
+messages' frames. An entry holds the message's ready frame (the very bytes live subscribers
+got) when one was made; a message nobody received live is kept unframed, as the parts of its
+frame (:data:`Unframed`), and framed only if it is ever replayed, by the same template as the
+live delivery (:func:`~triows._core.envelopes.framed_message`): byte-identical, and no frame
+made for a message nobody asks for again. ``now`` is the shell's monotonic clock.
 """
 
 from __future__ import annotations
 
 from collections import deque
+
+from .envelopes import framed_message
+
+#: A message kept without its frame: ``(data_json, sender_json, timestamp_ms)``; with the
+#: channel's head and epoch (:func:`~triows._core.envelopes.message_head`) and its seq, the
+#: arguments of :func:`~triows._core.envelopes.framed_message`.
+Unframed = tuple[bytes, bytes, int]
 
 
 class History:
@@ -20,20 +30,22 @@ class History:
         self.max_bytes = max_bytes
         #: Whether it keeps anything: a channel whose history is off costs one test per message.
         self.enabled = size > 0 and ttl > 0 and max_bytes > 0
-        #: ``(seq, kept at, frame)``: a tuple per message, the frame shared with delivery.
-        self._entries: deque[tuple[int, float, bytes]] = deque()
+        #: ``(seq, kept at, frame size, frame or its parts)``: a tuple per message, the frame
+        #: shared with delivery.
+        self._entries: deque[tuple[int, float, int, bytes | Unframed]] = deque()
         self.nbytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def append(self, seq: int, now: float, frame: bytes) -> int:
-        """Keep a message; returns how many older ones it pushed out (usually none)."""
+    def append(self, seq: int, now: float, frame: bytes | Unframed, size: int) -> int:
+        """Keep a message, its frame or that frame's parts (``size``: the frame's length);
+        returns how many older ones it pushed out (usually none)."""
         if not self.enabled:
             return 0
         entries = self._entries
-        entries.append((seq, now, frame))
-        self.nbytes += len(frame)
+        entries.append((seq, now, size, frame))
+        self.nbytes += size
         if (
             len(entries) > self.size
             or self.nbytes > self.max_bytes
@@ -41,7 +53,7 @@ class History:
         ):
             held = len(entries)
             if held == self.size + 1:  # a full history's steady state: its oldest goes
-                self.nbytes -= len(entries.popleft()[2])
+                self.nbytes -= entries.popleft()[2]
                 if self.nbytes <= self.max_bytes and entries[0][1] > now - self.ttl:
                     return 1
             self.prune(now)
@@ -60,7 +72,7 @@ class History:
             self.drop_oldest()
 
     def drop_oldest(self) -> None:
-        self.nbytes -= len(self._entries.popleft()[2])
+        self.nbytes -= self._entries.popleft()[2]
 
     def first_seq(self) -> int | None:
         return self._entries[0][0] if self._entries else None
@@ -69,10 +81,25 @@ class History:
         """When the oldest entry outlives the ttl; None when empty."""
         return self._entries[0][1] + self.ttl if self._entries else None
 
-    def after(self, seq: int) -> list[tuple[int, bytes]]:
+    def after(self, seq: int, parts: tuple[bytes, bytes] | None = None) -> list[tuple[int, bytes]]:
         """``(seq, frame)`` of every held message with a sequence number above ``seq``, in
-        order."""
-        return [(number, frame) for number, _, frame in self._entries if number > seq]
+        order; a message kept unframed is framed now with ``parts``, the channel's head and
+        epoch (what the broker framed its live messages with)."""
+        found: list[tuple[int, bytes]] = []
+        for number, _, _, kept in self._entries:
+            if number > seq:
+                if isinstance(kept, bytes):
+                    found.append((number, kept))
+                    continue
+                assert parts is not None, "unframed messages are kept with their parts"
+                data_json, sender, timestamp_ms = kept
+                found.append(
+                    (
+                        number,
+                        framed_message(parts[0], data_json, sender, timestamp_ms, number, parts[1]),
+                    )
+                )
+        return found
 
     def clear(self) -> None:
         self._entries.clear()

@@ -28,7 +28,7 @@ from typing import Generic, TypeVar
 
 import attrs
 
-from .history import History
+from .history import History, Unframed
 from .outbox import SlowConsumerPolicy
 
 M = TypeVar("M", bound=Hashable)
@@ -51,6 +51,11 @@ class ChannelState(Generic[M]):
     dropped: int = 0
     #: The deadline this channel has in the hub's expiry heap, if any.
     expiry_deadline: float | None = None
+    #: What the in-process broker made once to frame this channel's messages (its head and
+    #: epoch), if anything: there a channel keeps its name and epoch for its lifetime. (The
+    #: Redis broker, whose epochs follow Redis, neither makes nor reads them, and keeps no
+    #: history here.)
+    frame_parts: tuple[bytes, bytes] | None = None
 
     def message_id(self, seq: int) -> str:
         return f"{self.epoch}:{seq}"
@@ -171,6 +176,11 @@ class Hub(Generic[M]):
         self._memberships: dict[M, dict[str, ChannelState[M]]] = {}
         #: Channels without members, kept with their numbering, least recently used first.
         self._idle: dict[str, ChannelState[M]] = {}
+        #: The channel last put at the end of ``_recency`` / ``_idle`` by :meth:`record`, while
+        #: it is still there and still last (anything else that changes either forgets it): a
+        #: channel published to again and again is not moved to where it is.
+        self._recency_last: ChannelState[M] | None = None
+        self._idle_last: ChannelState[M] | None = None
         #: Frames dropped on channels forgotten since, by slow-consumer policy.
         self._retired_drops: dict[SlowConsumerPolicy, int] = {}
 
@@ -189,6 +199,7 @@ class Hub(Generic[M]):
         state = self._channels.get(channel) or self._create(channel)
         state.members[member] = None
         self._idle.pop(channel, None)
+        self._idle_last = None
         held[channel] = state
         self._subscription_count += 1
         return state
@@ -229,28 +240,37 @@ class Hub(Generic[M]):
         state.published += 1
         return state, state.seq
 
-    def record(self, state: ChannelState[M], seq: int, frame: bytes, now: float) -> None:
-        """Keep a published message in history; a channel without members goes idle (the most
-        recently published last)."""
+    def record(
+        self, state: ChannelState[M], seq: int, frame: bytes | Unframed, now: float, size: int = -1
+    ) -> None:
+        """Keep a published message in history (its frame, or the parts of a frame of
+        ``size`` bytes: :class:`~triows._core.history.History`); a channel without members
+        goes idle (the most recently published last)."""
         history = state.history
         name = state.name
         if history.enabled:
             before = history.nbytes
-            pushed_out = history.append(seq, now, frame)
+            pushed_out = history.append(seq, now, frame, len(frame) if size < 0 else size)
             self._history_bytes += history.nbytes - before
             self._history_messages += 1 - pushed_out
-            recency = self._recency
-            recency.pop(name, None)
             if history.nbytes or len(history):
-                recency[name] = state  # most recently published goes last
+                if self._recency_last is not state:  # else it is the last already
+                    recency = self._recency
+                    recency.pop(name, None)
+                    recency[name] = state  # most recently published goes last
+                    self._recency_last = state
                 if state.expiry_deadline is None:
                     self._schedule(state)
+            else:
+                self._recency.pop(name, None)
+                self._recency_last = None
             if self._history_bytes > self._max_history_bytes:
                 self._enforce_total()
-        if not state.members:
+        if not state.members and self._idle_last is not state:
             idle = self._idle
             idle.pop(name, None)  # most recently published goes last
             idle[name] = state
+            self._idle_last = state
             if len(idle) > self._max_idle:
                 self._discard_if_unused(state)
 
@@ -261,12 +281,12 @@ class Hub(Generic[M]):
         if known is not None:
             return known
         self._prune(state, now)
-        return resume_from_history(since, state.seq, state.history.after(since))
+        return resume_from_history(since, state.seq, state.history.after(since, state.frame_parts))
 
     def held(self, state: ChannelState[M], now: float) -> list[tuple[int, bytes]]:
         """``(seq, frame)`` of what the channel's history holds now, oldest first."""
         self._prune(state, now)
-        return state.history.after(0)
+        return state.history.after(0, state.frame_parts)
 
     def expire(self, now: float) -> None:
         """Prune histories whose oldest message outlived its ttl. Looks only at channels whose
@@ -328,6 +348,7 @@ class Hub(Generic[M]):
         if state.members:
             return
         self._idle.setdefault(state.name, state)
+        self._idle_last = None
         while len(self._idle) > self._max_idle:
             self._forget(next(iter(self._idle.values())))
 
@@ -350,6 +371,7 @@ class Hub(Generic[M]):
         state.expiry_deadline = None  # its heap entry is now stale
         self._recency.pop(state.name, None)
         self._idle.pop(state.name, None)
+        self._recency_last = self._idle_last = None
         if self._channels.get(state.name) is state:
             del self._channels[state.name]
 
@@ -361,6 +383,7 @@ class Hub(Generic[M]):
         self._history_messages += len(history) - count
         if not history:
             self._recency.pop(state.name, None)
+            self._recency_last = None
 
     def _schedule(self, state: ChannelState[M]) -> None:
         """Give a channel with history a deadline in the heap, unless it has one (an early
@@ -382,4 +405,5 @@ class Hub(Generic[M]):
             self._history_messages += len(history) - count
             if not history:
                 del self._recency[state.name]
+                self._recency_last = None
                 self._discard_if_unused(state)

@@ -34,7 +34,7 @@ BOUNDS: Final = (
 
 
 class LatencyHistogram:
-    __slots__ = ("_counts", "bounds", "total")
+    __slots__ = ("_counts", "bounds", "total", "zeros")
 
     def __init__(self, bounds: Sequence[float] = BOUNDS) -> None:
         self.bounds = tuple(bounds)
@@ -42,6 +42,9 @@ class LatencyHistogram:
         self._counts = [0] * (len(self.bounds) + 1)
         #: Sum of every observed value (seconds).
         self.total = 0.0
+        #: Observations of 0 s, part of the first bucket: an outcome known in the same step
+        #: (an in-process ack) is counted by the hot path with one addition, ``zeros += 1``.
+        self.zeros = 0
 
     def observe(self, seconds: float) -> None:
         self._counts[bisect_left(self.bounds, seconds)] += 1
@@ -50,21 +53,22 @@ class LatencyHistogram:
     def observe_zero(self) -> None:
         """``observe(0.0)``: an outcome known in the same step (an in-process ack), counted in
         the first bucket with no search."""
-        self._counts[0] += 1
+        self.zeros += 1
 
     @property
     def count(self) -> int:
-        return sum(self._counts)
+        return sum(self._counts) + self.zeros
 
     def counts(self) -> tuple[int, ...]:
         """A copy of the per-bucket counts (not cumulative), for :func:`percentile`."""
-        return tuple(self._counts)
+        counts = self._counts
+        return (counts[0] + self.zeros, *counts[1:])
 
     def cumulative(self) -> list[tuple[float, int]]:
         """``(upper bound, observations <= bound)`` for every bucket and ``+Inf``."""
         result: list[tuple[float, int]] = []
         running = 0
-        for bound, count in zip((*self.bounds, float("inf")), self._counts, strict=True):
+        for bound, count in zip((*self.bounds, float("inf")), self.counts(), strict=True):
             running += count
             result.append((bound, running))
         return result
@@ -80,6 +84,13 @@ class NullHistogram(LatencyHistogram):
 
     def observe_zero(self) -> None:
         pass
+
+    @property
+    def count(self) -> int:
+        return 0  # ``zeros`` too is what nobody observes here
+
+    def counts(self) -> tuple[int, ...]:
+        return tuple(self._counts)
 
 
 def histogram(enabled: bool) -> LatencyHistogram:

@@ -71,6 +71,7 @@ class Outbox:
         "_in_flight",
         "capacity",
         "dropped",
+        "held",
         "max_bytes",
         "queued_bytes",
         "totals",
@@ -91,15 +92,17 @@ class Outbox:
         #: Bytes queued or being written; with ``len()`` this is what the outbox holds.
         self.queued_bytes = 0
         self._in_flight = 0  # frames taken by the writer, not yet accepted by the socket
+        #: Frames queued plus frames being written (``len()``), kept as they change: the
+        #: write path asks "is anything held?" for every frame, as an attribute, not a call.
+        self.held = 0
 
     def __len__(self) -> int:
         """Frames queued plus frames being written: both are memory this subscriber holds."""
-        entries = self._entries
-        return self._in_flight if entries is None else len(entries) + self._in_flight
+        return self.held
 
     @property
     def has_room(self) -> bool:
-        return len(self) < self.capacity and self.queued_bytes < self.max_bytes
+        return self.held < self.capacity and self.queued_bytes < self.max_bytes
 
     def offer(
         self, frame: bytes, policy: SlowConsumerPolicy, counter: DropCounter | None = None
@@ -122,7 +125,7 @@ class Outbox:
     def offer_reply(self, frame: bytes) -> Verdict:
         """Queue a reply; never dropped. ``OVER`` tells the request loop to wait for room."""
         self._append(frame, None, None)
-        over = len(self) > self.capacity or self.queued_bytes > self.max_bytes
+        over = self.held > self.capacity or self.queued_bytes > self.max_bytes
         return Verdict.OVER if over else Verdict.QUEUED
 
     def push_front(self, rest: memoryview) -> None:
@@ -130,6 +133,7 @@ class Outbox:
         if self._entries is None:
             self._entries = deque()
         self._entries.appendleft((rest, None, None))
+        self.held += 1
         self.queued_bytes += len(rest)
         totals = self.totals
         totals.frames += 1
@@ -157,6 +161,7 @@ class Outbox:
         """The socket accepted a batch from :meth:`take`."""
         size = sum(len(frame) for frame in batch)
         self._in_flight -= len(batch)
+        self.held -= len(batch)
         self.queued_bytes -= size
         totals = self.totals
         totals.frames -= len(batch)
@@ -168,6 +173,7 @@ class Outbox:
         totals.bytes -= self.queued_bytes
         self._entries = None
         self._in_flight = 0
+        self.held = 0
         self.queued_bytes = 0
 
     def _append(
@@ -179,6 +185,7 @@ class Outbox:
         if self._entries is None:
             self._entries = deque()
         self._entries.append((frame, policy, counter))
+        self.held += 1
         self.queued_bytes += len(frame)
         totals = self.totals
         totals.frames += 1
@@ -208,6 +215,7 @@ class Outbox:
         for index in reversed(chosen):
             frame, _, counter = entries[index]
             del entries[index]
+            self.held -= 1
             self.queued_bytes -= len(frame)
             self.totals.frames -= 1
             self.totals.bytes -= len(frame)

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any, Final
-
-import attrs
 
 from .envelopes import ack_payload as ack_payload
 from .envelopes import encode as encode
@@ -32,6 +31,14 @@ from .envelopes import welcome_frame as welcome_frame
 from .envelopes import with_id as with_id
 from .history import DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT
 from .names import ChannelNameError, validate_channel
+from .request_types import HistoryQuery as HistoryQuery
+from .request_types import Ping as Ping
+from .request_types import PresenceQuery as PresenceQuery
+from .request_types import Publish as Publish
+from .request_types import Refresh as Refresh
+from .request_types import Request as Request
+from .request_types import Subscribe as Subscribe
+from .request_types import Unsubscribe as Unsubscribe
 
 #: Largest integer every JSON client (JavaScript included) represents exactly.
 MAX_SAFE_INTEGER: Final = 2**53 - 1
@@ -78,63 +85,6 @@ class ProtocolError(Exception):
     def frame(self) -> dict[str, Any]:
         """The ``error`` reply."""
         return error_frame(self.code, self.message, self.request_id, limit=self.limit)
-
-
-@attrs.frozen(kw_only=True)
-class Subscribe:
-    channel: str
-    id: RequestId | None = None
-    since: int | None = None
-    epoch: str | None = None
-    #: Replay the channel's last ``rewind`` messages (as many as history holds) before live
-    #: ones; ignored with ``since`` (a resume wins).
-    rewind: int | None = None
-
-
-@attrs.frozen(kw_only=True)
-class Unsubscribe:
-    channel: str
-    id: RequestId | None = None
-
-
-@attrs.frozen(kw_only=True)
-class Publish:
-    channel: str
-    data: Any
-    id: RequestId | None = None
-    #: Deliver to the publisher too (a one-tab chat wants to see its own message).
-    echo: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class Ping:
-    id: RequestId | None = None
-
-
-@attrs.frozen(kw_only=True)
-class Refresh:
-    token: str
-    id: RequestId | None = None
-
-
-@attrs.frozen(kw_only=True)
-class PresenceQuery:
-    channel: str
-    id: RequestId | None = None
-
-
-@attrs.frozen(kw_only=True)
-class HistoryQuery:
-    """A page of a channel's history (the rule: :func:`triows._core.history.page`)."""
-
-    channel: str
-    limit: int = DEFAULT_HISTORY_LIMIT
-    since: int | None = None
-    reverse: bool = False
-    id: RequestId | None = None
-
-
-Request = Subscribe | Unsubscribe | Publish | Ping | Refresh | PresenceQuery | HistoryQuery
 
 
 def _reject_constant(name: str) -> Any:
@@ -305,8 +255,27 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
     limit) comes back as a :data:`PublishFields` tuple, checked here by the same rules and
     decoded once, with no request object built. Anything else, every refusal included, is
     exactly what :func:`parse_request` answers (a differential test holds the two to that).
+    In the field order clients write (``type``, ``channel``, ``data``, then an integer
+    ``id`` or nothing) only ``data`` is decoded: no dict of fields, no key strings.
     """
     if type(raw) is str:
+        head = _PUBLISH_HEAD(raw)
+        if head is not None:
+            # The shape clients write (JSON.stringify's order): only ``data`` (and the id) is
+            # decoded, no dict of fields is built; anything else takes the path below.
+            try:
+                data, end = _scan_once(raw, head.end())
+            except (StopIteration, ValueError, RecursionError):
+                return parse_request(raw)  # its error, as the full path words it
+            channel = head[1]
+            if channel in _valid_channels and raw.count("{") + raw.count("[") <= MAX_DEPTH:
+                tail = _PUBLISH_ID_TAIL(raw, end)
+                if tail is not None:
+                    number = int(tail[1])
+                    if -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
+                        return channel, data, number, False
+                elif end == len(raw) - 1 and raw[end] == "}":
+                    return channel, data, None, False
         try:
             frame, end = _scan_once(raw, 0)
         except (StopIteration, ValueError, RecursionError):
@@ -335,6 +304,16 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
                 return channel, frame["data"], request_id, echo
         return _request(frame, raw)
     return parse_request(raw)
+
+
+#: The start of a publish as clients write it, up to its ``data``: a channel name that needs
+#: no escapes (it must still be one already seen valid).
+_PUBLISH_HEAD: Final = re.compile(
+    r'\{"type":"publish","channel":"([^"\\\x00-\x1f]+)","data":'
+).match
+#: What follows ``data`` in that shape when it has an id: an integer (JSON's spelling: no
+#: leading zeros, no sign but ``-``) and the end.
+_PUBLISH_ID_TAIL: Final = re.compile(r',"id":(-?(?:0|[1-9][0-9]{0,19}))\}').fullmatch
 
 
 def _request(frame: Any, raw: str) -> Request:

@@ -20,13 +20,14 @@ from .._brokers.fanout import Subscriber
 from .._brokers.seam import BrokerUnavailableError, Subscribed
 from .._core import protocol
 from .._core.auth import Action, Principal
-from .._core.envelopes import ack_frame
+from .._core.envelopes import ack_frame, encode_parsed
 from .._core.hub import SubscriptionLimitError
 from .._core.protocol import ProtocolError
 from .._core.ratelimit import TokenBucket
 from .._net.websocket import WebSocket
+from .goodbye import Goodbye
 from .host import ConnectionHost
-from .outbound import Outbound, Wait
+from .outbound import Wait
 
 log = logging.getLogger("triows.connection")
 
@@ -74,12 +75,14 @@ def subscribed_reply(
     return reply, resume.replay
 
 
-class Channels(Outbound):
+class Channels(Goodbye):
     __slots__ = (
         "_acks_over",
         "_dedupe_key",
         "_publish_bucket",
         "_publish_limited",
+        "_read_at",
+        "_read_ms",
         "_subscribe_bucket",
         "_unacked",
         "client_id",
@@ -102,6 +105,11 @@ class Channels(Outbound):
         self._publish_bucket: TokenBucket | None = None
         self._subscribe_bucket: TokenBucket | None = None
         self._publish_limited = host.access.publish_limited(principal)
+        #: The clocks of the read the reader is serving (monotonic, and wall milliseconds),
+        #: read once per read; None whenever the reader is not in its synchronous step (so
+        #: no other task can take a stale one).
+        self._read_at: float | None = None
+        self._read_ms = 0
 
     @property
     def dedupe_key(self) -> object:
@@ -131,7 +139,7 @@ class Channels(Outbound):
         host = self._host
         if host.broker.numbers_at_once:
             data, echo = request.data, request.echo
-            return self._publish_now(request.channel, data, request_id, echo, checked=True)
+            return self._publish_now(request.channel, data, request_id, echo, None, True)
         if self._unacked >= MAX_UNACKED:
             # One client must not take a cluster node's whole outage buffer.
             raise ProtocolError(
@@ -168,29 +176,51 @@ class Channels(Outbound):
         data: object,
         request_id: protocol.RequestId | None,
         echo: bool,
-        *,
-        checked: bool = False,
+        now: float | None,
+        checked: bool,
     ) -> Wait | None:
         """A publish served in this step by a broker that numbers at once: unless
         ``checked`` already, its rates and what the token allows (the checks of
-        :meth:`_serve_publish`, in its order), then the publication and its ack."""
+        :meth:`_serve_publish`, in its order), then the publication and its ack.
+
+        ``now``: the monotonic clock of the read being served (the reader's ``_read_at``,
+        with ``_read_ms`` its wall clock), or None to read the clocks here. Positional, and
+        the client's publication rule (``data`` encoded once, the 413 of
+        :class:`~triows._server.publishing.Publishing`) applied here rather than through a
+        call: this runs once per request."""
         host = self._host
-        now = None  # the clock, read once for the rates, the history and the dedupe window
+        # Not in the reader's step (``now`` None): the clocks of this moment.
+        now_ms = host.now_ms() if now is None else self._read_ms
         if not checked:  # no authorize hook to ask: the token's patterns are the answer
             principal = self.principal
             if self._publish_limited:
-                now = trio.current_time()
+                if now is None:
+                    now = trio.current_time()
                 bucket = self._publish_bucket or self._bucket(Action.PUBLISH)
                 host.access.take(principal, Action.PUBLISH, bucket, now, request_id)
             if principal.publish is not None:
                 host.access.check_allowed(principal, Action.PUBLISH, channel, request_id)
+        publishing = host.publishing
+        data_json = encode_parsed(data)
+        if len(data_json) > publishing.max_data:
+            raise publishing.data_too_large(request_id)
         # Numbered, delivered and kept in this very step, so the ack is written now, before
         # any later message of the channel can reach this client; no callback (observed as
         # 0 s).
-        seq, blocked = host.publishing.publish_at_once(
-            self.client_id, self._dedupe_key, channel, data, request_id, echo, now
-        )
-        host.ack_latency.observe_zero()
+        try:
+            seq, _, blocked = host.broker.publish_at_once(
+                channel,
+                data_json,
+                self.client_id,
+                now_ms,
+                echo,
+                self._dedupe_key,
+                request_id,
+                now,
+            )
+        except BrokerUnavailableError as exc:
+            raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
+        host.ack_latency.zeros += 1  # observed as 0 s (LatencyHistogram.zeros)
         if request_id is not None and self.queue_reply(ack_frame(request_id, seq)):
             self._acks_over = True
         if blocked or self._acks_over:

@@ -13,10 +13,8 @@ have been written now waits in ``_deferred`` for the server's flusher
 progress, and every way into the write path settles it first: one more place in the same
 order, not a second path.
 
-Whatever ends the connection, :meth:`Outbound._say_goodbye` finishes a half-written frame,
-sends the close frame (after draining the outbox on a graceful shutdown) and waits a bounded
-time for the peer's, shielded from cancellation: a cancelled server still owes its clients a
-close frame.
+Whatever ends the connection, its goodbye (:mod:`triows._server.goodbye`) sends what is
+owed and the close frame.
 """
 
 from __future__ import annotations
@@ -27,11 +25,10 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .._core import protocol
-from .._core.close_codes import ABNORMAL, GOING_AWAY, INTERNAL_ERROR
-from .._core.frame_parser import NO_STATUS
-from .._core.frames import close_frame, text_frame
+from .._core.close_codes import ABNORMAL, INTERNAL_ERROR
+from .._core.frames import text_frame
 from .._core.outbox import DropCounter, Outbox, SlowConsumerPolicy, Verdict
-from .._net.websocket import Closed, WebSocket, wait_for_peer_close
+from .._net.websocket import Closed, WebSocket
 from .flusher import Flusher
 from .host import ConnectionHost
 
@@ -150,69 +147,6 @@ class Outbound:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
 
-    async def _say_goodbye(self) -> None:
-        # Shielded, because a cancelled server still owes its clients a close frame; bounded,
-        # because a peer that does not answer must not hold shutdown up.
-        deadline = self._close_deadline
-        if deadline is None:  # cancelled from outside, or the peer left first
-            deadline = trio.current_time() + CANCELLED_GOODBYE
-        if self.close_code is None:  # cancelled from outside: still a 1001 goodbye
-            self.close(GOING_AWAY, "Server shutting down", deadline=deadline)
-        ws = self.ws
-        goodbye = self._close_frame()
-        owed = b""
-        deferred = self._deferred
-        if deferred is not None:
-            # Frames that would have been written at once are owed whatever the close, before
-            # anything else (nothing is queued or being written before them).
-            self._deferred = None
-            self._deferred_bytes = 0
-            owed = b"".join([d[0] for d in deferred])
-        if (
-            goodbye
-            and self._peer_closed
-            and not owed
-            and not self._tail_queued
-            and not (self._drain and self.outbox)
-            and ws.write_nowait(goodbye) == len(goodbye)
-        ):
-            # The common goodbye (the peer closed; nothing owed before our close frame) taken
-            # whole by the socket: nothing to wait for, so no scope and no task switch.
-            goodbye = b""
-        else:
-            with trio.move_on_at(deadline) as scope:
-                scope.shield = True
-                try:
-                    if owed:
-                        await ws.write(owed)
-                    if self._drain:
-                        while self.outbox:
-                            await self._write_batch(WRITE_BATCH)
-                    elif self._tail_queued:  # a frame is half on the wire: finish it first
-                        await self._write_batch(0)
-                    if goodbye:
-                        await ws.write(goodbye)
-                    await self._after_close_frame()
-                except Closed:
-                    pass
-        self.outbox.clear()
-        if self._room is not None:
-            self._room.set()
-        ws.close_now()
-
-    async def _after_close_frame(self) -> None:  # the goodbye's last wait, when we closed first
-        if self.closed_by_server and not self._peer_closed:
-            await wait_for_peer_close(self.ws)
-
-    def _close_frame(self) -> bytes:
-        """Our close frame: with our code when we closed, else the peer's echoed (none when
-        the connection ended without the peer's close frame)."""
-        if self.closed_by_server:
-            return close_frame(self.close_code, self.close_reason)
-        if self._peer_closed:  # the peer's close: answer it
-            return close_frame(None if self.close_code == NO_STATUS else self.close_code)
-        return b""
-
     # -- sending: one ordered path ---------------------------------------------------------------
 
     def deliver(self, frame: bytes, policy: SlowConsumerPolicy, counter: DropCounter) -> bool:
@@ -267,7 +201,7 @@ class Outbound:
                 # The flush found a slow consumer and closed it: like ``deliver`` on a closed
                 # connection, nothing more is offered (or counted) for it.
                 return True
-        if self.outbox:  # queued frames, or frames being written: they go first
+        if self.outbox.held:  # queued frames, or frames being written: they go first
             return False
         flusher = self._flusher
         if (
@@ -391,8 +325,13 @@ class Outbound:
             return False
         self.frames_out += 1
         self._traffic.sent += 1
-        data = frame if isinstance(frame, bytes) else text_frame(protocol.encode(frame))
-        return self._send(data) is Verdict.OVER
+        if type(frame) is not bytes:
+            frame = text_frame(protocol.encode(frame))
+        if self._write_now(frame):  # what _send does, one call fewer per reply
+            return False
+        over = self.outbox.offer_reply(frame) is Verdict.OVER
+        self._start_writer()
+        return over
 
     def _reply(self, frame: dict[str, object] | bytes) -> Wait | None:
         return self.settle if self.queue_reply(frame) else None

@@ -37,13 +37,14 @@ class Publishing:
     ) -> None:
         self._broker = broker
         self._fanout = fanout
-        self._max_data = max_message_size - ENVELOPE_ALLOWANCE
+        #: Largest ``data`` (encoded) a publication may carry.
+        self.max_data = max_message_size - ENVELOPE_ALLOWANCE
         self._now_ms = now_ms
 
     def publication(self, channel: str, data: Any, sender_id: str | None) -> Publication:
         data_json = protocol.encode_value(data)
-        if len(data_json) > self._max_data:
-            raise DataTooLargeError(f"data is larger than {self._max_data} bytes")
+        if len(data_json) > self.max_data:
+            raise DataTooLargeError(f"data is larger than {self.max_data} bytes")
         return Publication(channel, data_json, sender_id, self._now_ms())
 
     async def publish_message(
@@ -123,38 +124,20 @@ class Publishing:
         pub.echo = echo
         return pub
 
-    def publish_at_once(
-        self,
-        sender_id: str,
-        dedupe_key: object,
-        channel: str,
-        data: Any,
-        request_id: protocol.RequestId | None,
-        echo: bool,
-        now: float | None = None,
-    ) -> tuple[int, list[Subscriber]]:
-        """A client's publish to a broker that numbers at once (``numbers_at_once``): what
-        :meth:`client_publication` and :meth:`hand_over` do, with no publication object
-        (``now``: the monotonic clock if the caller read it already). Returns its seq and the
-        subscribers a ``block`` publisher must wait for."""
-        data_json = self._encoded(data, request_id)
-        try:
-            seq, _, blocked = self._broker.publish_at_once(
-                channel, data_json, sender_id, self._now_ms(), echo, dedupe_key, request_id, now
-            )
-        except BrokerUnavailableError as exc:
-            raise ProtocolError(protocol.UNAVAILABLE, str(exc), request_id) from None
-        return seq, blocked
-
     def _encoded(self, data: Any, request_id: protocol.RequestId | None) -> bytes:
         """A client's ``data`` as parsed from its frame, encoded (without the search for
         cycles) and held to the size limit."""
         data_json = protocol.encode_parsed(data)
-        if len(data_json) > self._max_data:
-            raise ProtocolError(
-                protocol.TOO_LARGE, f"data is larger than {self._max_data} bytes", request_id
-            )
+        if len(data_json) > self.max_data:
+            raise self.data_too_large(request_id)
         return data_json
+
+    def data_too_large(self, request_id: protocol.RequestId | None) -> ProtocolError:
+        """The client's error for a ``data`` over :attr:`max_data` (413); a connection's
+        publish served in the reader's step applies the same rule inline."""
+        return ProtocolError(
+            protocol.TOO_LARGE, f"data is larger than {self.max_data} bytes", request_id
+        )
 
     def hand_over(
         self, pub: Publication, request_id: protocol.RequestId | None

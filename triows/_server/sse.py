@@ -36,8 +36,8 @@ from .._core.tracking import MESSAGES_SKIPPED, Gap, Message, Tracked, Tracker
 from .._net.websocket import WebSocket
 from .._ops.view import ConnectionStatistics
 from .channels import subscribed_reply
+from .goodbye import Goodbye
 from .host import ConnectionHost
-from .outbound import Outbound
 
 log = logging.getLogger("triows.sse")
 
@@ -77,7 +77,7 @@ class SharedEvents:
         )
 
 
-class SseStream(Outbound):
+class SseStream(Goodbye):
     __slots__ = (
         "_channels",
         "_ids",
@@ -380,7 +380,7 @@ class SseStream(Outbound):
     # -- the goodbye ----------------------------------------------------------------------------
 
     def _close_frame(self) -> bytes:
-        """The goodbye's last bytes (:meth:`Outbound._say_goodbye`): the close event, when the
+        """The goodbye's last bytes (:meth:`Goodbye._say_goodbye`): the close event, when the
         server ends the stream."""
         return self.close_event() if self.closed_by_server else b""
 
