@@ -22,7 +22,6 @@ import math
 import sys
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from itertools import islice
 from typing import Final
 
 import attrs
@@ -62,18 +61,22 @@ class DedupeRule:
 
 class _Principal:
     """One principal's ids: ``ids[channel][publish id] = complex(seq, recorded at)``, and
-    their order, oldest first, as flat pairs ``channel, id, channel, id, ...`` in a deque
-    (contiguous blocks, no node per entry). Of its tokens in the window's log, the first
-    ``stale`` stand for entries that left otherwise than from the log's front."""
+    their order, oldest first, as flat triples ``channel, id, entry, ...`` in a deque
+    (contiguous blocks, no node per entry). A triple whose id was recorded anew since is a
+    ghost (its entry is no longer the id's): it stays in place, so the order of the others
+    is kept, and counts for nothing. Of its tokens in the window's log, the first ``stale``
+    stand for entries that left otherwise than from the log's front; one token per triple
+    follows."""
 
-    __slots__ = ("cap", "ids", "indone", "order", "principal", "stale", "stamp")
+    __slots__ = ("ghosts", "ids", "indone", "limit", "order", "principal", "stale", "stamp")
 
-    def __init__(self, principal: Hashable, cap: int) -> None:
+    def __init__(self, principal: Hashable, limit: int) -> None:
         self.principal = principal
-        #: Twice the ids it may hold (the length of ``order`` it may reach).
-        self.cap = cap
+        #: The length ``order`` may reach: three times the ids it may hold, plus its ghosts.
+        self.limit = limit
         self.ids: dict[str, dict[str | int, complex]] = {}
-        self.order: deque[str | int] = deque()
+        self.order: deque[str | int | complex] = deque()
+        self.ghosts = 0
         self.stale = 0
         #: Its tokens in ``_done``, counted for the pass numbered ``stamp``.
         self.indone = 0
@@ -92,32 +95,36 @@ class DedupeWindow:
       hashes the principal once and builds no key. An entry is one object,
       ``complex(seq, at)`` (a seq below 2**53 and the float ``at`` are both exact in it): the
       publish's own seq and clock float are not kept alive into cold memory, and a full
-      window's eviction frees one object. The order is a deque of ``channel, id`` pairs: a
-      full window appends at one end and pops at the other.
+      window's eviction frees one object. The order is a deque of ``channel, id, entry``
+      triples: a full window appends at one end and pops at the other.
     - The global order (for ``expire`` and ``max_entries``) is a log of tokens, one per
       record, in record order: the principal's object itself (8 bytes, nothing allocated),
       in three deques read as one, ``_done`` + ``_log`` + ``_fresh``. A principal's tokens
-      are interchangeable: its live entries, oldest first, stand at its last tokens, and its
-      first ``stale`` tokens stand for entries that left otherwise (its own count,
-      ``forget``, the principals' cap, a record anew). Nothing is unlinked then. While the
-      stale tokens outnumber the entries, each record takes two steps of a pass that walks
-      ``_log``, drops stale tokens and moves the others to ``_done`` (a token is stale if
-      fewer of its principal's tokens than ``stale`` are in ``_done`` before it); records
-      meanwhile go to ``_fresh``; when ``_log`` is empty the next pass walks ``_done`` +
-      ``_fresh``.
+      are interchangeable: its first ``stale`` ones stand for entries that left otherwise
+      than from the log's front (its own count, ``forget``, the principals' cap), the rest
+      for its triples in order. Nothing is unlinked then. While the stale tokens outnumber
+      the entries, each record takes two steps of a pass that walks ``_log``, drops stale
+      tokens and moves the others to ``_done`` (a token is stale if fewer of its principal's
+      tokens than ``stale`` are in ``_done`` before it); records meanwhile go to ``_fresh``;
+      when ``_log`` is empty the next pass walks ``_done`` + ``_fresh``.
+    - An id recorded anew (expired, or still held: the broker never does that, it records
+      only after a lookup missed) leaves a ghost: exact, and O(1). Ghosts go when they reach
+      the front (of the principal's order, or of the log: ``expire`` takes them); should
+      they outnumber the entries (no ``expire`` for long), one O(tokens) sweep buries them.
 
     Bounds: ``entries ≤ max_entries``, ``≤ size`` per client principal, ``principals ≤
-    max_principals``; tokens ``≤ 2 * entries`` plus what one pass lets through, at most
-    ``3 * max_entries`` (8 bytes each). Costs: a lookup, three dict reads; a record, O(1)
-    (at most two pass steps); ``expire`` what it removes, and the stale tokens it meets (each
-    paid for by the eviction that made it). A record of an id still held (the broker never
-    does it: it records only after a lookup missed) takes its token out of the log: O(tokens).
+    max_principals``; ghosts ``≤ max_entries + 65``; tokens ``≤ 2 * entries`` + ghosts + what
+    one pass lets through, at most ``4 * max_entries + 65`` (8 bytes each). Costs: a lookup,
+    three dict reads; a record, O(1) amortized (at most two pass steps); ``expire`` what it
+    removes, and the stale tokens and ghosts it meets (each paid for by the record that made
+    it).
     """
 
     __slots__ = (
         "_count",
         "_done",
         "_fresh",
+        "_ghosts",
         "_log",
         "_pass",
         "_principals",
@@ -143,6 +150,7 @@ class DedupeWindow:
         self._principals: OrderedDict[Hashable, _Principal] = OrderedDict()
         self._count = 0  # entries
         self._stale = 0  # stale tokens, of every principal
+        self._ghosts = 0  # ghosts, of every principal
         self._pass = 0
         self._done: _Log = deque()
         self._log: _Log = deque()
@@ -180,22 +188,34 @@ class DedupeWindow:
         ids = channels.get(channel)
         if ids is None:
             ids = channels[channel] = {}
-        elif publish_id in ids:  # recorded before: recorded anew
-            self._drop(held, channel, publish_id, now)
-            ids = channels.setdefault(channel, ids)
-        ids[publish_id] = complex(seq, now)
+        elif publish_id in ids:
+            # Recorded before: its triple stays in place as a ghost, the id is recorded anew.
+            if self._ghosts > self._count + 64:
+                self._bury()
+            held.ghosts += 1
+            held.limit += 3
+            self._ghosts += 1
+            self._count -= 1
+        ids[publish_id] = entry = complex(seq, now)
         order = held.order
         order.append(channel)
         order.append(publish_id)
+        order.append(entry)
         self._fresh.append(held)
-        if len(order) > held.cap:
+        if len(order) > held.limit:
             # A full window (the steady state): the principal's oldest goes, inline; it is
             # never its last, so the principal stays, and the count is unchanged.
-            oldest = order.popleft()
-            kept = channels[oldest]  # type: ignore[index]
-            del kept[order.popleft()]
-            if not kept:
-                del channels[oldest]  # type: ignore[arg-type]
+            if held.ghosts:
+                while not self._pop_oldest(held):
+                    held.stale += 1
+                    self._stale += 1
+            else:
+                oldest = order.popleft()
+                kept = channels[oldest]  # type: ignore[index]
+                del kept[order.popleft()]  # type: ignore[arg-type]
+                order.popleft()
+                if not kept:
+                    del channels[oldest]  # type: ignore[arg-type]
             held.stale += 1
             self._stale += 1
         else:
@@ -241,7 +261,7 @@ class DedupeWindow:
         """A new principal's window (the least recently active over the cap forgotten)."""
         principals = self._principals
         held = principals[principal] = _Principal(
-            principal, sys.maxsize if principal == SERVER_PRINCIPAL else 2 * self.size
+            principal, sys.maxsize if principal == SERVER_PRINCIPAL else 3 * self.size
         )
         if len(principals) > self.max_principals:
             self._cap_principals()
@@ -253,8 +273,25 @@ class DedupeWindow:
         """The deque whose first token is the oldest of the log (empty if the log is)."""
         return self._done or self._log or self._fresh
 
+    def _pop_oldest(self, held: _Principal) -> bool:
+        """Take ``held``'s first triple; whether it was an entry (not a ghost)."""
+        order = held.order
+        channel = order.popleft()
+        publish_id = order.popleft()
+        entry = order.popleft()
+        ids = held.ids[channel]  # type: ignore[index]
+        if ids.get(publish_id) is not entry:  # type: ignore[arg-type]
+            held.ghosts -= 1
+            held.limit -= 3
+            self._ghosts -= 1
+            return False
+        del ids[publish_id]  # type: ignore[arg-type]
+        if not ids:
+            del held.ids[channel]  # type: ignore[arg-type]
+        return True
+
     def _take(self, front: _Log, held: _Principal) -> None:
-        """Take the log's first token, ``held``'s, with its entry if it is not stale."""
+        """Take the log's first token, ``held``'s, with its triple if it is not stale."""
         front.popleft()
         if front is self._done:
             held.indone -= 1
@@ -262,14 +299,9 @@ class DedupeWindow:
             held.stale -= 1
             self._stale -= 1
             return
-        order = held.order
-        channel = order.popleft()
-        ids = held.ids[channel]  # type: ignore[index]
-        del ids[order.popleft()]
-        if not ids:
-            del held.ids[channel]  # type: ignore[arg-type]
-        self._count -= 1
-        if not order:
+        if self._pop_oldest(held):
+            self._count -= 1
+        if not held.order:
             del self._principals[held.principal]
 
     def _cap_entries(self) -> None:
@@ -292,67 +324,49 @@ class DedupeWindow:
     def expire(self, now: float) -> None:
         """Drop expired entries (and principals left with none); costs what it removes."""
         # ``now - at >= ttl``, not ``at <= now - ttl``: the two differ by a rounding, and
-        # lookup() must agree with expire() to the last bit.
+        # lookup() must agree with expire() to the last bit. A ghost is read like an entry:
+        # those after it in the log were recorded after it.
         ttl = self.ttl
         while True:
             front = self._front()
             if not front:
                 return
             held = front[0]
-            if not held.stale:
-                order = held.order
-                if now - held.ids[order[0]][order[1]].imag < ttl:  # type: ignore[index]
-                    return
+            if not held.stale and now - held.order[2].imag < ttl:  # type: ignore[union-attr]
+                return
             self._take(front, held)
 
-    def _drop(self, held: _Principal, channel: str, publish_id: str | int, now: float) -> None:
-        """Forget an entry about to be recorded anew. Expired, it goes with the principal's
-        older entries (expired too: recorded earlier, the same ttl), which costs what it
-        removes, like ``expire``; still live (never from the broker, which records only
-        after a lookup missed), it is taken out of the middle, and its token out of the log."""
-        ttl = self.ttl
-        order = held.order
-        ids = held.ids
-        if now - ids[channel][publish_id].imag >= ttl:
-            while now - ids[order[0]][order[1]].imag >= ttl:  # type: ignore[index]
-                last = order[0] == channel and order[1] == publish_id
-                oldest = order.popleft()
-                kept = ids[oldest]  # type: ignore[index]
-                del kept[order.popleft()]
-                if not kept:
-                    del ids[oldest]  # type: ignore[arg-type]
-                held.stale += 1
-                self._stale += 1
-                self._count -= 1
-                if last:
-                    return
-            # An older entry still live: ``now`` went back. The exact way, then.
-        position = 0
-        for stored, stored_id in zip(
-            islice(order, 0, None, 2), islice(order, 1, None, 2), strict=True
-        ):
-            if stored == channel and stored_id == publish_id:
-                break
-            position += 1
-        del order[2 * position]
-        del order[2 * position]
-        kept = ids[channel]
-        del kept[publish_id]
-        if not kept:
-            del ids[channel]
-        self._count -= 1
-        # Its token: the principal's (stale + position)th in the log.
-        rank = held.stale + position
-        for part in (self._done, self._log, self._fresh):
-            for index, owner in enumerate(part):
-                if owner is held:
-                    if not rank:
-                        del part[index]
-                        if part is self._done:
-                            held.indone -= 1
-                        return
-                    rank -= 1
-        raise AssertionError("a live entry without its token")  # pragma: no cover
+    def _bury(self) -> None:
+        """Take every ghost out of its principal's order and its token out of the log, in
+        one walk of the log (O(tokens), once per as many ghosts as entries); the pass
+        starts again on the whole log."""
+        haunted: dict[_Principal, list[bool]] = {}
+        for held in self._principals.values():
+            if held.ghosts:
+                order = list(held.order)
+                haunted[held] = [
+                    held.ids[order[i]].get(order[i + 1]) is not order[i + 2]  # type: ignore[index, arg-type]
+                    for i in range(0, len(order), 3)
+                ]
+                held.order = deque(
+                    part
+                    for i in range(0, len(order), 3)
+                    if not haunted[held][i // 3]
+                    for part in order[i : i + 3]
+                )
+                held.limit -= 3 * held.ghosts
+                held.ghosts = 0
+        seen: dict[_Principal, int] = {}
+        tokens: _Log = deque()
+        for owner in (*self._done, *self._log, *self._fresh):
+            rank = seen.get(owner, 0)
+            seen[owner] = rank + 1
+            ghostly = haunted.get(owner)
+            if ghostly is None or rank < owner.stale or not ghostly[rank - owner.stale]:
+                tokens.append(owner)
+        self._done, self._log, self._fresh = deque(), tokens, deque()
+        self._pass += 1
+        self._ghosts = 0
 
     def forget(self, principal: Hashable) -> None:
         """Drop a principal's window at once (it can publish no more)."""
@@ -362,10 +376,12 @@ class DedupeWindow:
 
     def _forget(self, held: _Principal) -> None:
         del self._principals[held.principal]
-        entries = len(held.order) >> 1
-        self._count -= entries
-        held.stale += entries  # all its tokens in the log are stale now
-        self._stale += entries
+        triples = len(held.order) // 3
+        self._count -= triples - held.ghosts
+        self._ghosts -= held.ghosts
+        held.ghosts = 0
+        held.stale += triples  # all its tokens in the log are stale now
+        self._stale += triples
         held.order.clear()
         held.ids.clear()
 
