@@ -3,10 +3,10 @@
 :class:`Reference` is ``triows/_core/dedupe.py``'s ``DedupeWindow`` as it was before the
 window was laid out for the publish path's memory traffic (two ``OrderedDict``s of
 ``(principal, channel, id)`` keys), its code kept as the model (comments aside). Random
-sequences of record,
-lookup, expire and forget, with small sizes, the server's own principal, ttl edges (steps
-that land exactly on ``ttl``, and sums that round) and both caps: every lookup of every key
-agrees after every call, and so do the principals and the entries.
+sequences of record, lookup, expire and forget, with small sizes, the server's own
+principal, ttl edges (steps that land exactly on ``ttl``, and sums that round) and both
+caps: every lookup of every key agrees after every call, and so do the principals and the
+entries.
 """
 
 from __future__ import annotations
