@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from triows._core.dedupe import SERVER_PRINCIPAL, DedupeWindow
+
+from .test_dedupe_model import check_layout
 
 
 def test_repeat_is_found_with_its_seq() -> None:
@@ -62,20 +66,23 @@ def test_entries_are_capped_in_total() -> None:
 
 
 def test_expiry_costs_what_it_removes() -> None:
-    """Expiry pops expired entries from the front and stops at the first live one: with
-    100,000 principals holding live entries, it looks at one entry."""
+    """Expiry takes expired entries from the front of the log and stops at the first live
+    one: with 100,000 principals holding live entries, it looks at one token."""
     window = DedupeWindow(size=10, ttl=10, max_principals=200_000)
     for n in range(100_000):
         window.record(n, "c", 1, 1, now=5)
     looked: list[int] = []
-    entries = window._entries
 
-    class Counting(type(entries)):  # type: ignore[misc]
-        def items(self):  # type: ignore[no-untyped-def]
+    class Counting(deque):  # type: ignore[type-arg]
+        def __getitem__(self, index):  # type: ignore[no-untyped-def]
             looked.append(1)
-            return super().items()
+            return super().__getitem__(index)
 
-    window._entries = Counting(entries)
+    window._done, window._log, window._fresh = (
+        Counting(window._done),
+        Counting(window._log),
+        Counting(window._fresh),
+    )
     window.expire(now=14)
     assert (len(looked), window.entries) == (1, 100_000)
     window.expire(now=15)
@@ -97,10 +104,7 @@ def test_model_of_the_window(records: list[tuple[str, int, float]]) -> None:
         window.expire(now)
         assert window.entries <= 6
         assert window.principals <= 2
-        assert sum(len(keys) for keys in window._principals.values()) == window.entries
-        for (p, ch, pid), (_, at) in window._entries.items():
-            assert now - at < 5
-            assert (p, ch, pid) in window._principals[p]
+        check_layout(window, now)
 
 
 def test_the_servers_own_keys_have_no_count_of_their_own() -> None:
@@ -117,3 +121,16 @@ def test_the_servers_own_keys_have_no_count_of_their_own() -> None:
     assert window.lookup("c", "c", 2, now=2) == 2
     assert window.lookup("a", "c", 2, now=2) is None  # and so does the principals' cap
     assert window.lookup(SERVER_PRINCIPAL, "c", "k0", now=60) is None  # and the ttl
+
+
+def test_a_cap_of_one_principal_with_the_servers_keys_held() -> None:
+    """The server's principal is never forgotten as a principal: with a cap of one, a
+    client's id is not kept (before, it was kept without its principal's window, and the
+    next expiry raised KeyError)."""
+    window = DedupeWindow(size=5, ttl=10, max_principals=1)
+    window.record(SERVER_PRINCIPAL, "c", "k", 1, now=0)
+    window.record("a", "c", 1, 2, now=0)
+    assert window.lookup("a", "c", 1, now=0) is None
+    assert (window.principals, window.entries) == (1, 1)
+    window.expire(now=20)
+    assert (window.principals, window.entries) == (0, 0)

@@ -10,22 +10,23 @@ forgotten first). The server's own principal (:data:`SERVER_PRINCIPAL`: applicat
 the HTTP API, every backend caller at once) has no count of its own and is never forgotten as
 a principal: one caller's traffic must not push out another caller's key before its ttl.
 
-Every entry has the same ttl, so one insertion-ordered table of all entries is also their
-order of expiry: :meth:`DedupeWindow.expire` pops from its front and costs only what it
-removes, however many principals there are. ``now`` is the shell's monotonic clock.
+Every entry has the same ttl and ``now`` is the shell's monotonic clock, so the order in which
+entries were recorded is also their order of expiry: :meth:`DedupeWindow.expire` takes from
+the front of one record-ordered log and costs only what it removes, however many principals
+there are. How the window is laid out, and why, is in :class:`DedupeWindow`.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+import sys
+from collections import OrderedDict, deque
 from collections.abc import Hashable
 from typing import Final
 
 import attrs
 
 Key = tuple[str, str | int]  # (channel, publish id)
-_Entry = tuple[Hashable, str, str | int]  # (principal, channel, publish id)
 
 #: Whose idempotency keys the server's own publishes are: application code
 #: (``Server.publish``) and the HTTP API, whoever calls them.
@@ -58,8 +59,83 @@ class DedupeRule:
         return None if principal == SERVER_PRINCIPAL else self.size
 
 
+class _Principal:
+    """One principal's ids: ``ids[channel][publish id] = complex(seq, recorded at)``, and
+    their order, oldest first, as flat triples ``channel, id, entry, ...`` in a deque
+    (contiguous blocks, no node per entry). A triple whose id was recorded anew since is a
+    ghost (its entry is no longer the id's): it stays in place, so the order of the others
+    is kept, and counts for nothing. Of its tokens in the window's log, the first ``stale``
+    stand for entries that left otherwise than from the log's front; one token per triple
+    follows."""
+
+    __slots__ = ("ghosts", "ids", "indone", "limit", "order", "principal", "stale", "stamp")
+
+    def __init__(self, principal: Hashable, limit: int) -> None:
+        self.principal = principal
+        #: The length ``order`` may reach: three times the ids it may hold, plus its ghosts.
+        self.limit = limit
+        self.ids: dict[str, dict[str | int, complex]] = {}
+        self.order: deque[str | int | complex] = deque()
+        self.ghosts = 0
+        self.stale = 0
+        #: Its tokens in ``_done``, counted for the pass numbered ``stamp``.
+        self.indone = 0
+        self.stamp = -1
+
+
+_Log = deque[_Principal]
+
+
 class DedupeWindow:
-    __slots__ = ("_entries", "_principals", "enabled", "max_principals", "rule", "ttl")
+    """The in-process window, laid out for the publish path's memory traffic.
+
+    - ``_principals``: principal → its :class:`_Principal`, least recently active first (an
+      ``OrderedDict`` of principals only: one ``move_to_end`` per record, a hot node).
+    - Per principal, plain dicts per channel keyed by the publish id: a lookup or a record
+      hashes the principal once and builds no key. An entry is one object,
+      ``complex(seq, at)`` (a seq below 2**53 and the float ``at`` are both exact in it): the
+      publish's own seq and clock float are not kept alive into cold memory, and a full
+      window's eviction frees one object. The order is a deque of ``channel, id, entry``
+      triples: a full window appends at one end and pops at the other.
+    - The global order (for ``expire`` and ``max_entries``) is a log of tokens, one per
+      record, in record order: the principal's object itself (8 bytes, nothing allocated),
+      in three deques read as one, ``_done`` + ``_log`` + ``_fresh``. A principal's tokens
+      are interchangeable: its first ``stale`` ones stand for entries that left otherwise
+      than from the log's front (its own count, ``forget``, the principals' cap), the rest
+      for its triples in order. Nothing is unlinked then. While the stale tokens outnumber
+      the entries, each record takes two steps of a pass that walks ``_log``, drops stale
+      tokens and moves the others to ``_done`` (a token is stale if fewer of its principal's
+      tokens than ``stale`` are in ``_done`` before it); records meanwhile go to ``_fresh``;
+      when ``_log`` is empty the next pass walks ``_done`` + ``_fresh``.
+    - An id recorded anew (expired, or still held: the broker never does that, it records
+      only after a lookup missed) leaves a ghost: exact, and O(1). Ghosts go when they reach
+      the front (of the principal's order, or of the log: ``expire`` takes them); should
+      they outnumber the entries (no ``expire`` for long), one O(tokens) sweep buries them.
+
+    Bounds: ``entries ≤ max_entries``, ``≤ size`` per client principal, ``principals ≤
+    max_principals``; ghosts ``≤ max_entries + 65``; tokens ``≤ 2 * entries`` + ghosts + what
+    one pass lets through, at most ``4 * max_entries + 65`` (8 bytes each). Costs: a lookup,
+    three dict reads; a record, O(1) amortized (at most two pass steps); ``expire`` what it
+    removes, and the stale tokens and ghosts it meets (each paid for by the record that made
+    it).
+    """
+
+    __slots__ = (
+        "_count",
+        "_done",
+        "_fresh",
+        "_ghosts",
+        "_log",
+        "_pass",
+        "_principals",
+        "_stale",
+        "enabled",
+        "max_entries",
+        "max_principals",
+        "rule",
+        "size",
+        "ttl",
+    )
 
     def __init__(
         self, *, size: int, ttl: float, max_principals: int, max_entries: int = 1_000_000
@@ -68,48 +144,171 @@ class DedupeWindow:
         #: Whether it keeps anything (a plain attribute: read once per publish with an id).
         self.enabled = self.rule.enabled
         self.ttl = ttl
+        self.size = size
         self.max_principals = max_principals
-        #: Every entry, oldest first: ``(principal, channel, id) -> (seq, recorded at)``.
-        self._entries: OrderedDict[_Entry, tuple[int, float]] = OrderedDict()
-        #: Each principal's entries (the same tuples as keys of ``_entries``), oldest first;
-        #: principals least recently active first.
-        self._principals: OrderedDict[Hashable, OrderedDict[_Entry, None]] = OrderedDict()
+        self.max_entries = max_entries
+        self._principals: OrderedDict[Hashable, _Principal] = OrderedDict()
+        self._count = 0  # entries
+        self._stale = 0  # stale tokens, of every principal
+        self._ghosts = 0  # ghosts, of every principal
+        self._pass = 0
+        self._done: _Log = deque()
+        self._log: _Log = deque()
+        self._fresh: _Log = deque()
 
     def lookup(
         self, principal: Hashable, channel: str, publish_id: str | int, now: float
     ) -> int | None:
         """The seq a previous publish with this id got, if it is still in the window."""
-        found = self._entries.get((principal, channel, publish_id))
-        if found is None or now - found[1] >= self.ttl:
+        held = self._principals.get(principal)
+        if held is None:
             return None
-        return found[0]
+        ids = held.ids.get(channel)
+        if ids is None:
+            return None
+        found = ids.get(publish_id)
+        if found is None or now - found.imag >= self.ttl:
+            return None
+        return int(found.real)
 
     def record(
         self, principal: Hashable, channel: str, publish_id: str | int, seq: int, now: float
     ) -> None:
         if not self.enabled:
             return
-        entry = (principal, channel, publish_id)
-        entries = self._entries
-        if entry in entries:  # expired but not yet collected: recorded anew
-            self._remove(entry)
         principals = self._principals
-        keys = principals.get(principal)
-        if keys is None:
-            keys = principals[principal] = OrderedDict()
-            self._cap_principals()
+        held = principals.get(principal)
+        if held is None:
+            held = self._admit(principal)
+            if held is None:
+                return  # the server's window alone fills the principals' cap
         else:
             principals.move_to_end(principal)
-        entries[entry] = (seq, now)
-        keys[entry] = None
-        rule = self.rule
-        if len(keys) > rule.size and principal != SERVER_PRINCIPAL:
-            # The principal's oldest goes (one, in the steady state of a full window); it is
-            # never its last, so the principal stays.
-            while len(keys) > rule.size:
-                del entries[keys.popitem(last=False)[0]]
-        while len(entries) > rule.max_entries:
-            self._remove(next(iter(entries)))
+        channels = held.ids
+        ids = channels.get(channel)
+        if ids is None:
+            ids = channels[channel] = {}
+        elif publish_id in ids:
+            # Recorded before: its triple stays in place as a ghost, the id is recorded anew.
+            if self._ghosts > self._count + 64:
+                self._bury()
+            held.ghosts += 1
+            held.limit += 3
+            self._ghosts += 1
+            self._count -= 1
+        ids[publish_id] = entry = complex(seq, now)
+        order = held.order
+        order.append(channel)
+        order.append(publish_id)
+        order.append(entry)
+        self._fresh.append(held)
+        if len(order) > held.limit:
+            # A full window (the steady state): the principal's oldest goes, inline; it is
+            # never its last, so the principal stays, and the count is unchanged.
+            if held.ghosts:
+                while not self._pop_oldest(held):
+                    held.stale += 1
+                    self._stale += 1
+            else:
+                oldest = order.popleft()
+                kept = channels[oldest]  # type: ignore[index]
+                del kept[order.popleft()]  # type: ignore[arg-type]
+                order.popleft()
+                if not kept:
+                    del channels[oldest]  # type: ignore[arg-type]
+            held.stale += 1
+            self._stale += 1
+        else:
+            self._count += 1
+            if self._count > self.max_entries:
+                self._cap_entries()
+        if self._stale > self._count:
+            self._steps()
+
+    def _steps(self) -> None:
+        """Two steps of the pass over the log (see the class)."""
+        log = self._log
+        if len(log) < 2:
+            self._turn()
+            log = self._log
+            if len(log) < 2:
+                return
+        done = self._done
+        number = self._pass
+        for owner in (log.popleft(), log.popleft()):
+            if owner.stamp != number:
+                owner.stamp = number
+                owner.indone = 0
+            if owner.indone < owner.stale:
+                owner.stale -= 1
+                self._stale -= 1
+            else:
+                owner.indone += 1
+                done.append(owner)
+
+    def _turn(self) -> None:
+        """The end of a pass: the next one walks what it kept, then what was recorded
+        meanwhile (record order)."""
+        done, log, fresh = self._done, self._log, self._fresh
+        done.extend(log)
+        done.extend(fresh)
+        fresh.clear()
+        log.clear()
+        self._log, self._done = done, log
+        self._pass += 1
+
+    def _admit(self, principal: Hashable) -> _Principal | None:
+        """A new principal's window (the least recently active over the cap forgotten)."""
+        principals = self._principals
+        held = principals[principal] = _Principal(
+            principal, sys.maxsize if principal == SERVER_PRINCIPAL else 3 * self.size
+        )
+        if len(principals) > self.max_principals:
+            self._cap_principals()
+            if principals.get(principal) is not held:
+                return None
+        return held
+
+    def _front(self) -> _Log:
+        """The deque whose first token is the oldest of the log (empty if the log is)."""
+        return self._done or self._log or self._fresh
+
+    def _pop_oldest(self, held: _Principal) -> bool:
+        """Take ``held``'s first triple; whether it was an entry (not a ghost)."""
+        order = held.order
+        channel = order.popleft()
+        publish_id = order.popleft()
+        entry = order.popleft()
+        ids = held.ids[channel]  # type: ignore[index]
+        if ids.get(publish_id) is not entry:  # type: ignore[arg-type]
+            held.ghosts -= 1
+            held.limit -= 3
+            self._ghosts -= 1
+            return False
+        del ids[publish_id]  # type: ignore[arg-type]
+        if not ids:
+            del held.ids[channel]  # type: ignore[arg-type]
+        return True
+
+    def _take(self, front: _Log, held: _Principal) -> None:
+        """Take the log's first token, ``held``'s, with its triple if it is not stale."""
+        front.popleft()
+        if front is self._done:
+            held.indone -= 1
+        if held.stale:
+            held.stale -= 1
+            self._stale -= 1
+            return
+        if self._pop_oldest(held):
+            self._count -= 1
+        if not held.order:
+            del self._principals[held.principal]
+
+    def _cap_entries(self) -> None:
+        """Forget the oldest entries over ``max_entries``."""
+        while self._count > self.max_entries:
+            front = self._front()
+            self._take(front, front[0])
 
     def _cap_principals(self) -> None:
         """Forget the least recently active principals over ``max_principals``; not a
@@ -117,40 +316,74 @@ class DedupeWindow:
         principals = self._principals
         while len(principals) > self.max_principals:
             oldest = next(iter(principals))
-            if self.rule.size_for(oldest) is None:
+            if oldest == SERVER_PRINCIPAL:
                 principals.move_to_end(oldest)
                 oldest = next(iter(principals))
-            self._forget_principal(oldest)
+            self._forget(principals[oldest])
 
     def expire(self, now: float) -> None:
         """Drop expired entries (and principals left with none); costs what it removes."""
         # ``now - at >= ttl``, not ``at <= now - ttl``: the two differ by a rounding, and
-        # lookup() must agree with expire() to the last bit.
+        # lookup() must agree with expire() to the last bit. A ghost is read like an entry:
+        # those after it in the log were recorded after it.
         ttl = self.ttl
-        entries = self._entries
-        while entries:
-            entry, (_, at) = next(iter(entries.items()))
-            if now - at < ttl:
-                break
-            self._remove(entry)
+        while True:
+            front = self._front()
+            if not front:
+                return
+            held = front[0]
+            if not held.stale and now - held.order[2].imag < ttl:  # type: ignore[union-attr]
+                return
+            self._take(front, held)
 
-    def _remove(self, entry: _Entry) -> None:
-        del self._entries[entry]
-        principal = entry[0]
-        keys = self._principals[principal]
-        del keys[entry]
-        if not keys:
-            del self._principals[principal]
+    def _bury(self) -> None:
+        """Take every ghost out of its principal's order and its token out of the log, in
+        one walk of the log (O(tokens), once per as many ghosts as entries); the pass
+        starts again on the whole log."""
+        haunted: dict[_Principal, list[bool]] = {}
+        for held in self._principals.values():
+            if held.ghosts:
+                order = list(held.order)
+                haunted[held] = [
+                    held.ids[order[i]].get(order[i + 1]) is not order[i + 2]  # type: ignore[index, arg-type]
+                    for i in range(0, len(order), 3)
+                ]
+                held.order = deque(
+                    part
+                    for i in range(0, len(order), 3)
+                    if not haunted[held][i // 3]
+                    for part in order[i : i + 3]
+                )
+                held.limit -= 3 * held.ghosts
+                held.ghosts = 0
+        seen: dict[_Principal, int] = {}
+        tokens: _Log = deque()
+        for owner in (*self._done, *self._log, *self._fresh):
+            rank = seen.get(owner, 0)
+            seen[owner] = rank + 1
+            ghostly = haunted.get(owner)
+            if ghostly is None or rank < owner.stale or not ghostly[rank - owner.stale]:
+                tokens.append(owner)
+        self._done, self._log, self._fresh = deque(), tokens, deque()
+        self._pass += 1
+        self._ghosts = 0
 
     def forget(self, principal: Hashable) -> None:
         """Drop a principal's window at once (it can publish no more)."""
-        if principal in self._principals:
-            self._forget_principal(principal)
+        held = self._principals.get(principal)
+        if held is not None:
+            self._forget(held)
 
-    def _forget_principal(self, principal: Hashable) -> None:
-        entries = self._entries
-        for entry in self._principals.pop(principal):
-            del entries[entry]
+    def _forget(self, held: _Principal) -> None:
+        del self._principals[held.principal]
+        triples = len(held.order) // 3
+        self._count -= triples - held.ghosts
+        self._ghosts -= held.ghosts
+        held.ghosts = 0
+        held.stale += triples  # all its tokens in the log are stale now
+        self._stale += triples
+        held.order.clear()
+        held.ids.clear()
 
     @property
     def principals(self) -> int:
@@ -158,4 +391,4 @@ class DedupeWindow:
 
     @property
     def entries(self) -> int:
-        return len(self._entries)
+        return self._count
