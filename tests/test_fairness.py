@@ -200,8 +200,8 @@ async def test_what_a_blocked_redis_channel_holds_is_bounded_in_bytes(redis_url:
 
 
 class ReadClocks(trio.abc.Instrument):
-    """Whether a connection held its read's clock (``_read_at``) when its step ended: the
-    clock of a read is for the requests served in that step, never for another task's."""
+    """Whether a read's clock (the server's ``read_clock``) was held when a task step ended:
+    the clock of a read is for the requests served in that step, never for another task's."""
 
     def __init__(self, server: Server) -> None:
         self._server = server
@@ -210,10 +210,9 @@ class ReadClocks(trio.abc.Instrument):
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         self.steps += 1
-        for conn in self._server._connections:
-            at = getattr(conn, "_read_at", None)
-            if at is not None:
-                self.held.append(at)
+        at = self._server.read_clock.at
+        if at is not None:
+            self.held.append(at)
 
 
 async def test_a_read_s_clock_is_not_held_across_its_checkpoints(

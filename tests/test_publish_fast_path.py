@@ -65,10 +65,10 @@ def serve(frames: list[str | bytes], *, fast: bool, principal: Principal, **conf
                 subscriber._on_message(json.dumps({"type": "subscribe", "channel": channel}))
             for raw in frames:
                 if fast:  # served as the reader serves a read: on its clocks, read once
-                    publisher._read_at = trio.current_time()
-                    publisher._read_ms = server.now_ms()
+                    server.read_clock.at = trio.current_time()
+                    server.read_clock.ms = server.now_ms()
                 publisher._on_message(raw)
-                publisher._read_at = None
+                server.read_clock.at = None
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
         broker = server.broker

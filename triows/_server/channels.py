@@ -81,8 +81,6 @@ class Channels(Goodbye):
         "_dedupe_key",
         "_publish_bucket",
         "_publish_limited",
-        "_read_at",
-        "_read_ms",
         "_subscribe_bucket",
         "_unacked",
         "client_id",
@@ -108,8 +106,6 @@ class Channels(Goodbye):
         #: The clocks of the read the reader is serving (monotonic, and wall milliseconds),
         #: read once per read; None whenever the reader is not in its synchronous step (so
         #: no other task can take a stale one).
-        self._read_at: float | None = None
-        self._read_ms = 0
 
     @property
     def dedupe_key(self) -> object:
@@ -183,14 +179,14 @@ class Channels(Goodbye):
         ``checked`` already, its rates and what the token allows (the checks of
         :meth:`_serve_publish`, in its order), then the publication and its ack.
 
-        ``now``: the monotonic clock of the read being served (the reader's ``_read_at``,
-        with ``_read_ms`` its wall clock), or None to read the clocks here. Positional, and
+        ``now``: the monotonic clock of the read being served (the host's ``read_clock``,
+        whose ``ms`` is its wall clock), or None to read the clocks here. Positional, and
         the client's publication rule (``data`` encoded once, the 413 of
         :class:`~triows._server.publishing.Publishing`) applied here rather than through a
         call: this runs once per request."""
         host = self._host
         # Not in the reader's step (``now`` None): the clocks of this moment.
-        now_ms = host.now_ms() if now is None else self._read_ms
+        now_ms = host.now_ms() if now is None else host.read_clock.ms
         if not checked:  # no authorize hook to ask: the token's patterns are the answer
             principal = self.principal
             if self._publish_limited:

@@ -127,7 +127,7 @@ class Connection(Requests):
                 try:
                     await self._read()
                 finally:
-                    self._read_at = None  # left mid-read: no stale clock for anyone
+                    self._host.read_clock.at = None  # left mid-read: no stale clock for anyone
                     self._end()
         except* Exception as group:
             # A bug in our request handling must cost this client its connection, never the
@@ -169,15 +169,15 @@ class Connection(Requests):
         budget = StepBudget(self._host.fanout)
         data, ws.leftover = ws.leftover, b""
         event: Event | None = None
-        host = self._host
+        clock = self._host.read_clock
         while True:
             if data or parser.pending:
                 budget.reset()
                 messages = 0
                 # The clocks once per read, for every request it holds (rates, history,
                 # dedupe, timestamps), and its activity stamp.
-                self._read_at = now = trio.current_time()
-                self._read_ms = host.now_ms()
+                clock.at = trio.current_time()
+                clock.ms = self._host.now_ms()
                 for event in parser.feed(data):
                     if isinstance(event, Message):
                         messages += 1
@@ -200,16 +200,16 @@ class Connection(Requests):
                     if budget.spend():
                         # Let every other connection run before serving more of this read
                         # (its clock is not theirs to use, and is read again after).
-                        self._read_at = None
+                        clock.at = None
                         await trio.lowlevel.checkpoint()
                         budget.reset()
-                        self._read_at = now = trio.current_time()
-                        self._read_ms = host.now_ms()
+                        clock.at = trio.current_time()
+                        clock.ms = self._host.now_ms()
                 # Waiting for the next read holds neither this one nor its last message.
                 data, event = b"", None
-                self._read_at = None
                 if messages:  # activity is messages (not pongs): the clock once per read
-                    self.last_activity = now
+                    self.last_activity = clock.at
+                clock.at = None
                 if parser.pending:
                     # The read inflated past one step: the rest of it after the others ran.
                     await trio.lowlevel.checkpoint()

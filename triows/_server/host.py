@@ -25,6 +25,21 @@ from .publishing import Publishing
 from .traffic import Traffic
 
 
+class ReadClock:
+    """The clocks of the read a connection's reader is serving, read once per read for every
+    request it holds (rates, history, dedupe, timestamps): the monotonic ``at`` and the wall
+    clock's ``ms``. ``at`` is None outside a reader's step: the reader clears it before each
+    checkpoint and at the end of its step, so no other task, and no later part of the read,
+    can use a stale time. One per server, not one per connection: only one task runs at a
+    time, and an idle connection holds nothing for it."""
+
+    __slots__ = ("at", "ms")
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self.ms = 0
+
+
 class ConnectionHost(Protocol):
     config: Config
     server_id: str
@@ -41,6 +56,8 @@ class ConnectionHost(Protocol):
     traffic: Traffic
     #: Writes the frames connections deferred during a scheduler batch (triows._server.flusher).
     flusher: Flusher
+    #: The clocks of the read being served (see :class:`ReadClock`).
+    read_clock: ReadClock
 
     def now_ms(self) -> int:
         """Wall-clock milliseconds (message timestamps, ``welcome``, ``pong``)."""

@@ -89,7 +89,9 @@ class Requests(Channels):
                 # Served in this step, with no request object and no general dispatch, on
                 # the clock of the read (None when not called by the reader).
                 try:
-                    wait = self._publish_now(channel, data, request_id, echo, self._read_at, False)
+                    wait = self._publish_now(
+                        channel, data, request_id, echo, self._host.read_clock.at, False
+                    )
                 except Exception as exc:
                     publish = protocol.Publish(channel=channel, data=data, id=request_id, echo=echo)
                     wait = self._failed(publish, exc)

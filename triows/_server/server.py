@@ -52,6 +52,7 @@ from .connection import GOING_AWAY, Connection
 from .control import Control
 from .flusher import Flusher
 from .handshakes import Handshakes
+from .host import ReadClock
 from .kept_revocations import follow_kept, load_kept
 from .public import PublicMethods
 from .publishing import Publishing
@@ -101,6 +102,7 @@ class Server(PublicMethods):
         self.outbox_totals = OutboxTotals()
         self.traffic = Traffic()
         self.flusher = Flusher()
+        self.read_clock = ReadClock()
         self._closed_by_server: Counter[int] = Counter()
         #: Plain HTTP requests answered, by status.
         self.http_requests: Counter[int] = Counter()
