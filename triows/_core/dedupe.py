@@ -113,8 +113,11 @@ class DedupeWindow:
       they outnumber the entries (no ``expire`` for long), one O(tokens) sweep buries them.
 
     Bounds: ``entries ≤ max_entries``, ``≤ size`` per client principal, ``principals ≤
-    max_principals``; ghosts ``≤ max_entries + 65``; tokens ``≤ 2 * entries`` + ghosts + what
-    one pass lets through, at most ``4 * max_entries + 65`` (8 bytes each). Costs: a lookup,
+    max_principals``; ghosts ``≤ max_entries + 65``; tokens (8 bytes each): one per triple
+    (entries + ghosts ``≤ 2 * max_entries + 65``) plus the stale ones, about twice the triples
+    when a pass starts and half as many again during it, so about ``5 * max_entries + 165``
+    (checked by random sequences, not proven: ``4 * max_entries + 65``, claimed before, was
+    broken where ghosts dominate, a ttl shorter than the expiry period). Costs: a lookup,
     three dict reads; a record, O(1) amortized (at most two pass steps); ``expire`` what it
     removes, and the stale tokens and ghosts it meets (each paid for by the record that made
     it).
