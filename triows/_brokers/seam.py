@@ -274,8 +274,10 @@ class Broker(abc.ABC):
         self.hub.remove_member(member)
 
     @abc.abstractmethod
-    def expire(self, now: float) -> None:
-        """Called once a second: forget what outlived its ttl."""
+    def expire(self, now: float) -> bool:
+        """Called once a second: forget what outlived its ttl. True: it stopped after a
+        slice of that work with more due; it is called again with the same ``now`` once
+        every other task has had its turn (no step of the expiry stalls the others)."""
 
     def forget_publisher(self, key: object) -> None:
         """The publisher behind dedupe ``key`` can publish no more (an anonymous connection

@@ -391,8 +391,8 @@ class RedisBroker(Broker):
 
     # -- statistics -----------------------------------------------------------------------------
 
-    def expire(self, now: float) -> None:
-        pass  # Redis expires history (stream caps, key ttl) and dedupe keys itself
+    def expire(self, now: float) -> bool:
+        return False  # Redis expires history (stream caps, key ttl) and dedupe keys itself
 
     def statistics(self) -> BrokerStatistics:
         return BrokerStatistics(
