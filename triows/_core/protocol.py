@@ -256,7 +256,8 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
     decoded once, with no request object built. Anything else, every refusal included, is
     exactly what :func:`parse_request` answers (a differential test holds the two to that).
     In the field order clients write (``type``, ``channel``, ``data``, then an integer
-    ``id`` or nothing) only ``data`` is decoded: no dict of fields, no key strings.
+    ``id``, a string ``id`` without escapes, or nothing) only ``data`` is decoded, once: no
+    dict of fields, no key strings.
     """
     if type(raw) is str:
         head = _PUBLISH_HEAD(raw)
@@ -271,7 +272,10 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
             if channel in _valid_channels and raw.count("{") + raw.count("[") <= MAX_DEPTH:
                 tail = _PUBLISH_ID_TAIL(raw, end)
                 if tail is not None:
-                    number = int(tail[1])
+                    digits = tail[1]
+                    if digits is None:  # a string id with nothing to unescape: as written
+                        return channel, data, tail[2], False
+                    number = int(digits)
                     if -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
                         return channel, data, number, False
                 elif end == len(raw) - 1 and raw[end] == "}":
@@ -311,9 +315,13 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
 _PUBLISH_HEAD: Final = re.compile(
     r'\{"type":"publish","channel":"([^"\\\x00-\x1f]+)","data":'
 ).match
-#: What follows ``data`` in that shape when it has an id: an integer (JSON's spelling: no
-#: leading zeros, no sign but ``-``) and the end.
-_PUBLISH_ID_TAIL: Final = re.compile(r',"id":(-?(?:0|[1-9][0-9]{0,19}))\}').fullmatch
+#: What follows ``data`` in that shape when it has an id, and the end: an integer (JSON's
+#: spelling: no leading zeros, no sign but ``-``), or a string of 1 to :data:`MAX_ID_LENGTH`
+#: characters that needs no escapes (so its text is its value), as both triows clients write
+#: their ids; any other id takes the general path.
+_PUBLISH_ID_TAIL: Final = re.compile(
+    r',"id":(?:(-?(?:0|[1-9][0-9]{0,19}))|"([^"\\\x00-\x1f]{1,' + str(MAX_ID_LENGTH) + r'})")\}'
+).fullmatch
 
 
 def _request(frame: Any, raw: str) -> Request:
