@@ -240,6 +240,10 @@ def test_anything_else_is_the_full_parse(raw: str) -> None:
         '{"type":"publish","channel":"room.1","data":"x","id":"' + "k" * 128 + '"}',
         '{"type":"publish","channel":"rpc","data":[],"id":7}',
         '{"type":"publish","channel":"rpc","data":null}',
+        # With the protocol's ``echo`` after the id, or alone.
+        '{"type":"publish","channel":"rpc","data":{"n":1},"id":"c3f2a-18","echo":true}',
+        '{"type":"publish","channel":"rpc","data":[1],"id":9,"echo":false}',
+        '{"type":"publish","channel":"rpc","data":"x","echo":true}',
     ],
 )
 def test_the_clients_publish_is_decoded_once(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
