@@ -299,6 +299,20 @@ def test_gc_threshold_flag_environment_and_default() -> None:
         parse_config(["--gc-threshold", "-1"], {})
 
 
+@pytest.mark.parametrize("value", [str(2**31), "99999999999"])
+def test_a_gc_threshold_python_cannot_take_is_refused_as_bad_input(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``gc.set_threshold`` takes a C int: a larger value is the command line's error, told
+    as such, not an OverflowError's traceback once the server starts."""
+    assert parse_config(["--gc-threshold", str(2**31 - 1)], {}).gc_threshold == 2**31 - 1
+    with pytest.raises(SystemExit):
+        parse_config(["--gc-threshold", value], {})
+    assert "--gc-threshold" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config([], {"TRIOWS_GC_THRESHOLD": value})
+
+
 @pytest.mark.parametrize(("argv", "expected"), [([], 20_000), (["--gc-threshold", "0"], None)])
 def test_the_server_process_collects_by_its_gc_threshold(
     monkeypatch: pytest.MonkeyPatch, argv: list[str], expected: int | None

@@ -147,6 +147,23 @@ def client_frames(draw: st.DrawFn) -> str:
                 [str(2**53 - 1), str(-(2**53) + 1), str(2**53), str(-(2**53)), "-0", "01", "-01"]
             ),
             st.sampled_from(["1.5", "1e3", "+1", " 1", "1 ", "true", '"k"', "null", "9" * 25]),
+            # String ids as triows.js and the Python client write them, and near them.
+            st.sampled_from(
+                [
+                    '"c3f2a-17"',
+                    '""',
+                    '"' + "k" * 128 + '"',
+                    '"' + "k" * 129 + '"',
+                    '"a\\"b"',
+                    '"a\\\\b"',
+                    '"\\u0041"',
+                    '"é€😀"',
+                    '"a\x01"',
+                    '"a',
+                    '"a"b"',
+                    '"a}"',
+                ]
+            ),
         )
     )
     tail = draw(
@@ -213,6 +230,38 @@ def test_anything_else_is_the_full_parse(raw: str) -> None:
     protocol._valid_channels.pop("never.seen.before", None)
     assert not isinstance(read_request_or_error(raw), tuple)
     assert outcome(read_request, raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # triows.js: JSON.stringify({type, channel, data, id}) with its "<prefix>-<n>" ids.
+        '{"type":"publish","channel":"rpc","data":{"rows":[1,2,3]},"id":"c3f2a-17"}',
+        '{"type":"publish","channel":"room.1","data":"x","id":"' + "k" * 128 + '"}',
+        '{"type":"publish","channel":"rpc","data":[],"id":7}',
+        '{"type":"publish","channel":"rpc","data":null}',
+        # With the protocol's ``echo`` after the id, or alone.
+        '{"type":"publish","channel":"rpc","data":{"n":1},"id":"c3f2a-18","echo":true}',
+        '{"type":"publish","channel":"rpc","data":[1],"id":9,"echo":false}',
+        '{"type":"publish","channel":"rpc","data":"x","echo":true}',
+    ],
+)
+def test_the_clients_publish_is_decoded_once(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shape clients write, string ids included (both triows clients send them), is
+    scanned once: ``data`` is not decoded a second time by the general path."""
+    warm_channels()
+    scans: list[int] = []
+    scan = protocol._scan_once
+
+    def counting(text: str, index: int) -> tuple[Any, int]:
+        scans.append(index)
+        return scan(text, index)
+
+    monkeypatch.setattr(protocol, "_scan_once", counting)
+    fields = read_request(raw)
+    assert isinstance(fields, tuple)
+    assert len(scans) == 1
+    assert outcome(read_request, raw) == outcome(parse_request, raw)
 
 
 def read_request_or_error(raw: str) -> object:

@@ -29,6 +29,7 @@ from .values import (
     byte_size,
     channel_history,
     channel_policy,
+    gc_threshold,
     message_size,
     path_or_off,
     pem_file,
@@ -402,7 +403,7 @@ _OPTIONS: tuple[tuple[str, Callable[[str], Any] | None, str | None, str], ...] =
     ),
     (
         "--gc-threshold",
-        COUNT,
+        gc_threshold,
         None,
         "objects the garbage collector lets accumulate before a young collection "
         "(Python's threshold0; 0: Python's own, 700)",

@@ -39,6 +39,21 @@ def port(text: str) -> int:
     return value
 
 
+#: The largest young-generation threshold ``gc.set_threshold`` takes (a C int).
+MAX_GC_THRESHOLD = 2**31 - 1
+
+
+def gc_threshold(text: str) -> int:
+    """``--gc-threshold``: a count Python's collector can take (a larger one would be an
+    OverflowError when the server starts, not a command-line error)."""
+    value = int(number("an integer", 0, integer=True)(text))
+    if value > MAX_GC_THRESHOLD:
+        raise argparse.ArgumentTypeError(
+            f"the threshold must be at most {MAX_GC_THRESHOLD}, got {text!r}"
+        )
+    return value
+
+
 def channel_policy(text: str) -> tuple[str, SlowConsumerPolicy]:
     pattern, sep, policy = text.rpartition("=")
     choices = ", ".join(p.value for p in SlowConsumerPolicy)

@@ -256,7 +256,8 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
     decoded once, with no request object built. Anything else, every refusal included, is
     exactly what :func:`parse_request` answers (a differential test holds the two to that).
     In the field order clients write (``type``, ``channel``, ``data``, then an integer
-    ``id`` or nothing) only ``data`` is decoded: no dict of fields, no key strings.
+    ``id``, a string ``id`` without escapes, or nothing, then ``echo`` or nothing) only
+    ``data`` is decoded, once: no dict of fields, no key strings.
     """
     if type(raw) is str:
         head = _PUBLISH_HEAD(raw)
@@ -269,13 +270,14 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
                 return parse_request(raw)  # its error, as the full path words it
             channel = head[1]
             if channel in _valid_channels and raw.count("{") + raw.count("[") <= MAX_DEPTH:
-                tail = _PUBLISH_ID_TAIL(raw, end)
+                tail = _PUBLISH_TAIL(raw, end)
                 if tail is not None:
-                    number = int(tail[1])
+                    digits, text, echo = tail.groups()
+                    if digits is None:  # no id, or a string id with nothing to unescape
+                        return channel, data, text, echo == "true"
+                    number = int(digits)
                     if -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
-                        return channel, data, number, False
-                elif end == len(raw) - 1 and raw[end] == "}":
-                    return channel, data, None, False
+                        return channel, data, number, echo == "true"
         try:
             frame, end = _scan_once(raw, 0)
         except (StopIteration, ValueError, RecursionError):
@@ -311,9 +313,15 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
 _PUBLISH_HEAD: Final = re.compile(
     r'\{"type":"publish","channel":"([^"\\\x00-\x1f]+)","data":'
 ).match
-#: What follows ``data`` in that shape when it has an id: an integer (JSON's spelling: no
-#: leading zeros, no sign but ``-``) and the end.
-_PUBLISH_ID_TAIL: Final = re.compile(r',"id":(-?(?:0|[1-9][0-9]{0,19}))\}').fullmatch
+#: What follows ``data`` in that shape, to the end: an id or none, then ``echo`` or none. The
+#: id an integer (JSON's spelling: no leading zeros, no sign but ``-``), or a string of 1 to
+#: :data:`MAX_ID_LENGTH` characters that needs no escapes (so its text is its value), as both
+#: triows clients write their ids; anything else takes the general path.
+_PUBLISH_TAIL: Final = re.compile(
+    r'(?:,"id":(?:(-?(?:0|[1-9][0-9]{0,19}))|"([^"\\\x00-\x1f]{1,'
+    + str(MAX_ID_LENGTH)
+    + r'})"))?(?:,"echo":(true|false))?\}'
+).fullmatch
 
 
 def _request(frame: Any, raw: str) -> Request:
