@@ -229,6 +229,31 @@ async def test_a_position_the_server_would_refuse_is_refused_before_anything_is_
             assert harness.server.statistics().channels == 1
 
 
+async def test_the_clients_publish_is_read_as_the_clients_shape(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """triows.client writes its requests compact, as triows.js does: the server reads its
+    publish with the shape's reader (``data`` scanned from its own offset, once), not with
+    the general path (the whole frame scanned from 0)."""
+    scans: list[int] = []
+    scan = protocol._scan_once
+
+    def counting(text: str, index: int) -> Any:
+        if '"publish"' in text:
+            scans.append(index)
+        return scan(text, index)
+
+    monkeypatch.setattr(protocol, "_scan_once", counting)
+    async with open_test_server() as harness:
+        async with client_for(harness) as client:
+            await client.publish("room", {"n": 0})  # a channel's first is checked in full
+            scans.clear()
+            await client.publish("room", {"n": [1, "é"]})
+            await client.publish("room", {"n": 2})
+    assert len(scans) == 2
+    assert all(index > 0 for index in scans)
+
+
 # -- when to stop, when to try again ------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ import trio
 from trio_util import AsyncValue
 
 from .._core.close_codes import is_disconnect
+from .._core.envelopes import request_text
 from .._core.protocol import MAX_SAFE_INTEGER
 from .._core.retry import Attempts, Verdict
 from .._core.tracking import AdaptiveInterval, Tracker, check_position
@@ -161,7 +162,7 @@ class Client(Queries):
                 # The server may still subscribe: it is told not to (as triows.js does).
                 with trio.move_on_after(self._publish_timeout):
                     await link.ws.send_message(
-                        json.dumps({"type": "unsubscribe", "channel": channel})
+                        request_text({"type": "unsubscribe", "channel": channel})
                     )
             raise
         return subscription
@@ -188,7 +189,7 @@ class Client(Queries):
         self._check_open()
         publish_id = f"{self._id_prefix}-{next(self._ids)}"
         try:
-            frame = json.dumps(
+            frame = request_text(
                 {"type": "publish", "channel": channel, "data": data, "id": publish_id}
             )
         except (TypeError, ValueError) as exc:
@@ -277,7 +278,7 @@ class Client(Queries):
         request_id = f"r-{self._id_prefix}-{next(self._ids)}"
         waiter = self._requests.expect(request_id)
         try:
-            await link.ws.send_message(json.dumps({**frame, "id": request_id}))
+            await link.ws.send_message(request_text({**frame, "id": request_id}))
             with trio.fail_after(self._publish_timeout):
                 await waiter.wait()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):

@@ -24,6 +24,7 @@ from typing import Any, TypeGuard
 import attrs
 import trio
 
+from .._core.envelopes import request_text
 from .._core.protocol import SUBSCRIPTIONS_LIMIT
 from .._core.retry import Pacer
 from .._core.tracking import AdaptiveInterval, Join, Leave, Message, Recovered, Tracked, Tracker
@@ -226,7 +227,7 @@ class Link:
         while taken := state.pacer.take():
             for channel in taken:
                 if channel in self._subscriptions:
-                    await self.ws.send_message(json.dumps(self._subscribe_frame(channel)))
+                    await self.ws.send_message(request_text(self._subscribe_frame(channel)))
                 else:
                     state.pacer.answered(channel)
 

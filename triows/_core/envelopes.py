@@ -37,6 +37,18 @@ def encode(frame: Any) -> bytes:
         return _ascii_encoder.encode(frame).encode("ascii")
 
 
+#: What triows' own clients write: compact, as JSON.stringify does (ASCII escapes, NaN left to
+#: the server to refuse, as before).
+_request_encoder = json.JSONEncoder(separators=(",", ":"))
+
+
+def request_text(frame: dict[str, Any]) -> str:
+    """A request as triows' clients send it: compact JSON text, with no spaces after ``,``
+    and ``:``. A publish in the usual field order is then the shape the server reads without
+    a dict of fields (``protocol.read_request``), as one from triows.js is."""
+    return _request_encoder.encode(frame)
+
+
 def encode_value(value: Any) -> bytes:
     """The JSON of a published ``data`` value, encoded once per broadcast."""
     return encode(value)
