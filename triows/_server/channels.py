@@ -135,7 +135,7 @@ class Channels(Goodbye):
         host = self._host
         if host.broker.numbers_at_once:
             data, echo = request.data, request.echo
-            return self._publish_now(request.channel, data, request_id, echo, None, True)
+            return self._publish_now(request.channel, data, request_id, echo, True)
         if self._unacked >= MAX_UNACKED:
             # One client must not take a cluster node's whole outage buffer.
             raise ProtocolError(
@@ -172,21 +172,22 @@ class Channels(Goodbye):
         data: object,
         request_id: protocol.RequestId | None,
         echo: bool,
-        now: float | None,
         checked: bool,
     ) -> Wait | None:
         """A publish served in this step by a broker that numbers at once: unless
         ``checked`` already, its rates and what the token allows (the checks of
         :meth:`_serve_publish`, in its order), then the publication and its ack.
 
-        ``now``: the monotonic clock of the read being served (the host's ``read_clock``,
-        whose ``ms`` is its wall clock), or None to read the clocks here. Positional, and
+        The clocks are the read's (the host's ``read_clock``) when a reader serves it in its
+        step, and read here otherwise (``read_clock.at`` is None in any other step). Positional, and
         the client's publication rule (``data`` encoded once, the 413 of
         :class:`~triows._server.publishing.Publishing`) applied here rather than through a
         call: this runs once per request."""
         host = self._host
-        # Not in the reader's step (``now`` None): the clocks of this moment.
-        now_ms = host.now_ms() if now is None else host.read_clock.ms
+        clock = host.read_clock
+        now = clock.at
+        # Not in a reader's step (``now`` None): the clocks of this moment.
+        now_ms = host.now_ms() if now is None else clock.ms
         if not checked:  # no authorize hook to ask: the token's patterns are the answer
             principal = self.principal
             if self._publish_limited:

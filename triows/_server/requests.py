@@ -86,12 +86,10 @@ class Requests(Channels):
         if isinstance(request, tuple):  # the common publish, as its fields
             channel, data, request_id, echo = request
             if self._publishes_now and not self._busy:
-                # Served in this step, with no request object and no general dispatch, on
-                # the clock of the read (None when not called by the reader).
+                # Served in this step, with no request object and no general dispatch (on
+                # the clock of the read when the reader serves it).
                 try:
-                    wait = self._publish_now(
-                        channel, data, request_id, echo, self._host.read_clock.at, False
-                    )
+                    wait = self._publish_now(channel, data, request_id, echo, False)
                 except Exception as exc:
                     publish = protocol.Publish(channel=channel, data=data, id=request_id, echo=echo)
                     wait = self._failed(publish, exc)
