@@ -283,7 +283,8 @@ export function checkPosition(since, epoch, rewind) {
       throw new TypeError(`'${key}' must be an integer from 0 to ${Number.MAX_SAFE_INTEGER}`);
     }
   }
-  if (epoch != null && !(typeof epoch === "string" && epoch.length > 0 && epoch.length <= MAX_EPOCH_LENGTH)) {
+  // Characters as the server counts them (code points), not UTF-16 units.
+  if (epoch != null && !(typeof epoch === "string" && epoch.length > 0 && [...epoch].length <= MAX_EPOCH_LENGTH)) {
     throw new TypeError(`'epoch' must be a string of 1 to ${MAX_EPOCH_LENGTH} characters`);
   }
   if (epoch == null && since != null && since !== 0) throw new TypeError("a position with a seq has an epoch");
