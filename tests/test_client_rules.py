@@ -15,7 +15,7 @@ import trio
 
 from triows import Action, Config, Principal, Server, serve
 from triows import client as wsclient
-from triows._core import protocol
+from triows._core import compiled_json, protocol
 from triows.testing import MemoryListener, open_test_server
 
 from .conftest import SECRET, make_token
@@ -229,29 +229,31 @@ async def test_a_position_the_server_would_refuse_is_refused_before_anything_is_
             assert harness.server.statistics().channels == 1
 
 
-async def test_the_clients_publish_is_read_as_the_clients_shape(
+async def test_the_clients_publish_is_decoded_once(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """triows.client writes its requests compact, as triows.js does: the server reads its
-    publish with the shape's reader (``data`` scanned from its own offset, once), not with
-    the general path (the whole frame scanned from 0)."""
-    scans: list[int] = []
-    scan = protocol._scan_once
+    """triows.client's publish is decoded once by the server, by msgspec (compiled_json):
+    never a second time by the standard library's decoder."""
+    decodes: list[str] = []
+    decode = compiled_json.decode
 
-    def counting(text: str, index: int) -> Any:
+    def counting(text: str) -> Any:
         if '"publish"' in text:
-            scans.append(index)
-        return scan(text, index)
+            decodes.append(text)
+        return decode(text)
 
-    monkeypatch.setattr(protocol, "_scan_once", counting)
+    def standard(text: str) -> Any:
+        raise AssertionError(f"decoded by the standard path: {text}")
+
+    monkeypatch.setattr(compiled_json, "decode", counting)
     async with open_test_server() as harness:
         async with client_for(harness) as client:
             await client.publish("room", {"n": 0})  # a channel's first is checked in full
-            scans.clear()
+            monkeypatch.setattr(protocol._decoder, "decode", standard)
+            decodes.clear()
             await client.publish("room", {"n": [1, "é"]})
             await client.publish("room", {"n": 2})
-    assert len(scans) == 2
-    assert all(index > 0 for index in scans)
+    assert len(decodes) == 2
 
 
 # -- when to stop, when to try again ------------------------------------------------------------

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Callable
 from typing import Any, Final
 
+from . import compiled_json
 from .envelopes import ack_payload as ack_payload
 from .envelopes import encode as encode
 from .envelopes import encode_parsed as encode_parsed
@@ -112,10 +111,6 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 #: The same, refusing an object that names a field twice (which value would count?). Slower
 #: (a Python hook per object): for documents read once per request, not for every frame.
-_raw_decode = _decoder.raw_decode
-#: The C scanner under ``raw_decode`` (which adds a Python frame): ``(value, end)``, or
-#: ``StopIteration`` when no value starts at the index.
-_scan_once: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 _strict_decoder = json.JSONDecoder(
     parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
 )
@@ -204,17 +199,14 @@ def decode_json(text: str, *, unique_keys: bool = False) -> Any:
     finite numbers only (no ``NaN``, ``Infinity`` or ``1e999``, which could not be sent on),
     a nesting bomb refused, never anything but :class:`ProtocolError`. ``unique_keys``: an
     object naming a field twice is refused too."""
+    if not unique_keys:
+        # msgspec answers exactly as the standard path for what it takes; anything else (errors
+        # included, worded below) takes the standard path (see compiled_json).
+        try:
+            return compiled_json.decode(text)
+        except compiled_json.REFUSED:
+            pass
     try:
-        if not unique_keys:
-            # A frame as clients write it (no whitespace around it) in one scan; anything
-            # else, errors included, takes the full path below and its messages.
-            try:
-                value, end = _raw_decode(text)
-            except ValueError:
-                pass
-            else:
-                if end == len(text):
-                    return value
         return (_strict_decoder if unique_keys else _decoder).decode(text)
     except RecursionError:
         raise ProtocolError(BAD_REQUEST, "not valid JSON: nested too deeply") from None
@@ -250,40 +242,17 @@ PublishFields = tuple[str, Any, RequestId | None, bool]
 def read_request(raw: str | bytes) -> PublishFields | Request:
     """:func:`parse_request`, with the commonest request handed over as its fields.
 
-    A ``publish`` written as clients write it (no whitespace around the object, a channel
-    already seen valid, a valid id or none, no more brackets in the frame than the depth
-    limit) comes back as a :data:`PublishFields` tuple, checked here by the same rules and
-    decoded once, with no request object built. Anything else, every refusal included, is
-    exactly what :func:`parse_request` answers (a differential test holds the two to that).
-    In the field order clients write (``type``, ``channel``, ``data``, then an integer
-    ``id``, a string ``id`` without escapes, or nothing, then ``echo`` or nothing) only
-    ``data`` is decoded, once: no dict of fields, no key strings.
+    A ``publish`` on a channel already seen valid, with a valid id or none and no more
+    brackets in the frame than the depth limit, comes back as a :data:`PublishFields` tuple,
+    checked here by the same rules and decoded once (by msgspec), with no request object
+    built. Anything else, every refusal included, is exactly what :func:`parse_request`
+    answers (a differential test holds the two to that).
     """
     if type(raw) is str:
-        head = _PUBLISH_HEAD(raw)
-        if head is not None:
-            # The shape clients write (JSON.stringify's order): only ``data`` (and the id) is
-            # decoded, no dict of fields is built; anything else takes the path below.
-            try:
-                data, end = _scan_once(raw, head.end())
-            except (StopIteration, ValueError, RecursionError):
-                return parse_request(raw)  # its error, as the full path words it
-            channel = head[1]
-            if channel in _valid_channels and raw.count("{") + raw.count("[") <= MAX_DEPTH:
-                tail = _PUBLISH_TAIL(raw, end)
-                if tail is not None:
-                    digits, text, echo = tail.groups()
-                    if digits is None:  # no id, or a string id with nothing to unescape
-                        return channel, data, text, echo == "true"
-                    number = int(digits)
-                    if -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
-                        return channel, data, number, echo == "true"
         try:
-            frame, end = _scan_once(raw, 0)
-        except (StopIteration, ValueError, RecursionError):
-            return parse_request(raw)  # its error, as the full path words it
-        if end != len(raw):
-            return parse_request(raw)  # whitespace after the object, or more than one
+            frame = compiled_json.decode(raw)
+        except compiled_json.REFUSED:
+            return parse_request(raw)  # its error, as the standard path words it
         if type(frame) is dict and frame.get("type") == "publish":
             request_id = frame.get("id")
             channel = frame.get("channel")
@@ -306,22 +275,6 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
                 return channel, frame["data"], request_id, echo
         return _request(frame, raw)
     return parse_request(raw)
-
-
-#: The start of a publish as clients write it, up to its ``data``: a channel name that needs
-#: no escapes (it must still be one already seen valid).
-_PUBLISH_HEAD: Final = re.compile(
-    r'\{"type":"publish","channel":"([^"\\\x00-\x1f]+)","data":'
-).match
-#: What follows ``data`` in that shape, to the end: an id or none, then ``echo`` or none. The
-#: id an integer (JSON's spelling: no leading zeros, no sign but ``-``), or a string of 1 to
-#: :data:`MAX_ID_LENGTH` characters that needs no escapes (so its text is its value), as both
-#: triows clients write their ids; anything else takes the general path.
-_PUBLISH_TAIL: Final = re.compile(
-    r'(?:,"id":(?:(-?(?:0|[1-9][0-9]{0,19}))|"([^"\\\x00-\x1f]{1,'
-    + str(MAX_ID_LENGTH)
-    + r'})"))?(?:,"echo":(true|false))?\}'
-).fullmatch
 
 
 def _request(frame: Any, raw: str) -> Request:
