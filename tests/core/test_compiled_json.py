@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from triows._core import compiled_json, protocol
-from triows._core.protocol import ProtocolError, decode_json
+from triows._core.protocol import ProtocolError, decode_json, parse_request, read_request
 
 from .test_envelopes import floats, typed
+from .test_read_request import outcome
 
 leaves = st.one_of(
     st.none(),
@@ -141,7 +143,8 @@ def test_a_refused_document_is_refused_in_the_standard_paths_words(text: str) ->
 @given(values)
 def test_a_decoded_value_encodes_to_the_same_value(value: Any) -> None:
     """msgspec's encoding of a decoded value reads back as that value, bit for bit; it is
-    the standard library's bytes but for a float with an exponent (``1e-7``, not ``1e-07``)."""
+    the standard library's bytes but for a float with an exponent (``1e-7``, not ``1e-07``;
+    between 1e-5 and 1e-4 msgspec writes it without one)."""
     parsed = decode_json(json.dumps(value))
     encoded = protocol.encode_parsed(parsed)
     assert typed(json.loads(encoded)) == typed(parsed)
@@ -155,3 +158,32 @@ def test_msgspec_refuses_what_only_the_standard_path_takes() -> None:
         compiled_json.decode('"\\ud800"')
     with pytest.raises(UnicodeEncodeError):
         compiled_json.encode("\ud800")
+
+
+def standard_only(monkeypatch: pytest.MonkeyPatch, raw: str) -> tuple[Any, ...]:
+    """What ``read_request`` answers with msgspec refusing everything: the standard path."""
+
+    def refuse(text: str) -> Any:
+        raise msgspec.DecodeError("refused for the test")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(compiled_json, "decode", refuse)
+        return outcome(read_request, raw)
+
+
+@pytest.mark.parametrize("depth", range(900, 1100, 3))
+@pytest.mark.parametrize("kind", ["ping", "publish"])
+def test_a_deep_nesting_is_answered_as_the_standard_path_answers_it(
+    depth: int, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where one decoder's nesting limit takes a document and the other's does not (a few
+    levels near 1,000, where the standard one's depends on the stack), the standard path
+    decides: msgspec only sees documents with few brackets (``MAX_BRACKETS``)."""
+    parse_request('{"type":"publish","channel":"room","data":0}')
+    head = (
+        '{"type":"ping","id":7,"x":'
+        if kind == "ping"
+        else '{"type":"publish","channel":"room","id":7,"data":'
+    )
+    raw = head + "[" * depth + "]" * depth + "}"
+    assert outcome(read_request, raw) == standard_only(monkeypatch, raw)

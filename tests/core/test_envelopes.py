@@ -44,8 +44,8 @@ def test_an_id_with_a_lone_surrogate_is_acked_in_ascii_escapes() -> None:
 
 @given(json_values)
 def test_a_parsed_value_encodes_as_encode_does(data: Any) -> None:
-    """The same JSON; only a float with an exponent is spelt shorter by msgspec (``1e-7``
-    against ``1e-07``), the same number."""
+    """The same JSON; only a float the standard library spells with an exponent is spelt
+    otherwise by msgspec (``1e-7`` against ``1e-07``), the same number."""
     parsed = protocol.decode_json(json.dumps(data))
     fast, standard = protocol.encode_parsed(parsed), protocol.encode(parsed)
     assert typed(json.loads(fast)) == typed(json.loads(standard)) == typed(parsed)

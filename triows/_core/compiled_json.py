@@ -8,10 +8,12 @@ twice keeps its last value. It refuses some documents the standard library takes
 escape that is a lone surrogate (``"\\ud800"``, which Python can hold and JSON allows), and,
 of course, every malformed one. A caller then takes the standard path, which answers the
 first and words the errors as clients know them: msgspec only ever makes a document faster.
-A differential test (tests/core/test_compiled_json.py) holds :func:`decode` to that.
+A differential test (tests/core/test_compiled_json.py) holds :func:`decode` to that. Only a
+document with few brackets is given to msgspec (:data:`MAX_BRACKETS`).
 
-Encoding differs in one way: a float with an exponent is written in its shortest form
-(``1e-7`` where the standard library writes ``1e-07``), the same number to every JSON parser.
+Encoding differs in one way: some floats are spelt otherwise (``1e-7``, ``1e16``, ``0.000015``
+where the standard library writes ``1e-07``, ``1e+16``, ``1.5e-05``), the same number to every
+JSON parser; the data size limit counts the bytes as written.
 Only values decoded from JSON are encoded here (finite numbers, str keys, no other types):
 what the application publishes keeps the standard library's rules (``NaN`` refused, a
 ``TypeError`` for what JSON cannot say), which msgspec does not have.
@@ -27,6 +29,13 @@ import msgspec
 #: What :func:`decode` raises for a document the standard path must answer instead (a str
 #: holding a lone surrogate itself, not escaped, has no UTF-8 form for msgspec to read).
 REFUSED: Final = (msgspec.DecodeError, RecursionError, UnicodeEncodeError)
+
+#: The most brackets (``{`` and ``[``, strings included) a document :func:`decode` is given
+#: may hold; one with more goes to the standard path. How deep a nesting each decoder takes
+#: differs (msgspec's own limit; the standard one's depends on the Python stack the call is
+#: made from, ~985 levels in a reader), and a depth only one of them takes would be answered
+#: differently: below this bound both take any nesting.
+MAX_BRACKETS: Final = 256
 
 decode: Final[Callable[[str], Any]] = msgspec.json.Decoder().decode
 

@@ -56,9 +56,9 @@ def encode_value(value: Any) -> bytes:
 
 def encode_parsed(value: Any) -> bytes:
     """:func:`encode` of a value decoded from a client's JSON, by msgspec (compiled_json): the
-    same JSON at a fifth of the cost or less; only a float with an exponent is spelt shorter
-    (``1e-7``, not ``1e-07``: the same number). A string with a lone surrogate is written in
-    ASCII escapes, as :func:`encode` writes it."""
+    same JSON at a fifth of the cost or less, but for some floats' spelling (``1e-7``, not
+    ``1e-07``: the same number). A string with a lone surrogate is written in ASCII escapes,
+    as :func:`encode` writes it."""
     try:
         return compiled_json.encode(value)
     except UnicodeEncodeError:

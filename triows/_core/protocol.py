@@ -199,7 +199,7 @@ def decode_json(text: str, *, unique_keys: bool = False) -> Any:
     finite numbers only (no ``NaN``, ``Infinity`` or ``1e999``, which could not be sent on),
     a nesting bomb refused, never anything but :class:`ProtocolError`. ``unique_keys``: an
     object naming a field twice is refused too."""
-    if not unique_keys:
+    if not unique_keys and text.count("{") + text.count("[") <= compiled_json.MAX_BRACKETS:
         # msgspec answers exactly as the standard path for what it takes; anything else (errors
         # included, worded below) takes the standard path (see compiled_json).
         try:
@@ -249,6 +249,9 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
     answers (a differential test holds the two to that).
     """
     if type(raw) is str:
+        brackets = raw.count("{") + raw.count("[")
+        if brackets > compiled_json.MAX_BRACKETS:
+            return parse_request(raw)  # for the standard path alone (see compiled_json)
         try:
             frame = compiled_json.decode(raw)
         except compiled_json.REFUSED:
@@ -270,7 +273,7 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
                 and channel in _valid_channels
                 and "data" in frame
                 and (echo is False or echo is True)
-                and raw.count("{") + raw.count("[") <= MAX_DEPTH
+                and brackets <= MAX_DEPTH
             ):
                 return channel, frame["data"], request_id, echo
         return _request(frame, raw)
