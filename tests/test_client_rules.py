@@ -276,6 +276,73 @@ async def test_cancelling_an_open_client_keeps_the_callers_deadline(
         assert (stats.connections, stats.closed_by_server) == (0, {})
 
 
+@pytest.mark.parametrize("request_read", [True, False])
+async def test_a_stream_that_ends_before_the_handshake_is_answered_fails_at_once(
+    autojump_clock: trio.testing.MockClock, request_read: bool
+) -> None:
+    """trio-websocket's reader ends quietly on such a stream (EOF, or the request cannot be
+    sent) without waking the handshake's waiter, which waited for the caller's deadline."""
+    from triows._client.transport import ConnectionClosed, open_client
+
+    client_end, server_end = trio.testing.memory_stream_pair()
+    started = trio.current_time()
+
+    async def handshake() -> None:
+        async with trio.open_nursery() as nursery:
+            if request_read:
+                nursery.start_soon(_read_then_close, server_end)
+            else:
+                await server_end.aclose()
+            await open_client(nursery, client_end, host="triows.test", path="/")
+
+    with trio.fail_after(5), pytest.raises(ExceptionGroup) as raised:
+        await handshake()
+    assert raised.group_contains(ConnectionClosed)
+    assert trio.current_time() == started
+
+
+async def _read_then_close(stream: trio.abc.Stream) -> None:
+    """A server side that takes the handshake request and closes without answering it (a
+    listener reset with the connection still in its queue)."""
+    await stream.receive_some()
+    await stream.aclose()
+
+
+async def test_a_reconnect_whose_connection_ends_unanswered_tries_again_after_its_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A worker killed under a client: the kernel closes the worker's connections before its
+    listening socket, so a client quick to reconnect can land in that socket's queue and be
+    reset before the 101. The client tries again after its backoff, not after
+    ``connect_timeout`` (10 s: a publish timed out meanwhile, or a reader fell further behind
+    than history reaches and got a gap; tests/test_workers.py saw both)."""
+    async with open_test_server() as harness, trio.open_nursery() as nursery:
+        cutter = Cutter(harness)
+        unanswered = 0
+
+        async def open_stream() -> trio.abc.Stream:
+            nonlocal unanswered
+            if cutter.attempts == 1 and not unanswered:  # the first reconnect
+                unanswered += 1
+                client_end, server_end = trio.testing.memory_stream_pair()
+                nursery.start_soon(_read_then_close, server_end)
+                return client_end
+            return await cutter.open()
+
+        async with wsclient.connect(
+            URL, open_stream=open_stream, backoff_base=0.05, backoff_cap=0.3
+        ) as client:
+            await client.wait_open()
+            await cutter.cut()
+            cut_at = trio.current_time()
+            with trio.fail_after(60):
+                await client.state.wait_value(
+                    lambda state: state is wsclient.ClientState.OPEN and client.connects == 2
+                )
+            assert unanswered == 1
+            assert trio.current_time() - cut_at < 1
+
+
 async def test_a_token_function_that_hands_one_stale_token_is_asked_again(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -2,7 +2,8 @@
 
 The server drives its own engine (``triows._net.streams``); clients and the test kit use
 trio-websocket, and this is the one module that imports it, so that a server that never opens
-a client never loads it (nor wsproto).
+a client never loads it (nor wsproto). Its two reaches into trio-websocket's internals
+(:func:`open_client`, :func:`say_goodbye`) are kept here too.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
     WebSocketConnection,
-    wrap_client_stream,
 )
+from wsproto import ConnectionType, WSConnection
 
 __all__ = [
     "CloseReason",
@@ -36,28 +37,54 @@ async def open_client(
     message_queue_size: int = 64,
     max_message_size: int = 16 * 1024 * 1024,
 ) -> WebSocketConnection:
-    """Client side over an already open stream (tests and ``triows.testing``).
+    """Client side over an already open stream (``triows.client``, tests, ``triows.testing``).
 
     A rejected handshake raises ``ConnectionRejected`` out of ``nursery`` (where
-    trio-websocket's reader task runs), not out of this call.
+    trio-websocket's reader task runs), not out of this call. A stream that ends or breaks
+    before the server's answer (a server that died, a listener closed with the connection in
+    its queue) raises :class:`ConnectionClosed` (1006) here at once.
+
+    This is trio-websocket's ``wrap_client_stream`` but for that last point: its reader task
+    ends quietly on such a stream without waking the handshake's waiter, which then waited
+    for the caller's deadline (a client's ``connect_timeout``, 10 s by default) before it
+    could try again. A worker killed while a client reconnects does that: the kernel closes
+    the worker's connections before its listening socket, and a client quick to reconnect can
+    land in that socket's queue just before it is reset.
     """
-    return await wrap_client_stream(
-        nursery,
-        stream,  # type: ignore[arg-type]
-        host,
-        path,
-        extra_headers=headers,
+    connection = WebSocketConnection(
+        stream,
+        WSConnection(ConnectionType.CLIENT),
+        host=host,
+        path=path,
+        client_extra_headers=headers,
         message_queue_size=message_queue_size,
         max_message_size=max_message_size,
     )
+
+    opened = connection._open_handshake
+    ended_unanswered = False
+
+    async def read() -> None:
+        nonlocal ended_unanswered
+        await connection._reader_task()
+        # The stream is done (a refusal raises instead). Before the server's answer: the
+        # handshake's waiter learns it now instead of at its deadline.
+        if not opened.is_set():
+            ended_unanswered = True
+            opened.set()
+
+    nursery.start_soon(read)
+    await opened.wait()
+    if ended_unanswered:
+        raise ConnectionClosed(connection.closed or CloseReason(1006, None))
+    return connection
 
 
 async def say_goodbye(ws: WebSocketConnection, *, wait: bool) -> None:
     """Close with 1000. With ``wait``, until the peer's close frame arrives (trio-websocket's
     reader task receives it). Without (the client is being cancelled, and that reader with
     it), the close frame is sent and the stream closed at once: ``aclose`` waits for an event
-    only that reader sets, so it is set here first. (The one reach into trio-websocket's
-    internals, kept in the one module that imports it.)"""
+    only that reader sets, so it is set here first."""
     if not wait:
         ws._close_handshake.set()
     await ws.aclose()

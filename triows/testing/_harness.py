@@ -129,9 +129,10 @@ class TestServer:
         closing = opened = False
         try:
             async with trio.open_nursery() as nursery:
-                # Bounded like every wait of the client: a server that ends the stream
-                # before its 101 (a failed handshake) leaves trio-websocket waiting for it
-                # for ever, and the autojump clock would spin through the server's timers.
+                # Bounded like every wait of the client: a server that never answers (or
+                # never welcomes) must fail the test, not let the autojump clock spin
+                # through the server's timers. One that ends the stream before its 101
+                # fails at once (open_client).
                 with trio.fail_after(receive_timeout):
                     ws = await open_client(
                         nursery,
