@@ -9,6 +9,7 @@ rest (which the standard path then answers). These tests hold it to that.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import msgspec
@@ -187,3 +188,33 @@ def test_a_deep_nesting_is_answered_as_the_standard_path_answers_it(
     )
     raw = head + "[" * depth + "]" * depth + "}"
     assert outcome(read_request, raw) == standard_only(monkeypatch, raw)
+
+
+client_values = st.recursive(
+    leaves | st.sampled_from([math.nan, math.inf, -math.inf, 1e308 * 10]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=500)
+@given(client_values, spellings)
+def test_the_clients_decode_is_json_loads(value: Any, spelling: dict[str, Any]) -> None:
+    """triows.client reads a server's frames with ``compiled_json.loads(raw, json.loads)``:
+    what ``json.loads`` answered before, ``NaN`` and ``Infinity`` included (msgspec refuses
+    them, ``json.loads`` takes them)."""
+    text = json.dumps(value, **spelling)
+    assert repr(typed(compiled_json.loads(text, json.loads))) == repr(typed(json.loads(text)))
+
+
+@pytest.mark.parametrize("depth", [255, 256, 257, 600, 1500, 5000])
+def test_the_clients_decode_of_a_deep_document_is_json_loads(depth: int) -> None:
+    text = "[" * depth + "]" * depth
+
+    def answer(decode: Any) -> Any:
+        try:
+            return typed(decode(text))
+        except RecursionError:
+            return "too deep"
+
+    assert answer(lambda t: compiled_json.loads(t, json.loads)) == answer(json.loads)

@@ -24,6 +24,7 @@ from typing import Any, TypeGuard
 import attrs
 import trio
 
+from .._core import compiled_json
 from .._core.envelopes import request_text
 from .._core.protocol import SUBSCRIPTIONS_LIMIT
 from .._core.retry import Pacer
@@ -132,7 +133,9 @@ class Link:
                 raw = await self.ws.get_message()
             except ConnectionClosed as closed:
                 return closed.reason
-            frame = json.loads(raw)
+            # msgspec where it answers as json.loads (a server's frames are text; bytes
+            # from a server that is not one take json.loads).
+            frame = compiled_json.loads(raw, json.loads) if type(raw) is str else json.loads(raw)
             kind = frame.get("type")
             if kind == "message":
                 self._dispatch(frame.get("channel"), self._tracker.on_message(frame), len(raw))

@@ -199,15 +199,12 @@ def decode_json(text: str, *, unique_keys: bool = False) -> Any:
     finite numbers only (no ``NaN``, ``Infinity`` or ``1e999``, which could not be sent on),
     a nesting bomb refused, never anything but :class:`ProtocolError`. ``unique_keys``: an
     object naming a field twice is refused too."""
-    if not unique_keys and text.count("{") + text.count("[") <= compiled_json.MAX_BRACKETS:
-        # msgspec answers exactly as the standard path for what it takes; anything else (errors
-        # included, worded below) takes the standard path (see compiled_json).
-        try:
-            return compiled_json.decode(text)
-        except compiled_json.REFUSED:
-            pass
     try:
-        return (_strict_decoder if unique_keys else _decoder).decode(text)
+        if unique_keys:
+            return _strict_decoder.decode(text)
+        # msgspec where it answers exactly as the standard path (see compiled_json); the
+        # rest, errors included (worded below), takes the standard path.
+        return compiled_json.loads(text, _decoder.decode)
     except RecursionError:
         raise ProtocolError(BAD_REQUEST, "not valid JSON: nested too deeply") from None
     except ValueError as exc:
