@@ -454,3 +454,63 @@ async def subscriptions_reach(server: Server, count: int, *, step: float) -> Non
         if server.statistics().subscriptions >= count:
             return
         await trio.sleep(step)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nForbidden\n",  # body until EOF
+        b"HTTP/1.0 401 Unauthorized\r\n\r\n",
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\nshort",  # cut short
+    ],
+)
+async def test_a_refusal_whose_body_ends_with_the_stream_is_a_refusal(
+    autojump_clock: trio.testing.MockClock, answer: bytes
+) -> None:
+    """trio-websocket never hands the EOF to wsproto, so such a refusal never raised; it must
+    not read as a lost connection (retried for ever) but stop the client like any 401/403."""
+    from triows._client.transport import ConnectionRejected, open_client
+
+    client_end, server_end = trio.testing.memory_stream_pair()
+
+    async def refuse() -> None:
+        await server_end.receive_some()
+        await server_end.send_all(answer)
+        await server_end.aclose()
+
+    with trio.fail_after(5), pytest.RaisesGroup(ConnectionRejected, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(refuse)
+            await open_client(nursery, client_end, host="triows.test", path="/")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # A 101 whose Sec-WebSocket-Accept is not the key's.
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",  # not HTTP at all
+    ],
+)
+async def test_an_answer_that_is_no_websocket_handshake_fails_the_attempt_as_1002(
+    autojump_clock: trio.testing.MockClock, answer: bytes
+) -> None:
+    """wsproto refuses the answer; trio-websocket then tries to send a refusal as the client,
+    which h11 refuses: that was an error with a traceback out of the reader (logged as a bug
+    on every attempt). It is a bad peer: the attempt fails with 1002, and is tried again."""
+    from triows._client.transport import ConnectionClosed, open_client
+
+    client_end, server_end = trio.testing.memory_stream_pair()
+
+    async def answer_badly() -> None:
+        await server_end.receive_some()
+        await server_end.send_all(answer)
+
+    with trio.fail_after(5), pytest.RaisesGroup(ConnectionClosed, flatten_subgroups=True) as got:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_badly)
+            await open_client(nursery, client_end, host="triows.test", path="/")
+    (closed,) = got.value.exceptions
+    assert isinstance(closed, ConnectionClosed)
+    assert closed.reason.code == 1002

@@ -8,6 +8,7 @@ a client never loads it (nor wsproto). Its two reaches into trio-websocket's int
 
 from __future__ import annotations
 
+import h11
 import trio
 from trio_websocket import (
     CloseReason,
@@ -40,9 +41,12 @@ async def open_client(
     """Client side over an already open stream (``triows.client``, tests, ``triows.testing``).
 
     A rejected handshake raises ``ConnectionRejected`` out of ``nursery`` (where
-    trio-websocket's reader task runs), not out of this call. A stream that ends or breaks
-    before the server's answer (a server that died, a listener closed with the connection in
-    its queue) raises :class:`ConnectionClosed` (1006) here at once.
+    trio-websocket's reader task runs), or out of this call when the refusal's body ends with
+    the stream (no ``Content-Length``, HTTP/1.0, cut short: trio-websocket never hands that
+    end to wsproto). A stream that ends or breaks before the server's answer (a server that
+    died, a listener closed with the connection in its queue) raises :class:`ConnectionClosed`
+    (1006) here at once, and an answer that is no WebSocket handshake (not HTTP, a wrong
+    ``Sec-WebSocket-Accept``) :class:`ConnectionClosed` (1002).
 
     This is trio-websocket's ``wrap_client_stream`` but for that last point: its reader task
     ends quietly on such a stream without waking the handshake's waiter, which then waited
@@ -63,10 +67,19 @@ async def open_client(
 
     opened = connection._open_handshake
     ended_unanswered = False
+    bad_answer = False
 
     async def read() -> None:
-        nonlocal ended_unanswered
-        await connection._reader_task()
+        nonlocal ended_unanswered, bad_answer
+        try:
+            await connection._reader_task()
+        except h11.LocalProtocolError:
+            # An answer wsproto refused (not HTTP, a wrong Sec-WebSocket-Accept): trio-websocket
+            # then tries to send a refusal as the client, which h11 refuses. A bad peer, not a
+            # bug of ours: the attempt fails like a lost connection.
+            if opened.is_set():
+                raise
+            bad_answer = True
         # The stream is done (a refusal raises instead). Before the server's answer: the
         # handshake's waiter learns it now instead of at its deadline.
         if not opened.is_set():
@@ -76,6 +89,17 @@ async def open_client(
     nursery.start_soon(read)
     await opened.wait()
     if ended_unanswered:
+        if connection._reject_status:
+            # A refusal whose body ends with the stream (no Content-Length, HTTP/1.0) or is
+            # cut short: trio-websocket never hands the EOF to wsproto, so the refusal was
+            # never raised. It is still a refusal (a 403 stops the client), not a lost link.
+            raise ConnectionRejected(
+                connection._reject_status,
+                connection._reject_headers,
+                body=connection._reject_body or None,
+            )
+        if bad_answer:
+            raise ConnectionClosed(CloseReason(1002, "invalid handshake answer"))
         raise ConnectionClosed(connection.closed or CloseReason(1006, None))
     return connection
 
