@@ -513,4 +513,5 @@ async def test_an_answer_that_is_no_websocket_handshake_fails_the_attempt_as_100
             await open_client(nursery, client_end, host="triows.test", path="/")
     (closed,) = got.value.exceptions
     assert isinstance(closed, ConnectionClosed)
+    assert closed.reason is not None
     assert closed.reason.code == 1002

@@ -10,10 +10,17 @@ Works under pytest-trio's ``autojump_clock`` (virtual time)::
                 assert (await client.receive_type("message"))["data"] == {"headline": "hi"}
 """
 
-from ._harness import ConnectionRejected, TestClient, TestServer, open_test_server
+from ._harness import (
+    ConnectionClosed,
+    ConnectionRejected,
+    TestClient,
+    TestServer,
+    open_test_server,
+)
 from ._streams import MemoryListener, MemoryStream, memory_stream_pair
 
 __all__ = [
+    "ConnectionClosed",
     "ConnectionRejected",
     "MemoryListener",
     "MemoryStream",

@@ -26,7 +26,7 @@ from .._config import Config
 from .._server.server import Server, serve
 from ._streams import DEFAULT_BUFFER, MemoryListener
 
-__all__ = ["ConnectionRejected", "TestClient", "TestServer", "open_test_server"]
+__all__ = ["ConnectionClosed", "ConnectionRejected", "TestClient", "TestServer", "open_test_server"]
 
 
 #: Frames the server sends unasked: :meth:`TestClient.request` skips them.
@@ -116,7 +116,8 @@ class TestServer:
         receive_timeout: float = 60,
         peer: str | None = None,
     ) -> AsyncIterator[TestClient]:
-        """Open a client; raises ``ConnectionRejected`` (with ``status_code``) when refused.
+        """Open a client; raises ``ConnectionRejected`` (with ``status_code``) when refused,
+        ``ConnectionClosed`` when the stream ends before the welcome.
 
         ``token`` is sent as ``Authorization: Bearer``. A small ``message_queue_size`` with a
         client that stops reading makes a realistic stalled consumer. ``peer`` is the address
@@ -162,9 +163,12 @@ class TestServer:
                 _, remaining = group.split(LocalProtocolError)
             if remaining is None:
                 return
-            # Alone, a refusal or no answer in time comes out as itself.
+            # Alone, a refusal, no answer in time, or a connection that ended before its
+            # welcome comes out as itself.
             for alone in (
-                (ConnectionRejected,) if opened else (ConnectionRejected, trio.TooSlowError)
+                (ConnectionRejected,)
+                if opened
+                else (ConnectionRejected, trio.TooSlowError, ConnectionClosed)
             ):
                 matched, rest = remaining.split(alone)
                 if matched is not None and rest is None:
