@@ -515,3 +515,62 @@ async def test_an_answer_that_is_no_websocket_handshake_fails_the_attempt_as_100
     assert isinstance(closed, ConnectionClosed)
     assert closed.reason is not None
     assert closed.reason.code == 1002
+
+
+async def test_a_request_h11_will_not_send_is_our_error_not_a_bad_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """h11 refuses to send a request with an illegal target or header: that is the caller's
+    error, raised as itself, not a server's "invalid handshake answer" (1002, retried)."""
+    from h11 import LocalProtocolError
+
+    from triows._client.transport import open_client
+
+    client_end, _server_end = trio.testing.memory_stream_pair()
+    with trio.fail_after(5), pytest.RaisesGroup(LocalProtocolError, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            await open_client(nursery, client_end, host="triows.test", path="/a b")
+
+
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [
+        # A proxy's refusal whose body runs to the end of the connection: the client stops.
+        (b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nForbidden\n", "stopped"),
+        # No WebSocket handshake at all: a failed attempt, tried again after the backoff.
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "retried"),
+    ],
+)
+async def test_the_client_judges_a_handshakes_odd_ends(
+    autojump_clock: trio.testing.MockClock, answer: bytes, outcome: str
+) -> None:
+    async with open_test_server() as harness, trio.open_nursery() as nursery:
+        attempts = 0
+
+        async def answer_first_attempt(server_end: trio.abc.Stream) -> None:
+            await server_end.receive_some()
+            await server_end.send_all(answer)
+            await server_end.aclose()
+
+        async def open_stream() -> trio.abc.Stream:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                client_end, server_end = trio.testing.memory_stream_pair()
+                nursery.start_soon(answer_first_attempt, server_end)
+                return client_end
+            return await harness.listener.connect()
+
+        started = trio.current_time()
+        async with wsclient.connect(
+            URL, open_stream=open_stream, backoff_base=0.05, backoff_cap=0.3
+        ) as client:
+            if outcome == "stopped":
+                with pytest.raises(wsclient.ClientClosedError, match="rejected with HTTP 403"):
+                    await client.wait_open()
+                assert attempts == 1
+            else:
+                with trio.fail_after(60):
+                    await client.wait_open()
+                assert attempts == 2
+                assert trio.current_time() - started < 1  # the backoff, not connect_timeout

@@ -17,6 +17,7 @@ from trio_websocket import (
     WebSocketConnection,
 )
 from wsproto import ConnectionType, WSConnection
+from wsproto.utilities import RemoteProtocolError
 
 __all__ = [
     "CloseReason",
@@ -73,12 +74,12 @@ async def open_client(
         nonlocal ended_unanswered, bad_answer
         try:
             await connection._reader_task()
-        except h11.LocalProtocolError:
+        except h11.LocalProtocolError as exc:
             # An answer wsproto refused (not HTTP, a wrong Sec-WebSocket-Accept): trio-websocket
             # then tries to send a refusal as the client, which h11 refuses. A bad peer, not a
             # bug of ours: the attempt fails like a lost connection.
-            if opened.is_set():
-                raise
+            if opened.is_set() or not _answer_refused(exc):
+                raise  # ours (a path or header h11 will not send), or after the handshake
             bad_answer = True
         # The stream is done (a refusal raises instead). Before the server's answer: the
         # handshake's waiter learns it now instead of at its deadline.
@@ -102,6 +103,16 @@ async def open_client(
             raise ConnectionClosed(CloseReason(1002, "invalid handshake answer"))
         raise ConnectionClosed(connection.closed or CloseReason(1006, None))
     return connection
+
+
+def _answer_refused(exc: BaseException) -> bool:
+    """h11 refused the refusal trio-websocket tried to send for an answer wsproto refused."""
+    cause = exc.__context__
+    while cause is not None:
+        if isinstance(cause, RemoteProtocolError):
+            return True
+        cause = cause.__context__
+    return False
 
 
 async def say_goodbye(ws: WebSocketConnection, *, wait: bool) -> None:

@@ -40,11 +40,17 @@ MAX_BRACKETS: Final = 256
 decode: Final[Callable[[str], Any]] = msgspec.json.Decoder().decode
 
 
+def brackets(text: str) -> int:
+    """How many ``{`` and ``[`` ``text`` holds (strings included): a bound on how deep its
+    JSON nests, read without decoding it."""
+    return text.count("{") + text.count("[")
+
+
 def loads(text: str, standard: Callable[[str], Any]) -> Any:
     """``standard(text)``, by msgspec where it answers the same: a document with few brackets
     (:data:`MAX_BRACKETS`) that msgspec takes. (``protocol.read_request`` applies the same
-    rule inline, as it needs the bracket count for its own depth check too.)"""
-    if text.count("{") + text.count("[") <= MAX_BRACKETS:
+    rule to its own count, which its depth check needs too.)"""
+    if brackets(text) <= MAX_BRACKETS:
         try:
             return decode(text)
         except REFUSED:

@@ -246,7 +246,7 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
     answers (a differential test holds the two to that).
     """
     if type(raw) is str:
-        brackets = raw.count("{") + raw.count("[")
+        brackets = compiled_json.brackets(raw)
         if brackets > compiled_json.MAX_BRACKETS:
             return parse_request(raw)  # for the standard path alone (see compiled_json)
         try:
@@ -298,7 +298,7 @@ def _request(frame: Any, raw: str) -> Request:
             raise ProtocolError(BAD_REQUEST, "missing field 'data'", request_id)
         data = frame["data"]
         # A value nests no deeper than the frame has brackets: most frames need no walk.
-        if raw.count("{") + raw.count("[") > MAX_DEPTH:
+        if compiled_json.brackets(raw) > MAX_DEPTH:
             check_data(data, request_id)
         echo = frame.get("echo", False)
         if echo is not False and echo is not True:
