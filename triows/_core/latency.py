@@ -50,11 +50,6 @@ class LatencyHistogram:
         self._counts[bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
 
-    def observe_zero(self) -> None:
-        """``observe(0.0)``: an outcome known in the same step (an in-process ack), counted in
-        the first bucket with no search."""
-        self.zeros += 1
-
     @property
     def count(self) -> int:
         return sum(self._counts) + self.zeros
@@ -80,9 +75,6 @@ class NullHistogram(LatencyHistogram):
     __slots__ = ()
 
     def observe(self, seconds: float) -> None:
-        pass
-
-    def observe_zero(self) -> None:
         pass
 
     @property

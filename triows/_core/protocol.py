@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any, Final
 
 from . import compiled_json
@@ -199,12 +200,21 @@ def decode_json(text: str, *, unique_keys: bool = False) -> Any:
     finite numbers only (no ``NaN``, ``Infinity`` or ``1e999``, which could not be sent on),
     a nesting bomb refused, never anything but :class:`ProtocolError`. ``unique_keys``: an
     object naming a field twice is refused too."""
+    if unique_keys:
+        return _standard_decode(text, _strict_decoder.decode)
+    # msgspec where it answers exactly as the standard path (see compiled_json); the rest,
+    # errors included, takes the standard path.
+    return _standard_decode(text, _compiled_or_standard)
+
+
+def _compiled_or_standard(text: str) -> Any:
+    return compiled_json.loads(text, _decoder.decode)
+
+
+def _standard_decode(text: str, decode: Callable[[str], Any] = _decoder.decode) -> Any:
+    """``decode(text)``, its errors as the clients' :class:`ProtocolError`."""
     try:
-        if unique_keys:
-            return _strict_decoder.decode(text)
-        # msgspec where it answers exactly as the standard path (see compiled_json); the
-        # rest, errors included (worded below), takes the standard path.
-        return compiled_json.loads(text, _decoder.decode)
+        return decode(text)
     except RecursionError:
         raise ProtocolError(BAD_REQUEST, "not valid JSON: nested too deeply") from None
     except ValueError as exc:
@@ -248,11 +258,13 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
     if type(raw) is str:
         brackets = compiled_json.brackets(raw)
         if brackets > compiled_json.MAX_BRACKETS:
-            return parse_request(raw)  # for the standard path alone (see compiled_json)
+            # For the standard path alone (see compiled_json): parse_request's, counted once.
+            return _request(_standard_decode(raw), raw)
         try:
             frame = compiled_json.decode(raw)
         except compiled_json.REFUSED:
-            return parse_request(raw)  # its error, as the standard path words it
+            # Its value or its error as the standard path gives it (not msgspec a second time).
+            return _request(_standard_decode(raw), raw)
         if type(frame) is dict and frame.get("type") == "publish":
             request_id = frame.get("id")
             channel = frame.get("channel")

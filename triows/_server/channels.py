@@ -103,9 +103,6 @@ class Channels(Goodbye):
         self._publish_bucket: TokenBucket | None = None
         self._subscribe_bucket: TokenBucket | None = None
         self._publish_limited = host.access.publish_limited(principal)
-        #: The clocks of the read the reader is serving (monotonic, and wall milliseconds),
-        #: read once per read; None whenever the reader is not in its synchronous step (so
-        #: no other task can take a stale one).
 
     @property
     def dedupe_key(self) -> object:
@@ -179,8 +176,8 @@ class Channels(Goodbye):
         :meth:`_serve_publish`, in its order), then the publication and its ack.
 
         The clocks are the read's (the host's ``read_clock``) when a reader serves it in its
-        step, and read here otherwise (``read_clock.at`` is None in any other step). Positional, and
-        the client's publication rule (``data`` encoded once, the 413 of
+        step, and read here otherwise (``read_clock.at`` is None in any other step).
+        Positional, and the client's publication rule (``data`` encoded once, the 413 of
         :class:`~triows._server.publishing.Publishing`) applied here rather than through a
         call: this runs once per request."""
         host = self._host
