@@ -7,7 +7,7 @@ from collections import deque
 from hypothesis import given
 from hypothesis import strategies as st
 
-from triows._core.dedupe import SERVER_PRINCIPAL, DedupeWindow
+from triows._core.dedupe import CAP_SLICE, SERVER_PRINCIPAL, DedupeWindow
 
 from .test_dedupe_model import check_layout
 
@@ -168,3 +168,41 @@ def test_a_budgeted_expire_takes_at_most_its_budget_and_says_more_is_due() -> No
             for publish_id in range(100):
                 found = sliced.lookup(principal, "c", publish_id, now)
                 assert found == whole.lookup(principal, "c", publish_id, now)
+
+
+def _tokens(window: DedupeWindow) -> int:
+    return len(window._done) + len(window._log) + len(window._fresh)
+
+
+def test_the_total_cap_walks_a_long_run_of_stale_tokens_over_several_records() -> None:
+    """At ``max_entries``, one record's cap took the oldest entries up to the first live one,
+    walking every stale token on the way in that one call: behind an idle principal's live
+    entry at the log's front, full principals' own evictions leave a run of stale tokens as
+    long as the window (80,000 tokens, 18 ms in one publish with 100,000 ids held; up to
+    ~1M with the default cap). Now one record's cap reads at most ``CAP_SLICE`` tokens; the
+    cap is exceeded meanwhile by at most one id per slice walked, and the oldest still go
+    first: once the run is walked, the window holds what it did before, the newest ids."""
+    principals, size = 200, 50
+    cap = principals * size + 1
+    window = DedupeWindow(size=size, ttl=1e9, max_principals=10**6, max_entries=cap)
+    window.record("idle", "c", 0, 0, now=0.0)  # the front of the log, live
+    n = 1
+    for n in range(1, 4 * principals * size):  # full windows: their oldest go stale
+        window.record(n % principals, "c", n, n, now=1.0)
+    stale_run = window._stale
+    assert stale_run > 10 * CAP_SLICE
+    worst = over = 0
+    newcomers = range(n + 1, n + 1 + stale_run // CAP_SLICE + 100)
+    for m in newcomers:  # new principals: every record is one more id, over the cap
+        before = _tokens(window)
+        window.record(("new", m), "c", m, m, now=2.0)
+        worst = max(worst, before + 1 - _tokens(window))
+        over = max(over, window.entries - cap)
+        if m % 50 == 0:
+            check_layout(window, 2.0, slack=stale_run // CAP_SLICE + 1)
+    assert worst <= CAP_SLICE + 2  # + the incremental pass's two steps
+    assert 0 < over <= stale_run // CAP_SLICE + 1
+    assert window.entries == cap  # walked: back at the cap
+    check_layout(window, 2.0)
+    assert window.lookup("idle", "c", 0, now=2.0) is None  # the oldest went first
+    assert all(window.lookup(("new", m), "c", m, now=2.0) == m for m in newcomers)
