@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from triows._core.dedupe import CAP_SLICE, SERVER_PRINCIPAL, DedupeWindow
 
-from .test_dedupe_model import check_layout
+from .test_dedupe_model import Reference, check_layout
 
 
 def test_repeat_is_found_with_its_seq() -> None:
@@ -206,3 +206,78 @@ def test_the_total_cap_walks_a_long_run_of_stale_tokens_over_several_records() -
     check_layout(window, 2.0)
     assert window.lookup("idle", "c", 0, now=2.0) is None  # the oldest went first
     assert all(window.lookup(("new", m), "c", m, now=2.0) == m for m in newcomers)
+
+
+def _stale_run_behind(
+    front: object, principals: int, size: int, max_principals: int
+) -> tuple[DedupeWindow, Reference]:
+    """The window and the exact order (the model), both at ``max_entries``; the window's log
+    starts with ``front``'s live id and then a run of stale tokens (full windows' own
+    evictions) far longer than ``CAP_SLICE``."""
+    caps = {"max_entries": principals * size + 1, "max_principals": max_principals}
+    window = DedupeWindow(size=size, ttl=1e9, **caps)
+    exact = Reference(size=size, ttl=1e9, **caps)
+    for either in (window, exact):
+        either.record(front, "c", "first", 0, now=0.0)
+        for n in range(1, 3 * principals * size):
+            either.record(n % principals, "c", n, n, now=1.0)
+    return window, exact
+
+
+def _same(window: DedupeWindow, exact: Reference, keys: list[tuple[object, object]]) -> None:
+    for principal, publish_id in keys:
+        assert isinstance(publish_id, str | int)
+        found = window.lookup(principal, "c", publish_id, now=5.0)
+        assert found == exact.lookup(principal, "c", publish_id, now=5.0), (principal, publish_id)
+
+
+def test_a_lagging_cap_is_caught_up_by_any_record_and_by_expiry() -> None:
+    """The walk goes on with every record, a full window's too (its own eviction keeps the
+    count, so before this fix nothing but a new id of a window with room went on with it, and
+    the excess could last for ever), and with the expiry task's calls; once it is done the
+    window holds exactly what the exact order holds."""
+    principals, size = 200, 50
+    keys: list[tuple[object, object]] = [("idle", "first")]
+    keys += [(n % principals, n) for n in range(1, 3 * principals * size)]
+    keys += [(("new", k), k) for k in range(20)]
+    later = range(10**6, 10**6 + 200)
+    for expiring in (False, True):
+        window, exact = _stale_run_behind("idle", principals, size, 10**6)
+        for either in (window, exact):
+            for k in range(20):  # newcomers: the walk starts, the cap is exceeded
+                either.record(("new", k), "c", k, k, now=2.0)
+        assert window.entries > window.max_entries
+        if expiring:
+            while window.expire(3.0, budget=100):
+                pass
+            exact.expire(3.0)
+        else:
+            for either in (window, exact):
+                for m in later:  # full windows only, afterwards
+                    either.record(m % principals, "c", m, m, now=3.0)
+        assert window.entries == window.max_entries
+        check_layout(window, 3.0)
+        _same(window, exact, keys + [(m % principals, m) for m in later])
+
+
+def test_the_principals_cap_waits_for_a_lagging_total_cap() -> None:
+    """While the total cap walks a long run, the ids it is due to forget are still held; a
+    principals' cap acting then must see what the exact order holds. Found by attack: the
+    server's own key right behind the run was still held, its principal (never forgotten as
+    a principal) kept a place, and the principals' cap forgot a client whose ids the exact
+    order keeps, so a retry of one of them was published twice."""
+    principals, size = 200, 50
+    window, exact = _stale_run_behind("idle", principals, size, principals + 2)
+    last_round = range(10**6, 10**6 + principals * size)
+    for either in (window, exact):
+        either.record(SERVER_PRINCIPAL, "c", "key", 1, now=1.0)  # right behind the run
+        for n in last_round:  # one more round of live ids
+            either.record(n % principals, "c", n, n, now=1.0)
+        for k in range(30):  # a client with room: over the cap each time, the walk lags
+            either.record("g", "c", f"g{k}", k, now=1.5)
+        either.record("h", "c", "h0", 0, now=1.6)  # a new principal: the principals' cap
+    check_layout(window, 2.0)
+    keys: list[tuple[object, object]] = [("idle", "first"), (SERVER_PRINCIPAL, "key")]
+    keys += [(n % principals, n) for n in last_round]
+    keys += [("g", f"g{k}") for k in range(30)] + [("h", "h0")]
+    _same(window, exact, keys)

@@ -1,16 +1,16 @@
 """Publish dedupe: a repeated publish ``id`` is acked again with its first seq, not re-sent.
 
-Keyed by principal (the authenticated user, so a client that reconnects keeps its window) and
-by ``(channel, id)``. :class:`DedupeRule` is the one rule both brokers follow: an id is
-remembered for ``ttl`` seconds (the in-process :class:`DedupeWindow`, and the once-keys of the
-Redis broker, which Redis expires). In process, memory bounds may forget an id earlier: at
-most ``size`` ids per client principal, at most ``max_principals`` principals (the least
-recently active is forgotten first) and at most ``max_entries`` ids in all (the oldest is
-forgotten first; exceeded for a moment by under 2 % while a long run of stale tokens is
-walked, ``CAP_SLICE`` per publish). The server's own principal (:data:`SERVER_PRINCIPAL`:
-application code and the HTTP API, every backend caller at once) has no count of its own and
-is never forgotten as a principal: one caller's traffic must not push out another caller's
-key before its ttl.
+Keyed by principal (the authenticated user, so a client that reconnects keeps its window) and by
+``(channel, id)``. :class:`DedupeRule` is the one rule both brokers follow: an id is remembered
+for ``ttl`` seconds (the in-process :class:`DedupeWindow`, and the once-keys of the Redis
+broker, which Redis expires). In process, memory bounds may forget an id earlier: at most
+``size`` ids per client principal, at most ``max_principals`` principals (the least recently
+active is forgotten first) and at most ``max_entries`` ids in all (the oldest is forgotten
+first; while a long run of stale tokens is walked, ``CAP_SLICE`` per publish, exceeded by one id
+per slice, and those ids remembered a little longer). The server's own principal
+(:data:`SERVER_PRINCIPAL`: application code and the HTTP API, every backend caller at once) has
+no count of its own and is never forgotten as a principal: one caller's traffic must not push
+out another caller's key before its ttl.
 
 Every entry has the same ttl and ``now`` is the shell's monotonic clock, so the order in which
 entries were recorded is also their order of expiry: :meth:`DedupeWindow.expire` takes from
@@ -118,16 +118,20 @@ class DedupeWindow:
       the front (of the principal's order, or of the log: ``expire`` takes them); should
       they outnumber the entries (no ``expire`` for long), one O(tokens) sweep buries them.
 
-    Bounds: ``entries ≤ max_entries`` (for a moment up to ~2 % more while a long run of stale
-    tokens is walked: :meth:`_cap_entries`), ``≤ size`` per client principal, ``principals ≤
-    max_principals``; ghosts ``≤ max_entries + 65``; tokens (8 bytes each): one per triple
-    (entries + ghosts ``≤ 2 * max_entries + 65``) plus the stale ones, about twice the triples
-    when a pass starts and half as many again during it, so about ``5 * max_entries + 165``
-    (checked by random sequences, not proven: ``4 * max_entries + 65``, claimed before, was
-    broken where ghosts dominate, a ttl shorter than the expiry period). Costs: a lookup, three
-    dict reads; a record, O(1) amortized (at most two pass steps, and ``CAP_SLICE`` tokens of
-    the total cap); ``expire`` what it removes, and the stale tokens and ghosts it meets (each
-    paid for by the record that made it).
+    Bounds: ``entries ≤ max_entries`` (while a long run of stale tokens is walked, one id
+    more per ``CAP_SLICE`` tokens of it: :meth:`_cap_entries`), ``≤ size`` per client
+    principal, ``principals ≤ max_principals``; ghosts ``≤ max_entries + 65``; tokens (8
+    bytes each): one per triple (entries + ghosts ``≤ 2 * max_entries + 65``) plus the stale
+    ones, about twice the triples when a pass starts and half as many again during it, so
+    about ``5 * max_entries + 165`` (checked by random sequences, not proven: ``4 *
+    max_entries + 65``, claimed before, was broken where ghosts dominate, a ttl shorter than
+    the expiry period). Costs: a lookup, three dict reads; a record, O(1) amortized: at most
+    two pass steps and ``CAP_SLICE`` tokens of the total cap, but the end of a pass copies
+    the tokens recorded during it (C speed, ~6 ms per million), and a principals' cap that
+    must forget someone first finishes a walk of the total cap (rare: both caps reached at
+    once); ``expire`` what it removes, and the stale tokens and ghosts it meets (each paid
+    for by the record that made it); the sweep of ghosts, O(tokens), once per as many ghosts
+    as entries.
     """
 
     __slots__ = (
@@ -230,8 +234,8 @@ class DedupeWindow:
             self._stale += 1
         else:
             self._count += 1
-            if self._count > self.max_entries:
-                self._cap_entries()
+        if self._count > self.max_entries:  # one more id, or a walk of the cap not done yet
+            self._cap_entries(CAP_SLICE)
         if self._stale > self._count:
             self._steps()
 
@@ -274,6 +278,9 @@ class DedupeWindow:
             principal, sys.maxsize if principal == SERVER_PRINCIPAL else 3 * self.size
         )
         if len(principals) > self.max_principals:
+            # The ids a lagging total cap is due to forget first (their principals may go
+            # with them): the principals' cap must see what the exact order holds.
+            self._cap_entries(-1)
             self._cap_principals()
             if principals.get(principal) is not held:
                 return None
@@ -314,18 +321,20 @@ class DedupeWindow:
         if not held.order:
             del self._principals[held.principal]
 
-    def _cap_entries(self) -> None:
-        """Forget the oldest entries over ``max_entries``, reading at most ``CAP_SLICE``
-        tokens: behind an idle principal's live entry at the log's front, full principals'
-        own evictions can leave a run of stale tokens as long as the window (about a million
-        with the default cap, ~0.2 s to walk in one publish). The next records go on with the
-        walk; meanwhile the cap is exceeded by at most one id per slice walked (under 2 % of
-        it: the log holds about 5 tokens per id at most), and the oldest still go first."""
-        left = CAP_SLICE
-        while self._count > self.max_entries and left:
+    def _cap_entries(self, budget: int) -> None:
+        """Forget the oldest entries over ``max_entries``, reading at most ``budget`` tokens
+        (-1: no bound). Behind an idle principal's live entry at the log's front, full
+        principals' own evictions can leave a run of stale tokens as long as the window
+        (about a million with the default cap, ~0.2 s to walk in one publish): each record
+        reads ``CAP_SLICE`` of it, and every following record (any, while the cap is
+        exceeded) and the expiry task go on with the walk. Meanwhile the cap is exceeded by
+        at most one id per slice walked, lookups find ids the exact order has forgotten
+        already (remembered longer, never shorter), and a principals' cap that must forget
+        someone finishes the walk first (:meth:`_admit`)."""
+        while self._count > self.max_entries and budget:
             front = self._front()
             self._take(front, front[0])
-            left -= 1
+            budget -= 1
 
     def _cap_principals(self) -> None:
         """Forget the least recently active principals over ``max_principals``; not a
@@ -339,8 +348,9 @@ class DedupeWindow:
             self._forget(principals[oldest])
 
     def expire(self, now: float, budget: int | None = None) -> bool:
-        """Drop expired entries (and principals left with none); costs what it removes, and
-        the stale tokens and ghosts it meets. With ``budget``, at most that many tokens: True
+        """Drop expired entries (and principals left with none), and go on with a walk of the
+        total cap not done yet (:meth:`_cap_entries`); costs what it removes, and the stale
+        tokens and ghosts it meets. With ``budget``, at most that many tokens: True
         if it stopped there (call it again, after letting others run: a mass ``forget`` leaves
         up to ``max_entries`` stale tokens for one expiry, ~0.12 µs each live)."""
         # ``now - at >= ttl``, not ``at <= now - ttl``: the two differ by a rounding, and
@@ -353,7 +363,11 @@ class DedupeWindow:
             if not front:
                 return False
             held = front[0]
-            if not held.stale and now - held.order[2].imag < ttl:  # type: ignore[union-attr]
+            if (
+                not held.stale
+                and now - held.order[2].imag < ttl  # type: ignore[union-attr]
+                and self._count <= self.max_entries  # else a walk of the cap to go on with
+            ):
                 return False
             self._take(front, held)
             left -= 1
