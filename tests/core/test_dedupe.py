@@ -12,6 +12,10 @@ from triows._core.dedupe import CAP_SLICE, SERVER_PRINCIPAL, DedupeWindow
 from .test_dedupe_model import Reference, check_layout
 
 
+def _tokens(window: DedupeWindow) -> int:
+    return len(window._done) + len(window._log) + len(window._next) + len(window._fresh)
+
+
 def test_repeat_is_found_with_its_seq() -> None:
     window = DedupeWindow(size=10, ttl=60, max_principals=10)
     assert window.lookup("alice", "c", "k1", now=0) is None
@@ -78,9 +82,10 @@ def test_expiry_costs_what_it_removes() -> None:
             looked.append(1)
             return super().__getitem__(index)
 
-    window._done, window._log, window._fresh = (
+    window._done, window._log, window._next, window._fresh = (
         Counting(window._done),
         Counting(window._log),
+        Counting(window._next),
         Counting(window._fresh),
     )
     window.expire(now=14)
@@ -153,9 +158,9 @@ def test_a_budgeted_expire_takes_at_most_its_budget_and_says_more_is_due() -> No
         assert not whole.expire(now)
         calls = 0
         while True:
-            before = len(sliced._done) + len(sliced._log) + len(sliced._fresh)
+            before = _tokens(sliced)
             more = sliced.expire(now, budget=300)
-            after = len(sliced._done) + len(sliced._log) + len(sliced._fresh)
+            after = _tokens(sliced)
             assert before - after <= 300
             calls += 1
             if not more:
@@ -168,10 +173,6 @@ def test_a_budgeted_expire_takes_at_most_its_budget_and_says_more_is_due() -> No
             for publish_id in range(100):
                 found = sliced.lookup(principal, "c", publish_id, now)
                 assert found == whole.lookup(principal, "c", publish_id, now)
-
-
-def _tokens(window: DedupeWindow) -> int:
-    return len(window._done) + len(window._log) + len(window._fresh)
 
 
 def test_the_total_cap_walks_a_long_run_of_stale_tokens_over_several_records() -> None:
@@ -281,3 +282,26 @@ def test_the_principals_cap_waits_for_a_lagging_total_cap() -> None:
     keys += [(n % principals, n) for n in last_round]
     keys += [("g", f"g{k}") for k in range(30)] + [("h", "h0")]
     _same(window, exact, keys)
+
+
+def test_the_end_of_a_pass_moves_no_tokens() -> None:
+    """A pass walks what the last one kept, then what was recorded during it. Its end copied
+    the latter into the former, in one record: ~6 ms per million tokens, and the log holds up
+    to about five per id (~28 ms at the default cap, once per pass). Now the two are walked
+    one after the other, and the end of a pass moves nothing."""
+    moved: list[int] = []
+
+    class Counting(deque):  # type: ignore[type-arg]
+        def extend(self, tokens):  # type: ignore[no-untyped-def]
+            tokens = list(tokens)
+            moved.append(len(tokens))
+            super().extend(tokens)
+
+    window = DedupeWindow(size=50, ttl=1e9, max_principals=10**6)
+    window._done, window._log, window._next, window._fresh = (Counting() for _ in range(4))
+    passes = window._pass
+    for n in range(60_000):  # full windows: their stale tokens start passes
+        window.record(n % 200, "c", n, n, now=1.0)
+    assert window._pass - passes >= 2
+    assert max(moved, default=0) <= 2
+    check_layout(window, 1.0)

@@ -147,7 +147,7 @@ def check_layout(window: DedupeWindow, now: float | None = None, slack: int = 0)
     assert live == window.entries <= window.max_entries + slack
     assert ghosts == window._ghosts <= window.max_entries + 65
     assert window.principals <= window.max_principals
-    tokens = [*window._done, *window._log, *window._fresh]
+    tokens = [*window._done, *window._log, *window._next, *window._fresh]
     owners = {id(owner): owner for owner in tokens}
     for owner in owners.values():
         held_now = window._principals.get(owner.principal)
@@ -248,7 +248,7 @@ def test_stale_tokens_stay_bounded_behind_an_idle_principal() -> None:
     window.record("idle", "x", 0, 0, 0.0)
     for n in range(20_000):
         window.record(n % 20, "x", n, n, 1.0 + n / 1000)
-        tokens = len(window._done) + len(window._log) + len(window._fresh)
+        tokens = len(window._done) + len(window._log) + len(window._next) + len(window._fresh)
         assert tokens <= 3 * window.entries + 4
     check_layout(window)
     assert window.entries == 201

@@ -105,14 +105,15 @@ class DedupeWindow:
       triples: a full window appends at one end and pops at the other.
     - The global order (for ``expire`` and ``max_entries``) is a log of tokens, one per
       record, in record order: the principal's object itself (8 bytes, nothing allocated),
-      in three deques read as one, ``_done`` + ``_log`` + ``_fresh``. A principal's tokens
-      are interchangeable: its first ``stale`` ones stand for entries that left otherwise
-      than from the log's front (its own count, ``forget``, the principals' cap), the rest
-      for its triples in order. Nothing is unlinked then. While the stale tokens outnumber
-      the entries, each record takes two steps of a pass that walks ``_log``, drops stale
-      tokens and moves the others to ``_done`` (a token is stale if fewer of its principal's
-      tokens than ``stale`` are in ``_done`` before it); records meanwhile go to ``_fresh``;
-      when ``_log`` is empty the next pass walks ``_done`` + ``_fresh``.
+      in four deques read as one, ``_done`` + ``_log`` + ``_next`` + ``_fresh``. A
+      principal's tokens are interchangeable: its first ``stale`` ones stand for entries
+      that left otherwise than from the log's front (its own count, ``forget``, the
+      principals' cap), the rest for its triples in order. Nothing is unlinked then. While
+      the stale tokens outnumber the entries, each record takes two steps of a pass that
+      walks ``_log`` and then ``_next``, drops stale tokens and moves the others to ``_done``
+      (a token is stale if fewer of its principal's tokens than ``stale`` are in ``_done``
+      before it); records meanwhile go to ``_fresh``; when both are walked, the next pass
+      walks ``_done`` and then ``_fresh``, each where it is (nothing is copied).
     - An id recorded anew (expired, or still held: the broker never does that, it records
       only after a lookup missed) leaves a ghost: exact, and O(1). Ghosts go when they reach
       the front (of the principal's order, or of the log: ``expire`` takes them); should
@@ -126,8 +127,7 @@ class DedupeWindow:
     about ``5 * max_entries + 165`` (checked by random sequences, not proven: ``4 *
     max_entries + 65``, claimed before, was broken where ghosts dominate, a ttl shorter than
     the expiry period). Costs: a lookup, three dict reads; a record, O(1) amortized: at most
-    two pass steps and ``CAP_SLICE`` tokens of the total cap, but the end of a pass copies
-    the tokens recorded during it (C speed, ~6 ms per million), and a principals' cap that
+    two pass steps and ``CAP_SLICE`` tokens of the total cap, but a principals' cap that
     must forget someone first finishes a walk of the total cap (rare: both caps reached at
     once); ``expire`` what it removes, and the stale tokens and ghosts it meets (each paid
     for by the record that made it); the sweep of ghosts, O(tokens), once per as many ghosts
@@ -140,6 +140,7 @@ class DedupeWindow:
         "_fresh",
         "_ghosts",
         "_log",
+        "_next",
         "_pass",
         "_principals",
         "_stale",
@@ -168,6 +169,7 @@ class DedupeWindow:
         self._pass = 0
         self._done: _Log = deque()
         self._log: _Log = deque()
+        self._next: _Log = deque()
         self._fresh: _Log = deque()
 
     def lookup(
@@ -241,17 +243,21 @@ class DedupeWindow:
 
     def _steps(self) -> None:
         """Two steps of the pass over the log (see the class)."""
-        log = self._log
-        if len(log) < 2:
-            self._turn()
-            log = self._log
-            if len(log) < 2:
-                return
         done = self._done
-        number = self._pass
-        for owner in (log.popleft(), log.popleft()):
-            if owner.stamp != number:
-                owner.stamp = number
+        for _ in range(2):
+            log = self._log
+            if not log:
+                if self._next:  # what was recorded during the last pass: walked after
+                    self._log, self._next = self._next, log
+                else:
+                    self._turn()
+                    done = self._done
+                log = self._log
+                if not log:
+                    return
+            owner = log.popleft()
+            if owner.stamp != self._pass:
+                owner.stamp = self._pass
                 owner.indone = 0
             if owner.indone < owner.stale:
                 owner.stale -= 1
@@ -261,14 +267,14 @@ class DedupeWindow:
                 done.append(owner)
 
     def _turn(self) -> None:
-        """The end of a pass: the next one walks what it kept, then what was recorded
-        meanwhile (record order)."""
-        done, log, fresh = self._done, self._log, self._fresh
-        done.extend(log)
-        done.extend(fresh)
-        fresh.clear()
-        log.clear()
-        self._log, self._done = done, log
+        """The end of a pass (nothing left to walk): the next one walks what it kept, then
+        what was recorded meanwhile (record order), each where it is: nothing is moved."""
+        self._log, self._next, self._done, self._fresh = (
+            self._done,
+            self._fresh,
+            self._log,
+            self._next,
+        )
         self._pass += 1
 
     def _admit(self, principal: Hashable) -> _Principal | None:
@@ -288,7 +294,7 @@ class DedupeWindow:
 
     def _front(self) -> _Log:
         """The deque whose first token is the oldest of the log (empty if the log is)."""
-        return self._done or self._log or self._fresh
+        return self._done or self._log or self._next or self._fresh
 
     def _pop_oldest(self, held: _Principal) -> bool:
         """Take ``held``'s first triple; whether it was an entry (not a ghost)."""
@@ -395,13 +401,13 @@ class DedupeWindow:
                 held.ghosts = 0
         seen: dict[_Principal, int] = {}
         tokens: _Log = deque()
-        for owner in (*self._done, *self._log, *self._fresh):
+        for owner in (*self._done, *self._log, *self._next, *self._fresh):
             rank = seen.get(owner, 0)
             seen[owner] = rank + 1
             ghostly = haunted.get(owner)
             if ghostly is None or rank < owner.stale or not ghostly[rank - owner.stale]:
                 tokens.append(owner)
-        self._done, self._log, self._fresh = deque(), tokens, deque()
+        self._done, self._log, self._next, self._fresh = deque(), tokens, deque(), deque()
         self._pass += 1
         self._ghosts = 0
 
