@@ -28,8 +28,6 @@ from typing import Final
 
 import attrs
 
-Key = tuple[str, str | int]  # (channel, publish id)
-
 #: Tokens of the log one record's total cap (``max_entries``) reads at most (~50 µs), so a
 #: run of stale tokens at the log's front is walked over several publishes, not in one.
 CAP_SLICE: Final = 256
@@ -97,12 +95,10 @@ class DedupeWindow:
 
     - ``_principals``: principal → its :class:`_Principal`, least recently active first (an
       ``OrderedDict`` of principals only: one ``move_to_end`` per record, a hot node).
-    - Per principal, plain dicts per channel keyed by the publish id: a lookup or a record
-      hashes the principal once and builds no key. An entry is one object,
-      ``complex(seq, at)`` (a seq below 2**53 and the float ``at`` are both exact in it): the
-      publish's own seq and clock float are not kept alive into cold memory, and a full
-      window's eviction frees one object. The order is a deque of ``channel, id, entry``
-      triples: a full window appends at one end and pops at the other.
+    - Per principal, plain dicts per channel keyed by the publish id (the principal hashed
+      once, no key built); an entry is one object, ``complex(seq, at)`` (both exact in it: a
+      full window's eviction frees one object); its order is a deque of ``channel, id,
+      entry`` triples (a full window appends at one end and pops at the other).
     - The global order (for ``expire`` and ``max_entries``) is a log of tokens, one per
       record, in record order: the principal's object itself (8 bytes, nothing allocated),
       in four deques read as one, ``_done`` + ``_log`` + ``_next`` + ``_fresh``. A
@@ -114,24 +110,18 @@ class DedupeWindow:
       (a token is stale if fewer of its principal's tokens than ``stale`` are in ``_done``
       before it); records meanwhile go to ``_fresh``; when both are walked, the next pass
       walks ``_done`` and then ``_fresh``, each where it is (nothing is copied).
-    - An id recorded anew (expired, or still held: the broker never does that, it records
-      only after a lookup missed) leaves a ghost: exact, and O(1). Ghosts go when they reach
-      the front (of the principal's order, or of the log: ``expire`` takes them); should
-      they outnumber the entries (no ``expire`` for long), one O(tokens) sweep buries them.
+    - An id recorded anew (expired; the broker records only after a lookup missed) leaves a
+      ghost, O(1). Ghosts go when they reach a front (``expire`` takes them); should they
+      outnumber the entries (no ``expire`` for long), one O(tokens) sweep buries them.
 
-    Bounds: ``entries ≤ max_entries`` (while a long run of stale tokens is walked, one id
-    more per ``CAP_SLICE`` tokens of it: :meth:`_cap_entries`), ``≤ size`` per client
-    principal, ``principals ≤ max_principals``; ghosts ``≤ max_entries + 65``; tokens (8
-    bytes each): one per triple (entries + ghosts ``≤ 2 * max_entries + 65``) plus the stale
-    ones, about twice the triples when a pass starts and half as many again during it, so
-    about ``5 * max_entries + 165`` (checked by random sequences, not proven: ``4 *
-    max_entries + 65``, claimed before, was broken where ghosts dominate, a ttl shorter than
-    the expiry period). Costs: a lookup, three dict reads; a record, O(1) amortized: at most
-    two pass steps and ``CAP_SLICE`` tokens of the total cap, but a principals' cap that
-    must forget someone first finishes a walk of the total cap (rare: both caps reached at
-    once); ``expire`` what it removes, and the stale tokens and ghosts it meets (each paid
-    for by the record that made it); the sweep of ghosts, O(tokens), once per as many ghosts
-    as entries.
+    Bounds (docs/design.md, "The dedupe window, live"): ``entries ≤ max_entries`` (while a
+    long run of stale tokens is walked, one more per ``CAP_SLICE`` tokens of it), ``≤ size``
+    per client principal, ``principals ≤ max_principals``; ghosts ``≤ max_entries + 65``;
+    tokens (8 bytes each) about ``5 * max_entries + 165`` (checked by random sequences, not
+    proven). Costs: a lookup, three dict reads; a record, O(1) amortized (two pass steps,
+    ``CAP_SLICE`` tokens of the total cap; a principals' cap that must forget someone first
+    finishes a walk of the total cap); ``expire`` what it removes, and the stale tokens and
+    ghosts it meets; the sweep of ghosts, O(tokens), once per as many ghosts as entries.
     """
 
     __slots__ = (
@@ -269,12 +259,8 @@ class DedupeWindow:
     def _turn(self) -> None:
         """The end of a pass (nothing left to walk): the next one walks what it kept, then
         what was recorded meanwhile (record order), each where it is: nothing is moved."""
-        self._log, self._next, self._done, self._fresh = (
-            self._done,
-            self._fresh,
-            self._log,
-            self._next,
-        )
+        self._log, self._next = self._done, self._fresh
+        self._done, self._fresh = deque(), deque()
         self._pass += 1
 
     def _admit(self, principal: Hashable) -> _Principal | None:
@@ -329,14 +315,11 @@ class DedupeWindow:
 
     def _cap_entries(self, budget: int) -> None:
         """Forget the oldest entries over ``max_entries``, reading at most ``budget`` tokens
-        (-1: no bound). Behind an idle principal's live entry at the log's front, full
-        principals' own evictions can leave a run of stale tokens as long as the window
-        (about a million with the default cap, ~0.2 s to walk in one publish): each record
-        reads ``CAP_SLICE`` of it, and every following record (any, while the cap is
-        exceeded) and the expiry task go on with the walk. Meanwhile the cap is exceeded by
-        at most one id per slice walked, lookups find ids the exact order has forgotten
-        already (remembered longer, never shorter), and a principals' cap that must forget
-        someone finishes the walk first (:meth:`_admit`)."""
+        (-1: no bound). A run of stale tokens behind an idle principal's live entry at the
+        log's front can be as long as the window (~0.2 s to walk at the default cap): each
+        record walks ``CAP_SLICE`` of it and the next ones (and ``expire``) go on. Meanwhile
+        the cap is exceeded by one id per slice walked, those ids remembered longer, never
+        shorter; a principals' cap that must forget someone finishes the walk first."""
         while self._count > self.max_entries and budget:
             front = self._front()
             self._take(front, front[0])
