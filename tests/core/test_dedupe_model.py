@@ -73,7 +73,8 @@ class Reference:
 
     def _cap_principals(self) -> None:
         principals = self._principals
-        while len(principals) > self.max_principals:
+        # The server's principal (no count of its own) takes no place among max_principals.
+        while len(principals) > self.max_principals + (SERVER_PRINCIPAL in principals):
             oldest = next(iter(principals))
             if self.rule.size_for(oldest) is None:
                 principals.move_to_end(oldest)
@@ -146,7 +147,8 @@ def check_layout(window: DedupeWindow, now: float | None = None, slack: int = 0)
         ghosts += held.ghosts
     assert live == window.entries <= window.max_entries + slack
     assert ghosts == window._ghosts <= window.max_entries + 65
-    assert window.principals <= window.max_principals
+    held_server = SERVER_PRINCIPAL in window._principals  # it takes no place among them
+    assert window.principals <= window.max_principals + held_server
     tokens = [*window._done, *window._log, *window._next, *window._fresh]
     owners = {id(owner): owner for owner in tokens}
     for owner in owners.values():

@@ -7,10 +7,10 @@ broker, which Redis expires). In process, memory bounds may forget an id earlier
 ``size`` ids per client principal, at most ``max_principals`` principals (the least recently
 active is forgotten first) and at most ``max_entries`` ids in all (the oldest is forgotten
 first; while a long run of stale tokens is walked, ``CAP_SLICE`` per publish, exceeded by one id
-per slice, and those ids remembered a little longer). The server's own principal
+per slice, and ids remembered longer, never shorter). The server's own principal
 (:data:`SERVER_PRINCIPAL`: application code and the HTTP API, every backend caller at once) has
-no count of its own and is never forgotten as a principal: one caller's traffic must not push
-out another caller's key before its ttl.
+no count of its own, is never forgotten as a principal and takes no place among
+``max_principals``: one caller's traffic must not push out another caller's key before its ttl.
 
 Every entry has the same ttl and ``now`` is the shell's monotonic clock, so the order in which
 entries were recorded is also their order of expiry: :meth:`DedupeWindow.expire` takes from
@@ -116,12 +116,12 @@ class DedupeWindow:
 
     Bounds (docs/design.md, "The dedupe window, live"): ``entries ≤ max_entries`` (while a
     long run of stale tokens is walked, one more per ``CAP_SLICE`` tokens of it), ``≤ size``
-    per client principal, ``principals ≤ max_principals``; ghosts ``≤ max_entries + 65``;
-    tokens (8 bytes each) about ``5 * max_entries + 165`` (checked by random sequences, not
-    proven). Costs: a lookup, three dict reads; a record, O(1) amortized (two pass steps,
-    ``CAP_SLICE`` tokens of the total cap; a principals' cap that must forget someone first
-    finishes a walk of the total cap); ``expire`` what it removes, and the stale tokens and
-    ghosts it meets; the sweep of ghosts, O(tokens), once per as many ghosts as entries.
+    per client principal, ``principals ≤ max_principals`` (and the server's); ghosts ``≤
+    max_entries + 65``; tokens (8 bytes each) about ``5 * max_entries + 165`` (checked by
+    random sequences, not proven). Costs: a lookup, three dict reads; a record, O(1)
+    amortized (two pass steps, ``CAP_SLICE`` tokens of the total cap); ``expire`` what it
+    removes, and the stale tokens and ghosts it meets; the sweep of ghosts, O(tokens), once
+    per as many ghosts as entries.
     """
 
     __slots__ = (
@@ -186,8 +186,6 @@ class DedupeWindow:
         held = principals.get(principal)
         if held is None:
             held = self._admit(principal)
-            if held is None:
-                return  # the server's window alone fills the principals' cap
         else:
             principals.move_to_end(principal)
         channels = held.ids
@@ -227,7 +225,7 @@ class DedupeWindow:
         else:
             self._count += 1
         if self._count > self.max_entries:  # one more id, or a walk of the cap not done yet
-            self._cap_entries(CAP_SLICE)
+            self._cap_entries()
         if self._stale > self._count:
             self._steps()
 
@@ -263,19 +261,15 @@ class DedupeWindow:
         self._done, self._fresh = deque(), deque()
         self._pass += 1
 
-    def _admit(self, principal: Hashable) -> _Principal | None:
-        """A new principal's window (the least recently active over the cap forgotten)."""
+    def _admit(self, principal: Hashable) -> _Principal:
+        """A new principal's window (the least recently active over the cap forgotten, never
+        the new one: the cap is at least one client besides the server's principal)."""
         principals = self._principals
         held = principals[principal] = _Principal(
             principal, sys.maxsize if principal == SERVER_PRINCIPAL else 3 * self.size
         )
         if len(principals) > self.max_principals:
-            # The ids a lagging total cap is due to forget first (their principals may go
-            # with them): the principals' cap must see what the exact order holds.
-            self._cap_entries(-1)
             self._cap_principals()
-            if principals.get(principal) is not held:
-                return None
         return held
 
     def _front(self) -> _Log:
@@ -313,23 +307,29 @@ class DedupeWindow:
         if not held.order:
             del self._principals[held.principal]
 
-    def _cap_entries(self, budget: int) -> None:
-        """Forget the oldest entries over ``max_entries``, reading at most ``budget`` tokens
-        (-1: no bound). A run of stale tokens behind an idle principal's live entry at the
+    def _cap_entries(self) -> None:
+        """Forget the oldest entries over ``max_entries``, reading at most ``CAP_SLICE``
+        tokens. A run of stale tokens (or ghosts) behind an idle principal's live entry at the
         log's front can be as long as the window (~0.2 s to walk at the default cap): each
-        record walks ``CAP_SLICE`` of it and the next ones (and ``expire``) go on. Meanwhile
-        the cap is exceeded by one id per slice walked, those ids remembered longer, never
-        shorter; a principals' cap that must forget someone finishes the walk first."""
-        while self._count > self.max_entries and budget:
+        record walks a slice of it and the next ones (and ``expire``) go on while the cap is
+        exceeded. Meanwhile it is exceeded by one id per slice walked; ids the exact order
+        would have forgotten are remembered longer (to their ttl, if closing connections
+        bring the count under the cap first), never shorter (:meth:`_cap_principals`)."""
+        left = CAP_SLICE
+        while self._count > self.max_entries and left:
             front = self._front()
             self._take(front, front[0])
-            budget -= 1
+            left -= 1
 
     def _cap_principals(self) -> None:
-        """Forget the least recently active principals over ``max_principals``; not a
-        principal without a count of its own (its keys go by ttl and ``max_entries``)."""
+        """Forget the least recently active client principals over ``max_principals``. The
+        server's principal (no count of its own) is never forgotten and takes no place: while
+        a walk of the total cap lags its key may outlive the exact order's, and taking a place
+        it would have a client forgotten whose ids the exact order keeps (a retry published
+        twice). A client principal held that way is older than every other: it goes first."""
         principals = self._principals
-        while len(principals) > self.max_principals:
+        limit = self.max_principals + (SERVER_PRINCIPAL in principals)
+        while len(principals) > limit:
             oldest = next(iter(principals))
             if oldest == SERVER_PRINCIPAL:
                 principals.move_to_end(oldest)
