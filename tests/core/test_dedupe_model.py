@@ -167,25 +167,45 @@ CHANNELS = ["x", "y"]
 IDS: list[str | int] = [0, 1, 2, "k"]
 STEPS = [0.0, 0.0, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5]
 
-_key = st.tuples(st.sampled_from(PRINCIPALS), st.sampled_from(CHANNELS), st.sampled_from(IDS))
-operation = st.one_of(
-    # what the broker does: a lookup, and a record if it missed (four times in ten)
-    *[_key.map(lambda key: ("publish", *key))] * 4,
-    *[_key.map(lambda key: ("record", *key))] * 2,  # any record, an id still held too
-    *[st.sampled_from(STEPS).map(lambda step: ("advance", step))] * 2,
-    st.just(("expire",)),
-    st.sampled_from(PRINCIPALS).map(lambda principal: ("forget", principal)),
-)
+
+def operations_of(
+    ids: list[str | int], publishes: int, records: int, advances: int
+) -> st.SearchStrategy[tuple[object, ...]]:
+    """Calls on a window: ``publishes`` in so many what the broker does (a lookup, and a
+    record if it missed), ``records`` any record (an id still held too), ``advances`` a clock
+    step, against one expiry and one ``forget``."""
+    key = st.tuples(st.sampled_from(PRINCIPALS), st.sampled_from(CHANNELS), st.sampled_from(ids))
+    return st.one_of(
+        *[key.map(lambda key: ("publish", *key))] * publishes,
+        *[key.map(lambda key: ("record", *key))] * records,
+        *[st.sampled_from(STEPS).map(lambda step: ("advance", step))] * advances,
+        st.just(("expire",)),
+        st.sampled_from(PRINCIPALS).map(lambda principal: ("forget", principal)),
+    )
+
+
+operation = operations_of(IDS, 4, 2, 2)
+
+
+def caps(
+    sizes: tuple[int, int], principals: tuple[int, int], entries: tuple[int, int]
+) -> dict[str, st.SearchStrategy[Any]]:
+    """A window's settings, drawn: ``size``, ``ttl``, ``max_principals``, ``max_entries``."""
+    return {
+        "size": st.integers(*sizes),
+        "ttl": st.sampled_from([0.3, 1.0, 2.5]),
+        "max_principals": st.integers(*principals),
+        "max_entries": st.integers(*entries),
+    }
+
+
+def both(**settings: Any) -> tuple[DedupeWindow, Reference]:
+    """The window and the model, made alike."""
+    return DedupeWindow(**settings), Reference(**settings)
 
 
 @settings(max_examples=400, deadline=None)
-@given(
-    size=st.integers(1, 4),
-    ttl=st.sampled_from([0.3, 1.0, 2.5]),
-    max_principals=st.integers(2, 4),
-    max_entries=st.integers(1, 12),
-    operations=st.lists(operation, min_size=10, max_size=150),
-)
+@given(**caps((1, 4), (2, 4), (1, 12)), operations=st.lists(operation, min_size=10, max_size=150))
 def test_the_window_answers_as_the_one_it_replaced(
     size: int,
     ttl: float,
@@ -193,10 +213,7 @@ def test_the_window_answers_as_the_one_it_replaced(
     max_entries: int,
     operations: list[tuple[object, ...]],
 ) -> None:
-    window = DedupeWindow(
-        size=size, ttl=ttl, max_principals=max_principals, max_entries=max_entries
-    )
-    reference = Reference(
+    window, reference = both(
         size=size, ttl=ttl, max_principals=max_principals, max_entries=max_entries
     )
     now = 0.0
@@ -232,24 +249,12 @@ def test_the_window_answers_as_the_one_it_replaced(
 #: More ids and more publishes than ``operation``: full windows' own evictions make the runs of
 #: stale tokens a lagging walk needs.
 LAG_IDS: list[str | int] = [*range(8), "k"]
-_lag_key = st.tuples(
-    st.sampled_from(PRINCIPALS), st.sampled_from(CHANNELS), st.sampled_from(LAG_IDS)
-)
-lag_operation = st.one_of(
-    *[_lag_key.map(lambda key: ("publish", *key))] * 8,
-    _lag_key.map(lambda key: ("record", *key)),
-    st.sampled_from(STEPS).map(lambda step: ("advance", step)),
-    st.just(("expire",)),
-    st.sampled_from(PRINCIPALS).map(lambda principal: ("forget", principal)),
-)
+lag_operation = operations_of(LAG_IDS, 8, 1, 1)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    size=st.integers(1, 2),
-    ttl=st.sampled_from([0.3, 1.0, 2.5]),
-    max_principals=st.integers(1, 4),
-    max_entries=st.integers(2, 8),
+    **caps((1, 2), (1, 4), (2, 8)),
     cap_slice=st.integers(1, 3),
     budget=st.sampled_from([None, 1, 2, 5]),
     operations=st.lists(lag_operation, min_size=20, max_size=200),
@@ -268,10 +273,7 @@ def test_a_lagging_cap_remembers_longer_never_shorter(
     held with its seq, whatever the window holds more is the last seq recorded for its key
     within the ttl, and the layout and the principals' bound hold (the server's principal
     takes no place among them)."""
-    window = DedupeWindow(
-        size=size, ttl=ttl, max_principals=max_principals, max_entries=max_entries
-    )
-    reference = Reference(
+    window, reference = both(
         size=size, ttl=ttl, max_principals=max_principals, max_entries=max_entries
     )
     kept = dedupe.CAP_SLICE
