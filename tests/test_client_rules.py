@@ -517,6 +517,39 @@ async def test_an_answer_that_is_no_websocket_handshake_fails_the_attempt_as_100
     assert closed.reason.code == 1002
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+        b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\n",
+        b"",  # the stream ends before any answer
+    ],
+)
+async def test_a_failed_handshake_closes_its_stream(
+    autojump_clock: trio.testing.MockClock, answer: bytes
+) -> None:
+    """Whatever ends the attempt (an answer wsproto refused, a refusal, the stream ending), the
+    stream is closed when ``open_client`` raises. It was left open in each case (found by a
+    review): a socket held until the caller closed it itself, which the test kit's ``connect``
+    did not."""
+    from triows._client.transport import open_client
+
+    client_end, server_end = trio.testing.memory_stream_pair()
+
+    async def answer_and_listen() -> None:
+        await server_end.receive_some()
+        await server_end.send_all(answer)
+        await server_end.send_eof()  # still listening: does the client close its end?
+
+    with trio.fail_after(5), pytest.RaisesGroup(Exception, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_and_listen)
+            await open_client(nursery, client_end, host="triows.test", path="/")
+    with trio.fail_after(1):
+        assert await server_end.receive_some() == b""
+
+
 async def test_a_request_h11_will_not_send_is_our_error_not_a_bad_answer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -90,6 +90,9 @@ async def open_client(
     nursery.start_soon(read)
     await opened.wait()
     if ended_unanswered:
+        # trio-websocket's reader does not close the stream when it raised first (an answer
+        # wsproto refused): whatever ended the attempt, its socket goes with it.
+        await trio.aclose_forcefully(stream)
         if connection._reject_status:
             # A refusal whose body ends with the stream (no Content-Length, HTTP/1.0) or is
             # cut short: trio-websocket never hands the EOF to wsproto, so the refusal was
