@@ -259,12 +259,12 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
         brackets = compiled_json.brackets(raw)
         if brackets > compiled_json.MAX_BRACKETS:
             # For the standard path alone (see compiled_json): parse_request's, counted once.
-            return _request(_standard_decode(raw), raw)
+            return _request(_standard_decode(raw), raw, brackets)
         try:
             frame = compiled_json.decode(raw)
         except compiled_json.REFUSED:
             # Its value or its error as the standard path gives it (not msgspec a second time).
-            return _request(_standard_decode(raw), raw)
+            return _request(_standard_decode(raw), raw, brackets)
         if type(frame) is dict and frame.get("type") == "publish":
             request_id = frame.get("id")
             channel = frame.get("channel")
@@ -285,12 +285,13 @@ def read_request(raw: str | bytes) -> PublishFields | Request:
                 and brackets <= MAX_DEPTH
             ):
                 return channel, frame["data"], request_id, echo
-        return _request(frame, raw)
+        return _request(frame, raw, brackets)
     return parse_request(raw)
 
 
-def _request(frame: Any, raw: str) -> Request:
-    """A decoded frame's request: every field checked, or the error the client is told."""
+def _request(frame: Any, raw: str, brackets: int | None = None) -> Request:
+    """A decoded frame's request: every field checked, or the error the client is told
+    (``brackets``: the frame's count, when the caller made it already)."""
     if not isinstance(frame, dict):
         raise ProtocolError(BAD_REQUEST, "a frame must be a JSON object")
     request_id = frame.get("id")
@@ -310,7 +311,9 @@ def _request(frame: Any, raw: str) -> Request:
             raise ProtocolError(BAD_REQUEST, "missing field 'data'", request_id)
         data = frame["data"]
         # A value nests no deeper than the frame has brackets: most frames need no walk.
-        if compiled_json.brackets(raw) > MAX_DEPTH:
+        if brackets is None:
+            brackets = compiled_json.brackets(raw)
+        if brackets > MAX_DEPTH:
             check_data(data, request_id)
         echo = frame.get("echo", False)
         if echo is not False and echo is not True:
